@@ -1,0 +1,79 @@
+/*
+ * dlpack_abi.h: the DLPack data structures minivllm consumes and produces, written from the
+ * DLPack specification (v1.x, with the legacy pre-1.0 managed tensor). Only the layout matters:
+ * these structs must match the C ABI every producer (NumPy, PyTorch, CuPy, JAX) uses.
+ */
+#ifndef MINIVLLM_DLPACK_ABI_H
+#define MINIVLLM_DLPACK_ABI_H
+
+#include <stdint.h>
+
+/* Device types we meet (DLDeviceType). */
+enum {
+    MV_DL_CPU = 1,
+    MV_DL_CUDA = 2,
+    MV_DL_CUDA_HOST = 3, /* pinned host memory: CPU-addressable */
+    MV_DL_CUDA_MANAGED = 13,
+};
+
+/* Type codes (DLDataTypeCode). */
+enum {
+    MV_DL_INT = 0,
+    MV_DL_UINT = 1,
+    MV_DL_FLOAT = 2,
+    MV_DL_OPAQUE_HANDLE = 3,
+    MV_DL_BFLOAT = 4,
+    MV_DL_COMPLEX = 5,
+    MV_DL_BOOL = 6,
+};
+
+/* DLManagedTensorVersioned.flags bits. */
+#define MV_DL_FLAG_READ_ONLY (UINT64_C(1) << 0)
+
+typedef struct {
+    int32_t device_type;
+    int32_t device_id;
+} mv_dl_device;
+
+typedef struct {
+    uint8_t code;
+    uint8_t bits;
+    uint16_t lanes;
+} mv_dl_dtype;
+
+typedef struct {
+    void *data;
+    mv_dl_device device;
+    int32_t ndim;
+    mv_dl_dtype dtype;
+    int64_t *shape;
+    int64_t *strides; /* in elements; NULL means compact row-major */
+    uint64_t byte_offset;
+} mv_dl_tensor;
+
+/* Legacy (pre-1.0) managed tensor: capsule name "dltensor". */
+typedef struct mv_dl_managed_tensor {
+    mv_dl_tensor dl_tensor;
+    void *manager_ctx;
+    void (*deleter)(struct mv_dl_managed_tensor *self);
+} mv_dl_managed_tensor;
+
+typedef struct {
+    uint32_t major;
+    uint32_t minor;
+} mv_dl_version;
+
+/* DLPack >= 1.0 managed tensor: capsule name "dltensor_versioned"; dl_tensor comes last. */
+typedef struct mv_dl_managed_tensor_versioned {
+    mv_dl_version version;
+    void *manager_ctx;
+    void (*deleter)(struct mv_dl_managed_tensor_versioned *self);
+    uint64_t flags;
+    mv_dl_tensor dl_tensor;
+} mv_dl_managed_tensor_versioned;
+
+/* The version we speak: the struct layout above is that of every 1.x release. */
+#define MV_DLPACK_MAJOR 1
+#define MV_DLPACK_MINOR 1
+
+#endif /* MINIVLLM_DLPACK_ABI_H */

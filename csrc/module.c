@@ -1,0 +1,618 @@
+/*
+ * module.c: minivllm._C, the CPython binding. It imports every argument (tensor_import.c),
+ * validates it, allocates missing outputs through the caller's allocator, and launches the CPU
+ * or CUDA kernel (minivllm_kernels.h). All validation lives here, once, for both devices.
+ */
+#include "buffer.h" /* first: it includes Python.h, which must precede system headers */
+#include "tensor_import.h"
+
+#include <math.h>
+#include <string.h>
+
+#ifdef MINIVLLM_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+typedef struct {
+    mv_import_names names;
+    PyTypeObject *buffer_type;
+} mv_state;
+
+static inline mv_state *get_state(PyObject *module) { return (mv_state *)PyModule_GetState(module); }
+
+/* ---- one call's tensors, released on a single path ----------------------------------------- */
+
+enum { MAX_CALL_TENSORS = 12 };
+
+typedef struct {
+    mv_state *st;
+    PyObject *stream; /* borrowed: the caller's CUDA stream (int) or None */
+    PyObject *alloc;  /* borrowed: callable(shape) -> array, or None for a minivllm.Buffer */
+    mv_tensor tensors[MAX_CALL_TENSORS];
+    int count;
+    PyObject *outputs[MAX_CALL_TENSORS]; /* owned references to outputs we allocated */
+    int output_count;
+} mv_call;
+
+static void call_release(mv_call *c)
+{
+    for (int i = 0; i < c->count; i++)
+        mv_tensor_release(&c->tensors[i]);
+    for (int i = 0; i < c->output_count; i++)
+        Py_CLEAR(c->outputs[i]);
+    c->count = c->output_count = 0;
+}
+
+static mv_tensor *call_import(mv_call *c, PyObject *obj, const char *name)
+{
+    mv_tensor *t = &c->tensors[c->count];
+    if (mv_tensor_import(&c->st->names, obj, name, c->stream, t) < 0) {
+        mv_tensor_release(t); /* a capsule consumed before a failed check is still ours */
+        return NULL;
+    }
+    c->count++;
+    return t;
+}
+
+/* Same dtype and device as `ref`; on CUDA, element-aligned (the kernels' scalar loads). */
+static int check_like(const mv_tensor *t, const mv_tensor *ref)
+{
+    if (mv_check_dtype_matches(t, ref) < 0 || mv_check_device_matches(t, ref) < 0)
+        return -1;
+    if (t->processor == MV_ON_CUDA)
+        return mv_check_element_aligned(t);
+    return 0;
+}
+
+static int check_shape(const mv_tensor *t, int ndim, const int64_t *shape)
+{
+    int same = t->ndim == ndim;
+    for (int d = 0; same && d < ndim; d++)
+        same = t->shape[d] == shape[d];
+    if (same)
+        return 0;
+    char want[256], got[256];
+    mv_format_dims(want, sizeof(want), shape, ndim);
+    mv_format_dims(got, sizeof(got), t->shape, t->ndim);
+    PyErr_Format(PyExc_ValueError, "%s: expected shape %s, got %s", t->name, want, got);
+    return -1;
+}
+
+/* An output: the one the caller gave (validated), or a new one from the caller's allocator
+   (or a minivllm.Buffer). *result receives a new reference to the Python object. */
+static mv_tensor *call_output(mv_call *c, PyObject *given, const char *name, const mv_tensor *like,
+                              int ndim, const int64_t *shape, PyObject **result)
+{
+    PyObject *obj;
+    if (given != NULL && given != Py_None) {
+        obj = Py_NewRef(given);
+    } else if (c->alloc != NULL && c->alloc != Py_None) {
+        PyObject *shape_tuple = PyTuple_New(ndim);
+        if (shape_tuple == NULL)
+            return NULL;
+        for (int d = 0; d < ndim; d++) {
+            PyObject *size = PyLong_FromLongLong(shape[d]);
+            if (size == NULL) {
+                Py_DECREF(shape_tuple);
+                return NULL;
+            }
+            PyTuple_SET_ITEM(shape_tuple, d, size);
+        }
+        obj = PyObject_CallOneArg(c->alloc, shape_tuple);
+        Py_DECREF(shape_tuple);
+    } else {
+        obj = mv_buffer_new(c->st->buffer_type, like->dtype, like->processor, like->device_id, ndim,
+                            shape);
+        if (obj && like->processor == MV_ON_CUDA) {
+            long long s = c->stream && c->stream != Py_None ? PyLong_AsLongLong(c->stream) : 0;
+            mv_buffer_set_stream(obj, (intptr_t)s);
+        }
+    }
+    if (obj == NULL)
+        return NULL;
+    c->outputs[c->output_count++] = obj;
+    mv_tensor *t = call_import(c, obj, name);
+    if (t == NULL || check_like(t, like) < 0 || check_shape(t, ndim, shape) < 0 ||
+        mv_check_writable(t) < 0)
+        return NULL;
+    *result = Py_NewRef(obj);
+    return t;
+}
+
+/* Outputs overlap no input and no other output, except the listed exact in-place aliases. */
+static int check_outputs_disjoint(mv_call *c, int first_output, const int *alias_of)
+{
+    for (int o = first_output; o < c->count; o++) {
+        for (int i = 0; i < c->count; i++) {
+            if (i == o || (i > o && i >= first_output))
+                continue; /* each pair of outputs once */
+            const int allow = alias_of && alias_of[o - first_output] == i;
+            if (mv_check_no_overlap(&c->tensors[o], &c->tensors[i], allow) < 0)
+                return -1;
+        }
+    }
+    return 0;
+}
+
+static int parse_eps(PyObject *obj, float *eps)
+{
+    double v = PyFloat_AsDouble(obj);
+    if (v == -1.0 && PyErr_Occurred()) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "eps: expected a float, got %.100s", Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    if (!(v >= 0.0) || !isfinite(v)) {
+        PyErr_Format(PyExc_ValueError, "eps: expected a finite value >= 0, got %R", obj);
+        return -1;
+    }
+    *eps = (float)v;
+    return 0;
+}
+
+static int parse_positive_int(PyObject *obj, const char *name, int64_t *value)
+{
+    if (!PyLong_Check(obj) || PyBool_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s: expected an int, got %.100s", name, Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    long long v = PyLong_AsLongLong(obj);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (v <= 0 || v > (1LL << 31)) {
+        PyErr_Format(PyExc_ValueError, "%s: expected a positive number of heads, got %lld", name, v);
+        return -1;
+    }
+    *value = v;
+    return 0;
+}
+
+/* x: [..., H] with H >= 1, flattened to rows. */
+static int hidden_rows(const mv_tensor *x, int64_t *rows, int64_t *hidden, int64_t *stride)
+{
+    if (x->ndim < 1) {
+        PyErr_Format(PyExc_ValueError, "%s: expected at least 1 dimension [..., hidden], got 0",
+                     x->name);
+        return -1;
+    }
+    if (x->shape[x->ndim - 1] < 1) {
+        PyErr_Format(PyExc_ValueError, "%s: the hidden (last) dimension has size 0; expected >= 1",
+                     x->name);
+        return -1;
+    }
+    return mv_as_rows(x, 1, rows, hidden, stride);
+}
+
+static int check_norm_weight(const mv_tensor *w, const mv_tensor *x, int64_t hidden)
+{
+    if (check_like(w, x) < 0)
+        return -1;
+    if (w->ndim != 1) {
+        PyErr_Format(PyExc_ValueError, "%s: expected 1 dimension [%lld], got %d dimensions",
+                     w->name, (long long)hidden, w->ndim);
+        return -1;
+    }
+    if (check_shape(w, 1, &hidden) < 0)
+        return -1;
+    if (hidden > 1 && w->strides[0] != 1) {
+        PyErr_Format(PyExc_ValueError, "%s: must be contiguous (stride 1), got stride %lld",
+                     w->name, (long long)w->strides[0]);
+        return -1;
+    }
+    return 0;
+}
+
+/* A tensor shaped exactly like x (residual), flattened the same way. */
+static int rows_like_x(const mv_tensor *t, const mv_tensor *x, int64_t *stride)
+{
+    int64_t rows, cols;
+    if (check_like(t, x) < 0 || check_shape(t, x->ndim, x->shape) < 0)
+        return -1;
+    return mv_as_rows(t, 1, &rows, &cols, stride);
+}
+
+/* ---- launching ----------------------------------------------------------------------------- */
+
+typedef int (*cpu_kernel)(const void *args);
+typedef int (*cuda_kernel)(const void *args, void *stream);
+
+static int cpu_rms_norm(const void *a) { return mv_rms_norm_cpu(a); }
+static int cpu_qkv(const void *a) { return mv_fused_rms_norm_qkv_cpu(a); }
+#ifdef MINIVLLM_WITH_CUDA
+static int cuda_rms_norm(const void *a, void *s) { return mv_rms_norm_cuda(a, s); }
+static int cuda_qkv(const void *a, void *s) { return mv_fused_rms_norm_qkv_cuda(a, s); }
+#endif
+
+static int launch(const char *op, const mv_call *c, const mv_tensor *x, const void *args,
+                  cpu_kernel on_cpu, cuda_kernel on_cuda)
+{
+    if (x->processor == MV_ON_CPU) {
+        int rc;
+        Py_BEGIN_ALLOW_THREADS
+        rc = on_cpu(args);
+        Py_END_ALLOW_THREADS
+        if (rc == MV_ERR_NOMEM) {
+            PyErr_Format(PyExc_MemoryError, "%s: out of memory for CPU scratch space", op);
+            return -1;
+        }
+        return 0;
+    }
+#ifdef MINIVLLM_WITH_CUDA
+    long long s = 0;
+    if (c->stream && c->stream != Py_None) {
+        s = PyLong_AsLongLong(c->stream);
+        if (s == -1 && PyErr_Occurred())
+            return -1;
+    }
+    int previous = 0;
+    cudaError_t err = cudaGetDevice(&previous);
+    if (err == cudaSuccess && previous != x->device_id)
+        err = cudaSetDevice(x->device_id);
+    if (err == cudaSuccess)
+        err = (cudaError_t)on_cuda(args, (void *)(intptr_t)s);
+    if (previous != x->device_id)
+        cudaSetDevice(previous);
+    if (err != cudaSuccess) {
+        PyErr_Format(PyExc_RuntimeError, "%s: CUDA error on cuda:%d: %s", op, x->device_id,
+                     cudaGetErrorString(err));
+        return -1;
+    }
+    return 0;
+#else
+    (void)c;
+    (void)args;
+    (void)on_cuda;
+    PyErr_Format(PyExc_RuntimeError,
+                 "%s: %s is on a CUDA device, but this minivllm was built without CUDA kernels "
+                 "(no nvcc at build time, or MINIVLLM_CPU_ONLY=1)", op, x->name);
+    return -1;
+#endif
+}
+
+/* ---- rms_norm(x, weight, eps, out, alloc, stream) -> out ------------------------------------- */
+
+static PyObject *py_rms_norm(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "_C.rms_norm(x, weight, eps, out, alloc, stream)");
+        return NULL;
+    }
+    mv_call c = {.st = get_state(module), .alloc = args[4], .stream = args[5]};
+    PyObject *result = NULL, *out_obj = NULL;
+    mv_rms_norm_args a;
+    memset(&a, 0, sizeof(a));
+    if (parse_eps(args[2], &a.in.eps) < 0)
+        goto done;
+    mv_tensor *x = call_import(&c, args[0], "x");
+    if (x == NULL || hidden_rows(x, &a.in.rows, &a.in.hidden, &a.in.x_stride) < 0)
+        goto done;
+    if (x->processor == MV_ON_CUDA && mv_check_element_aligned(x) < 0)
+        goto done;
+    mv_tensor *w = call_import(&c, args[1], "weight");
+    if (w == NULL || check_norm_weight(w, x, a.in.hidden) < 0)
+        goto done;
+    const int first_output = c.count;
+    mv_tensor *out = call_output(&c, args[3], "out", x, x->ndim, x->shape, &out_obj);
+    int64_t rows, cols;
+    if (out == NULL || mv_as_rows(out, 1, &rows, &cols, &a.out_stride) < 0)
+        goto done;
+    const int alias_of[] = {0}; /* out may be x itself: in-place rms_norm */
+    if (check_outputs_disjoint(&c, first_output, alias_of) < 0)
+        goto done;
+    a.in.dtype = x->dtype;
+    a.in.x = x->data;
+    a.in.norm_weight = w->data;
+    a.out = out->data;
+    if (launch("rms_norm", &c, x, &a, cpu_rms_norm,
+#ifdef MINIVLLM_WITH_CUDA
+               cuda_rms_norm
+#else
+               NULL
+#endif
+               ) < 0)
+        goto done;
+    result = Py_NewRef(out_obj);
+done:
+    Py_XDECREF(out_obj);
+    call_release(&c);
+    return result;
+}
+
+/* ---- fused_add_rms_norm(x, residual, weight, eps, out, residual_out, alloc, stream) ---------- */
+
+static PyObject *py_fused_add_rms_norm(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError,
+                        "_C.fused_add_rms_norm(x, residual, weight, eps, out, residual_out, alloc, stream)");
+        return NULL;
+    }
+    mv_call c = {.st = get_state(module), .alloc = args[6], .stream = args[7]};
+    PyObject *result = NULL, *out_obj = NULL, *res_obj = NULL;
+    mv_rms_norm_args a;
+    memset(&a, 0, sizeof(a));
+    int64_t rows, cols;
+    if (parse_eps(args[3], &a.in.eps) < 0)
+        goto done;
+    mv_tensor *x = call_import(&c, args[0], "x");
+    if (x == NULL || hidden_rows(x, &a.in.rows, &a.in.hidden, &a.in.x_stride) < 0)
+        goto done;
+    if (x->processor == MV_ON_CUDA && mv_check_element_aligned(x) < 0)
+        goto done;
+    mv_tensor *residual = call_import(&c, args[1], "residual");
+    if (residual == NULL || rows_like_x(residual, x, &a.in.residual_stride) < 0)
+        goto done;
+    mv_tensor *w = call_import(&c, args[2], "weight");
+    if (w == NULL || check_norm_weight(w, x, a.in.hidden) < 0)
+        goto done;
+    const int first_output = c.count;
+    mv_tensor *out = call_output(&c, args[4], "out", x, x->ndim, x->shape, &out_obj);
+    if (out == NULL || mv_as_rows(out, 1, &rows, &cols, &a.out_stride) < 0)
+        goto done;
+    mv_tensor *res_out = call_output(&c, args[5], "residual_out", x, x->ndim, x->shape, &res_obj);
+    if (res_out == NULL || mv_as_rows(res_out, 1, &rows, &cols, &a.in.residual_out_stride) < 0)
+        goto done;
+    /* In-place form: out may be x itself and residual_out residual itself. */
+    const int alias_of[] = {0, 1};
+    if (check_outputs_disjoint(&c, first_output, alias_of) < 0)
+        goto done;
+    a.in.dtype = x->dtype;
+    a.in.x = x->data;
+    a.in.residual = residual->data;
+    a.in.residual_out = res_out->data;
+    a.in.norm_weight = w->data;
+    a.out = out->data;
+    if (launch("fused_add_rms_norm", &c, x, &a, cpu_rms_norm,
+#ifdef MINIVLLM_WITH_CUDA
+               cuda_rms_norm
+#else
+               NULL
+#endif
+               ) < 0)
+        goto done;
+    result = PyTuple_Pack(2, out_obj, res_obj);
+done:
+    Py_XDECREF(out_obj);
+    Py_XDECREF(res_obj);
+    call_release(&c);
+    return result;
+}
+
+/* ---- fused_rms_norm_qkv(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps, residual,
+ *                         q, k, v, residual_out, alloc, stream) -> (q, k, v[, residual_out]) --- */
+
+/* Which of the two accepted layouts qkv_weight has, from its shape and strides. */
+static int qkv_weight_layout(const mv_tensor *w, int64_t hidden, int64_t *n_out,
+                             int64_t *stride_n, int64_t *stride_k)
+{
+    char shape[256], strides[256];
+    if (w->ndim != 2) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s: expected 2 dimensions ([N, %lld] as nn.Linear stores it, or its .t() "
+                     "view [%lld, N]), got %d dimensions",
+                     w->name, (long long)hidden, (long long)hidden, w->ndim);
+        return -1;
+    }
+    const int64_t a = w->shape[0], b = w->shape[1];
+    /* [H, N]: the transposed view. A square matrix is ambiguous by shape; the .t() view of a
+       row-major weight is the one with stride 1 in its first dimension. */
+    const int transposed = (a == hidden && b != hidden) ||
+                           (a == hidden && b == hidden && w->strides[0] == 1 && w->strides[1] != 1 && hidden > 1);
+    if (!transposed && b != hidden) {
+        mv_format_dims(shape, sizeof(shape), w->shape, 2);
+        PyErr_Format(PyExc_ValueError,
+                     "%s: expected shape (N, %lld) (the nn.Linear weight) or (%lld, N) (its .t() "
+                     "view) for hidden size %lld, got %s",
+                     w->name, (long long)hidden, (long long)hidden, (long long)hidden, shape);
+        return -1;
+    }
+    *n_out = transposed ? b : a;
+    *stride_n = transposed ? w->strides[1] : w->strides[0];
+    *stride_k = transposed ? w->strides[0] : w->strides[1];
+    if (hidden == 1)
+        *stride_k = 1;
+    if (*n_out == 1)
+        *stride_n = 1;
+    if (*stride_k != 1 && *stride_n != 1) {
+        mv_format_dims(strides, sizeof(strides), w->strides, 2);
+        PyErr_Format(PyExc_ValueError,
+                     "%s: one dimension must be contiguous (stride 1); got strides %s", w->name,
+                     strides);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *py_fused_rms_norm_qkv(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 13) {
+        PyErr_SetString(PyExc_TypeError,
+                        "_C.fused_rms_norm_qkv(x, norm_weight, qkv_weight, num_heads, num_kv_heads, "
+                        "eps, residual, q, k, v, residual_out, alloc, stream)");
+        return NULL;
+    }
+    mv_call c = {.st = get_state(module), .alloc = args[11], .stream = args[12]};
+    PyObject *result = NULL, *q_obj = NULL, *k_obj = NULL, *v_obj = NULL, *res_obj = NULL;
+    mv_qkv_args a;
+    memset(&a, 0, sizeof(a));
+    int64_t num_heads, num_kv_heads, n_out, rows, cols;
+    const int has_residual = args[6] != Py_None;
+    if (parse_positive_int(args[3], "num_heads", &num_heads) < 0 ||
+        parse_positive_int(args[4], "num_kv_heads", &num_kv_heads) < 0 ||
+        parse_eps(args[5], &a.in.eps) < 0)
+        goto done;
+    mv_tensor *x = call_import(&c, args[0], "hidden_states");
+    if (x == NULL || hidden_rows(x, &a.in.rows, &a.in.hidden, &a.in.x_stride) < 0)
+        goto done;
+    if (x->processor == MV_ON_CUDA && mv_check_element_aligned(x) < 0)
+        goto done;
+    mv_tensor *gamma = call_import(&c, args[1], "norm_weight");
+    if (gamma == NULL || check_norm_weight(gamma, x, a.in.hidden) < 0)
+        goto done;
+    mv_tensor *w = call_import(&c, args[2], "qkv_weight");
+    if (w == NULL || check_like(w, x) < 0 ||
+        qkv_weight_layout(w, a.in.hidden, &n_out, &a.w_stride_n, &a.w_stride_k) < 0)
+        goto done;
+    const int64_t heads = num_heads + 2 * num_kv_heads;
+    if (n_out % heads != 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "qkv_weight: its %lld output features are not divisible by num_heads + 2 * "
+                     "num_kv_heads = %lld",
+                     (long long)n_out, (long long)heads);
+        goto done;
+    }
+    const int64_t head_dim = n_out / heads;
+    mv_tensor *residual = NULL;
+    if (has_residual) {
+        residual = call_import(&c, args[6], "residual");
+        if (residual == NULL || rows_like_x(residual, x, &a.in.residual_stride) < 0)
+            goto done;
+    }
+    const int first_output = c.count;
+    int64_t shape[MV_MAX_DIMS + 1];
+    memcpy(shape, x->shape, sizeof(int64_t) * (size_t)(x->ndim - 1));
+    if (x->ndim + 1 > MV_MAX_DIMS) {
+        PyErr_Format(PyExc_ValueError, "hidden_states: too many dimensions (%d)", x->ndim);
+        goto done;
+    }
+    shape[x->ndim] = head_dim;
+    shape[x->ndim - 1] = num_heads;
+    mv_tensor *q = call_output(&c, args[7], "q", x, x->ndim + 1, shape, &q_obj);
+    if (q == NULL || mv_as_rows(q, 2, &rows, &cols, &a.q_stride) < 0)
+        goto done;
+    shape[x->ndim - 1] = num_kv_heads;
+    mv_tensor *k = call_output(&c, args[8], "k", x, x->ndim + 1, shape, &k_obj);
+    if (k == NULL || mv_as_rows(k, 2, &rows, &cols, &a.k_stride) < 0)
+        goto done;
+    mv_tensor *v = call_output(&c, args[9], "v", x, x->ndim + 1, shape, &v_obj);
+    if (v == NULL || mv_as_rows(v, 2, &rows, &cols, &a.v_stride) < 0)
+        goto done;
+    mv_tensor *res_out = NULL;
+    if (has_residual) {
+        res_out = call_output(&c, args[10], "residual_out", x, x->ndim, x->shape, &res_obj);
+        if (res_out == NULL || mv_as_rows(res_out, 1, &rows, &cols, &a.in.residual_out_stride) < 0)
+            goto done;
+    }
+    /* residual_out may be residual itself (in-place); residual is tensor index 3. */
+    const int alias_of[] = {-1, -1, -1, has_residual ? 3 : -1};
+    if (check_outputs_disjoint(&c, first_output, alias_of) < 0)
+        goto done;
+    a.in.dtype = x->dtype;
+    a.in.x = x->data;
+    a.in.norm_weight = gamma->data;
+    a.in.residual = residual ? residual->data : NULL;
+    a.in.residual_out = res_out ? res_out->data : NULL;
+    a.w = w->data;
+    a.q_cols = num_heads * head_dim;
+    a.kv_cols = num_kv_heads * head_dim;
+    a.q = q->data;
+    a.k = k->data;
+    a.v = v->data;
+    if (launch("fused_rms_norm_qkv", &c, x, &a, cpu_qkv,
+#ifdef MINIVLLM_WITH_CUDA
+               cuda_qkv
+#else
+               NULL
+#endif
+               ) < 0)
+        goto done;
+    result = has_residual ? PyTuple_Pack(4, q_obj, k_obj, v_obj, res_obj)
+                          : PyTuple_Pack(3, q_obj, k_obj, v_obj);
+done:
+    Py_XDECREF(q_obj);
+    Py_XDECREF(k_obj);
+    Py_XDECREF(v_obj);
+    Py_XDECREF(res_obj);
+    call_release(&c);
+    return result;
+}
+
+/* ---- device information -------------------------------------------------------------------- */
+
+static PyObject *py_cuda_device_count(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+#ifdef MINIVLLM_WITH_CUDA
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess) {
+        cudaGetLastError(); /* no driver or no device: not an error for this question */
+        count = 0;
+    }
+    return PyLong_FromLong(count);
+#else
+    return PyLong_FromLong(0);
+#endif
+}
+
+static PyMethodDef module_methods[] = {
+    {"rms_norm", (PyCFunction)(void (*)(void))py_rms_norm, METH_FASTCALL,
+     "rms_norm(x, weight, eps, out, alloc, stream) -> out (internal; use minivllm.rms_norm)"},
+    {"fused_add_rms_norm", (PyCFunction)(void (*)(void))py_fused_add_rms_norm, METH_FASTCALL,
+     "fused_add_rms_norm(x, residual, weight, eps, out, residual_out, alloc, stream) -> "
+     "(out, residual_out) (internal)"},
+    {"fused_rms_norm_qkv", (PyCFunction)(void (*)(void))py_fused_rms_norm_qkv, METH_FASTCALL,
+     "fused_rms_norm_qkv(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps, residual, q, k, "
+     "v, residual_out, alloc, stream) -> (q, k, v[, residual_out]) (internal)"},
+    {"cuda_device_count", py_cuda_device_count, METH_NOARGS,
+     "Number of CUDA devices the built-in CUDA runtime sees (0 without CUDA support)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static int module_exec(PyObject *module)
+{
+    mv_state *st = get_state(module);
+    if (mv_import_names_init(&st->names) < 0)
+        return -1;
+    st->buffer_type = mv_buffer_type_create(module);
+    if (st->buffer_type == NULL)
+        return -1;
+    if (PyModule_AddObjectRef(module, "Buffer", (PyObject *)st->buffer_type) < 0)
+        return -1;
+#ifdef MINIVLLM_WITH_CUDA
+    const int cuda_built = 1;
+    int runtime_version = 0;
+    cudaRuntimeGetVersion(&runtime_version);
+#else
+    const int cuda_built = 0;
+    const int runtime_version = 0;
+#endif
+    if (PyModule_AddObjectRef(module, "cuda_built", cuda_built ? Py_True : Py_False) < 0 ||
+        PyModule_AddIntConstant(module, "cuda_runtime_version", runtime_version) < 0)
+        return -1;
+    return 0;
+}
+
+static int module_traverse(PyObject *module, visitproc visit, void *arg)
+{
+    mv_state *st = get_state(module);
+    Py_VISIT(st->buffer_type);
+    return 0;
+}
+
+static int module_clear(PyObject *module)
+{
+    mv_state *st = get_state(module);
+    Py_CLEAR(st->buffer_type);
+    mv_import_names_clear(&st->names);
+    return 0;
+}
+
+static void module_free(void *module) { module_clear((PyObject *)module); }
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, module_exec},
+    {0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "minivllm._C",
+    .m_doc = "minivllm kernels: RMSNorm, fused add + RMSNorm, fused RMSNorm + QKV (CPU and CUDA).",
+    .m_size = sizeof(mv_state),
+    .m_methods = module_methods,
+    .m_slots = module_slots,
+    .m_traverse = module_traverse,
+    .m_clear = module_clear,
+    .m_free = module_free,
+};
+
+PyMODINIT_FUNC PyInit__C(void) { return PyModuleDef_Init(&module_def); }

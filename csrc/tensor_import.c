@@ -1,0 +1,644 @@
+/*
+ * tensor_import.c: DLPack / __array_interface__ import and the argument checks shared by every op.
+ */
+#include "tensor_import.h"
+
+#include <string.h>
+
+static const char VERSIONED_NAME[] = "dltensor_versioned";
+static const char VERSIONED_USED_NAME[] = "used_dltensor_versioned";
+static const char LEGACY_NAME[] = "dltensor";
+static const char LEGACY_USED_NAME[] = "used_dltensor";
+
+int mv_import_names_init(mv_import_names *n)
+{
+    memset(n, 0, sizeof(*n));
+    n->dlpack = PyUnicode_InternFromString("__dlpack__");
+    n->dlpack_device = PyUnicode_InternFromString("__dlpack_device__");
+    n->array_interface = PyUnicode_InternFromString("__array_interface__");
+    n->dtype = PyUnicode_InternFromString("dtype");
+    n->name = PyUnicode_InternFromString("name");
+    n->kwnames_stream_version = Py_BuildValue("(ss)", "stream", "max_version");
+    n->kwnames_version = Py_BuildValue("(s)", "max_version");
+    n->kwnames_stream = Py_BuildValue("(s)", "stream");
+    n->max_version = Py_BuildValue("(ii)", MV_DLPACK_MAJOR, MV_DLPACK_MINOR);
+    if (!n->dlpack || !n->dlpack_device || !n->array_interface || !n->dtype || !n->name ||
+        !n->kwnames_stream_version || !n->kwnames_version || !n->kwnames_stream ||
+        !n->max_version) {
+        mv_import_names_clear(n);
+        return -1;
+    }
+    return 0;
+}
+
+void mv_import_names_clear(mv_import_names *n)
+{
+    Py_CLEAR(n->dlpack);
+    Py_CLEAR(n->dlpack_device);
+    Py_CLEAR(n->array_interface);
+    Py_CLEAR(n->dtype);
+    Py_CLEAR(n->name);
+    Py_CLEAR(n->kwnames_stream_version);
+    Py_CLEAR(n->kwnames_version);
+    Py_CLEAR(n->kwnames_stream);
+    Py_CLEAR(n->max_version);
+}
+
+size_t mv_dtype_size(mv_dtype dt) { return dt == MV_FLOAT32 ? 4 : 2; }
+
+const char *mv_dtype_name(mv_dtype dt)
+{
+    switch (dt) {
+    case MV_FLOAT32: return "float32";
+    case MV_FLOAT16: return "float16";
+    case MV_BFLOAT16: return "bfloat16";
+    }
+    return "?";
+}
+
+void mv_format_dims(char *buf, size_t size, const int64_t *dims, int ndim)
+{
+    /* Python's tuple spelling: "(2, 3)", "(5,)", "()". */
+    size_t used = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < ndim && used < size; i++) {
+        int wrote = snprintf(buf + used, size - used, "%s%lld", i ? ", " : "(", (long long)dims[i]);
+        used += wrote > 0 ? (size_t)wrote : 0;
+    }
+    if (used < size)
+        snprintf(buf + used, size - used, "%s", ndim == 0 ? "()" : ndim == 1 ? ",)" : ")");
+}
+
+/* 1 when obj has the attribute, 0 when it has not, -1 with an exception on other errors. */
+static int has_attribute(PyObject *obj, PyObject *name)
+{
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value) {
+        Py_DECREF(value);
+        return 1;
+    }
+    if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+        return 0;
+    }
+    return -1;
+}
+
+/* ---- filling an mv_tensor from a DLTensor ---------------------------------------------- */
+
+static void describe_dl_dtype(char *buf, size_t size, mv_dl_dtype dt)
+{
+    const char *kind = "code";
+    switch (dt.code) {
+    case MV_DL_INT: kind = "int"; break;
+    case MV_DL_UINT: kind = "uint"; break;
+    case MV_DL_FLOAT: kind = "float"; break;
+    case MV_DL_BFLOAT: kind = "bfloat"; break;
+    case MV_DL_COMPLEX: kind = "complex"; break;
+    case MV_DL_BOOL: snprintf(buf, size, "bool"); return;
+    default: break;
+    }
+    if (dt.lanes != 1)
+        snprintf(buf, size, "%s%u x%u", kind, (unsigned)dt.bits, (unsigned)dt.lanes);
+    else
+        snprintf(buf, size, "%s%u", kind, (unsigned)dt.bits);
+}
+
+static int unsupported_dtype(const char *name, const char *what)
+{
+    PyErr_Format(PyExc_TypeError,
+                 "%s: unsupported dtype %s; expected float32, float16 or bfloat16", name, what);
+    return -1;
+}
+
+/* The bytes the tensor spans, so overlap checks are exact for any strides (negative too). */
+static int compute_extent(mv_tensor *t)
+{
+    const int64_t elem = (int64_t)mv_dtype_size(t->dtype);
+    int64_t lo = 0, hi = 0;
+    for (int d = 0; d < t->ndim; d++) {
+        if (t->shape[d] == 0) {
+            t->begin = t->end = (uintptr_t)t->data;
+            return 0;
+        }
+    }
+    for (int d = 0; d < t->ndim; d++) {
+        int64_t span;
+        if (__builtin_mul_overflow(t->shape[d] - 1, t->strides[d], &span) ||
+            __builtin_mul_overflow(span, elem, &span) ||
+            (span > 0 ? __builtin_add_overflow(hi, span, &hi)
+                      : __builtin_add_overflow(lo, span, &lo))) {
+            PyErr_Format(PyExc_ValueError, "%s: shape and strides overflow the address space",
+                         t->name);
+            return -1;
+        }
+    }
+    t->begin = (uintptr_t)t->data + (uintptr_t)lo;
+    t->end = (uintptr_t)t->data + (uintptr_t)hi + (uintptr_t)elem;
+    return 0;
+}
+
+static int fill_from_dl(mv_tensor *t, const mv_dl_tensor *dl, int readonly)
+{
+    char what[64];
+    if (dl->ndim < 0 || dl->ndim > MV_MAX_DIMS) {
+        PyErr_Format(PyExc_ValueError, "%s: %d dimensions is more than minivllm supports (%d)",
+                     t->name, (int)dl->ndim, MV_MAX_DIMS);
+        return -1;
+    }
+    switch (dl->device.device_type) {
+    case MV_DL_CPU:
+    case MV_DL_CUDA_HOST:
+        t->processor = MV_ON_CPU;
+        t->device_id = 0;
+        break;
+    case MV_DL_CUDA:
+    case MV_DL_CUDA_MANAGED:
+        t->processor = MV_ON_CUDA;
+        t->device_id = dl->device.device_id;
+        break;
+    default:
+        PyErr_Format(PyExc_ValueError,
+                     "%s: device type %d is not supported; expected the CPU or a CUDA device",
+                     t->name, (int)dl->device.device_type);
+        return -1;
+    }
+    if (dl->dtype.lanes == 1 && dl->dtype.code == MV_DL_FLOAT && dl->dtype.bits == 32)
+        t->dtype = MV_FLOAT32;
+    else if (dl->dtype.lanes == 1 && dl->dtype.code == MV_DL_FLOAT && dl->dtype.bits == 16)
+        t->dtype = MV_FLOAT16;
+    else if (dl->dtype.lanes == 1 && dl->dtype.code == MV_DL_BFLOAT && dl->dtype.bits == 16)
+        t->dtype = MV_BFLOAT16;
+    else {
+        describe_dl_dtype(what, sizeof(what), dl->dtype);
+        return unsupported_dtype(t->name, what);
+    }
+    t->ndim = (int)dl->ndim;
+    int64_t compact = 1;
+    for (int d = t->ndim - 1; d >= 0; d--) {
+        const int64_t size = dl->shape[d];
+        if (size < 0) {
+            PyErr_Format(PyExc_ValueError, "%s: negative size in dimension %d", t->name, d);
+            return -1;
+        }
+        t->shape[d] = size;
+        t->strides[d] = dl->strides ? dl->strides[d] : compact;
+        if (__builtin_mul_overflow(compact, size ? size : 1, &compact)) {
+            PyErr_Format(PyExc_ValueError, "%s: shape overflows", t->name);
+            return -1;
+        }
+    }
+    t->data = (char *)dl->data + dl->byte_offset;
+    t->readonly = readonly;
+    return compute_extent(t);
+}
+
+/* Take ownership of a DLPack capsule: rename it so nobody else consumes it, and keep the
+   managed tensor until mv_tensor_release calls its deleter. */
+static int consume_capsule(PyObject *capsule, mv_tensor *t)
+{
+    const char *cname = PyCapsule_GetName(capsule);
+    if (cname == NULL && PyErr_Occurred())
+        return -1;
+    if (cname && strcmp(cname, VERSIONED_NAME) == 0) {
+        mv_dl_managed_tensor_versioned *m = PyCapsule_GetPointer(capsule, VERSIONED_NAME);
+        if (m == NULL)
+            return -1;
+        if (m->version.major != MV_DLPACK_MAJOR) {
+            /* Not ours to consume: the capsule's own destructor frees it. */
+            PyErr_Format(PyExc_BufferError,
+                         "%s: DLPack capsule has version %u.%u; minivllm reads %d.x", t->name,
+                         (unsigned)m->version.major, (unsigned)m->version.minor,
+                         MV_DLPACK_MAJOR);
+            return -1;
+        }
+        if (PyCapsule_SetName(capsule, VERSIONED_USED_NAME) < 0)
+            return -1;
+        t->versioned = m;
+        return fill_from_dl(t, &m->dl_tensor, (m->flags & MV_DL_FLAG_READ_ONLY) != 0);
+    }
+    if (cname && strcmp(cname, LEGACY_NAME) == 0) {
+        mv_dl_managed_tensor *m = PyCapsule_GetPointer(capsule, LEGACY_NAME);
+        if (m == NULL)
+            return -1;
+        if (PyCapsule_SetName(capsule, LEGACY_USED_NAME) < 0)
+            return -1;
+        t->legacy = m;
+        return fill_from_dl(t, &m->dl_tensor, 0);
+    }
+    if (cname && (strcmp(cname, VERSIONED_USED_NAME) == 0 || strcmp(cname, LEGACY_USED_NAME) == 0)) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s: this DLPack capsule was already consumed (a capsule can be used once)",
+                     t->name);
+        return -1;
+    }
+    PyErr_Format(PyExc_TypeError, "%s: a capsule named '%s' is not a DLPack capsule", t->name,
+                 cname ? cname : "(null)");
+    return -1;
+}
+
+/* ---- __array_interface__ (NumPy arrays DLPack cannot carry, e.g. ml_dtypes.bfloat16) ---- */
+
+static int import_array_interface(const mv_import_names *names, PyObject *obj, mv_tensor *t)
+{
+    int rc = -1;
+    PyObject *dtype = NULL, *dtype_name = NULL;
+    PyObject *iface = PyObject_GetAttr(obj, names->array_interface);
+    if (iface == NULL)
+        return -1;
+    if (!PyDict_Check(iface)) {
+        PyErr_Format(PyExc_TypeError, "%s: __array_interface__ is not a dict", t->name);
+        goto done;
+    }
+    PyObject *typestr = PyDict_GetItemString(iface, "typestr");
+    PyObject *shape = PyDict_GetItemString(iface, "shape");
+    PyObject *data = PyDict_GetItemString(iface, "data");
+    PyObject *strides = PyDict_GetItemString(iface, "strides");
+    PyObject *mask = PyDict_GetItemString(iface, "mask");
+    if (!typestr || !PyUnicode_Check(typestr) || !shape || !PyTuple_Check(shape) || !data ||
+        !PyTuple_Check(data) || PyTuple_GET_SIZE(data) != 2 || (mask && mask != Py_None) ||
+        (strides && strides != Py_None && !PyTuple_Check(strides))) {
+        PyErr_Format(PyExc_TypeError,
+                     "%s: unsupported __array_interface__ (expected version 3 with a (pointer, "
+                     "read-only) data tuple and no mask)", t->name);
+        goto done;
+    }
+    /* bfloat16 has no array-interface type code: NumPy reports it as raw 2-byte void, so
+       the dtype's name tells it apart. */
+    const char *ts = PyUnicode_AsUTF8(typestr);
+    if (ts == NULL)
+        goto done;
+    dtype = PyObject_GetAttr(obj, names->dtype);
+    if (dtype)
+        dtype_name = PyObject_GetAttr(dtype, names->name);
+    PyErr_Clear();
+    const char *dn = dtype_name && PyUnicode_Check(dtype_name) ? PyUnicode_AsUTF8(dtype_name) : NULL;
+    const int native = ts[0] == '<' || ts[0] == '|' || ts[0] == '=';
+    if (dn && strcmp(dn, "bfloat16") == 0 && strcmp(ts + 1, "V2") == 0 && native)
+        t->dtype = MV_BFLOAT16;
+    else if (native && strcmp(ts + 1, "f4") == 0)
+        t->dtype = MV_FLOAT32;
+    else if (native && strcmp(ts + 1, "f2") == 0)
+        t->dtype = MV_FLOAT16;
+    else {
+        unsupported_dtype(t->name, dn ? dn : ts);
+        goto done;
+    }
+    const Py_ssize_t ndim = PyTuple_GET_SIZE(shape);
+    if (ndim > MV_MAX_DIMS || (strides && strides != Py_None && PyTuple_GET_SIZE(strides) != ndim)) {
+        PyErr_Format(PyExc_ValueError, "%s: unsupported number of dimensions (%zd)", t->name, ndim);
+        goto done;
+    }
+    const int64_t elem = (int64_t)mv_dtype_size(t->dtype);
+    t->ndim = (int)ndim;
+    int64_t compact = 1;
+    for (Py_ssize_t d = ndim - 1; d >= 0; d--) {
+        const long long size = PyLong_AsLongLong(PyTuple_GET_ITEM(shape, d));
+        if (size == -1 && PyErr_Occurred())
+            goto done;
+        long long stride_bytes = compact * elem;
+        if (strides && strides != Py_None) {
+            stride_bytes = PyLong_AsLongLong(PyTuple_GET_ITEM(strides, d));
+            if (stride_bytes == -1 && PyErr_Occurred())
+                goto done;
+        }
+        if (size < 0 || stride_bytes % elem != 0) {
+            PyErr_Format(PyExc_ValueError,
+                         "%s: stride of %lld bytes is not a multiple of the %lld-byte element",
+                         t->name, stride_bytes, (long long)elem);
+            goto done;
+        }
+        t->shape[d] = size;
+        t->strides[d] = stride_bytes / elem;
+        compact *= size ? size : 1;
+    }
+    void *ptr = PyLong_AsVoidPtr(PyTuple_GET_ITEM(data, 0));
+    if (ptr == NULL && PyErr_Occurred())
+        goto done;
+    const int readonly = PyObject_IsTrue(PyTuple_GET_ITEM(data, 1));
+    if (readonly < 0)
+        goto done;
+    t->data = ptr;
+    t->readonly = readonly;
+    t->processor = MV_ON_CPU;
+    t->device_id = 0;
+    if (compute_extent(t) < 0)
+        goto done;
+    Py_INCREF(obj);
+    t->owner = obj;
+    rc = 0;
+done:
+    Py_XDECREF(dtype_name);
+    Py_XDECREF(dtype);
+    Py_DECREF(iface);
+    return rc;
+}
+
+/* ---- __dlpack__ ------------------------------------------------------------------------- */
+
+/* Re-raise the pending exception as `type` with the argument's name, chaining the original. */
+static void rewrap_exception(PyObject *type, const char *name, const char *what)
+{
+    /* Interrupts and memory errors pass through untouched. */
+    if (!PyErr_ExceptionMatches(PyExc_Exception) || PyErr_ExceptionMatches(PyExc_MemoryError))
+        return;
+    PyObject *etype, *evalue, *etb;
+    PyErr_Fetch(&etype, &evalue, &etb);
+    PyErr_NormalizeException(&etype, &evalue, &etb);
+    PyErr_Format(type, "%s: %s: %S", name, what, evalue ? evalue : Py_None);
+    if (evalue) {
+        PyObject *t2, *v2, *tb2;
+        PyErr_Fetch(&t2, &v2, &tb2);
+        PyErr_NormalizeException(&t2, &v2, &tb2);
+        if (etb)
+            PyException_SetTraceback(evalue, etb);
+        PyException_SetCause(v2, evalue); /* steals evalue */
+        evalue = NULL;
+        PyErr_Restore(t2, v2, tb2);
+    }
+    Py_XDECREF(etype);
+    Py_XDECREF(evalue);
+    Py_XDECREF(etb);
+}
+
+/* (device_type, device_id) from __dlpack_device__; CPU when the object lacks the method. */
+static int query_device(const mv_import_names *names, PyObject *obj, const char *name,
+                        int *device_type)
+{
+    *device_type = MV_DL_CPU;
+    PyObject *dev = PyObject_CallMethodNoArgs(obj, names->dlpack_device);
+    if (dev == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            PyErr_Clear();
+            return 0;
+        }
+        rewrap_exception(PyExc_TypeError, name, "__dlpack_device__() failed");
+        return -1;
+    }
+    int ok = PyTuple_Check(dev) && PyTuple_GET_SIZE(dev) == 2;
+    long type = ok ? PyLong_AsLong(PyTuple_GET_ITEM(dev, 0)) : -1;
+    Py_DECREF(dev);
+    if (!ok || (type == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError,
+                     "%s: __dlpack_device__() must return a (device_type, device_id) tuple",
+                     name);
+        return -1;
+    }
+    *device_type = (int)type;
+    return 0;
+}
+
+static PyObject *call_dlpack(const mv_import_names *names, PyObject *obj, const char *name,
+                             PyObject *stream)
+{
+    int device_type;
+    if (query_device(names, obj, name, &device_type) < 0)
+        return NULL;
+    /* CPU producers (NumPy) accept only stream=None, so the stream goes to CUDA ones only. */
+    const int wants_stream = device_type == MV_DL_CUDA || device_type == MV_DL_CUDA_MANAGED;
+    PyObject *stream_arg = NULL;
+    if (wants_stream) {
+        /* DLPack reserves 0; None and 1 both mean the legacy default stream. */
+        if (stream == NULL || stream == Py_None) {
+            stream_arg = PyLong_FromLong(1);
+        } else {
+            long long s = PyLong_AsLongLong(stream);
+            if (s == -1 && PyErr_Occurred())
+                return NULL;
+            stream_arg = s == 0 ? PyLong_FromLong(1) : Py_NewRef(stream);
+        }
+        if (stream_arg == NULL)
+            return NULL;
+    }
+    PyObject *args[3] = {obj, NULL, NULL};
+    PyObject *capsule;
+    if (wants_stream) {
+        args[1] = stream_arg;
+        args[2] = names->max_version;
+        capsule = PyObject_VectorcallMethod(names->dlpack, args,
+                                            1 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                            names->kwnames_stream_version);
+    } else {
+        args[1] = names->max_version;
+        capsule = PyObject_VectorcallMethod(names->dlpack, args,
+                                            1 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                            names->kwnames_version);
+    }
+    if (capsule == NULL && PyErr_ExceptionMatches(PyExc_TypeError)) {
+        /* A producer from before DLPack 1.0 does not know max_version: ask again without. */
+        PyErr_Clear();
+        args[1] = stream_arg;
+        capsule = PyObject_VectorcallMethod(names->dlpack, args,
+                                            1 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                            wants_stream ? names->kwnames_stream : NULL);
+    }
+    Py_XDECREF(stream_arg);
+    return capsule;
+}
+
+int mv_tensor_import(const mv_import_names *names, PyObject *obj, const char *name,
+                     PyObject *stream, mv_tensor *t)
+{
+    memset(t, 0, sizeof(*t));
+    t->name = name;
+    if (PyCapsule_CheckExact(obj))
+        return consume_capsule(obj, t);
+
+    int has_dlpack = has_attribute(obj, names->dlpack);
+    if (has_dlpack < 0)
+        return -1;
+    if (has_dlpack) {
+        PyObject *capsule = call_dlpack(names, obj, name, stream);
+        if (capsule == NULL) {
+            if (PyErr_ExceptionMatches(PyExc_BufferError)) {
+                /* NumPy refuses DLPack for dtypes it cannot describe there (bfloat16) and,
+                   before 2.1, for read-only arrays; its array interface carries both. */
+                PyObject *etype, *evalue, *etb;
+                PyErr_Fetch(&etype, &evalue, &etb);
+                int has_iface = has_attribute(obj, names->array_interface);
+                if (has_iface != 0) {
+                    Py_XDECREF(etype);
+                    Py_XDECREF(evalue);
+                    Py_XDECREF(etb);
+                    return has_iface < 0 ? -1 : import_array_interface(names, obj, t);
+                }
+                PyErr_Restore(etype, evalue, etb);
+                rewrap_exception(PyExc_BufferError, name, "__dlpack__() failed");
+                return -1;
+            }
+            rewrap_exception(PyExc_TypeError, name, "__dlpack__() failed");
+            return -1;
+        }
+        if (!PyCapsule_CheckExact(capsule)) {
+            PyErr_Format(PyExc_TypeError, "%s: __dlpack__() returned %.100s, not a DLPack capsule",
+                         name, Py_TYPE(capsule)->tp_name);
+            Py_DECREF(capsule);
+            return -1;
+        }
+        int rc = consume_capsule(capsule, t);
+        Py_DECREF(capsule);
+        return rc;
+    }
+    int has_iface = has_attribute(obj, names->array_interface);
+    if (has_iface < 0)
+        return -1;
+    if (has_iface)
+        return import_array_interface(names, obj, t);
+    PyErr_Format(PyExc_TypeError,
+                 "%s: expected an array supporting DLPack (__dlpack__) or a DLPack capsule, got %.100s",
+                 name, Py_TYPE(obj)->tp_name);
+    return -1;
+}
+
+void mv_tensor_release(mv_tensor *t)
+{
+    if (t->versioned) {
+        if (t->versioned->deleter)
+            t->versioned->deleter(t->versioned);
+        t->versioned = NULL;
+    }
+    if (t->legacy) {
+        if (t->legacy->deleter)
+            t->legacy->deleter(t->legacy);
+        t->legacy = NULL;
+    }
+    Py_CLEAR(t->owner);
+}
+
+/* ---- checks ----------------------------------------------------------------------------- */
+
+int mv_check_dtype_matches(const mv_tensor *t, const mv_tensor *ref)
+{
+    if (t->dtype == ref->dtype)
+        return 0;
+    PyErr_Format(PyExc_TypeError, "%s: dtype %s does not match %s's dtype %s", t->name,
+                 mv_dtype_name(t->dtype), ref->name, mv_dtype_name(ref->dtype));
+    return -1;
+}
+
+static void describe_device(char *buf, size_t size, const mv_tensor *t)
+{
+    if (t->processor == MV_ON_CPU)
+        snprintf(buf, size, "cpu");
+    else
+        snprintf(buf, size, "cuda:%d", t->device_id);
+}
+
+int mv_check_device_matches(const mv_tensor *t, const mv_tensor *ref)
+{
+    if (t->processor == ref->processor && t->device_id == ref->device_id)
+        return 0;
+    char a[32], b[32];
+    describe_device(a, sizeof(a), t);
+    describe_device(b, sizeof(b), ref);
+    PyErr_Format(PyExc_ValueError, "%s: is on device %s, but %s is on device %s", t->name, a,
+                 ref->name, b);
+    return -1;
+}
+
+int mv_check_writable(const mv_tensor *t)
+{
+    if (!t->readonly)
+        return 0;
+    PyErr_Format(PyExc_ValueError, "%s: is read-only, but an output must be writable", t->name);
+    return -1;
+}
+
+static int same_layout(const mv_tensor *a, const mv_tensor *b)
+{
+    if (a->data != b->data || a->ndim != b->ndim || a->dtype != b->dtype)
+        return 0;
+    for (int d = 0; d < a->ndim; d++)
+        if (a->shape[d] != b->shape[d] || (a->shape[d] > 1 && a->strides[d] != b->strides[d]))
+            return 0;
+    return 1;
+}
+
+int mv_check_no_overlap(const mv_tensor *out, const mv_tensor *other, int allow_alias)
+{
+    if (out->begin == out->end || other->begin == other->end)
+        return 0;
+    if (out->end <= other->begin || other->end <= out->begin)
+        return 0;
+    if (allow_alias && same_layout(out, other))
+        return 0;
+    PyErr_Format(PyExc_ValueError, "%s: overlaps %s in memory%s", out->name, other->name,
+                 allow_alias ? " (only the exact in-place form, the very same array, is allowed)"
+                             : "");
+    return -1;
+}
+
+int mv_check_element_aligned(const mv_tensor *t)
+{
+    if ((uintptr_t)t->data % mv_dtype_size(t->dtype) == 0)
+        return 0;
+    PyErr_Format(PyExc_ValueError,
+                 "%s: data pointer %p is not aligned to its %zu-byte element size", t->name,
+                 (void *)t->data, mv_dtype_size(t->dtype));
+    return -1;
+}
+
+int mv_as_rows(const mv_tensor *t, int col_dims, int64_t *rows, int64_t *cols,
+               int64_t *row_stride)
+{
+    char shape[256], strides[256];
+    const int first_col = t->ndim - col_dims;
+    int64_t n_cols = 1, n_rows = 1;
+    for (int d = t->ndim - 1; d >= first_col; d--) {
+        if (t->shape[d] != 1 && t->strides[d] != n_cols) {
+            mv_format_dims(strides, sizeof(strides), t->strides, t->ndim);
+            if (d == t->ndim - 1)
+                PyErr_Format(PyExc_ValueError,
+                             "%s: the last dimension must be contiguous (stride 1); got strides %s",
+                             t->name, strides);
+            else
+                PyErr_Format(PyExc_ValueError,
+                             "%s: the last %d dimensions must be contiguous together; got strides %s",
+                             t->name, col_dims, strides);
+            return -1;
+        }
+        n_cols *= t->shape[d];
+    }
+    /* Leading dimensions: walk outwards from the innermost one that has more than one row;
+       each must step exactly over the ones inside it. Size-1 dimensions carry no stride. */
+    int64_t stride = n_cols, expected = -1;
+    int found = 0;
+    for (int d = first_col - 1; d >= 0; d--) {
+        if (__builtin_mul_overflow(n_rows, t->shape[d], &n_rows)) {
+            PyErr_Format(PyExc_ValueError, "%s: too many rows", t->name);
+            return -1;
+        }
+        if (t->shape[d] == 1)
+            continue;
+        if (!found) {
+            found = 1;
+            stride = t->strides[d];
+        } else if (t->strides[d] != expected) {
+            expected = -2; /* marks failure; reported below unless the tensor is empty */
+            break;
+        }
+        if (__builtin_mul_overflow(t->strides[d], t->shape[d], &expected))
+            expected = -2;
+    }
+    if (expected == -2) {
+        int empty = 0;
+        for (int d = 0; d < t->ndim; d++)
+            empty |= t->shape[d] == 0;
+        if (!empty) {
+            mv_format_dims(shape, sizeof(shape), t->shape, t->ndim);
+            mv_format_dims(strides, sizeof(strides), t->strides, t->ndim);
+            PyErr_Format(PyExc_ValueError,
+                         "%s: the leading dimensions of shape %s with strides %s cannot be "
+                         "flattened into rows with one stride; pass a contiguous copy",
+                         t->name, shape, strides);
+            return -1;
+        }
+        for (int d = 0; d < first_col; d++)
+            n_rows = t->shape[d] == 0 ? 0 : n_rows;
+    }
+    *rows = n_rows;
+    *cols = n_cols;
+    *row_stride = stride;
+    return 0;
+}

@@ -1,0 +1,86 @@
+/*
+ * tensor_import.h: turning Python arrays into validated raw views for the kernels.
+ *
+ * mv_tensor_import accepts any object with __dlpack__ / __dlpack_device__ (NumPy, PyTorch, CuPy,
+ * JAX, minivllm.Buffer), a raw DLPack capsule (versioned or legacy), or a NumPy-style
+ * __array_interface__ (the fallback for arrays DLPack cannot carry, such as ml_dtypes.bfloat16).
+ * A consumed capsule is renamed to its "used_" name and its deleter runs exactly once, in
+ * mv_tensor_release. Every failure sets a Python exception whose message starts with the
+ * argument's name.
+ */
+#ifndef MINIVLLM_TENSOR_IMPORT_H
+#define MINIVLLM_TENSOR_IMPORT_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+
+#include "dlpack_abi.h"
+#include "minivllm_kernels.h"
+
+#define MV_MAX_DIMS 16
+
+/* Where a tensor lives, after folding pinned host memory into the CPU and managed memory into
+   its CUDA device: the kernels only care which processor reads it. */
+typedef enum { MV_ON_CPU = 0, MV_ON_CUDA = 1 } mv_processor;
+
+typedef struct {
+    const char *name; /* the Python argument's name, for messages */
+    char *data;       /* first element (byte_offset applied) */
+    mv_processor processor;
+    int device_id;
+    mv_dtype dtype;
+    int readonly;
+    int ndim;
+    int64_t shape[MV_MAX_DIMS];
+    int64_t strides[MV_MAX_DIMS]; /* in elements */
+    uintptr_t begin, end;          /* bytes it spans; begin == end when it holds no element */
+    /* What keeps the memory alive; exactly one is set once imported. */
+    mv_dl_managed_tensor *legacy;
+    mv_dl_managed_tensor_versioned *versioned;
+    PyObject *owner;
+} mv_tensor;
+
+/* Interned names used on every call; created once per module. */
+typedef struct {
+    PyObject *dlpack;        /* "__dlpack__" */
+    PyObject *dlpack_device; /* "__dlpack_device__" */
+    PyObject *array_interface;
+    PyObject *dtype;
+    PyObject *name;
+    PyObject *kwnames_stream_version; /* ("stream", "max_version") */
+    PyObject *kwnames_version;        /* ("max_version",) */
+    PyObject *kwnames_stream;         /* ("stream",) */
+    PyObject *max_version;            /* (1, 1) */
+} mv_import_names;
+
+int mv_import_names_init(mv_import_names *n);
+void mv_import_names_clear(mv_import_names *n);
+
+/* stream: the CUDA stream (an int) to hand to CUDA producers; NULL or None = legacy default. */
+int mv_tensor_import(const mv_import_names *names, PyObject *obj, const char *name,
+                     PyObject *stream, mv_tensor *t);
+void mv_tensor_release(mv_tensor *t);
+
+size_t mv_dtype_size(mv_dtype dt);
+const char *mv_dtype_name(mv_dtype dt);
+
+/* Checks; each returns 0 or -1 with an exception set. */
+int mv_check_dtype_matches(const mv_tensor *t, const mv_tensor *ref);
+int mv_check_device_matches(const mv_tensor *t, const mv_tensor *ref);
+int mv_check_writable(const mv_tensor *t);
+/* Outputs may not overlap inputs (or each other). An exact alias (same data, shape and strides)
+   is allowed only where allow_alias says the op supports that in-place form. */
+int mv_check_no_overlap(const mv_tensor *out, const mv_tensor *other, int allow_alias);
+/* Data pointer aligned to the element size (CUDA loads need it; CPU kernels do not). */
+int mv_check_element_aligned(const mv_tensor *t);
+
+/* View t as a row-major matrix: its last `col_dims` dimensions form the (contiguous) columns,
+   the others are flattened into rows that must share one row stride. */
+int mv_as_rows(const mv_tensor *t, int col_dims, int64_t *rows, int64_t *cols,
+               int64_t *row_stride);
+
+/* For messages: "(2, 3)" of a shape or strides array. */
+void mv_format_dims(char *buf, size_t size, const int64_t *dims, int ndim);
+
+#endif /* MINIVLLM_TENSOR_IMPORT_H */

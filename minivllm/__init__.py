@@ -1,0 +1,131 @@
+"""minivllm: C/CUDA kernels for the prologue of LLM attention layers.
+
+Ops (CPU and CUDA, float32 / float16 / bfloat16, any array with DLPack):
+  rms_norm(x, weight, eps=1e-6, *, out=None)
+  fused_add_rms_norm(x, residual, weight, eps=1e-6, *, out=None, residual_out=None, inplace=False)
+  FusedRMSNormQKV.forward(hidden_states, norm_weight, qkv_weight, num_heads, num_kv_heads,
+                          eps=1e-6, *, residual=None, out=None, residual_out=None)
+
+Numerics: rrms = 1/sqrt(mean(x^2) + eps) with float32 accumulation; y = weight * (x * rrms) in
+float32, rounded once to the input dtype (vLLM's order; Hugging Face rounds x * rrms first, which
+is within the same tolerance of a float64 reference). The QKV projection multiplies the float32 y
+(never rounded) by the weight with float32 accumulation.
+"""
+
+from . import _C
+from ._kinds import is_immutable as _is_immutable
+from ._kinds import prepare as _prepare
+
+__version__ = "0.1.0"
+__all__ = [
+    "Buffer",
+    "FusedRMSNormQKV",
+    "cuda_available",
+    "cuda_built",
+    "cuda_device_count",
+    "fused_add_rms_norm",
+    "fused_rms_norm_qkv",
+    "rms_norm",
+]
+
+Buffer = _C.Buffer
+
+
+def cuda_built():
+    """True when this build of minivllm contains the CUDA kernels."""
+    return bool(_C.cuda_built)
+
+
+def cuda_device_count():
+    """Number of CUDA devices usable by minivllm (0 without CUDA kernels, driver or GPU)."""
+    return _C.cuda_device_count()
+
+
+def cuda_available():
+    """True when the CUDA kernels are built in and at least one GPU is usable."""
+    return cuda_built() and cuda_device_count() > 0
+
+
+def _check_writable_kind(name, array):
+    if array is not None and _is_immutable(array):
+        raise TypeError(f"{name}: JAX arrays are immutable and cannot receive results; "
+                        "leave it out and use the returned arrays")
+
+
+def rms_norm(x, weight, eps=1e-6, *, out=None):
+    """RMSNorm over the last dimension: weight * x / sqrt(mean(x**2, -1) + eps).
+
+    x: [..., H] (last dimension contiguous; leading dimensions may be strided);
+    weight: [H]; same dtype (float32, float16 or bfloat16) and device as x.
+    out: optional preallocated result shaped like x (may be x itself: in place).
+    Returns the result as x's kind of array (NumPy, torch, CuPy, JAX), on x's device.
+    """
+    _check_writable_kind("out", out)
+    alloc, stream, wrap = _prepare(x)
+    result = _C.rms_norm(x, weight, eps, out, alloc, stream)
+    return result if out is not None else wrap(result)
+
+
+def fused_add_rms_norm(x, residual, weight, eps=1e-6, *, out=None, residual_out=None,
+                       inplace=False):
+    """Residual add then RMSNorm, in one pass: returns (normed, new_residual).
+
+    new_residual = x + residual, rounded to the dtype (what the model stores);
+    normed = rms_norm(new_residual, weight, eps).
+    inplace=True is vLLM's form: normed is written into x and new_residual into residual, and
+    (x, residual) is returned. out= / residual_out= take preallocated results instead.
+    """
+    if inplace:
+        if out is not None or residual_out is not None:
+            raise ValueError("inplace: inplace=True writes into x and residual; "
+                             "do not also pass out= or residual_out=")
+        out, residual_out = x, residual
+    _check_writable_kind("out" if not inplace else "x", out)
+    _check_writable_kind("residual_out" if not inplace else "residual", residual_out)
+    alloc, stream, wrap = _prepare(x)
+    normed, new_residual = _C.fused_add_rms_norm(x, residual, weight, eps, out, residual_out,
+                                                 alloc, stream)
+    return (normed if out is not None else wrap(normed),
+            new_residual if residual_out is not None else wrap(new_residual))
+
+
+class FusedRMSNormQKV:
+    """RMSNorm fused with the QKV projection of an attention layer."""
+
+    @staticmethod
+    def forward(hidden_states, norm_weight, qkv_weight, num_heads, num_kv_heads, eps=1e-6, *,
+                residual=None, out=None, residual_out=None):
+        """q, k, v = split(rms_norm(hidden_states) @ W.T), shaped per head.
+
+        hidden_states: [..., H]; norm_weight: [H];
+        qkv_weight: W as nn.Linear stores it, [N, H], or its .t() view [H, N] (the layouts are
+            told apart by shape, and by strides when N == H); N = (num_heads + 2 * num_kv_heads)
+            * head_dim, and must divide evenly.
+        residual: optional [..., H]; when given, hidden_states + residual (rounded to the
+            dtype) is normalized and also returned as the new residual.
+        out: optional preallocated (q, k, v); residual_out: optional preallocated new residual
+            (may be residual itself: in place).
+        Returns (q, k, v), or (q, k, v, new_residual) when residual is given, with
+            q: [..., num_heads, head_dim], k and v: [..., num_kv_heads, head_dim],
+        as hidden_states' kind of array on its device.
+        """
+        q = k = v = None
+        if out is not None:
+            try:
+                q, k, v = out
+            except (TypeError, ValueError):
+                raise TypeError("out: expected a (q, k, v) tuple of arrays") from None
+            for name, array in (("q", q), ("k", k), ("v", v)):
+                _check_writable_kind(name, array)
+        _check_writable_kind("residual_out", residual_out)
+        alloc, stream, wrap = _prepare(hidden_states)
+        results = _C.fused_rms_norm_qkv(hidden_states, norm_weight, qkv_weight, num_heads,
+                                        num_kv_heads, eps, residual, q, k, v, residual_out,
+                                        alloc, stream)
+        if out is not None and (residual is None or residual_out is not None):
+            return results
+        given = (q, k, v, residual_out)
+        return tuple(r if g is not None else wrap(r) for r, g in zip(results, given))
+
+
+fused_rms_norm_qkv = FusedRMSNormQKV.forward

@@ -1,0 +1,88 @@
+"""The caller's kind of array: how to allocate results like it, and which CUDA stream it uses.
+
+For each input type we find, once, a `prepare(x)` returning `(alloc, stream, wrap)`:
+  alloc(shape) -> a new array of x's kind, dtype and device, or None: minivllm allocates a
+                  minivllm.Buffer and `wrap` turns it into the caller's kind without a copy;
+  stream       -> the CUDA stream (an int) the caller's library is working on, or None;
+  wrap(result) -> the result as the caller's kind.
+Frameworks are looked up in sys.modules: minivllm never imports torch, cupy or jax itself.
+"""
+
+import sys
+
+import numpy as np
+
+
+def _identity(result):
+    return result
+
+
+def _numpy(x):
+    dtype = x.dtype
+    return (lambda shape: np.empty(shape, dtype)), None, _identity
+
+
+def _torch(x):
+    torch = sys.modules["torch"]
+    device, dtype = x.device, x.dtype
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else None
+    return (lambda shape: torch.empty(shape, dtype=dtype, device=device)), stream, _identity
+
+
+def _cupy(x):
+    cupy = sys.modules["cupy"]
+    device, dtype = x.device, x.dtype
+    with device:
+        stream = cupy.cuda.get_current_stream().ptr
+
+    def alloc(shape):
+        with device:
+            return cupy.empty(shape, dtype)
+
+    return alloc, stream, _identity
+
+
+def _jax(x):
+    # JAX arrays are immutable: results land in a minivllm.Buffer that JAX adopts via DLPack.
+    return None, None, sys.modules["jax"].dlpack.from_dlpack
+
+
+def _other(x):
+    # Raw capsules and unknown DLPack producers get a minivllm.Buffer back.
+    return None, None, _identity
+
+
+_PREPARE_BY_TYPE = {np.ndarray: _numpy}
+
+
+def _find(cls):
+    if issubclass(cls, np.ndarray):
+        return _numpy
+    torch = sys.modules.get("torch")
+    if torch is not None and issubclass(cls, torch.Tensor):
+        return _torch
+    cupy = sys.modules.get("cupy")
+    if cupy is not None and issubclass(cls, cupy.ndarray):
+        return _cupy
+    jax = sys.modules.get("jax")
+    if jax is not None and issubclass(cls, jax.Array):
+        return _jax
+    return None
+
+
+def prepare(x):
+    """(alloc, stream, wrap) for arrays like x."""
+    cls = type(x)
+    found = _PREPARE_BY_TYPE.get(cls)
+    if found is None:
+        found = _find(cls)
+        if found is None:
+            return _other(x)
+        _PREPARE_BY_TYPE[cls] = found
+    return found(x)
+
+
+def is_immutable(x):
+    """JAX arrays cannot be written in place."""
+    cls = type(x)
+    return (_PREPARE_BY_TYPE.get(cls) or _find(cls)) is _jax

@@ -1,0 +1,67 @@
+"""Float64 NumPy references for the minivllm ops (used by the tests and the bench self-check).
+
+Inputs are float64 arrays holding values already representable in the op's dtype; `dtype` names
+the op's dtype ("float32", "float16", "bfloat16") where an intermediate is rounded to it.
+"""
+
+import numpy as np
+
+TOLERANCE = {"float32": 1e-5, "float16": 1e-2, "bfloat16": 1e-2}
+
+
+def round_to(a, dtype):
+    """Round float values to `dtype` (nearest even) and return them as float64."""
+    a = np.asarray(a, dtype=np.float64)
+    if dtype == "float32":
+        return a.astype(np.float32).astype(np.float64)
+    if dtype == "float16":
+        return a.astype(np.float16).astype(np.float64)
+    if dtype == "bfloat16":
+        bits = a.astype(np.float32).view(np.uint32).astype(np.uint64)
+        rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+        out = rounded.astype(np.uint32).view(np.float32).astype(np.float64)
+        nan = np.isnan(a)
+        out[nan] = np.nan
+        return out
+    raise ValueError(f"dtype: unknown {dtype!r}")
+
+
+def rms_norm(x, weight, eps=1e-6):
+    x = np.asarray(x, np.float64)
+    rrms = 1.0 / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
+    return np.asarray(weight, np.float64) * (x * rrms)
+
+
+def fused_add_rms_norm(x, residual, weight, eps, dtype):
+    """(normed, new_residual); the new residual is rounded to dtype before it is normalized."""
+    s = round_to(np.asarray(x, np.float64) + np.asarray(residual, np.float64), dtype)
+    return rms_norm(s, weight, eps), s
+
+
+def fused_rms_norm_qkv(x, norm_weight, w, num_heads, num_kv_heads, eps=1e-6):
+    """(q, k, v) from the nn.Linear weight w [N, H]."""
+    y = rms_norm(x, norm_weight, eps)
+    qkv = y @ np.asarray(w, np.float64).T
+    head_dim = w.shape[0] // (num_heads + 2 * num_kv_heads)
+    lead = x.shape[:-1]
+    q_cols, kv_cols = num_heads * head_dim, num_kv_heads * head_dim
+    q = qkv[..., :q_cols].reshape(*lead, num_heads, head_dim)
+    k = qkv[..., q_cols:q_cols + kv_cols].reshape(*lead, num_kv_heads, head_dim)
+    v = qkv[..., q_cols + kv_cols:].reshape(*lead, num_kv_heads, head_dim)
+    return q, k, v
+
+
+def relative_error(out, ref):
+    """||out - ref|| / ||ref|| over the finite reference entries; inf when NaN-ness differs."""
+    out = np.asarray(out, np.float64)
+    ref = np.asarray(ref, np.float64)
+    if out.shape != ref.shape:
+        raise ValueError(f"shape mismatch: {out.shape} vs {ref.shape}")
+    if not np.array_equal(np.isnan(out), np.isnan(ref)):
+        return float("inf")
+    finite = np.isfinite(ref)
+    if not np.array_equal(out[~finite], ref[~finite], equal_nan=True):
+        return float("inf")
+    diff = np.linalg.norm((out - ref)[finite])
+    norm = np.linalg.norm(ref[finite])
+    return float(diff / norm) if norm > 0 else float(diff)
