@@ -94,7 +94,7 @@ class BuildExt(build_ext):
             ext.extra_objects += self.compile_cuda(cuda_home)
             # Static cudart: the module loads wherever a driver is, with no toolkit needed.
             libdir = cuda_library_dir(cuda_home)
-            ldflags += [os.path.join(libdir, "libcudart_static.a"), "-lrt", "-lpthread", "-ldl"]
+            ldflags += [os.path.join(libdir, "libcudart_static.a"), "-lstdc++", "-lrt", "-lpthread", "-ldl"]
         else:
             print("minivllm: building the CPU-only module (no nvcc found or MINIVLLM_CPU_ONLY=1)",
                   flush=True)

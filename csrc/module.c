@@ -292,7 +292,9 @@ static PyObject *py_rms_norm(PyObject *module, PyObject *const *args, Py_ssize_t
     if (w == NULL || check_norm_weight(w, x, a.in.hidden) < 0)
         goto done;
     const int first_output = c.count;
-    mv_tensor *out = call_output(&c, args[3], "out", x, x->ndim, x->shape, &out_obj);
+    /* When an output is the input it replaces (in-place form), messages name that input. */
+    mv_tensor *out = call_output(&c, args[3], args[3] == args[0] ? "x" : "out", x, x->ndim,
+                                 x->shape, &out_obj);
     int64_t rows, cols;
     if (out == NULL || mv_as_rows(out, 1, &rows, &cols, &a.out_stride) < 0)
         goto done;
@@ -346,10 +348,12 @@ static PyObject *py_fused_add_rms_norm(PyObject *module, PyObject *const *args, 
     if (w == NULL || check_norm_weight(w, x, a.in.hidden) < 0)
         goto done;
     const int first_output = c.count;
-    mv_tensor *out = call_output(&c, args[4], "out", x, x->ndim, x->shape, &out_obj);
+    mv_tensor *out = call_output(&c, args[4], args[4] == args[0] ? "x" : "out", x, x->ndim,
+                                 x->shape, &out_obj);
     if (out == NULL || mv_as_rows(out, 1, &rows, &cols, &a.out_stride) < 0)
         goto done;
-    mv_tensor *res_out = call_output(&c, args[5], "residual_out", x, x->ndim, x->shape, &res_obj);
+    mv_tensor *res_out = call_output(&c, args[5], args[5] == args[1] ? "residual" : "residual_out",
+                                     x, x->ndim, x->shape, &res_obj);
     if (res_out == NULL || mv_as_rows(res_out, 1, &rows, &cols, &a.in.residual_out_stride) < 0)
         goto done;
     /* In-place form: out may be x itself and residual_out residual itself. */
@@ -489,7 +493,8 @@ static PyObject *py_fused_rms_norm_qkv(PyObject *module, PyObject *const *args, 
         goto done;
     mv_tensor *res_out = NULL;
     if (has_residual) {
-        res_out = call_output(&c, args[10], "residual_out", x, x->ndim, x->shape, &res_obj);
+        res_out = call_output(&c, args[10], args[10] == args[6] ? "residual" : "residual_out", x,
+                              x->ndim, x->shape, &res_obj);
         if (res_out == NULL || mv_as_rows(res_out, 1, &rows, &cols, &a.in.residual_out_stride) < 0)
             goto done;
     }

@@ -493,6 +493,10 @@ int mv_tensor_import(const mv_import_names *names, PyObject *obj, const char *na
 
 void mv_tensor_release(mv_tensor *t)
 {
+    /* Deleters may run Python code (a ctypes producer, say), which must not see our pending
+       exception: park it while they run. */
+    PyObject *etype, *evalue, *etb;
+    PyErr_Fetch(&etype, &evalue, &etb);
     if (t->versioned) {
         if (t->versioned->deleter)
             t->versioned->deleter(t->versioned);
@@ -504,6 +508,7 @@ void mv_tensor_release(mv_tensor *t)
         t->legacy = NULL;
     }
     Py_CLEAR(t->owner);
+    PyErr_Restore(etype, evalue, etb);
 }
 
 /* ---- checks ----------------------------------------------------------------------------- */
@@ -585,6 +590,19 @@ int mv_as_rows(const mv_tensor *t, int col_dims, int64_t *rows, int64_t *cols,
     char shape[256], strides[256];
     const int first_col = t->ndim - col_dims;
     int64_t n_cols = 1, n_rows = 1;
+    /* An empty tensor has no layout to check (producers give it arbitrary strides, often 0). */
+    for (int d = 0; d < t->ndim; d++) {
+        if (t->shape[d] == 0) {
+            for (int c = first_col; c < t->ndim; c++)
+                n_cols *= t->shape[c];
+            for (int r = 0; r < first_col; r++)
+                n_rows *= t->shape[r];
+            *rows = n_rows;
+            *cols = n_cols;
+            *row_stride = n_cols;
+            return 0;
+        }
+    }
     for (int d = t->ndim - 1; d >= first_col; d--) {
         if (t->shape[d] != 1 && t->strides[d] != n_cols) {
             mv_format_dims(strides, sizeof(strides), t->strides, t->ndim);
@@ -622,20 +640,13 @@ int mv_as_rows(const mv_tensor *t, int col_dims, int64_t *rows, int64_t *cols,
             expected = -2;
     }
     if (expected == -2) {
-        int empty = 0;
-        for (int d = 0; d < t->ndim; d++)
-            empty |= t->shape[d] == 0;
-        if (!empty) {
-            mv_format_dims(shape, sizeof(shape), t->shape, t->ndim);
-            mv_format_dims(strides, sizeof(strides), t->strides, t->ndim);
-            PyErr_Format(PyExc_ValueError,
-                         "%s: the leading dimensions of shape %s with strides %s cannot be "
-                         "flattened into rows with one stride; pass a contiguous copy",
-                         t->name, shape, strides);
-            return -1;
-        }
-        for (int d = 0; d < first_col; d++)
-            n_rows = t->shape[d] == 0 ? 0 : n_rows;
+        mv_format_dims(shape, sizeof(shape), t->shape, t->ndim);
+        mv_format_dims(strides, sizeof(strides), t->strides, t->ndim);
+        PyErr_Format(PyExc_ValueError,
+                     "%s: the leading dimensions of shape %s with strides %s cannot be "
+                     "flattened into rows with one stride; pass a contiguous copy",
+                     t->name, shape, strides);
+        return -1;
     }
     *rows = n_rows;
     *cols = n_cols;

@@ -61,8 +61,8 @@ def rms_norm(x, weight, eps=1e-6, *, out=None):
     Returns the result as x's kind of array (NumPy, torch, CuPy, JAX), on x's device.
     """
     _check_writable_kind("out", out)
-    alloc, stream, wrap = _prepare(x)
-    result = _C.rms_norm(x, weight, eps, out, alloc, stream)
+    alloc, stream, wrap, arg = _prepare(x)
+    result = _C.rms_norm(arg(x), arg(weight), eps, out, alloc, stream)
     return result if out is not None else wrap(result)
 
 
@@ -82,9 +82,9 @@ def fused_add_rms_norm(x, residual, weight, eps=1e-6, *, out=None, residual_out=
         out, residual_out = x, residual
     _check_writable_kind("out" if not inplace else "x", out)
     _check_writable_kind("residual_out" if not inplace else "residual", residual_out)
-    alloc, stream, wrap = _prepare(x)
-    normed, new_residual = _C.fused_add_rms_norm(x, residual, weight, eps, out, residual_out,
-                                                 alloc, stream)
+    alloc, stream, wrap, arg = _prepare(x)
+    normed, new_residual = _C.fused_add_rms_norm(arg(x), arg(residual), arg(weight), eps, out,
+                                                 residual_out, alloc, stream)
     return (normed if out is not None else wrap(normed),
             new_residual if residual_out is not None else wrap(new_residual))
 
@@ -118,10 +118,11 @@ class FusedRMSNormQKV:
             for name, array in (("q", q), ("k", k), ("v", v)):
                 _check_writable_kind(name, array)
         _check_writable_kind("residual_out", residual_out)
-        alloc, stream, wrap = _prepare(hidden_states)
-        results = _C.fused_rms_norm_qkv(hidden_states, norm_weight, qkv_weight, num_heads,
-                                        num_kv_heads, eps, residual, q, k, v, residual_out,
-                                        alloc, stream)
+        alloc, stream, wrap, arg = _prepare(hidden_states)
+        results = _C.fused_rms_norm_qkv(arg(hidden_states), arg(norm_weight), arg(qkv_weight),
+                                        num_heads, num_kv_heads, eps,
+                                        None if residual is None else arg(residual), q, k, v,
+                                        residual_out, alloc, stream)
         if out is not None and (residual is None or residual_out is not None):
             return results
         given = (q, k, v, residual_out)

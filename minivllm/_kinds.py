@@ -1,10 +1,13 @@
 """The caller's kind of array: how to allocate results like it, and which CUDA stream it uses.
 
-For each input type we find, once, a `prepare(x)` returning `(alloc, stream, wrap)`:
+For each input type we find, once, a `prepare(x)` returning `(alloc, stream, wrap, arg)`:
   alloc(shape) -> a new array of x's kind, dtype and device, or None: minivllm allocates a
                   minivllm.Buffer and `wrap` turns it into the caller's kind without a copy;
   stream       -> the CUDA stream (an int) the caller's library is working on, or None;
-  wrap(result) -> the result as the caller's kind.
+  wrap(result) -> the result as the caller's kind;
+  arg(a)       -> a tensor argument made exportable (torch refuses DLPack for tensors that
+                  require grad, such as nn.Parameter weights: minivllm has no autograd, so it
+                  reads them detached).
 Frameworks are looked up in sys.modules: minivllm never imports torch, cupy or jax itself.
 """
 
@@ -19,14 +22,18 @@ def _identity(result):
 
 def _numpy(x):
     dtype = x.dtype
-    return (lambda shape: np.empty(shape, dtype)), None, _identity
+    return (lambda shape: np.empty(shape, dtype)), None, _identity, _identity
+
+
+def _detached(a):
+    return a.detach() if getattr(a, "requires_grad", False) else a
 
 
 def _torch(x):
     torch = sys.modules["torch"]
     device, dtype = x.device, x.dtype
     stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else None
-    return (lambda shape: torch.empty(shape, dtype=dtype, device=device)), stream, _identity
+    return (lambda shape: torch.empty(shape, dtype=dtype, device=device)), stream, _identity, _detached
 
 
 def _cupy(x):
@@ -39,17 +46,18 @@ def _cupy(x):
         with device:
             return cupy.empty(shape, dtype)
 
-    return alloc, stream, _identity
+    return alloc, stream, _identity, _identity
 
 
 def _jax(x):
     # JAX arrays are immutable: results land in a minivllm.Buffer that JAX adopts via DLPack.
-    return None, None, sys.modules["jax"].dlpack.from_dlpack
+    return None, None, sys.modules["jax"].dlpack.from_dlpack, _identity
 
 
 def _other(x):
-    # Raw capsules and unknown DLPack producers get a minivllm.Buffer back.
-    return None, None, _identity
+    # Raw capsules and unknown DLPack producers get a minivllm.Buffer back; torch tensors mixed
+    # into such a call still need detaching.
+    return None, None, _identity, _detached
 
 
 _PREPARE_BY_TYPE = {np.ndarray: _numpy}
@@ -71,7 +79,7 @@ def _find(cls):
 
 
 def prepare(x):
-    """(alloc, stream, wrap) for arrays like x."""
+    """(alloc, stream, wrap, arg) for arrays like x."""
     cls = type(x)
     found = _PREPARE_BY_TYPE.get(cls)
     if found is None:

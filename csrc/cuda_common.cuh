@@ -1,0 +1,96 @@
+/*
+ * cuda_common.cuh: device helpers shared by the minivllm CUDA kernels.
+ *
+ * - conversions between the storage dtypes (float, __half, __nv_bfloat16) and float, the type all
+ *   arithmetic is done in; float -> half/bf16 rounds to nearest even, as the CPU kernels do;
+ * - warp and block sum reductions in float;
+ * - MV_DISPATCH_DTYPE, which turns a runtime mv_dtype into a template type.
+ */
+#ifndef MINIVLLM_CUDA_COMMON_CUH
+#define MINIVLLM_CUDA_COMMON_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "minivllm_kernels.h"
+
+/* ---- dtype <-> float ------------------------------------------------------------------------ */
+
+__device__ __forceinline__ float mv_to_float(float v) { return v; }
+__device__ __forceinline__ float mv_to_float(__half v) { return __half2float(v); }
+__device__ __forceinline__ float mv_to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T>
+__device__ __forceinline__ T mv_from_float(float v);
+template <>
+__device__ __forceinline__ float mv_from_float<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __half mv_from_float<__half>(float v) { return __float2half_rn(v); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 mv_from_float<__nv_bfloat16>(float v) {
+    return __float2bfloat16_rn(v);
+}
+
+/* Plain (coherent) loads and stores on purpose: no __ldg / __restrict__, because in-place forms
+   make inputs and outputs the same memory and a kernel may re-read what it wrote. */
+template <typename T>
+__device__ __forceinline__ float mv_load_float(const T *p) { return mv_to_float(*p); }
+
+template <typename T>
+__device__ __forceinline__ void mv_store_float(T *p, float v) { *p = mv_from_float<T>(v); }
+
+/* v rounded to T and back: the value a T tensor would hold. */
+template <typename T>
+__device__ __forceinline__ float mv_round_to(float v) { return mv_to_float(mv_from_float<T>(v)); }
+
+/* ---- reductions ----------------------------------------------------------------------------- */
+
+/* Sum over the 32 lanes of a warp; every lane gets the total. All 32 lanes must take part. */
+__device__ __forceinline__ float mv_warp_sum(float v) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+
+/* Sum over the whole block; every thread gets the total. blockDim.x must be a multiple of 32 and
+   at most 1024, every thread of the block must call it, and scratch holds 32 floats of shared
+   memory. Safe to call repeatedly with the same scratch: the leading barrier keeps a fast warp
+   from overwriting scratch while a slow one still reads the previous call's partial sums. */
+__device__ __forceinline__ float mv_block_sum(float v, float *scratch) {
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int num_warps = blockDim.x >> 5;
+    v = mv_warp_sum(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    /* Every warp sums the per-warp partials itself, so no broadcast round trip is needed. */
+    v = lane < num_warps ? scratch[lane] : 0.0f;
+    return mv_warp_sum(v);
+}
+
+/* ---- dtype dispatch ------------------------------------------------------------------------- */
+
+/* Runs the trailing statements with TYPE bound to the C++ type of `dtype`. Meant for the extern "C"
+   launchers (which return int): an unknown dtype returns cudaErrorInvalidValue from the caller.
+   Usage: MV_DISPATCH_DTYPE(args->in.dtype, T, launch<T>(args, stream);) */
+#define MV_DISPATCH_DTYPE(dtype, TYPE, ...)                                                        \
+    switch (dtype) {                                                                               \
+    case MV_FLOAT32: {                                                                             \
+        using TYPE = float;                                                                        \
+        __VA_ARGS__                                                                                \
+    } break;                                                                                       \
+    case MV_FLOAT16: {                                                                             \
+        using TYPE = __half;                                                                       \
+        __VA_ARGS__                                                                                \
+    } break;                                                                                       \
+    case MV_BFLOAT16: {                                                                            \
+        using TYPE = __nv_bfloat16;                                                                \
+        __VA_ARGS__                                                                                \
+    } break;                                                                                       \
+    default:                                                                                       \
+        return (int)cudaErrorInvalidValue;                                                         \
+    }
+
+#endif /* MINIVLLM_CUDA_COMMON_CUH */

@@ -1,0 +1,344 @@
+"""minivllm.FusedRMSNormQKV.forward / fused_rms_norm_qkv: RMSNorm + QKV projection."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st, HealthCheck
+
+import minivllm
+from conftest import (DTYPES, LAYOUTS, NP_ONLY_LAYOUTS, assert_native, make_rows, norm_weight,
+                      randn, round_np, to64)
+from reference import QKV_TOL, assert_matches, assert_same_values, qkv_ref, round_to
+
+HS = [1, 3, 100, 256, 512, 896, 1000, 1024, 2048, 3584, 4096, 8192]
+W_LAYOUTS = ("W", "WT_view", "WT_contig")
+
+# name, H, num_heads, num_kv_heads, head_dim  (GQA ratio in the comment)
+MODEL_SHAPES = [
+    ("qwen2.5-0.5b", 896, 14, 2, 64),    # ratio 7
+    ("qwen3-0.6b", 1024, 16, 8, 128),    # ratio 2
+    ("llama-3-8b", 4096, 32, 8, 128),    # ratio 4
+    ("hd80-mha", 1280, 16, 16, 80),      # ratio 1, head_dim 80
+    ("hd256", 2048, 8, 1, 256),          # ratio 8, head_dim 256
+]
+
+forward = minivllm.FusedRMSNormQKV.forward
+
+
+def make_W(rng, N, H):
+    return (rng.standard_normal((N, H), dtype=np.float32) / np.sqrt(H)).astype(np.float64)
+
+
+def weight_arg(dev, W_dev, layout):
+    """The qkv_weight argument: W [N, H], its transpose view [H, N] strides (1, H), or the
+    contiguous transpose [H, N]."""
+    if layout == "W":
+        return W_dev
+    if layout == "WT_view":
+        return dev.t(W_dev)
+    return dev.contiguous(dev.t(W_dev))
+
+
+class Case:
+    """Inputs of one QKV call plus their exact float64 values."""
+
+    def __init__(self, dev, rng, dtype, lead, H, nh, nkv, hd, wlayout="W", residual=False,
+                 scale=1.0, h_data=None):
+        self.dev, self.dtype, self.nh, self.nkv, self.hd = dev, dtype, nh, nkv, hd
+        self.N = (nh + 2 * nkv) * hd
+        assert self.N != H or wlayout != "WT_contig", \
+            "test bug: a contiguous square qkv_weight is read as W"
+        data = randn(rng, tuple(lead) + (H,), scale) if h_data is None else h_data
+        self.h = dev.array(data, dtype)
+        self.nw = dev.array(norm_weight(rng, H), dtype)
+        W64 = make_W(rng, self.N, H)
+        self.W_dev = dev.array(W64, dtype)
+        self.W0 = round_to(W64, dtype)
+        self.Warg = weight_arg(dev, self.W_dev, wlayout)
+        self.r = dev.array(randn(rng, tuple(lead) + (H,), scale), dtype) if residual else None
+
+    def snapshot(self):
+        return (to64(self.h), to64(self.nw), to64(self.Warg),
+                None if self.r is None else to64(self.r))
+
+    def call(self, eps=1e-6, fn=forward, **kw):
+        if self.r is not None:
+            kw["residual"] = self.r
+        return fn(self.h, self.nw, self.Warg, self.nh, self.nkv, eps, **kw)
+
+    def check(self, res, eps=1e-6, snap=None):
+        dev, dtype = self.dev, self.dtype
+        dev.sync()
+        h0, nw0, _, r0 = snap if snap is not None else self.snapshot()
+        lead = h0.shape[:-1]
+        n_expect = 3 if r0 is None else 4
+        assert isinstance(res, tuple) and len(res) == n_expect, \
+            f"expected a tuple of {n_expect}, got {type(res).__name__} of {len(res)}"
+        refs = qkv_ref(h0, nw0, self.W0, self.nh, self.nkv, eps, residual=r0, dtype=dtype)
+        shapes = [lead + (self.nh, self.hd), lead + (self.nkv, self.hd),
+                  lead + (self.nkv, self.hd)]
+        for name, out, ref, shp in zip("qkv", res, refs, shapes):
+            assert_native(dev, out, dtype, shp, name)
+            assert_matches(to64(out), ref, QKV_TOL[dtype], name, row_axes=2)
+        if r0 is not None:
+            assert_native(dev, res[3], dtype, h0.shape, "new_residual")
+            assert_same_values(to64(res[3]), refs[3], "new_residual")
+
+    def run(self, eps=1e-6, **kw):
+        snap = self.snapshot()
+        res = self.call(eps, **kw)
+        self.check(res, eps, snap)
+        # inputs unchanged
+        after = self.snapshot()
+        for name, a, b in zip(("hidden_states", "norm_weight", "qkv_weight", "residual"),
+                              snap, after):
+            if a is not None:
+                assert_same_values(b, a, name)
+        return res
+
+
+@pytest.mark.parametrize("wlayout", W_LAYOUTS)
+@pytest.mark.parametrize("shape", MODEL_SHAPES, ids=[s[0] for s in MODEL_SHAPES])
+def test_model_shapes(dev, dtype, shape, wlayout, rng):
+    name, H, nh, nkv, hd = shape
+    Ms = (1, 5) if H >= 4096 and dev.name == "cpu" else (1, 5, 33)
+    # one weight, several batch sizes
+    c = Case(dev, rng, dtype, (1,), H, nh, nkv, hd, wlayout)
+    for M in Ms:
+        c.h = dev.array(randn(rng, (M, H)), dtype)
+        c.run()
+
+
+@pytest.mark.parametrize("wlayout", W_LAYOUTS)
+@pytest.mark.parametrize("H", HS)
+def test_hidden_sizes(dev, dtype, H, wlayout, rng):
+    Case(dev, rng, dtype, (7,), H, 2, 1, 8, wlayout).run()
+
+
+@pytest.mark.parametrize("M", [0, 1, 7, 33, 1000])
+def test_rows(dev, dtype, M, rng):
+    Case(dev, rng, dtype, (M,), 896, 14, 2, 64, "WT_view").run()
+
+
+@pytest.mark.parametrize("ratio", [1, 2, 4, 7, 8])
+def test_gqa_ratios_odd_rows(dev, dtype, ratio, rng):
+    M = int(rng.integers(0, 150)) * 2 + 1  # odd, 1..299
+    nkv = 2
+    for wl in ("W", "WT_view"):
+        Case(dev, rng, dtype, (M,), 256, nkv * ratio, nkv, 16, wl).run()
+
+
+@pytest.mark.parametrize("M", [3, 17, 99, 255, 299])
+def test_odd_rows(dev, dtype, M, rng):
+    Case(dev, rng, dtype, (M,), 896, 14, 2, 64, "W").run()
+
+
+@pytest.mark.parametrize("head_dim", [1, 2, 8, 80, 96, 256])
+def test_head_dims(dev, dtype, head_dim, rng):
+    Case(dev, rng, dtype, (5,), 160 if head_dim != 80 else 176, 3, 1, head_dim, "WT_view").run()
+
+
+@pytest.mark.parametrize("wlayout", W_LAYOUTS)
+@pytest.mark.parametrize("lead", [(2, 3), (1, 1), (2, 2, 3), (4, 0)])
+def test_nd_hidden(dev, dtype, lead, wlayout, rng):
+    Case(dev, rng, dtype, lead, 256, 4, 2, 24, wlayout).run()
+
+
+@pytest.mark.parametrize("wlayout", ["W", "WT_view"])
+def test_square_weight(dev, dtype, wlayout, rng):
+    """N == H: W [N, H] and the W.t() view (strides (1, H)) are told apart by strides."""
+    Case(dev, rng, dtype, (6,), 256, 4, 2, 32, wlayout).run()
+
+
+def test_1d_hidden(dev, dtype, rng):
+    Case(dev, rng, dtype, (), 256, 4, 2, 24, "W").run()
+
+
+@pytest.mark.parametrize("wlayout", W_LAYOUTS)
+@pytest.mark.parametrize("shape", MODEL_SHAPES[:2] + MODEL_SHAPES[3:],
+                         ids=[s[0] for s in MODEL_SHAPES[:2] + MODEL_SHAPES[3:]])
+def test_residual(dev, dtype, shape, wlayout, rng):
+    name, H, nh, nkv, hd = shape
+    Case(dev, rng, dtype, (9,), H, nh, nkv, hd, wlayout, residual=True).run()
+
+
+def test_residual_llama(dev, dtype, rng):
+    Case(dev, rng, dtype, (3,), 4096, 32, 8, 128, "WT_view", residual=True).run()
+
+
+@pytest.mark.parametrize("H", [1, 3, 100, 1000])
+def test_residual_small_h(dev, dtype, H, rng):
+    Case(dev, rng, dtype, (2, 5), H, 2, 1, 8, "W", residual=True).run()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS + NP_ONLY_LAYOUTS)
+@pytest.mark.parametrize("H", [3, 100, 896])
+def test_strided_hidden_and_residual(dev, dtype, layout, H, rng):
+    M = 13
+    c = Case(dev, rng, dtype, (M,), H, 4, 2, 8, "WT_view", residual=True)
+    c.h, hp = make_rows(dev, randn(rng, (M, H)), dtype, layout)
+    c.r, rp = make_rows(dev, randn(rng, (M, H)), dtype, "both" if layout != "both" else "colslice")
+    hp0, rp0 = to64(hp), to64(rp)
+    c.run()
+    assert_same_values(to64(hp), hp0, "hidden_states allocation")
+    assert_same_values(to64(rp), rp0, "residual allocation")
+    c.r = None
+    c.run()
+
+
+def test_strided_3d_hidden(dev, dtype, rng):
+    B, T, H = 2, 3, 144
+    c = Case(dev, rng, dtype, (B, T), H, 4, 2, 16, "W", residual=True)
+    big = dev.full((B, 2 * T, H + 4), dtype)
+    h = big[:, ::2, 3:3 + H]
+    dev.assign(h, dev.array(randn(rng, (B, T, H)), dtype))
+    c.h = h
+    c.run()
+
+
+def test_weight_is_slice_of_wider_matrix(dev, dtype, rng):
+    """qkv_weight = big[:, :H] (row stride > H, last dim contiguous): a legal [N, H] view."""
+    H, nh, nkv, hd = 96, 2, 1, 16
+    N = (nh + 2 * nkv) * hd
+    c = Case(dev, rng, dtype, (6,), H, nh, nkv, hd, "W")
+    big = dev.full((N, H + 8), dtype)
+    view = big[:, 2:2 + H]
+    dev.assign(view, c.W_dev)
+    c.Warg = view
+    c.run()
+
+
+def test_uses_float32_y_not_rounded(dev, dtype, rng):
+    """q|k|v = (float32 y) . W^T: outputs are (almost all) the correctly rounded values.
+    Rounding y to the dtype first would leave only ~60% of them correctly rounded."""
+    if dtype == "float32":
+        pytest.skip("y is float32 anyway")
+    c = Case(dev, rng, dtype, (64,), 256, 4, 2, 16, "W")
+    q, k, v = c.run()
+    h0, nw0, _, _ = c.snapshot()
+    refs = qkv_ref(h0, nw0, c.W0, 4, 2, 1e-6)
+    got = np.concatenate([to64(a).ravel() for a in (q, k, v)])
+    exp = np.concatenate([round_to(a, dtype).ravel() for a in refs])
+    frac = float((got == exp).mean())
+    assert frac > 0.95, f"only {frac:.3f} of the outputs are correctly rounded"
+
+
+def test_eps_is_honoured(dev, dtype, rng):
+    c = Case(dev, rng, dtype, (6,), 256, 4, 2, 16, "W", scale=0.3)
+    a = c.run(eps=1e-6)
+    b = c.run(eps=1.0)
+    c.run(eps=0.0)
+    qa, qb = to64(a[0]), to64(b[0])
+    assert np.abs(qa - qb).max() > 0.1 * np.abs(qa).max()
+
+
+def test_default_eps(dev, dtype, rng):
+    c = Case(dev, rng, dtype, (4,), 256, 4, 2, 16, "W", scale=1e-3)
+    snap = c.snapshot()
+    res = forward(c.h, c.nw, c.Warg, c.nh, c.nkv)
+    c.check(res, 1e-6, snap)
+
+
+def test_keyword_arguments(dev, dtype, rng):
+    c = Case(dev, rng, dtype, (4,), 256, 4, 2, 16, "WT_view", residual=True)
+    snap = c.snapshot()
+    res = forward(hidden_states=c.h, norm_weight=c.nw, qkv_weight=c.Warg, num_heads=4,
+                  num_kv_heads=2, eps=1e-5, residual=c.r)
+    c.check(res, 1e-5, snap)
+
+
+def test_function_alias(dev, dtype, rng):
+    c = Case(dev, rng, dtype, (5,), 128, 2, 1, 16, "W")
+    a = c.call(fn=minivllm.fused_rms_norm_qkv)
+    c.check(a)
+    b = c.call(fn=minivllm.FusedRMSNormQKV.forward)
+    for x, y in zip(a, b):
+        assert_same_values(to64(x), to64(y), "fused_rms_norm_qkv vs FusedRMSNormQKV.forward")
+
+
+def test_nan_inf_propagate(dev, dtype, rng):
+    M, H = 6, 160
+    data = randn(rng, (M, H))
+    data[1, 5] = np.nan
+    data[3, 0] = np.inf
+    data[4, 159] = -np.inf
+    c = Case(dev, rng, dtype, (M,), H, 4, 2, 16, "WT_view", h_data=data)
+    q, k, v = c.run()
+    for name, a in zip("qkv", (q, k, v)):
+        a = to64(a)
+        for row in (1, 3, 4):
+            assert np.isnan(a[row]).all(), f"{name}: row {row} should be all NaN"
+        for row in (0, 2, 5):
+            assert np.isfinite(a[row]).all(), f"{name}: row {row} should be finite"
+
+
+def test_nan_inf_in_residual(dev, dtype, rng):
+    M, H = 4, 96
+    c = Case(dev, rng, dtype, (M,), H, 2, 1, 16, "W", residual=True)
+    rd = to64(c.r)
+    rd[1, 3] = np.nan
+    rd[2, 7] = np.inf
+    c.r = dev.array(rd, dtype)
+    q, k, v, s = c.run()
+    s = to64(s)
+    assert np.isnan(s[1, 3]) and np.isinf(s[2, 7])
+    for a in (q, k, v):
+        a = to64(a)
+        assert np.isnan(a[1]).all() and np.isnan(a[2]).all()
+        assert np.isfinite(a[0]).all() and np.isfinite(a[3]).all()
+
+
+@pytest.mark.parametrize("H", [64, 1024])
+def test_fp16_sum_of_squares_overflows(dev, H, rng):
+    M = 5
+    data = rng.uniform(300, 60000, (M, H)) * rng.choice([-1.0, 1.0], (M, H))
+    c = Case(dev, rng, "float16", (M,), H, 4, 2, 16, "W", h_data=data)
+    q, k, v = c.run()
+    assert all(np.isfinite(to64(a)).all() for a in (q, k, v))
+
+
+def test_fp16_overflow_residual(dev, rng):
+    M, H = 5, 256
+    sign = lambda: rng.choice([-1.0, 1.0], (M, H))  # noqa: E731
+    c = Case(dev, rng, "float16", (M,), H, 4, 2, 16, "WT_view", residual=True,
+             h_data=rng.uniform(300, 30000, (M, H)) * sign())
+    c.r = dev.array(rng.uniform(300, 30000, (M, H)) * sign(), "float16")
+    res = c.run()
+    assert all(np.isfinite(to64(a)).all() for a in res)
+
+
+def test_outputs_are_independent(dev, dtype, rng):
+    """Writing into q must not change k or v (they are distinct arrays or disjoint views)."""
+    c = Case(dev, rng, dtype, (3,), 64, 2, 1, 8, "W")
+    q, k, v = c.call()
+    dev.sync()
+    k0, v0 = to64(k), to64(v)
+    dev.assign(q, dev.full(dev.shape(q), dtype, 5.0))
+    dev.sync()
+    assert_same_values(to64(k), k0, "k")
+    assert_same_values(to64(v), v0, "v")
+    assert (to64(q) == 5.0).all()
+
+
+def test_zero_size(dev, dtype, rng):
+    c = Case(dev, rng, dtype, (0,), 64, 2, 1, 8, "W", residual=True)
+    q, k, v, s = c.call()
+    assert_native(dev, q, dtype, (0, 2, 8))
+    assert_native(dev, k, dtype, (0, 1, 8))
+    assert_native(dev, v, dtype, (0, 1, 8))
+    assert_native(dev, s, dtype, (0, 64))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+@given(M=st.integers(0, 20), H=st.integers(1, 200), nkv=st.integers(1, 3),
+       ratio=st.integers(1, 4), hd=st.integers(1, 20), dtype=st.sampled_from(DTYPES),
+       wlayout=st.sampled_from(W_LAYOUTS), layout=st.sampled_from(LAYOUTS + ("neg",)),
+       residual=st.booleans(), seed=st.integers(0, 2 ** 32 - 1))
+def test_property_cpu(M, H, nkv, ratio, hd, dtype, wlayout, layout, residual, seed):
+    from conftest import get_backend
+    nh = nkv * ratio
+    if (nh + 2 * nkv) * hd == H and wlayout == "WT_contig":
+        hd += 1  # a contiguous square qkv_weight is read as W
+    dev = get_backend("cpu")
+    rng = np.random.default_rng(seed)
+    c = Case(dev, rng, dtype, (M,), H, nh, nkv, hd, wlayout, residual=residual)
+    c.h, _ = make_rows(dev, randn(rng, (M, H)), dtype, layout)
+    c.run()
