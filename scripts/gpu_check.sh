@@ -13,7 +13,7 @@ nvidia-smi >"$out/nvidia-smi.txt" 2>&1 || true
 
 echo "== build (offline) =="
 start=$(date +%s)
-if ! pip install --no-build-isolation ".[test]" >"$out/build.log" 2>&1; then
+if ! python3 -m pip install --no-build-isolation ".[test]" >"$out/build.log" 2>&1; then
     tail -n 60 "$out/build.log"
     echo "build FAILED"
     exit 1
@@ -22,14 +22,14 @@ echo "built in $(( $(date +%s) - start )) s"
 
 echo "== tests =="
 cd /tmp   # test the installed package, not the source tree
-python -m pytest "$OLDPWD/tests" -q -rs -p no:cacheprovider --junitxml="$out/pytest.xml" \
+python3 -m pytest "$OLDPWD/tests" -q -rs -p no:cacheprovider --junitxml="$out/pytest.xml" \
     >"$out/pytest.log" 2>&1 || status=1
 tail -n 25 "$out/pytest.log"
 cd "$OLDPWD"
 
 echo "== bench =="
-python -m minivllm.bench >"$out/bench.log" 2>&1 || status=1
+python3 -m minivllm.bench >"$out/bench.log" 2>&1 || status=1
 cat "$out/bench.log"
 
-python scripts/gpu_results.py "$out" || status=1
+python3 scripts/gpu_results.py "$out" || status=1
 exit $status
