@@ -620,9 +620,9 @@ int mv_as_rows(const mv_tensor *t, int col_dims, int64_t *rows, int64_t *cols,
     }
     /* Leading dimensions: walk outwards from the innermost one that has more than one row;
        each must step exactly over the ones inside it. Size-1 dimensions carry no stride. */
-    int64_t stride = n_cols, expected = -1;
-    int found = 0;
-    for (int d = first_col - 1; d >= 0; d--) {
+    int64_t stride = n_cols, expected = 0;
+    int found = 0, flattenable = 1;
+    for (int d = first_col - 1; d >= 0 && flattenable; d--) {
         if (__builtin_mul_overflow(n_rows, t->shape[d], &n_rows)) {
             PyErr_Format(PyExc_ValueError, "%s: too many rows", t->name);
             return -1;
@@ -633,13 +633,12 @@ int mv_as_rows(const mv_tensor *t, int col_dims, int64_t *rows, int64_t *cols,
             found = 1;
             stride = t->strides[d];
         } else if (t->strides[d] != expected) {
-            expected = -2; /* marks failure; reported below unless the tensor is empty */
-            break;
+            flattenable = 0;
         }
         if (__builtin_mul_overflow(t->strides[d], t->shape[d], &expected))
-            expected = -2;
+            flattenable = 0;
     }
-    if (expected == -2) {
+    if (!flattenable) {
         mv_format_dims(shape, sizeof(shape), t->shape, t->ndim);
         mv_format_dims(strides, sizeof(strides), t->strides, t->ndim);
         PyErr_Format(PyExc_ValueError,

@@ -12,7 +12,14 @@ is within the same tolerance of a float64 reference). The QKV projection multipl
 (never rounded) by the weight with float32 accumulation.
 """
 
-from . import _C
+try:
+    from . import _C
+except ImportError as error:  # the usual cause: importing the source tree, which has no build
+    raise ImportError(
+        f"minivllm: the compiled module minivllm._C is missing or broken ({error}). If you are "
+        f"running from the source checkout ({__path__[0]}), Python imports it instead of the "
+        "installed package: run from another directory, or build in place with "
+        "`python setup.py build_ext --inplace`.") from error
 from ._kinds import is_immutable as _is_immutable
 from ._kinds import prepare as _prepare
 

@@ -28,7 +28,7 @@ tail -n 25 "$out/pytest.log"
 cd "$OLDPWD"
 
 echo "== bench =="
-python3 -m minivllm.bench >"$out/bench.log" 2>&1 || status=1
+(cd /tmp && python3 -m minivllm.bench) >"$out/bench.log" 2>&1 || status=1
 cat "$out/bench.log"
 
 python3 scripts/gpu_results.py "$out" || status=1

@@ -1,59 +1,18 @@
-"""float64 NumPy references for the minivllm ops, and the comparison helpers.
-
-All references take float64 arrays holding the exact values of the (already rounded) inputs.
-"""
-import ml_dtypes
+"""Comparison helpers for the tests; the float64 references themselves live in
+minivllm.reference (shared with the bench self-check)."""
 import numpy as np
 
-TOL = {"float32": 1e-5, "float16": 1e-2, "bfloat16": 1e-2}
-QKV_TOL = {"float32": 1e-5, "float16": 5e-3, "bfloat16": 1e-2}
-
-_NP = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
-
-
-def round_to(a64, dtype):
-    """Round float64 values to dtype (nearest even) and return them as float64."""
-    return np.asarray(a64, np.float64).astype(_NP[dtype]).astype(np.float64)
-
-
-def rms_norm_ref(x, w, eps):
-    x = np.asarray(x, np.float64)
-    w = np.asarray(w, np.float64)
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        ms = np.mean(x * x, axis=-1, keepdims=True)
-        rrms = 1.0 / np.sqrt(ms + eps)
-        return w * (x * rrms)
-
-
-def fused_add_rms_norm_ref(x, residual, w, eps, dtype):
-    """(normed, new_residual): new_residual = x + residual rounded to dtype, then normalized."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        s = round_to(np.asarray(x, np.float64) + np.asarray(residual, np.float64), dtype)
-    return rms_norm_ref(s, w, eps), s
+from minivllm.reference import QKV_TOLERANCE as QKV_TOL  # noqa: F401  (re-exported)
+from minivllm.reference import TOLERANCE as TOL  # noqa: F401
+from minivllm.reference import fused_add_rms_norm as fused_add_rms_norm_ref  # noqa: F401
+from minivllm.reference import fused_rms_norm_qkv as _qkv
+from minivllm.reference import rms_norm as rms_norm_ref  # noqa: F401
+from minivllm.reference import round_to  # noqa: F401
 
 
 def qkv_ref(x, w, W, num_heads, num_kv_heads, eps, residual=None, dtype=None):
     """(q, k, v) or (q, k, v, new_residual); W is the nn.Linear weight [N, H] in float64."""
-    x = np.asarray(x, np.float64)
-    W = np.asarray(W, np.float64)
-    s = None
-    if residual is not None:
-        y, s = fused_add_rms_norm_ref(x, residual, w, eps, dtype)
-    else:
-        y = rms_norm_ref(x, w, eps)
-    N = W.shape[0]
-    hd = N // (num_heads + 2 * num_kv_heads)
-    lead = x.shape[:-1]
-    with np.errstate(invalid="ignore", over="ignore"):
-        out = (y.reshape(-1, x.shape[-1]) @ W.T).reshape(lead + (N,))
-        # BLAS may not propagate NaN through every path; enforce IEEE semantics row-wise
-        bad = ~np.isfinite(y).all(axis=-1)
-        out[bad] = np.nan
-    qc, kc = num_heads * hd, num_kv_heads * hd
-    q = out[..., :qc].reshape(lead + (num_heads, hd))
-    k = out[..., qc:qc + kc].reshape(lead + (num_kv_heads, hd))
-    v = out[..., qc + kc:].reshape(lead + (num_kv_heads, hd))
-    return (q, k, v) if s is None else (q, k, v, s)
+    return _qkv(x, w, W, num_heads, num_kv_heads, eps, residual, dtype)
 
 
 def rel_err(out, ref):
