@@ -147,7 +147,7 @@ def timing_table(backend, rng, repeats):
     elem = 2
     torch = backend.torch
     print(f"\nTimings on {backend.device}, {dtype}, median of {repeats} batches "
-          "(eager calls; the benchmarks/ scripts give graph-timed figures):")
+          "(eager calls from Python, so small shapes measure host overhead too):")
     header = f"  {'op':20s} {'shape':28s} {'µs':>10s} {'GB/s':>8s}"
     if torch is not None:
         header += f" {'torch µs':>10s} {'speedup':>8s}"
