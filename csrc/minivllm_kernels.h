@@ -91,6 +91,9 @@ int mv_fused_rms_norm_qkv_cpu(const mv_qkv_args *a);
    The caller has made the tensors' device current. Data pointers are aligned to the element
    size (the binding checks); wider vector loads must check their own alignment. */
 int mv_rms_norm_cuda(const mv_rms_norm_args *a, void *stream);
+/* The deliberately simple kernel the fast one is tested against (and falls back to for rows too
+   long to hold in registers). */
+int mv_rms_norm_cuda_reference(const mv_rms_norm_args *a, void *stream);
 int mv_fused_rms_norm_qkv_cuda(const mv_qkv_args *a, void *stream);
 
 #ifdef __cplusplus

@@ -220,6 +220,7 @@ static int cpu_rms_norm(const void *a) { return mv_rms_norm_cpu(a); }
 static int cpu_qkv(const void *a) { return mv_fused_rms_norm_qkv_cpu(a); }
 #ifdef MINIVLLM_WITH_CUDA
 static int cuda_rms_norm(const void *a, void *s) { return mv_rms_norm_cuda(a, s); }
+static int cuda_rms_norm_reference(const void *a, void *s) { return mv_rms_norm_cuda_reference(a, s); }
 static int cuda_qkv(const void *a, void *s) { return mv_fused_rms_norm_qkv_cuda(a, s); }
 #endif
 
@@ -273,10 +274,12 @@ static int launch(const char *op, const mv_call *c, const mv_tensor *x, const vo
 
 static PyObject *py_rms_norm(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "_C.rms_norm(x, weight, eps, out, alloc, stream)");
+    if (nargs != 6 && nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "_C.rms_norm(x, weight, eps, out, alloc, stream[, reference])");
         return NULL;
     }
+    const int reference = nargs == 7 && PyObject_IsTrue(args[6]) == 1;
+    (void)reference; /* only the CUDA path has a reference kernel */
     mv_call c = {.st = get_state(module), .alloc = args[4], .stream = args[5]};
     PyObject *result = NULL, *out_obj = NULL;
     mv_rms_norm_args a;
@@ -307,7 +310,7 @@ static PyObject *py_rms_norm(PyObject *module, PyObject *const *args, Py_ssize_t
     a.out = out->data;
     if (launch("rms_norm", &c, x, &a, cpu_rms_norm,
 #ifdef MINIVLLM_WITH_CUDA
-               cuda_rms_norm
+               reference ? cuda_rms_norm_reference : cuda_rms_norm
 #else
                NULL
 #endif
@@ -324,11 +327,14 @@ done:
 
 static PyObject *py_fused_add_rms_norm(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 8) {
+    if (nargs != 8 && nargs != 9) {
         PyErr_SetString(PyExc_TypeError,
-                        "_C.fused_add_rms_norm(x, residual, weight, eps, out, residual_out, alloc, stream)");
+                        "_C.fused_add_rms_norm(x, residual, weight, eps, out, residual_out, alloc, "
+                        "stream[, reference])");
         return NULL;
     }
+    const int reference = nargs == 9 && PyObject_IsTrue(args[8]) == 1;
+    (void)reference; /* only the CUDA path has a reference kernel */
     mv_call c = {.st = get_state(module), .alloc = args[6], .stream = args[7]};
     PyObject *result = NULL, *out_obj = NULL, *res_obj = NULL;
     mv_rms_norm_args a;
@@ -368,7 +374,7 @@ static PyObject *py_fused_add_rms_norm(PyObject *module, PyObject *const *args, 
     a.out = out->data;
     if (launch("fused_add_rms_norm", &c, x, &a, cpu_rms_norm,
 #ifdef MINIVLLM_WITH_CUDA
-               cuda_rms_norm
+               reference ? cuda_rms_norm_reference : cuda_rms_norm
 #else
                NULL
 #endif
@@ -550,7 +556,8 @@ static PyObject *py_cuda_device_count(PyObject *Py_UNUSED(module), PyObject *Py_
 
 static PyMethodDef module_methods[] = {
     {"rms_norm", (PyCFunction)(void (*)(void))py_rms_norm, METH_FASTCALL,
-     "rms_norm(x, weight, eps, out, alloc, stream) -> out (internal; use minivllm.rms_norm)"},
+     "rms_norm(x, weight, eps, out, alloc, stream[, reference]) -> out (internal; use "
+     "minivllm.rms_norm). reference=True runs the simple CUDA reference kernel (for tests)."},
     {"fused_add_rms_norm", (PyCFunction)(void (*)(void))py_fused_add_rms_norm, METH_FASTCALL,
      "fused_add_rms_norm(x, residual, weight, eps, out, residual_out, alloc, stream) -> "
      "(out, residual_out) (internal)"},

@@ -1,0 +1,740 @@
+#!/usr/bin/env python3
+"""Benchmark minivllm.rms_norm and minivllm.fused_add_rms_norm against PyTorch on one GPU.
+
+Every implementation is timed the same way:
+  * N calls, each on its own input and output buffers, are captured into one CUDA graph. N is
+    chosen so that one replay touches at least 4x the L2 cache, so every call streams its data
+    from HBM as it does inside a model (N is clamped to [2, 4000] and the buffers to about 4 GiB;
+    the N used is printed and recorded, with a '*' where even 4000 calls fit in L2).
+  * After a warm-up, the graph is replayed; µs per call = median replay time / N, from CUDA
+    events. No Python or launch overhead sits between calls, so M=1 shows the kernel's latency.
+  * A device-to-device copy of 2 GiB, timed the same way in the same run, is the bandwidth
+    ceiling; bandwidth is reported as a fraction of it.
+Baselines: torch.nn.functional.rms_norm; Hugging Face's RMSNorm, eager and torch.compile'd; for
+the fused op, x + r then F.rms_norm, eager and torch.compile'd. minivllm's output is checked
+against a float32 torch computation for every shape, before timing (an eager call) and after (the
+graph's last call); a wrong result aborts the run.
+
+usage: python3 benchmarks/bench_norm.py [--quick] [--dtypes bf16 fp16 fp32] [--hidden 1024 4096]
+           [--rows 1 4096] [--out DIR] [--no-compile] [--compile-static] [--no-plot]
+Writes DIR/norm-<gpu>-<date>.json and DIR/norm-<gpu>-<date>.png (DIR: benchmarks/results).
+"""
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+try:
+    import torch
+except ImportError:
+    sys.exit("bench_norm.py needs PyTorch with CUDA: python3 -m pip install torch")
+
+try:
+    import minivllm
+except ImportError as error:
+    sys.exit(f"bench_norm.py: cannot import minivllm ({error}). Install it first, from the "
+             "checkout: python3 -m pip install --no-build-isolation .")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
+EPS = 1e-6
+FULL_HIDDEN = (896, 1024, 2048, 3584, 4096, 5120, 8192)
+FULL_ROWS = (1, 16, 128, 1024, 4096, 32768)
+QUICK_HIDDEN = (1024, 4096, 8192)
+QUICK_ROWS = (1, 4096, 32768)
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPE_ALIASES = {"bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16", "float16": "fp16",
+                 "half": "fp16", "fp32": "fp32", "float32": "fp32", "float": "fp32"}
+# Relative error (over the whole output) allowed against the float32 computation: a 16-bit output
+# is rounded once (~2^-9 relative for bf16); float32 differs only in summation order.
+TOLERANCE = {"bf16": 1e-2, "fp16": 1e-2, "fp32": 1e-5}
+
+L2_MULTIPLE = 4              # one replay touches >= 4x L2, so no call finds its inputs in L2
+MIN_CALLS, MAX_CALLS = 2, 4000
+MEMORY_CAP_BYTES = 4 << 30   # inputs + outputs of one graph; the 2-call floor may exceed it
+COPY_BYTES = 2 << 30         # the copy ceiling's buffer, dozens of times any L2
+COPY_CALLS = 4
+SPIN_CYCLES = 10_000_000     # ~5 ms of GPU spin, during which the host queues every timed replay
+LARGE_ELEMENTS = 16 << 20    # "M·H >= 16M elements" of the issue's bandwidth targets
+BANDWIDTH_TARGET = 0.92
+DTYPE_SPREAD_TARGET = 0.05   # fp16 / fp32 within 5 points of bf16's fraction of copy bandwidth
+
+OPS = ("rms_norm", "fused_add_rms_norm")
+BASELINES = {
+    "rms_norm": ("torch_rms_norm", "hf_eager", "hf_compiled"),
+    "fused_add_rms_norm": ("torch_add_rms_norm", "torch_add_rms_norm_compiled"),
+}
+COMPILED = ("hf_compiled", "torch_add_rms_norm_compiled")
+LABELS = {
+    "minivllm": "minivllm",
+    "torch_rms_norm": "torch F.rms_norm",
+    "hf_eager": "HF RMSNorm (eager)",
+    "hf_compiled": "HF RMSNorm (torch.compile)",
+    "torch_add_rms_norm": "torch x + r, F.rms_norm",
+    "torch_add_rms_norm_compiled": "torch x + r, F.rms_norm (torch.compile)",
+}
+SHORT = {"torch_rms_norm": "F.rms_norm", "hf_eager": "HF", "hf_compiled": "HF compiled",
+         "torch_add_rms_norm": "add+rms_norm", "torch_add_rms_norm_compiled": "compiled"}
+
+
+# ---------------------------------------------------------------------------------------------
+# the baselines
+# ---------------------------------------------------------------------------------------------
+def hf_rms_norm(x, weight):
+    """Hugging Face's LlamaRMSNorm.forward: float32 statistics, rounded before the weight."""
+    xf = x.float()
+    variance = xf.pow(2).mean(-1, keepdim=True)
+    xf = xf * torch.rsqrt(variance + EPS)
+    return weight * xf.to(x.dtype)
+
+
+def torch_add_rms_norm(x, residual, weight):
+    """What a model without a fused kernel does: the sum, stored, then its RMSNorm."""
+    new_residual = x + residual
+    normed = torch.nn.functional.rms_norm(new_residual, (new_residual.shape[-1],), weight, EPS)
+    return normed, new_residual
+
+
+def compile_baselines(static):
+    """torch.compile'd baselines, keyed by baseline name.
+
+    The default torch.compile recompiles with dynamic sizes once a shape changes, and again for
+    M=1 and for each dtype: up to about eight compilations per function in a full sweep, the
+    default recompile limit, past which dynamo silently runs the eager code. Raise the limit, and
+    make hitting it an error where torch can, so the "compiled" baseline is always compiled.
+    """
+    import torch._dynamo  # torch imports dynamo lazily; its config must exist before compiling
+
+    config = torch._dynamo.config
+    limit = 1024 if static else 64  # static: one compilation per shape and dtype
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(config, name):
+            setattr(config, name, max(getattr(config, name), limit))
+            break
+    for name in ("accumulated_recompile_limit", "accumulated_cache_size_limit"):
+        if hasattr(config, name):
+            setattr(config, name, max(getattr(config, name), 4 * limit))
+            break
+    if hasattr(config, "fail_on_recompile_limit_hit"):
+        config.fail_on_recompile_limit_hit = True
+    options = {"dynamic": False} if static else {}
+    return {"hf_compiled": torch.compile(hf_rms_norm, **options),
+            "torch_add_rms_norm_compiled": torch.compile(torch_add_rms_norm, **options)}
+
+
+# ---------------------------------------------------------------------------------------------
+# timing
+# ---------------------------------------------------------------------------------------------
+def calls_per_graph(bytes_per_call, l2_bytes):
+    wanted = math.ceil(L2_MULTIPLE * l2_bytes / bytes_per_call)
+    return max(MIN_CALLS, min(wanted, MEMORY_CAP_BYTES // bytes_per_call, MAX_CALLS))
+
+
+def capture(call, calls):
+    """A CUDA graph of call(0), ..., call(calls - 1), and the results it must keep alive."""
+    # Warm up on a side stream, as torch.cuda.graph's documentation prescribes: lazy
+    # initialisation, the allocator's first blocks and torch.compile's compilation for this shape
+    # all happen here, never during capture.
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            call(0)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    # Keep every call's result referenced while capturing: otherwise the graph's memory pool hands
+    # each call the block its predecessor's output just freed, and a baseline's outputs would all
+    # land on one L2-resident buffer while minivllm writes distinct ones.
+    results = []
+    with torch.cuda.graph(graph):
+        for i in range(calls):
+            results.append(call(i))
+    return graph, results
+
+
+def replay_times_us(graph, replays):
+    graph.replay()  # the first launch uploads the graph; not timed
+    torch.cuda.synchronize()
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+              for _ in range(replays)]
+    # Keep the GPU busy while the host queues the replays, so that no host-side launch gap lands
+    # between a start event and its replay.
+    if hasattr(torch.cuda, "_sleep"):
+        torch.cuda._sleep(SPIN_CYCLES)
+    for start, stop in events:
+        start.record()
+        graph.replay()
+        stop.record()
+    torch.cuda.synchronize()
+    return [start.elapsed_time(stop) * 1e3 for start, stop in events]
+
+
+def time_per_call(call, calls, replays):
+    """µs per call of call(i): median, min and max over graph replays of calls calls."""
+    graph, results = capture(call, calls)
+    per_call = sorted(us / calls for us in replay_times_us(graph, replays))
+    del graph, results
+    return {"us": statistics.median(per_call), "us_min": per_call[0], "us_max": per_call[-1]}
+
+
+def measure_copy_gbps(replays):
+    """Device-to-device copy bandwidth (bytes read + written per second), graph-timed too."""
+    source = torch.randn(COPY_BYTES // 4, device="cuda")
+    target = torch.empty_like(source)
+    timing = time_per_call(lambda i: target.copy_(source), COPY_CALLS, replays)
+    del source, target
+    torch.cuda.empty_cache()
+    return 2 * COPY_BYTES / timing["us"] / 1e3
+
+
+# ---------------------------------------------------------------------------------------------
+# correctness guard
+# ---------------------------------------------------------------------------------------------
+def rms_norm_float32(x, weight):
+    xf = x.float()
+    return xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + EPS) * weight.float()
+
+
+def require_close(what, got, want, dtype_name, where):
+    error = ((got.float() - want).norm() / want.norm()).item()
+    if not error <= TOLERANCE[dtype_name]:  # `not <=` so that NaN fails too
+        sys.stdout.flush()
+        sys.exit(f"\n*** CORRECTNESS FAILURE: minivllm {what} ({where}): relative error "
+                 f"{error:.3e} against the float32 torch computation, tolerance "
+                 f"{TOLERANCE[dtype_name]:.0e}. Aborting: timings of a wrong kernel mean nothing.")
+    return error
+
+
+def check_rms_norm(x, weight, out, dtype_name, where):
+    return require_close("rms_norm", out, rms_norm_float32(x, weight), dtype_name, where)
+
+
+def check_fused(x, residual, weight, normed, new_residual, dtype_name, where):
+    exact_sum = x.float() + residual.float()
+    error_residual = require_close("fused_add_rms_norm new_residual", new_residual, exact_sum,
+                                   dtype_name, where)
+    # minivllm normalizes the sum as stored, rounded to the dtype.
+    stored_sum = exact_sum.to(x.dtype)
+    error_normed = require_close("fused_add_rms_norm normed", normed,
+                                 rms_norm_float32(stored_sum, weight), dtype_name, where)
+    return max(error_residual, error_normed)
+
+
+# ---------------------------------------------------------------------------------------------
+# one shape
+# ---------------------------------------------------------------------------------------------
+def bytes_per_call(op, rows, hidden, element_size):
+    # rms_norm reads x and writes out; the fused op reads x and r and writes out and the new
+    # residual. The weight (H elements, read once per row from cache) is left out.
+    tensors = 2 if op == "rms_norm" else 4
+    return tensors * rows * hidden * element_size
+
+
+def random_rows(count, rows, hidden, dtype):
+    return [torch.randn(rows, hidden, dtype=dtype, device="cuda") for _ in range(count)]
+
+
+def record(op, dtype_name, hidden, rows, moved, calls, l2_bytes, timings, errors, copy_gbps):
+    impls = {}
+    for name, timing in timings.items():
+        gbps = moved / timing["us"] / 1e3
+        impls[name] = {**timing, "gbps": gbps, "fraction_of_copy": gbps / copy_gbps}
+    mine = impls["minivllm"]["us"]
+    speedup = {name: impls[name]["us"] / mine for name in BASELINES[op] if name in impls}
+    return {
+        "op": op, "dtype": dtype_name, "hidden": hidden, "rows": rows, "elements": rows * hidden,
+        "bytes_per_call": moved, "calls_per_graph": calls,
+        "working_set_bytes": calls * moved, "working_set_over_l2": calls * moved / l2_bytes,
+        "check_relative_error": errors, "impls": impls, "speedup": speedup,
+        "fastest_baseline": min(speedup, key=speedup.get) if speedup else None,
+    }
+
+
+def bench_rms_norm(xs, weight, calls, dtype_name, compiled, replays):
+    hidden = weight.shape[0]
+    outs = [torch.full_like(x, math.nan) for x in xs[:calls]]
+    eager = minivllm.rms_norm(xs[0], weight, EPS, out=outs[0])
+    errors = {"eager": check_rms_norm(xs[0], weight, eager, dtype_name, "eager call")}
+    impls = {
+        "minivllm": lambda i: minivllm.rms_norm(xs[i], weight, EPS, out=outs[i]),
+        "torch_rms_norm": lambda i: torch.nn.functional.rms_norm(xs[i], (hidden,), weight, EPS),
+        "hf_eager": lambda i: hf_rms_norm(xs[i], weight),
+    }
+    if compiled:
+        hf_compiled = compiled["hf_compiled"]
+        impls["hf_compiled"] = lambda i: hf_compiled(xs[i], weight)
+    timings = {name: time_per_call(call, calls, replays) for name, call in impls.items()}
+    # The last call's output was written by graph replays only (it started as NaN).
+    errors["graph"] = check_rms_norm(xs[calls - 1], weight, outs[calls - 1], dtype_name,
+                                     "CUDA graph replay, last call")
+    return timings, errors
+
+
+def bench_fused(xs, rs, weight, calls, dtype_name, compiled, replays):
+    outs = [torch.full_like(x, math.nan) for x in xs[:calls]]
+    residual_outs = [torch.full_like(x, math.nan) for x in xs[:calls]]
+    normed, new_residual = minivllm.fused_add_rms_norm(
+        xs[0], rs[0], weight, EPS, out=outs[0], residual_out=residual_outs[0])
+    errors = {"eager": check_fused(xs[0], rs[0], weight, normed, new_residual, dtype_name,
+                                   "eager call")}
+    impls = {
+        "minivllm": lambda i: minivllm.fused_add_rms_norm(
+            xs[i], rs[i], weight, EPS, out=outs[i], residual_out=residual_outs[i]),
+        "torch_add_rms_norm": lambda i: torch_add_rms_norm(xs[i], rs[i], weight),
+    }
+    if compiled:
+        add_compiled = compiled["torch_add_rms_norm_compiled"]
+        impls["torch_add_rms_norm_compiled"] = lambda i: add_compiled(xs[i], rs[i], weight)
+    timings = {name: time_per_call(call, calls, replays) for name, call in impls.items()}
+    last = calls - 1
+    errors["graph"] = check_fused(xs[last], rs[last], weight, outs[last], residual_outs[last],
+                                  dtype_name, "CUDA graph replay, last call")
+    return timings, errors
+
+
+def bench_shape(dtype_name, hidden, rows, l2_bytes, copy_gbps, compiled, replays):
+    """Both ops at one (dtype, H, M): their two records."""
+    dtype = DTYPES[dtype_name]
+    element_size = torch.empty((), dtype=dtype).element_size()
+    moved = {op: bytes_per_call(op, rows, hidden, element_size) for op in OPS}
+    calls = {op: calls_per_graph(moved[op], l2_bytes) for op in OPS}
+    weight = torch.randn(hidden, dtype=dtype, device="cuda")
+    # rms_norm needs the most calls (half the bytes per call); the fused op uses the first ones.
+    xs = random_rows(calls["rms_norm"], rows, hidden, dtype)
+    records = []
+
+    timings, errors = bench_rms_norm(xs, weight, calls["rms_norm"], dtype_name, compiled, replays)
+    records.append(record("rms_norm", dtype_name, hidden, rows, moved["rms_norm"],
+                          calls["rms_norm"], l2_bytes, timings, errors, copy_gbps))
+    torch.cuda.empty_cache()
+
+    calls_fused = calls["fused_add_rms_norm"]
+    rs = random_rows(calls_fused, rows, hidden, dtype)
+    timings, errors = bench_fused(xs, rs, weight, calls_fused, dtype_name, compiled, replays)
+    records.append(record("fused_add_rms_norm", dtype_name, hidden, rows,
+                          moved["fused_add_rms_norm"], calls_fused, l2_bytes, timings, errors,
+                          copy_gbps))
+    del xs, rs, weight
+    torch.cuda.empty_cache()
+    return records
+
+
+# ---------------------------------------------------------------------------------------------
+# reporting
+# ---------------------------------------------------------------------------------------------
+def fits_in_l2_mark(r):
+    return "*" if r["working_set_over_l2"] < 1 else " "
+
+
+def progress_part(r):
+    mine = r["impls"]["minivllm"]
+    speedups = " ".join(f"{SHORT[name]} {s:.2f}x" for name, s in r["speedup"].items())
+    name = "rms" if r["op"] == "rms_norm" else "fused"
+    return (f"{name} x{r['calls_per_graph']}{fits_in_l2_mark(r).strip()}: {mine['us']:.2f} µs "
+            f"{mine['fraction_of_copy']:.0%} of copy, vs {speedups}")
+
+
+def print_table(results):
+    print("\nµs per call (graph-timed, median); GB/s and %copy of minivllm; for each baseline its "
+          "µs and minivllm's speedup (baseline µs / minivllm µs). calls* : the graph's working "
+          "set fits in L2 even at the call limit.")
+    for op in OPS:
+        rows = [r for r in results if r["op"] == op]
+        if not rows:
+            continue
+        baselines = [b for b in BASELINES[op] if any(b in r["impls"] for r in rows)]
+        print(f"\n{op}")
+        print(f"  {'dtype':5s} {'H':>5s} {'M':>6s} {'calls':>6s} {'µs':>9s} {'GB/s':>7s} "
+              f"{'%copy':>6s}" + "".join(f" {SHORT[b]:>17s}" for b in baselines))
+        for r in rows:
+            mine = r["impls"]["minivllm"]
+            line = (f"  {r['dtype']:5s} {r['hidden']:5d} {r['rows']:6d} "
+                    f"{r['calls_per_graph']:5d}{fits_in_l2_mark(r)} {mine['us']:9.2f} "
+                    f"{mine['gbps']:7.0f} {mine['fraction_of_copy']:6.1%}")
+            for b in baselines:
+                if b in r["impls"]:
+                    line += f" {r['impls'][b]['us']:9.2f} {r['speedup'][b]:6.2f}x"
+                else:
+                    line += f" {'-':>17s}"
+            print(line)
+
+
+def find(results, op, dtype_name, hidden, rows):
+    for r in results:
+        if (r["op"], r["dtype"], r["hidden"], r["rows"]) == (op, dtype_name, hidden, rows):
+            return r
+    return None
+
+
+def shape_name(r):
+    return f"M={r['rows']} H={r['hidden']}"
+
+
+def evaluate_targets(results):
+    """The issue's targets, each MET / NOT MET / NOT EVALUATED (shape not in this sweep)."""
+    targets = []
+
+    def add(name, met, detail, **data):
+        status = "NOT EVALUATED" if met is None else ("MET" if met else "NOT MET")
+        targets.append({"target": name, "status": status, "detail": detail, **data})
+
+    dtypes_seen = [d for d in DTYPES if any(r["dtype"] == d for r in results)]
+    large = [r for r in results if r["elements"] >= LARGE_ELEMENTS]
+
+    def fraction(r):
+        return r["impls"]["minivllm"]["fraction_of_copy"]
+
+    # 1. bandwidth on large shapes, per op, worst shape per dtype
+    for op in OPS:
+        name = f"{op}: >= {BANDWIDTH_TARGET:.0%} of copy bandwidth at M·H >= 16Mi elements"
+        per_dtype = {}
+        for d in dtypes_seen:
+            shapes = [r for r in large if r["op"] == op and r["dtype"] == d]
+            if shapes:
+                worst = min(shapes, key=fraction)
+                per_dtype[d] = {"min_fraction": fraction(worst), "at": shape_name(worst),
+                                "shapes": len(shapes)}
+        if not per_dtype:
+            add(name, None, "no shape with M·H >= 16Mi elements in this sweep")
+            continue
+        met = all(v["min_fraction"] >= BANDWIDTH_TARGET for v in per_dtype.values())
+        detail = "; ".join(f"{d} min {v['min_fraction']:.1%} ({v['at']}, of {v['shapes']})"
+                           for d, v in per_dtype.items())
+        add(name, met, detail, per_dtype=per_dtype)
+
+    # 2. speedup over torch's eager ops at M=4096, H=1024, bf16
+    for op, baseline, limit in (("rms_norm", "torch_rms_norm", 0.65),
+                                ("fused_add_rms_norm", "torch_add_rms_norm", 0.60)):
+        name = f"{op}: M=4096 H=1024 bf16 time <= {limit} x {LABELS[baseline]}"
+        r = find(results, op, "bf16", 1024, 4096)
+        if r is None or baseline not in r["impls"]:
+            add(name, None, "shape not in this sweep")
+            continue
+        mine, theirs = r["impls"]["minivllm"]["us"], r["impls"][baseline]["us"]
+        ratio = mine / theirs
+        add(name, ratio <= limit, f"minivllm {mine:.2f} µs / {theirs:.2f} µs = {ratio:.3f}",
+            ratio=ratio, minivllm_us=mine, baseline_us=theirs)
+
+    # 3. latency at M=1, H=4096, bf16 (evaluated for both ops)
+    for op in OPS:
+        name = f"{op}: M=1 H=4096 bf16 <= 2.2 µs per call"
+        r = find(results, op, "bf16", 4096, 1)
+        if r is None:
+            add(name, None, "shape not in this sweep")
+            continue
+        us = r["impls"]["minivllm"]["us"]
+        add(name, us <= 2.2, f"{us:.2f} µs", us=us)
+
+    # 4. never slower than the fastest baseline
+    violations = []
+    for r in results:
+        if not r["speedup"]:
+            continue
+        best = r["fastest_baseline"]
+        if r["speedup"][best] < 1:
+            violations.append({"op": r["op"], "dtype": r["dtype"], "hidden": r["hidden"],
+                               "rows": r["rows"], "minivllm_us": r["impls"]["minivllm"]["us"],
+                               "baseline": best, "baseline_us": r["impls"][best]["us"],
+                               "speedup": r["speedup"][best]})
+    compared = sum(1 for r in results if r["speedup"])
+    if compared:
+        detail = (f"{len(violations)} of {compared} (op, dtype, shape) slower than the fastest "
+                  "baseline")
+        if violations:
+            worst = min(violations, key=lambda v: v["speedup"])
+            detail += (f"; worst {worst['op']} {worst['dtype']} M={worst['rows']} "
+                       f"H={worst['hidden']}: {worst['minivllm_us']:.2f} µs vs "
+                       f"{SHORT[worst['baseline']]} {worst['baseline_us']:.2f} µs")
+        add("every shape and dtype: minivllm never slower than the fastest baseline",
+            not violations, detail, violations=violations)
+    else:
+        add("every shape and dtype: minivllm never slower than the fastest baseline", None,
+            "no baseline timed")
+
+    # 5. fp16 and fp32 within 5 points of bf16's fraction of copy bandwidth, shape by shape
+    for op in OPS:
+        name = (f"{op}: fp16 and fp32 within {DTYPE_SPREAD_TARGET * 100:.0f} points of bf16's "
+                "fraction of copy bandwidth at M·H >= 16Mi elements")
+        per_dtype = {}
+        for d in ("fp16", "fp32"):
+            differences = []
+            for r in large:
+                if r["op"] != op or r["dtype"] != d:
+                    continue
+                reference = find(results, op, "bf16", r["hidden"], r["rows"])
+                if reference is not None:
+                    differences.append((fraction(r) - fraction(reference), shape_name(r)))
+            if differences:
+                worst = max(differences, key=lambda item: abs(item[0]))
+                per_dtype[d] = {"worst_difference": worst[0], "at": worst[1],
+                                "shapes": len(differences)}
+        if not per_dtype:
+            add(name, None, "needs bf16 and fp16 or fp32 at M·H >= 16Mi elements")
+            continue
+        met = all(abs(v["worst_difference"]) <= DTYPE_SPREAD_TARGET for v in per_dtype.values())
+        detail = "; ".join(f"{d} worst {v['worst_difference'] * 100:+.1f} points ({v['at']})"
+                           for d, v in per_dtype.items())
+        add(name, met, detail, per_dtype=per_dtype)
+    return targets
+
+
+def print_targets(targets):
+    print("\nTargets (minivllm):")
+    for t in targets:
+        print(f"  {t['status']:13s}  {t['target']}\n                 {t['detail']}")
+    violations = next((t.get("violations") for t in targets if t.get("violations")), None)
+    if violations:
+        print("\n  slower than the fastest baseline:")
+        for v in sorted(violations, key=lambda v: v["speedup"]):
+            print(f"    {v['op']:18s} {v['dtype']} M={v['rows']:<6d} H={v['hidden']:<5d} "
+                  f"minivllm {v['minivllm_us']:9.2f} µs  {SHORT[v['baseline']]:>12s} "
+                  f"{v['baseline_us']:9.2f} µs  ({v['speedup']:.3f}x)")
+
+
+def write_plot(results, copy_gbps, path, title):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (python3 -m pip install matplotlib)")
+        return None
+    dtypes = [d for d in DTYPES if any(r["dtype"] == d for r in results)]
+    ops = [op for op in OPS if any(r["op"] == op for r in results)]
+    figure, axes = plt.subplots(len(dtypes), len(ops), figsize=(9 * len(ops), 4.2 * len(dtypes)),
+                                squeeze=False)
+    for i, dtype_name in enumerate(dtypes):
+        for j, op in enumerate(ops):
+            ax = axes[i][j]
+            shapes = sorted((r for r in results if r["op"] == op and r["dtype"] == dtype_name),
+                            key=lambda r: (r["hidden"], r["rows"]))
+            positions = list(range(len(shapes)))
+            # One line per H group (M rising along it), so no line joins M=32768 to the next M=1.
+            groups = {}
+            for position, r in zip(positions, shapes):
+                groups.setdefault(r["hidden"], []).append((position, r))
+            for colour, impl in enumerate(("minivllm",) + BASELINES[op]):
+                mine = impl == "minivllm"
+                label = LABELS[impl]
+                for members in groups.values():
+                    points = [(p, r["impls"][impl]["gbps"]) for p, r in members
+                              if impl in r["impls"]]
+                    if not points:
+                        continue
+                    ax.plot(*zip(*points), color=f"C{colour}", marker="o",
+                            markersize=4 if mine else 3, linewidth=2 if mine else 1,
+                            label=label, zorder=3 if mine else 2)
+                    label = None  # one legend entry per implementation
+            ax.axhline(copy_gbps, color="black", linestyle="--", linewidth=1,
+                       label=f"measured copy ({copy_gbps:.0f} GB/s)")
+            for k in range(1, len(shapes)):  # separate the H groups
+                if shapes[k]["hidden"] != shapes[k - 1]["hidden"]:
+                    ax.axvline(k - 0.5, color="0.8", linewidth=0.8)
+            ax.set_xticks(positions)
+            ax.set_xticklabels([f"H={r['hidden']} M={r['rows']}" for r in shapes], rotation=90,
+                               fontsize=6)
+            ax.set_yscale("log")
+            ax.set_ylim(top=copy_gbps * 30)  # room above the ceiling for the legend
+            ax.set_ylabel("achieved GB/s")
+            ax.set_title(f"{op}, {dtype_name}")
+            ax.grid(axis="y", which="both", alpha=0.3)
+            ax.legend(fontsize=7, loc="upper left", ncol=3)
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# run metadata
+# ---------------------------------------------------------------------------------------------
+def driver_version():
+    try:
+        return subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, check=True, timeout=30).stdout.strip().splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return "unknown"
+
+
+def git_commit():
+    if os.environ.get("MINIVLLM_COMMIT"):
+        return os.environ["MINIVLLM_COMMIT"]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                                text=True, check=True, timeout=30).stdout.strip()
+        return commit or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def library_versions():
+    versions = {"python": platform.python_version(), "torch": torch.__version__,
+                "torch_cuda": torch.version.cuda, "minivllm": minivllm.__version__}
+    try:
+        import triton
+        versions["triton"] = triton.__version__
+    except Exception:  # missing or broken: torch.compile then fails loudly on its own
+        pass
+    return versions
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------------
+def flat_list(values, convert):
+    """['1024,4096', '8192'] -> [1024, 4096, 8192]: accepts spaces and commas."""
+    return [convert(v) for value in values for v in value.split(",") if v]
+
+
+def parse_dtype(value):
+    try:
+        return DTYPE_ALIASES[value.lower()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"unknown dtype {value!r} (bf16, fp16, fp32)") from None
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help=f"H in {QUICK_HIDDEN}, M in {QUICK_ROWS} (every dtype)")
+    parser.add_argument("--dtypes", nargs="+", default=["bf16,fp16,fp32"],
+                        help="bf16 fp16 fp32 (default: all)")
+    parser.add_argument("--hidden", nargs="+", help=f"H values (default {FULL_HIDDEN})")
+    parser.add_argument("--rows", nargs="+", help=f"M values (default {FULL_ROWS})")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help="directory for the JSON and PNG (default benchmarks/results)")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="skip the torch.compile baselines")
+    parser.add_argument("--compile-static", action="store_true",
+                        help="torch.compile(dynamic=False): one compilation per shape and dtype "
+                             "(slower to run; kernels specialised to each H)")
+    parser.add_argument("--no-plot", action="store_true", help="write no PNG")
+    parser.add_argument("--replays", type=int, default=15,
+                        help="timed graph replays per implementation and shape (at least 7)")
+    args = parser.parse_args(argv)
+    try:
+        args.dtypes = list(dict.fromkeys(flat_list(args.dtypes, parse_dtype)))
+        args.hidden = flat_list(args.hidden, int) if args.hidden else list(
+            QUICK_HIDDEN if args.quick else FULL_HIDDEN)
+        args.rows = flat_list(args.rows, int) if args.rows else list(
+            QUICK_ROWS if args.quick else FULL_ROWS)
+    except (argparse.ArgumentTypeError, ValueError) as error:
+        parser.error(str(error))
+    if min(args.hidden + args.rows) < 1:
+        parser.error("--hidden and --rows take positive integers")
+    if args.replays < 7:
+        parser.error("--replays: at least 7")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("bench_norm.py: no CUDA device visible to torch")
+    if not minivllm.cuda_available():
+        sys.exit(f"bench_norm.py: minivllm has no usable CUDA device (CUDA kernels built: "
+                 f"{minivllm.cuda_built()}); install a CUDA build of minivllm")
+    started = time.perf_counter()
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    l2_bytes = props.L2_cache_size
+    date = datetime.datetime.now(datetime.timezone.utc)
+    gpu_slug = re.sub(r"[^a-z0-9]+", "-", props.name.lower()).strip("-") or "gpu"
+    stem = f"norm-{gpu_slug}-{date:%Y-%m-%d}"
+    versions = library_versions()
+    compile_mode = ("off" if args.no_compile else
+                    "torch.compile(dynamic=False)" if args.compile_static else
+                    "torch.compile() default (sizes become dynamic after a shape change)")
+    driver = driver_version()
+    print(f"{props.name}, L2 {l2_bytes / 2**20:.0f} MiB, driver {driver}, torch "
+          f"{versions['torch']}, minivllm {minivllm.__version__} from "
+          f"{Path(minivllm.__file__).parent}", flush=True)
+    print(f"calls per graph: enough for {L2_MULTIPLE}x L2 ({L2_MULTIPLE * l2_bytes / 2**20:.0f} "
+          f"MiB), in [{MIN_CALLS}, {MAX_CALLS}], buffers <= {MEMORY_CAP_BYTES >> 30} GiB; "
+          f"{args.replays} replays; compile baselines: {compile_mode}", flush=True)
+
+    copy_gbps = measure_copy_gbps(args.replays)
+    print(f"device-to-device copy ({COPY_BYTES >> 30} GiB, read + write): {copy_gbps:.0f} GB/s",
+          flush=True)
+    compiled = None if args.no_compile else compile_baselines(args.compile_static)
+
+    shapes = [(d, h, m) for d in args.dtypes for h in args.hidden for m in args.rows]
+    results = []
+    shape_seconds = {}
+    for index, (dtype, hidden, rows) in enumerate(shapes, 1):
+        shape_start = time.perf_counter()
+        records = bench_shape(dtype, hidden, rows, l2_bytes, copy_gbps, compiled,
+                              args.replays)
+        seconds = time.perf_counter() - shape_start
+        shape_seconds[f"{dtype} H={hidden} M={rows}"] = seconds
+        results.extend(records)
+        print(f"[{index:3d}/{len(shapes)}] {dtype} H={hidden:<5d} M={rows:<6d} "
+              + " | ".join(progress_part(r) for r in records) + f" | {seconds:.1f} s", flush=True)
+
+    # Measured again at the end: a drifting ceiling (clocks, temperature) shows here.
+    copy_gbps_end = measure_copy_gbps(args.replays)
+    print(f"device-to-device copy at the end: {copy_gbps_end:.0f} GB/s "
+          f"({copy_gbps_end / copy_gbps - 1:+.1%} against the start, which the fractions use)")
+
+    print_table(results)
+    targets = evaluate_targets(results)
+    print_targets(targets)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = {
+        "kind": "bench-norm",
+        "gpu": {"name": props.name, "driver": driver,
+                "memory_bytes": props.total_memory, "sm_count": props.multi_processor_count,
+                "l2_cache_bytes": l2_bytes},
+        "date": date.isoformat(timespec="seconds"),
+        "commit": git_commit(),
+        "versions": versions,
+        "argv": sys.argv[1:],
+        "sweep": {"dtypes": args.dtypes, "hidden": args.hidden, "rows": args.rows,
+                  "quick": args.quick},
+        "method": {
+            "timing": "CUDA graph of N calls, each on its own inputs and outputs; CUDA events "
+                      "around each replay; µs per call = median replay / N",
+            "replays": args.replays, "eps": EPS, "l2_multiple": L2_MULTIPLE,
+            "calls_bounds": [MIN_CALLS, MAX_CALLS], "memory_cap_bytes": MEMORY_CAP_BYTES,
+            "bytes_moved": "rms_norm: x read + out written; fused_add_rms_norm: x, r read + "
+                           "out, new residual written; weight ignored",
+            "compile": compile_mode, "tolerance": TOLERANCE,
+        },
+        "copy_bandwidth": {"bytes_copied": COPY_BYTES, "gbps": copy_gbps,
+                           "gbps_at_end": copy_gbps_end,
+                           "note": "bytes read + written per second; fractions use gbps"},
+        "calls_per_graph": {f"{r['op']} {r['dtype']} H={r['hidden']} M={r['rows']}":
+                            r["calls_per_graph"] for r in results},
+        "results": results,
+        "targets": targets,
+        "shape_seconds": shape_seconds,
+        "total_seconds": time.perf_counter() - started,
+    }
+    json_path = args.out / f"{stem}.json"
+    with open(json_path, "w") as f:
+        json.dump(report, f, indent=1)
+    print(f"\nresults: {json_path}")
+    if not args.no_plot:
+        plot = write_plot(results, copy_gbps, args.out / f"{stem}.png",
+                          f"minivllm norms on {props.name} ({date:%Y-%m-%d}, "
+                          f"{report['commit'][:12]}): achieved bandwidth per call")
+        if plot:
+            print(f"plot:    {plot}")
+    print(f"total {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""The fast CUDA norm kernel against the deliberately simple reference kernel (and float64).
+
+The fast kernel picks its vector width from H and the alignment of every pointer and row stride,
+packs several rows per block for small H, and falls back to the reference kernel for rows too
+long for registers: the cases below walk through each of those choices.
+"""
+import numpy as np
+import pytest
+
+import minivllm
+from reference import TOL, assert_matches, fused_add_rms_norm_ref, rms_norm_ref
+
+torch = pytest.importorskip("torch", reason="PyTorch is not installed (GPU kernel tests use it)")
+pytestmark = pytest.mark.skipif(not minivllm.cuda_available(),
+                                reason="no CUDA device (minivllm.cuda_available() is False)")
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# H: odd (vector width 1), 2 (mod 4), 4 (mod 8), multiples of 8; small (many rows per block),
+# model sizes, and past what fits in registers (reference fallback).
+HIDDEN = [1, 3, 6, 100, 896, 1000, 1024, 3584, 4096, 5120, 8192, 12000, 20000, 40000]
+
+
+def _rows(rng, shape, dtype, offset=0, row_pad=0):
+    """A [M, H] tensor on the GPU whose data starts `offset` elements into its storage and whose
+    rows are H + row_pad apart: offsets and padding narrow the usable vector width."""
+    m, h = shape
+    storage = torch.from_numpy(rng.standard_normal(offset + m * (h + row_pad) + 1)).to("cuda", DTYPES[dtype])
+    return storage[offset:offset + m * (h + row_pad)].view(m, h + row_pad)[:, :h]
+
+
+def _poisoned_like(t):
+    return torch.full_like(t, float("nan"))
+
+
+def _stream():
+    return torch.cuda.current_stream().cuda_stream
+
+
+def _to64(t):
+    return t.double().cpu().numpy()
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("hidden", HIDDEN)
+@pytest.mark.parametrize("layout", ["contiguous", "offset1", "offset2_pad2"])
+@pytest.mark.parametrize("residual", [False, True])
+def test_fast_matches_reference_kernel(dtype, hidden, layout, residual):
+    rng = np.random.default_rng()
+    offset, pad = {"contiguous": (0, 0), "offset1": (1, 0), "offset2_pad2": (2, 2)}[layout]
+    rows = 1 if hidden >= 20000 else 37
+    x = _rows(rng, (rows, hidden), dtype, offset, pad)
+    r = _rows(rng, (rows, hidden), dtype, offset, pad)
+    w = torch.from_numpy(rng.uniform(0.5, 1.5, hidden)).to("cuda", DTYPES[dtype])
+    outs = {}
+    for reference in (False, True):
+        out = _poisoned_like(x)
+        if residual:
+            new_res = _poisoned_like(x)
+            minivllm._C.fused_add_rms_norm(x, r, w, 1e-6, out, new_res, None, _stream(), reference)
+            outs[reference] = (out, new_res)
+        else:
+            minivllm._C.rms_norm(x, w, 1e-6, out, None, _stream(), reference)
+            outs[reference] = (out,)
+    torch.cuda.synchronize()
+    tol = TOL[dtype]
+    if residual:
+        ref_out, ref_res = fused_add_rms_norm_ref(_to64(x), _to64(r), _to64(w), 1e-6, dtype)
+        # Both kernels round the same float32 sum: the new residual is identical.
+        assert torch.equal(outs[False][1], outs[True][1])
+        assert_matches(_to64(outs[False][1]), ref_res, tol, "new_residual")
+    else:
+        ref_out = rms_norm_ref(_to64(x), _to64(w), 1e-6)
+    assert_matches(_to64(outs[True][0]), ref_out, tol, "reference kernel")
+    assert_matches(_to64(outs[False][0]), ref_out, tol, "fast kernel")
+    # The kernels differ only in summation order: at most an occasional last-bit rounding flip.
+    diff = (outs[False][0].double() - outs[True][0].double()).norm() / outs[True][0].double().norm()
+    assert diff <= (1e-6 if dtype == "float32" else 2e-3), f"fast vs reference kernel: {diff:.3g}"
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("rows", [1, 2, 7, 8, 9, 255, 257, 4099])
+@pytest.mark.parametrize("hidden", [64, 1024, 4096])
+def test_fast_kernel_row_packing(dtype, rows, hidden):
+    """Row counts around the rows-per-block boundaries: every row written, none twice wrong."""
+    rng = np.random.default_rng()
+    x = _rows(rng, (rows, hidden), dtype)
+    w = torch.from_numpy(rng.uniform(0.5, 1.5, hidden)).to("cuda", DTYPES[dtype])
+    out = _poisoned_like(x)
+    minivllm.rms_norm(x, w, out=out)
+    torch.cuda.synchronize()
+    assert_matches(_to64(out), rms_norm_ref(_to64(x), _to64(w), 1e-6), TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_fast_kernel_in_place(dtype):
+    rng = np.random.default_rng()
+    x = _rows(rng, (33, 4096), dtype)
+    r = _rows(rng, (33, 4096), dtype)
+    w = torch.from_numpy(rng.uniform(0.5, 1.5, 4096)).to("cuda", DTYPES[dtype])
+    ref_out, ref_res = fused_add_rms_norm_ref(_to64(x), _to64(r), _to64(w), 1e-6, dtype)
+    minivllm.fused_add_rms_norm(x, r, w, inplace=True)
+    torch.cuda.synchronize()
+    assert_matches(_to64(x), ref_out, TOL[dtype], "x (normed)")
+    assert_matches(_to64(r), ref_res, TOL[dtype], "residual (new)")
