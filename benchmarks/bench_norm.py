@@ -188,13 +188,20 @@ def time_per_call(call, calls, replays):
 
 
 def measure_copy_gbps(replays):
-    """Device-to-device copy bandwidth (bytes read + written per second), graph-timed too."""
+    """Device-to-device copy bandwidth (bytes read + written per second), graph-timed too.
+
+    The ceiling is the faster of cudaMemcpy (copy_) and an elementwise copy kernel (mul by 1):
+    on some parts one of the two leaves bandwidth on the table, and a ceiling set too low would
+    flatter every fraction measured against it. Returns (ceiling, {method: GB/s})."""
     source = torch.randn(COPY_BYTES // 4, device="cuda")
     target = torch.empty_like(source)
-    timing = time_per_call(lambda i: target.copy_(source), COPY_CALLS, replays)
+    methods = {"memcpy": lambda i: target.copy_(source),
+               "elementwise": lambda i: torch.mul(source, 1.0, out=target)}
+    measured = {name: 2 * COPY_BYTES / time_per_call(fn, COPY_CALLS, replays)["us"] / 1e3
+                for name, fn in methods.items()}
     del source, target
     torch.cuda.empty_cache()
-    return 2 * COPY_BYTES / timing["us"] / 1e3
+    return max(measured.values()), measured
 
 
 # ---------------------------------------------------------------------------------------------
@@ -476,13 +483,16 @@ def evaluate_targets(results):
                     differences.append((fraction(r) - fraction(reference), shape_name(r)))
             if differences:
                 worst = max(differences, key=lambda item: abs(item[0]))
+                lowest = min(differences, key=lambda item: item[0])
                 per_dtype[d] = {"worst_difference": worst[0], "at": worst[1],
+                                "lowest_difference": lowest[0], "lowest_at": lowest[1],
                                 "shapes": len(differences)}
         if not per_dtype:
             add(name, None, "needs bf16 and fp16 or fp32 at M·H >= 16Mi elements")
             continue
-        met = all(abs(v["worst_difference"]) <= DTYPE_SPREAD_TARGET for v in per_dtype.values())
-        detail = "; ".join(f"{d} worst {v['worst_difference'] * 100:+.1f} points ({v['at']})"
+        # "Reach within 5 points": only falling behind bf16 misses; doing better is fine.
+        met = all(v["lowest_difference"] >= -DTYPE_SPREAD_TARGET for v in per_dtype.values())
+        detail = "; ".join(f"{d} lowest {v['lowest_difference'] * 100:+.1f} points ({v['lowest_at']})"
                            for d, v in per_dtype.items())
         add(name, met, detail, per_dtype=per_dtype)
     return targets
@@ -664,9 +674,9 @@ def main(argv=None):
           f"MiB), in [{MIN_CALLS}, {MAX_CALLS}], buffers <= {MEMORY_CAP_BYTES >> 30} GiB; "
           f"{args.replays} replays; compile baselines: {compile_mode}", flush=True)
 
-    copy_gbps = measure_copy_gbps(args.replays)
-    print(f"device-to-device copy ({COPY_BYTES >> 30} GiB, read + write): {copy_gbps:.0f} GB/s",
-          flush=True)
+    copy_gbps, copy_methods = measure_copy_gbps(args.replays)
+    print(f"device-to-device copy ({COPY_BYTES >> 30} GiB, read + write): {copy_gbps:.0f} GB/s ("
+          + ", ".join(f"{k} {v:.0f}" for k, v in copy_methods.items()) + ")", flush=True)
     compiled = None if args.no_compile else compile_baselines(args.compile_static)
 
     shapes = [(d, h, m) for d in args.dtypes for h in args.hidden for m in args.rows]
@@ -683,7 +693,7 @@ def main(argv=None):
               + " | ".join(progress_part(r) for r in records) + f" | {seconds:.1f} s", flush=True)
 
     # Measured again at the end: a drifting ceiling (clocks, temperature) shows here.
-    copy_gbps_end = measure_copy_gbps(args.replays)
+    copy_gbps_end, _ = measure_copy_gbps(args.replays)
     print(f"device-to-device copy at the end: {copy_gbps_end:.0f} GB/s "
           f"({copy_gbps_end / copy_gbps - 1:+.1%} against the start, which the fractions use)")
 
@@ -713,7 +723,7 @@ def main(argv=None):
             "compile": compile_mode, "tolerance": TOLERANCE,
         },
         "copy_bandwidth": {"bytes_copied": COPY_BYTES, "gbps": copy_gbps,
-                           "gbps_at_end": copy_gbps_end,
+                           "gbps_at_end": copy_gbps_end, "by_method": copy_methods,
                            "note": "bytes read + written per second; fractions use gbps"},
         "calls_per_graph": {f"{r['op']} {r['dtype']} H={r['hidden']} M={r['rows']}":
                             r["calls_per_graph"] for r in results},

@@ -131,7 +131,10 @@ __device__ __forceinline__ float group_sum(float v, int group_threads, float *wa
     return total;
 }
 
-template <typename T, int V, bool kHasResidual>
+/* kEarlyWeight: load the weight together with the row. For a short call (few rows per SM) that
+   removes a second memory round trip after the reduction; for a long one it would only cost
+   registers, hence occupancy, so the weight is then read (from L1/L2) when it is needed. */
+template <typename T, int V, bool kHasResidual, bool kEarlyWeight>
 __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(mv_rms_norm_args args, int group_threads) {
     __shared__ float warp_sums[32];
     using VecT = Vec<T, V>;
@@ -140,6 +143,7 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(mv_rms_nor
     const int rows_per_block = blockDim.x / group_threads;
     const int group = threadIdx.x / group_threads;
     const int lane = threadIdx.x % group_threads;
+    const VecT *weight = static_cast<const VecT *>(in.norm_weight);
 
     /* The loop bound is the same for the whole block, so every thread reaches group_sum's
        barriers; groups past the last row just carry zeros. */
@@ -150,6 +154,7 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(mv_rms_nor
         /* The row stays in registers in its storage type (s is exactly representable in T:
            x itself, or the rounded sum), which halves the registers of 16-bit rows. */
         VecT row_vecs[kMaxVecsPerThread];
+        VecT weight_vecs[kMaxVecsPerThread];
         float sum_sq = 0.0f;
         if (active) {
             const VecT *x_row = reinterpret_cast<const VecT *>(static_cast<const T *>(in.x) + row * in.x_stride);
@@ -159,6 +164,13 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(mv_rms_nor
             for (int i = 0; i < kMaxVecsPerThread; ++i) {
                 const int64_t idx = lane + (int64_t)i * group_threads;
                 if (idx < vecs_per_row) row_vecs[i] = x_row[idx];
+            }
+            if (kEarlyWeight) {
+#pragma unroll
+                for (int i = 0; i < kMaxVecsPerThread; ++i) {
+                    const int64_t idx = lane + (int64_t)i * group_threads;
+                    if (idx < vecs_per_row) weight_vecs[i] = weight[idx];
+                }
             }
             if (kHasResidual) {
                 const VecT *r_row = reinterpret_cast<const VecT *>(static_cast<const T *>(in.residual) + row * in.residual_stride);
@@ -186,13 +198,12 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(mv_rms_nor
         sum_sq = group_sum(sum_sq, group_threads, warp_sums);
         if (!active) continue;
         const float rrms = rsqrtf(sum_sq / static_cast<float>(in.hidden) + in.eps);
-        const VecT *weight = static_cast<const VecT *>(in.norm_weight);
         VecT *out_row = reinterpret_cast<VecT *>(static_cast<T *>(args.out) + row * args.out_stride);
 #pragma unroll
         for (int i = 0; i < kMaxVecsPerThread; ++i) {
             const int64_t idx = lane + (int64_t)i * group_threads;
             if (idx >= vecs_per_row) continue;
-            const VecT w = weight[idx];
+            const VecT w = kEarlyWeight ? weight_vecs[i] : weight[idx];
             VecT result;
 #pragma unroll
             for (int j = 0; j < V; ++j) result.v[j] = mv_from_float<T>(mv_to_float(w.v[j]) * (mv_to_float(row_vecs[i].v[j]) * rrms));
@@ -222,6 +233,18 @@ int vector_width(const mv_rms_norm_args *a) {
     return v;
 }
 
+/* Below this many blocks a call is short: latency, not bandwidth, decides its time. */
+constexpr int64_t kShortCallBlocks = 264;
+
+template <typename T, int V, bool kHasResidual>
+void launch_vec_kernel(const mv_rms_norm_args &a, int group_threads, unsigned blocks, int threads,
+                       cudaStream_t stream) {
+    if (blocks <= kShortCallBlocks)
+        rms_norm_vec_kernel<T, V, kHasResidual, true><<<blocks, threads, 0, stream>>>(a, group_threads);
+    else
+        rms_norm_vec_kernel<T, V, kHasResidual, false><<<blocks, threads, 0, stream>>>(a, group_threads);
+}
+
 template <typename T, int V>
 cudaError_t launch_vec(const mv_rms_norm_args &a, int group_threads, cudaStream_t stream) {
     const int threads = group_threads > kVecBlockThreads ? group_threads : kVecBlockThreads;
@@ -229,9 +252,9 @@ cudaError_t launch_vec(const mv_rms_norm_args &a, int group_threads, cudaStream_
     const int64_t wanted = (a.in.rows + rows_per_block - 1) / rows_per_block;
     const unsigned blocks = static_cast<unsigned>(wanted < kMaxRowBlocks * 16 ? wanted : kMaxRowBlocks * 16);
     if (a.in.residual != nullptr)
-        rms_norm_vec_kernel<T, V, true><<<blocks, threads, 0, stream>>>(a, group_threads);
+        launch_vec_kernel<T, V, true>(a, group_threads, blocks, threads, stream);
     else
-        rms_norm_vec_kernel<T, V, false><<<blocks, threads, 0, stream>>>(a, group_threads);
+        launch_vec_kernel<T, V, false>(a, group_threads, blocks, threads, stream);
     return cudaGetLastError();
 }
 
