@@ -307,7 +307,7 @@ PyObject *mv_buffer_new(PyTypeObject *type, mv_dtype dtype, mv_processor process
         if (shape[d] == 0)
             count = 0;
     /* One byte at least, so an empty buffer still has a valid, unique pointer. */
-    size_t bytes = count * mv_dtype_size(dtype);
+    size_t bytes = count * (size_t)mv_dtype_size(dtype);
     bytes = bytes ? bytes : 1;
     if (processor == MV_ON_CUDA) {
 #ifdef MINIVLLM_WITH_CUDA

@@ -139,10 +139,6 @@ static inline float mv_round_to(mv_dtype dt, float v)
     }
 }
 
-static inline int64_t mv_dtype_size(mv_dtype dt)
-{
-    return dt == MV_FLOAT32 ? 4 : 2;
-}
 
 /* Row-wise forms: the dtype test is hoisted out of the loop so each loop body is branch-free
    (and the float32 one a plain copy). */

@@ -32,6 +32,9 @@ typedef enum {
     MV_BFLOAT16 = 2,
 } mv_dtype;
 
+/* Bytes per element: the one definition the binding and the CPU kernels share. */
+static inline int64_t mv_dtype_size(mv_dtype dt) { return dt == MV_FLOAT32 ? 4 : 2; }
+
 enum {
     MV_OK = 0,
     MV_ERR_NOMEM = 1, /* a CPU scratch allocation failed */

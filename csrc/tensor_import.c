@@ -44,8 +44,6 @@ void mv_import_names_clear(mv_import_names *n)
     Py_CLEAR(n->max_version);
 }
 
-size_t mv_dtype_size(mv_dtype dt) { return dt == MV_FLOAT32 ? 4 : 2; }
-
 const char *mv_dtype_name(mv_dtype dt)
 {
     switch (dt) {
@@ -576,11 +574,11 @@ int mv_check_no_overlap(const mv_tensor *out, const mv_tensor *other, int allow_
 
 int mv_check_element_aligned(const mv_tensor *t)
 {
-    if ((uintptr_t)t->data % mv_dtype_size(t->dtype) == 0)
+    if ((uintptr_t)t->data % (uintptr_t)mv_dtype_size(t->dtype) == 0)
         return 0;
     PyErr_Format(PyExc_ValueError,
                  "%s: data pointer %p is not aligned to its %zu-byte element size", t->name,
-                 (void *)t->data, mv_dtype_size(t->dtype));
+                 (void *)t->data, (size_t)mv_dtype_size(t->dtype));
     return -1;
 }
 

@@ -62,7 +62,6 @@ int mv_tensor_import(const mv_import_names *names, PyObject *obj, const char *na
                      PyObject *stream, mv_tensor *t);
 void mv_tensor_release(mv_tensor *t);
 
-size_t mv_dtype_size(mv_dtype dt);
 const char *mv_dtype_name(mv_dtype dt);
 
 /* Checks; each returns 0 or -1 with an exception set. */
