@@ -134,7 +134,8 @@ def self_check(backend, rng):
         outs = minivllm.FusedRMSNormQKV.forward(xa, ga, wa.T, nh, nkv)
         refs = reference.fused_rms_norm_qkv(x, g, w, nh, nkv)
         err = max(reference.relative_error(backend.to_numpy(o), ref) for o, ref in zip(outs, refs))
-        rows.append(("fused_rms_norm_qkv", dtype, f"13x{hidden}->{n_out}", err, tol))
+        rows.append(("fused_rms_norm_qkv", dtype, f"13x{hidden}->{n_out}", err,
+                     reference.QKV_TOLERANCE[dtype]))
     for op, dtype, shape, err, tol in rows:
         ok = err <= tol
         failures += not ok
