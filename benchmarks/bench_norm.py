@@ -21,14 +21,7 @@ Writes DIR/norm-<gpu>-<date>.json and DIR/norm-<gpu>-<date>.png (DIR: benchmarks
 """
 
 import argparse
-import datetime
-import json
 import math
-import os
-import platform
-import re
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,6 +33,9 @@ except ImportError:
 
 try:
     import minivllm
+    from minivllm import _benchtools as bt
+    from minivllm._benchtools import (flat_list, hf_rms_norm, parse_dtype, time_per_call,
+                                      torch_add_rms_norm)
 except ImportError as error:
     sys.exit(f"bench_norm.py: cannot import minivllm ({error}). Install it first, from the "
              "checkout: python3 -m pip install --no-build-isolation .")
@@ -47,24 +43,19 @@ except ImportError as error:
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
-EPS = 1e-6
+EPS = bt.EPS
 FULL_HIDDEN = (896, 1024, 2048, 3584, 4096, 5120, 8192)
 FULL_ROWS = (1, 16, 128, 1024, 4096, 32768)
 QUICK_HIDDEN = (1024, 4096, 8192)
 QUICK_ROWS = (1, 4096, 32768)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-DTYPE_ALIASES = {"bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16", "float16": "fp16",
-                 "half": "fp16", "fp32": "fp32", "float32": "fp32", "float": "fp32"}
 # Relative error (over the whole output) allowed against the float32 computation: a 16-bit output
 # is rounded once (~2^-9 relative for bf16); float32 differs only in summation order.
 TOLERANCE = {"bf16": 1e-2, "fp16": 1e-2, "fp32": 1e-5}
 
-L2_MULTIPLE = 4              # one replay touches >= 4x L2, so no call finds its inputs in L2
-MIN_CALLS, MAX_CALLS = 2, 4000
-MEMORY_CAP_BYTES = 4 << 30   # inputs + outputs of one graph; the 2-call floor may exceed it
-COPY_BYTES = 2 << 30         # the copy ceiling's buffer, dozens of times any L2
-COPY_CALLS = 4
-SPIN_CYCLES = 10_000_000     # ~5 ms of GPU spin, during which the host queues every timed replay
+# Timing constants shared with the other benchmarks (minivllm/_benchtools.py).
+L2_MULTIPLE, MIN_CALLS, MAX_CALLS = bt.L2_MULTIPLE, bt.MIN_CALLS, bt.MAX_CALLS
+MEMORY_CAP_BYTES, COPY_BYTES = bt.MEMORY_CAP_BYTES, bt.COPY_BYTES
 LARGE_ELEMENTS = 16 << 20    # "M·H >= 16M elements" of the issue's bandwidth targets
 BANDWIDTH_TARGET = 0.92
 DTYPE_SPREAD_TARGET = 0.05   # fp16 / fp32 within 5 points of bf16's fraction of copy bandwidth
@@ -90,21 +81,6 @@ SHORT = {"torch_rms_norm": "F.rms_norm", "hf_eager": "HF", "hf_compiled": "HF co
 # ---------------------------------------------------------------------------------------------
 # the baselines
 # ---------------------------------------------------------------------------------------------
-def hf_rms_norm(x, weight):
-    """Hugging Face's LlamaRMSNorm.forward: float32 statistics, rounded before the weight."""
-    xf = x.float()
-    variance = xf.pow(2).mean(-1, keepdim=True)
-    xf = xf * torch.rsqrt(variance + EPS)
-    return weight * xf.to(x.dtype)
-
-
-def torch_add_rms_norm(x, residual, weight):
-    """What a model without a fused kernel does: the sum, stored, then its RMSNorm."""
-    new_residual = x + residual
-    normed = torch.nn.functional.rms_norm(new_residual, (new_residual.shape[-1],), weight, EPS)
-    return normed, new_residual
-
-
 def compile_baselines(static):
     """torch.compile'd baselines, keyed by baseline name.
 
@@ -113,95 +89,10 @@ def compile_baselines(static):
     default recompile limit, past which dynamo silently runs the eager code. Raise the limit, and
     make hitting it an error where torch can, so the "compiled" baseline is always compiled.
     """
-    import torch._dynamo  # torch imports dynamo lazily; its config must exist before compiling
-
-    config = torch._dynamo.config
-    limit = 1024 if static else 64  # static: one compilation per shape and dtype
-    for name in ("recompile_limit", "cache_size_limit"):
-        if hasattr(config, name):
-            setattr(config, name, max(getattr(config, name), limit))
-            break
-    for name in ("accumulated_recompile_limit", "accumulated_cache_size_limit"):
-        if hasattr(config, name):
-            setattr(config, name, max(getattr(config, name), 4 * limit))
-            break
-    if hasattr(config, "fail_on_recompile_limit_hit"):
-        config.fail_on_recompile_limit_hit = True
+    bt.raise_compile_limits(1024 if static else 64)  # static: one compilation per shape, dtype
     options = {"dynamic": False} if static else {}
     return {"hf_compiled": torch.compile(hf_rms_norm, **options),
             "torch_add_rms_norm_compiled": torch.compile(torch_add_rms_norm, **options)}
-
-
-# ---------------------------------------------------------------------------------------------
-# timing
-# ---------------------------------------------------------------------------------------------
-def calls_per_graph(bytes_per_call, l2_bytes):
-    wanted = math.ceil(L2_MULTIPLE * l2_bytes / bytes_per_call)
-    return max(MIN_CALLS, min(wanted, MEMORY_CAP_BYTES // bytes_per_call, MAX_CALLS))
-
-
-def capture(call, calls):
-    """A CUDA graph of call(0), ..., call(calls - 1), and the results it must keep alive."""
-    # Warm up on a side stream, as torch.cuda.graph's documentation prescribes: lazy
-    # initialisation, the allocator's first blocks and torch.compile's compilation for this shape
-    # all happen here, never during capture.
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            call(0)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    # Keep every call's result referenced while capturing: otherwise the graph's memory pool hands
-    # each call the block its predecessor's output just freed, and a baseline's outputs would all
-    # land on one L2-resident buffer while minivllm writes distinct ones.
-    results = []
-    with torch.cuda.graph(graph):
-        for i in range(calls):
-            results.append(call(i))
-    return graph, results
-
-
-def replay_times_us(graph, replays):
-    graph.replay()  # the first launch uploads the graph; not timed
-    torch.cuda.synchronize()
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-              for _ in range(replays)]
-    # Keep the GPU busy while the host queues the replays, so that no host-side launch gap lands
-    # between a start event and its replay.
-    if hasattr(torch.cuda, "_sleep"):
-        torch.cuda._sleep(SPIN_CYCLES)
-    for start, stop in events:
-        start.record()
-        graph.replay()
-        stop.record()
-    torch.cuda.synchronize()
-    return [start.elapsed_time(stop) * 1e3 for start, stop in events]
-
-
-def time_per_call(call, calls, replays):
-    """µs per call of call(i): median, min and max over graph replays of calls calls."""
-    graph, results = capture(call, calls)
-    per_call = sorted(us / calls for us in replay_times_us(graph, replays))
-    del graph, results
-    return {"us": statistics.median(per_call), "us_min": per_call[0], "us_max": per_call[-1]}
-
-
-def measure_copy_gbps(replays):
-    """Device-to-device copy bandwidth (bytes read + written per second), graph-timed too.
-
-    The ceiling is the faster of cudaMemcpy (copy_) and an elementwise copy kernel (mul by 1):
-    on some parts one of the two leaves bandwidth on the table, and a ceiling set too low would
-    flatter every fraction measured against it. Returns (ceiling, {method: GB/s})."""
-    source = torch.randn(COPY_BYTES // 4, device="cuda")
-    target = torch.empty_like(source)
-    methods = {"memcpy": lambda i: target.copy_(source),
-               "elementwise": lambda i: torch.mul(source, 1.0, out=target)}
-    measured = {name: 2 * COPY_BYTES / time_per_call(fn, COPY_CALLS, replays)["us"] / 1e3
-                for name, fn in methods.items()}
-    del source, target
-    torch.cuda.empty_cache()
-    return max(measured.values()), measured
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,13 +131,6 @@ def check_fused(x, residual, weight, normed, new_residual, dtype_name, where):
 # ---------------------------------------------------------------------------------------------
 # one shape
 # ---------------------------------------------------------------------------------------------
-def bytes_per_call(op, rows, hidden, element_size):
-    # rms_norm reads x and writes out; the fused op reads x and r and writes out and the new
-    # residual. The weight (H elements, read once per row from cache) is left out.
-    tensors = 2 if op == "rms_norm" else 4
-    return tensors * rows * hidden * element_size
-
-
 def random_rows(count, rows, hidden, dtype):
     return [torch.randn(rows, hidden, dtype=dtype, device="cuda") for _ in range(count)]
 
@@ -313,8 +197,8 @@ def bench_shape(dtype_name, hidden, rows, l2_bytes, copy_gbps, compiled, replays
     """Both ops at one (dtype, H, M): their two records."""
     dtype = DTYPES[dtype_name]
     element_size = torch.empty((), dtype=dtype).element_size()
-    moved = {op: bytes_per_call(op, rows, hidden, element_size) for op in OPS}
-    calls = {op: calls_per_graph(moved[op], l2_bytes) for op in OPS}
+    moved = {op: bt.norm_bytes(op, rows, hidden, element_size) for op in OPS}
+    calls = {op: bt.calls_per_graph(moved[op], l2_bytes) for op in OPS}
     weight = torch.randn(hidden, dtype=dtype, device="cuda")
     # rms_norm needs the most calls (half the bytes per call); the fused op uses the first ones.
     xs = random_rows(calls["rms_norm"], rows, hidden, dtype)
@@ -392,8 +276,7 @@ def evaluate_targets(results):
     targets = []
 
     def add(name, met, detail, **data):
-        status = "NOT EVALUATED" if met is None else ("MET" if met else "NOT MET")
-        targets.append({"target": name, "status": status, "detail": detail, **data})
+        targets.append(bt.target(name, met, detail, **data))
 
     dtypes_seen = [d for d in DTYPES if any(r["dtype"] == d for r in results)]
     large = [r for r in results if r["elements"] >= LARGE_ELEMENTS]
@@ -499,9 +382,7 @@ def evaluate_targets(results):
 
 
 def print_targets(targets):
-    print("\nTargets (minivllm):")
-    for t in targets:
-        print(f"  {t['status']:13s}  {t['target']}\n                 {t['detail']}")
+    bt.print_target_lines(targets)
     violations = next((t.get("violations") for t in targets if t.get("violations")), None)
     if violations:
         print("\n  slower than the fastest baseline:")
@@ -512,12 +393,8 @@ def print_targets(targets):
 
 
 def write_plot(results, copy_gbps, path, title):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot (python3 -m pip install matplotlib)")
+    plt = bt.load_pyplot()
+    if plt is None:
         return None
     dtypes = [d for d in DTYPES if any(r["dtype"] == d for r in results)]
     ops = [op for op in OPS if any(r["op"] == op for r in results)]
@@ -559,62 +436,12 @@ def write_plot(results, copy_gbps, path, title):
             ax.set_title(f"{op}, {dtype_name}")
             ax.grid(axis="y", which="both", alpha=0.3)
             ax.legend(fontsize=7, loc="upper left", ncol=3)
-    figure.suptitle(title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
-
-
-# ---------------------------------------------------------------------------------------------
-# run metadata
-# ---------------------------------------------------------------------------------------------
-def driver_version():
-    try:
-        return subprocess.run(
-            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-            capture_output=True, text=True, check=True, timeout=30).stdout.strip().splitlines()[0]
-    except (OSError, subprocess.SubprocessError, IndexError):
-        return "unknown"
-
-
-def git_commit():
-    if os.environ.get("MINIVLLM_COMMIT"):
-        return os.environ["MINIVLLM_COMMIT"]
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                                text=True, check=True, timeout=30).stdout.strip()
-        return commit or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def library_versions():
-    versions = {"python": platform.python_version(), "torch": torch.__version__,
-                "torch_cuda": torch.version.cuda, "minivllm": minivllm.__version__}
-    try:
-        import triton
-        versions["triton"] = triton.__version__
-    except Exception:  # missing or broken: torch.compile then fails loudly on its own
-        pass
-    return versions
+    return bt.save_figure(plt, figure, path, title)
 
 
 # ---------------------------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------------------------
-def flat_list(values, convert):
-    """['1024,4096', '8192'] -> [1024, 4096, 8192]: accepts spaces and commas."""
-    return [convert(v) for value in values for v in value.split(",") if v]
-
-
-def parse_dtype(value):
-    try:
-        return DTYPE_ALIASES[value.lower()]
-    except KeyError:
-        raise argparse.ArgumentTypeError(f"unknown dtype {value!r} (bf16, fp16, fp32)") from None
-
-
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
@@ -623,16 +450,12 @@ def parse_args(argv):
                         help="bf16 fp16 fp32 (default: all)")
     parser.add_argument("--hidden", nargs="+", help=f"H values (default {FULL_HIDDEN})")
     parser.add_argument("--rows", nargs="+", help=f"M values (default {FULL_ROWS})")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help="directory for the JSON and PNG (default benchmarks/results)")
+    bt.add_graph_run_args(parser, DEFAULT_OUT)
     parser.add_argument("--no-compile", action="store_true",
                         help="skip the torch.compile baselines")
     parser.add_argument("--compile-static", action="store_true",
                         help="torch.compile(dynamic=False): one compilation per shape and dtype "
                              "(slower to run; kernels specialised to each H)")
-    parser.add_argument("--no-plot", action="store_true", help="write no PNG")
-    parser.add_argument("--replays", type=int, default=15,
-                        help="timed graph replays per implementation and shape (at least 7)")
     args = parser.parse_args(argv)
     try:
         args.dtypes = list(dict.fromkeys(flat_list(args.dtypes, parse_dtype)))
@@ -644,29 +467,22 @@ def parse_args(argv):
         parser.error(str(error))
     if min(args.hidden + args.rows) < 1:
         parser.error("--hidden and --rows take positive integers")
-    if args.replays < 7:
-        parser.error("--replays: at least 7")
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
-    if not torch.cuda.is_available():
-        sys.exit("bench_norm.py: no CUDA device visible to torch")
-    if not minivllm.cuda_available():
-        sys.exit(f"bench_norm.py: minivllm has no usable CUDA device (CUDA kernels built: "
-                 f"{minivllm.cuda_built()}); install a CUDA build of minivllm")
+    bt.require_cuda("bench_norm.py")
     started = time.perf_counter()
     props = torch.cuda.get_device_properties(torch.cuda.current_device())
     l2_bytes = props.L2_cache_size
-    date = datetime.datetime.now(datetime.timezone.utc)
-    gpu_slug = re.sub(r"[^a-z0-9]+", "-", props.name.lower()).strip("-") or "gpu"
-    stem = f"norm-{gpu_slug}-{date:%Y-%m-%d}"
-    versions = library_versions()
+    date = bt.utc_now()
+    stem = bt.results_stem("norm", props.name, date)
+    versions = bt.library_versions()
     compile_mode = ("off" if args.no_compile else
                     "torch.compile(dynamic=False)" if args.compile_static else
                     "torch.compile() default (sizes become dynamic after a shape change)")
-    driver = driver_version()
+    driver = bt.driver_version()
     print(f"{props.name}, L2 {l2_bytes / 2**20:.0f} MiB, driver {driver}, torch "
           f"{versions['torch']}, minivllm {minivllm.__version__} from "
           f"{Path(minivllm.__file__).parent}", flush=True)
@@ -674,7 +490,7 @@ def main(argv=None):
           f"MiB), in [{MIN_CALLS}, {MAX_CALLS}], buffers <= {MEMORY_CAP_BYTES >> 30} GiB; "
           f"{args.replays} replays; compile baselines: {compile_mode}", flush=True)
 
-    copy_gbps, copy_methods = measure_copy_gbps(args.replays)
+    copy_gbps, copy_methods = bt.measure_copy_gbps(args.replays)
     print(f"device-to-device copy ({COPY_BYTES >> 30} GiB, read + write): {copy_gbps:.0f} GB/s ("
           + ", ".join(f"{k} {v:.0f}" for k, v in copy_methods.items()) + ")", flush=True)
     compiled = None if args.no_compile else compile_baselines(args.compile_static)
@@ -693,7 +509,7 @@ def main(argv=None):
               + " | ".join(progress_part(r) for r in records) + f" | {seconds:.1f} s", flush=True)
 
     # Measured again at the end: a drifting ceiling (clocks, temperature) shows here.
-    copy_gbps_end, _ = measure_copy_gbps(args.replays)
+    copy_gbps_end, _ = bt.measure_copy_gbps(args.replays)
     print(f"device-to-device copy at the end: {copy_gbps_end:.0f} GB/s "
           f"({copy_gbps_end / copy_gbps - 1:+.1%} against the start, which the fractions use)")
 
@@ -708,7 +524,7 @@ def main(argv=None):
                 "memory_bytes": props.total_memory, "sm_count": props.multi_processor_count,
                 "l2_cache_bytes": l2_bytes},
         "date": date.isoformat(timespec="seconds"),
-        "commit": git_commit(),
+        "commit": bt.git_commit(REPO_ROOT),
         "versions": versions,
         "argv": sys.argv[1:],
         "sweep": {"dtypes": args.dtypes, "hidden": args.hidden, "rows": args.rows,
@@ -732,16 +548,10 @@ def main(argv=None):
         "shape_seconds": shape_seconds,
         "total_seconds": time.perf_counter() - started,
     }
-    json_path = args.out / f"{stem}.json"
-    with open(json_path, "w") as f:
-        json.dump(report, f, indent=1)
-    print(f"\nresults: {json_path}")
-    if not args.no_plot:
-        plot = write_plot(results, copy_gbps, args.out / f"{stem}.png",
-                          f"minivllm norms on {props.name} ({date:%Y-%m-%d}, "
-                          f"{report['commit'][:12]}): achieved bandwidth per call")
-        if plot:
-            print(f"plot:    {plot}")
+    title = (f"minivllm norms on {props.name} ({date:%Y-%m-%d}, {report['commit'][:12]}): "
+             "achieved bandwidth per call")
+    bt.write_results(args.out, stem, report, None if args.no_plot else
+                     lambda path: write_plot(results, copy_gbps, path, title))
     print(f"total {time.perf_counter() - started:.0f} s")
     return 0
 

@@ -1,0 +1,858 @@
+#!/usr/bin/env python3
+"""Benchmark minivllm.FusedRMSNormQKV.forward (RMSNorm fused with the QKV projection) on one GPU.
+
+Implementations, all timed in the same run and the same way:
+  minivllm            FusedRMSNormQKV.forward(x, γ, W.t(), heads, kv_heads, out=(q, k, v))
+  torch               F.rms_norm, F.linear, split into q, k, v (views)
+  HF                  Hugging Face's RMSNorm (float32 statistics, rounded before γ), F.linear,
+                      split
+  cuBLAS              F.linear alone on an already normalized x: the GEMM without the norm
+  compile             torch.compile of the torch version (default mode)
+  max-autotune        torch.compile(mode="max-autotune-no-cudagraphs", dynamic=False) of it;
+                      autotuning takes seconds per shape, so it covers a subset (--autotune-m,
+                      --autotune-dtypes) within a time budget (--autotune-budget); the output
+                      says which shapes it covered
+  Triton-1            the original Triton design: one program per output feature (the norm of the
+                      token row, then its dot with one W row), launched once per token from a
+                      Python loop (M <= 16 only)
+Timing (../shared/GUIDE.md section 5): N calls, each with its own layer (W, γ), input and
+outputs, are captured into one CUDA graph, N large enough for >= 256 MiB of distinct weights and
+a working set >= 4x L2; after a warm-up the graph is replayed between CUDA events and µs per call
+is the median replay / N. Device-to-device copy bandwidth and the GEMM rate are measured in the
+same run; a shape's floor = max((W + γ + x + q, k, v bytes) / copy bandwidth, 2·M·N·H / GEMM
+rate). Also measured: the host cost of one eager call at M = 1 with torch tensors (back-to-back
+calls, no graph) against torch's eager sequence.
+Correctness: minivllm is checked against the float64 reference for every model and dtype (small
+M) before any timing, and every implementation's last graph-replayed call is checked against a
+float64 computation at every shape; a wrong minivllm result is reported and makes the exit
+status 1. An implementation that fails at a shape is recorded as failed there; the run goes on.
+
+usage: python3 benchmarks/bench_qkv.py [--quick] [--models qwen3-0.6b llama-3-8b ...]
+           [--dtypes bf16 fp16] [--m 1 16 256] [--out DIR] [--no-compile] [--no-plot] ...
+Writes DIR/qkv-<gpu>-<date>.json and DIR/qkv-<gpu>-<date>.png (DIR: benchmarks/results).
+"""
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:
+    sys.exit("bench_qkv.py needs PyTorch with CUDA: python3 -m pip install torch")
+
+try:
+    import minivllm
+    from minivllm import _benchtools as bt
+    from minivllm import reference
+except ImportError as error:
+    sys.exit(f"bench_qkv.py: cannot import minivllm ({error}). Install it first, from the "
+             "checkout: python3 -m pip install --no-build-isolation .")
+
+try:
+    import triton
+    import triton.language as tl
+except Exception:  # missing or broken: the Triton baseline is then recorded as unavailable
+    triton = None
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+EPS = bt.EPS
+
+FULL_MODELS = ("qwen3-0.6b", "llama-3-8b", "qwen2.5-0.5b", "qwen3-4b")
+QUICK_MODELS = ("qwen3-0.6b", "llama-3-8b")
+FULL_M = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
+QUICK_M = (1, 16, 256, 4096)
+FULL_DTYPES = ("bf16", "fp16")
+QUICK_DTYPES = ("bf16",)
+# max-autotune compiles and benchmarks GEMM variants for every shape (seconds each): a subset, and
+# a time budget after which the remaining shapes are skipped (and listed as skipped).
+FULL_AUTOTUNE_M = (1, 16, 256, 4096)
+QUICK_AUTOTUNE_M = (256,)
+AUTOTUNE_DTYPES = ("bf16",)
+FULL_AUTOTUNE_BUDGET_S = 180
+QUICK_AUTOTUNE_BUDGET_S = 60
+
+TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+TRITON_MAX_M = 16                       # M launches per call: beyond this it is hopeless anyway
+HOST_CALLS, HOST_BATCHES = 200, 15
+# minivllm is held to the test suite's tolerances; the baselines round y before the GEMM (HF, the
+# cuBLAS one on a stored normalized x), which costs up to one more rounding of the dtype.
+BASELINE_TOLERANCE = 2e-2
+
+IMPLS = ("minivllm", "torch", "hf", "cublas", "compile", "max_autotune", "triton_1")
+BASELINES = IMPLS[1:]
+LABELS = {
+    "minivllm": "minivllm FusedRMSNormQKV",
+    "torch": "torch rms_norm + linear + split",
+    "hf": "HF RMSNorm + linear + split",
+    "cublas": "cuBLAS GEMM alone (x pre-normalized)",
+    "compile": "torch.compile (default)",
+    "max_autotune": "torch.compile (max-autotune-no-cudagraphs)",
+    "triton_1": "Triton, one program per output feature",
+}
+SHORT = {"minivllm": "minivllm", "torch": "torch", "hf": "HF", "cublas": "cuBLAS",
+         "compile": "compile", "max_autotune": "max-AT", "triton_1": "Triton-1"}
+
+# The issue's targets.
+DECODE_MAX_M = 16
+DECODE_TARGET_US = {"qwen3-0.6b": 3.5, "llama-3-8b": 13.5, "qwen2.5-0.5b": 2.5}
+DECODE_COPY_FRACTION = {"llama-3-8b": 0.88}
+MID_M, MID_FLOOR_MULTIPLE = 256, 1.6
+LARGE_M, LARGE_TORCH_SPEEDUP = 1024, 1.1
+HOST_TARGET_US = 15.0
+
+
+# ---------------------------------------------------------------------------------------------
+# the implementations
+# ---------------------------------------------------------------------------------------------
+if triton is not None:
+    @triton.jit
+    def _row_norm_dot_one_feature(x_ptr, gamma_ptr, weight_ptr, out_ptr, hidden, eps,
+                                  BLOCK: tl.constexpr):
+        # One program per output feature n: it normalizes the whole token row itself (every
+        # program repeats that work) and takes the dot with W's row n.
+        feature = tl.program_id(0)
+        columns = tl.arange(0, BLOCK)
+        inside = columns < hidden
+        x = tl.load(x_ptr + columns, mask=inside, other=0.0).to(tl.float32)
+        rrms = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / hidden + eps)
+        gamma = tl.load(gamma_ptr + columns, mask=inside, other=0.0).to(tl.float32)
+        w = tl.load(weight_ptr + feature * hidden + columns, mask=inside, other=0.0).to(tl.float32)
+        dot = tl.sum(x * rrms * gamma * w, axis=0)
+        tl.store(out_ptr + feature, dot.to(out_ptr.dtype.element_ty))
+
+
+def triton_one_program_per_feature(x, gamma, weight, out, num_heads, num_kv_heads, head_dim):
+    """The original Triton design: for each token, one launch of N programs; out is [M, N]."""
+    hidden = x.shape[-1]
+    block = triton.next_power_of_2(hidden)
+    for row in range(x.shape[0]):
+        _row_norm_dot_one_feature[(weight.shape[0],)](x[row], gamma, weight, out[row], hidden,
+                                                      EPS, BLOCK=block)
+    return bt.split_heads(out, num_heads, num_kv_heads, head_dim)
+
+
+def quiet_autotuning():
+    """Keep max-autotune's reports to a few lines per shape.
+
+    By default inductor prints ten candidates and a statistics block for every GEMM it tunes, and
+    a traceback for each candidate that fails to compile, which it then skips on its own (a
+    compilation that fails as a whole still raises, and is recorded as a failure)."""
+    import logging
+
+    import torch._inductor.config as inductor_config
+
+    if hasattr(inductor_config, "autotune_num_choices_displayed"):
+        inductor_config.autotune_num_choices_displayed = 3
+    if hasattr(inductor_config, "max_autotune_report_choices_stats"):
+        inductor_config.max_autotune_report_choices_stats = False
+    logging.getLogger("torch._inductor.select_algorithm").setLevel(logging.CRITICAL)
+
+
+def make_compiled(args):
+    """The torch.compile'd torch versions, keyed by implementation (absent: not requested)."""
+    if args.no_compile:
+        return {}
+    bt.raise_compile_limits(256)
+    compiled = {"compile": torch.compile(bt.torch_qkv)}
+    if args.autotune_m:
+        quiet_autotuning()
+        compiled["max_autotune"] = torch.compile(bt.torch_qkv, mode="max-autotune-no-cudagraphs",
+                                                 dynamic=False)
+    return compiled
+
+
+# ---------------------------------------------------------------------------------------------
+# correctness
+# ---------------------------------------------------------------------------------------------
+def self_check(models, dtype_names, rng):
+    """minivllm against the float64 NumPy reference, for every model and dtype, before timing.
+
+    The weight goes in as the integration passes it (nn.Linear's weight .t()); M=7 writes into
+    NaN-filled preallocated outputs, M=1 lets minivllm allocate. Returns the failures."""
+    print("Self-check of minivllm against the float64 reference (relative error):")
+    failures, records = [], []
+    for model in models:
+        features = bt.qkv_features(model)
+        for dtype_name in dtype_names:
+            full_name = bt.DTYPE_NAMES[dtype_name]
+            tolerance = reference.QKV_TOLERANCE[full_name]
+            for rows in (7, 1):
+                x = reference.round_to(rng.standard_normal((rows, model.hidden)), full_name)
+                gamma = reference.round_to(rng.uniform(0.5, 1.5, model.hidden), full_name)
+                weight = reference.round_to(rng.standard_normal((features, model.hidden))
+                                            / math.sqrt(model.hidden), full_name)
+                as_torch = [torch.from_numpy(a).to("cuda", TORCH_DTYPES[dtype_name])
+                            for a in (x, gamma, weight)]
+                out = None
+                if rows > 1:
+                    out = tuple(torch.full((rows, heads, model.head_dim), math.nan, device="cuda",
+                                           dtype=TORCH_DTYPES[dtype_name])
+                                for heads in (model.num_heads, model.num_kv_heads,
+                                              model.num_kv_heads))
+                try:
+                    got = minivllm.FusedRMSNormQKV.forward(
+                        as_torch[0], as_torch[1], as_torch[2].t(), model.num_heads,
+                        model.num_kv_heads, EPS, out=out)
+                    want = reference.fused_rms_norm_qkv(x, gamma, weight, model.num_heads,
+                                                        model.num_kv_heads, EPS)
+                    error = max(reference.relative_error(g.double().cpu().numpy(), w)
+                                for g, w in zip(got, want))
+                except Exception as exception:  # a raising kernel is a failed check, reported
+                    error = math.inf
+                    print(f"  {model.name} {dtype_name} M={rows}: {type(exception).__name__}: "
+                          f"{exception}")
+                ok = error <= tolerance
+                records.append({"model": model.name, "dtype": dtype_name, "rows": rows,
+                                "relative_error": error, "tolerance": tolerance, "ok": ok})
+                print(f"  {model.name:13s} {dtype_name} M={rows}  {error:9.2e}  (tolerance "
+                      f"{tolerance:.0e})  {'ok' if ok else 'FAIL'}", flush=True)
+                if not ok:
+                    failures.append(records[-1])
+    return records, failures
+
+
+# ---------------------------------------------------------------------------------------------
+# one shape
+# ---------------------------------------------------------------------------------------------
+class LayerPool:
+    """Random layers (W [N, H] as nn.Linear stores it, γ [H]) of one model and dtype, made once
+    and reused by every M, grown as a shape needs more."""
+
+    def __init__(self):
+        self.key = None
+        self.layers = []
+
+    def get(self, model, dtype, count):
+        if self.key != (model.name, dtype):
+            self.key, self.layers = (model.name, dtype), []
+            torch.cuda.empty_cache()
+        features = bt.qkv_features(model)
+        while len(self.layers) < count:
+            weight = (torch.randn(features, model.hidden, device="cuda")
+                      / math.sqrt(model.hidden)).to(dtype)
+            gamma = torch.empty(model.hidden, device="cuda").uniform_(0.5, 1.5).to(dtype)
+            self.layers.append((weight, gamma))
+        return self.layers[:count]
+
+
+def first_line(error):
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+
+
+def bench_shape(model, dtype_name, rows, run):
+    """Every implementation at one (model, dtype, M): the shape's record."""
+    dtype = TORCH_DTYPES[dtype_name]
+    element_size = bt.ELEMENT_SIZE[dtype_name]
+    hidden, heads, kv_heads, head_dim = (model.hidden, model.num_heads, model.num_kv_heads,
+                                         model.head_dim)
+    features = bt.qkv_features(model)
+    moved = bt.qkv_bytes(rows, hidden, features, element_size)
+    flops = bt.qkv_flops(rows, hidden, features)
+    floor = bt.floor_us(moved, flops, run.copy_gbps, run.gemm_tflops[dtype_name])
+    calls = bt.qkv_calls_per_graph(rows, hidden, features, element_size, run.l2_bytes)
+
+    layers = run.pool.get(model, dtype, calls)
+    weights = [w for w, _ in layers]
+    weights_t = [w.t() for w in weights]   # the integration form: qkv_proj.weight.t()
+    gammas = [g for _, g in layers]
+    xs = [torch.randn(rows, hidden, device="cuda", dtype=dtype) for _ in range(calls)]
+    last = calls - 1
+    want = bt.qkv_float64(xs[last], gammas[last], weights[last])
+
+    def checker(tolerance):
+        def check(result):
+            error = bt.relative_error(result, want)
+            return {"relative_error": error, "tolerance": tolerance, "ok": error <= tolerance}
+        return check
+
+    args = (heads, kv_heads, head_dim)
+    impls, skipped = {}, {}
+    # minivllm writes into NaN-filled outputs: the check then sees only what the replays wrote.
+    outs = [tuple(torch.full((rows, h, head_dim), math.nan, device="cuda", dtype=dtype)
+                  for h in (heads, kv_heads, kv_heads)) for _ in range(calls)]
+    impls["minivllm"] = lambda i: minivllm.FusedRMSNormQKV.forward(
+        xs[i], gammas[i], weights_t[i], heads, kv_heads, EPS, out=outs[i])
+    impls["torch"] = lambda i: bt.torch_qkv(xs[i], gammas[i], weights[i], *args)
+    impls["hf"] = lambda i: bt.hf_qkv(xs[i], gammas[i], weights[i], *args)
+    normalized = ([F.rms_norm(x, (hidden,), g, EPS) for x, g in zip(xs, gammas)]
+                  if "cublas" in run.impls else [])
+    impls["cublas"] = lambda i: F.linear(normalized[i], weights[i])
+    if "compile" in run.compiled:
+        compiled = run.compiled["compile"]
+        impls["compile"] = lambda i: compiled(xs[i], gammas[i], weights[i], *args)
+    if "max_autotune" in run.compiled:
+        if dtype_name not in run.autotune_dtypes or rows not in run.autotune_m:
+            skipped["max_autotune"] = "not in the max-autotune subset"
+        elif run.autotune_seconds >= run.autotune_budget:
+            skipped["max_autotune"] = f"max-autotune budget ({run.autotune_budget:.0f} s) spent"
+        else:
+            autotuned = run.compiled["max_autotune"]
+            impls["max_autotune"] = lambda i: autotuned(xs[i], gammas[i], weights[i], *args)
+    if triton is None:
+        skipped["triton_1"] = "triton is not importable"
+    elif rows > TRITON_MAX_M:
+        skipped["triton_1"] = f"M > {TRITON_MAX_M}"
+    else:
+        triton_outs = [torch.full((rows, features), math.nan, device="cuda", dtype=dtype)
+                       for _ in range(calls)]
+        impls["triton_1"] = lambda i: triton_one_program_per_feature(
+            xs[i], gammas[i], weights[i], triton_outs[i], *args)
+
+    results, failures = {}, {}
+    for name in IMPLS:
+        if name not in impls or name not in run.impls:
+            continue
+        started = time.perf_counter()
+        tolerance = (reference.QKV_TOLERANCE[bt.DTYPE_NAMES[dtype_name]] if name == "minivllm"
+                     else BASELINE_TOLERANCE)
+        try:
+            timing = bt.time_per_call(impls[name], calls, run.replays, checker(tolerance))
+        except Exception as error:  # recorded; the other implementations and shapes go on
+            failures[name] = first_line(error)
+            torch.cuda.empty_cache()
+            continue
+        finally:
+            seconds = time.perf_counter() - started
+            if name == "max_autotune":
+                run.autotune_seconds += seconds
+        timing["seconds"] = seconds
+        timing["fraction_of_floor"] = floor / timing["us"]
+        timing["gbps"] = moved / timing["us"] / 1e3
+        timing["tflops"] = flops / timing["us"] / 1e6
+        results[name] = timing
+        if not timing["check"]["ok"]:
+            error = timing["check"]["relative_error"]
+            failures[name] = f"wrong result: relative error {error:.3e} > {tolerance:.0e}"
+
+    # Speedups only against baselines that ran and computed the right thing.
+    speedup = {}
+    if "minivllm" in results and "minivllm" not in failures:
+        mine = results["minivllm"]["us"]
+        speedup = {b: results[b]["us"] / mine for b in BASELINES
+                   if b in results and b not in failures}
+    return {
+        "model": model.name, "dtype": dtype_name, "rows": rows, "hidden": hidden,
+        "num_heads": heads, "num_kv_heads": kv_heads, "head_dim": head_dim,
+        "features": features, "bytes_per_call": moved, "flops_per_call": flops,
+        "floor_us": floor, "calls_per_graph": calls, "distinct_weight_bytes":
+        calls * features * hidden * element_size, "working_set_bytes": calls * moved,
+        "impls": results, "failures": failures, "skipped": skipped, "speedup": speedup,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# host cost of one eager call
+# ---------------------------------------------------------------------------------------------
+def host_cost(model, dtype_name):
+    """µs of host time per back-to-back eager call at M = 1 (no graph), median of batches."""
+    dtype = TORCH_DTYPES[dtype_name]
+    features = bt.qkv_features(model)
+    x = torch.randn(1, model.hidden, device="cuda", dtype=dtype)
+    gamma = torch.rand(model.hidden, device="cuda", dtype=dtype) + 0.5
+    weight = torch.randn(features, model.hidden, device="cuda", dtype=dtype)
+    weight_t = weight.t()
+    args = (model.num_heads, model.num_kv_heads)
+    out = tuple(torch.empty(1, h, model.head_dim, device="cuda", dtype=dtype)
+                for h in (model.num_heads, model.num_kv_heads, model.num_kv_heads))
+    sequences = {
+        "minivllm": lambda: minivllm.FusedRMSNormQKV.forward(x, gamma, weight_t, *args),
+        "minivllm_out": lambda: minivllm.FusedRMSNormQKV.forward(x, gamma, weight_t, *args,
+                                                                 out=out),
+        "torch": lambda: bt.torch_qkv(x, gamma, weight, *args, model.head_dim),
+    }
+    costs = {}
+    for name, fn in sequences.items():
+        for _ in range(20):
+            fn()
+        torch.cuda.synchronize()
+        samples = []
+        for _ in range(HOST_BATCHES):
+            # Only the host loop is timed; a batch is short enough that the launch queue never
+            # fills, so the GPU's own time does not leak into it.
+            started = time.perf_counter()
+            for _ in range(HOST_CALLS):
+                fn()
+            samples.append((time.perf_counter() - started) * 1e6 / HOST_CALLS)
+            torch.cuda.synchronize()
+        costs[name] = statistics.median(samples)
+    return {"model": model.name, "dtype": dtype_name, "calls_per_batch": HOST_CALLS,
+            "batches": HOST_BATCHES, "us": costs}
+
+
+# ---------------------------------------------------------------------------------------------
+# reporting
+# ---------------------------------------------------------------------------------------------
+def model_line(r):
+    weight_mib = r["features"] * r["hidden"] * bt.ELEMENT_SIZE[r["dtype"]] / 2**20
+    return (f"{r['model']} (H {r['hidden']}, {r['num_heads']}/{r['num_kv_heads']} heads, "
+            f"hd {r['head_dim']}, N {r['features']}, W {weight_mib:.1f} MiB), {r['dtype']}")
+
+
+def cell(r, name):
+    if name in r["failures"] and name not in r["impls"]:
+        return f"{'failed':>15s}"
+    if name not in r["impls"]:
+        return f"{'-':>15s}"
+    us = r["impls"][name]["us"]
+    if name in r["failures"]:
+        return f"{us:8.2f} WRONG"
+    return f"{us:8.2f} {r['speedup'][name]:5.2f}x" if name in r["speedup"] else f"{us:8.2f}      "
+
+
+def print_table(results, shown_impls):
+    baselines = [b for b in BASELINES if b in shown_impls
+                 and any(b in r["impls"] or b in r["failures"] for r in results)]
+    print("\nµs per call (graph-timed median), each layer its own weights. floor = max(bytes / "
+          "copy bandwidth, FLOPs / GEMM rate); %floor = floor / minivllm µs. For each baseline: "
+          "its µs and minivllm's speedup over it (baseline µs / minivllm µs; '-': not run at "
+          "this shape).")
+    groups = {}
+    for r in results:
+        groups.setdefault((r["dtype"], r["model"]), []).append(r)
+    for rows in groups.values():
+        print(f"\n{model_line(rows[0])}")
+        print(f"  {'M':>6s} {'calls':>5s} {'floor':>8s} {'minivllm':>9s} {'%floor':>6s}"
+              + "".join(f" {SHORT[b]:>15s}" for b in baselines))
+        for r in rows:
+            mine = r["impls"].get("minivllm")
+            if mine is None:
+                mine_text = f"{'failed':>9s} {'':6s}"
+            else:
+                mine_text = f"{mine['us']:9.2f} {mine['fraction_of_floor']:6.1%}"
+                if "minivllm" in r["failures"]:
+                    mine_text = f"{mine['us']:9.2f} {'WRONG':>6s}"
+            print(f"  {r['rows']:6d} {r['calls_per_graph']:5d} {r['floor_us']:8.2f} {mine_text}"
+                  + "".join(f" {cell(r, b)}" for b in baselines))
+    failed = [(r, name, why) for r in results for name, why in r["failures"].items()]
+    if failed:
+        print("\nFailures:")
+        for r, name, why in failed:
+            print(f"  {r['model']} {r['dtype']} M={r['rows']} {SHORT[name]}: {why}")
+
+
+def print_host(host):
+    if not host:
+        return
+    print("\nHost cost of one eager call at M = 1 (µs, back-to-back calls, torch tensors):")
+    for h in host:
+        us = h["us"]
+        print(f"  {h['model']:13s} {h['dtype']}  minivllm {us['minivllm']:6.2f}   minivllm "
+              f"out= {us['minivllm_out']:6.2f}   torch rms_norm + linear + split "
+              f"{us['torch']:6.2f}")
+
+
+def find(results, model_name, dtype_name, rows):
+    for r in results:
+        if (r["model"].lower(), r["dtype"], r["rows"]) == (model_name.lower(), dtype_name, rows):
+            return r
+    return None
+
+
+def minivllm_us(r):
+    """minivllm's µs at a shape, or None where it failed or computed a wrong result."""
+    if "minivllm" in r["failures"] or "minivllm" not in r["impls"]:
+        return None
+    return r["impls"]["minivllm"]["us"]
+
+
+def evaluate_targets(results, host, copy_gbps):
+    """The issue's targets, each MET / NOT MET / NOT EVALUATED (not in this sweep)."""
+    targets = []
+
+    def add(name, met, detail, **data):
+        targets.append(bt.target(name, met, detail, **data))
+
+    dtypes = list(dict.fromkeys(r["dtype"] for r in results))
+    broken = [r for r in results if minivllm_us(r) is None]
+
+    # 1. decode latency, M <= 16
+    for key, limit in DECODE_TARGET_US.items():
+        model = bt.MODELS[key]
+        fraction_limit = DECODE_COPY_FRACTION.get(key)
+        name = f"decode {model.name}: M <= {DECODE_MAX_M} in <= {limit} µs"
+        if fraction_limit:
+            name += f" (>= {fraction_limit:.0%} of copy bandwidth)"
+        parts, met, data = [], True, {}
+        for d in dtypes:
+            shapes = [r for r in results if r["model"] == model.name and r["dtype"] == d
+                      and r["rows"] <= DECODE_MAX_M]
+            if not shapes:
+                continue
+            if any(minivllm_us(r) is None for r in shapes):
+                met = False
+                parts.append(f"{d}: minivllm failed at some M")
+                continue
+            worst = max(shapes, key=minivllm_us)
+            fractions = [r["impls"]["minivllm"]["gbps"] / copy_gbps for r in shapes]
+            ok = minivllm_us(worst) <= limit
+            if fraction_limit:
+                ok = ok and min(fractions) >= fraction_limit
+            met = met and ok
+            parts.append(f"{d}: worst {minivllm_us(worst):.2f} µs at M={worst['rows']}, "
+                         f"{min(fractions):.0%} of copy at worst (M in "
+                         f"{sorted(r['rows'] for r in shapes)})")
+            data[d] = {"worst_us": minivllm_us(worst), "at_rows": worst["rows"],
+                       "min_fraction_of_copy": min(fractions)}
+        if not parts:
+            add(name, None, "model or M <= 16 not in this sweep")
+        else:
+            add(name, met, "; ".join(parts), per_dtype=data)
+
+    # 2. M = 256 within 1.6x the floor, every model
+    name = f"M = {MID_M}: <= {MID_FLOOR_MULTIPLE} x floor for every model"
+    shapes = [r for r in results if r["rows"] == MID_M]
+    if not shapes:
+        add(name, None, f"M = {MID_M} not in this sweep")
+    else:
+        ratios = [(minivllm_us(r) / r["floor_us"] if minivllm_us(r) else math.inf, r)
+                  for r in shapes]
+        worst_ratio, worst = max(ratios, key=lambda item: item[0])
+        add(name, worst_ratio <= MID_FLOOR_MULTIPLE,
+            f"worst {worst_ratio:.2f} x floor ({worst['model']} {worst['dtype']}); "
+            + ", ".join(f"{r['model']} {r['dtype']} {ratio:.2f}x" for ratio, r in ratios),
+            worst_ratio=worst_ratio)
+
+    # 3. M >= 1024: faster than cuBLAS alone, >= 1.1x torch
+    shapes = [r for r in results if r["rows"] >= LARGE_M]
+    for baseline, minimum, name in (
+            ("cublas", 1.0, f"M >= {LARGE_M}: faster than cuBLAS GEMM alone on pre-normalized x"),
+            ("torch", LARGE_TORCH_SPEEDUP,
+             f"M >= {LARGE_M}: >= {LARGE_TORCH_SPEEDUP}x faster than torch rms_norm + linear")):
+        compared = [r for r in shapes if baseline in r["speedup"] or minivllm_us(r) is None]
+        if not compared:
+            add(name, None, f"no M >= {LARGE_M} shape with {SHORT[baseline]} timed")
+            continue
+        values = [(r["speedup"].get(baseline, 0.0), r) for r in compared]
+        worst_speedup, worst = min(values, key=lambda item: item[0])
+        ok = (worst_speedup > minimum) if minimum == 1.0 else (worst_speedup >= minimum)
+        add(name, ok, f"worst speedup {worst_speedup:.2f}x ({worst['model']} {worst['dtype']} "
+            f"M={worst['rows']}) over {len(compared)} shapes", worst_speedup=worst_speedup)
+
+    # 4. faster than every baseline at every shape: one entry per losing shape, its worst loss
+    violations = []
+    for r in results:
+        if minivllm_us(r) is None:
+            violations.append({"model": r["model"], "dtype": r["dtype"], "rows": r["rows"],
+                               "baseline": None, "speedup": 0.0, "beaten_by": []})
+            continue
+        beaten_by = sorted((b for b, s in r["speedup"].items() if s <= 1.0),
+                           key=r["speedup"].get)
+        if beaten_by:
+            fastest = beaten_by[0]
+            violations.append({"model": r["model"], "dtype": r["dtype"], "rows": r["rows"],
+                               "baseline": fastest, "speedup": r["speedup"][fastest],
+                               "minivllm_us": minivllm_us(r),
+                               "baseline_us": r["impls"][fastest]["us"],
+                               "beaten_by": beaten_by})
+    name = "every shape: faster than every baseline"
+    if not results:
+        add(name, None, "no shape timed")
+    else:
+        detail = f"{len(violations)} of {len(results)} shapes lose to some baseline"
+        if violations:
+            worst = min(violations, key=lambda v: v["speedup"])
+            detail += (f"; worst {worst['model']} {worst['dtype']} M={worst['rows']}: "
+                       + ("minivllm failed" if worst["baseline"] is None else
+                          f"{worst['speedup']:.2f}x vs {SHORT[worst['baseline']]}"))
+        add(name, not violations, detail, violations=violations)
+
+    # 5. host cost
+    name = f"host cost at M = 1 (torch tensors): <= {HOST_TARGET_US:.0f} µs per call"
+    if not host:
+        add(name, None, "not measured (--no-host)")
+    else:
+        worst = max(host, key=lambda h: h["us"]["minivllm"])
+        add(name, worst["us"]["minivllm"] <= HOST_TARGET_US,
+            f"minivllm {worst['us']['minivllm']:.2f} µs (worst, {worst['model']}), with out= "
+            f"{worst['us']['minivllm_out']:.2f} µs; torch's eager sequence "
+            f"{worst['us']['torch']:.2f} µs", worst_us=worst["us"]["minivllm"])
+    if broken:
+        add("minivllm correct at every timed shape", False,
+            f"{len(broken)} shape(s) failed or wrong: "
+            + ", ".join(f"{r['model']} {r['dtype']} M={r['rows']}" for r in broken[:8]))
+    return targets
+
+
+def print_targets(targets):
+    bt.print_target_lines(targets)
+    violations = next((t.get("violations") for t in targets if t.get("violations")), None)
+    if violations:
+        print("\n  shapes where minivllm is not the fastest (worst first; the fastest baseline, "
+              "and every baseline that beats it):")
+        for v in sorted(violations, key=lambda v: v["speedup"])[:30]:
+            if v["baseline"] is None:
+                print(f"    {v['model']:13s} {v['dtype']} M={v['rows']:<6d} minivllm failed")
+                continue
+            print(f"    {v['model']:13s} {v['dtype']} M={v['rows']:<6d} minivllm "
+                  f"{v['minivllm_us']:9.2f} µs  {SHORT[v['baseline']]:>8s} "
+                  f"{v['baseline_us']:9.2f} µs  ({v['speedup']:.2f}x)  beaten by "
+                  + ", ".join(SHORT[b] for b in v["beaten_by"]))
+        if len(violations) > 30:
+            print(f"    ... {len(violations) - 30} more in the JSON")
+
+
+def write_plot(results, path, title):
+    plt = bt.load_pyplot()
+    if plt is None:
+        return None
+    dtypes = list(dict.fromkeys(r["dtype"] for r in results))
+    models = list(dict.fromkeys(r["model"] for r in results))
+    figure, axes = plt.subplots(len(dtypes), len(models), squeeze=False,
+                                figsize=(5.2 * len(models), 4.4 * len(dtypes)))
+    for i, dtype_name in enumerate(dtypes):
+        for j, model_name in enumerate(models):
+            ax = axes[i][j]
+            shapes = sorted((r for r in results
+                             if r["dtype"] == dtype_name and r["model"] == model_name),
+                            key=lambda r: r["rows"])
+            if not shapes:
+                ax.set_visible(False)
+                continue
+            for colour, impl in enumerate(IMPLS):
+                points = [(r["rows"], r["impls"][impl]["us"]) for r in shapes
+                          if impl in r["impls"] and impl not in r["failures"]]
+                if points:
+                    mine = impl == "minivllm"
+                    ax.plot(*zip(*points), color=f"C{colour}", marker="o",
+                            markersize=4 if mine else 3, linewidth=2.2 if mine else 1,
+                            label=SHORT[impl], zorder=3 if mine else 2)
+            ax.plot([r["rows"] for r in shapes], [r["floor_us"] for r in shapes], color="black",
+                    linestyle="--", linewidth=1.2, label="floor")
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("M (tokens)")
+            ax.set_ylabel("µs per call")
+            ax.set_title(model_line(shapes[0]), fontsize=8)
+            ax.grid(which="both", alpha=0.3)
+            ax.legend(fontsize=7, loc="upper left")
+    return bt.save_figure(plt, figure, path, title)
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------------
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help=f"models {QUICK_MODELS}, M in {QUICK_M}, {QUICK_DTYPES}; "
+                             f"max-autotune at M in {QUICK_AUTOTUNE_M} only")
+    parser.add_argument("--models", nargs="+",
+                        help=f"model presets (default {FULL_MODELS}); 'all' for every preset")
+    parser.add_argument("--dtypes", nargs="+", help=f"bf16 fp16 (default {FULL_DTYPES})")
+    parser.add_argument("--m", nargs="+", help=f"M values (default {FULL_M})")
+    parser.add_argument("--impls", nargs="+",
+                        help=f"implementations to time (default all: {', '.join(IMPLS)}); "
+                             "minivllm is always timed")
+    bt.add_graph_run_args(parser, DEFAULT_OUT)
+    parser.add_argument("--no-compile", action="store_true",
+                        help="skip both torch.compile baselines")
+    parser.add_argument("--autotune-m", nargs="+",
+                        help=f"M values for max-autotune (default {FULL_AUTOTUNE_M}, quick "
+                             f"{QUICK_AUTOTUNE_M}); 'none' to skip it")
+    parser.add_argument("--autotune-dtypes", nargs="+",
+                        help=f"dtypes for max-autotune (default {AUTOTUNE_DTYPES})")
+    parser.add_argument("--autotune-budget", type=float,
+                        help=f"seconds of max-autotune (compile + timing) after which its "
+                             f"remaining shapes are skipped (default {FULL_AUTOTUNE_BUDGET_S}, "
+                             f"quick {QUICK_AUTOTUNE_BUDGET_S})")
+    parser.add_argument("--no-host", action="store_true", help="skip the host-cost measurement")
+    parser.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
+                        help="progress bar on stderr (auto: when stderr is a terminal)")
+    args = parser.parse_args(argv)
+    try:
+        models = flat_names(args.models) if args.models else list(
+            QUICK_MODELS if args.quick else FULL_MODELS)
+        if "all" in models:
+            models = list(bt.MODELS)
+        args.models = [bt.find_model(name) for name in dict.fromkeys(models)]
+        args.dtypes = list(dict.fromkeys(
+            bt.flat_list(args.dtypes, bt.parse_dtype) if args.dtypes else
+            (QUICK_DTYPES if args.quick else FULL_DTYPES)))
+        args.m = list(dict.fromkeys(bt.flat_list(args.m, int) if args.m else
+                                    (QUICK_M if args.quick else FULL_M)))
+        if args.autotune_m and flat_names(args.autotune_m) == ["none"]:
+            args.autotune_m = []
+        else:
+            args.autotune_m = (bt.flat_list(args.autotune_m, int) if args.autotune_m else
+                               list(QUICK_AUTOTUNE_M if args.quick else FULL_AUTOTUNE_M))
+        args.autotune_dtypes = (bt.flat_list(args.autotune_dtypes, bt.parse_dtype)
+                                if args.autotune_dtypes else list(AUTOTUNE_DTYPES))
+        impls = flat_names(args.impls) if args.impls else list(IMPLS)
+        unknown = [name for name in impls if name not in IMPLS]
+        if unknown:
+            raise ValueError(f"--impls: unknown {unknown} (choose from {', '.join(IMPLS)})")
+        args.impls = {"minivllm", *impls}
+    except (argparse.ArgumentTypeError, ValueError) as error:
+        parser.error(str(error))
+    if "fp32" in args.dtypes:
+        parser.error("--dtypes: bf16 and fp16 only (the models run in 16-bit)")
+    if min(args.m) < 1:
+        parser.error("--m takes positive integers")
+    if args.autotune_budget is None:
+        args.autotune_budget = QUICK_AUTOTUNE_BUDGET_S if args.quick else FULL_AUTOTUNE_BUDGET_S
+    if "max_autotune" not in args.impls:
+        args.autotune_m = []
+    if "compile" not in args.impls and not args.autotune_m:
+        args.no_compile = True
+    return args
+
+
+def flat_names(values):
+    return [v.lower() for v in bt.flat_list(values, str)]
+
+
+class Run:
+    """What every shape of one run shares: ceilings, compiled functions, the layer pool."""
+
+    def __init__(self, args, l2_bytes, copy_gbps, gemm_tflops, compiled):
+        self.l2_bytes, self.copy_gbps, self.gemm_tflops = l2_bytes, copy_gbps, gemm_tflops
+        self.compiled, self.replays, self.impls = compiled, args.replays, args.impls
+        self.autotune_m, self.autotune_dtypes = set(args.autotune_m), set(args.autotune_dtypes)
+        self.autotune_budget, self.autotune_seconds = args.autotune_budget, 0.0
+        self.pool = LayerPool()
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    bt.require_cuda("bench_qkv.py")
+    started = time.perf_counter()
+    gpu = bt.gpu_metadata()
+    date = bt.utc_now()
+    stem = bt.results_stem("qkv", gpu["name"], date)
+    versions = bt.library_versions()
+    commit = bt.git_commit(REPO_ROOT)
+    print(f"{gpu['name']}, L2 {gpu['l2_cache_bytes'] / 2**20:.0f} MiB, driver {gpu['driver']}, "
+          f"torch {versions.get('torch')}, triton {versions.get('triton', 'missing')}, minivllm "
+          f"{minivllm.__version__} from {Path(minivllm.__file__).parent}, commit {commit}",
+          flush=True)
+    print(f"models {', '.join(m.name for m in args.models)}; dtypes {args.dtypes}; M {args.m}; "
+          f"{args.replays} replays; calls per graph: >= {bt.MIN_DISTINCT_WEIGHT_BYTES >> 20} MiB "
+          f"of distinct weights and >= {bt.L2_MULTIPLE}x L2", flush=True)
+
+    rng = np.random.default_rng()
+    check_records, check_failures = self_check(args.models, args.dtypes, rng)
+    if check_failures:
+        sys.exit(f"\n*** SELF-CHECK FAILED for {len(check_failures)} case(s): minivllm disagrees "
+                 "with the float64 reference. Aborting: timings of a wrong kernel mean nothing.")
+
+    copy_gbps, copy_methods = bt.measure_copy_gbps(args.replays)
+    gemm_tflops = {d: bt.measure_gemm_tflops(TORCH_DTYPES[d], args.replays) for d in args.dtypes}
+    print(f"device-to-device copy ({bt.COPY_BYTES >> 30} GiB, read + write): {copy_gbps:.0f} GB/s"
+          f" (" + ", ".join(f"{k} {v:.0f}" for k, v in copy_methods.items()) + "); GEMM "
+          f"{bt.GEMM_SIZE}^3: " + ", ".join(f"{d} {t:.0f} TFLOP/s" for d, t in
+                                            gemm_tflops.items()), flush=True)
+
+    compiled = make_compiled(args)
+    run = Run(args, gpu["l2_cache_bytes"], copy_gbps, gemm_tflops, compiled)
+    autotune_note = ("off" if "max_autotune" not in compiled else
+                     f"dtypes {sorted(run.autotune_dtypes)}, M {sorted(run.autotune_m)}, budget "
+                     f"{run.autotune_budget:.0f} s")
+    print(f"torch.compile: {'off' if not compiled else 'default mode at every shape'}; "
+          f"max-autotune-no-cudagraphs: {autotune_note}; Triton-1: M <= {TRITON_MAX_M}",
+          flush=True)
+
+    shapes = [(model, d, m) for d in args.dtypes for model in args.models for m in args.m]
+    enabled = {"auto": None, "on": True, "off": False}[args.progress]
+    progress = bt.Progress(len(shapes), enabled=enabled)
+    results = []
+    for index, (model, dtype_name, rows) in enumerate(shapes, 1):
+        label = f"{model.name} {dtype_name} M={rows}"
+        progress.step(label)
+        shape_start = time.perf_counter()
+        r = bench_shape(model, dtype_name, rows, run)
+        torch.cuda.empty_cache()  # the shape's buffers and graph pools, before the next shape's
+        r["seconds"] = time.perf_counter() - shape_start
+        results.append(r)
+        progress.close()
+        mine = r["impls"].get("minivllm")
+        summary = (f"{mine['us']:9.2f} µs {mine['fraction_of_floor']:6.1%} of floor"
+                   if mine else "   failed")
+        print(f"[{index:3d}/{len(shapes)}] {label:28s} x{r['calls_per_graph']:<4d} {summary} | "
+              + " ".join(f"{SHORT[b]} {s:.2f}x" for b, s in r["speedup"].items())
+              + (f" | failed: {', '.join(SHORT[n] for n in r['failures'])}" if r["failures"]
+                 else "") + f" | {r['seconds']:.1f} s", flush=True)
+        progress.done = index
+    progress.close()
+
+    host = []
+    if not args.no_host:
+        host = [host_cost(model, args.dtypes[0]) for model in args.models]
+
+    copy_gbps_end, _ = bt.measure_copy_gbps(args.replays)
+    print(f"device-to-device copy at the end: {copy_gbps_end:.0f} GB/s "
+          f"({copy_gbps_end / copy_gbps - 1:+.1%} against the start, which the floors use)")
+
+    print_table(results, args.impls)
+    print_host(host)
+    autotuned = [f"{r['model']} {r['dtype']} M={r['rows']}" for r in results
+                 if "max_autotune" in r["impls"]]
+    autotune_skipped = sorted({r["skipped"]["max_autotune"] for r in results
+                               if "max_autotune" in r["skipped"]})
+    if "max_autotune" in compiled:
+        print(f"\nmax-autotune covered {len(autotuned)} shapes ({run.autotune_seconds:.0f} s): "
+              + (", ".join(autotuned) or "none")
+              + (f"; skipped elsewhere: {'; '.join(autotune_skipped)}" if autotune_skipped
+                 else ""))
+    targets = evaluate_targets(results, host, copy_gbps)
+    print_targets(targets)
+
+    report = {
+        "kind": "bench-qkv",
+        "gpu": gpu,
+        "date": date.isoformat(timespec="seconds"),
+        "commit": commit,
+        "versions": versions,
+        "argv": sys.argv[1:] if argv is None else list(argv),
+        "sweep": {"models": [m._asdict() for m in args.models], "dtypes": args.dtypes,
+                  "m": args.m, "quick": args.quick, "impls": sorted(args.impls)},
+        "method": {
+            "timing": "CUDA graph of N calls, each with its own W, γ, x and outputs; CUDA events "
+                      "around each replay; µs per call = median replay / N",
+            "replays": args.replays, "eps": EPS,
+            "min_distinct_weight_bytes": bt.MIN_DISTINCT_WEIGHT_BYTES,
+            "l2_multiple": bt.L2_MULTIPLE, "memory_cap_bytes": bt.QKV_MEMORY_CAP_BYTES,
+            "bytes_moved": "W [N, H] + γ [H] + x [M, H] read, q, k, v [M, N] written",
+            "floor": "max(bytes / copy bandwidth, 2·M·N·H / GEMM rate)",
+            "minivllm_call": "FusedRMSNormQKV.forward(x, γ, W.t(), heads, kv_heads, eps, "
+                             "out=(q, k, v))",
+            "labels": LABELS,
+            "compile": ("off" if not compiled else "torch.compile(torch_qkv) default mode"),
+            "max_autotune": {"enabled": "max_autotune" in compiled,
+                             "dtypes": sorted(run.autotune_dtypes), "m": sorted(run.autotune_m),
+                             "budget_s": run.autotune_budget,
+                             "seconds": run.autotune_seconds, "covered": autotuned,
+                             "skipped": autotune_skipped},
+            "triton_1_max_m": TRITON_MAX_M,
+            "tolerance": {"minivllm": reference.QKV_TOLERANCE, "baselines": BASELINE_TOLERANCE},
+            "host_cost": f"{HOST_BATCHES} batches of {HOST_CALLS} back-to-back eager calls at "
+                         "M = 1; host loop time only; median",
+        },
+        "ceilings": {"copy_gbps": copy_gbps, "copy_gbps_at_end": copy_gbps_end,
+                     "copy_by_method": copy_methods, "copy_bytes": bt.COPY_BYTES,
+                     "gemm_tflops": gemm_tflops, "gemm_size": bt.GEMM_SIZE},
+        "self_check": check_records,
+        "results": results,
+        "host_cost": host,
+        "targets": targets,
+        "total_seconds": time.perf_counter() - started,
+    }
+    title = (f"minivllm FusedRMSNormQKV on {gpu['name']} ({date:%Y-%m-%d}, {commit[:12]}): "
+             "µs per call against M")
+    bt.write_results(args.out, stem, report, None if args.no_plot or not results else
+                     lambda path: write_plot(results, path, title))
+    print(f"total {time.perf_counter() - started:.0f} s")
+    wrong = [r for r in results if "minivllm" in r["failures"]]
+    return 1 if wrong else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

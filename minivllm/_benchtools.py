@@ -1,0 +1,493 @@
+"""What the benchmarks share: model shapes, the CUDA-graph timer, measured ceilings and floors,
+run metadata, JSON and plot output, a progress bar and argument parsing helpers.
+
+Used by `python -m minivllm.bench`, benchmarks/bench_norm.py and benchmarks/bench_qkv.py, so that
+all three time, bound and record their results the same way. The minivllm package never imports
+this module, and this module works without PyTorch for all but the GPU timing and the torch
+baselines.
+
+Timing method (../shared/GUIDE.md, section 5): N calls, each on its own buffers, are captured into
+one CUDA graph; after a warm-up the graph is replayed between CUDA events, and µs per call is the
+median replay time / N. The ceilings (device-to-device copy bandwidth, GEMM rate) are measured
+the same way in the same run, and a shape's floor is max(bytes that must move / copy bandwidth,
+FLOPs / GEMM rate).
+"""
+
+import datetime
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections import namedtuple
+from pathlib import Path
+
+try:  # the GPU timing and the torch baselines need it; the CPU bench and metadata do not
+    import torch
+    import torch.nn.functional as F
+except ImportError:
+    torch = F = None
+
+EPS = 1e-6
+
+# Attention-layer shapes of the models the benchmarks use as presets.
+Model = namedtuple("Model", "name hidden num_heads num_kv_heads head_dim")
+MODELS = {m.name.lower(): m for m in (
+    Model("Qwen3-0.6B", 1024, 16, 8, 128),
+    Model("Llama-3-8B", 4096, 32, 8, 128),
+    Model("Qwen2.5-0.5B", 896, 14, 2, 64),
+    Model("Qwen3-4B", 2560, 32, 8, 128),
+)}
+
+
+def qkv_features(model):
+    """N, the output features of the fused QKV projection: (heads + 2 kv heads) * head_dim."""
+    return (model.num_heads + 2 * model.num_kv_heads) * model.head_dim
+
+
+def find_model(name):
+    """The preset named `name` (case-insensitive); ValueError listing the presets otherwise."""
+    try:
+        return MODELS[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r} (presets: "
+                         f"{', '.join(m.name.lower() for m in MODELS.values())})") from None
+
+
+DTYPE_ALIASES = {"bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16", "float16": "fp16",
+                 "half": "fp16", "fp32": "fp32", "float32": "fp32", "float": "fp32"}
+DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+ELEMENT_SIZE = {"bf16": 2, "fp16": 2, "fp32": 4}
+
+
+def parse_dtype(value):
+    """'bfloat16', 'bf16', ... -> 'bf16' (for argparse `type=` and flat_list)."""
+    import argparse
+    try:
+        return DTYPE_ALIASES[value.lower()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"unknown dtype {value!r} (bf16, fp16, fp32)") from None
+
+
+def flat_list(values, convert):
+    """['1024,4096', '8192'] -> [1024, 4096, 8192]: accepts spaces and commas."""
+    return [convert(v) for value in values for v in value.split(",") if v]
+
+
+# ---------------------------------------------------------------------------------------------
+# bytes, FLOPs and floors
+# ---------------------------------------------------------------------------------------------
+def qkv_bytes(rows, hidden, features, element_size):
+    """Bytes a fused RMSNorm + QKV call must move: W and γ read, x read, q, k, v written."""
+    return (features * hidden + hidden + rows * hidden + rows * features) * element_size
+
+
+def qkv_flops(rows, hidden, features):
+    return 2 * rows * hidden * features
+
+
+def norm_bytes(op, rows, hidden, element_size):
+    """rms_norm reads x and writes y; the fused add also reads r and writes the new residual.
+
+    The weight (H elements, read once per row from cache) is left out."""
+    tensors = 2 if op == "rms_norm" else 4
+    return tensors * rows * hidden * element_size
+
+
+def floor_us(moved_bytes, flops, copy_gbps, gemm_tflops):
+    """The fastest a call can be: max(bytes / copy bandwidth, FLOPs / GEMM rate), in µs."""
+    memory_us = moved_bytes / copy_gbps / 1e3
+    compute_us = flops / gemm_tflops / 1e6 if flops and gemm_tflops else 0.0
+    return max(memory_us, compute_us)
+
+
+# ---------------------------------------------------------------------------------------------
+# the PyTorch baselines and float64 checks
+# ---------------------------------------------------------------------------------------------
+def hf_rms_norm(x, weight, eps=EPS):
+    """Hugging Face's LlamaRMSNorm.forward: float32 statistics, rounded before the weight."""
+    xf = x.float()
+    variance = xf.pow(2).mean(-1, keepdim=True)
+    xf = xf * torch.rsqrt(variance + eps)
+    return weight * xf.to(x.dtype)
+
+
+def torch_add_rms_norm(x, residual, weight, eps=EPS):
+    """What a model without a fused kernel does: the sum, stored, then its RMSNorm."""
+    new_residual = x + residual
+    normed = F.rms_norm(new_residual, (new_residual.shape[-1],), weight, eps)
+    return normed, new_residual
+
+
+def split_heads(qkv, num_heads, num_kv_heads, head_dim):
+    """[..., N] -> q [..., heads, hd], k and v [..., kv_heads, hd]: views, no copy."""
+    q, k, v = qkv.split([num_heads * head_dim, num_kv_heads * head_dim,
+                         num_kv_heads * head_dim], dim=-1)
+    return (q.unflatten(-1, (num_heads, head_dim)), k.unflatten(-1, (num_kv_heads, head_dim)),
+            v.unflatten(-1, (num_kv_heads, head_dim)))
+
+
+def torch_qkv(x, gamma, weight, num_heads, num_kv_heads, head_dim, eps=EPS):
+    """What a model without a fused kernel runs: F.rms_norm, F.linear (W [N, H]), the split."""
+    y = F.rms_norm(x, (x.shape[-1],), gamma, eps)
+    return split_heads(F.linear(y, weight), num_heads, num_kv_heads, head_dim)
+
+
+def hf_qkv(x, gamma, weight, num_heads, num_kv_heads, head_dim, eps=EPS):
+    """Hugging Face's RMSNorm, then the same projection and split."""
+    return split_heads(F.linear(hf_rms_norm(x, gamma, eps), weight), num_heads, num_kv_heads,
+                       head_dim)
+
+
+def rms_norm_float64(x, weight, eps=EPS):
+    x64 = x.double()
+    return x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + eps) * weight.double()
+
+
+def qkv_float64(x, gamma, weight, eps=EPS):
+    """rms_norm(x) · Wᵀ in float64 on x's device, [M, N]; weight is W [N, H]."""
+    return rms_norm_float64(x, gamma, eps) @ weight.double().t()
+
+
+def relative_error(result, want):
+    """||got - want|| / ||want||, got a tensor or the (q, k, v, ...) tuple whose first parts, each
+    flattened per row and joined, make want's [M, N]; NaN anywhere gives inf."""
+    if isinstance(result, (tuple, list)):
+        rows = want.shape[0]
+        got = torch.cat([p.reshape(rows, -1).double() for p in result], dim=-1)
+    else:
+        got = result.double().reshape(want.shape)
+    error = ((got - want).norm() / want.norm()).item()
+    return error if math.isfinite(error) else math.inf
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA-graph timing (PyTorch)
+# ---------------------------------------------------------------------------------------------
+L2_MULTIPLE = 4              # one replay touches >= 4x L2, so no call finds its inputs in L2
+MIN_CALLS, MAX_CALLS = 2, 4000
+MEMORY_CAP_BYTES = 4 << 30   # inputs + outputs of one graph; the 2-call floor may exceed it
+SPIN_CYCLES = 10_000_000     # ~5 ms of GPU spin, during which the host queues every timed replay
+
+
+def calls_per_graph(bytes_per_call, l2_bytes, l2_multiple=L2_MULTIPLE, min_calls=MIN_CALLS,
+                    max_calls=MAX_CALLS, memory_cap=MEMORY_CAP_BYTES, min_working_set=0):
+    """How many calls (each on its own buffers) one graph holds: enough that a replay touches
+    l2_multiple x L2 and at least min_working_set bytes, within [min_calls, max_calls] and the
+    memory cap (min_calls wins over the cap)."""
+    wanted = math.ceil(max(l2_multiple * l2_bytes, min_working_set) / bytes_per_call)
+    return max(min_calls, min(wanted, memory_cap // bytes_per_call, max_calls))
+
+
+MIN_DISTINCT_WEIGHT_BYTES = 256 << 20   # so that L2 (tens of MB) never holds the next call's W
+QKV_MEMORY_CAP_BYTES = 16 << 30
+
+
+def qkv_calls_per_graph(rows, hidden, features, element_size, l2_bytes,
+                        memory_cap=QKV_MEMORY_CAP_BYTES):
+    """Calls per graph for the QKV op: each call its own layer, >= 256 MiB of distinct weights
+    and >= 4x L2 in all, within [MIN_CALLS, MAX_CALLS] and the memory cap."""
+    moved = qkv_bytes(rows, hidden, features, element_size)
+    weight_bytes = features * hidden * element_size
+    wanted = max(math.ceil(MIN_DISTINCT_WEIGHT_BYTES / weight_bytes),
+                 calls_per_graph(moved, l2_bytes, memory_cap=memory_cap))
+    return max(MIN_CALLS, min(wanted, memory_cap // moved, MAX_CALLS))
+
+
+def capture(call, calls):
+    """A CUDA graph of call(0), ..., call(calls - 1), and the results it must keep alive."""
+    # Warm up on a side stream, as torch.cuda.graph's documentation prescribes: lazy
+    # initialisation, the allocator's first blocks and torch.compile's compilation for this shape
+    # all happen here, never during capture.
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            call(0)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    # Keep every call's result referenced while capturing: otherwise the graph's memory pool hands
+    # each call the block its predecessor's output just freed, and a baseline's outputs would all
+    # land on one L2-resident buffer while minivllm writes distinct ones.
+    results = []
+    with torch.cuda.graph(graph):
+        for i in range(calls):
+            results.append(call(i))
+    return graph, results
+
+
+def replay_times_us(graph, replays):
+    graph.replay()  # the first launch uploads the graph; not timed
+    torch.cuda.synchronize()
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+              for _ in range(replays)]
+    # Keep the GPU busy while the host queues the replays, so that no host-side launch gap lands
+    # between a start event and its replay.
+    if hasattr(torch.cuda, "_sleep"):
+        torch.cuda._sleep(SPIN_CYCLES)
+    for start, stop in events:
+        start.record()
+        graph.replay()
+        stop.record()
+    torch.cuda.synchronize()
+    return [start.elapsed_time(stop) * 1e3 for start, stop in events]
+
+
+def time_per_call(call, calls, replays, check_last=None):
+    """µs per call of call(i): median, min and max over graph replays of `calls` calls.
+
+    check_last(result), when given, sees the last call's result as the replays left it (before
+    the graph and its memory pool are released); what it returns is stored under "check"."""
+    graph, results = capture(call, calls)
+    per_call = sorted(us / calls for us in replay_times_us(graph, replays))
+    timing = {"us": statistics.median(per_call), "us_min": per_call[0], "us_max": per_call[-1]}
+    if check_last is not None:
+        timing["check"] = check_last(results[-1])
+    del graph, results
+    return timing
+
+
+COPY_BYTES = 2 << 30         # the copy ceiling's buffer, dozens of times any L2
+COPY_CALLS = 4
+
+
+def measure_copy_gbps(replays, copy_bytes=COPY_BYTES):
+    """Device-to-device copy bandwidth (bytes read + written per second), graph-timed too.
+
+    The ceiling is the faster of cudaMemcpy (copy_) and an elementwise copy kernel (mul by 1):
+    on some parts one of the two leaves bandwidth on the table, and a ceiling set too low would
+    flatter every fraction measured against it. Returns (ceiling, {method: GB/s})."""
+    measured = _copy_rates(replays, copy_bytes)
+    torch.cuda.empty_cache()
+    return max(measured.values()), measured
+
+
+def _copy_rates(replays, copy_bytes):
+    source = torch.randn(copy_bytes // 4, device="cuda")
+    target = torch.empty_like(source)
+    methods = {"memcpy": lambda i: target.copy_(source),
+               "elementwise": lambda i: torch.mul(source, 1.0, out=target)}
+    return {name: 2 * copy_bytes / time_per_call(fn, COPY_CALLS, replays)["us"] / 1e3
+            for name, fn in methods.items()}
+
+
+GEMM_SIZE = 8192
+
+
+def measure_gemm_tflops(torch_dtype, replays, size=GEMM_SIZE, attempts=3):
+    """Dense GEMM rate (TFLOP/s) of torch.matmul on random size x size x size operands.
+
+    The best of a few graph-timed medians: the first can run before the clocks have risen (one
+    run measured 707 TFLOP/s first and 797 later on an H200), and a ceiling set too low would
+    put floors above what cuBLAS reaches."""
+    a = torch.randn(size, size, device="cuda").to(torch_dtype)
+    b = torch.randn(size, size, device="cuda").to(torch_dtype)
+    out = torch.empty(size, size, device="cuda", dtype=torch_dtype)
+    us = min(time_per_call(lambda i: torch.matmul(a, b, out=out), 8, replays)["us"]
+             for _ in range(attempts))
+    return 2 * size ** 3 / us / 1e6
+
+
+def raise_compile_limits(limit):
+    """Let dynamo compile up to `limit` variants per function, and fail loudly beyond.
+
+    Past the recompile limit dynamo silently runs the eager code, and a "compiled" baseline that
+    is eager would flatter whatever is compared with it."""
+    import torch._dynamo  # torch imports dynamo lazily; its config must exist before compiling
+
+    config = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(config, name):
+            setattr(config, name, max(getattr(config, name), limit))
+            break
+    for name in ("accumulated_recompile_limit", "accumulated_cache_size_limit"):
+        if hasattr(config, name):
+            setattr(config, name, max(getattr(config, name), 4 * limit))
+            break
+    if hasattr(config, "fail_on_recompile_limit_hit"):
+        config.fail_on_recompile_limit_hit = True
+
+
+# ---------------------------------------------------------------------------------------------
+# run metadata and output files
+# ---------------------------------------------------------------------------------------------
+def require_cuda(program):
+    """Exit with a message naming what is missing unless torch and minivllm both see a GPU."""
+    import minivllm
+    if torch is None or not torch.cuda.is_available():
+        sys.exit(f"{program}: no CUDA device visible to torch")
+    if not minivllm.cuda_available():
+        sys.exit(f"{program}: minivllm has no usable CUDA device (CUDA kernels built: "
+                 f"{minivllm.cuda_built()}); install a CUDA build of minivllm")
+
+
+def driver_version():
+    try:
+        return subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, check=True, timeout=30).stdout.strip().splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return "unknown"
+
+
+def git_commit(where):
+    """MINIVLLM_COMMIT if set (a copy of the tree without .git), else `git rev-parse HEAD`."""
+    if os.environ.get("MINIVLLM_COMMIT"):
+        return os.environ["MINIVLLM_COMMIT"]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True,
+                                text=True, check=True, timeout=30).stdout.strip()
+        return commit or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def library_versions():
+    import minivllm
+    versions = {"python": platform.python_version(), "minivllm": minivllm.__version__}
+    if torch is not None:
+        versions.update(torch=torch.__version__, torch_cuda=torch.version.cuda)
+    try:
+        import triton
+        versions["triton"] = triton.__version__
+    except Exception:  # missing or broken: whatever needs it fails loudly on its own
+        pass
+    return versions
+
+
+def gpu_metadata():
+    """Name, driver, memory, SMs and L2 of torch's current CUDA device."""
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    return {"name": props.name, "driver": driver_version(), "memory_bytes": props.total_memory,
+            "sm_count": props.multi_processor_count, "l2_cache_bytes": props.L2_cache_size}
+
+
+def utc_now():
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def results_stem(op, device_name, date):
+    """'qkv-nvidia-h200-2026-11-21': the file name (without suffix) of a results file."""
+    slug = re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-") or "gpu"
+    return f"{op}-{slug}-{date:%Y-%m-%d}"
+
+
+def write_json(path, report):
+    path = Path(path)
+    if path.parent != Path(""):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(report, f, indent=1)
+    return path
+
+
+def write_results(out_dir, stem, report, plot=None):
+    """DIR/stem.json, then DIR/stem.png through plot(path) unless plot is None; prints both."""
+    json_path = write_json(Path(out_dir) / f"{stem}.json", report)
+    print(f"\nresults: {json_path}")
+    if plot is not None:
+        made = plot(Path(out_dir) / f"{stem}.png")
+        if made:
+            print(f"plot:    {made}")
+
+
+def target(name, met, detail, **data):
+    """One target's record: MET / NOT MET, or NOT EVALUATED where met is None (not in the sweep)."""
+    status = "NOT EVALUATED" if met is None else ("MET" if met else "NOT MET")
+    return {"target": name, "status": status, "detail": detail, **data}
+
+
+def print_target_lines(targets):
+    print("\nTargets (minivllm):")
+    for t in targets:
+        print(f"  {t['status']:13s}  {t['target']}\n                 {t['detail']}")
+
+
+def add_graph_run_args(parser, default_out):
+    """--out, --no-plot and --replays, as the graph-timed benchmark scripts take them."""
+    parser.add_argument("--out", type=Path, default=default_out,
+                        help="directory for the JSON and PNG (default benchmarks/results)")
+    parser.add_argument("--no-plot", action="store_true", help="write no PNG")
+    parser.add_argument("--replays", type=int_at_least(7), default=15,
+                        help="timed graph replays per implementation and shape (at least 7)")
+
+
+def int_at_least(minimum):
+    """An argparse type: an integer no smaller than `minimum`."""
+    import argparse
+
+    def convert(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"at least {minimum}, got {value}")
+        return value
+    return convert
+
+
+def save_figure(plt, figure, path, title, dpi=120, title_size=None):
+    figure.suptitle(title, fontsize=title_size)
+    figure.tight_layout()
+    figure.savefig(path, dpi=dpi)
+    plt.close(figure)
+    return path
+
+
+def load_pyplot():
+    """matplotlib.pyplot with a file-only backend, or None after saying how to get it."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (python3 -m pip install matplotlib)")
+        return None
+    return plt
+
+
+# ---------------------------------------------------------------------------------------------
+# progress
+# ---------------------------------------------------------------------------------------------
+class Progress:
+    """A one-line progress bar on stderr: `[#####-----]  5/10  12 s  <label>`.
+
+    Drawn only where stderr is a terminal (a log file would fill with carriage returns) unless
+    forced; stdout stays free for the results."""
+
+    def __init__(self, total, enabled=None, width=30, stream=None):
+        self.total = total
+        self.stream = stream or sys.stderr
+        self.enabled = (self.stream.isatty() if enabled is None else enabled) and total > 0
+        self.width = width
+        self.done = 0
+        self.started = time.perf_counter()
+        self._last_length = 0
+
+    def step(self, label=""):
+        """Draw the bar for the item about to run (label) after `done` items."""
+        if not self.enabled:
+            return
+        filled = round(self.width * self.done / self.total)
+        elapsed = time.perf_counter() - self.started
+        count = f"{self.done:{len(str(self.total))}d}/{self.total}"
+        line = f"[{'#' * filled}{'-' * (self.width - filled)}] {count}  {elapsed:4.0f} s  {label}"
+        padding = " " * max(0, self._last_length - len(line))
+        self.stream.write("\r" + line + padding)
+        self.stream.flush()
+        self._last_length = len(line)
+
+    def advance(self, label=""):
+        self.done += 1
+        self.step(label)
+
+    def close(self):
+        if self.enabled and self._last_length:
+            self.stream.write("\r" + " " * self._last_length + "\r")
+            self.stream.flush()
+            self._last_length = 0
