@@ -320,11 +320,16 @@ def test_torch_cuda_graph_qkv(rng):
 # --------------------------------------------------------------------------------------------
 # CuPy
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype", ["float16", "float32"])
-def test_cupy(dtype, rng):
+def _cupy():
     cupy = pytest.importorskip("cupy", reason="CuPy is not installed")
     if not minivllm.cuda_available():
         pytest.skip(NO_CUDA)
+    return cupy
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_cupy(dtype, rng):
+    cupy = _cupy()
     M, H, nh, nkv, hd = 9, 256, 4, 2, 32
     N = (nh + 2 * nkv) * hd
     npdt = np.dtype(dtype)
@@ -354,6 +359,55 @@ def test_cupy(dtype, rng):
     for res in (qkv, qkv2):
         for name, a, ref in zip("qkv", res, qkv_ref(x0, w0, W0, nh, nkv, 1e-6)):
             assert_matches(to64(a), ref, QKV_TOL[dtype], name, row_axes=2)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_cupy_outputs_ordered_on_current_stream(dtype, rng):
+    """Preallocated CuPy outputs (every op's out=) filled on CuPy's current non-blocking stream,
+    in order: the inputs are written on that stream behind ~0.3 s of queued work, so a launch on
+    any other stream would read the NaN they held before; and the calls do not wait for it."""
+    cupy = _cupy()
+    M, H, nh, nkv, hd = 33, 512, 8, 2, 64
+    N = (nh + 2 * nkv) * hd
+    npdt = np.dtype(dtype)
+    xs, rs = (round_np(rng.standard_normal((M, H)), dtype) for _ in range(2))
+    ws = round_np(norm_weight(rng, H), dtype)
+    Ws = round_np(rng.standard_normal((N, H)) / np.sqrt(H), dtype)
+    s = cupy.cuda.Stream(non_blocking=True)
+    with s:
+        busy = cupy.ones((4096, 4096), cupy.float32)
+        x, r = cupy.full((M, H), np.nan, npdt), cupy.full((M, H), np.nan, npdt)
+        w, W = cupy.asarray(ws), cupy.asarray(Ws)
+        x_src, r_src = cupy.asarray(xs), cupy.asarray(rs)
+        outs = {name: cupy.full(shape, np.nan, npdt) for name, shape in (
+            ("y", (M, H)), ("n", (M, H)), ("ns", (M, H)), ("q", (M, nh, hd)),
+            ("k", (M, nkv, hd)), ("v", (M, nkv, hd)), ("rq", (M, H)))}
+        s.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(120):  # queue ~0.3 s of work on s (not waited for)
+            busy = busy @ busy * (1.0 / 4096)
+        x[...] = x_src  # device copies on s (a host copy could wait for the queued work)
+        r[...] = r_src
+        minivllm.rms_norm(x, w, out=outs["y"])
+        minivllm.fused_add_rms_norm(x, r, w, out=outs["n"], residual_out=outs["ns"])
+        res = minivllm.FusedRMSNormQKV.forward(x, w, W, nh, nkv, residual=r,
+                                               out=(outs["q"], outs["k"], outs["v"]),
+                                               residual_out=outs["rq"])
+        queued = time.perf_counter() - t0
+    s.synchronize()
+    busy_s = time.perf_counter() - t0
+    assert res[0] is outs["q"] and res[3] is outs["rq"]
+    x0, r0, w0, W0 = (a.astype(np.float64) for a in (xs, rs, ws, Ws))
+    assert_matches(to64(outs["y"]), rms_norm_ref(x0, w0, 1e-6), TOL[dtype], "y")
+    ref_n, ref_s = fused_add_rms_norm_ref(x0, r0, w0, 1e-6, dtype)
+    assert_matches(to64(outs["n"]), ref_n, TOL[dtype], "normed")
+    assert_same_values(to64(outs["ns"]), ref_s, "new_residual")
+    refs = qkv_ref(x0, w0, W0, nh, nkv, 1e-6, residual=r0, dtype=dtype)
+    for name, ref in zip("qkv", refs[:3]):
+        assert_matches(to64(outs[name]), ref, QKV_TOL[dtype], name, row_axes=2)
+    assert_same_values(to64(outs["rq"]), refs[3], "residual_out")
+    if busy_s > 0.1:  # the queued work was long enough to tell a wait from a launch
+        assert queued < 0.5 * busy_s, f"the calls took {queued:.3f} s of {busy_s:.3f} s: they waited"
 
 
 # --------------------------------------------------------------------------------------------

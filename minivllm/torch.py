@@ -1,0 +1,330 @@
+"""PyTorch integration: minivllm's ops as torch.library custom ops, and a fused norm + QKV module.
+
+Importing this module imports torch and registers the ops under ``torch.ops.minivllm``; the core
+package never imports it, so minivllm works without PyTorch. Registered ops carry fake
+implementations (shapes only) and declare what they write, so ``torch.compile(...,
+fullgraph=True)`` traces through them without graph breaks, and they launch on torch's current
+stream, so they can be captured in CUDA graphs. They are inference ops: there is no backward.
+
+  rms_norm(x, weight, eps) -> y
+  fused_add_rms_norm(x, residual, weight, eps) -> (normed, new_residual)
+  fused_add_rms_norm_(x, residual, weight, eps)          # in place: normed -> x, sum -> residual
+  fused_rms_norm_qkv(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps, residual=None)
+      -> (q, k, v) or (q, k, v, new_residual)            # q, k, v: [..., heads, head_dim]
+  FusedRMSNormQKVProj: an nn.Module holding the norm weight and the merged QKV weight once,
+      built with from_modules(norm, q_proj, k_proj, v_proj) or from_merged(norm, qkv_proj).
+
+Why the QKV op returns "planes": a custom op's outputs may not alias each other, and minivllm
+writes q, k and v through separate (non-overlapping) outputs. So the registered op returns one
+tensor shaped [..., N] whose memory holds all rows of q, then all rows of k, then all rows of v
+(each block contiguous); ``split_qkv_planes`` views it as q, k, v without a copy. The rows of
+that tensor are NOT [q | k | v] of one token: only split_qkv_planes reads it correctly.
+"""
+
+import torch
+
+import minivllm
+
+__all__ = [
+    "FusedRMSNormQKVProj",
+    "fused_add_rms_norm",
+    "fused_add_rms_norm_",
+    "fused_rms_norm_qkv",
+    "rms_norm",
+    "split_qkv_planes",
+]
+
+
+def _qkv_geometry(x, qkv_weight, num_heads, num_kv_heads):
+    """(N, head_dim) for qkv_weight in nn.Linear layout [N, H]; errors name the argument."""
+    if qkv_weight.dim() != 2 or qkv_weight.shape[1] != x.shape[-1]:
+        raise ValueError(f"qkv_weight: expected shape (N, {x.shape[-1]}) (the nn.Linear weight "
+                         f"[N, H]), got {tuple(qkv_weight.shape)}")
+    if num_heads <= 0 or num_kv_heads <= 0:
+        raise ValueError(f"num_heads, num_kv_heads: must be positive, got {num_heads}, "
+                         f"{num_kv_heads}")
+    n_out = qkv_weight.shape[0]
+    heads = num_heads + 2 * num_kv_heads
+    if n_out % heads != 0:
+        raise ValueError(f"qkv_weight: its {n_out} output features are not divisible by "
+                         f"num_heads + 2 * num_kv_heads = {heads}")
+    return n_out, n_out // heads
+
+
+def split_qkv_planes(planes, num_heads, num_kv_heads):
+    """(q, k, v) views of a planes tensor [..., N] from the fused_rms_norm_qkv ops:
+    q [..., num_heads, head_dim], k and v [..., num_kv_heads, head_dim], each contiguous."""
+    lead = planes.shape[:-1]
+    head_dim = planes.shape[-1] // (num_heads + 2 * num_kv_heads)
+    rows = planes.numel() // planes.shape[-1] if planes.shape[-1] else 0
+    q_size = rows * num_heads * head_dim
+    kv_size = rows * num_kv_heads * head_dim
+    flat = planes.view(-1)
+    q = flat[:q_size].view(*lead, num_heads, head_dim)
+    k = flat[q_size:q_size + kv_size].view(*lead, num_kv_heads, head_dim)
+    v = flat[q_size + kv_size:].view(*lead, num_kv_heads, head_dim)
+    return q, k, v
+
+
+def _linear_weight(qkv_weight, hidden):
+    # minivllm tells [N, H] from [H, N] by shape, and by strides only when N == H: a square weight
+    # whose rows are not contiguous (e.g. a layout the compiler chose) would be read as W.T.
+    # The op's contract is the nn.Linear layout, so hand such a weight over contiguous.
+    if qkv_weight.shape[0] == hidden and qkv_weight.stride(1) != 1:
+        return qkv_weight.contiguous()
+    return qkv_weight
+
+
+def _new_planes(x, qkv_weight, num_heads, num_kv_heads):
+    n_out, _ = _qkv_geometry(x, qkv_weight, num_heads, num_kv_heads)
+    return torch.empty((*x.shape[:-1], n_out), dtype=x.dtype, device=x.device)
+
+
+# --------------------------------------------------------------------------------------------
+# registered ops
+# --------------------------------------------------------------------------------------------
+@torch.library.custom_op("minivllm::rms_norm", mutates_args=())
+def _rms_norm_op(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return minivllm.rms_norm(x, weight, eps)
+
+
+@_rms_norm_op.register_fake
+def _(x, weight, eps):
+    # minivllm allocates results contiguous, whatever the strides of x
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op("minivllm::fused_add_rms_norm", mutates_args=())
+def _fused_add_rms_norm_op(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                           eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return minivllm.fused_add_rms_norm(x, residual, weight, eps)
+
+
+@_fused_add_rms_norm_op.register_fake
+def _(x, residual, weight, eps):
+    return x.new_empty(x.shape), x.new_empty(x.shape)
+
+
+@torch.library.custom_op("minivllm::fused_add_rms_norm_", mutates_args=("x", "residual"))
+def _fused_add_rms_norm_inplace_op(x: torch.Tensor, residual: torch.Tensor,
+                                   weight: torch.Tensor, eps: float) -> None:
+    minivllm.fused_add_rms_norm(x, residual, weight, eps, inplace=True)
+
+
+@_fused_add_rms_norm_inplace_op.register_fake
+def _(x, residual, weight, eps):
+    return None
+
+
+@torch.library.custom_op("minivllm::fused_rms_norm_qkv", mutates_args=())
+def _fused_rms_norm_qkv_op(x: torch.Tensor, norm_weight: torch.Tensor, qkv_weight: torch.Tensor,
+                           num_heads: int, num_kv_heads: int, eps: float) -> torch.Tensor:
+    planes = _new_planes(x, qkv_weight, num_heads, num_kv_heads)
+    minivllm.FusedRMSNormQKV.forward(x, norm_weight, _linear_weight(qkv_weight, x.shape[-1]),
+                                     num_heads, num_kv_heads, eps,
+                                     out=split_qkv_planes(planes, num_heads, num_kv_heads))
+    return planes
+
+
+@_fused_rms_norm_qkv_op.register_fake
+def _(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps):
+    return _new_planes(x, qkv_weight, num_heads, num_kv_heads)
+
+
+@torch.library.custom_op("minivllm::fused_add_rms_norm_qkv", mutates_args=())
+def _fused_add_rms_norm_qkv_op(x: torch.Tensor, residual: torch.Tensor, norm_weight: torch.Tensor,
+                               qkv_weight: torch.Tensor, num_heads: int, num_kv_heads: int,
+                               eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    planes = _new_planes(x, qkv_weight, num_heads, num_kv_heads)
+    *_, new_residual = minivllm.FusedRMSNormQKV.forward(
+        x, norm_weight, _linear_weight(qkv_weight, x.shape[-1]), num_heads, num_kv_heads, eps,
+        residual=residual, out=split_qkv_planes(planes, num_heads, num_kv_heads))
+    return planes, new_residual
+
+
+@_fused_add_rms_norm_qkv_op.register_fake
+def _(x, residual, norm_weight, qkv_weight, num_heads, num_kv_heads, eps):
+    return _new_planes(x, qkv_weight, num_heads, num_kv_heads), x.new_empty(x.shape)
+
+
+# --------------------------------------------------------------------------------------------
+# Python entry points (what models call)
+# --------------------------------------------------------------------------------------------
+def rms_norm(x, weight, eps=1e-6):
+    """torch.ops.minivllm.rms_norm: weight * x / sqrt(mean(x**2, -1) + eps), a new tensor."""
+    return torch.ops.minivllm.rms_norm(x, weight, float(eps))
+
+
+def fused_add_rms_norm(x, residual, weight, eps=1e-6):
+    """(rms_norm(x + residual), x + residual) as new tensors."""
+    return torch.ops.minivllm.fused_add_rms_norm(x, residual, weight, float(eps))
+
+
+def fused_add_rms_norm_(x, residual, weight, eps=1e-6):
+    """vLLM's in-place form: residual <- x + residual, x <- rms_norm(that sum); returns
+    (x, residual)."""
+    torch.ops.minivllm.fused_add_rms_norm_(x, residual, weight, float(eps))
+    return x, residual
+
+
+def fused_rms_norm_qkv(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps=1e-6,
+                       residual=None):
+    """q, k, v of rms_norm(x [+ residual]) @ qkv_weight.T, qkv_weight in nn.Linear layout [N, H].
+
+    Returns (q, k, v) with q [..., num_heads, head_dim], k and v [..., num_kv_heads, head_dim]
+    (views into one allocation), plus the new residual x + residual when residual is given.
+    """
+    if residual is None:
+        planes = torch.ops.minivllm.fused_rms_norm_qkv(x, norm_weight, qkv_weight, num_heads,
+                                                       num_kv_heads, float(eps))
+        return split_qkv_planes(planes, num_heads, num_kv_heads)
+    planes, new_residual = torch.ops.minivllm.fused_add_rms_norm_qkv(
+        x, residual, norm_weight, qkv_weight, num_heads, num_kv_heads, float(eps))
+    return (*split_qkv_planes(planes, num_heads, num_kv_heads), new_residual)
+
+
+# --------------------------------------------------------------------------------------------
+# module
+# --------------------------------------------------------------------------------------------
+def norm_eps(norm):
+    """The epsilon of an RMSNorm module: Hugging Face's `variance_epsilon`, torch's `eps`
+    (None there means torch.finfo(dtype).eps, as torch.nn.RMSNorm does)."""
+    for name in ("variance_epsilon", "eps", "epsilon"):
+        value = getattr(norm, name, None)
+        if isinstance(value, (int, float)):
+            return float(value)
+    if isinstance(norm, torch.nn.RMSNorm) and norm.eps is None:
+        return float(torch.finfo(norm.weight.dtype).eps)
+    raise ValueError(f"norm: cannot find the epsilon of {type(norm).__name__} (looked for "
+                     "variance_epsilon, eps, epsilon); pass eps=")
+
+
+def _norm_weight(norm):
+    weight = getattr(norm, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 1:
+        raise ValueError(f"norm: {type(norm).__name__} has no 1-D `weight` (an elementwise-affine "
+                         "RMSNorm is needed)")
+    return weight
+
+
+def _as_parameter(tensor):
+    # inference weights: a Parameter (so .to()/.cuda() and state_dict see it), no gradient
+    if isinstance(tensor, torch.nn.Parameter):
+        return tensor
+    return torch.nn.Parameter(tensor, requires_grad=False)
+
+
+class FusedRMSNormQKVProj(torch.nn.Module):
+    """RMSNorm followed by the q, k, v projections, as one minivllm call.
+
+    Holds `norm_weight` [H] and the merged `qkv_weight` [N, H] (nn.Linear layout, rows q then k
+    then v) once, plus an optional `qkv_bias` [N] added after the fused op (the kernels have no
+    bias). forward(x, residual=None) returns (q, k, v) shaped [..., heads, head_dim], and the new
+    residual x + residual as a fourth result when residual is given.
+
+    Tensors given to the constructor are held as they are (Parameters stay shared with the
+    modules they came from); build one from existing layers with from_modules / from_merged.
+    """
+
+    def __init__(self, norm_weight, qkv_weight, num_heads, num_kv_heads, eps=1e-6,
+                 qkv_bias=None):
+        super().__init__()
+        if not isinstance(norm_weight, torch.Tensor) or norm_weight.dim() != 1:
+            raise ValueError("norm_weight: expected a 1-D tensor [H]")
+        hidden = norm_weight.shape[0]
+        if not isinstance(qkv_weight, torch.Tensor) or qkv_weight.dim() != 2 \
+                or qkv_weight.shape[1] != hidden:
+            got = tuple(qkv_weight.shape) if isinstance(qkv_weight, torch.Tensor) else qkv_weight
+            raise ValueError(f"qkv_weight: expected shape (N, {hidden}) (nn.Linear layout), "
+                             f"got {got}")
+        heads = num_heads + 2 * num_kv_heads
+        if num_heads <= 0 or num_kv_heads <= 0 or qkv_weight.shape[0] % heads != 0:
+            raise ValueError(f"num_heads, num_kv_heads: {qkv_weight.shape[0]} output features "
+                             f"do not split into {num_heads} + 2 * {num_kv_heads} heads")
+        if qkv_weight.dtype != norm_weight.dtype or qkv_weight.device != norm_weight.device:
+            raise ValueError(f"qkv_weight: is {qkv_weight.dtype} on {qkv_weight.device}, but "
+                             f"norm_weight is {norm_weight.dtype} on {norm_weight.device}")
+        if qkv_bias is not None and tuple(qkv_bias.shape) != (qkv_weight.shape[0],):
+            raise ValueError(f"qkv_bias: expected shape ({qkv_weight.shape[0]},), got "
+                             f"{tuple(qkv_bias.shape)}")
+        self.num_heads, self.num_kv_heads = int(num_heads), int(num_kv_heads)
+        self.head_dim = qkv_weight.shape[0] // heads
+        self.eps = float(eps)
+        self.norm_weight = _as_parameter(norm_weight)
+        self.qkv_weight = _as_parameter(qkv_weight)
+        self.qkv_bias = None if qkv_bias is None else _as_parameter(qkv_bias)
+
+    @classmethod
+    def from_modules(cls, norm, q_proj, k_proj, v_proj, num_heads=None, num_kv_heads=None,
+                     eps=None):
+        """From an RMSNorm module and three nn.Linear projections. The q/k/v weights are
+        concatenated once, here (the merged copy is what forward uses; the originals can be
+        dropped). Head counts default to out_features // head_dim with head_dim taken from
+        num_heads when given; pass at least num_heads. Biases, if all three have one, are merged
+        too and added after the fused op."""
+        if num_heads is None:
+            raise ValueError("num_heads: required (the projections do not record it)")
+        projections = (("q_proj", q_proj), ("k_proj", k_proj), ("v_proj", v_proj))
+        for name, proj in projections:
+            if not isinstance(getattr(proj, "weight", None), torch.Tensor):
+                raise TypeError(f"{name}: expected an nn.Linear-like module with a weight")
+        if q_proj.weight.shape[0] % num_heads != 0:
+            raise ValueError(f"num_heads: q_proj's {q_proj.weight.shape[0]} output features are "
+                             f"not divisible by {num_heads}")
+        head_dim = q_proj.weight.shape[0] // num_heads
+        if num_kv_heads is None:
+            num_kv_heads = k_proj.weight.shape[0] // head_dim
+        for name, proj, heads in (("k_proj", k_proj, num_kv_heads),
+                                  ("v_proj", v_proj, num_kv_heads)):
+            if proj.weight.shape[0] != heads * head_dim:
+                raise ValueError(f"{name}: expected {heads * head_dim} output features "
+                                 f"({heads} heads of {head_dim}), got {proj.weight.shape[0]}")
+        biases = [getattr(proj, "bias", None) for _, proj in projections]
+        if any(b is not None for b in biases) and any(b is None for b in biases):
+            raise ValueError("q_proj, k_proj, v_proj: either all or none must have a bias")
+        with torch.no_grad():
+            weight = torch.cat([proj.weight.detach() for _, proj in projections], 0)
+            bias = (None if biases[0] is None
+                    else torch.cat([b.detach() for b in biases], 0))
+        return cls(_norm_weight(norm), weight, num_heads, num_kv_heads,
+                   norm_eps(norm) if eps is None else eps, bias)
+
+    @classmethod
+    def from_merged(cls, norm, qkv_proj, num_heads, num_kv_heads, eps=None):
+        """From an RMSNorm module and a merged nn.Linear qkv_proj (rows q, then k, then v); its
+        weight (and bias) are shared, not copied."""
+        if not isinstance(getattr(qkv_proj, "weight", None), torch.Tensor):
+            raise TypeError("qkv_proj: expected an nn.Linear-like module with a weight")
+        return cls(_norm_weight(norm), qkv_proj.weight, num_heads, num_kv_heads,
+                   norm_eps(norm) if eps is None else eps, getattr(qkv_proj, "bias", None))
+
+    def planes(self, x):
+        """The op's planes tensor [..., N] (q rows, then k rows, then v rows), bias not added."""
+        return torch.ops.minivllm.fused_rms_norm_qkv(x, self.norm_weight, self.qkv_weight,
+                                                     self.num_heads, self.num_kv_heads, self.eps)
+
+    def add_bias(self, q, k, v):
+        """(q, k, v) with the projections' bias added (new tensors); unchanged without one."""
+        if self.qkv_bias is None:
+            return q, k, v
+        q_cols = self.num_heads * self.head_dim
+        kv_cols = self.num_kv_heads * self.head_dim
+        bias_q, bias_k, bias_v = self.qkv_bias.split((q_cols, kv_cols, kv_cols))
+        return (q + bias_q.view(self.num_heads, self.head_dim),
+                k + bias_k.view(self.num_kv_heads, self.head_dim),
+                v + bias_v.view(self.num_kv_heads, self.head_dim))
+
+    def forward(self, x, residual=None):
+        if residual is None:
+            q, k, v = split_qkv_planes(self.planes(x), self.num_heads, self.num_kv_heads)
+            return self.add_bias(q, k, v)
+        planes, new_residual = torch.ops.minivllm.fused_add_rms_norm_qkv(
+            x, residual, self.norm_weight, self.qkv_weight, self.num_heads, self.num_kv_heads,
+            self.eps)
+        q, k, v = split_qkv_planes(planes, self.num_heads, self.num_kv_heads)
+        return (*self.add_bias(q, k, v), new_residual)
+
+    def extra_repr(self):
+        return (f"hidden={self.norm_weight.shape[0]}, num_heads={self.num_heads}, "
+                f"num_kv_heads={self.num_kv_heads}, head_dim={self.head_dim}, eps={self.eps}, "
+                f"bias={self.qkv_bias is not None}")

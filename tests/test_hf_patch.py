@@ -1,0 +1,150 @@
+"""minivllm.hf: patched Hugging Face Llama / Qwen2 / Qwen3 models give the stock logits.
+
+Models are built from small configs with random weights (no downloads). Skips, saying so, where
+PyTorch or transformers is not installed; CUDA cases skip where no GPU is usable. On the CPU the
+model runs in float32 and must match the stock model to float32 rounding; on CUDA it runs in
+bfloat16 and must be as close to a float32 run of the stock model as the stock bfloat16 run is.
+"""
+import copy
+
+import pytest
+
+import minivllm
+
+torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+transformers = pytest.importorskip("transformers", reason="transformers is not installed")
+import minivllm.hf as mhf  # noqa: E402  (needs torch)
+
+ARCHS = ("llama", "qwen2", "qwen3")
+NO_CUDA = "no CUDA device (minivllm.cuda_available() is False)"
+
+
+def _device(name):
+    if name == "cuda" and not (minivllm.cuda_available() and torch.cuda.is_available()):
+        pytest.skip(NO_CUDA)
+    return torch.device(name)
+
+
+def _model(arch, device, dtype, seed, layers=2):
+    """A small random model of `arch`; norms and biases randomized too (HF initializes norms to
+    ones and biases to zeros, which would hide a dropped norm weight or bias)."""
+    configs = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config,
+               "qwen3": transformers.Qwen3Config}
+    config = configs[arch](hidden_size=256, intermediate_size=512, num_hidden_layers=layers,
+                           num_attention_heads=8, num_key_value_heads=2, head_dim=32,
+                           vocab_size=1000, max_position_embeddings=512, rms_norm_eps=1e-5,
+                           tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(1 + 0.3 * torch.randn_like(p))
+            elif name.endswith("bias"):
+                p.copy_(0.2 * torch.randn_like(p))
+    return model.to(device=device, dtype=dtype), config
+
+
+def _logits(model, config, ids, decode_steps):
+    """Prefill logits [B, T, V], then `decode_steps` greedy steps through the KV cache
+    (the decode inputs are [B, 1]): returns (prefill logits, stacked decode logits)."""
+    with torch.inference_mode():
+        out = model(ids, use_cache=True)
+        prefill = out.logits.float()
+        steps = []
+        token = ids[:, -1:] * 0 + 7  # a fixed token: both runs decode the same inputs
+        for _ in range(decode_steps):
+            out = model(token, past_key_values=out.past_key_values, use_cache=True)
+            steps.append(out.logits[:, -1].float())
+            token = (token * 31 + 11) % config.vocab_size
+    return prefill, torch.stack(steps)
+
+
+def _rel(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_patched_model_matches_stock(arch, device, monkeypatch):
+    dev = _device(device)
+    dtype = torch.float32 if dev.type == "cpu" else torch.bfloat16
+    seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    model, config = _model(arch, dev, dtype, seed)
+    ids = torch.randint(0, config.vocab_size, (2, 19), device=dev)
+    stock = _logits(model, config, ids, 3)
+    reference = None
+    if dtype != torch.float32:
+        reference = _logits(copy.deepcopy(model).float(), config, ids, 3)
+
+    assert mhf.patch_model(model) == config.num_hidden_layers
+    calls = []
+    real = minivllm.FusedRMSNormQKV.forward
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(minivllm.FusedRMSNormQKV, "forward", staticmethod(counted))
+    patched = _logits(model, config, ids, 3)
+    # one fused call per layer per forward (prefill + 3 decode steps): the patch is in use
+    assert len(calls) == 4 * config.num_hidden_layers, len(calls)
+    assert calls[0] == (2, 19, config.hidden_size) and calls[-1] == (2, 1, config.hidden_size)
+
+    for what, got, want, ref in zip(("prefill", "decode"), patched, stock,
+                                    reference or (None, None)):
+        assert torch.isfinite(got).all(), f"{what}: non-finite logits (seed {seed})"
+        if ref is None:  # float32: only rounding differs
+            assert _rel(got, want) <= 2e-5, f"{what}: rel {_rel(got, want):.3g} (seed {seed})"
+        else:
+            stock_err, patched_err = _rel(want, ref), _rel(got, ref)
+            assert patched_err <= 1.5 * stock_err + 1e-3, (
+                f"{what}: patched bf16 is {patched_err:.3g} from float32, stock bf16 "
+                f"{stock_err:.3g} (seed {seed})")
+            assert _rel(got, want) <= 5e-2, f"{what}: rel {_rel(got, want):.3g} (seed {seed})"
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_patched_model_compiles_fullgraph(device):
+    """torch.compile(fullgraph=True) of a patched Qwen3 (per-head q/k norms on the views):
+    no graph break, the eager logits."""
+    dev = _device(device)
+    import torch._dynamo
+    torch._dynamo.reset()
+    dtype = torch.float32 if dev.type == "cpu" else torch.bfloat16
+    model, config = _model("qwen3", dev, dtype, seed=1)
+    mhf.patch_model(model)
+    ids = torch.randint(0, config.vocab_size, (1, 24), device=dev)
+    backend = "aot_eager" if dev.type == "cpu" else "inductor"
+    compiled = torch.compile(model, backend=backend, fullgraph=True)
+    with torch.inference_mode():
+        want = model(ids).logits.float()
+        got = compiled(ids).logits.float()
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    assert _rel(got, want) <= tol, _rel(got, want)
+
+
+def test_patch_shares_weights_and_refuses_twice():
+    model, config = _model("qwen2", torch.device("cpu"), torch.float32, seed=2, layers=1)
+    layer = model.model.layers[0]
+    norm_weight = layer.input_layernorm.weight
+    q, k, v = (getattr(layer.self_attn, n) for n in ("q_proj", "k_proj", "v_proj"))
+    mhf.patch_decoder_layer(layer)
+    fused = layer.input_layernorm.fused
+    assert fused.norm_weight is norm_weight
+    assert torch.equal(fused.qkv_weight, torch.cat([q.weight, k.weight, v.weight]))
+    assert layer.self_attn.q_proj.bias is q.bias  # Qwen2's biases kept, added after the view
+    with pytest.raises(ValueError, match="^layer: .*already patched"):
+        mhf.patch_decoder_layer(layer)
+    with pytest.raises(TypeError, match="^layer: "):
+        mhf.patch_decoder_layer(layer.mlp)
+    with pytest.raises(TypeError, match="^model: "):
+        mhf.patch_model(torch.nn.Linear(4, 4))
+
+
+def test_qwen3_keeps_per_head_norms():
+    model, _ = _model("qwen3", torch.device("cpu"), torch.float32, seed=3, layers=1)
+    attn = model.model.layers[0].self_attn
+    q_norm, k_norm = attn.q_norm, attn.k_norm
+    mhf.patch_model(model)
+    assert attn.q_norm is q_norm and attn.k_norm is k_norm
