@@ -30,6 +30,8 @@ C_SOURCES = [
 CUDA_SOURCES = [
     "csrc/rms_norm.cu",
     "csrc/fused_rms_norm_qkv.cu",
+    "csrc/fused_rms_norm_qkv_stream.cu",
+    "csrc/fused_rms_norm_qkv_gemm.cu",
 ]
 
 

@@ -1,12 +1,18 @@
 /*
- * fused_rms_norm_qkv.cu: qkv = rms_norm(x (+ residual)) . W^T on the GPU, split into q, k, v.
+ * fused_rms_norm_qkv.cu: qkv = rms_norm(x (+ residual)) . W^T on the GPU, split into q, k, v:
+ * the dispatcher (mv_fused_rms_norm_qkv_cuda, at the bottom) and the generic kernel.
  *
- * Deferred-rstd identity: rms_norm(s) . W^T = diag(rrms) . (s . (gamma (.) W)^T), since
- * y[m,k] = gamma[k] * s[m,k] * rrms[m] and rrms[m] does not depend on k. So one tiled GEMM of s
- * against gamma-scaled W tiles produces the row sums of s^2 as a by-product of loading s, and the
- * epilogue scales each output row by rrms. There is no separate norm pass and no scratch buffer.
- * (y is therefore not rounded to the dtype before the product, unlike an unfused norm + matmul;
- * the difference is within the dtype's rounding.)
+ * Paths, chosen by M, dtype, layout and what is loadable (fused_rms_norm_qkv_paths.h):
+ * - skinny M, fp16/bf16: fused_rms_norm_qkv_stream.cu, a W stream on tensor cores;
+ * - everything else: fused_rms_norm_qkv_gemm.cu, the rms_norm kernel into scratch then cuBLASLt;
+ * - no libcublasLt loadable: the generic kernel below, correct for any dtype, layout and size.
+ *
+ * Generic kernel, deferred-rstd identity: rms_norm(s) . W^T = diag(rrms) . (s . (gamma (.) W)^T),
+ * since y[m,k] = gamma[k] * s[m,k] * rrms[m] and rrms[m] does not depend on k. So one tiled GEMM
+ * of s against gamma-scaled W tiles produces the row sums of s^2 as a by-product of loading s, and
+ * the epilogue scales each output row by rrms. There is no separate norm pass and no scratch
+ * buffer. (y is therefore not rounded to the dtype before the product, unlike an unfused norm +
+ * matmul and unlike the two fast paths; the difference is within the dtype's rounding.)
  *
  * Each 256-thread block owns a 64 x 64 output tile (4 x 4 outputs per thread) and walks K in steps
  * of 32 through shared memory, accumulating in float.
@@ -21,6 +27,7 @@
 #include <climits>
 
 #include "cuda_common.cuh"
+#include "fused_rms_norm_qkv_paths.h"
 
 namespace {
 
@@ -200,6 +207,10 @@ __global__ void residual_add_store_kernel(mv_norm_input in) {
 }
 
 constexpr int64_t kMaxResidualRowBlocks = 65536;
+
+/* Up to this M the W stream beats the norm + cuBLASLt path for every model shape where both run
+   (H200, bf16: e.g. M = 32 Qwen3-0.6B 10.2 vs 16.6 us; at M = 64 cuBLASLt wins or ties). */
+constexpr int64_t kStreamMaxRows = 32;
 constexpr int kResidualMaxThreads = 256;
 
 template <typename T, bool kHasResidual>
@@ -210,32 +221,67 @@ void launch_fused_rms_norm_qkv(const mv_qkv_args &a, dim3 grid, cudaStream_t str
         fused_rms_norm_qkv_kernel<T, kHasResidual, false><<<grid, kThreads, 0, stream>>>(a);
 }
 
-} // namespace
-
-extern "C" int mv_fused_rms_norm_qkv_cuda(const mv_qkv_args *a, void *stream) {
+/* The generic path: the tiled FMA kernel above, any dtype, layout, alignment and size. */
+int launch_generic(const mv_qkv_args *a, cudaStream_t cuda_stream) {
     const int64_t rows = a->in.rows;
-    if (rows == 0) return (int)cudaSuccess;
-    cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
-
     const int64_t cols = a->q_cols + 2 * a->kv_cols;
     const int64_t row_tiles = (rows + kTileM - 1) / kTileM;
     const int64_t col_tiles = (cols + kTileN - 1) / kTileN;
     /* Rows on grid.x (limit 2^31-1) so that M up to 2^31-1 needs no looping at all. */
     const dim3 grid(static_cast<unsigned>(row_tiles < kMaxGridX ? row_tiles : kMaxGridX),
                     static_cast<unsigned>(col_tiles < kMaxGridY ? col_tiles : kMaxGridY));
+    MV_DISPATCH_DTYPE(a->in.dtype, T, {
+        if (a->in.residual != nullptr)
+            launch_fused_rms_norm_qkv<T, true>(*a, grid, cuda_stream);
+        else
+            launch_fused_rms_norm_qkv<T, false>(*a, grid, cuda_stream);
+    })
+    return (int)cudaGetLastError();
+}
 
+/* residual_out = round(x + residual) after the GEMM (see the file comment). */
+int launch_residual_store(const mv_qkv_args *a, cudaStream_t cuda_stream) {
+    const int64_t rows = a->in.rows;
     const int64_t hidden_warps_rounded = (a->in.hidden + 31) / 32 * 32;
     const int residual_threads =
         static_cast<int>(hidden_warps_rounded < kResidualMaxThreads ? hidden_warps_rounded : kResidualMaxThreads);
     const unsigned residual_blocks = static_cast<unsigned>(rows < kMaxResidualRowBlocks ? rows : kMaxResidualRowBlocks);
-
     MV_DISPATCH_DTYPE(a->in.dtype, T, {
-        if (a->in.residual != nullptr) {
-            launch_fused_rms_norm_qkv<T, true>(*a, grid, cuda_stream);
-            residual_add_store_kernel<T><<<residual_blocks, residual_threads, 0, cuda_stream>>>(a->in);
-        } else {
-            launch_fused_rms_norm_qkv<T, false>(*a, grid, cuda_stream);
-        }
+        residual_add_store_kernel<T><<<residual_blocks, residual_threads, 0, cuda_stream>>>(a->in);
     })
     return (int)cudaGetLastError();
+}
+
+} // namespace
+
+/* The dispatcher. One rule per path, in order:
+   - skinny M (decode, small batches; fp16/bf16, M <= kStreamMaxRows, nn.Linear layout, H % 8 == 0,
+     staged input fits in shared memory): the W stream on tensor cores;
+   - otherwise, when libcublasLt loads: the rms_norm kernel + cuBLASLt;
+   - otherwise the generic tiled kernel.
+   When the chosen kernel cannot write residual_out itself, the store kernel follows it. */
+extern "C" int mv_fused_rms_norm_qkv_cuda(const mv_qkv_args *a, void *stream) {
+    if (a->in.rows == 0) return (int)cudaSuccess;
+    cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
+    const bool has_residual = a->in.residual != nullptr;
+    const bool residual_in_place = has_residual && a->in.residual_out == a->in.residual;
+
+    int device = 0, max_shared = 0;
+    cudaError_t err = cudaGetDevice(&device);
+    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&max_shared, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+    if (err != cudaSuccess) return (int)err;
+
+    bool residual_written = false;
+    if (a->in.rows <= kStreamMaxRows && mv_qkv_stream_supported(a, max_shared)) {
+        err = (cudaError_t)mv_qkv_stream_cuda(a, stream, has_residual && !residual_in_place, max_shared);
+        residual_written = has_residual && !residual_in_place;
+    } else if (mv_qkv_gemm_available()) {
+        err = (cudaError_t)mv_qkv_gemm_cuda(a, stream);
+        residual_written = has_residual; /* the norm kernel writes it, in place or not */
+    } else {
+        err = (cudaError_t)launch_generic(a, cuda_stream);
+    }
+    if (err != cudaSuccess) return (int)err;
+    if (has_residual && !residual_written) return launch_residual_store(a, cuda_stream);
+    return (int)cudaSuccess;
 }

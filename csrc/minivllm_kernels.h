@@ -12,10 +12,14 @@
  *   y_i    = weight_i * (s_i * rrms)                     (float32, rounded once to the dtype)
  *   qkv    = y . W^T                                     (products accumulated in float32)
  * We follow vLLM: the normalized value is multiplied by weight in float32, not rounded first.
+ * For the QKV product, the CPU (and the generic GPU kernel) multiply the float32 y; the GPU's fast
+ * paths round y to the dtype first, as an unfused rms_norm + matmul does (tensor cores and cuBLAS
+ * take dtype operands).
  *
  * CPU functions return 0 on success or an MV_ERR_* code. CUDA launchers return a cudaError_t
  * (as int, so this header needs no CUDA headers), launch on the given stream, never synchronize
- * and never allocate.
+ * and never allocate, with one exception: the QKV launcher's cuBLASLt path takes its scratch
+ * (y and the cuBLASLt workspace) stream-ordered from cudaMallocAsync and frees it the same way.
  */
 #ifndef MINIVLLM_KERNELS_H
 #define MINIVLLM_KERNELS_H

@@ -45,14 +45,19 @@ def fused_add_rms_norm(x, residual, weight, eps, dtype):
 
 
 def fused_rms_norm_qkv(x, norm_weight, w, num_heads, num_kv_heads, eps=1e-6, residual=None,
-                       dtype=None):
-    """(q, k, v), or (q, k, v, new_residual) with residual; w is the nn.Linear weight [N, H]."""
+                       dtype=None, y_dtype=None):
+    """(q, k, v), or (q, k, v, new_residual) with residual; w is the nn.Linear weight [N, H].
+
+    y_dtype: round the normalized y to this dtype before the product (the GPU tensor-core paths
+    do, as an unfused rms_norm + matmul does); None keeps y exact (the CPU kernels' float32 y)."""
     x = np.asarray(x, np.float64)
     w = np.asarray(w, np.float64)
     if residual is not None:
         y, s = fused_add_rms_norm(x, residual, norm_weight, eps, dtype)
     else:
         y, s = rms_norm(x, norm_weight, eps), None
+    if y_dtype is not None:
+        y = round_to(y, y_dtype)
     n_out, hidden = w.shape
     head_dim = n_out // (num_heads + 2 * num_kv_heads)
     lead = x.shape[:-1]

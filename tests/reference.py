@@ -10,9 +10,9 @@ from minivllm.reference import rms_norm as rms_norm_ref  # noqa: F401
 from minivllm.reference import round_to  # noqa: F401
 
 
-def qkv_ref(x, w, W, num_heads, num_kv_heads, eps, residual=None, dtype=None):
+def qkv_ref(x, w, W, num_heads, num_kv_heads, eps, residual=None, dtype=None, y_dtype=None):
     """(q, k, v) or (q, k, v, new_residual); W is the nn.Linear weight [N, H] in float64."""
-    return _qkv(x, w, W, num_heads, num_kv_heads, eps, residual, dtype)
+    return _qkv(x, w, W, num_heads, num_kv_heads, eps, residual, dtype, y_dtype)
 
 
 def rel_err(out, ref):

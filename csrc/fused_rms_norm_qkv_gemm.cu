@@ -1,0 +1,255 @@
+/*
+ * fused_rms_norm_qkv_gemm.cu: the large-M path of qkv = rms_norm(x (+ residual)) . W^T
+ * (prefill; and every call the skinny path does not take): the fast rms_norm kernel writes y into stream-ordered scratch, then
+ * cuBLASLt multiplies y by W^T straight into q, k and v.
+ *
+ * Why cuBLASLt: at large M the op is a GEMM, and NVIDIA's Hopper GEMMs (wgmma/TMA, tuned per
+ * shape) are what a hand-written kernel would have to beat. The norm costs one extra pass over
+ * x and y (M x H, small next to the GEMM's traffic for the shapes this path serves).
+ *
+ * cuBLASLt is loaded with dlopen on first use rather than linked: the module must import on
+ * machines without the CUDA libraries (CPU users), and PyTorch/CuPy processes already have a
+ * libcublasLt loaded, which dlopen by soname finds. Search order: MINIVLLM_CUBLASLT (a path),
+ * the soname, then $CUDA_HOME and /usr/local/cuda. If none loads, the dispatcher falls back to the
+ * generic kernel.
+ *
+ * Scratch (y, plus cuBLASLt workspace) comes from cudaMallocAsync on the caller's stream and is
+ * released with cudaFreeAsync after the GEMMs: stream ordered, no synchronization, and capturable
+ * in CUDA graphs (as memory nodes). This is the one path that allocates on the device.
+ */
+#include <dlfcn.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <string>
+
+#include <cublasLt.h>
+
+#include "cuda_common.cuh"
+#include "fused_rms_norm_qkv_paths.h"
+
+#define MINIVLLM_STR2(x) #x
+#define MINIVLLM_STR(x) MINIVLLM_STR2(x)
+
+namespace {
+
+struct CublasLt {
+    bool loaded = false;
+    cublasLtHandle_t handle = nullptr;
+    decltype(&cublasLtCreate) create;
+    decltype(&cublasLtMatmulDescCreate) desc_create;
+    decltype(&cublasLtMatmulDescDestroy) desc_destroy;
+    decltype(&cublasLtMatmulDescSetAttribute) desc_set;
+    decltype(&cublasLtMatrixLayoutCreate) layout_create;
+    decltype(&cublasLtMatrixLayoutDestroy) layout_destroy;
+    decltype(&cublasLtMatmulPreferenceCreate) pref_create;
+    decltype(&cublasLtMatmulPreferenceDestroy) pref_destroy;
+    decltype(&cublasLtMatmulPreferenceSetAttribute) pref_set;
+    decltype(&cublasLtMatmulAlgoGetHeuristic) heuristic;
+    decltype(&cublasLtMatmul) matmul;
+};
+
+void *open_cublaslt() {
+    const char *explicit_path = getenv("MINIVLLM_CUBLASLT");
+    if (explicit_path && *explicit_path) return dlopen(explicit_path, RTLD_NOW | RTLD_LOCAL);
+    const char *soname = "libcublasLt.so." MINIVLLM_STR(CUBLAS_VER_MAJOR);
+    void *lib = dlopen(soname, RTLD_NOW | RTLD_LOCAL);
+    if (lib) return lib;
+    const char *homes[] = {getenv("CUDA_HOME"), "/usr/local/cuda"};
+    for (const char *home : homes) {
+        if (!home || !*home) continue;
+        for (const char *sub : {"/lib64/", "/lib/", "/targets/x86_64-linux/lib/"}) {
+            const std::string path = std::string(home) + sub + soname;
+            lib = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+            if (lib) return lib;
+        }
+    }
+    return nullptr;
+}
+
+template <typename F>
+bool bind(void *lib, const char *name, F &fn) {
+    fn = reinterpret_cast<F>(dlsym(lib, name));
+    return fn != nullptr;
+}
+
+/* Loaded once per process (thread-safe static initialization); never unloaded. */
+const CublasLt &cublaslt() {
+    static const CublasLt lt = [] {
+        CublasLt l;
+        void *lib = open_cublaslt();
+        if (!lib) return l;
+        bool ok = bind(lib, "cublasLtCreate", l.create) && bind(lib, "cublasLtMatmulDescCreate", l.desc_create) &&
+                  bind(lib, "cublasLtMatmulDescDestroy", l.desc_destroy) &&
+                  bind(lib, "cublasLtMatmulDescSetAttribute", l.desc_set) &&
+                  bind(lib, "cublasLtMatrixLayoutCreate", l.layout_create) &&
+                  bind(lib, "cublasLtMatrixLayoutDestroy", l.layout_destroy) &&
+                  bind(lib, "cublasLtMatmulPreferenceCreate", l.pref_create) &&
+                  bind(lib, "cublasLtMatmulPreferenceDestroy", l.pref_destroy) &&
+                  bind(lib, "cublasLtMatmulPreferenceSetAttribute", l.pref_set) &&
+                  bind(lib, "cublasLtMatmulAlgoGetHeuristic", l.heuristic) && bind(lib, "cublasLtMatmul", l.matmul);
+        if (ok && l.create(&l.handle) == CUBLAS_STATUS_SUCCESS) l.loaded = true;
+        return l;
+    }();
+    return lt;
+}
+
+constexpr size_t kWorkspaceBytes = 32u << 20; /* what cuBLAS asks for on Hopper */
+
+/* The heuristic query costs tens of microseconds; cache its answer per problem. */
+struct AlgoKey {
+    int dtype, trans_a;
+    int64_t m, n, k, lda, ldb, ldd;
+    unsigned align_a, align_b, align_d;
+    bool operator==(const AlgoKey &o) const { return memcmp(this, &o, sizeof(*this)) == 0; }
+};
+struct AlgoEntry {
+    AlgoKey key;
+    cublasLtMatmulAlgo_t algo;
+};
+constexpr int kAlgoCacheSize = 64;
+std::mutex algo_mutex;
+AlgoEntry algo_cache[kAlgoCacheSize];
+int algo_cache_used = 0, algo_cache_next = 0;
+
+unsigned pointer_alignment(const void *p) {
+    const uintptr_t v = reinterpret_cast<uintptr_t>(p);
+    unsigned a = 256;
+    while (a > 1 && v % a) a >>= 1;
+    return a;
+}
+
+/* D[n_out x M] (column-major view of the row-major M x n_out output, leading dim ldd) =
+   op(A) . Y^T: A is the slice of W for these outputs. */
+cublasStatus_t gemm(const CublasLt &lt, mv_dtype dtype, const void *a, bool trans_a, int64_t lda, const void *y,
+                    int64_t rows, int64_t hidden, void *d, int64_t n_out, int64_t ldd, void *workspace,
+                    cudaStream_t stream) {
+    const cudaDataType_t type = dtype == MV_FLOAT32 ? CUDA_R_32F : dtype == MV_FLOAT16 ? CUDA_R_16F : CUDA_R_16BF;
+    AlgoKey key;
+    memset(&key, 0, sizeof(key));
+    key.dtype = dtype;
+    key.trans_a = trans_a;
+    key.m = n_out;
+    key.n = rows;
+    key.k = hidden;
+    key.lda = lda;
+    key.ldb = hidden;
+    key.ldd = ldd;
+    key.align_a = pointer_alignment(a);
+    key.align_b = pointer_alignment(y);
+    key.align_d = pointer_alignment(d);
+
+    cublasLtMatmulDesc_t desc = nullptr;
+    cublasLtMatrixLayout_t la = nullptr, lb = nullptr, ld = nullptr;
+    cublasLtMatmulPreference_t pref = nullptr;
+    cublasStatus_t st = lt.desc_create(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+    const cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, op_b = CUBLAS_OP_N;
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = lt.desc_set(desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof(op_a));
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = lt.desc_set(desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof(op_b));
+    /* A as stored: trans_a ? [hidden x n_out] : [n_out x hidden], column-major. */
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = lt.layout_create(&la, type, trans_a ? hidden : n_out, trans_a ? n_out : hidden, lda);
+    if (st == CUBLAS_STATUS_SUCCESS) st = lt.layout_create(&lb, type, hidden, rows, hidden);
+    if (st == CUBLAS_STATUS_SUCCESS) st = lt.layout_create(&ld, type, n_out, rows, ldd);
+
+    cublasLtMatmulAlgo_t algo;
+    bool found = false;
+    if (st == CUBLAS_STATUS_SUCCESS) {
+        std::lock_guard<std::mutex> lock(algo_mutex);
+        for (int i = 0; i < algo_cache_used; ++i)
+            if (algo_cache[i].key == key) {
+                algo = algo_cache[i].algo;
+                found = true;
+                break;
+            }
+    }
+    if (st == CUBLAS_STATUS_SUCCESS && !found) {
+        st = lt.pref_create(&pref);
+        const uint64_t ws = kWorkspaceBytes;
+        if (st == CUBLAS_STATUS_SUCCESS)
+            st = lt.pref_set(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
+        const uint32_t aligns[3] = {key.align_a, key.align_b, key.align_d};
+        const cublasLtMatmulPreferenceAttributes_t align_attrs[3] = {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                                                                    CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                                                                    CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+        for (int i = 0; i < 3 && st == CUBLAS_STATUS_SUCCESS; ++i)
+            st = lt.pref_set(pref, align_attrs[i], &aligns[i], sizeof(aligns[i]));
+        cublasLtMatmulHeuristicResult_t result;
+        int count = 0;
+        if (st == CUBLAS_STATUS_SUCCESS) st = lt.heuristic(lt.handle, desc, la, lb, ld, ld, pref, 1, &result, &count);
+        if (st == CUBLAS_STATUS_SUCCESS && count < 1) st = CUBLAS_STATUS_NOT_SUPPORTED;
+        if (st == CUBLAS_STATUS_SUCCESS) {
+            algo = result.algo;
+            std::lock_guard<std::mutex> lock(algo_mutex);
+            algo_cache[algo_cache_next] = AlgoEntry{key, algo};
+            algo_cache_next = (algo_cache_next + 1) % kAlgoCacheSize;
+            if (algo_cache_used < kAlgoCacheSize) ++algo_cache_used;
+        }
+    }
+    if (st == CUBLAS_STATUS_SUCCESS) {
+        const float one = 1.0f, zero = 0.0f;
+        st = lt.matmul(lt.handle, desc, &one, a, la, y, lb, &zero, d, ld, d, ld, &algo, workspace, kWorkspaceBytes,
+                       stream);
+    }
+    if (pref) lt.pref_destroy(pref);
+    if (ld) lt.layout_destroy(ld);
+    if (lb) lt.layout_destroy(lb);
+    if (la) lt.layout_destroy(la);
+    if (desc) lt.desc_destroy(desc);
+    return st;
+}
+
+} // namespace
+
+extern "C" int mv_qkv_gemm_available(void) { return cublaslt().loaded ? 1 : 0; }
+
+extern "C" int mv_qkv_gemm_cuda(const mv_qkv_args *a, void *stream) {
+    const CublasLt &lt = cublaslt();
+    if (!lt.loaded) return static_cast<int>(cudaErrorNotSupported);
+    cudaStream_t s = static_cast<cudaStream_t>(stream);
+    const int64_t rows = a->in.rows, hidden = a->in.hidden;
+    const int64_t elem = mv_dtype_size(a->in.dtype);
+    /* y first, then the workspace at a 256-byte boundary. */
+    const size_t y_bytes = (static_cast<size_t>(rows * hidden * elem) + 255) / 256 * 256;
+    void *scratch = nullptr;
+    cudaError_t err = cudaMallocAsync(&scratch, y_bytes + kWorkspaceBytes, s);
+    if (err != cudaSuccess) return static_cast<int>(err);
+    void *y = scratch;
+    void *workspace = static_cast<char *>(scratch) + y_bytes;
+
+    mv_rms_norm_args norm;
+    norm.in = a->in; /* also writes residual_out when there is a residual (in place allowed) */
+    norm.out = y;
+    norm.out_stride = hidden;
+    err = static_cast<cudaError_t>(mv_rms_norm_cuda(&norm, stream));
+
+    if (err == cudaSuccess) {
+        const bool trans_a = a->w_stride_k == 1; /* nn.Linear [N, H]: column-major H x N, use op T */
+        const int64_t lda = trans_a ? a->w_stride_n : a->w_stride_k;
+        const char *w = static_cast<const char *>(a->w);
+        const int64_t w_row_step = (trans_a ? a->w_stride_n : 1) * elem; /* bytes per output feature */
+        const int64_t cols = a->q_cols + 2 * a->kv_cols;
+        char *q = static_cast<char *>(a->q), *k = static_cast<char *>(a->k), *v = static_cast<char *>(a->v);
+        /* q, k, v adjacent in one [M, N] buffer (same row stride): one GEMM for all three. */
+        const bool fused = a->q_stride == a->k_stride && a->k_stride == a->v_stride && a->q_stride >= cols &&
+                           k == q + a->q_cols * elem && (a->kv_cols == 0 || v == k + a->kv_cols * elem);
+        cublasStatus_t st;
+        if (fused) {
+            st = gemm(lt, a->in.dtype, w, trans_a, lda, y, rows, hidden, q, cols, a->q_stride, workspace, s);
+        } else {
+            st = gemm(lt, a->in.dtype, w, trans_a, lda, y, rows, hidden, q, a->q_cols, a->q_stride, workspace, s);
+            if (st == CUBLAS_STATUS_SUCCESS && a->kv_cols > 0)
+                st = gemm(lt, a->in.dtype, w + a->q_cols * w_row_step, trans_a, lda, y, rows, hidden, k, a->kv_cols,
+                          a->k_stride, workspace, s);
+            if (st == CUBLAS_STATUS_SUCCESS && a->kv_cols > 0)
+                st = gemm(lt, a->in.dtype, w + (a->q_cols + a->kv_cols) * w_row_step, trans_a, lda, y, rows, hidden,
+                          v, a->kv_cols, a->v_stride, workspace, s);
+        }
+        if (st != CUBLAS_STATUS_SUCCESS) err = cudaErrorUnknown;
+    }
+    const cudaError_t free_err = cudaFreeAsync(scratch, s);
+    return static_cast<int>(err != cudaSuccess ? err : free_err);
+}

@@ -1,0 +1,33 @@
+/*
+ * fused_rms_norm_qkv_paths.h: the GPU paths of fused RMSNorm + QKV, between the dispatcher
+ * (fused_rms_norm_qkv.cu, mv_fused_rms_norm_qkv_cuda) and the files that implement them.
+ * Same conventions as minivllm_kernels.h: cudaError_t returned as int, caller's stream, no sync,
+ * no allocation.
+ */
+#ifndef MINIVLLM_FUSED_RMS_NORM_QKV_PATHS_H
+#define MINIVLLM_FUSED_RMS_NORM_QKV_PATHS_H
+
+#include "minivllm_kernels.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Skinny M (fused_rms_norm_qkv_stream.cu): fp16/bf16, 1 <= M <= 64, H % 8 == 0, W in nn.Linear
+   layout with 16-byte aligned rows, and the staged input fits in max_shared_bytes. */
+int mv_qkv_stream_supported(const mv_qkv_args *a, int max_shared_bytes);
+/* residual_in_kernel: write residual_out from the kernel (only when it is not residual itself;
+   otherwise the caller stores it afterwards). */
+int mv_qkv_stream_cuda(const mv_qkv_args *a, void *stream, int residual_in_kernel, int max_shared_bytes);
+
+/* cuBLASLt path (fused_rms_norm_qkv_gemm.cu): any dtype, layout and M; needs libcublasLt, loaded
+   on first use. mv_qkv_gemm_available says whether it could be loaded. Allocates its scratch
+   stream-ordered (cudaMallocAsync / cudaFreeAsync on the caller's stream). */
+int mv_qkv_gemm_available(void);
+int mv_qkv_gemm_cuda(const mv_qkv_args *a, void *stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MINIVLLM_FUSED_RMS_NORM_QKV_PATHS_H */
