@@ -480,11 +480,12 @@ static PyObject *py_fused_rms_norm_qkv(PyObject *module, PyObject *const *args, 
     }
     const int first_output = c.count;
     int64_t shape[MV_MAX_DIMS + 1];
-    memcpy(shape, x->shape, sizeof(int64_t) * (size_t)(x->ndim - 1));
-    if (x->ndim + 1 > MV_MAX_DIMS) {
+    /* q, k and v have one dimension more than hidden_states (hidden_rows made sure it has one) */
+    if (x->ndim < 1 || x->ndim + 1 > MV_MAX_DIMS) {
         PyErr_Format(PyExc_ValueError, "hidden_states: too many dimensions (%d)", x->ndim);
         goto done;
     }
+    memcpy(shape, x->shape, sizeof(int64_t) * (size_t)(x->ndim - 1));
     shape[x->ndim] = head_dim;
     shape[x->ndim - 1] = num_heads;
     mv_tensor *q = call_output(&c, args[7], "q", x, x->ndim + 1, shape, &q_obj);

@@ -542,10 +542,26 @@ int mv_check_device_matches(const mv_tensor *t, const mv_tensor *ref)
 
 int mv_check_writable(const mv_tensor *t)
 {
-    if (!t->readonly)
-        return 0;
-    PyErr_Format(PyExc_ValueError, "%s: is read-only, but an output must be writable", t->name);
-    return -1;
+    if (t->readonly) {
+        PyErr_Format(PyExc_ValueError, "%s: is read-only, but an output must be writable", t->name);
+        return -1;
+    }
+    /* Elements sit at whole-element steps from data, so fewer bytes spanned than elements need
+       means two elements share memory (a broadcast or self-overlapping view): the result would
+       depend on the order the kernel's threads write in. For the layouts the ops accept (rows
+       of contiguous columns with one row stride) it is also the only way elements can share. */
+    int64_t count = 1;
+    int too_many = 0; /* more elements than an int64 counts cannot have a place each */
+    for (int d = 0; d < t->ndim; d++)
+        too_many |= __builtin_mul_overflow(count, t->shape[d], &count);
+    if (too_many ||
+        (count > 0 && (uint64_t)(t->end - t->begin) / mv_dtype_size(t->dtype) < (uint64_t)count)) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s: its elements overlap each other in memory (a broadcast or "
+                     "self-overlapping view); an output needs one place per element", t->name);
+        return -1;
+    }
+    return 0;
 }
 
 static int same_layout(const mv_tensor *a, const mv_tensor *b)
@@ -586,6 +602,12 @@ int mv_as_rows(const mv_tensor *t, int col_dims, int64_t *rows, int64_t *cols,
                int64_t *row_stride)
 {
     char shape[256], strides[256];
+    /* The import caps ndim at MV_MAX_DIMS; callers ask for 1 or 2 column dimensions. */
+    if (col_dims < 1 || t->ndim < 1 || t->ndim < col_dims || t->ndim > MV_MAX_DIMS) {
+        PyErr_Format(PyExc_ValueError, "%s: expected %d to %d dimensions, got %d", t->name,
+                     col_dims, MV_MAX_DIMS, t->ndim);
+        return -1;
+    }
     const int first_col = t->ndim - col_dims;
     int64_t n_cols = 1, n_rows = 1;
     /* An empty tensor has no layout to check (producers give it arbitrary strides, often 0). */

@@ -67,6 +67,7 @@ const char *mv_dtype_name(mv_dtype dt);
 /* Checks; each returns 0 or -1 with an exception set. */
 int mv_check_dtype_matches(const mv_tensor *t, const mv_tensor *ref);
 int mv_check_device_matches(const mv_tensor *t, const mv_tensor *ref);
+/* An output: writable, and no two of its elements share memory. */
 int mv_check_writable(const mv_tensor *t);
 /* Outputs may not overlap inputs (or each other). An exact alias (same data, shape and strides)
    is allowed only where allow_alias says the op supports that in-place form. */

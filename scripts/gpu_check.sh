@@ -1,35 +1,92 @@
 #!/usr/bin/env bash
-# One command for a GPU machine: build offline, run the whole test suite, run the bench
-# self-check and timing table, and write every log plus a results JSON under OUTDIR.
-#   usage: scripts/gpu_check.sh OUTDIR          (MINIVLLM_COMMIT names the commit when no .git)
+# One command for a GPU machine: build offline, run the whole test suite, the bench self-check,
+# every op under compute-sanitizer (memcheck, racecheck, initcheck, synccheck), the benchmarks in
+# quick mode, and write every log plus a results JSON under OUTDIR, ending with a summary table.
+#   usage: scripts/gpu_check.sh OUTDIR     (MINIVLLM_COMMIT names the commit when there is no .git)
+#   SKIP="bench sanitizers" scripts/gpu_check.sh OUTDIR    leaves steps out (build and tests stay)
+# About ten minutes on an H100/H200.
 set -uo pipefail
 out=${1:?usage: scripts/gpu_check.sh OUTDIR}
 mkdir -p "$out"
+out=$(cd "$out" && pwd)
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
+root=$PWD
+skip=" ${SKIP:-} "
 
 status=0
 nvidia-smi >"$out/nvidia-smi.txt" 2>&1 || true
+step_times=()
+timed() {  # timed NAME: record how long the step since the last call took
+    local now
+    now=$(date +%s)
+    step_times+=("$1=$(( now - ${step_start:-now} ))")
+    step_start=$now
+}
+step_start=$(date +%s)
 
 echo "== build (offline) =="
-start=$(date +%s)
 if ! python3 -m pip install --no-build-isolation ".[test]" >"$out/build.log" 2>&1; then
     tail -n 60 "$out/build.log"
     echo "build FAILED"
     exit 1
 fi
-echo "built in $(( $(date +%s) - start )) s"
+timed build
+echo "built in ${step_times[-1]#*=} s"
 
 echo "== tests =="
 cd /tmp   # test the installed package, not the source tree
-python3 -m pytest "$OLDPWD/tests" -q -rs -p no:cacheprovider --junitxml="$out/pytest.xml" \
+python3 -m pytest "$root/tests" -q -rs -p no:cacheprovider --junitxml="$out/pytest.xml" \
     >"$out/pytest.log" 2>&1 || status=1
+grep -E "^(fuzz|leaks):" "$out/pytest.log" || true
 tail -n 25 "$out/pytest.log"
-cd "$OLDPWD"
+cd "$root"
+timed tests
 
-echo "== bench =="
+echo "== bench self-check =="
 (cd /tmp && python3 -m minivllm.bench) >"$out/bench.log" 2>&1 || status=1
 cat "$out/bench.log"
+timed bench_selfcheck
 
-python3 scripts/gpu_results.py "$out" || status=1
+if [[ $skip != *" sanitizers "* ]]; then
+    echo "== compute-sanitizer =="
+    sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+    if [ -x "$sanitizer" ]; then
+        "$sanitizer" --version >"$out/sanitizer-version.txt" 2>&1 || true
+        # memcheck and initcheck see every case; racecheck and synccheck (shared-memory and
+        # barrier hazards, which depend on the kernel path rather than the dtype) see every M
+        # in one dtype each, to fit the time.
+        for tool in memcheck initcheck racecheck synccheck; do
+            case $tool in
+                memcheck|initcheck) cases=() ;;
+                *) cases=(--dtypes bfloat16) ;;
+            esac
+            t0=$(date +%s)
+            (cd /tmp && PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 600 "$sanitizer" --tool "$tool" \
+                --print-limit 100 --error-exitcode 3 python3 "$root/scripts/sanitize_cases.py" "${cases[@]}") \
+                >"$out/sanitizer-$tool.log" 2>&1 || status=1
+            echo "$tool: $(grep -E 'ERROR SUMMARY|sanitize_cases:' "$out/sanitizer-$tool.log" |
+                tr '\n' ' ') ($(( $(date +%s) - t0 )) s)"
+        done
+    else
+        echo "compute-sanitizer not found (PATH, /usr/local/cuda/bin): sanitizer step NOT RUN" |
+            tee "$out/sanitizer-missing.txt"
+        status=1
+    fi
+    timed sanitizers
+fi
+
+if [[ $skip != *" bench "* ]]; then
+    echo "== benchmarks (quick) =="
+    for bench in bench_norm bench_qkv; do
+        if [ -f "benchmarks/$bench.py" ]; then
+            (cd /tmp && python3 "$root/benchmarks/$bench.py" --quick --out "$out") \
+                >"$out/$bench.log" 2>&1 || status=1
+            tail -n 15 "$out/$bench.log"
+        fi
+    done
+    timed benchmarks
+fi
+
+MINIVLLM_STEP_SECONDS="${step_times[*]}" python3 scripts/gpu_results.py "$out" || status=1
 exit $status

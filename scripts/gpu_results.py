@@ -1,10 +1,14 @@
-"""Collect a gpu_check.sh run into one JSON: GPU, driver, date, commit, test counts, bench log.
+"""Collect a gpu_check.sh run into one JSON and print its summary table: GPU, driver, date,
+commit, test counts, the fuzz and leak figures, compute-sanitizer errors per tool, the bench
+self-check log, and each quick benchmark's targets and speedup over the best baseline.
 
 usage: python scripts/gpu_results.py OUTDIR   (writes OUTDIR/gpu-check-<gpu>-<date>.json)
 """
 
 import datetime
+import glob
 import json
+import math
 import os
 import re
 import subprocess
@@ -43,6 +47,104 @@ def test_counts(path):
             "skipped": skipped, "total": tests}
 
 
+def read(path):
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def sanitizer_results(out):
+    """tool -> {"errors": N or None (no summary: the run died or never started), "cases": line}."""
+    results = {}
+    for path in sorted(glob.glob(os.path.join(out, "sanitizer-*.log"))):
+        tool = os.path.basename(path)[len("sanitizer-"):-len(".log")]
+        text = read(path) or ""
+        found = re.findall(r"ERROR SUMMARY: (\d+) error", text)
+        cases = re.findall(r"^sanitize_cases: .*$", text, re.M)
+        results[tool] = {"errors": int(found[-1]) if found else None,
+                         "cases": cases[-1] if cases else None}
+    if os.path.exists(os.path.join(out, "sanitizer-missing.txt")):
+        results["compute-sanitizer"] = {"errors": None, "cases": "not found: step not run"}
+    return results
+
+
+def benchmark_results(out):
+    """Per quick-benchmark JSON: its targets (MET / NOT MET) and minivllm's speedup over the
+    fastest other implementation of each shape (geometric mean, min, max)."""
+    summaries = {}
+    for path in sorted(glob.glob(os.path.join(out, "*.json"))):
+        name = os.path.basename(path)
+        if name.startswith("gpu-check-"):
+            continue
+        try:
+            with open(path) as f:
+                report = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if not isinstance(report, dict) or "results" not in report:
+            continue
+        ratios = []
+        for row in report.get("results") or []:
+            impls = row.get("impls") if isinstance(row, dict) else None
+            if not isinstance(impls, dict) or "minivllm" not in impls:
+                continue
+            ours = impls["minivllm"].get("us") if isinstance(impls["minivllm"], dict) else None
+            others = [v.get("us") for k, v in impls.items()
+                      if k != "minivllm" and isinstance(v, dict) and v.get("us")]
+            if ours and others:
+                ratios.append(min(others) / ours)
+        summary = {"kind": report.get("kind", name), "file": name, "shapes": len(ratios)}
+        if ratios:
+            summary["speedup_vs_best_baseline"] = {
+                "geomean": math.exp(sum(math.log(r) for r in ratios) / len(ratios)),
+                "min": min(ratios), "max": max(ratios)}
+        summary["targets"] = [{"target": t.get("target"), "status": t.get("status"),
+                               "detail": t.get("detail")}
+                              for t in report.get("targets") or [] if isinstance(t, dict)]
+        summaries[name] = summary
+    return summaries
+
+
+def log_lines(out, prefix):
+    text = read(os.path.join(out, "pytest.log")) or ""
+    return [line for line in text.splitlines() if line.startswith(prefix)]
+
+
+def print_summary(result):
+    rows = [("GPU", f"{result['gpu']['name']} (driver {result['gpu']['driver']})"),
+            ("commit", result["commit"])]
+    t = result["tests"]
+    rows.append(("tests", "no pytest.xml" if t is None else
+                 f"{t['passed']} passed, {t['skipped']} skipped, {t['failed']} failed, "
+                 f"{t['errors']} errors"))
+    for line in result["fuzz"]:
+        rows.append(("fuzz", line[len("fuzz: "):]))
+    for line in result["leaks"]:
+        rows.append(("leaks", line[len("leaks: "):]))
+    for tool, r in result["sanitizers"].items():
+        errors = "NO SUMMARY (crashed, timed out or not run)" if r["errors"] is None else \
+            f"{r['errors']} errors"
+        rows.append((f"sanitizer {tool}", errors + (f"; {r['cases']}" if r["cases"] else "")))
+    if not result["sanitizers"]:
+        rows.append(("sanitizers", "not run"))
+    for name, b in result["benchmarks"].items():
+        s = b.get("speedup_vs_best_baseline")
+        rows.append((b["kind"], f"{b['shapes']} shapes" + (
+            f"; speedup over the best baseline: geomean {s['geomean']:.2f}x, "
+            f"min {s['min']:.2f}x, max {s['max']:.2f}x" if s else "")))
+        for target in b["targets"]:
+            rows.append(("  target", f"{target['status']}: {target['target']}"))
+    if result.get("step_seconds"):
+        rows.append(("step seconds", ", ".join(f"{k} {v}" for k, v in
+                                              result["step_seconds"].items())))
+    width = max(len(k) for k, _ in rows)
+    print("\n== summary ==")
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+
+
 def main(out):
     gpu = gpu_info()
     versions = {}
@@ -61,14 +163,20 @@ def main(out):
         "python": sys.version.split()[0],
         "versions": versions,
         "tests": test_counts(os.path.join(out, "pytest.xml")),
+        "fuzz": log_lines(out, "fuzz: "),
+        "leaks": log_lines(out, "leaks: "),
+        "sanitizers": sanitizer_results(out),
+        "benchmarks": benchmark_results(out),
+        "step_seconds": dict(item.split("=", 1) for item in
+                             os.environ.get("MINIVLLM_STEP_SECONDS", "").split() if "=" in item),
         "bench_log": bench_log.splitlines(),
     }
     slug = re.sub(r"[^a-z0-9]+", "-", gpu["name"].lower()).strip("-") or "gpu"
     path = os.path.join(out, f"gpu-check-{slug}-{date:%Y-%m-%d}.json")
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
+    print_summary(result)
     print(f"results: {path}")
-    print(json.dumps(result["tests"]))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,806 @@
+"""Hypothesis fuzzing of the three ops with bad and odd input, on the CPU and (where present) a GPU.
+
+Each generated call mixes valid oddities (strided, negative, broadcast and overlapping input rows,
+misaligned data pointers on the CPU, 0-size and 1-element shapes, huge H, read-only inputs,
+raw DLPack capsules, NaN/Inf/huge/tiny values, exact in-place aliases) with invalid ones (wrong
+dtypes, shapes, ranks and strides, read-only or overlapping outputs, mixed devices, Python
+objects that are no arrays, producers whose __dlpack__ raises or returns garbage, bad eps and
+head counts). The oracle, for every call:
+
+* when nothing invalid was generated, the call returns the float64 reference's result;
+* when something invalid was generated, it raises TypeError or ValueError (BufferError for a
+  producer that raised one) whose message starts with the name of an argument that was made
+  invalid (``"qkv_weight: ..."``), and writes nothing;
+* memory outside the arrays' views (NaN poison) and every input are left bit-for-bit untouched,
+  and every DLPack capsule made here has its deleter called exactly once.
+
+A crash would kill the test process and a hang trips a faulthandler alarm: either fails the run.
+Each test counts its calls and checks it made at least CALLS_PER_TEST of them; the terminal
+summary line "fuzz: ..." gives the total. In CI (CI=true) the draws are derandomized, so a run
+is reproducible; elsewhere each run draws fresh cases.
+"""
+import faulthandler
+import gc
+import os
+import sys
+from collections import Counter
+
+import ml_dtypes
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from numpy.lib.stride_tricks import as_strided
+
+import minivllm
+from conftest import DEVICES, cuda_skip_reason, to64
+from reference import QKV_TOL, TOL, assert_matches, assert_same_values, fused_add_rms_norm_ref, \
+    qkv_ref, rms_norm_ref
+from test_dlpack import BAD_PRODUCERS, Producer, buffer_to64, kDLCPU, kDLCUDA
+
+CALLS_PER_TEST = 700  # x 3 ops = 2,100 calls per device and run
+HANG_SECONDS = 600  # far above a test's normal run time; a hang dumps stacks and exits
+
+FLOATS = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16),
+          "bfloat16": np.dtype(ml_dtypes.bfloat16)}
+UNSUPPORTED = ("int32", "int64", "int8", "uint8", "bool", "float64", "complex64")
+ROW_INPUTS = {"x", "residual", "hidden_states"}
+
+# Half the calls draw only valid arguments (so results get checked often), half may break any
+# argument; the draw helpers read the current call's choice here.
+MODE = {"bad": False}
+
+CALLS = Counter()     # (op, device) -> calls made
+OUTCOMES = Counter()  # "returned" / "raised"
+
+FUZZ_SETTINGS = settings(max_examples=CALLS_PER_TEST, deadline=None,
+                         derandomize=os.environ.get("CI", "").lower() in ("1", "true", "yes"),
+                         suppress_health_check=list(HealthCheck), database=None)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_counts(request):
+    yield
+    if CALLS:
+        per = ", ".join(f"{op}/{dev} {n}" for (op, dev), n in sorted(CALLS.items()))
+        line = (f"fuzz: {sum(CALLS.values())} generated calls ({per}); "
+                f"{OUTCOMES['returned']} returned a checked result, {OUTCOMES['raised']} raised "
+                f"the documented exception; 0 crashes")
+        # past pytest's output capture, so the count shows in every run's log
+        capture = request.config.pluginmanager.getplugin("capturemanager")
+        if capture is not None:
+            with capture.global_and_fixture_disabled():
+                print("\n" + line, flush=True)
+        else:
+            print(line)
+
+
+# --------------------------------------------------------------------------------------------
+# where arrays live: numpy on the host, torch on the GPU (same memory geometry on both)
+# --------------------------------------------------------------------------------------------
+class HostPlace:
+    name = "cpu"
+    negative_strides = True
+
+    def upload(self, parent):
+        return parent
+
+    def download(self, parent):
+        return np.array(parent, copy=True)
+
+    def view(self, parent, offset, shape, strides):
+        base = parent[offset:] if parent.size > offset else parent[:0]
+        if base.size == 0:  # as_strided needs a pointer into the allocation; empty views do not
+            return np.empty(shape, parent.dtype) if 0 in shape else base
+        return as_strided(base, shape, [s * parent.itemsize for s in strides])
+
+    def capsule_device(self):
+        return (kDLCPU, 0)
+
+    def data_ptr(self, view):
+        return view.ctypes.data
+
+    def sync(self):
+        pass
+
+
+class TorchPlace:
+    name = "cuda"
+    negative_strides = False
+
+    def __init__(self):
+        import torch
+        self.torch = torch
+        self.device = torch.device("cuda", torch.cuda.current_device())
+
+    def _dtype(self, np_dtype):
+        t = self.torch
+        return {"float32": t.float32, "float16": t.float16, "bfloat16": t.bfloat16,
+                "int32": t.int32, "int64": t.int64, "int8": t.int8, "uint8": t.uint8,
+                "bool": t.bool, "float64": t.float64, "complex64": t.complex64}[np_dtype.name]
+
+    def upload(self, parent):
+        t = self.torch
+        if parent.dtype == FLOATS["bfloat16"]:
+            host = t.from_numpy(parent.view(np.int16)).view(t.bfloat16)
+        else:
+            host = t.from_numpy(parent)
+        return host.to(self.device)
+
+    def download(self, parent):
+        t = self.torch
+        if parent.dtype == t.bfloat16:
+            return parent.view(t.int16).cpu().numpy().view(ml_dtypes.bfloat16)
+        return parent.cpu().numpy()
+
+    def view(self, parent, offset, shape, strides):
+        return self.torch.as_strided(parent, shape, strides, offset)
+
+    def capsule_device(self):
+        return (kDLCUDA, self.device.index)
+
+    def data_ptr(self, view):
+        return view.data_ptr()
+
+    def sync(self):
+        self.torch.cuda.synchronize()
+
+
+_PLACES = {}
+
+
+def get_place(name):
+    if name not in _PLACES:
+        _PLACES[name] = HostPlace() if name == "cpu" else TorchPlace()
+    return _PLACES[name]
+
+
+# --------------------------------------------------------------------------------------------
+# geometry: [lead..., cols...] views into a flat parent allocation, by layout
+# --------------------------------------------------------------------------------------------
+def geometry(lead, cols, layout):
+    """(offset, strides, parent size) in elements; cols are contiguous among themselves except
+    in the layouts that break that on purpose."""
+    C = int(np.prod(cols)) if cols else 1
+    rows = int(np.prod(lead)) if lead else 1
+    col_strides = [int(np.prod(cols[i + 1:])) for i in range(len(cols))]
+    row_stride, offset, last_stride = C, 0, None
+    if layout == "padded":          # rows of a wider array, starting one element in
+        row_stride, offset = C + 3, 1
+    elif layout == "rowstep":       # every other row
+        row_stride = 2 * C
+    elif layout == "neg":           # rows in reverse order
+        row_stride, offset = -(C + 2), max(rows - 1, 0) * (C + 2)
+    elif layout == "bcast":         # every row is the same memory
+        row_stride = 0
+    elif layout == "overlap":       # row i starts inside row i-1
+        row_stride = max(1, C // 2)
+    elif layout == "noncontig":     # last dimension with stride 2
+        last_stride = 2
+    elif layout == "zerolast":      # last dimension with stride 0
+        last_stride = 0
+    elif layout == "neglast":       # last dimension reversed
+        last_stride = -1
+    if last_stride is not None:
+        col_strides = [s * (2 if last_stride == 2 else 1) for s in col_strides[:-1]] + \
+            [last_stride]
+        row_stride = C * 2 if last_stride == 2 else C
+        if last_stride == -1:
+            offset = cols[-1] - 1 if cols else 0
+    lead_strides = [row_stride * int(np.prod(lead[i + 1:])) for i in range(len(lead))]
+    strides = lead_strides + col_strides
+    shape = list(lead) + list(cols)
+    lo = hi = 0
+    for d, s in zip(shape, strides):
+        if d > 0:
+            lo, hi = lo + min(0, (d - 1) * s), hi + max(0, (d - 1) * s)
+    size = offset + hi + 1
+    assert offset + lo >= 0
+    return offset, strides, max(size, 1)
+
+
+def touched(shape, strides, offset, size):
+    """Mask over the parent of the elements a view covers."""
+    mask = np.zeros(size, bool)
+    if 0 in shape:
+        return mask
+    idx = np.full((), offset, np.int64)
+    for d, s in zip(shape, strides):
+        idx = idx[..., None] + np.arange(d, dtype=np.int64) * s
+    mask[idx.ravel()] = True
+    return mask
+
+
+# --------------------------------------------------------------------------------------------
+# one argument of a generated call
+# --------------------------------------------------------------------------------------------
+class Arg:
+    """What is passed for one argument, plus what the oracle needs to know about it: the parent
+    allocation and its contents before the call, the elements the view covers (mask), which of
+    them the call may write (may_write), and the values as the library reads them (value64)."""
+
+    def __init__(self, name, obj, *, invalid=False, parent=None, host_parent=None, mask=None,
+                 value64=None, producer=None, view=None, geom=None, layout=None):
+        self.name, self.obj, self.invalid = name, obj, invalid
+        self.parent, self.host_parent, self.mask = parent, host_parent, mask
+        self.value64, self.producer, self.view = value64, producer, view
+        self.geom, self.layout = geom, layout  # (offset, shape, strides); layout name
+        self.may_write = None
+
+    @property
+    def plain(self):
+        """An array passed as itself (not junk, not a capsule): usable as an in-place alias."""
+        return self.parent is not None and self.producer is None and self.obj is self.view
+
+    @property
+    def writable(self):
+        return not (isinstance(self.obj, np.ndarray) and not self.obj.flags.writeable)
+
+
+def fill_values(rng, n, dtype, values, allow_special):
+    """float64 data of the requested flavour, for n elements."""
+    if dtype.kind == "b":
+        return rng.integers(0, 2, n).astype(np.float64)
+    if dtype.kind in "iu":
+        return rng.integers(0, 100, n).astype(np.float64)
+    # huge and tiny stay where float32 sums of squares neither overflow nor underflow to zero
+    # (the documented float32 accumulation), so the float64 reference still applies
+    half = dtype == FLOATS["float16"]
+    scale = {"normal": 1.0, "nonfinite": 1.0, "tiny": 1e-3 if half else 1e-18,
+             "huge": 6e4 if half else 1e15}[values if allow_special
+                                                                   else "normal"]
+    data = rng.standard_normal(n) * scale
+    if allow_special and values == "nonfinite" and n:
+        k = int(rng.integers(1, 4))
+        data[rng.integers(0, n, k)] = rng.choice([np.nan, np.inf, -np.inf], k)
+    return data
+
+
+_UNCHECKED_PRODUCERS = []
+
+
+def dlpack_dtype(dtype):
+    """(DLPack type code, bits) of a numpy dtype."""
+    if dtype == FLOATS["bfloat16"]:
+        return (4, 16)
+    return ({"i": 0, "u": 1, "f": 2, "c": 5, "b": 6}[dtype.kind], dtype.itemsize * 8)
+
+
+def make_array(place, rng, name, lead, cols, dtype, layout, *, values="normal", readonly=False,
+               capsule=None, misaligned=False, invalid=False, geom=None, scale=1.0):
+    """An Arg over a NaN-poisoned parent allocation, viewed with the given layout (or the
+    explicit geometry (offset, shape, strides, size))."""
+    if geom is None:
+        offset, strides, size = geometry(lead, cols, layout)
+        shape = list(lead) + list(cols)
+    else:
+        offset, shape, strides, size = geom
+    mask = touched(shape, strides, offset, size)
+    host = np.full(size, np.nan).astype(dtype) if dtype.kind in "fcV" else np.zeros(size, dtype)
+    data = fill_values(rng, size, dtype, values, name in ROW_INPUTS) * scale
+    # overlapping views: every element of the parent they cover gets data; poison elsewhere
+    with np.errstate(invalid="ignore", over="ignore"):
+        host[mask] = data[mask].astype(dtype)
+    if misaligned and place.name == "cpu":
+        raw = np.zeros(host.nbytes + dtype.itemsize, np.uint8)
+        moved = raw[1:1 + host.nbytes].view(dtype)
+        moved[...] = host
+        host = moved
+    parent = place.upload(host)
+    view = place.view(parent, offset, shape, strides)
+    host_view = HostPlace().view(host, offset, shape, strides)
+    value64 = host_view.astype(np.float64) if dtype in FLOATS.values() else None
+    obj = view
+    if readonly and place.name == "cpu" and not capsule:
+        obj = view.view()
+        obj.setflags(write=False)
+    producer = None
+    if capsule or (misaligned and place.name != "cpu"):
+        template = np.empty(shape, dtype)
+        ptr = place.data_ptr(view) + (1 if misaligned and place.name != "cpu" else 0)
+        producer = Producer(template, versioned=capsule != "legacy", data=ptr,
+                            strides=tuple(strides), device=place.capsule_device(),
+                            dtype=dlpack_dtype(dtype),
+                            read_only=readonly and capsule != "legacy")
+        obj = producer.capsule
+        # Should hypothesis abandon this example mid-draw, the capsule must not die while its
+        # StopTest is pending (the ctypes destructor cannot run then): keep it to a quiet time.
+        _UNCHECKED_PRODUCERS.append(producer)
+    arg = Arg(name, obj, invalid=invalid, parent=parent, host_parent=np.array(host, copy=True),
+              mask=mask, value64=value64, producer=producer, view=view,
+              geom=(offset, list(shape), list(strides)), layout=layout)
+    arg.keep = template if producer is not None else None  # what the capsule points into
+    return arg
+
+
+# Layouts by role: (layout, valid?) where validity may depend on the size.
+def row_layout_valid(layout, rows, C, is_output):
+    """Whether a [rows, C] view with this layout is a valid argument (documented rules)."""
+    if rows == 0 or C == 0:
+        return True  # an empty array has no layout to check
+    if layout in ("noncontig", "zerolast", "neglast"):
+        return C == 1
+    if is_output and (layout == "bcast" or layout == "overlap" and C > 1):
+        return rows == 1  # an output's rows must not share memory
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# strategies
+# --------------------------------------------------------------------------------------------
+JUNK = {
+    "None": lambda: None, "list": lambda: [[1.0, 2.0]], "str": lambda: "x", "int": lambda: 3,
+    "float": lambda: 1.5, "dict": lambda: {}, "object": lambda: object(),
+    **{f"producer-{k}": v for k, v in BAD_PRODUCERS.items()},
+}
+
+
+def draw_tensor(data, place, rng, name, lead, cols, dtype, *, role, first=False):
+    """Draw one tensor argument: mostly valid, sometimes made invalid in one of many ways.
+    role: "input", "weight" (a 1-D [H] vector) or "output"."""
+    is_output = role == "output"
+    rows = int(np.prod(lead)) if lead else 1
+    C = int(np.prod(cols))
+    mutations = ["none"] * 6 + ["junk", "dtype", "rank", "layout_bad"]
+    if not MODE["bad"]:
+        mutations = ["none"]
+    elif not first:
+        mutations += ["shape", "mismatch"]
+        if place.name != "cpu":
+            mutations.append("other_device")
+    mutation = data.draw(st.sampled_from(mutations), label=f"{name}.mutation")
+    if mutation == "junk":
+        kind = data.draw(st.sampled_from(sorted(JUNK)), label=f"{name}.junk")
+        if kind == "None" and role in ("output", "optional"):
+            kind = "str"  # None means "allocate it" / "not given" there
+        return Arg(name, JUNK[kind](), invalid=True)
+    layouts = ["contig", "padded", "rowstep"]
+    if role != "weight":
+        layouts += ["neg"] if place.negative_strides and len(lead) == 1 else []
+        layouts += ["bcast", "overlap"] if not is_output and len(lead) == 1 else []
+    layout = data.draw(st.sampled_from(layouts), label=f"{name}.layout")
+    invalid = False
+    if role == "weight" and layout == "rowstep":
+        layout = "contig"  # a 1-D vector has no rows to step over
+    if mutation == "layout_bad":
+        bad = ["noncontig", "zerolast"] + (["neglast"] if place.negative_strides else [])
+        if is_output and len(lead) == 1:
+            bad += ["bcast", "overlap"]
+        layout = data.draw(st.sampled_from(bad), label=f"{name}.bad_layout")
+        invalid = not row_layout_valid(layout, rows, C, is_output)
+    elif mutation == "dtype":
+        dtype = np.dtype(data.draw(st.sampled_from(UNSUPPORTED), label=f"{name}.dtype"))
+        invalid = True
+    elif mutation == "mismatch":
+        dtype = data.draw(st.sampled_from([d for d in FLOATS.values() if d != dtype]),
+                          label=f"{name}.other_dtype")
+        invalid = True
+    elif mutation == "shape":
+        if lead and data.draw(st.booleans(), label=f"{name}.rows+1"):
+            lead = (lead[0] + 1,) + tuple(lead[1:])
+        else:
+            cols = tuple(cols[:-1]) + (cols[-1] + 1,)
+        invalid = True
+    elif mutation == "rank":
+        if first:
+            lead, cols = (), ()  # a 0-d array
+        elif lead:
+            lead = (1,) + tuple(lead)
+        else:
+            lead = (2,)
+        invalid = True
+    if mutation == "other_device":
+        return make_array(get_place("cpu"), rng, name, lead, cols, dtype, "contig", invalid=True)
+    values = "normal"
+    if name in ROW_INPUTS:
+        values = data.draw(st.sampled_from(["normal"] * 4 + ["nonfinite", "huge", "tiny"]),
+                           label=f"{name}.values")
+    readonly = False
+    if place.name == "cpu":
+        if is_output:
+            readonly = MODE["bad"] and mutation == "none" and \
+                data.draw(st.integers(0, 9), label=f"{name}.ro") == 0
+            invalid = invalid or readonly
+        else:
+            readonly = data.draw(st.booleans(), label=f"{name}.ro")
+    capsule = None
+    if not first:  # a capsule as first argument gives Buffer results: test_dlpack covers that
+        capsule = data.draw(st.sampled_from([None] * 4 + ["legacy", "versioned"]),
+                            label=f"{name}.capsule")
+        if capsule and readonly and is_output:
+            capsule = "versioned"  # only versioned capsules carry the read-only flag
+    misaligned = mutation == "none" and dtype.itemsize > 1 and \
+        (MODE["bad"] or place.name == "cpu") and \
+        data.draw(st.integers(0, 9), label=f"{name}.misalign") == 0
+    if misaligned and place.name != "cpu":
+        invalid = True  # CUDA kernels need element-aligned data; the CPU ones do not
+    return make_array(place, rng, name, lead, cols, dtype, layout, values=values,
+                      readonly=readonly, capsule=capsule, misaligned=misaligned, invalid=invalid)
+
+
+def draw_common(data, place):
+    MODE["bad"] = data.draw(st.booleans(), label="may_break_arguments")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    dtype = FLOATS[data.draw(st.sampled_from(sorted(FLOATS)), label="dtype")]
+    lead = data.draw(st.sampled_from([(0,), (1,), (2,), (3,), (7,), (16,), (2, 3), (0, 4)]),
+                     label="lead")
+    H = data.draw(st.sampled_from([1, 2, 3, 5, 8, 16, 33, 64, 100, 256, 1000, 4097, 20000, 70000]),
+                  label="H")
+    if H >= 4097:
+        lead = (min(lead[0], 2),) + tuple(lead[1:2])  # keep huge rows cheap
+    return rng, dtype, lead, H
+
+
+def draw_eps(data):
+    """(keyword arguments, names made invalid)."""
+    choice = data.draw(st.sampled_from(["default", "default", 0.0, 1e-5, 0.5] +
+                                       (["bad"] if MODE["bad"] else [])), label="eps")
+    if choice == "default":
+        return {}, set()
+    if choice == "bad":
+        bad = data.draw(st.sampled_from([-1.0, -1e-9, float("nan"), float("inf"), "1e-6", None]),
+                        label="bad_eps")
+        return {"eps": bad}, {"eps"}
+    return {"eps": choice}, set()
+
+
+def eps_value(kw):
+    return kw.get("eps", 1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# the oracle
+# --------------------------------------------------------------------------------------------
+def result64(r):
+    if type(r) is minivllm.Buffer:
+        if tuple(r.__dlpack_device__())[0] == kDLCPU:
+            return buffer_to64(r)
+        import torch
+        return torch.from_dlpack(r).to("cpu", torch.float64).numpy()
+    return to64(r)
+
+
+def check_call(place, call, kw, args, invalid_names, expected, tol):
+    """Run call() (which reads the keyword arguments kw) and hold it to the oracle.
+
+    invalid_names: the arguments made invalid (empty: the call must succeed);
+    expected: result name -> (float64 reference, exact?, row_axes), in the order of the results.
+    """
+    failure = None
+    try:
+        results = call()
+    except (TypeError, ValueError, BufferError) as error:
+        failure = (type(error), str(error))  # not the exception: its traceback holds the args
+    place.sync()
+    if failure is not None:
+        OUTCOMES["raised"] += 1
+        exc_type, message = failure
+        assert invalid_names, f"a valid call raised {exc_type.__name__}: {message}"
+        named = message.split(":", 1)[0].strip()
+        assert named in invalid_names, (f"{exc_type.__name__} names {named!r}, expected one of "
+                                        f"{sorted(invalid_names)}: {message}")
+        assert exc_type is not BufferError or "__dlpack__" in message, \
+            f"BufferError only for a producer that raised one: {message}"
+    else:
+        OUTCOMES["returned"] += 1
+        assert not invalid_names, f"invalid arguments {sorted(invalid_names)} were accepted"
+        results = results if isinstance(results, tuple) else (results,)
+        assert len(results) == len(expected), f"{len(results)} results, expected {len(expected)}"
+        given = {id(a.obj): a for a in args if a.parent is not None}
+        for r, (name, (ref, exact, row_axes)) in zip(results, expected.items()):
+            # an output that was passed in comes back as itself: read it through its view
+            got = result64(given[id(r)].view if id(r) in given else r)
+            if exact:
+                assert_same_values(got, ref, name)
+            else:
+                assert_matches(got, ref, tol, name, row_axes=row_axes)
+    for a in args:
+        if a.parent is None:
+            continue
+        now = place.download(a.parent).view(np.uint8).reshape(a.host_parent.size, -1)
+        before = a.host_parent.view(np.uint8).reshape(a.host_parent.size, -1)
+        may = a.may_write if (a.may_write is not None and failure is None) else \
+            np.zeros(a.mask.shape, bool)
+        changed = np.nonzero((now != before).any(axis=1) & ~may)[0]
+        assert changed.size == 0, (f"{a.name}: {changed.size} element(s) changed that the call "
+                                   f"may not write (first at parent index {changed[0]})")
+    results = r = None
+    # every reference to a capsule made here goes, then each deleter must have run once
+    kw.clear()
+    _UNCHECKED_PRODUCERS.clear()
+    producers = [a.producer for a in args if a.producer is not None]
+    for a in args:
+        a.obj = None
+    for p in producers:
+        p.capsule = None
+    if any(p.deletes == 0 for p in producers):
+        # a junk producer that raised a stored exception keeps a cycle (the exception's
+        # traceback -> the wrapper's frame -> its arguments): only the collector frees that
+        gc.collect()
+    for a in args:
+        if a.producer is not None:
+            assert a.producer.deletes == 1, \
+                f"{a.name}: capsule deleter ran {a.producer.deletes} times, expected once"
+
+
+def output_invalid(arg, is_output=True):
+    """Whether an array used as an output is invalid on its own (read-only, rows sharing memory,
+    or a layout no output may have)."""
+    if arg.parent is None or arg.invalid:
+        return arg.invalid
+    offset, shape, strides = arg.geom
+    rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+    return not arg.writable or not row_layout_valid(arg.layout, rows, shape[-1] if shape else 1,
+                                                    is_output)
+
+
+def shifted_output(place, x, name):
+    """A view of x's allocation one element further on: it overlaps x unless x holds at most one
+    element (or none). Returns None where that view would leave the allocation."""
+    if x.geom is None:
+        return None
+    offset, shape, strides = x.geom
+    if not x.plain or any(s < 0 for s in strides) or not x.writable:
+        return None
+    size = x.host_parent.size
+    reach = sum((d - 1) * s for d, s in zip(shape, strides) if d > 0)
+    if offset + 1 + reach >= size:
+        return None
+    view = place.view(x.parent, offset + 1, shape, strides)
+    mask = touched(shape, strides, offset + 1, size)
+    out = Arg(name, view, view=view, geom=(offset + 1, shape, strides), layout=x.layout)
+    out.invalid = bool((x.mask & mask).any()) or output_invalid(out)
+    out.out_mask = mask
+    return out
+
+
+def run_fuzz(devname, body):
+    """Run a @given body under a hang alarm, then check the number of calls it made."""
+    if devname == "cuda" and "torch" not in sys.modules:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            pytest.skip("CUDA fuzzing builds its GPU arrays with torch, which is not installed")
+    before = sum(CALLS.values())
+    faulthandler.dump_traceback_later(HANG_SECONDS, exit=True)
+    try:
+        body()
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+    made = sum(CALLS.values()) - before
+    assert made >= CALLS_PER_TEST, f"only {made} fuzzed calls, expected >= {CALLS_PER_TEST}"
+
+
+# --------------------------------------------------------------------------------------------
+# the three ops
+# --------------------------------------------------------------------------------------------
+def draw_output(data, place, rng, name, lead, cols, dtype, alias=None, overlap_with=None):
+    """An output argument: left out (allocated by the op), given, the very input it replaces
+    (alias, where the op allows that), or a view overlapping an input (overlap_with).
+    Returns (Arg or None, name used in messages, names made invalid)."""
+    kinds = ["none", "given", "given"] + (["alias"] if alias is not None and alias.plain else []) \
+        + (["shifted"] if overlap_with is not None and MODE["bad"] else [])
+    kind = data.draw(st.sampled_from(kinds), label=f"{name}.kind")
+    if kind == "none":
+        return None, name, set()
+    if kind == "alias":
+        # in place: the op writes the input's own elements, and names it in messages
+        alias.may_write = alias.mask
+        return alias, alias.name, {alias.name} if output_invalid(alias) else set()
+    if kind == "shifted":
+        out = shifted_output(place, overlap_with, name)
+        if out is None:
+            return None, name, set()
+        overlap_with.may_write = out.out_mask
+        return out, name, {name} if out.invalid else set()
+    out = draw_tensor(data, place, rng, name, lead, cols, dtype, role="output")
+    out.may_write = out.mask
+    return out, name, {name} if out.invalid else set()
+
+
+@pytest.mark.parametrize("devname", DEVICES)
+def test_fuzz_rms_norm(devname):
+    place = get_place(devname)
+
+    @FUZZ_SETTINGS
+    @given(st.data())
+    def body(data):
+        rng, dtype, lead, H = draw_common(data, place)
+        x = draw_tensor(data, place, rng, "x", lead, (H,), dtype, role="input", first=True)
+        w = draw_tensor(data, place, rng, "weight", (), (H,), dtype, role="weight")
+        kw, invalid = draw_eps(data)
+        invalid |= {a.name for a in (x, w) if a.invalid}
+        out, out_name, bad = draw_output(data, place, rng, "out", lead, (H,), dtype, alias=x,
+                                         overlap_with=x)
+        invalid |= bad
+        args = [x, w]
+        if out is not None:
+            kw["out"] = out.obj
+            if out is not x:
+                args.append(out)
+        expected = {}
+        if not invalid:
+            expected[out_name] = (rms_norm_ref(x.value64, w.value64, eps_value(kw)), False, 1)
+        CALLS[("rms_norm", place.name)] += 1
+        check_call(place, lambda: minivllm.rms_norm(x.obj, w.obj, **kw), kw, args, invalid, expected,
+                   TOL[dtype.name])
+
+    run_fuzz(devname, body)
+
+
+@pytest.mark.parametrize("devname", DEVICES)
+def test_fuzz_fused_add_rms_norm(devname):
+    place = get_place(devname)
+
+    @FUZZ_SETTINGS
+    @given(st.data())
+    def body(data):
+        rng, dtype, lead, H = draw_common(data, place)
+        x = draw_tensor(data, place, rng, "x", lead, (H,), dtype, role="input", first=True)
+        r = draw_tensor(data, place, rng, "residual", lead, (H,), dtype, role="input")
+        w = draw_tensor(data, place, rng, "weight", (), (H,), dtype, role="weight")
+        kw, invalid = draw_eps(data)
+        invalid |= {a.name for a in (x, r, w) if a.invalid}
+        args = [x, r, w]
+        if data.draw(st.integers(0, 4), label="inplace") == 0:
+            kw["inplace"] = True
+            out, res_out, out_name, res_name = x, r, "x", "residual"
+            for a in (x, r):
+                if not a.plain:
+                    invalid |= {a.name}  # a capsule is consumed once; junk stays junk
+                elif output_invalid(a):
+                    invalid |= {a.name}
+                a.may_write = a.mask
+            if MODE["bad"] and data.draw(st.integers(0, 4), label="inplace+out") == 0:
+                kw["out"] = x.obj
+                invalid |= {"inplace"}
+        else:
+            out, out_name, bad = draw_output(data, place, rng, "out", lead, (H,), dtype, alias=x,
+                                             overlap_with=r)
+            invalid |= bad
+            res_out, res_name, bad = draw_output(data, place, rng, "residual_out", lead, (H,),
+                                                 dtype, alias=r, overlap_with=x)
+            invalid |= bad
+            for o, key in ((out, "out"), (res_out, "residual_out")):
+                if o is not None:
+                    kw[key] = o.obj
+                    if o not in args and o.parent is not None:
+                        args.append(o)
+                    elif o not in args:
+                        args.append(o)
+        expected = {}
+        if not invalid:
+            normed, summed = fused_add_rms_norm_ref(x.value64, r.value64, w.value64, eps_value(kw),
+                                                    dtype.name)
+            expected = {out_name: (normed, False, 1), res_name: (summed, True, 1)}
+        CALLS[("fused_add_rms_norm", place.name)] += 1
+        check_call(place, lambda: minivllm.fused_add_rms_norm(x.obj, r.obj, w.obj, **kw), kw, args,
+                   invalid, expected, TOL[dtype.name])
+
+    run_fuzz(devname, body)
+
+
+def qkv_weight_arg(data, place, rng, dtype, N, H):
+    """qkv_weight in one of the documented layouts (or a broken one); returns (Arg, the [N, H]
+    matrix the op should multiply by, in float64, or None when invalid)."""
+    mutation = "none"
+    if MODE["bad"]:
+        mutation = data.draw(st.sampled_from(["none"] * 6 + ["wrong_h", "indivisible", "strides",
+                                                             "dtype", "junk", "rank"]),
+                             label="qkv_weight.mutation")
+    if mutation == "junk":
+        return Arg("qkv_weight", JUNK[data.draw(st.sampled_from(sorted(JUNK)),
+                                                label="qkv_weight.junk")](), invalid=True), None
+    if mutation == "dtype":
+        dtype = np.dtype(data.draw(st.sampled_from(UNSUPPORTED), label="qkv_weight.dtype"))
+    if mutation == "wrong_h":
+        H += 1
+    if mutation == "indivisible":
+        N += 1  # num_heads + 2 * num_kv_heads >= 3 never divides N + 1 when it divides N
+    layout = data.draw(st.sampled_from(["W", "Wt_view", "Wt_stored", "W_padded"]),
+                       label="qkv_weight.layout")
+    # (offset, shape, strides, size) of each layout; "Wt_*" hold W transposed, [H, N]
+    geoms = {"W": (0, [N, H], [H, 1], N * H), "Wt_view": (0, [H, N], [1, H], N * H),
+             "Wt_stored": (0, [H, N], [N, 1], N * H),
+             "W_padded": (1, [N, H], [H + 3, 1], N * (H + 3) + 1)}
+    geom = geoms[layout]
+    if mutation == "strides":
+        geom = (0, [N, H], [2 * H, 2], 2 * N * H)
+    if mutation == "rank":
+        geom = (0, [N * H], [1], N * H)
+    capsule = data.draw(st.sampled_from([None] * 4 + ["legacy", "versioned"]),
+                        label="qkv_weight.capsule")
+    arg = make_array(place, rng, "qkv_weight", (), (), dtype, layout, geom=geom, capsule=capsule,
+                     scale=1.0 / np.sqrt(H), readonly=place.name == "cpu" and
+                     data.draw(st.booleans(), label="qkv_weight.ro"))
+    arg.invalid = mutation != "none" and not (mutation == "strides" and (N == 1 or H == 1))
+    if arg.invalid:
+        return arg, None
+    # The documented rule: [H, N] when the shape says so, or, when N == H, when its strides are
+    # those of a .t() view (stride 1 first); otherwise [N, H].
+    shape, strides = geom[1], geom[2]
+    transposed = (shape[0] == H and shape[1] != H) or \
+        (shape[0] == shape[1] == H and strides[0] == 1 and strides[1] != 1 and H > 1)
+    return arg, (arg.value64.T if transposed else arg.value64)
+
+
+def draw_heads(data):
+    """(num_heads, num_kv_heads, head_dim, names made invalid)."""
+    nh = data.draw(st.sampled_from([1, 2, 3, 4, 8]), label="num_heads")
+    nkv = data.draw(st.sampled_from([1, 2, nh]), label="num_kv_heads")
+    hd = data.draw(st.sampled_from([1, 2, 3, 8, 16]), label="head_dim")
+    heads = {"num_heads": nh, "num_kv_heads": nkv}
+    invalid = set()
+    if MODE["bad"] and data.draw(st.integers(0, 9), label="heads.bad") == 0:
+        which = data.draw(st.sampled_from(sorted(heads)), label="heads.which")
+        heads[which] = data.draw(st.sampled_from([0, -1, -8, 1.0, "2", None, True, [2]]),
+                                 label="heads.value")
+        invalid.add(which)
+    return heads, nh, nkv, hd, invalid
+
+
+@pytest.mark.parametrize("devname", DEVICES)
+def test_fuzz_fused_rms_norm_qkv(devname):
+    place = get_place(devname)
+
+    @FUZZ_SETTINGS
+    @given(st.data())
+    def body(data):
+        rng, dtype, lead, H = draw_common(data, place)
+        heads, nh, nkv, hd, invalid = draw_heads(data)
+        if H > 1000:
+            nh, nkv, hd = 1, 1, min(hd, 2)  # keep W small next to a huge H
+            heads = {k: (1 if isinstance(v, int) and not isinstance(v, bool) and v > 0 else v)
+                     for k, v in heads.items()}
+        N = (nh + 2 * nkv) * hd
+        x = draw_tensor(data, place, rng, "hidden_states", lead, (H,), dtype, role="input",
+                        first=True)
+        g = draw_tensor(data, place, rng, "norm_weight", (), (H,), dtype, role="weight")
+        W, W64 = qkv_weight_arg(data, place, rng, dtype, N, H)
+        kw, bad = draw_eps(data)
+        invalid |= bad | {a.name for a in (x, g, W) if a.invalid}
+        args = [x, g, W]
+        r = None
+        if data.draw(st.booleans(), label="with_residual"):
+            r = draw_tensor(data, place, rng, "residual", lead, (H,), dtype, role="optional")
+            invalid |= {"residual"} if r.invalid else set()
+            kw["residual"] = r.obj
+            args.append(r)
+        outs = data.draw(st.sampled_from(["none", "given"] + (["junk"] if MODE["bad"] else [])),
+                         label="out")
+        if outs == "given":
+            qkv = [draw_output(data, place, rng, n, lead, (h, hd), dtype)
+                   for n, h in (("q", nh), ("k", nkv), ("v", nkv))]
+            if any(o is None for o, _, _ in qkv):
+                outs = "none"
+            else:
+                kw["out"] = tuple(o.obj for o, _, _ in qkv)
+                for o, _, bad in qkv:
+                    invalid |= bad
+                    args.append(o)
+        elif outs == "junk":
+            kw["out"] = data.draw(st.sampled_from(["qkv", 3, (1, 2)]), label="out.junk")
+            invalid |= {"out", "q", "k", "v"}  # a 3-character string unpacks into q, k, v
+        res_name = "residual_out"
+        if r is not None:
+            res_out, res_name, bad = draw_output(data, place, rng, "residual_out", lead, (H,),
+                                                 dtype, alias=r, overlap_with=x)
+            invalid |= bad
+            if res_out is not None:
+                kw["residual_out"] = res_out.obj
+                if res_out is not r:
+                    args.append(res_out)
+        expected = {}
+        if not invalid:
+            refs = qkv_ref(x.value64, g.value64, W64, nh, nkv, eps_value(kw),
+                           residual=None if r is None else r.value64, dtype=dtype.name)
+            expected = {"q": (refs[0], False, 2), "k": (refs[1], False, 2),
+                        "v": (refs[2], False, 2)}
+            if r is not None:
+                expected[res_name] = (refs[3], True, 1)
+        CALLS[("fused_rms_norm_qkv", place.name)] += 1
+        check_call(place, lambda: minivllm.FusedRMSNormQKV.forward(
+            x.obj, g.obj, W.obj, heads["num_heads"], heads["num_kv_heads"], **kw), kw,
+            args, invalid, expected, QKV_TOL[dtype.name])
+
+    run_fuzz(devname, body)
