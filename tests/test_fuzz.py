@@ -81,6 +81,8 @@ def _report_counts(request):
 class HostPlace:
     name = "cpu"
     negative_strides = True
+    can_read_only = True   # numpy arrays can be marked read-only
+    needs_aligned = False  # the CPU kernels take element-misaligned data
 
     def upload(self, parent):
         return parent
@@ -107,17 +109,13 @@ class HostPlace:
 class TorchPlace:
     name = "cuda"
     negative_strides = False
+    can_read_only = False
+    needs_aligned = True   # the CUDA kernels' loads need element-aligned data
 
     def __init__(self):
         import torch
         self.torch = torch
         self.device = torch.device("cuda", torch.cuda.current_device())
-
-    def _dtype(self, np_dtype):
-        t = self.torch
-        return {"float32": t.float32, "float16": t.float16, "bfloat16": t.bfloat16,
-                "int32": t.int32, "int64": t.int64, "int8": t.int8, "uint8": t.uint8,
-                "bool": t.bool, "float64": t.float64, "complex64": t.complex64}[np_dtype.name]
 
     def upload(self, parent):
         t = self.torch
@@ -226,6 +224,7 @@ class Arg:
         self.value64, self.producer, self.view = value64, producer, view
         self.geom, self.layout = geom, layout  # (offset, shape, strides); layout name
         self.may_write = None
+        self.place = None  # where parent lives (an argument may be on the other device)
 
     @property
     def plain(self):
@@ -281,7 +280,8 @@ def make_array(place, rng, name, lead, cols, dtype, layout, *, values="normal", 
     # overlapping views: every element of the parent they cover gets data; poison elsewhere
     with np.errstate(invalid="ignore", over="ignore"):
         host[mask] = data[mask].astype(dtype)
-    if misaligned and place.name == "cpu":
+    in_host = isinstance(place, HostPlace)  # misaligned there through a byte buffer
+    if misaligned and in_host:
         raw = np.zeros(host.nbytes + dtype.itemsize, np.uint8)
         moved = raw[1:1 + host.nbytes].view(dtype)
         moved[...] = host
@@ -291,13 +291,13 @@ def make_array(place, rng, name, lead, cols, dtype, layout, *, values="normal", 
     host_view = HostPlace().view(host, offset, shape, strides)
     value64 = host_view.astype(np.float64) if dtype in FLOATS.values() else None
     obj = view
-    if readonly and place.name == "cpu" and not capsule:
+    if readonly and isinstance(view, np.ndarray) and not capsule:
         obj = view.view()
         obj.setflags(write=False)
     producer = None
-    if capsule or (misaligned and place.name != "cpu"):
+    if capsule or (misaligned and not in_host):
         template = np.empty(shape, dtype)
-        ptr = place.data_ptr(view) + (1 if misaligned and place.name != "cpu" else 0)
+        ptr = place.data_ptr(view) + (1 if misaligned and not in_host else 0)
         producer = Producer(template, versioned=capsule != "legacy", data=ptr,
                             strides=tuple(strides), device=place.capsule_device(),
                             dtype=dlpack_dtype(dtype),
@@ -310,6 +310,7 @@ def make_array(place, rng, name, lead, cols, dtype, layout, *, values="normal", 
               mask=mask, value64=value64, producer=producer, view=view,
               geom=(offset, list(shape), list(strides)), layout=layout)
     arg.keep = template if producer is not None else None  # what the capsule points into
+    arg.place = place
     return arg
 
 
@@ -396,7 +397,7 @@ def draw_tensor(data, place, rng, name, lead, cols, dtype, *, role, first=False)
         values = data.draw(st.sampled_from(["normal"] * 4 + ["nonfinite", "huge", "tiny"]),
                            label=f"{name}.values")
     readonly = False
-    if place.name == "cpu":
+    if place.can_read_only:
         if is_output:
             readonly = MODE["bad"] and mutation == "none" and \
                 data.draw(st.integers(0, 9), label=f"{name}.ro") == 0
@@ -410,9 +411,9 @@ def draw_tensor(data, place, rng, name, lead, cols, dtype, *, role, first=False)
         if capsule and readonly and is_output:
             capsule = "versioned"  # only versioned capsules carry the read-only flag
     misaligned = mutation == "none" and dtype.itemsize > 1 and \
-        (MODE["bad"] or place.name == "cpu") and \
+        (MODE["bad"] or not place.needs_aligned) and \
         data.draw(st.integers(0, 9), label=f"{name}.misalign") == 0
-    if misaligned and place.name != "cpu":
+    if misaligned and place.needs_aligned:
         invalid = True  # CUDA kernels need element-aligned data; the CPU ones do not
     return make_array(place, rng, name, lead, cols, dtype, layout, values=values,
                       readonly=readonly, capsule=capsule, misaligned=misaligned, invalid=invalid)
@@ -497,7 +498,7 @@ def check_call(place, call, kw, args, invalid_names, expected, tol):
     for a in args:
         if a.parent is None:
             continue
-        now = place.download(a.parent).view(np.uint8).reshape(a.host_parent.size, -1)
+        now = a.place.download(a.parent).view(np.uint8).reshape(a.host_parent.size, -1)
         before = a.host_parent.view(np.uint8).reshape(a.host_parent.size, -1)
         may = a.may_write if (a.may_write is not None and failure is None) else \
             np.zeros(a.mask.shape, bool)
@@ -534,7 +535,7 @@ def output_invalid(arg, is_output=True):
                                                     is_output)
 
 
-def shifted_output(place, x, name):
+def shifted_output(x, name):
     """A view of x's allocation one element further on: it overlaps x unless x holds at most one
     element (or none). Returns None where that view would leave the allocation."""
     if x.geom is None:
@@ -546,9 +547,10 @@ def shifted_output(place, x, name):
     reach = sum((d - 1) * s for d, s in zip(shape, strides) if d > 0)
     if offset + 1 + reach >= size:
         return None
-    view = place.view(x.parent, offset + 1, shape, strides)
+    view = x.place.view(x.parent, offset + 1, shape, strides)
     mask = touched(shape, strides, offset + 1, size)
     out = Arg(name, view, view=view, geom=(offset + 1, shape, strides), layout=x.layout)
+    out.place = x.place
     out.invalid = bool((x.mask & mask).any()) or output_invalid(out)
     out.out_mask = mask
     return out
@@ -588,7 +590,7 @@ def draw_output(data, place, rng, name, lead, cols, dtype, alias=None, overlap_w
         alias.may_write = alias.mask
         return alias, alias.name, {alias.name} if output_invalid(alias) else set()
     if kind == "shifted":
-        out = shifted_output(place, overlap_with, name)
+        out = shifted_output(overlap_with, name)
         if out is None:
             return None, name, set()
         overlap_with.may_write = out.out_mask
@@ -711,7 +713,7 @@ def qkv_weight_arg(data, place, rng, dtype, N, H):
     capsule = data.draw(st.sampled_from([None] * 4 + ["legacy", "versioned"]),
                         label="qkv_weight.capsule")
     arg = make_array(place, rng, "qkv_weight", (), (), dtype, layout, geom=geom, capsule=capsule,
-                     scale=1.0 / np.sqrt(H), readonly=place.name == "cpu" and
+                     scale=1.0 / np.sqrt(H), readonly=place.can_read_only and
                      data.draw(st.booleans(), label="qkv_weight.ro"))
     arg.invalid = mutation != "none" and not (mutation == "strides" and (N == 1 or H == 1))
     if arg.invalid:

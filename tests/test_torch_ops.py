@@ -4,6 +4,7 @@ Every test needs PyTorch and skips (saying so) without it; CUDA cases skip where
 On the CPU, torch.compile runs with the "aot_eager" backend (it traces, functionalizes and checks
 the fake implementations, without needing a C++ toolchain); on CUDA with inductor.
 """
+import os
 import subprocess
 import sys
 
@@ -61,7 +62,11 @@ DEVICES = ("cpu", "cuda")
 def test_import_minivllm_does_not_import_torch():
     """The core package never needs PyTorch: importing it leaves torch unloaded."""
     code = "import sys, minivllm; sys.exit(3 if 'torch' in sys.modules else 0)"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    # the minivllm these tests import (installed, or an in-place build), not the source tree
+    # that `python -c` would find first from the checkout's root
+    home = os.path.dirname(os.path.dirname(os.path.abspath(minivllm.__file__)))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=home, env={**os.environ, "PYTHONPATH": home})
     assert done.returncode == 0, f"import minivllm imported torch ({done.stderr[-500:]})"
 
 
