@@ -235,6 +235,20 @@ static int consume_capsule(PyObject *capsule, mv_tensor *t)
     return -1;
 }
 
+/* What a producer returned (a new reference, released here): consumed when it is a capsule. */
+static int consume_returned_capsule(PyObject *capsule, const char *producer, mv_tensor *t)
+{
+    if (!PyCapsule_CheckExact(capsule)) {
+        PyErr_Format(PyExc_TypeError, "%s: %s returned %.100s, not a DLPack capsule", t->name,
+                     producer, Py_TYPE(capsule)->tp_name);
+        Py_DECREF(capsule);
+        return -1;
+    }
+    const int rc = consume_capsule(capsule, t);
+    Py_DECREF(capsule);
+    return rc;
+}
+
 /* ---- __array_interface__ (NumPy arrays DLPack cannot carry, e.g. ml_dtypes.bfloat16) ---- */
 
 static int import_array_interface(const mv_import_names *names, PyObject *obj, mv_tensor *t)
@@ -435,6 +449,131 @@ static PyObject *call_dlpack(const mv_import_names *names, PyObject *obj, const 
     return capsule;
 }
 
+/* ---- torch tensors, through torch._C ---------------------------------------------------- */
+
+/* A new reference to getattr(obj, dotted path), or NULL with no exception when something on
+   the path is missing (a torch without that entry point). */
+static PyObject *optional_attr_path(PyObject *obj, const char *path)
+{
+    char part[64];
+    PyObject *current = Py_NewRef(obj);
+    while (current != NULL && *path != '\0') {
+        const size_t len = strcspn(path, ".");
+        if (len >= sizeof(part)) {
+            Py_DECREF(current);
+            return NULL;
+        }
+        memcpy(part, path, len);
+        part[len] = '\0';
+        path += len + (path[len] == '.');
+        PyObject *next = PyObject_GetAttrString(current, part);
+        Py_DECREF(current);
+        current = next;
+    }
+    if (current == NULL && PyErr_ExceptionMatches(PyExc_AttributeError))
+        PyErr_Clear();
+    return current;
+}
+
+int mv_torch_api_resolve(mv_torch_api *api)
+{
+    if (api->resolved)
+        return 1;
+    PyObject *modules = PyImport_GetModuleDict(); /* borrowed */
+    PyObject *torch = PyDict_GetItemString(modules, "torch"); /* borrowed */
+    if (torch == NULL)
+        return 0; /* the caller has not imported torch: nothing to look up */
+    mv_torch_api found;
+    memset(&found, 0, sizeof(found));
+    PyObject *tensor_type = optional_attr_path(torch, "Tensor");
+    PyObject *parameter_type = PyErr_Occurred() ? NULL : optional_attr_path(torch, "nn.Parameter");
+    /* The versioned exporter (DLPack 1.x) when this torch has it, else the legacy one; both
+       give a capsule consume_capsule reads, with the same deleter-once semantics. */
+    if (!PyErr_Occurred())
+        found.to_dlpack = optional_attr_path(torch, "_C._to_dlpack_versioned");
+    if (found.to_dlpack == NULL && !PyErr_Occurred())
+        found.to_dlpack = optional_attr_path(torch, "_C._to_dlpack");
+    /* Absent from CPU-only builds of torch, which have no CUDA tensors to ask it about. */
+    found.current_raw_stream =
+        PyErr_Occurred() ? NULL : optional_attr_path(torch, "_C._cuda_getCurrentRawStream");
+    if (!PyErr_Occurred()) {
+        found.new_empty = PyUnicode_InternFromString("new_empty");
+        found.split_with_sizes = PyUnicode_InternFromString("split_with_sizes");
+        found.data_ptr = PyUnicode_InternFromString("data_ptr");
+    }
+    if (PyErr_Occurred()) {
+        /* A torch still being imported, or broken: stay on the generic path this time. */
+        PyErr_Clear();
+    }
+    const int usable = tensor_type && PyType_Check(tensor_type) && parameter_type &&
+                       PyType_Check(parameter_type) && found.to_dlpack &&
+                       PyCallable_Check(found.to_dlpack) && found.new_empty &&
+                       found.split_with_sizes && found.data_ptr;
+    if (!usable) {
+        Py_XDECREF(tensor_type);
+        Py_XDECREF(parameter_type);
+        mv_torch_api_clear(&found);
+        return 0;
+    }
+    found.tensor_type = (PyTypeObject *)tensor_type;
+    found.parameter_type = (PyTypeObject *)parameter_type;
+    found.resolved = 1;
+    *api = found;
+    return 1;
+}
+
+void mv_torch_api_clear(mv_torch_api *api)
+{
+    api->resolved = 0;
+    Py_CLEAR(api->tensor_type);
+    Py_CLEAR(api->parameter_type);
+    Py_CLEAR(api->to_dlpack);
+    Py_CLEAR(api->current_raw_stream);
+    Py_CLEAR(api->new_empty);
+    Py_CLEAR(api->split_with_sizes);
+    Py_CLEAR(api->data_ptr);
+}
+
+int mv_torch_api_traverse(mv_torch_api *api, visitproc visit, void *arg)
+{
+    Py_VISIT(api->tensor_type);
+    Py_VISIT(api->parameter_type);
+    Py_VISIT(api->to_dlpack);
+    Py_VISIT(api->current_raw_stream);
+    return 0;
+}
+
+int mv_tensor_import_torch(const mv_torch_api *api, PyObject *obj, const char *name,
+                           mv_tensor *t)
+{
+    memset(t, 0, sizeof(*t));
+    t->name = name;
+    PyObject *capsule = PyObject_CallOneArg(api->to_dlpack, obj);
+    if (capsule == NULL) {
+        /* Sparse layouts, meta or other devices: torch says what it cannot export. */
+        rewrap_exception(PyExc_TypeError, name, "cannot read this torch tensor");
+        return -1;
+    }
+    return consume_returned_capsule(capsule, "torch's DLPack exporter", t);
+}
+
+int mv_tensor_from_layout(mv_tensor *t, const char *name, PyObject *owner, void *data,
+                          mv_dtype dtype, mv_processor processor, int device_id, int ndim,
+                          const int64_t *shape, const int64_t *strides)
+{
+    memset(t, 0, sizeof(*t));
+    t->name = name;
+    t->data = data;
+    t->processor = processor;
+    t->device_id = device_id;
+    t->dtype = dtype;
+    t->ndim = ndim;
+    memcpy(t->shape, shape, sizeof(int64_t) * (size_t)ndim);
+    memcpy(t->strides, strides, sizeof(int64_t) * (size_t)ndim);
+    t->owner = Py_NewRef(owner);
+    return compute_extent(t);
+}
+
 int mv_tensor_import(const mv_import_names *names, PyObject *obj, const char *name,
                      PyObject *stream, mv_tensor *t)
 {
@@ -468,15 +607,7 @@ int mv_tensor_import(const mv_import_names *names, PyObject *obj, const char *na
             rewrap_exception(PyExc_TypeError, name, "__dlpack__() failed");
             return -1;
         }
-        if (!PyCapsule_CheckExact(capsule)) {
-            PyErr_Format(PyExc_TypeError, "%s: __dlpack__() returned %.100s, not a DLPack capsule",
-                         name, Py_TYPE(capsule)->tp_name);
-            Py_DECREF(capsule);
-            return -1;
-        }
-        int rc = consume_capsule(capsule, t);
-        Py_DECREF(capsule);
-        return rc;
+        return consume_returned_capsule(capsule, "__dlpack__()", t);
     }
     int has_iface = has_attribute(obj, names->array_interface);
     if (has_iface < 0)

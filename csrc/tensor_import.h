@@ -57,6 +57,48 @@ typedef struct {
 int mv_import_names_init(mv_import_names *n);
 void mv_import_names_clear(mv_import_names *n);
 
+/* PyTorch's own C entry points, so torch tensors skip Tensor.__dlpack__, which is Python code
+   (stream objects, events, attribute checks) and costs microseconds per argument. minivllm never
+   imports torch: mv_torch_api_resolve looks it up in sys.modules once the caller has it. */
+typedef struct {
+    int resolved;                 /* 1 once looked up successfully */
+    PyTypeObject *tensor_type;    /* torch.Tensor */
+    PyTypeObject *parameter_type; /* torch.nn.Parameter (weights; torch function disabled) */
+    PyObject *to_dlpack;          /* torch._C._to_dlpack_versioned, else torch._C._to_dlpack */
+    PyObject *current_raw_stream; /* torch._C._cuda_getCurrentRawStream; NULL in CPU-only torch */
+    PyObject *new_empty;          /* "new_empty": allocate like a tensor (its dtype and device) */
+    PyObject *split_with_sizes;   /* "split_with_sizes": q, k, v as views of one allocation */
+    PyObject *data_ptr;           /* "data_ptr": where a tensor we allocated starts */
+} mv_torch_api;
+
+/* 1 when torch is imported and provides what the fast path needs, 0 when not (torch not
+   imported yet, or too different a version), -1 with an exception on unexpected errors. */
+int mv_torch_api_resolve(mv_torch_api *api);
+void mv_torch_api_clear(mv_torch_api *api);
+int mv_torch_api_traverse(mv_torch_api *api, visitproc visit, void *arg);
+
+/* Exactly a torch.Tensor or nn.Parameter: subclasses may override export through
+   __torch_function__, so they take the generic __dlpack__ path. */
+static inline int mv_torch_is_plain_tensor(const mv_torch_api *api, PyObject *obj)
+{
+    return api->resolved &&
+           (Py_TYPE(obj) == api->tensor_type || Py_TYPE(obj) == api->parameter_type);
+}
+
+/* Import a plain torch tensor through torch._C's exporter. The caller launches on torch's current
+   stream of the tensor's device, where torch orders the tensor's pending work already, so no
+   stream synchronization is needed (what __dlpack__(stream=current) would also conclude).
+   requires_grad is ignored: minivllm only reads and writes the data, it records no autograd. */
+int mv_tensor_import_torch(const mv_torch_api *api, PyObject *obj, const char *name,
+                           mv_tensor *t);
+
+/* An array minivllm allocated itself, whose layout it chose: filled from that layout and its data
+   pointer, with no export. owner: the Python object keeping the memory (a new reference is
+   taken). */
+int mv_tensor_from_layout(mv_tensor *t, const char *name, PyObject *owner, void *data,
+                          mv_dtype dtype, mv_processor processor, int device_id, int ndim,
+                          const int64_t *shape, const int64_t *strides);
+
 /* stream: the CUDA stream (an int) to hand to CUDA producers; NULL or None = legacy default. */
 int mv_tensor_import(const mv_import_names *names, PyObject *obj, const char *name,
                      PyObject *stream, mv_tensor *t);

@@ -20,8 +20,11 @@ except ImportError as error:  # the usual cause: importing the source tree, whic
         f"running from the source checkout ({__path__[0]}), Python imports it instead of the "
         "installed package: run from another directory, or build in place with "
         "`python setup.py build_ext --inplace`.") from error
+from ._kinds import TORCH_TYPES as _TORCH_TYPES
 from ._kinds import is_immutable as _is_immutable
 from ._kinds import prepare as _prepare
+
+_TORCH_KIND = _C.TORCH_KIND
 
 __version__ = "0.1.0"
 __all__ = [
@@ -67,6 +70,10 @@ def rms_norm(x, weight, eps=1e-6, *, out=None):
     out: optional preallocated result shaped like x (may be x itself: in place).
     Returns the result as x's kind of array (NumPy, torch, CuPy, JAX), on x's device.
     """
+    if (type(x) in _TORCH_TYPES and type(weight) in _TORCH_TYPES
+            and (out is None or type(out) in _TORCH_TYPES)):
+        # Plain torch tensors: _C finds torch's stream and allocator itself (see _kinds).
+        return _C.rms_norm(x, weight, eps, out, _TORCH_KIND, None)
     _check_writable_kind("out", out)
     alloc, stream, wrap, arg = _prepare(x)
     result = _C.rms_norm(arg(x), arg(weight), eps, out, alloc, stream)
@@ -87,6 +94,10 @@ def fused_add_rms_norm(x, residual, weight, eps=1e-6, *, out=None, residual_out=
             raise ValueError("inplace: inplace=True writes into x and residual; "
                              "do not also pass out= or residual_out=")
         out, residual_out = x, residual
+    if (type(x) in _TORCH_TYPES and type(residual) in _TORCH_TYPES and type(weight) in _TORCH_TYPES
+            and (out is None or type(out) in _TORCH_TYPES)
+            and (residual_out is None or type(residual_out) in _TORCH_TYPES)):
+        return _C.fused_add_rms_norm(x, residual, weight, eps, out, residual_out, _TORCH_KIND, None)
     _check_writable_kind("out" if not inplace else "x", out)
     _check_writable_kind("residual_out" if not inplace else "residual", residual_out)
     alloc, stream, wrap, arg = _prepare(x)
@@ -116,6 +127,20 @@ class FusedRMSNormQKV:
             q: [..., num_heads, head_dim], k and v: [..., num_kv_heads, head_dim],
         as hidden_states' kind of array on its device.
         """
+        if (type(hidden_states) in _TORCH_TYPES and type(norm_weight) in _TORCH_TYPES
+                and type(qkv_weight) in _TORCH_TYPES
+                and (residual is None or type(residual) in _TORCH_TYPES)
+                and (residual_out is None or type(residual_out) in _TORCH_TYPES)):
+            # Plain torch tensors: _C finds torch's stream and allocator itself (see _kinds).
+            if out is None:
+                return _C.fused_rms_norm_qkv(hidden_states, norm_weight, qkv_weight, num_heads,
+                                             num_kv_heads, eps, residual, None, None, None,
+                                             residual_out, _TORCH_KIND, None)
+            if (type(out) is tuple and len(out) == 3 and type(out[0]) in _TORCH_TYPES
+                    and type(out[1]) in _TORCH_TYPES and type(out[2]) in _TORCH_TYPES):
+                return _C.fused_rms_norm_qkv(hidden_states, norm_weight, qkv_weight, num_heads,
+                                             num_kv_heads, eps, residual, out[0], out[1], out[2],
+                                             residual_out, _TORCH_KIND, None)
         q = k = v = None
         if out is not None:
             try:

@@ -9,11 +9,23 @@ For each input type we find, once, a `prepare(x)` returning `(alloc, stream, wra
                   require grad, such as nn.Parameter weights: minivllm has no autograd, so it
                   reads them detached).
 Frameworks are looked up in sys.modules: minivllm never imports torch, cupy or jax itself.
+
+Plain torch tensors (exactly torch.Tensor or nn.Parameter) skip all of that: alloc is
+_C.TORCH_KIND, and _C reads torch's current stream, allocates with x.new_empty and reads tensors
+through torch._C, in C. Going through torch's Python (Tensor.__dlpack__, current_stream,
+torch.empty) cost tens of microseconds per call, more than the kernels at decode sizes.
 """
 
 import sys
 
 import numpy as np
+
+from . import _C
+
+# The plain torch tensor types _C handles itself; empty until the first torch tensor is seen and
+# _C.torch_fast_path() has found what it needs in torch._C. The API's cheap branches test
+# `type(a) in TORCH_TYPES`, so this set is filled in place, never rebound.
+TORCH_TYPES = set()
 
 
 def _identity(result):
@@ -29,7 +41,18 @@ def _detached(a):
     return a.detach() if getattr(a, "requires_grad", False) else a
 
 
+_TORCH_NATIVE = (_C.TORCH_KIND, None, _identity, _detached)
+
+
+def _torch_native(x):
+    # arg still detaches: a torch subclass passed with plain x takes torch's __dlpack__, which
+    # refuses tensors that require grad.
+    return _TORCH_NATIVE
+
+
 def _torch(x):
+    # Torch subclasses (their __torch_function__ may redefine export), or a torch._C without
+    # the entry points _C needs.
     torch = sys.modules["torch"]
     device, dtype = x.device, x.dtype
     stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else None
@@ -68,6 +91,9 @@ def _find(cls):
         return _numpy
     torch = sys.modules.get("torch")
     if torch is not None and issubclass(cls, torch.Tensor):
+        if cls in (torch.Tensor, torch.nn.Parameter) and _C.torch_fast_path():
+            TORCH_TYPES.update((torch.Tensor, torch.nn.Parameter))
+            return _torch_native
         return _torch
     cupy = sys.modules.get("cupy")
     if cupy is not None and issubclass(cls, cupy.ndarray):
