@@ -600,6 +600,26 @@ def draw_output(data, place, rng, name, lead, cols, dtype, alias=None, overlap_w
     return out, name, {name} if out.invalid else set()
 
 
+def draw_norm_args(data, place, row_names):
+    """What every norm call starts with: dtype, shapes, the row inputs (x first), the weight and
+    eps. Returns (rng, dtype, lead, H, {name: Arg}, keyword arguments, names made invalid)."""
+    rng, dtype, lead, H = draw_common(data, place)
+    args = {name: draw_tensor(data, place, rng, name, lead, (H,), dtype, role="input",
+                              first=i == 0) for i, name in enumerate(row_names)}
+    args["weight"] = draw_tensor(data, place, rng, "weight", (), (H,), dtype, role="weight")
+    kw, invalid = draw_eps(data)
+    invalid |= {a.name for a in args.values() if a.invalid}
+    return rng, dtype, lead, H, args, kw, invalid
+
+
+def pass_output(kw, args, key, out):
+    """Pass an output from draw_output as kw[key]; an in-place alias is among args already."""
+    if out is not None:
+        kw[key] = out.obj
+        if all(out is not a for a in args):
+            args.append(out)
+
+
 @pytest.mark.parametrize("devname", DEVICES)
 def test_fuzz_rms_norm(devname):
     place = get_place(devname)
@@ -607,19 +627,13 @@ def test_fuzz_rms_norm(devname):
     @FUZZ_SETTINGS
     @given(st.data())
     def body(data):
-        rng, dtype, lead, H = draw_common(data, place)
-        x = draw_tensor(data, place, rng, "x", lead, (H,), dtype, role="input", first=True)
-        w = draw_tensor(data, place, rng, "weight", (), (H,), dtype, role="weight")
-        kw, invalid = draw_eps(data)
-        invalid |= {a.name for a in (x, w) if a.invalid}
+        rng, dtype, lead, H, named, kw, invalid = draw_norm_args(data, place, ["x"])
+        x, w = named["x"], named["weight"]
         out, out_name, bad = draw_output(data, place, rng, "out", lead, (H,), dtype, alias=x,
                                          overlap_with=x)
         invalid |= bad
         args = [x, w]
-        if out is not None:
-            kw["out"] = out.obj
-            if out is not x:
-                args.append(out)
+        pass_output(kw, args, "out", out)
         expected = {}
         if not invalid:
             expected[out_name] = (rms_norm_ref(x.value64, w.value64, eps_value(kw)), False, 1)
@@ -637,20 +651,15 @@ def test_fuzz_fused_add_rms_norm(devname):
     @FUZZ_SETTINGS
     @given(st.data())
     def body(data):
-        rng, dtype, lead, H = draw_common(data, place)
-        x = draw_tensor(data, place, rng, "x", lead, (H,), dtype, role="input", first=True)
-        r = draw_tensor(data, place, rng, "residual", lead, (H,), dtype, role="input")
-        w = draw_tensor(data, place, rng, "weight", (), (H,), dtype, role="weight")
-        kw, invalid = draw_eps(data)
-        invalid |= {a.name for a in (x, r, w) if a.invalid}
+        rng, dtype, lead, H, named, kw, invalid = draw_norm_args(data, place, ["x", "residual"])
+        x, r, w = named["x"], named["residual"], named["weight"]
         args = [x, r, w]
         if data.draw(st.integers(0, 4), label="inplace") == 0:
             kw["inplace"] = True
-            out, res_out, out_name, res_name = x, r, "x", "residual"
+            out_name, res_name = "x", "residual"  # results written into the inputs
             for a in (x, r):
-                if not a.plain:
-                    invalid |= {a.name}  # a capsule is consumed once; junk stays junk
-                elif output_invalid(a):
+                # a capsule is consumed once, junk stays junk, and the rest must be fit outputs
+                if not a.plain or output_invalid(a):
                     invalid |= {a.name}
                 a.may_write = a.mask
             if MODE["bad"] and data.draw(st.integers(0, 4), label="inplace+out") == 0:
@@ -663,13 +672,8 @@ def test_fuzz_fused_add_rms_norm(devname):
             res_out, res_name, bad = draw_output(data, place, rng, "residual_out", lead, (H,),
                                                  dtype, alias=r, overlap_with=x)
             invalid |= bad
-            for o, key in ((out, "out"), (res_out, "residual_out")):
-                if o is not None:
-                    kw[key] = o.obj
-                    if o not in args and o.parent is not None:
-                        args.append(o)
-                    elif o not in args:
-                        args.append(o)
+            pass_output(kw, args, "out", out)
+            pass_output(kw, args, "residual_out", res_out)
         expected = {}
         if not invalid:
             normed, summed = fused_add_rms_norm_ref(x.value64, r.value64, w.value64, eps_value(kw),
@@ -788,10 +792,7 @@ def test_fuzz_fused_rms_norm_qkv(devname):
             res_out, res_name, bad = draw_output(data, place, rng, "residual_out", lead, (H,),
                                                  dtype, alias=r, overlap_with=x)
             invalid |= bad
-            if res_out is not None:
-                kw["residual_out"] = res_out.obj
-                if res_out is not r:
-                    args.append(res_out)
+            pass_output(kw, args, "residual_out", res_out)
         expected = {}
         if not invalid:
             refs = qkv_ref(x.value64, g.value64, W64, nh, nkv, eps_value(kw),

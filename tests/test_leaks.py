@@ -65,6 +65,20 @@ def retire(producers):
     return counts
 
 
+def measured(one, warmup, count, producers):
+    """one() warmup times, then count times measured: (deleter counts of the capsules made in
+    the measured calls, as retire gives them; live-object growth; RSS growth)."""
+    for _ in range(warmup):
+        one()
+    retire(producers)
+    objects, rss = live_objects(), rss_bytes()
+    counts = np.zeros(3, np.int64)
+    for _ in range(count):
+        one()
+        counts += retire(producers)[:3]
+    return counts, live_objects() - objects, rss_bytes() - rss
+
+
 def inputs(lib, rng, dtype="float32"):
     """x, residual, weight, W ([N, H]) and preallocated outputs, as numpy or torch (cuda)."""
     arrays = {"x": rng.standard_normal((M, H)), "residual": rng.standard_normal((M, H)),
@@ -173,15 +187,8 @@ def test_capsule_deleters_once_over_many_calls(versioned, rng, request):
         expect_value_error(lambda: minivllm.FusedRMSNormQKV.forward(
             a["x"], cap(a["weight"]), cap(a["W"]), NH + 1, NKV))
 
-    for _ in range(50):
-        one_round()
-    retire(producers)
-    objects, rss = live_objects(), rss_bytes()
-    rounds, counts = 2_000, np.zeros(3, np.int64)
-    for _ in range(rounds):
-        one_round()
-        counts += retire(producers)[:3]
-    objects_growth, rss_growth = live_objects() - objects, rss_bytes() - rss
+    rounds = 2_000
+    counts, objects_growth, rss_growth = measured(one_round, 50, rounds, producers)
     n = rounds * 11
     report(request, f"leaks: {n} {'versioned' if versioned else 'legacy'} capsules: deleter "
                     f"called once for {counts[1]}, never for {counts[0]}, twice for {counts[2]}; "
@@ -203,15 +210,8 @@ def test_buffer_results_do_not_leak(rng, request):
         buf = minivllm.rms_norm(p.capsule, w)
         assert np.from_dlpack(buf).shape == (M, H)
 
-    for _ in range(200):
-        one()
-    retire(producers)
-    objects, rss = live_objects(), rss_bytes()
-    calls, counts = 10_000, np.zeros(3, np.int64)
-    for _ in range(calls):
-        one()
-        counts += retire(producers)[:3]
-    objects_growth, rss_growth = live_objects() - objects, rss_bytes() - rss
+    calls = 10_000
+    counts, objects_growth, rss_growth = measured(one, 200, calls, producers)
     report(request, f"leaks: {calls} Buffer results exported to NumPy: live objects "
                     f"{objects_growth:+d}, RSS {rss_growth / 2**20:+.2f} MiB")
     assert counts[1] == calls

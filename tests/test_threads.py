@@ -46,39 +46,51 @@ def run_threads(work):
             raise AssertionError(f"thread {i} failed: {error!r}") from error
 
 
-def case(rng, dtype, thread):
-    """Per-thread activations (a different row count per thread) and float64 references."""
+def weights(rng, dtype):
+    """The norm weight and W ([N, H]) every thread shares, as numpy arrays of dtype."""
+    return round_np(norm_weight(rng, H), dtype), round_np(rng.standard_normal((N, H)) / 16, dtype)
+
+
+def case(rng, dtype, thread, w, W):
+    """One thread's activations (a different row count per thread) and float64 references:
+    (x, residual, {"y", "normed", "summed", "qkv"})."""
     M = 1 + 5 * thread
     x = round_np(rng.standard_normal((M, H)), dtype)
     r = round_np(rng.standard_normal((M, H)), dtype)
-    return M, x, r
+    x64, r64, w64 = x.astype(np.float64), r.astype(np.float64), w.astype(np.float64)
+    normed, summed = fused_add_rms_norm_ref(x64, r64, w64, 1e-6, dtype)
+    refs = {"y": rms_norm_ref(x64, w64, 1e-6), "normed": normed, "summed": summed,
+            "qkv": qkv_ref(x64, w64, W.astype(np.float64), NH, NKV, 1e-6, residual=r64,
+                           dtype=dtype)}
+    return x, r, refs
+
+
+def check_results(dtype, refs, y, normed, summed, qkv):
+    """Float64 copies of one iteration's results against the thread's references."""
+    assert_matches(y, refs["y"], TOL[dtype], "y")
+    assert_matches(normed, refs["normed"], TOL[dtype], "normed")
+    assert_same_values(summed, refs["summed"], "new residual")
+    for name, got, ref in zip("qkv", qkv[:3], refs["qkv"]):
+        assert_matches(got, ref, QKV_TOL[dtype], name, row_axes=2)
+    assert_same_values(qkv[3], refs["qkv"][3], "qkv new residual")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_threads_cpu(dtype, rng):
-    w = round_np(norm_weight(rng, H), dtype)
-    W = round_np(rng.standard_normal((N, H)) / 16, dtype)
-    cases = [case(rng, dtype, i) for i in range(THREADS)]
-    w64, W64 = w.astype(np.float64), W.astype(np.float64)
+    w, W = weights(rng, dtype)
+    cases = [case(rng, dtype, i, w, W) for i in range(THREADS)]
 
     def work(i):
-        M, x, r = cases[i]
-        x64, r64 = x.astype(np.float64), r.astype(np.float64)
-        ref_y = rms_norm_ref(x64, w64, 1e-6)
-        ref_n, ref_s = fused_add_rms_norm_ref(x64, r64, w64, 1e-6, dtype)
-        ref_q = qkv_ref(x64, w64, W64, NH, NKV, 1e-6, residual=r64, dtype=dtype)
-        out = np.full((M, H), np.nan, x.dtype)
+        x, r, refs = cases[i]
+        out = np.full(x.shape, np.nan, x.dtype)
         for _ in range(ITERATIONS):
-            assert_matches(minivllm.rms_norm(x, w).astype(np.float64), ref_y, TOL[dtype], "y")
+            y = minivllm.rms_norm(x, w)
             minivllm.rms_norm(x, w, out=out)
-            assert_matches(out.astype(np.float64), ref_y, TOL[dtype], "out")
-            n, s = minivllm.fused_add_rms_norm(x, r, w)
-            assert_same_values(s.astype(np.float64), ref_s, "new residual")
-            assert_matches(n.astype(np.float64), ref_n, TOL[dtype], "normed")
-            q, k, v, s = minivllm.FusedRMSNormQKV.forward(x, w, W.T, NH, NKV, residual=r)
-            for name, got, ref in zip("qkv", (q, k, v), ref_q):
-                assert_matches(got.astype(np.float64), ref, QKV_TOL[dtype], name, row_axes=2)
-            assert_same_values(s.astype(np.float64), ref_q[3], "qkv new residual")
+            assert_matches(out.astype(np.float64), refs["y"], TOL[dtype], "out")
+            normed, summed = minivllm.fused_add_rms_norm(x, r, w)
+            qkv = minivllm.FusedRMSNormQKV.forward(x, w, W.T, NH, NKV, residual=r)
+            check_results(dtype, refs, y.astype(np.float64), normed.astype(np.float64),
+                          summed.astype(np.float64), [t.astype(np.float64) for t in qkv])
 
     run_threads(work)
 
@@ -90,39 +102,27 @@ def test_threads_cuda_streams(dtype, rng):
     tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
 
     def gpu(a):
-        host = torch.from_numpy(np.asarray(a, np.float32))
-        return host.to("cuda").to(tdtype)
-
-    w_np = round_np(norm_weight(rng, H), dtype)
-    W_np = round_np(rng.standard_normal((N, H)) / 16, dtype)
-    w, W = gpu(w_np), gpu(W_np)
-    w64, W64 = w_np.astype(np.float64), W_np.astype(np.float64)
-    cases = [case(rng, dtype, i) for i in range(THREADS)]
-    torch.cuda.synchronize()
+        return torch.from_numpy(np.asarray(a, np.float32)).to("cuda").to(tdtype)
 
     def to64(t):
         return t.to(torch.float64).cpu().numpy()
 
+    w_np, W_np = weights(rng, dtype)
+    w, W = gpu(w_np), gpu(W_np)
+    cases = [case(rng, dtype, i, w_np, W_np) for i in range(THREADS)]
+    torch.cuda.synchronize()
+
     def work(i):
-        M, x_np, r_np = cases[i]
-        x64, r64 = x_np.astype(np.float64), r_np.astype(np.float64)
-        ref_y = rms_norm_ref(x64, w64, 1e-6)
-        ref_n, ref_s = fused_add_rms_norm_ref(x64, r64, w64, 1e-6, dtype)
-        ref_q = qkv_ref(x64, w64, W64, NH, NKV, 1e-6, residual=r64, dtype=dtype)
+        x_np, r_np, refs = cases[i]
         stream = torch.cuda.Stream()
         with torch.cuda.stream(stream):
             x, r = gpu(x_np), gpu(r_np)
             for _ in range(ITERATIONS):
-                # results stay on this stream; nothing synchronizes until they are read
+                # results stay on this stream; nothing synchronizes until they are read back
                 y = minivllm.rms_norm(x, w)
-                n, s = minivllm.fused_add_rms_norm(x, r, w)
-                q, k, v, s2 = minivllm.FusedRMSNormQKV.forward(x, w, W.t(), NH, NKV, residual=r)
-                got = [to64(t) for t in (y, n, s, q, k, v, s2)]  # reads on this stream
-                assert_matches(got[0], ref_y, TOL[dtype], "y")
-                assert_matches(got[1], ref_n, TOL[dtype], "normed")
-                assert_same_values(got[2], ref_s, "new residual")
-                for name, g, ref in zip("qkv", got[3:6], ref_q):
-                    assert_matches(g, ref, QKV_TOL[dtype], name, row_axes=2)
-                assert_same_values(got[6], ref_q[3], "qkv new residual")
+                normed, summed = minivllm.fused_add_rms_norm(x, r, w)
+                qkv = minivllm.FusedRMSNormQKV.forward(x, w, W.t(), NH, NKV, residual=r)
+                check_results(dtype, refs, to64(y), to64(normed), to64(summed),
+                              [to64(t) for t in qkv])
 
     run_threads(work)
