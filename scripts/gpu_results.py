@@ -63,8 +63,10 @@ def sanitizer_results(out):
         text = read(path) or ""
         found = re.findall(r"ERROR SUMMARY: (\d+) error", text)
         cases = re.findall(r"^sanitize_cases: .*$", text, re.M)
-        results[tool] = {"errors": int(found[-1]) if found else None,
-                         "cases": cases[-1] if cases else None}
+        note = cases[-1] if cases else None
+        if "gpu_check: TIMED OUT" in text:
+            note = "TIMED OUT" + (f" after {note}" if note else "")
+        results[tool] = {"errors": int(found[-1]) if found else None, "cases": note}
     if os.path.exists(os.path.join(out, "sanitizer-missing.txt")):
         results["compute-sanitizer"] = {"errors": None, "cases": "not found: step not run"}
     return results

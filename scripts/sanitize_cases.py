@@ -92,6 +92,8 @@ def run(args):
     checker = Checker()
     i = 0
     for M in args.ms:
+        # progress, so a run stopped by a time limit shows how far it got
+        print(f"M={M}: {checker.cases} calls checked so far", flush=True)
         for dtype in args.dtypes:
             i += 1
             layout = "padded" if i % 2 else "contig"
