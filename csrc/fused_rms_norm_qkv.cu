@@ -3,7 +3,8 @@
  * the dispatcher (mv_fused_rms_norm_qkv_cuda, at the bottom) and the generic kernel.
  *
  * Paths, chosen by M, dtype, layout and what is loadable (fused_rms_norm_qkv_paths.h):
- * - skinny M, fp16/bf16: fused_rms_norm_qkv_stream.cu, a W stream on tensor cores;
+ * - skinny M, fp16/bf16: fused_rms_norm_qkv_stream.cu, a W stream on tensor cores (bulk copies
+ *   into shared memory on sm_90+, register loads elsewhere);
  * - everything else: fused_rms_norm_qkv_gemm.cu, the rms_norm kernel into scratch then cuBLASLt;
  * - no libcublasLt loadable: the generic kernel below, correct for any dtype, layout and size.
  *

@@ -3,9 +3,16 @@
  * (decode and small batches, M <= 64, fp16/bf16). At such M the op is a stream over W: every weight
  * byte is read once and used M times, so the kernel is built to keep DRAM busy, not the ALUs.
  *
+ * Two kernels share the staging, the mma chunk and the reduction below:
+ * - sm_90 and later: the bulk-copy kernel (the section "Hopper" further down), W streamed into a
+ *   shared-memory ring by cp.async.bulk, each block an equal share of the output features;
+ * - other GPUs (and MINIVLLM_QKV_STREAM=register, to test it on Hopper): the register kernel
+ *   described next, W loaded straight into mma operand registers.
+ *
  * - Each block first stages the whole (tiny) normalized input y = gamma * (s * rrms) in shared
  *   memory, rounded to the dtype: tensor cores take 16-bit operands, and this is exactly the y an
- *   unfused rms_norm would produce. (Staging s * gamma and deferring rrms to the epilogue would
+ *   unfused rms_norm would produce. Below 8 rows several warps share a row (one round trip for a
+ *   decode token's x instead of H / 256). (Staging s * gamma and deferring rrms to the epilogue would
  *   save a pass over shared memory but can overflow fp16 where y itself cannot.)
  * - Output features are cut into tiles of 16 (one mma.m16n8k16 "A" operand); blocks loop over
  *   tiles (persistent: the grid is what fits on the GPU at once, so x is staged once per block).
@@ -30,6 +37,8 @@
  * store kernel afterwards (stream order) instead.
  */
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "cuda_common.cuh"
 #include "fused_rms_norm_qkv_paths.h"
@@ -144,6 +153,167 @@ __device__ __forceinline__ void load_weight_batch(const mv_qkv_args &args, const
     }
 }
 
+/* Pass 1 of staging one row: s (x, plus residual rounded to the dtype) into the staged row, and
+   this lane's share of sum(s^2) returned. Lanes lane_id, lane_id + step, ... of the row's vectors;
+   kStageUnroll loads are issued before any is used, so a lane waits for memory once per
+   kStageUnroll vectors instead of once per vector (the register kernel, short of registers, takes
+   fewer at a time than the bulk kernel). */
+template <typename T, bool kHasResidual, int kStageUnroll>
+__device__ __forceinline__ float stage_row_sum(const mv_qkv_args &args, const mv_stream_flags &flags, T *staged, int m,
+                                               int lane_id, int step) {
+    const mv_norm_input &in = args.in;
+    const int vecs = static_cast<int>(in.hidden) / kVec;
+    const T *x = static_cast<const T *>(in.x) + m * in.x_stride;
+    const T *residual = static_cast<const T *>(in.residual) + m * in.residual_stride;
+    T *residual_out = static_cast<T *>(in.residual_out) + m * in.residual_out_stride;
+    float sum_sq = 0.0f;
+    for (int v0 = lane_id; v0 < vecs; v0 += kStageUnroll * step) {
+        float s[kStageUnroll][kVec], r[kStageUnroll][kVec];
+#pragma unroll
+        for (int u = 0; u < kStageUnroll; ++u) {
+            const int v = v0 + u * step;
+            if (v < vecs) {
+                load8(x + v * kVec, flags.x_vec, s[u]);
+                if (kHasResidual) load8(residual + v * kVec, flags.residual_vec, r[u]);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < kStageUnroll; ++u) {
+            const int v = v0 + u * step;
+            if (v >= vecs) break;
+            if (kHasResidual) {
+#pragma unroll
+                for (int i = 0; i < kVec; ++i) s[u][i] = mv_round_to<T>(s[u][i] + r[u][i]);
+                if (flags.residual_in_kernel && (static_cast<int64_t>(m) * vecs + v) % gridDim.x == blockIdx.x)
+                    store8(residual_out + v * kVec, flags.residual_out_vec, s[u]);
+            }
+#pragma unroll
+            for (int i = 0; i < kVec; ++i) sum_sq += s[u][i] * s[u][i];
+            store8(staged + v * kVec, true, s[u]); /* exact: s is a T value */
+        }
+    }
+    return sum_sq;
+}
+
+/* Pass 2: the staged row becomes y = gamma * (s * rrms), rounded to the dtype; the same lanes and
+   vectors as pass 1, so each lane rescales only what it stored itself. */
+template <typename T, int kStageUnroll>
+__device__ __forceinline__ void stage_row_scale(const mv_qkv_args &args, const mv_stream_flags &flags, T *staged,
+                                                float rrms, int lane_id, int step) {
+    const int vecs = static_cast<int>(args.in.hidden) / kVec;
+    const T *gamma = static_cast<const T *>(args.in.norm_weight);
+    for (int v0 = lane_id; v0 < vecs; v0 += kStageUnroll * step) {
+        float gm[kStageUnroll][kVec];
+#pragma unroll
+        for (int u = 0; u < kStageUnroll; ++u)
+            if (v0 + u * step < vecs) load8(gamma + (v0 + u * step) * kVec, flags.gamma_vec, gm[u]);
+#pragma unroll
+        for (int u = 0; u < kStageUnroll; ++u) {
+            const int v = v0 + u * step;
+            if (v >= vecs) break;
+            float s[kVec];
+            load8(staged + v * kVec, true, s);
+#pragma unroll
+            for (int i = 0; i < kVec; ++i) s[i] = gm[u][i] * (s[i] * rrms);
+            store8(staged + v * kVec, true, s);
+        }
+    }
+}
+
+/* Stage y = gamma * (s * rrms), rounded to the dtype, for every row into xs (row pitch xs_stride
+   elements), by the kWarps warps (warp < kWarps) that call it, all of which must. With at least
+   kWarps rows, a warp per row and no barrier. With fewer (decode), kWarps / M warps share each
+   row, so a token's 8 KiB of x is fetched by the whole block at once rather than by one warp;
+   their partial sums meet in row_part (kWarps floats of shared memory) across one sync(). */
+template <typename T, bool kHasResidual, int kStageUnroll, typename Sync>
+__device__ __forceinline__ void stage_normalized_input(const mv_qkv_args &args, const mv_stream_flags &flags, T *xs,
+                                                       int xs_stride, float *row_part, int warp, int lane, Sync sync) {
+    const int rows = static_cast<int>(args.in.rows);
+    const float inv_hidden = 1.0f / static_cast<float>(args.in.hidden);
+    const int warps_per_row = rows >= kWarps ? 1 : kWarps / rows;
+    const int row_groups = kWarps / warps_per_row;
+    const int first_row = warp / warps_per_row;
+    const int lane_id = (warp % warps_per_row) * 32 + lane, step = warps_per_row * 32;
+    if (warps_per_row == 1) {
+        for (int m = first_row; m < rows; m += row_groups) {
+            T *staged = xs + m * xs_stride;
+            const float sum_sq = mv_warp_sum(stage_row_sum<T, kHasResidual, kStageUnroll>(args, flags, staged, m, lane_id, step));
+            stage_row_scale<T, kStageUnroll>(args, flags, staged, rsqrtf(sum_sq * inv_hidden + args.in.eps), lane_id, step);
+        }
+        return;
+    }
+    /* here every warp has at most one row: first_row */
+    const bool has_row = first_row < rows;
+    T *staged = xs + first_row * xs_stride;
+    if (has_row) {
+        const float sum_sq = mv_warp_sum(stage_row_sum<T, kHasResidual, kStageUnroll>(args, flags, staged, first_row, lane_id, step));
+        if (lane == 0) row_part[warp] = sum_sq;
+    }
+    sync();
+    if (has_row) {
+        float sum_sq = 0.0f;
+        for (int w = first_row * warps_per_row; w < (first_row + 1) * warps_per_row; ++w) sum_sq += row_part[w];
+        stage_row_scale<T, kStageUnroll>(args, flags, staged, rsqrtf(sum_sq * inv_hidden + args.in.eps), lane_id, step);
+    }
+}
+
+/* Sum the kWarps warps' partial 16 x (8 * kTokenTiles) tiles and store the features
+   [feature0, feature_end) of this tile into q, k, v. Accumulator r of lane (g, t), token tile tt,
+   holds feature g + 8 * (r / 2) and token 8 * tt + 2 * t + r % 2. Called by the kWarps * 32
+   consumer threads with their accumulators; sync() is a barrier over exactly those threads. */
+template <typename T, int kTokenTiles, typename Sync>
+__device__ __forceinline__ void reduce_and_store(const mv_qkv_args &args, float acc[kTokenTiles][4], float *partial,
+                                                 int64_t feature0, int64_t feature_end, Sync sync) {
+    const int rows = static_cast<int>(args.in.rows);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    sync(); /* the previous tile's reads of partial are done */
+#pragma unroll
+    for (int tt = 0; tt < kTokenTiles; ++tt)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) partial[((warp * kTokenTiles + tt) * 4 + r) * 32 + lane] = acc[tt][r];
+    sync();
+    for (int id = threadIdx.x; id < kTokenTiles * 4 * 32; id += kThreads) {
+        const int out_lane = id & 31, r = (id >> 5) & 3, tt = id >> 7;
+        const int token = tt * 8 + 2 * (out_lane & 3) + (r & 1);
+        const int64_t n = feature0 + (out_lane >> 2) + 8 * (r >> 1);
+        if (token >= rows || n >= feature_end) continue;
+        float sum = 0.0f;
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) sum += partial[((w * kTokenTiles + tt) * 4 + r) * 32 + out_lane];
+        T *dst;
+        if (n < args.q_cols)
+            dst = static_cast<T *>(args.q) + token * args.q_stride + n;
+        else if (n < args.q_cols + args.kv_cols)
+            dst = static_cast<T *>(args.k) + token * args.k_stride + (n - args.q_cols);
+        else
+            dst = static_cast<T *>(args.v) + token * args.v_stride + (n - args.q_cols - args.kv_cols);
+        mv_store_float(dst, sum);
+    }
+}
+
+/* One 32-wide k chunk of a 16-feature tile against every token tile: wa/wb are this lane's 8
+   consecutive W elements of features g and g + 8 at chunk position k (the k-permuted A fragment,
+   see the file comment), and the matching 8 y elements of token 8 * tt + g come from xs. A lane
+   past H (k_ok false) or past M reads y as zeros. */
+template <typename T, int kTokenTiles>
+__device__ __forceinline__ void mma_chunk(float acc[kTokenTiles][4], const uint4 &wa, const uint4 &wb, const T *xs,
+                                          int xs_stride, int k, bool k_ok, int rows, int g) {
+#pragma unroll
+    for (int tt = 0; tt < kTokenTiles; ++tt) {
+        const int token = tt * 8 + g;
+        uint4 yv = make_uint4(0, 0, 0, 0);
+        if (k_ok && token < rows) yv = *reinterpret_cast<const uint4 *>(xs + token * xs_stride + k);
+#pragma unroll
+        for (int s = 0; s < 2; ++s)
+            mma_16x8x16<T>(acc[tt], word(wa, 2 * s), word(wb, 2 * s), word(wa, 2 * s + 1), word(wb, 2 * s + 1),
+                           word(yv, 2 * s), word(yv, 2 * s + 1));
+    }
+}
+
+struct BlockSync {
+    __device__ void operator()() const { __syncthreads(); }
+};
+
 template <typename T, int kTokenTiles, bool kHasResidual>
 __global__ void __launch_bounds__(kThreads) fused_rms_norm_qkv_stream_kernel(mv_qkv_args args, StreamGeometry geo,
                                                                            mv_stream_flags flags) {
@@ -162,47 +332,7 @@ __global__ void __launch_bounds__(kThreads) fused_rms_norm_qkv_stream_kernel(mv_
     uint4 cur_a[kBatch], cur_b[kBatch];
     if (tile < geo.tiles) load_weight_batch<T>(args, geo, tile, 0, cur_a, cur_b);
 
-    /* Stage y = gamma * (s * rrms), rounded to the dtype, for every row: one warp per row, 8
-       elements per lane per step. Pass 1 stores s and sums s^2; pass 2 rescales what the same
-       lane stored, so only the warp's own lanes touch its row and no block barrier is needed. */
-    {
-        const T *x = static_cast<const T *>(in.x);
-        const T *residual = static_cast<const T *>(in.residual);
-        T *residual_out = static_cast<T *>(in.residual_out);
-        const T *gamma = static_cast<const T *>(in.norm_weight);
-        const int vecs = hidden / kVec;
-        for (int m = warp; m < rows; m += kWarps) {
-            T *staged = xs + m * geo.xs_stride;
-            float sum_sq = 0.0f;
-            for (int v = lane; v < vecs; v += 32) {
-                const int64_t k = static_cast<int64_t>(v) * kVec;
-                float s[kVec];
-                load8(x + m * in.x_stride + k, flags.x_vec, s);
-                if (kHasResidual) {
-                    float r[kVec];
-                    load8(residual + m * in.residual_stride + k, flags.residual_vec, r);
-#pragma unroll
-                    for (int i = 0; i < kVec; ++i) s[i] = mv_round_to<T>(s[i] + r[i]);
-                    if (flags.residual_in_kernel &&
-                        (static_cast<int64_t>(m) * vecs + v) % gridDim.x == blockIdx.x)
-                        store8(residual_out + m * in.residual_out_stride + k, flags.residual_out_vec, s);
-                }
-#pragma unroll
-                for (int i = 0; i < kVec; ++i) sum_sq += s[i] * s[i];
-                store8(staged + k, true, s); /* exact: s is a T value */
-            }
-            const float rrms = rsqrtf(mv_warp_sum(sum_sq) / static_cast<float>(hidden) + in.eps);
-            for (int v = lane; v < vecs; v += 32) {
-                const int64_t k = static_cast<int64_t>(v) * kVec;
-                float s[kVec], gm[kVec];
-                load8(staged + k, true, s);
-                load8(gamma + k, flags.gamma_vec, gm);
-#pragma unroll
-                for (int i = 0; i < kVec; ++i) s[i] = gm[i] * (s[i] * rrms);
-                store8(staged + k, true, s);
-            }
-        }
-    }
+    stage_normalized_input<T, kHasResidual, 1>(args, flags, xs, geo.xs_stride, partial, warp, lane, BlockSync());
     __syncthreads();
 
     for (; tile < geo.tiles; tile += gridDim.x) {
@@ -226,17 +356,7 @@ __global__ void __launch_bounds__(kThreads) fused_rms_norm_qkv_stream_kernel(mv_
                 const int chunk = warp + kWarps * (batch * kBatch + b);
                 if (chunk >= geo.chunks) break; /* warp-uniform */
                 const int k = chunk * kChunkK + kVec * t;
-                const bool k_ok = k < hidden;
-#pragma unroll
-                for (int tt = 0; tt < kTokenTiles; ++tt) {
-                    const int token = tt * 8 + g;
-                    uint4 yv = make_uint4(0, 0, 0, 0);
-                    if (k_ok && token < rows) yv = *reinterpret_cast<const uint4 *>(xs + token * geo.xs_stride + k);
-#pragma unroll
-                    for (int s = 0; s < 2; ++s)
-                        mma_16x8x16<T>(acc[tt], word(cur_a[b], 2 * s), word(cur_b[b], 2 * s), word(cur_a[b], 2 * s + 1),
-                                       word(cur_b[b], 2 * s + 1), word(yv, 2 * s), word(yv, 2 * s + 1));
-                }
+                mma_chunk<T, kTokenTiles>(acc, cur_a[b], cur_b[b], xs, geo.xs_stride, k, k < hidden, rows, g);
             }
 #pragma unroll
             for (int b = 0; b < kBatch; ++b) {
@@ -245,32 +365,217 @@ __global__ void __launch_bounds__(kThreads) fused_rms_norm_qkv_stream_kernel(mv_
             }
         }
 
-        /* Sum the warps' partial tiles. Accumulator r of lane (g, t), token tile tt, holds
-           feature g + 8 * (r / 2) and token 8 * tt + 2 * t + r % 2. */
-        __syncthreads(); /* the previous tile's reads of partial are done */
-#pragma unroll
-        for (int tt = 0; tt < kTokenTiles; ++tt)
-#pragma unroll
-            for (int r = 0; r < 4; ++r) partial[((warp * kTokenTiles + tt) * 4 + r) * 32 + lane] = acc[tt][r];
-        __syncthreads();
-        for (int id = threadIdx.x; id < kTokenTiles * 4 * 32; id += kThreads) {
-            const int out_lane = id & 31, r = (id >> 5) & 3, tt = id >> 7;
-            const int token = tt * 8 + 2 * (out_lane & 3) + (r & 1);
-            const int64_t n = tile * kTileFeatures + (out_lane >> 2) + 8 * (r >> 1);
-            if (token >= rows || n >= geo.cols) continue;
-            float sum = 0.0f;
-#pragma unroll
-            for (int w = 0; w < kWarps; ++w) sum += partial[((w * kTokenTiles + tt) * 4 + r) * 32 + out_lane];
-            T *dst;
-            if (n < args.q_cols)
-                dst = static_cast<T *>(args.q) + token * args.q_stride + n;
-            else if (n < args.q_cols + args.kv_cols)
-                dst = static_cast<T *>(args.k) + token * args.k_stride + (n - args.q_cols);
-            else
-                dst = static_cast<T *>(args.v) + token * args.v_stride + (n - args.q_cols - args.kv_cols);
-            mv_store_float(dst, sum);
-        }
+        reduce_and_store<T, kTokenTiles>(args, acc, partial, tile * kTileFeatures, geo.cols, BlockSync());
     }
+}
+
+
+/* ---- Hopper (sm_90+): W streamed by the bulk copy engine into a shared-memory ring ------------
+
+   The register stream above keeps at most two batches per thread in flight and hands whole
+   16-feature tiles to blocks, so the last wave runs part-empty (Llama-3-8B: 384 tiles on 264
+   blocks). Here each block (one per SM) owns a contiguous, equal range of output features, and one
+   producer warp streams it through a ring of shared-memory stages with cp.async.bulk (each stage:
+   16 features x stage_k of k, one bulk copy per feature row, completion counted in bytes on an
+   mbarrier). Before the weights, the producer bulk-copies the input (x rows into the staging
+   area, the residual rows and gamma beside it) when it is 16-byte aligned, so the norm's operands
+   are not queued behind the weight stream. The 8 consumer warps stage y, then wait on each stage,
+   run the same mma chunks as above reading W from shared memory, and release the slot.
+   Features of a range's last partial tile and k past H in a stage hold stale bytes: those
+   features are never stored, and W past H is zeroed in registers (0 * NaN would otherwise poison
+   every output).
+   Measured on an H200: the time follows the number of bulk copies, not the bytes in flight
+   (4 or 12 slots of 512 k: the same 21 us for Llama-3-8B at M = 1; 256 / 512 / 1024 / 2048 k per
+   stage: 38 / 21 / 17 / 16 us), hence the widest stages that fit. */
+constexpr int kMaxStageK = 2048; /* k per stage, a multiple of 64: staged feature rows are then  */
+constexpr int kMinStageK = 512;  /* 2 * k + 64 bytes apart, 64 mod 128, so A loads are conflict-free */
+constexpr int kMaxStages = 12;
+constexpr int kBulkThreads = kThreads + 32;            /* 8 consumer warps + 1 producer warp */
+constexpr int kMinFeaturesPerBlock = 8;
+
+struct BulkGeometry {
+    int64_t cols;      /* N */
+    int kchunks;       /* ceil(H / stage_k) */
+    int stages;        /* ring slots */
+    int xs_stride;     /* elements between staged rows */
+    bool input_copy;   /* the producer bulk-copies x (into xs), residual and gamma first */
+    int stage_k;       /* k per stage (a multiple of 64) */
+};
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ uint32_t shared_address(const void *p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void mbarrier_init(uint64_t *bar, unsigned count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(shared_address(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbarrier_arrive_expect_tx(uint64_t *bar, unsigned bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.release.cta.shared::cta.b64 _, [%0], %1;\n" ::"r"(shared_address(bar)),
+                 "r"(bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void mbarrier_arrive(uint64_t *bar) {
+    asm volatile("mbarrier.arrive.release.cta.shared::cta.b64 _, [%0];\n" ::"r"(shared_address(bar)) : "memory");
+}
+__device__ __forceinline__ void mbarrier_wait(uint64_t *bar, unsigned parity) {
+    const uint32_t addr = shared_address(bar);
+    uint32_t done = 0;
+    while (!done)
+        asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.acquire.cta.shared::cta.b64 p, [%1], %2;\n"
+                     " selp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done)
+                     : "r"(addr), "r"(parity)
+                     : "memory");
+}
+/* Weights are read once per call: ask L2 to evict them first, keeping x and the outputs. */
+__device__ __forceinline__ uint64_t evict_first_policy() {
+    uint64_t policy;
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+    return policy;
+}
+__device__ __forceinline__ void bulk_copy_to_shared(void *dst, const void *src, unsigned bytes, uint64_t *bar,
+                                                    uint64_t policy) {
+    asm volatile(
+        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;\n" ::
+            "r"(shared_address(dst)),
+        "l"(src), "r"(bytes), "r"(shared_address(bar)), "l"(policy)
+        : "memory");
+}
+__device__ __forceinline__ void bulk_copy_to_shared(void *dst, const void *src, unsigned bytes, uint64_t *bar) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
+                     shared_address(dst)),
+                 "l"(src), "r"(bytes), "r"(shared_address(bar))
+                 : "memory");
+}
+
+struct ConsumerSync { /* the 8 consumer warps only: the producer warp never joins */
+    __device__ void operator()() const { asm volatile("bar.sync 1, %0;\n" ::"n"(kThreads) : "memory"); }
+};
+#endif
+
+
+template <typename T, int kTokenTiles, bool kHasResidual>
+__global__ void __launch_bounds__(kBulkThreads, 1) fused_rms_norm_qkv_bulk_kernel(mv_qkv_args args, BulkGeometry geo,
+                                                                                mv_stream_flags flags) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    extern __shared__ uint4 smem[];
+    const int rows = static_cast<int>(args.in.rows);
+    const int hidden = static_cast<int>(args.in.hidden);
+    unsigned char *ring = reinterpret_cast<unsigned char *>(smem);               /* [stages][16][stage_pitch] */
+    const int stage_pitch = geo.stage_k * 2 + 64, stage_bytes = kTileFeatures * stage_pitch;
+    T *xs = reinterpret_cast<T *>(ring + static_cast<size_t>(geo.stages) * stage_bytes); /* [rows][xs_stride] */
+    float *partial = reinterpret_cast<float *>(xs + rows * geo.xs_stride);     /* [kWarps][kTokenTiles][4][32] */
+    /* with input_copy: residual rows [rows][xs_stride] (when there is a residual) and gamma [H] */
+    T *residual_copy = reinterpret_cast<T *>(partial + kWarps * kTokenTiles * 4 * 32);
+    T *gamma_copy = residual_copy + (geo.input_copy && kHasResidual ? rows * geo.xs_stride : 0);
+    uint64_t *full = reinterpret_cast<uint64_t *>(gamma_copy + (geo.input_copy ? (hidden + 7) / 8 * 8 : 0));
+    uint64_t *empty = full + geo.stages;
+    uint64_t *input_full = empty + geo.stages;
+
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    /* This block's features: an equal share of N, in 16-feature tiles (the last one partial). */
+    const int64_t feature_begin = geo.cols * blockIdx.x / gridDim.x;
+    const int64_t feature_end = geo.cols * (blockIdx.x + 1) / gridDim.x;
+    const int tiles = static_cast<int>((feature_end - feature_begin + kTileFeatures - 1) / kTileFeatures);
+    const int total_stages = tiles * geo.kchunks;
+
+    if (threadIdx.x == 0) {
+        for (int i = 0; i < geo.stages; ++i) {
+            mbarrier_init(&full[i], 1);      /* the producer's arrive (+ the bytes it expects) */
+            mbarrier_init(&empty[i], kWarps); /* one arrive per consumer warp */
+        }
+        mbarrier_init(input_full, 1);
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+
+    if (warp == kWarps) {
+        /* Producer: stage i of this block is tile i / kchunks, k chunk i % kchunks, in slot
+           i % stages; lane f copies feature row f of it. */
+        const uint64_t policy = evict_first_policy();
+        const T *w = static_cast<const T *>(args.w);
+        if (geo.input_copy) {
+            /* The input first: requested ahead of the weight flood, it is not queued behind it. */
+            const unsigned row_bytes = static_cast<unsigned>(hidden) * sizeof(T);
+            if (lane == 0)
+                mbarrier_arrive_expect_tx(input_full, row_bytes * (1 + rows * (kHasResidual ? 2 : 1)));
+            __syncwarp();
+            if (lane == 0) bulk_copy_to_shared(gamma_copy, args.in.norm_weight, row_bytes, input_full);
+            for (int m = lane; m < rows; m += 32) {
+                bulk_copy_to_shared(xs + m * geo.xs_stride, static_cast<const T *>(args.in.x) + m * args.in.x_stride,
+                                    row_bytes, input_full);
+                if (kHasResidual)
+                    bulk_copy_to_shared(residual_copy + m * geo.xs_stride,
+                                        static_cast<const T *>(args.in.residual) + m * args.in.residual_stride,
+                                        row_bytes, input_full);
+            }
+        }
+        for (int i = 0; i < total_stages; ++i) {
+            const int slot = i % geo.stages, round = i / geo.stages;
+            if (round > 0) mbarrier_wait(&empty[slot], (round - 1) & 1);
+            const int64_t feature0 = feature_begin + static_cast<int64_t>(i / geo.kchunks) * kTileFeatures;
+            const int64_t left = feature_end - feature0;
+            const int features = static_cast<int>(left < kTileFeatures ? left : kTileFeatures);
+            const int k0 = (i % geo.kchunks) * geo.stage_k;
+            const int k_len = hidden - k0 < geo.stage_k ? hidden - k0 : geo.stage_k;
+            const unsigned bytes = static_cast<unsigned>(k_len) * sizeof(T);
+            if (lane == 0) mbarrier_arrive_expect_tx(&full[slot], bytes * features);
+            __syncwarp();
+            if (lane < features)
+                bulk_copy_to_shared(ring + static_cast<size_t>(slot) * stage_bytes + lane * stage_pitch,
+                                    w + (feature0 + lane) * args.w_stride_n + k0, bytes, &full[slot], policy);
+        }
+        return;
+    }
+
+    if (geo.input_copy) {
+        /* Stage from the shared copies: x in place in xs (each lane reads the vectors it then
+           writes), residual and gamma beside it; residual_out still goes to global memory. */
+        mbarrier_wait(input_full, 0);
+        mv_qkv_args local = args;
+        local.in.x = xs;
+        local.in.x_stride = geo.xs_stride;
+        local.in.residual = residual_copy;
+        local.in.residual_stride = geo.xs_stride;
+        local.in.norm_weight = gamma_copy;
+        mv_stream_flags local_flags = flags;
+        local_flags.x_vec = local_flags.residual_vec = local_flags.gamma_vec = true;
+        stage_normalized_input<T, kHasResidual, 4>(local, local_flags, xs, geo.xs_stride, partial, warp, lane,
+                                                   ConsumerSync());
+    } else {
+        stage_normalized_input<T, kHasResidual, 4>(args, flags, xs, geo.xs_stride, partial, warp, lane, ConsumerSync());
+    }
+    ConsumerSync()();
+
+    const int g = lane >> 2, t = lane & 3;
+    const int chunks_per_stage = geo.stage_k / kChunkK;
+    for (int tile = 0, i = 0; tile < tiles; ++tile) {
+        float acc[kTokenTiles][4];
+#pragma unroll
+        for (int tt = 0; tt < kTokenTiles; ++tt) acc[tt][0] = acc[tt][1] = acc[tt][2] = acc[tt][3] = 0.0f;
+        for (int kc = 0; kc < geo.kchunks; ++kc, ++i) {
+            const int slot = i % geo.stages;
+            mbarrier_wait(&full[slot], (i / geo.stages) & 1);
+            const unsigned char *stage = ring + static_cast<size_t>(slot) * stage_bytes;
+#pragma unroll
+            for (int c = warp; c < chunks_per_stage; c += kWarps) {
+                const int local_k = c * kChunkK + kVec * t;
+                const int k = kc * geo.stage_k + local_k;
+                const bool k_ok = k < hidden;
+                uint4 wa = make_uint4(0, 0, 0, 0), wb = make_uint4(0, 0, 0, 0);
+                if (k_ok) {
+                    wa = *reinterpret_cast<const uint4 *>(stage + g * stage_pitch + local_k * 2);
+                    wb = *reinterpret_cast<const uint4 *>(stage + (g + 8) * stage_pitch + local_k * 2);
+                }
+                mma_chunk<T, kTokenTiles>(acc, wa, wb, xs, geo.xs_stride, k, k_ok, rows, g);
+            }
+            __syncwarp();
+            if (lane == 0) mbarrier_arrive(&empty[slot]);
+        }
+        reduce_and_store<T, kTokenTiles>(args, acc, partial, feature_begin + static_cast<int64_t>(tile) * kTileFeatures,
+                                         feature_end, ConsumerSync());
+    }
+#endif
 }
 
 /* Staged rows (pitch = 64 mod 128 bytes: the 8 rows read by one mma step land in distinct banks)
@@ -284,8 +589,94 @@ bool aligned16(const void *p, int64_t stride_elems, int64_t elem_size) {
     return (reinterpret_cast<uintptr_t>(p) % 16 == 0) && ((stride_elems * elem_size) % 16 == 0);
 }
 
+mv_stream_flags stream_flags(const mv_qkv_args &a, bool residual_in_kernel) {
+    mv_stream_flags flags;
+    flags.x_vec = aligned16(a.in.x, a.in.x_stride, 2);
+    flags.residual_vec = a.in.residual != nullptr && aligned16(a.in.residual, a.in.residual_stride, 2);
+    flags.residual_out_vec = a.in.residual_out != nullptr && aligned16(a.in.residual_out, a.in.residual_out_stride, 2);
+    flags.gamma_vec = aligned16(a.in.norm_weight, 0, 2);
+    flags.residual_in_kernel = residual_in_kernel;
+    return flags;
+}
+
+/* Kernels whose shared memory exceeds the 48 KiB default must opt in first. */
+template <typename Kernel>
+cudaError_t allow_shared(Kernel kernel, size_t smem) {
+    if (smem <= 48 * 1024) return cudaSuccess;
+    return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+}
+
+/* The bulk-copy kernel (sm_90+) when its ring gets at least two stages; returns
+   cudaErrorNotSupported (launching nothing) when it does not fit, so the caller falls back. */
 template <typename T, int kTokenTiles>
-int launch(const mv_qkv_args &a, cudaStream_t stream, bool residual_in_kernel, int max_shared_bytes) {
+int launch_bulk(const mv_qkv_args &a, cudaStream_t stream, const mv_stream_flags &flags, int sms,
+                int max_shared_bytes) {
+    const int rows = static_cast<int>(a.in.rows);
+    const int hidden = static_cast<int>(a.in.hidden);
+    const bool has_residual = a.in.residual != nullptr;
+    BulkGeometry geo;
+    geo.cols = a.q_cols + 2 * a.kv_cols;
+    geo.xs_stride = static_cast<int>(row_pitch_bytes(hidden) / 2);
+    const int64_t by_features = (geo.cols + kMinFeaturesPerBlock - 1) / kMinFeaturesPerBlock;
+    const unsigned grid = static_cast<unsigned>(by_features < sms ? by_features : sms);
+    const int64_t most_tiles = ((geo.cols + grid - 1) / grid + kTileFeatures - 1) / kTileFeatures;
+    const size_t budget = static_cast<size_t>(max_shared_bytes);
+    const size_t base = shared_bytes(rows, hidden, kTokenTiles) + sizeof(uint64_t) /* input barrier */;
+    /* The input goes by bulk copy where it is 16-byte aligned and its bytes fit one mbarrier phase
+       (and, below, where its shared copies still leave two stages). */
+    const size_t input_extra = (has_residual ? static_cast<size_t>(rows) * row_pitch_bytes(hidden) : 0) +
+                               static_cast<size_t>(hidden + 7) / 8 * 8 * 2;
+    const size_t input_bytes = static_cast<size_t>(hidden) * 2 * (1 + rows * (has_residual ? 2 : 1));
+    const bool input_copy_ok =
+        flags.x_vec && flags.gamma_vec && (!has_residual || flags.residual_vec) && input_bytes < (1u << 20);
+
+    /* Stage size: the bulk copies are the cost that counts (H200, Llama-3-8B at M = 1: 38 / 21 /
+       17 / 16 us with 256 / 512 / 1024 / 2048 k per stage), so take the largest stage of which at
+       least three (or all a block needs, or at least two) fit beside the staged input. */
+    const int widest = (hidden + 63) / 64 * 64 < kMaxStageK ? (hidden + 63) / 64 * 64 : kMaxStageK;
+    int64_t stages = 0;
+    size_t fixed = 0, per_stage = 0;
+    int candidates[4], count = 0;
+    candidates[count++] = widest;
+    for (int k = kMaxStageK; k >= kMinStageK; k /= 2)
+        if (k < widest) candidates[count++] = k;
+    for (int want = 3; want >= 2 && stages == 0; --want) {
+        for (int c = 0; c < count && stages == 0; ++c) {
+            const int stage_k = candidates[c];
+            const int kchunks = (hidden + stage_k - 1) / stage_k;
+            const int64_t needed = most_tiles * kchunks;
+            per_stage = kTileFeatures * (static_cast<size_t>(stage_k) * 2 + 64) + 2 * sizeof(uint64_t);
+            const bool input_copy = input_copy_ok && base + input_extra + 2 * per_stage <= budget;
+            fixed = base + (input_copy ? input_extra : 0);
+            if (fixed > budget) break;
+            int64_t fit = static_cast<int64_t>((budget - fixed) / per_stage);
+            if (fit > kMaxStages) fit = kMaxStages;
+            if (fit > needed) fit = needed < 2 ? 2 : needed;
+            if (fit >= (needed < want ? needed : want) && fit >= 2) {
+                stages = fit;
+                geo.stage_k = stage_k;
+                geo.kchunks = kchunks;
+                geo.input_copy = input_copy;
+            }
+        }
+    }
+    if (stages == 0) return static_cast<int>(cudaErrorNotSupported);
+    geo.stages = static_cast<int>(stages);
+    const size_t smem = fixed + static_cast<size_t>(stages) * per_stage;
+
+    void (*kernel)(mv_qkv_args, BulkGeometry, mv_stream_flags) =
+        a.in.residual != nullptr ? fused_rms_norm_qkv_bulk_kernel<T, kTokenTiles, true>
+                                 : fused_rms_norm_qkv_bulk_kernel<T, kTokenTiles, false>;
+    const cudaError_t err = allow_shared(kernel, smem);
+    if (err != cudaSuccess) return static_cast<int>(err);
+    kernel<<<grid, kBulkThreads, smem, stream>>>(a, geo, flags);
+    return static_cast<int>(cudaGetLastError());
+}
+
+/* The register-stream kernel: any sm_80+ GPU; a persistent grid of what fits at once. */
+template <typename T, int kTokenTiles>
+int launch_register(const mv_qkv_args &a, cudaStream_t stream, const mv_stream_flags &flags, int sms,
+                    int max_shared_bytes) {
     const int rows = static_cast<int>(a.in.rows);
     const int hidden = static_cast<int>(a.in.hidden);
     StreamGeometry geo;
@@ -296,31 +687,45 @@ int launch(const mv_qkv_args &a, cudaStream_t stream, bool residual_in_kernel, i
     geo.batches = (chunks_per_warp + kBatch - 1) / kBatch;
     geo.xs_stride = static_cast<int>(row_pitch_bytes(hidden) / 2);
 
-    mv_stream_flags flags;
-    flags.x_vec = aligned16(a.in.x, a.in.x_stride, 2);
-    flags.residual_vec = a.in.residual != nullptr && aligned16(a.in.residual, a.in.residual_stride, 2);
-    flags.residual_out_vec = a.in.residual_out != nullptr && aligned16(a.in.residual_out, a.in.residual_out_stride, 2);
-    flags.gamma_vec = aligned16(a.in.norm_weight, 0, 2);
-    flags.residual_in_kernel = residual_in_kernel;
-
     const size_t smem = shared_bytes(rows, hidden, kTokenTiles);
     if (smem > static_cast<size_t>(max_shared_bytes)) return static_cast<int>(cudaErrorInvalidValue);
     void (*kernel)(mv_qkv_args, StreamGeometry, mv_stream_flags) =
         a.in.residual != nullptr ? fused_rms_norm_qkv_stream_kernel<T, kTokenTiles, true>
                                  : fused_rms_norm_qkv_stream_kernel<T, kTokenTiles, false>;
-    int device = 0, sms = 0, blocks_per_sm = 0;
-    cudaError_t err = cudaGetDevice(&device);
-    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-    if (err == cudaSuccess && smem > 48 * 1024)
-        err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    if (err == cudaSuccess)
-        err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, kThreads, smem);
+    int blocks_per_sm = 0;
+    cudaError_t err = allow_shared(kernel, smem);
+    if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, kThreads, smem);
     if (err != cudaSuccess) return static_cast<int>(err);
     if (blocks_per_sm < 1) return static_cast<int>(cudaErrorInvalidConfiguration);
     const int64_t resident = static_cast<int64_t>(blocks_per_sm) * sms;
     const unsigned grid = static_cast<unsigned>(geo.tiles < resident ? geo.tiles : resident);
     kernel<<<grid, kThreads, smem, stream>>>(a, geo, flags);
     return static_cast<int>(cudaGetLastError());
+}
+
+/* MINIVLLM_QKV_STREAM=register forces the register kernel on sm_90 too (benchmarks and tests of
+   the sm_80 path on a Hopper machine); read once. */
+bool bulk_disabled() {
+    static const bool disabled = [] {
+        const char *v = getenv("MINIVLLM_QKV_STREAM");
+        return v != nullptr && strcmp(v, "register") == 0;
+    }();
+    return disabled;
+}
+
+template <typename T, int kTokenTiles>
+int launch(const mv_qkv_args &a, cudaStream_t stream, bool residual_in_kernel, int max_shared_bytes) {
+    int device = 0, sms = 0, major = 0;
+    cudaError_t err = cudaGetDevice(&device);
+    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    if (err != cudaSuccess) return static_cast<int>(err);
+    const mv_stream_flags flags = stream_flags(a, residual_in_kernel);
+    if (major >= 9 && !bulk_disabled()) {
+        const int bulk = launch_bulk<T, kTokenTiles>(a, stream, flags, sms, max_shared_bytes);
+        if (bulk != static_cast<int>(cudaErrorNotSupported)) return bulk;
+    }
+    return launch_register<T, kTokenTiles>(a, stream, flags, sms, max_shared_bytes);
 }
 
 } // namespace
