@@ -2,7 +2,8 @@
 """Benchmark minivllm.FusedRMSNormQKV.forward (RMSNorm fused with the QKV projection) on one GPU.
 
 Implementations, all timed in the same run and the same way:
-  minivllm            FusedRMSNormQKV.forward(x, γ, W.t(), heads, kv_heads, out=(q, k, v))
+  minivllm            FusedRMSNormQKV.forward(x, γ, W.t(), heads, kv_heads, out=(q, k, v)),
+                      q, k, v views of one [M, N] buffer (as torch's split returns them)
   torch               F.rms_norm, F.linear, split into q, k, v (views)
   HF                  Hugging Face's RMSNorm (float32 statistics, rounded before γ), F.linear,
                       split
@@ -298,8 +299,10 @@ def bench_shape(model, dtype_name, rows, run):
     args = (heads, kv_heads, head_dim)
     impls, skipped = {}, {}
     # minivllm writes into NaN-filled outputs: the check then sees only what the replays wrote.
-    outs = [tuple(torch.full((rows, h, head_dim), math.nan, device="cuda", dtype=dtype)
-                  for h in (heads, kv_heads, kv_heads)) for _ in range(calls)]
+    # q, k and v are views of one [M, N] allocation, the layout torch's linear + split returns
+    # (and what FusedRMSNormQKV.forward allocates itself without out=).
+    outs = [bt.split_heads(torch.full((rows, features), math.nan, device="cuda", dtype=dtype),
+                               heads, kv_heads, head_dim) for _ in range(calls)]
     impls["minivllm"] = lambda i: minivllm.FusedRMSNormQKV.forward(
         xs[i], gammas[i], weights_t[i], heads, kv_heads, EPS, out=outs[i])
     impls["torch"] = lambda i: bt.torch_qkv(xs[i], gammas[i], weights[i], *args)
