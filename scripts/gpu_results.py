@@ -61,7 +61,10 @@ def sanitizer_results(out):
     for path in sorted(glob.glob(os.path.join(out, "sanitizer-*.log"))):
         tool = os.path.basename(path)[len("sanitizer-"):-len(".log")]
         text = read(path) or ""
-        found = re.findall(r"ERROR SUMMARY: (\d+) error", text)
+        # memcheck, initcheck and synccheck end with "ERROR SUMMARY: N errors"; racecheck with
+        # "RACECHECK SUMMARY: H hazards displayed (E errors, W warnings)"
+        found = (re.findall(r"ERROR SUMMARY: (\d+) error", text)
+                 or re.findall(r"RACECHECK SUMMARY: \d+ hazards? displayed \((\d+) errors?", text))
         cases = re.findall(r"^sanitize_cases: .*$", text, re.M)
         note = cases[-1] if cases else None
         if "gpu_check: TIMED OUT" in text:
