@@ -705,6 +705,59 @@ static int same_layout(const mv_tensor *a, const mv_tensor *b)
     return 1;
 }
 
+/* t as rows of contiguous bytes: every element lies in [data + i * row_stride,
+   data + i * row_stride + row_bytes) for some row i >= 0. Returns 0 when its layout is not that
+   (the trailing contiguous dimensions, then leading ones that step as one row index). */
+static int row_form(const mv_tensor *t, int64_t *row_stride, int64_t *row_bytes)
+{
+    int64_t cols = 1, stride = 0;
+    int d = t->ndim - 1;
+    for (; d >= 0; d--) { /* the contiguous trailing block */
+        if (t->shape[d] == 1)
+            continue;
+        if (t->strides[d] != cols)
+            break;
+        cols *= t->shape[d];
+    }
+    int64_t step = 0; /* what the next leading dimension's stride must be */
+    for (; d >= 0; d--) {
+        if (t->shape[d] == 1)
+            continue;
+        if (step == 0) {
+            stride = t->strides[d];
+            if (stride < cols)
+                return 0;
+        } else if (t->strides[d] != step) {
+            return 0;
+        }
+        step = t->strides[d] * t->shape[d];
+    }
+    *row_stride = stride * mv_dtype_size(t->dtype);
+    *row_bytes = cols * mv_dtype_size(t->dtype);
+    return 1;
+}
+
+/* Rows with one row stride that sit side by side (q, k and v as column slices of one [M, N]
+   buffer) share no element although their spans overlap. */
+static int disjoint_rows(const mv_tensor *a, const mv_tensor *b)
+{
+    int64_t sa, ra, sb, rb;
+    if (!row_form(a, &sa, &ra) || !row_form(b, &sb, &rb))
+        return 0;
+    if (sa == 0 && sb == 0) /* one row each: their byte ranges, as for any span */
+        return 0;
+    if (sa != sb && !(sa == 0 || sb == 0))
+        return 0;
+    const int64_t period = sa != 0 ? sa : sb;
+    if (ra > period || rb > period)
+        return 0;
+    /* b's rows start at offset d within a's row period; disjoint if [0, ra) and [d, d + rb) do
+       not meet modulo the period (b's row 0 may start before a's: the offset is taken mod). */
+    const int64_t diff = (int64_t)((uintptr_t)b->data - (uintptr_t)a->data);
+    const int64_t d = ((diff % period) + period) % period;
+    return ra <= d && d + rb <= period;
+}
+
 int mv_check_no_overlap(const mv_tensor *out, const mv_tensor *other, int allow_alias)
 {
     if (out->begin == out->end || other->begin == other->end)
@@ -712,6 +765,8 @@ int mv_check_no_overlap(const mv_tensor *out, const mv_tensor *other, int allow_
     if (out->end <= other->begin || other->end <= out->begin)
         return 0;
     if (allow_alias && same_layout(out, other))
+        return 0;
+    if (disjoint_rows(out, other))
         return 0;
     PyErr_Format(PyExc_ValueError, "%s: overlaps %s in memory%s", out->name, other->name,
                  allow_alias ? " (only the exact in-place form, the very same array, is allowed)"

@@ -344,3 +344,24 @@ def test_property_cpu(M, H, nkv, ratio, hd, dtype, wlayout, layout, residual, se
     c = Case(dev, rng, dtype, (M,), H, nh, nkv, hd, wlayout, residual=residual)
     c.h, _ = make_rows(dev, randn(rng, (M, H)), dtype, layout)
     c.run()
+
+
+def test_outputs_side_by_side_in_one_buffer(dev, dtype, rng):
+    """q, k and v as head slices of one [M, heads + 2 kv heads, head_dim] buffer (what torch's
+    linear + split returns) share no element though their memory spans interleave: accepted as
+    out= and filled; a k that reaches one head into q's columns is refused."""
+    M, H, nh, nkv, hd = 5, 64, 4, 2, 8
+    x64 = round_to(rng.standard_normal((M, H)), dtype)
+    g64 = round_to(norm_weight(rng, H), dtype)
+    W64 = round_to(rng.standard_normal(((nh + 2 * nkv) * hd, H)) / 8, dtype)
+    x, g, W = dev.array(x64, dtype), dev.array(g64, dtype), dev.array(W64, dtype)
+    buf = dev.array(np.full((M, nh + 2 * nkv, hd), np.nan), dtype)
+    q, k, v = buf[:, :nh], buf[:, nh:nh + nkv], buf[:, nh + nkv:]
+    res = minivllm.FusedRMSNormQKV.forward(x, g, W, nh, nkv, out=(q, k, v))
+    assert res[0] is q and res[1] is k and res[2] is v
+    dev.sync()
+    refs = qkv_ref(x64, g64, W64, nh, nkv, 1e-6, y_dtype=dtype if dev.name == "cuda" else None)
+    for name, out, ref in zip("qkv", (q, k, v), refs):
+        assert_matches(to64(out), ref, QKV_TOL[dtype], name, row_axes=2)
+    with pytest.raises(ValueError, match="k: overlaps q"):
+        minivllm.FusedRMSNormQKV.forward(x, g, W, nh, nkv, out=(q, buf[:, nh - 1:nh - 1 + nkv], v))
