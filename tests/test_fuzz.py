@@ -795,8 +795,11 @@ def test_fuzz_fused_rms_norm_qkv(devname):
             pass_output(kw, args, "residual_out", res_out)
         expected = {}
         if not invalid:
+            # the GPU rounds y to the dtype before the product (documented); with a handful of
+            # terms and cancellation that alone can exceed the tolerance against an exact y
             refs = qkv_ref(x.value64, g.value64, W64, nh, nkv, eps_value(kw),
-                           residual=None if r is None else r.value64, dtype=dtype.name)
+                           residual=None if r is None else r.value64, dtype=dtype.name,
+                           y_dtype=dtype.name if place.name == "cuda" else None)
             expected = {"q": (refs[0], False, 2), "k": (refs[1], False, 2),
                         "v": (refs[2], False, 2)}
             if r is not None:
