@@ -3,7 +3,7 @@
  * the dispatcher (mv_fused_rms_norm_qkv_cuda, at the bottom) and the generic kernel.
  *
  * Paths, chosen by M, dtype, layout and what is loadable (fused_rms_norm_qkv_paths.h):
- * - skinny M, fp16/bf16: fused_rms_norm_qkv_stream.cu, a W stream on tensor cores (bulk copies
+ * - skinny M, fp16/bf16: fused_rms_norm_qkv_stream.cu, a W stream on tensor cores (tensor copies
  *   into shared memory on sm_90+, register loads elsewhere);
  * - everything else: fused_rms_norm_qkv_gemm.cu, the rms_norm kernel into scratch then cuBLASLt;
  * - no libcublasLt loadable: the generic kernel below, correct for any dtype, layout and size.
@@ -25,7 +25,10 @@
  * means it starts only after every GEMM block has finished reading), writes
  * residual_out = round(x + residual), the same s the GEMM used.
  */
+#include <atomic>
 #include <climits>
+#include <cstdlib>
+#include <cstring>
 
 #include "cuda_common.cuh"
 #include "fused_rms_norm_qkv_paths.h"
@@ -209,9 +212,12 @@ __global__ void residual_add_store_kernel(mv_norm_input in) {
 
 constexpr int64_t kMaxResidualRowBlocks = 65536;
 
-/* Up to this M the W stream beats the norm + cuBLASLt path for every model shape where both run
-   (H200, bf16: e.g. M = 32 Qwen3-0.6B 10.2 vs 16.6 us; at M = 64 cuBLASLt wins or ties). */
-constexpr int64_t kStreamMaxRows = 32;
+/* The W stream takes M <= 16 when the staged input is at most 24576 elements (48 KiB); beyond,
+   norm + cuBLASLt is faster. H200, bf16, graph-timed, stream vs norm + cuBLASLt in us: Llama-3-8B
+   (H 4096) M = 4 17.6 vs 19.5, M = 8 19.9 vs 18.9; Qwen3-4B (H 2560) M = 8 13.2 vs 13.8, M = 16
+   16.4 vs 13.9; Qwen3-0.6B (H 1024) M = 16 7.8 vs 7.8; Qwen2.5-0.5B (H 896) M = 16 5.8 vs 7.0. */
+constexpr int64_t kStreamMaxRows = 16;
+constexpr int64_t kStreamMaxStagedElements = 24576;
 constexpr int kResidualMaxThreads = 256;
 
 template <typename T, bool kHasResidual>
@@ -253,11 +259,59 @@ int launch_residual_store(const mv_qkv_args *a, cudaStream_t cuda_stream) {
     return (int)cudaGetLastError();
 }
 
+/* MINIVLLM_QKV_PATH=stream|gemm|generic overrides the choice below where that path can take the
+   call (tests of every path on one GPU, benchmarks of one path against another); read once. */
+enum class qkv_path { automatic, stream, gemm, generic };
+
+qkv_path forced_path() {
+    static const qkv_path path = [] {
+        const char *v = getenv("MINIVLLM_QKV_PATH");
+        if (v == nullptr) return qkv_path::automatic;
+        if (strcmp(v, "stream") == 0) return qkv_path::stream;
+        if (strcmp(v, "gemm") == 0) return qkv_path::gemm;
+        if (strcmp(v, "generic") == 0) return qkv_path::generic;
+        return qkv_path::automatic;
+    }();
+    return path;
+}
+
+/* The device's properties, read once per device (they cannot change while the process runs). */
+constexpr int kMaxDevices = 64;
+
+cudaError_t current_device(mv_qkv_device *out) {
+    static mv_qkv_device cache[kMaxDevices];
+    static std::atomic<bool> ready[kMaxDevices];
+    int device = 0;
+    cudaError_t err = cudaGetDevice(&device);
+    if (err != cudaSuccess) return err;
+    if (device >= 0 && device < kMaxDevices && ready[device].load(std::memory_order_acquire)) {
+        *out = cache[device];
+        return cudaSuccess;
+    }
+    mv_qkv_device d;
+    d.device = device;
+    err = cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, device);
+    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&d.major, cudaDevAttrComputeCapabilityMajor, device);
+    if (err == cudaSuccess)
+        err = cudaDeviceGetAttribute(&d.max_shared_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+    if (err == cudaSuccess)
+        err = cudaDeviceGetAttribute(&d.max_shared_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device);
+    if (err == cudaSuccess)
+        err = cudaDeviceGetAttribute(&d.reserved_shared, cudaDevAttrReservedSharedMemoryPerBlock, device);
+    if (err != cudaSuccess) return err;
+    if (device >= 0 && device < kMaxDevices) { /* racing threads store the same values */
+        cache[device] = d;
+        ready[device].store(true, std::memory_order_release);
+    }
+    *out = d;
+    return cudaSuccess;
+}
+
 } // namespace
 
 /* The dispatcher. One rule per path, in order:
-   - skinny M (decode, small batches; fp16/bf16, M <= kStreamMaxRows, nn.Linear layout, H % 8 == 0,
-     staged input fits in shared memory): the W stream on tensor cores;
+   - skinny M (decode, small batches; fp16/bf16, M <= kStreamMaxRows and M * H <=
+     kStreamMaxStagedElements, nn.Linear layout, H % 8 == 0): the W stream on tensor cores;
    - otherwise, when libcublasLt loads: the rms_norm kernel + cuBLASLt;
    - otherwise the generic tiled kernel.
    When the chosen kernel cannot write residual_out itself, the store kernel follows it. */
@@ -267,17 +321,19 @@ extern "C" int mv_fused_rms_norm_qkv_cuda(const mv_qkv_args *a, void *stream) {
     const bool has_residual = a->in.residual != nullptr;
     const bool residual_in_place = has_residual && a->in.residual_out == a->in.residual;
 
-    int device = 0, max_shared = 0;
-    cudaError_t err = cudaGetDevice(&device);
-    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&max_shared, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+    mv_qkv_device dev;
+    cudaError_t err = current_device(&dev);
     if (err != cudaSuccess) return (int)err;
 
+    const qkv_path forced = forced_path();
+    const bool stream_fits = a->in.rows <= kStreamMaxRows && a->in.rows * a->in.hidden <= kStreamMaxStagedElements;
     bool residual_written = false;
-    if (a->in.rows <= kStreamMaxRows && mv_qkv_stream_supported(a, max_shared)) {
-        err = (cudaError_t)mv_qkv_stream_cuda(a, stream, has_residual && !residual_in_place, max_shared);
+    if ((forced == qkv_path::stream || (forced == qkv_path::automatic && stream_fits)) &&
+        mv_qkv_stream_supported(a, &dev)) {
+        err = (cudaError_t)mv_qkv_stream_cuda(a, stream, has_residual && !residual_in_place, &dev);
         residual_written = has_residual && !residual_in_place;
-    } else if (mv_qkv_gemm_available()) {
-        err = (cudaError_t)mv_qkv_gemm_cuda(a, stream);
+    } else if (forced != qkv_path::generic && mv_qkv_gemm_available()) {
+        err = (cudaError_t)mv_qkv_gemm_cuda(a, stream, &dev);
         residual_written = has_residual; /* the norm kernel writes it, in place or not */
     } else {
         err = (cudaError_t)launch_generic(a, cuda_stream);

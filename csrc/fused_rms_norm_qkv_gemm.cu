@@ -236,12 +236,9 @@ cudaMemPool_t scratch_pool(int device) {
     return pools[device];
 }
 
-cudaError_t allocate_scratch(void **scratch, size_t bytes, cudaStream_t stream) {
+cudaError_t allocate_scratch(void **scratch, size_t bytes, cudaStream_t stream, int device) {
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-    cudaError_t err = cudaStreamIsCapturing(stream, &capture);
-    if (err != cudaSuccess) return err;
-    int device = 0;
-    err = cudaGetDevice(&device);
+    const cudaError_t err = cudaStreamIsCapturing(stream, &capture);
     if (err != cudaSuccess) return err;
     cudaMemPool_t pool = capture == cudaStreamCaptureStatusNone ? scratch_pool(device) : nullptr;
     return pool ? cudaMallocFromPoolAsync(scratch, bytes, pool, stream) : cudaMallocAsync(scratch, bytes, stream);
@@ -251,7 +248,7 @@ cudaError_t allocate_scratch(void **scratch, size_t bytes, cudaStream_t stream) 
 
 extern "C" int mv_qkv_gemm_available(void) { return cublaslt().loaded ? 1 : 0; }
 
-extern "C" int mv_qkv_gemm_cuda(const mv_qkv_args *a, void *stream) {
+extern "C" int mv_qkv_gemm_cuda(const mv_qkv_args *a, void *stream, const mv_qkv_device *dev) {
     const CublasLt &lt = cublaslt();
     if (!lt.loaded) return static_cast<int>(cudaErrorNotSupported);
     cudaStream_t s = static_cast<cudaStream_t>(stream);
@@ -260,7 +257,7 @@ extern "C" int mv_qkv_gemm_cuda(const mv_qkv_args *a, void *stream) {
     /* y first, then the workspace at a 256-byte boundary. */
     const size_t y_bytes = (static_cast<size_t>(rows * hidden * elem) + 255) / 256 * 256;
     void *scratch = nullptr;
-    cudaError_t err = allocate_scratch(&scratch, y_bytes + kWorkspaceBytes, s);
+    cudaError_t err = allocate_scratch(&scratch, y_bytes + kWorkspaceBytes, s, dev->device);
     if (err != cudaSuccess) return static_cast<int>(err);
     void *y = scratch;
     void *workspace = static_cast<char *>(scratch) + y_bytes;

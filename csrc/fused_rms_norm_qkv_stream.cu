@@ -1,12 +1,13 @@
 /*
  * fused_rms_norm_qkv_stream.cu: the skinny-M path of qkv = rms_norm(x (+ residual)) . W^T
- * (decode and small batches, M <= 64, fp16/bf16). At such M the op is a stream over W: every weight
+ * (decode and small batches, M <= 16, fp16/bf16). At such M the op is a stream over W: every weight
  * byte is read once and used M times, so the kernel is built to keep DRAM busy, not the ALUs.
  *
  * Two kernels share the staging, the mma chunk and the reduction below:
- * - sm_90 and later: the bulk-copy kernel (the section "Hopper" further down), W streamed into a
- *   shared-memory ring by cp.async.bulk, each block an equal share of the output features;
- * - other GPUs (and MINIVLLM_QKV_STREAM=register, to test it on Hopper): the register kernel
+ * - sm_90 and later, H % 64 == 0: the tensor-copy kernel (the section "Hopper" further down), W
+ *   streamed into a shared-memory ring by cp.async.bulk.tensor, each block an equal share of the
+ *   output features, launched with programmatic dependent launch;
+ * - other GPUs and H (and MINIVLLM_QKV_STREAM=register, to test it on Hopper): the register kernel
  *   described next, W loaded straight into mma operand registers.
  *
  * - Each block first stages the whole (tiny) normalized input y = gamma * (s * rrms) in shared
@@ -40,6 +41,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include <cuda.h> /* CUtensorMap and its enums (types only: the encoder is found at run time) */
+
 #include "cuda_common.cuh"
 #include "fused_rms_norm_qkv_paths.h"
 
@@ -51,7 +54,7 @@ constexpr int kTileFeatures = 16; /* mma M */
 constexpr int kChunkK = 32;       /* k per warp per chunk: 4 lanes x 8 consecutive k */
 constexpr int kBatch = 4;         /* chunks whose W loads are issued together */
 constexpr int kVec = 8;           /* 16-byte vectors of 16-bit elements */
-constexpr int kMaxTokens = 64;
+constexpr int kMaxTokens = 16; /* the dispatcher sends larger M to norm + cuBLASLt */
 
 template <typename T>
 __device__ __forceinline__ void mma_16x8x16(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
@@ -370,28 +373,43 @@ __global__ void __launch_bounds__(kThreads) fused_rms_norm_qkv_stream_kernel(mv_
 }
 
 
-/* ---- Hopper (sm_90+): W streamed by the bulk copy engine into a shared-memory ring ------------
+/* ---- Hopper (sm_90+): W streamed by the tensor copy engine into a shared-memory ring ----------
 
    The register stream above keeps at most two batches per thread in flight and hands whole
    16-feature tiles to blocks, so the last wave runs part-empty (Llama-3-8B: 384 tiles on 264
    blocks). Here each block (one per SM) owns a contiguous, equal range of output features, and one
-   producer warp streams it through a ring of shared-memory stages with cp.async.bulk (each stage:
-   16 features x stage_k of k, one bulk copy per feature row, completion counted in bytes on an
+   producer warp streams it through a ring of shared-memory stages, each stage 16 features x
+   stage_k of k brought by ONE tensor copy (cp.async.bulk.tensor, completion counted in bytes on an
    mbarrier). Before the weights, the producer bulk-copies the input (x rows into the staging
    area, the residual rows and gamma beside it) when it is 16-byte aligned, so the norm's operands
    are not queued behind the weight stream. The 8 consumer warps stage y, then wait on each stage,
    run the same mma chunks as above reading W from shared memory, and release the slot.
-   Features of a range's last partial tile and k past H in a stage hold stale bytes: those
-   features are never stored, and W past H is zeroed in registers (0 * NaN would otherwise poison
-   every output).
-   Measured on an H200: the time follows the number of bulk copies, not the bytes in flight
-   (4 or 12 slots of 512 k: the same 21 us for Llama-3-8B at M = 1; 256 / 512 / 1024 / 2048 k per
-   stage: 38 / 21 / 17 / 16 us), hence the widest stages that fit. */
-constexpr int kMaxStageK = 2048; /* k per stage, a multiple of 64: staged feature rows are then  */
-constexpr int kMinStageK = 512;  /* 2 * k + 64 bytes apart, 64 mod 128, so A loads are conflict-free */
+   Why one tensor copy per stage: with one plain bulk copy per feature row, the time followed the
+   number of copies, not the bytes in flight (H200, Llama-3-8B at M = 1: 4 or 12 slots of 512 k
+   gave the same 21 us; 256 / 512 / 1024 / 2048 k per stage gave 38 / 21 / 17 / 16 us), and wide
+   stages did not fit beside a staged input of 16 rows of H = 4096.
+   The copy's view of W is 3-D: [N][H / 64][64], so a stage is a box of 16 features x stage_lines
+   lines of 64 k (128 bytes), stored line after line with the 128-byte swizzle (16-byte chunk j of
+   line L lands at chunk j ^ (L % 8)). A lane reads 16 bytes of features g and g + 8 at the same k;
+   with stage_lines = 4 mod 8, features g and g + 1 sit in opposite halves of the swizzle, so the
+   8 lanes of each quarter-warp hit 8 distinct chunks: no bank conflicts. Features past N and k
+   past H (in the box but outside the tensor) are filled with zeros by the copy itself.
+   Needs H % 64 == 0 (every model this library targets); other H take the register kernel.
+   Measured (H200, bf16, graph replay of distinct layers): Llama-3-8B M = 1 17.1 us and M = 16
+   24.1 us, against 17.9 and 28.4 with a bulk copy per feature row.
+   Programmatic dependent launch: the kernel is launched so that it may start before the previous
+   kernel on the stream ends, lets its own successor start at once (griddepcontrol), and streams
+   its first round of W stages before waiting (griddepcontrol.wait) for that kernel; x, residual,
+   gamma and every write come after the wait. Where the block fits in half an SM, two calls' blocks
+   share one. Measured as above, M = 1, without / with: Qwen2.5-0.5B 5.1 / 3.2 us, Qwen3-0.6B
+   7.5 / 4.3, Qwen3-4B 14.3 / 11.1, Llama-3-8B 19.7 / 16.7. */
+constexpr int kLineK = 64;                             /* k per 128-byte line of a stage */
+constexpr int kLineBytes = kLineK * 2;
+constexpr int kStageLineChoices[] = {36, 28, 20, 12, 4}; /* each 4 mod 8 (see above), widest first */
 constexpr int kMaxStages = 12;
 constexpr int kBulkThreads = kThreads + 32;            /* 8 consumer warps + 1 producer warp */
 constexpr int kMinFeaturesPerBlock = 8;
+constexpr int kSwizzleAlign = 1024;                    /* the 128-byte swizzle repeats every 1 KiB */
 
 struct BulkGeometry {
     int64_t cols;      /* N */
@@ -399,7 +417,7 @@ struct BulkGeometry {
     int stages;        /* ring slots */
     int xs_stride;     /* elements between staged rows */
     bool input_copy;   /* the producer bulk-copies x (into xs), residual and gamma first */
-    int stage_k;       /* k per stage (a multiple of 64) */
+    int stage_lines;   /* 64-k lines per stage: stage_k = 64 * stage_lines */
 };
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -433,12 +451,13 @@ __device__ __forceinline__ uint64_t evict_first_policy() {
     asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
     return policy;
 }
-__device__ __forceinline__ void bulk_copy_to_shared(void *dst, const void *src, unsigned bytes, uint64_t *bar,
-                                                    uint64_t policy) {
+/* One box of the 3-D tensor map (coordinates innermost first) into shared memory. */
+__device__ __forceinline__ void tensor_copy_to_shared(void *dst, const CUtensorMap *map, int c0, int c1, int c2,
+                                                      uint64_t *bar, uint64_t policy) {
     asm volatile(
-        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;\n" ::
-            "r"(shared_address(dst)),
-        "l"(src), "r"(bytes), "r"(shared_address(bar)), "l"(policy)
+        "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint"
+        " [%0], [%1, {%2, %3, %4}], [%5], %6;\n" ::"r"(shared_address(dst)),
+        "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(shared_address(bar)), "l"(policy)
         : "memory");
 }
 __device__ __forceinline__ void bulk_copy_to_shared(void *dst, const void *src, unsigned bytes, uint64_t *bar) {
@@ -455,14 +474,17 @@ struct ConsumerSync { /* the 8 consumer warps only: the producer warp never join
 
 
 template <typename T, int kTokenTiles, bool kHasResidual>
-__global__ void __launch_bounds__(kBulkThreads, 1) fused_rms_norm_qkv_bulk_kernel(mv_qkv_args args, BulkGeometry geo,
-                                                                                mv_stream_flags flags) {
+__global__ void __launch_bounds__(kBulkThreads, 2) fused_rms_norm_qkv_bulk_kernel(mv_qkv_args args, BulkGeometry geo,
+                                                                                mv_stream_flags flags,
+                                                                                const __grid_constant__ CUtensorMap w_map) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     extern __shared__ uint4 smem[];
     const int rows = static_cast<int>(args.in.rows);
     const int hidden = static_cast<int>(args.in.hidden);
-    unsigned char *ring = reinterpret_cast<unsigned char *>(smem);               /* [stages][16][stage_pitch] */
-    const int stage_pitch = geo.stage_k * 2 + 64, stage_bytes = kTileFeatures * stage_pitch;
+    /* [stages][16 features][stage_lines][128 bytes, swizzled], from the first 1 KiB boundary */
+    unsigned char *ring = reinterpret_cast<unsigned char *>(
+        (reinterpret_cast<uintptr_t>(smem) + kSwizzleAlign - 1) / kSwizzleAlign * kSwizzleAlign);
+    const int stage_bytes = kTileFeatures * geo.stage_lines * kLineBytes;
     T *xs = reinterpret_cast<T *>(ring + static_cast<size_t>(geo.stages) * stage_bytes); /* [rows][xs_stride] */
     float *partial = reinterpret_cast<float *>(xs + rows * geo.xs_stride);     /* [kWarps][kTokenTiles][4][32] */
     /* with input_copy: residual rows [rows][xs_stride] (when there is a residual) and gamma [H] */
@@ -489,45 +511,50 @@ __global__ void __launch_bounds__(kBulkThreads, 1) fused_rms_norm_qkv_bulk_kerne
     }
     __syncthreads();
 
+    /* Programmatic dependent launch: the next kernel in the stream may start now. Nothing it may
+       read early (its weights) is written here, and before reading anything else or writing
+       anything it waits for this grid to finish (griddepcontrol.wait, below in this kernel too). */
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+
     if (warp == kWarps) {
         /* Producer: stage i of this block is tile i / kchunks, k chunk i % kchunks, in slot
-           i % stages; lane f copies feature row f of it. */
-        const uint64_t policy = evict_first_policy();
-        const T *w = static_cast<const T *>(args.w);
-        if (geo.input_copy) {
-            /* The input first: requested ahead of the weight flood, it is not queued behind it. */
-            const unsigned row_bytes = static_cast<unsigned>(hidden) * sizeof(T);
-            if (lane == 0)
+           i % stages; lane 0 issues its one tensor copy. The first round of stages goes out before
+           the wait for the previous kernel in the stream: weights are constants of the model (the
+           README says so), so they stream while that kernel finishes. */
+        if (lane == 0) {
+            const uint64_t policy = evict_first_policy();
+            auto issue = [&](int i) {
+                const int slot = i % geo.stages, round = i / geo.stages;
+                if (round > 0) mbarrier_wait(&empty[slot], (round - 1) & 1);
+                const int64_t feature0 = feature_begin + static_cast<int64_t>(i / geo.kchunks) * kTileFeatures;
+                const int line0 = (i % geo.kchunks) * geo.stage_lines;
+                mbarrier_arrive_expect_tx(&full[slot], static_cast<unsigned>(stage_bytes)); /* zero fill counts */
+                tensor_copy_to_shared(ring + static_cast<size_t>(slot) * stage_bytes, &w_map, 0, line0,
+                                      static_cast<int>(feature0), &full[slot], policy);
+            };
+            const int first_round = total_stages < geo.stages ? total_stages : geo.stages;
+            for (int i = 0; i < first_round; ++i) issue(i);
+            asm volatile("griddepcontrol.wait;\n" ::: "memory");
+            if (geo.input_copy) {
+                const unsigned row_bytes = static_cast<unsigned>(hidden) * sizeof(T);
                 mbarrier_arrive_expect_tx(input_full, row_bytes * (1 + rows * (kHasResidual ? 2 : 1)));
-            __syncwarp();
-            if (lane == 0) bulk_copy_to_shared(gamma_copy, args.in.norm_weight, row_bytes, input_full);
-            for (int m = lane; m < rows; m += 32) {
-                bulk_copy_to_shared(xs + m * geo.xs_stride, static_cast<const T *>(args.in.x) + m * args.in.x_stride,
-                                    row_bytes, input_full);
-                if (kHasResidual)
-                    bulk_copy_to_shared(residual_copy + m * geo.xs_stride,
-                                        static_cast<const T *>(args.in.residual) + m * args.in.residual_stride,
-                                        row_bytes, input_full);
+                bulk_copy_to_shared(gamma_copy, args.in.norm_weight, row_bytes, input_full);
+                for (int m = 0; m < rows; ++m) {
+                    bulk_copy_to_shared(xs + m * geo.xs_stride,
+                                        static_cast<const T *>(args.in.x) + m * args.in.x_stride, row_bytes,
+                                        input_full);
+                    if (kHasResidual)
+                        bulk_copy_to_shared(residual_copy + m * geo.xs_stride,
+                                            static_cast<const T *>(args.in.residual) + m * args.in.residual_stride,
+                                            row_bytes, input_full);
+                }
             }
-        }
-        for (int i = 0; i < total_stages; ++i) {
-            const int slot = i % geo.stages, round = i / geo.stages;
-            if (round > 0) mbarrier_wait(&empty[slot], (round - 1) & 1);
-            const int64_t feature0 = feature_begin + static_cast<int64_t>(i / geo.kchunks) * kTileFeatures;
-            const int64_t left = feature_end - feature0;
-            const int features = static_cast<int>(left < kTileFeatures ? left : kTileFeatures);
-            const int k0 = (i % geo.kchunks) * geo.stage_k;
-            const int k_len = hidden - k0 < geo.stage_k ? hidden - k0 : geo.stage_k;
-            const unsigned bytes = static_cast<unsigned>(k_len) * sizeof(T);
-            if (lane == 0) mbarrier_arrive_expect_tx(&full[slot], bytes * features);
-            __syncwarp();
-            if (lane < features)
-                bulk_copy_to_shared(ring + static_cast<size_t>(slot) * stage_bytes + lane * stage_pitch,
-                                    w + (feature0 + lane) * args.w_stride_n + k0, bytes, &full[slot], policy);
+            for (int i = first_round; i < total_stages; ++i) issue(i);
         }
         return;
     }
 
+    asm volatile("griddepcontrol.wait;\n" ::: "memory"); /* x, residual and the outputs are the previous kernel's */
     if (geo.input_copy) {
         /* Stage from the shared copies: x in place in xs (each lane reads the vectors it then
            writes), residual and gamma beside it; residual_out still goes to global memory. */
@@ -540,15 +567,16 @@ __global__ void __launch_bounds__(kBulkThreads, 1) fused_rms_norm_qkv_bulk_kerne
         local.in.norm_weight = gamma_copy;
         mv_stream_flags local_flags = flags;
         local_flags.x_vec = local_flags.residual_vec = local_flags.gamma_vec = true;
-        stage_normalized_input<T, kHasResidual, 4>(local, local_flags, xs, geo.xs_stride, partial, warp, lane,
+        stage_normalized_input<T, kHasResidual, kHasResidual ? 2 : 4>(local, local_flags, xs, geo.xs_stride, partial, warp, lane,
                                                    ConsumerSync());
     } else {
-        stage_normalized_input<T, kHasResidual, 4>(args, flags, xs, geo.xs_stride, partial, warp, lane, ConsumerSync());
+        stage_normalized_input<T, kHasResidual, kHasResidual ? 2 : 4>(args, flags, xs, geo.xs_stride, partial, warp, lane, ConsumerSync());
     }
     ConsumerSync()();
 
     const int g = lane >> 2, t = lane & 3;
-    const int chunks_per_stage = geo.stage_k / kChunkK;
+    const int stage_k = geo.stage_lines * kLineK;
+    const int chunks_per_stage = stage_k / kChunkK;
     for (int tile = 0, i = 0; tile < tiles; ++tile) {
         float acc[kTokenTiles][4];
 #pragma unroll
@@ -557,17 +585,16 @@ __global__ void __launch_bounds__(kBulkThreads, 1) fused_rms_norm_qkv_bulk_kerne
             const int slot = i % geo.stages;
             mbarrier_wait(&full[slot], (i / geo.stages) & 1);
             const unsigned char *stage = ring + static_cast<size_t>(slot) * stage_bytes;
-#pragma unroll
             for (int c = warp; c < chunks_per_stage; c += kWarps) {
+                const int chunk_k = kc * stage_k + c * kChunkK;
+                if (chunk_k >= hidden) break; /* warp-uniform; H % 64 == 0, so a chunk is all in or all out */
                 const int local_k = c * kChunkK + kVec * t;
-                const int k = kc * geo.stage_k + local_k;
-                const bool k_ok = k < hidden;
-                uint4 wa = make_uint4(0, 0, 0, 0), wb = make_uint4(0, 0, 0, 0);
-                if (k_ok) {
-                    wa = *reinterpret_cast<const uint4 *>(stage + g * stage_pitch + local_k * 2);
-                    wb = *reinterpret_cast<const uint4 *>(stage + (g + 8) * stage_pitch + local_k * 2);
-                }
-                mma_chunk<T, kTokenTiles>(acc, wa, wb, xs, geo.xs_stride, k, k_ok, rows, g);
+                const int line_a = g * geo.stage_lines + local_k / kLineK;
+                const int line_b = line_a + 8 * geo.stage_lines;
+                const int j = (local_k % kLineK) / kVec; /* 16-byte chunk within the line */
+                const uint4 wa = *reinterpret_cast<const uint4 *>(stage + line_a * kLineBytes + ((j ^ (line_a & 7)) << 4));
+                const uint4 wb = *reinterpret_cast<const uint4 *>(stage + line_b * kLineBytes + ((j ^ (line_b & 7)) << 4));
+                mma_chunk<T, kTokenTiles>(acc, wa, wb, xs, geo.xs_stride, chunk_k + kVec * t, true, rows, g);
             }
             __syncwarp();
             if (lane == 0) mbarrier_arrive(&empty[slot]);
@@ -606,70 +633,148 @@ cudaError_t allow_shared(Kernel kernel, size_t smem) {
     return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
 }
 
-/* The bulk-copy kernel (sm_90+) when its ring gets at least two stages; returns
-   cudaErrorNotSupported (launching nothing) when it does not fit, so the caller falls back. */
+/* cuTensorMapEncodeTiled from the driver, found through the runtime (minivllm does not link
+   libcuda itself); null where the driver lacks it. */
+typedef CUresult (*EncodeTiledFn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
+                                  const cuuint64_t *, const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave,
+                                  CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+EncodeTiledFn encode_tiled() {
+    static const EncodeTiledFn fn = [] {
+        void *p = nullptr;
+        cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &found) !=
+                cudaSuccess ||
+            found != cudaDriverEntryPointSuccess)
+            p = nullptr;
+        (void)cudaGetLastError();
+        return reinterpret_cast<EncodeTiledFn>(p);
+    }();
+    return fn;
+}
+
+/* W as the copy engine sees it: [N][H / 64][64] elements, boxes of 16 features x stage_lines
+   lines x 64 k, 128-byte swizzle, zeros outside the tensor. */
+bool encode_weight_map(CUtensorMap *map, const mv_qkv_args &a, int64_t cols, int stage_lines) {
+    const EncodeTiledFn encode = encode_tiled();
+    if (encode == nullptr) return false;
+    const cuuint64_t dims[3] = {static_cast<cuuint64_t>(kLineK), static_cast<cuuint64_t>(a.in.hidden / kLineK),
+                                static_cast<cuuint64_t>(cols)};
+    const cuuint64_t strides[2] = {static_cast<cuuint64_t>(kLineBytes), static_cast<cuuint64_t>(a.w_stride_n) * 2};
+    const cuuint32_t box[3] = {static_cast<cuuint32_t>(kLineK), static_cast<cuuint32_t>(stage_lines),
+                               static_cast<cuuint32_t>(kTileFeatures)};
+    const cuuint32_t unit[3] = {1, 1, 1};
+    const CUtensorMapDataType type =
+        a.in.dtype == MV_BFLOAT16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+    return encode(map, type, 3, const_cast<void *>(a.w), dims, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                  CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                  CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+constexpr int kMinSharedStageLines = 12; /* 768 k: narrower stages on half an SM cost more than they bring */
+
+/* MINIVLLM_PDL=0 launches the tensor-copy kernel without programmatic dependent launch (to
+   measure what it brings, or to rule it out); read once. */
+bool pdl_enabled() {
+    static const bool enabled = [] {
+        const char *v = getenv("MINIVLLM_PDL");
+        return v == nullptr || strcmp(v, "0") != 0;
+    }();
+    return enabled;
+}
+
+/* The ring for a shared-memory budget: the fewest stages per tile (one when H fits the widest
+   choice), at least min_lines wide unless H is narrower, of which three (or all a block needs, or
+   at least min_stages) fit beside the staged input. Returns the bytes the block needs, or 0 when
+   no such ring fits. */
+size_t plan_ring(BulkGeometry *geo, size_t budget, size_t base, size_t input_extra, bool input_copy_ok,
+                 int64_t most_tiles, int lines, int min_lines, int min_stages) {
+    int candidates[8], count = 0;
+    const int choices = static_cast<int>(sizeof(kStageLineChoices) / sizeof(int));
+    for (int c = 0; c < choices; ++c) {
+        /* of the choices that cover H in one stage, only the narrowest */
+        if (kStageLineChoices[c] >= lines && c + 1 < choices && kStageLineChoices[c + 1] >= lines) continue;
+        candidates[count++] = kStageLineChoices[c];
+    }
+    for (int want = 3; want >= min_stages; --want) {
+        for (int c = 0; c < count; ++c) {
+            const int stage_lines = candidates[c];
+            if (stage_lines < min_lines && stage_lines < lines) continue;
+            const int kchunks = (lines + stage_lines - 1) / stage_lines;
+            const int64_t needed = most_tiles * kchunks;
+            const size_t per_stage = static_cast<size_t>(kTileFeatures) * stage_lines * kLineBytes + 2 * sizeof(uint64_t);
+            const bool input_copy = input_copy_ok && base + input_extra + 2 * per_stage <= budget;
+            const size_t fixed = base + (input_copy ? input_extra : 0);
+            if (fixed > budget) return 0;
+            int64_t fit = static_cast<int64_t>((budget - fixed) / per_stage);
+            if (fit > kMaxStages) fit = kMaxStages;
+            if (fit > needed) fit = needed < 2 ? 2 : needed;
+            if (fit >= (needed < want ? needed : want) && fit >= 2) {
+                geo->stages = static_cast<int>(fit);
+                geo->stage_lines = stage_lines;
+                geo->kchunks = kchunks;
+                geo->input_copy = input_copy;
+                return fixed + static_cast<size_t>(fit) * per_stage;
+            }
+        }
+    }
+    return 0;
+}
+
+/* The tensor-copy kernel (sm_90+, H % 64 == 0) when its ring gets at least two stages; returns
+   cudaErrorNotSupported (launching nothing) when it does not apply, so the caller falls back.
+   Launched with programmatic dependent launch: see the kernel. Where the block fits in half a
+   multiprocessor, the next call's blocks can then stream their weights beside this call's. */
 template <typename T, int kTokenTiles>
-int launch_bulk(const mv_qkv_args &a, cudaStream_t stream, const mv_stream_flags &flags, int sms,
-                int max_shared_bytes) {
+int launch_bulk(const mv_qkv_args &a, cudaStream_t stream, const mv_stream_flags &flags, const mv_qkv_device &dev) {
     const int rows = static_cast<int>(a.in.rows);
     const int hidden = static_cast<int>(a.in.hidden);
+    if (hidden % kLineK != 0) return static_cast<int>(cudaErrorNotSupported);
     const bool has_residual = a.in.residual != nullptr;
     BulkGeometry geo;
     geo.cols = a.q_cols + 2 * a.kv_cols;
     geo.xs_stride = static_cast<int>(row_pitch_bytes(hidden) / 2);
     const int64_t by_features = (geo.cols + kMinFeaturesPerBlock - 1) / kMinFeaturesPerBlock;
-    const unsigned grid = static_cast<unsigned>(by_features < sms ? by_features : sms);
+    const unsigned grid = static_cast<unsigned>(by_features < dev.sms ? by_features : dev.sms);
     const int64_t most_tiles = ((geo.cols + grid - 1) / grid + kTileFeatures - 1) / kTileFeatures;
-    const size_t budget = static_cast<size_t>(max_shared_bytes);
-    const size_t base = shared_bytes(rows, hidden, kTokenTiles) + sizeof(uint64_t) /* input barrier */;
+    const size_t base = kSwizzleAlign + shared_bytes(rows, hidden, kTokenTiles) + sizeof(uint64_t) /* input barrier */;
     /* The input goes by bulk copy where it is 16-byte aligned and its bytes fit one mbarrier phase
-       (and, below, where its shared copies still leave two stages). */
+       (and where its shared copies still leave two stages). */
     const size_t input_extra = (has_residual ? static_cast<size_t>(rows) * row_pitch_bytes(hidden) : 0) +
                                static_cast<size_t>(hidden + 7) / 8 * 8 * 2;
     const size_t input_bytes = static_cast<size_t>(hidden) * 2 * (1 + rows * (has_residual ? 2 : 1));
     const bool input_copy_ok =
         flags.x_vec && flags.gamma_vec && (!has_residual || flags.residual_vec) && input_bytes < (1u << 20);
+    const int lines = hidden / kLineK;
+    const size_t half_sm = static_cast<size_t>(dev.max_shared_sm / 2 - dev.reserved_shared);
+    const size_t whole = static_cast<size_t>(dev.max_shared_block);
+    /* Half a multiprocessor where that still leaves three stages of 768 k or more; else all of
+       it. (H200, bf16, graph-timed: Qwen3-4B M = 1 11.1 us on half, 28-line stages on all 11.9;
+       Llama-3-8B M = 4 with two 12-line stages on half 19.3, on all 17.6.) */
+    size_t smem = plan_ring(&geo, half_sm < whole ? half_sm : whole, base, input_extra, input_copy_ok, most_tiles,
+                            lines, kMinSharedStageLines, 3);
+    if (smem == 0) smem = plan_ring(&geo, whole, base, input_extra, input_copy_ok, most_tiles, lines, 0, 2);
+    if (smem == 0) return static_cast<int>(cudaErrorNotSupported);
 
-    /* Stage size: the bulk copies are the cost that counts (H200, Llama-3-8B at M = 1: 38 / 21 /
-       17 / 16 us with 256 / 512 / 1024 / 2048 k per stage), so take the largest stage of which at
-       least three (or all a block needs, or at least two) fit beside the staged input. */
-    const int widest = (hidden + 63) / 64 * 64 < kMaxStageK ? (hidden + 63) / 64 * 64 : kMaxStageK;
-    int64_t stages = 0;
-    size_t fixed = 0, per_stage = 0;
-    int candidates[4], count = 0;
-    candidates[count++] = widest;
-    for (int k = kMaxStageK; k >= kMinStageK; k /= 2)
-        if (k < widest) candidates[count++] = k;
-    for (int want = 3; want >= 2 && stages == 0; --want) {
-        for (int c = 0; c < count && stages == 0; ++c) {
-            const int stage_k = candidates[c];
-            const int kchunks = (hidden + stage_k - 1) / stage_k;
-            const int64_t needed = most_tiles * kchunks;
-            per_stage = kTileFeatures * (static_cast<size_t>(stage_k) * 2 + 64) + 2 * sizeof(uint64_t);
-            const bool input_copy = input_copy_ok && base + input_extra + 2 * per_stage <= budget;
-            fixed = base + (input_copy ? input_extra : 0);
-            if (fixed > budget) break;
-            int64_t fit = static_cast<int64_t>((budget - fixed) / per_stage);
-            if (fit > kMaxStages) fit = kMaxStages;
-            if (fit > needed) fit = needed < 2 ? 2 : needed;
-            if (fit >= (needed < want ? needed : want) && fit >= 2) {
-                stages = fit;
-                geo.stage_k = stage_k;
-                geo.kchunks = kchunks;
-                geo.input_copy = input_copy;
-            }
-        }
-    }
-    if (stages == 0) return static_cast<int>(cudaErrorNotSupported);
-    geo.stages = static_cast<int>(stages);
-    const size_t smem = fixed + static_cast<size_t>(stages) * per_stage;
-
-    void (*kernel)(mv_qkv_args, BulkGeometry, mv_stream_flags) =
+    alignas(64) CUtensorMap w_map;
+    if (!encode_weight_map(&w_map, a, geo.cols, geo.stage_lines)) return static_cast<int>(cudaErrorNotSupported);
+    void (*kernel)(mv_qkv_args, BulkGeometry, mv_stream_flags, const CUtensorMap) =
         a.in.residual != nullptr ? fused_rms_norm_qkv_bulk_kernel<T, kTokenTiles, true>
                                  : fused_rms_norm_qkv_bulk_kernel<T, kTokenTiles, false>;
-    const cudaError_t err = allow_shared(kernel, smem);
+    cudaError_t err = allow_shared(kernel, smem);
     if (err != cudaSuccess) return static_cast<int>(err);
-    kernel<<<grid, kBulkThreads, smem, stream>>>(a, geo, flags);
+    cudaLaunchConfig_t config;
+    memset(&config, 0, sizeof(config));
+    config.gridDim = dim3(grid);
+    config.blockDim = dim3(kBulkThreads);
+    config.dynamicSmemBytes = smem;
+    config.stream = stream;
+    cudaLaunchAttribute attribute;
+    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute.val.programmaticStreamSerializationAllowed = 1;
+    config.attrs = &attribute;
+    config.numAttrs = pdl_enabled() ? 1 : 0;
+    err = cudaLaunchKernelEx(&config, kernel, a, geo, flags, w_map);
+    if (err != cudaSuccess) return static_cast<int>(err);
     return static_cast<int>(cudaGetLastError());
 }
 
@@ -714,49 +819,38 @@ bool bulk_disabled() {
 }
 
 template <typename T, int kTokenTiles>
-int launch(const mv_qkv_args &a, cudaStream_t stream, bool residual_in_kernel, int max_shared_bytes) {
-    int device = 0, sms = 0, major = 0;
-    cudaError_t err = cudaGetDevice(&device);
-    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-    if (err != cudaSuccess) return static_cast<int>(err);
+int launch(const mv_qkv_args &a, cudaStream_t stream, bool residual_in_kernel, const mv_qkv_device &dev) {
     const mv_stream_flags flags = stream_flags(a, residual_in_kernel);
-    if (major >= 9 && !bulk_disabled()) {
-        const int bulk = launch_bulk<T, kTokenTiles>(a, stream, flags, sms, max_shared_bytes);
+    if (dev.major >= 9 && !bulk_disabled()) {
+        const int bulk = launch_bulk<T, kTokenTiles>(a, stream, flags, dev);
         if (bulk != static_cast<int>(cudaErrorNotSupported)) return bulk;
     }
-    return launch_register<T, kTokenTiles>(a, stream, flags, sms, max_shared_bytes);
+    return launch_register<T, kTokenTiles>(a, stream, flags, dev.sms, dev.max_shared_block);
 }
 
 } // namespace
 
 /* Whether the stream path takes this call; see fused_rms_norm_qkv_paths.h. */
-extern "C" int mv_qkv_stream_supported(const mv_qkv_args *a, int max_shared_bytes) {
+extern "C" int mv_qkv_stream_supported(const mv_qkv_args *a, const mv_qkv_device *dev) {
     if (a->in.dtype == MV_FLOAT32) return 0;
     if (a->in.rows < 1 || a->in.rows > kMaxTokens) return 0;
     if (a->in.hidden % kVec != 0 || a->in.hidden > (1 << 20)) return 0;
     if (a->w_stride_k != 1 || !aligned16(a->w, a->w_stride_n, 2)) return 0;
-    const int64_t tiles = (a->in.rows + 7) / 8;
-    const int token_tiles = tiles <= 1 ? 1 : tiles <= 2 ? 2 : tiles <= 4 ? 4 : 8;
+    const int token_tiles = a->in.rows <= 8 ? 1 : 2;
     return shared_bytes(static_cast<int>(a->in.rows), static_cast<int>(a->in.hidden), token_tiles) <=
-           static_cast<size_t>(max_shared_bytes);
+           static_cast<size_t>(dev->max_shared_block);
 }
 
-extern "C" int mv_qkv_stream_cuda(const mv_qkv_args *a, void *stream, int residual_in_kernel, int max_shared_bytes) {
+extern "C" int mv_qkv_stream_cuda(const mv_qkv_args *a, void *stream, int residual_in_kernel,
+                                  const mv_qkv_device *dev) {
     cudaStream_t s = static_cast<cudaStream_t>(stream);
-    const int64_t token_tiles = (a->in.rows + 7) / 8;
     const bool ok = residual_in_kernel != 0;
+    const bool one_tile = a->in.rows <= 8; /* tokens per mma: 8 */
     switch (a->in.dtype) {
     case MV_FLOAT16:
-        if (token_tiles <= 1) return launch<__half, 1>(*a, s, ok, max_shared_bytes);
-        if (token_tiles <= 2) return launch<__half, 2>(*a, s, ok, max_shared_bytes);
-        if (token_tiles <= 4) return launch<__half, 4>(*a, s, ok, max_shared_bytes);
-        return launch<__half, 8>(*a, s, ok, max_shared_bytes);
+        return one_tile ? launch<__half, 1>(*a, s, ok, *dev) : launch<__half, 2>(*a, s, ok, *dev);
     case MV_BFLOAT16:
-        if (token_tiles <= 1) return launch<__nv_bfloat16, 1>(*a, s, ok, max_shared_bytes);
-        if (token_tiles <= 2) return launch<__nv_bfloat16, 2>(*a, s, ok, max_shared_bytes);
-        if (token_tiles <= 4) return launch<__nv_bfloat16, 4>(*a, s, ok, max_shared_bytes);
-        return launch<__nv_bfloat16, 8>(*a, s, ok, max_shared_bytes);
+        return one_tile ? launch<__nv_bfloat16, 1>(*a, s, ok, *dev) : launch<__nv_bfloat16, 2>(*a, s, ok, *dev);
     default:
         return static_cast<int>(cudaErrorInvalidValue);
     }
