@@ -744,6 +744,12 @@ static PyObject *py_fused_rms_norm_qkv(PyObject *module, PyObject *const *args, 
         mv_as_rows(v, 2, &rows, &cols, &a.v_stride) < 0)
         goto done;
     mv_tensor *res_out = NULL;
+    if (!has_residual && args[10] != Py_None) {
+        /* there is no new residual to write: refusing beats leaving the caller's buffer stale */
+        PyErr_SetString(PyExc_ValueError, "residual_out: given without residual=; the new residual "
+                                          "(hidden_states + residual) exists only when residual is passed");
+        goto done;
+    }
     if (has_residual) {
         res_out = call_output(&c, args[10], args[10] == args[6] ? "residual" : "residual_out", x,
                               x->ndim, x->shape, &res_obj);

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import minivllm
-from conftest import DEVICES, get_backend, cuda_skip_reason
+from conftest import DEVICES, get_backend, cuda_skip_reason, to64
 
 M, H = 4, 16
 NH, NKV, HD = 1, 1, 8
@@ -199,6 +199,17 @@ def test_base_arguments_are_valid(op):
     base_fn, call, _, _ = OPS[op]
     dev = get_backend("cpu")
     call(base_fn(dev))
+
+
+@pytest.mark.parametrize("devname", DEVICES)
+def test_qkv_residual_out_without_residual(devname):
+    """Without residual= there is no new residual: a residual_out= is refused, not left stale."""
+    dev = get_backend(devname)
+    args = qkv_base(dev)
+    target = _val(dev, (M, H), 4)
+    before = to64(target)
+    expect(ValueError, "residual_out", "without residual", lambda: qkv_call({**args, "residual_out": target}))
+    np.testing.assert_array_equal(to64(target), before)
 
 
 # --------------------------------------------------------------------------------------------
