@@ -40,11 +40,22 @@ python3 -m pytest "$root/tests" -q -rs -p no:cacheprovider --junitxml="$out/pyte
     >"$out/pytest.log" 2>&1 || status=1
 grep -E "^(fuzz|leaks):" "$out/pytest.log" || true
 tail -n 25 "$out/pytest.log"
-# On sm_90 the QKV stream path is the bulk-copy kernel; run the QKV tests once more on the
-# register kernel that other GPUs get.
-MINIVLLM_QKV_STREAM=register python3 -m pytest "$root/tests/test_fused_rms_norm_qkv.py" -q -k cuda \
-    -p no:cacheprovider >"$out/pytest-qkv-register.log" 2>&1 || status=1
-echo "QKV tests on the register stream kernel: $(tail -n 1 "$out/pytest-qkv-register.log")"
+# The QKV tests once more on the paths this GPU does not take by itself: on sm_90 the stream
+# path is the tensor-copy kernel, so the register kernel that other GPUs get; every call on the
+# stream path where it applies; every call on the generic kernel (only used where cuBLASLt
+# cannot be loaded).
+# The three runs go side by side (separate processes; the GPU has room) to keep the check short.
+qkv_envs=(MINIVLLM_QKV_STREAM=register MINIVLLM_QKV_PATH=stream MINIVLLM_QKV_PATH=generic)
+qkv_pids=()
+for qkv_env in "${qkv_envs[@]}"; do
+    env "$qkv_env" python3 -m pytest "$root/tests/test_fused_rms_norm_qkv.py" -q -k cuda \
+        -p no:cacheprovider >"$out/pytest-qkv-${qkv_env#*=}.log" 2>&1 &
+    qkv_pids+=($!)
+done
+for i in "${!qkv_envs[@]}"; do
+    wait "${qkv_pids[$i]}" || status=1
+    echo "QKV tests with ${qkv_envs[$i]}: $(tail -n 1 "$out/pytest-qkv-${qkv_envs[$i]#*=}.log")"
+done
 cd "$root"
 timed tests
 

@@ -117,6 +117,16 @@ def log_lines(out, prefix):
     return [line for line in text.splitlines() if line.startswith(prefix)]
 
 
+def qkv_path_tests(out):
+    """The last line of each QKV rerun on a forced path (gpu_check.sh: pytest-qkv-<path>.log)."""
+    runs = {}
+    for name in sorted(os.listdir(out)):
+        if name.startswith("pytest-qkv-") and name.endswith(".log"):
+            lines = (read(os.path.join(out, name)) or "").strip().splitlines()
+            runs[name[len("pytest-qkv-"):-len(".log")]] = lines[-1] if lines else "empty log"
+    return runs
+
+
 def print_summary(result):
     rows = [("GPU", f"{result['gpu']['name']} (driver {result['gpu']['driver']})"),
             ("commit", result["commit"])]
@@ -124,6 +134,8 @@ def print_summary(result):
     rows.append(("tests", "no pytest.xml" if t is None else
                  f"{t['passed']} passed, {t['skipped']} skipped, {t['failed']} failed, "
                  f"{t['errors']} errors"))
+    for name, line in result.get("qkv_path_tests", {}).items():
+        rows.append((f"QKV tests, {name}", line))
     for line in result["fuzz"]:
         rows.append(("fuzz", line[len("fuzz: "):]))
     for line in result["leaks"]:
@@ -168,6 +180,7 @@ def main(out):
         "python": sys.version.split()[0],
         "versions": versions,
         "tests": test_counts(os.path.join(out, "pytest.xml")),
+        "qkv_path_tests": qkv_path_tests(out),
         "fuzz": log_lines(out, "fuzz: "),
         "leaks": log_lines(out, "leaks: "),
         "sanitizers": sanitizer_results(out),
