@@ -166,7 +166,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     # initcheck cannot see the q/k/v that cuBLASLt's Hopper kernels store (bulk tensor copies from
     # shared memory), so reading them back is reported as uninitialized although every value was
-    # checked; gpu_check.sh limits initcheck's QKV cases to the M our own kernels write.
+    # checked; gpu_check.sh limits initcheck's QKV cases to the M our stream kernel writes (16)
+    # and runs them all once more on the generic kernel.
     parser.add_argument("--qkv-max-m", type=int, default=sys.maxsize,
                         help="run QKV cases only up to this M (default: all)")
     args = parser.parse_args(argv)
