@@ -28,6 +28,7 @@ C_SOURCES = [
     "csrc/fused_rms_norm_qkv_cpu.c",
 ]
 CUDA_SOURCES = [
+    "csrc/cuda_device.cu",
     "csrc/rms_norm.cu",
     "csrc/fused_rms_norm_qkv.cu",
     "csrc/fused_rms_norm_qkv_stream.cu",

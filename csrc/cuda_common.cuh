@@ -15,6 +15,24 @@
 
 #include "minivllm_kernels.h"
 
+/* ---- programmatic dependent launch (cuda_device.h) ------------------------------------------ */
+
+/* Wait until the previous kernel on the stream has finished and its writes are visible; a no-op
+   when this kernel was not launched with PDL, and before sm_90. */
+__device__ __forceinline__ void mv_pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
+/* Let the next kernel on the stream (if launched with PDL) start; it still waits for this one
+   to finish before it reads anything this one writes. */
+__device__ __forceinline__ void mv_pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
 /* ---- dtype <-> float ------------------------------------------------------------------------ */
 
 __device__ __forceinline__ float mv_to_float(float v) { return v; }

@@ -25,7 +25,6 @@
  * means it starts only after every GEMM block has finished reading), writes
  * residual_out = round(x + residual), the same s the GEMM used.
  */
-#include <atomic>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
@@ -275,38 +274,6 @@ qkv_path forced_path() {
     return path;
 }
 
-/* The device's properties, read once per device (they cannot change while the process runs). */
-constexpr int kMaxDevices = 64;
-
-cudaError_t current_device(mv_qkv_device *out) {
-    static mv_qkv_device cache[kMaxDevices];
-    static std::atomic<bool> ready[kMaxDevices];
-    int device = 0;
-    cudaError_t err = cudaGetDevice(&device);
-    if (err != cudaSuccess) return err;
-    if (device >= 0 && device < kMaxDevices && ready[device].load(std::memory_order_acquire)) {
-        *out = cache[device];
-        return cudaSuccess;
-    }
-    mv_qkv_device d;
-    d.device = device;
-    err = cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, device);
-    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&d.major, cudaDevAttrComputeCapabilityMajor, device);
-    if (err == cudaSuccess)
-        err = cudaDeviceGetAttribute(&d.max_shared_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-    if (err == cudaSuccess)
-        err = cudaDeviceGetAttribute(&d.max_shared_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device);
-    if (err == cudaSuccess)
-        err = cudaDeviceGetAttribute(&d.reserved_shared, cudaDevAttrReservedSharedMemoryPerBlock, device);
-    if (err != cudaSuccess) return err;
-    if (device >= 0 && device < kMaxDevices) { /* racing threads store the same values */
-        cache[device] = d;
-        ready[device].store(true, std::memory_order_release);
-    }
-    *out = d;
-    return cudaSuccess;
-}
-
 } // namespace
 
 /* The dispatcher. One rule per path, in order:
@@ -321,8 +288,8 @@ extern "C" int mv_fused_rms_norm_qkv_cuda(const mv_qkv_args *a, void *stream) {
     const bool has_residual = a->in.residual != nullptr;
     const bool residual_in_place = has_residual && a->in.residual_out == a->in.residual;
 
-    mv_qkv_device dev;
-    cudaError_t err = current_device(&dev);
+    mv_cuda_device dev;
+    cudaError_t err = mv_current_device(&dev);
     if (err != cudaSuccess) return (int)err;
 
     const qkv_path forced = forced_path();

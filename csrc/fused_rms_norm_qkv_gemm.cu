@@ -248,7 +248,7 @@ cudaError_t allocate_scratch(void **scratch, size_t bytes, cudaStream_t stream, 
 
 extern "C" int mv_qkv_gemm_available(void) { return cublaslt().loaded ? 1 : 0; }
 
-extern "C" int mv_qkv_gemm_cuda(const mv_qkv_args *a, void *stream, const mv_qkv_device *dev) {
+extern "C" int mv_qkv_gemm_cuda(const mv_qkv_args *a, void *stream, const mv_cuda_device *dev) {
     const CublasLt &lt = cublaslt();
     if (!lt.loaded) return static_cast<int>(cudaErrorNotSupported);
     cudaStream_t s = static_cast<cudaStream_t>(stream);

@@ -7,37 +7,25 @@
 #ifndef MINIVLLM_FUSED_RMS_NORM_QKV_PATHS_H
 #define MINIVLLM_FUSED_RMS_NORM_QKV_PATHS_H
 
+#include "cuda_device.h"
 #include "minivllm_kernels.h"
 
-#ifdef __cplusplus
+/* C++ only (included by the .cu files): C linkage kept for the symbol names. */
 extern "C" {
-#endif
 
-/* The current device as the paths need it: read once per device by the dispatcher. */
-typedef struct mv_qkv_device {
-    int device;           /* ordinal */
-    int sms;              /* multiprocessors */
-    int major;            /* compute capability major */
-    int max_shared_block; /* opt-in shared memory per block, bytes */
-    int max_shared_sm;    /* shared memory per multiprocessor, bytes */
-    int reserved_shared;  /* shared memory the system reserves per block, bytes */
-} mv_qkv_device;
-
-/* Skinny M (fused_rms_norm_qkv_stream.cu): fp16/bf16, 1 <= M <= 64, H % 8 == 0, W in nn.Linear
+/* Skinny M (fused_rms_norm_qkv_stream.cu): fp16/bf16, 1 <= M <= 16, H % 8 == 0, W in nn.Linear
    layout with 16-byte aligned rows, and the staged input fits in a block's shared memory. */
-int mv_qkv_stream_supported(const mv_qkv_args *a, const mv_qkv_device *dev);
+int mv_qkv_stream_supported(const mv_qkv_args *a, const mv_cuda_device *dev);
 /* residual_in_kernel: write residual_out from the kernel (only when it is not residual itself;
    otherwise the caller stores it afterwards). */
-int mv_qkv_stream_cuda(const mv_qkv_args *a, void *stream, int residual_in_kernel, const mv_qkv_device *dev);
+int mv_qkv_stream_cuda(const mv_qkv_args *a, void *stream, int residual_in_kernel, const mv_cuda_device *dev);
 
 /* cuBLASLt path (fused_rms_norm_qkv_gemm.cu): any dtype, layout and M; needs libcublasLt, loaded
    on first use. mv_qkv_gemm_available says whether it could be loaded. Allocates its scratch
    stream-ordered (cudaMallocAsync / cudaFreeAsync on the caller's stream). */
 int mv_qkv_gemm_available(void);
-int mv_qkv_gemm_cuda(const mv_qkv_args *a, void *stream, const mv_qkv_device *dev);
+int mv_qkv_gemm_cuda(const mv_qkv_args *a, void *stream, const mv_cuda_device *dev);
 
-#ifdef __cplusplus
 }
-#endif
 
 #endif /* MINIVLLM_FUSED_RMS_NORM_QKV_PATHS_H */

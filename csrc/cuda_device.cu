@@ -1,0 +1,49 @@
+/*
+ * cuda_device.cu: the device properties and the PDL switch of cuda_device.h.
+ */
+#include "cuda_device.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+
+namespace {
+constexpr int kMaxDevices = 64;
+}
+
+cudaError_t mv_current_device(mv_cuda_device *out) {
+    static mv_cuda_device cache[kMaxDevices];
+    static std::atomic<bool> ready[kMaxDevices];
+    int device = 0;
+    cudaError_t err = cudaGetDevice(&device);
+    if (err != cudaSuccess) return err;
+    if (device >= 0 && device < kMaxDevices && ready[device].load(std::memory_order_acquire)) {
+        *out = cache[device];
+        return cudaSuccess;
+    }
+    mv_cuda_device d;
+    d.device = device;
+    err = cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, device);
+    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&d.major, cudaDevAttrComputeCapabilityMajor, device);
+    if (err == cudaSuccess)
+        err = cudaDeviceGetAttribute(&d.max_shared_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+    if (err == cudaSuccess)
+        err = cudaDeviceGetAttribute(&d.max_shared_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device);
+    if (err == cudaSuccess)
+        err = cudaDeviceGetAttribute(&d.reserved_shared, cudaDevAttrReservedSharedMemoryPerBlock, device);
+    if (err != cudaSuccess) return err;
+    if (device >= 0 && device < kMaxDevices) { /* racing threads store the same values */
+        cache[device] = d;
+        ready[device].store(true, std::memory_order_release);
+    }
+    *out = d;
+    return cudaSuccess;
+}
+
+bool mv_pdl_enabled(const mv_cuda_device &dev) {
+    static const bool allowed = [] {
+        const char *v = getenv("MINIVLLM_PDL");
+        return v == nullptr || strcmp(v, "0") != 0;
+    }();
+    return allowed && dev.major >= 9;
+}

@@ -1,0 +1,45 @@
+/*
+ * cuda_device.h: what the launchers need to know of the current device, and how they launch
+ * with programmatic dependent launch (PDL). Host side, C++ (the .cu files); cuda_device.cu.
+ */
+#ifndef MINIVLLM_CUDA_DEVICE_H
+#define MINIVLLM_CUDA_DEVICE_H
+
+#include <cuda_runtime.h>
+
+/* The current device's properties, read once per device (they cannot change in a process). */
+struct mv_cuda_device {
+    int device;           /* ordinal */
+    int sms;              /* multiprocessors */
+    int major;            /* compute capability major */
+    int max_shared_block; /* opt-in shared memory per block, bytes */
+    int max_shared_sm;    /* shared memory per multiprocessor, bytes */
+    int reserved_shared;  /* shared memory the system reserves per block, bytes */
+};
+
+cudaError_t mv_current_device(mv_cuda_device *out);
+
+/* Whether kernels that support it are launched with PDL on this device: sm_90 and later, unless
+   MINIVLLM_PDL=0 (read once). Such a kernel may start before the previous kernel on the stream
+   ends; it calls mv_pdl_wait() (cuda_common.cuh) before it reads what that kernel may write, and
+   mv_pdl_trigger() to let its own successor start. */
+bool mv_pdl_enabled(const mv_cuda_device &dev);
+
+/* kernel<<<grid, block, smem, stream>>>(args...), with the PDL attribute when pdl is true. */
+template <typename... Params, typename... Args>
+cudaError_t mv_launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, bool pdl,
+                      Args &&...args) {
+    cudaLaunchConfig_t config = {};
+    config.gridDim = grid;
+    config.blockDim = block;
+    config.dynamicSmemBytes = smem;
+    config.stream = stream;
+    cudaLaunchAttribute attribute = {};
+    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute.val.programmaticStreamSerializationAllowed = 1;
+    config.attrs = &attribute;
+    config.numAttrs = pdl ? 1 : 0;
+    return cudaLaunchKernelEx(&config, kernel, static_cast<Args &&>(args)...);
+}
+
+#endif /* MINIVLLM_CUDA_DEVICE_H */
