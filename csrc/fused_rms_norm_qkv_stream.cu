@@ -397,12 +397,12 @@ __global__ void __launch_bounds__(kThreads) fused_rms_norm_qkv_stream_kernel(mv_
    Needs H % 64 == 0 (every model this library targets); other H take the register kernel.
    Measured (H200, bf16, graph replay of distinct layers): Llama-3-8B M = 1 17.1 us and M = 16
    24.1 us, against 17.9 and 28.4 with a bulk copy per feature row.
-   Programmatic dependent launch: the kernel is launched so that it may start before the previous
-   kernel on the stream ends, lets its own successor start at once (griddepcontrol), and streams
-   its first round of W stages before waiting (griddepcontrol.wait) for that kernel; x, residual,
-   gamma and every write come after the wait. Where the block fits in half an SM, two calls' blocks
-   share one. Measured as above, M = 1, without / with: Qwen2.5-0.5B 5.1 / 3.2 us, Qwen3-0.6B
-   7.5 / 4.3, Qwen3-4B 14.3 / 11.1, Llama-3-8B 19.7 / 16.7. */
+   Programmatic dependent launch (cuda_device.h): the kernel may start before the previous kernel
+   on the stream ends, lets its own successor start at once, and at M = 1 requests its first W
+   stage before waiting for that kernel (mv_pdl_wait); x, residual, gamma and every write come
+   after the wait. Where the block fits in half an SM, two calls' blocks share one. Measured as
+   above, M = 1, without / with: Qwen2.5-0.5B 5.1 / 3.2 us, Qwen3-0.6B 7.5 / 4.3, Qwen3-4B
+   14.3 / 11.1, Llama-3-8B 19.7 / 16.7. */
 constexpr int kLineK = 64;                             /* k per 128-byte line of a stage */
 constexpr int kLineBytes = kLineK * 2;
 constexpr int kStageLineChoices[] = {36, 28, 20, 12, 4}; /* each 4 mod 8 (see above), widest first */
@@ -418,6 +418,7 @@ struct BulkGeometry {
     int xs_stride;     /* elements between staged rows */
     bool input_copy;   /* the producer bulk-copies x (into xs), residual and gamma first */
     int stage_lines;   /* 64-k lines per stage: stage_k = 64 * stage_lines */
+    int early_stages;  /* stages requested before waiting for the previous kernel (<= stages) */
 };
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -513,14 +514,14 @@ __global__ void __launch_bounds__(kBulkThreads, 2) fused_rms_norm_qkv_bulk_kerne
 
     /* Programmatic dependent launch: the next kernel in the stream may start now. Nothing it may
        read early (its weights) is written here, and before reading anything else or writing
-       anything it waits for this grid to finish (griddepcontrol.wait, below in this kernel too). */
-    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+       anything it waits for this grid to finish (mv_pdl_wait, below in this kernel too). */
+    mv_pdl_trigger();
 
     if (warp == kWarps) {
         /* Producer: stage i of this block is tile i / kchunks, k chunk i % kchunks, in slot
-           i % stages; lane 0 issues its one tensor copy. The first round of stages goes out before
-           the wait for the previous kernel in the stream: weights are constants of the model (the
-           README says so), so they stream while that kernel finishes. */
+           i % stages; lane 0 issues its one tensor copy. The first geo.early_stages stages go out
+           before the wait for the previous kernel in the stream: weights are constants of the
+           model (the README says so), so they may stream while that kernel finishes. */
         if (lane == 0) {
             const uint64_t policy = evict_first_policy();
             auto issue = [&](int i) {
@@ -532,9 +533,9 @@ __global__ void __launch_bounds__(kBulkThreads, 2) fused_rms_norm_qkv_bulk_kerne
                 tensor_copy_to_shared(ring + static_cast<size_t>(slot) * stage_bytes, &w_map, 0, line0,
                                       static_cast<int>(feature0), &full[slot], policy);
             };
-            const int first_round = total_stages < geo.stages ? total_stages : geo.stages;
+            const int first_round = total_stages < geo.early_stages ? total_stages : geo.early_stages;
             for (int i = 0; i < first_round; ++i) issue(i);
-            asm volatile("griddepcontrol.wait;\n" ::: "memory");
+            mv_pdl_wait();
             if (geo.input_copy) {
                 const unsigned row_bytes = static_cast<unsigned>(hidden) * sizeof(T);
                 mbarrier_arrive_expect_tx(input_full, row_bytes * (1 + rows * (kHasResidual ? 2 : 1)));
@@ -554,7 +555,7 @@ __global__ void __launch_bounds__(kBulkThreads, 2) fused_rms_norm_qkv_bulk_kerne
         return;
     }
 
-    asm volatile("griddepcontrol.wait;\n" ::: "memory"); /* x, residual and the outputs are the previous kernel's */
+    mv_pdl_wait(); /* x, residual and the outputs are the previous kernel's */
     if (geo.input_copy) {
         /* Stage from the shared copies: x in place in xs (each lane reads the vectors it then
            writes), residual and gamma beside it; residual_out still goes to global memory. */
@@ -672,16 +673,6 @@ bool encode_weight_map(CUtensorMap *map, const mv_qkv_args &a, int64_t cols, int
 
 constexpr int kMinSharedStageLines = 12; /* 768 k: narrower stages on half an SM cost more than they bring */
 
-/* MINIVLLM_PDL=0 launches the tensor-copy kernel without programmatic dependent launch (to
-   measure what it brings, or to rule it out); read once. */
-bool pdl_enabled() {
-    static const bool enabled = [] {
-        const char *v = getenv("MINIVLLM_PDL");
-        return v == nullptr || strcmp(v, "0") != 0;
-    }();
-    return enabled;
-}
-
 /* The ring for a shared-memory budget: the fewest stages per tile (one when H fits the widest
    choice), at least min_lines wide unless H is narrower, of which three (or all a block needs, or
    at least min_stages) fit beside the staged input. Returns the bytes the block needs, or 0 when
@@ -725,7 +716,7 @@ size_t plan_ring(BulkGeometry *geo, size_t budget, size_t base, size_t input_ext
    Launched with programmatic dependent launch: see the kernel. Where the block fits in half a
    multiprocessor, the next call's blocks can then stream their weights beside this call's. */
 template <typename T, int kTokenTiles>
-int launch_bulk(const mv_qkv_args &a, cudaStream_t stream, const mv_stream_flags &flags, const mv_qkv_device &dev) {
+int launch_bulk(const mv_qkv_args &a, cudaStream_t stream, const mv_stream_flags &flags, const mv_cuda_device &dev) {
     const int rows = static_cast<int>(a.in.rows);
     const int hidden = static_cast<int>(a.in.hidden);
     if (hidden % kLineK != 0) return static_cast<int>(cudaErrorNotSupported);
@@ -755,6 +746,11 @@ int launch_bulk(const mv_qkv_args &a, cudaStream_t stream, const mv_stream_flags
     if (smem == 0) smem = plan_ring(&geo, whole, base, input_extra, input_copy_ok, most_tiles, lines, 0, 2);
     if (smem == 0) return static_cast<int>(cudaErrorNotSupported);
 
+    /* W stages requested before waiting for the previous kernel: with PDL and a single row, one
+       (H200, bf16, M = 1: Qwen3-0.6B 4.3 us against 5.1 with none); otherwise none, since the
+       input's bulk copy queues behind them (with all of the first round requested first, M = 8:
+       Qwen2.5-0.5B 4.3 us against 3.9; without PDL, M = 1: 5.1 against 4.4). */
+    geo.early_stages = mv_pdl_enabled(dev) && rows == 1 ? 1 : 0;
     alignas(64) CUtensorMap w_map;
     if (!encode_weight_map(&w_map, a, geo.cols, geo.stage_lines)) return static_cast<int>(cudaErrorNotSupported);
     void (*kernel)(mv_qkv_args, BulkGeometry, mv_stream_flags, const CUtensorMap) =
@@ -762,18 +758,7 @@ int launch_bulk(const mv_qkv_args &a, cudaStream_t stream, const mv_stream_flags
                                  : fused_rms_norm_qkv_bulk_kernel<T, kTokenTiles, false>;
     cudaError_t err = allow_shared(kernel, smem);
     if (err != cudaSuccess) return static_cast<int>(err);
-    cudaLaunchConfig_t config;
-    memset(&config, 0, sizeof(config));
-    config.gridDim = dim3(grid);
-    config.blockDim = dim3(kBulkThreads);
-    config.dynamicSmemBytes = smem;
-    config.stream = stream;
-    cudaLaunchAttribute attribute;
-    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attribute.val.programmaticStreamSerializationAllowed = 1;
-    config.attrs = &attribute;
-    config.numAttrs = pdl_enabled() ? 1 : 0;
-    err = cudaLaunchKernelEx(&config, kernel, a, geo, flags, w_map);
+    err = mv_launch(kernel, dim3(grid), dim3(kBulkThreads), smem, stream, mv_pdl_enabled(dev), a, geo, flags, w_map);
     if (err != cudaSuccess) return static_cast<int>(err);
     return static_cast<int>(cudaGetLastError());
 }
@@ -819,7 +804,7 @@ bool bulk_disabled() {
 }
 
 template <typename T, int kTokenTiles>
-int launch(const mv_qkv_args &a, cudaStream_t stream, bool residual_in_kernel, const mv_qkv_device &dev) {
+int launch(const mv_qkv_args &a, cudaStream_t stream, bool residual_in_kernel, const mv_cuda_device &dev) {
     const mv_stream_flags flags = stream_flags(a, residual_in_kernel);
     if (dev.major >= 9 && !bulk_disabled()) {
         const int bulk = launch_bulk<T, kTokenTiles>(a, stream, flags, dev);
@@ -831,7 +816,7 @@ int launch(const mv_qkv_args &a, cudaStream_t stream, bool residual_in_kernel, c
 } // namespace
 
 /* Whether the stream path takes this call; see fused_rms_norm_qkv_paths.h. */
-extern "C" int mv_qkv_stream_supported(const mv_qkv_args *a, const mv_qkv_device *dev) {
+extern "C" int mv_qkv_stream_supported(const mv_qkv_args *a, const mv_cuda_device *dev) {
     if (a->in.dtype == MV_FLOAT32) return 0;
     if (a->in.rows < 1 || a->in.rows > kMaxTokens) return 0;
     if (a->in.hidden % kVec != 0 || a->in.hidden > (1 << 20)) return 0;
@@ -842,7 +827,7 @@ extern "C" int mv_qkv_stream_supported(const mv_qkv_args *a, const mv_qkv_device
 }
 
 extern "C" int mv_qkv_stream_cuda(const mv_qkv_args *a, void *stream, int residual_in_kernel,
-                                  const mv_qkv_device *dev) {
+                                  const mv_cuda_device *dev) {
     cudaStream_t s = static_cast<cudaStream_t>(stream);
     const bool ok = residual_in_kernel != 0;
     const bool one_tile = a->in.rows <= 8; /* tokens per mma: 8 */
