@@ -22,6 +22,7 @@
  * share output memory (the binding guarantees it), so blocks do not interfere.
  */
 #include "cuda_common.cuh"
+#include "cuda_device.h"
 
 namespace {
 
@@ -144,6 +145,11 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(mv_rms_nor
     const int group = threadIdx.x / group_threads;
     const int lane = threadIdx.x % group_threads;
     const VecT *weight = static_cast<const VecT *>(in.norm_weight);
+    /* Launched with PDL on sm_90+ (cuda_device.h): wait for the previous kernel before reading
+       anything, then let the next one start (it too waits before it reads what this one writes),
+       so its launch overlaps this kernel instead of following it. */
+    mv_pdl_wait();
+    mv_pdl_trigger();
 
     /* The loop bound is the same for the whole block, so every thread reaches group_sum's
        barriers; groups past the last row just carry zeros. */
@@ -237,25 +243,23 @@ int vector_width(const mv_rms_norm_args *a) {
 constexpr int64_t kShortCallBlocks = 264;
 
 template <typename T, int V, bool kHasResidual>
-void launch_vec_kernel(const mv_rms_norm_args &a, int group_threads, unsigned blocks, int threads,
-                       cudaStream_t stream) {
-    if (blocks <= kShortCallBlocks)
-        rms_norm_vec_kernel<T, V, kHasResidual, true><<<blocks, threads, 0, stream>>>(a, group_threads);
-    else
-        rms_norm_vec_kernel<T, V, kHasResidual, false><<<blocks, threads, 0, stream>>>(a, group_threads);
+cudaError_t launch_vec_kernel(const mv_rms_norm_args &a, int group_threads, unsigned blocks, int threads,
+                              cudaStream_t stream, bool pdl) {
+    void (*kernel)(mv_rms_norm_args, int) = blocks <= kShortCallBlocks
+                                                ? rms_norm_vec_kernel<T, V, kHasResidual, true>
+                                                : rms_norm_vec_kernel<T, V, kHasResidual, false>;
+    const cudaError_t err = mv_launch(kernel, dim3(blocks), dim3(threads), 0, stream, pdl, a, group_threads);
+    return err != cudaSuccess ? err : cudaGetLastError();
 }
 
 template <typename T, int V>
-cudaError_t launch_vec(const mv_rms_norm_args &a, int group_threads, cudaStream_t stream) {
+cudaError_t launch_vec(const mv_rms_norm_args &a, int group_threads, cudaStream_t stream, bool pdl) {
     const int threads = group_threads > kVecBlockThreads ? group_threads : kVecBlockThreads;
     const int64_t rows_per_block = threads / group_threads;
     const int64_t wanted = (a.in.rows + rows_per_block - 1) / rows_per_block;
     const unsigned blocks = static_cast<unsigned>(wanted < kMaxRowBlocks * 16 ? wanted : kMaxRowBlocks * 16);
-    if (a.in.residual != nullptr)
-        launch_vec_kernel<T, V, true>(a, group_threads, blocks, threads, stream);
-    else
-        launch_vec_kernel<T, V, false>(a, group_threads, blocks, threads, stream);
-    return cudaGetLastError();
+    if (a.in.residual != nullptr) return launch_vec_kernel<T, V, true>(a, group_threads, blocks, threads, stream, pdl);
+    return launch_vec_kernel<T, V, false>(a, group_threads, blocks, threads, stream, pdl);
 }
 
 } // namespace
@@ -269,13 +273,17 @@ extern "C" int mv_rms_norm_cuda(const mv_rms_norm_args *a, void *stream) {
     int group_threads = 1;
     while (group_threads < needed) group_threads <<= 1;
     cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
-    cudaError_t err = cudaErrorInvalidValue;
+    mv_cuda_device dev;
+    cudaError_t err = mv_current_device(&dev);
+    if (err != cudaSuccess) return (int)err;
+    const bool pdl = mv_pdl_enabled(dev);
+    err = cudaErrorInvalidValue;
     MV_DISPATCH_DTYPE(a->in.dtype, T, {
         switch (v) {
-        case 8: err = launch_vec<T, 8>(*a, group_threads, cuda_stream); break;
-        case 4: err = launch_vec<T, 4>(*a, group_threads, cuda_stream); break;
-        case 2: err = launch_vec<T, 2>(*a, group_threads, cuda_stream); break;
-        default: err = launch_vec<T, 1>(*a, group_threads, cuda_stream); break;
+        case 8: err = launch_vec<T, 8>(*a, group_threads, cuda_stream, pdl); break;
+        case 4: err = launch_vec<T, 4>(*a, group_threads, cuda_stream, pdl); break;
+        case 2: err = launch_vec<T, 2>(*a, group_threads, cuda_stream, pdl); break;
+        default: err = launch_vec<T, 1>(*a, group_threads, cuda_stream, pdl); break;
         }
     })
     return (int)err;

@@ -6,7 +6,8 @@ from hypothesis import given, settings, strategies as st, HealthCheck
 import minivllm
 from conftest import (DTYPES, LAYOUTS, NP_ONLY_LAYOUTS, assert_native, make_rows, norm_weight,
                       randn, round_np, to64)
-from reference import TOL, assert_matches, assert_same_values, fused_add_rms_norm_ref
+from reference import (TOL, assert_matches, assert_same_values, fused_add_rms_norm_ref, rms_norm_ref,
+                       round_to)
 
 HS = [1, 3, 100, 256, 512, 896, 1000, 1024, 2048, 3584, 4096, 8192]
 
@@ -259,3 +260,34 @@ def test_property_cpu(M, H, dtype, layout, inplace, seed):
     ref_n, ref_s = fused_add_rms_norm_ref(x0, r0, w0, 1e-6, dtype)
     assert_same_values(to64(s), ref_s, "new_residual")
     assert_matches(to64(n), ref_n, TOL[dtype], "normed")
+
+
+@pytest.mark.parametrize("M, H", [(1, 4096), (7, 1024), (300, 896)])
+def test_chained_calls_read_the_previous_output(dev, dtype, M, H, rng):
+    """rms_norm and fused_add_rms_norm queued back to back with no sync, each call's input the
+    previous call's output (all outputs NaN first). On the GPU a call may start before the
+    previous one ends (programmatic dependent launch): each must still read what the previous
+    call wrote, checked call by call against the inputs it got."""
+    nan = lambda: dev.array(np.full((M, H), np.nan), dtype)  # noqa: E731
+    ws64 = [round_to(norm_weight(rng, H), dtype) for _ in range(6)]
+    ws = [dev.array(w, dtype) for w in ws64]
+    x = [dev.array(round_to(rng.standard_normal((M, H)), dtype), dtype)]
+    r = [dev.array(round_to(rng.standard_normal((M, H)), dtype), dtype)]
+    for i in range(6):
+        out = nan()
+        if i % 2:
+            minivllm.rms_norm(x[i], ws[i], out=out)
+            r.append(r[i])
+        else:
+            r_next = nan()
+            minivllm.fused_add_rms_norm(x[i], r[i], ws[i], out=out, residual_out=r_next)
+            r.append(r_next)
+        x.append(out)
+    dev.sync()
+    for i in range(6):
+        if i % 2:
+            assert_matches(to64(x[i + 1]), rms_norm_ref(to64(x[i]), ws64[i], 1e-6), TOL[dtype])
+        else:
+            ref_n, ref_s = fused_add_rms_norm_ref(to64(x[i]), to64(r[i]), ws64[i], 1e-6, dtype)
+            assert_matches(to64(x[i + 1]), ref_n, TOL[dtype])
+            assert_same_values(to64(r[i + 1]), ref_s, f"call {i} residual_out")
