@@ -9,7 +9,7 @@ from conftest import (DTYPES, LAYOUTS, NP_ONLY_LAYOUTS, assert_native, make_rows
 from reference import (TOL, assert_matches, assert_same_values, fused_add_rms_norm_ref, rms_norm_ref,
                        round_to)
 
-HS = [1, 3, 100, 256, 512, 896, 1000, 1024, 2048, 3584, 4096, 8192]
+HS = [1, 3, 100, 256, 512, 896, 1000, 1024, 2048, 2560, 3584, 4096, 5120, 8192]
 
 
 def _inputs(dev, rng, shape, dtype, scale=1.0):

@@ -79,7 +79,7 @@ def test_fast_matches_reference_kernel(dtype, hidden, layout, residual):
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("rows", [1, 2, 7, 8, 9, 255, 257, 4099])
-@pytest.mark.parametrize("hidden", [64, 1024, 4096])
+@pytest.mark.parametrize("hidden", [64, 1024, 2560, 4096, 5120])
 def test_fast_kernel_row_packing(dtype, rows, hidden):
     """Row counts around the rows-per-block boundaries: every row written, none twice wrong."""
     rng = np.random.default_rng()

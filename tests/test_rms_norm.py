@@ -8,7 +8,7 @@ from conftest import (DTYPES, LAYOUTS, NP_ONLY_LAYOUTS, assert_native, bcast_ref
                       make_rows, norm_weight, randn, round_np, to64)
 from reference import TOL, assert_matches, assert_same_values, rms_norm_ref, round_to
 
-HS = [1, 3, 100, 256, 512, 896, 1000, 1024, 2048, 3584, 4096, 8192]
+HS = [1, 3, 100, 256, 512, 896, 1000, 1024, 2048, 2560, 3584, 4096, 5120, 8192]
 
 
 def _inputs(dev, rng, M, H, dtype, scale=1.0):
