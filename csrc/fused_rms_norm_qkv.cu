@@ -258,23 +258,20 @@ int launch_residual_store(const mv_qkv_args *a, cudaStream_t cuda_stream) {
     return (int)cudaGetLastError();
 }
 
-/* MINIVLLM_QKV_PATH=stream|gemm|generic overrides the choice below where that path can take the
-   call (tests of every path on one GPU, benchmarks of one path against another); read once. */
-enum class qkv_path { automatic, stream, gemm, generic };
+} // namespace
 
-qkv_path forced_path() {
-    static const qkv_path path = [] {
+mv_qkv_path mv_qkv_forced_path() {
+    static const mv_qkv_path path = [] {
         const char *v = getenv("MINIVLLM_QKV_PATH");
-        if (v == nullptr) return qkv_path::automatic;
-        if (strcmp(v, "stream") == 0) return qkv_path::stream;
-        if (strcmp(v, "gemm") == 0) return qkv_path::gemm;
-        if (strcmp(v, "generic") == 0) return qkv_path::generic;
-        return qkv_path::automatic;
+        if (v == nullptr) return mv_qkv_path::automatic;
+        if (strcmp(v, "stream") == 0) return mv_qkv_path::stream;
+        if (strcmp(v, "register") == 0) return mv_qkv_path::register_stream;
+        if (strcmp(v, "gemm") == 0) return mv_qkv_path::gemm;
+        if (strcmp(v, "generic") == 0) return mv_qkv_path::generic;
+        return mv_qkv_path::automatic;
     }();
     return path;
 }
-
-} // namespace
 
 /* The dispatcher. One rule per path, in order:
    - skinny M (decode, small batches; fp16/bf16, M <= kStreamMaxRows and M * H <=
@@ -292,14 +289,14 @@ extern "C" int mv_fused_rms_norm_qkv_cuda(const mv_qkv_args *a, void *stream) {
     cudaError_t err = mv_current_device(&dev);
     if (err != cudaSuccess) return (int)err;
 
-    const qkv_path forced = forced_path();
+    const mv_qkv_path forced = mv_qkv_forced_path();
+    const bool stream_forced = forced == mv_qkv_path::stream || forced == mv_qkv_path::register_stream;
     const bool stream_fits = a->in.rows <= kStreamMaxRows && a->in.rows * a->in.hidden <= kStreamMaxStagedElements;
     bool residual_written = false;
-    if ((forced == qkv_path::stream || (forced == qkv_path::automatic && stream_fits)) &&
-        mv_qkv_stream_supported(a, &dev)) {
+    if ((stream_forced || (forced == mv_qkv_path::automatic && stream_fits)) && mv_qkv_stream_supported(a, &dev)) {
         err = (cudaError_t)mv_qkv_stream_cuda(a, stream, has_residual && !residual_in_place, &dev);
         residual_written = has_residual && !residual_in_place;
-    } else if (forced != qkv_path::generic && mv_qkv_gemm_available()) {
+    } else if (forced != mv_qkv_path::generic && mv_qkv_gemm_available()) {
         err = (cudaError_t)mv_qkv_gemm_cuda(a, stream, &dev);
         residual_written = has_residual; /* the norm kernel writes it, in place or not */
     } else {

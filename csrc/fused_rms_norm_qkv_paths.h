@@ -10,6 +10,12 @@
 #include "cuda_device.h"
 #include "minivllm_kernels.h"
 
+/* MINIVLLM_QKV_PATH=stream|register|gemm|generic forces one path where it can take the call
+   (tests and benchmarks of each path on one GPU; register: the stream path on its register
+   kernel, which sm_90+ would not choose); read once, in fused_rms_norm_qkv.cu. */
+enum class mv_qkv_path { automatic, stream, register_stream, gemm, generic };
+mv_qkv_path mv_qkv_forced_path();
+
 /* C++ only (included by the .cu files): C linkage kept for the symbol names. */
 extern "C" {
 

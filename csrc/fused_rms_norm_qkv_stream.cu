@@ -7,7 +7,7 @@
  * - sm_90 and later, H % 64 == 0: the tensor-copy kernel (the section "Hopper" further down), W
  *   streamed into a shared-memory ring by cp.async.bulk.tensor, each block an equal share of the
  *   output features, launched with programmatic dependent launch;
- * - other GPUs and H (and MINIVLLM_QKV_STREAM=register, to test it on Hopper): the register kernel
+ * - other GPUs and H (and MINIVLLM_QKV_PATH=register, to test it on Hopper): the register kernel
  *   described next, W loaded straight into mma operand registers.
  *
  * - Each block first stages the whole (tiny) normalized input y = gamma * (s * rrms) in shared
@@ -38,8 +38,6 @@
  * store kernel afterwards (stream order) instead.
  */
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 
 #include <cuda.h> /* CUtensorMap and its enums (types only: the encoder is found at run time) */
 
@@ -793,20 +791,10 @@ int launch_register(const mv_qkv_args &a, cudaStream_t stream, const mv_stream_f
     return static_cast<int>(cudaGetLastError());
 }
 
-/* MINIVLLM_QKV_STREAM=register forces the register kernel on sm_90 too (benchmarks and tests of
-   the sm_80 path on a Hopper machine); read once. */
-bool bulk_disabled() {
-    static const bool disabled = [] {
-        const char *v = getenv("MINIVLLM_QKV_STREAM");
-        return v != nullptr && strcmp(v, "register") == 0;
-    }();
-    return disabled;
-}
-
 template <typename T, int kTokenTiles>
 int launch(const mv_qkv_args &a, cudaStream_t stream, bool residual_in_kernel, const mv_cuda_device &dev) {
     const mv_stream_flags flags = stream_flags(a, residual_in_kernel);
-    if (dev.major >= 9 && !bulk_disabled()) {
+    if (dev.major >= 9 && mv_qkv_forced_path() != mv_qkv_path::register_stream) {
         const int bulk = launch_bulk<T, kTokenTiles>(a, stream, flags, dev);
         if (bulk != static_cast<int>(cudaErrorNotSupported)) return bulk;
     }

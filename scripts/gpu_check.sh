@@ -45,7 +45,7 @@ tail -n 25 "$out/pytest.log"
 # stream path where it applies; every call on the generic kernel (only used where cuBLASLt
 # cannot be loaded).
 # The three runs go side by side (separate processes; the GPU has room) to keep the check short.
-qkv_envs=(MINIVLLM_QKV_STREAM=register MINIVLLM_QKV_PATH=stream MINIVLLM_QKV_PATH=generic)
+qkv_envs=(MINIVLLM_QKV_PATH=register MINIVLLM_QKV_PATH=stream MINIVLLM_QKV_PATH=generic)
 qkv_pids=()
 for qkv_env in "${qkv_envs[@]}"; do
     env "$qkv_env" python3 -m pytest "$root/tests/test_fused_rms_norm_qkv.py" -q -k cuda \
