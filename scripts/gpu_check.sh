@@ -81,17 +81,17 @@ if [[ $skip != *" sanitizers "* ]]; then
         # every QKV case on our generic kernel (MINIVLLM_QKV_PATH=generic).
         for run in memcheck initcheck initcheck-generic racecheck synccheck; do
             tool=${run%%-*}
-            path_env=X_UNUSED=1
+            path_env=()  # extra environment for this run only
             case $run in
                 memcheck) cases=(); limit=150 ;;
                 initcheck) cases=(--qkv-max-m 16); limit=100 ;;
-                initcheck-generic) cases=(--ops qkv); limit=60; path_env=MINIVLLM_QKV_PATH=generic ;;
+                initcheck-generic) cases=(--ops qkv); limit=60; path_env=(MINIVLLM_QKV_PATH=generic) ;;
                 racecheck) cases=(--dtypes bfloat16); limit=100 ;;
                 synccheck) cases=(--dtypes bfloat16); limit=60 ;;
             esac
             limit=${MINIVLLM_SANITIZER_TIMEOUT:-$limit}
             t0=$(date +%s)
-            (cd /tmp && env "$path_env" PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout "$limit" "$sanitizer" \
+            (cd /tmp && env "${path_env[@]}" PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout "$limit" "$sanitizer" \
                 --tool "$tool" --print-limit 100 --error-exitcode 3 \
                 python3 "$root/scripts/sanitize_cases.py" "${cases[@]}") >"$out/sanitizer-$run.log" 2>&1
             rc=$?
