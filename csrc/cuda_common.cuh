@@ -13,6 +13,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <type_traits>
+
 #include "minivllm_kernels.h"
 
 /* ---- programmatic dependent launch (cuda_device.h) ------------------------------------------ */
@@ -48,6 +50,24 @@ __device__ __forceinline__ __half mv_from_float<__half>(float v) { return __floa
 template <>
 __device__ __forceinline__ __nv_bfloat16 mv_from_float<__nv_bfloat16>(float v) {
     return __float2bfloat16_rn(v);
+}
+
+/* dst[j] = src[j] rounded to T, two at a time for 16-bit T (one cvt.rn.{bf16x2,f16x2}.f32 per
+   pair, same rounding as element by element, half the instructions and no repacking). */
+template <typename T, int V>
+__device__ __forceinline__ void mv_from_floats(T (&dst)[V], const float (&src)[V]) {
+    if constexpr (V % 2 == 0 && (std::is_same<T, __nv_bfloat16>::value || std::is_same<T, __half>::value)) {
+#pragma unroll
+        for (int j = 0; j < V; j += 2) {
+            if constexpr (std::is_same<T, __nv_bfloat16>::value)
+                *reinterpret_cast<__nv_bfloat162 *>(&dst[j]) = __floats2bfloat162_rn(src[j], src[j + 1]);
+            else
+                *reinterpret_cast<__half2 *>(&dst[j]) = __floats2half2_rn(src[j], src[j + 1]);
+        }
+    } else {
+#pragma unroll
+        for (int j = 0; j < V; ++j) dst[j] = mv_from_float<T>(src[j]);
+    }
 }
 
 /* Plain (coherent) loads and stores on purpose: no __ldg / __restrict__, because in-place forms
