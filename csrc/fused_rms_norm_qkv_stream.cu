@@ -37,6 +37,7 @@
  * in-place form no block may write before all have read, so the caller launches the separate
  * store kernel afterwards (stream order) instead.
  */
+#include <atomic>
 #include <cstdint>
 
 #include <cuda.h> /* CUtensorMap and its enums (types only: the encoder is found at run time) */
@@ -625,11 +626,28 @@ mv_stream_flags stream_flags(const mv_qkv_args &a, bool residual_in_kernel) {
     return flags;
 }
 
-/* Kernels whose shared memory exceeds the 48 KiB default must opt in first. */
+/* Kernels whose shared memory exceeds the 48 KiB default must opt in first. The opt-in is a
+   driver call on the host path of every launch, so each call site keeps the most it has opted
+   into per device (opted[device]) and calls again only to raise it. Racing threads at worst
+   both make the call; the cache only ever grows. */
+constexpr int kMaxCachedDevices = 64;
+struct SharedOptIn {
+    std::atomic<int> opted[kMaxCachedDevices];
+};
+
 template <typename Kernel>
-cudaError_t allow_shared(Kernel kernel, size_t smem) {
+cudaError_t allow_shared(Kernel kernel, size_t smem, SharedOptIn &cache, int device) {
     if (smem <= 48 * 1024) return cudaSuccess;
-    return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    const int bytes = static_cast<int>(smem);
+    const bool cached = device >= 0 && device < kMaxCachedDevices;
+    if (cached && cache.opted[device].load(std::memory_order_relaxed) >= bytes) return cudaSuccess;
+    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    if (err == cudaSuccess && cached) {
+        int seen = cache.opted[device].load(std::memory_order_relaxed);
+        while (seen < bytes && !cache.opted[device].compare_exchange_weak(seen, bytes)) {
+        }
+    }
+    return err;
 }
 
 /* cuTensorMapEncodeTiled from the driver, found through the runtime (minivllm does not link
@@ -653,7 +671,7 @@ EncodeTiledFn encode_tiled() {
 
 /* W as the copy engine sees it: [N][H / 64][64] elements, boxes of 16 features x stage_lines
    lines x 64 k, 128-byte swizzle, zeros outside the tensor. */
-bool encode_weight_map(CUtensorMap *map, const mv_qkv_args &a, int64_t cols, int stage_lines) {
+bool encode_weight_map_uncached(CUtensorMap *map, const mv_qkv_args &a, int64_t cols, int stage_lines) {
     const EncodeTiledFn encode = encode_tiled();
     if (encode == nullptr) return false;
     const cuuint64_t dims[3] = {static_cast<cuuint64_t>(kLineK), static_cast<cuuint64_t>(a.in.hidden / kLineK),
@@ -667,6 +685,38 @@ bool encode_weight_map(CUtensorMap *map, const mv_qkv_args &a, int64_t cols, int
     return encode(map, type, 3, const_cast<void *>(a.w), dims, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE,
                   CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                   CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+/* The same map, from a small per-thread cache: a model calls with one weight per layer, so the
+   encode (host work on every launch otherwise) runs once per layer and thread. The key is every
+   input of the encode, so an entry can never be stale: the same key encodes the same map, even
+   for a new tensor that reuses a freed one's address. */
+struct WeightMapEntry {
+    const void *w;
+    int64_t hidden, cols, w_stride_n;
+    int dtype, stage_lines;
+    CUtensorMap map; /* 64-byte aligned by its own declaration */
+};
+constexpr int kWeightMapCacheSize = 64; /* direct-mapped; a power of two */
+
+bool encode_weight_map(CUtensorMap *map, const mv_qkv_args &a, int64_t cols, int stage_lines) {
+    static thread_local WeightMapEntry cache[kWeightMapCacheSize];
+    const uintptr_t key = reinterpret_cast<uintptr_t>(a.w);
+    WeightMapEntry &e = cache[((key >> 8) ^ (key >> 20) ^ static_cast<uintptr_t>(stage_lines)) & (kWeightMapCacheSize - 1)];
+    if (e.w == a.w && e.hidden == a.in.hidden && e.cols == cols && e.w_stride_n == a.w_stride_n &&
+        e.dtype == static_cast<int>(a.in.dtype) && e.stage_lines == stage_lines) {
+        *map = e.map;
+        return true;
+    }
+    if (!encode_weight_map_uncached(map, a, cols, stage_lines)) return false;
+    e.w = a.w;
+    e.hidden = a.in.hidden;
+    e.cols = cols;
+    e.w_stride_n = a.w_stride_n;
+    e.dtype = static_cast<int>(a.in.dtype);
+    e.stage_lines = stage_lines;
+    e.map = *map;
+    return true;
 }
 
 constexpr int kMinSharedStageLines = 12; /* 768 k: narrower stages on half an SM cost more than they bring */
@@ -754,7 +804,8 @@ int launch_bulk(const mv_qkv_args &a, cudaStream_t stream, const mv_stream_flags
     void (*kernel)(mv_qkv_args, BulkGeometry, mv_stream_flags, const CUtensorMap) =
         a.in.residual != nullptr ? fused_rms_norm_qkv_bulk_kernel<T, kTokenTiles, true>
                                  : fused_rms_norm_qkv_bulk_kernel<T, kTokenTiles, false>;
-    cudaError_t err = allow_shared(kernel, smem);
+    static SharedOptIn opt_in[2]; /* by residual */
+    cudaError_t err = allow_shared(kernel, smem, opt_in[a.in.residual != nullptr], dev.device);
     if (err != cudaSuccess) return static_cast<int>(err);
     err = mv_launch(kernel, dim3(grid), dim3(kBulkThreads), smem, stream, mv_pdl_enabled(dev), a, geo, flags, w_map);
     if (err != cudaSuccess) return static_cast<int>(err);
@@ -763,8 +814,8 @@ int launch_bulk(const mv_qkv_args &a, cudaStream_t stream, const mv_stream_flags
 
 /* The register-stream kernel: any sm_80+ GPU; a persistent grid of what fits at once. */
 template <typename T, int kTokenTiles>
-int launch_register(const mv_qkv_args &a, cudaStream_t stream, const mv_stream_flags &flags, int sms,
-                    int max_shared_bytes) {
+int launch_register(const mv_qkv_args &a, cudaStream_t stream, const mv_stream_flags &flags,
+                    const mv_cuda_device &dev) {
     const int rows = static_cast<int>(a.in.rows);
     const int hidden = static_cast<int>(a.in.hidden);
     StreamGeometry geo;
@@ -776,16 +827,17 @@ int launch_register(const mv_qkv_args &a, cudaStream_t stream, const mv_stream_f
     geo.xs_stride = static_cast<int>(row_pitch_bytes(hidden) / 2);
 
     const size_t smem = shared_bytes(rows, hidden, kTokenTiles);
-    if (smem > static_cast<size_t>(max_shared_bytes)) return static_cast<int>(cudaErrorInvalidValue);
+    if (smem > static_cast<size_t>(dev.max_shared_block)) return static_cast<int>(cudaErrorInvalidValue);
     void (*kernel)(mv_qkv_args, StreamGeometry, mv_stream_flags) =
         a.in.residual != nullptr ? fused_rms_norm_qkv_stream_kernel<T, kTokenTiles, true>
                                  : fused_rms_norm_qkv_stream_kernel<T, kTokenTiles, false>;
     int blocks_per_sm = 0;
-    cudaError_t err = allow_shared(kernel, smem);
+    static SharedOptIn opt_in[2]; /* by residual */
+    cudaError_t err = allow_shared(kernel, smem, opt_in[a.in.residual != nullptr], dev.device);
     if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, kThreads, smem);
     if (err != cudaSuccess) return static_cast<int>(err);
     if (blocks_per_sm < 1) return static_cast<int>(cudaErrorInvalidConfiguration);
-    const int64_t resident = static_cast<int64_t>(blocks_per_sm) * sms;
+    const int64_t resident = static_cast<int64_t>(blocks_per_sm) * dev.sms;
     const unsigned grid = static_cast<unsigned>(geo.tiles < resident ? geo.tiles : resident);
     kernel<<<grid, kThreads, smem, stream>>>(a, geo, flags);
     return static_cast<int>(cudaGetLastError());
@@ -798,7 +850,7 @@ int launch(const mv_qkv_args &a, cudaStream_t stream, bool residual_in_kernel, c
         const int bulk = launch_bulk<T, kTokenTiles>(a, stream, flags, dev);
         if (bulk != static_cast<int>(cudaErrorNotSupported)) return bulk;
     }
-    return launch_register<T, kTokenTiles>(a, stream, flags, dev.sms, dev.max_shared_block);
+    return launch_register<T, kTokenTiles>(a, stream, flags, dev);
 }
 
 } // namespace
