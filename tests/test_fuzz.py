@@ -465,7 +465,8 @@ def check_call(place, call, kw, args, invalid_names, expected, tol):
     """Run call() (which reads the keyword arguments kw) and hold it to the oracle.
 
     invalid_names: the arguments made invalid (empty: the call must succeed);
-    expected: result name -> (float64 reference, exact?, row_axes), in the order of the results.
+    expected: result name -> (float64 reference, exact?, row_axes[, tolerance for this result
+    instead of tol]), in the order of the results.
     """
     failure = None
     try:
@@ -488,13 +489,13 @@ def check_call(place, call, kw, args, invalid_names, expected, tol):
         results = results if isinstance(results, tuple) else (results,)
         assert len(results) == len(expected), f"{len(results)} results, expected {len(expected)}"
         given = {id(a.obj): a for a in args if a.parent is not None}
-        for r, (name, (ref, exact, row_axes)) in zip(results, expected.items()):
+        for r, (name, (ref, exact, row_axes, *own_tol)) in zip(results, expected.items()):
             # an output that was passed in comes back as itself: read it through its view
             got = result64(given[id(r)].view if id(r) in given else r)
             if exact:
                 assert_same_values(got, ref, name)
             else:
-                assert_matches(got, ref, tol, name, row_axes=row_axes)
+                assert_matches(got, ref, own_tol[0] if own_tol else tol, name, row_axes=row_axes)
     for a in args:
         if a.parent is None:
             continue
@@ -745,6 +746,32 @@ def draw_heads(data):
     return heads, nh, nkv, hd, invalid
 
 
+# Rounding in float32 (the accumulation, and y itself) gives each output an error of up to a few
+# float32 ulps of sum_i |y_i W_ji|, not of |sum_i y_i W_ji|: where the products cancel (few
+# terms, "huge" values) that alone exceeds the fp32 tolerance against the exact result (seen:
+# H = 8, head_dim 1, k off by 3.1e-5). Measured on the CPU kernel over 38000 random such cases (H 8 to 1024):
+# error <= 4.3 * 2^-24 * conditioning. So a result may be off by 16 * 2^-24 * conditioning where
+# that is above the dtype's tolerance; well-conditioned products keep the plain tolerance.
+ACCUMULATION_ULPS = 16 * 2.0 ** -24
+
+
+def qkv_tolerances(tol, s64, g64, W64, eps, splits):
+    """tol for each of q, k, v (W64's rows split at splits), widened by the product's
+    conditioning ||(|y| |W|^T)|| / ||y W^T|| (y the exact normalization of s64, the input after
+    any residual add; rows that are not finite are left to the NaN/Inf checks)."""
+    s = s64.reshape(-1, s64.shape[-1])
+    with np.errstate(all="ignore"):
+        y = g64 * s / np.sqrt(np.mean(s * s, axis=-1, keepdims=True) + eps)
+        y = np.where(np.isfinite(y).all(axis=-1, keepdims=True), y, 0.0)
+        tols = []
+        for part in np.split(W64, splits, axis=0):
+            exact = np.linalg.norm(y @ part.T)
+            bound = np.linalg.norm(np.abs(y) @ np.abs(part).T)
+            cond = bound / exact if exact > 0 and np.isfinite(bound / exact) else 1.0
+            tols.append(max(tol, ACCUMULATION_ULPS * cond))
+    return tols
+
+
 @pytest.mark.parametrize("devname", DEVICES)
 def test_fuzz_fused_rms_norm_qkv(devname):
     place = get_place(devname)
@@ -800,8 +827,10 @@ def test_fuzz_fused_rms_norm_qkv(devname):
             refs = qkv_ref(x.value64, g.value64, W64, nh, nkv, eps_value(kw),
                            residual=None if r is None else r.value64, dtype=dtype.name,
                            y_dtype=dtype.name if place.name == "cuda" else None)
-            expected = {"q": (refs[0], False, 2), "k": (refs[1], False, 2),
-                        "v": (refs[2], False, 2)}
+            tols = qkv_tolerances(QKV_TOL[dtype.name], x.value64 if r is None else refs[3],
+                                  g.value64, W64, eps_value(kw), [nh * hd, (nh + nkv) * hd])
+            expected = {"q": (refs[0], False, 2, tols[0]), "k": (refs[1], False, 2, tols[1]),
+                        "v": (refs[2], False, 2, tols[2])}
             if r is not None:
                 expected[res_name] = (refs[3], True, 1)
         CALLS[("fused_rms_norm_qkv", place.name)] += 1
