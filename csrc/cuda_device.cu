@@ -7,17 +7,13 @@
 #include <cstdlib>
 #include <cstring>
 
-namespace {
-constexpr int kMaxDevices = 64;
-}
-
 cudaError_t mv_current_device(mv_cuda_device *out) {
-    static mv_cuda_device cache[kMaxDevices];
-    static std::atomic<bool> ready[kMaxDevices];
+    static mv_cuda_device cache[mv_max_cached_devices];
+    static std::atomic<bool> ready[mv_max_cached_devices];
     int device = 0;
     cudaError_t err = cudaGetDevice(&device);
     if (err != cudaSuccess) return err;
-    if (device >= 0 && device < kMaxDevices && ready[device].load(std::memory_order_acquire)) {
+    if (device >= 0 && device < mv_max_cached_devices && ready[device].load(std::memory_order_acquire)) {
         *out = cache[device];
         return cudaSuccess;
     }
@@ -32,7 +28,7 @@ cudaError_t mv_current_device(mv_cuda_device *out) {
     if (err == cudaSuccess)
         err = cudaDeviceGetAttribute(&d.reserved_shared, cudaDevAttrReservedSharedMemoryPerBlock, device);
     if (err != cudaSuccess) return err;
-    if (device >= 0 && device < kMaxDevices) { /* racing threads store the same values */
+    if (device >= 0 && device < mv_max_cached_devices) { /* racing threads store the same values */
         cache[device] = d;
         ready[device].store(true, std::memory_order_release);
     }

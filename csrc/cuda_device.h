@@ -17,6 +17,10 @@ struct mv_cuda_device {
     int reserved_shared;  /* shared memory the system reserves per block, bytes */
 };
 
+/* Per-device caches (these properties, and the launchers' own) hold this many devices; a device
+   with a higher ordinal still works, uncached. */
+constexpr int mv_max_cached_devices = 64;
+
 cudaError_t mv_current_device(mv_cuda_device *out);
 
 /* Whether kernels that support it are launched with PDL on this device: sm_90 and later, unless

@@ -208,13 +208,12 @@ cublasStatus_t gemm(const CublasLt &lt, mv_dtype dtype, const void *a, bool tran
    device's default pool, whose release threshold is 0, every eager call would map its 32 MiB
    afresh after each synchronization (a Llama-3-8B prefill layer then took ~1.5 ms instead of
    ~0.1 ms). Under stream capture the default pool is used, as graphs make their own memory nodes. */
-constexpr int kMaxDevices = 64;
 std::mutex pool_mutex;
-cudaMemPool_t pools[kMaxDevices];
-bool pool_tried[kMaxDevices];
+cudaMemPool_t pools[mv_max_cached_devices];
+bool pool_tried[mv_max_cached_devices];
 
 cudaMemPool_t scratch_pool(int device) {
-    if (device < 0 || device >= kMaxDevices) return nullptr;
+    if (device < 0 || device >= mv_max_cached_devices) return nullptr;
     std::lock_guard<std::mutex> lock(pool_mutex);
     if (!pool_tried[device]) {
         pool_tried[device] = true;

@@ -630,16 +630,15 @@ mv_stream_flags stream_flags(const mv_qkv_args &a, bool residual_in_kernel) {
    driver call on the host path of every launch, so each call site keeps the most it has opted
    into per device (opted[device]) and calls again only to raise it. Racing threads at worst
    both make the call; the cache only ever grows. */
-constexpr int kMaxCachedDevices = 64;
 struct SharedOptIn {
-    std::atomic<int> opted[kMaxCachedDevices];
+    std::atomic<int> opted[mv_max_cached_devices];
 };
 
 template <typename Kernel>
 cudaError_t allow_shared(Kernel kernel, size_t smem, SharedOptIn &cache, int device) {
     if (smem <= 48 * 1024) return cudaSuccess;
     const int bytes = static_cast<int>(smem);
-    const bool cached = device >= 0 && device < kMaxCachedDevices;
+    const bool cached = device >= 0 && device < mv_max_cached_devices;
     if (cached && cache.opted[device].load(std::memory_order_relaxed) >= bytes) return cudaSuccess;
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
     if (err == cudaSuccess && cached) {
@@ -798,7 +797,8 @@ int launch_bulk(const mv_qkv_args &a, cudaStream_t stream, const mv_stream_flags
        (H200, bf16, M = 1: Qwen3-0.6B 4.3 us against 5.1 with none); otherwise none, since the
        input's bulk copy queues behind them (with all of the first round requested first, M = 8:
        Qwen2.5-0.5B 4.3 us against 3.9; without PDL, M = 1: 5.1 against 4.4). */
-    geo.early_stages = mv_pdl_enabled(dev) && rows == 1 ? 1 : 0;
+    const bool pdl = mv_pdl_enabled(dev);
+    geo.early_stages = pdl && rows == 1 ? 1 : 0;
     alignas(64) CUtensorMap w_map;
     if (!encode_weight_map(&w_map, a, geo.cols, geo.stage_lines)) return static_cast<int>(cudaErrorNotSupported);
     void (*kernel)(mv_qkv_args, BulkGeometry, mv_stream_flags, const CUtensorMap) =
@@ -807,7 +807,7 @@ int launch_bulk(const mv_qkv_args &a, cudaStream_t stream, const mv_stream_flags
     static SharedOptIn opt_in[2]; /* by residual */
     cudaError_t err = allow_shared(kernel, smem, opt_in[a.in.residual != nullptr], dev.device);
     if (err != cudaSuccess) return static_cast<int>(err);
-    err = mv_launch(kernel, dim3(grid), dim3(kBulkThreads), smem, stream, mv_pdl_enabled(dev), a, geo, flags, w_map);
+    err = mv_launch(kernel, dim3(grid), dim3(kBulkThreads), smem, stream, pdl, a, geo, flags, w_map);
     if (err != cudaSuccess) return static_cast<int>(err);
     return static_cast<int>(cudaGetLastError());
 }
