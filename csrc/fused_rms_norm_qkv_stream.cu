@@ -44,6 +44,7 @@
 
 #include "cuda_common.cuh"
 #include "fused_rms_norm_qkv_paths.h"
+#include "hopper.cuh"
 
 namespace {
 
@@ -421,52 +422,6 @@ struct BulkGeometry {
 };
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-__device__ __forceinline__ uint32_t shared_address(const void *p) {
-    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void mbarrier_init(uint64_t *bar, unsigned count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(shared_address(bar)), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbarrier_arrive_expect_tx(uint64_t *bar, unsigned bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.release.cta.shared::cta.b64 _, [%0], %1;\n" ::"r"(shared_address(bar)),
-                 "r"(bytes)
-                 : "memory");
-}
-__device__ __forceinline__ void mbarrier_arrive(uint64_t *bar) {
-    asm volatile("mbarrier.arrive.release.cta.shared::cta.b64 _, [%0];\n" ::"r"(shared_address(bar)) : "memory");
-}
-__device__ __forceinline__ void mbarrier_wait(uint64_t *bar, unsigned parity) {
-    const uint32_t addr = shared_address(bar);
-    uint32_t done = 0;
-    while (!done)
-        asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.acquire.cta.shared::cta.b64 p, [%1], %2;\n"
-                     " selp.u32 %0, 1, 0, p;\n}\n"
-                     : "=r"(done)
-                     : "r"(addr), "r"(parity)
-                     : "memory");
-}
-/* Weights are read once per call: ask L2 to evict them first, keeping x and the outputs. */
-__device__ __forceinline__ uint64_t evict_first_policy() {
-    uint64_t policy;
-    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
-    return policy;
-}
-/* One box of the 3-D tensor map (coordinates innermost first) into shared memory. */
-__device__ __forceinline__ void tensor_copy_to_shared(void *dst, const CUtensorMap *map, int c0, int c1, int c2,
-                                                      uint64_t *bar, uint64_t policy) {
-    asm volatile(
-        "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint"
-        " [%0], [%1, {%2, %3, %4}], [%5], %6;\n" ::"r"(shared_address(dst)),
-        "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(shared_address(bar)), "l"(policy)
-        : "memory");
-}
-__device__ __forceinline__ void bulk_copy_to_shared(void *dst, const void *src, unsigned bytes, uint64_t *bar) {
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
-                     shared_address(dst)),
-                 "l"(src), "r"(bytes), "r"(shared_address(bar))
-                 : "memory");
-}
-
 struct ConsumerSync { /* the 8 consumer warps only: the producer warp never joins */
     __device__ void operator()() const { asm volatile("bar.sync 1, %0;\n" ::"n"(kThreads) : "memory"); }
 };
@@ -503,11 +458,11 @@ __global__ void __launch_bounds__(kBulkThreads, 2) fused_rms_norm_qkv_bulk_kerne
 
     if (threadIdx.x == 0) {
         for (int i = 0; i < geo.stages; ++i) {
-            mbarrier_init(&full[i], 1);      /* the producer's arrive (+ the bytes it expects) */
-            mbarrier_init(&empty[i], kWarps); /* one arrive per consumer warp */
+            mv_mbarrier_init(&full[i], 1);      /* the producer's arrive (+ the bytes it expects) */
+            mv_mbarrier_init(&empty[i], kWarps); /* one arrive per consumer warp */
         }
-        mbarrier_init(input_full, 1);
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+        mv_mbarrier_init(input_full, 1);
+        mv_mbarrier_init_fence();
     }
     __syncthreads();
 
@@ -522,14 +477,14 @@ __global__ void __launch_bounds__(kBulkThreads, 2) fused_rms_norm_qkv_bulk_kerne
            before the wait for the previous kernel in the stream: weights are constants of the
            model (the README says so), so they may stream while that kernel finishes. */
         if (lane == 0) {
-            const uint64_t policy = evict_first_policy();
+            const uint64_t policy = mv_evict_first_policy();
             auto issue = [&](int i) {
                 const int slot = i % geo.stages, round = i / geo.stages;
-                if (round > 0) mbarrier_wait(&empty[slot], (round - 1) & 1);
+                if (round > 0) mv_mbarrier_wait(&empty[slot], (round - 1) & 1);
                 const int64_t feature0 = feature_begin + static_cast<int64_t>(i / geo.kchunks) * kTileFeatures;
                 const int line0 = (i % geo.kchunks) * geo.stage_lines;
-                mbarrier_arrive_expect_tx(&full[slot], static_cast<unsigned>(stage_bytes)); /* zero fill counts */
-                tensor_copy_to_shared(ring + static_cast<size_t>(slot) * stage_bytes, &w_map, 0, line0,
+                mv_mbarrier_arrive_expect_tx(&full[slot], static_cast<unsigned>(stage_bytes)); /* zero fill counts */
+                mv_tensor_copy_3d(ring + static_cast<size_t>(slot) * stage_bytes, &w_map, 0, line0,
                                       static_cast<int>(feature0), &full[slot], policy);
             };
             const int first_round = total_stages < geo.early_stages ? total_stages : geo.early_stages;
@@ -537,14 +492,14 @@ __global__ void __launch_bounds__(kBulkThreads, 2) fused_rms_norm_qkv_bulk_kerne
             mv_pdl_wait();
             if (geo.input_copy) {
                 const unsigned row_bytes = static_cast<unsigned>(hidden) * sizeof(T);
-                mbarrier_arrive_expect_tx(input_full, row_bytes * (1 + rows * (kHasResidual ? 2 : 1)));
-                bulk_copy_to_shared(gamma_copy, args.in.norm_weight, row_bytes, input_full);
+                mv_mbarrier_arrive_expect_tx(input_full, row_bytes * (1 + rows * (kHasResidual ? 2 : 1)));
+                mv_bulk_copy(gamma_copy, args.in.norm_weight, row_bytes, input_full);
                 for (int m = 0; m < rows; ++m) {
-                    bulk_copy_to_shared(xs + m * geo.xs_stride,
+                    mv_bulk_copy(xs + m * geo.xs_stride,
                                         static_cast<const T *>(args.in.x) + m * args.in.x_stride, row_bytes,
                                         input_full);
                     if (kHasResidual)
-                        bulk_copy_to_shared(residual_copy + m * geo.xs_stride,
+                        mv_bulk_copy(residual_copy + m * geo.xs_stride,
                                             static_cast<const T *>(args.in.residual) + m * args.in.residual_stride,
                                             row_bytes, input_full);
                 }
@@ -558,7 +513,7 @@ __global__ void __launch_bounds__(kBulkThreads, 2) fused_rms_norm_qkv_bulk_kerne
     if (geo.input_copy) {
         /* Stage from the shared copies: x in place in xs (each lane reads the vectors it then
            writes), residual and gamma beside it; residual_out still goes to global memory. */
-        mbarrier_wait(input_full, 0);
+        mv_mbarrier_wait(input_full, 0);
         mv_qkv_args local = args;
         local.in.x = xs;
         local.in.x_stride = geo.xs_stride;
@@ -583,7 +538,7 @@ __global__ void __launch_bounds__(kBulkThreads, 2) fused_rms_norm_qkv_bulk_kerne
         for (int tt = 0; tt < kTokenTiles; ++tt) acc[tt][0] = acc[tt][1] = acc[tt][2] = acc[tt][3] = 0.0f;
         for (int kc = 0; kc < geo.kchunks; ++kc, ++i) {
             const int slot = i % geo.stages;
-            mbarrier_wait(&full[slot], (i / geo.stages) & 1);
+            mv_mbarrier_wait(&full[slot], (i / geo.stages) & 1);
             const unsigned char *stage = ring + static_cast<size_t>(slot) * stage_bytes;
             for (int c = warp; c < chunks_per_stage; c += kWarps) {
                 const int chunk_k = kc * stage_k + c * kChunkK;
@@ -597,7 +552,7 @@ __global__ void __launch_bounds__(kBulkThreads, 2) fused_rms_norm_qkv_bulk_kerne
                 mma_chunk<T, kTokenTiles>(acc, wa, wb, xs, geo.xs_stride, chunk_k + kVec * t, true, rows, g);
             }
             __syncwarp();
-            if (lane == 0) mbarrier_arrive(&empty[slot]);
+            if (lane == 0) mv_mbarrier_arrive(&empty[slot]);
         }
         reduce_and_store<T, kTokenTiles>(args, acc, partial, feature_begin + static_cast<int64_t>(tile) * kTileFeatures,
                                          feature_end, ConsumerSync());

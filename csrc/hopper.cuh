@@ -1,0 +1,80 @@
+/*
+ * hopper.cuh: the sm_90 PTX the kernels share (the QKV decode stream and the weight-stream
+ * probe): mbarriers, and copies into shared memory by the tensor / bulk copy engine.
+ *
+ * Every helper is defined only where the target has the instruction (__CUDA_ARCH__ >= 900);
+ * kernels guard their bodies the same way, so the sm_80 build of a file compiles to empty
+ * kernels that the host never launches.
+ */
+#ifndef MINIVLLM_HOPPER_CUH
+#define MINIVLLM_HOPPER_CUH
+
+#include <cstdint>
+
+#include <cuda.h> /* CUtensorMap */
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+
+/* ---- addresses ------------------------------------------------------------------------------ */
+
+__device__ __forceinline__ uint32_t mv_shared_address(const void *p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+/* ---- mbarriers in this CTA -------------------------------------------------------------------- */
+
+__device__ __forceinline__ void mv_mbarrier_init(uint64_t *bar, unsigned count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(mv_shared_address(bar)), "r"(count) : "memory");
+}
+/* Makes initialized barriers visible to the copy engine and to the other CTAs of the cluster. */
+__device__ __forceinline__ void mv_mbarrier_init_fence() {
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+__device__ __forceinline__ void mv_mbarrier_arrive_expect_tx(uint64_t *bar, unsigned bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.release.cta.shared::cta.b64 _, [%0], %1;\n" ::"r"(mv_shared_address(bar)),
+                 "r"(bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void mv_mbarrier_arrive(uint64_t *bar) {
+    asm volatile("mbarrier.arrive.release.cta.shared::cta.b64 _, [%0];\n" ::"r"(mv_shared_address(bar)) : "memory");
+}
+/* Spin until the phase with this parity has completed; acquire at CTA scope. */
+__device__ __forceinline__ void mv_mbarrier_wait(uint64_t *bar, unsigned parity) {
+    const uint32_t addr = mv_shared_address(bar);
+    uint32_t done = 0;
+    while (!done)
+        asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.acquire.cta.shared::cta.b64 p, [%1], %2;\n"
+                     " selp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done)
+                     : "r"(addr), "r"(parity)
+                     : "memory");
+}
+
+/* ---- the copy engine -------------------------------------------------------------------------- */
+
+/* Data read once per call (weights): ask L2 to evict it first, keeping activations and outputs. */
+__device__ __forceinline__ uint64_t mv_evict_first_policy() {
+    uint64_t policy;
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+    return policy;
+}
+/* One box of a 3-D tensor map (coordinates innermost first) into this CTA's shared memory,
+   completing the box's bytes on bar. */
+__device__ __forceinline__ void mv_tensor_copy_3d(void *dst, const CUtensorMap *map, int c0, int c1, int c2,
+                                                  uint64_t *bar, uint64_t policy) {
+    asm volatile(
+        "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint"
+        " [%0], [%1, {%2, %3, %4}], [%5], %6;\n" ::"r"(mv_shared_address(dst)),
+        "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(mv_shared_address(bar)), "l"(policy)
+        : "memory");
+}
+/* A contiguous, 16-byte aligned run of bytes (a multiple of 16) into shared memory. */
+__device__ __forceinline__ void mv_bulk_copy(void *dst, const void *src, unsigned bytes, uint64_t *bar) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
+                     mv_shared_address(dst)),
+                 "l"(src), "r"(bytes), "r"(mv_shared_address(bar))
+                 : "memory");
+}
+#endif /* __CUDA_ARCH__ >= 900 */
+
+#endif /* MINIVLLM_HOPPER_CUH */
