@@ -402,7 +402,11 @@ __global__ void __launch_bounds__(kThreads) fused_rms_norm_qkv_stream_kernel(mv_
    stage before waiting for that kernel (mv_pdl_wait); x, residual, gamma and every write come
    after the wait. Where the block fits in half an SM, two calls' blocks share one. Measured as
    above, M = 1, without / with: Qwen2.5-0.5B 5.1 / 3.2 us, Qwen3-0.6B 7.5 / 4.3, Qwen3-4B
-   14.3 / 11.1, Llama-3-8B 19.7 / 16.7. */
+   14.3 / 11.1, Llama-3-8B 19.7 / 16.7.
+   Measured and not used (H200, bf16, M = 1 ... 1024, benchmarks/probes/README.md): asking L2
+   for the block's W rows (cp.async.bulk.prefetch.L2) before the wait made every shape slower
+   (Qwen3-4B M = 1 10.6 -> 14.1 us): the prefetches queue in the same copy engine as the ring's
+   copies of the same bytes, and DRAM is already busy with the previous call. */
 constexpr int kLineK = 64;                             /* k per 128-byte line of a stage */
 constexpr int kLineBytes = kLineK * 2;
 constexpr int kStageLineChoices[] = {36, 28, 20, 12, 4}; /* each 4 mod 8 (see above), widest first */
