@@ -1,6 +1,4 @@
 """minivllm.FusedRMSNormQKV.forward / fused_rms_norm_qkv: RMSNorm + QKV projection."""
-import os
-
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st, HealthCheck
@@ -8,7 +6,7 @@ from hypothesis import given, settings, strategies as st, HealthCheck
 import minivllm
 from conftest import (DTYPES, LAYOUTS, NP_ONLY_LAYOUTS, assert_native, make_rows, norm_weight,
                       randn, round_np, to64)
-from reference import QKV_TOL, assert_matches, assert_same_values, qkv_ref, round_to
+from reference import QKV_TOL, assert_matches, assert_same_values, qkv_ref, qkv_y_dtype, round_to
 
 HS = [1, 3, 100, 256, 512, 896, 1000, 1024, 2048, 3584, 4096, 8192]
 W_LAYOUTS = ("W", "WT_view", "WT_contig")
@@ -74,7 +72,8 @@ class Case:
         n_expect = 3 if r0 is None else 4
         assert isinstance(res, tuple) and len(res) == n_expect, \
             f"expected a tuple of {n_expect}, got {type(res).__name__} of {len(res)}"
-        refs = qkv_ref(h0, nw0, self.W0, self.nh, self.nkv, eps, residual=r0, dtype=dtype)
+        refs = qkv_ref(h0, nw0, self.W0, self.nh, self.nkv, eps, residual=r0, dtype=dtype,
+                       y_dtype=qkv_y_dtype(self.dev.name, dtype))
         shapes = [lead + (self.nh, self.hd), lead + (self.nkv, self.hd),
                   lead + (self.nkv, self.hd)]
         for name, out, ref, shp in zip("qkv", res, refs, shapes):
@@ -217,9 +216,7 @@ def test_y_rounding_order(dev, dtype, rng):
     c = Case(dev, rng, dtype, (64,), 256, 4, 2, 16, "W")
     q, k, v = c.run()
     h0, nw0, _, _ = c.snapshot()
-    # MINIVLLM_QKV_PATH=generic forces the GPU's generic kernel, which multiplies the float32 y
-    generic = os.environ.get("MINIVLLM_QKV_PATH") == "generic"
-    y_dtype = dtype if dev.name == "cuda" and not generic else None
+    y_dtype = qkv_y_dtype(dev.name, dtype)
     refs = qkv_ref(h0, nw0, c.W0, 4, 2, 1e-6, y_dtype=y_dtype)
     got = np.concatenate([to64(a).ravel() for a in (q, k, v)])
     exp = np.concatenate([round_to(a, dtype).ravel() for a in refs])
@@ -364,7 +361,7 @@ def test_outputs_side_by_side_in_one_buffer(dev, dtype, rng):
     res = minivllm.FusedRMSNormQKV.forward(x, g, W, nh, nkv, out=(q, k, v))
     assert res[0] is q and res[1] is k and res[2] is v
     dev.sync()
-    refs = qkv_ref(x64, g64, W64, nh, nkv, 1e-6, y_dtype=dtype if dev.name == "cuda" else None)
+    refs = qkv_ref(x64, g64, W64, nh, nkv, 1e-6, y_dtype=qkv_y_dtype(dev.name, dtype))
     for name, out, ref in zip("qkv", (q, k, v), refs):
         assert_matches(to64(out), ref, QKV_TOL[dtype], name, row_axes=2)
     with pytest.raises(ValueError, match="k: overlaps q"):
@@ -394,7 +391,8 @@ def test_chained_calls_read_the_previous_output(dev, dtype, M, rng):
         r.append(r_next)
     dev.sync()
     for i in range(layers):
-        refs = qkv_ref(to64(x[i]), g64[i], W64[i], nh, nkv, 1e-6, residual=to64(r[i]), dtype=dtype)
+        refs = qkv_ref(to64(x[i]), g64[i], W64[i], nh, nkv, 1e-6, residual=to64(r[i]), dtype=dtype,
+                       y_dtype=qkv_y_dtype(dev.name, dtype))
         for name, out, ref in zip("qkv", outs[i], refs):
             assert_matches(to64(out), ref, QKV_TOL[dtype], f"layer {i} {name}", row_axes=2)
         assert_same_values(to64(r[i + 1]), refs[3], f"layer {i} residual_out")
