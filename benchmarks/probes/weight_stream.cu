@@ -3,9 +3,10 @@
  * shared memory, by box shape? A probe for the QKV decode kernels' design, not part of the
  * library. Each CTA owns a contiguous range of rows (features) and walks all of H; a producer
  * thread fills a ring of shared-memory slots, the consumer warps wait for each slot, read one
- * word of it and hand it back. Eight distinct copies of W (8 x 48 MiB) are read in turn, so L2
- * never holds the next launch's data. Prints GB/s per variant (bytes of W read / time, events
- * around 20 launches after 3 warm-ups).
+ * word of it and hand it back. Eight distinct copies of W (8 x 48 MiB, one buffer) are read in
+ * turn, so L2 never holds the next launch's data; a launch streams one copy (span 1: the gap
+ * between back-to-back launches counts) or four (span 4: it is amortized). Prints GB/s per
+ * variant (bytes of W read / time, events around 20 launches after 3 warm-ups).
  *
  *   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -Icsrc \
  *        benchmarks/probes/weight_stream.cu -o weight_stream -lcuda && ./weight_stream
@@ -22,7 +23,6 @@
 
 #include <cstdio>
 #include <cstdlib>
-#include <vector>
 
 #include "../../csrc/hopper.cuh"
 
@@ -40,6 +40,7 @@ constexpr int kConsumers = 256;
 
 struct Params {
     int box_features, box_lines, slots, permuted; /* permuted: the view [H / 64][N][64] */
+    int row0, rows;                               /* the rows this launch streams */
 };
 
 __global__ void __launch_bounds__(kConsumers + 32, 1) tma_stream(Params p, const __grid_constant__ CUtensorMap map,
@@ -50,8 +51,8 @@ __global__ void __launch_bounds__(kConsumers + 32, 1) tma_stream(Params p, const
     const int slot_bytes = p.box_features * p.box_lines * 128;
     uint64_t *full = reinterpret_cast<uint64_t *>(ring + p.slots * slot_bytes);
     uint64_t *empty = full + p.slots;
-    const int f0 = static_cast<int>(static_cast<long>(kN) * blockIdx.x / gridDim.x);
-    const int f1 = static_cast<int>(static_cast<long>(kN) * (blockIdx.x + 1) / gridDim.x);
+    const int f0 = p.row0 + static_cast<int>(static_cast<long>(p.rows) * blockIdx.x / gridDim.x);
+    const int f1 = p.row0 + static_cast<int>(static_cast<long>(p.rows) * (blockIdx.x + 1) / gridDim.x);
     const int feature_boxes = (f1 - f0 + p.box_features - 1) / p.box_features;
     const int line_boxes = (kH / 64) / p.box_lines;
     const int total = feature_boxes * line_boxes;
@@ -94,9 +95,9 @@ __global__ void __launch_bounds__(kConsumers + 32, 1) tma_stream(Params p, const
 }
 
 template <int U>
-__global__ void __launch_bounds__(kConsumers, 1) ldg_stream(const uint4 *w, int *sink) {
-    const long f0 = static_cast<long>(kN) * blockIdx.x / gridDim.x;
-    const long f1 = static_cast<long>(kN) * (blockIdx.x + 1) / gridDim.x;
+__global__ void __launch_bounds__(kConsumers, 1) ldg_stream(const uint4 *w, long rows, int *sink) {
+    const long f0 = rows * blockIdx.x / gridDim.x;
+    const long f1 = rows * (blockIdx.x + 1) / gridDim.x;
     const uint4 *begin = w + f0 * (kH / 8), *end = w + f1 * (kH / 8);
     unsigned acc = 0;
     for (const uint4 *p = begin + threadIdx.x; p < end; p += kConsumers * U) {
@@ -123,11 +124,11 @@ typedef CUresult (*EncodeFn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, voi
 
 CUtensorMap make_map(void *w, int box_features, int box_lines, bool permuted) {
     CUtensorMap map;
-    cuuint64_t dims[3] = {64, kH / 64, kN};
+    cuuint64_t dims[3] = {64, kH / 64, static_cast<cuuint64_t>(kN) * kCopies};
     cuuint64_t strides[2] = {128, static_cast<cuuint64_t>(kH) * 2};
     cuuint32_t box[3] = {64, static_cast<cuuint32_t>(box_lines), static_cast<cuuint32_t>(box_features)};
     if (permuted) { /* [H / 64][N][64]: a box lands as box_lines slabs of box_features rows x 128 bytes */
-        dims[1] = kN;
+        dims[1] = static_cast<cuuint64_t>(kN) * kCopies;
         dims[2] = kH / 64;
         strides[0] = static_cast<cuuint64_t>(kH) * 2;
         strides[1] = 128;
@@ -146,70 +147,67 @@ CUtensorMap make_map(void *w, int box_features, int box_lines, bool permuted) {
     return map;
 }
 
+/* GB/s of W read by launch(first_copy) over 20 launches after 3 warm-ups, each launch
+   streaming `span` consecutive copies (the copies rotate so L2 never holds the next one). */
 template <typename Launch>
-double time_gbps(Launch launch) {
+double time_gbps(int span, Launch launch) {
     cudaEvent_t a, b;
     CHECK(cudaEventCreate(&a));
     CHECK(cudaEventCreate(&b));
-    for (int i = 0; i < 3; ++i) launch(i % kCopies);
+    const int starts = kCopies / span;
+    for (int i = 0; i < 3; ++i) launch((i % starts) * span);
     CHECK(cudaEventRecord(a));
     const int reps = 20;
-    for (int i = 0; i < reps; ++i) launch(i % kCopies);
+    for (int i = 0; i < reps; ++i) launch((i % starts) * span);
     CHECK(cudaEventRecord(b));
     CHECK(cudaEventSynchronize(b));
     CHECK(cudaGetLastError());
     float ms = 0;
     CHECK(cudaEventElapsedTime(&ms, a, b));
-    return static_cast<double>(kN) * kH * 2 * reps / (ms * 1e-3) / 1e9;
+    return static_cast<double>(kN) * kH * 2 * span * reps / (ms * 1e-3) / 1e9;
 }
 
 int main() {
     int sms = 0;
     CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
     const size_t bytes = static_cast<size_t>(kN) * kH * 2;
-    std::vector<void *> w(kCopies);
-    for (auto &p : w) {
-        CHECK(cudaMalloc(&p, bytes));
-        CHECK(cudaMemset(p, 1, bytes));
-    }
+    char *w = nullptr;
+    CHECK(cudaMalloc(&w, bytes * kCopies));
+    CHECK(cudaMemset(w, 1, bytes * kCopies));
     int *sink;
     CHECK(cudaMalloc(&sink, 4));
-    printf("W %d x %d bf16 (%.1f MiB), %d copies, %d SMs\n", kN, kH, bytes / 1048576.0, kCopies, sms);
+    printf("W %d x %d bf16 (%.1f MiB), %d copies, %d SMs; span = copies streamed per launch\n", kN, kH,
+           bytes / 1048576.0, kCopies, sms);
 
     struct Shape { int features, lines, permuted; };
-    const Shape shapes[] = {{64, 1, 0}, {64, 2, 0}, {16, 12, 0}, {64, 2, 1}, {64, 4, 1}, {64, 8, 1},
-                            {32, 4, 1}, {48, 4, 1}, {16, 12, 1}, {128, 2, 1}};
-    const int ring_kib[] = {96, 192};
-    for (int grid_per_sm = 1; grid_per_sm <= 2; ++grid_per_sm) {
-        for (const Shape &s : shapes) {
-            for (int kib : ring_kib) {
-                if (grid_per_sm == 2 && kib > 96) continue;
+    const Shape shapes[] = {{64, 1, 0}, {64, 2, 0}, {16, 12, 0}, {64, 4, 1}, {16, 4, 0}, {16, 12, 1}};
+    for (int span : {1, 4}) {
+        for (int grid_per_sm = 1; grid_per_sm <= 2; ++grid_per_sm) {
+            for (const Shape &s : shapes) {
+                const int kib = 96;
                 const int slot_bytes = s.features * s.lines * 128;
                 const int slots = kib * 1024 / slot_bytes;
-                if (slots < 2) continue;
                 const size_t smem = slots * slot_bytes + 1024 + slots * 16;
                 CHECK(cudaFuncSetAttribute(tma_stream, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-                std::vector<CUtensorMap> maps;
-                for (auto p : w) maps.push_back(make_map(p, s.features, s.lines, s.permuted != 0));
-                Params prm{s.features, s.lines, slots, s.permuted};
+                const CUtensorMap map = make_map(w, s.features, s.lines, s.permuted != 0);
                 const int grid = sms * grid_per_sm;
-                const double gbps = time_gbps([&](int c) {
-                    tma_stream<<<grid, kConsumers + 32, smem>>>(prm, maps[c], sink);
+                const double gbps = time_gbps(span, [&](int first) {
+                    Params prm{s.features, s.lines, slots, s.permuted, first * kN, span * kN};
+                    tma_stream<<<grid, kConsumers + 32, smem>>>(prm, map, sink);
                 });
-                printf("tma %3d features x %2d lines%s (%5d B/box), ring %3d KiB (%2d slots), %d CTA/SM: %7.0f GB/s\n",
-                       s.features, s.lines, s.permuted ? " permuted" : "         ", slot_bytes, kib, slots,
+                printf("span %d: tma %3d features x %2d lines%s (%5d B/box), ring %3d KiB (%2d slots), %d CTA/SM: "
+                       "%7.0f GB/s\n",
+                       span, s.features, s.lines, s.permuted ? " permuted" : "         ", slot_bytes, kib, slots,
                        grid_per_sm, gbps);
             }
         }
-    }
-    for (int grid_per_sm = 1; grid_per_sm <= 4; grid_per_sm *= 2) {
-        const int grid = sms * grid_per_sm;
-        printf("ldg U=4, %d CTA/SM: %7.0f GB/s\n", grid_per_sm, time_gbps([&](int c) {
-                   ldg_stream<4><<<grid, kConsumers>>>(static_cast<const uint4 *>(w[c]), sink);
-               }));
-        printf("ldg U=8, %d CTA/SM: %7.0f GB/s\n", grid_per_sm, time_gbps([&](int c) {
-                   ldg_stream<8><<<grid, kConsumers>>>(static_cast<const uint4 *>(w[c]), sink);
-               }));
+        for (int grid_per_sm = 1; grid_per_sm <= 4; grid_per_sm *= 2) {
+            const int grid = sms * grid_per_sm;
+            printf("span %d: ldg U=8, %d CTA/SM: %7.0f GB/s\n", span, grid_per_sm, time_gbps(span, [&](int first) {
+                       ldg_stream<8><<<grid, kConsumers>>>(reinterpret_cast<const uint4 *>(w + first * bytes),
+                                                          static_cast<long>(span) * kN, sink);
+                   }));
+        }
     }
     return 0;
 }
