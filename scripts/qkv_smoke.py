@@ -2,7 +2,7 @@
 without a residual, against the float64 reference; prints one line per call with the relative
 error of q, k and v and of the new residual. Force the path with MINIVLLM_QKV_PATH.
 
-    MINIVLLM_QKV_PATH=cluster python3 scripts/qkv_smoke.py [--m 1 5 16 33 64] [--dtypes bf16 fp16]
+    MINIVLLM_QKV_PATH=stream python3 scripts/qkv_smoke.py [--m 1 5 16 33 64] [--dtypes bf16 fp16]
 """
 import argparse
 import math

@@ -2,10 +2,10 @@
 # QKV variants side by side on one GPU, in one call: build offline, a quick float64 check of each
 # variant (scripts/qkv_smoke.py), the QKV tests once, then bench_qkv (minivllm and cuBLAS alone)
 # once per variant. A variant is NAME or NAME:VAR=VALUE[,VAR=VALUE...], an environment for the
-# whole run of it, e.g.  nopf:MINIVLLM_QKV_PREFETCH=0  or  gemm:MINIVLLM_QKV_PATH=gemm.
+# whole run of it, e.g.  nopdl:MINIVLLM_PDL=0  or  gemm:MINIVLLM_QKV_PATH=gemm.
 #   usage: scripts/qkv_variants.sh OUTDIR VARIANT...
 #   M="1 16 256" MODELS="Qwen3-0.6B Llama-3-8B" DTYPES="bf16 fp16" TESTS=0 SMOKE_M="1 16" \
-#       scripts/qkv_variants.sh OUT base nopf:MINIVLLM_QKV_PREFETCH=0
+#       scripts/qkv_variants.sh OUT auto nopdl:MINIVLLM_PDL=0
 # Logs land in OUTDIR (file names from NAME); the bench lines of each variant are printed.
 set -uo pipefail
 out=${1:?usage: scripts/qkv_variants.sh OUTDIR VARIANT...}
