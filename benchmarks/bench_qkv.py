@@ -16,10 +16,11 @@ Implementations, all timed in the same run and the same way:
   Triton-1            the original Triton design: one program per output feature (the norm of the
                       token row, then its dot with one W row), launched once per token from a
                       Python loop (M <= 16 only)
-Timing (../shared/GUIDE.md section 5): N calls, each with its own layer (W, γ), input and
-outputs, are captured into one CUDA graph, N large enough for >= 256 MiB of distinct weights and
-a working set >= 4x L2; after a warm-up the graph is replayed between CUDA events and µs per call
-is the median replay / N. Device-to-device copy bandwidth and the GEMM rate are measured in the
+Timing (../shared/GUIDE.md section 5): N layers, each with its own W, γ, input and outputs, N
+large enough for >= 256 MiB of distinct weights and a working set >= 4x L2; G calls cycling
+through them are captured into one CUDA graph (G = N, or the multiple of N that makes a replay
+last >= 300 µs, --min-replay-us, so its start-up is not charged to a few calls); after a
+warm-up the graph is replayed between CUDA events and µs per call is the median replay / G. Device-to-device copy bandwidth and the GEMM rate are measured in the
 same run; a shape's floor = max((W + γ + x + q, k, v bytes) / copy bandwidth, 2·M·N·H / GEMM
 rate). Also measured: the host cost of one eager call at M = 1 with torch tensors (back-to-back
 calls, no graph) against torch's eager sequence.
@@ -772,6 +773,7 @@ class Run:
 
 def main(argv=None):
     args = parse_args(argv)
+    bt.apply_graph_run_args(args)
     bt.require_cuda("bench_qkv.py")
     started = time.perf_counter()
     gpu = bt.gpu_metadata()
@@ -785,7 +787,8 @@ def main(argv=None):
           flush=True)
     print(f"models {', '.join(m.name for m in args.models)}; dtypes {args.dtypes}; M {args.m}; "
           f"{args.replays} replays; calls per graph: >= {bt.MIN_DISTINCT_WEIGHT_BYTES >> 20} MiB "
-          f"of distinct weights and >= {bt.L2_MULTIPLE}x L2", flush=True)
+          f"of distinct weights and >= {bt.L2_MULTIPLE}x L2, cycled until a replay lasts >= "
+          f"{bt.MIN_REPLAY_US:g} µs", flush=True)
 
     rng = np.random.default_rng()
     check_records, check_failures = self_check(args.models, args.dtypes, rng)
@@ -876,7 +879,7 @@ def main(argv=None):
         "method": {
             "timing": "CUDA graph of N calls, each with its own W, γ, x and outputs; CUDA events "
                       "around each replay; µs per call = median replay / N",
-            "replays": args.replays, "eps": EPS,
+            "replays": args.replays, "eps": EPS, "min_replay_us": bt.MIN_REPLAY_US,
             "min_distinct_weight_bytes": bt.MIN_DISTINCT_WEIGHT_BYTES,
             "l2_multiple": bt.L2_MULTIPLE, "memory_cap_bytes": bt.QKV_MEMORY_CAP_BYTES,
             "bytes_moved": "W [N, H] + γ [H] + x [M, H] read, q, k, v [M, N] written",

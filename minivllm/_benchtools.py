@@ -6,9 +6,13 @@ all three time, bound and record their results the same way. The minivllm packag
 this module, and this module works without PyTorch for all but the GPU timing and the torch
 baselines.
 
-Timing method (../shared/GUIDE.md, section 5): N calls, each on its own buffers, are captured into
-one CUDA graph; after a warm-up the graph is replayed between CUDA events, and µs per call is the
-median replay time / N. The ceilings (device-to-device copy bandwidth, GEMM rate) are measured
+Timing method (../shared/GUIDE.md, section 5): N sets of buffers (N calls' worth, together at least
+4x L2) are made, and G calls cycling through them (call i uses set i mod N; G a multiple of N) are
+captured into one CUDA graph; after a warm-up the graph is replayed between CUDA events, and µs per
+call is the median replay time / G. G is N, or the multiple of N that makes a replay last at
+least MIN_REPLAY_US: the cycle keeps every call's inputs out of L2 (the N - 1 calls between two
+uses of a set move >= 3x L2), and the longer replay spreads the fixed cost of starting one, which
+a layer inside a model never pays, over enough calls to vanish. The ceilings (device-to-device copy bandwidth, GEMM rate) are measured
 the same way in the same run, and a shape's floor is max(bytes that must move / copy bandwidth,
 FLOPs / GEMM rate).
 """
@@ -170,6 +174,13 @@ def relative_error(result, want):
 # ---------------------------------------------------------------------------------------------
 L2_MULTIPLE = 4              # one replay touches >= 4x L2, so no call finds its inputs in L2
 MIN_CALLS, MAX_CALLS = 2, 4000
+# A replay shorter than this is made longer by cycling the buffer sets (time_per_call). With a
+# few calls per graph (2-6 at the largest shapes) and a replay of tens of µs, the replay's own
+# start-up -- from the start event to the first kernel and from the last kernel to the stop
+# event -- was charged to the calls. --min-replay-us 0 gives the old method (G = N) back.
+# Replays already longer (compute-bound shapes) are left alone, so sustained-load clocks do not
+# change what they measure.
+MIN_REPLAY_US = 300.0
 MEMORY_CAP_BYTES = 4 << 30   # inputs + outputs of one graph; the 2-call floor may exceed it
 SPIN_CYCLES = 10_000_000     # ~5 ms of GPU spin, during which the host queues every timed replay
 
@@ -198,8 +209,10 @@ def qkv_calls_per_graph(rows, hidden, features, element_size, l2_bytes,
     return max(MIN_CALLS, min(wanted, memory_cap // moved, MAX_CALLS))
 
 
-def capture(call, calls):
-    """A CUDA graph of call(0), ..., call(calls - 1), and the results it must keep alive."""
+def capture(call, calls, total=None):
+    """A CUDA graph of call(0), ..., call(calls - 1), repeated until `total` calls (default
+    `calls`; a multiple of it), and the results it must keep alive."""
+    total = calls if total is None else total
     # Warm up on a side stream, as torch.cuda.graph's documentation prescribes: lazy
     # initialisation, the allocator's first blocks and torch.compile's compilation for this shape
     # all happen here, never during capture.
@@ -210,13 +223,17 @@ def capture(call, calls):
             call(0)
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    # Keep every call's result referenced while capturing: otherwise the graph's memory pool hands
-    # each call the block its predecessor's output just freed, and a baseline's outputs would all
-    # land on one L2-resident buffer while minivllm writes distinct ones.
+    # Keep the last `calls` results referenced while capturing: otherwise the graph's memory pool
+    # hands each call the block its predecessor's output just freed, and a baseline's outputs
+    # would all land on one L2-resident buffer while minivllm writes to `calls` distinct ones. A
+    # result older than that is released, so a baseline's outputs cycle too (over calls + 1
+    # blocks) instead of taking `total` of them.
     results = []
     with torch.cuda.graph(graph):
-        for i in range(calls):
-            results.append(call(i))
+        for i in range(total):
+            results.append(call(i % calls))
+            if len(results) > calls:
+                results.pop(0)
     return graph, results
 
 
@@ -237,14 +254,32 @@ def replay_times_us(graph, replays):
     return [start.elapsed_time(stop) * 1e3 for start, stop in events]
 
 
-def time_per_call(call, calls, replays, check_last=None):
-    """µs per call of call(i): median, min and max over graph replays of `calls` calls.
+PROBE_REPLAYS = 3
 
-    check_last(result), when given, sees the last call's result as the replays left it (before
-    the graph and its memory pool are released); what it returns is stored under "check"."""
+
+def time_per_call(call, calls, replays, check_last=None, min_replay_us=None):
+    """µs per call of call(i), i < calls: median, min and max over replays of a graph of G calls
+    cycling through i = 0 .. calls - 1, G the least multiple of `calls` (at most MAX_CALLS, or
+    `calls` if that is more) whose replay lasts min_replay_us (default MIN_REPLAY_US), judged
+    from a few replays of a graph of `calls` calls.
+
+    check_last(result), when given, sees the last call's result -- call(calls - 1) -- as the
+    replays left it (before the graph and its memory pool are released); what it returns is
+    stored under "check"."""
+    wanted_us = MIN_REPLAY_US if min_replay_us is None else min_replay_us
+    total = calls
     graph, results = capture(call, calls)
-    per_call = sorted(us / calls for us in replay_times_us(graph, replays))
-    timing = {"us": statistics.median(per_call), "us_min": per_call[0], "us_max": per_call[-1]}
+    if wanted_us > 0:
+        probe_us = statistics.median(replay_times_us(graph, PROBE_REPLAYS))
+        if probe_us < wanted_us:
+            cycles = min(math.ceil(wanted_us / max(probe_us, 1e-3)), max(1, MAX_CALLS // calls))
+            if cycles > 1:
+                del graph, results
+                total = calls * cycles
+                graph, results = capture(call, calls, total)
+    per_call = sorted(us / total for us in replay_times_us(graph, replays))
+    timing = {"us": statistics.median(per_call), "us_min": per_call[0], "us_max": per_call[-1],
+              "graph_calls": total}
     if check_last is not None:
         timing["check"] = check_last(results[-1])
     del graph, results
@@ -271,7 +306,7 @@ def _copy_rates(replays, copy_bytes):
     target = torch.empty_like(source)
     methods = {"memcpy": lambda i: target.copy_(source),
                "elementwise": lambda i: torch.mul(source, 1.0, out=target)}
-    return {name: 2 * copy_bytes / time_per_call(fn, COPY_CALLS, replays)["us"] / 1e3
+    return {name: 2 * copy_bytes / time_per_call(fn, COPY_CALLS, replays, min_replay_us=0)["us"] / 1e3
             for name, fn in methods.items()}
 
 
@@ -288,7 +323,8 @@ def measure_gemm_tflops(torch_dtype, replays, size=GEMM_SIZE, attempts=3):
     a = torch.randn(size, size, device="cuda").to(torch_dtype)
     b = torch.randn(size, size, device="cuda").to(torch_dtype)
     out = torch.empty(size, size, device="cuda", dtype=torch_dtype)
-    us = min(time_per_call(lambda i: torch.matmul(a, b, out=out), 2, replays)["us_min"]
+    us = min(time_per_call(lambda i: torch.matmul(a, b, out=out), 2, replays,
+                           min_replay_us=0)["us_min"]
              for _ in range(attempts))
     return 2 * size ** 3 / us / 1e6
 
@@ -427,6 +463,15 @@ def add_graph_run_args(parser, default_out):
     parser.add_argument("--no-plot", action="store_true", help="write no PNG")
     parser.add_argument("--replays", type=int_at_least(7), default=15,
                         help="timed graph replays per implementation and shape (at least 7)")
+    parser.add_argument("--min-replay-us", type=float, default=MIN_REPLAY_US,
+                        help="cycle the buffer sets until a graph replay lasts this long (default "
+                             f"{MIN_REPLAY_US:g}; 0: one call per buffer set, the old method)")
+
+
+def apply_graph_run_args(args):
+    """Makes --min-replay-us the default of time_per_call."""
+    global MIN_REPLAY_US
+    MIN_REPLAY_US = args.min_replay_us
 
 
 def int_at_least(minimum):

@@ -200,8 +200,9 @@ class GpuTimer:
         self.l2_bytes = torch.cuda.get_device_properties(torch.cuda.current_device()).L2_cache_size
         self.copy_gbps, self.copy_methods = bt.measure_copy_gbps(replays)
         self.gemm_tflops = bt.measure_gemm_tflops(self.dtype, replays)
-        self.method = ("CUDA-graph replays of calls that each have their own buffers (and "
-                       "weights); µs per call = median replay / calls")
+        self.method = ("CUDA-graph replays of calls cycling through buffer sets (and weights) "
+                       f"that span >= {bt.L2_MULTIPLE}x L2, each replay >= {bt.MIN_REPLAY_US:g} "
+                       "µs; µs per call = median replay / calls in the graph")
         self.ceilings = {"copy_gbps": self.copy_gbps, "copy_by_method": self.copy_methods,
                          "gemm_tflops": self.gemm_tflops,
                          "how": "device-to-device copy of 2 GiB (read + write); "
