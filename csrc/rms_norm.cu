@@ -104,6 +104,7 @@ namespace {
 
 constexpr int kMaxVecsPerThread = 4; /* 4 x 16 B in flight per thread, 32 floats of registers */
 constexpr int kVecBlockThreads = 256;
+constexpr int kShortCallVecsPerThread = 2;
 
 /* V elements of T moved as one aligned access (16 B for 8 halves or 4 floats). */
 template <typename T, int V>
@@ -298,16 +299,22 @@ cudaError_t launch_vec_kernel(const mv_rms_norm_args &a, int group_threads, unsi
 }
 
 template <typename T, int V>
-cudaError_t launch_vec(const mv_rms_norm_args &a, int group_threads, cudaStream_t stream, bool pdl) {
+cudaError_t launch_vec(const mv_rms_norm_args &a, int group_threads, cudaStream_t stream, bool pdl, int sms) {
     /* vector_width never asks for more than 16 bytes (no float x 8), so build no such kernel */
     if constexpr (sizeof(T) * V > 16) {
         return cudaErrorInvalidValue;
     } else {
-        /* As many whole groups as fit in kVecBlockThreads (at least one), but no more groups than
-           rows: a block's idle groups only delay it (H200, bf16, M = 1: H = 4096 1.77 us with a
-           128-thread block against 1.83 with 256). Whole warps, as group_sum's shuffles need. */
+        /* As many whole groups as fit in kVecBlockThreads (at least one), but no more than the
+           rows per multiprocessor: then a call of few rows spreads over the GPU instead of
+           queueing them in a few blocks, and no block carries idle groups (H200, bf16,
+           graph-timed, 256-thread blocks -> this: M = 16 H = 4096 rms_norm 2.05 -> 1.89 us, fused
+           add 2.45 -> 2.21; M = 128 2.42 -> 2.29; M >= 1024 unchanged). Whole warps, as
+           group_sum's shuffles need. */
         const int64_t fitting_rows = group_threads >= kVecBlockThreads ? 1 : kVecBlockThreads / group_threads;
-        const int64_t block_rows = a.in.rows < fitting_rows ? a.in.rows : fitting_rows;
+        int64_t block_rows = a.in.rows < fitting_rows ? a.in.rows : fitting_rows;
+        const int64_t sm_count = sms > 0 ? sms : 1;
+        const int64_t rows_per_sm = (a.in.rows + sm_count - 1) / sm_count;
+        if (rows_per_sm < block_rows) block_rows = rows_per_sm;
         const int threads = static_cast<int>((group_threads * block_rows + 31) / 32 * 32);
         const int64_t rows_per_block = threads / group_threads;
         const int64_t wanted = (a.in.rows + rows_per_block - 1) / rows_per_block;
@@ -324,8 +331,20 @@ extern "C" int mv_rms_norm_cuda(const mv_rms_norm_args *a, void *stream) {
     if (a->in.rows == 0) return (int)cudaSuccess;
     const int v = vector_width(a);
     const int64_t vecs_per_row = a->in.hidden / v;
-    const int64_t needed = (vecs_per_row + kMaxVecsPerThread - 1) / kMaxVecsPerThread;
+    int64_t needed = (vecs_per_row + kMaxVecsPerThread - 1) / kMaxVecsPerThread;
     if (needed > kMaxVecThreads) return mv_rms_norm_cuda_reference(a, stream);
+    cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
+    mv_cuda_device dev;
+    cudaError_t err = mv_current_device(&dev);
+    if (err != cudaSuccess) return (int)err;
+    /* A short call (no more rows than multiprocessors: each row gets a block of its own) is pure
+       latency, and a thread's chain of work is shorter with 2 vectors than with 4 (H200, bf16,
+       graph-timed, 4 -> 2: fused add M = 1 H = 896 1.57 -> 1.47 us, M = 128 2.19 -> 2.10; H = 4096
+       unchanged; 1 vector per thread is slower at H = 4096: groups of 512). */
+    if (a->in.rows <= dev.sms) {
+        const int64_t two_each = (vecs_per_row + kShortCallVecsPerThread - 1) / kShortCallVecsPerThread;
+        if (two_each <= kVecBlockThreads) needed = two_each;
+    }
     /* Threads per row: a power of two up to a warp (shuffle reduction), beyond that whole warps,
        so a row of 640 vectors (H = 5120, bf16) takes 160 threads with 4 vectors each rather than
        256 of which 96 idle (H200: 71% of copy bandwidth at 4096 x 5120 with 256). */
@@ -335,18 +354,14 @@ extern "C" int mv_rms_norm_cuda(const mv_rms_norm_args *a, void *stream) {
     } else {
         group_threads = static_cast<int>((needed + 31) / 32 * 32);
     }
-    cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
-    mv_cuda_device dev;
-    cudaError_t err = mv_current_device(&dev);
-    if (err != cudaSuccess) return (int)err;
     const bool pdl = mv_pdl_enabled(dev);
     err = cudaErrorInvalidValue;
     MV_DISPATCH_DTYPE(a->in.dtype, T, {
         switch (v) {
-        case 8: err = launch_vec<T, 8>(*a, group_threads, cuda_stream, pdl); break;
-        case 4: err = launch_vec<T, 4>(*a, group_threads, cuda_stream, pdl); break;
-        case 2: err = launch_vec<T, 2>(*a, group_threads, cuda_stream, pdl); break;
-        default: err = launch_vec<T, 1>(*a, group_threads, cuda_stream, pdl); break;
+        case 8: err = launch_vec<T, 8>(*a, group_threads, cuda_stream, pdl, dev.sms); break;
+        case 4: err = launch_vec<T, 4>(*a, group_threads, cuda_stream, pdl, dev.sms); break;
+        case 2: err = launch_vec<T, 2>(*a, group_threads, cuda_stream, pdl, dev.sms); break;
+        default: err = launch_vec<T, 1>(*a, group_threads, cuda_stream, pdl, dev.sms); break;
         }
     })
     return (int)err;
