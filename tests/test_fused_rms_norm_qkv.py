@@ -368,6 +368,26 @@ def test_outputs_side_by_side_in_one_buffer(dev, dtype, rng):
         minivllm.FusedRMSNormQKV.forward(x, g, W, nh, nkv, out=(q, buf[:, nh - 1:nh - 1 + nkv], v))
 
 
+@pytest.mark.parametrize("M", [40, 1500])
+def test_separate_output_arrays(dev, dtype, M, rng):
+    """q, k and v as three separately allocated arrays (e.g. k and v in a cache), NaN first. On
+    the GPU's GEMM path the product goes through one GEMM and a split copy where it is small
+    (M = 40) and through one GEMM per output where it exceeds 16 MiB (M = 1500, N = 6144):
+    both must fill every element."""
+    H, nh, nkv, hd = 64, 32, 8, 128
+    x64 = round_to(rng.standard_normal((M, H)), dtype)
+    g64 = round_to(norm_weight(rng, H), dtype)
+    W64 = round_to(rng.standard_normal(((nh + 2 * nkv) * hd, H)) / 8, dtype)
+    x, g, W = dev.array(x64, dtype), dev.array(g64, dtype), dev.array(W64, dtype)
+    q, k, v = (dev.array(np.full((M, heads, hd), np.nan), dtype) for heads in (nh, nkv, nkv))
+    res = minivllm.FusedRMSNormQKV.forward(x, g, W, nh, nkv, out=(q, k, v))
+    assert res[0] is q and res[1] is k and res[2] is v
+    dev.sync()
+    refs = qkv_ref(x64, g64, W64, nh, nkv, 1e-6, y_dtype=qkv_y_dtype(dev.name, dtype))
+    for name, out, ref in zip("qkv", (q, k, v), refs):
+        assert_matches(to64(out), ref, QKV_TOL[dtype], name, row_axes=2)
+
+
 @pytest.mark.parametrize("M", [1, 5, 16])
 def test_chained_calls_read_the_previous_output(dev, dtype, M, rng):
     """Six layers queued back to back with no sync, each layer's hidden state the previous
