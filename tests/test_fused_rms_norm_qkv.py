@@ -347,23 +347,32 @@ def test_property_cpu(M, H, nkv, ratio, hd, dtype, wlayout, layout, residual, se
     c.run()
 
 
-def test_outputs_side_by_side_in_one_buffer(dev, dtype, rng):
-    """q, k and v as head slices of one [M, heads + 2 kv heads, head_dim] buffer (what torch's
-    linear + split returns) share no element though their memory spans interleave: accepted as
-    out= and filled; a k that reaches one head into q's columns is refused."""
-    M, H, nh, nkv, hd = 5, 64, 4, 2, 8
+def _into_given_outputs(dev, dtype, rng, M, H, nh, nkv, hd, make_outputs):
+    """One call with out=make_outputs() on fresh random inputs; checks that the given arrays are
+    returned and hold q, k and v. Returns the inputs (x, g, W) and the outputs (q, k, v)."""
     x64 = round_to(rng.standard_normal((M, H)), dtype)
     g64 = round_to(norm_weight(rng, H), dtype)
     W64 = round_to(rng.standard_normal(((nh + 2 * nkv) * hd, H)) / 8, dtype)
     x, g, W = dev.array(x64, dtype), dev.array(g64, dtype), dev.array(W64, dtype)
-    buf = dev.array(np.full((M, nh + 2 * nkv, hd), np.nan), dtype)
-    q, k, v = buf[:, :nh], buf[:, nh:nh + nkv], buf[:, nh + nkv:]
+    q, k, v = make_outputs()
     res = minivllm.FusedRMSNormQKV.forward(x, g, W, nh, nkv, out=(q, k, v))
     assert res[0] is q and res[1] is k and res[2] is v
     dev.sync()
     refs = qkv_ref(x64, g64, W64, nh, nkv, 1e-6, y_dtype=qkv_y_dtype(dev.name, dtype))
     for name, out, ref in zip("qkv", (q, k, v), refs):
         assert_matches(to64(out), ref, QKV_TOL[dtype], name, row_axes=2)
+    return (x, g, W), (q, k, v)
+
+
+def test_outputs_side_by_side_in_one_buffer(dev, dtype, rng):
+    """q, k and v as head slices of one [M, heads + 2 kv heads, head_dim] buffer (what torch's
+    linear + split returns) share no element though their memory spans interleave: accepted as
+    out= and filled; a k that reaches one head into q's columns is refused."""
+    M, H, nh, nkv, hd = 5, 64, 4, 2, 8
+    buf = dev.array(np.full((M, nh + 2 * nkv, hd), np.nan), dtype)
+    (x, g, W), (q, _, v) = _into_given_outputs(
+        dev, dtype, rng, M, H, nh, nkv, hd,
+        lambda: (buf[:, :nh], buf[:, nh:nh + nkv], buf[:, nh + nkv:]))
     with pytest.raises(ValueError, match="k: overlaps q"):
         minivllm.FusedRMSNormQKV.forward(x, g, W, nh, nkv, out=(q, buf[:, nh - 1:nh - 1 + nkv], v))
 
@@ -375,17 +384,8 @@ def test_separate_output_arrays(dev, dtype, M, rng):
     (M = 40) and through one GEMM per output where it exceeds 16 MiB (M = 1500, N = 6144):
     both must fill every element."""
     H, nh, nkv, hd = 64, 32, 8, 128
-    x64 = round_to(rng.standard_normal((M, H)), dtype)
-    g64 = round_to(norm_weight(rng, H), dtype)
-    W64 = round_to(rng.standard_normal(((nh + 2 * nkv) * hd, H)) / 8, dtype)
-    x, g, W = dev.array(x64, dtype), dev.array(g64, dtype), dev.array(W64, dtype)
-    q, k, v = (dev.array(np.full((M, heads, hd), np.nan), dtype) for heads in (nh, nkv, nkv))
-    res = minivllm.FusedRMSNormQKV.forward(x, g, W, nh, nkv, out=(q, k, v))
-    assert res[0] is q and res[1] is k and res[2] is v
-    dev.sync()
-    refs = qkv_ref(x64, g64, W64, nh, nkv, 1e-6, y_dtype=qkv_y_dtype(dev.name, dtype))
-    for name, out, ref in zip("qkv", (q, k, v), refs):
-        assert_matches(to64(out), ref, QKV_TOL[dtype], name, row_axes=2)
+    _into_given_outputs(dev, dtype, rng, M, H, nh, nkv, hd, lambda: tuple(
+        dev.array(np.full((M, heads, hd), np.nan), dtype) for heads in (nh, nkv, nkv)))
 
 
 @pytest.mark.parametrize("M", [1, 5, 16])
