@@ -82,6 +82,17 @@ __device__ __forceinline__ void mv_store_float(T *p, float v) { *p = mv_from_flo
 template <typename T>
 __device__ __forceinline__ float mv_round_to(float v) { return mv_to_float(mv_from_float<T>(v)); }
 
+/* ---- QKV outputs ------------------------------------------------------------------------------ */
+
+/* Where column n (of q_cols + 2 * kv_cols) of token row m goes: q, then k, then v, each at its
+   own row stride. Shared by every kernel that writes the QKV product. */
+template <typename T>
+__device__ __forceinline__ T *mv_qkv_output(const mv_qkv_args &a, int64_t m, int64_t n) {
+    if (n < a.q_cols) return static_cast<T *>(a.q) + m * a.q_stride + n;
+    if (n < a.q_cols + a.kv_cols) return static_cast<T *>(a.k) + m * a.k_stride + (n - a.q_cols);
+    return static_cast<T *>(a.v) + m * a.v_stride + (n - a.q_cols - a.kv_cols);
+}
+
 /* ---- reductions ----------------------------------------------------------------------------- */
 
 /* Sum over the 32 lanes of a warp; every lane gets the total. All 32 lanes must take part. */

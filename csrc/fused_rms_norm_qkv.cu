@@ -74,9 +74,6 @@ __global__ void __launch_bounds__(kThreads) fused_rms_norm_qkv_kernel(mv_qkv_arg
     const T *residual = static_cast<const T *>(in.residual);
     const T *gamma = static_cast<const T *>(in.norm_weight);
     const T *w = static_cast<const T *>(args.w);
-    T *q = static_cast<T *>(args.q);
-    T *k_out = static_cast<T *>(args.k);
-    T *v = static_cast<T *>(args.v);
 
     const int tid = threadIdx.x;
     const int lane = tid % 32;
@@ -177,14 +174,7 @@ __global__ void __launch_bounds__(kThreads) fused_rms_norm_qkv_kernel(mv_qkv_arg
                 for (int j = 0; j < kOutPerThreadN; ++j) {
                     const int64_t n = col0 + thread_n + kThreadsN * j;
                     if (n >= cols) continue;
-                    T *dst;
-                    if (n < args.q_cols)
-                        dst = q + m * args.q_stride + n;
-                    else if (n < args.q_cols + args.kv_cols)
-                        dst = k_out + m * args.k_stride + (n - args.q_cols);
-                    else
-                        dst = v + m * args.v_stride + (n - args.q_cols - args.kv_cols);
-                    mv_store_float(dst, acc[i][j] * rrms);
+                    mv_store_float(mv_qkv_output<T>(args, m, n), acc[i][j] * rrms);
                 }
             }
             __syncthreads(); /* row_rrms read by all before the next tile rewrites it */

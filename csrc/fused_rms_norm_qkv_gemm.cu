@@ -251,57 +251,47 @@ cudaError_t allocate_scratch(void **scratch, size_t bytes, cudaStream_t stream, 
     return pool ? cudaMallocFromPoolAsync(scratch, bytes, pool, stream) : cudaMallocAsync(scratch, bytes, stream);
 }
 
-/* q, k, v from one contiguous [M, N] product (row stride N): row m's first q_cols columns go to
-   q, the next kv_cols to k, the last kv_cols to v, each at its own row stride. kVec elements
-   per access (16 bytes, or 1 where alignment does not allow it); grid-stride over all pieces. */
-template <int kVec>
-__global__ void split_qkv_kernel(const uint16_t *__restrict__ d, int64_t rows, int64_t q_cols, int64_t kv_cols,
-                                 uint16_t *q, int64_t q_stride, uint16_t *k, int64_t k_stride, uint16_t *v,
-                                 int64_t v_stride) {
-    const int64_t cols = q_cols + 2 * kv_cols;
+/* q, k, v from one contiguous [M, N] product d (row stride N), kVec elements per access (16
+   bytes where every row start and output slice is aligned for it, else 1); grid-stride over all
+   pieces. The elements are copied, not converted. */
+template <typename T, int kVec>
+__global__ void split_qkv_kernel(const T *__restrict__ d, mv_qkv_args a) {
+    struct alignas(sizeof(T) * kVec) Piece {
+        T e[kVec];
+    };
+    const int64_t cols = a.q_cols + 2 * a.kv_cols;
     const int64_t pieces_per_row = cols / kVec;
-    const int64_t pieces = rows * pieces_per_row;
+    const int64_t pieces = a.in.rows * pieces_per_row;
     for (int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; p < pieces;
          p += static_cast<int64_t>(gridDim.x) * blockDim.x) {
         const int64_t m = p / pieces_per_row;
         const int64_t n = (p % pieces_per_row) * kVec;
-        uint16_t *dst;
-        if (n < q_cols)
-            dst = q + m * q_stride + n;
-        else if (n < q_cols + kv_cols)
-            dst = k + m * k_stride + (n - q_cols);
-        else
-            dst = v + m * v_stride + (n - q_cols - kv_cols);
-        const uint16_t *src = d + m * cols + n;
-        if constexpr (kVec == 8)
-            *reinterpret_cast<uint4 *>(dst) = *reinterpret_cast<const uint4 *>(src);
-        else
-            *dst = *src;
+        *reinterpret_cast<Piece *>(mv_qkv_output<T>(a, m, n)) = *reinterpret_cast<const Piece *>(d + m * cols + n);
     }
 }
 
-bool aligned16(const void *p, int64_t stride_elems) {
-    return reinterpret_cast<uintptr_t>(p) % 16 == 0 && stride_elems % 8 == 0;
-}
-
+template <typename T>
 cudaError_t launch_split(const mv_qkv_args *a, const void *d, cudaStream_t stream, int sms) {
-    const bool vec = a->q_cols % 8 == 0 && a->kv_cols % 8 == 0 && aligned16(d, 0) && aligned16(a->q, a->q_stride) &&
-                     aligned16(a->k, a->k_stride) && aligned16(a->v, a->v_stride);
-    const int width = vec ? 8 : 1;
-    const int64_t pieces = a->in.rows * ((a->q_cols + 2 * a->kv_cols) / width);
+    constexpr int kVec = 16 / sizeof(T);
+    const int64_t elem = sizeof(T);
+    const bool vec = a->q_cols % kVec == 0 && a->kv_cols % kVec == 0 && mv_aligned16(d, 0, elem) &&
+                     mv_aligned16(a->q, a->q_stride, elem) && mv_aligned16(a->k, a->k_stride, elem) &&
+                     mv_aligned16(a->v, a->v_stride, elem);
+    const int64_t pieces = a->in.rows * ((a->q_cols + 2 * a->kv_cols) / (vec ? kVec : 1));
     constexpr int kThreads = 256;
     const int64_t wanted = (pieces + kThreads - 1) / kThreads;
     const int64_t most = static_cast<int64_t>(sms > 0 ? sms : 1) * 16;
     const unsigned blocks = static_cast<unsigned>(wanted < most ? wanted : most);
-    auto *dd = static_cast<const uint16_t *>(d);
-    auto *q = static_cast<uint16_t *>(a->q), *k = static_cast<uint16_t *>(a->k), *v = static_cast<uint16_t *>(a->v);
     if (vec)
-        split_qkv_kernel<8><<<blocks, kThreads, 0, stream>>>(dd, a->in.rows, a->q_cols, a->kv_cols, q, a->q_stride, k,
-                                                             a->k_stride, v, a->v_stride);
+        split_qkv_kernel<T, kVec><<<blocks, kThreads, 0, stream>>>(static_cast<const T *>(d), *a);
     else
-        split_qkv_kernel<1><<<blocks, kThreads, 0, stream>>>(dd, a->in.rows, a->q_cols, a->kv_cols, q, a->q_stride, k,
-                                                             a->k_stride, v, a->v_stride);
+        split_qkv_kernel<T, 1><<<blocks, kThreads, 0, stream>>>(static_cast<const T *>(d), *a);
     return cudaGetLastError();
+}
+
+int launch_split_any(const mv_qkv_args *a, const void *d, cudaStream_t stream, int sms) {
+    MV_DISPATCH_DTYPE(a->in.dtype, T, return (int)launch_split<T>(a, d, stream, sms);)
+    return (int)cudaErrorInvalidValue;
 }
 
 } // namespace
@@ -322,7 +312,7 @@ extern "C" int mv_qkv_gemm_cuda(const mv_qkv_args *a, void *stream, const mv_cud
                           k == q + a->q_cols * elem && (a->kv_cols == 0 || v == k + a->kv_cols * elem);
     /* Otherwise (e.g. k and v written into a cache): one GEMM into scratch and a split copy where
        the product is small, three GEMMs where it is large. */
-    const bool split = !adjacent && elem == 2 && a->kv_cols > 0 && rows * cols * elem <= kSplitMaxBytes;
+    const bool split = !adjacent && a->kv_cols > 0 && rows * cols * elem <= kSplitMaxBytes;
     const size_t y_bytes = (static_cast<size_t>(rows * hidden * elem) + 255) / 256 * 256;
     const size_t d_bytes = split ? (static_cast<size_t>(rows * cols * elem) + 255) / 256 * 256 : 0;
     void *scratch = nullptr;
@@ -348,7 +338,7 @@ extern "C" int mv_qkv_gemm_cuda(const mv_qkv_args *a, void *stream, const mv_cud
             st = gemm(lt, a->in.dtype, w, trans_a, lda, y, rows, hidden, q, cols, a->q_stride, workspace, s);
         } else if (split) {
             st = gemm(lt, a->in.dtype, w, trans_a, lda, y, rows, hidden, d, cols, cols, workspace, s);
-            if (st == CUBLAS_STATUS_SUCCESS) err = launch_split(a, d, s, dev->sms);
+            if (st == CUBLAS_STATUS_SUCCESS) err = static_cast<cudaError_t>(launch_split_any(a, d, s, dev->sms));
         } else {
             st = gemm(lt, a->in.dtype, w, trans_a, lda, y, rows, hidden, q, a->q_cols, a->q_stride, workspace, s);
             if (st == CUBLAS_STATUS_SUCCESS && a->kv_cols > 0)

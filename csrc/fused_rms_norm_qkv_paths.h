@@ -16,6 +16,13 @@
 enum class mv_qkv_path { automatic, stream, register_stream, gemm, generic };
 mv_qkv_path mv_qkv_forced_path();
 
+#include <cstdint>
+
+/* Whether p and every row start stride_elems elements apart allow 16-byte vector access. */
+inline bool mv_aligned16(const void *p, int64_t stride_elems, int64_t elem_size) {
+    return reinterpret_cast<uintptr_t>(p) % 16 == 0 && (stride_elems * elem_size) % 16 == 0;
+}
+
 /* C++ only (included by the .cu files): C linkage kept for the symbol names. */
 extern "C" {
 

@@ -283,14 +283,7 @@ __device__ __forceinline__ void reduce_and_store(const mv_qkv_args &args, float 
         float sum = 0.0f;
 #pragma unroll
         for (int w = 0; w < kWarps; ++w) sum += partial[((w * kTokenTiles + tt) * 4 + r) * 32 + out_lane];
-        T *dst;
-        if (n < args.q_cols)
-            dst = static_cast<T *>(args.q) + token * args.q_stride + n;
-        else if (n < args.q_cols + args.kv_cols)
-            dst = static_cast<T *>(args.k) + token * args.k_stride + (n - args.q_cols);
-        else
-            dst = static_cast<T *>(args.v) + token * args.v_stride + (n - args.q_cols - args.kv_cols);
-        mv_store_float(dst, sum);
+        mv_store_float(mv_qkv_output<T>(args, token, n), sum);
     }
 }
 
@@ -571,16 +564,12 @@ size_t shared_bytes(int rows, int hidden, int token_tiles) {
     return static_cast<size_t>(rows) * row_pitch_bytes(hidden) + static_cast<size_t>(kWarps) * token_tiles * 4 * 32 * 4;
 }
 
-bool aligned16(const void *p, int64_t stride_elems, int64_t elem_size) {
-    return (reinterpret_cast<uintptr_t>(p) % 16 == 0) && ((stride_elems * elem_size) % 16 == 0);
-}
-
 mv_stream_flags stream_flags(const mv_qkv_args &a, bool residual_in_kernel) {
     mv_stream_flags flags;
-    flags.x_vec = aligned16(a.in.x, a.in.x_stride, 2);
-    flags.residual_vec = a.in.residual != nullptr && aligned16(a.in.residual, a.in.residual_stride, 2);
-    flags.residual_out_vec = a.in.residual_out != nullptr && aligned16(a.in.residual_out, a.in.residual_out_stride, 2);
-    flags.gamma_vec = aligned16(a.in.norm_weight, 0, 2);
+    flags.x_vec = mv_aligned16(a.in.x, a.in.x_stride, 2);
+    flags.residual_vec = a.in.residual != nullptr && mv_aligned16(a.in.residual, a.in.residual_stride, 2);
+    flags.residual_out_vec = a.in.residual_out != nullptr && mv_aligned16(a.in.residual_out, a.in.residual_out_stride, 2);
+    flags.gamma_vec = mv_aligned16(a.in.norm_weight, 0, 2);
     flags.residual_in_kernel = residual_in_kernel;
     return flags;
 }
@@ -819,7 +808,7 @@ extern "C" int mv_qkv_stream_supported(const mv_qkv_args *a, const mv_cuda_devic
     if (a->in.dtype == MV_FLOAT32) return 0;
     if (a->in.rows < 1 || a->in.rows > kMaxTokens) return 0;
     if (a->in.hidden % kVec != 0 || a->in.hidden > (1 << 20)) return 0;
-    if (a->w_stride_k != 1 || !aligned16(a->w, a->w_stride_n, 2)) return 0;
+    if (a->w_stride_k != 1 || !mv_aligned16(a->w, a->w_stride_n, 2)) return 0;
     const int token_tiles = a->in.rows <= 8 ? 1 : 2;
     return shared_bytes(static_cast<int>(a->in.rows), static_cast<int>(a->in.hidden), token_tiles) <=
            static_cast<size_t>(dev->max_shared_block);
