@@ -32,6 +32,7 @@ CUDA_SOURCES = [
     "csrc/rms_norm.cu",
     "csrc/fused_rms_norm_qkv.cu",
     "csrc/fused_rms_norm_qkv_stream.cu",
+    "csrc/fused_rms_norm_qkv_tile.cu",
     "csrc/fused_rms_norm_qkv_gemm.cu",
 ]
 

@@ -296,6 +296,10 @@ int launch_split_any(const mv_qkv_args *a, const void *d, cudaStream_t stream, i
 
 } // namespace
 
+extern "C" int mv_qkv_scratch_alloc(void **scratch, size_t bytes, void *stream, int device) {
+    return static_cast<int>(allocate_scratch(scratch, bytes, static_cast<cudaStream_t>(stream), device));
+}
+
 extern "C" int mv_qkv_gemm_available(void) { return cublaslt().loaded ? 1 : 0; }
 
 extern "C" int mv_qkv_gemm_cuda(const mv_qkv_args *a, void *stream, const mv_cuda_device *dev) {

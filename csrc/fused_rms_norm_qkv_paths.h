@@ -10,10 +10,10 @@
 #include "cuda_device.h"
 #include "minivllm_kernels.h"
 
-/* MINIVLLM_QKV_PATH=stream|register|gemm|generic forces one path where it can take the call
+/* MINIVLLM_QKV_PATH=stream|register|tile|gemm|generic forces one path where it can take the call
    (tests and benchmarks of each path on one GPU; register: the stream path on its register
    kernel, which sm_90+ would not choose); read once, in fused_rms_norm_qkv.cu. */
-enum class mv_qkv_path { automatic, stream, register_stream, gemm, generic };
+enum class mv_qkv_path { automatic, stream, register_stream, tile, gemm, generic };
 mv_qkv_path mv_qkv_forced_path();
 
 #include <cstdint>
@@ -32,6 +32,18 @@ int mv_qkv_stream_supported(const mv_qkv_args *a, const mv_cuda_device *dev);
 /* residual_in_kernel: write residual_out from the kernel (only when it is not residual itself;
    otherwise the caller stores it afterwards). */
 int mv_qkv_stream_cuda(const mv_qkv_args *a, void *stream, int residual_in_kernel, const mv_cuda_device *dev);
+
+/* Middle M (fused_rms_norm_qkv_tile.cu): the rms_norm kernel into scratch, then our tensor-core
+   GEMM, which streams its first W stages while the norm runs (programmatic dependent launch);
+   fp16/bf16, sm_80+, H % 8 == 0, W in nn.Linear layout with 16-byte aligned rows. Writes
+   residual_out (the norm kernel does, in place or not). Allocates y stream-ordered. */
+int mv_qkv_tile_supported(const mv_qkv_args *a);
+int mv_qkv_tile_cuda(const mv_qkv_args *a, void *stream, const mv_cuda_device *dev);
+
+/* Stream-ordered scratch on the caller's stream (fused_rms_norm_qkv_gemm.cu): from a pool of our
+   own that keeps its memory, or under stream capture from the default pool (graph memory nodes).
+   Release with cudaFreeAsync on the same stream. */
+int mv_qkv_scratch_alloc(void **scratch, size_t bytes, void *stream, int device);
 
 /* cuBLASLt path (fused_rms_norm_qkv_gemm.cu): any dtype, layout and M; needs libcublasLt, loaded
    on first use. mv_qkv_gemm_available says whether it could be loaded. Allocates its scratch

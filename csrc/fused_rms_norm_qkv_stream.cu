@@ -733,11 +733,23 @@ int launch_bulk(const mv_qkv_args &a, cudaStream_t stream, const mv_stream_flags
     const int lines = hidden / kLineK;
     const size_t half_sm = static_cast<size_t>(dev.max_shared_sm / 2 - dev.reserved_shared);
     const size_t whole = static_cast<size_t>(dev.max_shared_block);
-    /* Half a multiprocessor where that still leaves three stages of 768 k or more; else all of
-       it. (H200, bf16, graph-timed: Qwen3-4B M = 1 11.1 us on half, 28-line stages on all 11.9;
-       Llama-3-8B M = 4 with two 12-line stages on half 19.3, on all 17.6.) */
-    size_t smem = plan_ring(&geo, half_sm < whole ? half_sm : whole, base, input_extra, input_copy_ok, most_tiles,
-                            lines, kMinSharedStageLines, 3);
+    /* Half a multiprocessor where that still leaves three stages of 768 k or more, or two stages
+       that hold a whole tile's K; else all of it. (H200, bf16, graph-timed: Qwen3-4B M = 1 11.1 us
+       on half, 28-line stages on all 11.9; Llama-3-8B M = 4 with two 12-line stages (a sixth of
+       H each) on half 19.3, on all 17.6; Qwen3-0.6B M = 16 with two 12-line stages (all of H) on
+       half 7.39, on all 8.00.) */
+    const size_t half_budget = half_sm < whole ? half_sm : whole;
+    size_t smem = plan_ring(&geo, half_budget, base, input_extra, input_copy_ok, most_tiles, lines,
+                            kMinSharedStageLines, 3);
+    if (smem == 0) {
+        BulkGeometry two = geo;
+        const size_t two_smem =
+            plan_ring(&two, half_budget, base, input_extra, input_copy_ok, most_tiles, lines, kMinSharedStageLines, 2);
+        if (two_smem != 0 && two.kchunks <= 2) {
+            geo = two;
+            smem = two_smem;
+        }
+    }
     if (smem == 0) smem = plan_ring(&geo, whole, base, input_extra, input_copy_ok, most_tiles, lines, 0, 2);
     if (smem == 0) return static_cast<int>(cudaErrorNotSupported);
 
