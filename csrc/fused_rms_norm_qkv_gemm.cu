@@ -187,6 +187,12 @@ cublasStatus_t gemm(const CublasLt &lt, mv_dtype dtype, const void *a, bool tran
                                                                     CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
         for (int i = 0; i < 3 && st == CUBLAS_STATUS_SUCCESS; ++i)
             st = lt.pref_set(pref, align_attrs[i], &aligns[i], sizeof(aligns[i]));
+        /* Split-K only with partial sums kept in float32: the in-place and output-type schemes
+           add the partials in the output dtype, which for bf16 and a long K (H = 70000, six
+           outputs) cost about 1% (tests: test_long_hidden_accumulates_in_float32). */
+        const uint32_t reductions = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
+        if (st == CUBLAS_STATUS_SUCCESS)
+            st = lt.pref_set(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &reductions, sizeof(reductions));
         cublasLtMatmulHeuristicResult_t result;
         int count = 0;
         if (st == CUBLAS_STATUS_SUCCESS) st = lt.heuristic(lt.handle, desc, la, lb, ld, ld, pref, 1, &result, &count);
