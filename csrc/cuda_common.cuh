@@ -13,6 +13,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cstdint>
 #include <type_traits>
 
 #include "minivllm_kernels.h"
@@ -35,6 +36,28 @@ __device__ __forceinline__ void mv_pdl_trigger() {
 #endif
 }
 
+/* ---- shared memory and tensor cores (sm_80+) -------------------------------------------------- */
+/* The shared-state-space address of a pointer into this block's shared memory (for PTX operands). */
+__device__ __forceinline__ uint32_t mv_shared_address(const void *p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+/* c += A . B on tensor cores, mma.sync m16n8k16 with fp32 accumulate; T is __half or
+   __nv_bfloat16. a0..a3 and b0, b1 are the instruction's A and B fragments (PTX ISA layout). */
+template <typename T>
+__device__ __forceinline__ void mv_mma_16x8x16(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                               uint32_t b0, uint32_t b1) {
+    static_assert(std::is_same<T, __nv_bfloat16>::value || std::is_same<T, __half>::value, "16-bit types only");
+    if constexpr (std::is_same<T, __nv_bfloat16>::value)
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    else
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
 /* ---- dtype <-> float ------------------------------------------------------------------------ */
 
 __device__ __forceinline__ float mv_to_float(float v) { return v; }

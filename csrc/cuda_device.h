@@ -7,6 +7,8 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
+
 /* The current device's properties, read once per device (they cannot change in a process). */
 struct mv_cuda_device {
     int device;           /* ordinal */
@@ -44,6 +46,29 @@ cudaError_t mv_launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t s
     config.attrs = &attribute;
     config.numAttrs = pdl ? 1 : 0;
     return cudaLaunchKernelEx(&config, kernel, static_cast<Args &&>(args)...);
+}
+
+/* Kernels whose dynamic shared memory exceeds the 48 KiB default must opt in first. The opt-in is
+   a driver call on the host path of a launch, so each kernel keeps (in a static
+   mv_shared_opt_in of its launcher) the most it has opted into per device and calls again only to
+   raise it. Racing threads at worst both make the call; the cache only ever grows. */
+struct mv_shared_opt_in {
+    std::atomic<int> opted[mv_max_cached_devices];
+};
+
+template <typename Kernel>
+cudaError_t mv_allow_shared(Kernel kernel, size_t smem, mv_shared_opt_in &cache, int device) {
+    if (smem <= 48 * 1024) return cudaSuccess;
+    const int bytes = static_cast<int>(smem);
+    const bool cached = device >= 0 && device < mv_max_cached_devices;
+    if (cached && cache.opted[device].load(std::memory_order_relaxed) >= bytes) return cudaSuccess;
+    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    if (err == cudaSuccess && cached) {
+        int seen = cache.opted[device].load(std::memory_order_relaxed);
+        while (seen < bytes && !cache.opted[device].compare_exchange_weak(seen, bytes)) {
+        }
+    }
+    return err;
 }
 
 #endif /* MINIVLLM_CUDA_DEVICE_H */

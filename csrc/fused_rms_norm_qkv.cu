@@ -267,9 +267,9 @@ mv_qkv_path mv_qkv_forced_path() {
 /* The dispatcher. One rule per path, in order:
    - skinny M (decode, small batches; fp16/bf16, M <= kStreamMaxRows and M * H <=
      kStreamMaxStagedElements, nn.Linear layout, H % 8 == 0): the W stream on tensor cores;
-   - otherwise, when libcublasLt loads: the rms_norm kernel + cuBLASLt;
-   - otherwise (fp16/bf16, sm_80+, nn.Linear layout, H % 8 == 0): the rms_norm kernel + our own
-     tensor-core GEMM (fused_rms_norm_qkv_tile.cu), slower than cuBLASLt but far faster than
+   - otherwise the rms_norm kernel + a GEMM: cuBLASLt where libcublasLt loads, else (fp16/bf16,
+     sm_80+, nn.Linear layout, H % 8 == 0) our own tensor-core GEMM, slower than cuBLASLt but far
+     faster than
    - the generic tiled kernel, which takes everything else.
    When the chosen kernel cannot write residual_out itself, the store kernel follows it. */
 extern "C" int mv_fused_rms_norm_qkv_cuda(const mv_qkv_args *a, void *stream) {
@@ -289,12 +289,9 @@ extern "C" int mv_fused_rms_norm_qkv_cuda(const mv_qkv_args *a, void *stream) {
     if ((stream_forced || (forced == mv_qkv_path::automatic && stream_fits)) && mv_qkv_stream_supported(a, &dev)) {
         err = (cudaError_t)mv_qkv_stream_cuda(a, stream, has_residual && !residual_in_place, &dev);
         residual_written = has_residual && !residual_in_place;
-    } else if ((forced == mv_qkv_path::tile || (forced == mv_qkv_path::automatic && !mv_qkv_gemm_available())) &&
-               dev.major >= 8 && mv_qkv_tile_supported(a)) {
-        err = (cudaError_t)mv_qkv_tile_cuda(a, stream, &dev);
-        residual_written = has_residual; /* the norm kernel writes it, in place or not */
-    } else if (forced != mv_qkv_path::generic && mv_qkv_gemm_available()) {
-        err = (cudaError_t)mv_qkv_gemm_cuda(a, stream, &dev);
+    } else if (forced != mv_qkv_path::generic && (mv_qkv_gemm_available() || mv_qkv_tile_supported(a, &dev))) {
+        const bool own_gemm = (forced == mv_qkv_path::tile || !mv_qkv_gemm_available()) && mv_qkv_tile_supported(a, &dev);
+        err = (cudaError_t)mv_qkv_gemm_cuda(a, stream, &dev, own_gemm);
         residual_written = has_residual; /* the norm kernel writes it, in place or not */
     } else {
         err = (cudaError_t)launch_generic(a, cuda_stream);

@@ -12,8 +12,9 @@
  * cuBLASLt is loaded with dlopen on first use rather than linked: the module must import on
  * machines without the CUDA libraries (CPU users), and PyTorch/CuPy processes already have a
  * libcublasLt loaded, which dlopen by soname finds. Search order: MINIVLLM_CUBLASLT (a path),
- * the soname, then $CUDA_HOME and /usr/local/cuda. If none loads, the dispatcher falls back to the
- * generic kernel.
+ * the soname, then $CUDA_HOME and /usr/local/cuda. If none loads, the same norm pass is followed
+ * by minivllm's own tensor-core GEMM instead (fused_rms_norm_qkv_tile.cu; fp16/bf16, nn.Linear
+ * layout), and by the generic kernel where that cannot take the call either.
  *
  * Scratch (y, plus cuBLASLt workspace) is allocated stream-ordered on the caller's stream (from a
  * pool of our own that keeps its memory; under capture, the default pool, so graphs get memory
@@ -302,15 +303,11 @@ int launch_split_any(const mv_qkv_args *a, const void *d, cudaStream_t stream, i
 
 } // namespace
 
-extern "C" int mv_qkv_scratch_alloc(void **scratch, size_t bytes, void *stream, int device) {
-    return static_cast<int>(allocate_scratch(scratch, bytes, static_cast<cudaStream_t>(stream), device));
-}
-
 extern "C" int mv_qkv_gemm_available(void) { return cublaslt().loaded ? 1 : 0; }
 
-extern "C" int mv_qkv_gemm_cuda(const mv_qkv_args *a, void *stream, const mv_cuda_device *dev) {
+extern "C" int mv_qkv_gemm_cuda(const mv_qkv_args *a, void *stream, const mv_cuda_device *dev, int own_gemm) {
     const CublasLt &lt = cublaslt();
-    if (!lt.loaded) return static_cast<int>(cudaErrorNotSupported);
+    if (!own_gemm && !lt.loaded) return static_cast<int>(cudaErrorNotSupported);
     cudaStream_t s = static_cast<cudaStream_t>(stream);
     const int64_t rows = a->in.rows, hidden = a->in.hidden;
     const int64_t elem = mv_dtype_size(a->in.dtype);
@@ -322,11 +319,12 @@ extern "C" int mv_qkv_gemm_cuda(const mv_qkv_args *a, void *stream, const mv_cud
                           k == q + a->q_cols * elem && (a->kv_cols == 0 || v == k + a->kv_cols * elem);
     /* Otherwise (e.g. k and v written into a cache): one GEMM into scratch and a split copy where
        the product is small, three GEMMs where it is large. */
-    const bool split = !adjacent && a->kv_cols > 0 && rows * cols * elem <= kSplitMaxBytes;
+    const bool split = !own_gemm && !adjacent && a->kv_cols > 0 && rows * cols * elem <= kSplitMaxBytes;
+    const size_t workspace_bytes = own_gemm ? 0 : kWorkspaceBytes; /* our GEMM writes q, k, v itself */
     const size_t y_bytes = (static_cast<size_t>(rows * hidden * elem) + 255) / 256 * 256;
     const size_t d_bytes = split ? (static_cast<size_t>(rows * cols * elem) + 255) / 256 * 256 : 0;
     void *scratch = nullptr;
-    cudaError_t err = allocate_scratch(&scratch, y_bytes + d_bytes + kWorkspaceBytes, s, dev->device);
+    cudaError_t err = allocate_scratch(&scratch, y_bytes + d_bytes + workspace_bytes, s, dev->device);
     if (err != cudaSuccess) return static_cast<int>(err);
     void *y = scratch;
     void *d = static_cast<char *>(scratch) + y_bytes;
@@ -338,7 +336,9 @@ extern "C" int mv_qkv_gemm_cuda(const mv_qkv_args *a, void *stream, const mv_cud
     norm.out_stride = hidden;
     err = static_cast<cudaError_t>(mv_rms_norm_cuda(&norm, stream));
 
-    if (err == cudaSuccess) {
+    if (err == cudaSuccess && own_gemm) {
+        err = static_cast<cudaError_t>(mv_qkv_tile_gemm_cuda(y, a, stream, dev));
+    } else if (err == cudaSuccess) {
         const bool trans_a = a->w_stride_k == 1; /* nn.Linear [N, H]: column-major H x N, use op T */
         const int64_t lda = trans_a ? a->w_stride_n : a->w_stride_k;
         const char *w = static_cast<const char *>(a->w);

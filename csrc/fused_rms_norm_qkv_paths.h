@@ -33,23 +33,19 @@ int mv_qkv_stream_supported(const mv_qkv_args *a, const mv_cuda_device *dev);
    otherwise the caller stores it afterwards). */
 int mv_qkv_stream_cuda(const mv_qkv_args *a, void *stream, int residual_in_kernel, const mv_cuda_device *dev);
 
-/* Middle M (fused_rms_norm_qkv_tile.cu): the rms_norm kernel into scratch, then our tensor-core
-   GEMM, which streams its first W stages while the norm runs (programmatic dependent launch);
-   fp16/bf16, sm_80+, H % 8 == 0, W in nn.Linear layout with 16-byte aligned rows. Writes
-   residual_out (the norm kernel does, in place or not). Allocates y stream-ordered. */
-int mv_qkv_tile_supported(const mv_qkv_args *a);
-int mv_qkv_tile_cuda(const mv_qkv_args *a, void *stream, const mv_cuda_device *dev);
-
-/* Stream-ordered scratch on the caller's stream (fused_rms_norm_qkv_gemm.cu): from a pool of our
-   own that keeps its memory, or under stream capture from the default pool (graph memory nodes).
-   Release with cudaFreeAsync on the same stream. */
-int mv_qkv_scratch_alloc(void **scratch, size_t bytes, void *stream, int device);
-
-/* cuBLASLt path (fused_rms_norm_qkv_gemm.cu): any dtype, layout and M; needs libcublasLt, loaded
-   on first use. mv_qkv_gemm_available says whether it could be loaded. Allocates its scratch
-   stream-ordered (cudaMallocAsync / cudaFreeAsync on the caller's stream). */
+/* Norm + GEMM path (fused_rms_norm_qkv_gemm.cu): the rms_norm kernel writes y into scratch
+   (and residual_out, in place or not), then a GEMM: cuBLASLt (any dtype, layout and M; needs
+   libcublasLt, loaded on first use; mv_qkv_gemm_available says whether it could be), or with
+   own_gemm our tensor-core GEMM (fused_rms_norm_qkv_tile.cu, where mv_qkv_tile_supported).
+   Allocates its scratch stream-ordered (cudaMallocAsync / cudaFreeAsync on the caller's stream). */
 int mv_qkv_gemm_available(void);
-int mv_qkv_gemm_cuda(const mv_qkv_args *a, void *stream, const mv_cuda_device *dev);
+int mv_qkv_gemm_cuda(const mv_qkv_args *a, void *stream, const mv_cuda_device *dev, int own_gemm);
+
+/* Our GEMM (fused_rms_norm_qkv_tile.cu): q, k, v = y . W^T for a normalized y [M, H] (row stride
+   H, 16-byte aligned); fp16/bf16, sm_80+, H % 8 == 0, W in nn.Linear layout with 16-byte aligned
+   rows. Launched with PDL: streams its first W stages while the kernel before it runs. */
+int mv_qkv_tile_supported(const mv_qkv_args *a, const mv_cuda_device *dev);
+int mv_qkv_tile_gemm_cuda(const void *y, const mv_qkv_args *a, void *stream, const mv_cuda_device *dev);
 
 }
 

@@ -37,7 +37,6 @@
  * in-place form no block may write before all have read, so the caller launches the separate
  * store kernel afterwards (stream order) instead.
  */
-#include <atomic>
 #include <cstdint>
 
 #include <cuda.h> /* CUtensorMap and its enums (types only: the encoder is found at run time) */
@@ -55,30 +54,6 @@ constexpr int kChunkK = 32;       /* k per warp per chunk: 4 lanes x 8 consecuti
 constexpr int kBatch = 4;         /* chunks whose W loads are issued together */
 constexpr int kVec = 8;           /* 16-byte vectors of 16-bit elements */
 constexpr int kMaxTokens = 16; /* the dispatcher sends larger M to norm + cuBLASLt */
-
-template <typename T>
-__device__ __forceinline__ void mma_16x8x16(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                            uint32_t b0, uint32_t b1);
-
-template <>
-__device__ __forceinline__ void mma_16x8x16<__nv_bfloat16>(float c[4], uint32_t a0, uint32_t a1, uint32_t a2,
-                                                           uint32_t a3, uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-template <>
-__device__ __forceinline__ void mma_16x8x16<__half>(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                                    uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
 
 /* A streamed weight load: read-only for the kernel's lifetime and used once, so it bypasses L1. */
 __device__ __forceinline__ uint4 load_weight_vec(const void *p) {
@@ -301,7 +276,7 @@ __device__ __forceinline__ void mma_chunk(float acc[kTokenTiles][4], const uint4
         if (k_ok && token < rows) yv = *reinterpret_cast<const uint4 *>(xs + token * xs_stride + k);
 #pragma unroll
         for (int s = 0; s < 2; ++s)
-            mma_16x8x16<T>(acc[tt], word(wa, 2 * s), word(wb, 2 * s), word(wa, 2 * s + 1), word(wb, 2 * s + 1),
+            mv_mma_16x8x16<T>(acc[tt], word(wa, 2 * s), word(wb, 2 * s), word(wa, 2 * s + 1), word(wb, 2 * s + 1),
                            word(yv, 2 * s), word(yv, 2 * s + 1));
     }
 }
@@ -574,29 +549,6 @@ mv_stream_flags stream_flags(const mv_qkv_args &a, bool residual_in_kernel) {
     return flags;
 }
 
-/* Kernels whose shared memory exceeds the 48 KiB default must opt in first. The opt-in is a
-   driver call on the host path of every launch, so each call site keeps the most it has opted
-   into per device (opted[device]) and calls again only to raise it. Racing threads at worst
-   both make the call; the cache only ever grows. */
-struct SharedOptIn {
-    std::atomic<int> opted[mv_max_cached_devices];
-};
-
-template <typename Kernel>
-cudaError_t allow_shared(Kernel kernel, size_t smem, SharedOptIn &cache, int device) {
-    if (smem <= 48 * 1024) return cudaSuccess;
-    const int bytes = static_cast<int>(smem);
-    const bool cached = device >= 0 && device < mv_max_cached_devices;
-    if (cached && cache.opted[device].load(std::memory_order_relaxed) >= bytes) return cudaSuccess;
-    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-    if (err == cudaSuccess && cached) {
-        int seen = cache.opted[device].load(std::memory_order_relaxed);
-        while (seen < bytes && !cache.opted[device].compare_exchange_weak(seen, bytes)) {
-        }
-    }
-    return err;
-}
-
 /* cuTensorMapEncodeTiled from the driver, found through the runtime (minivllm does not link
    libcuda itself); null where the driver lacks it. */
 typedef CUresult (*EncodeTiledFn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
@@ -764,8 +716,8 @@ int launch_bulk(const mv_qkv_args &a, cudaStream_t stream, const mv_stream_flags
     void (*kernel)(mv_qkv_args, BulkGeometry, mv_stream_flags, const CUtensorMap) =
         a.in.residual != nullptr ? fused_rms_norm_qkv_bulk_kernel<T, kTokenTiles, true>
                                  : fused_rms_norm_qkv_bulk_kernel<T, kTokenTiles, false>;
-    static SharedOptIn opt_in[2]; /* by residual */
-    cudaError_t err = allow_shared(kernel, smem, opt_in[a.in.residual != nullptr], dev.device);
+    static mv_shared_opt_in opt_in[2]; /* by residual */
+    cudaError_t err = mv_allow_shared(kernel, smem, opt_in[a.in.residual != nullptr], dev.device);
     if (err != cudaSuccess) return static_cast<int>(err);
     err = mv_launch(kernel, dim3(grid), dim3(kBulkThreads), smem, stream, pdl, a, geo, flags, w_map);
     if (err != cudaSuccess) return static_cast<int>(err);
@@ -792,8 +744,8 @@ int launch_register(const mv_qkv_args &a, cudaStream_t stream, const mv_stream_f
         a.in.residual != nullptr ? fused_rms_norm_qkv_stream_kernel<T, kTokenTiles, true>
                                  : fused_rms_norm_qkv_stream_kernel<T, kTokenTiles, false>;
     int blocks_per_sm = 0;
-    static SharedOptIn opt_in[2]; /* by residual */
-    cudaError_t err = allow_shared(kernel, smem, opt_in[a.in.residual != nullptr], dev.device);
+    static mv_shared_opt_in opt_in[2]; /* by residual */
+    cudaError_t err = mv_allow_shared(kernel, smem, opt_in[a.in.residual != nullptr], dev.device);
     if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, kThreads, smem);
     if (err != cudaSuccess) return static_cast<int>(err);
     if (blocks_per_sm < 1) return static_cast<int>(cudaErrorInvalidConfiguration);

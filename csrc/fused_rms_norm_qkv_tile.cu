@@ -1,17 +1,18 @@
 /*
- * fused_rms_norm_qkv_tile.cu: the middle-M path of qkv = rms_norm(x (+ residual)) . W^T (batched
- * decode and short prefill; fp16/bf16, nn.Linear layout): the rms_norm kernel writes y into
- * stream-ordered scratch, then our own tensor-core GEMM multiplies it by W^T straight into q, k, v.
+ * fused_rms_norm_qkv_tile.cu: minivllm's own tensor-core GEMM for the norm + GEMM path of
+ * qkv = rms_norm(x (+ residual)) . W^T (fused_rms_norm_qkv_gemm.cu runs the norm into scratch,
+ * then this or cuBLASLt): y . W^T straight into q, k, v; fp16/bf16, nn.Linear layout. It is the
+ * GEMM where libcublasLt cannot be loaded (H200, bf16: 10-22x faster than the generic kernel
+ * that took those calls before, 1.3-3x slower than cuBLASLt;
+ * benchmarks/results/qkv-tile-nvidia-h200-2026-11-22.log), and MINIVLLM_QKV_PATH=tile forces it.
  *
- * Why not cuBLASLt here: at these M the GEMM is a short stream over W, and the two dependent
- * kernels (norm, then GEMM) each pay launch-to-launch latency. This GEMM is launched with
- * programmatic dependent launch: its blocks start while the norm runs and request their first
- * stages of W (a model constant) before waiting for it; only the reads of y wait.
+ * Launched with programmatic dependent launch: its blocks start while the norm runs and request
+ * their first stages of W (a model constant) before waiting for it; only the reads of y wait.
  *
  * Why not the norm folded into the GEMM (operand s * gamma, rows scaled by rrms in the epilogue):
  * measured (H200, bf16): every column block then re-does the elementwise work on its x tiles, N /
- * BN times over, and that work outweighed the mma instructions about 20 to 1 (Qwen3-0.6B M = 256:
- * 29 us against 9.3 for norm + cuBLASLt).
+ * BN times over, and Nsight Compute showed the kernel bound by instruction issue (Qwen3-0.6B
+ * M = 256: 17.9-29 us by tile shape, against 9.5 for norm + cuBLASLt).
  *
  * - Block: 4 warps (2 x 2), tile BM tokens x BN features, K in steps of 64 (one 128-byte line per
  *   row); a ring of shared-memory stages filled by cp.async (16-byte pieces, zeros past M, N and
@@ -19,11 +20,9 @@
  *   free of bank conflicts. mma.sync m16n8k16, fp32 accumulate: sm_80 and later.
  * - Numerics: those of the norm + cuBLASLt path (y rounded to the dtype, fp32 accumulation).
  */
-#include <atomic>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 
 #include "cuda_common.cuh"
 #include "fused_rms_norm_qkv_paths.h"
@@ -35,13 +34,9 @@ constexpr int kBK = 64;       /* k per stage: one 128-byte line per row */
 constexpr int kPieces = 8;    /* 16-byte pieces per line */
 constexpr int kLineBytes = 128;
 
-__device__ __forceinline__ uint32_t shared_address(const void *p) {
-    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
 /* 16 bytes global -> shared, bypassing L1; src_bytes 0 fills the 16 bytes with zeros. */
 __device__ __forceinline__ void cp_async16(void *dst, const void *src, int src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(dst)), "l"(src),
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(mv_shared_address(dst)), "l"(src),
                  "r"(src_bytes)
                  : "memory");
 }
@@ -54,21 +49,7 @@ __device__ __forceinline__ void cp_async_wait() {
 __device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void *p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(shared_address(p)));
-}
-
-template <typename T>
-__device__ __forceinline__ void mma16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
-    if constexpr (std::is_same<T, __nv_bfloat16>::value)
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                     "{%0,%1,%2,%3};\n"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    else
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                     "{%0,%1,%2,%3};\n"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+                 : "r"(mv_shared_address(p)));
 }
 
 /* Byte offset of 16-byte piece j of line `row` in a stage (the XOR swizzle above). */
@@ -97,28 +78,24 @@ __global__ void __launch_bounds__(kThreads) qkv_tile_gemm_kernel(const T *__rest
 
     mv_pdl_trigger(); /* the next kernel may start streaming its weights; it waits for us before reading ours */
 
+    /* Rows [first, first + kRows) of a row-major source (zeros from row `limit` on, and past H)
+       into the stage's lines starting at byte `offset`: this thread's piece of every 16th row. */
+    auto load_rows = [&](auto rows_tag, int step, int offset, const T *src, int64_t stride, int64_t first,
+                         int64_t limit) {
+        constexpr int kRows = decltype(rows_tag)::value;
+        unsigned char *lines = ring + (step % kStages) * kStageBytes<BM, BN> + offset;
+        const int64_t k = static_cast<int64_t>(step) * kBK + piece * 8;
+#pragma unroll
+        for (int p = 0; p < kRows / kRowsPerPass; ++p) {
+            const int r = row_in_pass + p * kRowsPerPass;
+            const bool ok = first + r < limit && k < hidden;
+            cp_async16(lines + swizzled(r, piece), ok ? src + (first + r) * stride + k : src, ok ? 16 : 0);
+        }
+    };
     auto load_w = [&](int step) {
-        unsigned char *stage = ring + (step % kStages) * kStageBytes<BM, BN> + BM * kLineBytes;
-        const int64_t k = static_cast<int64_t>(step) * kBK + piece * 8;
-#pragma unroll
-        for (int p = 0; p < BN / kRowsPerPass; ++p) {
-            const int r = row_in_pass + p * kRowsPerPass;
-            const int64_t n = n0 + r;
-            const bool ok = n < cols && k < hidden;
-            cp_async16(stage + swizzled(r, piece), ok ? w + n * args.w_stride_n + k : w, ok ? 16 : 0);
-        }
+        load_rows(std::integral_constant<int, BN>(), step, BM * kLineBytes, w, args.w_stride_n, n0, cols);
     };
-    auto load_y = [&](int step) {
-        unsigned char *stage = ring + (step % kStages) * kStageBytes<BM, BN>;
-        const int64_t k = static_cast<int64_t>(step) * kBK + piece * 8;
-#pragma unroll
-        for (int p = 0; p < BM / kRowsPerPass; ++p) {
-            const int r = row_in_pass + p * kRowsPerPass;
-            const int64_t m = m0 + r;
-            const bool ok = m < rows && k < hidden;
-            cp_async16(stage + swizzled(r, piece), ok ? y + m * hidden + k : y, ok ? 16 : 0);
-        }
-    };
+    auto load_y = [&](int step) { load_rows(std::integral_constant<int, BM>(), step, 0, y, hidden, m0, rows); };
 
     /* Prologue: W of the first kStages - 1 steps in one group, requested before waiting for the
        norm kernel (W is a model constant), then y of each of those steps in its own group; so at
@@ -166,8 +143,8 @@ __global__ void __launch_bounds__(kThreads) qkv_tile_gemm_kernel(const T *__rest
                 ldmatrix_x4(b, ws + swizzled(r, ks * 2 + ((lane >> 3) & 1)));
 #pragma unroll
                 for (int i = 0; i < kMT; ++i) {
-                    mma16816<T>(acc[i][2 * jp], a[i], b[0], b[1]);
-                    mma16816<T>(acc[i][2 * jp + 1], a[i], b[2], b[3]);
+                    mv_mma_16x8x16<T>(acc[i][2 * jp], a[i][0], a[i][1], a[i][2], a[i][3], b[0], b[1]);
+                    mv_mma_16x8x16<T>(acc[i][2 * jp + 1], a[i][0], a[i][1], a[i][2], a[i][3], b[2], b[3]);
                 }
             }
         }
@@ -233,17 +210,12 @@ cudaError_t launch_shape(const T *y, const mv_qkv_args &a, cudaStream_t stream, 
     constexpr size_t smem = static_cast<size_t>(kStages) * kStageBytes<BM, BN>;
     if (smem > static_cast<size_t>(dev.max_shared_block)) return cudaErrorNotSupported;
     void (*kernel)(const T *, mv_qkv_args) = qkv_tile_gemm_kernel<T, BM, BN, kStages>;
-    /* Above 48 KiB a kernel must opt in, once per device (a driver call: not on every launch). */
-    static std::atomic<bool> opted[mv_max_cached_devices];
-    if (smem > 48 * 1024 && (dev.device >= mv_max_cached_devices || !opted[dev.device].load())) {
-        const cudaError_t err =
-            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-        if (err != cudaSuccess) return err;
-        if (dev.device < mv_max_cached_devices) opted[dev.device].store(true);
-    }
+    static mv_shared_opt_in opt_in;
+    cudaError_t err = mv_allow_shared(kernel, smem, opt_in, dev.device);
+    if (err != cudaSuccess) return err;
     const int64_t cols = a.q_cols + 2 * a.kv_cols;
     const dim3 grid(static_cast<unsigned>((a.in.rows + BM - 1) / BM), static_cast<unsigned>((cols + BN - 1) / BN));
-    const cudaError_t err = mv_launch(kernel, grid, dim3(kThreads), smem, stream, mv_pdl_enabled(dev), y, a);
+    err = mv_launch(kernel, grid, dim3(kThreads), smem, stream, mv_pdl_enabled(dev), y, a);
     return err != cudaSuccess ? err : cudaGetLastError();
 }
 
@@ -270,7 +242,8 @@ TileShape choose_shape(int64_t rows, int64_t cols, int sms) {
 
 } // namespace
 
-extern "C" int mv_qkv_tile_supported(const mv_qkv_args *a) {
+extern "C" int mv_qkv_tile_supported(const mv_qkv_args *a, const mv_cuda_device *dev) {
+    if (dev->major < 8) return 0; /* cp.async, ldmatrix */
     if (a->in.dtype != MV_BFLOAT16 && a->in.dtype != MV_FLOAT16) return 0;
     if (a->in.rows < 1 || a->in.hidden % 8 != 0) return 0;
     if (a->w_stride_k != 1 || !mv_aligned16(a->w, a->w_stride_n, 2)) return 0;
@@ -278,23 +251,10 @@ extern "C" int mv_qkv_tile_supported(const mv_qkv_args *a) {
     return (cols + 31) / 32 <= 65535;
 }
 
-extern "C" int mv_qkv_tile_cuda(const mv_qkv_args *a, void *stream, const mv_cuda_device *dev) {
+extern "C" int mv_qkv_tile_gemm_cuda(const void *y, const mv_qkv_args *a, void *stream, const mv_cuda_device *dev) {
     cudaStream_t s = static_cast<cudaStream_t>(stream);
-    const size_t y_bytes = static_cast<size_t>(a->in.rows * a->in.hidden) * 2;
-    void *y = nullptr;
-    cudaError_t err = static_cast<cudaError_t>(mv_qkv_scratch_alloc(&y, y_bytes, stream, dev->device));
-    if (err != cudaSuccess) return static_cast<int>(err);
-
-    mv_rms_norm_args norm;
-    norm.in = a->in; /* also writes residual_out when there is a residual (in place allowed) */
-    norm.out = y;
-    norm.out_stride = a->in.hidden;
-    err = static_cast<cudaError_t>(mv_rms_norm_cuda(&norm, stream));
-    if (err == cudaSuccess) {
-        const TileShape shape = choose_shape(a->in.rows, a->q_cols + 2 * a->kv_cols, dev->sms);
-        err = a->in.dtype == MV_BFLOAT16 ? launch_typed<__nv_bfloat16>(y, *a, shape, s, *dev)
-                                         : launch_typed<__half>(y, *a, shape, s, *dev);
-    }
-    const cudaError_t free_err = cudaFreeAsync(y, s);
-    return static_cast<int>(err != cudaSuccess ? err : free_err);
+    const TileShape shape = choose_shape(a->in.rows, a->q_cols + 2 * a->kv_cols, dev->sms);
+    const cudaError_t err = a->in.dtype == MV_BFLOAT16 ? launch_typed<__nv_bfloat16>(y, *a, shape, s, *dev)
+                                                       : launch_typed<__half>(y, *a, shape, s, *dev);
+    return static_cast<int>(err);
 }

@@ -13,13 +13,9 @@
 
 #include <cuda.h> /* CUtensorMap */
 
+#include "cuda_common.cuh" /* mv_shared_address */
+
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-
-/* ---- addresses ------------------------------------------------------------------------------ */
-
-__device__ __forceinline__ uint32_t mv_shared_address(const void *p) {
-    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
 
 /* ---- mbarriers in this CTA -------------------------------------------------------------------- */
 
