@@ -256,6 +256,7 @@ mv_qkv_path mv_qkv_forced_path() {
         if (v == nullptr) return mv_qkv_path::automatic;
         if (strcmp(v, "stream") == 0) return mv_qkv_path::stream;
         if (strcmp(v, "register") == 0) return mv_qkv_path::register_stream;
+        if (strcmp(v, "bulk") == 0) return mv_qkv_path::bulk_stream;
         if (strcmp(v, "tile") == 0) return mv_qkv_path::tile;
         if (strcmp(v, "gemm") == 0) return mv_qkv_path::gemm;
         if (strcmp(v, "generic") == 0) return mv_qkv_path::generic;
@@ -283,7 +284,8 @@ extern "C" int mv_fused_rms_norm_qkv_cuda(const mv_qkv_args *a, void *stream) {
     if (err != cudaSuccess) return (int)err;
 
     const mv_qkv_path forced = mv_qkv_forced_path();
-    const bool stream_forced = forced == mv_qkv_path::stream || forced == mv_qkv_path::register_stream;
+    const bool stream_forced = forced == mv_qkv_path::stream || forced == mv_qkv_path::register_stream ||
+                               forced == mv_qkv_path::bulk_stream;
     const bool stream_fits = a->in.rows <= kStreamMaxRows && a->in.rows * a->in.hidden <= kStreamMaxStagedElements;
     bool residual_written = false;
     if ((stream_forced || (forced == mv_qkv_path::automatic && stream_fits)) && mv_qkv_stream_supported(a, &dev)) {

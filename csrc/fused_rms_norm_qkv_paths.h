@@ -10,10 +10,11 @@
 #include "cuda_device.h"
 #include "minivllm_kernels.h"
 
-/* MINIVLLM_QKV_PATH=stream|register|tile|gemm|generic forces one path where it can take the call
-   (tests and benchmarks of each path on one GPU; register: the stream path on its register
-   kernel, which sm_90+ would not choose); read once, in fused_rms_norm_qkv.cu. */
-enum class mv_qkv_path { automatic, stream, register_stream, tile, gemm, generic };
+/* MINIVLLM_QKV_PATH=stream|register|bulk|tile|gemm|generic forces one path where it can take the
+   call (tests and benchmarks of each path on one GPU; register and bulk: the stream path on its
+   register kernel or on its tensor-copy kernel only, where sm_90+ would choose between them);
+   read once, in fused_rms_norm_qkv.cu. */
+enum class mv_qkv_path { automatic, stream, register_stream, bulk_stream, tile, gemm, generic };
 mv_qkv_path mv_qkv_forced_path();
 
 #include <cstdint>

@@ -4,11 +4,20 @@
  * byte is read once and used M times, so the kernel is built to keep DRAM busy, not the ALUs.
  *
  * Two kernels share the staging, the mma chunk and the reduction below:
- * - sm_90 and later, H % 64 == 0: the tensor-copy kernel (the section "Hopper" further down), W
- *   streamed into a shared-memory ring by cp.async.bulk.tensor, each block an equal share of the
- *   output features, launched with programmatic dependent launch;
- * - other GPUs and H (and MINIVLLM_QKV_PATH=register, to test it on Hopper): the register kernel
- *   described next, W loaded straight into mma operand registers.
+ * - the register kernel described next, W loaded straight into mma operand registers. On sm_90+
+ *   (with PDL) it is taken where it requests ALL of W before waiting for the previous kernel: a
+ *   block per 16-feature tile, all resident at once, and one batch of loads covering H (H <= 1024:
+ *   Qwen3-0.6B, Qwen2.5-0.5B). Its latency is then x -> norm -> mma -> store alone, shorter than
+ *   the tensor-copy kernel's producer/consumer chain (H200, bf16, graph-timed, register against
+ *   tensor-copy kernel, us: Qwen2.5-0.5B M = 1 2.73 / 3.16, M = 8 2.94 / 3.83, M = 16 3.87 /
+ *   5.37; Qwen3-0.6B M = 2 4.43 / 5.20, M = 8 4.83 / 5.49, M = 16 6.22 / 7.35; see
+ *   benchmarks/results/qkv-decode-nvidia-h200-2026-11-22.log). Also every GPU before sm_90, and
+ *   MINIVLLM_QKV_PATH=register;
+ * - otherwise on sm_90 and later, H % 64 == 0: the tensor-copy kernel (the section "Hopper"
+ *   further down), W streamed into a shared-memory ring by cp.async.bulk.tensor, each block an
+ *   equal share of the output features, launched with programmatic dependent launch; it keeps
+ *   more bytes in flight per SM, which larger W needs (Llama-3-8B M = 1: 15.6 us against 16.8 on
+ *   the register kernel). MINIVLLM_QKV_PATH=bulk forces it.
  *
  * - Each block first stages the whole (tiny) normalized input y = gamma * (s * rrms) in shared
  *   memory, rounded to the dtype: tensor cores take 16-bit operands, and this is exactly the y an
@@ -30,6 +39,12 @@
  *   in registers), and the first batch is in flight before the input is staged.
  *   (Measured on an H200 and slower, so not used: spreading the staging over all threads with
  *   shared-memory atomics for the row sums, and a 4-stage cp.async ring in shared memory.)
+ * - Where several warps share a row (M < 8), each lane loads one vector of x at a time; with a
+ *   warp per row, four (two with a residual) before using any: Qwen3-0.6B M = 16 7.21 -> 6.22 us
+ *   with four, while four at M = 1 cost Qwen2.5-0.5B 2.73 -> 2.96 us.
+ * - Launched with PDL where the GPU has it: the first batch of W is requested before the wait for
+ *   the previous kernel (the weights are constants of the model, as the tensor-copy kernel also
+ *   assumes); x, residual and every write come after it.
  *
  * Residual: with a residual, s = x + residual is rounded to the dtype (the model's new residual).
  * Every block stages all of s, so unless residual_out is residual itself (in-place form) the blocks
@@ -203,7 +218,7 @@ __device__ __forceinline__ void stage_row_scale(const mv_qkv_args &args, const m
    kWarps rows, a warp per row and no barrier. With fewer (decode), kWarps / M warps share each
    row, so a token's 8 KiB of x is fetched by the whole block at once rather than by one warp;
    their partial sums meet in row_part (kWarps floats of shared memory) across one sync(). */
-template <typename T, bool kHasResidual, int kStageUnroll, typename Sync>
+template <typename T, bool kHasResidual, int kStageUnroll, int kSharedUnroll, typename Sync>
 __device__ __forceinline__ void stage_normalized_input(const mv_qkv_args &args, const mv_stream_flags &flags, T *xs,
                                                        int xs_stride, float *row_part, int warp, int lane, Sync sync) {
     const int rows = static_cast<int>(args.in.rows);
@@ -224,14 +239,14 @@ __device__ __forceinline__ void stage_normalized_input(const mv_qkv_args &args, 
     const bool has_row = first_row < rows;
     T *staged = xs + first_row * xs_stride;
     if (has_row) {
-        const float sum_sq = mv_warp_sum(stage_row_sum<T, kHasResidual, kStageUnroll>(args, flags, staged, first_row, lane_id, step));
+        const float sum_sq = mv_warp_sum(stage_row_sum<T, kHasResidual, kSharedUnroll>(args, flags, staged, first_row, lane_id, step));
         if (lane == 0) row_part[warp] = sum_sq;
     }
     sync();
     if (has_row) {
         float sum_sq = 0.0f;
         for (int w = first_row * warps_per_row; w < (first_row + 1) * warps_per_row; ++w) sum_sq += row_part[w];
-        stage_row_scale<T, kStageUnroll>(args, flags, staged, rsqrtf(sum_sq * inv_hidden + args.in.eps), lane_id, step);
+        stage_row_scale<T, kSharedUnroll>(args, flags, staged, rsqrtf(sum_sq * inv_hidden + args.in.eps), lane_id, step);
     }
 }
 
@@ -302,8 +317,14 @@ __global__ void __launch_bounds__(kThreads) fused_rms_norm_qkv_stream_kernel(mv_
     int64_t tile = blockIdx.x;
     uint4 cur_a[kBatch], cur_b[kBatch];
     if (tile < geo.tiles) load_weight_batch<T>(args, geo, tile, 0, cur_a, cur_b);
+    /* Programmatic dependent launch, as in the tensor-copy kernel below: the weights are
+       constants of the model, so the first batch is requested before waiting for the previous
+       kernel; x, residual and every write come after the wait. */
+    mv_pdl_trigger();
+    mv_pdl_wait();
 
-    stage_normalized_input<T, kHasResidual, 1>(args, flags, xs, geo.xs_stride, partial, warp, lane, BlockSync());
+    stage_normalized_input<T, kHasResidual, kHasResidual ? 2 : 4, 1>(args, flags, xs, geo.xs_stride, partial, warp, lane,
+                                                                    BlockSync());
     __syncthreads();
 
     for (; tile < geo.tiles; tile += gridDim.x) {
@@ -494,10 +515,10 @@ __global__ void __launch_bounds__(kBulkThreads, 2) fused_rms_norm_qkv_bulk_kerne
         local.in.norm_weight = gamma_copy;
         mv_stream_flags local_flags = flags;
         local_flags.x_vec = local_flags.residual_vec = local_flags.gamma_vec = true;
-        stage_normalized_input<T, kHasResidual, kHasResidual ? 2 : 4>(local, local_flags, xs, geo.xs_stride, partial, warp, lane,
+        stage_normalized_input<T, kHasResidual, kHasResidual ? 2 : 4, kHasResidual ? 2 : 4>(local, local_flags, xs, geo.xs_stride, partial, warp, lane,
                                                    ConsumerSync());
     } else {
-        stage_normalized_input<T, kHasResidual, kHasResidual ? 2 : 4>(args, flags, xs, geo.xs_stride, partial, warp, lane, ConsumerSync());
+        stage_normalized_input<T, kHasResidual, kHasResidual ? 2 : 4, kHasResidual ? 2 : 4>(args, flags, xs, geo.xs_stride, partial, warp, lane, ConsumerSync());
     }
     ConsumerSync()();
 
@@ -727,7 +748,7 @@ int launch_bulk(const mv_qkv_args &a, cudaStream_t stream, const mv_stream_flags
 /* The register-stream kernel: any sm_80+ GPU; a persistent grid of what fits at once. */
 template <typename T, int kTokenTiles>
 int launch_register(const mv_qkv_args &a, cudaStream_t stream, const mv_stream_flags &flags,
-                    const mv_cuda_device &dev) {
+                    const mv_cuda_device &dev, bool whole_weight_first) {
     const int rows = static_cast<int>(a.in.rows);
     const int hidden = static_cast<int>(a.in.hidden);
     StreamGeometry geo;
@@ -751,18 +772,25 @@ int launch_register(const mv_qkv_args &a, cudaStream_t stream, const mv_stream_f
     if (blocks_per_sm < 1) return static_cast<int>(cudaErrorInvalidConfiguration);
     const int64_t resident = static_cast<int64_t>(blocks_per_sm) * dev.sms;
     const unsigned grid = static_cast<unsigned>(geo.tiles < resident ? geo.tiles : resident);
-    kernel<<<grid, kThreads, smem, stream>>>(a, geo, flags);
+    if (whole_weight_first && (geo.tiles > resident || geo.batches > 1)) return static_cast<int>(cudaErrorNotSupported);
+    err = mv_launch(kernel, dim3(grid), dim3(kThreads), smem, stream, mv_pdl_enabled(dev), a, geo, flags);
+    if (err != cudaSuccess) return static_cast<int>(err);
     return static_cast<int>(cudaGetLastError());
 }
 
 template <typename T, int kTokenTiles>
 int launch(const mv_qkv_args &a, cudaStream_t stream, bool residual_in_kernel, const mv_cuda_device &dev) {
     const mv_stream_flags flags = stream_flags(a, residual_in_kernel);
-    if (dev.major >= 9 && mv_qkv_forced_path() != mv_qkv_path::register_stream) {
+    const mv_qkv_path forced = mv_qkv_forced_path();
+    if (dev.major >= 9 && forced != mv_qkv_path::register_stream) {
+        if (forced != mv_qkv_path::bulk_stream && mv_pdl_enabled(dev)) {
+            const int reg = launch_register<T, kTokenTiles>(a, stream, flags, dev, true);
+            if (reg != static_cast<int>(cudaErrorNotSupported)) return reg;
+        }
         const int bulk = launch_bulk<T, kTokenTiles>(a, stream, flags, dev);
         if (bulk != static_cast<int>(cudaErrorNotSupported)) return bulk;
     }
-    return launch_register<T, kTokenTiles>(a, stream, flags, dev);
+    return launch_register<T, kTokenTiles>(a, stream, flags, dev, false);
 }
 
 } // namespace

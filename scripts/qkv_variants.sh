@@ -6,7 +6,8 @@
 #   usage: scripts/qkv_variants.sh OUTDIR VARIANT...
 #   M="1 16 256" MODELS="Qwen3-0.6B Llama-3-8B" DTYPES="bf16 fp16" TESTS=0 SMOKE_M="1 16" \
 #       scripts/qkv_variants.sh OUT auto nopdl:MINIVLLM_PDL=0
-# Logs land in OUTDIR (file names from NAME); the bench lines of each variant are printed.
+# Logs land in OUTDIR (file names from NAME); one table of every variant's times is printed
+# (scripts/variants_table.py).
 set -uo pipefail
 out=${1:?usage: scripts/qkv_variants.sh OUTDIR VARIANT...}
 shift
@@ -54,7 +55,9 @@ for v in "${kept[@]}"; do
     env $(env_of "$v") timeout 600 python3 "$root/benchmarks/bench_qkv.py" --impls minivllm cublas \
         --no-compile --no-host --models "${models[@]}" --m "${ms[@]}" --dtypes "${dtypes[@]}" \
         --out "$out/bench-$n" >"$out/bench-$n.log" 2>&1 || status=1
-    echo "== bench_qkv, $v =="
-    grep -E "^\[ *[0-9]+/" "$out/bench-$n.log" | sed -E 's/ \| [0-9.]+ s$//; s/ +of floor\*//'
 done
+names=()
+for v in "${kept[@]}"; do names+=("$(name_of "$v")"); done
+echo "== bench_qkv: minivllm µs per variant, cuBLAS alone µs =="
+python3 "$root/scripts/variants_table.py" "$out" "${names[@]}"
 exit $status
