@@ -9,15 +9,15 @@
  *   block per 16-feature tile, all resident at once, and one batch of loads covering H (H <= 1024:
  *   Qwen3-0.6B, Qwen2.5-0.5B). Its latency is then x -> norm -> mma -> store alone, shorter than
  *   the tensor-copy kernel's producer/consumer chain (H200, bf16, graph-timed, register against
- *   tensor-copy kernel, us: Qwen2.5-0.5B M = 1 2.73 / 3.16, M = 8 2.94 / 3.83, M = 16 3.87 /
- *   5.37; Qwen3-0.6B M = 2 4.43 / 5.20, M = 8 4.83 / 5.49, M = 16 6.22 / 7.35; see
+ *   tensor-copy kernel, us: Qwen2.5-0.5B M = 1 2.66 / 3.18, M = 8 3.32 / 3.84, M = 16 4.61 /
+ *   5.35; Qwen3-0.6B M = 2 4.18 / 5.18, M = 8 4.82 / 5.49, M = 16 6.19 / 7.35; see
  *   benchmarks/results/qkv-decode-nvidia-h200-2026-11-22.log). Also every GPU before sm_90, and
  *   MINIVLLM_QKV_PATH=register;
  * - otherwise on sm_90 and later, H % 64 == 0: the tensor-copy kernel (the section "Hopper"
  *   further down), W streamed into a shared-memory ring by cp.async.bulk.tensor, each block an
  *   equal share of the output features, launched with programmatic dependent launch; it keeps
- *   more bytes in flight per SM, which larger W needs (Llama-3-8B M = 1: 15.6 us against 16.8 on
- *   the register kernel). MINIVLLM_QKV_PATH=bulk forces it.
+ *   more bytes in flight per SM, which larger W needs (Llama-3-8B M = 1: 15.5 us against 16.8 on
+ *   the register kernel; Qwen3-4B M = 16: 13.5 against 17.8). MINIVLLM_QKV_PATH=bulk forces it.
  *
  * - Each block first stages the whole (tiny) normalized input y = gamma * (s * rrms) in shared
  *   memory, rounded to the dtype: tensor cores take 16-bit operands, and this is exactly the y an
@@ -41,7 +41,8 @@
  *   shared-memory atomics for the row sums, and a 4-stage cp.async ring in shared memory.)
  * - Where several warps share a row (M < 8), each lane loads one vector of x at a time; with a
  *   warp per row, four (two with a residual) before using any: Qwen3-0.6B M = 16 7.21 -> 6.22 us
- *   with four, while four at M = 1 cost Qwen2.5-0.5B 2.73 -> 2.96 us.
+ *   with four, while four where warps share a row cost Qwen2.5-0.5B M = 1 2.73 -> 2.96 us (the
+ *   same log, development runs A-C).
  * - Launched with PDL where the GPU has it: the first batch of W is requested before the wait for
  *   the previous kernel (the weights are constants of the model, as the tensor-copy kernel also
  *   assumes); x, residual and every write come after it.
@@ -149,8 +150,8 @@ __device__ __forceinline__ void load_weight_batch(const mv_qkv_args &args, const
 /* Pass 1 of staging one row: s (x, plus residual rounded to the dtype) into the staged row, and
    this lane's share of sum(s^2) returned. Lanes lane_id, lane_id + step, ... of the row's vectors;
    kStageUnroll loads are issued before any is used, so a lane waits for memory once per
-   kStageUnroll vectors instead of once per vector (the register kernel, short of registers, takes
-   fewer at a time than the bulk kernel). */
+   kStageUnroll vectors instead of once per vector (how many each caller takes: see
+   stage_normalized_input's callers). */
 template <typename T, bool kHasResidual, int kStageUnroll>
 __device__ __forceinline__ float stage_row_sum(const mv_qkv_args &args, const mv_stream_flags &flags, T *staged, int m,
                                                int lane_id, int step) {
