@@ -311,7 +311,6 @@ extern "C" int mv_qkv_gemm_cuda(const mv_qkv_args *a, void *stream, const mv_cud
     cudaStream_t s = static_cast<cudaStream_t>(stream);
     const int64_t rows = a->in.rows, hidden = a->in.hidden;
     const int64_t elem = mv_dtype_size(a->in.dtype);
-    /* y first, then the workspace at a 256-byte boundary. */
     const int64_t cols = a->q_cols + 2 * a->kv_cols;
     char *q = static_cast<char *>(a->q), *k = static_cast<char *>(a->k), *v = static_cast<char *>(a->v);
     /* q, k, v adjacent in one [M, N] buffer (same row stride): one GEMM for all three. */
@@ -323,6 +322,8 @@ extern "C" int mv_qkv_gemm_cuda(const mv_qkv_args *a, void *stream, const mv_cud
     const size_t workspace_bytes = own_gemm ? 0 : kWorkspaceBytes; /* our GEMM writes q, k, v itself */
     const size_t y_bytes = (static_cast<size_t>(rows * hidden * elem) + 255) / 256 * 256;
     const size_t d_bytes = split ? (static_cast<size_t>(rows * cols * elem) + 255) / 256 * 256 : 0;
+    /* Scratch: y, then d (the split case's product), then the workspace, each from a 256-byte
+       boundary. */
     void *scratch = nullptr;
     cudaError_t err = allocate_scratch(&scratch, y_bytes + d_bytes + workspace_bytes, s, dev->device);
     if (err != cudaSuccess) return static_cast<int>(err);

@@ -685,7 +685,8 @@ size_t plan_ring(BulkGeometry *geo, size_t budget, size_t base, size_t input_ext
    Launched with programmatic dependent launch: see the kernel. Where the block fits in half a
    multiprocessor, the next call's blocks can then stream their weights beside this call's. */
 template <typename T, int kTokenTiles>
-int launch_bulk(const mv_qkv_args &a, cudaStream_t stream, const mv_stream_flags &flags, const mv_cuda_device &dev) {
+int launch_bulk(const mv_qkv_args &a, cudaStream_t stream, const mv_stream_flags &flags, const mv_cuda_device &dev,
+                bool pdl) {
     const int rows = static_cast<int>(a.in.rows);
     const int hidden = static_cast<int>(a.in.hidden);
     if (hidden % kLineK != 0) return static_cast<int>(cudaErrorNotSupported);
@@ -731,7 +732,6 @@ int launch_bulk(const mv_qkv_args &a, cudaStream_t stream, const mv_stream_flags
        (H200, bf16, M = 1: Qwen3-0.6B 4.3 us against 5.1 with none); otherwise none, since the
        input's bulk copy queues behind them (with all of the first round requested first, M = 8:
        Qwen2.5-0.5B 4.3 us against 3.9; without PDL, M = 1: 5.1 against 4.4). */
-    const bool pdl = mv_pdl_enabled(dev);
     geo.early_stages = pdl && rows == 1 ? 1 : 0;
     alignas(64) CUtensorMap w_map;
     if (!encode_weight_map(&w_map, a, geo.cols, geo.stage_lines)) return static_cast<int>(cudaErrorNotSupported);
@@ -746,10 +746,12 @@ int launch_bulk(const mv_qkv_args &a, cudaStream_t stream, const mv_stream_flags
     return static_cast<int>(cudaGetLastError());
 }
 
-/* The register-stream kernel: any sm_80+ GPU; a persistent grid of what fits at once. */
+/* The register-stream kernel: any sm_80+ GPU; a persistent grid of what fits at once. With
+   whole_weight_first it launches only where its blocks request all of W before the PDL wait (one
+   batch covers H, one resident block per tile), and returns cudaErrorNotSupported otherwise. */
 template <typename T, int kTokenTiles>
 int launch_register(const mv_qkv_args &a, cudaStream_t stream, const mv_stream_flags &flags,
-                    const mv_cuda_device &dev, bool whole_weight_first) {
+                    const mv_cuda_device &dev, bool pdl, bool whole_weight_first) {
     const int rows = static_cast<int>(a.in.rows);
     const int hidden = static_cast<int>(a.in.hidden);
     StreamGeometry geo;
@@ -759,6 +761,7 @@ int launch_register(const mv_qkv_args &a, cudaStream_t stream, const mv_stream_f
     const int chunks_per_warp = (geo.chunks + kWarps - 1) / kWarps;
     geo.batches = (chunks_per_warp + kBatch - 1) / kBatch;
     geo.xs_stride = static_cast<int>(row_pitch_bytes(hidden) / 2);
+    if (whole_weight_first && geo.batches > 1) return static_cast<int>(cudaErrorNotSupported); /* before any driver call */
 
     const size_t smem = shared_bytes(rows, hidden, kTokenTiles);
     if (smem > static_cast<size_t>(dev.max_shared_block)) return static_cast<int>(cudaErrorInvalidValue);
@@ -773,8 +776,8 @@ int launch_register(const mv_qkv_args &a, cudaStream_t stream, const mv_stream_f
     if (blocks_per_sm < 1) return static_cast<int>(cudaErrorInvalidConfiguration);
     const int64_t resident = static_cast<int64_t>(blocks_per_sm) * dev.sms;
     const unsigned grid = static_cast<unsigned>(geo.tiles < resident ? geo.tiles : resident);
-    if (whole_weight_first && (geo.tiles > resident || geo.batches > 1)) return static_cast<int>(cudaErrorNotSupported);
-    err = mv_launch(kernel, dim3(grid), dim3(kThreads), smem, stream, mv_pdl_enabled(dev), a, geo, flags);
+    if (whole_weight_first && geo.tiles > resident) return static_cast<int>(cudaErrorNotSupported);
+    err = mv_launch(kernel, dim3(grid), dim3(kThreads), smem, stream, pdl, a, geo, flags);
     if (err != cudaSuccess) return static_cast<int>(err);
     return static_cast<int>(cudaGetLastError());
 }
@@ -783,15 +786,16 @@ template <typename T, int kTokenTiles>
 int launch(const mv_qkv_args &a, cudaStream_t stream, bool residual_in_kernel, const mv_cuda_device &dev) {
     const mv_stream_flags flags = stream_flags(a, residual_in_kernel);
     const mv_qkv_path forced = mv_qkv_forced_path();
+    const bool pdl = mv_pdl_enabled(dev);
     if (dev.major >= 9 && forced != mv_qkv_path::register_stream) {
-        if (forced != mv_qkv_path::bulk_stream && mv_pdl_enabled(dev)) {
-            const int reg = launch_register<T, kTokenTiles>(a, stream, flags, dev, true);
+        if (forced != mv_qkv_path::bulk_stream && pdl) {
+            const int reg = launch_register<T, kTokenTiles>(a, stream, flags, dev, pdl, true);
             if (reg != static_cast<int>(cudaErrorNotSupported)) return reg;
         }
-        const int bulk = launch_bulk<T, kTokenTiles>(a, stream, flags, dev);
+        const int bulk = launch_bulk<T, kTokenTiles>(a, stream, flags, dev, pdl);
         if (bulk != static_cast<int>(cudaErrorNotSupported)) return bulk;
     }
-    return launch_register<T, kTokenTiles>(a, stream, flags, dev, false);
+    return launch_register<T, kTokenTiles>(a, stream, flags, dev, pdl, false);
 }
 
 } // namespace
