@@ -34,7 +34,12 @@ CUDA_SOURCES = [
     "csrc/fused_rms_norm_qkv_stream.cu",
     "csrc/fused_rms_norm_qkv_tile.cu",
     "csrc/fused_rms_norm_qkv_gemm.cu",
+    "csrc/fused_rms_norm_qkv_wgmma.cu",
 ]
+# Files with Hopper-only instructions (wgmma): where the arch list has 90 they are built for
+# sm_90a alone (that code runs on 9.0 devices only; the dispatcher checks) with
+# MINIVLLM_HAVE_SM90A defined, else for the list as given, with their kernels compiled empty.
+SM90A_SOURCES = {"csrc/fused_rms_norm_qkv_wgmma.cu"}
 
 
 def env_flag(name):
@@ -118,8 +123,11 @@ class BuildExt(build_ext):
 
         def compile_one(src):
             obj = os.path.join(build_dir, os.path.basename(src) + ".o")
+            codes = gencode
+            if src in SM90A_SOURCES and "90" in archs:
+                codes = ["-gencode=arch=compute_90a,code=sm_90a", "-DMINIVLLM_HAVE_SM90A"]
             cmd = [nvcc, "-std=c++17", "-O3", "-Xcompiler", "-fPIC,-fvisibility=hidden",
-                   "--expt-relaxed-constexpr", "-Icsrc", *gencode, "-c", src, "-o", obj]
+                   "--expt-relaxed-constexpr", "-Icsrc", *codes, "-c", src, "-o", obj]
             print(" ".join(cmd), flush=True)
             subprocess.check_call(cmd, cwd=HERE)
             return obj

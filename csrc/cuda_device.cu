@@ -1,5 +1,5 @@
 /*
- * cuda_device.cu: the device properties and the PDL switch of cuda_device.h.
+ * cuda_device.cu: the device properties, the PDL switch and the tensor-map encoder of cuda_device.h.
  */
 #include "cuda_device.h"
 
@@ -21,6 +21,7 @@ cudaError_t mv_current_device(mv_cuda_device *out) {
     d.device = device;
     err = cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, device);
     if (err == cudaSuccess) err = cudaDeviceGetAttribute(&d.major, cudaDevAttrComputeCapabilityMajor, device);
+    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&d.minor, cudaDevAttrComputeCapabilityMinor, device);
     if (err == cudaSuccess)
         err = cudaDeviceGetAttribute(&d.max_shared_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
     if (err == cudaSuccess)
@@ -42,4 +43,18 @@ bool mv_pdl_enabled(const mv_cuda_device &dev) {
         return v == nullptr || strcmp(v, "0") != 0;
     }();
     return allowed && dev.major >= 9;
+}
+
+mv_encode_tiled_fn mv_tensor_map_encoder() {
+    static const mv_encode_tiled_fn fn = [] {
+        void *p = nullptr;
+        cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &found) !=
+                cudaSuccess ||
+            found != cudaDriverEntryPointSuccess)
+            p = nullptr;
+        (void)cudaGetLastError();
+        return reinterpret_cast<mv_encode_tiled_fn>(p);
+    }();
+    return fn;
 }

@@ -7,6 +7,8 @@
 
 #include <cuda_runtime.h>
 
+#include <cuda.h> /* CUtensorMap and its enums (types only: libcuda is not linked) */
+
 #include <atomic>
 
 /* The current device's properties, read once per device (they cannot change in a process). */
@@ -14,6 +16,7 @@ struct mv_cuda_device {
     int device;           /* ordinal */
     int sms;              /* multiprocessors */
     int major;            /* compute capability major */
+    int minor;            /* and minor (sm_90a code runs only on 9.0) */
     int max_shared_block; /* opt-in shared memory per block, bytes */
     int max_shared_sm;    /* shared memory per multiprocessor, bytes */
     int reserved_shared;  /* shared memory the system reserves per block, bytes */
@@ -30,6 +33,14 @@ cudaError_t mv_current_device(mv_cuda_device *out);
    ends; it calls mv_pdl_wait() (cuda_common.cuh) before it reads what that kernel may write, and
    mv_pdl_trigger() to let its own successor start. */
 bool mv_pdl_enabled(const mv_cuda_device &dev);
+
+/* cuTensorMapEncodeTiled from the driver, found once through the runtime (minivllm does not
+   link libcuda itself); null where the driver lacks it. */
+typedef CUresult (*mv_encode_tiled_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
+                                       const cuuint64_t *, const cuuint32_t *, const cuuint32_t *,
+                                       CUtensorMapInterleave, CUtensorMapSwizzle, CUtensorMapL2promotion,
+                                       CUtensorMapFloatOOBfill);
+mv_encode_tiled_fn mv_tensor_map_encoder();
 
 /* kernel<<<grid, block, smem, stream>>>(args...), with the PDL attribute when pdl is true. */
 template <typename... Params, typename... Args>

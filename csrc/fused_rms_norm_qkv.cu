@@ -207,6 +207,16 @@ constexpr int64_t kMaxResidualRowBlocks = 65536;
    16.4 vs 13.9; Qwen3-0.6B (H 1024) M = 16 7.8 vs 7.8; Qwen2.5-0.5B (H 896) M = 16 5.8 vs 7.0. */
 constexpr int64_t kStreamMaxRows = 16;
 constexpr int64_t kStreamMaxStagedElements = 24576;
+/* Where the one-kernel wgmma path (sm_90, bf16) beat norm + cuBLASLt on an H200 (bf16, graph-timed,
+   us, wgmma vs norm + cuBLASLt; benchmarks/results/qkv-wgmma-nvidia-h200-2026-11-22.log):
+   Qwen2.5-0.5B (H 896, N 1152) M = 32 5.47 vs 7.00, 64 5.27 vs 7.00, 128 5.60 vs 7.11, 256 7.03
+   vs 7.55; Qwen3-0.6B (H 1024, N 4096) M = 32 7.40 vs 7.70, 64 7.35 vs 7.81, but 128 9.58 vs
+   8.05; Llama-3-8B and Qwen3-4B (H 4096, 2560) lose at every M (M = 32: 23.1 vs 18.9, 15.8 vs
+   14.1): each block walks all of H in 64-k stages, and that chain is what the call waits for. */
+bool wgmma_wins(int64_t rows, int64_t hidden, int64_t cols) {
+    if (hidden > 1024) return false;
+    return rows <= 64 || (cols <= 2048 && rows <= 256);
+}
 constexpr int kResidualMaxThreads = 256;
 
 template <typename T, bool kHasResidual>
@@ -250,6 +260,12 @@ int launch_residual_store(const mv_qkv_args *a, cudaStream_t cuda_stream) {
 
 } // namespace
 
+namespace {
+thread_local const char *last_gpu_path = "none";
+}
+
+extern "C" const char *mv_qkv_last_gpu_path(void) { return last_gpu_path; }
+
 mv_qkv_path mv_qkv_forced_path() {
     static const mv_qkv_path path = [] {
         const char *v = getenv("MINIVLLM_QKV_PATH");
@@ -257,6 +273,7 @@ mv_qkv_path mv_qkv_forced_path() {
         if (strcmp(v, "stream") == 0) return mv_qkv_path::stream;
         if (strcmp(v, "register") == 0) return mv_qkv_path::register_stream;
         if (strcmp(v, "bulk") == 0) return mv_qkv_path::bulk_stream;
+        if (strcmp(v, "wgmma") == 0) return mv_qkv_path::wgmma;
         if (strcmp(v, "tile") == 0) return mv_qkv_path::tile;
         if (strcmp(v, "gemm") == 0) return mv_qkv_path::gemm;
         if (strcmp(v, "generic") == 0) return mv_qkv_path::generic;
@@ -268,6 +285,8 @@ mv_qkv_path mv_qkv_forced_path() {
 /* The dispatcher. One rule per path, in order:
    - skinny M (decode, small batches; fp16/bf16, M <= kStreamMaxRows and M * H <=
      kStreamMaxStagedElements, nn.Linear layout, H % 8 == 0): the W stream on tensor cores;
+   - then, on sm_90 in bf16 where wgmma_wins (small H, M up to 64 or 256): the one-kernel norm +
+     GEMM on wgmma;
    - otherwise the rms_norm kernel + a GEMM: cuBLASLt where libcublasLt loads, else (fp16/bf16,
      sm_80+, nn.Linear layout, H % 8 == 0) our own tensor-core GEMM, slower than cuBLASLt but far
      faster than
@@ -289,13 +308,21 @@ extern "C" int mv_fused_rms_norm_qkv_cuda(const mv_qkv_args *a, void *stream) {
     const bool stream_fits = a->in.rows <= kStreamMaxRows && a->in.rows * a->in.hidden <= kStreamMaxStagedElements;
     bool residual_written = false;
     if ((stream_forced || (forced == mv_qkv_path::automatic && stream_fits)) && mv_qkv_stream_supported(a, &dev)) {
+        last_gpu_path = "stream";
         err = (cudaError_t)mv_qkv_stream_cuda(a, stream, has_residual && !residual_in_place, &dev);
         residual_written = has_residual && !residual_in_place;
+    } else if ((forced == mv_qkv_path::wgmma || (forced == mv_qkv_path::automatic &&
+                                               wgmma_wins(a->in.rows, a->in.hidden, a->q_cols + 2 * a->kv_cols))) &&
+               mv_qkv_wgmma_supported(a, &dev)) {
+        last_gpu_path = "wgmma";
+        err = (cudaError_t)mv_qkv_wgmma_cuda(a, stream, &dev);
     } else if (forced != mv_qkv_path::generic && (mv_qkv_gemm_available() || mv_qkv_tile_supported(a, &dev))) {
         const bool own_gemm = (forced == mv_qkv_path::tile || !mv_qkv_gemm_available()) && mv_qkv_tile_supported(a, &dev);
+        last_gpu_path = own_gemm ? "tile" : "gemm";
         err = (cudaError_t)mv_qkv_gemm_cuda(a, stream, &dev, own_gemm);
         residual_written = has_residual; /* the norm kernel writes it, in place or not */
     } else {
+        last_gpu_path = "generic";
         err = (cudaError_t)launch_generic(a, cuda_stream);
     }
     if (err != cudaSuccess) return (int)err;

@@ -10,11 +10,11 @@
 #include "cuda_device.h"
 #include "minivllm_kernels.h"
 
-/* MINIVLLM_QKV_PATH=stream|register|bulk|tile|gemm|generic forces one path where it can take the
+/* MINIVLLM_QKV_PATH=stream|register|bulk|wgmma|tile|gemm|generic forces one path where it can take the
    call (tests and benchmarks of each path on one GPU; register and bulk: the stream path on its
    register kernel or on its tensor-copy kernel only, where sm_90+ would choose between them);
    read once, in fused_rms_norm_qkv.cu. */
-enum class mv_qkv_path { automatic, stream, register_stream, bulk_stream, tile, gemm, generic };
+enum class mv_qkv_path { automatic, stream, register_stream, bulk_stream, wgmma, tile, gemm, generic };
 mv_qkv_path mv_qkv_forced_path();
 
 #include <cstdint>
@@ -33,6 +33,12 @@ int mv_qkv_stream_supported(const mv_qkv_args *a, const mv_cuda_device *dev);
 /* residual_in_kernel: write residual_out from the kernel (only when it is not residual itself;
    otherwise the caller stores it afterwards). */
 int mv_qkv_stream_cuda(const mv_qkv_args *a, void *stream, int residual_in_kernel, const mv_cuda_device *dev);
+
+/* One-kernel norm + GEMM on Hopper tensor cores (fused_rms_norm_qkv_wgmma.cu): bf16, sm_90 (9.0)
+   with the file built for sm_90a, no residual, H % 8 == 0, 16-byte aligned rows of x and W
+   (nn.Linear layout), even q/k/v widths with 4-byte aligned rows. Launched with PDL. */
+int mv_qkv_wgmma_supported(const mv_qkv_args *a, const mv_cuda_device *dev);
+int mv_qkv_wgmma_cuda(const mv_qkv_args *a, void *stream, const mv_cuda_device *dev);
 
 /* Norm + GEMM path (fused_rms_norm_qkv_gemm.cu): the rms_norm kernel writes y into scratch
    (and residual_out, in place or not), then a GEMM: cuBLASLt (any dtype, layout and M; needs

@@ -571,29 +571,11 @@ mv_stream_flags stream_flags(const mv_qkv_args &a, bool residual_in_kernel) {
     return flags;
 }
 
-/* cuTensorMapEncodeTiled from the driver, found through the runtime (minivllm does not link
-   libcuda itself); null where the driver lacks it. */
-typedef CUresult (*EncodeTiledFn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
-                                  const cuuint64_t *, const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave,
-                                  CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
-EncodeTiledFn encode_tiled() {
-    static const EncodeTiledFn fn = [] {
-        void *p = nullptr;
-        cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
-        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &found) !=
-                cudaSuccess ||
-            found != cudaDriverEntryPointSuccess)
-            p = nullptr;
-        (void)cudaGetLastError();
-        return reinterpret_cast<EncodeTiledFn>(p);
-    }();
-    return fn;
-}
 
 /* W as the copy engine sees it: [N][H / 64][64] elements, boxes of 16 features x stage_lines
    lines x 64 k, 128-byte swizzle, zeros outside the tensor. */
 bool encode_weight_map_uncached(CUtensorMap *map, const mv_qkv_args &a, int64_t cols, int stage_lines) {
-    const EncodeTiledFn encode = encode_tiled();
+    const mv_encode_tiled_fn encode = mv_tensor_map_encoder();
     if (encode == nullptr) return false;
     const cuuint64_t dims[3] = {static_cast<cuuint64_t>(kLineK), static_cast<cuuint64_t>(a.in.hidden / kLineK),
                                 static_cast<cuuint64_t>(cols)};

@@ -1,6 +1,7 @@
 /*
- * hopper.cuh: the sm_90 PTX the kernels share (the QKV decode stream and the weight-stream
- * probe): mbarriers, and copies into shared memory by the tensor / bulk copy engine.
+ * hopper.cuh: the sm_90 PTX the kernels share (the QKV decode stream, the QKV wgmma GEMM and the
+ * weight-stream probe): mbarriers, copies into shared memory by the tensor / bulk copy engine,
+ * and the fences and barriers around them.
  *
  * Every helper is defined only where the target has the instruction (__CUDA_ARCH__ >= 900);
  * kernels guard their bodies the same way, so the sm_80 build of a file compiles to empty
@@ -54,6 +55,22 @@ __device__ __forceinline__ uint64_t mv_evict_first_policy() {
     asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
     return policy;
 }
+/* Data read by many blocks (the input rows of a GEMM): keep it in L2 ahead of streamed weights. */
+__device__ __forceinline__ uint64_t mv_evict_last_policy() {
+    uint64_t policy;
+    asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;\n" : "=l"(policy));
+    return policy;
+}
+/* One box of a 2-D tensor map (coordinates innermost first) into this CTA's shared memory,
+   completing the box's bytes on bar. */
+__device__ __forceinline__ void mv_tensor_copy_2d(void *dst, const CUtensorMap *map, int c0, int c1, uint64_t *bar,
+                                                  uint64_t policy) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint"
+        " [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(mv_shared_address(dst)),
+        "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(mv_shared_address(bar)), "l"(policy)
+        : "memory");
+}
 /* One box of a 3-D tensor map (coordinates innermost first) into this CTA's shared memory,
    completing the box's bytes on bar. */
 __device__ __forceinline__ void mv_tensor_copy_3d(void *dst, const CUtensorMap *map, int c0, int c1, int c2,
@@ -70,6 +87,18 @@ __device__ __forceinline__ void mv_bulk_copy(void *dst, const void *src, unsigne
                      mv_shared_address(dst)),
                  "l"(src), "r"(bytes), "r"(mv_shared_address(bar))
                  : "memory");
+}
+/* ---- fences and barriers --------------------------------------------------------------------- */
+
+/* Orders this thread's ordinary shared-memory writes before later reads by the async proxy
+   (wgmma operands, bulk copies out of shared memory). */
+__device__ __forceinline__ void mv_fence_proxy_async_shared() {
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+/* Barrier among `threads` threads (whole warps) of this CTA on hardware barrier `id` (1..15; 0 is
+   __syncthreads'). */
+__device__ __forceinline__ void mv_named_barrier(int id, int threads) {
+    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 #endif /* __CUDA_ARCH__ >= 900 */
 

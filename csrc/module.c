@@ -806,6 +806,15 @@ static PyObject *py_cuda_device_count(PyObject *Py_UNUSED(module), PyObject *Py_
 #endif
 }
 
+static PyObject *py_qkv_last_gpu_path(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+#ifdef MINIVLLM_WITH_CUDA
+    return PyUnicode_FromString(mv_qkv_last_gpu_path());
+#else
+    return PyUnicode_FromString("none");
+#endif
+}
+
 static PyObject *py_torch_fast_path(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
     const int usable = mv_torch_api_resolve(&get_state(module)->torch);
@@ -825,6 +834,9 @@ static PyMethodDef module_methods[] = {
     {"torch_fast_path", py_torch_fast_path, METH_NOARGS,
      "True when torch is imported and minivllm can read its tensors, stream and allocator "
      "through torch._C (then the API passes TORCH_KIND for plain torch tensors)."},
+    {"qkv_last_gpu_path", py_qkv_last_gpu_path, METH_NOARGS,
+     "Name of the kernel path the last fused_rms_norm_qkv GPU call of this thread took (\"none\" "
+     "before any): tests use it to round their reference as that path does."},
     {"cuda_device_count", py_cuda_device_count, METH_NOARGS,
      "Number of CUDA devices the built-in CUDA runtime sees (0 without CUDA support)."},
     {NULL, NULL, 0, NULL},

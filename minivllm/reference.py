@@ -45,24 +45,36 @@ def fused_add_rms_norm(x, residual, weight, eps, dtype):
 
 
 def fused_rms_norm_qkv(x, norm_weight, w, num_heads, num_kv_heads, eps=1e-6, residual=None,
-                       dtype=None, y_dtype=None):
+                       dtype=None, y_dtype=None, rrms_after=False):
     """(q, k, v), or (q, k, v, new_residual) with residual; w is the nn.Linear weight [N, H].
 
     y_dtype: round the normalized y to this dtype before the product (the GPU tensor-core paths
-    do, as an unfused rms_norm + matmul does); None keeps y exact (the CPU kernels' float32 y)."""
+    do, as an unfused rms_norm + matmul does); None keeps y exact (the CPU kernels' float32 y).
+    rrms_after (with y_dtype): round weight * s instead and scale the product by rrms, as the
+    one-kernel wgmma path does."""
     x = np.asarray(x, np.float64)
     w = np.asarray(w, np.float64)
     if residual is not None:
         y, s = fused_add_rms_norm(x, residual, norm_weight, eps, dtype)
+        normed = s
     else:
         y, s = rms_norm(x, norm_weight, eps), None
-    if y_dtype is not None:
+        normed = x
+    rrms = None
+    if y_dtype is not None and rrms_after:
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            rrms = 1.0 / np.sqrt(np.mean(normed * normed, axis=-1, keepdims=True) + eps)
+            y = round_to(np.asarray(norm_weight, np.float64) * normed, y_dtype)
+    elif y_dtype is not None:
         y = round_to(y, y_dtype)
     n_out, hidden = w.shape
     head_dim = n_out // (num_heads + 2 * num_kv_heads)
     lead = x.shape[:-1]
     with np.errstate(invalid="ignore", over="ignore"):
-        qkv = (y.reshape(-1, hidden) @ w.T).reshape(lead + (n_out,))
+        qkv = y.reshape(-1, hidden) @ w.T
+        if rrms is not None:
+            qkv = qkv * rrms.reshape(-1, 1)
+        qkv = qkv.reshape(lead + (n_out,))
         # BLAS need not propagate NaN through every path: a non-finite row gives NaN, as in IEEE.
         qkv[~np.isfinite(y).all(axis=-1)] = np.nan
     q_cols, kv_cols = num_heads * head_dim, num_kv_heads * head_dim

@@ -42,10 +42,11 @@ grep -E "^(fuzz|leaks):" "$out/pytest.log" || true
 tail -n 25 "$out/pytest.log"
 # The QKV tests once more on the paths this GPU does not take by itself: each of the stream path's
 # two kernels alone (on sm_90 it picks one by the size of W); every call on the stream path where
-# it applies; every call on the tile GEMM and on the generic kernel (the paths taken where
+# it applies; every call it can take on the one-kernel wgmma GEMM; every call on the tile GEMM and
+# on the generic kernel (the paths taken where
 # cuBLASLt cannot be loaded).
-# The five runs go side by side (separate processes; the GPU has room) to keep the check short.
-qkv_envs=(MINIVLLM_QKV_PATH=register MINIVLLM_QKV_PATH=bulk MINIVLLM_QKV_PATH=stream MINIVLLM_QKV_PATH=tile
+# The six runs go side by side (separate processes; the GPU has room) to keep the check short.
+qkv_envs=(MINIVLLM_QKV_PATH=register MINIVLLM_QKV_PATH=bulk MINIVLLM_QKV_PATH=stream MINIVLLM_QKV_PATH=wgmma MINIVLLM_QKV_PATH=tile
           MINIVLLM_QKV_PATH=generic)
 qkv_pids=()
 for qkv_env in "${qkv_envs[@]}"; do

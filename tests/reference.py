@@ -13,8 +13,18 @@ from minivllm.reference import round_to  # noqa: F401
 
 
 def qkv_ref(x, w, W, num_heads, num_kv_heads, eps, residual=None, dtype=None, y_dtype=None):
-    """(q, k, v) or (q, k, v, new_residual); W is the nn.Linear weight [N, H] in float64."""
-    return _qkv(x, w, W, num_heads, num_kv_heads, eps, residual, dtype, y_dtype)
+    """(q, k, v) or (q, k, v, new_residual); W is the nn.Linear weight [N, H] in float64.
+
+    With y_dtype (a GPU call's rounding, qkv_y_dtype), rounds as the path that call took: the
+    one-kernel wgmma path rounds weight * s and applies rrms after the product."""
+    rrms_after = y_dtype is not None and last_gpu_path() == "wgmma"
+    return _qkv(x, w, W, num_heads, num_kv_heads, eps, residual, dtype, y_dtype, rrms_after)
+
+
+def last_gpu_path():
+    """The kernel path of this thread's last GPU fused_rms_norm_qkv call (minivllm._C)."""
+    from minivllm import _C
+    return _C.qkv_last_gpu_path()
 
 
 def qkv_y_dtype(devname, dtype):
