@@ -1,5 +1,5 @@
 /*
- * cuda_device.cu: the device properties, the PDL switch and the tensor-map encoder of cuda_device.h.
+ * cuda_device.cu: the device properties, the PDL switch and the tensor maps of cuda_device.h.
  */
 #include "cuda_device.h"
 
@@ -45,8 +45,15 @@ bool mv_pdl_enabled(const mv_cuda_device &dev) {
     return allowed && dev.major >= 9;
 }
 
-mv_encode_tiled_fn mv_tensor_map_encoder() {
-    static const mv_encode_tiled_fn fn = [] {
+namespace {
+
+/* cuTensorMapEncodeTiled from the driver, found once through the runtime (minivllm does not link
+   libcuda itself); null where the driver lacks it. */
+typedef CUresult (*EncodeTiledFn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
+                                  const cuuint64_t *, const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave,
+                                  CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+EncodeTiledFn encode_tiled() {
+    static const EncodeTiledFn fn = [] {
         void *p = nullptr;
         cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
         if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &found) !=
@@ -54,7 +61,68 @@ mv_encode_tiled_fn mv_tensor_map_encoder() {
             found != cudaDriverEntryPointSuccess)
             p = nullptr;
         (void)cudaGetLastError();
-        return reinterpret_cast<mv_encode_tiled_fn>(p);
+        return reinterpret_cast<EncodeTiledFn>(p);
     }();
     return fn;
+}
+
+constexpr int kMaxRank = 3;
+
+struct TensorMapKey {
+    const void *data;
+    int rank, bf16;
+    cuuint64_t dims[kMaxRank], strides[kMaxRank - 1];
+    cuuint32_t box[kMaxRank];
+};
+
+struct TensorMapEntry {
+    TensorMapKey key;
+    bool valid;
+    CUtensorMap map; /* 64-byte aligned by its own declaration */
+};
+constexpr int kTensorMapCacheSize = 64; /* direct-mapped; a power of two */
+
+bool same_key(const TensorMapKey &a, const TensorMapKey &b) {
+    if (a.data != b.data || a.rank != b.rank || a.bf16 != b.bf16) return false;
+    for (int i = 0; i < a.rank; ++i)
+        if (a.dims[i] != b.dims[i] || a.box[i] != b.box[i] || (i > 0 && a.strides[i - 1] != b.strides[i - 1]))
+            return false;
+    return true;
+}
+
+} // namespace
+
+bool mv_tensor_maps_available() { return encode_tiled() != nullptr; }
+
+bool mv_swizzled_tensor_map(CUtensorMap *map, bool bf16, int rank, const void *data, const cuuint64_t *dims,
+                            const cuuint64_t *strides, const cuuint32_t *box, bool cached) {
+    const EncodeTiledFn encode = encode_tiled();
+    if (encode == nullptr || rank < 2 || rank > kMaxRank) return false;
+    TensorMapKey key = {};
+    key.data = data;
+    key.rank = rank;
+    key.bf16 = bf16 ? 1 : 0;
+    for (int i = 0; i < rank; ++i) {
+        key.dims[i] = dims[i];
+        key.box[i] = box[i];
+        if (i > 0) key.strides[i - 1] = strides[i - 1];
+    }
+    static thread_local TensorMapEntry cache[kTensorMapCacheSize];
+    const uintptr_t h = reinterpret_cast<uintptr_t>(data);
+    TensorMapEntry &e = cache[((h >> 8) ^ (h >> 20) ^ box[1]) & (kTensorMapCacheSize - 1)];
+    if (cached && e.valid && same_key(e.key, key)) {
+        *map = e.map;
+        return true;
+    }
+    const cuuint32_t unit[kMaxRank] = {1, 1, 1};
+    const bool ok = encode(map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+                           static_cast<cuuint32_t>(rank), const_cast<void *>(data), dims, strides, box, unit,
+                           CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                           CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+    if (ok && cached) {
+        e.key = key;
+        e.valid = true;
+        e.map = *map;
+    }
+    return ok;
 }

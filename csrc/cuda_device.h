@@ -34,13 +34,17 @@ cudaError_t mv_current_device(mv_cuda_device *out);
    mv_pdl_trigger() to let its own successor start. */
 bool mv_pdl_enabled(const mv_cuda_device &dev);
 
-/* cuTensorMapEncodeTiled from the driver, found once through the runtime (minivllm does not
-   link libcuda itself); null where the driver lacks it. */
-typedef CUresult (*mv_encode_tiled_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
-                                       const cuuint64_t *, const cuuint32_t *, const cuuint32_t *,
-                                       CUtensorMapInterleave, CUtensorMapSwizzle, CUtensorMapL2promotion,
-                                       CUtensorMapFloatOOBfill);
-mv_encode_tiled_fn mv_tensor_map_encoder();
+/* A tensor map of a 16-bit (bf16 or fp16) tensor of rank 2 or 3 for the copy engine: dims
+   innermost first, strides (bytes) of dims 1.., box in elements; 128-byte swizzle, 256-byte L2
+   promotion, zeros outside the tensor. With cached, from a small per-thread cache keyed by every
+   input of the encode (so an entry is never stale, even for a new tensor at a freed one's
+   address): for weights, whose maps a model asks for once per layer; activations change address
+   from call to call and are encoded afresh. False where the driver lacks the encoder or rejects
+   the map. */
+bool mv_swizzled_tensor_map(CUtensorMap *map, bool bf16, int rank, const void *data, const cuuint64_t *dims,
+                            const cuuint64_t *strides, const cuuint32_t *box, bool cached);
+/* Whether the driver can encode tensor maps at all. */
+bool mv_tensor_maps_available();
 
 /* kernel<<<grid, block, smem, stream>>>(args...), with the PDL attribute when pdl is true. */
 template <typename... Params, typename... Args>

@@ -573,53 +573,14 @@ mv_stream_flags stream_flags(const mv_qkv_args &a, bool residual_in_kernel) {
 
 
 /* W as the copy engine sees it: [N][H / 64][64] elements, boxes of 16 features x stage_lines
-   lines x 64 k, 128-byte swizzle, zeros outside the tensor. */
-bool encode_weight_map_uncached(CUtensorMap *map, const mv_qkv_args &a, int64_t cols, int stage_lines) {
-    const mv_encode_tiled_fn encode = mv_tensor_map_encoder();
-    if (encode == nullptr) return false;
+   lines x 64 k (cached per layer: cuda_device.h). */
+bool encode_weight_map(CUtensorMap *map, const mv_qkv_args &a, int64_t cols, int stage_lines) {
     const cuuint64_t dims[3] = {static_cast<cuuint64_t>(kLineK), static_cast<cuuint64_t>(a.in.hidden / kLineK),
                                 static_cast<cuuint64_t>(cols)};
     const cuuint64_t strides[2] = {static_cast<cuuint64_t>(kLineBytes), static_cast<cuuint64_t>(a.w_stride_n) * 2};
     const cuuint32_t box[3] = {static_cast<cuuint32_t>(kLineK), static_cast<cuuint32_t>(stage_lines),
                                static_cast<cuuint32_t>(kTileFeatures)};
-    const cuuint32_t unit[3] = {1, 1, 1};
-    const CUtensorMapDataType type =
-        a.in.dtype == MV_BFLOAT16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
-    return encode(map, type, 3, const_cast<void *>(a.w), dims, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                  CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                  CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
-}
-
-/* The same map, from a small per-thread cache: a model calls with one weight per layer, so the
-   encode (host work on every launch otherwise) runs once per layer and thread. The key is every
-   input of the encode, so an entry can never be stale: the same key encodes the same map, even
-   for a new tensor that reuses a freed one's address. */
-struct WeightMapEntry {
-    const void *w;
-    int64_t hidden, cols, w_stride_n;
-    int dtype, stage_lines;
-    CUtensorMap map; /* 64-byte aligned by its own declaration */
-};
-constexpr int kWeightMapCacheSize = 64; /* direct-mapped; a power of two */
-
-bool encode_weight_map(CUtensorMap *map, const mv_qkv_args &a, int64_t cols, int stage_lines) {
-    static thread_local WeightMapEntry cache[kWeightMapCacheSize];
-    const uintptr_t key = reinterpret_cast<uintptr_t>(a.w);
-    WeightMapEntry &e = cache[((key >> 8) ^ (key >> 20) ^ static_cast<uintptr_t>(stage_lines)) & (kWeightMapCacheSize - 1)];
-    if (e.w == a.w && e.hidden == a.in.hidden && e.cols == cols && e.w_stride_n == a.w_stride_n &&
-        e.dtype == static_cast<int>(a.in.dtype) && e.stage_lines == stage_lines) {
-        *map = e.map;
-        return true;
-    }
-    if (!encode_weight_map_uncached(map, a, cols, stage_lines)) return false;
-    e.w = a.w;
-    e.hidden = a.in.hidden;
-    e.cols = cols;
-    e.w_stride_n = a.w_stride_n;
-    e.dtype = static_cast<int>(a.in.dtype);
-    e.stage_lines = stage_lines;
-    e.map = *map;
-    return true;
+    return mv_swizzled_tensor_map(map, a.in.dtype == MV_BFLOAT16, 3, a.w, dims, strides, box, true);
 }
 
 constexpr int kMinSharedStageLines = 12; /* 768 k: narrower stages on half an SM cost more than they bring */

@@ -32,12 +32,10 @@
  * column counts even and their rows 4-byte aligned (paired stores), M and N below 2^31.
  */
 #include <climits>
-#include <cstdio>
 #include <cstdint>
 #include <cstdlib>
-#include <cstring>
 
-#include <cuda.h> /* CUtensorMap (types only: the encoder is found at run time) */
+#include <cuda.h> /* CUtensorMap (types only: maps come from cuda_device.h) */
 
 #include "cuda_common.cuh"
 #include "fused_rms_norm_qkv_paths.h"
@@ -49,7 +47,9 @@ namespace {
 constexpr int kStageK = 64;               /* k per stage: one 128-byte swizzle line per row */
 constexpr int kLineBytes = kStageK * 2;   /* bf16 */
 constexpr int kGroupThreads = 128;        /* a warpgroup */
-constexpr int kGroupRows = 64;            /* rows per wgmma (its M) */
+constexpr int kTileRows = 64;             /* rows per block: one wgmma's M */
+constexpr int kConsumers = 2;             /* consumer warpgroups, taking alternate k stages */
+constexpr int kThreads = kGroupThreads * (1 + kConsumers); /* and the producer's */
 constexpr int kMaxStages = 16;
 constexpr int kSharedAlign = 1024;        /* the 128-byte swizzle repeats every 8 lines */
 
@@ -63,21 +63,18 @@ struct WgmmaParams {
     int64_t q_stride, k_stride, v_stride;
 };
 
-/* BN output columns per block; kConsumers warpgroups that split the rows (BM = 64 * kConsumers)
-   or, with kSplitK, the k stages of 64 rows. */
-template <int BN, int kConsumers, bool kSplitK>
+/* Shared memory of a block of BN output columns: the ring of stages (x tile, then W tile), then
+   gamma's slice of each stage, the full and empty barriers, and the partial sums consumer 1
+   hands to consumer 0. */
+template <int BN>
 struct Tile {
-    static constexpr int rows = kSplitK ? kGroupRows : kGroupRows * kConsumers;
-    static constexpr int cols = BN;
-    static constexpr int threads = kGroupThreads * (kConsumers + 1);
-    static constexpr int a_bytes = rows * kLineBytes;
-    static constexpr int b_bytes = cols * kLineBytes;
+    static constexpr int a_bytes = kTileRows * kLineBytes;
+    static constexpr int b_bytes = BN * kLineBytes;
     static constexpr int stage_bytes = a_bytes + b_bytes;
     static_assert(a_bytes % kSharedAlign == 0 && b_bytes % kSharedAlign == 0, "stages keep the swizzle alignment");
-    /* after the stages: gamma's slice of each stage, full and empty barriers, rrms per row, and
-       (split k) the partial sums */
-    static constexpr int tail_bytes = kMaxStages * kLineBytes + 2 * kMaxStages * 8;
-    static constexpr int reduce_bytes = kSplitK ? (kConsumers - 1) * kGroupThreads * (BN / 2 + 2) * 4 : 0;
+    static constexpr int reduce_stride = BN / 2 + 2; /* per thread: accumulators, then two row sums */
+    static constexpr int tail_bytes = kMaxStages * kLineBytes + 2 * kMaxStages * 8 +
+                                      (kConsumers - 1) * kGroupThreads * reduce_stride * 4;
 };
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -138,13 +135,12 @@ __device__ __forceinline__ void load_scaled_fragment(uint32_t (&a)[4], const __n
 
 #endif /* __CUDA_ARCH_FEAT_SM90_ALL */
 
-template <int BN, int kConsumers, bool kSplitK>
-__global__ void __launch_bounds__(Tile<BN, kConsumers, kSplitK>::threads)
+template <int BN>
+__global__ void __launch_bounds__(kThreads)
     qkv_wgmma_kernel(const __grid_constant__ CUtensorMap x_map, const __grid_constant__ CUtensorMap w_map,
                      WgmmaParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    using Sh = Tile<BN, kConsumers, kSplitK>;
-    constexpr int BM = Sh::rows;
+    using Sh = Tile<BN>;
     extern __shared__ unsigned char shared_raw[];
     unsigned char *base = reinterpret_cast<unsigned char *>(
         (reinterpret_cast<uintptr_t>(shared_raw) + kSharedAlign - 1) & ~static_cast<uintptr_t>(kSharedAlign - 1));
@@ -160,14 +156,14 @@ __global__ void __launch_bounds__(Tile<BN, kConsumers, kSplitK>::threads)
     const int group = threadIdx.x / kGroupThreads;
     const int tid = threadIdx.x % kGroupThreads;
     const int n0 = blockIdx.x * BN;
-    const int m0 = blockIdx.y * BM;
+    const int m0 = blockIdx.y * kTileRows;
     const int k_tiles = (p.hidden + kStageK - 1) / kStageK;
 
     if (threadIdx.x == 0) {
         for (int s = 0; s < stages; ++s) {
             mv_mbarrier_init(&full[s], 1);
-            /* split k: each stage belongs to one consumer (stages is a multiple of kConsumers) */
-            mv_mbarrier_init(&empty[s], kSplitK ? 1 : kConsumers);
+            /* each stage belongs to one consumer (stages is a multiple of kConsumers) */
+            mv_mbarrier_init(&empty[s], 1);
         }
         mv_mbarrier_init_fence();
     }
@@ -195,7 +191,7 @@ __global__ void __launch_bounds__(Tile<BN, kConsumers, kSplitK>::threads)
             }
             mv_pdl_wait();
             for (int kt = 0; kt < first; ++kt) {
-                mv_tensor_copy_2d(a_tiles + static_cast<size_t>(kt) * BM * kStageK, &x_map, kt * kStageK, m0,
+                mv_tensor_copy_2d(a_tiles + static_cast<size_t>(kt) * kTileRows * kStageK, &x_map, kt * kStageK, m0,
                                   &full[kt], x_policy);
                 mv_bulk_copy(gamma_stages + kt * kStageK, p.gamma + kt * kStageK, gamma_bytes(kt), &full[kt]);
             }
@@ -205,7 +201,7 @@ __global__ void __launch_bounds__(Tile<BN, kConsumers, kSplitK>::threads)
                 mv_mbarrier_arrive_expect_tx(&full[s], Sh::stage_bytes + gamma_bytes(kt));
                 mv_tensor_copy_2d(b_tiles + static_cast<size_t>(s) * BN * kStageK, &w_map, kt * kStageK, n0, &full[s],
                                   w_policy);
-                mv_tensor_copy_2d(a_tiles + static_cast<size_t>(s) * BM * kStageK, &x_map, kt * kStageK, m0, &full[s],
+                mv_tensor_copy_2d(a_tiles + static_cast<size_t>(s) * kTileRows * kStageK, &x_map, kt * kStageK, m0, &full[s],
                                   x_policy);
                 mv_bulk_copy(gamma_stages + s * kStageK, p.gamma + kt * kStageK, gamma_bytes(kt), &full[s]);
             }
@@ -214,10 +210,7 @@ __global__ void __launch_bounds__(Tile<BN, kConsumers, kSplitK>::threads)
     }
 
     /* ---- consumers ---- */
-    const int c = group - 1;
-    const int row_group = kSplitK ? 0 : c;   /* which 64 rows of the tile */
-    const int k_first = kSplitK ? c : 0;     /* which k stages */
-    const int k_step = kSplitK ? kConsumers : 1;
+    const int c = group - 1; /* takes k stages c, c + kConsumers, ... */
     mv_pdl_wait(); /* the outputs may be read by the previous kernel */
 
     float acc[BN / 2];
@@ -225,10 +218,10 @@ __global__ void __launch_bounds__(Tile<BN, kConsumers, kSplitK>::threads)
     for (int i = 0; i < BN / 2; ++i) acc[i] = 0.0f;
     float sum_sq[2] = {0.0f, 0.0f}; /* rows warp * 16 + lane / 4 (+ 8), this thread's columns */
     const int warp = tid / 32, lane = tid % 32;
-    for (int kt = k_first; kt < k_tiles; kt += k_step) {
+    for (int kt = c; kt < k_tiles; kt += kConsumers) {
         const int s = kt % stages;
         mv_mbarrier_wait(&full[s], static_cast<unsigned>((kt / stages) & 1));
-        const __nv_bfloat16 *a = a_tiles + static_cast<size_t>(s) * BM * kStageK + row_group * kGroupRows * kStageK;
+        const __nv_bfloat16 *a = a_tiles + static_cast<size_t>(s) * kTileRows * kStageK;
         const __nv_bfloat16 *b = b_tiles + static_cast<size_t>(s) * BN * kStageK;
         uint32_t frag[kStageK / 16][4];
 #pragma unroll
@@ -254,27 +247,25 @@ __global__ void __launch_bounds__(Tile<BN, kConsumers, kSplitK>::threads)
     for (int i = 0; i < 2; ++i)
 #pragma unroll
         for (int o = 1; o < 4; o <<= 1) sum_sq[i] += __shfl_xor_sync(0xffffffffu, sum_sq[i], o);
-    if constexpr (kSplitK) {
-        /* consumers 1.. hand their partial products and sums to consumer 0 */
-        constexpr int kStride = BN / 2 + 2;
-        if (c > 0) {
-            float *mine = reduce + (c - 1) * kGroupThreads * kStride;
+    /* consumers 1.. hand their partial products and sums to consumer 0 */
+    constexpr int kStride = Sh::reduce_stride;
+    if (c > 0) {
+        float *mine = reduce + (c - 1) * kGroupThreads * kStride;
 #pragma unroll
-            for (int i = 0; i < BN / 2; ++i) mine[i * kGroupThreads + tid] = acc[i];
+        for (int i = 0; i < BN / 2; ++i) mine[i * kGroupThreads + tid] = acc[i];
 #pragma unroll
-            for (int i = 0; i < 2; ++i) mine[(BN / 2 + i) * kGroupThreads + tid] = sum_sq[i];
-        }
-        mv_named_barrier(1 + kConsumers, kGroupThreads * kConsumers); /* ids 1..kConsumers: unused */
-        if (c > 0) return;
-        for (int o = 0; o < kConsumers - 1; ++o) {
-            const float *theirs = reduce + o * kGroupThreads * kStride;
-#pragma unroll
-            for (int i = 0; i < BN / 2; ++i) acc[i] += theirs[i * kGroupThreads + tid];
-#pragma unroll
-            for (int i = 0; i < 2; ++i) sum_sq[i] += theirs[(BN / 2 + i) * kGroupThreads + tid];
-        }
+        for (int i = 0; i < 2; ++i) mine[(BN / 2 + i) * kGroupThreads + tid] = sum_sq[i];
     }
-    const int tile_row = row_group * kGroupRows + warp * 16 + lane / 4;
+    mv_named_barrier(1, kGroupThreads * kConsumers); /* the consumers only: the producer has left */
+    if (c > 0) return;
+    for (int o = 0; o < kConsumers - 1; ++o) {
+        const float *theirs = reduce + o * kGroupThreads * kStride;
+#pragma unroll
+        for (int i = 0; i < BN / 2; ++i) acc[i] += theirs[i * kGroupThreads + tid];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) sum_sq[i] += theirs[(BN / 2 + i) * kGroupThreads + tid];
+    }
+    const int tile_row = warp * 16 + lane / 4;
     const float rrms_row[2] = {rsqrtf(sum_sq[0] / static_cast<float>(p.hidden) + p.eps),
                                rsqrtf(sum_sq[1] / static_cast<float>(p.hidden) + p.eps)};
 
@@ -306,120 +297,75 @@ __global__ void __launch_bounds__(Tile<BN, kConsumers, kSplitK>::threads)
 /* ---- host side ---------------------------------------------------------------------------------- */
 
 
-/* A row-major [rows, cols] bf16 matrix with the given row stride, in boxes of box_rows x 64,
-   128-byte swizzle, zeros outside. */
-bool encode_rows(CUtensorMap *map, const void *data, int64_t rows, int64_t cols, int64_t stride, int box_rows) {
-    const mv_encode_tiled_fn encode = mv_tensor_map_encoder();
-    if (encode == nullptr) return false;
+/* A row-major [rows, cols] bf16 matrix with the given row stride, in boxes of box_rows x 64
+   (cuda_device.h; cached for weights). */
+bool encode_rows(CUtensorMap *map, const void *data, int64_t rows, int64_t cols, int64_t stride, int box_rows,
+                 bool cached) {
     const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
     const cuuint64_t strides[1] = {static_cast<cuuint64_t>(stride) * 2};
     const cuuint32_t box[2] = {static_cast<cuuint32_t>(kStageK), static_cast<cuuint32_t>(box_rows)};
-    const cuuint32_t unit[2] = {1, 1};
-    return encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void *>(data), dims, strides, box, unit,
-                  CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                  CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+    return mv_swizzled_tensor_map(map, true, 2, data, dims, strides, box, cached);
 }
 
-/* The W map, cached per thread as the decode stream's is (the key is every input of the encode,
-   so an entry is never stale). */
-struct WeightMapEntry {
-    const void *w;
-    int64_t hidden, cols, stride;
-    int box_rows;
-    CUtensorMap map;
-};
-constexpr int kWeightMapCacheSize = 64;
-
-bool encode_weight_map(CUtensorMap *map, const mv_qkv_args &a, int64_t cols, int box_rows) {
-    static thread_local WeightMapEntry cache[kWeightMapCacheSize];
-    const uintptr_t key = reinterpret_cast<uintptr_t>(a.w);
-    WeightMapEntry &e = cache[((key >> 8) ^ (key >> 20) ^ static_cast<uintptr_t>(box_rows)) & (kWeightMapCacheSize - 1)];
-    if (e.w == a.w && e.hidden == a.in.hidden && e.cols == cols && e.stride == a.w_stride_n && e.box_rows == box_rows) {
-        *map = e.map;
-        return true;
-    }
-    if (!encode_rows(map, a.w, cols, a.in.hidden, a.w_stride_n, box_rows)) return false;
-    e.w = a.w;
-    e.hidden = a.in.hidden;
-    e.cols = cols;
-    e.stride = a.w_stride_n;
-    e.box_rows = box_rows;
-    e.map = *map;
-    return true;
-}
-
-struct TileChoice {
-    int bn, consumers;
-    bool split_k;
-};
-
-template <int BN, int kConsumers, bool kSplitK>
+template <int BN>
 cudaError_t launch_tile(const mv_qkv_args &a, const WgmmaParams &base, cudaStream_t stream, const mv_cuda_device &dev,
                         bool pdl) {
-    using Sh = Tile<BN, kConsumers, kSplitK>;
+    using Sh = Tile<BN>;
     static mv_shared_opt_in opt_in;
     const int k_tiles = static_cast<int>((a.in.hidden + kStageK - 1) / kStageK);
     const size_t fixed = kSharedAlign + Sh::tail_bytes;
     const size_t budget = static_cast<size_t>(dev.max_shared_block);
-    /* Split k: a stage belongs to one consumer, so the ring is a multiple of their number. */
-    const int per_consumer = kSplitK ? kConsumers : 1;
+    /* As deep a ring as fits (up to all of K), a multiple of kConsumers: a stage, one consumer. */
     int stages = kMaxStages;
-    while (stages > 0 && fixed + static_cast<size_t>(stages) * Sh::stage_bytes + Sh::reduce_bytes > budget) --stages;
-    stages = stages / per_consumer * per_consumer;
-    const int whole_k = (k_tiles + per_consumer - 1) / per_consumer * per_consumer;
-    if (stages >= whole_k) stages = whole_k;
-    else if (stages < per_consumer) return cudaErrorNotSupported;
-    const size_t smem = fixed + static_cast<size_t>(stages) * Sh::stage_bytes + Sh::reduce_bytes;
-    if (smem > budget) return cudaErrorNotSupported;
+    while (stages > 0 && fixed + static_cast<size_t>(stages) * Sh::stage_bytes > budget) --stages;
+    stages = stages / kConsumers * kConsumers;
+    const int whole_k = (k_tiles + kConsumers - 1) / kConsumers * kConsumers;
+    if (stages > whole_k) stages = whole_k;
+    if (stages == 0) return cudaErrorNotSupported;
+    const size_t smem = fixed + static_cast<size_t>(stages) * Sh::stage_bytes;
 
     CUtensorMap x_map, w_map;
-    if (!encode_rows(&x_map, a.in.x, a.in.rows, a.in.hidden, a.in.x_stride, Sh::rows) ||
-        !encode_weight_map(&w_map, a, a.q_cols + 2 * a.kv_cols, BN))
+    if (!encode_rows(&x_map, a.in.x, a.in.rows, a.in.hidden, a.in.x_stride, kTileRows, false) ||
+        !encode_rows(&w_map, a.w, a.q_cols + 2 * a.kv_cols, a.in.hidden, a.w_stride_n, BN, true))
         return cudaErrorNotSupported;
     WgmmaParams p = base;
     p.stages = stages;
-    auto kernel = qkv_wgmma_kernel<BN, kConsumers, kSplitK>;
+    auto kernel = qkv_wgmma_kernel<BN>;
     cudaError_t err = mv_allow_shared(kernel, smem, opt_in, dev.device);
     if (err != cudaSuccess) return err;
-    const dim3 grid(static_cast<unsigned>((p.cols + BN - 1) / BN), static_cast<unsigned>((p.rows + Sh::rows - 1) / Sh::rows));
-    err = mv_launch(kernel, grid, dim3(Sh::threads), smem, stream, pdl, x_map, w_map, p);
+    const dim3 grid(static_cast<unsigned>((p.cols + BN - 1) / BN),
+                    static_cast<unsigned>((p.rows + kTileRows - 1) / kTileRows));
+    err = mv_launch(kernel, grid, dim3(kThreads), smem, stream, pdl, x_map, w_map, p);
     return err != cudaSuccess ? err : cudaGetLastError();
 }
 
-/* The instantiated tiles (64 rows, the k stages split between two consumers), and one choice
-   per call. MINIVLLM_QKV_WGMMA_TILE=BNxCONSUMERSxSPLITK (e.g. "32x2x1") forces one of them
-   (benchmarks of the choice). Tiles of 128 rows with the rows split between the consumers
-   (128x2x0, 256x2x0) were measured and dropped: slower than these at every M up to 512 and than
-   norm + cuBLASLt at every M (H200, bf16: Qwen3-0.6B M = 512 15.6 / 23.1 us against 11.9;
-   benchmarks/results/qkv-wgmma-nvidia-h200-2026-11-22.log). */
-constexpr TileChoice kTiles[] = {{16, 2, true}, {32, 2, true}, {64, 2, true}, {128, 2, true}};
+/* The instantiated tile widths, and one choice per call. MINIVLLM_QKV_WGMMA_TILE=BN (e.g. "32")
+   forces one of them (benchmarks of the choice). Tiles of 128 rows with the rows split between
+   the consumers (BN 128 and 256) were measured and dropped: slower than these at every M up to
+   512 and than norm + cuBLASLt at every M (H200, bf16: Qwen3-0.6B M = 512 15.6 / 23.1 us against
+   11.9; benchmarks/results/qkv-wgmma-nvidia-h200-2026-11-22.log). */
+constexpr int kWidths[] = {16, 32, 64, 128};
 
-bool forced_tile(TileChoice *out) {
-    static const TileChoice forced = [] {
-        TileChoice t = {0, 0, false};
+int forced_width() {
+    static const int forced = [] {
         const char *v = getenv("MINIVLLM_QKV_WGMMA_TILE");
-        int bn = 0, consumers = 0, split = 0;
-        if (v != nullptr && sscanf(v, "%dx%dx%d", &bn, &consumers, &split) == 3) {
-            for (const TileChoice &c : kTiles)
-                if (c.bn == bn && c.consumers == consumers && c.split_k == (split != 0)) t = c;
-        }
-        return t;
+        const int bn = v != nullptr ? atoi(v) : 0;
+        for (int w : kWidths)
+            if (w == bn) return bn;
+        return 0;
     }();
-    if (forced.bn == 0) return false;
-    *out = forced;
-    return true;
+    return forced;
 }
 
 /* The narrowest tile whose grid still fits one block per multiprocessor: each block's chain of
    stages is what the call waits for, so spread W over as many blocks as run at once. Measured
    best of the four at every M the dispatcher sends here (H200, bf16; the log above). */
-TileChoice choose_tile(int64_t rows, int64_t cols, int sms) {
-    TileChoice forced;
-    if (forced_tile(&forced)) return forced;
-    const int64_t row_tiles = (rows + kGroupRows - 1) / kGroupRows;
-    for (const TileChoice &t : kTiles)
-        if (row_tiles * ((cols + t.bn - 1) / t.bn) <= sms) return t;
-    return kTiles[sizeof(kTiles) / sizeof(kTiles[0]) - 1];
+int choose_width(int64_t rows, int64_t cols, int sms) {
+    if (forced_width() != 0) return forced_width();
+    const int64_t row_tiles = (rows + kTileRows - 1) / kTileRows;
+    for (int w : kWidths)
+        if (row_tiles * ((cols + w - 1) / w) <= sms) return w;
+    return kWidths[sizeof(kWidths) / sizeof(kWidths[0]) - 1];
 }
 
 } // namespace
@@ -438,7 +384,7 @@ extern "C" int mv_qkv_wgmma_supported(const mv_qkv_args *a, const mv_cuda_device
     const int64_t strides[3] = {a->q_stride, a->k_stride, a->v_stride};
     for (int i = 0; i < 3; ++i)
         if (reinterpret_cast<uintptr_t>(outs[i]) % 4 != 0 || strides[i] % 2 != 0) return 0;
-    return mv_tensor_map_encoder() != nullptr;
+    return mv_tensor_maps_available();
 #else
     (void)a;
     (void)dev;
@@ -463,14 +409,10 @@ extern "C" int mv_qkv_wgmma_cuda(const mv_qkv_args *a, void *stream, const mv_cu
     p.v_stride = a->v_stride;
     cudaStream_t s = static_cast<cudaStream_t>(stream);
     const bool pdl = mv_pdl_enabled(*dev);
-    const TileChoice t = choose_tile(a->in.rows, p.cols, dev->sms);
-    cudaError_t err = cudaErrorNotSupported;
-#define MV_TILE_CASE(BN, C, SPLIT)                                                                                   \
-    if (t.bn == BN && t.consumers == C && t.split_k == SPLIT) err = launch_tile<BN, C, SPLIT>(*a, p, s, *dev, pdl);
-    MV_TILE_CASE(16, 2, true)
-    MV_TILE_CASE(32, 2, true)
-    MV_TILE_CASE(64, 2, true)
-    MV_TILE_CASE(128, 2, true)
-#undef MV_TILE_CASE
-    return static_cast<int>(err);
+    switch (choose_width(a->in.rows, p.cols, dev->sms)) {
+        case 16: return static_cast<int>(launch_tile<16>(*a, p, s, *dev, pdl));
+        case 32: return static_cast<int>(launch_tile<32>(*a, p, s, *dev, pdl));
+        case 64: return static_cast<int>(launch_tile<64>(*a, p, s, *dev, pdl));
+        default: return static_cast<int>(launch_tile<128>(*a, p, s, *dev, pdl));
+    }
 }
