@@ -61,6 +61,12 @@ __device__ __forceinline__ uint64_t mv_evict_last_policy() {
     asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;\n" : "=l"(policy));
     return policy;
 }
+/* Data reused by several blocks of a wave but too large to pin (a GEMM's weight columns). */
+__device__ __forceinline__ uint64_t mv_evict_normal_policy() {
+    uint64_t policy;
+    asm volatile("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;\n" : "=l"(policy));
+    return policy;
+}
 /* One box of a 2-D tensor map (coordinates innermost first) into this CTA's shared memory,
    completing the box's bytes on bar. */
 __device__ __forceinline__ void mv_tensor_copy_2d(void *dst, const CUtensorMap *map, int c0, int c1, uint64_t *bar,
@@ -88,6 +94,24 @@ __device__ __forceinline__ void mv_bulk_copy(void *dst, const void *src, unsigne
                  "l"(src), "r"(bytes), "r"(mv_shared_address(bar))
                  : "memory");
 }
+/* ---- stores by the copy engine ----------------------------------------------------------------- */
+
+/* One box of this CTA's shared memory (laid out as the map's swizzle says) to a 2-D tensor map at
+   coordinates (c0, c1), innermost first; parts outside the tensor are not written. The thread's
+   shared memory writes must be ordered before it (mv_fence_proxy_async_shared, then a barrier). */
+__device__ __forceinline__ void mv_tensor_store_2d(const CUtensorMap *map, int c0, int c1, const void *src) {
+    asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%1, %2}], [%3];\n" ::"l"(
+                     reinterpret_cast<uint64_t>(map)),
+                 "r"(c0), "r"(c1), "r"(mv_shared_address(src))
+                 : "memory");
+}
+/* Closes this thread's group of stores issued since the last commit. */
+__device__ __forceinline__ void mv_bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+/* Until this thread's committed stores have read their shared memory (it may be rewritten). */
+__device__ __forceinline__ void mv_bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
+/* Until this thread's committed stores are complete. */
+__device__ __forceinline__ void mv_bulk_wait() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
+
 /* ---- fences and barriers --------------------------------------------------------------------- */
 
 /* Orders this thread's ordinary shared-memory writes before later reads by the async proxy

@@ -6,7 +6,7 @@ them by hand is error-prone, hence this generator. Run from the repository root:
 """
 import os
 
-WIDTHS = (16, 32, 64, 128)  # the tiles fused_rms_norm_qkv_wgmma.cu instantiates
+WIDTHS = (16, 32, 64, 128, 192, 256)  # the tile widths fused_rms_norm_qkv_wgmma.cu instantiates
 TYPES = (("__nv_bfloat16", "bf16"), ("__half", "f16"))
 
 HEADER = """\

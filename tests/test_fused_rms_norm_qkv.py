@@ -119,6 +119,17 @@ def test_rows(dev, dtype, M, rng):
     Case(dev, rng, dtype, (M,), 896, 14, 2, 64, "WT_view").run()
 
 
+# Long prefill: on sm_90 in bf16 the wgmma path's persistent 128-row kernel takes M >= 512 (forced
+# by MINIVLLM_QKV_PATH=wgmma, automatic where it is faster). Rows ending mid-tile, H ending
+# mid-stage (1000), a short K with more tiles than multiprocessors (H 128, 264 tiles: the ring
+# wraps within and across tiles), and q/k/v widths that are not multiples of 64 (240 / 80: its
+# pair-store epilogue instead of the copy engine's). Sizes keep the float64 reference cheap.
+@pytest.mark.parametrize("M,H,nh,nkv,hd", [(513, 896, 14, 2, 64), (1029, 1000, 3, 1, 80),
+                                           (600, 2048, 8, 1, 256), (4100, 128, 12, 2, 128)])
+def test_long_prefill(dev, dtype, M, H, nh, nkv, hd, rng):
+    Case(dev, rng, dtype, (M,), H, nh, nkv, hd).run()
+
+
 @pytest.mark.parametrize("ratio", [1, 2, 4, 7, 8])
 def test_gqa_ratios_odd_rows(dev, dtype, ratio, rng):
     M = int(rng.integers(0, 150)) * 2 + 1  # odd, 1..299
