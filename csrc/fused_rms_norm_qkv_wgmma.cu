@@ -157,8 +157,12 @@ __device__ __forceinline__ void fence_fragment(uint32_t (&a)[4]) {
    rows in mma.sync's A fragment order; lane l names row l % 8 (+ 8 for odd l / 8) of block l / 8.
    The 128-byte swizzle stores logical chunk c of line r at position c ^ (r % 8). gamma's slice of
    the stage lies beside it; the fragment's columns are k = 2 (lane % 4) (+1) and that + 8. Rows past
-   M were zero-filled by the copy, as were k past H, whose staged gamma is stale: taken as 0. */
-template <bool kSums = true>
+   M were zero-filled by the copy, as were k past H, whose staged gamma is stale: taken as 0.
+   kSharedGamma: gamma by explicit shared loads (the 128-row kernel, where the compiler's generic
+   loads sat between each wgmma wait and the next wgmma: Llama-3-8B M = 4096 376 -> 334 us), or as
+   plain loads the compiler schedules freely (the 64-row kernel, where the explicit loads measured
+   slower: Qwen3-0.6B M = 64 7.36 -> 7.90 us). */
+template <bool kSharedGamma>
 __device__ __forceinline__ void load_scaled_fragment(uint32_t (&a)[4], const __nv_bfloat16 *tile,
                                                      const __nv_bfloat16 *stage_gamma, int k_left, int warp,
                                                      int lane, int kk, float (&sum_sq)[2]) {
@@ -171,7 +175,10 @@ __device__ __forceinline__ void load_scaled_fragment(uint32_t (&a)[4], const __n
                  : "r"(addr));
     const int k = kk * 16 + 2 * (lane & 3);
     uint32_t g_lo, g_hi;
-    if (k_left >= kStageK) { /* warp-uniform: every stage but a last partial one */
+    if (!kSharedGamma) {
+        g_lo = k < k_left ? *reinterpret_cast<const uint32_t *>(stage_gamma + k) : 0u;
+        g_hi = k + 8 < k_left ? *reinterpret_cast<const uint32_t *>(stage_gamma + k + 8) : 0u;
+    } else if (k_left >= kStageK) { /* warp-uniform: every stage but a last partial one */
         g_lo = load_shared_u32(stage_gamma + k);
         g_hi = load_shared_u32(stage_gamma + k + 8);
     } else {
@@ -182,10 +189,8 @@ __device__ __forceinline__ void load_scaled_fragment(uint32_t (&a)[4], const __n
     for (int i = 0; i < 4; ++i) {
         /* bf16 -> float is a shift; the product of two bf16 is exact in float, so the bf16x2
            multiply rounds it once, as float math then a rounding would */
-        if (kSums) {
-            const float lo = __uint_as_float(a[i] << 16), hi = __uint_as_float(a[i] & 0xffff0000u);
-            sum_sq[i & 1] = fmaf(lo, lo, fmaf(hi, hi, sum_sq[i & 1]));
-        }
+        const float lo = __uint_as_float(a[i] << 16), hi = __uint_as_float(a[i] & 0xffff0000u);
+        sum_sq[i & 1] = fmaf(lo, lo, fmaf(hi, hi, sum_sq[i & 1]));
         const uint32_t g = i < 2 ? g_lo : g_hi;
         __nv_bfloat162 prod = __hmul2(*reinterpret_cast<const __nv_bfloat162 *>(&a[i]),
                                       *reinterpret_cast<const __nv_bfloat162 *>(&g));
@@ -315,7 +320,7 @@ __global__ void __launch_bounds__(kThreads)
         uint32_t frag[kStageK / 16][4];
 #pragma unroll
         for (int kk = 0; kk < kStageK / 16; ++kk)
-            load_scaled_fragment(frag[kk], a, gamma_stages + s * kStageK, p.hidden - kt * kStageK, warp, lane, kk,
+            load_scaled_fragment<false>(frag[kk], a, gamma_stages + s * kStageK, p.hidden - kt * kStageK, warp, lane, kk,
                                  sum_sq);
         wgmma_fence();
         fence_accumulators(acc);
@@ -571,7 +576,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                 return a_tiles + static_cast<size_t>(slot) * kWideRows * kStageK + c * kTileRows * kStageK;
             };
             mv_mbarrier_wait(&full[s], phase);
-            load_scaled_fragment(frag[0], stage_a(s), gamma_stages + s * kStageK, p.hidden, warp, lane, 0,
+            load_scaled_fragment<true>(frag[0], stage_a(s), gamma_stages + s * kStageK, p.hidden, warp, lane, 0,
                                         sum_sq);
             int held = -1; /* a slot whose last group may still run */
             for (int kt = 0; kt < k_tiles; ++kt) {
@@ -586,11 +591,11 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
                 for (int kk = 0; kk < kStageK / 16; ++kk) {
                     if (kk + 1 < kStageK / 16) {
-                        load_scaled_fragment(frag[kk + 1], stage_a(s), gamma_stages + s * kStageK, k_left,
+                        load_scaled_fragment<true>(frag[kk + 1], stage_a(s), gamma_stages + s * kStageK, k_left,
                                                     warp, lane, kk + 1, sum_sq);
                     } else if (kt + 1 < k_tiles) {
                         mv_mbarrier_wait(&full[next], next_phase);
-                        load_scaled_fragment(frag[0], stage_a(next), gamma_stages + next * kStageK,
+                        load_scaled_fragment<true>(frag[0], stage_a(next), gamma_stages + next * kStageK,
                                                     k_left - kStageK, warp, lane, 0, sum_sq);
                     }
                     fence_fragment(frag[kk]);
