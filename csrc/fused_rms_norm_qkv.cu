@@ -212,16 +212,17 @@ constexpr int64_t kStreamMaxStagedElements = 24576;
    - its 64-row kernel: Qwen2.5-0.5B (H 896, N 1152) M = 32 5.47 vs 7.00, 64 5.27 vs 7.00, 128
      5.60 vs 7.11, 256 7.03 vs 7.55; Qwen3-0.6B (H 1024, N 4096) M = 32 7.40 vs 7.70, 64 7.35 vs
      7.81, but 128 9.58 vs 8.05;
-   - its 128-row kernel (M >= 512): Qwen3-0.6B M = 1024 16.56 vs 17.89, 2048 29.62 vs 30.26, but
-     512 13.37 vs 11.96 and 4096 56.76 vs 55.82; Qwen2.5-0.5B loses at every M (M = 1024 11.17 vs
-     9.28; benchmarks/results/qkv-prefill-nvidia-h200-2026-11-22.log);
+   - its 128-row kernel (M >= 512) is not taken: it won only where its tiles fill whole waves of
+     multiprocessors (Qwen3-0.6B M = 1024 16.56 vs 17.89, 2048 29.62 vs 30.26) and loses just
+     past them (M = 1029: 26.1 us, a second, nearly empty wave), at 512 (13.37 vs 11.96) and 4096
+     (56.76 vs 55.82); Qwen2.5-0.5B loses at every M (M = 1024 11.17 vs 9.28;
+     benchmarks/results/qkv-prefill-nvidia-h200-2026-11-22.log);
    - Llama-3-8B and Qwen3-4B (H 4096, 2560) lose at every M (M = 32: 23.1 vs 18.9, 15.8 vs 14.1;
      M = 4096: 309 vs 279, 195 vs 178): each tile walks all of H in 64-k stages, and the 128-row
      kernel's main loop runs at ~670 TFLOP/s where cuBLAS reaches ~770. */
 bool wgmma_wins(int64_t rows, int64_t hidden, int64_t cols) {
     if (hidden > 1024) return false;
-    if (rows <= 64 || (cols <= 2048 && rows <= 256)) return true;
-    return cols >= 4096 && rows >= 1024 && rows <= 2048;
+    return rows <= 64 || (cols <= 2048 && rows <= 256);
 }
 constexpr int kResidualMaxThreads = 256;
 
@@ -291,8 +292,8 @@ mv_qkv_path mv_qkv_forced_path() {
 /* The dispatcher. One rule per path, in order:
    - skinny M (decode, small batches; fp16/bf16, M <= kStreamMaxRows and M * H <=
      kStreamMaxStagedElements, nn.Linear layout, H % 8 == 0): the W stream on tensor cores;
-   - then, on sm_90 in bf16 where wgmma_wins (small H: M up to 64 or 256, or 1024..2048 for
-     N >= 4096): the one-kernel norm + GEMM on wgmma;
+   - then, on sm_90 in bf16 where wgmma_wins (small H, M up to 64 or 256): the one-kernel norm +
+     GEMM on wgmma;
    - otherwise the rms_norm kernel + a GEMM: cuBLASLt where libcublasLt loads, else (fp16/bf16,
      sm_80+, nn.Linear layout, H % 8 == 0) our own tensor-core GEMM, slower than cuBLASLt but far
      faster than

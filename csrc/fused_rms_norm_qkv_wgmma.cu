@@ -21,10 +21,12 @@
  *   - The 128-row kernel (long prefill): persistent blocks of 128 x BN tiles (BN 128/192/256),
  *     each consumer owning 64 rows over all of K, two k16 wgmma groups in flight, the output
  *     stored by the copy engine; see its section below.
- * Where each runs (the dispatcher's wgmma_wins, fused_rms_norm_qkv.cu): only where it beat
- * norm + cuBLASLt on an H200. Both lose for large H: each tile walks all of H in 64-k stages, and
- * the 128-row kernel's main loop (RS wgmma plus the norm's work per fragment) runs at ~670 dense
- * bf16 TFLOP/s where cuBLAS reaches ~770.
+ * Where each runs (the dispatcher's wgmma_wins, fused_rms_norm_qkv.cu): the 64-row kernel only
+ * where it beat norm + cuBLASLt on an H200; the 128-row kernel only when forced
+ * (MINIVLLM_QKV_PATH=wgmma), as it beat norm + cuBLASLt only where its tiles fill whole waves.
+ * Both lose for large H: each tile walks all of H in 64-k stages, and the 128-row kernel's main
+ * loop (RS wgmma plus the norm's work per fragment) runs at ~670 dense bf16 TFLOP/s where cuBLAS
+ * reaches ~770.
  *
  * Numerics (documented in minivllm_kernels.h): gamma * x is rounded to bf16 before the product
  * and rrms multiplies the float32 sum, where the other fast paths round gamma * x * rrms. Same
@@ -65,7 +67,7 @@ struct WgmmaParams {
     int q_cols, kv_cols;
     int stages;
     float eps;
-    int vector_out; /* q/k/v are stored by the copy engine (OutMaps; the wide kernel) */
+    int copy_out; /* q/k/v are stored by the copy engine (OutMaps; the 128-row kernel) */
     const __nv_bfloat16 *gamma;
     __nv_bfloat16 *q, *k, *v;
     int64_t q_stride, k_stride, v_stride;
@@ -383,10 +385,6 @@ __global__ void __launch_bounds__(kThreads)
    by multicast (1.5x slower), the row sums in the producer warpgroup's idle warps (slower: they
    contend for issue slots and shared-memory bandwidth), 128 x 128 tiles (0.6x), a whole stage of
    fragments loaded ahead (ptxas then serializes every wgmma, C7513). */
-constexpr int kRasterRows = 16;
-/* setmaxnreg: 128 x 40 + 256 x 232 <= 64 K registers */
-constexpr int kProducerRegisters = 40;
-constexpr int kConsumerRegisters = 232;
 
 /* The output tensors as the copy engine sees them: q, k, v, each [M, width] with its row stride,
    in boxes of 64 rows x 64 columns (128-byte swizzle). */
@@ -395,7 +393,7 @@ struct OutMaps {
 };
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-/* The wide kernel's epilogue where q/k/v widths are multiples of 64 (OutMaps): the consumer's 64
+/* The 128-row kernel's epilogue where q/k/v widths are multiples of 64 (OutMaps): the consumer's 64
    rows go out by the copy engine in passes of kColumns columns through its staging buffer, so the
    consumer only writes shared memory and goes on to its next tile while the stores drain. (Its
    4-byte pair stores, straight from the accumulators, took a third of the kernel's time at
@@ -448,10 +446,10 @@ __device__ __forceinline__ void store_rows_by_copy(const WgmmaParams &p, const O
         }
     }
 }
-#endif
 
 /* Tile t of the grid: its row block and column block, in groups of kRasterRows row blocks
    (row block fastest within a group). */
+constexpr int kRasterRows = 16;
 __device__ __forceinline__ void raster_tile(int t, int m_blocks, int n_blocks, int *m_blk, int *n_blk) {
     const int group = t / (kRasterRows * n_blocks);
     const int first = group * kRasterRows;
@@ -460,6 +458,7 @@ __device__ __forceinline__ void raster_tile(int t, int m_blocks, int n_blocks, i
     *m_blk = first + idx % group_rows;
     *n_blk = idx / group_rows;
 }
+#endif
 
 template <int BN>
 __global__ void __launch_bounds__(kThreads, 1)
@@ -467,6 +466,8 @@ __global__ void __launch_bounds__(kThreads, 1)
                           const __grid_constant__ OutMaps out_maps, WgmmaParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     using Sh = WideTile<BN>;
+    constexpr int kProducerRegisters = 40; /* setmaxnreg: 128 x 40 + 256 x 232 <= 64 K registers */
+    constexpr int kConsumerRegisters = 232;
     unsigned char *base = aligned_shared_base();
     const int stages = p.stages;
     __nv_bfloat16 *a_tiles = reinterpret_cast<__nv_bfloat16 *>(base);
@@ -624,7 +625,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                 for (int o = 1; o < 4; o <<= 1) sum_sq[i] += __shfl_xor_sync(0xffffffffu, sum_sq[i], o);
             const float rrms_rows[2] = {row_rrms(p, sum_sq[0]), row_rrms(p, sum_sq[1])};
             const int row0 = m_blk * kWideRows + c * kTileRows, n0 = n_blk * BN;
-            if (p.vector_out)
+            if (p.copy_out)
                 store_rows_by_copy<BN, Sh::out_columns>(p, out_maps, acc, rrms_rows, row0, n0, warp, lane, tid,
                                                         out_stage + c * (Sh::out_bytes / kConsumers), 2 + c);
             else
@@ -681,11 +682,11 @@ cudaError_t launch_tile(const mv_qkv_args &a, const WgmmaParams &base, cudaStrea
     if constexpr (kWide) {
         auto kernel = qkv_wgmma_wide_kernel<BN>;
         OutMaps out_maps;
-        if (p.vector_out &&
+        if (p.copy_out &&
             !(encode_rows(&out_maps.q, a.q, a.in.rows, a.q_cols, a.q_stride, kTileRows, false) &&
               encode_rows(&out_maps.k, a.k, a.in.rows, a.kv_cols, a.k_stride, kTileRows, false) &&
               encode_rows(&out_maps.v, a.v, a.in.rows, a.kv_cols, a.v_stride, kTileRows, false)))
-            p.vector_out = 0;
+            p.copy_out = 0;
         err = mv_allow_shared(kernel, smem, opt_in, dev.device);
         if (err != cudaSuccess) return err;
         const int64_t tiles = m_blocks * n_blocks;
@@ -794,8 +795,8 @@ extern "C" int mv_qkv_wgmma_cuda(const mv_qkv_args *a, void *stream, const mv_cu
     p.q_stride = a->q_stride;
     p.k_stride = a->k_stride;
     p.v_stride = a->v_stride;
-    p.vector_out = a->q_cols % 64 == 0 && a->kv_cols % 64 == 0 && mv_aligned16(a->q, a->q_stride, 2) &&
-                   mv_aligned16(a->k, a->k_stride, 2) && mv_aligned16(a->v, a->v_stride, 2);
+    p.copy_out = a->q_cols % 64 == 0 && a->kv_cols % 64 == 0 && mv_aligned16(a->q, a->q_stride, 2) &&
+                 mv_aligned16(a->k, a->k_stride, 2) && mv_aligned16(a->v, a->v_stride, 2);
     cudaStream_t s = static_cast<cudaStream_t>(stream);
     const bool pdl = mv_pdl_enabled(*dev);
     const TileShape t = choose_shape(a->in.rows, p.cols, dev->sms);
