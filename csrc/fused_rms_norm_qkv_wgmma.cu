@@ -382,8 +382,8 @@ __global__ void __launch_bounds__(kThreads)
    memory, 305-307 by the copy engine, 301 with no stores at all; with pair stores but without
    the norm's work 320 (A from registers) and 319 (A read by wgmma from shared memory); cuBLAS on
    pre-normalized x 265-300 in the same runs. Tried and dropped: clusters of two blocks sharing W
-   by multicast (1.5x slower), the row sums in the producer warpgroup's idle warps (slower: they
-   contend for issue slots and shared-memory bandwidth), 128 x 128 tiles (0.6x), a whole stage of
+   by multicast (1.4-1.5x slower), the row sums in the producer warpgroup's idle warps (slower: they
+   contend for issue slots and shared-memory bandwidth), 128 x 128 tiles (0.67x), a whole stage of
    fragments loaded ahead (ptxas then serializes every wgmma, C7513). */
 
 /* The output tensors as the copy engine sees them: q, k, v, each [M, width] with its row stride,
