@@ -5,8 +5,8 @@
 #   usage: scripts/gpu_check.sh OUTDIR     (MINIVLLM_COMMIT names the commit when there is no .git)
 #   SKIP="bench sanitizers" scripts/gpu_check.sh OUTDIR    leaves steps out (build stays; "tests"
 #   leaves the test suite out too); SANITIZERS="memcheck-wgmma ..." runs only the named sanitizer runs
-# About ten minutes on an H100/H200, plus about three for the -wgmma sanitizer runs: where one call
-# is limited to ten, split the check with SKIP and SANITIZERS.
+# About ten minutes on an H100/H200 (the three -wgmma sanitizer runs took 20 s of it on an H200);
+# where one call is limited to ten, split the check with SKIP and SANITIZERS.
 set -uo pipefail
 out=${1:?usage: scripts/gpu_check.sh OUTDIR}
 mkdir -p "$out"
