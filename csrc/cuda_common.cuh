@@ -41,6 +41,14 @@ __device__ __forceinline__ void mv_pdl_trigger() {
 __device__ __forceinline__ uint32_t mv_shared_address(const void *p) {
     return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
+/* Four 8 x 8 matrices of 16-bit elements from shared memory (ldmatrix.x4): lane l gives the address
+   of row l % 8 of matrix l / 8 and receives its share of each in r[0..3], in the mma fragment
+   layout. */
+__device__ __forceinline__ void mv_ldmatrix_x4(uint32_t r[4], const void *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(mv_shared_address(p)));
+}
 /* c += A . B on tensor cores, mma.sync m16n8k16 with fp32 accumulate; T is __half or
    __nv_bfloat16. a0..a3 and b0, b1 are the instruction's A and B fragments (PTX ISA layout). */
 template <typename T>

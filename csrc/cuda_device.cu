@@ -1,9 +1,11 @@
 /*
- * cuda_device.cu: the device properties, the PDL switch and the tensor maps of cuda_device.h.
+ * cuda_device.cu: the device properties, the PDL switch, the tensor maps and the forced tile
+ * shapes of cuda_device.h.
  */
 #include "cuda_device.h"
 
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
@@ -125,4 +127,13 @@ bool mv_swizzled_tensor_map(CUtensorMap *map, bool bf16, int rank, const void *d
         e.map = *map;
     }
     return ok;
+}
+
+mv_tile_shape mv_env_tile_shape(const char *name, const mv_tile_shape *shapes, int count) {
+    const char *v = getenv(name);
+    int rows = 0, cols = 0;
+    if (v != nullptr && sscanf(v, "%dx%d", &rows, &cols) == 2)
+        for (int i = 0; i < count; ++i)
+            if (shapes[i].rows == rows && shapes[i].cols == cols) return shapes[i];
+    return mv_tile_shape{0, 0};
 }

@@ -46,6 +46,14 @@ bool mv_swizzled_tensor_map(CUtensorMap *map, bool bf16, int rank, const void *d
 /* Whether the driver can encode tensor maps at all. */
 bool mv_tensor_maps_available();
 
+/* A GEMM tile, rows x columns. */
+struct mv_tile_shape {
+    int rows, cols;
+};
+/* The tile named by environment variable `name` as "RxC" where it is one of shapes[0..count), else
+   {0, 0} (benchmarks of a launcher's choice: MINIVLLM_QKV_TILE, MINIVLLM_QKV_WGMMA_TILE). */
+mv_tile_shape mv_env_tile_shape(const char *name, const mv_tile_shape *shapes, int count);
+
 /* kernel<<<grid, block, smem, stream>>>(args...), with the PDL attribute when pdl is true. */
 template <typename... Params, typename... Args>
 cudaError_t mv_launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, bool pdl,

@@ -21,8 +21,6 @@
  * - Numerics: those of the norm + cuBLASLt path (y rounded to the dtype, fp32 accumulation).
  */
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
 
 #include "cuda_common.cuh"
 #include "fused_rms_norm_qkv_paths.h"
@@ -44,12 +42,6 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int kPending>
 __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void *p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(mv_shared_address(p)));
 }
 
 /* Byte offset of 16-byte piece j of line `row` in a stage (the XOR swizzle above). */
@@ -134,13 +126,13 @@ __global__ void __launch_bounds__(kThreads) qkv_tile_gemm_kernel(const T *__rest
 #pragma unroll
             for (int i = 0; i < kMT; ++i) {
                 const int r = warp_m * (BM / 2) + i * 16 + (lane & 15);
-                ldmatrix_x4(a[i], ys + swizzled(r, ks * 2 + (lane >> 4)));
+                mv_ldmatrix_x4(a[i], ys + swizzled(r, ks * 2 + (lane >> 4)));
             }
 #pragma unroll
             for (int jp = 0; jp < kNT / 2; ++jp) {
                 uint32_t b[4];
                 const int r = warp_n * (BN / 2) + jp * 16 + (lane & 7) + ((lane >> 4) << 3);
-                ldmatrix_x4(b, ws + swizzled(r, ks * 2 + ((lane >> 3) & 1)));
+                mv_ldmatrix_x4(b, ws + swizzled(r, ks * 2 + ((lane >> 3) & 1)));
 #pragma unroll
                 for (int i = 0; i < kMT; ++i) {
                     mv_mma_16x8x16<T>(acc[i][2 * jp], a[i][0], a[i][1], a[i][2], a[i][3], b[0], b[1]);
@@ -180,27 +172,15 @@ __global__ void __launch_bounds__(kThreads) qkv_tile_gemm_kernel(const T *__rest
 #endif
 }
 
-struct TileShape {
-    int bm, bn;
-};
-
 /* The tile shapes, largest first. The launcher takes the first that still gives every SM a block
    (or the smallest); MINIVLLM_QKV_TILE=BMxBN forces one (benchmarks). Small tiles get more
    stages, so a block still keeps tens of KiB of W in flight. */
-constexpr TileShape kShapes[] = {{128, 128}, {64, 128}, {64, 64}, {32, 64}, {32, 32}};
+constexpr mv_tile_shape kShapes[] = {{128, 128}, {64, 128}, {64, 64}, {32, 64}, {32, 32}};
 constexpr int stages_for(int bm, int bn) { return bm * bn >= 128 * 128 ? 3 : bm * bn >= 64 * 64 ? 4 : bm * bn >= 32 * 64 ? 6 : 8; }
 
-TileShape forced_shape() {
-    static const TileShape shape = [] {
-        TileShape s = {0, 0};
-        const char *v = getenv("MINIVLLM_QKV_TILE");
-        if (v == nullptr) return s;
-        int bm = 0, bn = 0;
-        if (sscanf(v, "%dx%d", &bm, &bn) != 2) return s;
-        for (const TileShape &c : kShapes)
-            if (c.bm == bm && c.bn == bn) s = c;
-        return s;
-    }();
+mv_tile_shape forced_shape() {
+    static const mv_tile_shape shape =
+        mv_env_tile_shape("MINIVLLM_QKV_TILE", kShapes, static_cast<int>(sizeof(kShapes) / sizeof(kShapes[0])));
     return shape;
 }
 
@@ -220,21 +200,21 @@ cudaError_t launch_shape(const T *y, const mv_qkv_args &a, cudaStream_t stream, 
 }
 
 template <typename T>
-cudaError_t launch_typed(const void *y, const mv_qkv_args &a, TileShape shape, cudaStream_t stream,
+cudaError_t launch_typed(const void *y, const mv_qkv_args &a, mv_tile_shape shape, cudaStream_t stream,
                          const mv_cuda_device &dev) {
     const T *yt = static_cast<const T *>(y);
-    if (shape.bm == 128) return launch_shape<T, 128, 128>(yt, a, stream, dev);
-    if (shape.bm == 64 && shape.bn == 128) return launch_shape<T, 64, 128>(yt, a, stream, dev);
-    if (shape.bm == 64) return launch_shape<T, 64, 64>(yt, a, stream, dev);
-    if (shape.bn == 64) return launch_shape<T, 32, 64>(yt, a, stream, dev);
+    if (shape.rows == 128) return launch_shape<T, 128, 128>(yt, a, stream, dev);
+    if (shape.rows == 64 && shape.cols == 128) return launch_shape<T, 64, 128>(yt, a, stream, dev);
+    if (shape.rows == 64) return launch_shape<T, 64, 64>(yt, a, stream, dev);
+    if (shape.cols == 64) return launch_shape<T, 32, 64>(yt, a, stream, dev);
     return launch_shape<T, 32, 32>(yt, a, stream, dev);
 }
 
-TileShape choose_shape(int64_t rows, int64_t cols, int sms) {
-    const TileShape forced = forced_shape();
-    if (forced.bm != 0) return forced;
-    for (const TileShape &s : kShapes) {
-        const int64_t blocks = (rows + s.bm - 1) / s.bm * ((cols + s.bn - 1) / s.bn);
+mv_tile_shape choose_shape(int64_t rows, int64_t cols, int sms) {
+    const mv_tile_shape forced = forced_shape();
+    if (forced.rows != 0) return forced;
+    for (const mv_tile_shape &s : kShapes) {
+        const int64_t blocks = (rows + s.rows - 1) / s.rows * ((cols + s.cols - 1) / s.cols);
         if (blocks >= sms) return s;
     }
     return kShapes[sizeof(kShapes) / sizeof(kShapes[0]) - 1];
@@ -253,7 +233,7 @@ extern "C" int mv_qkv_tile_supported(const mv_qkv_args *a, const mv_cuda_device 
 
 extern "C" int mv_qkv_tile_gemm_cuda(const void *y, const mv_qkv_args *a, void *stream, const mv_cuda_device *dev) {
     cudaStream_t s = static_cast<cudaStream_t>(stream);
-    const TileShape shape = choose_shape(a->in.rows, a->q_cols + 2 * a->kv_cols, dev->sms);
+    const mv_tile_shape shape = choose_shape(a->in.rows, a->q_cols + 2 * a->kv_cols, dev->sms);
     const cudaError_t err = a->in.dtype == MV_BFLOAT16 ? launch_typed<__nv_bfloat16>(y, *a, shape, s, *dev)
                                                        : launch_typed<__half>(y, *a, shape, s, *dev);
     return static_cast<int>(err);

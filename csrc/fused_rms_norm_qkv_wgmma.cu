@@ -40,8 +40,6 @@
  */
 #include <climits>
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
 
 #include <cuda.h> /* CUtensorMap (types only: maps come from cuda_device.h) */
 
@@ -63,39 +61,37 @@ constexpr int kSharedAlign = 1024;        /* the 128-byte swizzle repeats every 
 constexpr int kWideRows = kConsumers * kTileRows; /* the 128-row kernel's tile rows */
 
 struct WgmmaParams {
-    int rows, hidden, cols; /* M, H, N */
-    int q_cols, kv_cols;
+    mv_qkv_args a;          /* the call: gamma, eps, q / k / v and their strides */
+    int rows, hidden, cols; /* M, H, N as int for the index math (mv_qkv_wgmma_supported: < 2^31) */
     int stages;
-    float eps;
     int copy_out; /* q/k/v are stored by the copy engine (OutMaps; the 128-row kernel) */
-    const __nv_bfloat16 *gamma;
-    __nv_bfloat16 *q, *k, *v;
-    int64_t q_stride, k_stride, v_stride;
 };
 
-/* Shared memory of the 64-row kernel's block of 64 x BN outputs: the ring of stages (x tile, then
-   W tile), then gamma's slice of each stage, the full and empty barriers, and the partial sums
-   consumer 1 hands to consumer 0. */
-template <int BN>
-struct Tile {
-    static constexpr int a_bytes = kTileRows * kLineBytes;
+/* A ring stage of a kRows x BN tile: the x tile, then the W tile, each kRows (BN) lines of 64 k. */
+template <int kRows, int BN>
+struct Stage {
+    static constexpr int a_bytes = kRows * kLineBytes;
     static constexpr int b_bytes = BN * kLineBytes;
     static constexpr int stage_bytes = a_bytes + b_bytes;
     static_assert(a_bytes % kSharedAlign == 0 && b_bytes % kSharedAlign == 0, "stages keep the swizzle alignment");
+};
+
+/* Shared memory of the 64-row kernel's block of 64 x BN outputs: the ring of stages, then gamma's
+   slice of each stage, the full and empty barriers, and the partial sums consumer 1 hands to
+   consumer 0. */
+template <int BN>
+struct Tile : Stage<kTileRows, BN> {
     static constexpr int reduce_stride = BN / 2 + 2; /* per thread: accumulators, then two row sums */
     static constexpr int tail_bytes = kMaxStages * kLineBytes + 2 * kMaxStages * 8 +
                                       (kConsumers - 1) * kGroupThreads * reduce_stride * 4;
 };
 
-/* The 128-row kernel's: the ring of stages (x tile, W tile), each consumer's staging buffer for its
-   output rows (64 rows x 128 columns of bf16, written through in passes; 1 KiB aligned, as the
-   swizzle needs), gamma's slice of each stage, then the barriers. */
+/* The 128-row kernel's: the ring of stages, each consumer's staging buffer for its output rows
+   (64 rows x 128 columns of bf16, written through in passes; 1 KiB aligned, as the swizzle
+   needs), gamma's slice of each stage, then the barriers. */
 template <int BN>
-struct WideTile {
-    static constexpr int a_bytes = kWideRows * kLineBytes;
-    static constexpr int b_bytes = BN * kLineBytes;
-    static constexpr int stage_bytes = a_bytes + b_bytes;
-    static constexpr int ring_stage_bytes = stage_bytes + kLineBytes; /* with gamma's slice */
+struct WideTile : Stage<kWideRows, BN> {
+    static constexpr int ring_stage_bytes = Stage<kWideRows, BN>::stage_bytes + kLineBytes; /* with gamma's slice */
     static constexpr int out_columns = 128; /* 256 (one pass, but three stages) measured no faster */
     static constexpr int out_bytes = kConsumers * kTileRows * out_columns * 2;
     static constexpr int tail_bytes = out_bytes + 2 * kMaxStages * 8;
@@ -115,6 +111,52 @@ __device__ __forceinline__ unsigned char *aligned_shared_base() {
 __device__ __forceinline__ unsigned stage_gamma_bytes(const WgmmaParams &p, int kt) {
     const int left = p.hidden - kt * kStageK;
     return static_cast<unsigned>((left < kStageK ? left : kStageK) * 2);
+}
+
+/* The producer of both kernels, one thread: stage i of the block's sequence, in slot i % stages,
+   is k tile kt of the tile whose rows start at m0 and columns at n0 (origin(i, &m0, &n0, &kt));
+   its x tile (kRows x 64), W tile (BN x 64) and gamma's slice complete together on full[slot].
+   W is a weight no kernel writes (the decode stream assumes the same), so its first stages are
+   requested before the PDL wait; x may be the previous kernel's output. A stage of a later round
+   waits for its slot's empty barrier. */
+template <int kRows, int BN, typename Origin>
+__device__ __forceinline__ void produce_stages(const CUtensorMap *x_map, const CUtensorMap *w_map,
+                                               const WgmmaParams &p, __nv_bfloat16 *a_tiles,
+                                               __nv_bfloat16 *b_tiles, __nv_bfloat16 *gamma_stages, uint64_t *full,
+                                               uint64_t *empty, int total, uint64_t w_policy, Origin origin) {
+    constexpr unsigned kStageBytes = (kRows + BN) * kLineBytes;
+    const uint64_t x_policy = mv_evict_last_policy();
+    const __nv_bfloat16 *gamma = static_cast<const __nv_bfloat16 *>(p.a.in.norm_weight);
+    const int stages = p.stages;
+    const int first = total < stages ? total : stages;
+    auto request_w = [&](int slot, int kt, int n0) {
+        mv_mbarrier_arrive_expect_tx(&full[slot], kStageBytes + stage_gamma_bytes(p, kt));
+        mv_tensor_copy_2d(b_tiles + static_cast<size_t>(slot) * BN * kStageK, w_map, kt * kStageK, n0, &full[slot],
+                          w_policy);
+    };
+    for (int i = 0; i < first; ++i) {
+        int m0, n0, kt;
+        origin(i, &m0, &n0, &kt);
+        request_w(i, kt, n0);
+    }
+    mv_pdl_wait();
+    int s = 0;
+    unsigned round = 0; /* parity of the slot's round; a later round waits for the previous one's release */
+    for (int i = 0; i < total; ++i) {
+        int m0, n0, kt;
+        origin(i, &m0, &n0, &kt);
+        if (i >= first) {
+            mv_mbarrier_wait(&empty[s], round ^ 1u);
+            request_w(s, kt, n0);
+        }
+        mv_tensor_copy_2d(a_tiles + static_cast<size_t>(s) * kRows * kStageK, x_map, kt * kStageK, m0, &full[s],
+                          x_policy);
+        mv_bulk_copy(gamma_stages + s * kStageK, gamma + kt * kStageK, stage_gamma_bytes(p, kt), &full[s]);
+        if (++s == stages) {
+            s = 0;
+            round ^= 1u;
+        }
+    }
 }
 
 /* wgmma shared-memory descriptor of a K-major tile stored as 128-byte swizzled lines: start
@@ -171,10 +213,7 @@ __device__ __forceinline__ void load_scaled_fragment(uint32_t (&a)[4], const __n
     const int block = lane >> 3;
     const int row = warp * 16 + (lane & 7) + 8 * (block & 1);
     const int chunk = 2 * kk + (block >> 1);
-    const uint32_t addr = mv_shared_address(tile + row * kStageK + ((chunk ^ (row & 7)) * 8));
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
-                 : "r"(addr));
+    mv_ldmatrix_x4(a, tile + row * kStageK + ((chunk ^ (row & 7)) * 8));
     const int k = kk * 16 + 2 * (lane & 3);
     uint32_t g_lo, g_hi;
     if (!kSharedGamma) {
@@ -202,7 +241,7 @@ __device__ __forceinline__ void load_scaled_fragment(uint32_t (&a)[4], const __n
 
 /* rrms = 1 / sqrt(sum x^2 / H + eps) of a row, from its whole sum of squares. */
 __device__ __forceinline__ float row_rrms(const WgmmaParams &p, float sum_sq) {
-    return rsqrtf(sum_sq / static_cast<float>(p.hidden) + p.eps);
+    return rsqrtf(sum_sq / static_cast<float>(p.hidden) + p.a.in.eps);
 }
 
 /* The epilogue of both kernels: this thread's accumulators of a 64-row wgmma tile (rows row0 +
@@ -221,15 +260,7 @@ __device__ __forceinline__ void store_scaled_rows(const WgmmaParams &p, const fl
         for (int j = 0; j < BN / 8; ++j) {
             const int col = n0 + 8 * j + 2 * (lane % 4);
             if (col >= p.cols) continue;
-            __nv_bfloat16 *dst;
-            if (col < p.q_cols) {
-                dst = p.q + static_cast<int64_t>(row) * p.q_stride + col;
-            } else if (col < p.q_cols + p.kv_cols) {
-                dst = p.k + static_cast<int64_t>(row) * p.k_stride + (col - p.q_cols);
-            } else {
-                dst = p.v + static_cast<int64_t>(row) * p.v_stride + (col - p.q_cols - p.kv_cols);
-            }
-            *reinterpret_cast<__nv_bfloat162 *>(dst) =
+            *reinterpret_cast<__nv_bfloat162 *>(mv_qkv_output<__nv_bfloat16>(p.a, row, col)) =
                 __floats2bfloat162_rn(acc[4 * j + 2 * h] * rrms, acc[4 * j + 2 * h + 1] * rrms);
         }
     }
@@ -272,36 +303,14 @@ __global__ void __launch_bounds__(kThreads)
     mv_pdl_trigger();
 
     if (group == 0) {
-        /* ---- producer: one thread issues every copy ---- */
-        if (tid == 0) {
-            const uint64_t w_policy = mv_evict_first_policy();
-            const uint64_t x_policy = mv_evict_last_policy();
-            const int first = k_tiles < stages ? k_tiles : stages;
-            /* W is a weight no kernel writes: request its first stages before waiting for the
-               previous kernel (same assumption as the decode stream). x may be its output. */
-            auto gamma_bytes = [&](int kt) { return stage_gamma_bytes(p, kt); };
-            for (int kt = 0; kt < first; ++kt) {
-                mv_mbarrier_arrive_expect_tx(&full[kt], Sh::stage_bytes + gamma_bytes(kt));
-                mv_tensor_copy_2d(b_tiles + static_cast<size_t>(kt) * BN * kStageK, &w_map, kt * kStageK, n0,
-                                  &full[kt], w_policy);
-            }
-            mv_pdl_wait();
-            for (int kt = 0; kt < first; ++kt) {
-                mv_tensor_copy_2d(a_tiles + static_cast<size_t>(kt) * kTileRows * kStageK, &x_map, kt * kStageK, m0,
-                                  &full[kt], x_policy);
-                mv_bulk_copy(gamma_stages + kt * kStageK, p.gamma + kt * kStageK, gamma_bytes(kt), &full[kt]);
-            }
-            for (int kt = first; kt < k_tiles; ++kt) {
-                const int s = kt % stages;
-                mv_mbarrier_wait(&empty[s], static_cast<unsigned>((kt / stages - 1) & 1));
-                mv_mbarrier_arrive_expect_tx(&full[s], Sh::stage_bytes + gamma_bytes(kt));
-                mv_tensor_copy_2d(b_tiles + static_cast<size_t>(s) * BN * kStageK, &w_map, kt * kStageK, n0, &full[s],
-                                  w_policy);
-                mv_tensor_copy_2d(a_tiles + static_cast<size_t>(s) * kTileRows * kStageK, &x_map, kt * kStageK, m0, &full[s],
-                                  x_policy);
-                mv_bulk_copy(gamma_stages + s * kStageK, p.gamma + kt * kStageK, gamma_bytes(kt), &full[s]);
-            }
-        }
+        /* ---- producer: one thread issues every copy; stage kt is k tile kt of the block's tile ---- */
+        if (tid == 0)
+            produce_stages<kTileRows, BN>(&x_map, &w_map, p, a_tiles, b_tiles, gamma_stages, full, empty, k_tiles,
+                                          mv_evict_first_policy(), [&](int i, int *m, int *n, int *kt) {
+                                              *m = m0;
+                                              *n = n0;
+                                              *kt = i;
+                                          });
         return;
     }
 
@@ -435,12 +444,13 @@ __device__ __forceinline__ void store_rows_by_copy(const WgmmaParams &p, const O
                 const int col = n0 + pass * kColumns + box * 64;
                 if (pass * kColumns + box * 64 >= BN || col >= p.cols) break;
                 const unsigned char *src = buffer + box * kBoxBytes;
-                if (col < p.q_cols)
+                const int q_cols = static_cast<int>(p.a.q_cols), kv_cols = static_cast<int>(p.a.kv_cols);
+                if (col < q_cols)
                     mv_tensor_store_2d(&maps.q, col, row0, src);
-                else if (col < p.q_cols + p.kv_cols)
-                    mv_tensor_store_2d(&maps.k, col - p.q_cols, row0, src);
+                else if (col < q_cols + kv_cols)
+                    mv_tensor_store_2d(&maps.k, col - q_cols, row0, src);
                 else
-                    mv_tensor_store_2d(&maps.v, col - p.q_cols - p.kv_cols, row0, src);
+                    mv_tensor_store_2d(&maps.v, col - q_cols - kv_cols, row0, src);
             }
             mv_bulk_commit();
         }
@@ -498,55 +508,19 @@ __global__ void __launch_bounds__(kThreads, 1)
         /* ---- producer: stage i of this block is k tile i % k_tiles of its tile i / k_tiles ---- */
         asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegisters));
         if (tid == 0) {
-            const uint64_t x_policy = mv_evict_last_policy();
-            const uint64_t w_policy = mv_evict_normal_policy(); /* W columns are reused by a group's row blocks */
             const int blocks = static_cast<int>(gridDim.x);
             const int my_tiles = (tiles - static_cast<int>(blockIdx.x) + blocks - 1) / blocks;
-            const int total = my_tiles * k_tiles;
-            auto origin = [&](int i, int *m0, int *n0, int *kt) {
-                int m_blk, n_blk;
-                raster_tile(static_cast<int>(blockIdx.x) + (i / k_tiles) * blocks, m_blocks, n_blocks, &m_blk, &n_blk);
-                *m0 = m_blk * kWideRows;
-                *n0 = n_blk * BN;
-                *kt = i % k_tiles;
-            };
-            auto gamma_bytes = [&](int kt) { return stage_gamma_bytes(p, kt); };
-            auto copy_w = [&](int slot, int kt, int n0) {
-                mv_tensor_copy_2d(b_tiles + static_cast<size_t>(slot) * BN * kStageK, &w_map, kt * kStageK, n0,
-                                  &full[slot], w_policy);
-            };
-            const int first = total < stages ? total : stages;
-            /* W's first stages before waiting for the previous kernel (see the 64-row kernel) */
-            for (int i = 0; i < first; ++i) {
-                int m0, n0, kt;
-                origin(i, &m0, &n0, &kt);
-                mv_mbarrier_arrive_expect_tx(&full[i], Sh::stage_bytes + gamma_bytes(kt));
-                copy_w(i, kt, n0);
-            }
-            mv_pdl_wait();
-            for (int i = 0; i < first; ++i) {
-                int m0, n0, kt;
-                origin(i, &m0, &n0, &kt);
-                mv_tensor_copy_2d(a_tiles + static_cast<size_t>(i) * kWideRows * kStageK, &x_map, kt * kStageK, m0,
-                                  &full[i], x_policy);
-                mv_bulk_copy(gamma_stages + i * kStageK, p.gamma + kt * kStageK, gamma_bytes(kt), &full[i]);
-            }
-            int s = first % stages;
-            unsigned phase = 0; /* of the empty barrier being waited for: round - 1 */
-            for (int i = first; i < total; ++i) {
-                int m0, n0, kt;
-                origin(i, &m0, &n0, &kt);
-                mv_mbarrier_wait(&empty[s], phase);
-                mv_mbarrier_arrive_expect_tx(&full[s], Sh::stage_bytes + gamma_bytes(kt));
-                copy_w(s, kt, n0);
-                mv_tensor_copy_2d(a_tiles + static_cast<size_t>(s) * kWideRows * kStageK, &x_map, kt * kStageK, m0,
-                                  &full[s], x_policy);
-                mv_bulk_copy(gamma_stages + s * kStageK, p.gamma + kt * kStageK, gamma_bytes(kt), &full[s]);
-                if (++s == stages) {
-                    s = 0;
-                    phase ^= 1u;
-                }
-            }
+            /* W columns are reused by a raster group's row blocks: normal L2 priority, not first out */
+            produce_stages<kWideRows, BN>(&x_map, &w_map, p, a_tiles, b_tiles, gamma_stages, full, empty,
+                                          my_tiles * k_tiles, mv_evict_normal_policy(),
+                                          [&](int i, int *m0, int *n0, int *kt) {
+                                              int m_blk, n_blk;
+                                              raster_tile(static_cast<int>(blockIdx.x) + (i / k_tiles) * blocks,
+                                                          m_blocks, n_blocks, &m_blk, &n_blk);
+                                              *m0 = m_blk * kWideRows;
+                                              *n0 = n_blk * BN;
+                                              *kt = i % k_tiles;
+                                          });
         }
     } else {
         /* ---- consumers: consumer c owns rows 64 c .. 64 c + 63 of every tile ---- */
@@ -652,8 +626,8 @@ bool encode_rows(CUtensorMap *map, const void *data, int64_t rows, int64_t cols,
 /* One launch of the kRows-row kernel (64: split-k blocks, one per tile; 128: persistent, one
    block per multiprocessor) with tiles BN wide, on the deepest ring that fits. */
 template <int kRows, int BN>
-cudaError_t launch_tile(const mv_qkv_args &a, const WgmmaParams &base, cudaStream_t stream, const mv_cuda_device &dev,
-                        bool pdl) {
+cudaError_t launch_tile(const WgmmaParams &base, cudaStream_t stream, const mv_cuda_device &dev, bool pdl) {
+    const mv_qkv_args &a = base.a;
     constexpr bool kWide = kRows == kWideRows;
     static mv_shared_opt_in opt_in;
     const int k_tiles = static_cast<int>((a.in.hidden + kStageK - 1) / kStageK);
@@ -707,21 +681,12 @@ cudaError_t launch_tile(const mv_qkv_args &a, const WgmmaParams &base, cudaStrea
    form that split the rows between the consumers of a one-tile block (BN 128 and 256, wait_group
    0) was slower than the 64-row tiles at every M up to 512 (H200, bf16: Qwen3-0.6B M = 512 15.6 /
    23.1 us against 11.9 for norm + cuBLASLt; benchmarks/results/qkv-wgmma-nvidia-h200-2026-11-22.log). */
-struct TileShape {
-    int rows, cols;
-};
-constexpr TileShape kShapes[] = {{64, 16}, {64, 32}, {64, 64}, {64, 128}, {128, 128}, {128, 192}, {128, 256}};
+constexpr mv_tile_shape kShapes[] = {{64, 16}, {64, 32}, {64, 64}, {64, 128}, {128, 128}, {128, 192}, {128, 256}};
 constexpr int kWideMinRows = 512; /* the persistent 128-row kernel from here on */
 
-TileShape forced_shape() {
-    static const TileShape forced = [] {
-        const char *v = getenv("MINIVLLM_QKV_WGMMA_TILE");
-        int r = 0, c = 0;
-        if (v != nullptr && sscanf(v, "%dx%d", &r, &c) == 2)
-            for (const TileShape &t : kShapes)
-                if (t.rows == r && t.cols == c) return t;
-        return TileShape{0, 0};
-    }();
+mv_tile_shape forced_shape() {
+    static const mv_tile_shape forced = mv_env_tile_shape("MINIVLLM_QKV_WGMMA_TILE", kShapes,
+                                                          static_cast<int>(sizeof(kShapes) / sizeof(kShapes[0])));
     return forced;
 }
 
@@ -729,7 +694,7 @@ TileShape forced_shape() {
    multiprocessor (each block's chain of stages is what the call waits for, so W is spread over
    as many blocks as run at once; measured best of the four at every M the dispatcher sends
    there). From kWideMinRows: the persistent 128-row kernel, at the width below. */
-TileShape choose_shape(int64_t rows, int64_t cols, int sms) {
+mv_tile_shape choose_shape(int64_t rows, int64_t cols, int sms) {
     if (forced_shape().rows != 0) return forced_shape();
     if (rows >= kWideMinRows) {
         /* the width whose waves of tiles (one tile per multiprocessor at a time) cost least, a wave
@@ -739,21 +704,21 @@ TileShape choose_shape(int64_t rows, int64_t cols, int sms) {
         const struct {
             int width, cost_per_wave; /* width / rate, scaled */
         } options[] = {{256, 256}, {192, 229}, {128, 194}};
-        TileShape best = {kWideRows, 256};
+        mv_tile_shape best = {kWideRows, 256};
         int64_t best_cost = -1;
         for (const auto &o : options) {
             const int64_t waves = (m_blocks * ((cols + o.width - 1) / o.width) + sms - 1) / sms;
             if (best_cost < 0 || waves * o.cost_per_wave < best_cost) {
                 best_cost = waves * o.cost_per_wave;
-                best = TileShape{kWideRows, o.width};
+                best = mv_tile_shape{kWideRows, o.width};
             }
         }
         return best;
     }
     const int64_t row_tiles = (rows + kTileRows - 1) / kTileRows;
-    for (const TileShape &t : kShapes)
+    for (const mv_tile_shape &t : kShapes)
         if (t.rows == kTileRows && row_tiles * ((cols + t.cols - 1) / t.cols) <= sms) return t;
-    return TileShape{64, 128};
+    return mv_tile_shape{64, 128};
 }
 
 } // namespace
@@ -782,36 +747,27 @@ extern "C" int mv_qkv_wgmma_supported(const mv_qkv_args *a, const mv_cuda_device
 
 extern "C" int mv_qkv_wgmma_cuda(const mv_qkv_args *a, void *stream, const mv_cuda_device *dev) {
     WgmmaParams p = {};
+    p.a = *a;
     p.rows = static_cast<int>(a->in.rows);
     p.hidden = static_cast<int>(a->in.hidden);
     p.cols = static_cast<int>(a->q_cols + 2 * a->kv_cols);
-    p.q_cols = static_cast<int>(a->q_cols);
-    p.kv_cols = static_cast<int>(a->kv_cols);
-    p.eps = a->in.eps;
-    p.gamma = static_cast<const __nv_bfloat16 *>(a->in.norm_weight);
-    p.q = static_cast<__nv_bfloat16 *>(a->q);
-    p.k = static_cast<__nv_bfloat16 *>(a->k);
-    p.v = static_cast<__nv_bfloat16 *>(a->v);
-    p.q_stride = a->q_stride;
-    p.k_stride = a->k_stride;
-    p.v_stride = a->v_stride;
     p.copy_out = a->q_cols % 64 == 0 && a->kv_cols % 64 == 0 && mv_aligned16(a->q, a->q_stride, 2) &&
                  mv_aligned16(a->k, a->k_stride, 2) && mv_aligned16(a->v, a->v_stride, 2);
     cudaStream_t s = static_cast<cudaStream_t>(stream);
     const bool pdl = mv_pdl_enabled(*dev);
-    const TileShape t = choose_shape(a->in.rows, p.cols, dev->sms);
+    const mv_tile_shape t = choose_shape(a->in.rows, p.cols, dev->sms);
     cudaError_t err;
     if (t.rows == kWideRows)
-        err = t.cols == 128   ? launch_tile<kWideRows, 128>(*a, p, s, *dev, pdl)
-              : t.cols == 192 ? launch_tile<kWideRows, 192>(*a, p, s, *dev, pdl)
-                              : launch_tile<kWideRows, 256>(*a, p, s, *dev, pdl);
+        err = t.cols == 128   ? launch_tile<kWideRows, 128>(p, s, *dev, pdl)
+              : t.cols == 192 ? launch_tile<kWideRows, 192>(p, s, *dev, pdl)
+                              : launch_tile<kWideRows, 256>(p, s, *dev, pdl);
     else if (t.cols == 16)
-        err = launch_tile<kTileRows, 16>(*a, p, s, *dev, pdl);
+        err = launch_tile<kTileRows, 16>(p, s, *dev, pdl);
     else if (t.cols == 32)
-        err = launch_tile<kTileRows, 32>(*a, p, s, *dev, pdl);
+        err = launch_tile<kTileRows, 32>(p, s, *dev, pdl);
     else if (t.cols == 64)
-        err = launch_tile<kTileRows, 64>(*a, p, s, *dev, pdl);
+        err = launch_tile<kTileRows, 64>(p, s, *dev, pdl);
     else
-        err = launch_tile<kTileRows, 128>(*a, p, s, *dev, pdl);
+        err = launch_tile<kTileRows, 128>(p, s, *dev, pdl);
     return static_cast<int>(err);
 }

@@ -7,7 +7,7 @@ them by hand is error-prone, hence this generator. Run from the repository root:
 import os
 
 WIDTHS = (16, 32, 64, 128, 192, 256)  # the tile widths fused_rms_norm_qkv_wgmma.cu instantiates
-TYPES = (("__nv_bfloat16", "bf16"), ("__half", "f16"))
+TYPES = (("__nv_bfloat16", "bf16"),)  # the path is bf16 only (fp16's gamma * x could overflow)
 
 HEADER = """\
 /*
@@ -25,7 +25,6 @@ HEADER = """\
 #define MINIVLLM_WGMMA_OPS_CUH
 
 #include <cuda_bf16.h>
-#include <cuda_fp16.h>
 
 #include <cstdint>
 
@@ -42,31 +41,27 @@ FOOTER = """\
 """
 
 
-def wrapper(ctype, ptx, n, a_in_registers):
-    """mv_wgmma (A described in shared memory) or mv_wgmma_rs (A's fragment in four registers)."""
+def wrapper(ctype, ptx, n):
+    """mv_wgmma_rs<ctype, n>: A's fragment in four registers, B described in shared memory."""
     regs = n // 2
     reg_list = ", ".join(f"%{i}" for i in range(regs))
-    if a_in_registers:
-        name, a_param, a_operand = "mv_wgmma_rs", "const uint32_t (&a)[4]", f"{{%{regs}, %{regs + 1}, %{regs + 2}, %{regs + 3}}}"
-        a_inputs, b_index, trans = '"r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3])', regs + 4, "0"
-    else:
-        name, a_param, a_operand = "mv_wgmma", "uint64_t a_desc", f"%{regs}"
-        a_inputs, b_index, trans = '"l"(a_desc)', regs + 1, "0, 0"
+    a_operand = f"{{%{regs}, %{regs + 1}, %{regs + 2}, %{regs + 3}}}"
+    b_index = regs + 4
     outs = ", ".join(f'"+f"(d[{i}])' for i in range(regs))
     return "\n".join([
         "template <>",
-        f"struct {name}<{ctype}, {n}> {{",
-        f"    __device__ __forceinline__ static void mma(float (&d)[{regs}], {a_param}, uint64_t b_desc, int accumulate) {{",
+        f"struct mv_wgmma_rs<{ctype}, {n}> {{",
+        f"    __device__ __forceinline__ static void mma(float (&d)[{regs}], const uint32_t (&a)[4], uint64_t b_desc, int accumulate) {{",
         "        asm volatile(",
         '            "{\\n"',
         '            ".reg .pred p;\\n"',
         f'            "setp.ne.b32 p, %{b_index + 1}, 0;\\n"',
         f'            "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ptx}.{ptx} "',
         f'            "{{{reg_list}}}, "',
-        f'            "{a_operand}, %{b_index}, p, 1, 1, {trans};\\n"',
+        f'            "{a_operand}, %{b_index}, p, 1, 1, 0;\\n"',
         '            "}\\n"',
         f"            : {outs}",
-        f'            : {a_inputs}, "l"(b_desc), "r"(accumulate));',
+        '            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(accumulate));',
         "    }",
         "};",
     ]) + "\n"
@@ -74,8 +69,7 @@ def wrapper(ctype, ptx, n, a_in_registers):
 
 def main():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    # only the register-A form is used (the shared-memory-A form is kept in the generator)
-    body = "".join(wrapper(c, p, n, True) for c, p in TYPES for n in WIDTHS)
+    body = "".join(wrapper(c, p, n) for c, p in TYPES for n in WIDTHS)
     with open(os.path.join(root, "csrc", "wgmma_ops.cuh"), "w") as f:
         f.write(HEADER + body + FOOTER)
 

@@ -265,15 +265,9 @@ int main(int argc, char **argv) {
             fflush(stdout);
             CHECK(cudaEventDestroy(e0));
             CHECK(cudaEventDestroy(e1));
-            CHECK(cudaFree(x));
-            CHECK(cudaFree(y));
-            CHECK(cudaFree(gamma));
-            CHECK(cudaFree(w));
-            CHECK(cudaFree(out));
-            CHECK(cudaFree(ref_out));
-            CHECK(cudaFree(nan_count));
-            CHECK(cudaFree(d_rows));
-            CHECK(cudaFree(d_ref));
+            for (void *ptr : {(void *)x, (void *)y, (void *)gamma, (void *)w, (void *)out, (void *)ref_out,
+                              (void *)nan_count, (void *)d_rows, (void *)d_ref})
+                CHECK(cudaFree(ptr));
         }
     }
     CHECK_BLAS(cublasDestroy(blas));
