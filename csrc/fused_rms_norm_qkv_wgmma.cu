@@ -61,10 +61,14 @@ constexpr int kSharedAlign = 1024;        /* the 128-byte swizzle repeats every 
 constexpr int kWideRows = kConsumers * kTileRows; /* the 128-row kernel's tile rows */
 
 struct WgmmaParams {
-    mv_qkv_args a;          /* the call: gamma, eps, q / k / v and their strides */
-    int rows, hidden, cols; /* M, H, N as int for the index math (mv_qkv_wgmma_supported: < 2^31) */
+    int rows, hidden, cols; /* M, H, N */
+    int q_cols, kv_cols;
     int stages;
+    float eps;
     int copy_out; /* q/k/v are stored by the copy engine (OutMaps; the 128-row kernel) */
+    const __nv_bfloat16 *gamma;
+    __nv_bfloat16 *q, *k, *v;
+    int64_t q_stride, k_stride, v_stride;
 };
 
 /* A ring stage of a kRows x BN tile: the x tile, then the W tile, each kRows (BN) lines of 64 k. */
@@ -111,52 +115,6 @@ __device__ __forceinline__ unsigned char *aligned_shared_base() {
 __device__ __forceinline__ unsigned stage_gamma_bytes(const WgmmaParams &p, int kt) {
     const int left = p.hidden - kt * kStageK;
     return static_cast<unsigned>((left < kStageK ? left : kStageK) * 2);
-}
-
-/* The producer of both kernels, one thread: stage i of the block's sequence, in slot i % stages,
-   is k tile kt of the tile whose rows start at m0 and columns at n0 (origin(i, &m0, &n0, &kt));
-   its x tile (kRows x 64), W tile (BN x 64) and gamma's slice complete together on full[slot].
-   W is a weight no kernel writes (the decode stream assumes the same), so its first stages are
-   requested before the PDL wait; x may be the previous kernel's output. A stage of a later round
-   waits for its slot's empty barrier. */
-template <int kRows, int BN, typename Origin>
-__device__ __forceinline__ void produce_stages(const CUtensorMap *x_map, const CUtensorMap *w_map,
-                                               const WgmmaParams &p, __nv_bfloat16 *a_tiles,
-                                               __nv_bfloat16 *b_tiles, __nv_bfloat16 *gamma_stages, uint64_t *full,
-                                               uint64_t *empty, int total, uint64_t w_policy, Origin origin) {
-    constexpr unsigned kStageBytes = (kRows + BN) * kLineBytes;
-    const uint64_t x_policy = mv_evict_last_policy();
-    const __nv_bfloat16 *gamma = static_cast<const __nv_bfloat16 *>(p.a.in.norm_weight);
-    const int stages = p.stages;
-    const int first = total < stages ? total : stages;
-    auto request_w = [&](int slot, int kt, int n0) {
-        mv_mbarrier_arrive_expect_tx(&full[slot], kStageBytes + stage_gamma_bytes(p, kt));
-        mv_tensor_copy_2d(b_tiles + static_cast<size_t>(slot) * BN * kStageK, w_map, kt * kStageK, n0, &full[slot],
-                          w_policy);
-    };
-    for (int i = 0; i < first; ++i) {
-        int m0, n0, kt;
-        origin(i, &m0, &n0, &kt);
-        request_w(i, kt, n0);
-    }
-    mv_pdl_wait();
-    int s = 0;
-    unsigned round = 0; /* parity of the slot's round; a later round waits for the previous one's release */
-    for (int i = 0; i < total; ++i) {
-        int m0, n0, kt;
-        origin(i, &m0, &n0, &kt);
-        if (i >= first) {
-            mv_mbarrier_wait(&empty[s], round ^ 1u);
-            request_w(s, kt, n0);
-        }
-        mv_tensor_copy_2d(a_tiles + static_cast<size_t>(s) * kRows * kStageK, x_map, kt * kStageK, m0, &full[s],
-                          x_policy);
-        mv_bulk_copy(gamma_stages + s * kStageK, gamma + kt * kStageK, stage_gamma_bytes(p, kt), &full[s]);
-        if (++s == stages) {
-            s = 0;
-            round ^= 1u;
-        }
-    }
 }
 
 /* wgmma shared-memory descriptor of a K-major tile stored as 128-byte swizzled lines: start
@@ -241,7 +199,7 @@ __device__ __forceinline__ void load_scaled_fragment(uint32_t (&a)[4], const __n
 
 /* rrms = 1 / sqrt(sum x^2 / H + eps) of a row, from its whole sum of squares. */
 __device__ __forceinline__ float row_rrms(const WgmmaParams &p, float sum_sq) {
-    return rsqrtf(sum_sq / static_cast<float>(p.hidden) + p.a.in.eps);
+    return rsqrtf(sum_sq / static_cast<float>(p.hidden) + p.eps);
 }
 
 /* The epilogue of both kernels: this thread's accumulators of a 64-row wgmma tile (rows row0 +
@@ -260,7 +218,15 @@ __device__ __forceinline__ void store_scaled_rows(const WgmmaParams &p, const fl
         for (int j = 0; j < BN / 8; ++j) {
             const int col = n0 + 8 * j + 2 * (lane % 4);
             if (col >= p.cols) continue;
-            *reinterpret_cast<__nv_bfloat162 *>(mv_qkv_output<__nv_bfloat16>(p.a, row, col)) =
+            __nv_bfloat16 *dst;
+            if (col < p.q_cols) {
+                dst = p.q + static_cast<int64_t>(row) * p.q_stride + col;
+            } else if (col < p.q_cols + p.kv_cols) {
+                dst = p.k + static_cast<int64_t>(row) * p.k_stride + (col - p.q_cols);
+            } else {
+                dst = p.v + static_cast<int64_t>(row) * p.v_stride + (col - p.q_cols - p.kv_cols);
+            }
+            *reinterpret_cast<__nv_bfloat162 *>(dst) =
                 __floats2bfloat162_rn(acc[4 * j + 2 * h] * rrms, acc[4 * j + 2 * h + 1] * rrms);
         }
     }
@@ -303,14 +269,36 @@ __global__ void __launch_bounds__(kThreads)
     mv_pdl_trigger();
 
     if (group == 0) {
-        /* ---- producer: one thread issues every copy; stage kt is k tile kt of the block's tile ---- */
-        if (tid == 0)
-            produce_stages<kTileRows, BN>(&x_map, &w_map, p, a_tiles, b_tiles, gamma_stages, full, empty, k_tiles,
-                                          mv_evict_first_policy(), [&](int i, int *m, int *n, int *kt) {
-                                              *m = m0;
-                                              *n = n0;
-                                              *kt = i;
-                                          });
+        /* ---- producer: one thread issues every copy ---- */
+        if (tid == 0) {
+            const uint64_t w_policy = mv_evict_first_policy();
+            const uint64_t x_policy = mv_evict_last_policy();
+            const int first = k_tiles < stages ? k_tiles : stages;
+            /* W is a weight no kernel writes: request its first stages before waiting for the
+               previous kernel (same assumption as the decode stream). x may be its output. */
+            auto gamma_bytes = [&](int kt) { return stage_gamma_bytes(p, kt); };
+            for (int kt = 0; kt < first; ++kt) {
+                mv_mbarrier_arrive_expect_tx(&full[kt], Sh::stage_bytes + gamma_bytes(kt));
+                mv_tensor_copy_2d(b_tiles + static_cast<size_t>(kt) * BN * kStageK, &w_map, kt * kStageK, n0,
+                                  &full[kt], w_policy);
+            }
+            mv_pdl_wait();
+            for (int kt = 0; kt < first; ++kt) {
+                mv_tensor_copy_2d(a_tiles + static_cast<size_t>(kt) * kTileRows * kStageK, &x_map, kt * kStageK, m0,
+                                  &full[kt], x_policy);
+                mv_bulk_copy(gamma_stages + kt * kStageK, p.gamma + kt * kStageK, gamma_bytes(kt), &full[kt]);
+            }
+            for (int kt = first; kt < k_tiles; ++kt) {
+                const int s = kt % stages;
+                mv_mbarrier_wait(&empty[s], static_cast<unsigned>((kt / stages - 1) & 1));
+                mv_mbarrier_arrive_expect_tx(&full[s], Sh::stage_bytes + gamma_bytes(kt));
+                mv_tensor_copy_2d(b_tiles + static_cast<size_t>(s) * BN * kStageK, &w_map, kt * kStageK, n0, &full[s],
+                                  w_policy);
+                mv_tensor_copy_2d(a_tiles + static_cast<size_t>(s) * kTileRows * kStageK, &x_map, kt * kStageK, m0, &full[s],
+                                  x_policy);
+                mv_bulk_copy(gamma_stages + s * kStageK, p.gamma + kt * kStageK, gamma_bytes(kt), &full[s]);
+            }
+        }
         return;
     }
 
@@ -444,13 +432,12 @@ __device__ __forceinline__ void store_rows_by_copy(const WgmmaParams &p, const O
                 const int col = n0 + pass * kColumns + box * 64;
                 if (pass * kColumns + box * 64 >= BN || col >= p.cols) break;
                 const unsigned char *src = buffer + box * kBoxBytes;
-                const int q_cols = static_cast<int>(p.a.q_cols), kv_cols = static_cast<int>(p.a.kv_cols);
-                if (col < q_cols)
+                if (col < p.q_cols)
                     mv_tensor_store_2d(&maps.q, col, row0, src);
-                else if (col < q_cols + kv_cols)
-                    mv_tensor_store_2d(&maps.k, col - q_cols, row0, src);
+                else if (col < p.q_cols + p.kv_cols)
+                    mv_tensor_store_2d(&maps.k, col - p.q_cols, row0, src);
                 else
-                    mv_tensor_store_2d(&maps.v, col - q_cols - kv_cols, row0, src);
+                    mv_tensor_store_2d(&maps.v, col - p.q_cols - p.kv_cols, row0, src);
             }
             mv_bulk_commit();
         }
@@ -508,19 +495,55 @@ __global__ void __launch_bounds__(kThreads, 1)
         /* ---- producer: stage i of this block is k tile i % k_tiles of its tile i / k_tiles ---- */
         asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegisters));
         if (tid == 0) {
+            const uint64_t x_policy = mv_evict_last_policy();
+            const uint64_t w_policy = mv_evict_normal_policy(); /* W columns are reused by a group's row blocks */
             const int blocks = static_cast<int>(gridDim.x);
             const int my_tiles = (tiles - static_cast<int>(blockIdx.x) + blocks - 1) / blocks;
-            /* W columns are reused by a raster group's row blocks: normal L2 priority, not first out */
-            produce_stages<kWideRows, BN>(&x_map, &w_map, p, a_tiles, b_tiles, gamma_stages, full, empty,
-                                          my_tiles * k_tiles, mv_evict_normal_policy(),
-                                          [&](int i, int *m0, int *n0, int *kt) {
-                                              int m_blk, n_blk;
-                                              raster_tile(static_cast<int>(blockIdx.x) + (i / k_tiles) * blocks,
-                                                          m_blocks, n_blocks, &m_blk, &n_blk);
-                                              *m0 = m_blk * kWideRows;
-                                              *n0 = n_blk * BN;
-                                              *kt = i % k_tiles;
-                                          });
+            const int total = my_tiles * k_tiles;
+            auto origin = [&](int i, int *m0, int *n0, int *kt) {
+                int m_blk, n_blk;
+                raster_tile(static_cast<int>(blockIdx.x) + (i / k_tiles) * blocks, m_blocks, n_blocks, &m_blk, &n_blk);
+                *m0 = m_blk * kWideRows;
+                *n0 = n_blk * BN;
+                *kt = i % k_tiles;
+            };
+            auto gamma_bytes = [&](int kt) { return stage_gamma_bytes(p, kt); };
+            auto copy_w = [&](int slot, int kt, int n0) {
+                mv_tensor_copy_2d(b_tiles + static_cast<size_t>(slot) * BN * kStageK, &w_map, kt * kStageK, n0,
+                                  &full[slot], w_policy);
+            };
+            const int first = total < stages ? total : stages;
+            /* W's first stages before waiting for the previous kernel (see the 64-row kernel) */
+            for (int i = 0; i < first; ++i) {
+                int m0, n0, kt;
+                origin(i, &m0, &n0, &kt);
+                mv_mbarrier_arrive_expect_tx(&full[i], Sh::stage_bytes + gamma_bytes(kt));
+                copy_w(i, kt, n0);
+            }
+            mv_pdl_wait();
+            for (int i = 0; i < first; ++i) {
+                int m0, n0, kt;
+                origin(i, &m0, &n0, &kt);
+                mv_tensor_copy_2d(a_tiles + static_cast<size_t>(i) * kWideRows * kStageK, &x_map, kt * kStageK, m0,
+                                  &full[i], x_policy);
+                mv_bulk_copy(gamma_stages + i * kStageK, p.gamma + kt * kStageK, gamma_bytes(kt), &full[i]);
+            }
+            int s = first % stages;
+            unsigned phase = 0; /* of the empty barrier being waited for: round - 1 */
+            for (int i = first; i < total; ++i) {
+                int m0, n0, kt;
+                origin(i, &m0, &n0, &kt);
+                mv_mbarrier_wait(&empty[s], phase);
+                mv_mbarrier_arrive_expect_tx(&full[s], Sh::stage_bytes + gamma_bytes(kt));
+                copy_w(s, kt, n0);
+                mv_tensor_copy_2d(a_tiles + static_cast<size_t>(s) * kWideRows * kStageK, &x_map, kt * kStageK, m0,
+                                  &full[s], x_policy);
+                mv_bulk_copy(gamma_stages + s * kStageK, p.gamma + kt * kStageK, gamma_bytes(kt), &full[s]);
+                if (++s == stages) {
+                    s = 0;
+                    phase ^= 1u;
+                }
+            }
         }
     } else {
         /* ---- consumers: consumer c owns rows 64 c .. 64 c + 63 of every tile ---- */
@@ -626,8 +649,8 @@ bool encode_rows(CUtensorMap *map, const void *data, int64_t rows, int64_t cols,
 /* One launch of the kRows-row kernel (64: split-k blocks, one per tile; 128: persistent, one
    block per multiprocessor) with tiles BN wide, on the deepest ring that fits. */
 template <int kRows, int BN>
-cudaError_t launch_tile(const WgmmaParams &base, cudaStream_t stream, const mv_cuda_device &dev, bool pdl) {
-    const mv_qkv_args &a = base.a;
+cudaError_t launch_tile(const mv_qkv_args &a, const WgmmaParams &base, cudaStream_t stream, const mv_cuda_device &dev,
+                        bool pdl) {
     constexpr bool kWide = kRows == kWideRows;
     static mv_shared_opt_in opt_in;
     const int k_tiles = static_cast<int>((a.in.hidden + kStageK - 1) / kStageK);
@@ -747,10 +770,19 @@ extern "C" int mv_qkv_wgmma_supported(const mv_qkv_args *a, const mv_cuda_device
 
 extern "C" int mv_qkv_wgmma_cuda(const mv_qkv_args *a, void *stream, const mv_cuda_device *dev) {
     WgmmaParams p = {};
-    p.a = *a;
     p.rows = static_cast<int>(a->in.rows);
     p.hidden = static_cast<int>(a->in.hidden);
     p.cols = static_cast<int>(a->q_cols + 2 * a->kv_cols);
+    p.q_cols = static_cast<int>(a->q_cols);
+    p.kv_cols = static_cast<int>(a->kv_cols);
+    p.eps = a->in.eps;
+    p.gamma = static_cast<const __nv_bfloat16 *>(a->in.norm_weight);
+    p.q = static_cast<__nv_bfloat16 *>(a->q);
+    p.k = static_cast<__nv_bfloat16 *>(a->k);
+    p.v = static_cast<__nv_bfloat16 *>(a->v);
+    p.q_stride = a->q_stride;
+    p.k_stride = a->k_stride;
+    p.v_stride = a->v_stride;
     p.copy_out = a->q_cols % 64 == 0 && a->kv_cols % 64 == 0 && mv_aligned16(a->q, a->q_stride, 2) &&
                  mv_aligned16(a->k, a->k_stride, 2) && mv_aligned16(a->v, a->v_stride, 2);
     cudaStream_t s = static_cast<cudaStream_t>(stream);
@@ -758,16 +790,16 @@ extern "C" int mv_qkv_wgmma_cuda(const mv_qkv_args *a, void *stream, const mv_cu
     const mv_tile_shape t = choose_shape(a->in.rows, p.cols, dev->sms);
     cudaError_t err;
     if (t.rows == kWideRows)
-        err = t.cols == 128   ? launch_tile<kWideRows, 128>(p, s, *dev, pdl)
-              : t.cols == 192 ? launch_tile<kWideRows, 192>(p, s, *dev, pdl)
-                              : launch_tile<kWideRows, 256>(p, s, *dev, pdl);
+        err = t.cols == 128   ? launch_tile<kWideRows, 128>(*a, p, s, *dev, pdl)
+              : t.cols == 192 ? launch_tile<kWideRows, 192>(*a, p, s, *dev, pdl)
+                              : launch_tile<kWideRows, 256>(*a, p, s, *dev, pdl);
     else if (t.cols == 16)
-        err = launch_tile<kTileRows, 16>(p, s, *dev, pdl);
+        err = launch_tile<kTileRows, 16>(*a, p, s, *dev, pdl);
     else if (t.cols == 32)
-        err = launch_tile<kTileRows, 32>(p, s, *dev, pdl);
+        err = launch_tile<kTileRows, 32>(*a, p, s, *dev, pdl);
     else if (t.cols == 64)
-        err = launch_tile<kTileRows, 64>(p, s, *dev, pdl);
+        err = launch_tile<kTileRows, 64>(*a, p, s, *dev, pdl);
     else
-        err = launch_tile<kTileRows, 128>(p, s, *dev, pdl);
+        err = launch_tile<kTileRows, 128>(*a, p, s, *dev, pdl);
     return static_cast<int>(err);
 }
