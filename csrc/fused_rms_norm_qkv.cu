@@ -4,7 +4,8 @@
  *
  * Paths, chosen by M, dtype, layout and what is loadable (fused_rms_norm_qkv_paths.h):
  * - skinny M, fp16/bf16: fused_rms_norm_qkv_stream.cu, a W stream on tensor cores (tensor copies
- *   into shared memory on sm_90+, register loads elsewhere);
+ *   into shared memory on sm_90+, register loads elsewhere; on sm_90 in bf16 up to M = 32 the
+ *   deferred-norm kernel, which streams the input beside W);
  * - everything else: fused_rms_norm_qkv_gemm.cu, the rms_norm kernel into scratch then cuBLASLt;
  * - no libcublasLt loadable: the generic kernel below, correct for any dtype, layout and size.
  *
@@ -220,6 +221,14 @@ constexpr int64_t kStreamMaxStagedElements = 24576;
    - Llama-3-8B and Qwen3-4B (H 4096, 2560) lose at every M (M = 32: 23.1 vs 18.9, 15.8 vs 14.1;
      M = 4096: 309 vs 279, 195 vs 178): each tile walks all of H in 64-k stages, and the 128-row
      kernel's main loop runs at ~670 TFLOP/s where cuBLAS reaches ~770. */
+/* Where the deferred-norm W stream (sm_90, bf16, no residual, M <= 32) beat the paths below on
+   an H200 (bf16, graph-timed, us, deferred vs automatic before it; run D5 of
+   benchmarks/results/qkv-deferred-nvidia-h200-2026-11-22.log): Llama-3-8B M = 2 16.15 vs 16.48, 4 16.33 vs 17.38, 8 16.42 vs 18.85, 16 17.29 vs
+   19.10; Qwen3-4B M = 4 11.66 vs 12.22, 16 12.40 vs 14.03; Qwen3-0.6B M = 4 4.34 vs 4.83, 16 5.04
+   vs 6.30, 32 6.73 vs 7.44; Qwen2.5-0.5B M = 16 4.05 vs 4.48, 24 5.04 vs 5.38. It lost where the
+   other W streams are at their best: M = 1 (Qwen3-4B 11.61 vs 10.68), and few rows of a small W
+   (Qwen2.5-0.5B, N = 1152: M = 4 3.41 vs 3.20, M = 8 3.45 vs 3.32). */
+bool deferred_wins(int64_t rows, int64_t cols) { return rows >= 4 && (cols >= 2048 || rows >= 16); }
 bool wgmma_wins(int64_t rows, int64_t hidden, int64_t cols) {
     if (hidden > 1024) return false;
     return rows <= 64 || (cols <= 2048 && rows <= 256);
@@ -280,6 +289,7 @@ mv_qkv_path mv_qkv_forced_path() {
         if (strcmp(v, "stream") == 0) return mv_qkv_path::stream;
         if (strcmp(v, "register") == 0) return mv_qkv_path::register_stream;
         if (strcmp(v, "bulk") == 0) return mv_qkv_path::bulk_stream;
+        if (strcmp(v, "deferred") == 0) return mv_qkv_path::deferred;
         if (strcmp(v, "wgmma") == 0) return mv_qkv_path::wgmma;
         if (strcmp(v, "tile") == 0) return mv_qkv_path::tile;
         if (strcmp(v, "gemm") == 0) return mv_qkv_path::gemm;
@@ -290,6 +300,8 @@ mv_qkv_path mv_qkv_forced_path() {
 }
 
 /* The dispatcher. One rule per path, in order:
+   - few rows on sm_90 in bf16 without a residual (4 <= M <= 32, or 16 <= M <= 32 for a small W:
+     deferred_wins): the W stream with the input streamed beside it and the norm deferred;
    - skinny M (decode, small batches; fp16/bf16, M <= kStreamMaxRows and M * H <=
      kStreamMaxStagedElements, nn.Linear layout, H % 8 == 0): the W stream on tensor cores;
    - then, on sm_90 in bf16 where wgmma_wins (small H, M up to 64 or 256): the one-kernel norm +
@@ -314,23 +326,33 @@ extern "C" int mv_fused_rms_norm_qkv_cuda(const mv_qkv_args *a, void *stream) {
                                forced == mv_qkv_path::bulk_stream;
     const bool stream_fits = a->in.rows <= kStreamMaxRows && a->in.rows * a->in.hidden <= kStreamMaxStagedElements;
     bool residual_written = false;
-    if ((stream_forced || (forced == mv_qkv_path::automatic && stream_fits)) && mv_qkv_stream_supported(a, &dev)) {
-        last_gpu_path = "stream";
-        err = (cudaError_t)mv_qkv_stream_cuda(a, stream, has_residual && !residual_in_place, &dev);
-        residual_written = has_residual && !residual_in_place;
-    } else if ((forced == mv_qkv_path::wgmma || (forced == mv_qkv_path::automatic &&
-                                               wgmma_wins(a->in.rows, a->in.hidden, a->q_cols + 2 * a->kv_cols))) &&
-               mv_qkv_wgmma_supported(a, &dev)) {
-        last_gpu_path = "wgmma";
-        err = (cudaError_t)mv_qkv_wgmma_cuda(a, stream, &dev);
-    } else if (forced != mv_qkv_path::generic && (mv_qkv_gemm_available() || mv_qkv_tile_supported(a, &dev))) {
-        const bool own_gemm = (forced == mv_qkv_path::tile || !mv_qkv_gemm_available()) && mv_qkv_tile_supported(a, &dev);
-        last_gpu_path = own_gemm ? "tile" : "gemm";
-        err = (cudaError_t)mv_qkv_gemm_cuda(a, stream, &dev, own_gemm);
-        residual_written = has_residual; /* the norm kernel writes it, in place or not */
-    } else {
-        last_gpu_path = "generic";
-        err = (cudaError_t)launch_generic(a, cuda_stream);
+    bool launched = false;
+    if ((forced == mv_qkv_path::deferred ||
+         (forced == mv_qkv_path::automatic && deferred_wins(a->in.rows, a->q_cols + 2 * a->kv_cols))) &&
+        mv_qkv_deferred_supported(a, &dev)) {
+        err = (cudaError_t)mv_qkv_deferred_cuda(a, stream, &dev);
+        launched = err != cudaErrorNotSupported; /* e.g. a tensor map the driver refused: go on */
+        if (launched) last_gpu_path = "deferred";
+    }
+    if (!launched) {
+        if ((stream_forced || (forced == mv_qkv_path::automatic && stream_fits)) && mv_qkv_stream_supported(a, &dev)) {
+            last_gpu_path = "stream";
+            err = (cudaError_t)mv_qkv_stream_cuda(a, stream, has_residual && !residual_in_place, &dev);
+            residual_written = has_residual && !residual_in_place;
+        } else if ((forced == mv_qkv_path::wgmma || (forced == mv_qkv_path::automatic &&
+                                                   wgmma_wins(a->in.rows, a->in.hidden, a->q_cols + 2 * a->kv_cols))) &&
+                   mv_qkv_wgmma_supported(a, &dev)) {
+            last_gpu_path = "wgmma";
+            err = (cudaError_t)mv_qkv_wgmma_cuda(a, stream, &dev);
+        } else if (forced != mv_qkv_path::generic && (mv_qkv_gemm_available() || mv_qkv_tile_supported(a, &dev))) {
+            const bool own_gemm = (forced == mv_qkv_path::tile || !mv_qkv_gemm_available()) && mv_qkv_tile_supported(a, &dev);
+            last_gpu_path = own_gemm ? "tile" : "gemm";
+            err = (cudaError_t)mv_qkv_gemm_cuda(a, stream, &dev, own_gemm);
+            residual_written = has_residual; /* the norm kernel writes it, in place or not */
+        } else {
+            last_gpu_path = "generic";
+            err = (cudaError_t)launch_generic(a, cuda_stream);
+        }
     }
     if (err != cudaSuccess) return (int)err;
     if (has_residual && !residual_written) return launch_residual_store(a, cuda_stream);

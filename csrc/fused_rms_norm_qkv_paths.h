@@ -10,11 +10,11 @@
 #include "cuda_device.h"
 #include "minivllm_kernels.h"
 
-/* MINIVLLM_QKV_PATH=stream|register|bulk|wgmma|tile|gemm|generic forces one path where it can take the
+/* MINIVLLM_QKV_PATH=stream|register|bulk|deferred|wgmma|tile|gemm|generic forces one path where it can take the
    call (tests and benchmarks of each path on one GPU; register and bulk: the stream path on its
    register kernel or on its tensor-copy kernel only, where sm_90+ would choose between them);
    read once, in fused_rms_norm_qkv.cu. */
-enum class mv_qkv_path { automatic, stream, register_stream, bulk_stream, wgmma, tile, gemm, generic };
+enum class mv_qkv_path { automatic, stream, register_stream, bulk_stream, deferred, wgmma, tile, gemm, generic };
 mv_qkv_path mv_qkv_forced_path();
 
 #include <cstdint>
@@ -33,6 +33,13 @@ int mv_qkv_stream_supported(const mv_qkv_args *a, const mv_cuda_device *dev);
 /* residual_in_kernel: write residual_out from the kernel (only when it is not residual itself;
    otherwise the caller stores it afterwards). */
 int mv_qkv_stream_cuda(const mv_qkv_args *a, void *stream, int residual_in_kernel, const mv_cuda_device *dev);
+
+/* The W stream with the norm deferred to its epilogue and the input streamed beside the weights
+   (fused_rms_norm_qkv_stream.cu): sm_90+, bf16, no residual, 1 <= M <= 32, H % 64 == 0, 16-byte
+   aligned rows of x and W (nn.Linear layout), N at most 64 features per multiprocessor (32
+   above 16 rows). */
+int mv_qkv_deferred_supported(const mv_qkv_args *a, const mv_cuda_device *dev);
+int mv_qkv_deferred_cuda(const mv_qkv_args *a, void *stream, const mv_cuda_device *dev);
 
 /* One-kernel norm + GEMM on Hopper tensor cores (fused_rms_norm_qkv_wgmma.cu): bf16, sm_90 (9.0)
    with the file built for sm_90a, no residual, H % 8 == 0, 16-byte aligned rows of x and W

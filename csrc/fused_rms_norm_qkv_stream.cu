@@ -1,9 +1,11 @@
 /*
  * fused_rms_norm_qkv_stream.cu: the skinny-M path of qkv = rms_norm(x (+ residual)) . W^T
- * (decode and small batches, M <= 16, fp16/bf16). At such M the op is a stream over W: every weight
+ * (decode and small batches, M <= 16 in fp16/bf16, M <= 32 on the deferred-norm kernel). At such
+ * M the op is a stream over W: every weight
  * byte is read once and used M times, so the kernel is built to keep DRAM busy, not the ALUs.
  *
- * Two kernels share the staging, the mma chunk and the reduction below:
+ * Three kernels share the mma operand layout and the reduction below (the first two also the
+ * staging):
  * - the register kernel described next, W loaded straight into mma operand registers. On sm_90+
  *   (with PDL) it is taken where it requests ALL of W before waiting for the previous kernel: a
  *   block per 16-feature tile, all resident at once, and one batch of loads covering H (H <= 1024:
@@ -17,7 +19,11 @@
  *   further down), W streamed into a shared-memory ring by cp.async.bulk.tensor, each block an
  *   equal share of the output features, launched with programmatic dependent launch; it keeps
  *   more bytes in flight per SM, which larger W needs (Llama-3-8B M = 1: 15.5 us against 16.8 on
- *   the register kernel; Qwen3-4B M = 16: 13.5 against 17.8). MINIVLLM_QKV_PATH=bulk forces it.
+ *   the register kernel; Qwen3-4B M = 16: 13.5 against 17.8). MINIVLLM_QKV_PATH=bulk forces it;
+ * - on sm_90 in bf16 without a residual, where the dispatcher's deferred_wins says so (4 <= M <= 32
+ *   mostly): the deferred-norm kernel (its own section, after the tensor-copy kernel), which
+ *   streams x beside W instead of staging it and applies rrms in the epilogue.
+ *   MINIVLLM_QKV_PATH=deferred forces it. The notes below are the first two kernels'.
  *
  * - Each block first stages the whole (tiny) normalized input y = gamma * (s * rrms) in shared
  *   memory, rounded to the dtype: tensor cores take 16-bit operands, and this is exactly the y an
@@ -54,6 +60,7 @@
  * store kernel afterwards (stream order) instead.
  */
 #include <cstdint>
+#include <cstdlib> /* getenv, atoi: the deferred kernel's measurement knobs */
 
 #include <cuda.h> /* CUtensorMap and its enums (types only: the encoder is found at run time) */
 
@@ -254,10 +261,13 @@ __device__ __forceinline__ void stage_normalized_input(const mv_qkv_args &args, 
 /* Sum the kWarps warps' partial 16 x (8 * kTokenTiles) tiles and store the features
    [feature0, feature_end) of this tile into q, k, v. Accumulator r of lane (g, t), token tile tt,
    holds feature g + 8 * (r / 2) and token 8 * tt + 2 * t + r % 2. Called by the kWarps * 32
-   consumer threads with their accumulators; sync() is a barrier over exactly those threads. */
+   consumer threads with their accumulators; sync() is a barrier over exactly those threads.
+   token_scale (shared memory, one float per token, or nullptr): each token's sums are multiplied
+   by it before rounding (the deferred-norm kernel's rrms). */
 template <typename T, int kTokenTiles, typename Sync>
 __device__ __forceinline__ void reduce_and_store(const mv_qkv_args &args, float acc[kTokenTiles][4], float *partial,
-                                                 int64_t feature0, int64_t feature_end, Sync sync) {
+                                                 int64_t feature0, int64_t feature_end, Sync sync,
+                                                 const float *token_scale = nullptr) {
     const int rows = static_cast<int>(args.in.rows);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     sync(); /* the previous tile's reads of partial are done */
@@ -274,6 +284,7 @@ __device__ __forceinline__ void reduce_and_store(const mv_qkv_args &args, float 
         float sum = 0.0f;
 #pragma unroll
         for (int w = 0; w < kWarps; ++w) sum += partial[((w * kTokenTiles + tt) * 4 + r) * 32 + out_lane];
+        if (token_scale != nullptr) sum *= token_scale[token];
         mv_store_float(mv_qkv_output<T>(args, token, n), sum);
     }
 }
@@ -554,6 +565,207 @@ __global__ void __launch_bounds__(kBulkThreads, 2) fused_rms_norm_qkv_bulk_kerne
 #endif
 }
 
+/* ---- The deferred-norm tensor-copy kernel (sm_90+, bf16, no residual, M <= 32) -------------
+
+   The two kernels above stage the whole normalized input in every block before the first product:
+   at M = 16 and H = 4096 that is 128 KiB that each of 132 blocks reads at once (17 MiB out of L2
+   in a burst) and passes over twice, while its W stream waits. Here the input travels with the
+   weights instead: ring stage i holds W[this block's features][k range i] and x[all rows][k range
+   i], both brought by the copy engine, and the norm is deferred (the identity of the wgmma path):
+   the products accumulate (gamma * x) . W^T, with gamma * x rounded to bf16, and each token's sums
+   are multiplied by its rrms in the epilogue. The lane that loads an x fragment for the tensor
+   cores scales it by gamma in registers (gamma sits in shared memory, copied once) and adds its
+   x^2 to the row sums, so the norm costs no pass, no barrier and no global load per stage. (fp16
+   stays on the kernels above: gamma * x can overflow fp16 where gamma * x * rrms cannot.)
+   - Blocks own equal ranges of output features (as the tensor-copy kernel) and walk K once: every
+     stage feeds all of the block's 16-feature tiles (at most kDeferredMaxTiles), so x is read
+     once per block, not once per tile. The W box covers 16 * tiles features from the block's
+     first feature (a few of them the next block's, computed and not stored).
+   - Both boxes are laid out as [row][stage_lines][128 bytes] with the 128-byte swizzle; with
+     stage_lines = 4 mod 8, the two rows (features or tokens) a quarter-warp reads sit in opposite
+     halves of the swizzle: no bank conflicts (see the tensor-copy kernel).
+   Measured while building it (H200, bf16, graph-timed, us; runs D1-D4 of
+   benchmarks/results/qkv-deferred-nvidia-h200-2026-11-22.log):
+   a first form that rescaled each stage's x in place in shared memory (a pass, a proxy fence and
+   a barrier per stage) with gamma read from global memory ran Llama-3-8B M = 1 in 21.7 and M = 16
+   in 26.7; gamma in shared memory, 17.8 and 21.5; the scaling in registers, 16.1 and 17.3. */
+constexpr int kDeferredMaxTokens = 32;
+constexpr int kDeferredMaxTiles = 4; /* features per block <= 64 (32 above 16 tokens): registers */
+constexpr int kDeferredLineChoices[] = {4, 12, 20, 28}; /* each 4 mod 8, narrowest first */
+constexpr int kDeferredMaxStages = 16;
+
+struct DeferredGeometry {
+    int64_t cols;     /* N */
+    int tiles;        /* 16-feature tiles per block */
+    int stage_lines;  /* 64-k lines per stage */
+    int kstages;      /* ceil(H / (64 * stage_lines)): stages per block */
+    int stages;       /* ring slots */
+    int w_bytes;      /* W box: 16 * tiles * stage_lines lines of 128 bytes */
+    int x_bytes;      /* x box: rows * stage_lines lines */
+    int slot_bytes;   /* w_bytes + x_bytes rounded up to the swizzle's 1 KiB */
+    int early_stages; /* W boxes requested before waiting for the previous kernel */
+};
+
+template <int kTokenTiles, int kMaxTiles>
+__global__ void __launch_bounds__(kBulkThreads, 2)
+    fused_rms_norm_qkv_deferred_kernel(mv_qkv_args args, DeferredGeometry geo, const __grid_constant__ CUtensorMap w_map,
+                                       const __grid_constant__ CUtensorMap x_map) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    using T = __nv_bfloat16;
+    extern __shared__ uint4 smem[];
+    const int rows = static_cast<int>(args.in.rows);
+    const int hidden = static_cast<int>(args.in.hidden);
+    unsigned char *ring = reinterpret_cast<unsigned char *>(
+        (reinterpret_cast<uintptr_t>(smem) + kSwizzleAlign - 1) / kSwizzleAlign * kSwizzleAlign);
+    float *row_sum = reinterpret_cast<float *>(ring + static_cast<size_t>(geo.stages) * geo.slot_bytes); /* [kDeferredMaxTokens] */
+    T *gamma_s = reinterpret_cast<T *>(row_sum + kDeferredMaxTokens); /* [H], H % 64 == 0 */
+    uint64_t *full = reinterpret_cast<uint64_t *>(gamma_s + hidden);
+    uint64_t *empty = full + geo.stages;
+    uint64_t *gamma_full = empty + geo.stages;
+    float *partial = reinterpret_cast<float *>(ring); /* the epilogue's, once the ring is drained */
+
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int64_t feature_begin = geo.cols * blockIdx.x / gridDim.x;
+    const int64_t feature_end = geo.cols * (blockIdx.x + 1) / gridDim.x;
+    const int sl = geo.stage_lines;
+
+    if (threadIdx.x == 0) {
+        for (int i = 0; i < geo.stages; ++i) {
+            mv_mbarrier_init(&full[i], 1);
+            mv_mbarrier_init(&empty[i], kWarps);
+        }
+        mv_mbarrier_init(gamma_full, 1);
+        mv_mbarrier_init_fence();
+    }
+    if (threadIdx.x < kDeferredMaxTokens) row_sum[threadIdx.x] = 0.0f;
+    __syncthreads();
+    mv_pdl_trigger(); /* as in the tensor-copy kernel */
+
+    if (warp == kWarps) {
+        /* Producer: stage i is k lines [i * sl, (i + 1) * sl) in slot i % stages; one W box and
+           one x box, both counted on full[slot]. W boxes of the first early_stages stages go out
+           before the wait for the previous kernel (weights are constants of the model); every x
+           box after it. Boxes past H or N are zero-filled and counted in full. */
+        if (lane == 0) {
+            const uint64_t w_policy = mv_evict_first_policy(), x_policy = mv_evict_last_policy();
+            const unsigned bytes = static_cast<unsigned>(geo.w_bytes + geo.x_bytes);
+            auto slot_of = [&](int i) { return ring + static_cast<size_t>(i % geo.stages) * geo.slot_bytes; };
+            auto arm = [&](int i) {
+                const int slot = i % geo.stages, round = i / geo.stages;
+                if (round > 0) mv_mbarrier_wait(&empty[slot], (round - 1) & 1);
+                mv_mbarrier_arrive_expect_tx(&full[slot], bytes);
+            };
+            auto copy_w = [&](int i) {
+                mv_tensor_copy_3d(slot_of(i), &w_map, 0, i * sl, static_cast<int>(feature_begin),
+                                  &full[i % geo.stages], w_policy);
+            };
+            auto copy_x = [&](int i) {
+                mv_tensor_copy_3d(slot_of(i) + geo.w_bytes, &x_map, 0, i * sl, 0, &full[i % geo.stages], x_policy);
+            };
+            /* gamma (a weight, like W) first: every stage's rescaling reads it from shared memory */
+            mv_mbarrier_arrive_expect_tx(gamma_full, static_cast<unsigned>(hidden) * 2);
+            mv_bulk_copy(gamma_s, args.in.norm_weight, static_cast<unsigned>(hidden) * 2, gamma_full);
+            const int early = geo.kstages < geo.early_stages ? geo.kstages : geo.early_stages;
+            for (int i = 0; i < early; ++i) {
+                arm(i);
+                copy_w(i);
+            }
+            mv_pdl_wait();
+            for (int i = 0; i < early; ++i) copy_x(i);
+            for (int i = early; i < geo.kstages; ++i) {
+                arm(i);
+                copy_x(i);
+                copy_w(i);
+            }
+        }
+        return;
+    }
+
+    mv_pdl_wait(); /* the outputs may still be read by the previous kernel */
+    const int g = lane >> 2, t = lane & 3;
+    mv_mbarrier_wait(gamma_full, 0);
+    float sum_sq[kTokenTiles]; /* of the x this lane loads: tokens 8 * tt + g */
+    float acc[kMaxTiles][kTokenTiles][4];
+#pragma unroll
+    for (int tt = 0; tt < kTokenTiles; ++tt) {
+        sum_sq[tt] = 0.0f;
+#pragma unroll
+        for (int f = 0; f < kMaxTiles; ++f) acc[f][tt][0] = acc[f][tt][1] = acc[f][tt][2] = acc[f][tt][3] = 0.0f;
+    }
+
+    for (int i = 0; i < geo.kstages; ++i) {
+        const int slot = i % geo.stages;
+        mv_mbarrier_wait(&full[slot], (i / geo.stages) & 1);
+        const unsigned char *ws = ring + static_cast<size_t>(slot) * geo.slot_bytes;
+        const unsigned char *xs = ws + geo.w_bytes;
+        /* Warp w takes chunks w, w + 8, ... of the stage. H % 64 == 0, so a chunk is all inside H
+           or all past it. Each (token, k) of the stage is loaded by exactly one lane: it adds x^2
+           to its sum and scales x by gamma in registers, and the scaled fragment serves every
+           tile. */
+        for (int c = warp; c < 2 * sl; c += kWarps) {
+            const int local_k = c * kChunkK + kVec * t;
+            const int line = local_k / kLineK, j = (local_k % kLineK) / kVec;
+            const int k = (i * sl + line) * kLineK + j * kVec;
+            if (k - j * kVec >= hidden) break; /* warp-uniform: the line starts past H */
+            const uint4 gv = *reinterpret_cast<const uint4 *>(gamma_s + k);
+            const T *ge = reinterpret_cast<const T *>(&gv);
+            uint4 yv[kTokenTiles];
+#pragma unroll
+            for (int tt = 0; tt < kTokenTiles; ++tt) {
+                const int token = tt * 8 + g;
+                const int li = token * sl + line;
+                const uint4 xv = token < rows ? *reinterpret_cast<const uint4 *>(xs + li * kLineBytes + ((j ^ (li & 7)) << 4))
+                                              : make_uint4(0, 0, 0, 0);
+                const T *xe = reinterpret_cast<const T *>(&xv);
+                float scaled[kVec];
+#pragma unroll
+                for (int e = 0; e < kVec; ++e) {
+                    const float xf = mv_to_float(xe[e]);
+                    sum_sq[tt] += xf * xf;
+                    scaled[e] = mv_to_float(ge[e]) * xf;
+                }
+                T(&ye)[kVec] = *reinterpret_cast<T(*)[kVec]>(&yv[tt]);
+                mv_from_floats(ye, scaled);
+            }
+#pragma unroll
+            for (int f = 0; f < kMaxTiles; ++f) {
+                if (f >= geo.tiles) break;
+                const int la = (f * kTileFeatures + g) * sl + line, lb = la + 8 * sl;
+                const uint4 wa = *reinterpret_cast<const uint4 *>(ws + la * kLineBytes + ((j ^ (la & 7)) << 4));
+                const uint4 wb = *reinterpret_cast<const uint4 *>(ws + lb * kLineBytes + ((j ^ (lb & 7)) << 4));
+#pragma unroll
+                for (int tt = 0; tt < kTokenTiles; ++tt)
+#pragma unroll
+                    for (int s = 0; s < 2; ++s)
+                        mv_mma_16x8x16<T>(acc[f][tt], word(wa, 2 * s), word(wb, 2 * s), word(wa, 2 * s + 1),
+                                          word(wb, 2 * s + 1), word(yv[tt], 2 * s), word(yv[tt], 2 * s + 1));
+            }
+        }
+        __syncwarp();
+        if (lane == 0) mv_mbarrier_arrive(&empty[slot]);
+    }
+
+    /* Row sums: the four lanes of a token (t = 0..3) first, then one lane per warp and token adds
+       to the token's total. */
+#pragma unroll
+    for (int tt = 0; tt < kTokenTiles; ++tt) {
+        float v = sum_sq[tt];
+        v += __shfl_xor_sync(0xffffffffu, v, 1);
+        v += __shfl_xor_sync(0xffffffffu, v, 2);
+        if (t == 0 && tt * 8 + g < rows) atomicAdd(&row_sum[tt * 8 + g], v);
+    }
+    ConsumerSync()(); /* every row's total is in, and every warp is done with the ring */
+    if (threadIdx.x < rows) row_sum[threadIdx.x] = rsqrtf(row_sum[threadIdx.x] / static_cast<float>(hidden) + args.in.eps);
+    /* reduce_and_store's first barrier orders these rrms before their use. */
+#pragma unroll
+    for (int f = 0; f < kMaxTiles; ++f) {
+        if (f >= geo.tiles) break;
+        reduce_and_store<T, kTokenTiles>(args, acc[f], partial, feature_begin + static_cast<int64_t>(f) * kTileFeatures,
+                                         feature_end, ConsumerSync(), row_sum);
+    }
+#endif
+}
+
 /* Staged rows (pitch = 64 mod 128 bytes: the 8 rows read by one mma step land in distinct banks)
    and the warps' partial tiles. */
 size_t row_pitch_bytes(int hidden) { return static_cast<size_t>(hidden * 2 + 127) / 128 * 128 + 64; }
@@ -574,12 +786,13 @@ mv_stream_flags stream_flags(const mv_qkv_args &a, bool residual_in_kernel) {
 
 /* W as the copy engine sees it: [N][H / 64][64] elements, boxes of 16 features x stage_lines
    lines x 64 k (cached per layer: cuda_device.h). */
-bool encode_weight_map(CUtensorMap *map, const mv_qkv_args &a, int64_t cols, int stage_lines) {
+bool encode_weight_map(CUtensorMap *map, const mv_qkv_args &a, int64_t cols, int stage_lines,
+                       int box_features = kTileFeatures) {
     const cuuint64_t dims[3] = {static_cast<cuuint64_t>(kLineK), static_cast<cuuint64_t>(a.in.hidden / kLineK),
                                 static_cast<cuuint64_t>(cols)};
     const cuuint64_t strides[2] = {static_cast<cuuint64_t>(kLineBytes), static_cast<cuuint64_t>(a.w_stride_n) * 2};
     const cuuint32_t box[3] = {static_cast<cuuint32_t>(kLineK), static_cast<cuuint32_t>(stage_lines),
-                               static_cast<cuuint32_t>(kTileFeatures)};
+                               static_cast<cuuint32_t>(box_features)};
     return mv_swizzled_tensor_map(map, a.in.dtype == MV_BFLOAT16, 3, a.w, dims, strides, box, true);
 }
 
@@ -689,6 +902,101 @@ int launch_bulk(const mv_qkv_args &a, cudaStream_t stream, const mv_stream_flags
     return static_cast<int>(cudaGetLastError());
 }
 
+/* The deferred-norm kernel's plan: tiles per block, and a ring of 4-line (256-k) stages in a
+   shared-memory budget of half a multiprocessor, so that two calls' blocks share one (with PDL
+   the next call then streams its first W stages while this one finishes). H200, bf16,
+   graph-timed, us, benchmarks/results/qkv-deferred-nvidia-h200-2026-11-22.log): a whole
+   multiprocessor's shared memory, Llama-3-8B M = 8 18.29 against 16.51 on half (run D4); 12-line
+   stages, Qwen3-0.6B M = 8 7.69 against 4.37, Llama-3-8B M = 1 19.23 against 16.14 (run D5).
+   Environment knobs for measurements: MINIVLLM_QKV_DEFERRED_LINES=12|20|28 and
+   MINIVLLM_QKV_DEFERRED_WHOLE=1. */
+int env_int(const char *name, int fallback) {
+    const char *v = getenv(name);
+    return v != nullptr && *v != '\0' ? atoi(v) : fallback;
+}
+
+int deferred_token_tiles(int64_t rows) { return rows <= 8 ? 1 : rows <= 16 ? 2 : 4; }
+int deferred_max_tiles(int token_tiles) { return token_tiles <= 2 ? kDeferredMaxTiles : kDeferredMaxTiles / 2; }
+
+size_t deferred_plan(DeferredGeometry *geo, const mv_qkv_args &a, const mv_cuda_device &dev, unsigned grid) {
+    const int rows = static_cast<int>(a.in.rows);
+    const int lines = static_cast<int>(a.in.hidden / kLineK);
+    const int token_tiles = deferred_token_tiles(rows);
+    const int64_t most_features = (geo->cols + grid - 1) / grid;
+    geo->tiles = static_cast<int>((most_features + kTileFeatures - 1) / kTileFeatures);
+    if (geo->tiles > deferred_max_tiles(token_tiles)) return 0;
+    static const int whole = env_int("MINIVLLM_QKV_DEFERRED_WHOLE", 0);
+    static const int forced_lines = env_int("MINIVLLM_QKV_DEFERRED_LINES", 0);
+    const size_t half_sm = static_cast<size_t>(dev.max_shared_sm / 2 - dev.reserved_shared);
+    size_t budget = static_cast<size_t>(dev.max_shared_block);
+    if (!whole && half_sm < budget) budget = half_sm;
+    /* row sums, gamma, its barrier */
+    const size_t fixed = kSwizzleAlign + kDeferredMaxTokens * sizeof(float) + static_cast<size_t>(a.in.hidden) * 2 +
+                         sizeof(uint64_t);
+    const size_t partial_bytes = static_cast<size_t>(kWarps) * token_tiles * 4 * 32 * sizeof(float);
+    if (budget <= fixed) return 0;
+    for (int c = 0; c < static_cast<int>(sizeof(kDeferredLineChoices) / sizeof(int)); ++c) {
+        const int sl = kDeferredLineChoices[c];
+        if (forced_lines != 0 && sl != forced_lines) continue;
+        const int kstages = (lines + sl - 1) / sl;
+        const int w_bytes = kTileFeatures * geo->tiles * sl * kLineBytes, x_bytes = rows * sl * kLineBytes;
+        const int slot_bytes = (w_bytes + x_bytes + kSwizzleAlign - 1) / kSwizzleAlign * kSwizzleAlign;
+        const size_t per_slot = static_cast<size_t>(slot_bytes) + 2 * sizeof(uint64_t);
+        int fit = static_cast<int>((budget - fixed) / per_slot);
+        if (fit > kDeferredMaxStages) fit = kDeferredMaxStages;
+        if (fit > kstages) fit = kstages < 2 ? 2 : kstages;
+        /* two slots at least; the epilogue's partial tiles reuse the ring */
+        if (fit < 2 || static_cast<size_t>(fit) * slot_bytes < partial_bytes) continue;
+        geo->stage_lines = sl;
+        geo->kstages = kstages;
+        geo->stages = fit;
+        geo->w_bytes = w_bytes;
+        geo->x_bytes = x_bytes;
+        geo->slot_bytes = slot_bytes;
+        return fixed + static_cast<size_t>(fit) * per_slot;
+    }
+    return 0;
+}
+
+/* W boxes before the PDL wait: a full ring (H200, bf16, graph-timed, us, none / one / all:
+   Qwen3-0.6B M = 8 5.76 / 5.61 / 4.39, Qwen2.5-0.5B M = 8 4.22 / 3.19 / 3.23, Llama-3-8B M = 8
+   16.71 / 16.60 / 16.51). */
+template <int kTokenTiles, int kMaxTiles>
+int launch_deferred(const mv_qkv_args &a, cudaStream_t stream, const mv_cuda_device &dev) {
+    const int rows = static_cast<int>(a.in.rows);
+    const int hidden = static_cast<int>(a.in.hidden);
+    DeferredGeometry geo;
+    geo.cols = a.q_cols + 2 * a.kv_cols;
+    const int64_t by_features = (geo.cols + kMinFeaturesPerBlock - 1) / kMinFeaturesPerBlock;
+    const unsigned grid = static_cast<unsigned>(by_features < dev.sms ? by_features : dev.sms);
+    const size_t smem = deferred_plan(&geo, a, dev, grid);
+    if (smem == 0 || geo.tiles > kMaxTiles) return static_cast<int>(cudaErrorNotSupported);
+    const bool pdl = mv_pdl_enabled(dev);
+    geo.early_stages = pdl ? geo.stages : 0;
+
+    alignas(64) CUtensorMap w_map, x_map;
+    if (!encode_weight_map(&w_map, a, geo.cols, geo.stage_lines, kTileFeatures * geo.tiles))
+        return static_cast<int>(cudaErrorNotSupported);
+    /* x as [M][H / 64][64], boxes of all rows x stage_lines lines (one row: any valid stride) */
+    const cuuint64_t x_dims[3] = {static_cast<cuuint64_t>(kLineK), static_cast<cuuint64_t>(hidden / kLineK),
+                                  static_cast<cuuint64_t>(rows)};
+    const int64_t x_stride = rows > 1 ? a.in.x_stride : hidden;
+    const cuuint64_t x_strides[2] = {static_cast<cuuint64_t>(kLineBytes), static_cast<cuuint64_t>(x_stride) * 2};
+    const cuuint32_t x_box[3] = {static_cast<cuuint32_t>(kLineK), static_cast<cuuint32_t>(geo.stage_lines),
+                                 static_cast<cuuint32_t>(rows)};
+    if (!mv_swizzled_tensor_map(&x_map, true, 3, a.in.x, x_dims, x_strides, x_box, false))
+        return static_cast<int>(cudaErrorNotSupported);
+
+    void (*kernel)(mv_qkv_args, DeferredGeometry, const CUtensorMap, const CUtensorMap) =
+        fused_rms_norm_qkv_deferred_kernel<kTokenTiles, kMaxTiles>;
+    static mv_shared_opt_in opt_in;
+    cudaError_t err = mv_allow_shared(kernel, smem, opt_in, dev.device);
+    if (err != cudaSuccess) return static_cast<int>(err);
+    err = mv_launch(kernel, dim3(grid), dim3(kBulkThreads), smem, stream, pdl, a, geo, w_map, x_map);
+    if (err != cudaSuccess) return static_cast<int>(err);
+    return static_cast<int>(cudaGetLastError());
+}
+
 /* The register-stream kernel: any sm_80+ GPU; a persistent grid of what fits at once. With
    whole_weight_first it launches only where its blocks request all of W before the PDL wait (one
    batch covers H, one resident block per tile), and returns cudaErrorNotSupported otherwise. */
@@ -766,5 +1074,32 @@ extern "C" int mv_qkv_stream_cuda(const mv_qkv_args *a, void *stream, int residu
         return one_tile ? launch<__nv_bfloat16, 1>(*a, s, ok, *dev) : launch<__nv_bfloat16, 2>(*a, s, ok, *dev);
     default:
         return static_cast<int>(cudaErrorInvalidValue);
+    }
+}
+
+/* The deferred-norm kernel (see the section above it): sm_90+, bf16, no residual, 1 <= M <= 32,
+   H % 64 == 0, x and W rows 16-byte aligned (W in nn.Linear layout), gamma 16-byte aligned, and N
+   small enough for at most kDeferredMaxTiles tiles per block (half that above 16 rows). */
+extern "C" int mv_qkv_deferred_supported(const mv_qkv_args *a, const mv_cuda_device *dev) {
+    if (dev->major < 9 || a->in.dtype != MV_BFLOAT16 || a->in.residual != nullptr) return 0;
+    if (a->in.rows < 1 || a->in.rows > kDeferredMaxTokens) return 0;
+    const int64_t h = a->in.hidden, n = a->q_cols + 2 * a->kv_cols;
+    if (h % kLineK != 0 || h * 2 >= (1 << 20) || n >= (1ll << 31)) return 0; /* gamma: one mbarrier phase */
+    if (a->w_stride_k != 1 || a->w_stride_n < h || !mv_aligned16(a->w, a->w_stride_n, 2)) return 0;
+    if (!mv_aligned16(a->in.x, a->in.rows > 1 ? a->in.x_stride : 0, 2) || (a->in.rows > 1 && a->in.x_stride < h))
+        return 0;
+    if (!mv_aligned16(a->in.norm_weight, 0, 2) || !mv_tensor_maps_available()) return 0;
+    DeferredGeometry geo;
+    geo.cols = n;
+    const int64_t by_features = (n + kMinFeaturesPerBlock - 1) / kMinFeaturesPerBlock;
+    return deferred_plan(&geo, *a, *dev, static_cast<unsigned>(by_features < dev->sms ? by_features : dev->sms)) != 0;
+}
+
+extern "C" int mv_qkv_deferred_cuda(const mv_qkv_args *a, void *stream, const mv_cuda_device *dev) {
+    cudaStream_t s = static_cast<cudaStream_t>(stream);
+    switch (deferred_token_tiles(a->in.rows)) {
+    case 1: return launch_deferred<1, kDeferredMaxTiles>(*a, s, *dev);
+    case 2: return launch_deferred<2, kDeferredMaxTiles>(*a, s, *dev);
+    default: return launch_deferred<4, kDeferredMaxTiles / 2>(*a, s, *dev);
     }
 }

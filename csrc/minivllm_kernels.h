@@ -14,8 +14,8 @@
  * We follow vLLM: the normalized value is multiplied by weight in float32, not rounded first.
  * For the QKV product, the CPU (and the generic GPU kernel) multiply the float32 y; the GPU's fast
  * paths round y to the dtype first, as an unfused rms_norm + matmul does (tensor cores and cuBLAS
- * take dtype operands). The exception is the one-kernel wgmma path (sm_90, bf16), which defers
- * rrms to after the product: qkv = rrms * (round(weight_i * s_i) . W^T), the rounding of the
+ * take dtype operands). The exceptions are the one-kernel wgmma path and the deferred-norm W
+ * stream (both sm_90, bf16), which defer rrms to after the product: qkv = rrms * (round(weight_i * s_i) . W^T), the rounding of the
  * scaled input in place of y's (same size of error; mv_qkv_last_gpu_path names the path taken).
  *
  * CPU functions return 0 on success or an MV_ERR_* code. CUDA launchers return a cudaError_t
@@ -104,7 +104,7 @@ int mv_rms_norm_cuda(const mv_rms_norm_args *a, void *stream);
    long to hold in registers). */
 int mv_rms_norm_cuda_reference(const mv_rms_norm_args *a, void *stream);
 int mv_fused_rms_norm_qkv_cuda(const mv_qkv_args *a, void *stream);
-/* The path the last mv_fused_rms_norm_qkv_cuda call of this thread took ("stream", "wgmma",
+/* The path the last mv_fused_rms_norm_qkv_cuda call of this thread took ("deferred", "stream", "wgmma",
    "gemm", "generic"; "none" before any call). */
 const char *mv_qkv_last_gpu_path(void);
 

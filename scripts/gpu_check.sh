@@ -44,12 +44,12 @@ python3 -m pytest "$root/tests" -q -rs -p no:cacheprovider --junitxml="$out/pyte
 grep -E "^(fuzz|leaks):" "$out/pytest.log" || true
 tail -n 25 "$out/pytest.log"
 # The QKV tests once more on the paths this GPU does not take by itself: each of the stream path's
-# two kernels alone (on sm_90 it picks one by the size of W); every call on the stream path where
-# it applies; every call it can take on the one-kernel wgmma GEMM; every call on the tile GEMM and
-# on the generic kernel (the paths taken where
-# cuBLASLt cannot be loaded).
-# The six runs go side by side (separate processes; the GPU has room) to keep the check short.
-qkv_envs=(MINIVLLM_QKV_PATH=register MINIVLLM_QKV_PATH=bulk MINIVLLM_QKV_PATH=stream MINIVLLM_QKV_PATH=wgmma MINIVLLM_QKV_PATH=tile
+# two kernels alone (on sm_90 it picks one by the size of W); every call the deferred-norm W stream
+# can take (bf16, M <= 32); every call on the stream path where it applies; every call it can take
+# on the one-kernel wgmma GEMM; every call on the tile GEMM and on the generic kernel (the paths
+# taken where cuBLASLt cannot be loaded).
+# The seven runs go side by side (separate processes; the GPU has room) to keep the check short.
+qkv_envs=(MINIVLLM_QKV_PATH=register MINIVLLM_QKV_PATH=bulk MINIVLLM_QKV_PATH=deferred MINIVLLM_QKV_PATH=stream MINIVLLM_QKV_PATH=wgmma MINIVLLM_QKV_PATH=tile
           MINIVLLM_QKV_PATH=generic)
 qkv_pids=()
 for qkv_env in "${qkv_envs[@]}"; do
@@ -87,8 +87,9 @@ if [[ $skip != *" sanitizers "* ]]; then
         # every QKV case on our generic kernel (MINIVLLM_QKV_PATH=generic).
         # The -wgmma runs put every QKV call the one-kernel Hopper path can take on it (bf16: its
         # 64-row kernel up to M = 300, its 128-row kernel, with copy-engine stores, at M = 1024);
-        # no initcheck there, as it does not track copy-engine stores (see above).
-        for run in ${SANITIZERS:-memcheck initcheck initcheck-generic racecheck synccheck memcheck-wgmma racecheck-wgmma synccheck-wgmma}; do
+        # no initcheck there, as it does not track copy-engine stores (see above). The -deferred
+        # runs do the same for the deferred-norm W stream (bf16, M <= 32).
+        for run in ${SANITIZERS:-memcheck initcheck initcheck-generic racecheck synccheck memcheck-wgmma racecheck-wgmma synccheck-wgmma memcheck-deferred racecheck-deferred synccheck-deferred}; do
             tool=${run%%-*}
             path_env=()  # extra environment for this run only
             case $run in
@@ -98,6 +99,7 @@ if [[ $skip != *" sanitizers "* ]]; then
                 racecheck) cases=(--dtypes bfloat16); limit=100 ;;
                 synccheck) cases=(--dtypes bfloat16); limit=60 ;;
                 *-wgmma) cases=(--ops qkv --dtypes bfloat16); limit=60; path_env=(MINIVLLM_QKV_PATH=wgmma) ;;
+                *-deferred) cases=(--ops qkv --dtypes bfloat16 --qkv-max-m 32); limit=60; path_env=(MINIVLLM_QKV_PATH=deferred) ;;
             esac
             limit=${MINIVLLM_SANITIZER_TIMEOUT:-$limit}
             t0=$(date +%s)

@@ -16,8 +16,9 @@ def qkv_ref(x, w, W, num_heads, num_kv_heads, eps, residual=None, dtype=None, y_
     """(q, k, v) or (q, k, v, new_residual); W is the nn.Linear weight [N, H] in float64.
 
     With y_dtype (a GPU call's rounding, qkv_y_dtype), rounds as the path that call took: the
-    one-kernel wgmma path rounds weight * s and applies rrms after the product."""
-    rrms_after = y_dtype is not None and last_gpu_path() == "wgmma"
+    one-kernel wgmma path and the deferred-norm W stream round weight * s and apply rrms after
+    the product."""
+    rrms_after = y_dtype is not None and last_gpu_path() in ("wgmma", "deferred")
     return _qkv(x, w, W, num_heads, num_kv_heads, eps, residual, dtype, y_dtype, rrms_after)
 
 

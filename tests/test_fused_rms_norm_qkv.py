@@ -130,6 +130,15 @@ def test_long_prefill(dev, dtype, M, H, nh, nkv, hd, rng):
     Case(dev, rng, dtype, (M,), H, nh, nkv, hd).run()
 
 
+# Skinny M (the W streams; on sm_90 in bf16 the deferred-norm kernel takes M <= 32): token tiles
+# full and partial (8, 9, 16, 17, 31, 32), one to four 16-feature tiles per block, H ending
+# mid-stage (896 = 14 lines of 64 k; stages of 4 lines).
+@pytest.mark.parametrize("M", [2, 8, 9, 16, 17, 31, 32])
+@pytest.mark.parametrize("H,nh,nkv,hd", [(896, 14, 2, 64), (1024, 16, 8, 128), (2560, 32, 8, 128)])
+def test_skinny_rows(dev, dtype, M, H, nh, nkv, hd, rng):
+    Case(dev, rng, dtype, (M,), H, nh, nkv, hd, "W").run()
+
+
 @pytest.mark.parametrize("ratio", [1, 2, 4, 7, 8])
 def test_gqa_ratios_odd_rows(dev, dtype, ratio, rng):
     M = int(rng.integers(0, 150)) * 2 + 1  # odd, 1..299
