@@ -331,7 +331,7 @@ extern "C" int mv_fused_rms_norm_qkv_cuda(const mv_qkv_args *a, void *stream) {
          (forced == mv_qkv_path::automatic && deferred_wins(a->in.rows, a->q_cols + 2 * a->kv_cols))) &&
         mv_qkv_deferred_supported(a, &dev)) {
         err = (cudaError_t)mv_qkv_deferred_cuda(a, stream, &dev);
-        launched = err != cudaErrorNotSupported; /* e.g. a tensor map the driver refused: go on */
+        launched = err != cudaErrorNotSupported; /* N too large for its tiles, or a refused map: go on */
         if (launched) last_gpu_path = "deferred";
     }
     if (!launched) {

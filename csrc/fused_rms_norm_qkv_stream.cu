@@ -289,6 +289,17 @@ __device__ __forceinline__ void reduce_and_store(const mv_qkv_args &args, float 
     }
 }
 
+/* The two m16n8k16 steps of one 32-wide k chunk: wa/wb are this lane's 8 consecutive W elements of
+   features g and g + 8 (the k-permuted A fragment, see the file comment), yv the matching 8 input
+   elements of token g of the token tile. */
+template <typename T>
+__device__ __forceinline__ void mma_k32(float acc[4], const uint4 &wa, const uint4 &wb, const uint4 &yv) {
+#pragma unroll
+    for (int s = 0; s < 2; ++s)
+        mv_mma_16x8x16<T>(acc, word(wa, 2 * s), word(wb, 2 * s), word(wa, 2 * s + 1), word(wb, 2 * s + 1),
+                          word(yv, 2 * s), word(yv, 2 * s + 1));
+}
+
 /* One 32-wide k chunk of a 16-feature tile against every token tile: wa/wb are this lane's 8
    consecutive W elements of features g and g + 8 at chunk position k (the k-permuted A fragment,
    see the file comment), and the matching 8 y elements of token 8 * tt + g come from xs. A lane
@@ -301,10 +312,7 @@ __device__ __forceinline__ void mma_chunk(float acc[kTokenTiles][4], const uint4
         const int token = tt * 8 + g;
         uint4 yv = make_uint4(0, 0, 0, 0);
         if (k_ok && token < rows) yv = *reinterpret_cast<const uint4 *>(xs + token * xs_stride + k);
-#pragma unroll
-        for (int s = 0; s < 2; ++s)
-            mv_mma_16x8x16<T>(acc[tt], word(wa, 2 * s), word(wb, 2 * s), word(wa, 2 * s + 1), word(wb, 2 * s + 1),
-                           word(yv, 2 * s), word(yv, 2 * s + 1));
+        mma_k32<T>(acc[tt], wa, wb, yv);
     }
 }
 
@@ -425,6 +433,12 @@ struct BulkGeometry {
     int stage_lines;   /* 64-k lines per stage: stage_k = 64 * stage_lines */
     int early_stages;  /* stages requested before waiting for the previous kernel (<= stages) */
 };
+
+/* 16-byte chunk j of 128-byte line `line` of a box the copy engine stored with the 128-byte
+   swizzle (from a 1 KiB boundary): it sits at chunk j ^ (line % 8) of its line. */
+__device__ __forceinline__ uint4 load_swizzled(const unsigned char *box, int line, int j) {
+    return *reinterpret_cast<const uint4 *>(box + line * kLineBytes + ((j ^ (line & 7)) << 4));
+}
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 struct ConsumerSync { /* the 8 consumer warps only: the producer warp never joins */
@@ -552,8 +566,8 @@ __global__ void __launch_bounds__(kBulkThreads, 2) fused_rms_norm_qkv_bulk_kerne
                 const int line_a = g * geo.stage_lines + local_k / kLineK;
                 const int line_b = line_a + 8 * geo.stage_lines;
                 const int j = (local_k % kLineK) / kVec; /* 16-byte chunk within the line */
-                const uint4 wa = *reinterpret_cast<const uint4 *>(stage + line_a * kLineBytes + ((j ^ (line_a & 7)) << 4));
-                const uint4 wb = *reinterpret_cast<const uint4 *>(stage + line_b * kLineBytes + ((j ^ (line_b & 7)) << 4));
+                const uint4 wa = load_swizzled(stage, line_a, j);
+                const uint4 wb = load_swizzled(stage, line_b, j);
                 mma_chunk<T, kTokenTiles>(acc, wa, wb, xs, geo.xs_stride, chunk_k + kVec * t, true, rows, g);
             }
             __syncwarp();
@@ -713,9 +727,7 @@ __global__ void __launch_bounds__(kBulkThreads, 2)
 #pragma unroll
             for (int tt = 0; tt < kTokenTiles; ++tt) {
                 const int token = tt * 8 + g;
-                const int li = token * sl + line;
-                const uint4 xv = token < rows ? *reinterpret_cast<const uint4 *>(xs + li * kLineBytes + ((j ^ (li & 7)) << 4))
-                                              : make_uint4(0, 0, 0, 0);
+                const uint4 xv = token < rows ? load_swizzled(xs, token * sl + line, j) : make_uint4(0, 0, 0, 0);
                 const T *xe = reinterpret_cast<const T *>(&xv);
                 float scaled[kVec];
 #pragma unroll
@@ -731,14 +743,10 @@ __global__ void __launch_bounds__(kBulkThreads, 2)
             for (int f = 0; f < kMaxTiles; ++f) {
                 if (f >= geo.tiles) break;
                 const int la = (f * kTileFeatures + g) * sl + line, lb = la + 8 * sl;
-                const uint4 wa = *reinterpret_cast<const uint4 *>(ws + la * kLineBytes + ((j ^ (la & 7)) << 4));
-                const uint4 wb = *reinterpret_cast<const uint4 *>(ws + lb * kLineBytes + ((j ^ (lb & 7)) << 4));
+                const uint4 wa = load_swizzled(ws, la, j);
+                const uint4 wb = load_swizzled(ws, lb, j);
 #pragma unroll
-                for (int tt = 0; tt < kTokenTiles; ++tt)
-#pragma unroll
-                    for (int s = 0; s < 2; ++s)
-                        mv_mma_16x8x16<T>(acc[f][tt], word(wa, 2 * s), word(wb, 2 * s), word(wa, 2 * s + 1),
-                                          word(wb, 2 * s + 1), word(yv[tt], 2 * s), word(yv[tt], 2 * s + 1));
+                for (int tt = 0; tt < kTokenTiles; ++tt) mma_k32<T>(acc[f][tt], wa, wb, yv[tt]);
             }
         }
         __syncwarp();
@@ -915,16 +923,15 @@ int env_int(const char *name, int fallback) {
     return v != nullptr && *v != '\0' ? atoi(v) : fallback;
 }
 
-int deferred_token_tiles(int64_t rows) { return rows <= 8 ? 1 : rows <= 16 ? 2 : 4; }
-int deferred_max_tiles(int token_tiles) { return token_tiles <= 2 ? kDeferredMaxTiles : kDeferredMaxTiles / 2; }
-
-size_t deferred_plan(DeferredGeometry *geo, const mv_qkv_args &a, const mv_cuda_device &dev, unsigned grid) {
+/* Returns the block's shared-memory bytes, or 0 where no plan fits (more than max_tiles feature
+   tiles per block, or no two slots in the budget). */
+size_t deferred_plan(DeferredGeometry *geo, const mv_qkv_args &a, const mv_cuda_device &dev, unsigned grid,
+                     int token_tiles, int max_tiles) {
     const int rows = static_cast<int>(a.in.rows);
     const int lines = static_cast<int>(a.in.hidden / kLineK);
-    const int token_tiles = deferred_token_tiles(rows);
     const int64_t most_features = (geo->cols + grid - 1) / grid;
     geo->tiles = static_cast<int>((most_features + kTileFeatures - 1) / kTileFeatures);
-    if (geo->tiles > deferred_max_tiles(token_tiles)) return 0;
+    if (geo->tiles > max_tiles) return 0;
     static const int whole = env_int("MINIVLLM_QKV_DEFERRED_WHOLE", 0);
     static const int forced_lines = env_int("MINIVLLM_QKV_DEFERRED_LINES", 0);
     const size_t half_sm = static_cast<size_t>(dev.max_shared_sm / 2 - dev.reserved_shared);
@@ -969,8 +976,8 @@ int launch_deferred(const mv_qkv_args &a, cudaStream_t stream, const mv_cuda_dev
     geo.cols = a.q_cols + 2 * a.kv_cols;
     const int64_t by_features = (geo.cols + kMinFeaturesPerBlock - 1) / kMinFeaturesPerBlock;
     const unsigned grid = static_cast<unsigned>(by_features < dev.sms ? by_features : dev.sms);
-    const size_t smem = deferred_plan(&geo, a, dev, grid);
-    if (smem == 0 || geo.tiles > kMaxTiles) return static_cast<int>(cudaErrorNotSupported);
+    const size_t smem = deferred_plan(&geo, a, dev, grid, kTokenTiles, kMaxTiles);
+    if (smem == 0) return static_cast<int>(cudaErrorNotSupported);
     const bool pdl = mv_pdl_enabled(dev);
     geo.early_stages = pdl ? geo.stages : 0;
 
@@ -1078,8 +1085,9 @@ extern "C" int mv_qkv_stream_cuda(const mv_qkv_args *a, void *stream, int residu
 }
 
 /* The deferred-norm kernel (see the section above it): sm_90+, bf16, no residual, 1 <= M <= 32,
-   H % 64 == 0, x and W rows 16-byte aligned (W in nn.Linear layout), gamma 16-byte aligned, and N
-   small enough for at most kDeferredMaxTiles tiles per block (half that above 16 rows). */
+   H % 64 == 0, x and W rows 16-byte aligned (W in nn.Linear layout), gamma 16-byte aligned. Whether
+   N fits (at most kDeferredMaxTiles tiles per block, half that above 16 rows) is the launcher's
+   plan: it returns cudaErrorNotSupported, launching nothing, where it does not. */
 extern "C" int mv_qkv_deferred_supported(const mv_qkv_args *a, const mv_cuda_device *dev) {
     if (dev->major < 9 || a->in.dtype != MV_BFLOAT16 || a->in.residual != nullptr) return 0;
     if (a->in.rows < 1 || a->in.rows > kDeferredMaxTokens) return 0;
@@ -1088,18 +1096,12 @@ extern "C" int mv_qkv_deferred_supported(const mv_qkv_args *a, const mv_cuda_dev
     if (a->w_stride_k != 1 || a->w_stride_n < h || !mv_aligned16(a->w, a->w_stride_n, 2)) return 0;
     if (!mv_aligned16(a->in.x, a->in.rows > 1 ? a->in.x_stride : 0, 2) || (a->in.rows > 1 && a->in.x_stride < h))
         return 0;
-    if (!mv_aligned16(a->in.norm_weight, 0, 2) || !mv_tensor_maps_available()) return 0;
-    DeferredGeometry geo;
-    geo.cols = n;
-    const int64_t by_features = (n + kMinFeaturesPerBlock - 1) / kMinFeaturesPerBlock;
-    return deferred_plan(&geo, *a, *dev, static_cast<unsigned>(by_features < dev->sms ? by_features : dev->sms)) != 0;
+    return mv_aligned16(a->in.norm_weight, 0, 2) && mv_tensor_maps_available();
 }
 
 extern "C" int mv_qkv_deferred_cuda(const mv_qkv_args *a, void *stream, const mv_cuda_device *dev) {
     cudaStream_t s = static_cast<cudaStream_t>(stream);
-    switch (deferred_token_tiles(a->in.rows)) {
-    case 1: return launch_deferred<1, kDeferredMaxTiles>(*a, s, *dev);
-    case 2: return launch_deferred<2, kDeferredMaxTiles>(*a, s, *dev);
-    default: return launch_deferred<4, kDeferredMaxTiles / 2>(*a, s, *dev);
-    }
+    if (a->in.rows <= 8) return launch_deferred<1, kDeferredMaxTiles>(*a, s, *dev);
+    if (a->in.rows <= 16) return launch_deferred<2, kDeferredMaxTiles>(*a, s, *dev);
+    return launch_deferred<4, kDeferredMaxTiles / 2>(*a, s, *dev); /* registers: fewer feature tiles */
 }

@@ -4,7 +4,6 @@
 # once per variant. A variant is NAME or NAME:VAR=VALUE[,VAR=VALUE...], an environment for the
 # whole run of it, e.g.  nopdl:MINIVLLM_PDL=0  or  gemm:MINIVLLM_QKV_PATH=gemm.
 #   usage: scripts/qkv_variants.sh OUTDIR VARIANT...
-# SMOKE=0 skips the float64 check (variants that compute wrong results on purpose, to time a part).
 #   M="1 16 256" MODELS="Qwen3-0.6B Llama-3-8B" DTYPES="bf16 fp16" TESTS=0 SMOKE_M="1 16" \
 #       scripts/qkv_variants.sh OUT auto nopdl:MINIVLLM_PDL=0
 # Logs land in OUTDIR (file names from NAME); one table of every variant's times is printed
@@ -33,7 +32,6 @@ cd /tmp
 kept=()
 for v in "$@"; do
     n=$(name_of "$v")
-    if [ "${SMOKE:-1}" = 0 ]; then kept+=("$v"); continue; fi   # measurement-only variants
     env $(env_of "$v") timeout "${SMOKE_TIMEOUT:-180}" python3 "$root/scripts/qkv_smoke.py" \
         ${SMOKE_M:+--m $SMOKE_M} >"$out/smoke-$n.log" 2>&1
     rc=$?
