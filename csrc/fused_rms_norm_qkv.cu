@@ -4,8 +4,8 @@
  *
  * Paths, chosen by M, dtype, layout and what is loadable (fused_rms_norm_qkv_paths.h):
  * - skinny M, fp16/bf16: fused_rms_norm_qkv_stream.cu, a W stream on tensor cores (tensor copies
- *   into shared memory on sm_90+, register loads elsewhere; on sm_90 in bf16 up to M = 32 the
- *   deferred-norm kernel, which streams the input beside W);
+ *   into shared memory on sm_90+, register loads elsewhere; on sm_90 in fp16/bf16 up to M = 32
+ *   the deferred-norm kernel, which streams the input beside W);
  * - everything else: fused_rms_norm_qkv_gemm.cu, the rms_norm kernel into scratch then cuBLASLt;
  * - no libcublasLt loadable: the generic kernel below, correct for any dtype, layout and size.
  *
@@ -221,13 +221,17 @@ constexpr int64_t kStreamMaxStagedElements = 24576;
    - Llama-3-8B and Qwen3-4B (H 4096, 2560) lose at every M (M = 32: 23.1 vs 18.9, 15.8 vs 14.1;
      M = 4096: 309 vs 279, 195 vs 178): each tile walks all of H in 64-k stages, and the 128-row
      kernel's main loop runs at ~670 TFLOP/s where cuBLAS reaches ~770. */
-/* Where the deferred-norm W stream (sm_90, bf16, no residual, M <= 32) beat the paths below on
+/* Where the deferred-norm W stream (sm_90, fp16/bf16, no residual, M <= 32) beat the paths below on
    an H200 (bf16, graph-timed, us, deferred vs automatic before it; run D5 of
    benchmarks/results/qkv-deferred-nvidia-h200-2026-11-22.log): Llama-3-8B M = 2 16.15 vs 16.48, 4 16.33 vs 17.38, 8 16.42 vs 18.85, 16 17.29 vs
    19.10; Qwen3-4B M = 4 11.66 vs 12.22, 16 12.40 vs 14.03; Qwen3-0.6B M = 4 4.34 vs 4.83, 16 5.04
    vs 6.30, 32 6.73 vs 7.44; Qwen2.5-0.5B M = 16 4.05 vs 4.48, 24 5.04 vs 5.38. It lost where the
    other W streams are at their best: M = 1 (Qwen3-4B 11.61 vs 10.68), and few rows of a small W
-   (Qwen2.5-0.5B, N = 1152: M = 4 3.41 vs 3.20, M = 8 3.45 vs 3.32). */
+   (Qwen2.5-0.5B, N = 1152: M = 4 3.41 vs 3.20, M = 8 3.45 vs 3.32). The same rule holds for fp16,
+   which the kernel took later (H200, fp16, deferred vs the stream path, or norm + cuBLASLt at
+   M = 32: Llama-3-8B M = 8 15.70 vs 18.80, 16 16.40 vs 23.31; Qwen3-4B M = 16 11.84 vs 16.17;
+   Qwen3-0.6B M = 4 4.14 vs 4.69, 16 4.84 vs 6.04, 32 6.53 vs 7.83; Qwen2.5-0.5B M = 16 3.93 vs
+   4.40, 32 5.17 vs 6.91; benchmarks/results/qkv-decode-timeline-nvidia-h200-2026-11-22.log). */
 bool deferred_wins(int64_t rows, int64_t cols) { return rows >= 4 && (cols >= 2048 || rows >= 16); }
 bool wgmma_wins(int64_t rows, int64_t hidden, int64_t cols) {
     if (hidden > 1024) return false;
@@ -300,7 +304,7 @@ mv_qkv_path mv_qkv_forced_path() {
 }
 
 /* The dispatcher. One rule per path, in order:
-   - few rows on sm_90 in bf16 without a residual (4 <= M <= 32, or 16 <= M <= 32 for a small W:
+   - few rows on sm_90 in fp16/bf16 without a residual (4 <= M <= 32, or 16 <= M <= 32 for a small W:
      deferred_wins): the W stream with the input streamed beside it and the norm deferred;
    - skinny M (decode, small batches; fp16/bf16, M <= kStreamMaxRows and M * H <=
      kStreamMaxStagedElements, nn.Linear layout, H % 8 == 0): the W stream on tensor cores;

@@ -35,7 +35,7 @@ int mv_qkv_stream_supported(const mv_qkv_args *a, const mv_cuda_device *dev);
 int mv_qkv_stream_cuda(const mv_qkv_args *a, void *stream, int residual_in_kernel, const mv_cuda_device *dev);
 
 /* The W stream with the norm deferred to its epilogue and the input streamed beside the weights
-   (fused_rms_norm_qkv_stream.cu): sm_90+, bf16, no residual, 1 <= M <= 32, H % 64 == 0, 16-byte
+   (fused_rms_norm_qkv_stream.cu): sm_90+, fp16/bf16, no residual, 1 <= M <= 32, H % 64 == 0, 16-byte
    aligned rows of x and W (nn.Linear layout). mv_qkv_deferred_cuda returns cudaErrorNotSupported,
    launching nothing, where N needs more than 64 features per multiprocessor (32 above 16 rows). */
 int mv_qkv_deferred_supported(const mv_qkv_args *a, const mv_cuda_device *dev);

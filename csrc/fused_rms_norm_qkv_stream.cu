@@ -20,7 +20,7 @@
  *   equal share of the output features, launched with programmatic dependent launch; it keeps
  *   more bytes in flight per SM, which larger W needs (Llama-3-8B M = 1: 15.5 us against 16.8 on
  *   the register kernel; Qwen3-4B M = 16: 13.5 against 17.8). MINIVLLM_QKV_PATH=bulk forces it;
- * - on sm_90 in bf16 without a residual, where the dispatcher's deferred_wins says so (4 <= M <= 32
+ * - on sm_90 in fp16/bf16 without a residual, where the dispatcher's deferred_wins says so (4 <= M <= 32
  *   mostly): the deferred-norm kernel (its own section, after the tensor-copy kernel), which
  *   streams x beside W instead of staging it and applies rrms in the epilogue.
  *   MINIVLLM_QKV_PATH=deferred forces it. The notes below are the first two kernels'.
@@ -579,18 +579,24 @@ __global__ void __launch_bounds__(kBulkThreads, 2) fused_rms_norm_qkv_bulk_kerne
 #endif
 }
 
-/* ---- The deferred-norm tensor-copy kernel (sm_90+, bf16, no residual, M <= 32) -------------
+/* ---- The deferred-norm tensor-copy kernel (sm_90+, fp16/bf16, no residual, M <= 32) --------
 
    The two kernels above stage the whole normalized input in every block before the first product:
    at M = 16 and H = 4096 that is 128 KiB that each of 132 blocks reads at once (17 MiB out of L2
    in a burst) and passes over twice, while its W stream waits. Here the input travels with the
    weights instead: ring stage i holds W[this block's features][k range i] and x[all rows][k range
    i], both brought by the copy engine, and the norm is deferred (the identity of the wgmma path):
-   the products accumulate (gamma * x) . W^T, with gamma * x rounded to bf16, and each token's sums
+   the products accumulate (gamma * x) . W^T, with gamma * x rounded to the dtype, and each token's sums
    are multiplied by its rrms in the epilogue. The lane that loads an x fragment for the tensor
    cores scales it by gamma in registers (gamma sits in shared memory, copied once) and adds its
-   x^2 to the row sums, so the norm costs no pass, no barrier and no global load per stage. (fp16
-   stays on the kernels above: gamma * x can overflow fp16 where gamma * x * rrms cannot.)
+   x^2 to the row sums, so the norm costs no pass, no barrier and no global load per stage.
+   - fp16: gamma * x can overflow fp16 where gamma * x * rrms cannot (|x| up to 65504). So in fp16
+     the operand is gamma * x * 2^-e, with 2^e the least power of two above max |gamma| (e = 0
+     where max |gamma| <= 1), which bounds it by |x|: no overflow for any finite input. The scale is
+     exact (a power of two), so the operand equals round(gamma * x) except where it falls below
+     fp16's normal range (|gamma * x| < 2^(e - 14)); the epilogue multiplies by rrms * 2^e. Each
+     block takes max |gamma| from its copy of gamma before its first product (one pass over H
+     elements, while W streams). bf16 has float32's range and needs no scale.
    - Blocks own equal ranges of output features (as the tensor-copy kernel) and walk K once: every
      stage feeds all of the block's 16-feature tiles (at most kDeferredMaxTiles), so x is read
      once per block, not once per tile. The W box covers 16 * tiles features from the block's
@@ -604,6 +610,7 @@ __global__ void __launch_bounds__(kBulkThreads, 2) fused_rms_norm_qkv_bulk_kerne
    a barrier per stage) with gamma read from global memory ran Llama-3-8B M = 1 in 21.7 and M = 16
    in 26.7; gamma in shared memory, 17.8 and 21.5; the scaling in registers, 16.1 and 17.3. */
 constexpr int kDeferredMaxTokens = 32;
+constexpr int kDeferredScalars = kDeferredMaxTokens + 4; /* row sums, then max |gamma| (16-byte multiple) */
 constexpr int kDeferredMaxTiles = 4; /* features per block <= 64 (32 above 16 tokens): registers */
 constexpr int kDeferredLineChoices[] = {4, 12, 20, 28}; /* each 4 mod 8, narrowest first */
 constexpr int kDeferredMaxStages = 16;
@@ -620,19 +627,20 @@ struct DeferredGeometry {
     int early_stages; /* W boxes requested before waiting for the previous kernel */
 };
 
-template <int kTokenTiles, int kMaxTiles>
+template <typename T, int kTokenTiles, int kMaxTiles>
 __global__ void __launch_bounds__(kBulkThreads, 2)
     fused_rms_norm_qkv_deferred_kernel(mv_qkv_args args, DeferredGeometry geo, const __grid_constant__ CUtensorMap w_map,
                                        const __grid_constant__ CUtensorMap x_map) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    using T = __nv_bfloat16;
+    constexpr bool kScaled = std::is_same<T, __half>::value; /* fp16: the operand scale (see above) */
     extern __shared__ uint4 smem[];
     const int rows = static_cast<int>(args.in.rows);
     const int hidden = static_cast<int>(args.in.hidden);
     unsigned char *ring = reinterpret_cast<unsigned char *>(
         (reinterpret_cast<uintptr_t>(smem) + kSwizzleAlign - 1) / kSwizzleAlign * kSwizzleAlign);
-    float *row_sum = reinterpret_cast<float *>(ring + static_cast<size_t>(geo.stages) * geo.slot_bytes); /* [kDeferredMaxTokens] */
-    T *gamma_s = reinterpret_cast<T *>(row_sum + kDeferredMaxTokens); /* [H], H % 64 == 0 */
+    float *row_sum = reinterpret_cast<float *>(ring + static_cast<size_t>(geo.stages) * geo.slot_bytes); /* [kDeferredScalars] */
+    float *gamma_max = row_sum + kDeferredMaxTokens;
+    T *gamma_s = reinterpret_cast<T *>(row_sum + kDeferredScalars); /* [H], H % 64 == 0 */
     uint64_t *full = reinterpret_cast<uint64_t *>(gamma_s + hidden);
     uint64_t *empty = full + geo.stages;
     uint64_t *gamma_full = empty + geo.stages;
@@ -651,7 +659,7 @@ __global__ void __launch_bounds__(kBulkThreads, 2)
         mv_mbarrier_init(gamma_full, 1);
         mv_mbarrier_init_fence();
     }
-    if (threadIdx.x < kDeferredMaxTokens) row_sum[threadIdx.x] = 0.0f;
+    if (threadIdx.x < kDeferredScalars) row_sum[threadIdx.x] = 0.0f; /* and gamma_max */
     __syncthreads();
     mv_pdl_trigger(); /* as in the tensor-copy kernel */
 
@@ -695,9 +703,31 @@ __global__ void __launch_bounds__(kBulkThreads, 2)
         return;
     }
 
-    mv_pdl_wait(); /* the outputs may still be read by the previous kernel */
     const int g = lane >> 2, t = lane & 3;
+    if constexpr (!kScaled) mv_pdl_wait(); /* the outputs may still be read by the previous kernel */
     mv_mbarrier_wait(gamma_full, 0);
+    float operand_scale = 1.0f, result_scale = 1.0f; /* 2^-e and 2^e (fp16) */
+    if constexpr (kScaled) { /* gamma is a weight: read before the wait, while the previous kernel ends */
+        float most = 0.0f; /* fmaxf drops NaN; an infinite gamma keeps the scale at 1 */
+        for (int k = threadIdx.x * kVec; k < hidden; k += kThreads * kVec) {
+            const uint4 gv = *reinterpret_cast<const uint4 *>(gamma_s + k);
+            const T *ge = reinterpret_cast<const T *>(&gv);
+#pragma unroll
+            for (int e = 0; e < kVec; ++e) most = fmaxf(most, fabsf(mv_to_float(ge[e])));
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) most = fmaxf(most, __shfl_xor_sync(0xffffffffu, most, o));
+        if (lane == 0) atomicMax(reinterpret_cast<int *>(gamma_max), __float_as_int(most)); /* >= 0: ordered as ints */
+        ConsumerSync()();
+        most = *gamma_max;
+        if (most > 1.0f && most <= 65504.0f) {
+            int e;
+            frexpf(most, &e); /* most < 2^e */
+            operand_scale = ldexpf(1.0f, -e);
+            result_scale = ldexpf(1.0f, e);
+        }
+        mv_pdl_wait();
+    }
     float sum_sq[kTokenTiles]; /* of the x this lane loads: tokens 8 * tt + g */
     float acc[kMaxTiles][kTokenTiles][4];
 #pragma unroll
@@ -723,6 +753,9 @@ __global__ void __launch_bounds__(kBulkThreads, 2)
             if (k - j * kVec >= hidden) break; /* warp-uniform: the line starts past H */
             const uint4 gv = *reinterpret_cast<const uint4 *>(gamma_s + k);
             const T *ge = reinterpret_cast<const T *>(&gv);
+            float gf[kVec]; /* gamma * 2^-e: exact in float32 */
+#pragma unroll
+            for (int e = 0; e < kVec; ++e) gf[e] = kScaled ? mv_to_float(ge[e]) * operand_scale : mv_to_float(ge[e]);
             uint4 yv[kTokenTiles];
 #pragma unroll
             for (int tt = 0; tt < kTokenTiles; ++tt) {
@@ -734,7 +767,7 @@ __global__ void __launch_bounds__(kBulkThreads, 2)
                 for (int e = 0; e < kVec; ++e) {
                     const float xf = mv_to_float(xe[e]);
                     sum_sq[tt] += xf * xf;
-                    scaled[e] = mv_to_float(ge[e]) * xf;
+                    scaled[e] = gf[e] * xf;
                 }
                 T(&ye)[kVec] = *reinterpret_cast<T(*)[kVec]>(&yv[tt]);
                 mv_from_floats(ye, scaled);
@@ -763,7 +796,8 @@ __global__ void __launch_bounds__(kBulkThreads, 2)
         if (t == 0 && tt * 8 + g < rows) atomicAdd(&row_sum[tt * 8 + g], v);
     }
     ConsumerSync()(); /* every row's total is in, and every warp is done with the ring */
-    if (threadIdx.x < rows) row_sum[threadIdx.x] = rsqrtf(row_sum[threadIdx.x] / static_cast<float>(hidden) + args.in.eps);
+    if (threadIdx.x < rows)
+        row_sum[threadIdx.x] = rsqrtf(row_sum[threadIdx.x] / static_cast<float>(hidden) + args.in.eps) * result_scale;
     /* reduce_and_store's first barrier orders these rrms before their use. */
 #pragma unroll
     for (int f = 0; f < kMaxTiles; ++f) {
@@ -938,7 +972,7 @@ size_t deferred_plan(DeferredGeometry *geo, const mv_qkv_args &a, const mv_cuda_
     size_t budget = static_cast<size_t>(dev.max_shared_block);
     if (!whole && half_sm < budget) budget = half_sm;
     /* row sums, gamma, its barrier */
-    const size_t fixed = kSwizzleAlign + kDeferredMaxTokens * sizeof(float) + static_cast<size_t>(a.in.hidden) * 2 +
+    const size_t fixed = kSwizzleAlign + kDeferredScalars * sizeof(float) + static_cast<size_t>(a.in.hidden) * 2 +
                          sizeof(uint64_t);
     const size_t partial_bytes = static_cast<size_t>(kWarps) * token_tiles * 4 * 32 * sizeof(float);
     if (budget <= fixed) return 0;
@@ -968,7 +1002,7 @@ size_t deferred_plan(DeferredGeometry *geo, const mv_qkv_args &a, const mv_cuda_
 /* W boxes before the PDL wait: a full ring (H200, bf16, graph-timed, us, none / one / all:
    Qwen3-0.6B M = 8 5.76 / 5.61 / 4.39, Qwen2.5-0.5B M = 8 4.22 / 3.19 / 3.23, Llama-3-8B M = 8
    16.71 / 16.60 / 16.51). */
-template <int kTokenTiles, int kMaxTiles>
+template <typename T, int kTokenTiles, int kMaxTiles>
 int launch_deferred(const mv_qkv_args &a, cudaStream_t stream, const mv_cuda_device &dev) {
     const int rows = static_cast<int>(a.in.rows);
     const int hidden = static_cast<int>(a.in.hidden);
@@ -991,11 +1025,11 @@ int launch_deferred(const mv_qkv_args &a, cudaStream_t stream, const mv_cuda_dev
     const cuuint64_t x_strides[2] = {static_cast<cuuint64_t>(kLineBytes), static_cast<cuuint64_t>(x_stride) * 2};
     const cuuint32_t x_box[3] = {static_cast<cuuint32_t>(kLineK), static_cast<cuuint32_t>(geo.stage_lines),
                                  static_cast<cuuint32_t>(rows)};
-    if (!mv_swizzled_tensor_map(&x_map, true, 3, a.in.x, x_dims, x_strides, x_box, false))
+    if (!mv_swizzled_tensor_map(&x_map, a.in.dtype == MV_BFLOAT16, 3, a.in.x, x_dims, x_strides, x_box, false))
         return static_cast<int>(cudaErrorNotSupported);
 
     void (*kernel)(mv_qkv_args, DeferredGeometry, const CUtensorMap, const CUtensorMap) =
-        fused_rms_norm_qkv_deferred_kernel<kTokenTiles, kMaxTiles>;
+        fused_rms_norm_qkv_deferred_kernel<T, kTokenTiles, kMaxTiles>;
     static mv_shared_opt_in opt_in;
     cudaError_t err = mv_allow_shared(kernel, smem, opt_in, dev.device);
     if (err != cudaSuccess) return static_cast<int>(err);
@@ -1084,12 +1118,13 @@ extern "C" int mv_qkv_stream_cuda(const mv_qkv_args *a, void *stream, int residu
     }
 }
 
-/* The deferred-norm kernel (see the section above it): sm_90+, bf16, no residual, 1 <= M <= 32,
+/* The deferred-norm kernel (see the section above it): sm_90+, bf16 or fp16, no residual, 1 <= M <= 32,
    H % 64 == 0, x and W rows 16-byte aligned (W in nn.Linear layout), gamma 16-byte aligned. Whether
    N fits (at most kDeferredMaxTiles tiles per block, half that above 16 rows) is the launcher's
    plan: it returns cudaErrorNotSupported, launching nothing, where it does not. */
 extern "C" int mv_qkv_deferred_supported(const mv_qkv_args *a, const mv_cuda_device *dev) {
-    if (dev->major < 9 || a->in.dtype != MV_BFLOAT16 || a->in.residual != nullptr) return 0;
+    if (dev->major < 9 || (a->in.dtype != MV_BFLOAT16 && a->in.dtype != MV_FLOAT16) || a->in.residual != nullptr)
+        return 0;
     if (a->in.rows < 1 || a->in.rows > kDeferredMaxTokens) return 0;
     const int64_t h = a->in.hidden, n = a->q_cols + 2 * a->kv_cols;
     if (h % kLineK != 0 || h * 2 >= (1 << 20) || n >= (1ll << 31)) return 0; /* gamma: one mbarrier phase */
@@ -1099,9 +1134,15 @@ extern "C" int mv_qkv_deferred_supported(const mv_qkv_args *a, const mv_cuda_dev
     return mv_aligned16(a->in.norm_weight, 0, 2) && mv_tensor_maps_available();
 }
 
+template <typename T>
+int launch_deferred_rows(const mv_qkv_args &a, cudaStream_t s, const mv_cuda_device &dev) {
+    if (a.in.rows <= 8) return launch_deferred<T, 1, kDeferredMaxTiles>(a, s, dev);
+    if (a.in.rows <= 16) return launch_deferred<T, 2, kDeferredMaxTiles>(a, s, dev);
+    return launch_deferred<T, 4, kDeferredMaxTiles / 2>(a, s, dev); /* registers: fewer feature tiles */
+}
+
 extern "C" int mv_qkv_deferred_cuda(const mv_qkv_args *a, void *stream, const mv_cuda_device *dev) {
     cudaStream_t s = static_cast<cudaStream_t>(stream);
-    if (a->in.rows <= 8) return launch_deferred<1, kDeferredMaxTiles>(*a, s, *dev);
-    if (a->in.rows <= 16) return launch_deferred<2, kDeferredMaxTiles>(*a, s, *dev);
-    return launch_deferred<4, kDeferredMaxTiles / 2>(*a, s, *dev); /* registers: fewer feature tiles */
+    return a->in.dtype == MV_FLOAT16 ? launch_deferred_rows<__half>(*a, s, *dev)
+                                     : launch_deferred_rows<__nv_bfloat16>(*a, s, *dev);
 }

@@ -15,8 +15,11 @@
  * For the QKV product, the CPU (and the generic GPU kernel) multiply the float32 y; the GPU's fast
  * paths round y to the dtype first, as an unfused rms_norm + matmul does (tensor cores and cuBLAS
  * take dtype operands). The exceptions are the one-kernel wgmma path and the deferred-norm W
- * stream (both sm_90, bf16), which defer rrms to after the product: qkv = rrms * (round(weight_i * s_i) . W^T), the rounding of the
- * scaled input in place of y's (same size of error; mv_qkv_last_gpu_path names the path taken).
+ * stream (sm_90; wgmma bf16, the stream fp16/bf16), which defer rrms to after the product:
+ * qkv = rrms * (round(weight_i * s_i) . W^T), the rounding of the scaled input in place of y's
+ * (same size of error; mv_qkv_last_gpu_path names the path taken). In fp16 the stream rounds
+ * weight_i * s_i * 2^-e instead and multiplies the sums by rrms * 2^e, 2^e the least power of two
+ * above max |weight| (1 where that is <= 1), so that the operand cannot overflow fp16.
  *
  * CPU functions return 0 on success or an MV_ERR_* code. CUDA launchers return a cudaError_t
  * (as int, so this header needs no CUDA headers), launch on the given stream, never synchronize

@@ -44,6 +44,17 @@ def fused_add_rms_norm(x, residual, weight, eps, dtype):
     return rms_norm(s, weight, eps), s
 
 
+def fp16_operand_scale(norm_weight):
+    """The deferred-norm W stream's fp16 operand scale 2^-e: 2^e the least power of two above
+    max |gamma| where that lies in (1, 65504], else 1 (so |gamma * x * 2^-e| <= |x|)."""
+    g = np.abs(np.asarray(norm_weight, np.float64))
+    g = g[~np.isnan(g)]
+    most = float(g.max()) if g.size else 0.0
+    if not 1.0 < most <= 65504.0:
+        return 1.0
+    return float(np.ldexp(1.0, -int(np.frexp(most)[1])))
+
+
 def fused_rms_norm_qkv(x, norm_weight, w, num_heads, num_kv_heads, eps=1e-6, residual=None,
                        dtype=None, y_dtype=None, rrms_after=False):
     """(q, k, v), or (q, k, v, new_residual) with residual; w is the nn.Linear weight [N, H].
@@ -51,7 +62,8 @@ def fused_rms_norm_qkv(x, norm_weight, w, num_heads, num_kv_heads, eps=1e-6, res
     y_dtype: round the normalized y to this dtype before the product (the GPU tensor-core paths
     do, as an unfused rms_norm + matmul does); None keeps y exact (the CPU kernels' float32 y).
     rrms_after (with y_dtype): round weight * s instead and scale the product by rrms, as the
-    one-kernel wgmma path does."""
+    one-kernel wgmma path and the deferred-norm W stream do (in fp16 the latter rounds
+    weight * s * fp16_operand_scale(weight) and divides the scale out again)."""
     x = np.asarray(x, np.float64)
     w = np.asarray(w, np.float64)
     if residual is not None:
@@ -62,9 +74,11 @@ def fused_rms_norm_qkv(x, norm_weight, w, num_heads, num_kv_heads, eps=1e-6, res
         normed = x
     rrms = None
     if y_dtype is not None and rrms_after:
+        gamma = np.asarray(norm_weight, np.float64)
+        scale = fp16_operand_scale(gamma) if y_dtype == "float16" else 1.0
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             rrms = 1.0 / np.sqrt(np.mean(normed * normed, axis=-1, keepdims=True) + eps)
-            y = round_to(np.asarray(norm_weight, np.float64) * normed, y_dtype)
+            y = round_to(gamma * normed * scale, y_dtype) / scale
     elif y_dtype is not None:
         y = round_to(y, y_dtype)
     n_out, hidden = w.shape

@@ -88,7 +88,7 @@ if [[ $skip != *" sanitizers "* ]]; then
         # The -wgmma runs put every QKV call the one-kernel Hopper path can take on it (bf16: its
         # 64-row kernel up to M = 300, its 128-row kernel, with copy-engine stores, at M = 1024);
         # no initcheck there, as it does not track copy-engine stores (see above). The -deferred
-        # runs do the same for the deferred-norm W stream (bf16, M <= 32).
+        # runs do the same for the deferred-norm W stream (fp16/bf16, M <= 32).
         for run in ${SANITIZERS:-memcheck initcheck initcheck-generic racecheck synccheck memcheck-wgmma racecheck-wgmma synccheck-wgmma memcheck-deferred racecheck-deferred synccheck-deferred}; do
             tool=${run%%-*}
             path_env=()  # extra environment for this run only
@@ -99,7 +99,7 @@ if [[ $skip != *" sanitizers "* ]]; then
                 racecheck) cases=(--dtypes bfloat16); limit=100 ;;
                 synccheck) cases=(--dtypes bfloat16); limit=60 ;;
                 *-wgmma) cases=(--ops qkv --dtypes bfloat16); limit=60; path_env=(MINIVLLM_QKV_PATH=wgmma) ;;
-                *-deferred) cases=(--ops qkv --dtypes bfloat16 --qkv-max-m 32); limit=60; path_env=(MINIVLLM_QKV_PATH=deferred) ;;
+                *-deferred) cases=(--ops qkv --dtypes bfloat16 float16 --qkv-max-m 32); limit=60; path_env=(MINIVLLM_QKV_PATH=deferred) ;;
             esac
             limit=${MINIVLLM_SANITIZER_TIMEOUT:-$limit}
             t0=$(date +%s)

@@ -130,13 +130,29 @@ def test_long_prefill(dev, dtype, M, H, nh, nkv, hd, rng):
     Case(dev, rng, dtype, (M,), H, nh, nkv, hd).run()
 
 
-# Skinny M (the W streams; on sm_90 in bf16 the deferred-norm kernel takes M <= 32): token tiles
+# Skinny M (the W streams; on sm_90 in fp16/bf16 the deferred-norm kernel takes M <= 32): token tiles
 # full and partial (8, 9, 16, 17, 31, 32), one to four 16-feature tiles per block, H ending
 # mid-stage (896 = 14 lines of 64 k; stages of 4 lines).
 @pytest.mark.parametrize("M", [2, 8, 9, 16, 17, 31, 32])
 @pytest.mark.parametrize("H,nh,nkv,hd", [(896, 14, 2, 64), (1024, 16, 8, 128), (2560, 32, 8, 128)])
 def test_skinny_rows(dev, dtype, M, H, nh, nkv, hd, rng):
     Case(dev, rng, dtype, (M,), H, nh, nkv, hd, "W").run()
+
+
+@pytest.mark.parametrize("M", [8, 17])
+def test_fp16_large_gamma_times_x(dev, M, rng):
+    """gamma * x far beyond fp16's range where y = gamma * x * rrms is not: the deferred-norm W
+    stream (sm_90, where it takes these shapes) scales its fp16 operand by 2^-e first."""
+    H, cols = 1024, 8
+    x = randn(rng, (M, H))
+    gamma = norm_weight(rng, H)
+    big = rng.choice(H, cols, replace=False)
+    x[:, big] = rng.uniform(20000, 60000, (M, cols)) * rng.choice([-1.0, 1.0], (M, cols))
+    gamma[big] = rng.uniform(1000, 3000, cols) * rng.choice([-1.0, 1.0], cols)
+    c = Case(dev, rng, "float16", (M,), H, 16, 8, 128, "W", h_data=x)
+    c.nw = dev.array(gamma, "float16")
+    res = c.run()
+    assert all(np.isfinite(to64(a)).all() for a in res)
 
 
 @pytest.mark.parametrize("ratio", [1, 2, 4, 7, 8])

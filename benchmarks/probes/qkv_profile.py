@@ -1,4 +1,4 @@
-"""Fused RMSNorm + QKV calls at one shape (bf16), for Nsight Compute or a quick timing:
+"""Fused RMSNorm + QKV calls at one shape (bf16, or --dtype float16), for Nsight Compute or a quick timing:
     MINIVLLM_QKV_PATH=tile ncu -k regex:tile --set full python3 benchmarks/probes/qkv_profile.py 256
     MINIVLLM_QKV_PATH=bulk ncu -k regex:bulk -s 2 -c 1 python3 benchmarks/probes/qkv_profile.py 1 --models Llama-3-8B
     python3 benchmarks/probes/qkv_profile.py --time 1 8 16 --models Llama-3-8B Qwen3-0.6B
@@ -16,12 +16,12 @@ import minivllm
 from minivllm import _benchtools as bt
 
 
-def layer_inputs(model, rows, layers):
+def layer_inputs(model, rows, layers, dtype):
     hidden = model.hidden
     features = bt.qkv_features(model)
-    xs = [torch.randn(rows, hidden, device="cuda", dtype=torch.bfloat16) for _ in range(layers)]
-    gammas = [torch.ones(hidden, device="cuda", dtype=torch.bfloat16) for _ in range(layers)]
-    ws = [(torch.randn(features, hidden, device="cuda") / math.sqrt(hidden)).to(torch.bfloat16)
+    xs = [torch.randn(rows, hidden, device="cuda", dtype=dtype) for _ in range(layers)]
+    gammas = [torch.ones(hidden, device="cuda", dtype=dtype) for _ in range(layers)]
+    ws = [(torch.randn(features, hidden, device="cuda") / math.sqrt(hidden)).to(dtype)
           for _ in range(layers)]
     return xs, gammas, ws
 
@@ -31,13 +31,15 @@ def main():
     parser.add_argument("rows", nargs="*", type=int, default=[256])
     parser.add_argument("--time", action="store_true")
     parser.add_argument("--models", nargs="+", default=["Qwen3-0.6B"])
+    parser.add_argument("--dtype", choices=["bfloat16", "float16"], default="bfloat16")
     args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
     l2_bytes = torch.cuda.get_device_properties(0).L2_cache_size
     for model in (bt.MODELS[m.lower()] for m in args.models):
         features = bt.qkv_features(model)
         for rows in args.rows:
             layers = bt.qkv_calls_per_graph(rows, model.hidden, features, 2, l2_bytes) if args.time else 1
-            xs, gammas, ws = layer_inputs(model, rows, layers)
+            xs, gammas, ws = layer_inputs(model, rows, layers, dtype)
 
             def call(i):
                 return minivllm.FusedRMSNormQKV.forward(xs[i], gammas[i], ws[i].t(), model.num_heads,
@@ -45,7 +47,8 @@ def main():
 
             if args.time:
                 us = bt.time_per_call(call, layers, 15)["us"]
-                print(f"{model.name:13s} M={rows:<5d} {us:8.2f} us/call ({layers} layers)", flush=True)
+                print(f"{model.name:13s} {args.dtype:8s} M={rows:<5d} {us:8.2f} us/call ({layers} layers)",
+                      flush=True)
             else:
                 for _ in range(3):
                     call(0)

@@ -25,15 +25,8 @@
 #include <vector>
 
 #include "fused_rms_norm_qkv_paths.h"
+#include "probe_common.cuh"
 
-#define CHECK(call)                                                                                  \
-    do {                                                                                             \
-        cudaError_t e_ = (call);                                                                     \
-        if (e_ != cudaSuccess) {                                                                     \
-            fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_));    \
-            exit(1);                                                                                 \
-        }                                                                                            \
-    } while (0)
 #define CHECK_BLAS(call)                                                                             \
     do {                                                                                             \
         cublasStatus_t s_ = (call);                                                                  \
@@ -43,13 +36,6 @@
         }                                                                                            \
     } while (0)
 
-__device__ float hash_uniform(uint64_t i, uint64_t seed) {
-    uint64_t z = i * 0x9E3779B97F4A7C15ull + seed;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return static_cast<float>(z >> 40) / static_cast<float>(1ull << 24) * 2.0f - 1.0f;
-}
 
 __global__ void fill(__nv_bfloat16 *p, int64_t n, uint64_t seed, float scale, float offset) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)

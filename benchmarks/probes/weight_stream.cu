@@ -25,15 +25,8 @@
 #include <cstdlib>
 
 #include "../../csrc/hopper.cuh"
+#include "probe_common.cuh"
 
-#define CHECK(x)                                                                                   \
-    do {                                                                                           \
-        cudaError_t e_ = (x);                                                                      \
-        if (e_ != cudaSuccess) {                                                                   \
-            fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));      \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
 
 constexpr int kN = 6144, kH = 4096, kCopies = 8;
 constexpr int kConsumers = 256;

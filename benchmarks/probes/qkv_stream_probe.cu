@@ -1,0 +1,245 @@
+/*
+ * qkv_stream_probe.cu: the W-stream kernels (csrc/fused_rms_norm_qkv_stream.cu) alone, timed as
+ * bench_qkv times them, without building the Python module: a CUDA graph of PROBE_CYCLES (default
+ * 4) passes over one call per layer (distinct weights, >= 256 MiB in all), replayed 25 times;
+ * prints the median us per call next to what W's bytes take at PROBE_STREAM_GBPS (default 4100,
+ * the rate benchmarks/probes/weight_stream.cu measured). One call's output is checked against a
+ * float64 reference first (NaN-poisoned before). The GPU is kept busy for PROBE_WARMUP_S seconds
+ * (default 2) before anything is measured. bf16; PROBE_DTYPE=float16 for fp16. Its figures match
+ * qkv_profile.py --time within ~0.2 us (H200, 2026-11-22). Not part of the library.
+ *
+ *   nvcc -std=c++17 -O3 --expt-relaxed-constexpr -Icsrc -gencode=arch=compute_90a,code=sm_90a \
+ *        benchmarks/probes/qkv_stream_probe.cu csrc/fused_rms_norm_qkv_stream.cu csrc/cuda_device.cu \
+ *        -lcuda -o qkv_stream_probe
+ *   PROBE_PATH=deferred|stream|bulk ./qkv_stream_probe Llama-3-8B 1 8 16
+ */
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "fused_rms_norm_qkv_paths.h"
+#include "probe_common.cuh"
+
+/* The dispatcher's (fused_rms_norm_qkv.cu, not linked here): PROBE_PATH=bulk keeps the stream path
+   on its tensor-copy kernel, as MINIVLLM_QKV_PATH=bulk does. */
+mv_qkv_path mv_qkv_forced_path() {
+    const char *p = getenv("PROBE_PATH");
+    return p != nullptr && strcmp(p, "bulk") == 0 ? mv_qkv_path::bulk_stream : mv_qkv_path::automatic;
+}
+
+
+
+__device__ float as_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ float as_float(__half v) { return __half2float(v); }
+template <typename T> __device__ T from_float(float v);
+template <> __device__ __nv_bfloat16 from_float(float v) { return __float2bfloat16(v); }
+template <> __device__ __half from_float(float v) { return __float2half(v); }
+
+template <typename T>
+__global__ void fill(T *p, int64_t n, uint64_t seed, float scale, float offset) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        p[i] = from_float<T>(offset + scale * hash_uniform(i, seed));
+}
+
+/* float64 rms_norm(x) . W^T for every row of one layer, one thread per (row, column). */
+template <typename T>
+__global__ void reference(const T *x, const T *gamma, const T *w, int h, int n, double eps, double *out) {
+    const int col = blockIdx.x * blockDim.x + threadIdx.x, row = blockIdx.y;
+    if (col >= n) return;
+    const T *xr = x + (int64_t)row * h;
+    double ss = 0.0, acc = 0.0;
+    for (int k = 0; k < h; ++k) {
+        const double v = as_float(xr[k]);
+        ss += v * v;
+        acc += v * (double)as_float(gamma[k]) * (double)as_float(w[(int64_t)col * h + k]);
+    }
+    out[(int64_t)row * n + col] = acc / sqrt(ss / h + eps);
+}
+
+template <typename T>
+__global__ void to_double(const T *p, int64_t n, double *out) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        out[i] = as_float(p[i]);
+}
+
+struct Shape {
+    const char *name;
+    int h, q, kv;
+};
+
+template <typename T>
+int run(const Shape &sh, const std::vector<int> &ms, mv_dtype dtype) {
+    const char *path = getenv("PROBE_PATH") ? getenv("PROBE_PATH") : "deferred";
+    const double stream_gbps = getenv("PROBE_STREAM_GBPS") ? atof(getenv("PROBE_STREAM_GBPS")) : 4100.0;
+    const int cycles = getenv("PROBE_CYCLES") ? atoi(getenv("PROBE_CYCLES")) : 4;
+    const bool deferred = strcmp(path, "deferred") == 0;
+    cudaDeviceProp prop;
+    CHECK(cudaGetDeviceProperties(&prop, 0));
+    mv_cuda_device dev;
+    CHECK(mv_current_device(&dev));
+    cudaStream_t stream;
+    CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    const int n = sh.q + 2 * sh.kv, h = sh.h;
+    const size_t w_bytes = (size_t)n * h * 2;
+    const int layers = std::max(8, (int)((256ull << 20) / w_bytes + 1));
+    printf("# %s, %s, %s, path %s, %d layers of %.1f MiB x %d passes per graph, PDL %s\n", prop.name, sh.name,
+           dtype == MV_FLOAT16 ? "fp16" : "bf16", path, layers, w_bytes / 1048576.0, cycles,
+           mv_pdl_enabled(dev) ? "on" : "off");
+    printf("%4s %9s %9s %10s\n", "M", "us/call", "W at rate", "rel_err");
+    int failures = 0;
+    T *w, *gamma;
+    CHECK(cudaMalloc(&w, w_bytes * layers));
+    CHECK(cudaMalloc(&gamma, (size_t)h * 2));
+    fill<<<4096, 256, 0, stream>>>(w, (int64_t)(w_bytes / 2) * layers, 99, 0.05f, 0.0f);
+    fill<<<64, 256, 0, stream>>>(gamma, h, 98, 0.5f, 1.0f);
+    CHECK(cudaGetLastError());
+    {
+        /* A GPU that has been idle runs its first second or so slower: keep it busy first. */
+        const double warm_s = getenv("PROBE_WARMUP_S") ? atof(getenv("PROBE_WARMUP_S")) : 2.0;
+        cudaEvent_t a, b;
+        CHECK(cudaEventCreate(&a));
+        CHECK(cudaEventCreate(&b));
+        CHECK(cudaEventRecord(a, stream));
+        for (float ms = 0.0f; ms < warm_s * 1000.0;) {
+            for (int i = 0; i < 20; ++i) fill<<<4096, 256, 0, stream>>>(w, (int64_t)(w_bytes / 2) * layers, 99, 0.05f, 0.0f);
+            CHECK(cudaEventRecord(b, stream));
+            CHECK(cudaEventSynchronize(b));
+            CHECK(cudaEventElapsedTime(&ms, a, b));
+        }
+        CHECK(cudaEventDestroy(a));
+        CHECK(cudaEventDestroy(b));
+    }
+    for (const int m : ms) {
+        T *x, *out;
+        double *ref, *got64;
+        CHECK(cudaMalloc(&x, (size_t)layers * m * h * 2));
+        CHECK(cudaMalloc(&out, (size_t)layers * m * n * 2));
+        CHECK(cudaMalloc(&ref, (size_t)m * n * sizeof(double)));
+        CHECK(cudaMalloc(&got64, (size_t)m * n * sizeof(double)));
+        fill<<<1024, 256, 0, stream>>>(x, (int64_t)layers * m * h, 1000 + m, 2.0f, 0.0f);
+        CHECK(cudaGetLastError());
+        auto args_of = [&](int layer) {
+            mv_qkv_args a = {};
+            a.in.dtype = dtype;
+            a.in.rows = m;
+            a.in.hidden = h;
+            a.in.eps = 1e-6f;
+            a.in.x = x + (size_t)layer * m * h;
+            a.in.x_stride = h;
+            a.in.norm_weight = gamma;
+            a.w = w + (size_t)layer * (w_bytes / 2);
+            a.w_stride_n = h;
+            a.w_stride_k = 1;
+            a.q_cols = sh.q;
+            a.kv_cols = sh.kv;
+            T *o = out + (size_t)layer * m * n;
+            a.q = o;
+            a.q_stride = n;
+            a.k = o + sh.q;
+            a.k_stride = n;
+            a.v = o + sh.q + sh.kv;
+            a.v_stride = n;
+            return a;
+        };
+        auto call = [&](int layer) {
+            const mv_qkv_args a = args_of(layer);
+            return deferred ? mv_qkv_deferred_cuda(&a, stream, &dev) : mv_qkv_stream_cuda(&a, stream, 0, &dev);
+        };
+        const mv_qkv_args a0 = args_of(0);
+        if (!(deferred ? mv_qkv_deferred_supported(&a0, &dev) : mv_qkv_stream_supported(&a0, &dev))) {
+            printf("%4d not supported on %s\n", m, path);
+            continue;
+        }
+        /* correctness of layer 0 */
+        CHECK(cudaMemsetAsync(out, 0xff, (size_t)m * n * 2, stream)); /* 0xffff: NaN in fp16 and bf16 */
+        const int rc = call(0);
+        if (rc != 0) {
+            printf("%4d launch: %s\n", m, cudaGetErrorString((cudaError_t)rc));
+            ++failures;
+            continue;
+        }
+        CHECK(cudaGetLastError());
+        reference<<<dim3((n + 127) / 128, m), 128, 0, stream>>>(x, gamma, w, h, n, 1e-6, ref);
+        to_double<<<256, 256, 0, stream>>>(out, (int64_t)m * n, got64);
+        CHECK(cudaGetLastError());
+        std::vector<double> r((size_t)m * n), g((size_t)m * n);
+        CHECK(cudaMemcpyAsync(r.data(), ref, r.size() * sizeof(double), cudaMemcpyDeviceToHost, stream));
+        CHECK(cudaMemcpyAsync(g.data(), got64, g.size() * sizeof(double), cudaMemcpyDeviceToHost, stream));
+        CHECK(cudaStreamSynchronize(stream));
+        double e2 = 0.0, r2 = 0.0;
+        bool nan = false;
+        for (size_t i = 0; i < r.size(); ++i) {
+            nan |= std::isnan(g[i]);
+            e2 += (g[i] - r[i]) * (g[i] - r[i]);
+            r2 += r[i] * r[i];
+        }
+        const double rel = std::sqrt(e2 / r2);
+        const bool ok = !nan && rel < 1e-2;
+        failures += !ok;
+
+        cudaGraph_t graph;
+        cudaGraphExec_t exec;
+        CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+        for (int c = 0; c < cycles; ++c)
+            for (int l = 0; l < layers; ++l) CHECK((cudaError_t)call(l));
+        CHECK(cudaStreamEndCapture(stream, &graph));
+        CHECK(cudaGraphInstantiate(&exec, graph, 0));
+        cudaEvent_t e0, e1;
+        CHECK(cudaEventCreate(&e0));
+        CHECK(cudaEventCreate(&e1));
+        std::vector<double> per_call;
+        for (int rep = 0; rep < 25; ++rep) {
+            CHECK(cudaEventRecord(e0, stream));
+            CHECK(cudaGraphLaunch(exec, stream));
+            CHECK(cudaEventRecord(e1, stream));
+            CHECK(cudaEventSynchronize(e1));
+            float ms = 0;
+            CHECK(cudaEventElapsedTime(&ms, e0, e1));
+            if (rep >= 3) per_call.push_back(ms * 1000.0 / (layers * cycles));
+        }
+        std::sort(per_call.begin(), per_call.end());
+        printf("%4d %9.2f %9.2f %10.2e%s\n", m, per_call[per_call.size() / 2], w_bytes / stream_gbps * 1e-3, rel,
+               ok ? "" : (nan ? " NaN!" : " FAIL"));
+        fflush(stdout);
+        CHECK(cudaGraphExecDestroy(exec));
+        CHECK(cudaGraphDestroy(graph));
+        CHECK(cudaEventDestroy(e0));
+        CHECK(cudaEventDestroy(e1));
+        for (void *p : {(void *)x, (void *)out, (void *)ref, (void *)got64}) CHECK(cudaFree(p));
+    }
+    CHECK(cudaFree(w));
+    CHECK(cudaFree(gamma));
+    CHECK(cudaStreamDestroy(stream));
+    printf("# %d failures\n", failures);
+    return failures;
+}
+
+int main(int argc, char **argv) {
+    const Shape shapes[] = {{"Qwen3-0.6B", 1024, 2048, 1024},
+                            {"Llama-3-8B", 4096, 4096, 1024},
+                            {"Qwen2.5-0.5B", 896, 896, 128},
+                            {"Qwen3-4B", 2560, 4096, 1024}};
+    if (argc < 3) {
+        fprintf(stderr, "usage: %s MODEL M [M ...]\n", argv[0]);
+        return 2;
+    }
+    const Shape *sh = nullptr;
+    for (const Shape &s : shapes)
+        if (strcmp(s.name, argv[1]) == 0) sh = &s;
+    if (sh == nullptr) {
+        fprintf(stderr, "unknown model %s\n", argv[1]);
+        return 2;
+    }
+    std::vector<int> ms;
+    for (int i = 2; i < argc; ++i) ms.push_back(atoi(argv[i]));
+    const char *dt = getenv("PROBE_DTYPE");
+    const bool fp16 = dt != nullptr && strcmp(dt, "float16") == 0;
+    return (fp16 ? run<__half>(*sh, ms, MV_FLOAT16) : run<__nv_bfloat16>(*sh, ms, MV_BFLOAT16)) != 0;
+}
