@@ -611,7 +611,10 @@ __global__ void __launch_bounds__(kBulkThreads, 2) fused_rms_norm_qkv_bulk_kerne
    in 26.7; gamma in shared memory, 17.8 and 21.5; the scaling in registers, 16.1 and 17.3. */
 constexpr int kDeferredMaxTokens = 32;
 constexpr int kDeferredScalars = kDeferredMaxTokens + 4; /* row sums, then max |gamma| (16-byte multiple) */
-constexpr int kDeferredMaxTiles = 4; /* features per block <= 64 (32 above 16 tokens): registers */
+/* features per block <= 64 (32 above 16 tokens): registers. Three tiles above 16 tokens spill
+   (ptxas allows 96 registers for two blocks of 288 threads) and ran Llama-3-8B M = 32 in 22.5 us,
+   against 18.7 on norm + cuBLASLt (run T6 of benchmarks/results/qkv-decode-timeline-nvidia-h200-2026-11-22.log). */
+constexpr int kDeferredMaxTiles = 4;
 constexpr int kDeferredLineChoices[] = {4, 12, 20, 28}; /* each 4 mod 8, narrowest first */
 constexpr int kDeferredMaxStages = 16;
 
