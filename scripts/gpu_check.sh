@@ -45,7 +45,7 @@ grep -E "^(fuzz|leaks):" "$out/pytest.log" || true
 tail -n 25 "$out/pytest.log"
 # The QKV tests once more on the paths this GPU does not take by itself: each of the stream path's
 # two kernels alone (on sm_90 it picks one by the size of W); every call the deferred-norm W stream
-# can take (bf16, M <= 32); every call on the stream path where it applies; every call it can take
+# can take (fp16/bf16, M <= 32); every call on the stream path where it applies; every call it can take
 # on the one-kernel wgmma GEMM; every call on the tile GEMM and on the generic kernel (the paths
 # taken where cuBLASLt cannot be loaded).
 # The seven runs go side by side (separate processes; the GPU has room) to keep the check short.
