@@ -756,9 +756,9 @@ __global__ void __launch_bounds__(kBulkThreads, 2)
             if (k - j * kVec >= hidden) break; /* warp-uniform: the line starts past H */
             const uint4 gv = *reinterpret_cast<const uint4 *>(gamma_s + k);
             const T *ge = reinterpret_cast<const T *>(&gv);
-            float gf[kVec]; /* gamma * 2^-e: exact in float32 */
+            float gf[kVec]; /* gamma * 2^-e: exact in float32 (bf16: the scale is 1) */
 #pragma unroll
-            for (int e = 0; e < kVec; ++e) gf[e] = kScaled ? mv_to_float(ge[e]) * operand_scale : mv_to_float(ge[e]);
+            for (int e = 0; e < kVec; ++e) gf[e] = mv_to_float(ge[e]) * operand_scale;
             uint4 yv[kTokenTiles];
 #pragma unroll
             for (int tt = 0; tt < kTokenTiles; ++tt) {

@@ -108,7 +108,7 @@ int mv_rms_norm_cuda(const mv_rms_norm_args *a, void *stream);
 int mv_rms_norm_cuda_reference(const mv_rms_norm_args *a, void *stream);
 int mv_fused_rms_norm_qkv_cuda(const mv_qkv_args *a, void *stream);
 /* The path the last mv_fused_rms_norm_qkv_cuda call of this thread took ("deferred", "stream", "wgmma",
-   "gemm", "generic"; "none" before any call). */
+   "gemm", "tile", "generic"; "none" before any call). */
 const char *mv_qkv_last_gpu_path(void);
 
 #ifdef __cplusplus
