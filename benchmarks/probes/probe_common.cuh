@@ -1,16 +1,21 @@
 /*
  * probe_common.cuh: what the standalone probes in this folder share: a CUDA error check that exits
- * (a probe has no caller to return an error to) and a counter-based uniform hash for filling inputs
- * on the device. Not part of the library.
+ * (a probe has no caller to return an error to), a counter-based uniform fill of 16-bit inputs on
+ * the device, the benchmark models' QKV shapes and the arguments of one QKV call into a fused
+ * q/k/v buffer. Not part of the library.
  */
 #ifndef MINIVLLM_PROBE_COMMON_CUH
 #define MINIVLLM_PROBE_COMMON_CUH
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+
+#include "minivllm_kernels.h" /* mv_qkv_args (the probes build with -Icsrc) */
 
 #define CHECK(call)                                                                                  \
     do {                                                                                             \
@@ -28,6 +33,57 @@ __device__ inline float hash_uniform(uint64_t i, uint64_t seed) {
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     z ^= z >> 31;
     return static_cast<float>(z >> 40) / static_cast<float>(1ull << 24) * 2.0f - 1.0f;
+}
+
+__device__ inline float as_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ inline float as_float(__half v) { return __half2float(v); }
+template <typename T> __device__ T from_float(float v);
+template <> __device__ inline __nv_bfloat16 from_float(float v) { return __float2bfloat16(v); }
+template <> __device__ inline __half from_float(float v) { return __float2half(v); }
+
+/* p[i] = offset + scale * (a uniform value in [-1, 1)), rounded to T. */
+template <typename T>
+__global__ void fill(T *p, int64_t n, uint64_t seed, float scale, float offset) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        p[i] = from_float<T>(offset + scale * hash_uniform(i, seed));
+}
+
+/* The benchmark models (bench_qkv.py): hidden size, q and k/v widths. */
+struct ProbeShape {
+    const char *name;
+    int h, q, kv;
+};
+constexpr ProbeShape kProbeShapes[] = {{"Qwen3-0.6B", 1024, 2048, 1024},
+                                       {"Llama-3-8B", 4096, 4096, 1024},
+                                       {"Qwen2.5-0.5B", 896, 896, 128},
+                                       {"Qwen3-4B", 2560, 4096, 1024}};
+
+/* One call's arguments: x [m, h] and W [q + 2 kv, h] contiguous (nn.Linear layout), q, k, v as
+   column ranges of one [m, q + 2 kv] buffer (row stride N), as a fused qkv tensor. */
+inline mv_qkv_args probe_qkv_args(mv_dtype dtype, int m, const ProbeShape &sh, const void *x, const void *gamma,
+                                  const void *w, void *out) {
+    const int n = sh.q + 2 * sh.kv;
+    unsigned char *o = static_cast<unsigned char *>(out);
+    mv_qkv_args a = {};
+    a.in.dtype = dtype;
+    a.in.rows = m;
+    a.in.hidden = sh.h;
+    a.in.eps = 1e-6f;
+    a.in.x = x;
+    a.in.x_stride = sh.h;
+    a.in.norm_weight = gamma;
+    a.w = w;
+    a.w_stride_n = sh.h;
+    a.w_stride_k = 1;
+    a.q_cols = sh.q;
+    a.kv_cols = sh.kv;
+    a.q = o;
+    a.q_stride = n;
+    a.k = o + static_cast<size_t>(sh.q) * 2;
+    a.k_stride = n;
+    a.v = o + static_cast<size_t>(sh.q + sh.kv) * 2;
+    a.v_stride = n;
+    return a;
 }
 
 #endif /* MINIVLLM_PROBE_COMMON_CUH */

@@ -36,18 +36,6 @@ mv_qkv_path mv_qkv_forced_path() {
 
 
 
-__device__ float as_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ float as_float(__half v) { return __half2float(v); }
-template <typename T> __device__ T from_float(float v);
-template <> __device__ __nv_bfloat16 from_float(float v) { return __float2bfloat16(v); }
-template <> __device__ __half from_float(float v) { return __float2half(v); }
-
-template <typename T>
-__global__ void fill(T *p, int64_t n, uint64_t seed, float scale, float offset) {
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-        p[i] = from_float<T>(offset + scale * hash_uniform(i, seed));
-}
-
 /* float64 rms_norm(x) . W^T for every row of one layer, one thread per (row, column). */
 template <typename T>
 __global__ void reference(const T *x, const T *gamma, const T *w, int h, int n, double eps, double *out) {
@@ -69,13 +57,8 @@ __global__ void to_double(const T *p, int64_t n, double *out) {
         out[i] = as_float(p[i]);
 }
 
-struct Shape {
-    const char *name;
-    int h, q, kv;
-};
-
 template <typename T>
-int run(const Shape &sh, const std::vector<int> &ms, mv_dtype dtype) {
+int run(const ProbeShape &sh, const std::vector<int> &ms, mv_dtype dtype) {
     const char *path = getenv("PROBE_PATH") ? getenv("PROBE_PATH") : "deferred";
     const double stream_gbps = getenv("PROBE_STREAM_GBPS") ? atof(getenv("PROBE_STREAM_GBPS")) : 4100.0;
     const int cycles = getenv("PROBE_CYCLES") ? atoi(getenv("PROBE_CYCLES")) : 4;
@@ -126,27 +109,8 @@ int run(const Shape &sh, const std::vector<int> &ms, mv_dtype dtype) {
         fill<<<1024, 256, 0, stream>>>(x, (int64_t)layers * m * h, 1000 + m, 2.0f, 0.0f);
         CHECK(cudaGetLastError());
         auto args_of = [&](int layer) {
-            mv_qkv_args a = {};
-            a.in.dtype = dtype;
-            a.in.rows = m;
-            a.in.hidden = h;
-            a.in.eps = 1e-6f;
-            a.in.x = x + (size_t)layer * m * h;
-            a.in.x_stride = h;
-            a.in.norm_weight = gamma;
-            a.w = w + (size_t)layer * (w_bytes / 2);
-            a.w_stride_n = h;
-            a.w_stride_k = 1;
-            a.q_cols = sh.q;
-            a.kv_cols = sh.kv;
-            T *o = out + (size_t)layer * m * n;
-            a.q = o;
-            a.q_stride = n;
-            a.k = o + sh.q;
-            a.k_stride = n;
-            a.v = o + sh.q + sh.kv;
-            a.v_stride = n;
-            return a;
+            return probe_qkv_args(dtype, m, sh, x + (size_t)layer * m * h, gamma, w + (size_t)layer * (w_bytes / 2),
+                                  out + (size_t)layer * m * n);
         };
         auto call = [&](int layer) {
             const mv_qkv_args a = args_of(layer);
@@ -222,16 +186,12 @@ int run(const Shape &sh, const std::vector<int> &ms, mv_dtype dtype) {
 }
 
 int main(int argc, char **argv) {
-    const Shape shapes[] = {{"Qwen3-0.6B", 1024, 2048, 1024},
-                            {"Llama-3-8B", 4096, 4096, 1024},
-                            {"Qwen2.5-0.5B", 896, 896, 128},
-                            {"Qwen3-4B", 2560, 4096, 1024}};
     if (argc < 3) {
         fprintf(stderr, "usage: %s MODEL M [M ...]\n", argv[0]);
         return 2;
     }
-    const Shape *sh = nullptr;
-    for (const Shape &s : shapes)
+    const ProbeShape *sh = nullptr;
+    for (const ProbeShape &s : kProbeShapes)
         if (strcmp(s.name, argv[1]) == 0) sh = &s;
     if (sh == nullptr) {
         fprintf(stderr, "unknown model %s\n", argv[1]);

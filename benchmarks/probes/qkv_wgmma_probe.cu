@@ -37,11 +37,6 @@
     } while (0)
 
 
-__global__ void fill(__nv_bfloat16 *p, int64_t n, uint64_t seed, float scale, float offset) {
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-        p[i] = __float2bfloat16(offset + scale * hash_uniform(i, seed));
-}
-
 __global__ void poison(__nv_bfloat16 *p, int64_t n) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
         p[i] = __float2bfloat16(NAN);
@@ -93,21 +88,12 @@ __global__ void reference_rows(const __nv_bfloat16 *x, const __nv_bfloat16 *gamm
     out[(int64_t)blockIdx.y * n + col] = acc * rrms;
 }
 
-struct Shape {
-    const char *name;
-    int h, q, kv;
-};
-
 static float median(std::vector<float> v) {
     std::sort(v.begin(), v.end());
     return v[v.size() / 2];
 }
 
 int main(int argc, char **argv) {
-    const Shape shapes[] = {{"Qwen3-0.6B", 1024, 2048, 1024},
-                            {"Llama-3-8B", 4096, 4096, 1024},
-                            {"Qwen2.5-0.5B", 896, 896, 128},
-                            {"Qwen3-4B", 2560, 4096, 1024}};
     std::vector<int> ms;
     for (int i = 1; i < argc; ++i) ms.push_back(atoi(argv[i]));
     if (ms.empty()) ms = {512, 1024, 4096, 16384};
@@ -127,7 +113,7 @@ int main(int argc, char **argv) {
     CHECK(mv_current_device(&dev));
     int failures = 0;
     constexpr int kCopies = 4, kCalls = 20, kReps = 7;
-    for (const Shape &sh : shapes) {
+    for (const ProbeShape &sh : kProbeShapes) {
         if (only && strcmp(only, sh.name) != 0) continue;
         const int n = sh.q + 2 * sh.kv, h = sh.h;
         for (int m : ms) {
@@ -147,26 +133,7 @@ int main(int argc, char **argv) {
             normalize<<<m, 256, 0, stream>>>(x, gamma, y, h, 1e-6f);
             CHECK(cudaGetLastError());
 
-            /* q, k, v as column ranges of one [M, N] buffer (row stride N), as a fused qkv tensor */
-            mv_qkv_args a = {};
-            a.in.dtype = MV_BFLOAT16;
-            a.in.rows = m;
-            a.in.hidden = h;
-            a.in.eps = 1e-6f;
-            a.in.x = x;
-            a.in.x_stride = h;
-            a.in.norm_weight = gamma;
-            a.w = w;
-            a.w_stride_n = h;
-            a.w_stride_k = 1;
-            a.q_cols = sh.q;
-            a.kv_cols = sh.kv;
-            a.q = out;
-            a.q_stride = n;
-            a.k = out + sh.q;
-            a.k_stride = n;
-            a.v = out + sh.q + sh.kv;
-            a.v_stride = n;
+            mv_qkv_args a = probe_qkv_args(MV_BFLOAT16, m, sh, x, gamma, w, out);
             if (!mv_qkv_wgmma_supported(&a, &dev)) {
                 printf("%-13s %6d not supported\n", sh.name, m);
                 return 1;
