@@ -1,5 +1,6 @@
 /*
- * qkv_stream_probe.cu: the W-stream kernels (csrc/fused_rms_norm_qkv_stream.cu) alone, timed as
+ * qkv_stream_probe.cu: the W-stream kernels (csrc/fused_rms_norm_qkv_stream.cu), or the one-kernel
+ * wgmma path (csrc/fused_rms_norm_qkv_wgmma.cu, PROBE_PATH=wgmma, bf16), alone, timed as
  * bench_qkv times them, without building the Python module: a CUDA graph of PROBE_CYCLES (default
  * 4) passes over one call per layer (distinct weights, >= 256 MiB in all), replayed 25 times;
  * prints the median us per call next to what W's bytes take at PROBE_STREAM_GBPS (default 4100,
@@ -9,9 +10,9 @@
  * qkv_profile.py --time within ~0.2 us (H200, 2026-11-22). Not part of the library.
  *
  *   nvcc -std=c++17 -O3 --expt-relaxed-constexpr -Icsrc -gencode=arch=compute_90a,code=sm_90a \
- *        benchmarks/probes/qkv_stream_probe.cu csrc/fused_rms_norm_qkv_stream.cu csrc/cuda_device.cu \
- *        -lcuda -o qkv_stream_probe
- *   PROBE_PATH=deferred|stream|bulk ./qkv_stream_probe Llama-3-8B 1 8 16
+ *        -DMINIVLLM_HAVE_SM90A benchmarks/probes/qkv_stream_probe.cu csrc/fused_rms_norm_qkv_stream.cu \
+ *        csrc/fused_rms_norm_qkv_wgmma.cu csrc/cuda_device.cu -lcuda -o qkv_stream_probe
+ *   PROBE_PATH=deferred|stream|bulk|wgmma ./qkv_stream_probe Llama-3-8B 1 8 16
  */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -63,6 +64,7 @@ int run(const ProbeShape &sh, const std::vector<int> &ms, mv_dtype dtype) {
     const double stream_gbps = getenv("PROBE_STREAM_GBPS") ? atof(getenv("PROBE_STREAM_GBPS")) : 4100.0;
     const int cycles = getenv("PROBE_CYCLES") ? atoi(getenv("PROBE_CYCLES")) : 4;
     const bool deferred = strcmp(path, "deferred") == 0;
+    const bool wgmma = strcmp(path, "wgmma") == 0;
     cudaDeviceProp prop;
     CHECK(cudaGetDeviceProperties(&prop, 0));
     mv_cuda_device dev;
@@ -114,10 +116,14 @@ int run(const ProbeShape &sh, const std::vector<int> &ms, mv_dtype dtype) {
         };
         auto call = [&](int layer) {
             const mv_qkv_args a = args_of(layer);
-            return deferred ? mv_qkv_deferred_cuda(&a, stream, &dev) : mv_qkv_stream_cuda(&a, stream, 0, &dev);
+            return deferred ? mv_qkv_deferred_cuda(&a, stream, &dev)
+                   : wgmma  ? mv_qkv_wgmma_cuda(&a, stream, &dev)
+                            : mv_qkv_stream_cuda(&a, stream, 0, &dev);
         };
         const mv_qkv_args a0 = args_of(0);
-        if (!(deferred ? mv_qkv_deferred_supported(&a0, &dev) : mv_qkv_stream_supported(&a0, &dev))) {
+        if (!(deferred ? mv_qkv_deferred_supported(&a0, &dev)
+              : wgmma  ? mv_qkv_wgmma_supported(&a0, &dev)
+                       : mv_qkv_stream_supported(&a0, &dev))) {
             printf("%4d not supported on %s\n", m, path);
             continue;
         }
