@@ -45,9 +45,6 @@ MODELS = {
     "tiny": {"hidden": 64, "num_heads": 2, "num_kv_heads": 1, "head_dim": 16},
 }
 HOST_TARGET_US = 15.0       # issue 4: host cost of one QKV call at M = 1 through the Python API
-BURST_CALLS = 64            # calls per timed burst behind the spin kernel: with torch's longest
-                            # sequence (~10 kernels a call) well inside CUDA's launch queue
-SPIN_SECONDS_PER_CALL = 300e-6  # spin covers a burst even at 300 µs of host time per call
 DTYPE_NAMES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16",
                "float16": "float16", "fp32": "float32", "float32": "float32"}
 
@@ -160,42 +157,6 @@ def _time_loop(fn, calls, synchronize):
     return (time.perf_counter() - start) / calls * 1e6
 
 
-def _time_host_cuda(torch, fn, bursts):
-    """µs per call of host time alone: each burst is issued while a spin kernel holds the GPU,
-    so no call waits for the GPU. Returns (median, min) over bursts."""
-    clock_hz = 2.0e9  # an over-estimate of SM clocks spins longer, which is harmless
-    props = torch.cuda.get_device_properties(torch.cuda.current_device())
-    if getattr(props, "clock_rate", 0):
-        clock_hz = props.clock_rate * 1e3
-    spin_cycles = int(BURST_CALLS * SPIN_SECONDS_PER_CALL * clock_hz)
-    stream = torch.cuda.current_stream()
-    per_call, overran = [], 0
-    for _ in range(bursts):
-        torch.cuda._sleep(spin_cycles)
-        start = time.perf_counter()
-        for _ in range(BURST_CALLS):
-            fn()
-        elapsed = time.perf_counter() - start
-        if stream.query():
-            overran += 1  # the GPU caught up: this burst may include waiting; leave it out
-        else:
-            per_call.append(elapsed / BURST_CALLS * 1e6)
-        torch.cuda.synchronize()
-    if not per_call:
-        raise RuntimeError("every burst outlasted its spin kernel; raise SPIN_SECONDS_PER_CALL")
-    return statistics.median(per_call), min(per_call), overran
-
-
-def _time_host_cpu(fn, bursts):
-    per_call = []
-    for _ in range(bursts):
-        start = time.perf_counter()
-        for _ in range(BURST_CALLS):
-            fn()
-        per_call.append((time.perf_counter() - start) / BURST_CALLS * 1e6)
-    return statistics.median(per_call), min(per_call), 0
-
-
 def measure_host_cost(models=("llama-3-8b", "qwen3-0.6b"), device="cuda", dtype="bfloat16",
                       calls=10000, bursts=60, include_generic=True):
     """Host cost per eager call at M = 1 for minivllm's ops and torch's eager sequences.
@@ -208,6 +169,7 @@ def measure_host_cost(models=("llama-3-8b", "qwen3-0.6b"), device="cuda", dtype=
     import torch
 
     import minivllm
+    from minivllm import _benchtools as bt
 
     dtype = DTYPE_NAMES.get(dtype, dtype)
     torch_dtype = getattr(torch, dtype)
@@ -234,8 +196,7 @@ def measure_host_cost(models=("llama-3-8b", "qwen3-0.6b"), device="cuda", dtype=
                             else contextlib.nullcontext()
                         with context:
                             loop_us = _time_loop(fn, calls, synchronize)
-                            host = (_time_host_cuda(torch, fn, bursts) if on_cuda
-                                    else _time_host_cpu(fn, bursts))
+                            host = bt.host_us_per_call(torch, fn, bursts, on_cuda)
                         row = {"model": model, "op": op, "impl": impl,
                                "host_us": round(host[0], 3), "host_us_min": round(host[1], 3),
                                "bursts_overran": host[2], "loop_us": round(loop_us, 3),
@@ -244,7 +205,7 @@ def measure_host_cost(models=("llama-3-8b", "qwen3-0.6b"), device="cuda", dtype=
                             row["route"] = route
                         rows.append(row)
     return {"device": str(device), "dtype": dtype, "calls": calls, "bursts": bursts,
-            "burst_calls": BURST_CALLS, "results": rows}
+            "burst_calls": bt.HOST_BURST_CALLS, "results": rows}
 
 
 def measure_breakdown(model="qwen3-0.6b", device="cuda", dtype="bfloat16", bursts=60):
@@ -253,6 +214,7 @@ def measure_breakdown(model="qwen3-0.6b", device="cuda", dtype="bfloat16", burst
     import torch
 
     import minivllm
+    from minivllm import _benchtools as bt
 
     dtype = getattr(torch, DTYPE_NAMES.get(dtype, dtype))
     device = torch.device(device)
@@ -290,7 +252,7 @@ def measure_breakdown(model="qwen3-0.6b", device="cuda", dtype="bfloat16", burst
         for name, fn in parts.items():
             for _ in range(200):
                 fn()
-            host = _time_host_cuda(torch, fn, bursts) if on_cuda else _time_host_cpu(fn, bursts)
+            host = bt.host_us_per_call(torch, fn, bursts, on_cuda)
             result[name] = round(host[0], 3)
     return result
 

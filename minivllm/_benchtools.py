@@ -185,6 +185,48 @@ MEMORY_CAP_BYTES = 4 << 30   # inputs + outputs of one graph; the 2-call floor m
 SPIN_CYCLES = 10_000_000     # ~5 ms of GPU spin, during which the host queues every timed replay
 
 
+# Host cost of eager calls (benchmarks/host_cost.py, bench_qkv.py's host-cost target).
+HOST_BURST_CALLS = 64            # calls per timed burst behind the spin kernel: with torch's longest
+                                 # sequence (~10 kernels a call) well inside CUDA's launch queue
+HOST_SPIN_SECONDS_PER_CALL = 300e-6  # the spin covers a burst even at 300 µs of host time per call
+
+
+def host_us_per_call(torch, fn, bursts, on_cuda=True):
+    """µs per call of host time alone, as (median, min, bursts left out) over `bursts` bursts of
+    HOST_BURST_CALLS calls of fn. On CUDA each burst is issued while a spin kernel holds the GPU,
+    so no call waits for the GPU (back-to-back calls of a kernel slower than the host would fill
+    the launch queue and time the GPU instead); a burst the GPU caught up with is left out."""
+    if not on_cuda:
+        per_call = []
+        for _ in range(bursts):
+            start = time.perf_counter()
+            for _ in range(HOST_BURST_CALLS):
+                fn()
+            per_call.append((time.perf_counter() - start) / HOST_BURST_CALLS * 1e6)
+        return statistics.median(per_call), min(per_call), 0
+    clock_hz = 2.0e9  # an over-estimate of SM clocks spins longer, which is harmless
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    if getattr(props, "clock_rate", 0):
+        clock_hz = props.clock_rate * 1e3
+    spin_cycles = int(HOST_BURST_CALLS * HOST_SPIN_SECONDS_PER_CALL * clock_hz)
+    stream = torch.cuda.current_stream()
+    per_call, overran = [], 0
+    for _ in range(bursts):
+        torch.cuda._sleep(spin_cycles)
+        start = time.perf_counter()
+        for _ in range(HOST_BURST_CALLS):
+            fn()
+        elapsed = time.perf_counter() - start
+        if stream.query():
+            overran += 1  # the GPU caught up: this burst may include waiting; leave it out
+        else:
+            per_call.append(elapsed / HOST_BURST_CALLS * 1e6)
+        torch.cuda.synchronize()
+    if not per_call:
+        raise RuntimeError("every burst outlasted its spin kernel; raise HOST_SPIN_SECONDS_PER_CALL")
+    return statistics.median(per_call), min(per_call), overran
+
+
 def calls_per_graph(bytes_per_call, l2_bytes, l2_multiple=L2_MULTIPLE, min_calls=MIN_CALLS,
                     max_calls=MAX_CALLS, memory_cap=MEMORY_CAP_BYTES, min_working_set=0):
     """How many calls (each on its own buffers) one graph holds: enough that a replay touches
