@@ -38,7 +38,6 @@ Writes DIR/qkv-<gpu>-<date>.json and DIR/qkv-<gpu>-<date>.png (DIR: benchmarks/r
 
 import argparse
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -85,8 +84,9 @@ QUICK_AUTOTUNE_BUDGET_S = 60
 
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 TRITON_MAX_M = 16                       # M launches per call: beyond this it is hopeless anyway
-HOST_CALLS, HOST_BATCHES = 200, 15   # the back-to-back loop
-HOST_BURSTS = 60                     # the host-only bursts (behind a spin kernel)
+HOST_BURSTS = 60          # host time alone: bursts behind a spin kernel (_benchtools.host_us_per_call)
+HOST_LOOP_CALLS = 3000    # back-to-back calls, one sync (_benchtools.loop_us_per_call)
+HOST_CALLS = 200          # calls the GPU-time measurement queues behind its spin
 HOST_SPIN_CYCLES = 100_000_000   # ~50 ms of GPU spin: longer than the host takes to queue a batch
 # minivllm is held to the test suite's tolerances; the baselines round y before the GEMM (HF, the
 # cuBLAS one on a stored normalized x), which costs up to one more rounding of the dtype.
@@ -401,24 +401,12 @@ def host_cost(model, dtype_name):
     }
     costs, loop_costs, gpu_costs = {}, {}, {}
     for name, fn in sequences.items():
-        for _ in range(20):
-            fn()
-        torch.cuda.synchronize()
+        loop_costs[name] = bt.loop_us_per_call(fn, HOST_LOOP_CALLS, torch.cuda.synchronize)
         costs[name] = bt.host_us_per_call(torch, fn, HOST_BURSTS)[0]
-        samples = []
-        for _ in range(HOST_BATCHES):
-            # Back to back: where the GPU takes longer per call than the host, the launch queue
-            # fills and this times the GPU (gpu_us tells).
-            started = time.perf_counter()
-            for _ in range(HOST_CALLS):
-                fn()
-            samples.append((time.perf_counter() - started) * 1e6 / HOST_CALLS)
-            torch.cuda.synchronize()
-        loop_costs[name] = statistics.median(samples)
         gpu_costs[name] = gpu_us_per_eager_call(fn)
     return {"model": model.name, "dtype": dtype_name, "bursts": HOST_BURSTS,
-            "calls_per_burst": bt.HOST_BURST_CALLS, "calls_per_batch": HOST_CALLS,
-            "batches": HOST_BATCHES, "us": costs, "loop_us": loop_costs, "gpu_us": gpu_costs}
+            "calls_per_burst": bt.HOST_BURST_CALLS, "loop_calls": HOST_LOOP_CALLS,
+            "us": costs, "loop_us": loop_costs, "gpu_us": gpu_costs}
 
 
 def gpu_us_per_eager_call(fn):
@@ -901,10 +889,10 @@ def main(argv=None):
             "host_cost": f"eager calls at M = 1, before the sweep. us (the target's figure): "
                          f"host time alone, median of {HOST_BURSTS} bursts of "
                          f"{bt.HOST_BURST_CALLS} calls issued while a spin kernel holds the GPU "
-                         f"(no call waits for the GPU). loop_us: {HOST_BATCHES} batches of "
-                         f"{HOST_CALLS} back-to-back calls, host loop time, median (bounded by "
-                         "the GPU where it is the slower side). gpu_us: the GPU's own time per "
-                         "call, calls back to back",
+                         f"(no call waits for the GPU). loop_us: {HOST_LOOP_CALLS} back-to-back "
+                         "calls, synchronized once at the end (bounded by the GPU where it is "
+                         "the slower side). gpu_us: the GPU's own time per call, calls back to "
+                         "back",
         },
         "ceilings": {"copy_gbps": copy_gbps, "copy_gbps_at_end": copy_gbps_end,
                      "copy_by_method": copy_methods, "copy_bytes": bt.COPY_BYTES,

@@ -27,10 +27,8 @@ import gc
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -145,18 +143,6 @@ def _gc_paused():
             gc.enable()
 
 
-def _time_loop(fn, calls, synchronize):
-    """µs per call of `calls` back-to-back calls, synchronized once at the end."""
-    for _ in range(min(calls, 200)):
-        fn()
-    synchronize()
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    synchronize()
-    return (time.perf_counter() - start) / calls * 1e6
-
-
 def measure_host_cost(models=("llama-3-8b", "qwen3-0.6b"), device="cuda", dtype="bfloat16",
                       calls=10000, bursts=60, include_generic=True):
     """Host cost per eager call at M = 1 for minivllm's ops and torch's eager sequences.
@@ -195,7 +181,7 @@ def measure_host_cost(models=("llama-3-8b", "qwen3-0.6b"), device="cuda", dtype=
                         context = generic_dlpack_route(torch) if route == "generic" \
                             else contextlib.nullcontext()
                         with context:
-                            loop_us = _time_loop(fn, calls, synchronize)
+                            loop_us = bt.loop_us_per_call(fn, calls, synchronize)
                             host = bt.host_us_per_call(torch, fn, bursts, on_cuda)
                         row = {"model": model, "op": op, "impl": impl,
                                "host_us": round(host[0], 3), "host_us_min": round(host[1], 3),

@@ -196,35 +196,44 @@ def host_us_per_call(torch, fn, bursts, on_cuda=True):
     HOST_BURST_CALLS calls of fn. On CUDA each burst is issued while a spin kernel holds the GPU,
     so no call waits for the GPU (back-to-back calls of a kernel slower than the host would fill
     the launch queue and time the GPU instead); a burst the GPU caught up with is left out."""
-    if not on_cuda:
-        per_call = []
-        for _ in range(bursts):
-            start = time.perf_counter()
-            for _ in range(HOST_BURST_CALLS):
-                fn()
-            per_call.append((time.perf_counter() - start) / HOST_BURST_CALLS * 1e6)
-        return statistics.median(per_call), min(per_call), 0
-    clock_hz = 2.0e9  # an over-estimate of SM clocks spins longer, which is harmless
-    props = torch.cuda.get_device_properties(torch.cuda.current_device())
-    if getattr(props, "clock_rate", 0):
-        clock_hz = props.clock_rate * 1e3
-    spin_cycles = int(HOST_BURST_CALLS * HOST_SPIN_SECONDS_PER_CALL * clock_hz)
-    stream = torch.cuda.current_stream()
+    if on_cuda:
+        clock_hz = 2.0e9  # an over-estimate of SM clocks spins longer, which is harmless
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        if getattr(props, "clock_rate", 0):
+            clock_hz = props.clock_rate * 1e3
+        spin_cycles = int(HOST_BURST_CALLS * HOST_SPIN_SECONDS_PER_CALL * clock_hz)
+        stream = torch.cuda.current_stream()
     per_call, overran = [], 0
     for _ in range(bursts):
-        torch.cuda._sleep(spin_cycles)
+        if on_cuda:
+            torch.cuda._sleep(spin_cycles)
         start = time.perf_counter()
         for _ in range(HOST_BURST_CALLS):
             fn()
         elapsed = time.perf_counter() - start
-        if stream.query():
+        if on_cuda and stream.query():
             overran += 1  # the GPU caught up: this burst may include waiting; leave it out
         else:
             per_call.append(elapsed / HOST_BURST_CALLS * 1e6)
-        torch.cuda.synchronize()
+        if on_cuda:
+            torch.cuda.synchronize()
     if not per_call:
         raise RuntimeError("every burst outlasted its spin kernel; raise HOST_SPIN_SECONDS_PER_CALL")
     return statistics.median(per_call), min(per_call), overran
+
+
+def loop_us_per_call(fn, calls, synchronize):
+    """µs per call of `calls` back-to-back calls of fn, synchronized once at the end (after a
+    warm-up of up to 200 calls): the steady rate of an eager stream, the larger of the host's
+    cost and the GPU's time per call."""
+    for _ in range(min(calls, 200)):
+        fn()
+    synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    synchronize()
+    return (time.perf_counter() - start) / calls * 1e6
 
 
 def calls_per_graph(bytes_per_call, l2_bytes, l2_multiple=L2_MULTIPLE, min_calls=MIN_CALLS,
