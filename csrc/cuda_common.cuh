@@ -36,6 +36,24 @@ __device__ __forceinline__ void mv_pdl_trigger() {
 #endif
 }
 
+/* Ask L2 for the line holding p; no data comes back to the thread, and p must be valid memory.
+   Safe before mv_pdl_wait, where a load is not: L2 is where every SM's writes land, so a line
+   fetched early is updated by the previous kernel's later writes rather than going stale. */
+__device__ __forceinline__ void mv_prefetch_l2(const void *p) {
+#if defined(__CUDA_ARCH__)
+    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
+#endif
+}
+
+/* Ask L2 for rows [0, rows) of a row-major matrix (row_bytes each, stride_bytes apart), one
+   128-byte line per request, spread over the callers: caller `index` of `count`. */
+__device__ __forceinline__ void mv_prefetch_rows_l2(const void *base, int64_t rows, int64_t row_bytes,
+                                                    int64_t stride_bytes, int index, int count) {
+    const int64_t lines = (row_bytes + 127) / 128;
+    for (int64_t e = index; e < rows * lines; e += count)
+        mv_prefetch_l2(static_cast<const char *>(base) + (e / lines) * stride_bytes + (e % lines) * 128);
+}
+
 /* ---- shared memory and tensor cores (sm_80+) -------------------------------------------------- */
 /* The shared-state-space address of a pointer into this block's shared memory (for PTX operands). */
 __device__ __forceinline__ uint32_t mv_shared_address(const void *p) {

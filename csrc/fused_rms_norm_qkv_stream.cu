@@ -51,7 +51,8 @@
  *   same log, development runs A-C).
  * - Launched with PDL where the GPU has it: the first batch of W is requested before the wait for
  *   the previous kernel (the weights are constants of the model, as the tensor-copy kernel also
- *   assumes); x, residual and every write come after it.
+ *   assumes), and the input is asked of L2 (prefetch_input_l2); x, residual and every write
+ *   come after it.
  *
  * Residual: with a residual, s = x + residual is rounded to the dtype (the model's new residual).
  * Every block stages all of s, so unless residual_out is residual itself (in-place form) the blocks
@@ -316,6 +317,20 @@ __device__ __forceinline__ void mma_chunk(float acc[kTokenTiles][4], const uint4
     }
 }
 
+/* Ask L2 for the norm's inputs (x and residual rows, gamma), the grid's threads sharing the
+   128-byte lines between them. */
+template <typename T>
+__device__ __forceinline__ void prefetch_input_l2(const mv_norm_input &in) {
+    const int index = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+    const int count = static_cast<int>(gridDim.x * blockDim.x);
+    const int64_t row_bytes = in.hidden * static_cast<int64_t>(sizeof(T));
+    mv_prefetch_rows_l2(in.x, in.rows, row_bytes, in.x_stride * static_cast<int64_t>(sizeof(T)), index, count);
+    if (in.residual != nullptr)
+        mv_prefetch_rows_l2(in.residual, in.rows, row_bytes, in.residual_stride * static_cast<int64_t>(sizeof(T)), index,
+                            count);
+    mv_prefetch_rows_l2(in.norm_weight, 1, row_bytes, 0, index, count);
+}
+
 struct BlockSync {
     __device__ void operator()() const { __syncthreads(); }
 };
@@ -339,8 +354,15 @@ __global__ void __launch_bounds__(kThreads) fused_rms_norm_qkv_stream_kernel(mv_
     if (tile < geo.tiles) load_weight_batch<T>(args, geo, tile, 0, cur_a, cur_b);
     /* Programmatic dependent launch, as in the tensor-copy kernel below: the weights are
        constants of the model, so the first batch is requested before waiting for the previous
-       kernel; x, residual and every write come after the wait. */
+       kernel; x, residual and every write come after the wait. Before it, the blocks together
+       ask L2 for the input (each a share), which is safe since L2 is where the previous kernel's
+       writes land, and shortens the staging that follows the wait (H200, bf16, graph-timed, us,
+       without / with: Qwen2.5-0.5B M = 1 2.68 / 2.57, M = 4 3.23 / 3.16, M = 8 3.35 / 3.30;
+       Qwen3-0.6B M = 1 4.07 / 4.04. The same in the tensor-copy, deferred-norm and wgmma kernels
+       gained nothing or lost: Llama-3-8B M = 16 16.9 / 17.1, Qwen3-0.6B M = 32 6.65 / 6.73;
+       benchmarks/results/qkv-input-prefetch-nvidia-h200-2026-11-22.log). */
     mv_pdl_trigger();
+    prefetch_input_l2<T>(in);
     mv_pdl_wait();
 
     stage_normalized_input<T, kHasResidual, kHasResidual ? 2 : 4, 1>(args, flags, xs, geo.xs_stride, partial, warp, lane,
@@ -415,7 +437,10 @@ __global__ void __launch_bounds__(kThreads) fused_rms_norm_qkv_stream_kernel(mv_
    Measured and not used (H200, bf16, M = 1 ... 1024, benchmarks/probes/README.md): asking L2
    for the block's W rows (cp.async.bulk.prefetch.L2) before the wait made every shape slower
    (Qwen3-4B M = 1 10.6 -> 14.1 us): the prefetches queue in the same copy engine as the ring's
-   copies of the same bytes, and DRAM is already busy with the previous call. */
+   copies of the same bytes, and DRAM is already busy with the previous call. Nor did asking L2
+   per thread (prefetch.global.L2) for a budget of the W lines after the early stages, here and
+   in the deferred-norm kernel (Llama-3-8B M = 8 15.9 us without, 16.0 / 16.2 / 16.6 / 17.7 with
+   2 / 4 / 8 / 16 MiB; benchmarks/results/qkv-input-prefetch-nvidia-h200-2026-11-22.log). */
 constexpr int kLineK = 64;                             /* k per 128-byte line of a stage */
 constexpr int kLineBytes = kLineK * 2;
 constexpr int kStageLineChoices[] = {36, 28, 20, 12, 4}; /* each 4 mod 8 (see above), widest first */

@@ -8,7 +8,9 @@
  *   rsqrt, and written back with vector stores. A row is handled by a group of G threads (a
  *   power of two: a few lanes of a warp for small H, up to 1024 threads for H in the tens of
  *   thousands), each holding up to kMaxVecsPerThread vectors; small rows pack many groups, i.e.
- *   many rows, into one block. Rows too long to stay in registers fall back to:
+ *   many rows, into one block. With PDL, the first few MiB of rows are prefetched into L2 before
+ *   the wait for the previous kernel (kPrefetchBytes). Rows too long to stay in registers fall
+ *   back to:
  * - rms_norm_reference_kernel, deliberately simple (one block per row, scalar loads, two passes),
  *   kept for those rows and for the tests to compare the fast kernel against.
  *
@@ -160,7 +162,7 @@ __device__ __forceinline__ void keep_packed(VecT &v) {
    The launcher picks kEarlyWeight for rms_norm always (4096 x 4096: 85% of copy bandwidth
    against 80%) and for the fused add in short calls. */
 template <typename T, int V, bool kHasResidual, bool kEarlyWeight>
-__global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(mv_rms_norm_args args, int group_threads) {
+__global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(mv_rms_norm_args args, int group_threads, int64_t prefetch_rows) {
     __shared__ float warp_sums[32];
     using VecT = Vec<T, V>;
     const mv_norm_input &in = args.in;
@@ -170,9 +172,25 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(mv_rms_nor
     const int group = threadIdx.x / group_threads;
     const int lane = threadIdx.x % group_threads;
     const VecT *weight = static_cast<const VecT *>(in.norm_weight);
-    /* Launched with PDL on sm_90+ (cuda_device.h): wait for the previous kernel before reading
-       anything, then let the next one start (it too waits before it reads what this one writes),
-       so its launch overlaps this kernel instead of following it. */
+    /* Launched with PDL on sm_90+ (cuda_device.h): wait for the previous kernel before loading
+       anything, then let the next one start (it too waits before it loads what this one writes),
+       so its launch overlaps this kernel instead of following it. Before the wait, the first
+       prefetch_rows rows are asked of L2, to stream in while that kernel ends (kPrefetchBytes). */
+    if ((int64_t)blockIdx.x * rows_per_block + group < (prefetch_rows < in.rows ? prefetch_rows : in.rows)) {
+        const int64_t row = (int64_t)blockIdx.x * rows_per_block + group;
+        const VecT *x_row = reinterpret_cast<const VecT *>(static_cast<const T *>(in.x) + row * in.x_stride);
+        const VecT *r_row = kHasResidual ? reinterpret_cast<const VecT *>(static_cast<const T *>(in.residual) +
+                                                                           row * in.residual_stride)
+                                         : nullptr;
+#pragma unroll
+        for (int i = 0; i < kMaxVecsPerThread; ++i) {
+            const int idx = lane + i * group_threads;
+            if (idx < vecs_per_row) {
+                mv_prefetch_l2(x_row + idx);
+                if (kHasResidual) mv_prefetch_l2(r_row + idx);
+            }
+        }
+    }
     mv_pdl_wait();
     mv_pdl_trigger();
 
@@ -285,16 +303,35 @@ int vector_width(const mv_rms_norm_args *a) {
     return v;
 }
 
+/* Input bytes (x, and residual) that the first rows' blocks ask of L2 before waiting for the
+   previous kernel. A block of this kernel can start while the previous one's last blocks still
+   run (PDL); until that kernel has finished, DRAM has spare time, and a prefetch into L2 is safe
+   then, as a load into registers would not be: L2 is where every SM's writes land, so a line
+   fetched early is updated by the previous kernel's writes instead of going stale. The budget is
+   about what DRAM moves in that gap; beyond it the prefetches only come late and cost requests
+   (H200, bf16, graph-timed, rms_norm / fused add, us, budget 0 -> 1 -> 3 -> 4 MiB: 4096 x 4096
+   18.03 / 34.95 -> 17.64 / 34.54 -> 17.28 / 34.06 -> 17.29 / 34.02; M x H = 4096 x 1024 5.69 /
+   10.66 -> 5.44 / 10.45 -> 4.98 / 9.88 -> 4.81 / 9.54; in another run, every row prefetched
+   against none: 4096 x 4096 18.27 / 34.08 against 17.85 / 34.49;
+   benchmarks/results/norm-prefetch-nvidia-h200-2026-11-22.log). */
+constexpr int64_t kPrefetchBytes = 4 << 20;
+
+int64_t prefetch_rows(const mv_rms_norm_args &a) {
+    const int64_t row_bytes = a.in.hidden * (a.in.dtype == MV_FLOAT32 ? 4 : 2) * (a.in.residual != nullptr ? 2 : 1);
+    return kPrefetchBytes / row_bytes;
+}
+
 /* Below this many blocks a call is short: latency, not bandwidth, decides its time. */
 constexpr int64_t kShortCallBlocks = 264;
 
 template <typename T, int V, bool kHasResidual>
 cudaError_t launch_vec_kernel(const mv_rms_norm_args &a, int group_threads, unsigned blocks, int threads,
                               cudaStream_t stream, bool pdl) {
-    void (*kernel)(mv_rms_norm_args, int) = !kHasResidual || blocks <= kShortCallBlocks
+    void (*kernel)(mv_rms_norm_args, int, int64_t) = !kHasResidual || blocks <= kShortCallBlocks
                                                 ? rms_norm_vec_kernel<T, V, kHasResidual, true>
                                                 : rms_norm_vec_kernel<T, V, true, false>;
-    const cudaError_t err = mv_launch(kernel, dim3(blocks), dim3(threads), 0, stream, pdl, a, group_threads);
+    const cudaError_t err = mv_launch(kernel, dim3(blocks), dim3(threads), 0, stream, pdl, a, group_threads,
+                                        pdl ? prefetch_rows(a) : (int64_t)0);
     return err != cudaSuccess ? err : cudaGetLastError();
 }
 
