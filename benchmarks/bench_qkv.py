@@ -274,6 +274,10 @@ def first_line(error):
     return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
 
 
+HEAVY_M = 4096   # shapes from this M on run the GPU at its power limit ...
+SETTLE_S = 1.0   # ... and the next shape waits this long before it is timed
+
+
 def bench_shape(model, dtype_name, rows, run):
     """Every implementation at one (model, dtype, M): the shape's record."""
     dtype = TORCH_DTYPES[dtype_name]
@@ -820,6 +824,12 @@ def main(argv=None):
         label = f"{model.name} {dtype_name} M={rows}"
         progress.step(label)
         shape_start = time.perf_counter()
+        if index > 1 and shapes[index - 2][2] >= HEAVY_M:
+            # After a long GEMM the GPU sits at its power limit and its clocks need about a
+            # second to recover: without this pause the next shape (a new model's M = 1, whose
+            # minivllm call is timed first) read 3.12 us instead of 2.67 (Qwen2.5-0.5B bf16 after
+            # Llama-3-8B M = 16384 on an H200; Qwen3-0.6B 4.12 instead of 4.03).
+            time.sleep(SETTLE_S)
         r = bench_shape(model, dtype_name, rows, run)
         torch.cuda.empty_cache()  # the shape's buffers and graph pools, before the next shape's
         r["seconds"] = time.perf_counter() - shape_start
@@ -870,6 +880,8 @@ def main(argv=None):
         "method": {
             "timing": "CUDA graph of N calls, each with its own W, γ, x and outputs; CUDA events "
                       "around each replay; µs per call = median replay / N",
+            "settle": f"{SETTLE_S:g} s idle before a shape that follows one with M >= {HEAVY_M} "
+                      "(the GPU's clocks recover from its power limit)",
             "replays": args.replays, "eps": EPS, "min_replay_us": bt.MIN_REPLAY_US,
             "min_distinct_weight_bytes": bt.MIN_DISTINCT_WEIGHT_BYTES,
             "l2_multiple": bt.L2_MULTIPLE, "memory_cap_bytes": bt.QKV_MEMORY_CAP_BYTES,
