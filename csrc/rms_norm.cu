@@ -316,11 +316,6 @@ int vector_width(const mv_rms_norm_args *a) {
    benchmarks/results/norm-prefetch-nvidia-h200-2026-11-22.log). */
 constexpr int64_t kPrefetchBytes = 4 << 20;
 
-int64_t prefetch_rows(const mv_rms_norm_args &a) {
-    const int64_t row_bytes = a.in.hidden * (a.in.dtype == MV_FLOAT32 ? 4 : 2) * (a.in.residual != nullptr ? 2 : 1);
-    return kPrefetchBytes / row_bytes;
-}
-
 /* Below this many blocks a call is short: latency, not bandwidth, decides its time. */
 constexpr int64_t kShortCallBlocks = 264;
 
@@ -330,8 +325,10 @@ cudaError_t launch_vec_kernel(const mv_rms_norm_args &a, int group_threads, unsi
     void (*kernel)(mv_rms_norm_args, int, int64_t) = !kHasResidual || blocks <= kShortCallBlocks
                                                 ? rms_norm_vec_kernel<T, V, kHasResidual, true>
                                                 : rms_norm_vec_kernel<T, V, true, false>;
+    const int64_t input_row_bytes = a.in.hidden * static_cast<int64_t>(sizeof(T)) * (kHasResidual ? 2 : 1);
+    const int64_t prefetch_rows = pdl ? kPrefetchBytes / input_row_bytes : 0;
     const cudaError_t err = mv_launch(kernel, dim3(blocks), dim3(threads), 0, stream, pdl, a, group_threads,
-                                        pdl ? prefetch_rows(a) : (int64_t)0);
+                                        prefetch_rows);
     return err != cudaSuccess ? err : cudaGetLastError();
 }
 
