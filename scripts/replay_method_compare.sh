@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs minivllm and runs the norm and QKV benches on a few shapes twice: with the old timing
 # (one call per buffer set per graph, --min-replay-us 0) and the new one (buffer sets cycled until
-# a replay lasts >= 300 µs), so the two methods' per-call times can be compared in one run.
+# a replay lasts >= 300 µs, bench_qkv's default; bench_norm's is now 2000 µs), so the two methods'
+# per-call times can be compared in one run.
 #   usage: scripts/replay_method_compare.sh OUTDIR
 set -uo pipefail
 out=${1:?usage: scripts/replay_method_compare.sh OUTDIR}
