@@ -176,11 +176,11 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(mv_rms_nor
        anything, then let the next one start (it too waits before it loads what this one writes),
        so its launch overlaps this kernel instead of following it. Before the wait, the first
        prefetch_rows rows are asked of L2, to stream in while that kernel ends (kPrefetchBytes). */
-    if ((int64_t)blockIdx.x * rows_per_block + group < (prefetch_rows < in.rows ? prefetch_rows : in.rows)) {
-        const int64_t row = (int64_t)blockIdx.x * rows_per_block + group;
-        const VecT *x_row = reinterpret_cast<const VecT *>(static_cast<const T *>(in.x) + row * in.x_stride);
+    const int64_t group_row = (int64_t)blockIdx.x * rows_per_block + group; /* this group's first row */
+    if (group_row < (prefetch_rows < in.rows ? prefetch_rows : in.rows)) {
+        const VecT *x_row = reinterpret_cast<const VecT *>(static_cast<const T *>(in.x) + group_row * in.x_stride);
         const VecT *r_row = kHasResidual ? reinterpret_cast<const VecT *>(static_cast<const T *>(in.residual) +
-                                                                           row * in.residual_stride)
+                                                                           group_row * in.residual_stride)
                                          : nullptr;
 #pragma unroll
         for (int i = 0; i < kMaxVecsPerThread; ++i) {
