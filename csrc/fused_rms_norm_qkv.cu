@@ -231,8 +231,19 @@ constexpr int64_t kStreamMaxStagedElements = 24576;
    which the kernel took later (H200, fp16, deferred vs the stream path, or norm + cuBLASLt at
    M = 32: Llama-3-8B M = 8 15.70 vs 18.80, 16 16.40 vs 23.31; Qwen3-4B M = 16 11.84 vs 16.17;
    Qwen3-0.6B M = 4 4.14 vs 4.69, 16 4.84 vs 6.04, 32 6.53 vs 7.83; Qwen2.5-0.5B M = 16 3.93 vs
-   4.40, 32 5.17 vs 6.91; benchmarks/results/qkv-decode-timeline-nvidia-h200-2026-11-22.log). */
-bool deferred_wins(int64_t rows, int64_t cols) { return rows >= 4 && (cols >= 2048 || rows >= 16); }
+   4.40, 32 5.17 vs 6.91; benchmarks/results/qkv-decode-timeline-nvidia-h200-2026-11-22.log).
+   Below 4 rows it wins at M = 3 for a large W, and at M = 2 where H >= 4096 too (the other W
+   streams stage the rows before their first product; this one streams them beside W) (H200,
+   graph-timed, two passes each, deferred vs the path M = 2, 3 took before, bf16 / fp16: Llama-3-8B
+   M = 2 15.71-15.75 vs 15.95-16.02 / 15.63-15.65 vs 16.13-16.19, M = 3 15.82-15.85 vs 16.47-16.48 /
+   15.72-15.76 vs 16.57-16.62; Qwen3-4B M = 3 11.40-11.41 vs 11.50-11.51 / 11.33-11.36 vs 11.58,
+   but M = 2 11.33-11.39 vs 11.14-11.16 / 11.27-11.31 vs 11.17-11.22; Qwen3-0.6B M = 3 4.15 vs
+   4.54-4.55 / 4.10-4.11 vs 4.56, M = 2 even; Qwen2.5-0.5B, N = 1152, M = 3 3.39 vs 3.11-3.12;
+   benchmarks/results/qkv-small-batch-nvidia-h200-2026-11-22.log). */
+bool deferred_wins(int64_t rows, int64_t hidden, int64_t cols) {
+    if (rows >= 16) return true;
+    return cols >= 2048 && (rows >= 3 || (rows == 2 && hidden >= 4096));
+}
 bool wgmma_wins(int64_t rows, int64_t hidden, int64_t cols) {
     if (hidden > 1024) return false;
     return rows <= 64 || (cols <= 2048 && rows <= 256);
@@ -304,8 +315,9 @@ mv_qkv_path mv_qkv_forced_path() {
 }
 
 /* The dispatcher. One rule per path, in order:
-   - few rows on sm_90 in fp16/bf16 without a residual (4 <= M <= 32, or 16 <= M <= 32 for a small W:
-     deferred_wins): the W stream with the input streamed beside it and the norm deferred;
+   - few rows on sm_90 in fp16/bf16 without a residual (3 <= M <= 32 where N >= 2048, 2 <= M where H
+     is 4096 or more too, 16 <= M <= 32 for a small W: deferred_wins): the W stream with the input
+     streamed beside it and the norm deferred;
    - skinny M (decode, small batches; fp16/bf16, M <= kStreamMaxRows and M * H <=
      kStreamMaxStagedElements, nn.Linear layout, H % 8 == 0): the W stream on tensor cores;
    - then, on sm_90 in bf16 where wgmma_wins (small H, M up to 64 or 256): the one-kernel norm +
@@ -332,7 +344,7 @@ extern "C" int mv_fused_rms_norm_qkv_cuda(const mv_qkv_args *a, void *stream) {
     bool residual_written = false;
     bool launched = false;
     if ((forced == mv_qkv_path::deferred ||
-         (forced == mv_qkv_path::automatic && deferred_wins(a->in.rows, a->q_cols + 2 * a->kv_cols))) &&
+         (forced == mv_qkv_path::automatic && deferred_wins(a->in.rows, a->in.hidden, a->q_cols + 2 * a->kv_cols))) &&
         mv_qkv_deferred_supported(a, &dev)) {
         err = (cudaError_t)mv_qkv_deferred_cuda(a, stream, &dev);
         launched = err != cudaErrorNotSupported; /* N too large for its tiles, or a refused map: go on */

@@ -20,7 +20,7 @@
  *   equal share of the output features, launched with programmatic dependent launch; it keeps
  *   more bytes in flight per SM, which larger W needs (Llama-3-8B M = 1: 15.5 us against 16.8 on
  *   the register kernel; Qwen3-4B M = 16: 13.5 against 17.8). MINIVLLM_QKV_PATH=bulk forces it;
- * - on sm_90 in fp16/bf16 without a residual, where the dispatcher's deferred_wins says so (4 <= M <= 32
+ * - on sm_90 in fp16/bf16 without a residual, where the dispatcher's deferred_wins says so (3 <= M <= 32
  *   mostly): the deferred-norm kernel (its own section, after the tensor-copy kernel), which
  *   streams x beside W instead of staging it and applies rrms in the epilogue.
  *   MINIVLLM_QKV_PATH=deferred forces it. The notes below are the first two kernels'.
