@@ -71,7 +71,11 @@ cudaError_t mv_launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t s
     return cudaLaunchKernelEx(&config, kernel, static_cast<Args &&>(args)...);
 }
 
-/* Kernels whose dynamic shared memory exceeds the 48 KiB default must opt in first. The opt-in is
+/* Kernels whose dynamic shared memory exceeds the 48 KiB default must opt in first. The default
+   covers static and dynamic shared memory together, and smem here is the dynamic part only: every
+   kernel launched through this declares no static shared memory (one that did would need the
+   opt-in from 48 KiB minus its static bytes; an experiment's 512 static bytes beside 48 KiB of
+   dynamic were refused at launch with cudaErrorInvalidValue). The opt-in is
    a driver call on the host path of a launch, so each kernel keeps (in a static
    mv_shared_opt_in of its launcher) the most it has opted into per device and calls again only to
    raise it. Racing threads at worst both make the call; the cache only ever grows. */
