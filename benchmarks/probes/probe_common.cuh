@@ -79,9 +79,9 @@ inline mv_qkv_args probe_qkv_args(mv_dtype dtype, int m, const ProbeShape &sh, c
     a.kv_cols = sh.kv;
     a.q = o;
     a.q_stride = n;
-    a.k = o + static_cast<size_t>(sh.q) * 2;
+    a.k = o + sh.q * mv_dtype_size(dtype);
     a.k_stride = n;
-    a.v = o + static_cast<size_t>(sh.q + sh.kv) * 2;
+    a.v = o + (sh.q + sh.kv) * mv_dtype_size(dtype);
     a.v_stride = n;
     return a;
 }
