@@ -11,9 +11,12 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <vector>
 
 #include "minivllm_kernels.h" /* mv_qkv_args (the probes build with -Icsrc) */
 
@@ -25,6 +28,48 @@
             exit(1);                                                                                 \
         }                                                                                            \
     } while (0)
+
+/* For probes that include cublas_v2.h or cublasLt.h (cublasStatus_t comes from there). */
+#define CHECK_BLAS(call)                                                                             \
+    do {                                                                                             \
+        cublasStatus_t s_ = (call);                                                                  \
+        if (s_ != CUBLAS_STATUS_SUCCESS) {                                                           \
+            fprintf(stderr, "%s:%d %s: status %d\n", __FILE__, __LINE__, #call, (int)s_);            \
+            exit(1);                                                                                 \
+        }                                                                                            \
+    } while (0)
+
+/* bench_qkv's timing: record(stream) issues `calls` calls, captured once into a CUDA graph; the graph
+   is replayed 25 times with events around each replay, the first 3 dropped; the median replay over
+   `calls` is returned, in us per call. */
+template <typename Record>
+double graph_us_per_call(cudaStream_t stream, int calls, Record record) {
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    record(stream);
+    CHECK(cudaStreamEndCapture(stream, &graph));
+    CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    cudaEvent_t e0, e1;
+    CHECK(cudaEventCreate(&e0));
+    CHECK(cudaEventCreate(&e1));
+    std::vector<double> per_call;
+    for (int rep = 0; rep < 25; ++rep) {
+        CHECK(cudaEventRecord(e0, stream));
+        CHECK(cudaGraphLaunch(exec, stream));
+        CHECK(cudaEventRecord(e1, stream));
+        CHECK(cudaEventSynchronize(e1));
+        float ms = 0;
+        CHECK(cudaEventElapsedTime(&ms, e0, e1));
+        if (rep >= 3) per_call.push_back(ms * 1000.0 / calls);
+    }
+    std::sort(per_call.begin(), per_call.end());
+    CHECK(cudaGraphExecDestroy(exec));
+    CHECK(cudaGraphDestroy(graph));
+    CHECK(cudaEventDestroy(e0));
+    CHECK(cudaEventDestroy(e1));
+    return per_call[per_call.size() / 2];
+}
 
 /* A uniform value in [-1, 1) from element index i and a seed (splitmix64 finalizer). */
 __device__ inline float hash_uniform(uint64_t i, uint64_t seed) {
@@ -57,6 +102,19 @@ constexpr ProbeShape kProbeShapes[] = {{"Qwen3-0.6B", 1024, 2048, 1024},
                                        {"Llama-3-8B", 4096, 4096, 1024},
                                        {"Qwen2.5-0.5B", 896, 896, 128},
                                        {"Qwen3-4B", 2560, 4096, 1024}};
+
+/* The model named by argv[1] of a probe invoked as PROGRAM MODEL M [M ...]; prints the usage or
+   the unknown name and returns nullptr otherwise. */
+inline const ProbeShape *probe_shape_from_args(int argc, char **argv) {
+    if (argc < 3) {
+        fprintf(stderr, "usage: %s MODEL M [M ...]\n", argv[0]);
+        return nullptr;
+    }
+    for (const ProbeShape &s : kProbeShapes)
+        if (strcmp(s.name, argv[1]) == 0) return &s;
+    fprintf(stderr, "unknown model %s\n", argv[1]);
+    return nullptr;
+}
 
 /* One call's arguments: x [m, h] and W [q + 2 kv, h] contiguous (nn.Linear layout), q, k, v as
    column ranges of one [m, q + 2 kv] buffer (row stride N), as a fused qkv tensor. */

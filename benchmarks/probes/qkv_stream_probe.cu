@@ -154,34 +154,13 @@ int run(const ProbeShape &sh, const std::vector<int> &ms, mv_dtype dtype) {
         const bool ok = !nan && rel < 1e-2;
         failures += !ok;
 
-        cudaGraph_t graph;
-        cudaGraphExec_t exec;
-        CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-        for (int c = 0; c < cycles; ++c)
-            for (int l = 0; l < layers; ++l) CHECK((cudaError_t)call(l));
-        CHECK(cudaStreamEndCapture(stream, &graph));
-        CHECK(cudaGraphInstantiate(&exec, graph, 0));
-        cudaEvent_t e0, e1;
-        CHECK(cudaEventCreate(&e0));
-        CHECK(cudaEventCreate(&e1));
-        std::vector<double> per_call;
-        for (int rep = 0; rep < 25; ++rep) {
-            CHECK(cudaEventRecord(e0, stream));
-            CHECK(cudaGraphLaunch(exec, stream));
-            CHECK(cudaEventRecord(e1, stream));
-            CHECK(cudaEventSynchronize(e1));
-            float ms = 0;
-            CHECK(cudaEventElapsedTime(&ms, e0, e1));
-            if (rep >= 3) per_call.push_back(ms * 1000.0 / (layers * cycles));
-        }
-        std::sort(per_call.begin(), per_call.end());
-        printf("%4d %9.2f %9.2f %10.2e%s\n", m, per_call[per_call.size() / 2], w_bytes / stream_gbps * 1e-3, rel,
+        const double us = graph_us_per_call(stream, layers * cycles, [&](cudaStream_t) {
+            for (int c = 0; c < cycles; ++c)
+                for (int l = 0; l < layers; ++l) CHECK((cudaError_t)call(l));
+        });
+        printf("%4d %9.2f %9.2f %10.2e%s\n", m, us, w_bytes / stream_gbps * 1e-3, rel,
                ok ? "" : (nan ? " NaN!" : " FAIL"));
         fflush(stdout);
-        CHECK(cudaGraphExecDestroy(exec));
-        CHECK(cudaGraphDestroy(graph));
-        CHECK(cudaEventDestroy(e0));
-        CHECK(cudaEventDestroy(e1));
         for (void *p : {(void *)x, (void *)out, (void *)ref, (void *)got64}) CHECK(cudaFree(p));
     }
     CHECK(cudaFree(w));
@@ -192,17 +171,8 @@ int run(const ProbeShape &sh, const std::vector<int> &ms, mv_dtype dtype) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 3) {
-        fprintf(stderr, "usage: %s MODEL M [M ...]\n", argv[0]);
-        return 2;
-    }
-    const ProbeShape *sh = nullptr;
-    for (const ProbeShape &s : kProbeShapes)
-        if (strcmp(s.name, argv[1]) == 0) sh = &s;
-    if (sh == nullptr) {
-        fprintf(stderr, "unknown model %s\n", argv[1]);
-        return 2;
-    }
+    const ProbeShape *sh = probe_shape_from_args(argc, argv);
+    if (sh == nullptr) return 2;
     std::vector<int> ms;
     for (int i = 2; i < argc; ++i) ms.push_back(atoi(argv[i]));
     const char *dt = getenv("PROBE_DTYPE");

@@ -27,16 +27,6 @@
 #include "fused_rms_norm_qkv_paths.h"
 #include "probe_common.cuh"
 
-#define CHECK_BLAS(call)                                                                             \
-    do {                                                                                             \
-        cublasStatus_t s_ = (call);                                                                  \
-        if (s_ != CUBLAS_STATUS_SUCCESS) {                                                           \
-            fprintf(stderr, "%s:%d %s: status %d\n", __FILE__, __LINE__, #call, (int)s_);            \
-            exit(1);                                                                                 \
-        }                                                                                            \
-    } while (0)
-
-
 __global__ void poison(__nv_bfloat16 *p, int64_t n) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
         p[i] = __float2bfloat16(NAN);
