@@ -31,6 +31,15 @@ cudaError_t mv_current_device(mv_cuda_device *out) {
     if (err == cudaSuccess)
         err = cudaDeviceGetAttribute(&d.reserved_shared, cudaDevAttrReservedSharedMemoryPerBlock, device);
     if (err != cudaSuccess) return err;
+    /* Not every platform reports the memory clock (the attribute may read 0, or fail): then 0. */
+    int memory_khz = 0, bus_bits = 0;
+    if (cudaDeviceGetAttribute(&memory_khz, cudaDevAttrMemoryClockRate, device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, device) != cudaSuccess) {
+        (void)cudaGetLastError();
+        memory_khz = bus_bits = 0;
+    }
+    /* two transfers per clock, bus_bits / 8 bytes each */
+    d.dram_gbps = static_cast<int>(2.0 * memory_khz * 1e3 * (bus_bits / 8.0) / 1e9);
     if (device >= 0 && device < mv_max_cached_devices) { /* racing threads store the same values */
         cache[device] = d;
         ready[device].store(true, std::memory_order_release);

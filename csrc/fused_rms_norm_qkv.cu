@@ -239,10 +239,22 @@ constexpr int64_t kStreamMaxStagedElements = 24576;
    15.72-15.76 vs 16.57-16.62; Qwen3-4B M = 3 11.40-11.41 vs 11.50-11.51 / 11.33-11.36 vs 11.58,
    but M = 2 11.33-11.39 vs 11.14-11.16 / 11.27-11.31 vs 11.17-11.22; Qwen3-0.6B M = 3 4.15 vs
    4.54-4.55 / 4.10-4.11 vs 4.56, M = 2 even; Qwen2.5-0.5B, N = 1152, M = 3 3.39 vs 3.11-3.12;
-   benchmarks/results/qkv-small-batch-nvidia-h200-2026-11-22.log). */
-bool deferred_wins(int64_t rows, int64_t hidden, int64_t cols) {
+   benchmarks/results/qkv-small-batch-nvidia-h200-2026-11-22.log).
+   On an H100 (3.35 TB/s of DRAM against the H200's 4.8) it wins at M = 2 and, for H <= 1024 (where
+   the register stream would run), at M = 1 too; the tensor-copy stream still wins at M = 1 for
+   larger H (H100, graph-timed, two passes each, bf16 / fp16, deferred vs the other W stream:
+   Qwen3-0.6B M = 1 4.20 vs 4.53-4.55 / 4.14 vs 4.53-4.55, M = 2 4.19-4.22 vs 4.70-4.73 / 4.13 vs
+   4.71-4.73; Qwen3-4B M = 2 13.33-13.38 vs 13.56-13.58 / 13.30 vs 13.63-13.65, but M = 1 13.30 vs
+   12.69-12.73 / 13.28 vs 12.77-12.79; Llama-3-8B M = 1 even, 19.26-19.33 vs 19.19-19.30;
+   benchmarks/results/qkv-small-batch-nvidia-h100-2026-11-22.log). Two GPUs measured, so the
+   line between them, 4 TB/s, is where they part, not a measured threshold. */
+constexpr int kSlowDramGbps = 4000;
+bool deferred_wins(int64_t rows, int64_t hidden, int64_t cols, int dram_gbps) {
     if (rows >= 16) return true;
-    return cols >= 2048 && (rows >= 3 || (rows == 2 && hidden >= 4096));
+    if (cols < 2048) return false;
+    if (rows >= 3) return true;
+    if (dram_gbps > 0 && dram_gbps < kSlowDramGbps) return rows == 2 || hidden <= 1024;
+    return rows == 2 && hidden >= 4096;
 }
 bool wgmma_wins(int64_t rows, int64_t hidden, int64_t cols) {
     if (hidden > 1024) return false;
@@ -316,8 +328,9 @@ mv_qkv_path mv_qkv_forced_path() {
 
 /* The dispatcher. One rule per path, in order:
    - few rows on sm_90 in fp16/bf16 without a residual (3 <= M <= 32 where N >= 2048, 2 <= M where H
-     is 4096 or more too, 16 <= M <= 32 for a small W: deferred_wins): the W stream with the input
-     streamed beside it and the norm deferred;
+     is 4096 or more too, or on a GPU with less DRAM bandwidth, M = 1 where H <= 1024 and M = 2 as
+     well; 16 <= M <= 32 for a small W: deferred_wins): the W stream with the input streamed beside
+     it and the norm deferred;
    - skinny M (decode, small batches; fp16/bf16, M <= kStreamMaxRows and M * H <=
      kStreamMaxStagedElements, nn.Linear layout, H % 8 == 0): the W stream on tensor cores;
    - then, on sm_90 in bf16 where wgmma_wins (small H, M up to 64 or 256): the one-kernel norm +
@@ -344,7 +357,8 @@ extern "C" int mv_fused_rms_norm_qkv_cuda(const mv_qkv_args *a, void *stream) {
     bool residual_written = false;
     bool launched = false;
     if ((forced == mv_qkv_path::deferred ||
-         (forced == mv_qkv_path::automatic && deferred_wins(a->in.rows, a->in.hidden, a->q_cols + 2 * a->kv_cols))) &&
+         (forced == mv_qkv_path::automatic &&
+          deferred_wins(a->in.rows, a->in.hidden, a->q_cols + 2 * a->kv_cols, dev.dram_gbps))) &&
         mv_qkv_deferred_supported(a, &dev)) {
         err = (cudaError_t)mv_qkv_deferred_cuda(a, stream, &dev);
         launched = err != cudaErrorNotSupported; /* N too large for its tiles, or a refused map: go on */
