@@ -21,7 +21,7 @@ struct mv_cuda_device {
     int max_shared_sm;    /* shared memory per multiprocessor, bytes */
     int reserved_shared;  /* shared memory the system reserves per block, bytes */
     int dram_gbps;        /* peak DRAM bandwidth, GB/s, from the memory clock and bus width (0: not
-                             reported); the dispatcher tells an H100 (3350) from an H200 (4800) by it */
+                             reported); the dispatcher tells an H100 (3352) from an H200 (4810) by it */
 };
 
 /* Per-device caches (these properties, and the launchers' own) hold this many devices; a device

@@ -175,7 +175,15 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(mv_rms_nor
     /* Launched with PDL on sm_90+ (cuda_device.h): wait for the previous kernel before loading
        anything, then let the next one start (it too waits before it loads what this one writes),
        so its launch overlaps this kernel instead of following it. Before the wait, the first
-       prefetch_rows rows are asked of L2, to stream in while that kernel ends (kPrefetchBytes). */
+       prefetch_rows rows are asked of L2, to stream in while that kernel ends (kPrefetchBytes).
+       Each group asks for its own first row, a request per vector (so up to 8 per 128-byte line
+       in 16-bit types): one request per line through mv_prefetch_rows_l2, the grid's threads
+       sharing the lines, measured slower (H200, graph-timed, A/B/A in
+       one call, us, this / one per line: bf16 M = 1 H = 4096 1.44 / 1.53-1.54, fused add 1.54 /
+       1.67; 4096 x 1024 4.66 / 4.71, fused 9.41 / 9.65; 4096 x 4096 17.23 / 17.48-17.49;
+       benchmarks/results/norm-prefetch-per-line-nvidia-h200-2026-11-22.log; 32768 rows even).
+       The extra requests cost issue slots only; the shared form's 64-bit division per request
+       and its fewer requesting threads presumably lengthen the time before the wait more. */
     const int64_t group_row = (int64_t)blockIdx.x * rows_per_block + group; /* this group's first row */
     if (group_row < (prefetch_rows < in.rows ? prefetch_rows : in.rows)) {
         const VecT *x_row = reinterpret_cast<const VecT *>(static_cast<const T *>(in.x) + group_row * in.x_stride);
