@@ -1027,9 +1027,23 @@ size_t deferred_plan(DeferredGeometry *geo, const mv_qkv_args &a, const mv_cuda_
     return 0;
 }
 
-/* W boxes before the PDL wait: a full ring (H200, bf16, graph-timed, us, none / one / all:
-   Qwen3-0.6B M = 8 5.76 / 5.61 / 4.39, Qwen2.5-0.5B M = 8 4.22 / 3.19 / 3.23, Llama-3-8B M = 8
-   16.71 / 16.60 / 16.51). */
+/* W boxes before the PDL wait. Where the ring holds at least half of a block's k stages, all of
+   it (H200, bf16, graph-timed, us, none / one / all: Qwen3-0.6B M = 8 5.76 / 5.61 / 4.39,
+   Qwen2.5-0.5B M = 8 4.22 / 3.19 / 3.23; Qwen3-0.6B M = 32, 3 of 4 stages in the ring, two / all
+   6.81-6.83 / 6.61). Where it holds less (Llama-3-8B: 3 of 16, Qwen3-4B: 3-4 of 10), two: the
+   input's boxes, requested after the wait, queue behind every W box already asked for, and a
+   full ring there delays them by more than it overlaps (two / all, bf16, two passes: Llama-3-8B
+   M = 3 15.49-15.50 / 15.69-15.78, M = 8 15.50-15.51 / 15.70-15.72, M = 16 16.60-16.62 / 16.85;
+   Qwen3-4B M = 4 11.12-11.13 / 11.45, M = 16 11.87-11.89 / 12.13-12.15; fp16 alike; and behind a
+   torch GEMM, as in a model: Qwen3-4B M = 4 20.29 / 20.74, M = 16 21.63 / 22.16; one stage was
+   about as fast behind the GEMM and 0.2-0.3 us slower at Llama-3-8B M = 8-16 after a call of its own;
+   benchmarks/results/qkv-pdl-chains-nvidia-h200-2026-11-22.log). */
+constexpr int kEarlyStagesCycling = 2;
+int deferred_early_stages(const DeferredGeometry &geo) {
+    if (2 * geo.stages >= geo.kstages) return geo.stages;
+    return geo.stages < kEarlyStagesCycling ? geo.stages : kEarlyStagesCycling;
+}
+
 template <typename T, int kTokenTiles, int kMaxTiles>
 int launch_deferred(const mv_qkv_args &a, cudaStream_t stream, const mv_cuda_device &dev) {
     const int rows = static_cast<int>(a.in.rows);
@@ -1041,7 +1055,7 @@ int launch_deferred(const mv_qkv_args &a, cudaStream_t stream, const mv_cuda_dev
     const size_t smem = deferred_plan(&geo, a, dev, grid, kTokenTiles, kMaxTiles);
     if (smem == 0) return static_cast<int>(cudaErrorNotSupported);
     const bool pdl = mv_pdl_enabled(dev);
-    geo.early_stages = pdl ? geo.stages : 0;
+    geo.early_stages = pdl ? deferred_early_stages(geo) : 0;
 
     alignas(64) CUtensorMap w_map, x_map;
     if (!encode_weight_map(&w_map, a, geo.cols, geo.stage_lines, kTileFeatures * geo.tiles))

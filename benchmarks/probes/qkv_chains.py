@@ -1,0 +1,77 @@
+"""minivllm's kernels in the chains a model runs, graph-timed (bench_qkv's timer): each call of a
+chain runs its kernels back to back on its own buffers, e.g. "mm+qkv" = a torch GEMM shaped like
+o_proj / down_proj ([M, H] x [H, H]) then FusedRMSNormQKV.forward. bench_qkv times a call after a
+call of its own; with programmatic dependent launch (PDL) a kernel's time depends on the kernel
+before it, so this probe times the chains a model meets too. Inputs are independent random
+tensors (no call reads another's output), so the chains measure launch and overlap, not data
+flow. bf16. Compare variants by running it under different environments, e.g. MINIVLLM_PDL=0.
+
+    python3 benchmarks/probes/qkv_chains.py llama-3-8b:1 llama-3-8b:16 qwen3-0.6b:16
+"""
+import argparse
+import math
+
+import torch
+import torch.nn.functional as F
+
+import minivllm
+from minivllm import _benchtools as bt
+
+EPS = 1e-6
+
+
+def shape(text):
+    name, rows = text.rsplit(":", 1)
+    return bt.find_model(name), int(rows)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("shapes", nargs="+", type=shape, help="MODEL:M, e.g. llama-3-8b:16")
+    args = parser.parse_args()
+    l2_bytes = torch.cuda.get_device_properties(0).L2_cache_size
+    for m, rows in args.shapes:
+        hidden, features = m.hidden, bt.qkv_features(m)
+        layers = max(4, bt.qkv_calls_per_graph(rows, hidden, features + hidden, 2, l2_bytes))
+
+        def rand(*size):
+            return torch.randn(*size, device="cuda", dtype=torch.bfloat16)
+
+        def weights(n):
+            return [(torch.randn(n, hidden, device="cuda") / math.sqrt(hidden)).to(torch.bfloat16)
+                    for _ in range(layers)]
+
+        xs, residuals, gemm_inputs = ([rand(rows, hidden) for _ in range(layers)] for _ in range(3))
+        gammas = [torch.ones(hidden, device="cuda", dtype=torch.bfloat16) for _ in range(layers)]
+        qkv_weights, gemm_weights = weights(features), weights(hidden)
+
+        def mm(i):
+            return F.linear(gemm_inputs[i], gemm_weights[i])
+
+        def norm(i):
+            return minivllm.rms_norm(xs[i], gammas[i], EPS)
+
+        def add_norm(i):
+            return minivllm.fused_add_rms_norm(xs[i], residuals[i], gammas[i], EPS)
+
+        def qkv(i):
+            return minivllm.FusedRMSNormQKV.forward(xs[i], gammas[i], qkv_weights[i].t(), m.num_heads,
+                                                    m.num_kv_heads, EPS)
+
+        chains = {"mm": [mm], "norm": [norm], "qkv": [qkv], "mm+norm": [mm, norm],
+                  "mm+addnorm": [mm, add_norm], "mm+qkv": [mm, qkv], "norm+qkv": [norm, qkv],
+                  "mm+addnorm+qkv": [mm, add_norm, qkv]}
+        cells = []
+        for name, steps in chains.items():
+            def call(i, steps=steps):
+                return [step(i) for step in steps]
+
+            for i in range(layers):
+                call(i)
+            torch.cuda.synchronize()
+            cells.append(f"{name} {bt.time_per_call(call, layers, 15)['us']:.2f}")
+        print(f"{m.name} M={rows}: " + " | ".join(cells), flush=True)
+
+
+if __name__ == "__main__":
+    main()
