@@ -1037,7 +1037,11 @@ size_t deferred_plan(DeferredGeometry *geo, const mv_qkv_args &a, const mv_cuda_
    Qwen3-4B M = 4 11.12-11.13 / 11.45, M = 16 11.87-11.89 / 12.13-12.15; fp16 alike; and behind a
    torch GEMM, as in a model: Qwen3-4B M = 4 20.29 / 20.74, M = 16 21.63 / 22.16; one stage was
    about as fast behind the GEMM and 0.2-0.3 us slower at Llama-3-8B M = 8-16 after a call of its own;
-   benchmarks/results/qkv-pdl-chains-nvidia-h200-2026-11-22.log). */
+   benchmarks/results/qkv-pdl-chains-nvidia-h200-2026-11-22.log). On an H100 two won at Llama-3-8B
+   M = 3-16 (two / all, bf16: M = 8 19.64 / 20.03-20.10, M = 16 20.18-20.20 / 20.66-20.75) and
+   Qwen3-4B M = 8-16 (M = 16 14.01 / 14.26-14.27) and lost 0.1 us at Qwen3-4B M = 2-4, 4 of 10
+   stages in the ring (13.53-13.55 / 13.38-13.45; fp16 alike;
+   benchmarks/results/qkv-pdl-chains-nvidia-h100-2026-11-22.log). */
 constexpr int kEarlyStagesCycling = 2;
 int deferred_early_stages(const DeferredGeometry &geo) {
     if (2 * geo.stages >= geo.kstages) return geo.stages;
