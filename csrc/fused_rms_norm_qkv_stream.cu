@@ -1042,10 +1042,9 @@ size_t deferred_plan(DeferredGeometry *geo, const mv_qkv_args &a, const mv_cuda_
    Qwen3-4B M = 8-16 (M = 16 14.01 / 14.26-14.27) and lost 0.1 us at Qwen3-4B M = 2-4, 4 of 10
    stages in the ring (13.53-13.55 / 13.38-13.45; fp16 alike;
    benchmarks/results/qkv-pdl-chains-nvidia-h100-2026-11-22.log). */
-constexpr int kEarlyStagesCycling = 2;
+constexpr int kEarlyStagesCycling = 2; /* deferred_plan gives every ring at least two slots */
 int deferred_early_stages(const DeferredGeometry &geo) {
-    if (2 * geo.stages >= geo.kstages) return geo.stages;
-    return geo.stages < kEarlyStagesCycling ? geo.stages : kEarlyStagesCycling;
+    return 2 * geo.stages >= geo.kstages ? geo.stages : kEarlyStagesCycling;
 }
 
 template <typename T, int kTokenTiles, int kMaxTiles>
