@@ -69,8 +69,8 @@ __global__ void rel_err_kernel(const __nv_bfloat16 *a, const __nv_bfloat16 *b, i
 int main(int argc, char **argv) {
     const ProbeShape *sh = probe_shape_from_args(argc, argv);
     if (sh == nullptr) return 2;
-    const int cycles = getenv("PROBE_CYCLES") ? atoi(getenv("PROBE_CYCLES")) : 4;
-    const int max_algos = getenv("PROBE_ALGOS") ? atoi(getenv("PROBE_ALGOS")) : 16;
+    const int cycles = probe_env_int("PROBE_CYCLES", 4);
+    const int max_algos = probe_env_int("PROBE_ALGOS", 16);
     cudaDeviceProp prop;
     CHECK(cudaGetDeviceProperties(&prop, 0));
     cudaStream_t stream;
@@ -187,8 +187,8 @@ int main(int argc, char **argv) {
             ok[i] = s[2] == 0.0 && rel[i] < 1e-2;
             failures += !ok[i];
         }
-        const int rounds = getenv("PROBE_ROUNDS") ? atoi(getenv("PROBE_ROUNDS")) : 2;
-        const int settle_ms = getenv("PROBE_SETTLE_MS") ? atoi(getenv("PROBE_SETTLE_MS")) : 250;
+        const int rounds = probe_env_int("PROBE_ROUNDS", 2);
+        const int settle_ms = probe_env_int("PROBE_SETTLE_MS", 250);
         std::vector<std::vector<double>> times(cands.size() + 1);
         for (int r = 0; r < rounds; ++r)
             for (size_t i = 0; i <= cands.size(); ++i) {

@@ -39,6 +39,16 @@
         }                                                                                            \
     } while (0)
 
+/* An integer or real setting of a probe from the environment (PROBE_CYCLES, ...), or fallback. */
+inline int probe_env_int(const char *name, int fallback) {
+    const char *v = getenv(name);
+    return v != nullptr && *v != '\0' ? atoi(v) : fallback;
+}
+inline double probe_env_double(const char *name, double fallback) {
+    const char *v = getenv(name);
+    return v != nullptr && *v != '\0' ? atof(v) : fallback;
+}
+
 /* bench_qkv's timing: record(stream) issues `calls` calls, captured once into a CUDA graph; the graph
    is replayed 25 times with events around each replay, the first 3 dropped; the median replay over
    `calls` is returned, in us per call. */

@@ -61,8 +61,8 @@ __global__ void to_double(const T *p, int64_t n, double *out) {
 template <typename T>
 int run(const ProbeShape &sh, const std::vector<int> &ms, mv_dtype dtype) {
     const char *path = getenv("PROBE_PATH") ? getenv("PROBE_PATH") : "deferred";
-    const double stream_gbps = getenv("PROBE_STREAM_GBPS") ? atof(getenv("PROBE_STREAM_GBPS")) : 4100.0;
-    const int cycles = getenv("PROBE_CYCLES") ? atoi(getenv("PROBE_CYCLES")) : 4;
+    const double stream_gbps = probe_env_double("PROBE_STREAM_GBPS", 4100.0);
+    const int cycles = probe_env_int("PROBE_CYCLES", 4);
     const bool deferred = strcmp(path, "deferred") == 0;
     const bool wgmma = strcmp(path, "wgmma") == 0;
     cudaDeviceProp prop;
@@ -87,7 +87,7 @@ int run(const ProbeShape &sh, const std::vector<int> &ms, mv_dtype dtype) {
     CHECK(cudaGetLastError());
     {
         /* A GPU that has been idle runs its first second or so slower: keep it busy first. */
-        const double warm_s = getenv("PROBE_WARMUP_S") ? atof(getenv("PROBE_WARMUP_S")) : 2.0;
+        const double warm_s = probe_env_double("PROBE_WARMUP_S", 2.0);
         cudaEvent_t a, b;
         CHECK(cudaEventCreate(&a));
         CHECK(cudaEventCreate(&b));
