@@ -18,7 +18,6 @@
  *
  * Not part of the library.
  */
-#include <cublasLt.h>
 #include <cublas_v2.h>
 
 #include <algorithm>
@@ -28,11 +27,9 @@
 
 #include <unistd.h>
 
-#include "probe_common.cuh"
+#include "probe_cublaslt.cuh"
 
 namespace {
-
-constexpr size_t kWorkspaceBytes = 32u << 20;
 
 struct Candidate {
     cublasLtMatmulAlgo_t algo;
@@ -81,8 +78,8 @@ int main(int argc, char **argv) {
     CHECK_BLAS(cublasCreate(&blas));
     CHECK_BLAS(cublasSetStream(blas, stream));
     void *workspace;
-    CHECK(cudaMalloc(&workspace, kWorkspaceBytes));
-    CHECK_BLAS(cublasSetWorkspace(blas, workspace, kWorkspaceBytes));
+    CHECK(cudaMalloc(&workspace, kPathWorkspaceBytes));
+    CHECK_BLAS(cublasSetWorkspace(blas, workspace, kPathWorkspaceBytes));
 
     const int n = sh->q + 2 * sh->kv, h = sh->h;
     const size_t w_bytes = (size_t)n * h * 2;
@@ -106,41 +103,15 @@ int main(int argc, char **argv) {
         fill<<<1024, 256, 0, stream>>>(y, (int64_t)layers * m * h, 1000 + m, 2.0f, 0.0f);
         CHECK(cudaGetLastError());
 
-        /* D [n x m] column-major (= out [m x n] row-major) = op_T(W as column-major [h x n]) . y [h x m] */
-        cublasLtMatmulDesc_t desc;
-        cublasLtMatrixLayout_t la, lb, ld;
-        CHECK_BLAS(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-        const cublasOperation_t op_t = CUBLAS_OP_T, op_n = CUBLAS_OP_N;
-        CHECK_BLAS(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_t, sizeof(op_t)));
-        CHECK_BLAS(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_n, sizeof(op_n)));
-        CHECK_BLAS(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, h, n, h));
-        CHECK_BLAS(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, h, m, h));
-        CHECK_BLAS(cublasLtMatrixLayoutCreate(&ld, CUDA_R_16BF, n, m, n));
-
+        const QkvGemmDesc g = qkv_gemm_desc(m, n, h);
         std::vector<Candidate> cands;
         for (int restricted = 1; restricted >= 0; --restricted) {
-            cublasLtMatmulPreference_t pref;
-            CHECK_BLAS(cublasLtMatmulPreferenceCreate(&pref));
-            const uint64_t ws = kWorkspaceBytes;
-            CHECK_BLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
-            const uint32_t align = 256;
-            for (auto attr : {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-                              CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES})
-                CHECK_BLAS(cublasLtMatmulPreferenceSetAttribute(pref, attr, &align, sizeof(align)));
-            if (restricted) {
-                const uint32_t reductions = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
-                CHECK_BLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
-                                                                &reductions, sizeof(reductions)));
-            }
-            std::vector<cublasLtMatmulHeuristicResult_t> res(max_algos);
-            int count = 0;
-            CHECK_BLAS(cublasLtMatmulAlgoGetHeuristic(lt, desc, la, lb, ld, ld, pref, max_algos, res.data(), &count));
-            for (int i = 0; i < count; ++i) {
+            const std::vector<cublasLtMatmulHeuristicResult_t> res = path_heuristic(lt, g, max_algos, restricted != 0);
+            for (int i = 0; i < static_cast<int>(res.size()); ++i) {
                 bool seen = false;
                 for (const Candidate &c : cands) seen |= memcmp(&c.algo, &res[i].algo, sizeof(c.algo)) == 0;
                 if (!seen) cands.push_back({res[i].algo, restricted != 0, i, (int)(res[i].wavesCount * 100)});
             }
-            CHECK_BLAS(cublasLtMatmulPreferenceDestroy(pref));
         }
 
         const float one = 1.0f, zero = 0.0f;
@@ -170,9 +141,9 @@ int main(int argc, char **argv) {
         std::vector<int> ok(cands.size(), 0);
         std::vector<double> rel(cands.size(), 0.0);
         auto lt_call = [&](const Candidate &c, int l) {
-            return cublasLtMatmul(lt, desc, &one, w + (size_t)l * (w_bytes / 2), la, y + (size_t)l * m * h, lb, &zero,
-                                  out + (size_t)l * m * n, ld, out + (size_t)l * m * n, ld, &c.algo, workspace,
-                                  kWorkspaceBytes, stream);
+            return cublasLtMatmul(lt, g.desc, &one, w + (size_t)l * (w_bytes / 2), g.la, y + (size_t)l * m * h, g.lb,
+                                  &zero, out + (size_t)l * m * n, g.ld, out + (size_t)l * m * n, g.ld, &c.algo, workspace,
+                                  kPathWorkspaceBytes, stream);
         };
         for (size_t i = 0; i < cands.size(); ++i) {
             CHECK(cudaMemsetAsync(out, 0xff, (size_t)m * n * 2, stream));
@@ -226,10 +197,7 @@ int main(int argc, char **argv) {
                    ex_us / us, rel[i]);
         }
         fflush(stdout);
-        CHECK_BLAS(cublasLtMatrixLayoutDestroy(la));
-        CHECK_BLAS(cublasLtMatrixLayoutDestroy(lb));
-        CHECK_BLAS(cublasLtMatrixLayoutDestroy(ld));
-        CHECK_BLAS(cublasLtMatmulDescDestroy(desc));
+        destroy_qkv_gemm_desc(g);
         for (void *p : {(void *)y, (void *)out, (void *)ref}) CHECK(cudaFree(p));
     }
     CHECK(cudaFree(w));

@@ -8,8 +8,9 @@
  * cuBLASLt's Hopper GEMM kernels (sm90_xmma_gemm_*) execute griddepcontrol.wait (SASS: ACQBULK)
  * before reading their operands, so a programmatic edge would be safe for them. This probe, for a
  * benchmark model at the given M:
- *   - captures, per layer, norm(x_l) -> y (one shared y) then D_l = W_l . y^T, and prints the
- *     edges of the first layer's nodes (kernel names by cuFuncGetName, edge type and port);
+ *   - captures, per layer, norm(x_l) -> y (one shared y) then D_l = W_l . y^T (the path's
+ *     cuBLASLt query, probe_cublaslt.cuh), and prints the edges of the first layer's nodes
+ *     (kernel names by cuFuncGetName, edge type and port);
  *   - captures the same with the edge into the GEMM turned programmatic
  *     (cudaStreamUpdateCaptureDependencies with cudaGraphDependencyTypeProgrammatic from
  *     cudaGraphKernelNodePortProgrammatic), checks every layer's output bit for bit against the
@@ -29,7 +30,6 @@
  *
  * Not part of the library.
  */
-#include <cublasLt.h>
 #include <cuda.h>
 
 #include <cmath>
@@ -37,56 +37,21 @@
 #include <string>
 #include <vector>
 
-#include "probe_common.cuh"
+#include "probe_cublaslt.cuh"
 
 namespace {
 
-constexpr size_t kWorkspaceBytes = 32u << 20;
-
 struct Gemm {
     cublasLtHandle_t lt;
-    cublasLtMatmulDesc_t desc;
-    cublasLtMatrixLayout_t la, lb, ld;
+    QkvGemmDesc g;
     cublasLtMatmulAlgo_t algo;
     void *workspace;
 };
 
-/* The path's query: D [N x M] = op_T(W) . y, W as [N][H] row-major, 32 MiB workspace, split-K
-   partials in float32 only; its first answer. */
-Gemm make_gemm(cublasLtHandle_t lt, int m, int n, int h, void *workspace, int max_algos,
-              std::vector<cublasLtMatmulAlgo_t> *algos) {
-    Gemm g{lt, nullptr, nullptr, nullptr, nullptr, {}, workspace};
-    CHECK_BLAS(cublasLtMatmulDescCreate(&g.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    const cublasOperation_t op_a = CUBLAS_OP_T, op_b = CUBLAS_OP_N;
-    CHECK_BLAS(cublasLtMatmulDescSetAttribute(g.desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof(op_a)));
-    CHECK_BLAS(cublasLtMatmulDescSetAttribute(g.desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof(op_b)));
-    CHECK_BLAS(cublasLtMatrixLayoutCreate(&g.la, CUDA_R_16BF, h, n, h));
-    CHECK_BLAS(cublasLtMatrixLayoutCreate(&g.lb, CUDA_R_16BF, h, m, h));
-    CHECK_BLAS(cublasLtMatrixLayoutCreate(&g.ld, CUDA_R_16BF, n, m, n));
-    cublasLtMatmulPreference_t pref;
-    CHECK_BLAS(cublasLtMatmulPreferenceCreate(&pref));
-    const uint64_t ws = kWorkspaceBytes;
-    CHECK_BLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
-    const uint32_t reductions = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
-    CHECK_BLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &reductions,
-                                                    sizeof(reductions)));
-    cublasLtMatmulHeuristicResult_t results[16];
-    int count = 0;
-    CHECK_BLAS(cublasLtMatmulAlgoGetHeuristic(lt, g.desc, g.la, g.lb, g.ld, g.ld, pref, max_algos, results, &count));
-    if (count < 1) {
-        fprintf(stderr, "no cuBLASLt algorithm\n");
-        exit(1);
-    }
-    g.algo = results[0].algo;
-    for (int i = 0; i < count; ++i) algos->push_back(results[i].algo);
-    CHECK_BLAS(cublasLtMatmulPreferenceDestroy(pref));
-    return g;
-}
-
 void run_gemm(const Gemm &g, const void *w, const void *y, void *d, cudaStream_t s) {
     const float one = 1.0f, zero = 0.0f;
-    CHECK_BLAS(cublasLtMatmul(g.lt, g.desc, &one, w, g.la, y, g.lb, &zero, d, g.ld, d, g.ld, &g.algo, g.workspace,
-                              kWorkspaceBytes, s));
+    CHECK_BLAS(cublasLtMatmul(g.lt, g.g.desc, &one, w, g.g.la, y, g.g.lb, &zero, d, g.g.ld, d, g.g.ld, &g.algo,
+                              g.workspace, kPathWorkspaceBytes, s));
 }
 
 /* Turn the capture's current dependencies (the norm kernel) into programmatic edges. */
@@ -158,7 +123,7 @@ int main(int argc, char **argv) {
     const ProbeShape *sh = probe_shape_from_args(argc, argv);
     if (sh == nullptr) return 2;
     const int cycles = probe_env_int("PROBE_CYCLES", 4);
-    const int max_algos = std::min(16, probe_env_int("PROBE_ALGOS", 1));
+    const int max_algos = probe_env_int("PROBE_ALGOS", 1);
     CHECK(cudaFree(nullptr));
     cudaDeviceProp prop;
     CHECK(cudaGetDeviceProperties(&prop, 0));
@@ -177,7 +142,7 @@ int main(int argc, char **argv) {
     CHECK(cudaMalloc(&gamma, static_cast<size_t>(h) * 2));
     CHECK(cudaMalloc(&out, static_cast<size_t>(max_m) * n * 2 * layers));
     CHECK(cudaMalloc(&ref, static_cast<size_t>(max_m) * n * 2 * layers));
-    CHECK(cudaMalloc(&workspace, kWorkspaceBytes));
+    CHECK(cudaMalloc(&workspace, kPathWorkspaceBytes));
     cublasLtHandle_t lt;
     CHECK_BLAS(cublasLtCreate(&lt));
     fill<<<1024, 256, 0, stream>>>(w, static_cast<int64_t>(w_bytes / 2) * layers, 1, 0.05f, 0.0f);
@@ -190,8 +155,8 @@ int main(int argc, char **argv) {
 
     for (int i = 2; i < argc; ++i) {
         const int m = atoi(argv[i]);
-        std::vector<cublasLtMatmulAlgo_t> algos;
-        Gemm g = make_gemm(lt, m, n, h, workspace, max_algos, &algos);
+        Gemm g{lt, qkv_gemm_desc(m, n, h), {}, workspace};
+        const std::vector<cublasLtMatmulHeuristicResult_t> algos = path_heuristic(lt, g.g, max_algos, true);
         auto record = [&](cudaStream_t s, bool programmatic, int passes) {
             for (int c = 0; c < passes; ++c)
                 for (int l = 0; l < layers; ++l) {
@@ -212,7 +177,7 @@ int main(int argc, char **argv) {
                 }
         };
         for (size_t ai = 0; ai < algos.size(); ++ai) {
-            g.algo = algos[ai];
+            g.algo = algos[ai].algo;
             /* one pass of each, checked bit for bit; the edges printed for the first M's first algorithm */
             const size_t out_elems = static_cast<size_t>(max_m) * n * layers;
             CHECK(cudaMemsetAsync(ref, 0xff, out_elems * 2, stream)); /* 0xffff: a bf16 NaN */
@@ -253,6 +218,7 @@ int main(int argc, char **argv) {
                    differ == 0 && nan == 0 ? "same" : "FAIL", differ, kernels.c_str());
             fflush(stdout);
         }
+        destroy_qkv_gemm_desc(g.g);
     }
     return 0;
 }
