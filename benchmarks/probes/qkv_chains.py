@@ -66,9 +66,6 @@ def main():
             def call(i, steps=steps):
                 return [step(i) for step in steps]
 
-            for i in range(layers):
-                call(i)
-            torch.cuda.synchronize()
             cells.append(f"{name} {bt.time_per_call(call, layers, 15)['us']:.2f}")
         print(f"{m.name} M={rows}: " + " | ".join(cells), flush=True)
 
