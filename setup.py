@@ -21,25 +21,33 @@ from setuptools.command.build_ext import build_ext
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 C_SOURCES = [
-    "csrc/module.c",
-    "csrc/tensor_import.c",
-    "csrc/buffer.c",
-    "csrc/rms_norm_cpu.c",
-    "csrc/fused_rms_norm_qkv_cpu.c",
+    "csrc/binding/module.c",
+    "csrc/binding/call.c",
+    "csrc/binding/checks.c",
+    "csrc/binding/rms_norm.c",
+    "csrc/binding/fused_rms_norm_qkv.c",
+    "csrc/binding/tensor_import.c",
+    "csrc/binding/buffer.c",
+    "csrc/cpu/rms_norm.c",
+    "csrc/cpu/fused_rms_norm_qkv.c",
 ]
+QKV = "csrc/cuda/fused_rms_norm_qkv/"
 CUDA_SOURCES = [
-    "csrc/cuda_device.cu",
-    "csrc/rms_norm.cu",
-    "csrc/fused_rms_norm_qkv.cu",
-    "csrc/fused_rms_norm_qkv_stream.cu",
-    "csrc/fused_rms_norm_qkv_tile.cu",
-    "csrc/fused_rms_norm_qkv_gemm.cu",
-    "csrc/fused_rms_norm_qkv_wgmma.cu",
+    "csrc/cuda/device.cu",
+    "csrc/cuda/rms_norm.cu",
+    QKV + "dispatch.cu",
+    QKV + "register_stream.cu",
+    QKV + "bulk_stream.cu",
+    QKV + "deferred_stream.cu",
+    QKV + "wgmma.cu",
+    QKV + "norm_cublaslt.cu",
+    QKV + "tile_gemm.cu",
+    QKV + "generic.cu",
 ]
 # Files with Hopper-only instructions (wgmma): where the arch list has 90 they are built for
-# sm_90a alone (that code runs on 9.0 devices only; the dispatcher checks) with
-# MINIVLLM_HAVE_SM90A defined, else for the list as given, with their kernels compiled empty.
-SM90A_SOURCES = {"csrc/fused_rms_norm_qkv_wgmma.cu"}
+# sm_90a alone (that code runs on 9.0 devices only; its plan checks) with MINIVLLM_HAVE_SM90A
+# defined, else for the list as given, with their kernels compiled empty.
+SM90A_SOURCES = {QKV + "wgmma.cu"}
 
 
 def env_flag(name):
@@ -122,7 +130,7 @@ class BuildExt(build_ext):
         os.makedirs(build_dir, exist_ok=True)
 
         def compile_one(src):
-            obj = os.path.join(build_dir, os.path.basename(src) + ".o")
+            obj = os.path.join(build_dir, src.replace("/", "_") + ".o")
             codes = gencode
             if src in SM90A_SOURCES and "90" in archs:
                 codes = ["-gencode=arch=compute_90a,code=sm_90a", "-DMINIVLLM_HAVE_SM90A"]
@@ -143,8 +151,9 @@ setup(
             "minivllm._C",
             sources=C_SOURCES,
             include_dirs=["csrc"],
-            depends=[os.path.join("csrc", f) for f in os.listdir(os.path.join(HERE, "csrc"))
-                     if f.endswith((".h", ".cuh", ".cu"))],
+            depends=[os.path.relpath(os.path.join(d, f), HERE)
+                     for d, _, files in os.walk(os.path.join(HERE, "csrc"))
+                     for f in files if f.endswith((".h", ".cuh", ".cu"))],
         )
     ],
     cmdclass={"build_ext": BuildExt},

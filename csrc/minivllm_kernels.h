@@ -1,5 +1,5 @@
 /*
- * minivllm_kernels.h: the contract between the CPython binding (module.c) and the kernels.
+ * minivllm_kernels.h: the contract between the CPython binding (binding/) and the kernels.
  *
  * The binding validates every argument (dtypes, shapes, strides, devices, overlap) and hands the
  * kernels plain pointers, sizes and row strides. The kernels trust what they get: nothing here
@@ -17,7 +17,7 @@
  * take dtype operands). The exceptions are the one-kernel wgmma path and the deferred-norm W
  * stream (sm_90; wgmma bf16, the stream fp16/bf16), which defer rrms to after the product:
  * qkv = rrms * (round(weight_i * s_i) . W^T), the rounding of the scaled input in place of y's
- * (same size of error; mv_qkv_last_gpu_path names the path taken). In fp16 the stream rounds
+ * (same size of error; the launcher reports the path taken; docs/numerics.md). In fp16 the stream rounds
  * weight_i * s_i * 2^-e instead and multiplies the sums by rrms * 2^e, 2^e the least power of two
  * above max |weight| (1 where that is <= 1), so that the operand cannot overflow fp16.
  *
@@ -95,21 +95,44 @@ typedef struct {
     int64_t v_stride;
 } mv_qkv_args;
 
-/* CPU kernels (csrc/rms_norm_cpu.c, csrc/fused_rms_norm_qkv_cpu.c). Thread-safe, GIL-free. */
+/* CPU kernels (cpu/rms_norm.c, cpu/fused_rms_norm_qkv.c). Thread-safe, GIL-free. */
 int mv_rms_norm_cpu(const mv_rms_norm_args *a);
 int mv_fused_rms_norm_qkv_cpu(const mv_qkv_args *a);
 
-/* CUDA launchers (csrc/rms_norm.cu, csrc/fused_rms_norm_qkv.cu); stream is a cudaStream_t.
+/* The GPU kernels of fused RMSNorm + QKV, as the dispatch table (cuda/fused_rms_norm_qkv/dispatch.cu)
+   names them. MV_QKV_AUTO lets the table choose; any other value asks for that path where it can
+   take the call (tests and benchmarks), the table's choice otherwise. */
+typedef enum {
+    MV_QKV_AUTO = 0,
+    MV_QKV_DEFERRED, /* deferred-norm W stream (sm_90+) */
+    MV_QKV_REGISTER, /* W stream into mma registers (sm_80+) */
+    MV_QKV_BULK,     /* W stream by the tensor copy engine (sm_90+) */
+    MV_QKV_WGMMA,    /* one-kernel norm + wgmma GEMM (sm_90) */
+    MV_QKV_CUBLASLT, /* norm kernel, then cuBLASLt */
+    MV_QKV_TILE,     /* norm kernel, then our tensor-core GEMM (no libcublasLt) */
+    MV_QKV_GENERIC,  /* the correctness fallback: any dtype, layout and size */
+    MV_QKV_PATH_COUNT
+} mv_qkv_path;
+
+/* Programmatic dependent launch, per call: the library's default (on for sm_90+ unless the process
+   was started with MINIVLLM_PDL=0), off, or on wherever the GPU has it. */
+enum { MV_PDL_DEFAULT = -1, MV_PDL_OFF = 0, MV_PDL_ON = 1 };
+
+/* Per-call options of the CUDA launchers. */
+typedef struct {
+    int pdl;          /* MV_PDL_* */
+    mv_qkv_path path; /* QKV only */
+} mv_cuda_opts;
+
+/* CUDA launchers (cuda/rms_norm.cu, cuda/fused_rms_norm_qkv/dispatch.cu); stream is a cudaStream_t.
    The caller has made the tensors' device current. Data pointers are aligned to the element
    size (the binding checks); wider vector loads must check their own alignment. */
-int mv_rms_norm_cuda(const mv_rms_norm_args *a, void *stream);
+int mv_rms_norm_cuda(const mv_rms_norm_args *a, const mv_cuda_opts *o, void *stream);
 /* The deliberately simple kernel the fast one is tested against (and falls back to for rows too
    long to hold in registers). */
 int mv_rms_norm_cuda_reference(const mv_rms_norm_args *a, void *stream);
-int mv_fused_rms_norm_qkv_cuda(const mv_qkv_args *a, void *stream);
-/* The path the last mv_fused_rms_norm_qkv_cuda call of this thread took ("deferred", "stream", "wgmma",
-   "gemm", "tile", "generic"; "none" before any call). */
-const char *mv_qkv_last_gpu_path(void);
+/* *taken: the path that ran (MV_QKV_AUTO where nothing was launched: M = 0 or an error). */
+int mv_fused_rms_norm_qkv_cuda(const mv_qkv_args *a, const mv_cuda_opts *o, void *stream, mv_qkv_path *taken);
 
 #ifdef __cplusplus
 }

@@ -1,15 +1,20 @@
 """minivllm: C/CUDA kernels for the prologue of LLM attention layers.
 
 Ops (CPU and CUDA, float32 / float16 / bfloat16, any array with DLPack):
-  rms_norm(x, weight, eps=1e-6, *, out=None)
-  fused_add_rms_norm(x, residual, weight, eps=1e-6, *, out=None, residual_out=None, inplace=False)
+  rms_norm(x, weight, eps=1e-6, *, out=None, pdl=None)
+  fused_add_rms_norm(x, residual, weight, eps=1e-6, *, out=None, residual_out=None, inplace=False,
+                     pdl=None)
   FusedRMSNormQKV.forward(hidden_states, norm_weight, qkv_weight, num_heads, num_kv_heads,
-                          eps=1e-6, *, residual=None, out=None, residual_out=None)
+                          eps=1e-6, *, residual=None, out=None, residual_out=None, pdl=None)
+
+pdl (GPU): programmatic dependent launch for this call. None: on for the kernels that support it
+on sm_90 and later, unless the process was started with MINIVLLM_PDL=0; True: on wherever the GPU
+has it; False: off. The CPU ignores it.
 
 Numerics: rrms = 1/sqrt(mean(x^2) + eps) with float32 accumulation; y = weight * (x * rrms) in
 float32, rounded once to the input dtype (vLLM's order; Hugging Face rounds x * rrms first, which
-is within the same tolerance of a float64 reference). The QKV projection multiplies the float32 y
-(never rounded) by the weight with float32 accumulation.
+is within the same tolerance of a float64 reference). The QKV projection accumulates in float32;
+which operand is rounded to the dtype depends on the kernel (docs/numerics.md).
 """
 
 try:
@@ -62,32 +67,34 @@ def _check_writable_kind(name, array):
                         "leave it out and use the returned arrays")
 
 
-def rms_norm(x, weight, eps=1e-6, *, out=None):
+def rms_norm(x, weight, eps=1e-6, *, out=None, pdl=None):
     """RMSNorm over the last dimension: weight * x / sqrt(mean(x**2, -1) + eps).
 
     x: [..., H] (last dimension contiguous; leading dimensions may be strided);
     weight: [H]; same dtype (float32, float16 or bfloat16) and device as x.
     out: optional preallocated result shaped like x (may be x itself: in place).
+    pdl: programmatic dependent launch on the GPU (None: the library's default; see the module).
     Returns the result as x's kind of array (NumPy, torch, CuPy, JAX), on x's device.
     """
     if (type(x) in _TORCH_TYPES and type(weight) in _TORCH_TYPES
             and (out is None or type(out) in _TORCH_TYPES)):
         # Plain torch tensors: _C finds torch's stream and allocator itself (see _kinds).
-        return _C.rms_norm(x, weight, eps, out, _TORCH_KIND, None)
+        return _C.rms_norm(x, weight, eps, out, _TORCH_KIND, None, pdl)
     _check_writable_kind("out", out)
     alloc, stream, wrap, arg = _prepare(x)
-    result = _C.rms_norm(arg(x), arg(weight), eps, out, alloc, stream)
+    result = _C.rms_norm(arg(x), arg(weight), eps, out, alloc, stream, pdl)
     return result if out is not None else wrap(result)
 
 
 def fused_add_rms_norm(x, residual, weight, eps=1e-6, *, out=None, residual_out=None,
-                       inplace=False):
+                       inplace=False, pdl=None):
     """Residual add then RMSNorm, in one pass: returns (normed, new_residual).
 
     new_residual = x + residual, rounded to the dtype (what the model stores);
     normed = rms_norm(new_residual, weight, eps).
     inplace=True is vLLM's form: normed is written into x and new_residual into residual, and
     (x, residual) is returned. out= / residual_out= take preallocated results instead.
+    pdl: programmatic dependent launch on the GPU (None: the library's default; see the module).
     """
     if inplace:
         if out is not None or residual_out is not None:
@@ -97,12 +104,13 @@ def fused_add_rms_norm(x, residual, weight, eps=1e-6, *, out=None, residual_out=
     if (type(x) in _TORCH_TYPES and type(residual) in _TORCH_TYPES and type(weight) in _TORCH_TYPES
             and (out is None or type(out) in _TORCH_TYPES)
             and (residual_out is None or type(residual_out) in _TORCH_TYPES)):
-        return _C.fused_add_rms_norm(x, residual, weight, eps, out, residual_out, _TORCH_KIND, None)
+        return _C.fused_add_rms_norm(x, residual, weight, eps, out, residual_out, _TORCH_KIND, None,
+                                     pdl)
     _check_writable_kind("out" if not inplace else "x", out)
     _check_writable_kind("residual_out" if not inplace else "residual", residual_out)
     alloc, stream, wrap, arg = _prepare(x)
     normed, new_residual = _C.fused_add_rms_norm(arg(x), arg(residual), arg(weight), eps, out,
-                                                 residual_out, alloc, stream)
+                                                 residual_out, alloc, stream, pdl)
     return (normed if out is not None else wrap(normed),
             new_residual if residual_out is not None else wrap(new_residual))
 
@@ -112,7 +120,7 @@ class FusedRMSNormQKV:
 
     @staticmethod
     def forward(hidden_states, norm_weight, qkv_weight, num_heads, num_kv_heads, eps=1e-6, *,
-                residual=None, out=None, residual_out=None):
+                residual=None, out=None, residual_out=None, pdl=None, _path=None):
         """q, k, v = split(rms_norm(hidden_states) @ W.T), shaped per head.
 
         hidden_states: [..., H]; norm_weight: [H];
@@ -123,6 +131,11 @@ class FusedRMSNormQKV:
             dtype) is normalized and also returned as the new residual.
         out: optional preallocated (q, k, v); residual_out: optional preallocated new residual
             (may be residual itself: in place).
+        pdl: programmatic dependent launch on the GPU (None: the library's default; see the
+            module).
+        _path: private, for tests and benchmarks: the name of a GPU kernel path to run where it
+            can take the call ("deferred", "register", "bulk", "wgmma", "cublaslt", "tile",
+            "generic"); _C.qkv_last_gpu_path() names the one that ran.
         Returns (q, k, v), or (q, k, v, new_residual) when residual is given, with
             q: [..., num_heads, head_dim], k and v: [..., num_kv_heads, head_dim],
         as hidden_states' kind of array on its device.
@@ -135,12 +148,12 @@ class FusedRMSNormQKV:
             if out is None:
                 return _C.fused_rms_norm_qkv(hidden_states, norm_weight, qkv_weight, num_heads,
                                              num_kv_heads, eps, residual, None, None, None,
-                                             residual_out, _TORCH_KIND, None)
+                                             residual_out, _TORCH_KIND, None, pdl, _path)
             if (type(out) is tuple and len(out) == 3 and type(out[0]) in _TORCH_TYPES
                     and type(out[1]) in _TORCH_TYPES and type(out[2]) in _TORCH_TYPES):
                 return _C.fused_rms_norm_qkv(hidden_states, norm_weight, qkv_weight, num_heads,
                                              num_kv_heads, eps, residual, out[0], out[1], out[2],
-                                             residual_out, _TORCH_KIND, None)
+                                             residual_out, _TORCH_KIND, None, pdl, _path)
         q = k = v = None
         if out is not None:
             try:
@@ -154,7 +167,7 @@ class FusedRMSNormQKV:
         results = _C.fused_rms_norm_qkv(arg(hidden_states), arg(norm_weight), arg(qkv_weight),
                                         num_heads, num_kv_heads, eps,
                                         None if residual is None else arg(residual), q, k, v,
-                                        residual_out, alloc, stream)
+                                        residual_out, alloc, stream, pdl, _path)
         if out is not None and (residual is None or residual_out is not None):
             return results
         given = (q, k, v, residual_out)

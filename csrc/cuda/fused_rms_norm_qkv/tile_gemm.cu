@@ -1,18 +1,15 @@
 /*
- * fused_rms_norm_qkv_tile.cu: minivllm's own tensor-core GEMM for the norm + GEMM path of
- * qkv = rms_norm(x (+ residual)) . W^T (fused_rms_norm_qkv_gemm.cu runs the norm into scratch,
- * then this or cuBLASLt): y . W^T straight into q, k, v; fp16/bf16, nn.Linear layout. It is the
- * GEMM where libcublasLt cannot be loaded (H200, bf16: 10-22x faster than the generic kernel
- * that took those calls before, 1.3-3x slower than cuBLASLt;
- * benchmarks/results/qkv-tile-nvidia-h200-2026-11-22.log), and MINIVLLM_QKV_PATH=tile forces it.
+ * tile_gemm.cu: minivllm's own tensor-core GEMM for the norm + GEMM path of
+ * qkv = rms_norm(x (+ residual)) . W^T (norm_cublaslt.cu runs the norm into scratch, then this or
+ * cuBLASLt): y . W^T straight into q, k, v; fp16/bf16, nn.Linear layout. It is the GEMM where
+ * libcublasLt cannot be loaded: 10-22x faster than the generic kernel, 1.3-3x slower than cuBLASLt
+ * (dev/logs/qkv-tile-nvidia-h200-2026-11-22.log).
  *
  * Launched with programmatic dependent launch: its blocks start while the norm runs and request
  * their first stages of W (a model constant) before waiting for it; only the reads of y wait.
  *
- * Why not the norm folded into the GEMM (operand s * gamma, rows scaled by rrms in the epilogue):
- * measured (H200, bf16): every column block then re-does the elementwise work on its x tiles, N /
- * BN times over, and Nsight Compute showed the kernel bound by instruction issue (Qwen3-0.6B
- * M = 256: 17.9-29 us by tile shape, against 9.5 for norm + cuBLASLt).
+ * Why not the norm folded into the GEMM: every column block would re-do the elementwise work on its
+ * x tiles, N / BN times over; measured bound by instruction issue (docs/design.md).
  *
  * - Block: 4 warps (2 x 2), tile BM tokens x BN features, K in steps of 64 (one 128-byte line per
  *   row); a ring of shared-memory stages filled by cp.async (16-byte pieces, zeros past M, N and
@@ -22,8 +19,8 @@
  */
 #include <cstdint>
 
-#include "cuda_common.cuh"
-#include "fused_rms_norm_qkv_paths.h"
+#include "cuda/common.cuh"
+#include "cuda/fused_rms_norm_qkv/paths.h"
 
 namespace {
 
@@ -173,19 +170,13 @@ __global__ void __launch_bounds__(kThreads) qkv_tile_gemm_kernel(const T *__rest
 }
 
 /* The tile shapes, largest first. The launcher takes the first that still gives every SM a block
-   (or the smallest); MINIVLLM_QKV_TILE=BMxBN forces one (benchmarks). Small tiles get more
-   stages, so a block still keeps tens of KiB of W in flight. */
+   (or the smallest). Small tiles get more stages, so a block still keeps tens of KiB of W in
+   flight. */
 constexpr mv_tile_shape kShapes[] = {{128, 128}, {64, 128}, {64, 64}, {32, 64}, {32, 32}};
 constexpr int stages_for(int bm, int bn) { return bm * bn >= 128 * 128 ? 3 : bm * bn >= 64 * 64 ? 4 : bm * bn >= 32 * 64 ? 6 : 8; }
 
-mv_tile_shape forced_shape() {
-    static const mv_tile_shape shape =
-        mv_env_tile_shape("MINIVLLM_QKV_TILE", kShapes, static_cast<int>(sizeof(kShapes) / sizeof(kShapes[0])));
-    return shape;
-}
-
 template <typename T, int BM, int BN>
-cudaError_t launch_shape(const T *y, const mv_qkv_args &a, cudaStream_t stream, const mv_cuda_device &dev) {
+cudaError_t launch_shape(const T *y, const mv_qkv_args &a, cudaStream_t stream, const mv_cuda_device &dev, bool pdl) {
     constexpr int kStages = stages_for(BM, BN);
     constexpr size_t smem = static_cast<size_t>(kStages) * kStageBytes<BM, BN>;
     if (smem > static_cast<size_t>(dev.max_shared_block)) return cudaErrorNotSupported;
@@ -195,24 +186,22 @@ cudaError_t launch_shape(const T *y, const mv_qkv_args &a, cudaStream_t stream, 
     if (err != cudaSuccess) return err;
     const int64_t cols = a.q_cols + 2 * a.kv_cols;
     const dim3 grid(static_cast<unsigned>((a.in.rows + BM - 1) / BM), static_cast<unsigned>((cols + BN - 1) / BN));
-    err = mv_launch(kernel, grid, dim3(kThreads), smem, stream, mv_pdl_enabled(dev), y, a);
+    err = mv_launch(kernel, grid, dim3(kThreads), smem, stream, pdl, y, a);
     return err != cudaSuccess ? err : cudaGetLastError();
 }
 
 template <typename T>
 cudaError_t launch_typed(const void *y, const mv_qkv_args &a, mv_tile_shape shape, cudaStream_t stream,
-                         const mv_cuda_device &dev) {
+                         const mv_cuda_device &dev, bool pdl) {
     const T *yt = static_cast<const T *>(y);
-    if (shape.rows == 128) return launch_shape<T, 128, 128>(yt, a, stream, dev);
-    if (shape.rows == 64 && shape.cols == 128) return launch_shape<T, 64, 128>(yt, a, stream, dev);
-    if (shape.rows == 64) return launch_shape<T, 64, 64>(yt, a, stream, dev);
-    if (shape.cols == 64) return launch_shape<T, 32, 64>(yt, a, stream, dev);
-    return launch_shape<T, 32, 32>(yt, a, stream, dev);
+    if (shape.rows == 128) return launch_shape<T, 128, 128>(yt, a, stream, dev, pdl);
+    if (shape.rows == 64 && shape.cols == 128) return launch_shape<T, 64, 128>(yt, a, stream, dev, pdl);
+    if (shape.rows == 64) return launch_shape<T, 64, 64>(yt, a, stream, dev, pdl);
+    if (shape.cols == 64) return launch_shape<T, 32, 64>(yt, a, stream, dev, pdl);
+    return launch_shape<T, 32, 32>(yt, a, stream, dev, pdl);
 }
 
 mv_tile_shape choose_shape(int64_t rows, int64_t cols, int sms) {
-    const mv_tile_shape forced = forced_shape();
-    if (forced.rows != 0) return forced;
     for (const mv_tile_shape &s : kShapes) {
         const int64_t blocks = (rows + s.rows - 1) / s.rows * ((cols + s.cols - 1) / s.cols);
         if (blocks >= sms) return s;
@@ -222,19 +211,18 @@ mv_tile_shape choose_shape(int64_t rows, int64_t cols, int sms) {
 
 } // namespace
 
-extern "C" int mv_qkv_tile_supported(const mv_qkv_args *a, const mv_cuda_device *dev) {
-    if (dev->major < 8) return 0; /* cp.async, ldmatrix */
-    if (a->in.dtype != MV_BFLOAT16 && a->in.dtype != MV_FLOAT16) return 0;
-    if (a->in.rows < 1 || a->in.hidden % 8 != 0) return 0;
-    if (a->w_stride_k != 1 || !mv_aligned16(a->w, a->w_stride_n, 2)) return 0;
-    const int64_t cols = a->q_cols + 2 * a->kv_cols;
+bool mv_qkv_tile_gemm_supported(const mv_qkv_args &a, const mv_cuda_device &dev) {
+    if (dev.major < 8) return false; /* cp.async, ldmatrix */
+    if (a.in.dtype != MV_BFLOAT16 && a.in.dtype != MV_FLOAT16) return false;
+    if (a.in.rows < 1 || a.in.hidden % 8 != 0) return false;
+    if (a.w_stride_k != 1 || !mv_aligned16(a.w, a.w_stride_n, 2)) return false;
+    const int64_t cols = a.q_cols + 2 * a.kv_cols;
     return (cols + 31) / 32 <= 65535;
 }
 
-extern "C" int mv_qkv_tile_gemm_cuda(const void *y, const mv_qkv_args *a, void *stream, const mv_cuda_device *dev) {
-    cudaStream_t s = static_cast<cudaStream_t>(stream);
-    const mv_tile_shape shape = choose_shape(a->in.rows, a->q_cols + 2 * a->kv_cols, dev->sms);
-    const cudaError_t err = a->in.dtype == MV_BFLOAT16 ? launch_typed<__nv_bfloat16>(y, *a, shape, s, *dev)
-                                                       : launch_typed<__half>(y, *a, shape, s, *dev);
-    return static_cast<int>(err);
+cudaError_t mv_qkv_tile_gemm_launch(const void *y, const mv_qkv_args &a, bool pdl, const mv_cuda_device &dev,
+                                    cudaStream_t stream) {
+    const mv_tile_shape shape = choose_shape(a.in.rows, a.q_cols + 2 * a.kv_cols, dev.sms);
+    return a.in.dtype == MV_BFLOAT16 ? launch_typed<__nv_bfloat16>(y, a, shape, stream, dev, pdl)
+                                     : launch_typed<__half>(y, a, shape, stream, dev, pdl);
 }

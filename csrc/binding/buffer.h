@@ -6,7 +6,7 @@
 #ifndef MINIVLLM_BUFFER_H
 #define MINIVLLM_BUFFER_H
 
-#include "tensor_import.h"
+#include "binding/tensor_import.h"
 
 PyTypeObject *mv_buffer_type_create(PyObject *module);
 

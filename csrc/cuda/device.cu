@@ -1,11 +1,10 @@
 /*
- * cuda_device.cu: the device properties, the PDL switch, the tensor maps and the forced tile
- * shapes of cuda_device.h.
+ * device.cu: the device properties, the PDL switch and the tensor maps of device.h.
  */
-#include "cuda_device.h"
+#include "cuda/device.h"
+#include "minivllm_kernels.h" /* MV_PDL_* */
 
 #include <atomic>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
@@ -48,12 +47,13 @@ cudaError_t mv_current_device(mv_cuda_device *out) {
     return cudaSuccess;
 }
 
-bool mv_pdl_enabled(const mv_cuda_device &dev) {
-    static const bool allowed = [] {
+bool mv_pdl_use(int requested, const mv_cuda_device &dev) {
+    static const bool process_default = [] {
         const char *v = getenv("MINIVLLM_PDL");
         return v == nullptr || strcmp(v, "0") != 0;
     }();
-    return allowed && dev.major >= 9;
+    if (dev.major < 9 || requested == MV_PDL_OFF) return false;
+    return requested == MV_PDL_ON || process_default;
 }
 
 namespace {
@@ -136,13 +136,4 @@ bool mv_swizzled_tensor_map(CUtensorMap *map, bool bf16, int rank, const void *d
         e.map = *map;
     }
     return ok;
-}
-
-mv_tile_shape mv_env_tile_shape(const char *name, const mv_tile_shape *shapes, int count) {
-    const char *v = getenv(name);
-    int rows = 0, cols = 0;
-    if (v != nullptr && sscanf(v, "%dx%d", &rows, &cols) == 2)
-        for (int i = 0; i < count; ++i)
-            if (shapes[i].rows == rows && shapes[i].cols == cols) return shapes[i];
-    return mv_tile_shape{0, 0};
 }

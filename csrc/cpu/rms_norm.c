@@ -9,7 +9,7 @@
 #include <math.h>
 #include <stdlib.h>
 
-#include "norm_row_cpu.h"
+#include "cpu/norm_row.h"
 
 /* Below this many elements a thread team costs more than it saves. */
 #define PARALLEL_MIN_ELEMENTS ((int64_t)1 << 16)

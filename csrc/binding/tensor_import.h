@@ -15,7 +15,7 @@
 #include <Python.h>
 #include <stdint.h>
 
-#include "dlpack_abi.h"
+#include "binding/dlpack_abi.h"
 #include "minivllm_kernels.h"
 
 #define MV_MAX_DIMS 16

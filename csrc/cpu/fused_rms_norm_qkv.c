@@ -16,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "norm_row_cpu.h"
+#include "cpu/norm_row.h"
 
 /* Below this many multiply-adds a thread team costs more than it saves. */
 #define PARALLEL_MIN_MACS ((int64_t)1 << 20)

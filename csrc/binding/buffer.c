@@ -1,7 +1,7 @@
 /*
  * buffer.c: minivllm.Buffer, an owned array exported through DLPack (versioned and legacy).
  */
-#include "buffer.h"
+#include "binding/buffer.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -1,6 +1,6 @@
 /*
  * cuda_device.h: what the launchers need to know of the current device, and how they launch
- * with programmatic dependent launch (PDL). Host side, C++ (the .cu files); cuda_device.cu.
+ * with programmatic dependent launch (PDL). Host side, C++ (the .cu files); device.cu.
  */
 #ifndef MINIVLLM_CUDA_DEVICE_H
 #define MINIVLLM_CUDA_DEVICE_H
@@ -30,11 +30,13 @@ constexpr int mv_max_cached_devices = 64;
 
 cudaError_t mv_current_device(mv_cuda_device *out);
 
-/* Whether kernels that support it are launched with PDL on this device: sm_90 and later, unless
-   MINIVLLM_PDL=0 (read once). Such a kernel may start before the previous kernel on the stream
-   ends; it calls mv_pdl_wait() (cuda_common.cuh) before it reads what that kernel may write, and
-   mv_pdl_trigger() to let its own successor start. */
-bool mv_pdl_enabled(const mv_cuda_device &dev);
+/* Whether a kernel that supports programmatic dependent launch (PDL) is launched with it:
+   requested is the call's MV_PDL_* option; the default is on unless the process was started with
+   MINIVLLM_PDL=0 (read once: the documented process-wide switch). Only sm_90 and later have it. Such
+   a kernel may start before the previous kernel on the stream ends; it calls mv_pdl_wait()
+   (common.cuh) before it reads what that kernel may write, and mv_pdl_trigger() to let its own
+   successor start. */
+bool mv_pdl_use(int requested, const mv_cuda_device &dev);
 
 /* A tensor map of a 16-bit (bf16 or fp16) tensor of rank 2 or 3 for the copy engine: dims
    innermost first, strides (bytes) of dims 1.., box in elements; 128-byte swizzle, 256-byte L2
@@ -52,9 +54,6 @@ bool mv_tensor_maps_available();
 struct mv_tile_shape {
     int rows, cols;
 };
-/* The tile named by environment variable `name` as "RxC" where it is one of shapes[0..count), else
-   {0, 0} (benchmarks of a launcher's choice: MINIVLLM_QKV_TILE, MINIVLLM_QKV_WGMMA_TILE). */
-mv_tile_shape mv_env_tile_shape(const char *name, const mv_tile_shape *shapes, int count);
 
 /* kernel<<<grid, block, smem, stream>>>(args...), with the PDL attribute when pdl is true. */
 template <typename... Params, typename... Args>

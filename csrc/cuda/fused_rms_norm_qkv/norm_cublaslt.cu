@@ -1,20 +1,18 @@
 /*
- * fused_rms_norm_qkv_gemm.cu: the large-M path of qkv = rms_norm(x (+ residual)) . W^T
- * (prefill; and every call the skinny path does not take): the fast rms_norm kernel writes y into stream-ordered scratch, then
- * cuBLASLt multiplies y by W^T: in one GEMM straight into q, k and v where they are adjacent
- * columns of one [M, N] buffer; otherwise, where the product is small, in one GEMM into scratch
- * followed by a copy that splits it into q, k and v, and where it is large, in one GEMM each.
- *
- * Why cuBLASLt: at large M the op is a GEMM, and NVIDIA's Hopper GEMMs (wgmma/TMA, tuned per
- * shape) are what a hand-written kernel would have to beat. The norm costs one extra pass over
- * x and y (M x H, small next to the GEMM's traffic for the shapes this path serves).
+ * norm_cublaslt.cu: the norm + GEMM paths of qkv = rms_norm(x (+ residual)) . W^T, for every call
+ * the one-kernel paths do not take (mostly M above a few dozen): the rms_norm kernel writes y into
+ * stream-ordered scratch (and residual_out), then a GEMM multiplies y by W^T:
+ * - cuBLASLt: in one GEMM straight into q, k and v where they are adjacent columns of one [M, N]
+ *   buffer; otherwise one GEMM into scratch and a split copy where the product is small, one GEMM
+ *   each where it is large. At large M the op is a GEMM, and cuBLASLt's tuned Hopper GEMMs are
+ *   what a hand-written kernel would have to beat.
+ * - our tensor-core GEMM (tile_gemm.cu), where libcublasLt cannot be loaded.
  *
  * cuBLASLt is loaded with dlopen on first use rather than linked: the module must import on
  * machines without the CUDA libraries (CPU users), and PyTorch/CuPy processes already have a
- * libcublasLt loaded, which dlopen by soname finds. Search order: MINIVLLM_CUBLASLT (a path),
- * the soname, then $CUDA_HOME and /usr/local/cuda. If none loads, the same norm pass is followed
- * by minivllm's own tensor-core GEMM instead (fused_rms_norm_qkv_tile.cu; fp16/bf16, nn.Linear
- * layout), and by the generic kernel where that cannot take the call either.
+ * libcublasLt loaded, which dlopen by soname finds. Search order: the soname, then $CUDA_HOME and
+ * /usr/local/cuda. A process whose only cuBLASLt is another major version (a CUDA 12 PyTorch wheel
+ * beside this CUDA 13 build, say) finds none and takes the tile GEMM.
  *
  * Scratch (y, plus cuBLASLt workspace) is allocated stream-ordered on the caller's stream (from a
  * pool of our own that keeps its memory; under capture, the default pool, so graphs get memory
@@ -31,8 +29,8 @@
 
 #include <cublasLt.h>
 
-#include "cuda_common.cuh"
-#include "fused_rms_norm_qkv_paths.h"
+#include "cuda/common.cuh"
+#include "cuda/fused_rms_norm_qkv/paths.h"
 
 #define MINIVLLM_STR2(x) #x
 #define MINIVLLM_STR(x) MINIVLLM_STR2(x)
@@ -56,8 +54,6 @@ struct CublasLt {
 };
 
 void *open_cublaslt() {
-    const char *explicit_path = getenv("MINIVLLM_CUBLASLT");
-    if (explicit_path && *explicit_path) return dlopen(explicit_path, RTLD_NOW | RTLD_LOCAL);
     const char *soname = "libcublasLt.so." MINIVLLM_STR(CUBLAS_VER_MAJOR);
     void *lib = dlopen(soname, RTLD_NOW | RTLD_LOCAL);
     if (lib) return lib;
@@ -101,11 +97,8 @@ const CublasLt &cublaslt() {
 }
 
 constexpr size_t kWorkspaceBytes = 32u << 20; /* what cuBLAS asks for on Hopper */
-/* Separate q, k, v outputs: one GEMM into scratch and a split copy up to this product size,
-   beyond it one GEMM per output. H200, bf16, W as [H, N], µs, three GEMMs -> GEMM + split:
-   Qwen3-0.6B M = 32 16.8 -> 9.7, M = 256 18.5 -> 12.2, M = 1024 (8 MiB) 24.9 -> 23.2, M = 4096
-   (32 MiB) 60.9 -> 75.7; Llama-3-8B M = 256 41.6 -> 28.2, M = 1024 (12 MiB) 82.9 -> 81.8, M = 4096
-   (48 MiB) 283.8 -> 307.4; Qwen2.5-0.5B M = 4096 (9 MiB) 26.4 -> 25.6. */
+/* Separate q, k, v outputs: one GEMM into scratch and a split copy up to this product size (where
+   three GEMMs' launches cost more than the copy), one GEMM per output beyond it (docs/design.md). */
 constexpr int64_t kSplitMaxBytes = 16ll << 20;
 
 /* The heuristic query costs tens of microseconds; cache its answer per problem. */
@@ -301,14 +294,33 @@ int launch_split_any(const mv_qkv_args *a, const void *d, cudaStream_t stream, i
     return (int)cudaErrorInvalidValue;
 }
 
+/* Which GEMM follows the norm kernel. */
+struct NormGemmState {
+    bool own_gemm; /* our tile GEMM (tile_gemm.cu) instead of cuBLASLt */
+};
+
 } // namespace
 
-extern "C" int mv_qkv_gemm_available(void) { return cublaslt().loaded ? 1 : 0; }
+bool mv_qkv_cublaslt_plan(const mv_qkv_args &, const mv_cuda_device &, mv_qkv_plan *plan) {
+    if (!cublaslt().loaded) return false;
+    mv_plan_state<NormGemmState>(plan)->own_gemm = false;
+    plan->writes_residual = true; /* the norm kernel writes it, in place or not */
+    return true;
+}
 
-extern "C" int mv_qkv_gemm_cuda(const mv_qkv_args *a, void *stream, const mv_cuda_device *dev, int own_gemm) {
+bool mv_qkv_tile_plan(const mv_qkv_args &a, const mv_cuda_device &dev, mv_qkv_plan *plan) {
+    if (!mv_qkv_tile_gemm_supported(a, dev)) return false;
+    mv_plan_state<NormGemmState>(plan)->own_gemm = true;
+    plan->writes_residual = true;
+    return true;
+}
+
+cudaError_t mv_qkv_norm_gemm_launch(const mv_qkv_args &args, const mv_qkv_plan &plan, const mv_cuda_device &device,
+                                    cudaStream_t s) {
+    const mv_qkv_args *a = &args;
+    const mv_cuda_device *dev = &device;
+    const bool own_gemm = mv_plan_state<NormGemmState>(plan).own_gemm;
     const CublasLt &lt = cublaslt();
-    if (!own_gemm && !lt.loaded) return static_cast<int>(cudaErrorNotSupported);
-    cudaStream_t s = static_cast<cudaStream_t>(stream);
     const int64_t rows = a->in.rows, hidden = a->in.hidden;
     const int64_t elem = mv_dtype_size(a->in.dtype);
     const int64_t cols = a->q_cols + 2 * a->kv_cols;
@@ -326,7 +338,7 @@ extern "C" int mv_qkv_gemm_cuda(const mv_qkv_args *a, void *stream, const mv_cud
        boundary. */
     void *scratch = nullptr;
     cudaError_t err = allocate_scratch(&scratch, y_bytes + d_bytes + workspace_bytes, s, dev->device);
-    if (err != cudaSuccess) return static_cast<int>(err);
+    if (err != cudaSuccess) return err;
     void *y = scratch;
     void *d = static_cast<char *>(scratch) + y_bytes;
     void *workspace = static_cast<char *>(scratch) + y_bytes + d_bytes;
@@ -335,10 +347,11 @@ extern "C" int mv_qkv_gemm_cuda(const mv_qkv_args *a, void *stream, const mv_cud
     norm.in = a->in; /* also writes residual_out when there is a residual (in place allowed) */
     norm.out = y;
     norm.out_stride = hidden;
-    err = static_cast<cudaError_t>(mv_rms_norm_cuda(&norm, stream));
+    const mv_cuda_opts norm_opts = {plan.pdl ? MV_PDL_ON : MV_PDL_OFF, MV_QKV_AUTO};
+    err = static_cast<cudaError_t>(mv_rms_norm_cuda(&norm, &norm_opts, s));
 
     if (err == cudaSuccess && own_gemm) {
-        err = static_cast<cudaError_t>(mv_qkv_tile_gemm_cuda(y, a, stream, dev));
+        err = mv_qkv_tile_gemm_launch(y, *a, plan.pdl, *dev, s);
     } else if (err == cudaSuccess) {
         const bool trans_a = a->w_stride_k == 1; /* nn.Linear [N, H]: column-major H x N, use op T */
         const int64_t lda = trans_a ? a->w_stride_n : a->w_stride_k;
@@ -362,5 +375,5 @@ extern "C" int mv_qkv_gemm_cuda(const mv_qkv_args *a, void *stream, const mv_cud
         if (st != CUBLAS_STATUS_SUCCESS && err == cudaSuccess) err = cudaErrorUnknown;
     }
     const cudaError_t free_err = cudaFreeAsync(scratch, s);
-    return static_cast<int>(err != cudaSuccess ? err : free_err);
+    return err != cudaSuccess ? err : free_err;
 }

@@ -1,7 +1,7 @@
 /*
  * tensor_import.c: DLPack / __array_interface__ import and the argument checks shared by every op.
  */
-#include "tensor_import.h"
+#include "binding/tensor_import.h"
 
 #include <string.h>
 

@@ -23,8 +23,8 @@
  * re-reads s from residual_out (or x), which that same thread wrote/read in pass 1. Rows never
  * share output memory (the binding guarantees it), so blocks do not interfere.
  */
-#include "cuda_common.cuh"
-#include "cuda_device.h"
+#include "cuda/common.cuh"
+#include "cuda/device.h"
 
 namespace {
 
@@ -369,7 +369,7 @@ cudaError_t launch_vec(const mv_rms_norm_args &a, int group_threads, cudaStream_
 
 } // namespace
 
-extern "C" int mv_rms_norm_cuda(const mv_rms_norm_args *a, void *stream) {
+extern "C" int mv_rms_norm_cuda(const mv_rms_norm_args *a, const mv_cuda_opts *o, void *stream) {
     if (a->in.rows == 0) return (int)cudaSuccess;
     const int v = vector_width(a);
     const int64_t vecs_per_row = a->in.hidden / v;
@@ -396,7 +396,7 @@ extern "C" int mv_rms_norm_cuda(const mv_rms_norm_args *a, void *stream) {
     } else {
         group_threads = static_cast<int>((needed + 31) / 32 * 32);
     }
-    const bool pdl = mv_pdl_enabled(dev);
+    const bool pdl = mv_pdl_use(o->pdl, dev);
     err = cudaErrorInvalidValue;
     MV_DISPATCH_DTYPE(a->in.dtype, T, {
         switch (v) {

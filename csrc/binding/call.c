@@ -1,0 +1,352 @@
+/*
+ * call.c: the lifecycle of one op call (call.h): imports, outputs (given, from the caller's
+ * allocator, minivllm.Buffer, or torch's caching allocator through the torch fast path), overlap
+ * checks, and the launch.
+ */
+#include "binding/call.h"
+#include "binding/checks.h"
+
+#include <string.h>
+
+#ifdef MINIVLLM_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+void mv_call_release(mv_call *c)
+{
+    for (int i = 0; i < c->count; i++)
+        mv_tensor_release(&c->tensors[i]);
+    for (int i = 0; i < c->output_count; i++)
+        Py_CLEAR(c->outputs[i]);
+    c->count = c->output_count = 0;
+    Py_CLEAR(c->torch_stream);
+}
+
+/* The caller's kind of array: `alloc` and `stream` as the Python API found them, or, when alloc
+   is _C.TORCH_KIND, torch's, resolved in C from x (a plain torch.Tensor). */
+int mv_call_start(mv_call *c, PyObject *module, PyObject *alloc, PyObject *stream,
+                      PyObject *x)
+{
+    c->st = mv_get_state(module);
+    if (alloc != c->st->torch_kind) {
+        c->alloc = alloc;
+        c->stream = stream;
+        return 0;
+    }
+    const int usable = mv_torch_api_resolve(&c->st->torch);
+    if (usable < 0)
+        return -1;
+    if (!usable || !mv_torch_is_plain_tensor(&c->st->torch, x)) {
+        /* Only minivllm's own API passes TORCH_KIND, after checking both. */
+        PyErr_Format(PyExc_TypeError,
+                     "alloc: TORCH_KIND needs torch imported and x a torch.Tensor, got %.100s",
+                     Py_TYPE(x)->tp_name);
+        return -1;
+    }
+    c->torch_kind = 1;
+    c->like = x;
+    return 0;
+}
+
+mv_tensor *mv_call_import(mv_call *c, PyObject *obj, const char *name)
+{
+    mv_tensor *t = &c->tensors[c->count];
+    const int rc = c->torch_kind && mv_torch_is_plain_tensor(&c->st->torch, obj)
+                       ? mv_tensor_import_torch(&c->st->torch, obj, name, t)
+                       : mv_tensor_import(&c->st->names, obj, name, c->stream, t);
+    if (rc < 0) {
+        mv_tensor_release(t); /* a capsule consumed before a failed check is still ours */
+        return NULL;
+    }
+    c->count++;
+    return t;
+}
+
+/* x, the call's first array. For the torch kind, it fixes the stream: torch's current stream of
+   x's device (also when that is not the current device), read before any other argument is
+   imported, since producers other than torch need it for __dlpack__(stream=...). */
+mv_tensor *mv_call_import_first(mv_call *c, PyObject *obj, const char *name)
+{
+    mv_tensor *x = mv_call_import(c, obj, name);
+    if (x == NULL || !c->torch_kind || x->processor != MV_ON_CUDA)
+        return x;
+    if (c->st->torch.current_raw_stream == NULL) {
+        PyErr_Format(PyExc_RuntimeError,
+                     "%s: is a CUDA tensor, but this torch has no _C._cuda_getCurrentRawStream",
+                     name);
+        return NULL;
+    }
+    PyObject *device = PyLong_FromLong(x->device_id);
+    if (device == NULL)
+        return NULL;
+    c->torch_stream = PyObject_CallOneArg(c->st->torch.current_raw_stream, device);
+    Py_DECREF(device);
+    if (c->torch_stream == NULL)
+        return NULL;
+    if (!PyLong_Check(c->torch_stream)) {
+        PyErr_Format(PyExc_TypeError, "%s: torch's current stream is %.100s, not an int", name,
+                     Py_TYPE(c->torch_stream)->tp_name);
+        return NULL;
+    }
+    c->stream = c->torch_stream;
+    return x;
+}
+
+
+static PyObject *dims_tuple(int ndim, const int64_t *dims)
+{
+    PyObject *tuple = PyTuple_New(ndim);
+    for (int d = 0; tuple != NULL && d < ndim; d++) {
+        PyObject *size = PyLong_FromLongLong(dims[d]);
+        if (size == NULL)
+            Py_CLEAR(tuple);
+        else
+            PyTuple_SET_ITEM(tuple, d, size);
+    }
+    return tuple;
+}
+
+/* Row-major strides (in elements) of a new array of this shape. */
+static void compact_strides(int ndim, const int64_t *shape, int64_t *strides)
+{
+    int64_t step = 1;
+    for (int d = ndim - 1; d >= 0; d--) {
+        strides[d] = step;
+        step *= shape[d] > 1 ? shape[d] : 1;
+    }
+}
+
+/* x.new_empty(shape): x's dtype and device, torch's caching allocator and, under CUDA graph
+   capture, the graph's memory pool, as torch.empty would. */
+static PyObject *torch_new_empty(mv_call *c, PyObject *shape_tuple)
+{
+    PyObject *method_args[2] = {c->like, shape_tuple};
+    return PyObject_VectorcallMethod(c->st->torch.new_empty, method_args,
+                                     2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+static int torch_data_ptr(mv_call *c, PyObject *tensor, const char *name, char **data)
+{
+    PyObject *value = PyObject_CallMethodNoArgs(tensor, c->st->torch.data_ptr);
+    void *pointer = value ? PyLong_AsVoidPtr(value) : NULL;
+    Py_XDECREF(value);
+    if (pointer == NULL && PyErr_Occurred()) {
+        PyErr_Format(PyExc_RuntimeError, "%s: cannot read data_ptr() of the tensor torch allocated",
+                     name);
+        return -1;
+    }
+    *data = pointer;
+    return 0;
+}
+
+/* Record a plain torch tensor this call just allocated, whose layout minivllm chose (compact, or
+   a view into one compact block): its mv_tensor comes from that layout and `data`, for a
+   fraction of what a DLPack export costs. */
+static mv_tensor *call_adopt_torch_output(mv_call *c, PyObject *obj, const char *name,
+                                          const mv_tensor *like, char *data, int ndim,
+                                          const int64_t *shape, const int64_t *strides)
+{
+    mv_tensor *t = &c->tensors[c->count];
+    if (mv_tensor_from_layout(t, name, obj, data, like->dtype, like->processor, like->device_id,
+                              ndim, shape, strides) < 0) {
+        mv_tensor_release(t);
+        return NULL;
+    }
+    c->fresh[c->count++] = 1;
+    return t;
+}
+
+/* An output: the one the caller gave (validated), or a new one from the caller's allocator
+   (or a minivllm.Buffer). *result receives a new reference to the Python object. */
+mv_tensor *mv_call_output(mv_call *c, PyObject *given, const char *name, const mv_tensor *like,
+                              int ndim, const int64_t *shape, PyObject **result)
+{
+    PyObject *obj;
+    if (given != NULL && given != Py_None) {
+        if (c->torch_kind && mv_torch_is_plain_tensor(&c->st->torch, given)) {
+            /* What torch's __dlpack__ refuses, minivllm too: it records no autograd, so writing
+               into a tensor autograd tracks would silently break its gradients. */
+            PyObject *flag = PyObject_GetAttr(given, c->st->requires_grad);
+            const int tracked = flag ? PyObject_IsTrue(flag) : -1;
+            Py_XDECREF(flag);
+            if (tracked < 0)
+                return NULL;
+            if (tracked) {
+                PyErr_Format(PyExc_ValueError,
+                             "%s: requires grad, and minivllm records no autograd; pass an output "
+                             "that does not require grad", name);
+                return NULL;
+            }
+        }
+        obj = Py_NewRef(given);
+    } else if (c->torch_kind || (c->alloc != NULL && c->alloc != Py_None)) {
+        PyObject *shape_tuple = dims_tuple(ndim, shape);
+        if (shape_tuple == NULL)
+            return NULL;
+        obj = c->torch_kind ? torch_new_empty(c, shape_tuple)
+                            : PyObject_CallOneArg(c->alloc, shape_tuple);
+        Py_DECREF(shape_tuple);
+        if (obj != NULL && c->torch_kind && mv_torch_is_plain_tensor(&c->st->torch, obj)) {
+            c->outputs[c->output_count++] = obj;
+            int64_t strides[MV_MAX_DIMS + 1];
+            char *data;
+            compact_strides(ndim, shape, strides);
+            mv_tensor *t = torch_data_ptr(c, obj, name, &data) < 0
+                               ? NULL
+                               : call_adopt_torch_output(c, obj, name, like, data, ndim, shape,
+                                                         strides);
+            if (t != NULL)
+                *result = Py_NewRef(obj);
+            return t;
+        }
+    } else {
+        obj = mv_buffer_new(c->st->buffer_type, like->dtype, like->processor, like->device_id, ndim,
+                            shape);
+        if (obj && like->processor == MV_ON_CUDA) {
+            long long s = c->stream && c->stream != Py_None ? PyLong_AsLongLong(c->stream) : 0;
+            mv_buffer_set_stream(obj, (intptr_t)s);
+        }
+    }
+    if (obj == NULL)
+        return NULL;
+    c->outputs[c->output_count++] = obj;
+    mv_tensor *t = mv_call_import(c, obj, name);
+    if (t == NULL || mv_check_like(t, like) < 0 || mv_check_shape(t, ndim, shape) < 0 ||
+        mv_check_writable(t) < 0)
+        return NULL;
+    c->fresh[c->count - 1] = given == NULL || given == Py_None;
+    *result = Py_NewRef(obj);
+    return t;
+}
+
+/* q, k and v for the torch kind when none was given: views of one new [..., heads, head_dim]
+   tensor split along the heads, as vLLM's qkv.split(...) gives them. One allocation instead of
+   three saves a few microseconds per call, which at M = 1 is a large share of the call. Their
+   rows are then N elements apart (contiguous when there is one row), the row strides the
+   kernels take. objs receives new references to the three views. */
+int mv_call_torch_qkv_outputs(mv_call *c, const mv_tensor *x, int64_t num_heads,
+                              int64_t num_kv_heads, int64_t head_dim, mv_tensor **qkv,
+                              PyObject **objs)
+{
+    static const char *const names[3] = {"q", "k", "v"};
+    const int ndim = x->ndim + 1;
+    int64_t shape[MV_MAX_DIMS + 1], strides[MV_MAX_DIMS + 1];
+    memcpy(shape, x->shape, sizeof(int64_t) * (size_t)(x->ndim - 1));
+    shape[ndim - 2] = num_heads + 2 * num_kv_heads;
+    shape[ndim - 1] = head_dim;
+    compact_strides(ndim, shape, strides);
+    const int64_t heads[3] = {num_heads, num_kv_heads, num_kv_heads};
+    int rc = -1;
+    PyObject *buffer = NULL, *sizes = NULL, *dim = NULL, *views = NULL;
+    PyObject *shape_tuple = dims_tuple(ndim, shape);
+    if (shape_tuple == NULL)
+        goto done;
+    buffer = torch_new_empty(c, shape_tuple);
+    sizes = Py_BuildValue("[LLL]", (long long)heads[0], (long long)heads[1], (long long)heads[2]);
+    dim = PyLong_FromLong(-2);
+    if (buffer == NULL || sizes == NULL || dim == NULL)
+        goto done;
+    PyObject *split_args[3] = {buffer, sizes, dim};
+    views = PyObject_VectorcallMethod(c->st->torch.split_with_sizes, split_args,
+                                      3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (views == NULL)
+        goto done;
+    if (!PyTuple_Check(views) || PyTuple_GET_SIZE(views) != 3) {
+        PyErr_SetString(PyExc_TypeError, "q: torch's split_with_sizes did not give 3 tensors");
+        goto done;
+    }
+    char *base;
+    if (torch_data_ptr(c, buffer, "q", &base) < 0)
+        goto done;
+    const int64_t element = (int64_t)mv_dtype_size(x->dtype);
+    int64_t first_head = 0;
+    for (int i = 0; i < 3; i++) {
+        PyObject *view = PyTuple_GET_ITEM(views, i);
+        if (!mv_torch_is_plain_tensor(&c->st->torch, view)) {
+            PyErr_Format(PyExc_TypeError, "%s: torch's split_with_sizes gave a %.100s", names[i],
+                         Py_TYPE(view)->tp_name);
+            goto done;
+        }
+        shape[ndim - 2] = heads[i];
+        qkv[i] = call_adopt_torch_output(c, view, names[i], x,
+                                         base + first_head * head_dim * element, ndim, shape,
+                                         strides);
+        if (qkv[i] == NULL)
+            goto done;
+        objs[i] = Py_NewRef(view);
+        first_head += heads[i];
+    }
+    rc = 0;
+done:
+    Py_XDECREF(shape_tuple);
+    Py_XDECREF(buffer);
+    Py_XDECREF(sizes);
+    Py_XDECREF(dim);
+    Py_XDECREF(views);
+    return rc;
+}
+
+/* Outputs overlap no input and no other output, except the listed exact in-place aliases. */
+int mv_check_outputs_disjoint(mv_call *c, int first_output, const int *alias_of)
+{
+    for (int o = first_output; o < c->count; o++) {
+        for (int i = 0; i < c->count; i++) {
+            if (i == o || (i > o && i >= first_output))
+                continue; /* each pair of outputs once */
+            if (c->fresh[o] || c->fresh[i])
+                continue; /* new memory overlaps nothing (q, k, v may be views of one block) */
+            const int allow = alias_of && alias_of[o - first_output] == i;
+            if (mv_check_no_overlap(&c->tensors[o], &c->tensors[i], allow) < 0)
+                return -1;
+        }
+    }
+    return 0;
+}
+/* ---- launching ----------------------------------------------------------------------------- */
+
+int mv_call_launch(const char *op, const mv_call *c, const mv_tensor *x, const void *args,
+                   mv_cpu_kernel on_cpu, mv_cuda_kernel on_cuda)
+{
+    if (x->processor == MV_ON_CPU) {
+        int rc;
+        Py_BEGIN_ALLOW_THREADS
+        rc = on_cpu(args);
+        Py_END_ALLOW_THREADS
+        if (rc == MV_ERR_NOMEM) {
+            PyErr_Format(PyExc_MemoryError, "%s: out of memory for CPU scratch space", op);
+            return -1;
+        }
+        return 0;
+    }
+#ifdef MINIVLLM_WITH_CUDA
+    long long s = 0;
+    if (c->stream && c->stream != Py_None) {
+        s = PyLong_AsLongLong(c->stream);
+        if (s == -1 && PyErr_Occurred())
+            return -1;
+    }
+    int previous = 0;
+    cudaError_t err = cudaGetDevice(&previous);
+    if (err == cudaSuccess && previous != x->device_id)
+        err = cudaSetDevice(x->device_id);
+    if (err == cudaSuccess)
+        err = (cudaError_t)on_cuda(args, &c->opts, (void *)(intptr_t)s);
+    if (previous != x->device_id)
+        cudaSetDevice(previous);
+    if (err != cudaSuccess) {
+        PyErr_Format(PyExc_RuntimeError, "%s: CUDA error on cuda:%d: %s", op, x->device_id,
+                     cudaGetErrorString(err));
+        return -1;
+    }
+    return 0;
+#else
+    (void)c;
+    (void)args;
+    (void)on_cuda;
+    PyErr_Format(PyExc_RuntimeError,
+                 "%s: %s is on a CUDA device, but this minivllm was built without CUDA kernels "
+                 "(no nvcc at build time, or MINIVLLM_CPU_ONLY=1)", op, x->name);
+    return -1;
+#endif
+}
+

@@ -1,0 +1,123 @@
+/*
+ * checks.c: the argument checks the ops share (checks.h).
+ */
+#include "binding/checks.h"
+
+#include <math.h>
+
+/* Same dtype and device as `ref`; on CUDA, element-aligned (the kernels' scalar loads). */
+int mv_check_like(const mv_tensor *t, const mv_tensor *ref)
+{
+    if (mv_check_dtype_matches(t, ref) < 0 || mv_check_device_matches(t, ref) < 0)
+        return -1;
+    if (t->processor == MV_ON_CUDA)
+        return mv_check_element_aligned(t);
+    return 0;
+}
+
+int mv_check_shape(const mv_tensor *t, int ndim, const int64_t *shape)
+{
+    int same = t->ndim == ndim;
+    for (int d = 0; same && d < ndim; d++)
+        same = t->shape[d] == shape[d];
+    if (same)
+        return 0;
+    char want[256], got[256];
+    mv_format_dims(want, sizeof(want), shape, ndim);
+    mv_format_dims(got, sizeof(got), t->shape, t->ndim);
+    PyErr_Format(PyExc_ValueError, "%s: expected shape %s, got %s", t->name, want, got);
+    return -1;
+}
+
+int mv_parse_eps(PyObject *obj, float *eps)
+{
+    double v = PyFloat_AsDouble(obj);
+    if (v == -1.0 && PyErr_Occurred()) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "eps: expected a float, got %.100s", Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    if (!(v >= 0.0) || !isfinite(v)) {
+        PyErr_Format(PyExc_ValueError, "eps: expected a finite value >= 0, got %R", obj);
+        return -1;
+    }
+    *eps = (float)v;
+    return 0;
+}
+
+int mv_parse_positive_int(PyObject *obj, const char *name, int64_t *value)
+{
+    if (!PyLong_Check(obj) || PyBool_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s: expected an int, got %.100s", name, Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    long long v = PyLong_AsLongLong(obj);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (v <= 0 || v > (1LL << 31)) {
+        PyErr_Format(PyExc_ValueError, "%s: expected a positive number of heads, got %lld", name, v);
+        return -1;
+    }
+    *value = v;
+    return 0;
+}
+
+/* x: [..., H] with H >= 1, flattened to rows. */
+int mv_hidden_rows(const mv_tensor *x, int64_t *rows, int64_t *hidden, int64_t *stride)
+{
+    if (x->ndim < 1) {
+        PyErr_Format(PyExc_ValueError, "%s: expected at least 1 dimension [..., hidden], got 0",
+                     x->name);
+        return -1;
+    }
+    if (x->shape[x->ndim - 1] < 1) {
+        PyErr_Format(PyExc_ValueError, "%s: the hidden (last) dimension has size 0; expected >= 1",
+                     x->name);
+        return -1;
+    }
+    return mv_as_rows(x, 1, rows, hidden, stride);
+}
+
+int mv_check_norm_weight(const mv_tensor *w, const mv_tensor *x, int64_t hidden)
+{
+    if (mv_check_like(w, x) < 0)
+        return -1;
+    if (w->ndim != 1) {
+        PyErr_Format(PyExc_ValueError, "%s: expected 1 dimension [%lld], got %d dimensions",
+                     w->name, (long long)hidden, w->ndim);
+        return -1;
+    }
+    if (mv_check_shape(w, 1, &hidden) < 0)
+        return -1;
+    if (hidden > 1 && w->strides[0] != 1) {
+        PyErr_Format(PyExc_ValueError, "%s: must be contiguous (stride 1), got stride %lld",
+                     w->name, (long long)w->strides[0]);
+        return -1;
+    }
+    return 0;
+}
+
+/* A tensor shaped exactly like x (residual), flattened the same way. */
+int mv_rows_like_x(const mv_tensor *t, const mv_tensor *x, int64_t *stride)
+{
+    int64_t rows, cols;
+    if (mv_check_like(t, x) < 0 || mv_check_shape(t, x->ndim, x->shape) < 0)
+        return -1;
+    return mv_as_rows(t, 1, &rows, &cols, stride);
+}
+
+
+int mv_parse_pdl(PyObject *obj, int *pdl)
+{
+    if (obj == Py_None) {
+        *pdl = MV_PDL_DEFAULT;
+        return 0;
+    }
+    if (!PyBool_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "pdl: expected None, True or False, got %.100s",
+                     Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    *pdl = obj == Py_True ? MV_PDL_ON : MV_PDL_OFF;
+    return 0;
+}

@@ -1,0 +1,124 @@
+/*
+ * module.c: minivllm._C, the CPython binding's module: multi-phase initialization, its state,
+ * the method table (each op's binding in its own file: ops.h) and the device queries. Every
+ * argument is checked once, in C, for both devices (checks.c, call.c).
+ */
+#include "binding/ops.h" /* first: it includes Python.h, which must precede system headers */
+
+#ifdef MINIVLLM_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+/* ---- device information -------------------------------------------------------------------- */
+
+static PyObject *py_cuda_device_count(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+#ifdef MINIVLLM_WITH_CUDA
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess) {
+        cudaGetLastError(); /* no driver or no device: not an error for this question */
+        count = 0;
+    }
+    return PyLong_FromLong(count);
+#else
+    return PyLong_FromLong(0);
+#endif
+}
+
+static PyObject *py_torch_fast_path(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    const int usable = mv_torch_api_resolve(&mv_get_state(module)->torch);
+    return usable < 0 ? NULL : PyBool_FromLong(usable);
+}
+
+static PyMethodDef module_methods[] = {
+    {"rms_norm", (PyCFunction)(void (*)(void))mv_py_rms_norm, METH_FASTCALL,
+     "rms_norm(x, weight, eps, out, alloc, stream, pdl[, reference]) -> out (internal; use "
+     "minivllm.rms_norm). reference=True runs the simple CUDA reference kernel (for tests)."},
+    {"fused_add_rms_norm", (PyCFunction)(void (*)(void))mv_py_fused_add_rms_norm, METH_FASTCALL,
+     "fused_add_rms_norm(x, residual, weight, eps, out, residual_out, alloc, stream, pdl[, "
+     "reference]) -> (out, residual_out) (internal)"},
+    {"fused_rms_norm_qkv", (PyCFunction)(void (*)(void))mv_py_fused_rms_norm_qkv, METH_FASTCALL,
+     "fused_rms_norm_qkv(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps, residual, q, k, "
+     "v, residual_out, alloc, stream, pdl, path) -> (q, k, v[, residual_out]) (internal; path: "
+     "None or a GPU path name to force where it can take the call, for tests and benchmarks)"},
+    {"torch_fast_path", py_torch_fast_path, METH_NOARGS,
+     "True when torch is imported and minivllm can read its tensors, stream and allocator "
+     "through torch._C (then the API passes TORCH_KIND for plain torch tensors)."},
+    {"qkv_last_gpu_path", mv_py_qkv_last_gpu_path, METH_NOARGS,
+     "Name of the kernel path the last fused_rms_norm_qkv GPU call of this thread ran (\"none\" "
+     "before any): tests use it to round their reference as that path does."},
+    {"cuda_device_count", py_cuda_device_count, METH_NOARGS,
+     "Number of CUDA devices the built-in CUDA runtime sees (0 without CUDA support)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static int module_exec(PyObject *module)
+{
+    mv_state *st = mv_get_state(module);
+    if (mv_import_names_init(&st->names) < 0)
+        return -1;
+    st->buffer_type = mv_buffer_type_create(module);
+    if (st->buffer_type == NULL)
+        return -1;
+    if (PyModule_AddObjectRef(module, "Buffer", (PyObject *)st->buffer_type) < 0)
+        return -1;
+    st->torch_kind = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
+    st->requires_grad = PyUnicode_InternFromString("requires_grad");
+    if (st->torch_kind == NULL || st->requires_grad == NULL ||
+        PyModule_AddObjectRef(module, "TORCH_KIND", st->torch_kind) < 0)
+        return -1;
+#ifdef MINIVLLM_WITH_CUDA
+    const int cuda_built = 1;
+    int runtime_version = 0;
+    cudaRuntimeGetVersion(&runtime_version);
+#else
+    const int cuda_built = 0;
+    const int runtime_version = 0;
+#endif
+    if (PyModule_AddObjectRef(module, "cuda_built", cuda_built ? Py_True : Py_False) < 0 ||
+        PyModule_AddIntConstant(module, "cuda_runtime_version", runtime_version) < 0)
+        return -1;
+    return 0;
+}
+
+static int module_traverse(PyObject *module, visitproc visit, void *arg)
+{
+    mv_state *st = mv_get_state(module);
+    Py_VISIT(st->buffer_type);
+    Py_VISIT(st->torch_kind);
+    return mv_torch_api_traverse(&st->torch, visit, arg);
+}
+
+static int module_clear(PyObject *module)
+{
+    mv_state *st = mv_get_state(module);
+    Py_CLEAR(st->buffer_type);
+    Py_CLEAR(st->torch_kind);
+    Py_CLEAR(st->requires_grad);
+    mv_torch_api_clear(&st->torch);
+    mv_import_names_clear(&st->names);
+    return 0;
+}
+
+static void module_free(void *module) { module_clear((PyObject *)module); }
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, module_exec},
+    {0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "minivllm._C",
+    .m_doc = "minivllm kernels: RMSNorm, fused add + RMSNorm, fused RMSNorm + QKV (CPU and CUDA).",
+    .m_size = sizeof(mv_state),
+    .m_methods = module_methods,
+    .m_slots = module_slots,
+    .m_traverse = module_traverse,
+    .m_clear = module_clear,
+    .m_free = module_free,
+};
+
+PyMODINIT_FUNC PyInit__C(void) { return PyModuleDef_Init(&module_def); }
+

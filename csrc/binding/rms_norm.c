@@ -1,0 +1,131 @@
+/*
+ * rms_norm.c: the bindings of rms_norm and fused_add_rms_norm (kernels: cpu/rms_norm.c,
+ * cuda/rms_norm.cu).
+ */
+#include "binding/call.h"
+#include "binding/checks.h"
+
+#include <string.h>
+
+static int cpu_rms_norm(const void *a) { return mv_rms_norm_cpu(a); }
+#ifdef MINIVLLM_WITH_CUDA
+static int cuda_rms_norm(const void *a, const mv_cuda_opts *o, void *s) { return mv_rms_norm_cuda(a, o, s); }
+static int cuda_rms_norm_reference(const void *a, const mv_cuda_opts *o, void *s)
+{
+    (void)o; /* the reference kernel has no PDL */
+    return mv_rms_norm_cuda_reference(a, s);
+}
+#define CUDA_RMS_NORM(reference) ((reference) ? cuda_rms_norm_reference : cuda_rms_norm)
+#else
+#define CUDA_RMS_NORM(reference) NULL
+#endif
+
+/* ---- rms_norm(x, weight, eps, out, alloc, stream, pdl[, reference]) -> out ------------------ */
+
+PyObject *mv_py_rms_norm(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7 && nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "_C.rms_norm(x, weight, eps, out, alloc, stream, pdl[, reference])");
+        return NULL;
+    }
+    const int reference = nargs == 8 && PyObject_IsTrue(args[7]) == 1;
+    (void)reference; /* only the CUDA path has a reference kernel */
+    mv_call c = {0};
+    PyObject *result = NULL, *out_obj = NULL;
+    mv_rms_norm_args a;
+    memset(&a, 0, sizeof(a));
+    if (mv_call_start(&c, module, args[4], args[5], args[0]) < 0 || mv_parse_eps(args[2], &a.in.eps) < 0 ||
+        mv_parse_pdl(args[6], &c.opts.pdl) < 0)
+        goto done;
+    mv_tensor *x = mv_call_import_first(&c, args[0], "x");
+    if (x == NULL || mv_hidden_rows(x, &a.in.rows, &a.in.hidden, &a.in.x_stride) < 0)
+        goto done;
+    if (x->processor == MV_ON_CUDA && mv_check_element_aligned(x) < 0)
+        goto done;
+    mv_tensor *w = mv_call_import(&c, args[1], "weight");
+    if (w == NULL || mv_check_norm_weight(w, x, a.in.hidden) < 0)
+        goto done;
+    const int first_output = c.count;
+    /* When an output is the input it replaces (in-place form), messages name that input. */
+    mv_tensor *out = mv_call_output(&c, args[3], args[3] == args[0] ? "x" : "out", x, x->ndim,
+                                 x->shape, &out_obj);
+    int64_t rows, cols;
+    if (out == NULL || mv_as_rows(out, 1, &rows, &cols, &a.out_stride) < 0)
+        goto done;
+    const int alias_of[] = {0}; /* out may be x itself: in-place rms_norm */
+    if (mv_check_outputs_disjoint(&c, first_output, alias_of) < 0)
+        goto done;
+    a.in.dtype = x->dtype;
+    a.in.x = x->data;
+    a.in.norm_weight = w->data;
+    a.out = out->data;
+    if (mv_call_launch("rms_norm", &c, x, &a, cpu_rms_norm, CUDA_RMS_NORM(reference)) < 0)
+        goto done;
+    result = Py_NewRef(out_obj);
+done:
+    Py_XDECREF(out_obj);
+    mv_call_release(&c);
+    return result;
+}
+
+/* ---- fused_add_rms_norm(x, residual, weight, eps, out, residual_out, alloc, stream, pdl[, ---
+ *      reference]) -> (out, residual_out) */
+
+PyObject *mv_py_fused_add_rms_norm(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 9 && nargs != 10) {
+        PyErr_SetString(PyExc_TypeError,
+                        "_C.fused_add_rms_norm(x, residual, weight, eps, out, residual_out, alloc, "
+                        "stream, pdl[, reference])");
+        return NULL;
+    }
+    const int reference = nargs == 10 && PyObject_IsTrue(args[9]) == 1;
+    (void)reference; /* only the CUDA path has a reference kernel */
+    mv_call c = {0};
+    PyObject *result = NULL, *out_obj = NULL, *res_obj = NULL;
+    mv_rms_norm_args a;
+    memset(&a, 0, sizeof(a));
+    int64_t rows, cols;
+    if (mv_call_start(&c, module, args[6], args[7], args[0]) < 0 || mv_parse_eps(args[3], &a.in.eps) < 0 ||
+        mv_parse_pdl(args[8], &c.opts.pdl) < 0)
+        goto done;
+    mv_tensor *x = mv_call_import_first(&c, args[0], "x");
+    if (x == NULL || mv_hidden_rows(x, &a.in.rows, &a.in.hidden, &a.in.x_stride) < 0)
+        goto done;
+    if (x->processor == MV_ON_CUDA && mv_check_element_aligned(x) < 0)
+        goto done;
+    mv_tensor *residual = mv_call_import(&c, args[1], "residual");
+    if (residual == NULL || mv_rows_like_x(residual, x, &a.in.residual_stride) < 0)
+        goto done;
+    mv_tensor *w = mv_call_import(&c, args[2], "weight");
+    if (w == NULL || mv_check_norm_weight(w, x, a.in.hidden) < 0)
+        goto done;
+    const int first_output = c.count;
+    mv_tensor *out = mv_call_output(&c, args[4], args[4] == args[0] ? "x" : "out", x, x->ndim,
+                                 x->shape, &out_obj);
+    if (out == NULL || mv_as_rows(out, 1, &rows, &cols, &a.out_stride) < 0)
+        goto done;
+    mv_tensor *res_out = mv_call_output(&c, args[5], args[5] == args[1] ? "residual" : "residual_out",
+                                     x, x->ndim, x->shape, &res_obj);
+    if (res_out == NULL || mv_as_rows(res_out, 1, &rows, &cols, &a.in.residual_out_stride) < 0)
+        goto done;
+    /* In-place form: out may be x itself and residual_out residual itself. */
+    const int alias_of[] = {0, 1};
+    if (mv_check_outputs_disjoint(&c, first_output, alias_of) < 0)
+        goto done;
+    a.in.dtype = x->dtype;
+    a.in.x = x->data;
+    a.in.residual = residual->data;
+    a.in.residual_out = res_out->data;
+    a.in.norm_weight = w->data;
+    a.out = out->data;
+    if (mv_call_launch("fused_add_rms_norm", &c, x, &a, cpu_rms_norm, CUDA_RMS_NORM(reference)) < 0)
+        goto done;
+    result = PyTuple_Pack(2, out_obj, res_obj);
+done:
+    Py_XDECREF(out_obj);
+    Py_XDECREF(res_obj);
+    mv_call_release(&c);
+    return result;
+}
+

@@ -1,0 +1,126 @@
+/*
+ * dispatch.cu: the one place that decides which GPU kernel computes
+ * qkv = rms_norm(x (+ residual)) . W^T, split into q, k, v (mv_fused_rms_norm_qkv_cuda).
+ *
+ * The decision is the table below, read top to bottom: the first rule whose preference holds and
+ * whose path's plan function takes the call (paths.h: that yes is final) runs. Each preference
+ * line says why; the measurements behind each threshold are in docs/design.md with their logs.
+ * A call may ask for a path (mv_cuda_opts.path: tests and benchmarks); that path's rules are then
+ * tried first, preferences aside, and the table decides where none takes the call.
+ */
+#include "cuda/common.cuh"
+#include "cuda/fused_rms_norm_qkv/paths.h"
+
+namespace {
+
+/* What the preferences look at. */
+struct Call {
+    int64_t rows, hidden, cols;
+    bool residual;
+    const mv_cuda_device *dev;
+};
+
+/* The W streams take M <= 16 while the staged input is at most 48 KiB of 16-bit elements; beyond
+   that norm + cuBLASLt was faster. */
+constexpr int64_t kStreamMaxRows = 16;
+constexpr int64_t kStreamMaxStagedElements = 24576;
+/* GPUs below this DRAM bandwidth (GB/s; an H100 3352, an H200 4810) are where the deferred stream
+   also wins at M = 1 and 2: with less bandwidth, the other streams' staging costs relatively more.
+   Two GPUs measured: the line between them, not a measured threshold. */
+constexpr int kSlowDramGbps = 4000;
+
+bool stream_fits(const Call &c) {
+    return c.rows <= kStreamMaxRows && c.rows * c.hidden <= kStreamMaxStagedElements;
+}
+
+/* The deferred-norm stream streams x beside W where the others stage it first: it wins from
+   16 rows, and from 3 rows (2 where H >= 4096) where W is large (N >= 2048); it loses at M = 1
+   and for few rows of a small W, where the other streams are at their best. */
+bool deferred_wanted(const Call &c) {
+    if (c.rows >= 16) return true;
+    if (c.cols < 2048) return false;
+    if (c.rows >= 3) return true;
+    if (c.dev->dram_gbps > 0 && c.dev->dram_gbps < kSlowDramGbps) return c.rows == 2 || c.hidden <= 1024;
+    return c.rows == 2 && c.hidden >= 4096;
+}
+
+/* The register stream's whole-W-first form is Hopper's choice where it fits (its plan checks
+   that one batch of loads covers H and every tile's block is resident): its latency is the
+   shortest chain. */
+bool register_first_wanted(const Call &c) { return c.dev->major >= 9 && stream_fits(c); }
+
+/* The one-kernel wgmma GEMM beat norm + cuBLASLt for small H up to 64 rows (256 for N <= 2048);
+   each tile walks all of H, so larger H lose at every M. */
+bool wgmma_wanted(const Call &c) {
+    if (c.hidden > 1024) return false;
+    return c.rows <= 64 || (c.cols <= 2048 && c.rows <= 256);
+}
+
+bool always(const Call &) { return true; }
+
+bool register_first_plan(const mv_qkv_args &a, const mv_cuda_device &dev, mv_qkv_plan *plan) {
+    return mv_qkv_register_plan(a, dev, true, plan);
+}
+bool register_plan(const mv_qkv_args &a, const mv_cuda_device &dev, mv_qkv_plan *plan) {
+    return mv_qkv_register_plan(a, dev, false, plan);
+}
+
+struct Rule {
+    mv_qkv_path path;
+    bool (*wanted)(const Call &);
+    bool (*plan)(const mv_qkv_args &, const mv_cuda_device &, mv_qkv_plan *);
+    cudaError_t (*launch)(const mv_qkv_args &, const mv_qkv_plan &, const mv_cuda_device &, cudaStream_t);
+};
+
+/* The table. Plans add the hard requirements (architecture, dtype, alignment, what fits). */
+constexpr Rule kRules[] = {
+    /* few rows, sm_90+, fp16/bf16, no residual, M <= 32 */
+    {MV_QKV_DEFERRED, deferred_wanted, mv_qkv_deferred_plan, mv_qkv_deferred_launch},
+    /* decode on sm_90+ with PDL, H <= 1024: all of W requested before the wait */
+    {MV_QKV_REGISTER, register_first_wanted, register_first_plan, mv_qkv_register_launch},
+    /* decode on sm_90+, H % 64 == 0: W through the copy engine, more bytes in flight per SM */
+    {MV_QKV_BULK, stream_fits, mv_qkv_bulk_plan, mv_qkv_bulk_launch},
+    /* decode on any sm_80+ GPU */
+    {MV_QKV_REGISTER, stream_fits, register_plan, mv_qkv_register_launch},
+    /* sm_90 bf16, small H, up to a few hundred rows */
+    {MV_QKV_WGMMA, wgmma_wanted, mv_qkv_wgmma_plan, mv_qkv_wgmma_launch},
+    /* everything else, where libcublasLt loads */
+    {MV_QKV_CUBLASLT, always, mv_qkv_cublaslt_plan, mv_qkv_norm_gemm_launch},
+    /* fp16/bf16 on sm_80+ where it does not */
+    {MV_QKV_TILE, always, mv_qkv_tile_plan, mv_qkv_norm_gemm_launch},
+    /* the rest: any dtype, layout and size */
+    {MV_QKV_GENERIC, always, mv_qkv_generic_plan, mv_qkv_generic_launch},
+};
+
+/* The first rule that takes the call: among the asked-for path's rules (preferences aside) where
+   one is asked for, else in table order. The generic rule always takes it. */
+const Rule &choose(const mv_qkv_args &a, const Call &c, mv_qkv_path asked, mv_qkv_plan *plan) {
+    if (asked != MV_QKV_AUTO)
+        for (const Rule &r : kRules)
+            if (r.path == asked && r.plan(a, *c.dev, plan)) return r;
+    for (const Rule &r : kRules)
+        if (r.wanted(c) && r.plan(a, *c.dev, plan)) return r;
+    return kRules[sizeof(kRules) / sizeof(kRules[0]) - 1]; /* not reached: generic takes every call */
+}
+
+} // namespace
+
+extern "C" int mv_fused_rms_norm_qkv_cuda(const mv_qkv_args *a, const mv_cuda_opts *o, void *stream,
+                                          mv_qkv_path *taken) {
+    *taken = MV_QKV_AUTO;
+    if (a->in.rows == 0) return (int)cudaSuccess;
+    mv_cuda_device dev;
+    cudaError_t err = mv_current_device(&dev);
+    if (err != cudaSuccess) return (int)err;
+    const Call c = {a->in.rows, a->in.hidden, a->q_cols + 2 * a->kv_cols, a->in.residual != nullptr, &dev};
+    mv_qkv_plan plan;
+    plan.pdl = mv_pdl_use(o->pdl, dev);
+    plan.writes_residual = false;
+    const Rule &rule = choose(*a, c, o->path, &plan);
+    cudaStream_t s = static_cast<cudaStream_t>(stream);
+    err = rule.launch(*a, plan, dev, s);
+    if (err != cudaSuccess) return (int)err;
+    *taken = rule.path;
+    if (c.residual && !plan.writes_residual) return (int)mv_qkv_residual_store(*a, s);
+    return (int)cudaSuccess;
+}

@@ -1,0 +1,94 @@
+/*
+ * paths.h: the GPU paths of fused RMSNorm + QKV, between the dispatch table (dispatch.cu) and the
+ * files that implement them.
+ *
+ * Each path has a plan function and a launch function. The plan function decides whether the path
+ * takes the call and, where it does, fills an mv_qkv_plan with everything the launch needs
+ * (geometry, shared memory, tensor maps): its yes is final, so the launch that follows fails only on
+ * a CUDA error. Launches use the caller's stream, never synchronize and allocate nothing, except
+ * the norm + GEMM paths' stream-ordered scratch (norm_cublaslt.cu).
+ */
+#ifndef MINIVLLM_FUSED_RMS_NORM_QKV_PATHS_H
+#define MINIVLLM_FUSED_RMS_NORM_QKV_PATHS_H
+
+#include <cstdint>
+
+#include "cuda/device.h"
+#include "minivllm_kernels.h"
+
+/* One call's plan. The dispatcher sets pdl before asking a path; the path sets writes_residual
+   (whether its launch stores residual_out itself; otherwise the dispatcher's store kernel follows
+   it) and keeps its own state in storage. */
+struct mv_qkv_plan {
+    bool pdl;
+    bool writes_residual;
+    alignas(128) unsigned char storage[512]; /* 128: CUtensorMap's alignment */
+};
+
+/* The path's own state inside a plan. */
+template <typename P>
+P *mv_plan_state(mv_qkv_plan *plan) {
+    static_assert(sizeof(P) <= sizeof(plan->storage) && alignof(P) <= 128, "a path's state fits a plan");
+    return reinterpret_cast<P *>(plan->storage);
+}
+template <typename P>
+const P &mv_plan_state(const mv_qkv_plan &plan) {
+    return *reinterpret_cast<const P *>(plan.storage);
+}
+
+/* Whether p and every row start stride_elems elements apart allow 16-byte vector access. */
+inline bool mv_aligned16(const void *p, int64_t stride_elems, int64_t elem_size) {
+    return reinterpret_cast<uintptr_t>(p) % 16 == 0 && (stride_elems * elem_size) % 16 == 0;
+}
+
+/* Deferred-norm W stream (deferred_stream.cu): sm_90+, fp16/bf16, no residual, 1 <= M <= 32,
+   H % 64 == 0, 16-byte aligned rows of x and W (nn.Linear layout), N within its tiles per block. */
+bool mv_qkv_deferred_plan(const mv_qkv_args &a, const mv_cuda_device &dev, mv_qkv_plan *plan);
+cudaError_t mv_qkv_deferred_launch(const mv_qkv_args &a, const mv_qkv_plan &plan, const mv_cuda_device &dev,
+                                   cudaStream_t stream);
+
+/* W stream into mma registers (register_stream.cu): sm_80+, fp16/bf16, 1 <= M <= 16, H % 8 == 0,
+   W in nn.Linear layout with 16-byte aligned rows, the staged input within a block's shared
+   memory. With whole_weight_first, only where every block requests all of its W before the PDL
+   wait (one batch of loads covers H, every 16-feature tile's block resident at once). */
+bool mv_qkv_register_plan(const mv_qkv_args &a, const mv_cuda_device &dev, bool whole_weight_first, mv_qkv_plan *plan);
+cudaError_t mv_qkv_register_launch(const mv_qkv_args &a, const mv_qkv_plan &plan, const mv_cuda_device &dev,
+                                   cudaStream_t stream);
+
+/* W stream by the tensor copy engine (bulk_stream.cu): as the register stream, sm_90+, H % 64 == 0,
+   where a ring of at least two stages fits beside the staged input. */
+bool mv_qkv_bulk_plan(const mv_qkv_args &a, const mv_cuda_device &dev, mv_qkv_plan *plan);
+cudaError_t mv_qkv_bulk_launch(const mv_qkv_args &a, const mv_qkv_plan &plan, const mv_cuda_device &dev,
+                               cudaStream_t stream);
+
+/* One-kernel norm + GEMM on wgmma (wgmma.cu): sm_90 (9.0) with that file built for sm_90a, bf16, no
+   residual, H % 8 == 0, 16-byte aligned rows of x and W (nn.Linear layout), even q/k/v widths with
+   4-byte aligned rows. */
+bool mv_qkv_wgmma_plan(const mv_qkv_args &a, const mv_cuda_device &dev, mv_qkv_plan *plan);
+cudaError_t mv_qkv_wgmma_launch(const mv_qkv_args &a, const mv_qkv_plan &plan, const mv_cuda_device &dev,
+                                cudaStream_t stream);
+
+/* The rms_norm kernel into scratch, then a GEMM (norm_cublaslt.cu): cuBLASLt (any dtype and
+   layout, where libcublasLt loads), or our tensor-core GEMM (tile_gemm.cu). The norm kernel writes
+   residual_out. */
+bool mv_qkv_cublaslt_plan(const mv_qkv_args &a, const mv_cuda_device &dev, mv_qkv_plan *plan);
+bool mv_qkv_tile_plan(const mv_qkv_args &a, const mv_cuda_device &dev, mv_qkv_plan *plan);
+cudaError_t mv_qkv_norm_gemm_launch(const mv_qkv_args &a, const mv_qkv_plan &plan, const mv_cuda_device &dev,
+                                    cudaStream_t stream);
+
+/* Our GEMM (tile_gemm.cu): q, k, v = y . W^T for a normalized y [M, H] (row stride H, 16-byte
+   aligned); fp16/bf16, sm_80+, H % 8 == 0, W in nn.Linear layout with 16-byte aligned rows. */
+bool mv_qkv_tile_gemm_supported(const mv_qkv_args &a, const mv_cuda_device &dev);
+cudaError_t mv_qkv_tile_gemm_launch(const void *y, const mv_qkv_args &a, bool pdl, const mv_cuda_device &dev,
+                                    cudaStream_t stream);
+
+/* The generic kernel (generic.cu): any dtype, layout, alignment and size. */
+bool mv_qkv_generic_plan(const mv_qkv_args &a, const mv_cuda_device &dev, mv_qkv_plan *plan);
+cudaError_t mv_qkv_generic_launch(const mv_qkv_args &a, const mv_qkv_plan &plan, const mv_cuda_device &dev,
+                                  cudaStream_t stream);
+
+/* residual_out = round(x + residual), after a kernel that read residual but did not write it
+   (generic.cu). */
+cudaError_t mv_qkv_residual_store(const mv_qkv_args &a, cudaStream_t stream);
+
+#endif /* MINIVLLM_FUSED_RMS_NORM_QKV_PATHS_H */

@@ -1,0 +1,434 @@
+/*
+ * wgmma.cu: qkv = rms_norm(x) . W^T in ONE kernel on Hopper tensor cores (wgmma + TMA, sm_90a),
+ * for the M between the decode stream and the norm + cuBLASLt path.
+ *
+ * Why one kernel: the norm + GEMM path pays a dependent launch before the GEMM can start, and
+ * writes and reads back the normalized y. Here the norm costs (almost) nothing extra, by the
+ * deferred-rrms identity
+ *     y[m,k] . W[n,k] summed over k  =  rrms[m] * sum_k (gamma[k] * x[m,k]) . W[n,k]
+ * since rrms[m] does not depend on k. A producer thread streams x tiles, W tiles and gamma's slice
+ * into a ring of shared stages by TMA (128-byte swizzle, zeros past the edges; W's first stages
+ * are requested before the PDL wait), and two consumer warpgroups, taking alternate k stages,
+ * load their A fragments of x with ldmatrix, sum x^2 per row from them in float32, multiply them
+ * by gamma in registers and multiply on the tensor cores with A from registers (float32
+ * accumulators). Consumer 1 adds its partial products and sums into consumer 0's through shared
+ * memory; the epilogue scales each row by rrms and writes q, k, v. A block per 64 x BN tile.
+ * Each tile walks all of H in 64-k stages, so it loses for large H (docs/design.md).
+ *
+ * Numerics (docs/numerics.md): gamma * x is rounded to bf16 before the product and rrms
+ * multiplies the float32 sum. bf16 only: its range is float32's, so gamma * x cannot overflow
+ * where the normalized value would not.
+ */
+#include <climits>
+#include <cstdint>
+
+#include <cuda.h> /* CUtensorMap (types only: maps come from device.h) */
+
+#include "cuda/common.cuh"
+#include "cuda/fused_rms_norm_qkv/paths.h"
+#include "cuda/hopper.cuh"
+#include "cuda/wgmma_ops.cuh"
+
+namespace {
+
+constexpr int kStageK = 64;               /* k per stage: one 128-byte swizzle line per row */
+constexpr int kLineBytes = kStageK * 2;   /* bf16 */
+constexpr int kGroupThreads = 128;        /* a warpgroup */
+constexpr int kTileRows = 64;             /* rows per block: one wgmma's M */
+constexpr int kConsumers = 2;             /* consumer warpgroups, taking alternate k stages */
+constexpr int kThreads = kGroupThreads * (1 + kConsumers); /* and the producer's */
+constexpr int kMaxStages = 16;
+constexpr int kSharedAlign = 1024;        /* the 128-byte swizzle repeats every 8 lines */
+
+struct WgmmaParams {
+    int rows, hidden, cols; /* M, H, N */
+    int q_cols, kv_cols;
+    int stages;
+    float eps;
+    int copy_out; /* unused (always 0): kept so the kernel's parameter layout stays as built */
+    const __nv_bfloat16 *gamma;
+    __nv_bfloat16 *q, *k, *v;
+    int64_t q_stride, k_stride, v_stride;
+};
+
+/* A ring stage of a kRows x BN tile: the x tile, then the W tile, each kRows (BN) lines of 64 k. */
+template <int kRows, int BN>
+struct Stage {
+    static constexpr int a_bytes = kRows * kLineBytes;
+    static constexpr int b_bytes = BN * kLineBytes;
+    static constexpr int stage_bytes = a_bytes + b_bytes;
+    static_assert(a_bytes % kSharedAlign == 0 && b_bytes % kSharedAlign == 0, "stages keep the swizzle alignment");
+};
+
+/* Shared memory of the 64-row kernel's block of 64 x BN outputs: the ring of stages, then gamma's
+   slice of each stage, the full and empty barriers, and the partial sums consumer 1 hands to
+   consumer 0. */
+template <int BN>
+struct Tile : Stage<kTileRows, BN> {
+    static constexpr int reduce_stride = BN / 2 + 2; /* per thread: accumulators, then two row sums */
+    static constexpr int tail_bytes = kMaxStages * kLineBytes + 2 * kMaxStages * 8 +
+                                      (kConsumers - 1) * kGroupThreads * reduce_stride * 4;
+};
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+
+/* The dynamic shared memory from its first 1 KiB boundary (the 128-byte swizzle repeats every
+   1 KiB, so swizzled tiles start on one). */
+__device__ __forceinline__ unsigned char *aligned_shared_base() {
+    extern __shared__ unsigned char shared_raw[];
+    return reinterpret_cast<unsigned char *>((reinterpret_cast<uintptr_t>(shared_raw) + kSharedAlign - 1) &
+                                             ~static_cast<uintptr_t>(kSharedAlign - 1));
+}
+
+/* The bytes of gamma's slice that travel with k stage kt: whole 16-byte chunks (H % 8 == 0). */
+__device__ __forceinline__ unsigned stage_gamma_bytes(const WgmmaParams &p, int kt) {
+    const int left = p.hidden - kt * kStageK;
+    return static_cast<unsigned>((left < kStageK ? left : kStageK) * 2);
+}
+
+/* wgmma shared-memory descriptor of a K-major tile stored as 128-byte swizzled lines: start
+   address, stride 1024 bytes between 8-line groups, 128-byte swizzle mode. The leading-byte offset
+   is unused for swizzled K-major operands (set to 1, as is conventional). */
+__device__ __forceinline__ uint64_t swizzled_desc(const void *p) {
+    const uint64_t addr = mv_shared_address(p);
+    return ((addr & 0x3FFFF) >> 4) | (1ull << 16) | (static_cast<uint64_t>(1024 >> 4) << 32) | (1ull << 62);
+}
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int kPending>
+__device__ __forceinline__ void wgmma_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
+}
+/* Keeps the compiler from moving accumulator reads or writes across the asynchronous wgmma. */
+template <int N>
+__device__ __forceinline__ void fence_accumulators(float (&d)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+/* The thread's A fragment of k16 step kk of a 64-row stage of x, as gamma * x in bf16, adding
+   x^2 of its rows to sum_sq[0] (row warp * 16 + lane / 4) and sum_sq[1] (that row + 8).
+   ldmatrix.x4 gives the four 8 x 8 blocks (rows 0-7 / 8-15 x k 0-7 / 8-15) of the warp's 16
+   rows in mma.sync's A fragment order; lane l names row l % 8 (+ 8 for odd l / 8) of block l / 8.
+   The 128-byte swizzle stores logical chunk c of line r at position c ^ (r % 8). gamma's slice of
+   the stage lies beside it; the fragment's columns are k = 2 (lane % 4) (+1) and that + 8. Rows past
+   M were zero-filled by the copy, as were k past H, whose staged gamma is stale: taken as 0.
+   gamma by plain loads the compiler schedules freely (explicit shared loads measured slower). */
+__device__ __forceinline__ void load_scaled_fragment(uint32_t (&a)[4], const __nv_bfloat16 *tile,
+                                                     const __nv_bfloat16 *stage_gamma, int k_left, int warp,
+                                                     int lane, int kk, float (&sum_sq)[2]) {
+    const int block = lane >> 3;
+    const int row = warp * 16 + (lane & 7) + 8 * (block & 1);
+    const int chunk = 2 * kk + (block >> 1);
+    mv_ldmatrix_x4(a, tile + row * kStageK + ((chunk ^ (row & 7)) * 8));
+    const int k = kk * 16 + 2 * (lane & 3);
+    const uint32_t g_lo = k < k_left ? *reinterpret_cast<const uint32_t *>(stage_gamma + k) : 0u;
+    const uint32_t g_hi = k + 8 < k_left ? *reinterpret_cast<const uint32_t *>(stage_gamma + k + 8) : 0u;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        /* bf16 -> float is a shift; the product of two bf16 is exact in float, so the bf16x2
+           multiply rounds it once, as float math then a rounding would */
+        const float lo = __uint_as_float(a[i] << 16), hi = __uint_as_float(a[i] & 0xffff0000u);
+        sum_sq[i & 1] = fmaf(lo, lo, fmaf(hi, hi, sum_sq[i & 1]));
+        const uint32_t g = i < 2 ? g_lo : g_hi;
+        __nv_bfloat162 prod = __hmul2(*reinterpret_cast<const __nv_bfloat162 *>(&a[i]),
+                                      *reinterpret_cast<const __nv_bfloat162 *>(&g));
+        a[i] = *reinterpret_cast<uint32_t *>(&prod);
+    }
+}
+
+/* rrms = 1 / sqrt(sum x^2 / H + eps) of a row, from its whole sum of squares. */
+__device__ __forceinline__ float row_rrms(const WgmmaParams &p, float sum_sq) {
+    return rsqrtf(sum_sq / static_cast<float>(p.hidden) + p.eps);
+}
+
+/* The epilogue: this thread's accumulators of a 64-row wgmma tile (rows row0 +
+   warp * 16 + lane / 4 and that + 8, columns n0 + 8 j + 2 (lane % 4) and that + 1), scaled by
+   their rows' rrms, to q / k / v as bf16 pairs (q/k/v widths are even, so a pair never straddles
+   two of them). The branch is mv_qkv_output's on WgmmaParams' own fields: carrying the call's
+   mv_qkv_args into the kernels instead (and one producer function for both kernels) measured
+   slower on an H200 (Qwen3-0.6B M = 32 7.42 -> 7.92 us;
+   benchmarks/results/qkv-prefill-nvidia-h200-2026-11-22.log, run 13). */
+template <int BN>
+__device__ __forceinline__ void store_scaled_rows(const WgmmaParams &p, const float (&acc)[BN / 2],
+                                                  const float (&rrms_rows)[2], int row0, int n0, int warp, int lane) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int row = row0 + warp * 16 + lane / 4 + 8 * h;
+        if (row >= p.rows) continue;
+        const float rrms = rrms_rows[h];
+#pragma unroll
+        for (int j = 0; j < BN / 8; ++j) {
+            const int col = n0 + 8 * j + 2 * (lane % 4);
+            if (col >= p.cols) continue;
+            __nv_bfloat16 *dst;
+            if (col < p.q_cols) {
+                dst = p.q + static_cast<int64_t>(row) * p.q_stride + col;
+            } else if (col < p.q_cols + p.kv_cols) {
+                dst = p.k + static_cast<int64_t>(row) * p.k_stride + (col - p.q_cols);
+            } else {
+                dst = p.v + static_cast<int64_t>(row) * p.v_stride + (col - p.q_cols - p.kv_cols);
+            }
+            *reinterpret_cast<__nv_bfloat162 *>(dst) =
+                __floats2bfloat162_rn(acc[4 * j + 2 * h] * rrms, acc[4 * j + 2 * h + 1] * rrms);
+        }
+    }
+}
+
+#endif /* __CUDA_ARCH_FEAT_SM90_ALL */
+
+template <int BN>
+__global__ void __launch_bounds__(kThreads)
+    qkv_wgmma_kernel(const __grid_constant__ CUtensorMap x_map, const __grid_constant__ CUtensorMap w_map,
+                     WgmmaParams p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    using Sh = Tile<BN>;
+    unsigned char *base = aligned_shared_base();
+    const int stages = p.stages;
+    __nv_bfloat16 *a_tiles = reinterpret_cast<__nv_bfloat16 *>(base);
+    __nv_bfloat16 *b_tiles = reinterpret_cast<__nv_bfloat16 *>(base + static_cast<size_t>(stages) * Sh::a_bytes);
+    unsigned char *tail = base + static_cast<size_t>(stages) * Sh::stage_bytes;
+    __nv_bfloat16 *gamma_stages = reinterpret_cast<__nv_bfloat16 *>(tail);
+    uint64_t *full = reinterpret_cast<uint64_t *>(tail + kMaxStages * kLineBytes);
+    uint64_t *empty = full + kMaxStages;
+    float *reduce = reinterpret_cast<float *>(empty + kMaxStages);
+
+    const int group = threadIdx.x / kGroupThreads;
+    const int tid = threadIdx.x % kGroupThreads;
+    const int n0 = blockIdx.x * BN;
+    const int m0 = blockIdx.y * kTileRows;
+    const int k_tiles = (p.hidden + kStageK - 1) / kStageK;
+
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < stages; ++s) {
+            mv_mbarrier_init(&full[s], 1);
+            /* each stage belongs to one consumer (stages is a multiple of kConsumers) */
+            mv_mbarrier_init(&empty[s], 1);
+        }
+        mv_mbarrier_init_fence();
+    }
+    __syncthreads();
+    /* The next kernel may launch now; it waits for this whole grid before it reads anything. */
+    mv_pdl_trigger();
+
+    if (group == 0) {
+        /* ---- producer: one thread issues every copy ---- */
+        if (tid == 0) {
+            const uint64_t w_policy = mv_evict_first_policy();
+            const uint64_t x_policy = mv_evict_last_policy();
+            const int first = k_tiles < stages ? k_tiles : stages;
+            /* W is a weight no kernel writes: request its first stages before waiting for the
+               previous kernel (same assumption as the decode stream). x may be its output. */
+            auto gamma_bytes = [&](int kt) { return stage_gamma_bytes(p, kt); };
+            for (int kt = 0; kt < first; ++kt) {
+                mv_mbarrier_arrive_expect_tx(&full[kt], Sh::stage_bytes + gamma_bytes(kt));
+                mv_tensor_copy_2d(b_tiles + static_cast<size_t>(kt) * BN * kStageK, &w_map, kt * kStageK, n0,
+                                  &full[kt], w_policy);
+            }
+            mv_pdl_wait();
+            for (int kt = 0; kt < first; ++kt) {
+                mv_tensor_copy_2d(a_tiles + static_cast<size_t>(kt) * kTileRows * kStageK, &x_map, kt * kStageK, m0,
+                                  &full[kt], x_policy);
+                mv_bulk_copy(gamma_stages + kt * kStageK, p.gamma + kt * kStageK, gamma_bytes(kt), &full[kt]);
+            }
+            for (int kt = first; kt < k_tiles; ++kt) {
+                const int s = kt % stages;
+                mv_mbarrier_wait(&empty[s], static_cast<unsigned>((kt / stages - 1) & 1));
+                mv_mbarrier_arrive_expect_tx(&full[s], Sh::stage_bytes + gamma_bytes(kt));
+                mv_tensor_copy_2d(b_tiles + static_cast<size_t>(s) * BN * kStageK, &w_map, kt * kStageK, n0, &full[s],
+                                  w_policy);
+                mv_tensor_copy_2d(a_tiles + static_cast<size_t>(s) * kTileRows * kStageK, &x_map, kt * kStageK, m0, &full[s],
+                                  x_policy);
+                mv_bulk_copy(gamma_stages + s * kStageK, p.gamma + kt * kStageK, gamma_bytes(kt), &full[s]);
+            }
+        }
+        return;
+    }
+
+    /* ---- consumers ---- */
+    const int c = group - 1; /* takes k stages c, c + kConsumers, ... */
+    mv_pdl_wait(); /* the outputs may be read by the previous kernel */
+
+    float acc[BN / 2];
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) acc[i] = 0.0f;
+    float sum_sq[2] = {0.0f, 0.0f}; /* rows warp * 16 + lane / 4 (+ 8), this thread's columns */
+    const int warp = tid / 32, lane = tid % 32;
+    for (int kt = c; kt < k_tiles; kt += kConsumers) {
+        const int s = kt % stages;
+        mv_mbarrier_wait(&full[s], static_cast<unsigned>((kt / stages) & 1));
+        const __nv_bfloat16 *a = a_tiles + static_cast<size_t>(s) * kTileRows * kStageK;
+        const __nv_bfloat16 *b = b_tiles + static_cast<size_t>(s) * BN * kStageK;
+        uint32_t frag[kStageK / 16][4];
+#pragma unroll
+        for (int kk = 0; kk < kStageK / 16; ++kk)
+            load_scaled_fragment(frag[kk], a, gamma_stages + s * kStageK, p.hidden - kt * kStageK, warp, lane, kk,
+                                 sum_sq);
+        wgmma_fence();
+        fence_accumulators(acc);
+#pragma unroll
+        for (int kk = 0; kk < kStageK / 16; ++kk)
+            mv_wgmma_rs<__nv_bfloat16, BN>::mma(acc, frag[kk], swizzled_desc(b + kk * 16), 1);
+        wgmma_commit();
+        fence_accumulators(acc);
+        /* The stage goes back to the producer as soon as its products are done: the ring's depth
+           is what keeps W streaming (the fragments were read out of it before the wgmma). */
+        wgmma_wait<0>();
+        fence_accumulators(acc);
+        if (tid == 0) mv_mbarrier_arrive(&empty[s]);
+    }
+
+    /* a row's four column threads are adjacent lanes */
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int o = 1; o < 4; o <<= 1) sum_sq[i] += __shfl_xor_sync(0xffffffffu, sum_sq[i], o);
+    /* consumers 1.. hand their partial products and sums to consumer 0 */
+    constexpr int kStride = Sh::reduce_stride;
+    if (c > 0) {
+        float *mine = reduce + (c - 1) * kGroupThreads * kStride;
+#pragma unroll
+        for (int i = 0; i < BN / 2; ++i) mine[i * kGroupThreads + tid] = acc[i];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) mine[(BN / 2 + i) * kGroupThreads + tid] = sum_sq[i];
+    }
+    mv_named_barrier(1, kGroupThreads * kConsumers); /* the consumers only: the producer has left */
+    if (c > 0) return;
+    for (int o = 0; o < kConsumers - 1; ++o) {
+        const float *theirs = reduce + o * kGroupThreads * kStride;
+#pragma unroll
+        for (int i = 0; i < BN / 2; ++i) acc[i] += theirs[i * kGroupThreads + tid];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) sum_sq[i] += theirs[(BN / 2 + i) * kGroupThreads + tid];
+    }
+    const float rrms_rows[2] = {row_rrms(p, sum_sq[0]), row_rrms(p, sum_sq[1])};
+    store_scaled_rows<BN>(p, acc, rrms_rows, m0, n0, warp, lane);
+#endif /* __CUDA_ARCH_FEAT_SM90_ALL */
+}
+
+/* ---- host side ---------------------------------------------------------------------------------- */
+
+/* A row-major [rows, cols] bf16 matrix with the given row stride, in boxes of box_rows x 64
+   (device.h; cached for weights). */
+bool encode_rows(CUtensorMap *map, const void *data, int64_t rows, int64_t cols, int64_t stride, int box_rows,
+                 bool cached) {
+    const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
+    const cuuint64_t strides[1] = {static_cast<cuuint64_t>(stride) * 2};
+    const cuuint32_t box[2] = {static_cast<cuuint32_t>(kStageK), static_cast<cuuint32_t>(box_rows)};
+    return mv_swizzled_tensor_map(map, true, 2, data, dims, strides, box, cached);
+}
+
+/* The instantiated tile widths (64 rows each). The narrowest whose grid still fits one block per
+   multiprocessor: each block's chain of stages is what the call waits for, so W is spread over as
+   many blocks as run at once. */
+constexpr int kWidths[] = {16, 32, 64, 128};
+
+int choose_width(int64_t rows, int64_t cols, int sms) {
+    const int64_t row_tiles = (rows + kTileRows - 1) / kTileRows;
+    for (const int w : kWidths)
+        if (row_tiles * ((cols + w - 1) / w) <= sms) return w;
+    return 128;
+}
+
+struct WgmmaState {
+    CUtensorMap x_map;
+    CUtensorMap w_map;
+    WgmmaParams p;
+    size_t smem;
+    int width;
+};
+
+/* The deepest ring that fits (up to all of K, a multiple of kConsumers: a stage, one consumer);
+   0 where fewer than two stages fit. */
+template <int BN>
+size_t plan_ring(const mv_qkv_args &a, const mv_cuda_device &dev, int *stages_out) {
+    const int k_tiles = static_cast<int>((a.in.hidden + kStageK - 1) / kStageK);
+    const size_t fixed = kSharedAlign + Tile<BN>::tail_bytes;
+    const size_t per_stage = Tile<BN>::stage_bytes;
+    const size_t budget = static_cast<size_t>(dev.max_shared_block);
+    int stages = kMaxStages;
+    while (stages > 0 && fixed + static_cast<size_t>(stages) * per_stage > budget) --stages;
+    stages = stages / kConsumers * kConsumers;
+    const int whole_k = (k_tiles + kConsumers - 1) / kConsumers * kConsumers;
+    if (stages > whole_k) stages = whole_k;
+    *stages_out = stages;
+    return stages < 2 ? 0 : fixed + static_cast<size_t>(stages) * per_stage;
+}
+
+template <int BN>
+cudaError_t launch_width(const WgmmaState &st, const mv_qkv_plan &plan, const mv_cuda_device &dev,
+                         cudaStream_t stream) {
+    static mv_shared_opt_in opt_in;
+    auto kernel = qkv_wgmma_kernel<BN>;
+    cudaError_t err = mv_allow_shared(kernel, st.smem, opt_in, dev.device);
+    if (err != cudaSuccess) return err;
+    const int64_t m_blocks = (st.p.rows + kTileRows - 1) / kTileRows, n_blocks = (st.p.cols + BN - 1) / BN;
+    const dim3 grid(static_cast<unsigned>(n_blocks), static_cast<unsigned>(m_blocks));
+    err = mv_launch(kernel, grid, dim3(kThreads), st.smem, stream, plan.pdl, st.x_map, st.w_map, st.p);
+    return err != cudaSuccess ? err : cudaGetLastError();
+}
+
+} // namespace
+
+bool mv_qkv_wgmma_plan(const mv_qkv_args &a, const mv_cuda_device &dev, mv_qkv_plan *plan) {
+#if defined(MINIVLLM_HAVE_SM90A)
+    if (dev.major != 9 || dev.minor != 0) return false;
+    if (a.in.dtype != MV_BFLOAT16 || a.in.residual != nullptr || a.w_stride_k != 1) return false;
+    const int64_t h = a.in.hidden, n = a.q_cols + 2 * a.kv_cols;
+    if (h % 8 != 0 || a.in.rows < 1 || a.in.rows >= INT_MAX || n >= INT_MAX || h >= INT_MAX) return false;
+    if (a.in.x_stride < h || !mv_aligned16(a.in.x, a.in.x_stride, 2)) return false;
+    if (a.w_stride_n < h || !mv_aligned16(a.w, a.w_stride_n, 2)) return false;
+    if (!mv_aligned16(a.in.norm_weight, 0, 2)) return false;
+    if (a.q_cols % 2 != 0 || a.kv_cols % 2 != 0) return false;
+    const void *outs[3] = {a.q, a.k, a.v};
+    const int64_t strides[3] = {a.q_stride, a.k_stride, a.v_stride};
+    for (int i = 0; i < 3; ++i)
+        if (reinterpret_cast<uintptr_t>(outs[i]) % 4 != 0 || strides[i] % 2 != 0) return false;
+    if (!mv_tensor_maps_available()) return false;
+
+    WgmmaState *st = mv_plan_state<WgmmaState>(plan);
+    WgmmaParams &p = st->p;
+    p = WgmmaParams{};
+    p.rows = static_cast<int>(a.in.rows);
+    p.hidden = static_cast<int>(h);
+    p.cols = static_cast<int>(n);
+    p.q_cols = static_cast<int>(a.q_cols);
+    p.kv_cols = static_cast<int>(a.kv_cols);
+    p.eps = a.in.eps;
+    p.gamma = static_cast<const __nv_bfloat16 *>(a.in.norm_weight);
+    p.q = static_cast<__nv_bfloat16 *>(a.q);
+    p.k = static_cast<__nv_bfloat16 *>(a.k);
+    p.v = static_cast<__nv_bfloat16 *>(a.v);
+    p.q_stride = a.q_stride;
+    p.k_stride = a.k_stride;
+    p.v_stride = a.v_stride;
+    st->width = choose_width(a.in.rows, n, dev.sms);
+    st->smem = st->width == 16   ? plan_ring<16>(a, dev, &p.stages)
+               : st->width == 32 ? plan_ring<32>(a, dev, &p.stages)
+               : st->width == 64 ? plan_ring<64>(a, dev, &p.stages)
+                                 : plan_ring<128>(a, dev, &p.stages);
+    if (st->smem == 0) return false;
+    if (!encode_rows(&st->x_map, a.in.x, a.in.rows, h, a.in.x_stride, kTileRows, false) ||
+        !encode_rows(&st->w_map, a.w, n, h, a.w_stride_n, st->width, true))
+        return false;
+    plan->writes_residual = false; /* no residual on this path */
+    return true;
+#else
+    (void)a;
+    (void)dev;
+    (void)plan;
+    return false;
+#endif
+}
+
+cudaError_t mv_qkv_wgmma_launch(const mv_qkv_args &, const mv_qkv_plan &plan, const mv_cuda_device &dev,
+                                cudaStream_t stream) {
+    const WgmmaState &st = mv_plan_state<WgmmaState>(plan);
+    switch (st.width) {
+    case 16: return launch_width<16>(st, plan, dev, stream);
+    case 32: return launch_width<32>(st, plan, dev, stream);
+    case 64: return launch_width<64>(st, plan, dev, stream);
+    default: return launch_width<128>(st, plan, dev, stream);
+    }
+}
