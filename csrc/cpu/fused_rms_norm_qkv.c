@@ -1,5 +1,5 @@
 /*
- * fused_rms_norm_qkv_cpu.c: RMSNorm (optionally after a residual add) followed by the QKV
+ * cpu/fused_rms_norm_qkv.c: RMSNorm (optionally after a residual add) followed by the QKV
  * projection y . W^T on the CPU (numerics in minivllm_kernels.h).
  *
  * Rows are handled in blocks of ROW_BLOCK. A block is normalized into a float32 scratch matrix Y

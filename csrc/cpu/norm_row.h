@@ -1,6 +1,6 @@
 /*
- * norm_row_cpu.h: the per-row half of RMSNorm on the CPU, shared by rms_norm_cpu.c and
- * fused_rms_norm_qkv_cpu.c so both ops normalize rows identically.
+ * norm_row.h: the per-row half of RMSNorm on the CPU, shared by cpu/rms_norm.c and
+ * cpu/fused_rms_norm_qkv.c so both ops normalize rows identically.
  */
 #ifndef MINIVLLM_NORM_ROW_CPU_H
 #define MINIVLLM_NORM_ROW_CPU_H

@@ -1,5 +1,5 @@
 /*
- * rms_norm_cpu.c: RMSNorm and fused residual-add + RMSNorm on the CPU (numerics in
+ * cpu/rms_norm.c: RMSNorm and fused residual-add + RMSNorm on the CPU (numerics in
  * minivllm_kernels.h).
  *
  * Each row is converted to float32 once into a per-thread scratch row, which is also what makes

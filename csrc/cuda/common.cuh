@@ -1,5 +1,5 @@
 /*
- * cuda_common.cuh: device helpers shared by the minivllm CUDA kernels.
+ * common.cuh: device helpers shared by the minivllm CUDA kernels.
  *
  * - conversions between the storage dtypes (float, __half, __nv_bfloat16) and float, the type all
  *   arithmetic is done in; float -> half/bf16 rounds to nearest even, as the CPU kernels do;
@@ -18,7 +18,7 @@
 
 #include "minivllm_kernels.h"
 
-/* ---- programmatic dependent launch (cuda_device.h) ------------------------------------------ */
+/* ---- programmatic dependent launch (device.h) ------------------------------------------------ */
 
 /* Wait until the previous kernel on the stream has finished and its writes are visible; a no-op
    when this kernel was not launched with PDL, and before sm_90. */

@@ -1,5 +1,5 @@
 /*
- * cuda_device.h: what the launchers need to know of the current device, and how they launch
+ * device.h: what the launchers need to know of the current device, and how they launch
  * with programmatic dependent launch (PDL). Host side, C++ (the .cu files); device.cu.
  */
 #ifndef MINIVLLM_CUDA_DEVICE_H

@@ -153,14 +153,14 @@ __device__ __forceinline__ void keep_packed(VecT &v) {
     }
 }
 
-/* Where the weight is read (all measured on an H200, bf16/fp16):
+/* Where the weight is read:
    - kEarlyWeight: with the row, so its latency hides behind the row's. The weight is then kept
      packed through the reduction (keep_packed) when there is no residual; with one, that costs
-     more than it saves in short calls (fused M = 1, H = 4096: 2.12 vs 1.95 us).
+     more than it saves in short calls.
    - otherwise (the fused add in long calls, where 32 more live registers would cost a block
      per SM): all of a thread's weight vectors in one batch after the reduction, from L1/L2.
-   The launcher picks kEarlyWeight for rms_norm always (4096 x 4096: 85% of copy bandwidth
-   against 80%) and for the fused add in short calls. */
+   The launcher picks kEarlyWeight for rms_norm always and for the fused add in short calls
+   (measurements: docs/design.md). */
 template <typename T, int V, bool kHasResidual, bool kEarlyWeight>
 __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(mv_rms_norm_args args, int group_threads, int64_t prefetch_rows) {
     __shared__ float warp_sums[32];
@@ -172,18 +172,14 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(mv_rms_nor
     const int group = threadIdx.x / group_threads;
     const int lane = threadIdx.x % group_threads;
     const VecT *weight = static_cast<const VecT *>(in.norm_weight);
-    /* Launched with PDL on sm_90+ (cuda_device.h): wait for the previous kernel before loading
+    /* Launched with PDL on sm_90+ (device.h): wait for the previous kernel before loading
        anything, then let the next one start (it too waits before it loads what this one writes),
        so its launch overlaps this kernel instead of following it. Before the wait, the first
        prefetch_rows rows are asked of L2, to stream in while that kernel ends (kPrefetchBytes).
        Each group asks for its own first row, a request per vector (so up to 8 per 128-byte line
        in 16-bit types): one request per line through mv_prefetch_rows_l2, the grid's threads
-       sharing the lines, measured slower (H200, graph-timed, A/B/A in
-       one call, us, this / one per line: bf16 M = 1 H = 4096 1.44 / 1.53-1.54, fused add 1.54 /
-       1.67; 4096 x 1024 4.66 / 4.71, fused 9.41 / 9.65; 4096 x 4096 17.23 / 17.48-17.49;
-       benchmarks/results/norm-prefetch-per-line-nvidia-h200-2026-11-22.log; 32768 rows even).
-       The extra requests cost issue slots only; the shared form's 64-bit division per request
-       and its fewer requesting threads presumably lengthen the time before the wait more. */
+       sharing the lines, measured slower (M = 1 H = 4096 1.44 -> 1.53 us;
+       dev/logs/norm-prefetch-per-line-nvidia-h200-2026-11-22.log). */
     const int64_t group_row = (int64_t)blockIdx.x * rows_per_block + group; /* this group's first row */
     if (group_row < (prefetch_rows < in.rows ? prefetch_rows : in.rows)) {
         const VecT *x_row = reinterpret_cast<const VecT *>(static_cast<const T *>(in.x) + group_row * in.x_stride);
@@ -317,11 +313,8 @@ int vector_width(const mv_rms_norm_args *a) {
    then, as a load into registers would not be: L2 is where every SM's writes land, so a line
    fetched early is updated by the previous kernel's writes instead of going stale. The budget is
    about what DRAM moves in that gap; beyond it the prefetches only come late and cost requests
-   (H200, bf16, graph-timed, rms_norm / fused add, us, budget 0 -> 1 -> 3 -> 4 MiB: 4096 x 4096
-   18.03 / 34.95 -> 17.64 / 34.54 -> 17.28 / 34.06 -> 17.29 / 34.02; M x H = 4096 x 1024 5.69 /
-   10.66 -> 5.44 / 10.45 -> 4.98 / 9.88 -> 4.81 / 9.54; in another run, every row prefetched
-   against none: 4096 x 4096 18.27 / 34.08 against 17.85 / 34.49;
-   benchmarks/results/norm-prefetch-nvidia-h200-2026-11-22.log). */
+   (4096 x 1024 bf16 5.69 -> 4.81 us from none to 4 MiB, slower above;
+   dev/logs/norm-prefetch-nvidia-h200-2026-11-22.log). */
 constexpr int64_t kPrefetchBytes = 4 << 20;
 
 /* Below this many blocks a call is short: latency, not bandwidth, decides its time. */
@@ -348,10 +341,9 @@ cudaError_t launch_vec(const mv_rms_norm_args &a, int group_threads, cudaStream_
     } else {
         /* As many whole groups as fit in kVecBlockThreads (at least one), but no more than the
            rows per multiprocessor: then a call of few rows spreads over the GPU instead of
-           queueing them in a few blocks, and no block carries idle groups (H200, bf16,
-           graph-timed, 256-thread blocks -> this: M = 16 H = 4096 rms_norm 2.05 -> 1.89 us, fused
-           add 2.45 -> 2.21; M = 128 2.42 -> 2.29; M >= 1024 unchanged). Whole warps, as
-           group_sum's shuffles need. */
+           queueing them in a few blocks, and no block carries idle groups (M = 16 H = 4096
+           2.05 -> 1.89 us against fixed 256-thread blocks). Whole warps, as group_sum's
+           shuffles need. */
         const int64_t fitting_rows = group_threads >= kVecBlockThreads ? 1 : kVecBlockThreads / group_threads;
         int64_t block_rows = a.in.rows < fitting_rows ? a.in.rows : fitting_rows;
         const int64_t sm_count = sms > 0 ? sms : 1;
@@ -380,16 +372,15 @@ extern "C" int mv_rms_norm_cuda(const mv_rms_norm_args *a, const mv_cuda_opts *o
     cudaError_t err = mv_current_device(&dev);
     if (err != cudaSuccess) return (int)err;
     /* A short call (no more rows than multiprocessors: each row gets a block of its own) is pure
-       latency, and a thread's chain of work is shorter with 2 vectors than with 4 (H200, bf16,
-       graph-timed, 4 -> 2: fused add M = 1 H = 896 1.57 -> 1.47 us, M = 128 2.19 -> 2.10; H = 4096
-       unchanged; 1 vector per thread is slower at H = 4096: groups of 512). */
+       latency, and a thread's chain of work is shorter with 2 vectors than with 4 (fused add
+       M = 1 H = 896 1.57 -> 1.47 us; 1 vector is slower at H = 4096: groups of 512). */
     if (a->in.rows <= dev.sms) {
         const int64_t two_each = (vecs_per_row + kShortCallVecsPerThread - 1) / kShortCallVecsPerThread;
         if (two_each <= kVecBlockThreads) needed = two_each;
     }
     /* Threads per row: a power of two up to a warp (shuffle reduction), beyond that whole warps,
        so a row of 640 vectors (H = 5120, bf16) takes 160 threads with 4 vectors each rather than
-       256 of which 96 idle (H200: 71% of copy bandwidth at 4096 x 5120 with 256). */
+       256 of which 96 idle (that ran 4096 x 5120 at 71% of copy bandwidth). */
     int group_threads = 1;
     if (needed <= 32) {
         while (group_threads < needed) group_threads <<= 1;

@@ -6,7 +6,7 @@
  * A from registers: a[4] holds the thread's A fragment, laid out as mma.sync m16n8k16's A for the
  * warp's 16 rows; B K-major in shared memory, described by b_desc. Issued by a whole warpgroup;
  * asynchronous: the caller brackets it with wgmma.fence / commit_group / wait_group
- * (fused_rms_norm_qkv_wgmma.cu). d holds the thread's N / 2 accumulators in the instruction's
+ * (cuda/fused_rms_norm_qkv/wgmma.cu). d holds the thread's N / 2 accumulators in the instruction's
  * fragment order.
  */
 #ifndef MINIVLLM_WGMMA_OPS_CUH

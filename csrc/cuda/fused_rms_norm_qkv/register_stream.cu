@@ -40,11 +40,8 @@ __global__ void __launch_bounds__(kThreads) fused_rms_norm_qkv_stream_kernel(mv_
        constants of the model, so the first batch is requested before waiting for the previous
        kernel; x, residual and every write come after the wait. Before it, the blocks together
        ask L2 for the input (each a share), which is safe since L2 is where the previous kernel's
-       writes land, and shortens the staging that follows the wait (H200, bf16, graph-timed, us,
-       without / with: Qwen2.5-0.5B M = 1 2.68 / 2.57, M = 4 3.23 / 3.16, M = 8 3.35 / 3.30;
-       Qwen3-0.6B M = 1 4.07 / 4.04. The same in the tensor-copy, deferred-norm and wgmma kernels
-       gained nothing or lost: Llama-3-8B M = 16 16.9 / 17.1, Qwen3-0.6B M = 32 6.65 / 6.73;
-       benchmarks/results/qkv-input-prefetch-nvidia-h200-2026-11-22.log). */
+       writes land, and shortens the staging that follows the wait (Qwen2.5-0.5B M = 1 2.68 ->
+       2.57 us on an H200; it gained nothing in the other QKV kernels: docs/design.md). */
     mv_pdl_trigger();
     prefetch_input_l2<T>(in);
     mv_pdl_wait();

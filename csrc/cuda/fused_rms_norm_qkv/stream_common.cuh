@@ -340,7 +340,7 @@ mv_stream_flags stream_flags(const mv_qkv_args &a, bool residual_in_kernel) {
 
 
 /* W as the copy engine sees it: [N][H / 64][64] elements, boxes of 16 features x stage_lines
-   lines x 64 k (cached per layer: cuda_device.h). */
+   lines x 64 k (cached per layer: device.h). */
 bool encode_weight_map(CUtensorMap *map, const mv_qkv_args &a, int64_t cols, int stage_lines,
                        int box_features = kTileFeatures) {
     const cuuint64_t dims[3] = {static_cast<cuuint64_t>(kLineK), static_cast<cuuint64_t>(a.in.hidden / kLineK),

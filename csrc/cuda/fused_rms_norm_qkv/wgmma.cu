@@ -147,9 +147,8 @@ __device__ __forceinline__ float row_rrms(const WgmmaParams &p, float sum_sq) {
    warp * 16 + lane / 4 and that + 8, columns n0 + 8 j + 2 (lane % 4) and that + 1), scaled by
    their rows' rrms, to q / k / v as bf16 pairs (q/k/v widths are even, so a pair never straddles
    two of them). The branch is mv_qkv_output's on WgmmaParams' own fields: carrying the call's
-   mv_qkv_args into the kernels instead (and one producer function for both kernels) measured
-   slower on an H200 (Qwen3-0.6B M = 32 7.42 -> 7.92 us;
-   benchmarks/results/qkv-prefill-nvidia-h200-2026-11-22.log, run 13). */
+   mv_qkv_args into the kernel instead measured slower (dev/logs/qkv-prefill-nvidia-h200-2026-11-22.log,
+   run 13). */
 template <int BN>
 __device__ __forceinline__ void store_scaled_rows(const WgmmaParams &p, const float (&acc)[BN / 2],
                                                   const float (&rrms_rows)[2], int row0, int n0, int warp, int lane) {
