@@ -34,7 +34,10 @@ namespace {
      stage_lines = 4 mod 8, the two rows (features or tokens) a quarter-warp reads sit in opposite
      halves of the swizzle: no bank conflicts (see the tensor-copy kernel). */
 constexpr int kDeferredMaxTokens = 32;
-constexpr int kDeferredScalars = kDeferredMaxTokens + 4; /* row sums, then max |gamma| (16-byte multiple) */
+/* row sums, max |gamma| (padded to 16 bytes), then each consumer warp's partial row sums, which one
+   thread per row adds in warp order: a fixed order, so a call's bits do not depend on which warp
+   finished first. */
+constexpr int kDeferredScalars = kDeferredMaxTokens + 4 + kWarps * kDeferredMaxTokens;
 /* features per block <= 64 (32 above 16 tokens): registers; three tiles above 16 tokens spill
    (dev/logs/qkv-decode-timeline-nvidia-h200-2026-11-22.log, run T6). */
 constexpr int kDeferredMaxTiles = 4;
@@ -66,6 +69,7 @@ __global__ void __launch_bounds__(kBulkThreads, 2)
         (reinterpret_cast<uintptr_t>(smem) + kSwizzleAlign - 1) / kSwizzleAlign * kSwizzleAlign);
     float *row_sum = reinterpret_cast<float *>(ring + static_cast<size_t>(geo.stages) * geo.slot_bytes); /* [kDeferredScalars] */
     float *gamma_max = row_sum + kDeferredMaxTokens;
+    float *warp_sum = gamma_max + 4; /* [kWarps][kDeferredMaxTokens] */
     T *gamma_s = reinterpret_cast<T *>(row_sum + kDeferredScalars); /* [H], H % 64 == 0 */
     uint64_t *full = reinterpret_cast<uint64_t *>(gamma_s + hidden);
     uint64_t *empty = full + geo.stages;
@@ -85,7 +89,7 @@ __global__ void __launch_bounds__(kBulkThreads, 2)
         mv_mbarrier_init(gamma_full, 1);
         mv_mbarrier_init_fence();
     }
-    if (threadIdx.x < kDeferredScalars) row_sum[threadIdx.x] = 0.0f; /* and gamma_max */
+    if (threadIdx.x < kDeferredMaxTokens + 4) row_sum[threadIdx.x] = 0.0f; /* and gamma_max */
     __syncthreads();
     mv_pdl_trigger(); /* as in the tensor-copy kernel */
 
@@ -212,18 +216,22 @@ __global__ void __launch_bounds__(kBulkThreads, 2)
         if (lane == 0) mv_mbarrier_arrive(&empty[slot]);
     }
 
-    /* Row sums: the four lanes of a token (t = 0..3) first, then one lane per warp and token adds
-       to the token's total. */
+    /* Row sums: the four lanes of a token (t = 0..3) first, then each warp's partial into its own
+       slot, summed in warp order after the barrier. */
 #pragma unroll
     for (int tt = 0; tt < kTokenTiles; ++tt) {
         float v = sum_sq[tt];
         v += __shfl_xor_sync(0xffffffffu, v, 1);
         v += __shfl_xor_sync(0xffffffffu, v, 2);
-        if (t == 0 && tt * 8 + g < rows) atomicAdd(&row_sum[tt * 8 + g], v);
+        if (t == 0 && tt * 8 + g < rows) warp_sum[warp * kDeferredMaxTokens + tt * 8 + g] = v;
     }
-    ConsumerSync()(); /* every row's total is in, and every warp is done with the ring */
-    if (threadIdx.x < rows)
-        row_sum[threadIdx.x] = rsqrtf(row_sum[threadIdx.x] / static_cast<float>(hidden) + args.in.eps) * result_scale;
+    ConsumerSync()(); /* every warp's partials are in, and every warp is done with the ring */
+    if (threadIdx.x < rows) {
+        float total = 0.0f;
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) total += warp_sum[w * kDeferredMaxTokens + threadIdx.x];
+        row_sum[threadIdx.x] = rsqrtf(total / static_cast<float>(hidden) + args.in.eps) * result_scale;
+    }
     /* reduce_and_store's first barrier orders these rrms before their use. */
 #pragma unroll
     for (int f = 0; f < kMaxTiles; ++f) {
