@@ -5,7 +5,6 @@ What is timed, per sequence (one "call" = one API call of ours, or torch's whole
   * host: the CPU time to issue one call. On CUDA the GPU is first held busy by a spin kernel
     (torch.cuda._sleep) long enough to cover a burst of calls, so no call waits on the GPU and
     the launch queue never fills; µs per call = median over bursts of (burst time / calls).
-    This is the figure the host-cost target is about.
   * loop: N calls back to back after a warm-up, synchronized once at the end: µs per call of a
     steady eager stream, which is the larger of host cost and GPU time (at M = 1 the QKV
     product streams the whole weight, so for large models the GPU time shows here).
@@ -17,7 +16,7 @@ Outputs are allocated by every call (no out=), as a model's eager forward does.
 
 usage: python3 benchmarks/host_cost.py [--device cuda|cpu] [--dtype bf16] [--models ...]
            [--calls 10000] [--out FILE.json]
-Importable: measure_host_cost(...) returns the results as a dict (benchmarks/bench_qkv.py).
+Importable: measure_host_cost(...) returns the results as a dict.
 """
 
 import argparse
@@ -34,15 +33,21 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 EPS = 1e-6
-# Attention shapes (hidden size, query heads, key/value heads, head dim) from the models' configs.
-MODELS = {
-    "llama-3-8b": {"hidden": 4096, "num_heads": 32, "num_kv_heads": 8, "head_dim": 128},
-    "qwen3-0.6b": {"hidden": 1024, "num_heads": 16, "num_kv_heads": 8, "head_dim": 128},
-    # Small enough that a CPU kernel costs little next to the call: for profiling the host path
-    # on a machine without a GPU.
-    "tiny": {"hidden": 64, "num_heads": 2, "num_kv_heads": 1, "head_dim": 16},
-}
-HOST_TARGET_US = 15.0       # issue 4: host cost of one QKV call at M = 1 through the Python API
+
+
+def model_shape(name):
+    """{hidden, num_heads, num_kv_heads, head_dim} of a preset of minivllm/bench/models.py, or
+    of its `tiny` profiling shape."""
+    from minivllm.bench.models import TINY, find_model
+    model = find_model(name, extra=(TINY,))
+    return {"hidden": model.hidden, "num_heads": model.num_heads,
+            "num_kv_heads": model.num_kv_heads, "head_dim": model.head_dim}
+
+
+def model_names():
+    from minivllm.bench.models import MODELS, TINY
+    return sorted(list(MODELS) + [TINY.name])
+
 DTYPE_NAMES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16",
                "float16": "float16", "fp32": "float32", "float32": "float32"}
 
@@ -62,7 +67,7 @@ def _hf_rms_norm(torch, x, weight, eps):
 def build_sequences(torch, minivllm, model, device, dtype):
     """{name: zero-argument callable} for one model's shapes at M = 1."""
     F = torch.nn.functional
-    shape = MODELS[model]
+    shape = model_shape(model)
     H, nh, nkv, hd = shape["hidden"], shape["num_heads"], shape["num_kv_heads"], shape["head_dim"]
     N = (nh + 2 * nkv) * hd
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -155,7 +160,7 @@ def measure_host_cost(models=("llama-3-8b", "qwen3-0.6b"), device="cuda", dtype=
     import torch
 
     import minivllm
-    from minivllm import _benchtools as bt
+    from minivllm.bench import timing as bt
 
     dtype = DTYPE_NAMES.get(dtype, dtype)
     torch_dtype = getattr(torch, dtype)
@@ -186,7 +191,7 @@ def measure_host_cost(models=("llama-3-8b", "qwen3-0.6b"), device="cuda", dtype=
                         row = {"model": model, "op": op, "impl": impl,
                                "host_us": round(host[0], 3), "host_us_min": round(host[1], 3),
                                "bursts_overran": host[2], "loop_us": round(loop_us, 3),
-                               **MODELS[model]}
+                               **model_shape(model)}
                         if route is not None:
                             row["route"] = route
                         rows.append(row)
@@ -200,12 +205,12 @@ def measure_breakdown(model="qwen3-0.6b", device="cuda", dtype="bfloat16", burst
     import torch
 
     import minivllm
-    from minivllm import _benchtools as bt
+    from minivllm.bench import timing as bt
 
     dtype = getattr(torch, DTYPE_NAMES.get(dtype, dtype))
     device = torch.device(device)
     on_cuda = device.type == "cuda"
-    shape = MODELS[model]
+    shape = model_shape(model)
     H, nh, nkv, hd = shape["hidden"], shape["num_heads"], shape["num_kv_heads"], shape["head_dim"]
     N = (nh + 2 * nkv) * hd
     x = torch.randn(1, H, device=device).to(dtype)
@@ -285,11 +290,6 @@ def print_table(result):
         print(f"{row['model']:<12} {row['op']:<20} {_label(row):<34} {row['host_us']:>9.2f} "
               f"{row['host_us_min']:>8.2f} {row['loop_us']:>9.2f}"
               + (f"  ({row['bursts_overran']} bursts overran)" if row["bursts_overran"] else ""))
-    for row in result["results"]:
-        if row["op"] == "fused_rms_norm_qkv" and row.get("route") == "fast":
-            verdict = "MET" if row["host_us"] <= HOST_TARGET_US else "NOT MET"
-            print(f"target: QKV host cost <= {HOST_TARGET_US:g} µs ({row['model']}): "
-                  f"{row['host_us']:.2f} µs, {verdict}")
 
 
 def main(argv=None):
@@ -297,7 +297,7 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
     parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPE_NAMES))
     parser.add_argument("--models", nargs="+", default=["llama-3-8b", "qwen3-0.6b"],
-                        choices=sorted(MODELS))
+                        choices=model_names())
     parser.add_argument("--calls", type=int, default=10000, help="calls in the steady loop")
     parser.add_argument("--bursts", type=int, default=60, help="timed bursts for host cost")
     parser.add_argument("--no-generic", action="store_true",

@@ -1,4 +1,4 @@
-"""Writes csrc/wgmma_ops.cuh: one inline-PTX wrapper per wgmma shape the fused QKV GEMM uses.
+"""Writes csrc/cuda/wgmma_ops.cuh: one inline-PTX wrapper per wgmma shape the fused QKV GEMM uses.
 
 The instruction names every accumulator register, so each N needs its own operand list; writing
 them by hand is error-prone, hence this generator. Run from the repository root:
@@ -6,7 +6,7 @@ them by hand is error-prone, hence this generator. Run from the repository root:
 """
 import os
 
-WIDTHS = (16, 32, 64, 128, 192, 256)  # the tile widths fused_rms_norm_qkv_wgmma.cu instantiates
+WIDTHS = (16, 32, 64, 128, 192, 256)  # the tile widths cuda/fused_rms_norm_qkv/wgmma.cu instantiates
 TYPES = (("__nv_bfloat16", "bf16"),)  # the path is bf16 only (fp16's gamma * x could overflow)
 
 HEADER = """\
@@ -18,7 +18,7 @@ HEADER = """\
  * A from registers: a[4] holds the thread's A fragment, laid out as mma.sync m16n8k16's A for the
  * warp's 16 rows; B K-major in shared memory, described by b_desc. Issued by a whole warpgroup;
  * asynchronous: the caller brackets it with wgmma.fence / commit_group / wait_group
- * (fused_rms_norm_qkv_wgmma.cu). d holds the thread's N / 2 accumulators in the instruction's
+ * (cuda/fused_rms_norm_qkv/wgmma.cu). d holds the thread's N / 2 accumulators in the instruction's
  * fragment order.
  */
 #ifndef MINIVLLM_WGMMA_OPS_CUH
@@ -70,7 +70,7 @@ def wrapper(ctype, ptx, n):
 def main():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     body = "".join(wrapper(c, p, n) for c, p in TYPES for n in WIDTHS)
-    with open(os.path.join(root, "csrc", "wgmma_ops.cuh"), "w") as f:
+    with open(os.path.join(root, "csrc", "cuda", "wgmma_ops.cuh"), "w") as f:
         f.write(HEADER + body + FOOTER)
 
 

@@ -1,34 +1,39 @@
 #!/usr/bin/env bash
-# One command for a GPU machine: build offline, run the whole test suite, the bench self-check,
-# every op under compute-sanitizer (memcheck, racecheck, initcheck, synccheck), the benchmarks in
-# quick mode, and write every log plus a results JSON under OUTDIR, ending with a summary table.
-#   usage: scripts/gpu_check.sh OUTDIR     (MINIVLLM_COMMIT names the commit when there is no .git)
-#   SKIP="bench sanitizers" scripts/gpu_check.sh OUTDIR    leaves steps out (build stays; "tests"
-#   leaves the test suite out too); SANITIZERS="memcheck-wgmma ..." runs only the named sanitizer runs
-# About ten minutes on an H100/H200 (the three -wgmma sanitizer runs took 20 s of it on an H200);
-# where one call is limited to ten, split the check with SKIP and SANITIZERS.
+# The whole GPU check, one command: build and install the package offline, run the full test
+# suite once (every QKV GPU path is exercised in-process: tests/test_fused_rms_norm_qkv.py runs
+# each test on the automatic choice and on each path forced through _path=; the fuzz and leak
+# tests print their "fuzz:" and "leaks:" figures), then the bench CLI's self-check, and write
+# every log plus a results JSON (scripts/gpu_results.py) under the output folder, ending with a
+# summary table. About 4 minutes on an H200.
+#   usage: bash scripts/gpu_check.sh [OUTDIR]    (default: $OUT if set, else gpu-check-out)
+#   WITH="sanitizers benchmarks" adds compute-sanitizer runs over scripts/sanitize_cases.py and
+#   the two benchmarks in quick mode (several minutes more; SANITIZERS="memcheck ..." picks runs).
+#   MINIVLLM_COMMIT names the commit where the tree has no .git.
+# The suite runs as seven pytest processes side by side (the GPU has room, and the float64
+# references use the host's cores; about 3 minutes on an H200), then the leak tests alone:
+# together they are the suite, each test once.
 set -uo pipefail
-out=${1:?usage: scripts/gpu_check.sh OUTDIR}
+out=${1:-${OUT:-gpu-check-out}}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
 root=$PWD
-skip=" ${SKIP:-} "
+with=" ${WITH:-} "
 
 status=0
 nvidia-smi >"$out/nvidia-smi.txt" 2>&1 || true
 step_times=()
+step_start=$(date +%s)
 timed() {  # timed NAME: record how long the step since the last call took
     local now
     now=$(date +%s)
-    step_times+=("$1=$(( now - ${step_start:-now} ))")
+    step_times+=("$1=$(( now - step_start ))")
     step_start=$now
 }
-step_start=$(date +%s)
 
 echo "== build (offline) =="
-if ! python3 -m pip install --no-build-isolation ".[test]" >"$out/build.log" 2>&1; then
+if ! python3 -m pip install --no-build-isolation . >"$out/build.log" 2>&1; then
     tail -n 60 "$out/build.log"
     echo "build FAILED"
     exit 1
@@ -36,74 +41,87 @@ fi
 timed build
 echo "built in ${step_times[-1]#*=} s"
 
-if [[ $skip != *" tests "* ]]; then
 echo "== tests =="
+# (pytest arguments of each process; together: tests/, each test once)
+forced_1="cuda-deferred or cuda-register"
+forced_2="cuda-bulk or cuda-wgmma"
+forced_3="cuda-cublaslt or cuda-tile"
+forced_4="cuda-generic"
+shards=(main fuzz qkv paths-1 paths-2 paths-3 paths-4)
+shard_args=(
+    "$root/tests --ignore=$root/tests/test_fused_rms_norm_qkv.py --ignore=$root/tests/test_fuzz.py --ignore=$root/tests/test_leaks.py"
+    "$root/tests/test_fuzz.py"
+    "$root/tests/test_fused_rms_norm_qkv.py -k not ($forced_1 or $forced_2 or $forced_3 or $forced_4)"
+    "$root/tests/test_fused_rms_norm_qkv.py -k $forced_1"
+    "$root/tests/test_fused_rms_norm_qkv.py -k $forced_2"
+    "$root/tests/test_fused_rms_norm_qkv.py -k $forced_3"
+    "$root/tests/test_fused_rms_norm_qkv.py -k $forced_4"
+)
+# Two BLAS threads per process: seven processes of the host's default thread count each made
+# the float64 references fight for the cores.
+threads=$(( $(nproc) / ${#shards[@]} ))
+threads=$(( threads < 1 ? 1 : threads ))
+pids=()
 cd /tmp   # test the installed package, not the source tree
-python3 -m pytest "$root/tests" -q -rs -p no:cacheprovider --junitxml="$out/pytest.xml" \
-    >"$out/pytest.log" 2>&1 || status=1
-grep -E "^(fuzz|leaks):" "$out/pytest.log" || true
-tail -n 25 "$out/pytest.log"
-# The QKV tests once more on the paths this GPU does not take by itself: each of the stream path's
-# two kernels alone (on sm_90 it picks one by the size of W); every call the deferred-norm W stream
-# can take (fp16/bf16, M <= 32); every call on the stream path where it applies; every call it can take
-# on the one-kernel wgmma GEMM; every call on the tile GEMM and on the generic kernel (the paths
-# taken where cuBLASLt cannot be loaded).
-# The seven runs go side by side (separate processes; the GPU has room) to keep the check short.
-qkv_envs=(MINIVLLM_QKV_PATH=register MINIVLLM_QKV_PATH=bulk MINIVLLM_QKV_PATH=deferred MINIVLLM_QKV_PATH=stream MINIVLLM_QKV_PATH=wgmma MINIVLLM_QKV_PATH=tile
-          MINIVLLM_QKV_PATH=generic)
-qkv_pids=()
-for qkv_env in "${qkv_envs[@]}"; do
-    env "$qkv_env" python3 -m pytest "$root/tests/test_fused_rms_norm_qkv.py" -q -k cuda \
-        -p no:cacheprovider >"$out/pytest-qkv-${qkv_env#*=}.log" 2>&1 &
-    qkv_pids+=($!)
+for i in "${!shards[@]}"; do
+    args=${shard_args[$i]}
+    selection=()
+    if [[ $args == *" -k "* ]]; then
+        selection=(-k "${args#* -k }")
+        args=${args%% -k *}
+    fi
+    # shellcheck disable=SC2086  # $args: paths and options, split on purpose
+    OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads MKL_NUM_THREADS=$threads \
+        python3 -m pytest $args "${selection[@]}" -q -rs -p no:cacheprovider --durations=10 \
+        --junitxml="$out/pytest-${shards[$i]}.xml" >"$out/pytest-${shards[$i]}.log" 2>&1 &
+    pids+=($!)
 done
-for i in "${!qkv_envs[@]}"; do
-    wait "${qkv_pids[$i]}" || status=1
-    echo "QKV tests with ${qkv_envs[$i]}: $(tail -n 1 "$out/pytest-qkv-${qkv_envs[$i]#*=}.log")"
+for i in "${!shards[@]}"; do
+    wait "${pids[$i]}" || status=1
+    echo "tests ${shards[$i]}: $(tail -n 1 "$out/pytest-${shards[$i]}.log")"
 done
+# The leak tests last and alone: they read the device's free memory, which the other processes'
+# allocations would move.
+python3 -m pytest "$root/tests/test_leaks.py" -q -rs -p no:cacheprovider \
+    --junitxml="$out/pytest-leaks.xml" >"$out/pytest-leaks.log" 2>&1 || status=1
+echo "tests leaks: $(tail -n 1 "$out/pytest-leaks.log")"
 cd "$root"
+grep -hE "^(fuzz|leaks):" "$out"/pytest-fuzz.log "$out"/pytest-leaks.log || true
+grep -hE "^(FAILED|ERROR) " "$out"/pytest-*.log | head -n 40 || true
 timed tests
-fi
 
 echo "== bench self-check =="
-(cd /tmp && python3 -m minivllm.bench) >"$out/bench.log" 2>&1 || status=1
+(cd /tmp && python3 -m minivllm.bench --no-progress) >"$out/bench.log" 2>&1 || status=1
 cat "$out/bench.log"
 timed bench_selfcheck
 
-if [[ $skip != *" sanitizers "* ]]; then
+if [[ $with == *" sanitizers "* ]]; then
     echo "== compute-sanitizer =="
     sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
     if [ -x "$sanitizer" ]; then
         "$sanitizer" --version >"$out/sanitizer-version.txt" 2>&1 || true
         # memcheck and initcheck see every case; racecheck and synccheck (shared-memory and
         # barrier hazards, which depend on the kernel path rather than the dtype) see every M
-        # in one dtype each, to fit the time.
-        # Each tool has a time limit (seconds; MINIVLLM_SANITIZER_TIMEOUT overrides all four) so
-        # the whole check stays near ten minutes; a tool that runs out says so in its log and
-        # the summary.
-        # initcheck does not track the TMA stores of cuBLASLt's Hopper kernels (it reports the
-        # q/k/v they wrote as uninitialized when torch copies them), so its default pass stops
-        # the QKV cases at M = 16, where our stream kernel writes them, and a second pass runs
-        # every QKV case on our generic kernel (MINIVLLM_QKV_PATH=generic).
-        # The -wgmma runs put every QKV call the one-kernel Hopper path can take on it (bf16: its
-        # 64-row kernel up to M = 300, its 128-row kernel, with copy-engine stores, at M = 1024);
-        # no initcheck there, as it does not track copy-engine stores (see above). The -deferred
-        # runs do the same for the deferred-norm W stream (fp16/bf16, M <= 32).
+        # in one dtype each. initcheck does not track the TMA stores of cuBLASLt's Hopper
+        # kernels nor copy-engine stores (it reports what they wrote as uninitialized), so its
+        # default pass stops the QKV cases at M = 16 and a second pass forces the generic
+        # kernel. The -wgmma and -deferred runs force those paths for every call they take.
+        # Each run has a time limit (seconds; MINIVLLM_SANITIZER_TIMEOUT overrides them all).
         for run in ${SANITIZERS:-memcheck initcheck initcheck-generic racecheck synccheck memcheck-wgmma racecheck-wgmma synccheck-wgmma memcheck-deferred racecheck-deferred synccheck-deferred}; do
             tool=${run%%-*}
-            path_env=()  # extra environment for this run only
             case $run in
                 memcheck) cases=(); limit=150 ;;
                 initcheck) cases=(--qkv-max-m 16); limit=100 ;;
-                initcheck-generic) cases=(--ops qkv); limit=60; path_env=(MINIVLLM_QKV_PATH=generic) ;;
+                initcheck-generic) cases=(--ops qkv --path generic); limit=60 ;;
                 racecheck) cases=(--dtypes bfloat16); limit=100 ;;
                 synccheck) cases=(--dtypes bfloat16); limit=60 ;;
-                *-wgmma) cases=(--ops qkv --dtypes bfloat16); limit=60; path_env=(MINIVLLM_QKV_PATH=wgmma) ;;
-                *-deferred) cases=(--ops qkv --dtypes bfloat16 float16 --qkv-max-m 32); limit=60; path_env=(MINIVLLM_QKV_PATH=deferred) ;;
+                *-wgmma) cases=(--ops qkv --dtypes bfloat16 --path wgmma); limit=60 ;;
+                *-deferred) cases=(--ops qkv --dtypes bfloat16 float16 --qkv-max-m 32 --path deferred); limit=60 ;;
+                *) echo "unknown sanitizer run $run"; status=1; continue ;;
             esac
             limit=${MINIVLLM_SANITIZER_TIMEOUT:-$limit}
             t0=$(date +%s)
-            (cd /tmp && env "${path_env[@]}" PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout "$limit" "$sanitizer" \
+            (cd /tmp && PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout "$limit" "$sanitizer" \
                 --tool "$tool" --print-limit 100 --error-exitcode 3 \
                 python3 "$root/scripts/sanitize_cases.py" "${cases[@]}") >"$out/sanitizer-$run.log" 2>&1
             rc=$?
@@ -122,14 +140,12 @@ if [[ $skip != *" sanitizers "* ]]; then
     timed sanitizers
 fi
 
-if [[ $skip != *" bench "* ]]; then
+if [[ $with == *" benchmarks "* ]]; then
     echo "== benchmarks (quick) =="
-    for bench in bench_norm bench_qkv; do
-        if [ -f "benchmarks/$bench.py" ]; then
-            (cd /tmp && python3 "$root/benchmarks/$bench.py" --quick --out "$out") \
-                >"$out/$bench.log" 2>&1 || status=1
-            tail -n 15 "$out/$bench.log"
-        fi
+    for bench in bench_rms_norm bench_fused_rms_norm_qkv; do
+        (cd /tmp && python3 "$root/benchmarks/$bench.py" --quick --out "$out") \
+            >"$out/$bench.log" 2>&1 || status=1
+        tail -n 15 "$out/$bench.log"
     done
     timed benchmarks
 fi

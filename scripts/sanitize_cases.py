@@ -13,7 +13,7 @@ almost every kernel the sanitizer sees is minivllm's. Run it with PYTORCH_NO_CUD
 so each tensor is its own allocation and memcheck sees reads past its end.
 
 usage: python3 scripts/sanitize_cases.py [--ms 1 17 ...] [--dtypes float32 ...] [--ops ...]
-           [--qkv-max-m 32]
+           [--qkv-max-m 32] [--path wgmma]
        compute-sanitizer --tool memcheck python3 scripts/sanitize_cases.py
 """
 import argparse
@@ -28,6 +28,7 @@ except ImportError:
     sys.exit("sanitize_cases.py needs PyTorch with CUDA")
 
 import minivllm
+from minivllm.bench.timing import QKV_PATHS
 from minivllm.reference import (QKV_TOLERANCE, TOLERANCE, fused_add_rms_norm, fused_rms_norm_qkv,
                                 relative_error, rms_norm, round_to)
 
@@ -144,12 +145,13 @@ def run(args):
                                  f"{layout}{' residual' if with_residual else ''}")
                         if with_residual:
                             r = to_device(r64, dtype)
-                            q, k, v, s = minivllm.FusedRMSNormQKV.forward(x, g, Warg, nh, nkv,
-                                                                          residual=r)
+                            q, k, v, s = minivllm.FusedRMSNormQKV.forward(
+                                x, g, Warg, nh, nkv, residual=r, _path=args.path)
                             refs = fused_rms_norm_qkv(x64, g64, W64, nh, nkv, 1e-6, r64, dtype)
                             checker.check(label + " residual", s, refs[3], 0, exact=True)
                         else:
-                            q, k, v = minivllm.FusedRMSNormQKV.forward(x, g, Warg, nh, nkv)
+                            q, k, v = minivllm.FusedRMSNormQKV.forward(x, g, Warg, nh, nkv,
+                                                                       _path=args.path)
                             refs = fused_rms_norm_qkv(x64, g64, W64, nh, nkv, 1e-6)
                         for name, got, ref in zip("qkv", (q, k, v), refs):
                             checker.check(f"{label} {name}", got, ref, qtol)
@@ -166,10 +168,13 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     # initcheck cannot see the q/k/v that cuBLASLt's Hopper kernels store (bulk tensor copies from
     # shared memory), so reading them back is reported as uninitialized although every value was
-    # checked; gpu_check.sh limits initcheck's QKV cases to the M our stream kernel writes (16)
-    # and runs them all once more on the generic kernel.
+    # checked; gpu_check.sh limits initcheck's QKV cases to the M our W-stream kernels write
+    # (16) and runs them all once more on the generic kernel (--path generic).
     parser.add_argument("--qkv-max-m", type=int, default=sys.maxsize,
                         help="run QKV cases only up to this M (default: all)")
+    parser.add_argument("--path", choices=list(QKV_PATHS), default=None,
+                        help="force this GPU path of the QKV op where it can take a call (the "
+                             "private _path= argument; default: the automatic choice)")
     args = parser.parse_args(argv)
     if not minivllm.cuda_available():
         sys.exit("sanitize_cases.py: no usable CUDA device (minivllm.cuda_available() is False)")

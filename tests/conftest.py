@@ -229,13 +229,23 @@ class CupyBackend:
 
 _CUDA_BACKEND, _CUDA_REASON = _cuda_state()
 
-DEVICES = ["cpu",
-           pytest.param("cuda", marks=pytest.mark.skipif(_CUDA_BACKEND is None,
-                                                         reason=_CUDA_REASON or ""))]
+# Marks a test (or a parameter) as one that needs the CUDA backend: skipped with the reason.
+NEEDS_CUDA = pytest.mark.skipif(_CUDA_BACKEND is None, reason=_CUDA_REASON or "")
+DEVICES = ["cpu", pytest.param("cuda", marks=NEEDS_CUDA)]
 
 
 def cuda_skip_reason():
     return _CUDA_REASON
+
+
+def cuda_capability():
+    """(major, minor) of the current CUDA device, through the GPU array library in use."""
+    if _CUDA_BACKEND is TorchCudaBackend:
+        import torch
+        return tuple(torch.cuda.get_device_capability())
+    import cupy
+    cc = int(cupy.cuda.Device().compute_capability)
+    return cc // 10, cc % 10
 
 
 _BACKENDS = {}

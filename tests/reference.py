@@ -1,7 +1,5 @@
 """Comparison helpers for the tests; the float64 references themselves live in
 minivllm.reference (shared with the bench self-check)."""
-import os
-
 import numpy as np
 
 from minivllm.reference import QKV_TOLERANCE as QKV_TOL  # noqa: F401  (re-exported)
@@ -30,13 +28,15 @@ def last_gpu_path():
 
 def qkv_y_dtype(devname, dtype):
     """The dtype the QKV kernels round the normalized y to before the product, for qkv_ref's
-    y_dtype (the documented numerics): on the GPU the tensor-core paths take y in the dtype, as
-    an unfused norm + matmul does; the CPU kernels and the GPU's generic kernel
-    (MINIVLLM_QKV_PATH=generic) multiply the float32 y (None: no rounding). A reference with the
-    exact y instead leaves the rounding of y in the error budget, which a small output row (few
-    heads of head_dim 1, cancelling products) can exceed: seen at test_head_dims[cuda-bfloat16-1],
-    about one run in twenty in a simulation of the GPU's numerics."""
-    if devname != "cuda" or os.environ.get("MINIVLLM_QKV_PATH") == "generic":
+    y_dtype (the documented numerics), for the call just made: on the GPU the tensor-core paths
+    take y in the dtype, as an unfused norm + matmul does; the CPU kernels and the GPU's generic
+    kernel multiply the float32 y (None: no rounding). Call it after the GPU call it describes:
+    a forced path (_path=) that cannot take a call leaves it to the table, so the path that ran
+    (last_gpu_path) decides. A reference with the exact y instead leaves the rounding of y in the
+    error budget, which a small output row (few heads of head_dim 1, cancelling products) can
+    exceed: at test_head_dims[cuda-bfloat16-1], about one run in twenty in a simulation of the
+    GPU's numerics."""
+    if devname != "cuda" or last_gpu_path() == "generic":
         return None
     return dtype
 

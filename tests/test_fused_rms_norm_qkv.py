@@ -1,26 +1,68 @@
-"""minivllm.FusedRMSNormQKV.forward / fused_rms_norm_qkv: RMSNorm + QKV projection."""
+"""minivllm.FusedRMSNormQKV.forward / fused_rms_norm_qkv: RMSNorm + QKV projection.
+
+On a GPU every test that takes `dev` runs once on the automatic path choice and once per GPU
+path forced through the private `_path=` argument (ids cuda, cuda-deferred, ..., cuda-generic):
+a forced path that cannot take a call leaves it to the table, and the expected numerics follow
+the path that ran (_C.qkv_last_gpu_path(), see reference.qkv_ref and qkv_y_dtype).
+"""
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st, HealthCheck
 
 import minivllm
-from conftest import (DTYPES, LAYOUTS, NP_ONLY_LAYOUTS, assert_native, make_rows, norm_weight,
+from conftest import (DTYPES, LAYOUTS, NEEDS_CUDA, NP_ONLY_LAYOUTS, assert_native,
+                      cuda_capability, cuda_skip_reason, get_backend, make_rows, norm_weight,
                       randn, round_np, to64)
-from reference import QKV_TOL, assert_matches, assert_same_values, qkv_ref, qkv_y_dtype, round_to
+from minivllm import _C
+from minivllm.bench.models import MODELS
+from minivllm.bench.timing import QKV_PATHS   # the names _path= takes
+from reference import (QKV_TOL, assert_matches, assert_same_values, last_gpu_path, qkv_ref,
+                       qkv_y_dtype, round_to)
 
 HS = [1, 3, 100, 256, 512, 896, 1000, 1024, 2048, 3584, 4096, 8192]
 W_LAYOUTS = ("W", "WT_view", "WT_contig")
 
-# name, H, num_heads, num_kv_heads, head_dim  (GQA ratio in the comment)
-MODEL_SHAPES = [
-    ("qwen2.5-0.5b", 896, 14, 2, 64),    # ratio 7
-    ("qwen3-0.6b", 1024, 16, 8, 128),    # ratio 2
-    ("llama-3-8b", 4096, 32, 8, 128),    # ratio 4
-    ("hd80-mha", 1280, 16, 16, 80),      # ratio 1, head_dim 80
-    ("hd256", 2048, 8, 1, 256),          # ratio 8, head_dim 256
+# name, H, num_heads, num_kv_heads, head_dim: the benchmark models (minivllm/bench/models.py),
+# then two shapes no preset has: GQA ratio 1 with head_dim 80, ratio 8 with head_dim 256.
+MODEL_SHAPES = [(key, m.hidden, m.num_heads, m.num_kv_heads, m.head_dim)
+                for key, m in MODELS.items()] + [
+    ("hd80-mha", 1280, 16, 16, 80),
+    ("hd256", 2048, 8, 1, 256),
 ]
+LARGE_H = 4096   # shapes with H >= this run fewer rows on the CPU (the float64 reference's cost)
 
 forward = minivllm.FusedRMSNormQKV.forward
+
+
+
+class PathBackend:
+    """A device backend whose QKV calls ask for one GPU path (qkv_path; None: the automatic
+    choice); everything else is the backend's own."""
+
+    def __init__(self, backend, qkv_path):
+        self._backend = backend
+        self.qkv_path = qkv_path
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+
+def path_kwargs(dev):
+    """The keyword arguments that make a QKV call on dev take dev's path."""
+    path = getattr(dev, "qkv_path", None)
+    return {} if path is None else {"_path": path}
+
+
+_DEV_PATHS = [pytest.param(("cpu", None), id="cpu")] + [
+    pytest.param(("cuda", path), id="cuda" if path is None else f"cuda-{path}", marks=NEEDS_CUDA)
+    for path in (None,) + QKV_PATHS]
+
+
+@pytest.fixture(params=_DEV_PATHS)
+def dev(request):
+    """This module's device fixture: the CPU, then the GPU once per path (None: automatic)."""
+    name, path = request.param
+    return PathBackend(get_backend(name), path)
 
 
 def make_W(rng, N, H):
@@ -62,6 +104,7 @@ class Case:
     def call(self, eps=1e-6, fn=forward, **kw):
         if self.r is not None:
             kw["residual"] = self.r
+        kw = {**path_kwargs(self.dev), **kw}
         return fn(self.h, self.nw, self.Warg, self.nh, self.nkv, eps, **kw)
 
     def check(self, res, eps=1e-6, snap=None):
@@ -100,7 +143,7 @@ class Case:
 @pytest.mark.parametrize("shape", MODEL_SHAPES, ids=[s[0] for s in MODEL_SHAPES])
 def test_model_shapes(dev, dtype, shape, wlayout, rng):
     name, H, nh, nkv, hd = shape
-    Ms = (1, 5) if H >= 4096 and dev.name == "cpu" else (1, 5, 33)
+    Ms = (1, 5) if H >= LARGE_H and dev.name == "cpu" else (1, 5, 33)
     # one weight, several batch sizes
     c = Case(dev, rng, dtype, (1,), H, nh, nkv, hd, wlayout)
     for M in Ms:
@@ -119,11 +162,10 @@ def test_rows(dev, dtype, M, rng):
     Case(dev, rng, dtype, (M,), 896, 14, 2, 64, "WT_view").run()
 
 
-# Long prefill: on sm_90 in bf16 the wgmma path's persistent 128-row kernel takes M >= 512 (forced
-# by MINIVLLM_QKV_PATH=wgmma, automatic where it is faster). Rows ending mid-tile, H ending
-# mid-stage (1000), a short K with more tiles than multiprocessors (H 128, 264 tiles: the ring
-# wraps within and across tiles), and q/k/v widths that are not multiples of 64 (240 / 80: its
-# pair-store epilogue instead of the copy engine's). Sizes keep the float64 reference cheap.
+# Long prefill: many row tiles on the GEMM paths (and on the wgmma path where it is forced). Rows
+# ending mid-tile, H ending mid-stage (1000), a short K with more tiles than multiprocessors
+# (H 128), and q/k/v widths that are not multiples of 64 (240 / 80). Sizes keep the float64
+# reference cheap.
 @pytest.mark.parametrize("M,H,nh,nkv,hd", [(513, 896, 14, 2, 64), (1029, 1000, 3, 1, 80),
                                            (600, 2048, 8, 1, 256), (4100, 128, 12, 2, 128)])
 def test_long_prefill(dev, dtype, M, H, nh, nkv, hd, rng):
@@ -190,8 +232,8 @@ def test_1d_hidden(dev, dtype, rng):
 
 
 @pytest.mark.parametrize("wlayout", W_LAYOUTS)
-@pytest.mark.parametrize("shape", MODEL_SHAPES[:2] + MODEL_SHAPES[3:],
-                         ids=[s[0] for s in MODEL_SHAPES[:2] + MODEL_SHAPES[3:]])
+@pytest.mark.parametrize("shape", [s for s in MODEL_SHAPES if s[1] < LARGE_H],
+                         ids=[s[0] for s in MODEL_SHAPES if s[1] < LARGE_H])
 def test_residual(dev, dtype, shape, wlayout, rng):
     name, H, nh, nkv, hd = shape
     Case(dev, rng, dtype, (9,), H, nh, nkv, hd, wlayout, residual=True).run()
@@ -252,7 +294,7 @@ def test_y_rounding_order(dev, dtype, rng):
     c = Case(dev, rng, dtype, (64,), 256, 4, 2, 16, "W")
     q, k, v = c.run()
     h0, nw0, _, _ = c.snapshot()
-    y_dtype = qkv_y_dtype(dev.name, dtype)
+    y_dtype = qkv_y_dtype(dev.name, dtype)   # of the call c.run() made
     refs = qkv_ref(h0, nw0, c.W0, 4, 2, 1e-6, y_dtype=y_dtype)
     got = np.concatenate([to64(a).ravel() for a in (q, k, v)])
     exp = np.concatenate([round_to(a, dtype).ravel() for a in refs])
@@ -265,10 +307,9 @@ def test_long_hidden_accumulates_in_float32(dev, rng, wlayout):
     """H = 70000, M = 2, six outputs (the shape of a fuzz draw that failed at 1.07%): the products
     must be summed in float32 and rounded once, which keeps bf16 within a half-ulp (2^-9) per
     output. The likely cause of that failure is a split-K reduction in the output dtype, which
-    cuBLASLt offers and the GEMM path now excludes; without the exclusion this test failed one
-    H200 run in three, so it is a weak guard, not a proof. The reference rounds y as the path
-    does (qkv_y_dtype): against a rounded y, the generic kernel's float32 y read 0.43-0.72%
-    (gpu_check at d2283df)."""
+    cuBLASLt offers and the GEMM path excludes; without the exclusion this test failed one H200
+    run in three, so it is a weak guard, not a proof. The reference rounds y as the path does
+    (qkv_y_dtype): against a rounded y, the generic kernel's float32 y reads 0.43-0.72%."""
     if dev.name != "cuda":
         pytest.skip("the CPU kernels sum in float32 by construction; this guards the GPU GEMM")
     c = Case(dev, rng, "bfloat16", (2,), 70000, 1, 1, 2, wlayout, residual=True)
@@ -293,7 +334,7 @@ def test_eps_is_honoured(dev, dtype, rng):
 def test_default_eps(dev, dtype, rng):
     c = Case(dev, rng, dtype, (4,), 256, 4, 2, 16, "W", scale=1e-3)
     snap = c.snapshot()
-    res = forward(c.h, c.nw, c.Warg, c.nh, c.nkv)
+    res = forward(c.h, c.nw, c.Warg, c.nh, c.nkv, **path_kwargs(dev))
     c.check(res, 1e-6, snap)
 
 
@@ -301,7 +342,7 @@ def test_keyword_arguments(dev, dtype, rng):
     c = Case(dev, rng, dtype, (4,), 256, 4, 2, 16, "WT_view", residual=True)
     snap = c.snapshot()
     res = forward(hidden_states=c.h, norm_weight=c.nw, qkv_weight=c.Warg, num_heads=4,
-                  num_kv_heads=2, eps=1e-5, residual=c.r)
+                  num_kv_heads=2, eps=1e-5, residual=c.r, **path_kwargs(dev))
     c.check(res, 1e-5, snap)
 
 
@@ -412,7 +453,7 @@ def _into_given_outputs(dev, dtype, rng, M, H, nh, nkv, hd, make_outputs):
     W64 = round_to(rng.standard_normal(((nh + 2 * nkv) * hd, H)) / 8, dtype)
     x, g, W = dev.array(x64, dtype), dev.array(g64, dtype), dev.array(W64, dtype)
     q, k, v = make_outputs()
-    res = minivllm.FusedRMSNormQKV.forward(x, g, W, nh, nkv, out=(q, k, v))
+    res = minivllm.FusedRMSNormQKV.forward(x, g, W, nh, nkv, out=(q, k, v), **path_kwargs(dev))
     assert res[0] is q and res[1] is k and res[2] is v
     dev.sync()
     refs = qkv_ref(x64, g64, W64, nh, nkv, 1e-6, y_dtype=qkv_y_dtype(dev.name, dtype))
@@ -431,7 +472,8 @@ def test_outputs_side_by_side_in_one_buffer(dev, dtype, rng):
         dev, dtype, rng, M, H, nh, nkv, hd,
         lambda: (buf[:, :nh], buf[:, nh:nh + nkv], buf[:, nh + nkv:]))
     with pytest.raises(ValueError, match="k: overlaps q"):
-        minivllm.FusedRMSNormQKV.forward(x, g, W, nh, nkv, out=(q, buf[:, nh - 1:nh - 1 + nkv], v))
+        minivllm.FusedRMSNormQKV.forward(x, g, W, nh, nkv, out=(q, buf[:, nh - 1:nh - 1 + nkv], v),
+                                         **path_kwargs(dev))
 
 
 @pytest.mark.parametrize("M", [40, 1500])
@@ -462,7 +504,8 @@ def test_chained_calls_read_the_previous_output(dev, dtype, M, rng):
     outs = []
     for i in range(layers):
         q, k, v, r_next = nan(M, nh, hd), nan(M, nkv, hd), nan(M, nkv, hd), nan(M, H)
-        forward(x[i], gs[i], Ws[i], nh, nkv, residual=r[i], out=(q, k, v), residual_out=r_next)
+        forward(x[i], gs[i], Ws[i], nh, nkv, residual=r[i], out=(q, k, v), residual_out=r_next,
+                **path_kwargs(dev))
         outs.append((q, k, v))
         x.append(q.reshape(M, H))
         r.append(r_next)
@@ -473,3 +516,50 @@ def test_chained_calls_read_the_previous_output(dev, dtype, M, rng):
         for name, out, ref in zip("qkv", outs[i], refs):
             assert_matches(to64(out), ref, QKV_TOL[dtype], f"layer {i} {name}", row_axes=2)
         assert_same_values(to64(r[i + 1]), refs[3], f"layer {i} residual_out")
+
+
+# ---------------------------------------------------------------------------------------------
+# each forced path runs where the GPU has it
+# ---------------------------------------------------------------------------------------------
+# path -> (dtype, H, heads, kv heads, head_dim, the M values, the capability it needs, whether that
+# capability must match exactly, what the path needs): shapes each path's plan takes.
+FORCED_PATH_SHAPES = {
+    "deferred": ("bfloat16", 1024, 16, 8, 128, (4,), (9, 0), False, "sm_90 or newer"),
+    "register": ("bfloat16", 1024, 16, 8, 128, (1, 8, 16), (8, 0), False, "sm_80 or newer"),
+    "bulk": ("bfloat16", 1024, 16, 8, 128, (1, 8, 16), (9, 0), False, "sm_90 or newer"),
+    "wgmma": ("bfloat16", 1024, 16, 8, 128, (64,), (9, 0), True, "sm_90 exactly (sm_90a code)"),
+    "cublaslt": ("bfloat16", 1024, 16, 8, 128, (256,), None, False, "libcublasLt"),
+    "tile": ("bfloat16", 1024, 16, 8, 128, (256,), (8, 0), False, "sm_80 or newer"),
+    "generic": ("float32", 1024, 16, 8, 128, (256,), None, False, "nothing"),
+}
+
+
+@pytest.mark.parametrize("path", QKV_PATHS)
+def test_forced_path_runs(path, rng):
+    """_path=NAME runs that path for a shape it supports (and computes the right thing): a forced
+    path that silently fell back to the table would leave the per-path runs above testing the
+    automatic choice eight times."""
+    if cuda_skip_reason():
+        pytest.skip(cuda_skip_reason())
+    dtype, H, nh, nkv, hd, ms, need, exact, what = FORCED_PATH_SHAPES[path]
+    cap = cuda_capability()
+    if need is not None and (cap != need if exact else cap < need):
+        pytest.skip(f"the {path} path needs {what}; this GPU is sm_{cap[0]}{cap[1]}")
+    dev = PathBackend(get_backend("cuda"), path)
+    for M in ms:
+        Case(dev, rng, dtype, (M,), H, nh, nkv, hd, "W").run()
+        assert _C.qkv_last_gpu_path() == path, \
+            f"_path={path!r} at M={M} H={H} {dtype}: ran {_C.qkv_last_gpu_path()!r}"
+
+
+def test_path_names_are_checked(rng):
+    """_path takes None or a path name, on every device; the old names are gone."""
+    c = Case(get_backend("cpu"), rng, "float32", (2,), 16, 1, 1, 4, "W")
+    for bad in ("bogus", "gemm", "stream", "", "WGMMA"):
+        with pytest.raises(ValueError, match="_path"):
+            c.call(_path=bad)
+    with pytest.raises(TypeError, match="_path"):
+        c.call(_path=3)
+    for path in (None,) + QKV_PATHS:   # ignored on the CPU
+        c.check(c.call(_path=path))
+    assert isinstance(last_gpu_path(), str)

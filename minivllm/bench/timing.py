@@ -1,12 +1,11 @@
-"""What the benchmarks share: model shapes, the CUDA-graph timer, measured ceilings and floors,
-run metadata, JSON and plot output, a progress bar and argument parsing helpers.
+"""What the benchmarks share: the CUDA-graph timer, measured ceilings and floors, run metadata,
+JSON and plot output, a progress bar and argument parsing helpers.
 
-Used by `python -m minivllm.bench`, benchmarks/bench_norm.py and benchmarks/bench_qkv.py, so that
-all three time, bound and record their results the same way. The minivllm package never imports
-this module, and this module works without PyTorch for all but the GPU timing and the torch
-baselines.
+Used by `minivllm-bench`, benchmarks/bench_rms_norm.py and benchmarks/bench_fused_rms_norm_qkv.py,
+so that all three time, bound and record their results the same way. The core minivllm modules
+never import this package, and this module works without PyTorch for all but the GPU timing.
 
-Timing method (../shared/GUIDE.md, section 5): N sets of buffers (N calls' worth, together at least
+Timing method: N sets of buffers (N calls' worth, together at least
 4x L2) are made, and G calls cycling through them (call i uses set i mod N; G a multiple of N) are
 captured into one CUDA graph; after a warm-up the graph is replayed between CUDA events, and µs per
 call is the median replay time / G. G is N, or the multiple of N that makes a replay last at
@@ -27,40 +26,14 @@ import statistics
 import subprocess
 import sys
 import time
-from collections import namedtuple
 from pathlib import Path
 
-try:  # the GPU timing and the torch baselines need it; the CPU bench and metadata do not
+try:  # the GPU timing needs it; the CPU bench and metadata do not
     import torch
-    import torch.nn.functional as F
 except ImportError:
-    torch = F = None
+    torch = None
 
 EPS = 1e-6
-
-# Attention-layer shapes of the models the benchmarks use as presets.
-Model = namedtuple("Model", "name hidden num_heads num_kv_heads head_dim")
-MODELS = {m.name.lower(): m for m in (
-    Model("Qwen3-0.6B", 1024, 16, 8, 128),
-    Model("Llama-3-8B", 4096, 32, 8, 128),
-    Model("Qwen2.5-0.5B", 896, 14, 2, 64),
-    Model("Qwen3-4B", 2560, 32, 8, 128),
-)}
-
-
-def qkv_features(model):
-    """N, the output features of the fused QKV projection: (heads + 2 kv heads) * head_dim."""
-    return (model.num_heads + 2 * model.num_kv_heads) * model.head_dim
-
-
-def find_model(name):
-    """The preset named `name` (case-insensitive); ValueError listing the presets otherwise."""
-    try:
-        return MODELS[name.lower()]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r} (presets: "
-                         f"{', '.join(m.name.lower() for m in MODELS.values())})") from None
-
 
 DTYPE_ALIASES = {"bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16", "float16": "fp16",
                  "half": "fp16", "fp32": "fp32", "float32": "fp32", "float": "fp32"}
@@ -110,66 +83,6 @@ def floor_us(moved_bytes, flops, copy_gbps, gemm_tflops):
 
 
 # ---------------------------------------------------------------------------------------------
-# the PyTorch baselines and float64 checks
-# ---------------------------------------------------------------------------------------------
-def hf_rms_norm(x, weight, eps=EPS):
-    """Hugging Face's LlamaRMSNorm.forward: float32 statistics, rounded before the weight."""
-    xf = x.float()
-    variance = xf.pow(2).mean(-1, keepdim=True)
-    xf = xf * torch.rsqrt(variance + eps)
-    return weight * xf.to(x.dtype)
-
-
-def torch_add_rms_norm(x, residual, weight, eps=EPS):
-    """What a model without a fused kernel does: the sum, stored, then its RMSNorm."""
-    new_residual = x + residual
-    normed = F.rms_norm(new_residual, (new_residual.shape[-1],), weight, eps)
-    return normed, new_residual
-
-
-def split_heads(qkv, num_heads, num_kv_heads, head_dim):
-    """[..., N] -> q [..., heads, hd], k and v [..., kv_heads, hd]: views, no copy."""
-    q, k, v = qkv.split([num_heads * head_dim, num_kv_heads * head_dim,
-                         num_kv_heads * head_dim], dim=-1)
-    return (q.unflatten(-1, (num_heads, head_dim)), k.unflatten(-1, (num_kv_heads, head_dim)),
-            v.unflatten(-1, (num_kv_heads, head_dim)))
-
-
-def torch_qkv(x, gamma, weight, num_heads, num_kv_heads, head_dim, eps=EPS):
-    """What a model without a fused kernel runs: F.rms_norm, F.linear (W [N, H]), the split."""
-    y = F.rms_norm(x, (x.shape[-1],), gamma, eps)
-    return split_heads(F.linear(y, weight), num_heads, num_kv_heads, head_dim)
-
-
-def hf_qkv(x, gamma, weight, num_heads, num_kv_heads, head_dim, eps=EPS):
-    """Hugging Face's RMSNorm, then the same projection and split."""
-    return split_heads(F.linear(hf_rms_norm(x, gamma, eps), weight), num_heads, num_kv_heads,
-                       head_dim)
-
-
-def rms_norm_float64(x, weight, eps=EPS):
-    x64 = x.double()
-    return x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + eps) * weight.double()
-
-
-def qkv_float64(x, gamma, weight, eps=EPS):
-    """rms_norm(x) · Wᵀ in float64 on x's device, [M, N]; weight is W [N, H]."""
-    return rms_norm_float64(x, gamma, eps) @ weight.double().t()
-
-
-def relative_error(result, want):
-    """||got - want|| / ||want||, got a tensor or the (q, k, v, ...) tuple whose first parts, each
-    flattened per row and joined, make want's [M, N]; NaN anywhere gives inf."""
-    if isinstance(result, (tuple, list)):
-        rows = want.shape[0]
-        got = torch.cat([p.reshape(rows, -1).double() for p in result], dim=-1)
-    else:
-        got = result.double().reshape(want.shape)
-    error = ((got - want).norm() / want.norm()).item()
-    return error if math.isfinite(error) else math.inf
-
-
-# ---------------------------------------------------------------------------------------------
 # CUDA-graph timing (PyTorch)
 # ---------------------------------------------------------------------------------------------
 L2_MULTIPLE = 4              # one replay touches >= 4x L2, so no call finds its inputs in L2
@@ -179,14 +92,14 @@ MIN_CALLS, MAX_CALLS = 2, 4000
 # start-up -- from the start event to the first kernel and from the last kernel to the stop
 # event -- was charged to the calls. --min-replay-us 0 gives the old method (G = N) back.
 # Replays already longer (compute-bound shapes) are left alone, so sustained-load clocks do not
-# change what they measure. 300 µs is bench_qkv's length; bench_norm asks for more
-# (bench_norm.NORM_MIN_REPLAY_US says why).
+# change what they measure. 300 µs is bench_fused_rms_norm_qkv's length; bench_rms_norm asks for
+# more (its NORM_MIN_REPLAY_US says why).
 MIN_REPLAY_US = 300.0
 MEMORY_CAP_BYTES = 4 << 30   # inputs + outputs of one graph; the 2-call floor may exceed it
 SPIN_CYCLES = 10_000_000     # ~5 ms of GPU spin, during which the host queues every timed replay
 
 
-# Host cost of eager calls (benchmarks/host_cost.py, bench_qkv.py's host-cost target).
+# Host cost of eager calls (benchmarks/host_cost.py, bench_fused_rms_norm_qkv.py).
 HOST_BURST_CALLS = 64            # calls per timed burst behind the spin kernel: with torch's longest
                                  # sequence (~10 kernels a call) well inside CUDA's launch queue
 HOST_SPIN_SECONDS_PER_CALL = 300e-6  # the spin covers a burst even at 300 µs of host time per call
@@ -496,18 +409,6 @@ def write_results(out_dir, stem, report, plot=None):
             print(f"plot:    {made}")
 
 
-def target(name, met, detail, **data):
-    """One target's record: MET / NOT MET, or NOT EVALUATED where met is None (not in the sweep)."""
-    status = "NOT EVALUATED" if met is None else ("MET" if met else "NOT MET")
-    return {"target": name, "status": status, "detail": detail, **data}
-
-
-def print_target_lines(targets):
-    print("\nTargets (minivllm):")
-    for t in targets:
-        print(f"  {t['status']:13s}  {t['target']}\n                 {t['detail']}")
-
-
 def add_graph_run_args(parser, default_out, min_replay_us=MIN_REPLAY_US):
     """--out, --no-plot, --replays and --min-replay-us (default min_replay_us), as the
     graph-timed benchmark scripts take them."""
@@ -602,3 +503,35 @@ class Progress:
             self.stream.write("\r" + " " * self._last_length + "\r")
             self.stream.flush()
             self._last_length = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# the kernels' private switches, as command-line options
+# ---------------------------------------------------------------------------------------------
+# The GPU paths the QKV op's private _path= argument names (csrc/cuda/fused_rms_norm_qkv/
+# dispatch.cu); the tests and scripts/sanitize_cases.py take the list from here.
+QKV_PATHS = ("deferred", "register", "bulk", "wgmma", "cublaslt", "tile", "generic")
+PDL_CHOICES = {"auto": None, "on": True, "off": False}
+
+
+def add_kernel_args(parser, qkv_path=True):
+    """--pdl (auto / on / off: the ops' pdl= argument) and, for the QKV op, --path (its private
+    _path= override): what the environment variables of earlier versions switched."""
+    parser.add_argument("--pdl", choices=sorted(PDL_CHOICES), default="auto",
+                        help="programmatic dependent launch: auto (the library's choice), on, "
+                             "off (the ops' pdl= argument)")
+    if qkv_path:
+        parser.add_argument("--path", choices=QKV_PATHS, default=None,
+                            help="force this GPU path of the QKV op where it can take a call "
+                                 "(the private _path= argument; default: the automatic table)")
+
+
+def kernel_kwargs(args, qkv=False):
+    """The keyword arguments that --pdl and --path ask for, for one op's calls."""
+    kwargs = {}
+    pdl = PDL_CHOICES[getattr(args, "pdl", "auto")]
+    if pdl is not None:
+        kwargs["pdl"] = pdl
+    if qkv and getattr(args, "path", None):
+        kwargs["_path"] = args.path
+    return kwargs

@@ -1,4 +1,5 @@
-"""python -m minivllm.bench: a correctness self-check, then a one-screen timing summary.
+"""minivllm-bench (python -m minivllm.bench): a correctness self-check, then a one-screen timing
+summary.
 
 The self-check compares every op and dtype (and the QKV op of every model being timed) against the
 float64 reference on fresh random inputs; the process exits non-zero if any check fails. It runs
@@ -9,7 +10,7 @@ The summary gives, for each shape, minivllm's µs per call, PyTorch's for the sa
 sequence a model would run: F.rms_norm; x + r then F.rms_norm; F.rms_norm, F.linear and the
 q/k/v split), the speedup, and the floor: max(bytes that must move / copy bandwidth, FLOPs / GEMM
 rate), both ceilings measured in the same run. On the GPU (PyTorch needed) the calls are timed
-as benchmarks/bench_norm.py and benchmarks/bench_qkv.py time them: CUDA-graph replays of many
+as benchmarks/bench_rms_norm.py and benchmarks/bench_fused_rms_norm_qkv.py time them: CUDA-graph replays of many
 calls that each have their own buffers (and, for QKV, their own weights), median of replays.
 On the CPU: wall-clock medians of repeated eager calls, against NumPy's copy and float32 matmul.
 
@@ -18,6 +19,7 @@ examples:
   python -m minivllm.bench --model qwen3-0.6b llama-3-8b --m 1 16 256 4096 --json r.json
   python -m minivllm.bench --qkv 2048,16,4,128 --m 1,64 --plot qkv.png   # H,heads,kv,head_dim
   python -m minivllm.bench --hidden 4096 8192 --m 1 4096    # the two norms at these shapes
+  python -m minivllm.bench --model llama-3-8b --path wgmma --pdl off   # one QKV path, no PDL
 """
 
 import argparse
@@ -27,13 +29,17 @@ import sys
 import time
 from collections import namedtuple
 
+import ml_dtypes
 import numpy as np
 
 import minivllm
-from minivllm import _benchtools as bt
 from minivllm import reference
 
-# What is timed: op is "rms_norm", "fused_add_rms_norm" or "qkv"; model is a bt.Model for qkv
+from . import check as checks
+from . import timing as bt
+from .models import MODELS, find_model, parse_qkv_shape, qkv_features
+
+# What is timed: op is "rms_norm", "fused_add_rms_norm" or "qkv"; model is a Model for qkv
 # (a preset, or an explicit --qkv shape), None for the norms.
 Case = namedtuple("Case", "op rows hidden model")
 OPS = ("rms_norm", "fused_add_rms_norm", "qkv")
@@ -46,119 +52,22 @@ TORCH_BASELINE = {"rms_norm": "F.rms_norm", "fused_add_rms_norm": "x + r, F.rms_
                   "qkv": "F.rms_norm, F.linear, split"}
 
 
-class Backend:
-    """Makes arrays on one device for the self-check."""
-
-    def __init__(self, device):
-        self.device = device
-        self.torch = self.cupy = None
-        self.bf16 = None
-        if device == "cuda":
-            if bt.torch is not None:
-                self.torch = bt.torch
-            else:
-                import cupy
-                self.cupy = cupy
-        else:
-            try:
-                import ml_dtypes
-                self.bf16 = ml_dtypes.bfloat16
-            except ImportError:
-                pass
-
-    def dtypes(self):
-        if self.torch is not None or self.bf16 is not None:
-            return ["bfloat16", "float16", "float32"]
-        return ["float16", "float32"]
-
-    def array(self, values, dtype):
-        """values (float64 NumPy) as this backend's array of `dtype`."""
-        if self.torch is not None:
-            t = getattr(self.torch, dtype)
-            return self.torch.from_numpy(np.ascontiguousarray(values)).to("cuda").to(t)
-        if self.cupy is not None:
-            return self.cupy.asarray(values.astype(dtype))
-        return values.astype(self.bf16 if dtype == "bfloat16" else dtype)
-
-    def to_numpy(self, a):
-        if self.torch is not None:
-            return a.double().cpu().numpy()
-        if self.cupy is not None:
-            return self.cupy.asnumpy(a).astype(np.float64)
-        return np.asarray(a).astype(np.float64)
-
-
-def random_inputs(rng, backend, dtype, shape, hidden, n_out=None):
-    x = rng.standard_normal(shape)
-    r = rng.standard_normal(shape)
-    g = rng.uniform(0.5, 1.5, hidden)
-    w = rng.standard_normal((n_out, hidden)) / np.sqrt(hidden) if n_out else None
-    # Round through the dtype so the float64 reference sees exactly what the kernel reads.
-    x, r, g = (reference.round_to(a, dtype) for a in (x, r, g))
-    w = reference.round_to(w, dtype) if w is not None else None
-    arrays = [backend.array(a, dtype) if a is not None else None for a in (x, r, g, w)]
-    return (x, r, g, w), arrays
-
-
-def self_check(backend, rng, qkv_models):
-    print(f"Self-check on {backend.device} against the float64 reference (relative error):")
-    failures = 0
-    rows = []
-    for dtype in backend.dtypes():
-        tol = reference.TOLERANCE[dtype]
-        (x, r, g, _), (xa, ra, ga, _) = random_inputs(rng, backend, dtype, (37, 1000), 1000)
-        err = reference.relative_error(backend.to_numpy(minivllm.rms_norm(xa, ga)),
-                                       reference.rms_norm(x, g))
-        rows.append(("rms_norm", dtype, "37x1000", err, tol))
-        normed, new_res = minivllm.fused_add_rms_norm(xa, ra, ga)
-        ref_n, ref_s = reference.fused_add_rms_norm(x, r, g, 1e-6, dtype)
-        err = max(reference.relative_error(backend.to_numpy(normed), ref_n),
-                  reference.relative_error(backend.to_numpy(new_res), ref_s))
-        rows.append(("fused_add_rms_norm", dtype, "37x1000", err, tol))
-        for model in qkv_models:
-            hidden, nh, nkv = model.hidden, model.num_heads, model.num_kv_heads
-            n_out = bt.qkv_features(model)
-            (x, r, g, w), (xa, ra, ga, wa) = random_inputs(rng, backend, dtype, (13, hidden),
-                                                           hidden, n_out)
-            # W.T: the transposed-view layout, as `layer.qkv_proj.weight.t()` hands it over.
-            outs = minivllm.FusedRMSNormQKV.forward(xa, ga, wa.T, nh, nkv)
-            refs = reference.fused_rms_norm_qkv(x, g, w, nh, nkv)
-            err = max(reference.relative_error(backend.to_numpy(o), ref)
-                      for o, ref in zip(outs, refs))
-            rows.append((f"qkv {model.name}", dtype, f"13x{hidden}->{n_out}", err,
-                         reference.QKV_TOLERANCE[dtype]))
-    for op, dtype, shape, err, tol in rows:
-        ok = err <= tol
-        failures += not ok
-        print(f"  {op:20s} {dtype:9s} {shape:16s} {err:9.2e}  (tolerance {tol:.0e})  "
-              f"{'ok' if ok else 'FAIL'}")
-    records = [{"op": op, "dtype": dtype, "shape": shape, "relative_error": err,
-                "tolerance": tol, "ok": err <= tol} for op, dtype, shape, err, tol in rows]
-    return failures, records
-
-
 # ---------------------------------------------------------------------------------------------
 # shapes
 # ---------------------------------------------------------------------------------------------
-def parse_qkv_shape(text):
-    """'2048,16,4,128' (H, heads, kv heads, head_dim) -> a bt.Model named after it."""
+def qkv_shape_arg(text):
+    """argparse type of --qkv: models.parse_qkv_shape, its ValueError as a usage error."""
     try:
-        hidden, heads, kv_heads, head_dim = (int(v) for v in text.replace(":", ",").split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected H,HEADS,KV_HEADS,HEAD_DIM (e.g. 2048,16,4,128), got {text!r}"
-        ) from None
-    if min(hidden, heads, kv_heads, head_dim) < 1:
-        raise argparse.ArgumentTypeError(f"every number must be positive, got {text!r}")
-    return bt.Model(f"H{hidden}-{heads}/{kv_heads}x{head_dim}", hidden, heads, kv_heads,
-                    head_dim)
+        return parse_qkv_shape(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def build_cases(args, device):
-    models = [bt.find_model(name) for name in args.model] + args.qkv
+    models = [find_model(name) for name in args.model] + args.qkv
     hidden = list(args.hidden)
     if not models and not hidden:  # nothing named: the default shapes
-        models = [bt.MODELS[name] for name in DEFAULT_QKV_MODELS]
+        models = [MODELS[name] for name in DEFAULT_QKV_MODELS]
         hidden = list(DEFAULT_NORM_HIDDEN)
     ops = args.ops or OPS
     cases = []
@@ -175,7 +84,7 @@ def build_cases(args, device):
 def case_sizes(case, element_size):
     """(bytes that must move, FLOPs) of one call."""
     if case.op == "qkv":
-        features = bt.qkv_features(case.model)
+        features = qkv_features(case.model)
         return (bt.qkv_bytes(case.rows, case.hidden, features, element_size),
                 bt.qkv_flops(case.rows, case.hidden, features))
     return bt.norm_bytes(case.op, case.rows, case.hidden, element_size), 0
@@ -183,7 +92,7 @@ def case_sizes(case, element_size):
 
 def case_name(case):
     if case.op == "qkv":
-        features = bt.qkv_features(case.model)
+        features = qkv_features(case.model)
         return f"qkv {case.model.name}", f"M={case.rows} {case.hidden}->{features}"
     return case.op, f"M={case.rows} H={case.hidden}"
 
@@ -192,8 +101,9 @@ def case_name(case):
 # GPU timing: CUDA-graph replays (PyTorch)
 # ---------------------------------------------------------------------------------------------
 class GpuTimer:
-    def __init__(self, dtype_name, replays):
+    def __init__(self, dtype_name, replays, kwargs):
         torch = bt.torch
+        self.kwargs = kwargs   # {"norm": ..., "qkv": ...}: the --pdl / --path keyword arguments
         self.dtype_name = dtype_name
         self.dtype = getattr(torch, bt.DTYPE_NAMES[dtype_name])
         self.replays = replays
@@ -210,7 +120,8 @@ class GpuTimer:
 
     def time_case(self, case):
         """{"minivllm": timing, "torch": timing}: µs per call and the check of the last call."""
-        torch, F = bt.torch, bt.F
+        from . import baselines
+        torch, F = bt.torch, bt.torch.nn.functional
         element_size = bt.ELEMENT_SIZE[self.dtype_name]
         moved, _ = case_sizes(case, element_size)
         rows, hidden, dtype = case.rows, case.hidden, self.dtype
@@ -223,7 +134,7 @@ class GpuTimer:
 
         if case.op == "qkv":
             model = case.model
-            features = bt.qkv_features(model)
+            features = qkv_features(model)
             heads = (model.num_heads, model.num_kv_heads, model.head_dim)
             calls = bt.qkv_calls_per_graph(rows, hidden, features, element_size, self.l2_bytes)
             weights = [randn(features, hidden) / math.sqrt(hidden) for _ in range(calls)]
@@ -234,13 +145,14 @@ class GpuTimer:
                                      dtype=dtype)
                           for h in (model.num_heads, model.num_kv_heads, model.num_kv_heads))
                     for _ in range(calls)]
-            want = bt.qkv_float64(xs[-1], gammas[-1], weights[-1])
+            picked = checks.sample_rows(rows)
+            want = checks.qkv_want(xs[-1], gammas[-1], weights[-1], picked)
             tolerance = reference.QKV_TOLERANCE[bt.DTYPE_NAMES[self.dtype_name]]
             impls = {
                 "minivllm": lambda i: minivllm.FusedRMSNormQKV.forward(
                     xs[i], gammas[i], weights_t[i], model.num_heads, model.num_kv_heads,
-                    bt.EPS, out=outs[i]),
-                "torch": lambda i: bt.torch_qkv(xs[i], gammas[i], weights[i], *heads),
+                    bt.EPS, out=outs[i], **self.kwargs["qkv"]),
+                "torch": lambda i: baselines.torch_qkv(xs[i], gammas[i], weights[i], *heads),
             }
         else:
             calls = bt.calls_per_graph(moved, self.l2_bytes)
@@ -248,30 +160,35 @@ class GpuTimer:
             xs = [randn(rows, hidden) for _ in range(calls)]
             outs = [nan_like(x) for x in xs]
             tolerance = reference.TOLERANCE[bt.DTYPE_NAMES[self.dtype_name]]
+            picked = checks.sample_rows(rows)
             if case.op == "rms_norm":
-                want = bt.rms_norm_float64(xs[-1], gamma)
+                want = checks.rms_norm_want(xs[-1], gamma, picked)
                 impls = {
-                    "minivllm": lambda i: minivllm.rms_norm(xs[i], gamma, bt.EPS, out=outs[i]),
+                    "minivllm": lambda i: minivllm.rms_norm(xs[i], gamma, bt.EPS, out=outs[i],
+                                                          **self.kwargs["norm"]),
                     "torch": lambda i: F.rms_norm(xs[i], (hidden,), gamma, bt.EPS),
                 }
             else:
                 rs = [randn(rows, hidden) for _ in range(calls)]
                 residual_outs = [nan_like(x) for x in xs]
                 # minivllm normalizes the sum as stored, rounded to the dtype; compared: normed.
-                want = bt.rms_norm_float64((xs[-1].double() + rs[-1].double()).to(dtype), gamma)
+                want = checks.fused_add_want(xs[-1], rs[-1], gamma, picked,
+                                             bt.DTYPE_NAMES[self.dtype_name])
                 # Both return (normed, new_residual), and the graph keeps both alive, so that
                 # torch's residuals do not all land in one recycled, L2-resident block.
                 impls = {
                     "minivllm": lambda i: minivllm.fused_add_rms_norm(
-                        xs[i], rs[i], gamma, bt.EPS, out=outs[i], residual_out=residual_outs[i]),
-                    "torch": lambda i: bt.torch_add_rms_norm(xs[i], rs[i], gamma),
+                        xs[i], rs[i], gamma, bt.EPS, out=outs[i], residual_out=residual_outs[i],
+                        **self.kwargs["norm"]),
+                    "torch": lambda i: baselines.torch_add_rms_norm(xs[i], rs[i], gamma),
                 }
+
+        check_rows = checks.checker(tolerance, want, picked)
 
         def check(result):
             if case.op == "fused_add_rms_norm":
                 result = result[0]   # normed; the sum is checked by the self-check
-            error = bt.relative_error(result, want)
-            return {"relative_error": error, "tolerance": tolerance, "ok": error <= tolerance}
+            return check_rows(result)
 
         timings = {}
         for name, call in impls.items():
@@ -292,14 +209,11 @@ class GpuTimer:
 class CpuTimer:
     BATCH = 3
 
-    def __init__(self, dtype_name, repeats):
+    def __init__(self, dtype_name, repeats, kwargs):
         self.dtype_name = dtype_name
         self.repeats = repeats
+        self.kwargs = kwargs
         self.rng = np.random.default_rng()
-        self.bf16 = None
-        if dtype_name == "bf16":
-            import ml_dtypes
-            self.bf16 = ml_dtypes.bfloat16
         self.copy_gbps, self.gemm_tflops = self._ceilings()
         self.method = "wall-clock median of repeated eager calls (NumPy arrays)"
         self.ceilings = {"copy_gbps": self.copy_gbps, "gemm_tflops": self.gemm_tflops,
@@ -325,7 +239,7 @@ class CpuTimer:
         return copy_gbps, gemm_tflops
 
     def _array(self, values):
-        dtype = self.bf16 if self.dtype_name == "bf16" else bt.DTYPE_NAMES[self.dtype_name]
+        dtype = ml_dtypes.bfloat16 if self.dtype_name == "bf16" else bt.DTYPE_NAMES[self.dtype_name]
         return values.astype(dtype)
 
     def time_case(self, case):
@@ -335,31 +249,33 @@ class CpuTimer:
                   "gamma": self.rng.uniform(0.5, 1.5, hidden),
                   "residual": self.rng.standard_normal((rows, hidden))}
         if case.op == "qkv":
-            values["weight"] = (self.rng.standard_normal((bt.qkv_features(case.model), hidden))
+            values["weight"] = (self.rng.standard_normal((qkv_features(case.model), hidden))
                                 / math.sqrt(hidden))
         a = {name: self._array(v) for name, v in values.items()}
         calls = {}
         if case.op == "qkv":
             model = case.model
             calls["minivllm"] = lambda: minivllm.FusedRMSNormQKV.forward(
-                a["x"], a["gamma"], a["weight"].T, model.num_heads, model.num_kv_heads)
+                a["x"], a["gamma"], a["weight"].T, model.num_heads, model.num_kv_heads,
+                **self.kwargs["qkv"])
         elif case.op == "rms_norm":
-            calls["minivllm"] = lambda: minivllm.rms_norm(a["x"], a["gamma"])
+            calls["minivllm"] = lambda: minivllm.rms_norm(a["x"], a["gamma"], **self.kwargs["norm"])
         else:
-            calls["minivllm"] = lambda: minivllm.fused_add_rms_norm(a["x"], a["residual"],
-                                                                    a["gamma"])
+            calls["minivllm"] = lambda: minivllm.fused_add_rms_norm(
+                a["x"], a["residual"], a["gamma"], **self.kwargs["norm"])
         if bt.torch is not None:
+            from . import baselines
             torch_dtype = getattr(bt.torch, bt.DTYPE_NAMES[self.dtype_name])
             t = {name: bt.torch.from_numpy(v.astype(np.float32)).to(torch_dtype)
                  for name, v in values.items()}
             if case.op == "qkv":
                 heads = (case.model.num_heads, case.model.num_kv_heads, case.model.head_dim)
-                calls["torch"] = lambda: bt.torch_qkv(t["x"], t["gamma"], t["weight"], *heads)
+                calls["torch"] = lambda: baselines.torch_qkv(t["x"], t["gamma"], t["weight"], *heads)
             elif case.op == "rms_norm":
-                calls["torch"] = lambda: bt.F.rms_norm(t["x"], (hidden,), t["gamma"], bt.EPS)
+                calls["torch"] = lambda: bt.torch.nn.functional.rms_norm(t["x"], (hidden,), t["gamma"], bt.EPS)
             else:
-                calls["torch"] = lambda: bt.torch_add_rms_norm(t["x"], t["residual"],
-                                                               t["gamma"])
+                calls["torch"] = lambda: baselines.torch_add_rms_norm(t["x"], t["residual"],
+                                                                      t["gamma"])
         timings = {}
         for name, call in calls.items():
             try:
@@ -398,7 +314,7 @@ def make_record(case, dtype_name, timings, timer):
               "timings": timings}
     if case.model is not None:
         record["model"] = case.model._asdict()
-        record["features"] = bt.qkv_features(case.model)
+        record["features"] = qkv_features(case.model)
     mine, theirs = timings.get("minivllm", {}), timings.get("torch", {})
     if "us" in mine:
         record["fraction_of_floor"] = floor / mine["us"]
@@ -483,7 +399,7 @@ def write_plot(records, cases, path, title):
 # main
 # ---------------------------------------------------------------------------------------------
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m minivllm.bench",
+    parser = argparse.ArgumentParser(prog="minivllm-bench",
                                      description=__doc__.split("\n")[0],
                                      epilog=__doc__[__doc__.index("examples:"):],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -491,8 +407,8 @@ def parse_args(argv):
     parser.add_argument("--check-only", action="store_true", help="run only the self-check")
     parser.add_argument("--model", nargs="+", default=[], metavar="NAME",
                         help="time the QKV op of these presets: "
-                             + ", ".join(bt.MODELS) + ", or all")
-    parser.add_argument("--qkv", nargs="+", default=[], type=parse_qkv_shape,
+                             + ", ".join(MODELS) + ", or all")
+    parser.add_argument("--qkv", nargs="+", default=[], type=qkv_shape_arg,
                         metavar="H,HEADS,KV_HEADS,HEAD_DIM", help="time the QKV op at this shape")
     parser.add_argument("--hidden", nargs="+", default=[], metavar="H",
                         help="time rms_norm and fused_add_rms_norm at these hidden sizes")
@@ -504,9 +420,10 @@ def parse_args(argv):
                         help=f"only these ops ({', '.join(OPS)})")
     parser.add_argument("--dtype", type=bt.parse_dtype,
                         help="dtype of the timings (default bf16, or fp16 where bf16 arrays "
-                             "are unavailable)")
+                             "are unavailable: CuPy without PyTorch)")
     parser.add_argument("--repeats", type=int, default=10,
                         help="timed graph replays (GPU) or batches (CPU) per measurement")
+    bt.add_kernel_args(parser)
     parser.add_argument("--json", metavar="PATH", help="write every figure to this JSON file")
     parser.add_argument("--plot", metavar="PATH",
                         help="plot µs against M per op and shape into this PNG (matplotlib)")
@@ -516,9 +433,9 @@ def parse_args(argv):
     try:
         args.model = [n.lower() for n in bt.flat_list(args.model, str)]
         if "all" in args.model:
-            args.model = list(bt.MODELS)
+            args.model = list(MODELS)
         for name in args.model:
-            bt.find_model(name)
+            find_model(name)
         args.hidden = bt.flat_list(args.hidden, int)
         args.m = bt.flat_list(args.m, int) if args.m else None
         args.ops = bt.flat_list(args.ops, str) if args.ops else None
@@ -545,15 +462,20 @@ def main(argv=None):
           f"CUDA devices: {minivllm.cuda_device_count()}; running on {device}")
     started = time.perf_counter()
     cases, qkv_models = build_cases(args, device)
-    checked_models = [bt.MODELS[SELF_CHECK_MODEL]]
+    checked_models = [MODELS[SELF_CHECK_MODEL]]
     checked_models += [m for m in qkv_models if m not in checked_models]
-    backend = Backend(device)
+    backend = checks.Backend(device)
     rng = np.random.default_rng()
-    failures, check_records = self_check(backend, rng, checked_models)
+    kwargs = {"norm": bt.kernel_kwargs(args), "qkv": bt.kernel_kwargs(args, qkv=True)}
+    failures, check_records = checks.self_check(backend, rng, checked_models,
+                                                qkv_kwargs=kwargs["qkv"],
+                                                norm_kwargs=kwargs["norm"])
 
     report = {"kind": "minivllm-bench", "device": device, "date":
               bt.utc_now().isoformat(timespec="seconds"), "commit": bt.git_commit("."),
               "versions": bt.library_versions(), "argv": sys.argv[1:] if argv is None else argv,
+              "kernel_kwargs": {op: {k: str(v) for k, v in kw.items()}
+                                for op, kw in kwargs.items()},
               "self_check": check_records}
     records = []
     timer = None
@@ -561,11 +483,8 @@ def main(argv=None):
         dtype_name = args.dtype or ("bf16" if "bfloat16" in backend.dtypes() else "fp16")
         if device == "cuda" and bt.torch is None:
             print("\nTiming on the GPU needs PyTorch (python3 -m pip install torch): skipped.")
-        elif device == "cpu" and dtype_name == "bf16" and backend.bf16 is None:
-            print("\nbf16 on the CPU needs ml_dtypes (python3 -m pip install ml_dtypes): "
-                  "timing skipped.")
         else:
-            timer = (GpuTimer if device == "cuda" else CpuTimer)(dtype_name, args.repeats)
+            timer = (GpuTimer if device == "cuda" else CpuTimer)(dtype_name, args.repeats, kwargs)
             progress = bt.Progress(len(cases), enabled=False if args.no_progress else None)
             timings = []
             for case in cases:

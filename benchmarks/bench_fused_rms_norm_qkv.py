@@ -16,7 +16,7 @@ Implementations, all timed in the same run and the same way:
   Triton-1            the original Triton design: one program per output feature (the norm of the
                       token row, then its dot with one W row), launched once per token from a
                       Python loop (M <= 16 only)
-Timing (../shared/GUIDE.md section 5): N layers, each with its own W, γ, input and outputs, N
+Timing: N layers, each with its own W, γ, input and outputs, N
 large enough for >= 256 MiB of distinct weights and a working set >= 4x L2; G calls cycling
 through them are captured into one CUDA graph (G = N, or the multiple of N that makes a replay
 last >= 300 µs, --min-replay-us, so its start-up is not charged to a few calls); after a
@@ -26,13 +26,16 @@ rate). Also measured: the host cost of one eager call at M = 1 with torch tensor
 host time alone, in bursts issued while a spin kernel holds the GPU, as benchmarks/host_cost.py
 measures it; and back-to-back calls, which the GPU bounds where it is slower) against torch's
 eager sequence.
-Correctness: minivllm is checked against the float64 reference for every model and dtype (small
-M) before any timing, and every implementation's last graph-replayed call is checked against a
-float64 computation at every shape; a wrong minivllm result is reported and makes the exit
-status 1. An implementation that fails at a shape is recorded as failed there; the run goes on.
+Correctness: minivllm is checked against the float64 reference (minivllm.reference) for every
+model and dtype (small M) before any timing (minivllm.bench.check.self_check), and every
+implementation's last graph-replayed call is checked against it on a sample of rows at every
+shape; a wrong minivllm result is reported and makes the exit status 1. An implementation that
+fails at a shape is recorded as failed there; the run goes on.
+The report gives each shape's floor and every baseline's time and minivllm's speedup over it.
 
-usage: python3 benchmarks/bench_qkv.py [--quick] [--models qwen3-0.6b llama-3-8b ...]
-           [--dtypes bf16 fp16] [--m 1 16 256] [--out DIR] [--no-compile] [--no-plot] ...
+usage: python3 benchmarks/bench_fused_rms_norm_qkv.py [--quick] [--models qwen3-0.6b ...]
+           [--dtypes bf16 fp16] [--m 1 16 256] [--out DIR] [--no-compile] [--no-plot]
+           [--pdl auto|on|off] [--path deferred|register|bulk|wgmma|cublaslt|tile|generic] ...
 Writes DIR/qkv-<gpu>-<date>.json and DIR/qkv-<gpu>-<date>.png (DIR: benchmarks/results).
 """
 
@@ -48,15 +51,18 @@ try:
     import torch
     import torch.nn.functional as F
 except ImportError:
-    sys.exit("bench_qkv.py needs PyTorch with CUDA: python3 -m pip install torch")
+    sys.exit("bench_fused_rms_norm_qkv.py needs PyTorch with CUDA: python3 -m pip install torch")
 
 try:
     import minivllm
-    from minivllm import _benchtools as bt
     from minivllm import reference
+    from minivllm.bench import check as checks
+    from minivllm.bench import timing as bt
+    from minivllm.bench.baselines import hf_qkv, split_heads, torch_qkv
+    from minivllm.bench.models import MODELS, find_model, qkv_features
 except ImportError as error:
-    sys.exit(f"bench_qkv.py: cannot import minivllm ({error}). Install it first, from the "
-             "checkout: python3 -m pip install --no-build-isolation .")
+    sys.exit(f"bench_fused_rms_norm_qkv.py: cannot import minivllm ({error}). Install it "
+             "first, from the checkout: python3 -m pip install --no-build-isolation .")
 
 try:
     import triton
@@ -84,8 +90,8 @@ QUICK_AUTOTUNE_BUDGET_S = 60
 
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 TRITON_MAX_M = 16                       # M launches per call: beyond this it is hopeless anyway
-HOST_BURSTS = 60          # host time alone: bursts behind a spin kernel (_benchtools.host_us_per_call)
-HOST_LOOP_CALLS = 3000    # back-to-back calls, one sync (_benchtools.loop_us_per_call)
+HOST_BURSTS = 60          # host time alone: bursts behind a spin kernel (timing.host_us_per_call)
+HOST_LOOP_CALLS = 3000    # back-to-back calls, one sync (timing.loop_us_per_call)
 HOST_CALLS = 200          # calls the GPU-time measurement queues behind its spin
 HOST_SPIN_CYCLES = 100_000_000   # ~50 ms of GPU spin: longer than the host takes to queue a batch
 # minivllm is held to the test suite's tolerances; the baselines round y before the GEMM (HF, the
@@ -105,14 +111,6 @@ LABELS = {
 }
 SHORT = {"minivllm": "minivllm", "torch": "torch", "hf": "HF", "cublas": "cuBLAS",
          "compile": "compile", "max_autotune": "max-AT", "triton_1": "Triton-1"}
-
-# The issue's targets.
-DECODE_MAX_M = 16
-DECODE_TARGET_US = {"qwen3-0.6b": 3.5, "llama-3-8b": 13.5, "qwen2.5-0.5b": 2.5}
-DECODE_COPY_FRACTION = {"llama-3-8b": 0.88}
-MID_M, MID_FLOOR_MULTIPLE = 256, 1.6
-LARGE_M, LARGE_TORCH_SPEEDUP = 1024, 1.1
-HOST_TARGET_US = 15.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,7 +140,7 @@ def triton_one_program_per_feature(x, gamma, weight, out, num_heads, num_kv_head
     for row in range(x.shape[0]):
         _row_norm_dot_one_feature[(weight.shape[0],)](x[row], gamma, weight, out[row], hidden,
                                                       EPS, BLOCK=block)
-    return bt.split_heads(out, num_heads, num_kv_heads, head_dim)
+    return split_heads(out, num_heads, num_kv_heads, head_dim)
 
 
 def quiet_autotuning():
@@ -167,10 +165,10 @@ def make_compiled(args):
     if args.no_compile:
         return {}
     bt.raise_compile_limits(256)
-    compiled = {"compile": torch.compile(bt.torch_qkv)}
+    compiled = {"compile": torch.compile(torch_qkv)}
     if args.autotune_m:
         quiet_autotuning()
-        compiled["max_autotune"] = torch.compile(bt.torch_qkv, mode="max-autotune-no-cudagraphs",
+        compiled["max_autotune"] = torch.compile(torch_qkv, mode="max-autotune-no-cudagraphs",
                                                  dynamic=False)
     return compiled
 
@@ -178,51 +176,14 @@ def make_compiled(args):
 # ---------------------------------------------------------------------------------------------
 # correctness
 # ---------------------------------------------------------------------------------------------
-def self_check(models, dtype_names, rng):
-    """minivllm against the float64 NumPy reference, for every model and dtype, before timing.
-
-    The weight goes in as the integration passes it (nn.Linear's weight .t()); M=7 writes into
-    NaN-filled preallocated outputs, M=1 lets minivllm allocate. Returns the failures."""
-    print("Self-check of minivllm against the float64 reference (relative error):")
-    failures, records = [], []
-    for model in models:
-        features = bt.qkv_features(model)
-        for dtype_name in dtype_names:
-            full_name = bt.DTYPE_NAMES[dtype_name]
-            tolerance = reference.QKV_TOLERANCE[full_name]
-            for rows in (7, 1):
-                x = reference.round_to(rng.standard_normal((rows, model.hidden)), full_name)
-                gamma = reference.round_to(rng.uniform(0.5, 1.5, model.hidden), full_name)
-                weight = reference.round_to(rng.standard_normal((features, model.hidden))
-                                            / math.sqrt(model.hidden), full_name)
-                as_torch = [torch.from_numpy(a).to("cuda", TORCH_DTYPES[dtype_name])
-                            for a in (x, gamma, weight)]
-                out = None
-                if rows > 1:
-                    out = tuple(torch.full((rows, heads, model.head_dim), math.nan, device="cuda",
-                                           dtype=TORCH_DTYPES[dtype_name])
-                                for heads in (model.num_heads, model.num_kv_heads,
-                                              model.num_kv_heads))
-                try:
-                    got = minivllm.FusedRMSNormQKV.forward(
-                        as_torch[0], as_torch[1], as_torch[2].t(), model.num_heads,
-                        model.num_kv_heads, EPS, out=out)
-                    want = reference.fused_rms_norm_qkv(x, gamma, weight, model.num_heads,
-                                                        model.num_kv_heads, EPS)
-                    error = max(reference.relative_error(g.double().cpu().numpy(), w)
-                                for g, w in zip(got, want))
-                except Exception as exception:  # a raising kernel is a failed check, reported
-                    error = math.inf
-                    print(f"  {model.name} {dtype_name} M={rows}: {type(exception).__name__}: "
-                          f"{exception}")
-                ok = error <= tolerance
-                records.append({"model": model.name, "dtype": dtype_name, "rows": rows,
-                                "relative_error": error, "tolerance": tolerance, "ok": ok})
-                print(f"  {model.name:13s} {dtype_name} M={rows}  {error:9.2e}  (tolerance "
-                      f"{tolerance:.0e})  {'ok' if ok else 'FAIL'}", flush=True)
-                if not ok:
-                    failures.append(records[-1])
-    return records, failures
+def self_check(models, dtype_names, rng, kwargs):
+    """minivllm against the float64 reference for every model and dtype, before timing (the
+    shared self-check: M = 7 into NaN-filled outputs, M = 1 allocated). Returns the records and
+    the failures."""
+    _, records = checks.self_check(checks.Backend("cuda"), rng, models,
+                                   dtypes=[bt.DTYPE_NAMES[d] for d in dtype_names], ops=("qkv",),
+                                   qkv_rows=(7, 1), qkv_kwargs=kwargs)
+    return records, [r for r in records if not r["ok"]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,7 +201,7 @@ class LayerPool:
         if self.key != (model.name, dtype):
             self.key, self.layers = (model.name, dtype), []
             torch.cuda.empty_cache()
-        features = bt.qkv_features(model)
+        features = qkv_features(model)
         while len(self.layers) < count:
             weight = (torch.randn(features, model.hidden, device="cuda")
                       / math.sqrt(model.hidden)).to(dtype)
@@ -284,7 +245,7 @@ def bench_shape(model, dtype_name, rows, run):
     element_size = bt.ELEMENT_SIZE[dtype_name]
     hidden, heads, kv_heads, head_dim = (model.hidden, model.num_heads, model.num_kv_heads,
                                          model.head_dim)
-    features = bt.qkv_features(model)
+    features = qkv_features(model)
     moved = bt.qkv_bytes(rows, hidden, features, element_size)
     flops = bt.qkv_flops(rows, hidden, features)
     floor = bt.floor_us(moved, flops, run.copy_gbps, run.gemm_tflops[dtype_name])
@@ -296,25 +257,23 @@ def bench_shape(model, dtype_name, rows, run):
     gammas = [g for _, g in layers]
     xs = [torch.randn(rows, hidden, device="cuda", dtype=dtype) for _ in range(calls)]
     last = calls - 1
-    want = bt.qkv_float64(xs[last], gammas[last], weights[last])
+    picked = checks.sample_rows(rows)
+    want = checks.qkv_want(xs[last], gammas[last], weights[last], picked)
 
     def checker(tolerance):
-        def check(result):
-            error = bt.relative_error(result, want)
-            return {"relative_error": error, "tolerance": tolerance, "ok": error <= tolerance}
-        return check
+        return checks.checker(tolerance, want, picked)
 
     args = (heads, kv_heads, head_dim)
     impls, skipped = {}, {}
     # minivllm writes into NaN-filled outputs: the check then sees only what the replays wrote.
     # q, k and v are views of one [M, N] allocation, the layout torch's linear + split returns
     # (and what FusedRMSNormQKV.forward allocates itself without out=).
-    outs = [bt.split_heads(torch.full((rows, features), math.nan, device="cuda", dtype=dtype),
+    outs = [split_heads(torch.full((rows, features), math.nan, device="cuda", dtype=dtype),
                                heads, kv_heads, head_dim) for _ in range(calls)]
     impls["minivllm"] = lambda i: minivllm.FusedRMSNormQKV.forward(
-        xs[i], gammas[i], weights_t[i], heads, kv_heads, EPS, out=outs[i])
-    impls["torch"] = lambda i: bt.torch_qkv(xs[i], gammas[i], weights[i], *args)
-    impls["hf"] = lambda i: bt.hf_qkv(xs[i], gammas[i], weights[i], *args)
+        xs[i], gammas[i], weights_t[i], heads, kv_heads, EPS, out=outs[i], **run.kwargs)
+    impls["torch"] = lambda i: torch_qkv(xs[i], gammas[i], weights[i], *args)
+    impls["hf"] = lambda i: hf_qkv(xs[i], gammas[i], weights[i], *args)
     normalized = ([F.rms_norm(x, (hidden,), g, EPS) for x, g in zip(xs, gammas)]
                   if "cublas" in run.impls else [])
     impls["cublas"] = lambda i: F.linear(normalized[i], weights[i])
@@ -384,12 +343,12 @@ def bench_shape(model, dtype_name, rows, run):
 # ---------------------------------------------------------------------------------------------
 # host cost of one eager call
 # ---------------------------------------------------------------------------------------------
-def host_cost(model, dtype_name):
+def host_cost(model, dtype_name, kwargs):
     """µs per eager call at M = 1 (no graph): host time alone (bursts issued while a spin kernel
-    holds the GPU, _benchtools.host_us_per_call, as benchmarks/host_cost.py measures it), and the
+    holds the GPU, timing.host_us_per_call, as benchmarks/host_cost.py measures it), and the
     steady rate of back-to-back calls (which the GPU bounds where it is the slower side)."""
     dtype = TORCH_DTYPES[dtype_name]
-    features = bt.qkv_features(model)
+    features = qkv_features(model)
     x = torch.randn(1, model.hidden, device="cuda", dtype=dtype)
     gamma = torch.rand(model.hidden, device="cuda", dtype=dtype) + 0.5
     weight = torch.randn(features, model.hidden, device="cuda", dtype=dtype)
@@ -398,10 +357,10 @@ def host_cost(model, dtype_name):
     out = tuple(torch.empty(1, h, model.head_dim, device="cuda", dtype=dtype)
                 for h in (model.num_heads, model.num_kv_heads, model.num_kv_heads))
     sequences = {
-        "minivllm": lambda: minivllm.FusedRMSNormQKV.forward(x, gamma, weight_t, *args),
+        "minivllm": lambda: minivllm.FusedRMSNormQKV.forward(x, gamma, weight_t, *args, **kwargs),
         "minivllm_out": lambda: minivllm.FusedRMSNormQKV.forward(x, gamma, weight_t, *args,
-                                                                 out=out),
-        "torch": lambda: bt.torch_qkv(x, gamma, weight, *args, model.head_dim),
+                                                                 out=out, **kwargs),
+        "torch": lambda: torch_qkv(x, gamma, weight, *args, model.head_dim),
     }
     costs, loop_costs, gpu_costs = {}, {}, {}
     for name, fn in sequences.items():
@@ -494,13 +453,6 @@ def print_host(host):
               f"{fmt('minivllm_out')}   torch rms_norm + linear + split {fmt('torch')}")
 
 
-def find(results, model_name, dtype_name, rows):
-    for r in results:
-        if (r["model"].lower(), r["dtype"], r["rows"]) == (model_name.lower(), dtype_name, rows):
-            return r
-    return None
-
-
 def minivllm_us(r):
     """minivllm's µs at a shape, or None where it failed or computed a wrong result."""
     if "minivllm" in r["failures"] or "minivllm" not in r["impls"]:
@@ -508,141 +460,41 @@ def minivllm_us(r):
     return r["impls"]["minivllm"]["us"]
 
 
-def evaluate_targets(results, host, copy_gbps):
-    """The issue's targets, each MET / NOT MET / NOT EVALUATED (not in this sweep)."""
-    targets = []
-
-    def add(name, met, detail, **data):
-        targets.append(bt.target(name, met, detail, **data))
-
-    dtypes = list(dict.fromkeys(r["dtype"] for r in results))
-    broken = [r for r in results if minivllm_us(r) is None]
-
-    # 1. decode latency, M <= 16
-    for key, limit in DECODE_TARGET_US.items():
-        model = bt.MODELS[key]
-        fraction_limit = DECODE_COPY_FRACTION.get(key)
-        name = f"decode {model.name}: M <= {DECODE_MAX_M} in <= {limit} µs"
-        if fraction_limit:
-            name += f" (>= {fraction_limit:.0%} of copy bandwidth)"
-        parts, met, data = [], True, {}
-        for d in dtypes:
-            shapes = [r for r in results if r["model"] == model.name and r["dtype"] == d
-                      and r["rows"] <= DECODE_MAX_M]
-            if not shapes:
-                continue
-            if any(minivllm_us(r) is None for r in shapes):
-                met = False
-                parts.append(f"{d}: minivllm failed at some M")
-                continue
-            worst = max(shapes, key=minivllm_us)
-            fractions = [r["impls"]["minivllm"]["gbps"] / copy_gbps for r in shapes]
-            ok = minivllm_us(worst) <= limit
-            if fraction_limit:
-                ok = ok and min(fractions) >= fraction_limit
-            met = met and ok
-            parts.append(f"{d}: worst {minivllm_us(worst):.2f} µs at M={worst['rows']}, "
-                         f"{min(fractions):.0%} of copy at worst (M in "
-                         f"{sorted(r['rows'] for r in shapes)})")
-            data[d] = {"worst_us": minivllm_us(worst), "at_rows": worst["rows"],
-                       "min_fraction_of_copy": min(fractions)}
-        if not parts:
-            add(name, None, "model or M <= 16 not in this sweep")
-        else:
-            add(name, met, "; ".join(parts), per_dtype=data)
-
-    # 2. M = 256 within 1.6x the floor, every model
-    name = f"M = {MID_M}: <= {MID_FLOOR_MULTIPLE} x floor for every model"
-    shapes = [r for r in results if r["rows"] == MID_M]
-    if not shapes:
-        add(name, None, f"M = {MID_M} not in this sweep")
-    else:
-        ratios = [(minivllm_us(r) / r["floor_us"] if minivllm_us(r) else math.inf, r)
-                  for r in shapes]
-        worst_ratio, worst = max(ratios, key=lambda item: item[0])
-        add(name, worst_ratio <= MID_FLOOR_MULTIPLE,
-            f"worst {worst_ratio:.2f} x floor ({worst['model']} {worst['dtype']}); "
-            + ", ".join(f"{r['model']} {r['dtype']} {ratio:.2f}x" for ratio, r in ratios),
-            worst_ratio=worst_ratio)
-
-    # 3. M >= 1024: faster than cuBLAS alone, >= 1.1x torch
-    shapes = [r for r in results if r["rows"] >= LARGE_M]
-    for baseline, minimum, name in (
-            ("cublas", 1.0, f"M >= {LARGE_M}: faster than cuBLAS GEMM alone on pre-normalized x"),
-            ("torch", LARGE_TORCH_SPEEDUP,
-             f"M >= {LARGE_M}: >= {LARGE_TORCH_SPEEDUP}x faster than torch rms_norm + linear")):
-        compared = [r for r in shapes if baseline in r["speedup"] or minivllm_us(r) is None]
-        if not compared:
-            add(name, None, f"no M >= {LARGE_M} shape with {SHORT[baseline]} timed")
-            continue
-        values = [(r["speedup"].get(baseline, 0.0), r) for r in compared]
-        worst_speedup, worst = min(values, key=lambda item: item[0])
-        ok = (worst_speedup > minimum) if minimum == 1.0 else (worst_speedup >= minimum)
-        add(name, ok, f"worst speedup {worst_speedup:.2f}x ({worst['model']} {worst['dtype']} "
-            f"M={worst['rows']}) over {len(compared)} shapes", worst_speedup=worst_speedup)
-
-    # 4. faster than every baseline at every shape: one entry per losing shape, its worst loss
-    violations = []
+def slower_shapes(results):
+    """The shapes where some correct baseline was at least as fast as minivllm (or minivllm
+    failed), worst first: {model, dtype, rows, baseline (the fastest), speedup, beaten_by}."""
+    slower = []
     for r in results:
         if minivllm_us(r) is None:
-            violations.append({"model": r["model"], "dtype": r["dtype"], "rows": r["rows"],
-                               "baseline": None, "speedup": 0.0, "beaten_by": []})
+            slower.append({"model": r["model"], "dtype": r["dtype"], "rows": r["rows"],
+                           "baseline": None, "speedup": 0.0, "beaten_by": []})
             continue
-        beaten_by = sorted((b for b, s in r["speedup"].items() if s <= 1.0),
-                           key=r["speedup"].get)
+        beaten_by = sorted((b for b, x in r["speedup"].items() if x <= 1.0), key=r["speedup"].get)
         if beaten_by:
             fastest = beaten_by[0]
-            violations.append({"model": r["model"], "dtype": r["dtype"], "rows": r["rows"],
-                               "baseline": fastest, "speedup": r["speedup"][fastest],
-                               "minivllm_us": minivllm_us(r),
-                               "baseline_us": r["impls"][fastest]["us"],
-                               "beaten_by": beaten_by})
-    name = "every shape: faster than every baseline"
-    if not results:
-        add(name, None, "no shape timed")
-    else:
-        detail = f"{len(violations)} of {len(results)} shapes lose to some baseline"
-        if violations:
-            worst = min(violations, key=lambda v: v["speedup"])
-            detail += (f"; worst {worst['model']} {worst['dtype']} M={worst['rows']}: "
-                       + ("minivllm failed" if worst["baseline"] is None else
-                          f"{worst['speedup']:.2f}x vs {SHORT[worst['baseline']]}"))
-        add(name, not violations, detail, violations=violations)
-
-    # 5. host cost
-    name = f"host cost at M = 1 (torch tensors): <= {HOST_TARGET_US:.0f} µs per call"
-    if not host:
-        add(name, None, "not measured (--no-host)")
-    else:
-        worst = max(host, key=lambda h: h["us"]["minivllm"])
-        add(name, worst["us"]["minivllm"] <= HOST_TARGET_US,
-            f"minivllm {worst['us']['minivllm']:.2f} µs of host time (worst, {worst['model']}), "
-            f"with out= {worst['us']['minivllm_out']:.2f} µs; torch's eager sequence "
-            f"{worst['us']['torch']:.2f} µs",
-            worst_us=worst["us"]["minivllm"])
-    if broken:
-        add("minivllm correct at every timed shape", False,
-            f"{len(broken)} shape(s) failed or wrong: "
-            + ", ".join(f"{r['model']} {r['dtype']} M={r['rows']}" for r in broken[:8]))
-    return targets
+            slower.append({"model": r["model"], "dtype": r["dtype"], "rows": r["rows"],
+                           "baseline": fastest, "speedup": r["speedup"][fastest],
+                           "minivllm_us": minivllm_us(r),
+                           "baseline_us": r["impls"][fastest]["us"], "beaten_by": beaten_by})
+    return sorted(slower, key=lambda v: v["speedup"])
 
 
-def print_targets(targets):
-    bt.print_target_lines(targets)
-    violations = next((t.get("violations") for t in targets if t.get("violations")), None)
-    if violations:
-        print("\n  shapes where minivllm is not the fastest (worst first; the fastest baseline, "
-              "and every baseline that beats it):")
-        for v in sorted(violations, key=lambda v: v["speedup"])[:30]:
-            if v["baseline"] is None:
-                print(f"    {v['model']:13s} {v['dtype']} M={v['rows']:<6d} minivllm failed")
-                continue
-            print(f"    {v['model']:13s} {v['dtype']} M={v['rows']:<6d} minivllm "
-                  f"{v['minivllm_us']:9.2f} µs  {SHORT[v['baseline']]:>8s} "
-                  f"{v['baseline_us']:9.2f} µs  ({v['speedup']:.2f}x)  beaten by "
-                  + ", ".join(SHORT[b] for b in v["beaten_by"]))
-        if len(violations) > 30:
-            print(f"    ... {len(violations) - 30} more in the JSON")
+def print_slower(slower, shapes):
+    print(f"\nminivllm is the fastest at {shapes - len(slower)} of {shapes} shapes.")
+    if not slower:
+        return
+    print("Shapes where it is not (worst first; the fastest baseline, and every baseline at least "
+          "as fast):")
+    for v in slower[:30]:
+        if v["baseline"] is None:
+            print(f"    {v['model']:13s} {v['dtype']} M={v['rows']:<6d} minivllm failed")
+            continue
+        print(f"    {v['model']:13s} {v['dtype']} M={v['rows']:<6d} minivllm "
+              f"{v['minivllm_us']:9.2f} µs  {SHORT[v['baseline']]:>8s} "
+              f"{v['baseline_us']:9.2f} µs  ({v['speedup']:.2f}x)  beaten by "
+              + ", ".join(SHORT[b] for b in v["beaten_by"]))
+    if len(slower) > 30:
+        print(f"    ... {len(slower) - 30} more in the JSON")
 
 
 def write_plot(results, path, title):
@@ -698,6 +550,7 @@ def parse_args(argv):
                         help=f"implementations to time (default all: {', '.join(IMPLS)}); "
                              "minivllm is always timed")
     bt.add_graph_run_args(parser, DEFAULT_OUT)
+    bt.add_kernel_args(parser)
     parser.add_argument("--no-compile", action="store_true",
                         help="skip both torch.compile baselines")
     parser.add_argument("--autotune-m", nargs="+",
@@ -717,8 +570,8 @@ def parse_args(argv):
         models = flat_names(args.models) if args.models else list(
             QUICK_MODELS if args.quick else FULL_MODELS)
         if "all" in models:
-            models = list(bt.MODELS)
-        args.models = [bt.find_model(name) for name in dict.fromkeys(models)]
+            models = list(MODELS)
+        args.models = [find_model(name) for name in dict.fromkeys(models)]
         args.dtypes = list(dict.fromkeys(
             bt.flat_list(args.dtypes, bt.parse_dtype) if args.dtypes else
             (QUICK_DTYPES if args.quick else FULL_DTYPES)))
@@ -759,6 +612,7 @@ class Run:
     """What every shape of one run shares: ceilings, compiled functions, the layer pool."""
 
     def __init__(self, args, l2_bytes, copy_gbps, gemm_tflops, compiled):
+        self.kwargs = bt.kernel_kwargs(args, qkv=True)   # --pdl, --path
         self.l2_bytes, self.copy_gbps, self.gemm_tflops = l2_bytes, copy_gbps, gemm_tflops
         self.compiled, self.replays, self.impls = compiled, args.replays, args.impls
         self.autotune_m, self.autotune_dtypes = set(args.autotune_m), set(args.autotune_dtypes)
@@ -769,7 +623,8 @@ class Run:
 def main(argv=None):
     args = parse_args(argv)
     bt.apply_graph_run_args(args)
-    bt.require_cuda("bench_qkv.py")
+    bt.require_cuda("bench_fused_rms_norm_qkv.py")
+    kwargs = bt.kernel_kwargs(args, qkv=True)
     started = time.perf_counter()
     gpu = bt.gpu_metadata()
     date = bt.utc_now()
@@ -786,7 +641,7 @@ def main(argv=None):
           f"{bt.MIN_REPLAY_US:g} µs", flush=True)
 
     rng = np.random.default_rng()
-    check_records, check_failures = self_check(args.models, args.dtypes, rng)
+    check_records, check_failures = self_check(args.models, args.dtypes, rng, kwargs)
     if check_failures:
         sys.exit(f"\n*** SELF-CHECK FAILED for {len(check_failures)} case(s): minivllm disagrees "
                  "with the float64 reference. Aborting: timings of a wrong kernel mean nothing.")
@@ -813,8 +668,9 @@ def main(argv=None):
     if not args.no_host:
         # One pass thrown away: right after the sweep (torch.compile's workers may still be busy)
         # the first model measured here read ~50% high for every implementation, torch included.
-        host_cost(args.models[0], args.dtypes[0])
-    host = [] if args.no_host else [host_cost(model, args.dtypes[0]) for model in args.models]
+        host_cost(args.models[0], args.dtypes[0], kwargs)
+    host = [] if args.no_host else [host_cost(model, args.dtypes[0], kwargs)
+                                    for model in args.models]
 
     shapes = [(model, d, m) for d in args.dtypes for model in args.models for m in args.m]
     enabled = {"auto": None, "on": True, "off": False}[args.progress]
@@ -865,8 +721,8 @@ def main(argv=None):
               + (", ".join(autotuned) or "none")
               + (f"; skipped elsewhere: {'; '.join(autotune_skipped)}" if autotune_skipped
                  else ""))
-    targets = evaluate_targets(results, host, copy_gbps)
-    print_targets(targets)
+    slower = slower_shapes(results)
+    print_slower(slower, len(results))
 
     report = {
         "kind": "bench-qkv",
@@ -876,7 +732,8 @@ def main(argv=None):
         "versions": versions,
         "argv": sys.argv[1:] if argv is None else list(argv),
         "sweep": {"models": [m._asdict() for m in args.models], "dtypes": args.dtypes,
-                  "m": args.m, "quick": args.quick, "impls": sorted(args.impls)},
+                  "m": args.m, "quick": args.quick, "impls": sorted(args.impls),
+                  "kernel_kwargs": {k: str(v) for k, v in kwargs.items()}},
         "method": {
             "timing": "CUDA graph of N calls, each with its own W, γ, x and outputs; CUDA events "
                       "around each replay; µs per call = median replay / N",
@@ -898,7 +755,7 @@ def main(argv=None):
                              "skipped": autotune_skipped},
             "triton_1_max_m": TRITON_MAX_M,
             "tolerance": {"minivllm": reference.QKV_TOLERANCE, "baselines": BASELINE_TOLERANCE},
-            "host_cost": f"eager calls at M = 1, before the sweep. us (the target's figure): "
+            "host_cost": f"eager calls at M = 1, before the sweep. us: "
                          f"host time alone, median of {HOST_BURSTS} bursts of "
                          f"{bt.HOST_BURST_CALLS} calls issued while a spin kernel holds the GPU "
                          f"(no call waits for the GPU). loop_us: {HOST_LOOP_CALLS} back-to-back "
@@ -916,7 +773,7 @@ def main(argv=None):
         "self_check": check_records,
         "results": results,
         "host_cost": host,
-        "targets": targets,
+        "slower_than_a_baseline": slower,
         "total_seconds": time.perf_counter() - started,
     }
     title = (f"minivllm FusedRMSNormQKV on {gpu['name']} ({date:%Y-%m-%d}, {commit[:12]}): "
