@@ -1,18 +1,18 @@
 /*
- * qkv_stream_probe.cu: the W-stream kernels (csrc/fused_rms_norm_qkv_stream.cu), or the one-kernel
- * wgmma path (csrc/fused_rms_norm_qkv_wgmma.cu, PROBE_PATH=wgmma, bf16), alone, timed as
- * bench_qkv times them, without building the Python module: a CUDA graph of PROBE_CYCLES (default
+ * qkv_stream_probe.cu: the W-stream kernels (csrc/cuda/fused_rms_norm_qkv/{register,bulk,deferred}_stream.cu), or the one-kernel
+ * wgmma path (csrc/cuda/fused_rms_norm_qkv/wgmma.cu, PROBE_PATH=wgmma, bf16), alone, timed as
+ * bench_fused_rms_norm_qkv times them, without building the Python module: a CUDA graph of PROBE_CYCLES (default
  * 4) passes over one call per layer (distinct weights, >= 256 MiB in all), replayed 25 times;
  * prints the median us per call next to what W's bytes take at PROBE_STREAM_GBPS (default 4100,
- * the rate benchmarks/probes/weight_stream.cu measured). One call's output is checked against a
+ * the rate dev/probes/weight_stream.cu measured). One call's output is checked against a
  * float64 reference first (NaN-poisoned before). The GPU is kept busy for PROBE_WARMUP_S seconds
  * (default 2) before anything is measured. bf16; PROBE_DTYPE=float16 for fp16. Its figures match
  * qkv_profile.py --time within ~0.2 us (H200, 2026-11-22). Not part of the library.
  *
  *   nvcc -std=c++17 -O3 --expt-relaxed-constexpr -Icsrc -gencode=arch=compute_90a,code=sm_90a \
- *        -DMINIVLLM_HAVE_SM90A benchmarks/probes/qkv_stream_probe.cu csrc/fused_rms_norm_qkv_stream.cu \
- *        csrc/fused_rms_norm_qkv_wgmma.cu csrc/cuda_device.cu -lcuda -o qkv_stream_probe
- *   PROBE_PATH=deferred|stream|bulk|wgmma ./qkv_stream_probe Llama-3-8B 1 8 16
+ *        -DMINIVLLM_HAVE_SM90A dev/probes/qkv_stream_probe.cu csrc/cuda/fused_rms_norm_qkv/{register,bulk,deferred}_stream.cu \
+ *        csrc/cuda/fused_rms_norm_qkv/wgmma.cu csrc/cuda/device.cu -lcuda -o qkv_stream_probe
+ *   PROBE_PATH=deferred|stream|bulk|wgmma ./qkv_stream_probe 4096,32,8,128 1 8 16
  */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -25,11 +25,11 @@
 #include <cstring>
 #include <vector>
 
-#include "fused_rms_norm_qkv_paths.h"
+#include "cuda/fused_rms_norm_qkv/paths.h"
 #include "probe_common.cuh"
 
 /* The dispatcher's (fused_rms_norm_qkv.cu, not linked here): PROBE_PATH=bulk keeps the stream path
-   on its tensor-copy kernel, as MINIVLLM_QKV_PATH=bulk does. */
+   on its tensor-copy kernel, as _path='bulk' does. */
 mv_qkv_path mv_qkv_forced_path() {
     const char *p = getenv("PROBE_PATH");
     return p != nullptr && strcmp(p, "bulk") == 0 ? mv_qkv_path::bulk_stream : mv_qkv_path::automatic;
@@ -171,8 +171,9 @@ int run(const ProbeShape &sh, const std::vector<int> &ms, mv_dtype dtype) {
 }
 
 int main(int argc, char **argv) {
-    const ProbeShape *sh = probe_shape_from_args(argc, argv);
-    if (sh == nullptr) return 2;
+    ProbeShape shape;
+    if (probe_shape_from_args(argc, argv, &shape) != 0) return 2;
+    const ProbeShape *sh = &shape;
     std::vector<int> ms;
     for (int i = 2; i < argc; ++i) ms.push_back(atoi(argv[i]));
     const char *dt = getenv("PROBE_DTYPE");

@@ -1,12 +1,12 @@
-"""minivllm's kernels in the chains a model runs, graph-timed (bench_qkv's timer): each call of a
+"""minivllm's kernels in the chains a model runs, graph-timed (bench_fused_rms_norm_qkv's timer): each call of a
 chain runs its kernels back to back on its own buffers, e.g. "mm+qkv" = a torch GEMM shaped like
-o_proj / down_proj ([M, H] x [H, H]) then FusedRMSNormQKV.forward. bench_qkv times a call after a
+o_proj / down_proj ([M, H] x [H, H]) then FusedRMSNormQKV.forward. bench_fused_rms_norm_qkv times a call after a
 call of its own; with programmatic dependent launch (PDL) a kernel's time depends on the kernel
 before it, so this probe times the chains a model meets too. Inputs are independent random
 tensors (no call reads another's output), so the chains measure launch and overlap, not data
 flow. bf16. Compare variants by running it under different environments, e.g. MINIVLLM_PDL=0.
 
-    python3 benchmarks/probes/qkv_chains.py llama-3-8b:1 llama-3-8b:16 qwen3-0.6b:16
+    python3 dev/probes/qkv_chains.py llama-3-8b:1 llama-3-8b:16 qwen3-0.6b:16
 """
 import argparse
 import math
@@ -15,14 +15,15 @@ import torch
 import torch.nn.functional as F
 
 import minivllm
-from minivllm import _benchtools as bt
+from minivllm.bench import timing as bt
+from minivllm.bench.models import find_model, qkv_features
 
 EPS = 1e-6
 
 
 def shape(text):
     name, rows = text.rsplit(":", 1)
-    return bt.find_model(name), int(rows)
+    return find_model(name), int(rows)
 
 
 def main():
@@ -31,7 +32,7 @@ def main():
     args = parser.parse_args()
     l2_bytes = torch.cuda.get_device_properties(0).L2_cache_size
     for m, rows in args.shapes:
-        hidden, features = m.hidden, bt.qkv_features(m)
+        hidden, features = m.hidden, qkv_features(m)
         layers = max(4, bt.qkv_calls_per_graph(rows, hidden, features + hidden, 2, l2_bytes))
 
         def rand(*size):

@@ -16,17 +16,17 @@
  *     cudaGraphKernelNodePortProgrammatic), checks every layer's output bit for bit against the
  *     ordinary graph's (outputs NaN-poisoned before; x distinct per layer and y shared, so a GEMM
  *     that read y before the norm finished would read the previous layer's rows), and
- *   - times both as bench_qkv does (graph replay over >= 256 MiB of distinct weights, PROBE_CYCLES
+ *   - times both as bench_fused_rms_norm_qkv does (graph replay over >= 256 MiB of distinct weights, PROBE_CYCLES
  *     passes, median per call);
  *   for the heuristic's first PROBE_ALGOS (default 1: the path's choice; at most 16) answers.
- * Found on an H200 (cuBLASLt 13.1; benchmarks/results/cublaslt-pdl-nvidia-h200-2026-11-22.log): the
+ * Found on an H200 (cuBLASLt 13.1; dev/logs/cublaslt-pdl-nvidia-h200-2026-11-22.log): the
  * GEMMs it picks there are nvjet_sm90_* kernels, and with the programmatic edge most of them read y
  * before the norm has written it (wrong results), so the path cannot hand them an early start.
  *
  *   nvcc -std=c++17 -O3 --expt-relaxed-constexpr -Icsrc -gencode=arch=compute_90a,code=sm_90a \
- *        benchmarks/probes/cublaslt_pdl.cu csrc/rms_norm.cu csrc/cuda_device.cu -lcublasLt -lcuda \
+ *        dev/probes/cublaslt_pdl.cu csrc/cuda/rms_norm.cu csrc/cuda/device.cu -lcublasLt -lcuda \
  *        -o cublaslt_pdl
- *   ./cublaslt_pdl Llama-3-8B 32 64 128 256
+ *   ./cublaslt_pdl 4096,32,8,128 32 64 128 256
  *
  * Not part of the library.
  */
@@ -120,8 +120,9 @@ void print_edges(cudaGraph_t graph) {
 } // namespace
 
 int main(int argc, char **argv) {
-    const ProbeShape *sh = probe_shape_from_args(argc, argv);
-    if (sh == nullptr) return 2;
+    ProbeShape shape;
+    if (probe_shape_from_args(argc, argv, &shape) != 0) return 2;
+    const ProbeShape *sh = &shape;
     const int cycles = probe_env_int("PROBE_CYCLES", 4);
     const int max_algos = probe_env_int("PROBE_ALGOS", 1);
     CHECK(cudaFree(nullptr));

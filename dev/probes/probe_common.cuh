@@ -1,7 +1,7 @@
 /*
  * probe_common.cuh: what the standalone probes in this folder share: a CUDA error check that exits
  * (a probe has no caller to return an error to), a counter-based uniform fill of 16-bit inputs on
- * the device, the benchmark models' QKV shapes and the arguments of one QKV call into a fused
+ * the device, a QKV shape parsed from the command line and the arguments of one QKV call into a fused
  * q/k/v buffer. Not part of the library.
  */
 #ifndef MINIVLLM_PROBE_COMMON_CUH
@@ -49,7 +49,7 @@ inline double probe_env_double(const char *name, double fallback) {
     return v != nullptr && *v != '\0' ? atof(v) : fallback;
 }
 
-/* bench_qkv's timing: record(stream) issues `calls` calls, captured once into a CUDA graph; the graph
+/* bench_fused_rms_norm_qkv's timing: record(stream) issues `calls` calls, captured once into a CUDA graph; the graph
    is replayed 25 times with events around each replay, the first 3 dropped; the median replay over
    `calls` is returned, in us per call. */
 template <typename Record>
@@ -103,27 +103,35 @@ __global__ void fill(T *p, int64_t n, uint64_t seed, float scale, float offset) 
         p[i] = from_float<T>(offset + scale * hash_uniform(i, seed));
 }
 
-/* The benchmark models (bench_qkv.py): hidden size, q and k/v widths. */
+/* One QKV shape: hidden size, q and k/v widths (heads x head_dim). */
 struct ProbeShape {
-    const char *name;
+    char name[64];
     int h, q, kv;
 };
-constexpr ProbeShape kProbeShapes[] = {{"Qwen3-0.6B", 1024, 2048, 1024},
-                                       {"Llama-3-8B", 4096, 4096, 1024},
-                                       {"Qwen2.5-0.5B", 896, 896, 128},
-                                       {"Qwen3-4B", 2560, 4096, 1024}};
 
-/* The model named by argv[1] of a probe invoked as PROGRAM MODEL M [M ...]; prints the usage or
-   the unknown name and returns nullptr otherwise. */
-inline const ProbeShape *probe_shape_from_args(int argc, char **argv) {
-    if (argc < 3) {
-        fprintf(stderr, "usage: %s MODEL M [M ...]\n", argv[0]);
-        return nullptr;
+/* Parses "H,HEADS,KV_HEADS,HEAD_DIM" (the format of `minivllm-bench --qkv`; the models' values
+   are in minivllm/bench/models.py, e.g. Llama-3-8B is 4096,32,8,128) into *s; 0 on success. */
+inline int probe_parse_shape(const char *text, ProbeShape *s) {
+    int h = 0, heads = 0, kv_heads = 0, head_dim = 0;
+    if (sscanf(text, "%d,%d,%d,%d", &h, &heads, &kv_heads, &head_dim) != 4 || h < 1 || heads < 1 ||
+        kv_heads < 1 || head_dim < 1)
+        return 1;
+    snprintf(s->name, sizeof s->name, "%s", text);
+    s->h = h;
+    s->q = heads * head_dim;
+    s->kv = kv_heads * head_dim;
+    return 0;
+}
+
+/* The shape given as argv[1] of a probe invoked as PROGRAM H,HEADS,KV_HEADS,HEAD_DIM M [M ...];
+   prints the usage and returns 1 otherwise. */
+inline int probe_shape_from_args(int argc, char **argv, ProbeShape *s) {
+    if (argc < 3 || probe_parse_shape(argv[1], s) != 0) {
+        fprintf(stderr, "usage: %s H,HEADS,KV_HEADS,HEAD_DIM M [M ...]   (e.g. 4096,32,8,128)\n",
+                argv[0]);
+        return 1;
     }
-    for (const ProbeShape &s : kProbeShapes)
-        if (strcmp(s.name, argv[1]) == 0) return &s;
-    fprintf(stderr, "unknown model %s\n", argv[1]);
-    return nullptr;
+    return 0;
 }
 
 /* One call's arguments: x [m, h] and W [q + 2 kv, h] contiguous (nn.Linear layout), q, k, v as

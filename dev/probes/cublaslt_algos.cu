@@ -5,16 +5,16 @@
  * for D [N x M] = W . y^T. This probe times, for a benchmark model at the given M, every algorithm
  * the heuristic returns (up to PROBE_ALGOS, default 16), with the path's preferences (32 MiB
  * workspace, 256-byte alignment, split-K partials in float32 only) and without the reduction
- * restriction, next to cublasGemmEx (what "cuBLAS alone" in bench_qkv runs through torch), as
- * bench_qkv times: a CUDA graph of one call per layer over distinct weights (>= 256 MiB),
+ * restriction, next to cublasGemmEx (what "cuBLAS alone" in bench_fused_rms_norm_qkv runs through torch), as
+ * bench_fused_rms_norm_qkv times: a CUDA graph of one call per layer over distinct weights (>= 256 MiB),
  * PROBE_CYCLES (4) passes, replayed 25 times, median per call. Each algorithm's output of layer 0
  * is first compared with cublasGemmEx's (NaN-poisoned before); a mismatch prints FAIL and is not
  * timed. All are then timed in PROBE_ROUNDS (2) round-robin rounds, each timing after an idle
  * pause of PROBE_SETTLE_MS (250): at large M the GPU runs into its power limit, and timing them
  * once in order favoured whichever ran first by up to 10%.
  *
- *   nvcc -std=c++17 -O3 -Icsrc benchmarks/probes/cublaslt_algos.cu -lcublasLt -lcublas -o cublaslt_algos
- *   ./cublaslt_algos Qwen3-4B 64 256 1024
+ *   nvcc -std=c++17 -O3 -Icsrc dev/probes/cublaslt_algos.cu -lcublasLt -lcublas -o cublaslt_algos
+ *   ./cublaslt_algos 2560,32,8,128 64 256 1024
  *
  * Not part of the library.
  */
@@ -64,8 +64,9 @@ __global__ void rel_err_kernel(const __nv_bfloat16 *a, const __nv_bfloat16 *b, i
 } // namespace
 
 int main(int argc, char **argv) {
-    const ProbeShape *sh = probe_shape_from_args(argc, argv);
-    if (sh == nullptr) return 2;
+    ProbeShape shape;
+    if (probe_shape_from_args(argc, argv, &shape) != 0) return 2;
+    const ProbeShape *sh = &shape;
     const int cycles = probe_env_int("PROBE_CYCLES", 4);
     const int max_algos = probe_env_int("PROBE_ALGOS", 16);
     cudaDeviceProp prop;

@@ -9,7 +9,7 @@
  * variant (bytes of W read / time, events around 20 launches after 3 warm-ups).
  *
  *   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -Icsrc \
- *        benchmarks/probes/weight_stream.cu -o weight_stream -lcuda && ./weight_stream
+ *        dev/probes/weight_stream.cu -o weight_stream -lcuda && ./weight_stream
  *
  * Variants (tensor copies, 128-byte swizzle):
  *   tma F x L      the 3-D view [N][H / 64][64]: one box = F features x L lines of 64 k
@@ -24,7 +24,7 @@
 #include <cstdio>
 #include <cstdlib>
 
-#include "../../csrc/hopper.cuh"
+#include "../../csrc/cuda/hopper.cuh"
 #include "probe_common.cuh"
 
 

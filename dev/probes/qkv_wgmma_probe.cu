@@ -1,7 +1,7 @@
 /*
- * qkv_wgmma_probe.cu: the QKV wgmma path (csrc/fused_rms_norm_qkv_wgmma.cu) alone against cuBLAS
+ * qkv_wgmma_probe.cu: the QKV wgmma path (csrc/cuda/fused_rms_norm_qkv/wgmma.cu) alone against cuBLAS
  * on pre-normalized input, without building the Python module: for developing its tiles on a GPU
- * machine in seconds. Not part of the library; the tests and bench_qkv.py are the authority.
+ * machine in seconds. Not part of the library; the tests and bench_fused_rms_norm_qkv.py are the authority.
  *
  * For each shape: a float64 check of sampled rows (every row up to M = 512) of one call, outputs
  * poisoned with NaN before it and every element checked for NaN after it; then the median time
@@ -9,9 +9,9 @@
  * float32 compute) on y = rms_norm(x) precomputed, and the ratio.
  *
  *   nvcc -std=c++17 -O3 --expt-relaxed-constexpr -Icsrc -gencode=arch=compute_90a,code=sm_90a \
- *        -DMINIVLLM_HAVE_SM90A benchmarks/probes/qkv_wgmma_probe.cu csrc/fused_rms_norm_qkv_wgmma.cu \
- *        csrc/cuda_device.cu -lcublas -o qkv_wgmma_probe
- *   MINIVLLM_QKV_WGMMA_TILE=128x256 ./qkv_wgmma_probe [M ...]
+ *        -DMINIVLLM_HAVE_SM90A dev/probes/qkv_wgmma_probe.cu csrc/cuda/fused_rms_norm_qkv/wgmma.cu \
+ *        csrc/cuda/device.cu -lcublas -o qkv_wgmma_probe
+ *   MINIVLLM_QKV_WGMMA_TILE=128x256 ./qkv_wgmma_probe H,HEADS,KV_HEADS,HEAD_DIM [M ...]
  */
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
@@ -24,7 +24,7 @@
 #include <cstring>
 #include <vector>
 
-#include "fused_rms_norm_qkv_paths.h"
+#include "cuda/fused_rms_norm_qkv/paths.h"
 #include "probe_common.cuh"
 
 __global__ void poison(__nv_bfloat16 *p, int64_t n) {
@@ -84,11 +84,11 @@ static float median(std::vector<float> v) {
 }
 
 int main(int argc, char **argv) {
+    ProbeShape shape;
+    if (probe_shape_from_args(argc, argv, &shape) != 0) return 2;
     std::vector<int> ms;
-    for (int i = 1; i < argc; ++i) ms.push_back(atoi(argv[i]));
-    if (ms.empty()) ms = {512, 1024, 4096, 16384};
+    for (int i = 2; i < argc; ++i) ms.push_back(atoi(argv[i]));
     const char *tile = getenv("MINIVLLM_QKV_WGMMA_TILE");
-    const char *only = getenv("PROBE_MODEL");
     cudaDeviceProp prop;
     CHECK(cudaGetDeviceProperties(&prop, 0));
     printf("# %s, tile %s\n", prop.name, tile ? tile : "auto");
@@ -103,8 +103,7 @@ int main(int argc, char **argv) {
     CHECK(mv_current_device(&dev));
     int failures = 0;
     constexpr int kCopies = 4, kCalls = 20, kReps = 7;
-    for (const ProbeShape &sh : kProbeShapes) {
-        if (only && strcmp(only, sh.name) != 0) continue;
+    for (const ProbeShape &sh : {shape}) {
         const int n = sh.q + 2 * sh.kv, h = sh.h;
         for (int m : ms) {
             __nv_bfloat16 *x, *gamma, *w, *y, *out, *ref_out;
