@@ -1,0 +1,20 @@
+/*
+ * kernels_avx2.c: the CPU kernels for x86-64 with AVX2 + FMA + F16C (kernels_impl.h). The
+ * target is set by pragma, not by command-line flags, so this file builds (and the analysers
+ * parse it) with the same flags as the rest; dispatch.c calls it only where the CPU has them.
+ */
+#include "cpu/dispatch.h"
+
+#if MV_BUILD_X86_LEVELS
+#ifdef __clang__
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#else
+#pragma GCC target("avx2,fma,f16c")
+#endif
+#define MV_ISA_AVX2 1
+#define MV_SUFFIX avx2
+#include "cpu/kernels_impl.h"
+#ifdef __clang__
+#pragma clang attribute pop
+#endif
+#endif

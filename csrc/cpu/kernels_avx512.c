@@ -1,0 +1,20 @@
+/*
+ * kernels_avx512.c: the CPU kernels for x86-64 with AVX-512 F/BW/VL/DQ (plus FMA and F16C,
+ * which every such CPU has), kernels_impl.h at 16 lanes. Target set by pragma, as in
+ * kernels_avx2.c.
+ */
+#include "cpu/dispatch.h"
+
+#if MV_BUILD_X86_LEVELS
+#ifdef __clang__
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq"))), apply_to = function)
+#else
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")
+#endif
+#define MV_ISA_AVX512 1
+#define MV_SUFFIX avx512
+#include "cpu/kernels_impl.h"
+#ifdef __clang__
+#pragma clang attribute pop
+#endif
+#endif

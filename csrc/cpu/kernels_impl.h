@@ -1,0 +1,482 @@
+/*
+ * kernels_impl.h: RMSNorm, fused add + RMSNorm and fused RMSNorm + QKV on the CPU, written once
+ * against the vector layer of simd.h and compiled once per instruction-set level
+ * (kernels_portable.c, kernels_avx2.c, kernels_avx512.c; dispatch.c picks one at run time).
+ * Numerics as minivllm_kernels.h documents them; the choices this file makes:
+ *
+ * Sum of squares (float32): each row is cut into blocks of NORM_BLOCK elements; a block is summed
+ *   in 2 * VL vector lanes (at most 32 terms each) and its lanes combined pairwise, and the block
+ *   sums are combined by a pairwise cascade (a binary counter), so the rounding error grows with
+ *   log2(H), not H: ~1e-7 relative for any H (2^24 included; tests/test_cpu_numerics.py).
+ * Overflow and underflow: where the float32 sum of squares overflows (|x| >~ 1.8e19) or falls
+ *   below 2^-100 (squares lose their precision to underflow), the row is redone in float64 scaled
+ *   by its largest magnitude m: rrms = 1 / sqrt(m^2 * sum((s_i / m)^2) / H + eps), and
+ *   y_i = weight_i * float(s_i * rrms) with s_i * rrms in float64 (rrms itself may not be
+ *   representable in float32). Every other row takes the float32 path above.
+ * QKV products: y (float32, never rounded to the dtype) times W converted to float32 (exact), in
+ *   float32 FMAs. Each output is summed in VL lanes over blocks of DOT_BLOCK elements (at most
+ *   DOT_BLOCK / VL terms a lane), the lanes added, and the block sums added in order.
+ *
+ * Threads (pool.h): norms split rows; QKV normalizes a chunk of rows (split by rows), then splits
+ * the output columns. At M <= DIRECT_MAX_ROWS, W (nn.Linear layout) is streamed straight from
+ * memory, four rows of it at a time, with every thread on its own column range (the decode
+ * GEMV); above that, each block of COL_BLOCK columns x DOT_BLOCK of W is first converted to a
+ * float32 buffer that stays in cache while every row of the chunk is multiplied against it
+ * (register tiles of up to 4 rows x 4 columns).
+ */
+#include <float.h>
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu/pool.h"
+#include "cpu/simd.h"
+
+#define MV_CAT2(a, b) a##_##b
+#define MV_CAT(a, b) MV_CAT2(a, b)
+#define MV_NAME(name) MV_CAT(name, MV_SUFFIX)
+
+#define NORM_BLOCK (32 * VL)
+#define DOT_BLOCK 1024
+#define DOT_MR 4
+#define DOT_NC 4
+#define COL_BLOCK 32
+#define ROW_CHUNK 256
+#define DIRECT_MAX_ROWS 16
+/* Below these sizes a second thread costs more (wake-up, ~10 us) than it saves. */
+#define PARALLEL_MIN_ELEMENTS ((int64_t)1 << 16)
+#define PARALLEL_MIN_MACS ((int64_t)1 << 19)
+
+_Static_assert(DOT_BLOCK % 16 == 0 && COL_BLOCK % DOT_NC == 0, "whole vectors and tiles");
+
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+static inline const char *at(const void *base, mv_dtype dt, int64_t elements)
+{
+    return (const char *)base + elements * mv_dtype_size(dt);
+}
+
+static inline char *at_mut(void *base, mv_dtype dt, int64_t elements)
+{
+    return (char *)base + elements * mv_dtype_size(dt);
+}
+
+/* [begin, end) of `total` items for part `index` of `count`, in multiples of `unit`. */
+static inline void split_range(int64_t total, int64_t unit, int index, int count, int64_t *begin,
+                               int64_t *end)
+{
+    const int64_t units = (total + unit - 1) / unit;
+    *begin = min64(total, units * index / count * unit);
+    *end = min64(total, units * (index + 1) / count * unit);
+}
+
+static inline int threads_for(int64_t work, int64_t threshold, int64_t max_parts)
+{
+    if (work < threshold || max_parts < 2)
+        return 1;
+    const int n = mv_pool_threads();
+    return (int64_t)n > max_parts ? (int)max_parts : n;
+}
+
+/* ---- row conversions ------------------------------------------------------------------------ */
+
+MV_ALWAYS_INLINE void convert_row(mv_dtype src_dt, const void *src, int64_t count, mv_dtype dst_dt,
+                                  void *dst)
+{
+    int64_t i = 0;
+    for (; i + VL <= count; i += VL)
+        vf_store_dt(dst_dt, at_mut(dst, dst_dt, i), vf_load_dt(src_dt, at(src, src_dt, i)));
+    for (; i < count; i++)
+        mv_store(dst_dt, dst, i, mv_load(src_dt, src, i));
+}
+
+/* float32 -> dtype, the results' stores. */
+static void store_f32_row(mv_dtype dt, const float *src, int64_t count, void *dst)
+{
+    switch (dt) {
+    case MV_FLOAT32: memcpy(dst, src, (size_t)count * sizeof(float)); break;
+    case MV_FLOAT16: convert_row(MV_FLOAT32, src, count, MV_FLOAT16, dst); break;
+    default: convert_row(MV_FLOAT32, src, count, MV_BFLOAT16, dst); break;
+    }
+}
+
+static void load_f32_row(mv_dtype dt, const void *src, int64_t count, float *dst)
+{
+    switch (dt) {
+    case MV_FLOAT32: memcpy(dst, src, (size_t)count * sizeof(float)); break;
+    case MV_FLOAT16: convert_row(MV_FLOAT16, src, count, MV_FLOAT32, dst); break;
+    default: convert_row(MV_BFLOAT16, src, count, MV_FLOAT32, dst); break;
+    }
+}
+
+/* ---- RMSNorm of one row --------------------------------------------------------------------- */
+
+/* Pairwise combination of block sums: level[l] holds the sum of 2^l blocks. */
+typedef struct {
+    float level[64];
+    uint64_t count;
+} cascade;
+
+static inline void cascade_add(cascade *c, float x)
+{
+    uint64_t k = c->count++;
+    int l = 0;
+    for (; k & 1u; k >>= 1, l++)
+        x += c->level[l];
+    c->level[l] = x;
+}
+
+static inline float cascade_total(const cascade *c)
+{
+    float total = 0.0f;
+    for (int l = 0; l < 64; l++)
+        if ((c->count >> l) & 1u)
+            total += c->level[l];
+    return total;
+}
+
+/* Pass 1: s = x (+ residual, rounded to dt and written to residual_out); returns sum(s^2). */
+MV_ALWAYS_INLINE float sum_squares(mv_dtype dt, int with_residual, const void *x,
+                                   const void *residual, void *residual_out, int64_t hidden)
+{
+    cascade c;
+    c.count = 0;
+    for (int64_t b0 = 0; b0 < hidden; b0 += NORM_BLOCK) {
+        const int64_t n = min64(NORM_BLOCK, hidden - b0);
+        vf acc0 = vf_zero(), acc1 = vf_zero();
+        int64_t i = b0;
+        for (; i + 2 * VL <= b0 + n; i += 2 * VL) {
+            vf s0 = vf_load_dt(dt, at(x, dt, i));
+            vf s1 = vf_load_dt(dt, at(x, dt, i + VL));
+            if (with_residual) {
+                s0 = vf_add(s0, vf_load_dt(dt, at(residual, dt, i)));
+                s1 = vf_add(s1, vf_load_dt(dt, at(residual, dt, i + VL)));
+                vf_store_dt(dt, at_mut(residual_out, dt, i), s0);
+                vf_store_dt(dt, at_mut(residual_out, dt, i + VL), s1);
+                if (dt != MV_FLOAT32) { /* the rounded value is what gets normalized */
+                    s0 = vf_load_dt(dt, at(residual_out, dt, i));
+                    s1 = vf_load_dt(dt, at(residual_out, dt, i + VL));
+                }
+            }
+            acc0 = vf_fma(s0, s0, acc0);
+            acc1 = vf_fma(s1, s1, acc1);
+        }
+        float tail = 0.0f;
+        for (; i < b0 + n; i++) {
+            float s = mv_load(dt, x, i);
+            if (with_residual) {
+                s += mv_load(dt, residual, i);
+                mv_store(dt, residual_out, i, s);
+                s = mv_load(dt, residual_out, i);
+            }
+            tail += s * s;
+        }
+        cascade_add(&c, vf_hsum(vf_add(acc0, acc1)) + tail);
+    }
+    return cascade_total(&c);
+}
+
+/* Pass 2: out = weight * (s * rrms), rounded to out_dt. */
+MV_ALWAYS_INLINE void scale_row(mv_dtype dt, const void *s, const void *weight, float rrms,
+                                mv_dtype out_dt, void *out, int64_t hidden)
+{
+    const vf r = vf_set1(rrms);
+    int64_t i = 0;
+    for (; i + VL <= hidden; i += VL) {
+        const vf y = vf_mul(vf_load_dt(dt, at(weight, dt, i)), vf_mul(vf_load_dt(dt, at(s, dt, i)), r));
+        vf_store_dt(out_dt, at_mut(out, out_dt, i), y);
+    }
+    for (; i < hidden; i++)
+        mv_store(out_dt, out, i, mv_load(dt, weight, i) * (mv_load(dt, s, i) * rrms));
+}
+
+/* The float64 redo of rows whose float32 sum of squares overflowed or underflowed (file
+   comment). Returns 0 (nothing written) where the row has no finite nonzero magnitude. */
+static int scaled_row(mv_dtype dt, const void *s, const void *weight, float eps, mv_dtype out_dt,
+                      void *out, int64_t hidden)
+{
+    float largest = 0.0f;
+    for (int64_t i = 0; i < hidden; i++)
+        largest = fmaxf(largest, fabsf(mv_load(dt, s, i)));
+    if (!(largest > 0.0f) || isinf(largest))
+        return 0;
+    const double inv = 1.0 / (double)largest;
+    double sum = 0.0;
+    for (int64_t i = 0; i < hidden; i++) {
+        const double t = (double)mv_load(dt, s, i) * inv;
+        sum += t * t;
+    }
+    const double rrms = 1.0 / sqrt((double)largest * largest * (sum / (double)hidden) + eps);
+    for (int64_t i = 0; i < hidden; i++)
+        mv_store(out_dt, out, i, mv_load(dt, weight, i) * (float)(mv_load(dt, s, i) * rrms));
+    return 1;
+}
+
+MV_ALWAYS_INLINE void norm_row_dt(mv_dtype dt, const mv_norm_input *in, int64_t row,
+                                  mv_dtype out_dt, void *out)
+{
+    const int64_t hidden = in->hidden;
+    const void *x = at(in->x, dt, row * in->x_stride);
+    const void *s = x;
+    float sum;
+    if (in->residual != NULL) {
+        void *residual_out = at_mut(in->residual_out, dt, row * in->residual_out_stride);
+        sum = sum_squares(dt, 1, x, at(in->residual, dt, row * in->residual_stride), residual_out,
+                          hidden);
+        s = residual_out;
+    } else {
+        sum = sum_squares(dt, 0, x, NULL, NULL, hidden);
+    }
+    if ((isinf(sum) || sum < 0x1p-100f) &&
+        scaled_row(dt, s, in->norm_weight, in->eps, out_dt, out, hidden))
+        return;
+    const float rrms = 1.0f / sqrtf(sum / (float)hidden + in->eps);
+    if (out_dt == MV_FLOAT32)
+        scale_row(dt, s, in->norm_weight, rrms, MV_FLOAT32, out, hidden);
+    else
+        scale_row(dt, s, in->norm_weight, rrms, dt, out, hidden);
+}
+
+/* out_dt is the input's dtype (the norm ops) or float32 (QKV's y). */
+static void norm_row(const mv_norm_input *in, int64_t row, mv_dtype out_dt, void *out)
+{
+    switch (in->dtype) {
+    case MV_FLOAT32: norm_row_dt(MV_FLOAT32, in, row, out_dt, out); break;
+    case MV_FLOAT16: norm_row_dt(MV_FLOAT16, in, row, out_dt, out); break;
+    default: norm_row_dt(MV_BFLOAT16, in, row, out_dt, out); break;
+    }
+}
+
+typedef struct {
+    const mv_rms_norm_args *a;
+} norm_job;
+
+static void norm_task(void *ctx, int index, int count)
+{
+    const mv_rms_norm_args *a = ((const norm_job *)ctx)->a;
+    int64_t begin, end;
+    split_range(a->in.rows, 1, index, count, &begin, &end);
+    for (int64_t row = begin; row < end; row++)
+        norm_row(&a->in, row, a->in.dtype, at_mut(a->out, a->in.dtype, row * a->out_stride));
+}
+
+int MV_NAME(mv_rms_norm_cpu)(const mv_rms_norm_args *a)
+{
+    if (a->in.rows <= 0)
+        return MV_OK;
+    norm_job job = {a};
+    mv_pool_run(norm_task, &job,
+                threads_for(a->in.rows * a->in.hidden, PARALLEL_MIN_ELEMENTS, a->in.rows));
+    return MV_OK;
+}
+
+/* ---- QKV ------------------------------------------------------------------------------------- */
+
+/* out[r * out_stride + c] += sum_k y[r * y_stride + k] * w_c[k] for r < MR, c < NC, k < depth,
+   where w_c is W's row c (w + c * w_row_bytes, dtype wdt). Summed as the file comment says. */
+MV_ALWAYS_INLINE void dot_tile(mv_dtype wdt, int MR, int NC, const char *w, int64_t w_row_bytes,
+                               const float *y, int64_t y_stride, int64_t depth, float *out,
+                               int64_t out_stride)
+{
+    float sums[DOT_MR][DOT_NC] = {{0.0f}};
+    const int64_t whole = depth - depth % VL;
+    for (int64_t k0 = 0; k0 < whole; k0 += DOT_BLOCK) {
+        const int64_t k1 = min64(k0 + DOT_BLOCK, whole);
+        vf acc[DOT_MR][DOT_NC];
+        for (int r = 0; r < MR; r++)
+            for (int c = 0; c < NC; c++)
+                acc[r][c] = vf_zero();
+        for (int64_t k = k0; k < k1; k += VL) {
+            vf wv[DOT_NC];
+            for (int c = 0; c < NC; c++)
+                wv[c] = vf_load_dt(wdt, w + c * w_row_bytes + k * mv_dtype_size(wdt));
+            for (int r = 0; r < MR; r++) {
+                const vf yv = vf_loadu(y + r * y_stride + k);
+                for (int c = 0; c < NC; c++)
+                    acc[r][c] = vf_fma(yv, wv[c], acc[r][c]);
+            }
+        }
+        for (int r = 0; r < MR; r++)
+            for (int c = 0; c < NC; c++)
+                sums[r][c] += vf_hsum(acc[r][c]);
+    }
+    for (int64_t k = whole; k < depth; k++)
+        for (int c = 0; c < NC; c++) {
+            const float wk = mv_load(wdt, w + c * w_row_bytes, k);
+            for (int r = 0; r < MR; r++)
+                sums[r][c] += y[r * y_stride + k] * wk;
+        }
+    for (int r = 0; r < MR; r++)
+        for (int c = 0; c < NC; c++)
+            out[r * out_stride + c] += sums[r][c];
+}
+
+#define DOT_CASE(wdt, mr, nc)                                                                      \
+    dot_tile(wdt, mr, nc, w, w_row_bytes, y, y_stride, depth, out, out_stride)
+
+static void dot_tile_any(mv_dtype wdt, int mr, int nc, const char *w, int64_t w_row_bytes,
+                         const float *y, int64_t y_stride, int64_t depth, float *out,
+                         int64_t out_stride)
+{
+#define BY_ROWS(wdt, nc)                                                                           \
+    switch (mr) {                                                                                  \
+    case 1: DOT_CASE(wdt, 1, nc); break;                                                           \
+    case 2: DOT_CASE(wdt, 2, nc); break;                                                           \
+    case 3: DOT_CASE(wdt, 3, nc); break;                                                           \
+    default: DOT_CASE(wdt, 4, nc); break;                                                          \
+    }
+#define BY_COLS(wdt)                                                                               \
+    if (nc == DOT_NC) {                                                                            \
+        BY_ROWS(wdt, DOT_NC)                                                                       \
+    } else {                                                                                       \
+        BY_ROWS(wdt, 1)                                                                            \
+    }
+    switch (wdt) {
+    case MV_FLOAT32: BY_COLS(MV_FLOAT32) break;
+    case MV_FLOAT16: BY_COLS(MV_FLOAT16) break;
+    default: BY_COLS(MV_BFLOAT16) break;
+    }
+#undef BY_COLS
+#undef BY_ROWS
+}
+
+/* Columns [n0, n0 + cols) of `rows` rows of results (acc, row stride acc_stride), global rows
+   from m0, to q, k and v, split where the range straddles their boundaries. */
+static void store_columns(const mv_qkv_args *a, const float *acc, int64_t acc_stride, int64_t m0,
+                          int64_t rows, int64_t n0, int64_t cols)
+{
+    const mv_dtype dt = a->in.dtype;
+    const int64_t q_end = a->q_cols, k_end = a->q_cols + a->kv_cols;
+    int64_t n = n0;
+    while (n < n0 + cols) {
+        void *base;
+        int64_t stride, first, end;
+        if (n < q_end) {
+            base = a->q, stride = a->q_stride, first = 0, end = q_end;
+        } else if (n < k_end) {
+            base = a->k, stride = a->k_stride, first = q_end, end = k_end;
+        } else {
+            base = a->v, stride = a->v_stride, first = k_end, end = n0 + cols;
+        }
+        const int64_t count = min64(end, n0 + cols) - n;
+        for (int64_t r = 0; r < rows; r++)
+            store_f32_row(dt, acc + r * acc_stride + (n - n0), count,
+                          at_mut(base, dt, (m0 + r) * stride + (n - first)));
+        n += count;
+    }
+}
+
+typedef struct {
+    const mv_qkv_args *a;
+    float *y;     /* rows [m0, m0 + rows) normalized, float32, row stride hidden */
+    int64_t m0;
+    int64_t rows;
+    atomic_int failed; /* a thread's scratch allocation failed */
+} qkv_job;
+
+static void qkv_norm_task(void *ctx, int index, int count)
+{
+    qkv_job *job = ctx;
+    int64_t begin, end;
+    split_range(job->rows, 1, index, count, &begin, &end);
+    for (int64_t r = begin; r < end; r++)
+        norm_row(&job->a->in, job->m0 + r, MV_FLOAT32, job->y + r * job->a->in.hidden);
+}
+
+static void qkv_columns_task(void *ctx, int index, int count)
+{
+    qkv_job *job = ctx;
+    const mv_qkv_args *a = job->a;
+    const mv_dtype dt = a->in.dtype;
+    const int64_t hidden = a->in.hidden, rows = job->rows;
+    const int64_t n_total = a->q_cols + 2 * a->kv_cols;
+    const int64_t es = mv_dtype_size(dt);
+    /* W streamed as it is (nn.Linear layout, few rows), or converted a block at a time. */
+    const int direct = rows <= DIRECT_MAX_ROWS && a->w_stride_k == 1;
+    int64_t begin, end;
+    split_range(n_total, 16, index, count, &begin, &end);
+    if (begin >= end)
+        return;
+    float *acc = malloc((size_t)(rows * COL_BLOCK) * sizeof(float));
+    float *wbuf = direct ? NULL : malloc((size_t)COL_BLOCK * DOT_BLOCK * sizeof(float));
+    if (acc == NULL || (!direct && wbuf == NULL)) {
+        atomic_store(&job->failed, 1);
+        free(acc);
+        free(wbuf);
+        return;
+    }
+    for (int64_t n0 = begin; n0 < end; n0 += COL_BLOCK) {
+        const int64_t cols = min64(COL_BLOCK, end - n0);
+        memset(acc, 0, (size_t)(rows * COL_BLOCK) * sizeof(float));
+        if (direct) {
+            /* four rows of W at a time, whole, against every row of y (from cache after the
+               first group of y rows) */
+            const int64_t w_row_bytes = a->w_stride_n * es;
+            int64_t c = 0;
+            for (; c < cols; c += DOT_NC) {
+                const int nc = cols - c >= DOT_NC ? DOT_NC : 1;
+                for (int64_t r = 0; r < rows; r += DOT_MR)
+                    dot_tile_any(dt, (int)min64(DOT_MR, rows - r), nc,
+                                 at(a->w, dt, (n0 + c) * a->w_stride_n), w_row_bytes,
+                                 job->y + r * hidden, hidden, hidden, acc + r * COL_BLOCK + c,
+                                 COL_BLOCK);
+                if (nc == 1)
+                    c -= DOT_NC - 1; /* the last few columns go one at a time */
+            }
+        } else {
+            for (int64_t k0 = 0; k0 < hidden; k0 += DOT_BLOCK) {
+                const int64_t depth = min64(DOT_BLOCK, hidden - k0);
+                const int64_t w_row_bytes = depth * (int64_t)sizeof(float);
+                /* wbuf[c][k] = W[n0 + c, k0 + k] as float32 */
+                for (int64_t c = 0; c < cols; c++) {
+                    const char *src = at(a->w, dt, (n0 + c) * a->w_stride_n + k0 * a->w_stride_k);
+                    float *dst = wbuf + c * depth;
+                    if (a->w_stride_k == 1)
+                        load_f32_row(dt, src, depth, dst);
+                    else
+                        for (int64_t k = 0; k < depth; k++)
+                            dst[k] = mv_load(dt, src, k * a->w_stride_k);
+                }
+                for (int64_t r = 0; r < rows; r += DOT_MR) {
+                    const int mr = (int)min64(DOT_MR, rows - r);
+                    const float *y_rows = job->y + r * hidden + k0;
+                    float *acc_rows = acc + r * COL_BLOCK;
+                    int64_t c = 0;
+                    for (; c + DOT_NC <= cols; c += DOT_NC)
+                        dot_tile_any(MV_FLOAT32, mr, DOT_NC, (const char *)(wbuf + c * depth),
+                                     w_row_bytes, y_rows, hidden, depth, acc_rows + c, COL_BLOCK);
+                    for (; c < cols; c++)
+                        dot_tile_any(MV_FLOAT32, mr, 1, (const char *)(wbuf + c * depth),
+                                     w_row_bytes, y_rows, hidden, depth, acc_rows + c, COL_BLOCK);
+                }
+            }
+        }
+        store_columns(a, acc, COL_BLOCK, job->m0, rows, n0, cols);
+    }
+    free(acc);
+    free(wbuf);
+}
+
+int MV_NAME(mv_fused_rms_norm_qkv_cpu)(const mv_qkv_args *a)
+{
+    const int64_t rows = a->in.rows, hidden = a->in.hidden;
+    const int64_t n_total = a->q_cols + 2 * a->kv_cols;
+    if (rows <= 0 || n_total <= 0)
+        return MV_OK;
+    const int64_t chunk = min64(rows, ROW_CHUNK);
+    float *y = malloc((size_t)(chunk * hidden) * sizeof(float));
+    if (y == NULL)
+        return MV_ERR_NOMEM;
+    qkv_job job = {a, y, 0, 0, 0};
+    for (int64_t m0 = 0; m0 < rows && !atomic_load(&job.failed); m0 += ROW_CHUNK) {
+        job.m0 = m0;
+        job.rows = min64(ROW_CHUNK, rows - m0);
+        mv_pool_run(qkv_norm_task, &job,
+                    threads_for(job.rows * hidden, PARALLEL_MIN_ELEMENTS, job.rows));
+        mv_pool_run(qkv_columns_task, &job,
+                    threads_for(job.rows * hidden * n_total, PARALLEL_MIN_MACS, (n_total + 15) / 16));
+    }
+    free(y);
+    return atomic_load(&job.failed) ? MV_ERR_NOMEM : MV_OK;
+}
