@@ -44,6 +44,9 @@
 #define COL_BLOCK 32
 #define ROW_CHUNK 256
 #define DIRECT_MAX_ROWS 16
+#ifndef MV_PREFETCH_BYTES
+#define MV_PREFETCH_BYTES 1024
+#endif
 /* Below these sizes a second thread costs more (wake-up, ~10 us) than it saves. */
 #define PARALLEL_MIN_ELEMENTS ((int64_t)1 << 16)
 #define PARALLEL_MIN_MACS ((int64_t)1 << 19)
@@ -289,8 +292,12 @@ MV_ALWAYS_INLINE void dot_tile(mv_dtype wdt, int MR, int NC, const char *w, int6
                 acc[r][c] = vf_zero();
         for (int64_t k = k0; k < k1; k += VL) {
             vf wv[DOT_NC];
-            for (int c = 0; c < NC; c++)
-                wv[c] = vf_load_dt(wdt, w + c * w_row_bytes + k * mv_dtype_size(wdt));
+            for (int c = 0; c < NC; c++) {
+                const char *wk = w + c * w_row_bytes + k * mv_dtype_size(wdt);
+                if (MV_PREFETCH_BYTES > 0)
+                    __builtin_prefetch(wk + MV_PREFETCH_BYTES);
+                wv[c] = vf_load_dt(wdt, wk);
+            }
             for (int r = 0; r < MR; r++) {
                 const vf yv = vf_loadu(y + r * y_stride + k);
                 for (int c = 0; c < NC; c++)
