@@ -28,8 +28,14 @@ C_SOURCES = [
     "csrc/binding/fused_rms_norm_qkv.c",
     "csrc/binding/tensor_import.c",
     "csrc/binding/buffer.c",
-    "csrc/cpu/rms_norm.c",
-    "csrc/cpu/fused_rms_norm_qkv.c",
+    "csrc/cpu/pool.c",
+    "csrc/cpu/dispatch.c",
+    # the kernels once per instruction-set level; the x86-64 levels set their targets by pragma
+    # (so one build runs on any x86-64, dispatch.c choosing at run time) and compile to nothing
+    # elsewhere
+    "csrc/cpu/kernels_portable.c",
+    "csrc/cpu/kernels_avx2.c",
+    "csrc/cpu/kernels_avx512.c",
 ]
 QKV = "csrc/cuda/fused_rms_norm_qkv/"
 CUDA_SOURCES = [
@@ -97,9 +103,10 @@ class BuildExt(build_ext):
         ext = self.extensions[0]
         cflags = ["-std=c11", "-O3", "-Wall", "-Wextra", "-fvisibility=hidden"]
         ldflags = []
-        if compiler_accepts(self.compiler, "-fopenmp"):
-            cflags.append("-fopenmp")
-            ldflags.append("-fopenmp")
+        # The CPU kernels run on their own pthread pool (csrc/cpu/pool.h), not OpenMP.
+        if compiler_accepts(self.compiler, "-pthread"):
+            cflags.append("-pthread")
+            ldflags.append("-pthread")
         cflags += shlex.split(os.environ.get("MINIVLLM_EXTRA_CFLAGS", ""))
         ldflags += shlex.split(os.environ.get("MINIVLLM_EXTRA_LDFLAGS", ""))
 

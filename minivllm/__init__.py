@@ -40,7 +40,9 @@ __all__ = [
     "cuda_device_count",
     "fused_add_rms_norm",
     "fused_rms_norm_qkv",
+    "get_num_threads",
     "rms_norm",
+    "set_num_threads",
 ]
 
 Buffer = _C.Buffer
@@ -59,6 +61,17 @@ def cuda_device_count():
 def cuda_available():
     """True when the CUDA kernels are built in and at least one GPU is usable."""
     return cuda_built() and cuda_device_count() > 0
+
+
+def get_num_threads():
+    """Threads the CPU kernels use: OMP_NUM_THREADS if set when first asked, else the CPUs this
+    process may run on, unless set_num_threads changed it."""
+    return _C.get_num_threads()
+
+
+def set_num_threads(n):
+    """Use n threads (1 to 256) in the CPU kernels from now on; returns the previous count."""
+    return _C.set_num_threads(n)
 
 
 def _check_writable_kind(name, array):

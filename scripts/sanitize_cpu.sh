@@ -7,7 +7,9 @@
 # The subset: test_fuzz.py (2,100 generated calls of the three ops with odd and bad arguments,
 # the best sweep of the kernels' and checks' edge cases), test_dlpack.py (capsule ownership),
 # test_errors.py (every argument check), test_threads.py (eight threads at once) and
-# test_leaks.py (every call path, 100,000 times). The per-op test files add only more shapes of
+# test_leaks.py (every call path, 100,000 times), and the CPU kernels' own files: every SIMD level
+# forced in turn (test_cpu_simd.py), the numerics and checks (test_cpu_numerics.py), fork and the
+# thread pool (test_cpu_threads.py). The per-op test files add only more shapes of
 # the same paths at three times the run time, so they are left to the plain run.
 # Python itself is not instrumented: libasan is preloaded, and PYTHONMALLOC=malloc hands Python's
 # allocations to it too. Leak reports are off (CPython keeps objects alive at exit by design);
@@ -34,7 +36,7 @@ MINIVLLM_CPU_ONLY=1 MINIVLLM_EXTRA_CFLAGS="$flags" MINIVLLM_EXTRA_LDFLAGS="-fsan
 
 if [ $# -eq 0 ]; then
     set -- tests/test_fuzz.py tests/test_dlpack.py tests/test_errors.py tests/test_threads.py \
-        tests/test_leaks.py
+        tests/test_leaks.py tests/test_cpu_simd.py tests/test_cpu_numerics.py tests/test_cpu_threads.py
 fi
 # the in-place build is what gets imported from this copy's root (python -m pytest puts the
 # working directory first on sys.path): say so, so a log shows which module ran

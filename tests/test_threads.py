@@ -1,6 +1,6 @@
 """Eight Python threads calling the ops at once get correct results.
 
-The CPU kernels run without the GIL (each call may start its own OpenMP team), so calls really
+The CPU kernels run without the GIL (each call may use the thread pool), so calls really
 overlap. Threads share the weights (read by all) and each has its own activations and outputs;
 every result of every iteration is checked against the float64 reference. On the GPU each thread
 works on its own torch CUDA stream, which minivllm must launch on.

@@ -3,6 +3,7 @@
  */
 #include "binding/checks.h"
 
+#include <float.h>
 #include <math.h>
 
 /* Same dtype and device as `ref`; on CUDA, element-aligned (the kernels' scalar loads). */
@@ -37,7 +38,8 @@ int mv_parse_eps(PyObject *obj, float *eps)
         PyErr_Format(PyExc_TypeError, "eps: expected a float, got %.100s", Py_TYPE(obj)->tp_name);
         return -1;
     }
-    if (!(v >= 0.0) || !isfinite(v)) {
+    /* finite as a float32 too: 1e39 would become inf in the kernels */
+    if (!(v >= 0.0) || !isfinite(v) || v > FLT_MAX) {
         PyErr_Format(PyExc_ValueError, "eps: expected a finite value >= 0, got %R", obj);
         return -1;
     }
@@ -51,9 +53,15 @@ int mv_parse_positive_int(PyObject *obj, const char *name, int64_t *value)
         PyErr_Format(PyExc_TypeError, "%s: expected an int, got %.100s", name, Py_TYPE(obj)->tp_name);
         return -1;
     }
-    long long v = PyLong_AsLongLong(obj);
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
     if (v == -1 && PyErr_Occurred())
         return -1;
+    if (overflow) {
+        PyErr_Format(PyExc_ValueError, "%s: expected a positive number of heads, got %R, which "
+                     "does not fit a 64-bit integer", name, obj);
+        return -1;
+    }
     if (v <= 0 || v > (1LL << 31)) {
         PyErr_Format(PyExc_ValueError, "%s: expected a positive number of heads, got %lld", name, v);
         return -1;

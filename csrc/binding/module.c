@@ -5,9 +5,69 @@
  */
 #include "binding/ops.h" /* first: it includes Python.h, which must precede system headers */
 
+#include "cpu/dispatch.h"
+#include "cpu/pool.h"
+
 #ifdef MINIVLLM_WITH_CUDA
 #include <cuda_runtime_api.h>
 #endif
+
+/* ---- CPU kernels: threads and instruction-set level ----------------------------------------- */
+
+static PyObject *py_get_num_threads(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromLong(mv_pool_threads());
+}
+
+static PyObject *py_set_num_threads(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    if (!PyLong_Check(arg) || PyBool_Check(arg)) {
+        PyErr_Format(PyExc_TypeError, "n: expected an int, got %.100s", Py_TYPE(arg)->tp_name);
+        return NULL;
+    }
+    int overflow = 0;
+    const long n = PyLong_AsLongAndOverflow(arg, &overflow);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (overflow || n < 1 || n > 256) {
+        PyErr_Format(PyExc_ValueError, "n: expected a thread count from 1 to 256, got %R", arg);
+        return NULL;
+    }
+    return PyLong_FromLong(mv_pool_set_threads((int)n));
+}
+
+/* Private test hooks: the SIMD levels this CPU runs, and a cap on the one the kernels use. */
+static PyObject *py_simd_levels(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    const int detected = mv_cpu_simd_detected();
+    PyObject *names = PyTuple_New(detected + 1);
+    for (int level = 0; names != NULL && level <= detected; level++) {
+        PyObject *name = PyUnicode_FromString(mv_cpu_simd_name(level));
+        if (name == NULL) {
+            Py_CLEAR(names);
+            break;
+        }
+        PyTuple_SET_ITEM(names, level, name);
+    }
+    return names;
+}
+
+static PyObject *py_simd_level(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    return PyUnicode_FromString(mv_cpu_simd_name(mv_cpu_simd_level()));
+}
+
+static PyObject *py_set_simd_level(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    const long level = PyLong_AsLong(arg);
+    if (level == -1 && PyErr_Occurred())
+        return NULL;
+    if (level < 0 || level >= MV_SIMD_LEVELS) {
+        PyErr_Format(PyExc_ValueError, "level: expected 0 to %d, got %ld", MV_SIMD_LEVELS - 1, level);
+        return NULL;
+    }
+    return PyLong_FromLong(mv_cpu_set_simd_cap((int)level));
+}
 
 /* ---- device information -------------------------------------------------------------------- */
 
@@ -48,6 +108,16 @@ static PyMethodDef module_methods[] = {
     {"qkv_last_gpu_path", mv_py_qkv_last_gpu_path, METH_NOARGS,
      "Name of the kernel path the last fused_rms_norm_qkv GPU call of this thread ran (\"none\" "
      "before any): tests use it to round their reference as that path does."},
+    {"get_num_threads", py_get_num_threads, METH_NOARGS,
+     "Threads the CPU kernels use (OMP_NUM_THREADS at first use, else the CPUs available)."},
+    {"set_num_threads", py_set_num_threads, METH_O,
+     "set_num_threads(n) -> previous: threads the CPU kernels use from now on (1 to 256)."},
+    {"_simd_levels", py_simd_levels, METH_NOARGS,
+     "The CPU kernels' instruction-set levels this machine can run, lowest first (tests)."},
+    {"_simd_level", py_simd_level, METH_NOARGS, "The level the CPU kernels use now (tests)."},
+    {"_set_simd_level", py_set_simd_level, METH_O,
+     "_set_simd_level(cap) -> previous cap: the CPU kernels use at most level cap (an index "
+     "into _simd_levels(); tests force lower levels with it)."},
     {"cuda_device_count", py_cuda_device_count, METH_NOARGS,
      "Number of CUDA devices the built-in CUDA runtime sees (0 without CUDA support)."},
     {NULL, NULL, 0, NULL},

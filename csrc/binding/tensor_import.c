@@ -22,7 +22,8 @@ int mv_import_names_init(mv_import_names *n)
     n->kwnames_version = Py_BuildValue("(s)", "max_version");
     n->kwnames_stream = Py_BuildValue("(s)", "stream");
     n->max_version = Py_BuildValue("(ii)", MV_DLPACK_MAJOR, MV_DLPACK_MINOR);
-    if (!n->dlpack || !n->dlpack_device || !n->array_interface || !n->dtype || !n->name ||
+    n->array_struct = PyUnicode_InternFromString("__array_struct__");
+    if (!n->array_struct || !n->dlpack || !n->dlpack_device || !n->array_interface || !n->dtype || !n->name ||
         !n->kwnames_stream_version || !n->kwnames_version || !n->kwnames_stream ||
         !n->max_version) {
         mv_import_names_clear(n);
@@ -42,6 +43,8 @@ void mv_import_names_clear(mv_import_names *n)
     Py_CLEAR(n->kwnames_version);
     Py_CLEAR(n->kwnames_stream);
     Py_CLEAR(n->max_version);
+    Py_CLEAR(n->array_struct);
+    Py_CLEAR(n->bf16_dtype);
 }
 
 const char *mv_dtype_name(mv_dtype dt)
@@ -251,6 +254,8 @@ static int consume_returned_capsule(PyObject *capsule, const char *producer, mv_
 
 /* ---- __array_interface__ (NumPy arrays DLPack cannot carry, e.g. ml_dtypes.bfloat16) ---- */
 
+static void rewrap_exception(PyObject *type, const char *name, const char *what);
+
 static int import_array_interface(const mv_import_names *names, PyObject *obj, mv_tensor *t)
 {
     int rc = -1;
@@ -286,8 +291,18 @@ static int import_array_interface(const mv_import_names *names, PyObject *obj, m
     PyErr_Clear();
     const char *dn = dtype_name && PyUnicode_Check(dtype_name) ? PyUnicode_AsUTF8(dtype_name) : NULL;
     const int native = ts[0] == '<' || ts[0] == '|' || ts[0] == '=';
-    if (dn && strcmp(dn, "bfloat16") == 0 && strcmp(ts + 1, "V2") == 0 && native)
+    if (ts[0] == '>') {
+        PyErr_Format(PyExc_TypeError,
+                     "%s: big-endian byte order ('%s') is not supported; the kernels read "
+                     "little-endian (native) data: convert with a.astype(a.dtype.newbyteorder('='))",
+                     t->name, ts);
+        goto done;
+    }
+    if (dn && strcmp(dn, "bfloat16") == 0 && strcmp(ts + 1, "V2") == 0 && native) {
         t->dtype = MV_BFLOAT16;
+        if (((mv_import_names *)names)->bf16_dtype == NULL && strcmp(Py_TYPE(obj)->tp_name, "numpy.ndarray") == 0)
+            ((mv_import_names *)names)->bf16_dtype = Py_NewRef(dtype);
+    }
     else if (native && strcmp(ts + 1, "f4") == 0)
         t->dtype = MV_FLOAT32;
     else if (native && strcmp(ts + 1, "f2") == 0)
@@ -306,13 +321,17 @@ static int import_array_interface(const mv_import_names *names, PyObject *obj, m
     int64_t compact = 1;
     for (Py_ssize_t d = ndim - 1; d >= 0; d--) {
         const long long size = PyLong_AsLongLong(PyTuple_GET_ITEM(shape, d));
-        if (size == -1 && PyErr_Occurred())
+        if (size == -1 && PyErr_Occurred()) {
+            rewrap_exception(PyExc_ValueError, t->name, "shape does not fit a 64-bit integer");
             goto done;
+        }
         long long stride_bytes = compact * elem;
         if (strides && strides != Py_None) {
             stride_bytes = PyLong_AsLongLong(PyTuple_GET_ITEM(strides, d));
-            if (stride_bytes == -1 && PyErr_Occurred())
+            if (stride_bytes == -1 && PyErr_Occurred()) {
+                rewrap_exception(PyExc_ValueError, t->name, "stride does not fit a 64-bit integer");
                 goto done;
+            }
         }
         if (size < 0 || stride_bytes % elem != 0) {
             PyErr_Format(PyExc_ValueError,
@@ -343,6 +362,82 @@ done:
     Py_XDECREF(dtype_name);
     Py_XDECREF(dtype);
     Py_DECREF(iface);
+    return rc;
+}
+
+/* ---- NumPy bfloat16 arrays: __array_struct__ ----------------------------------------------- */
+
+/* The C form of the array interface (NumPy's PyArrayInterface, documented as part of the array
+   interface protocol, version 3). */
+typedef struct {
+    int two;
+    int nd;
+    char typekind;
+    int itemsize;
+    int flags;
+    Py_intptr_t *shape;
+    Py_intptr_t *strides;
+    void *data;
+    PyObject *descr;
+} mv_array_interface_struct;
+
+enum { MV_NPY_ALIGNED = 0x100, MV_NPY_NOTSWAPPED = 0x200, MV_NPY_WRITEABLE = 0x400 };
+
+/* A plain numpy.ndarray of the bfloat16 dtype seen before, read through __array_struct__ (no
+   failed __dlpack__, no dict): 1 when imported, 0 when obj is not one (use the general path),
+   -1 on error. */
+static int import_known_bf16(const mv_import_names *names, PyObject *obj, mv_tensor *t)
+{
+    if (names->bf16_dtype == NULL || strcmp(Py_TYPE(obj)->tp_name, "numpy.ndarray") != 0)
+        return 0;
+    PyObject *dtype = PyObject_GetAttr(obj, names->dtype);
+    if (dtype == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    const int same = dtype == names->bf16_dtype;
+    Py_DECREF(dtype);
+    if (!same)
+        return 0;
+    PyObject *capsule = PyObject_GetAttr(obj, names->array_struct);
+    if (capsule == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    int rc = 0;
+    const mv_array_interface_struct *s =
+        PyCapsule_CheckExact(capsule) ? PyCapsule_GetPointer(capsule, NULL) : NULL;
+    if (s == NULL) {
+        PyErr_Clear();
+    } else if (s->two == 2 && s->itemsize == 2 && (s->flags & MV_NPY_NOTSWAPPED) &&
+               s->nd >= 0 && s->nd <= MV_MAX_DIMS) {
+        int64_t compact = 1;
+        rc = 1;
+        for (int d = s->nd - 1; d >= 0; d--) {
+            const int64_t stride_bytes = s->strides ? (int64_t)s->strides[d] : compact * 2;
+            if (stride_bytes % 2 != 0) {
+                rc = 0; /* odd strides: the general path reports them */
+                break;
+            }
+            t->shape[d] = (int64_t)s->shape[d];
+            t->strides[d] = stride_bytes / 2;
+            compact *= s->shape[d] ? (int64_t)s->shape[d] : 1;
+        }
+        if (rc == 1) {
+            t->ndim = s->nd;
+            t->dtype = MV_BFLOAT16;
+            t->data = s->data;
+            t->readonly = !(s->flags & MV_NPY_WRITEABLE);
+            t->processor = MV_ON_CPU;
+            t->device_id = 0;
+            if (compute_extent(t) < 0) {
+                rc = -1;
+            } else {
+                t->owner = Py_NewRef(obj);
+            }
+        }
+    }
+    Py_DECREF(capsule);
     return rc;
 }
 
@@ -581,6 +676,9 @@ int mv_tensor_import(const mv_import_names *names, PyObject *obj, const char *na
     t->name = name;
     if (PyCapsule_CheckExact(obj))
         return consume_capsule(obj, t);
+    const int known_bf16 = import_known_bf16(names, obj, t);
+    if (known_bf16 != 0)
+        return known_bf16 < 0 ? -1 : 0;
 
     int has_dlpack = has_attribute(obj, names->dlpack);
     if (has_dlpack < 0)

@@ -52,6 +52,10 @@ typedef struct {
     PyObject *kwnames_version;        /* ("max_version",) */
     PyObject *kwnames_stream;         /* ("stream",) */
     PyObject *max_version;            /* (1, 1) */
+    PyObject *array_struct;           /* "__array_struct__" */
+    /* ml_dtypes' bfloat16 NumPy dtype once an array of it was seen (a strong reference), so
+       later ones skip the DLPack attempt NumPy refuses and the __array_interface__ dict. */
+    PyObject *bf16_dtype;
 } mv_import_names;
 
 int mv_import_names_init(mv_import_names *n);

@@ -1,80 +1,254 @@
 /*
- * norm_row.h: the per-row half of RMSNorm on the CPU, shared by cpu/rms_norm.c and
- * cpu/fused_rms_norm_qkv.c so both ops normalize rows identically.
+ * norm_row.h: what the CPU kernels share (the per-row RMSNorm both ops use, row conversions, the
+ * thread split), written once against the vector layer of simd.h and compiled once per
+ * instruction-set level with the ops (rms_norm.h, fused_rms_norm_qkv.h) by kernels_portable.c,
+ * kernels_avx2.c and kernels_avx512.c; dispatch.c picks a level at run time.
+ * Numerics as minivllm_kernels.h documents them; the choices this file makes:
+ *
+ * Sum of squares (float32): each row is cut into blocks of NORM_BLOCK elements; a block is summed
+ *   in 2 * VL vector lanes (at most 32 terms each) and its lanes combined pairwise, and the block
+ *   sums are combined by a pairwise cascade (a binary counter), so the rounding error grows with
+ *   log2(H), not H: ~1e-7 relative for any H (2^24 included; tests/test_cpu_numerics.py).
+ * Overflow and underflow: where the float32 sum of squares overflows (|x| >~ 1.8e19) or falls
+ *   below 2^-100 (squares lose their precision to underflow), the row is redone in float64 scaled
+ *   by its largest magnitude m: rrms = 1 / sqrt(m^2 * sum((s_i / m)^2) / H + eps), and
+ *   y_i = weight_i * float(s_i * rrms) with s_i * rrms in float64 (rrms itself may not be
+ *   representable in float32). Every other row takes the float32 path above.
+ * QKV products: y (float32, never rounded to the dtype) times W converted to float32 (exact), in
+ *   float32 FMAs. Each output is summed in VL lanes over blocks of DOT_BLOCK elements (at most
+ *   DOT_BLOCK / VL terms a lane), the lanes added, and the block sums added in order.
+ *
+ * Threads (pool.h): norms split rows; QKV normalizes a chunk of rows (split by rows), then splits
+ * the output columns. At M <= DIRECT_MAX_ROWS, W (nn.Linear layout) is streamed straight from
+ * memory, four rows of it at a time, with every thread on its own column range (the decode
+ * GEMV); above that, each block of COL_BLOCK columns x DOT_BLOCK of W is first converted to a
+ * float32 buffer that stays in cache while every row of the chunk is multiplied against it
+ * (register tiles of up to 4 rows x 4 columns).
  */
-#ifndef MINIVLLM_NORM_ROW_CPU_H
-#define MINIVLLM_NORM_ROW_CPU_H
-
+#include <float.h>
 #include <math.h>
-#include <stdint.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
 
-#include "cpu/half_convert.h"
-#include "minivllm_kernels.h"
+#include "cpu/pool.h"
+#include "cpu/simd.h"
 
-/* Without -fopenmp the kernels run single-threaded; the macro keeps -Wunknown-pragmas quiet. */
-#ifdef _OPENMP
-#define MV_OMP(...) _Pragma(#__VA_ARGS__)
-#else
-#define MV_OMP(...)
+#define MV_CAT2(a, b) a##_##b
+#define MV_CAT(a, b) MV_CAT2(a, b)
+#define MV_NAME(name) MV_CAT(name, MV_SUFFIX)
+
+#define NORM_BLOCK (32 * VL)
+#define DOT_BLOCK 1024
+#define DOT_MR 4
+#define DOT_NC 4
+#define COL_BLOCK 32
+#define ROW_CHUNK 256
+#define DIRECT_MAX_ROWS 16
+#ifndef MV_PREFETCH_BYTES
+#define MV_PREFETCH_BYTES 1024
 #endif
+/* Below these sizes a second thread costs more (wake-up, ~10 us) than it saves. */
+#define PARALLEL_MIN_ELEMENTS ((int64_t)1 << 16)
+#define PARALLEL_MIN_MACS ((int64_t)1 << 19)
 
-/* The residual is converted in chunks on the stack so a thread needs only one scratch row. */
-#define RESIDUAL_CHUNK 256
+_Static_assert(DOT_BLOCK % 16 == 0 && COL_BLOCK % DOT_NC == 0, "whole vectors and tiles");
 
-/* Partial sums of squares: enough independent lanes for the compiler to vectorize the reduction
-   without reassociation flags, and shorter sums, hence smaller float32 rounding error. */
-#define SUM_LANES 16
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
-static inline const void *row_at(const void *base, mv_dtype dt, int64_t row, int64_t stride)
+static inline const char *at(const void *base, mv_dtype dt, int64_t elements)
 {
-    return (const unsigned char *)base + row * stride * mv_dtype_size(dt);
+    return (const char *)base + elements * mv_dtype_size(dt);
 }
 
-static inline void *mutable_row_at(void *base, mv_dtype dt, int64_t row, int64_t stride)
+static inline char *at_mut(void *base, mv_dtype dt, int64_t elements)
 {
-    return (unsigned char *)base + row * stride * mv_dtype_size(dt);
+    return (char *)base + elements * mv_dtype_size(dt);
 }
 
-/* sum = x[row] (+ residual[row], rounded to the dtype and written to residual_out[row]). */
-static inline void load_summed_row(const mv_norm_input *in, int64_t row, float *sum)
+/* [begin, end) of `total` items for part `index` of `count`, in multiples of `unit`. */
+static inline void split_range(int64_t total, int64_t unit, int index, int count, int64_t *begin,
+                               int64_t *end)
 {
-    const mv_dtype dt = in->dtype;
-    const int64_t hidden = in->hidden;
-    mv_load_row(dt, row_at(in->x, dt, row, in->x_stride), hidden, sum);
-    if (in->residual == NULL)
-        return;
+    const int64_t units = (total + unit - 1) / unit;
+    *begin = min64(total, units * index / count * unit);
+    *end = min64(total, units * (index + 1) / count * unit);
+}
 
-    const void *residual = row_at(in->residual, dt, row, in->residual_stride);
-    void *residual_out = mutable_row_at(in->residual_out, dt, row, in->residual_out_stride);
-    float chunk[RESIDUAL_CHUNK];
-    for (int64_t start = 0; start < hidden; start += RESIDUAL_CHUNK) {
-        const int64_t count = hidden - start < RESIDUAL_CHUNK ? hidden - start : RESIDUAL_CHUNK;
-        void *chunk_out = mutable_row_at(residual_out, dt, start, 1);
-        /* The chunk is read before it is written: residual_out may be residual itself. */
-        mv_load_row(dt, row_at(residual, dt, start, 1), count, chunk);
-        for (int64_t i = 0; i < count; i++)
-            sum[start + i] += chunk[i];
-        mv_store_row(dt, sum + start, count, chunk_out);
-        /* Reading the stored chunk back is the rounding to the dtype, one conversion each way. */
-        if (dt != MV_FLOAT32)
-            mv_load_row(dt, chunk_out, count, sum + start);
+static inline int threads_for(int64_t work, int64_t threshold, int64_t max_parts)
+{
+    if (work < threshold || max_parts < 2)
+        return 1;
+    const int n = mv_pool_threads();
+    return (int64_t)n > max_parts ? (int)max_parts : n;
+}
+
+/* ---- row conversions ------------------------------------------------------------------------ */
+
+MV_ALWAYS_INLINE void convert_row(mv_dtype src_dt, const void *src, int64_t count, mv_dtype dst_dt,
+                                  void *dst)
+{
+    int64_t i = 0;
+    for (; i + VL <= count; i += VL)
+        vf_store_dt(dst_dt, at_mut(dst, dst_dt, i), vf_load_dt(src_dt, at(src, src_dt, i)));
+    for (; i < count; i++)
+        mv_store(dst_dt, dst, i, mv_load(src_dt, src, i));
+}
+
+/* float32 -> dtype, the results' stores. */
+static void store_f32_row(mv_dtype dt, const float *src, int64_t count, void *dst)
+{
+    switch (dt) {
+    case MV_FLOAT32: memcpy(dst, src, (size_t)count * sizeof(float)); break;
+    case MV_FLOAT16: convert_row(MV_FLOAT32, src, count, MV_FLOAT16, dst); break;
+    default: convert_row(MV_FLOAT32, src, count, MV_BFLOAT16, dst); break;
     }
 }
 
-static inline float reciprocal_rms(const float *values, int64_t count, float eps)
+static void load_f32_row(mv_dtype dt, const void *src, int64_t count, float *dst)
 {
-    float lanes[SUM_LANES] = {0.0f};
-    int64_t i = 0;
-    for (; i + SUM_LANES <= count; i += SUM_LANES)
-        for (int lane = 0; lane < SUM_LANES; lane++)
-            lanes[lane] += values[i + lane] * values[i + lane];
-    for (int lane = 0; i < count; i++, lane++)
-        lanes[lane] += values[i] * values[i];
-    /* Pairwise combination keeps the final additions balanced. */
-    for (int width = SUM_LANES / 2; width > 0; width /= 2)
-        for (int lane = 0; lane < width; lane++)
-            lanes[lane] += lanes[lane + width];
-    return 1.0f / sqrtf(lanes[0] / (float)count + eps);
+    switch (dt) {
+    case MV_FLOAT32: memcpy(dst, src, (size_t)count * sizeof(float)); break;
+    case MV_FLOAT16: convert_row(MV_FLOAT16, src, count, MV_FLOAT32, dst); break;
+    default: convert_row(MV_BFLOAT16, src, count, MV_FLOAT32, dst); break;
+    }
 }
 
-#endif /* MINIVLLM_NORM_ROW_CPU_H */
+/* ---- RMSNorm of one row --------------------------------------------------------------------- */
+
+/* Pairwise combination of block sums: level[l] holds the sum of 2^l blocks. */
+typedef struct {
+    float level[64];
+    uint64_t count;
+} cascade;
+
+static inline void cascade_add(cascade *c, float x)
+{
+    uint64_t k = c->count++;
+    int l = 0;
+    for (; k & 1u; k >>= 1, l++)
+        x += c->level[l];
+    c->level[l] = x;
+}
+
+static inline float cascade_total(const cascade *c)
+{
+    float total = 0.0f;
+    for (int l = 0; l < 64; l++)
+        if ((c->count >> l) & 1u)
+            total += c->level[l];
+    return total;
+}
+
+/* Pass 1: s = x (+ residual, rounded to dt and written to residual_out); returns sum(s^2). */
+MV_ALWAYS_INLINE float sum_squares(mv_dtype dt, int with_residual, const void *x,
+                                   const void *residual, void *residual_out, int64_t hidden)
+{
+    cascade c;
+    c.count = 0;
+    for (int64_t b0 = 0; b0 < hidden; b0 += NORM_BLOCK) {
+        const int64_t n = min64(NORM_BLOCK, hidden - b0);
+        vf acc0 = vf_zero(), acc1 = vf_zero();
+        int64_t i = b0;
+        for (; i + 2 * VL <= b0 + n; i += 2 * VL) {
+            vf s0 = vf_load_dt(dt, at(x, dt, i));
+            vf s1 = vf_load_dt(dt, at(x, dt, i + VL));
+            if (with_residual) {
+                s0 = vf_add(s0, vf_load_dt(dt, at(residual, dt, i)));
+                s1 = vf_add(s1, vf_load_dt(dt, at(residual, dt, i + VL)));
+                vf_store_dt(dt, at_mut(residual_out, dt, i), s0);
+                vf_store_dt(dt, at_mut(residual_out, dt, i + VL), s1);
+                if (dt != MV_FLOAT32) { /* the rounded value is what gets normalized */
+                    s0 = vf_load_dt(dt, at(residual_out, dt, i));
+                    s1 = vf_load_dt(dt, at(residual_out, dt, i + VL));
+                }
+            }
+            acc0 = vf_fma(s0, s0, acc0);
+            acc1 = vf_fma(s1, s1, acc1);
+        }
+        float tail = 0.0f;
+        for (; i < b0 + n; i++) {
+            float s = mv_load(dt, x, i);
+            if (with_residual) {
+                s += mv_load(dt, residual, i);
+                mv_store(dt, residual_out, i, s);
+                s = mv_load(dt, residual_out, i);
+            }
+            tail += s * s;
+        }
+        cascade_add(&c, vf_hsum(vf_add(acc0, acc1)) + tail);
+    }
+    return cascade_total(&c);
+}
+
+/* Pass 2: out = weight * (s * rrms), rounded to out_dt. */
+MV_ALWAYS_INLINE void scale_row(mv_dtype dt, const void *s, const void *weight, float rrms,
+                                mv_dtype out_dt, void *out, int64_t hidden)
+{
+    const vf r = vf_set1(rrms);
+    int64_t i = 0;
+    for (; i + VL <= hidden; i += VL) {
+        const vf y = vf_mul(vf_load_dt(dt, at(weight, dt, i)), vf_mul(vf_load_dt(dt, at(s, dt, i)), r));
+        vf_store_dt(out_dt, at_mut(out, out_dt, i), y);
+    }
+    for (; i < hidden; i++)
+        mv_store(out_dt, out, i, mv_load(dt, weight, i) * (mv_load(dt, s, i) * rrms));
+}
+
+/* The float64 redo of rows whose float32 sum of squares overflowed or underflowed (file
+   comment). Returns 0 (nothing written) where the row has no finite nonzero magnitude. */
+static int scaled_row(mv_dtype dt, const void *s, const void *weight, float eps, mv_dtype out_dt,
+                      void *out, int64_t hidden)
+{
+    float largest = 0.0f;
+    for (int64_t i = 0; i < hidden; i++)
+        largest = fmaxf(largest, fabsf(mv_load(dt, s, i)));
+    if (!(largest > 0.0f) || isinf(largest))
+        return 0;
+    const double inv = 1.0 / (double)largest;
+    double sum = 0.0;
+    for (int64_t i = 0; i < hidden; i++) {
+        const double t = (double)mv_load(dt, s, i) * inv;
+        sum += t * t;
+    }
+    const double rrms = 1.0 / sqrt((double)largest * largest * (sum / (double)hidden) + eps);
+    for (int64_t i = 0; i < hidden; i++)
+        mv_store(out_dt, out, i, mv_load(dt, weight, i) * (float)(mv_load(dt, s, i) * rrms));
+    return 1;
+}
+
+MV_ALWAYS_INLINE void norm_row_dt(mv_dtype dt, const mv_norm_input *in, int64_t row,
+                                  mv_dtype out_dt, void *out)
+{
+    const int64_t hidden = in->hidden;
+    const void *x = at(in->x, dt, row * in->x_stride);
+    const void *s = x;
+    float sum;
+    if (in->residual != NULL) {
+        void *residual_out = at_mut(in->residual_out, dt, row * in->residual_out_stride);
+        sum = sum_squares(dt, 1, x, at(in->residual, dt, row * in->residual_stride), residual_out,
+                          hidden);
+        s = residual_out;
+    } else {
+        sum = sum_squares(dt, 0, x, NULL, NULL, hidden);
+    }
+    if ((isinf(sum) || sum < 0x1p-100f) &&
+        scaled_row(dt, s, in->norm_weight, in->eps, out_dt, out, hidden))
+        return;
+    const float rrms = 1.0f / sqrtf(sum / (float)hidden + in->eps);
+    if (out_dt == MV_FLOAT32)
+        scale_row(dt, s, in->norm_weight, rrms, MV_FLOAT32, out, hidden);
+    else
+        scale_row(dt, s, in->norm_weight, rrms, dt, out, hidden);
+}
+
+/* out_dt is the input's dtype (the norm ops) or float32 (QKV's y). */
+static void norm_row(const mv_norm_input *in, int64_t row, mv_dtype out_dt, void *out)
+{
+    switch (in->dtype) {
+    case MV_FLOAT32: norm_row_dt(MV_FLOAT32, in, row, out_dt, out); break;
+    case MV_FLOAT16: norm_row_dt(MV_FLOAT16, in, row, out_dt, out); break;
+    default: norm_row_dt(MV_BFLOAT16, in, row, out_dt, out); break;
+    }
+}
+

@@ -1,0 +1,92 @@
+"""The CPU kernels at every SIMD level this machine runs (portable C included), forced with the
+private _C._set_simd_level cap, against the float64 references: every dtype, the residual form,
+odd sizes (vector tails), the direct (decode) and converted-block QKV paths and the transposed
+W layout."""
+import numpy as np
+import pytest
+
+import minivllm
+from minivllm import _C
+from conftest import norm_weight, round_np
+from reference import QKV_TOL, TOL, assert_matches, assert_same_values, fused_add_rms_norm_ref, \
+    qkv_ref, rms_norm_ref
+
+LEVELS = list(_C._simd_levels())
+
+
+@pytest.fixture(params=LEVELS)
+def level(request):
+    previous = _C._set_simd_level(LEVELS.index(request.param))
+    assert _C._simd_level() == request.param
+    yield request.param
+    _C._set_simd_level(previous)
+
+
+@pytest.fixture(params=[1, 2])
+def threads(request):
+    previous = minivllm.set_num_threads(request.param)
+    yield request.param
+    minivllm.set_num_threads(previous)
+
+
+def test_levels_listed():
+    assert LEVELS[0] == "portable"
+    assert _C._simd_level() == LEVELS[-1]  # the default is the best the CPU has
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("M,H", [(1, 1), (3, 7), (5, 33), (2, 1000), (70, 1024), (1, 4099)])
+def test_norms(level, threads, dtype, M, H, rng):
+    x64 = rng.standard_normal((M, H)) * 3
+    r64 = rng.standard_normal((M, H))
+    w64 = norm_weight(rng, H)
+    x, r, w = round_np(x64, dtype), round_np(r64, dtype), round_np(w64, dtype)
+    out = minivllm.rms_norm(x, w, 1e-6)
+    assert_matches(out.astype(np.float64), rms_norm_ref(x.astype(np.float64), w.astype(np.float64),
+                                                         1e-6), TOL[dtype], "rms_norm")
+    normed, summed = minivllm.fused_add_rms_norm(x, r, w, 1e-6)
+    ref_normed, ref_summed = fused_add_rms_norm_ref(x.astype(np.float64), r.astype(np.float64),
+                                                    w.astype(np.float64), 1e-6, dtype)
+    assert_same_values(summed.astype(np.float64), ref_summed, "residual_out")
+    assert_matches(normed.astype(np.float64), ref_normed, TOL[dtype], "fused_add_rms_norm")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("M", [1, 3, 16, 17, 40])
+@pytest.mark.parametrize("H,NH,NKV,HD", [(64, 2, 1, 8), (100, 3, 1, 9), (1030, 4, 2, 8)])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_qkv(level, threads, dtype, M, H, NH, NKV, HD, transposed, rng):
+    N = (NH + 2 * NKV) * HD
+    x64, r64 = rng.standard_normal((M, H)), rng.standard_normal((M, H))
+    w64, W64 = norm_weight(rng, H), rng.standard_normal((N, H)) / np.sqrt(H)
+    x, r, w, W = (round_np(a, dtype) for a in (x64, r64, w64, W64))
+    Warg = np.ascontiguousarray(W.T) if transposed else W  # [H, N] row-major: w_stride_n == 1
+    got = minivllm.fused_rms_norm_qkv(x, w, Warg, NH, NKV, 1e-6, residual=r)
+    ref = qkv_ref(x.astype(np.float64), w.astype(np.float64), W.astype(np.float64), NH, NKV, 1e-6,
+                  residual=r.astype(np.float64), dtype=dtype)
+    for name, g, e in zip("qkv", got[:3], ref[:3]):
+        assert_matches(np.asarray(g, np.float64), e, QKV_TOL[dtype], name, row_axes=2)
+    assert_same_values(np.asarray(got[3], np.float64), ref[3], "residual_out")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_levels_agree(dtype, rng):
+    """Every level computes the same numbers up to float32 summation order."""
+    H, M = 515, 9
+    x = round_np(rng.standard_normal((M, H)), dtype)
+    w = round_np(norm_weight(rng, H), dtype)
+    W = round_np(rng.standard_normal((48, H)) / 20, dtype)
+    results = []
+    previous = _C._set_simd_level(0)
+    try:
+        for i in range(len(LEVELS)):
+            _C._set_simd_level(i)
+            results.append((minivllm.rms_norm(x, w).astype(np.float64),
+                            np.concatenate([a.reshape(M, -1) for a in
+                                            minivllm.fused_rms_norm_qkv(x, w, W, 4, 1)], 1)
+                            .astype(np.float64)))
+    finally:
+        _C._set_simd_level(previous)
+    for norm, qkv in results[1:]:
+        assert_matches(norm, results[0][0], TOL[dtype], "rms_norm across levels")
+        assert_matches(qkv, results[0][1], QKV_TOL[dtype], "qkv across levels")
