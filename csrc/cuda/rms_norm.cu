@@ -106,7 +106,6 @@ namespace {
 
 constexpr int kMaxVecsPerThread = 4; /* 4 x 16 B in flight per thread, 32 floats of registers */
 constexpr int kVecBlockThreads = 256;
-constexpr int kShortCallVecsPerThread = 2;
 
 /* V elements of T moved as one aligned access (16 B for 8 halves or 4 floats). */
 template <typename T, int V>
@@ -371,13 +370,11 @@ extern "C" int mv_rms_norm_cuda(const mv_rms_norm_args *a, const mv_cuda_opts *o
     mv_cuda_device dev;
     cudaError_t err = mv_current_device(&dev);
     if (err != cudaSuccess) return (int)err;
-    /* A short call (no more rows than multiprocessors: each row gets a block of its own) is pure
-       latency, and a thread's chain of work is shorter with 2 vectors than with 4 (fused add
-       M = 1 H = 896 1.57 -> 1.47 us; 1 vector is slower at H = 4096: groups of 512). */
-    if (a->in.rows <= dev.sms) {
-        const int64_t two_each = (vecs_per_row + kShortCallVecsPerThread - 1) / kShortCallVecsPerThread;
-        if (two_each <= kVecBlockThreads) needed = two_each;
-    }
+    /* The row layout (vector width, threads per row) depends on H and alignment only, never on M:
+       it fixes each row's summation order, so a row's bits do not depend on how many rows share
+       the call (batch invariance). Short calls once took 2 vectors per thread instead of 4 (fused
+       add M = 1 H = 896 1.47 against 1.57 us), which made rows of calls with up to one row per
+       multiprocessor round differently from the same rows in longer calls. */
     /* Threads per row: a power of two up to a warp (shuffle reduction), beyond that whole warps,
        so a row of 640 vectors (H = 5120, bf16) takes 160 threads with 4 vectors each rather than
        256 of which 96 idle (that ran 4096 x 5120 at 71% of copy bandwidth). */
