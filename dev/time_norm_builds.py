@@ -11,30 +11,15 @@ import json
 import torch
 
 import minivllm
+from time_builds import time_graph  # dev/ is on sys.path when run as a script
 
 SHAPES = [(1, 896), (1, 4096), (16, 4096), (128, 4096), (1000, 999), (4096, 1024), (8192, 896),
           (4096, 4096), (32768, 4096)]
 
 
-def graph_us(fn, calls, replays=15):
-    fn(0)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for i in range(calls):
-            fn(i)
-    g.replay()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(replays):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b) * 1e3 / calls)
-    ts.sort()
-    return round(ts[len(ts) // 2], 3)
+def graph_us(fn, calls):
+    """us per call of fn(0) ... fn(calls - 1), captured in one graph (time_builds' timer)."""
+    return round(time_graph(lambda: [fn(i) for i in range(calls)]) / calls, 3)
 
 
 def main():
