@@ -4,6 +4,7 @@ do not depend on it, and NumPy bf16 arrays take the fast import path with the sa
 import multiprocessing
 import os
 import subprocess
+import tempfile
 import sys
 
 import numpy as np
@@ -89,9 +90,12 @@ def test_set_num_threads_rejects(bad):
 
 def test_omp_num_threads_sets_the_default():
     code = "import minivllm; print(minivllm.get_num_threads())"
-    env = dict(os.environ, OMP_NUM_THREADS="3")
+    # the child imports the minivllm this process runs (installed or built in place), from a
+    # directory where no source tree shadows it
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(minivllm.__file__)))
+    env = dict(os.environ, OMP_NUM_THREADS="3", PYTHONPATH=package_parent)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+                         check=True, cwd=tempfile.gettempdir())
     assert out.stdout.strip() == "3"
 
 
