@@ -9,7 +9,8 @@
  * Numerics (identical on the CPU and the GPU):
  *   s      = x + residual, rounded to the dtype          (only when residual != NULL)
  *   rrms   = 1 / sqrt(sum(s_i^2) / H + eps)              (sum accumulated in float32)
- *   y_i    = weight_i * (s_i * rrms)                     (float32, rounded once to the dtype)
+ *   y_i    = (weight_i + offset) * (s_i * rrms)          (float32, rounded once to the dtype;
+ *                                                         offset 0, or 1 for Gemma's norm)
  *   qkv    = y . W^T                                     (products accumulated in float32)
  * We follow vLLM: the normalized value is multiplied by weight in float32, not rounded first.
  * For the QKV product, the CPU (and the generic GPU kernel) multiply the float32 y; the GPU's fast
@@ -65,6 +66,12 @@ typedef struct {
     void *residual_out;
     int64_t residual_out_stride;
     const void *norm_weight; /* gamma, contiguous, length H */
+    /* 0: gamma has the rows' dtype; 1: gamma is float32 beside 16-bit rows (the norm ops only).
+       Zero-initialized arguments mean the common case. */
+    int weight_float32;
+    /* y = (gamma + weight_offset) * (s * rrms), the sum in float32: 1 for Gemma's (1 + w), else 0
+       (QKV: always 0) */
+    float weight_offset;
 } mv_norm_input;
 
 /* rms_norm and fused_add_rms_norm: out[M, H] = rms_norm(x (+ residual)). out may be the same

@@ -31,7 +31,7 @@ def main():
     parser.add_argument("--label", required=True)
     label = parser.parse_args().label
     new = "pdl" in minivllm.rms_norm.__code__.co_varnames
-    tail = (None, None) if new else ()
+    tail = (None, None) if new else ()   # qkv: pdl, path
     out = {"label": label, "us": {}}
     bf16 = torch.bfloat16
     for hidden, heads, kv, hd in [(896, 14, 2, 64), (4096, 32, 8, 128)]:
@@ -50,7 +50,8 @@ def main():
             "_C qkv": lambda: _C.fused_rms_norm_qkv(x, g, w, heads, kv, 1e-6, None, q, k, v, None,
                                                     _C.TORCH_KIND, None, *tail),
             "rms_norm out=": lambda: minivllm.rms_norm(x, g, out=y),
-            "_C rms_norm": lambda: _C.rms_norm(x, g, 1e-6, y, _C.TORCH_KIND, None, *tail[:1]),
+            "_C rms_norm": lambda: _C.rms_norm(x, g, 1e-6, y, _C.TORCH_KIND, None,
+                                                    *((None, 0.0) if new else ())),
         }
         for name, fn in cases.items():
             fn()

@@ -1,9 +1,9 @@
 """minivllm: C/CUDA kernels for the prologue of LLM attention layers.
 
 Ops (CPU and CUDA, float32 / float16 / bfloat16, any array with DLPack):
-  rms_norm(x, weight, eps=1e-6, *, out=None, pdl=None)
+  rms_norm(x, weight, eps=1e-6, *, out=None, weight_offset=0.0, pdl=None)
   fused_add_rms_norm(x, residual, weight, eps=1e-6, *, out=None, residual_out=None, inplace=False,
-                     pdl=None)
+                     weight_offset=0.0, pdl=None)
   FusedRMSNormQKV.forward(hidden_states, norm_weight, qkv_weight, num_heads, num_kv_heads,
                           eps=1e-6, *, residual=None, out=None, residual_out=None, pdl=None)
 
@@ -80,11 +80,13 @@ def _check_writable_kind(name, array):
                         "leave it out and use the returned arrays")
 
 
-def rms_norm(x, weight, eps=1e-6, *, out=None, pdl=None):
+def rms_norm(x, weight, eps=1e-6, *, out=None, weight_offset=0.0, pdl=None):
     """RMSNorm over the last dimension: weight * x / sqrt(mean(x**2, -1) + eps).
 
     x: [..., H] (last dimension contiguous; leading dimensions may be strided);
-    weight: [H]; same dtype (float32, float16 or bfloat16) and device as x.
+    weight: [H] on x's device, of x's dtype (float32, float16 or bfloat16), or float32 beside
+        float16/bfloat16 x (checkpoints that keep norm weights in float32).
+    weight_offset: added to the weight in float32: 1.0 gives Gemma's (1 + weight) norm.
     out: optional preallocated result shaped like x (may be x itself: in place).
     pdl: programmatic dependent launch on the GPU (None: the library's default; see the module).
     Returns the result as x's kind of array (NumPy, torch, CuPy, JAX), on x's device.
@@ -92,21 +94,22 @@ def rms_norm(x, weight, eps=1e-6, *, out=None, pdl=None):
     if (type(x) in _TORCH_TYPES and type(weight) in _TORCH_TYPES
             and (out is None or type(out) in _TORCH_TYPES)):
         # Plain torch tensors: _C finds torch's stream and allocator itself (see _kinds).
-        return _C.rms_norm(x, weight, eps, out, _TORCH_KIND, None, pdl)
+        return _C.rms_norm(x, weight, eps, out, _TORCH_KIND, None, pdl, weight_offset)
     _check_writable_kind("out", out)
     alloc, stream, wrap, arg = _prepare(x)
-    result = _C.rms_norm(arg(x), arg(weight), eps, out, alloc, stream, pdl)
+    result = _C.rms_norm(arg(x), arg(weight), eps, out, alloc, stream, pdl, weight_offset)
     return result if out is not None else wrap(result)
 
 
 def fused_add_rms_norm(x, residual, weight, eps=1e-6, *, out=None, residual_out=None,
-                       inplace=False, pdl=None):
+                       inplace=False, weight_offset=0.0, pdl=None):
     """Residual add then RMSNorm, in one pass: returns (normed, new_residual).
 
     new_residual = x + residual, rounded to the dtype (what the model stores);
     normed = rms_norm(new_residual, weight, eps).
     inplace=True is vLLM's form: normed is written into x and new_residual into residual, and
     (x, residual) is returned. out= / residual_out= take preallocated results instead.
+    weight, weight_offset: as in rms_norm.
     pdl: programmatic dependent launch on the GPU (None: the library's default; see the module).
     """
     if inplace:
@@ -118,12 +121,12 @@ def fused_add_rms_norm(x, residual, weight, eps=1e-6, *, out=None, residual_out=
             and (out is None or type(out) in _TORCH_TYPES)
             and (residual_out is None or type(residual_out) in _TORCH_TYPES)):
         return _C.fused_add_rms_norm(x, residual, weight, eps, out, residual_out, _TORCH_KIND, None,
-                                     pdl)
+                                     pdl, weight_offset)
     _check_writable_kind("out" if not inplace else "x", out)
     _check_writable_kind("residual_out" if not inplace else "residual", residual_out)
     alloc, stream, wrap, arg = _prepare(x)
     normed, new_residual = _C.fused_add_rms_norm(arg(x), arg(residual), arg(weight), eps, out,
-                                                 residual_out, alloc, stream, pdl)
+                                                 residual_out, alloc, stream, pdl, weight_offset)
     return (normed if out is not None else wrap(normed),
             new_residual if residual_out is not None else wrap(new_residual))
 

@@ -30,18 +30,19 @@ def round_to(a, dtype):
     raise ValueError(f"dtype: unknown {dtype!r}")
 
 
-def rms_norm(x, weight, eps=1e-6):
+def rms_norm(x, weight, eps=1e-6, weight_offset=0.0):
+    """(weight + weight_offset) * x / sqrt(mean(x^2) + eps); weight_offset 1 is Gemma's (1 + w)."""
     x = np.asarray(x, np.float64)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         rrms = 1.0 / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
-        return np.asarray(weight, np.float64) * (x * rrms)
+        return (np.asarray(weight, np.float64) + weight_offset) * (x * rrms)
 
 
-def fused_add_rms_norm(x, residual, weight, eps, dtype):
+def fused_add_rms_norm(x, residual, weight, eps, dtype, weight_offset=0.0):
     """(normed, new_residual); the new residual is rounded to dtype before it is normalized."""
     with np.errstate(invalid="ignore", over="ignore"):
         s = round_to(np.asarray(x, np.float64) + np.asarray(residual, np.float64), dtype)
-    return rms_norm(s, weight, eps), s
+    return rms_norm(s, weight, eps, weight_offset), s
 
 
 def fp16_operand_scale(norm_weight):

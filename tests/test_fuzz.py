@@ -341,9 +341,10 @@ JUNK = {
 }
 
 
-def draw_tensor(data, place, rng, name, lead, cols, dtype, *, role, first=False):
+def draw_tensor(data, place, rng, name, lead, cols, dtype, *, role, first=False, float32_ok=False):
     """Draw one tensor argument: mostly valid, sometimes made invalid in one of many ways.
-    role: "input", "weight" (a 1-D [H] vector) or "output"."""
+    role: "input", "weight" (a 1-D [H] vector) or "output". float32_ok: a float32 array beside
+    16-bit ones is valid (the norm ops' weight)."""
     is_output = role == "output"
     rows = int(np.prod(lead)) if lead else 1
     C = int(np.prod(cols))
@@ -378,9 +379,10 @@ def draw_tensor(data, place, rng, name, lead, cols, dtype, *, role, first=False)
         dtype = np.dtype(data.draw(st.sampled_from(UNSUPPORTED), label=f"{name}.dtype"))
         invalid = True
     elif mutation == "mismatch":
-        dtype = data.draw(st.sampled_from([d for d in FLOATS.values() if d != dtype]),
+        other = data.draw(st.sampled_from([d for d in FLOATS.values() if d != dtype]),
                           label=f"{name}.other_dtype")
-        invalid = True
+        invalid = not (float32_ok and other == np.dtype(np.float32) and dtype != other)
+        dtype = other
     elif mutation == "shape":
         if lead and data.draw(st.booleans(), label=f"{name}.rows+1"):
             lead = (lead[0] + 1,) + tuple(lead[1:])
@@ -615,7 +617,8 @@ def draw_norm_args(data, place, row_names):
     rng, dtype, lead, H = draw_common(data, place)
     args = {name: draw_tensor(data, place, rng, name, lead, (H,), dtype, role="input",
                               first=i == 0) for i, name in enumerate(row_names)}
-    args["weight"] = draw_tensor(data, place, rng, "weight", (), (H,), dtype, role="weight")
+    args["weight"] = draw_tensor(data, place, rng, "weight", (), (H,), dtype, role="weight",
+                                 float32_ok=True)
     kw, invalid = draw_eps(data)
     invalid |= {a.name for a in args.values() if a.invalid}
     return rng, dtype, lead, H, args, kw, invalid

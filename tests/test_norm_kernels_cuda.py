@@ -57,10 +57,10 @@ def test_fast_matches_reference_kernel(dtype, hidden, layout, residual):
         if residual:
             new_res = _poisoned_like(x)
             minivllm._C.fused_add_rms_norm(x, r, w, 1e-6, out, new_res, None, _stream(), None,
-                                           reference)
+                                           0.0, reference)
             outs[reference] = (out, new_res)
         else:
-            minivllm._C.rms_norm(x, w, 1e-6, out, None, _stream(), None, reference)
+            minivllm._C.rms_norm(x, w, 1e-6, out, None, _stream(), None, 0.0, reference)
             outs[reference] = (out,)
     torch.cuda.synchronize()
     tol = TOL[dtype]

@@ -86,9 +86,14 @@ int mv_hidden_rows(const mv_tensor *x, int64_t *rows, int64_t *hidden, int64_t *
     return mv_as_rows(x, 1, rows, hidden, stride);
 }
 
-int mv_check_norm_weight(const mv_tensor *w, const mv_tensor *x, int64_t hidden)
+int mv_check_norm_weight(const mv_tensor *w, const mv_tensor *x, int64_t hidden, int allow_float32)
 {
-    if (mv_check_like(w, x) < 0)
+    /* float32 weights with 16-bit rows, where the op allows them (the norm ops: checkpoints such
+       as Gemma's keep norm weights in float32) */
+    const int mixed = allow_float32 && w->dtype == MV_FLOAT32 && x->dtype != MV_FLOAT32;
+    if (mixed ? mv_check_device_matches(w, x) < 0 ||
+                    (w->processor == MV_ON_CUDA && mv_check_element_aligned(w) < 0)
+              : mv_check_like(w, x) < 0)
         return -1;
     if (w->ndim != 1) {
         PyErr_Format(PyExc_ValueError, "%s: expected 1 dimension [%lld], got %d dimensions",
@@ -114,6 +119,23 @@ int mv_rows_like_x(const mv_tensor *t, const mv_tensor *x, int64_t *stride)
     return mv_as_rows(t, 1, &rows, &cols, stride);
 }
 
+
+int mv_parse_weight_offset(PyObject *obj, float *offset)
+{
+    const double v = PyFloat_AsDouble(obj);
+    if (v == -1.0 && PyErr_Occurred()) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "weight_offset: expected a float, got %.100s",
+                     Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    if (!isfinite(v) || fabs(v) > FLT_MAX) {
+        PyErr_Format(PyExc_ValueError, "weight_offset: expected a finite float32 value, got %R", obj);
+        return -1;
+    }
+    *offset = (float)v;
+    return 0;
+}
 
 int mv_parse_pdl(PyObject *obj, int *pdl)
 {

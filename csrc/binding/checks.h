@@ -16,7 +16,11 @@ int mv_parse_positive_int(PyObject *obj, const char *name, int64_t *value);
 int mv_parse_pdl(PyObject *obj, int *pdl);
 /* x: [..., H] with H >= 1, flattened to rows. */
 int mv_hidden_rows(const mv_tensor *x, int64_t *rows, int64_t *hidden, int64_t *stride);
-int mv_check_norm_weight(const mv_tensor *w, const mv_tensor *x, int64_t hidden);
+/* weight: [H], contiguous, on x's device, of x's dtype (or float32 with 16-bit x where
+   allow_float32). */
+int mv_check_norm_weight(const mv_tensor *w, const mv_tensor *x, int64_t hidden, int allow_float32);
+/* weight_offset: a finite float (1 for Gemma's (1 + w) norm). */
+int mv_parse_weight_offset(PyObject *obj, float *offset);
 /* A tensor shaped exactly like x (residual), flattened the same way. */
 int mv_rows_like_x(const mv_tensor *t, const mv_tensor *x, int64_t *stride);
 

@@ -131,7 +131,7 @@ PyObject *mv_py_fused_rms_norm_qkv(PyObject *module, PyObject *const *args, Py_s
     if (x->processor == MV_ON_CUDA && mv_check_element_aligned(x) < 0)
         goto done;
     mv_tensor *gamma = mv_call_import(&c, args[1], "norm_weight");
-    if (gamma == NULL || mv_check_norm_weight(gamma, x, a.in.hidden) < 0)
+    if (gamma == NULL || mv_check_norm_weight(gamma, x, a.in.hidden, 0) < 0)
         goto done;
     mv_tensor *w = mv_call_import(&c, args[2], "qkv_weight");
     if (w == NULL || mv_check_like(w, x) < 0 ||
@@ -211,6 +211,8 @@ PyObject *mv_py_fused_rms_norm_qkv(PyObject *module, PyObject *const *args, Py_s
     a.in.dtype = x->dtype;
     a.in.x = x->data;
     a.in.norm_weight = gamma->data;
+    a.in.weight_float32 = 0;
+    a.in.weight_offset = 0.0f;
     a.in.residual = residual ? residual->data : NULL;
     a.in.residual_out = res_out ? res_out->data : NULL;
     a.w = w->data;

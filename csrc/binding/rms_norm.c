@@ -20,22 +20,23 @@ static int cuda_rms_norm_reference(const void *a, const mv_cuda_opts *o, void *s
 #define CUDA_RMS_NORM(reference) NULL
 #endif
 
-/* ---- rms_norm(x, weight, eps, out, alloc, stream, pdl[, reference]) -> out ------------------ */
+/* ---- rms_norm(x, weight, eps, out, alloc, stream, pdl, weight_offset[, reference]) -> out ---- */
 
 PyObject *mv_py_rms_norm(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 7 && nargs != 8) {
-        PyErr_SetString(PyExc_TypeError, "_C.rms_norm(x, weight, eps, out, alloc, stream, pdl[, reference])");
+    if (nargs != 8 && nargs != 9) {
+        PyErr_SetString(PyExc_TypeError,
+                        "_C.rms_norm(x, weight, eps, out, alloc, stream, pdl, weight_offset[, reference])");
         return NULL;
     }
-    const int reference = nargs == 8 && PyObject_IsTrue(args[7]) == 1;
+    const int reference = nargs == 9 && PyObject_IsTrue(args[8]) == 1;
     (void)reference; /* only the CUDA path has a reference kernel */
     mv_call c = {0};
     PyObject *result = NULL, *out_obj = NULL;
     mv_rms_norm_args a;
     memset(&a, 0, sizeof(a));
     if (mv_call_start(&c, module, args[4], args[5], args[0]) < 0 || mv_parse_eps(args[2], &a.in.eps) < 0 ||
-        mv_parse_pdl(args[6], &c.opts.pdl) < 0)
+        mv_parse_pdl(args[6], &c.opts.pdl) < 0 || mv_parse_weight_offset(args[7], &a.in.weight_offset) < 0)
         goto done;
     mv_tensor *x = mv_call_import_first(&c, args[0], "x");
     if (x == NULL || mv_hidden_rows(x, &a.in.rows, &a.in.hidden, &a.in.x_stride) < 0)
@@ -43,7 +44,7 @@ PyObject *mv_py_rms_norm(PyObject *module, PyObject *const *args, Py_ssize_t nar
     if (x->processor == MV_ON_CUDA && mv_check_element_aligned(x) < 0)
         goto done;
     mv_tensor *w = mv_call_import(&c, args[1], "weight");
-    if (w == NULL || mv_check_norm_weight(w, x, a.in.hidden) < 0)
+    if (w == NULL || mv_check_norm_weight(w, x, a.in.hidden, 1) < 0)
         goto done;
     const int first_output = c.count;
     /* When an output is the input it replaces (in-place form), messages name that input. */
@@ -58,6 +59,7 @@ PyObject *mv_py_rms_norm(PyObject *module, PyObject *const *args, Py_ssize_t nar
     a.in.dtype = x->dtype;
     a.in.x = x->data;
     a.in.norm_weight = w->data;
+    a.in.weight_float32 = w->dtype != x->dtype; /* checked: float32 beside 16-bit x */
     a.out = out->data;
     if (mv_call_launch("rms_norm", &c, x, &a, cpu_rms_norm, CUDA_RMS_NORM(reference)) < 0)
         goto done;
@@ -68,18 +70,18 @@ done:
     return result;
 }
 
-/* ---- fused_add_rms_norm(x, residual, weight, eps, out, residual_out, alloc, stream, pdl[, ---
- *      reference]) -> (out, residual_out) */
+/* ---- fused_add_rms_norm(x, residual, weight, eps, out, residual_out, alloc, stream, pdl,
+ *      weight_offset[, reference]) -> (out, residual_out) */
 
 PyObject *mv_py_fused_add_rms_norm(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 9 && nargs != 10) {
+    if (nargs != 10 && nargs != 11) {
         PyErr_SetString(PyExc_TypeError,
                         "_C.fused_add_rms_norm(x, residual, weight, eps, out, residual_out, alloc, "
-                        "stream, pdl[, reference])");
+                        "stream, pdl, weight_offset[, reference])");
         return NULL;
     }
-    const int reference = nargs == 10 && PyObject_IsTrue(args[9]) == 1;
+    const int reference = nargs == 11 && PyObject_IsTrue(args[10]) == 1;
     (void)reference; /* only the CUDA path has a reference kernel */
     mv_call c = {0};
     PyObject *result = NULL, *out_obj = NULL, *res_obj = NULL;
@@ -87,7 +89,7 @@ PyObject *mv_py_fused_add_rms_norm(PyObject *module, PyObject *const *args, Py_s
     memset(&a, 0, sizeof(a));
     int64_t rows, cols;
     if (mv_call_start(&c, module, args[6], args[7], args[0]) < 0 || mv_parse_eps(args[3], &a.in.eps) < 0 ||
-        mv_parse_pdl(args[8], &c.opts.pdl) < 0)
+        mv_parse_pdl(args[8], &c.opts.pdl) < 0 || mv_parse_weight_offset(args[9], &a.in.weight_offset) < 0)
         goto done;
     mv_tensor *x = mv_call_import_first(&c, args[0], "x");
     if (x == NULL || mv_hidden_rows(x, &a.in.rows, &a.in.hidden, &a.in.x_stride) < 0)
@@ -98,7 +100,7 @@ PyObject *mv_py_fused_add_rms_norm(PyObject *module, PyObject *const *args, Py_s
     if (residual == NULL || mv_rows_like_x(residual, x, &a.in.residual_stride) < 0)
         goto done;
     mv_tensor *w = mv_call_import(&c, args[2], "weight");
-    if (w == NULL || mv_check_norm_weight(w, x, a.in.hidden) < 0)
+    if (w == NULL || mv_check_norm_weight(w, x, a.in.hidden, 1) < 0)
         goto done;
     const int first_output = c.count;
     mv_tensor *out = mv_call_output(&c, args[4], args[4] == args[0] ? "x" : "out", x, x->ndim,
@@ -118,6 +120,7 @@ PyObject *mv_py_fused_add_rms_norm(PyObject *module, PyObject *const *args, Py_s
     a.in.residual = residual->data;
     a.in.residual_out = res_out->data;
     a.in.norm_weight = w->data;
+    a.in.weight_float32 = w->dtype != x->dtype; /* checked: float32 beside 16-bit x */
     a.out = out->data;
     if (mv_call_launch("fused_add_rms_norm", &c, x, &a, cpu_rms_norm, CUDA_RMS_NORM(reference)) < 0)
         goto done;

@@ -181,23 +181,32 @@ MV_ALWAYS_INLINE float sum_squares(mv_dtype dt, int with_residual, const void *x
     return cascade_total(&c);
 }
 
-/* Pass 2: out = weight * (s * rrms), rounded to out_dt. */
-MV_ALWAYS_INLINE void scale_row(mv_dtype dt, const void *s, const void *weight, float rrms,
+/* The row's weights: gamma (dtype wdt) plus the offset, in float32. */
+typedef struct {
+    const void *data;
+    mv_dtype dt;
+    float offset;
+} row_weight;
+
+/* Pass 2: out = (weight + offset) * (s * rrms), rounded to out_dt. */
+MV_ALWAYS_INLINE void scale_row(mv_dtype dt, const void *s, row_weight w, float rrms,
                                 mv_dtype out_dt, void *out, int64_t hidden)
 {
     const vf r = vf_set1(rrms);
+    const vf offset = vf_set1(w.offset);
     int64_t i = 0;
     for (; i + VL <= hidden; i += VL) {
-        const vf y = vf_mul(vf_load_dt(dt, at(weight, dt, i)), vf_mul(vf_load_dt(dt, at(s, dt, i)), r));
+        const vf g = vf_add(vf_load_dt(w.dt, at(w.data, w.dt, i)), offset);
+        const vf y = vf_mul(g, vf_mul(vf_load_dt(dt, at(s, dt, i)), r));
         vf_store_dt(out_dt, at_mut(out, out_dt, i), y);
     }
     for (; i < hidden; i++)
-        mv_store(out_dt, out, i, mv_load(dt, weight, i) * (mv_load(dt, s, i) * rrms));
+        mv_store(out_dt, out, i, (mv_load(w.dt, w.data, i) + w.offset) * (mv_load(dt, s, i) * rrms));
 }
 
 /* The float64 redo of rows whose float32 sum of squares overflowed or underflowed (file
    comment). Returns 0 (nothing written) where the row has no finite nonzero magnitude. */
-static int scaled_row(mv_dtype dt, const void *s, const void *weight, float eps, mv_dtype out_dt,
+static int scaled_row(mv_dtype dt, const void *s, row_weight w, float eps, mv_dtype out_dt,
                       void *out, int64_t hidden)
 {
     float largest = 0.0f;
@@ -213,7 +222,8 @@ static int scaled_row(mv_dtype dt, const void *s, const void *weight, float eps,
     }
     const double rrms = 1.0 / sqrt((double)largest * largest * (sum / (double)hidden) + eps);
     for (int64_t i = 0; i < hidden; i++)
-        mv_store(out_dt, out, i, mv_load(dt, weight, i) * (float)(mv_load(dt, s, i) * rrms));
+        mv_store(out_dt, out, i,
+                 (mv_load(w.dt, w.data, i) + w.offset) * (float)(mv_load(dt, s, i) * rrms));
     return 1;
 }
 
@@ -232,14 +242,14 @@ MV_ALWAYS_INLINE void norm_row_dt(mv_dtype dt, const mv_norm_input *in, int64_t 
     } else {
         sum = sum_squares(dt, 0, x, NULL, NULL, hidden);
     }
-    if ((isinf(sum) || sum < 0x1p-100f) &&
-        scaled_row(dt, s, in->norm_weight, in->eps, out_dt, out, hidden))
+    const row_weight w = {in->norm_weight, in->weight_float32 ? MV_FLOAT32 : dt, in->weight_offset};
+    if ((isinf(sum) || sum < 0x1p-100f) && scaled_row(dt, s, w, in->eps, out_dt, out, hidden))
         return;
     const float rrms = 1.0f / sqrtf(sum / (float)hidden + in->eps);
     if (out_dt == MV_FLOAT32)
-        scale_row(dt, s, in->norm_weight, rrms, MV_FLOAT32, out, hidden);
+        scale_row(dt, s, w, rrms, MV_FLOAT32, out, hidden);
     else
-        scale_row(dt, s, in->norm_weight, rrms, dt, out, hidden);
+        scale_row(dt, s, w, rrms, dt, out, hidden);
 }
 
 /* out_dt is the input's dtype (the norm ops) or float32 (QKV's y). */

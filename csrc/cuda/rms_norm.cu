@@ -16,7 +16,7 @@
  *
  * Reference kernel: one block normalizes one row at a time (grid-stride over rows). Pass 1 forms s (x, or
  * x + residual rounded to the dtype and stored to residual_out) and sums s^2 in float; a block
- * reduction gives rrms; pass 2 writes out = weight * (s * rrms), rounded once.
+ * reduction gives rrms; pass 2 writes out = (weight + weight_offset) * (s * rrms), rounded once.
  *
  * In-place safety: out may be x, residual_out may be residual. Both passes walk a row with the same
  * index -> thread mapping, so every element is read and then written by the same thread; pass 2
@@ -34,7 +34,7 @@ constexpr int64_t kMaxRowBlocks = 65536;
 constexpr int kMaxThreads = 1024;
 constexpr int kMaxVecThreads = 512; /* a cap that leaves 128 registers per thread */
 
-template <typename T, bool kHasResidual>
+template <typename T, typename TW, bool kHasResidual>
 __global__ void rms_norm_reference_kernel(mv_rms_norm_args args) {
     __shared__ float reduce_scratch[32];
 
@@ -44,7 +44,7 @@ __global__ void rms_norm_reference_kernel(mv_rms_norm_args args) {
     const T *x = static_cast<const T *>(in.x);
     const T *residual = static_cast<const T *>(in.residual);
     T *residual_out = static_cast<T *>(in.residual_out);
-    const T *weight = static_cast<const T *>(in.norm_weight);
+    const TW *weight = static_cast<const TW *>(in.norm_weight); /* T, or float with 16-bit T */
     T *out = static_cast<T *>(args.out);
 
     for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
@@ -70,14 +70,22 @@ __global__ void rms_norm_reference_kernel(mv_rms_norm_args args) {
         for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) {
             /* Re-read rather than keep s in registers: simple for any H; the data is in L1/L2. */
             const float s = kHasResidual ? mv_load_float(residual_out_row + i) : mv_load_float(x_row + i);
-            mv_store_float(out_row + i, mv_load_float(weight + i) * (s * rrms));
+            mv_store_float(out_row + i, (mv_load_float(weight + i) + in.weight_offset) * (s * rrms));
         }
         /* No barrier needed before the next row: mv_block_sum starts with one. */
     }
 }
 
-} // namespace
 
+template <typename T, typename TW>
+void launch_reference(const mv_rms_norm_args &a, unsigned blocks, int threads, cudaStream_t stream) {
+    if (a.in.residual != nullptr)
+        rms_norm_reference_kernel<T, TW, true><<<blocks, threads, 0, stream>>>(a);
+    else
+        rms_norm_reference_kernel<T, TW, false><<<blocks, threads, 0, stream>>>(a);
+}
+
+} // namespace
 
 extern "C" int mv_rms_norm_cuda_reference(const mv_rms_norm_args *a, void *stream) {
     const int64_t rows = a->in.rows;
@@ -91,11 +99,12 @@ extern "C" int mv_rms_norm_cuda_reference(const mv_rms_norm_args *a, void *strea
     const int threads = static_cast<int>(hidden_warps_rounded < kMaxThreads ? hidden_warps_rounded : kMaxThreads);
     const unsigned blocks = static_cast<unsigned>(rows < kMaxRowBlocks ? rows : kMaxRowBlocks);
 
+    const bool float_weight = a->in.weight_float32 && a->in.dtype != MV_FLOAT32;
     MV_DISPATCH_DTYPE(a->in.dtype, T, {
-        if (a->in.residual != nullptr)
-            rms_norm_reference_kernel<T, true><<<blocks, threads, 0, cuda_stream>>>(*a);
+        if (float_weight)
+            launch_reference<T, float>(*a, blocks, threads, cuda_stream);
         else
-            rms_norm_reference_kernel<T, false><<<blocks, threads, 0, cuda_stream>>>(*a);
+            launch_reference<T, T>(*a, blocks, threads, cuda_stream);
     })
     return (int)cudaGetLastError();
 }
@@ -160,17 +169,18 @@ __device__ __forceinline__ void keep_packed(VecT &v) {
      per SM): all of a thread's weight vectors in one batch after the reduction, from L1/L2.
    The launcher picks kEarlyWeight for rms_norm always and for the fused add in short calls
    (measurements: docs/design.md). */
-template <typename T, int V, bool kHasResidual, bool kEarlyWeight>
+template <typename T, typename TW, int V, bool kHasResidual, bool kEarlyWeight>
 __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(mv_rms_norm_args args, int group_threads, int64_t prefetch_rows) {
     __shared__ float warp_sums[32];
     using VecT = Vec<T, V>;
+    using WVecT = Vec<TW, V>; /* the weight: T, or float with 16-bit T */
     const mv_norm_input &in = args.in;
     /* int: the launcher sends only rows of at most kMaxVecThreads * kMaxVecsPerThread vectors. */
     const int vecs_per_row = static_cast<int>(in.hidden / V);
     const int rows_per_block = blockDim.x / group_threads;
     const int group = threadIdx.x / group_threads;
     const int lane = threadIdx.x % group_threads;
-    const VecT *weight = static_cast<const VecT *>(in.norm_weight);
+    const WVecT *weight = static_cast<const WVecT *>(in.norm_weight);
     /* Launched with PDL on sm_90+ (device.h): wait for the previous kernel before loading
        anything, then let the next one start (it too waits before it loads what this one writes),
        so its launch overlaps this kernel instead of following it. Before the wait, the first
@@ -206,7 +216,7 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(mv_rms_nor
         /* The row stays in registers in its storage type (s is exactly representable in T:
            x itself, or the rounded sum), which halves the registers of 16-bit rows. */
         VecT row_vecs[kMaxVecsPerThread];
-        VecT weight_vecs[kMaxVecsPerThread];
+        WVecT weight_vecs[kMaxVecsPerThread];
         float sum_sq = 0.0f;
         if (active) {
             const VecT *x_row = reinterpret_cast<const VecT *>(static_cast<const T *>(in.x) + row * in.x_stride);
@@ -274,10 +284,11 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(mv_rms_nor
         for (int i = 0; i < kMaxVecsPerThread; ++i) {
             const int idx = lane + i * group_threads;
             if (idx >= vecs_per_row) continue;
-            const VecT w = weight_vecs[i];
+            const WVecT w = weight_vecs[i];
             float normed[V];
 #pragma unroll
-            for (int j = 0; j < V; ++j) normed[j] = mv_to_float(w.v[j]) * (mv_to_float(row_vecs[i].v[j]) * rrms);
+            for (int j = 0; j < V; ++j)
+                normed[j] = (mv_to_float(w.v[j]) + in.weight_offset) * (mv_to_float(row_vecs[i].v[j]) * rrms);
             VecT result;
             mv_from_floats(result.v, normed);
             out_row[idx] = result;
@@ -285,16 +296,22 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(mv_rms_nor
     }
 }
 
+/* Whether the weight is float32 beside 16-bit rows. */
+bool float_weight(const mv_rms_norm_args *a) {
+    return a->in.weight_float32 && a->in.dtype != MV_FLOAT32;
+}
+
 /* The widest V (elements per access) that divides H, fits 16 bytes, and keeps every row start
-   aligned: each pointer aligned to V * sizeof(T) and each row stride a multiple of V. */
+   aligned: each pointer aligned to V elements of its type and each row stride a multiple of V. */
 int vector_width(const mv_rms_norm_args *a) {
     const int64_t elem = a->in.dtype == MV_FLOAT32 ? 4 : 2;
+    const int64_t weight_elem = float_weight(a) ? 4 : elem;
     int v = static_cast<int>(16 / elem);
     const mv_norm_input &in = a->in;
     for (; v > 1; v >>= 1) {
         const uint64_t bytes = static_cast<uint64_t>(v * elem);
         bool ok = in.hidden % v == 0 && reinterpret_cast<uintptr_t>(in.x) % bytes == 0 &&
-                  reinterpret_cast<uintptr_t>(in.norm_weight) % bytes == 0 &&
+                  reinterpret_cast<uintptr_t>(in.norm_weight) % static_cast<uint64_t>(v * weight_elem) == 0 &&
                   reinterpret_cast<uintptr_t>(a->out) % bytes == 0 && in.x_stride % v == 0 &&
                   a->out_stride % v == 0;
         if (in.residual != nullptr)
@@ -319,12 +336,12 @@ constexpr int64_t kPrefetchBytes = 4 << 20;
 /* Below this many blocks a call is short: latency, not bandwidth, decides its time. */
 constexpr int64_t kShortCallBlocks = 264;
 
-template <typename T, int V, bool kHasResidual>
+template <typename T, typename TW, int V, bool kHasResidual>
 cudaError_t launch_vec_kernel(const mv_rms_norm_args &a, int group_threads, unsigned blocks, int threads,
                               cudaStream_t stream, bool pdl) {
     void (*kernel)(mv_rms_norm_args, int, int64_t) = !kHasResidual || blocks <= kShortCallBlocks
-                                                ? rms_norm_vec_kernel<T, V, kHasResidual, true>
-                                                : rms_norm_vec_kernel<T, V, true, false>;
+                                                ? rms_norm_vec_kernel<T, TW, V, kHasResidual, true>
+                                                : rms_norm_vec_kernel<T, TW, V, true, false>;
     const int64_t input_row_bytes = a.in.hidden * static_cast<int64_t>(sizeof(T)) * (kHasResidual ? 2 : 1);
     const int64_t prefetch_rows = pdl ? kPrefetchBytes / input_row_bytes : 0;
     const cudaError_t err = mv_launch(kernel, dim3(blocks), dim3(threads), 0, stream, pdl, a, group_threads,
@@ -332,7 +349,7 @@ cudaError_t launch_vec_kernel(const mv_rms_norm_args &a, int group_threads, unsi
     return err != cudaSuccess ? err : cudaGetLastError();
 }
 
-template <typename T, int V>
+template <typename T, typename TW, int V>
 cudaError_t launch_vec(const mv_rms_norm_args &a, int group_threads, cudaStream_t stream, bool pdl, int sms) {
     /* vector_width never asks for more than 16 bytes (no float x 8), so build no such kernel */
     if constexpr (sizeof(T) * V > 16) {
@@ -353,8 +370,19 @@ cudaError_t launch_vec(const mv_rms_norm_args &a, int group_threads, cudaStream_
         const int64_t wanted = (a.in.rows + rows_per_block - 1) / rows_per_block;
         const unsigned blocks = static_cast<unsigned>(wanted < kMaxRowBlocks * 16 ? wanted : kMaxRowBlocks * 16);
         if (a.in.residual != nullptr)
-            return launch_vec_kernel<T, V, true>(a, group_threads, blocks, threads, stream, pdl);
-        return launch_vec_kernel<T, V, false>(a, group_threads, blocks, threads, stream, pdl);
+            return launch_vec_kernel<T, TW, V, true>(a, group_threads, blocks, threads, stream, pdl);
+        return launch_vec_kernel<T, TW, V, false>(a, group_threads, blocks, threads, stream, pdl);
+    }
+}
+
+template <typename T, typename TW>
+cudaError_t launch_width(const mv_rms_norm_args &a, int v, int group_threads, cudaStream_t stream, bool pdl,
+                         int sms) {
+    switch (v) {
+    case 8: return launch_vec<T, TW, 8>(a, group_threads, stream, pdl, sms);
+    case 4: return launch_vec<T, TW, 4>(a, group_threads, stream, pdl, sms);
+    case 2: return launch_vec<T, TW, 2>(a, group_threads, stream, pdl, sms);
+    default: return launch_vec<T, TW, 1>(a, group_threads, stream, pdl, sms);
     }
 }
 
@@ -387,12 +415,10 @@ extern "C" int mv_rms_norm_cuda(const mv_rms_norm_args *a, const mv_cuda_opts *o
     const bool pdl = mv_pdl_use(o->pdl, dev);
     err = cudaErrorInvalidValue;
     MV_DISPATCH_DTYPE(a->in.dtype, T, {
-        switch (v) {
-        case 8: err = launch_vec<T, 8>(*a, group_threads, cuda_stream, pdl, dev.sms); break;
-        case 4: err = launch_vec<T, 4>(*a, group_threads, cuda_stream, pdl, dev.sms); break;
-        case 2: err = launch_vec<T, 2>(*a, group_threads, cuda_stream, pdl, dev.sms); break;
-        default: err = launch_vec<T, 1>(*a, group_threads, cuda_stream, pdl, dev.sms); break;
-        }
+        if (float_weight(a))
+            err = launch_width<T, float>(*a, v, group_threads, cuda_stream, pdl, dev.sms);
+        else
+            err = launch_width<T, T>(*a, v, group_threads, cuda_stream, pdl, dev.sms);
     })
     return (int)err;
 }
