@@ -169,7 +169,7 @@ __device__ __forceinline__ void keep_packed(VecT &v) {
      per SM): all of a thread's weight vectors in one batch after the reduction, from L1/L2.
    The launcher picks kEarlyWeight for rms_norm always and for the fused add in short calls
    (measurements: docs/design.md). */
-template <typename T, typename TW, int V, bool kHasResidual, bool kEarlyWeight>
+template <typename T, typename TW, int V, bool kHasResidual, bool kEarlyWeight, bool kOffset>
 __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(mv_rms_norm_args args, int group_threads, int64_t prefetch_rows) {
     __shared__ float warp_sums[32];
     using VecT = Vec<T, V>;
@@ -287,8 +287,11 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(mv_rms_nor
             const WVecT w = weight_vecs[i];
             float normed[V];
 #pragma unroll
-            for (int j = 0; j < V; ++j)
-                normed[j] = (mv_to_float(w.v[j]) + in.weight_offset) * (mv_to_float(row_vecs[i].v[j]) * rrms);
+            for (int j = 0; j < V; ++j) {
+                /* a compile-time switch: the add in the chain cost short calls 0.1 us (H200) */
+                const float g = kOffset ? mv_to_float(w.v[j]) + in.weight_offset : mv_to_float(w.v[j]);
+                normed[j] = g * (mv_to_float(row_vecs[i].v[j]) * rrms);
+            }
             VecT result;
             mv_from_floats(result.v, normed);
             out_row[idx] = result;
@@ -336,12 +339,12 @@ constexpr int64_t kPrefetchBytes = 4 << 20;
 /* Below this many blocks a call is short: latency, not bandwidth, decides its time. */
 constexpr int64_t kShortCallBlocks = 264;
 
-template <typename T, typename TW, int V, bool kHasResidual>
+template <typename T, typename TW, int V, bool kHasResidual, bool kOffset>
 cudaError_t launch_vec_kernel(const mv_rms_norm_args &a, int group_threads, unsigned blocks, int threads,
                               cudaStream_t stream, bool pdl) {
     void (*kernel)(mv_rms_norm_args, int, int64_t) = !kHasResidual || blocks <= kShortCallBlocks
-                                                ? rms_norm_vec_kernel<T, TW, V, kHasResidual, true>
-                                                : rms_norm_vec_kernel<T, TW, V, true, false>;
+                                                ? rms_norm_vec_kernel<T, TW, V, kHasResidual, true, kOffset>
+                                                : rms_norm_vec_kernel<T, TW, V, true, false, kOffset>;
     const int64_t input_row_bytes = a.in.hidden * static_cast<int64_t>(sizeof(T)) * (kHasResidual ? 2 : 1);
     const int64_t prefetch_rows = pdl ? kPrefetchBytes / input_row_bytes : 0;
     const cudaError_t err = mv_launch(kernel, dim3(blocks), dim3(threads), 0, stream, pdl, a, group_threads,
@@ -369,9 +372,12 @@ cudaError_t launch_vec(const mv_rms_norm_args &a, int group_threads, cudaStream_
         const int64_t rows_per_block = threads / group_threads;
         const int64_t wanted = (a.in.rows + rows_per_block - 1) / rows_per_block;
         const unsigned blocks = static_cast<unsigned>(wanted < kMaxRowBlocks * 16 ? wanted : kMaxRowBlocks * 16);
+        const bool offset = a.in.weight_offset != 0.0f;
         if (a.in.residual != nullptr)
-            return launch_vec_kernel<T, TW, V, true>(a, group_threads, blocks, threads, stream, pdl);
-        return launch_vec_kernel<T, TW, V, false>(a, group_threads, blocks, threads, stream, pdl);
+            return offset ? launch_vec_kernel<T, TW, V, true, true>(a, group_threads, blocks, threads, stream, pdl)
+                          : launch_vec_kernel<T, TW, V, true, false>(a, group_threads, blocks, threads, stream, pdl);
+        return offset ? launch_vec_kernel<T, TW, V, false, true>(a, group_threads, blocks, threads, stream, pdl)
+                      : launch_vec_kernel<T, TW, V, false, false>(a, group_threads, blocks, threads, stream, pdl);
     }
 }
 
