@@ -68,6 +68,10 @@ static int token_vector(const mv_tensor *t, const mv_tensor *x, int64_t rows, in
     if (mv_check_device_matches(t, x) < 0 ||
         (t->processor == MV_ON_CUDA && mv_check_element_aligned(t) < 0))
         return -1;
+    if (t->ndim < 0 || t->ndim > MV_MAX_DIMS || x->ndim > MV_MAX_DIMS) { /* the import caps it */
+        PyErr_Format(PyExc_ValueError, "%s: too many dimensions (%d)", t->name, t->ndim);
+        return -1;
+    }
     int same = t->ndim == x->ndim - 1;
     for (int d = 0; same && d < t->ndim; d++)
         same = t->shape[d] == x->shape[d];
