@@ -26,10 +26,12 @@ C_SOURCES = [
     "csrc/binding/checks.c",
     "csrc/binding/rms_norm.c",
     "csrc/binding/fused_rms_norm_qkv.c",
+    "csrc/binding/attention_prologue.c",
     "csrc/binding/tensor_import.c",
     "csrc/binding/buffer.c",
     "csrc/cpu/pool.c",
     "csrc/cpu/dispatch.c",
+    "csrc/cpu/attention_prologue.c",
     # the kernels once per instruction-set level; the x86-64 levels set their targets by pragma
     # (so one build runs on any x86-64, dispatch.c choosing at run time) and compile to nothing
     # elsewhere
@@ -49,6 +51,7 @@ CUDA_SOURCES = [
     QKV + "norm_cublaslt.cu",
     QKV + "tile_gemm.cu",
     QKV + "generic.cu",
+    "csrc/cuda/attention_prologue.cu",
 ]
 # Files with Hopper-only instructions (wgmma): where the arch list has 90 they are built for
 # sm_90a alone (that code runs on 9.0 devices only; its plan checks) with MINIVLLM_HAVE_SM90A

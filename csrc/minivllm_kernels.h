@@ -40,10 +40,18 @@ typedef enum {
     MV_FLOAT32 = 0,
     MV_FLOAT16 = 1,
     MV_BFLOAT16 = 2,
+    /* Only where an op asks for them (attention_prologue's positions, slot_mapping and an FP8
+       KV cache); the activation dtype is always one of the three above. */
+    MV_INT32 = 3,
+    MV_INT64 = 4,
+    MV_FLOAT8_E4M3 = 5, /* e4m3fn: no infinities, +-448 largest */
 } mv_dtype;
 
 /* Bytes per element: the one definition the binding and the CPU kernels share. */
-static inline int64_t mv_dtype_size(mv_dtype dt) { return dt == MV_FLOAT32 ? 4 : 2; }
+static inline int64_t mv_dtype_size(mv_dtype dt)
+{
+    return dt == MV_FLOAT32 || dt == MV_INT32 ? 4 : dt == MV_INT64 ? 8 : dt == MV_FLOAT8_E4M3 ? 1 : 2;
+}
 
 enum {
     MV_OK = 0,
@@ -140,6 +148,52 @@ int mv_rms_norm_cuda(const mv_rms_norm_args *a, const mv_cuda_opts *o, void *str
 int mv_rms_norm_cuda_reference(const mv_rms_norm_args *a, void *stream);
 /* *taken: the path that ran (MV_QKV_AUTO where nothing was launched: M = 0 or an error). */
 int mv_fused_rms_norm_qkv_cuda(const mv_qkv_args *a, const mv_cuda_opts *o, void *stream, mv_qkv_path *taken);
+
+/* ---- attention_prologue (cpu/attention_prologue.c, cuda/attention_prologue.cu) --------------
+   The QKV part (qkv) as above, q into the caller's q, k and v into the caller's k and v or, with
+   a KV cache, into scratch; then one epilogue pass per (token, head), in float32 on the values
+   the QKV part stored (rounded to the dtype): + bias, per-head RMSNorm over head_dim (q, k),
+   RoPE (q, k), one rounding to the dtype (or to e4m3 of value / kv_scale in an FP8 cache) on the
+   store. The binding checks everything; the kernels still never read or write out of bounds on
+   bad index values (tensor contents the binding cannot see on a GPU): a position outside
+   [0, max_position) makes that token's q and k NaN, a slot outside [0, num_blocks * block_size)
+   writes nothing (negative: vLLM's padding). */
+typedef struct {
+    mv_qkv_args qkv;
+    int64_t num_heads, num_kv_heads, head_dim;
+    const void *bias;          /* [q_cols + 2 * kv_cols] in the dtype, or NULL */
+    const void *q_norm_weight; /* [head_dim] in the dtype, or NULL */
+    const void *k_norm_weight;
+    float qk_norm_eps;
+    /* RoPE: positions == NULL means none. */
+    const void *positions;
+    mv_dtype positions_dtype; /* MV_INT32 or MV_INT64 */
+    int64_t positions_stride; /* elements between tokens */
+    const void *cos_sin;      /* [max_position, rotary_dim]: cos of the rotary_dim / 2 frequencies, then sin */
+    mv_dtype cos_sin_dtype;   /* float32 or the activation dtype */
+    int64_t cos_sin_stride;   /* elements between positions; the last dimension is contiguous */
+    int64_t max_position;
+    int64_t rotary_dim; /* even, <= head_dim */
+    int rope_gptj;      /* 0: neox (halves), 1: gptj (adjacent pairs) */
+    /* KV cache: k_cache == NULL means k and v stay in qkv.k / qkv.v. Element (block, offset,
+       head, d) of a cache lies at base + block * s[0] + offset * s[1] + head * s[2] + d * s[3]
+       (elements, any values). */
+    void *k_cache;
+    void *v_cache;
+    mv_dtype cache_dtype; /* the activation dtype or MV_FLOAT8_E4M3 */
+    int64_t k_cache_strides[4];
+    int64_t v_cache_strides[4];
+    int64_t num_blocks, block_size;
+    const void *slot_mapping;
+    mv_dtype slot_dtype; /* MV_INT32 or MV_INT64 */
+    int64_t slot_stride;
+    float kv_scale; /* FP8 cache: stored = e4m3(value / kv_scale) */
+} mv_prologue_args;
+
+int mv_attention_prologue_cpu(const mv_prologue_args *a);
+/* The QKV launcher, then the epilogue kernel; *taken: the QKV path that ran. */
+int mv_attention_prologue_cuda(const mv_prologue_args *a, const mv_cuda_opts *o, void *stream,
+                               mv_qkv_path *taken);
 
 #ifdef __cplusplus
 }

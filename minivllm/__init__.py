@@ -6,6 +6,11 @@ Ops (CPU and CUDA, float32 / float16 / bfloat16, any array with DLPack):
                      weight_offset=0.0, pdl=None)
   FusedRMSNormQKV.forward(hidden_states, norm_weight, qkv_weight, num_heads, num_kv_heads,
                           eps=1e-6, *, residual=None, out=None, residual_out=None, pdl=None)
+  attention_prologue(hidden_states, norm_weight, qkv_weight, num_heads, num_kv_heads, eps=1e-6,
+                     *, residual=None, qkv_bias=None, q_norm_weight=None, k_norm_weight=None,
+                     qk_norm_eps=None, positions=None, cos_sin_cache=None, rope_style="neox",
+                     k_cache=None, v_cache=None, slot_mapping=None, kv_scale=None, out=None,
+                     residual_out=None, pdl=None)
 
 pdl (GPU): programmatic dependent launch for this call. None: on for the kernels that support it
 on sm_90 and later, unless the process was started with MINIVLLM_PDL=0; True: on wherever the GPU
@@ -35,6 +40,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Buffer",
     "FusedRMSNormQKV",
+    "attention_prologue",
     "cuda_available",
     "cuda_built",
     "cuda_device_count",
@@ -191,3 +197,72 @@ class FusedRMSNormQKV:
 
 
 fused_rms_norm_qkv = FusedRMSNormQKV.forward
+
+
+_PROLOGUE_TORCH_ARGS = ("residual", "qkv_bias", "q_norm_weight", "k_norm_weight", "positions",
+                        "cos_sin_cache", "k_cache", "v_cache", "slot_mapping", "residual_out")
+
+
+def attention_prologue(hidden_states, norm_weight, qkv_weight, num_heads, num_kv_heads, eps=1e-6,
+                       *, residual=None, qkv_bias=None, q_norm_weight=None, k_norm_weight=None,
+                       qk_norm_eps=None, positions=None, cos_sin_cache=None, rope_style="neox",
+                       k_cache=None, v_cache=None, slot_mapping=None, kv_scale=None, out=None,
+                       residual_out=None, pdl=None, _path=None):
+    """The attention layer's prologue in one call, per token (Llama / Qwen2 / Qwen3 order):
+
+    s = hidden_states + residual (if given, rounded to the dtype; returned as the new residual);
+    q, k, v = split(rms_norm(s) @ qkv_weight.T + qkv_bias);
+    q, k = rms_norm over head_dim with q_norm_weight / k_norm_weight (qk_norm_eps, default eps);
+    q, k = RoPE at positions from cos_sin_cache ([max_position, rotary_dim]: cos then sin, vLLM's
+           layout; rotary_dim <= head_dim, the rest passes through; rope_style "neox" rotates the
+           halves, "gptj" adjacent pairs);
+    k_cache[slot], v_cache[slot] = k, v (slot = slot_mapping[t] = block * block_size + offset;
+           negative: skipped). Caches are [num_blocks, block_size, num_kv_heads, head_dim] with
+           any strides (a Hugging Face static cache [batch, heads, max_len, head_dim] as its
+           .permute(0, 2, 1, 3) view); dtype the activations' or float8_e4m3fn, which stores
+           value / kv_scale (kv_scale: a float, default 1.0).
+
+    qkv_weight: [N, H] (nn.Linear) or its .t() view, as FusedRMSNormQKV.forward takes it.
+    out: q, or (q, k, v), preallocated; with a cache, out's k and v (if given) are the scratch
+        the projection lands in before the cache write. residual_out: the new residual's place
+        (may be residual itself: in place).
+    Returns (q, k, v), plus the new residual when residual is given; q is [..., num_heads,
+    head_dim], k and v [..., num_kv_heads, head_dim], or None when they went to the cache.
+    Numerics: docs/numerics.md ("attention_prologue"); what runs where: docs/design.md.
+    """
+    q = k = v = None
+    if out is not None:
+        if type(out) is tuple:
+            try:
+                q, k, v = out
+            except ValueError:
+                raise TypeError("out: expected q or a (q, k, v) tuple of arrays") from None
+        else:
+            q = out
+    if type(hidden_states) in _TORCH_TYPES:
+        if (type(norm_weight) in _TORCH_TYPES and type(qkv_weight) in _TORCH_TYPES
+                and all(a is None or type(a) in _TORCH_TYPES
+                        for a in (residual, qkv_bias, q_norm_weight, k_norm_weight, positions,
+                                  cos_sin_cache, k_cache, v_cache, slot_mapping, residual_out,
+                                  q, k, v))):
+            # Plain torch tensors: _C finds torch's stream and allocator itself (see _kinds).
+            return _C.attention_prologue(
+                hidden_states, norm_weight, qkv_weight, num_heads, num_kv_heads, eps, residual,
+                qkv_bias, q_norm_weight, k_norm_weight, qk_norm_eps, positions, cos_sin_cache,
+                rope_style, k_cache, v_cache, slot_mapping, kv_scale, q, k, v, residual_out,
+                _TORCH_KIND, None, pdl, _path)
+    for name, array in (("q", q), ("k", k), ("v", v), ("residual_out", residual_out),
+                        ("k_cache", k_cache), ("v_cache", v_cache)):
+        _check_writable_kind(name, array)
+    alloc, stream, wrap, arg = _prepare(hidden_states)
+
+    def opt(a):
+        return None if a is None else arg(a)
+
+    results = _C.attention_prologue(
+        arg(hidden_states), arg(norm_weight), arg(qkv_weight), num_heads, num_kv_heads, eps,
+        opt(residual), opt(qkv_bias), opt(q_norm_weight), opt(k_norm_weight), qk_norm_eps,
+        opt(positions), opt(cos_sin_cache), rope_style, k_cache, v_cache, opt(slot_mapping),
+        kv_scale, q, k, v, residual_out, alloc, stream, pdl, _path)
+    given = (q, k, v, residual_out)
+    return tuple(r if g is not None or r is None else wrap(r) for r, g in zip(results, given))

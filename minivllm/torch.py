@@ -11,6 +11,11 @@ stream, so they can be captured in CUDA graphs. They are inference ops: there is
   fused_add_rms_norm_(x, residual, weight, eps)          # in place: normed -> x, sum -> residual
   fused_rms_norm_qkv(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps, residual=None)
       -> (q, k, v) or (q, k, v, new_residual)            # q, k, v: [..., heads, head_dim]
+  attention_prologue(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps, *, residual=None,
+      qkv_bias=None, q_norm_weight=None, k_norm_weight=None, qk_norm_eps=None, positions=None,
+      cos_sin_cache=None, rope_style="neox", k_cache=None, v_cache=None, slot_mapping=None,
+      kv_scale=None) -> (q, k, v) or (q, k, v, new_residual)   # k, v None: in the cache
+      (the caches are declared mutated)
   FusedRMSNormQKVProj: an nn.Module holding the norm weight and the merged QKV weight once,
       built with from_modules(norm, q_proj, k_proj, v_proj) or from_merged(norm, qkv_proj).
 
@@ -21,12 +26,15 @@ tensor shaped [..., N] whose memory holds all rows of q, then all rows of k, the
 that tensor are NOT [q | k | v] of one token: only split_qkv_planes reads it correctly.
 """
 
+from typing import Optional
+
 import torch
 
 import minivllm
 
 __all__ = [
     "FusedRMSNormQKVProj",
+    "attention_prologue",
     "fused_add_rms_norm",
     "fused_add_rms_norm_",
     "fused_rms_norm_qkv",
@@ -147,6 +155,37 @@ def _(x, residual, norm_weight, qkv_weight, num_heads, num_kv_heads, eps):
     return _new_planes(x, qkv_weight, num_heads, num_kv_heads), x.new_empty(x.shape)
 
 
+@torch.library.custom_op("minivllm::attention_prologue", mutates_args=("k_cache", "v_cache"))
+def _attention_prologue_op(
+        x: torch.Tensor, norm_weight: torch.Tensor, qkv_weight: torch.Tensor, num_heads: int,
+        num_kv_heads: int, eps: float, residual: Optional[torch.Tensor],
+        qkv_bias: Optional[torch.Tensor], q_norm_weight: Optional[torch.Tensor],
+        k_norm_weight: Optional[torch.Tensor], qk_norm_eps: Optional[float],
+        positions: Optional[torch.Tensor], cos_sin_cache: Optional[torch.Tensor], rope_style: str,
+        k_cache: Optional[torch.Tensor], v_cache: Optional[torch.Tensor],
+        slot_mapping: Optional[torch.Tensor],
+        kv_scale: Optional[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    # planes: q, k, v as split_qkv_planes views (with a cache, k and v are the scratch the
+    # projection lands in); the second result is the new residual, or an empty tensor
+    planes = _new_planes(x, qkv_weight, num_heads, num_kv_heads)
+    results = minivllm.attention_prologue(
+        x, norm_weight, _linear_weight(qkv_weight, x.shape[-1]), num_heads, num_kv_heads, eps,
+        residual=residual, qkv_bias=qkv_bias, q_norm_weight=q_norm_weight,
+        k_norm_weight=k_norm_weight, qk_norm_eps=qk_norm_eps, positions=positions,
+        cos_sin_cache=cos_sin_cache, rope_style=rope_style, k_cache=k_cache, v_cache=v_cache,
+        slot_mapping=slot_mapping, kv_scale=kv_scale,
+        out=split_qkv_planes(planes, num_heads, num_kv_heads))
+    return planes, (results[3] if residual is not None else x.new_empty(0))
+
+
+@_attention_prologue_op.register_fake
+def _(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps, residual, qkv_bias,
+      q_norm_weight, k_norm_weight, qk_norm_eps, positions, cos_sin_cache, rope_style, k_cache,
+      v_cache, slot_mapping, kv_scale):
+    return (_new_planes(x, qkv_weight, num_heads, num_kv_heads),
+            x.new_empty(x.shape) if residual is not None else x.new_empty(0))
+
+
 # --------------------------------------------------------------------------------------------
 # Python entry points (what models call)
 # --------------------------------------------------------------------------------------------
@@ -181,6 +220,24 @@ def fused_rms_norm_qkv(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps=
     planes, new_residual = torch.ops.minivllm.fused_add_rms_norm_qkv(
         x, residual, norm_weight, qkv_weight, num_heads, num_kv_heads, float(eps))
     return (*split_qkv_planes(planes, num_heads, num_kv_heads), new_residual)
+
+
+def attention_prologue(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps=1e-6, *,
+                       residual=None, qkv_bias=None, q_norm_weight=None, k_norm_weight=None,
+                       qk_norm_eps=None, positions=None, cos_sin_cache=None, rope_style="neox",
+                       k_cache=None, v_cache=None, slot_mapping=None, kv_scale=None):
+    """torch.ops.minivllm.attention_prologue: minivllm.attention_prologue as a custom op
+    (qkv_weight in nn.Linear layout [N, H]). Returns (q, k, v), plus the new residual when
+    residual is given; k and v are None when they went to k_cache / v_cache."""
+    planes, new_residual = torch.ops.minivllm.attention_prologue(
+        x, norm_weight, qkv_weight, num_heads, num_kv_heads, float(eps), residual, qkv_bias,
+        q_norm_weight, k_norm_weight, None if qk_norm_eps is None else float(qk_norm_eps),
+        positions, cos_sin_cache, rope_style, k_cache, v_cache, slot_mapping,
+        None if kv_scale is None else float(kv_scale))
+    q, k, v = split_qkv_planes(planes, num_heads, num_kv_heads)
+    if k_cache is not None:
+        k = v = None
+    return (q, k, v) if residual is None else (q, k, v, new_residual)
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from minivllm.reference import fused_add_rms_norm as fused_add_rms_norm_ref  # n
 from minivllm.reference import fused_rms_norm_qkv as _qkv
 from minivllm.reference import rms_norm as rms_norm_ref  # noqa: F401
 from minivllm.reference import round_to  # noqa: F401
+from minivllm.reference import attention_prologue as _prologue
 
 
 def qkv_ref(x, w, W, num_heads, num_kv_heads, eps, residual=None, dtype=None, y_dtype=None):
@@ -18,6 +19,16 @@ def qkv_ref(x, w, W, num_heads, num_kv_heads, eps, residual=None, dtype=None, y_
     the product."""
     rrms_after = y_dtype is not None and last_gpu_path() in ("wgmma", "deferred")
     return _qkv(x, w, W, num_heads, num_kv_heads, eps, residual, dtype, y_dtype, rrms_after)
+
+
+def prologue_ref(x, w, W, num_heads, num_kv_heads, eps, dtype, devname, **kw):
+    """minivllm.reference.attention_prologue for the call just made on devname: the QKV part
+    rounded as qkv_ref rounds it for the path that ran, then q, k, v rounded to the dtype before
+    the epilogue, as the separate-kernel paths (the CPU twin, today's GPU path) store them."""
+    y_dtype = qkv_y_dtype(devname, dtype)
+    rrms_after = y_dtype is not None and last_gpu_path() in ("wgmma", "deferred")
+    return _prologue(x, w, W, num_heads, num_kv_heads, eps, dtype=dtype, y_dtype=y_dtype,
+                     rrms_after=rrms_after, qkv_dtype=dtype, **kw)
 
 
 def last_gpu_path():

@@ -50,7 +50,18 @@ int mv_call_start(mv_call *c, PyObject *module, PyObject *alloc, PyObject *strea
 
 mv_tensor *mv_call_import(mv_call *c, PyObject *obj, const char *name)
 {
+    return mv_call_import_extra(c, obj, name, 0);
+}
+
+mv_tensor *mv_call_import_extra(mv_call *c, PyObject *obj, const char *name, int extra)
+{
+    if (c->count >= MAX_CALL_TENSORS) {
+        PyErr_Format(PyExc_RuntimeError, "%s: too many arrays in one call (internal limit %d)",
+                     name, MAX_CALL_TENSORS);
+        return NULL;
+    }
     mv_tensor *t = &c->tensors[c->count];
+    t->extra_dtypes = extra;
     const int rc = c->torch_kind && mv_torch_is_plain_tensor(&c->st->torch, obj)
                        ? mv_tensor_import_torch(&c->st->torch, obj, name, t)
                        : mv_tensor_import(&c->st->names, obj, name, c->stream, t);

@@ -24,7 +24,7 @@ static inline mv_state *mv_get_state(PyObject *module) { return (mv_state *)PyMo
 
 /* ---- one call's tensors, released on a single path ----------------------------------------- */
 
-enum { MAX_CALL_TENSORS = 12 };
+enum { MAX_CALL_TENSORS = 20 };
 
 typedef struct {
     mv_state *st;
@@ -47,6 +47,8 @@ void mv_call_release(mv_call *c);
    is _C.TORCH_KIND, torch's, resolved in C from x (a plain torch.Tensor). */
 int mv_call_start(mv_call *c, PyObject *module, PyObject *alloc, PyObject *stream, PyObject *x);
 mv_tensor *mv_call_import(mv_call *c, PyObject *obj, const char *name);
+/* The same, for an argument that may also have the dtypes in extra (MV_ACCEPT_*). */
+mv_tensor *mv_call_import_extra(mv_call *c, PyObject *obj, const char *name, int extra);
 /* x, the call's first array; for the torch kind it also fixes the stream. */
 mv_tensor *mv_call_import_first(mv_call *c, PyObject *obj, const char *name);
 /* An output: the one the caller gave (validated), or a new one from the caller's allocator. */

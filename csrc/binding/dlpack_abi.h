@@ -25,6 +25,7 @@ enum {
     MV_DL_BFLOAT = 4,
     MV_DL_COMPLEX = 5,
     MV_DL_BOOL = 6,
+    MV_DL_FLOAT8_E4M3FN = 10, /* DLPack 1.1 */
 };
 
 /* DLManagedTensorVersioned.flags bits. */

@@ -4,6 +4,7 @@
  */
 #include "binding/call.h"
 #include "binding/checks.h"
+#include "binding/ops.h"
 
 #include <string.h>
 
@@ -17,7 +18,7 @@ static const char *const path_names[MV_QKV_PATH_COUNT] = {
 /* The path this thread's last GPU call ran. */
 static _Thread_local mv_qkv_path last_gpu_path = MV_QKV_AUTO;
 
-static int parse_path(PyObject *obj, mv_qkv_path *path)
+int mv_parse_qkv_path(PyObject *obj, mv_qkv_path *path)
 {
     *path = MV_QKV_AUTO;
     if (obj == Py_None)
@@ -55,6 +56,8 @@ static int cuda_qkv(const void *a, const mv_cuda_opts *o, void *s)
 #define CUDA_QKV NULL
 #endif
 
+void mv_set_qkv_last_gpu_path(mv_qkv_path taken) { last_gpu_path = taken; }
+
 PyObject *mv_py_qkv_last_gpu_path(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
 {
     return PyUnicode_FromString(path_names[last_gpu_path]);
@@ -64,7 +67,7 @@ PyObject *mv_py_qkv_last_gpu_path(PyObject *Py_UNUSED(module), PyObject *Py_UNUS
  *                         q, k, v, residual_out, alloc, stream, pdl, path) -> (q, k, v[, residual_out]) */
 
 /* Which of the two accepted layouts qkv_weight has, from its shape and strides. */
-static int qkv_weight_layout(const mv_tensor *w, int64_t hidden, int64_t *n_out,
+int mv_qkv_weight_layout(const mv_tensor *w, int64_t hidden, int64_t *n_out,
                              int64_t *stride_n, int64_t *stride_k)
 {
     char shape[256], strides[256];
@@ -105,6 +108,103 @@ static int qkv_weight_layout(const mv_tensor *w, int64_t hidden, int64_t *n_out,
     return 0;
 }
 
+/* hidden_states, norm_weight and qkv_weight, imported and checked: a->in (but eps and the
+   residual) and a->w* filled, *head_dim from qkv_weight's N. Returns x, or NULL on error. */
+mv_tensor *mv_qkv_import_inputs(mv_call *c, PyObject *const *objs, int64_t num_heads,
+                                int64_t num_kv_heads, mv_qkv_args *a, int64_t *head_dim)
+{
+    int64_t n_out;
+    mv_tensor *x = mv_call_import_first(c, objs[0], "hidden_states");
+    if (x == NULL || mv_hidden_rows(x, &a->in.rows, &a->in.hidden, &a->in.x_stride) < 0)
+        return NULL;
+    if (x->processor == MV_ON_CUDA && mv_check_element_aligned(x) < 0)
+        return NULL;
+    mv_tensor *gamma = mv_call_import(c, objs[1], "norm_weight");
+    if (gamma == NULL || mv_check_norm_weight(gamma, x, a->in.hidden, 0) < 0)
+        return NULL;
+    mv_tensor *w = mv_call_import(c, objs[2], "qkv_weight");
+    if (w == NULL || mv_check_like(w, x) < 0 ||
+        mv_qkv_weight_layout(w, a->in.hidden, &n_out, &a->w_stride_n, &a->w_stride_k) < 0)
+        return NULL;
+    const int64_t heads = num_heads + 2 * num_kv_heads;
+    if (n_out % heads != 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "qkv_weight: its %lld output features are not divisible by num_heads + 2 * "
+                     "num_kv_heads = %lld",
+                     (long long)n_out, (long long)heads);
+        return NULL;
+    }
+    *head_dim = n_out / heads;
+    a->in.dtype = x->dtype;
+    a->in.x = x->data;
+    a->in.norm_weight = gamma->data;
+    a->w = w->data;
+    a->q_cols = num_heads * *head_dim;
+    a->kv_cols = num_kv_heads * *head_dim;
+    return x;
+}
+
+/* q, k and v ([..., heads, head_dim] like x): the given ones, or new (for the torch kind, views
+   of one buffer); their data and row strides into a. objs[0..2] receive new references. */
+int mv_qkv_outputs(mv_call *c, const mv_tensor *x, PyObject *const *given, int64_t num_heads,
+                   int64_t num_kv_heads, int64_t head_dim, mv_qkv_args *a, PyObject **objs)
+{
+    int64_t shape[MV_MAX_DIMS + 1], rows, cols;
+    /* q, k and v have one dimension more than hidden_states (hidden_rows made sure it has one) */
+    if (x->ndim < 1 || x->ndim + 1 > MV_MAX_DIMS) {
+        PyErr_Format(PyExc_ValueError, "hidden_states: too many dimensions (%d)", x->ndim);
+        return -1;
+    }
+    memcpy(shape, x->shape, sizeof(int64_t) * (size_t)(x->ndim - 1));
+    shape[x->ndim] = head_dim;
+    mv_tensor *qkv[3];
+    if (c->torch_kind && given[0] == Py_None && given[1] == Py_None && given[2] == Py_None) {
+        if (mv_call_torch_qkv_outputs(c, x, num_heads, num_kv_heads, head_dim, qkv, objs) < 0)
+            return -1;
+    } else {
+        static const char *const names[3] = {"q", "k", "v"};
+        for (int i = 0; i < 3; i++) {
+            shape[x->ndim - 1] = i == 0 ? num_heads : num_kv_heads;
+            qkv[i] = mv_call_output(c, given[i], names[i], x, x->ndim + 1, shape, &objs[i]);
+            if (qkv[i] == NULL)
+                return -1;
+        }
+    }
+    if (mv_as_rows(qkv[0], 2, &rows, &cols, &a->q_stride) < 0 ||
+        mv_as_rows(qkv[1], 2, &rows, &cols, &a->k_stride) < 0 ||
+        mv_as_rows(qkv[2], 2, &rows, &cols, &a->v_stride) < 0)
+        return -1;
+    a->q = qkv[0]->data;
+    a->k = qkv[1]->data;
+    a->v = qkv[2]->data;
+    return 0;
+}
+
+/* The new residual's place: residual_out (may be residual itself), or new; NULL, with no
+   error, when there is no residual. *failed is set on an error. */
+mv_tensor *mv_qkv_residual_out(mv_call *c, const mv_tensor *x, PyObject *residual,
+                               PyObject *residual_out, mv_qkv_args *a, PyObject **obj, int *failed)
+{
+    int64_t rows, cols;
+    *failed = 1;
+    if (residual == Py_None && residual_out != Py_None) {
+        /* there is no new residual to write: refusing beats leaving the caller's buffer stale */
+        PyErr_SetString(PyExc_ValueError, "residual_out: given without residual=; the new residual "
+                                          "(hidden_states + residual) exists only when residual is passed");
+        return NULL;
+    }
+    mv_tensor *res_out = NULL;
+    if (residual != Py_None) {
+        res_out = mv_call_output(c, residual_out, residual_out == residual ? "residual" : "residual_out",
+                                 x, x->ndim, x->shape, obj);
+        if (res_out == NULL || mv_as_rows(res_out, 1, &rows, &cols, &a->in.residual_out_stride) < 0)
+            return NULL;
+        a->in.residual_out = res_out->data;
+    }
+    *failed = 0;
+    return res_out;
+}
+
 PyObject *mv_py_fused_rms_norm_qkv(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 15) {
@@ -114,123 +214,45 @@ PyObject *mv_py_fused_rms_norm_qkv(PyObject *module, PyObject *const *args, Py_s
         return NULL;
     }
     mv_call c = {0};
-    PyObject *result = NULL, *q_obj = NULL, *k_obj = NULL, *v_obj = NULL, *res_obj = NULL;
+    PyObject *result = NULL, *objs[3] = {NULL, NULL, NULL}, *res_obj = NULL;
     mv_qkv_args a;
     memset(&a, 0, sizeof(a));
-    int64_t num_heads, num_kv_heads, n_out, rows, cols;
+    int64_t num_heads, num_kv_heads, head_dim;
+    int failed;
     const int has_residual = args[6] != Py_None;
     if (mv_call_start(&c, module, args[11], args[12], args[0]) < 0 ||
         mv_parse_positive_int(args[3], "num_heads", &num_heads) < 0 ||
         mv_parse_positive_int(args[4], "num_kv_heads", &num_kv_heads) < 0 ||
         mv_parse_eps(args[5], &a.in.eps) < 0 || mv_parse_pdl(args[13], &c.opts.pdl) < 0 ||
-        parse_path(args[14], &c.opts.path) < 0)
+        mv_parse_qkv_path(args[14], &c.opts.path) < 0)
         goto done;
-    mv_tensor *x = mv_call_import_first(&c, args[0], "hidden_states");
-    if (x == NULL || mv_hidden_rows(x, &a.in.rows, &a.in.hidden, &a.in.x_stride) < 0)
+    mv_tensor *x = mv_qkv_import_inputs(&c, args, num_heads, num_kv_heads, &a, &head_dim);
+    if (x == NULL)
         goto done;
-    if (x->processor == MV_ON_CUDA && mv_check_element_aligned(x) < 0)
-        goto done;
-    mv_tensor *gamma = mv_call_import(&c, args[1], "norm_weight");
-    if (gamma == NULL || mv_check_norm_weight(gamma, x, a.in.hidden, 0) < 0)
-        goto done;
-    mv_tensor *w = mv_call_import(&c, args[2], "qkv_weight");
-    if (w == NULL || mv_check_like(w, x) < 0 ||
-        qkv_weight_layout(w, a.in.hidden, &n_out, &a.w_stride_n, &a.w_stride_k) < 0)
-        goto done;
-    const int64_t heads = num_heads + 2 * num_kv_heads;
-    if (n_out % heads != 0) {
-        PyErr_Format(PyExc_ValueError,
-                     "qkv_weight: its %lld output features are not divisible by num_heads + 2 * "
-                     "num_kv_heads = %lld",
-                     (long long)n_out, (long long)heads);
-        goto done;
-    }
-    const int64_t head_dim = n_out / heads;
-    mv_tensor *residual = NULL;
     if (has_residual) {
-        residual = mv_call_import(&c, args[6], "residual");
+        mv_tensor *residual = mv_call_import(&c, args[6], "residual");
         if (residual == NULL || mv_rows_like_x(residual, x, &a.in.residual_stride) < 0)
             goto done;
+        a.in.residual = residual->data;
     }
     const int first_output = c.count;
-    int64_t shape[MV_MAX_DIMS + 1];
-    /* q, k and v have one dimension more than hidden_states (hidden_rows made sure it has one) */
-    if (x->ndim < 1 || x->ndim + 1 > MV_MAX_DIMS) {
-        PyErr_Format(PyExc_ValueError, "hidden_states: too many dimensions (%d)", x->ndim);
+    if (mv_qkv_outputs(&c, x, args + 7, num_heads, num_kv_heads, head_dim, &a, objs) < 0)
         goto done;
-    }
-    memcpy(shape, x->shape, sizeof(int64_t) * (size_t)(x->ndim - 1));
-    shape[x->ndim] = head_dim;
-    mv_tensor *q, *k, *v;
-    if (c.torch_kind && args[7] == Py_None && args[8] == Py_None && args[9] == Py_None) {
-        mv_tensor *qkv[3];
-        PyObject *objs[3] = {NULL, NULL, NULL};
-        const int rc = mv_call_torch_qkv_outputs(&c, x, num_heads, num_kv_heads, head_dim, qkv, objs);
-        q_obj = objs[0];
-        k_obj = objs[1];
-        v_obj = objs[2];
-        if (rc < 0)
-            goto done;
-        q = qkv[0];
-        k = qkv[1];
-        v = qkv[2];
-    } else {
-        shape[x->ndim - 1] = num_heads;
-        q = mv_call_output(&c, args[7], "q", x, x->ndim + 1, shape, &q_obj);
-        if (q == NULL)
-            goto done;
-        shape[x->ndim - 1] = num_kv_heads;
-        k = mv_call_output(&c, args[8], "k", x, x->ndim + 1, shape, &k_obj);
-        if (k == NULL)
-            goto done;
-        v = mv_call_output(&c, args[9], "v", x, x->ndim + 1, shape, &v_obj);
-        if (v == NULL)
-            goto done;
-    }
-    if (mv_as_rows(q, 2, &rows, &cols, &a.q_stride) < 0 ||
-        mv_as_rows(k, 2, &rows, &cols, &a.k_stride) < 0 ||
-        mv_as_rows(v, 2, &rows, &cols, &a.v_stride) < 0)
+    mv_qkv_residual_out(&c, x, args[6], args[10], &a, &res_obj, &failed);
+    if (failed)
         goto done;
-    mv_tensor *res_out = NULL;
-    if (!has_residual && args[10] != Py_None) {
-        /* there is no new residual to write: refusing beats leaving the caller's buffer stale */
-        PyErr_SetString(PyExc_ValueError, "residual_out: given without residual=; the new residual "
-                                          "(hidden_states + residual) exists only when residual is passed");
-        goto done;
-    }
-    if (has_residual) {
-        res_out = mv_call_output(&c, args[10], args[10] == args[6] ? "residual" : "residual_out", x,
-                              x->ndim, x->shape, &res_obj);
-        if (res_out == NULL || mv_as_rows(res_out, 1, &rows, &cols, &a.in.residual_out_stride) < 0)
-            goto done;
-    }
     /* residual_out may be residual itself (in-place); residual is tensor index 3. */
     const int alias_of[] = {-1, -1, -1, has_residual ? 3 : -1};
     if (mv_check_outputs_disjoint(&c, first_output, alias_of) < 0)
         goto done;
-    a.in.dtype = x->dtype;
-    a.in.x = x->data;
-    a.in.norm_weight = gamma->data;
-    a.in.weight_float32 = 0;
-    a.in.weight_offset = 0.0f;
-    a.in.residual = residual ? residual->data : NULL;
-    a.in.residual_out = res_out ? res_out->data : NULL;
-    a.w = w->data;
-    a.q_cols = num_heads * head_dim;
-    a.kv_cols = num_kv_heads * head_dim;
-    a.q = q->data;
-    a.k = k->data;
-    a.v = v->data;
     if (mv_call_launch("fused_rms_norm_qkv", &c, x, &a, cpu_qkv, CUDA_QKV) < 0)
         goto done;
-    result = has_residual ? PyTuple_Pack(4, q_obj, k_obj, v_obj, res_obj)
-                          : PyTuple_Pack(3, q_obj, k_obj, v_obj);
+    result = has_residual ? PyTuple_Pack(4, objs[0], objs[1], objs[2], res_obj)
+                          : PyTuple_Pack(3, objs[0], objs[1], objs[2]);
 done:
-    Py_XDECREF(q_obj);
-    Py_XDECREF(k_obj);
-    Py_XDECREF(v_obj);
+    for (int i = 0; i < 3; i++)
+        Py_XDECREF(objs[i]);
     Py_XDECREF(res_obj);
     mv_call_release(&c);
     return result;
 }
-

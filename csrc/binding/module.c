@@ -102,6 +102,12 @@ static PyMethodDef module_methods[] = {
      "fused_rms_norm_qkv(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps, residual, q, k, "
      "v, residual_out, alloc, stream, pdl, path) -> (q, k, v[, residual_out]) (internal; path: "
      "None or a GPU path name to force where it can take the call, for tests and benchmarks)"},
+    {"attention_prologue", (PyCFunction)(void (*)(void))mv_py_attention_prologue, METH_FASTCALL,
+     "attention_prologue(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps, residual, "
+     "qkv_bias, q_norm_weight, k_norm_weight, qk_norm_eps, positions, cos_sin_cache, rope_style, "
+     "k_cache, v_cache, slot_mapping, kv_scale, q, k, v, residual_out, alloc, stream, pdl, path) "
+     "-> (q, k, v[, residual_out]), k and v None with a cache (internal; use "
+     "minivllm.attention_prologue)"},
     {"torch_fast_path", py_torch_fast_path, METH_NOARGS,
      "True when torch is imported and minivllm can read its tensors, stream and allocator "
      "through torch._C (then the API passes TORCH_KIND for plain torch tensors)."},

@@ -53,6 +53,9 @@ const char *mv_dtype_name(mv_dtype dt)
     case MV_FLOAT32: return "float32";
     case MV_FLOAT16: return "float16";
     case MV_BFLOAT16: return "bfloat16";
+    case MV_INT32: return "int32";
+    case MV_INT64: return "int64";
+    case MV_FLOAT8_E4M3: return "float8_e4m3fn";
     }
     return "?";
 }
@@ -170,6 +173,12 @@ static int fill_from_dl(mv_tensor *t, const mv_dl_tensor *dl, int readonly)
         t->dtype = MV_FLOAT16;
     else if (dl->dtype.lanes == 1 && dl->dtype.code == MV_DL_BFLOAT && dl->dtype.bits == 16)
         t->dtype = MV_BFLOAT16;
+    else if ((t->extra_dtypes & MV_ACCEPT_INDEX) && dl->dtype.lanes == 1 &&
+             dl->dtype.code == MV_DL_INT && (dl->dtype.bits == 32 || dl->dtype.bits == 64))
+        t->dtype = dl->dtype.bits == 32 ? MV_INT32 : MV_INT64;
+    else if ((t->extra_dtypes & MV_ACCEPT_FP8) && dl->dtype.lanes == 1 &&
+             dl->dtype.code == MV_DL_FLOAT8_E4M3FN && dl->dtype.bits == 8)
+        t->dtype = MV_FLOAT8_E4M3;
     else {
         describe_dl_dtype(what, sizeof(what), dl->dtype);
         return unsupported_dtype(t->name, what);
@@ -307,6 +316,10 @@ static int import_array_interface(const mv_import_names *names, PyObject *obj, m
         t->dtype = MV_FLOAT32;
     else if (native && strcmp(ts + 1, "f2") == 0)
         t->dtype = MV_FLOAT16;
+    else if ((t->extra_dtypes & MV_ACCEPT_INDEX) && native && (strcmp(ts + 1, "i4") == 0 || strcmp(ts + 1, "i8") == 0))
+        t->dtype = ts[2] == '4' ? MV_INT32 : MV_INT64;
+    else if ((t->extra_dtypes & MV_ACCEPT_FP8) && dn && strcmp(dn, "float8_e4m3fn") == 0 && strcmp(ts + 1, "V1") == 0)
+        t->dtype = MV_FLOAT8_E4M3;
     else {
         unsupported_dtype(t->name, dn ? dn : ts);
         goto done;
@@ -641,7 +654,9 @@ int mv_torch_api_traverse(mv_torch_api *api, visitproc visit, void *arg)
 int mv_tensor_import_torch(const mv_torch_api *api, PyObject *obj, const char *name,
                            mv_tensor *t)
 {
+    const int extra = t->extra_dtypes;
     memset(t, 0, sizeof(*t));
+    t->extra_dtypes = extra;
     t->name = name;
     PyObject *capsule = PyObject_CallOneArg(api->to_dlpack, obj);
     if (capsule == NULL) {
@@ -672,7 +687,9 @@ int mv_tensor_from_layout(mv_tensor *t, const char *name, PyObject *owner, void 
 int mv_tensor_import(const mv_import_names *names, PyObject *obj, const char *name,
                      PyObject *stream, mv_tensor *t)
 {
+    const int extra = t->extra_dtypes;
     memset(t, 0, sizeof(*t));
+    t->extra_dtypes = extra;
     t->name = name;
     if (PyCapsule_CheckExact(obj))
         return consume_capsule(obj, t);

@@ -30,6 +30,9 @@ typedef struct {
     mv_processor processor;
     int device_id;
     mv_dtype dtype;
+    /* Set by the caller before the import (kept through it): dtypes beyond the three float ones
+       that this argument may have (MV_ACCEPT_*); 0 for every activation and weight. */
+    int extra_dtypes;
     int readonly;
     int ndim;
     int64_t shape[MV_MAX_DIMS];
@@ -40,6 +43,8 @@ typedef struct {
     mv_dl_managed_tensor_versioned *versioned;
     PyObject *owner;
 } mv_tensor;
+
+enum { MV_ACCEPT_INDEX = 1 /* int32, int64 */, MV_ACCEPT_FP8 = 2 /* float8_e4m3fn */ };
 
 /* Interned names used on every call; created once per module. */
 typedef struct {
