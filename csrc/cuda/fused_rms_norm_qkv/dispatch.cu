@@ -20,9 +20,8 @@ struct Call {
     const mv_cuda_device *dev;
 };
 
-/* The W streams take M <= 16 while the staged input is at most 48 KiB of 16-bit elements; beyond
-   that norm + cuBLASLt was faster. */
-constexpr int64_t kStreamMaxRows = 16;
+/* The W streams take M <= mv_qkv_stream_max_rows (paths.h) while the staged input is at most
+   48 KiB of 16-bit elements; beyond that norm + cuBLASLt was faster. */
 constexpr int64_t kStreamMaxStagedElements = 24576;
 /* GPUs below this DRAM bandwidth (GB/s; an H100 3352, an H200 4810) are where the deferred stream
    also wins at M = 1 and 2: with less bandwidth, the other streams' staging costs relatively more.
@@ -30,7 +29,7 @@ constexpr int64_t kStreamMaxStagedElements = 24576;
 constexpr int kSlowDramGbps = 4000;
 
 bool stream_fits(const Call &c) {
-    return c.rows <= kStreamMaxRows && c.rows * c.hidden <= kStreamMaxStagedElements;
+    return c.rows <= mv_qkv_stream_max_rows && c.rows * c.hidden <= kStreamMaxStagedElements;
 }
 
 /* The deferred-norm stream streams x beside W where the others stage it first: it wins from

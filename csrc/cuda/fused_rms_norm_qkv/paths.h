@@ -41,6 +41,10 @@ inline bool mv_aligned16(const void *p, int64_t stride_elems, int64_t elem_size)
     return reinterpret_cast<uintptr_t>(p) % 16 == 0 && (stride_elems * elem_size) % 16 == 0;
 }
 
+/* The most rows the register and tensor-copy W streams take (two mma token tiles of 8): their
+   plans' limit, and the dispatch table's. */
+constexpr int mv_qkv_stream_max_rows = 16;
+
 /* Deferred-norm W stream (deferred_stream.cu): sm_90+, fp16/bf16, no residual, 1 <= M <= 32,
    H % 64 == 0, 16-byte aligned rows of x and W (nn.Linear layout), N within its tiles per block. */
 bool mv_qkv_deferred_plan(const mv_qkv_args &a, const mv_cuda_device &dev, mv_qkv_plan *plan);

@@ -37,7 +37,7 @@ constexpr int kTileFeatures = 16; /* mma M */
 constexpr int kChunkK = 32;       /* k per warp per chunk: 4 lanes x 8 consecutive k */
 constexpr int kBatch = 4;         /* chunks whose W loads are issued together */
 constexpr int kVec = 8;           /* 16-byte vectors of 16-bit elements */
-constexpr int kMaxTokens = 16; /* the dispatcher sends larger M to norm + cuBLASLt */
+constexpr int kMaxTokens = mv_qkv_stream_max_rows; /* paths.h */
 
 /* A streamed weight load: read-only for the kernel's lifetime and used once, so it bypasses L1. */
 __device__ __forceinline__ uint4 load_weight_vec(const void *p) {
