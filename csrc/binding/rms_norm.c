@@ -20,6 +20,24 @@ static int cuda_rms_norm_reference(const void *a, const mv_cuda_opts *o, void *s
 #define CUDA_RMS_NORM(reference) NULL
 #endif
 
+/* What both norm ops start with: the call (alloc and stream at args[alloc_at], args[alloc_at + 1]),
+   eps (args[eps_at]), pdl and weight_offset (after the stream) and x (args[0], flattened to rows
+   into a->in). Returns x, or NULL with the exception set. */
+static mv_tensor *norm_start(mv_call *c, PyObject *module, PyObject *const *args, int eps_at,
+                             int alloc_at, mv_rms_norm_args *a)
+{
+    if (mv_call_start(c, module, args[alloc_at], args[alloc_at + 1], args[0]) < 0 ||
+        mv_parse_eps(args[eps_at], &a->in.eps) < 0 || mv_parse_pdl(args[alloc_at + 2], &c->opts.pdl) < 0 ||
+        mv_parse_weight_offset(args[alloc_at + 3], &a->in.weight_offset) < 0)
+        return NULL;
+    mv_tensor *x = mv_call_import_first(c, args[0], "x");
+    if (x == NULL || mv_hidden_rows(x, &a->in.rows, &a->in.hidden, &a->in.x_stride) < 0)
+        return NULL;
+    if (x->processor == MV_ON_CUDA && mv_check_element_aligned(x) < 0)
+        return NULL;
+    return x;
+}
+
 /* ---- rms_norm(x, weight, eps, out, alloc, stream, pdl, weight_offset[, reference]) -> out ---- */
 
 PyObject *mv_py_rms_norm(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -35,13 +53,8 @@ PyObject *mv_py_rms_norm(PyObject *module, PyObject *const *args, Py_ssize_t nar
     PyObject *result = NULL, *out_obj = NULL;
     mv_rms_norm_args a;
     memset(&a, 0, sizeof(a));
-    if (mv_call_start(&c, module, args[4], args[5], args[0]) < 0 || mv_parse_eps(args[2], &a.in.eps) < 0 ||
-        mv_parse_pdl(args[6], &c.opts.pdl) < 0 || mv_parse_weight_offset(args[7], &a.in.weight_offset) < 0)
-        goto done;
-    mv_tensor *x = mv_call_import_first(&c, args[0], "x");
-    if (x == NULL || mv_hidden_rows(x, &a.in.rows, &a.in.hidden, &a.in.x_stride) < 0)
-        goto done;
-    if (x->processor == MV_ON_CUDA && mv_check_element_aligned(x) < 0)
+    mv_tensor *x = norm_start(&c, module, args, 2, 4, &a);
+    if (x == NULL)
         goto done;
     mv_tensor *w = mv_call_import(&c, args[1], "weight");
     if (w == NULL || mv_check_norm_weight(w, x, a.in.hidden, 1) < 0)
@@ -88,13 +101,8 @@ PyObject *mv_py_fused_add_rms_norm(PyObject *module, PyObject *const *args, Py_s
     mv_rms_norm_args a;
     memset(&a, 0, sizeof(a));
     int64_t rows, cols;
-    if (mv_call_start(&c, module, args[6], args[7], args[0]) < 0 || mv_parse_eps(args[3], &a.in.eps) < 0 ||
-        mv_parse_pdl(args[8], &c.opts.pdl) < 0 || mv_parse_weight_offset(args[9], &a.in.weight_offset) < 0)
-        goto done;
-    mv_tensor *x = mv_call_import_first(&c, args[0], "x");
-    if (x == NULL || mv_hidden_rows(x, &a.in.rows, &a.in.hidden, &a.in.x_stride) < 0)
-        goto done;
-    if (x->processor == MV_ON_CUDA && mv_check_element_aligned(x) < 0)
+    mv_tensor *x = norm_start(&c, module, args, 3, 6, &a);
+    if (x == NULL)
         goto done;
     mv_tensor *residual = mv_call_import(&c, args[1], "residual");
     if (residual == NULL || mv_rows_like_x(residual, x, &a.in.residual_stride) < 0)
