@@ -48,6 +48,7 @@ CUDA_SOURCES = [
     QKV + "bulk_stream.cu",
     QKV + "deferred_stream.cu",
     QKV + "wgmma.cu",
+    QKV + "engine.cu",
     QKV + "norm_cublaslt.cu",
     QKV + "tile_gemm.cu",
     QKV + "generic.cu",
@@ -56,7 +57,7 @@ CUDA_SOURCES = [
 # Files with Hopper-only instructions (wgmma): where the arch list has 90 they are built for
 # sm_90a alone (that code runs on 9.0 devices only; its plan checks) with MINIVLLM_HAVE_SM90A
 # defined, else for the list as given, with their kernels compiled empty.
-SM90A_SOURCES = {QKV + "wgmma.cu"}
+SM90A_SOURCES = {QKV + "wgmma.cu", QKV + "engine.cu"}
 
 
 def env_flag(name):
@@ -145,7 +146,8 @@ class BuildExt(build_ext):
             if src in SM90A_SOURCES and "90" in archs:
                 codes = ["-gencode=arch=compute_90a,code=sm_90a", "-DMINIVLLM_HAVE_SM90A"]
             cmd = [nvcc, "-std=c++17", "-O3", "-Xcompiler", "-fPIC,-fvisibility=hidden",
-                   "--expt-relaxed-constexpr", "-Icsrc", *codes, "-c", src, "-o", obj]
+                   "--expt-relaxed-constexpr", "-Icsrc", *codes,
+                   *shlex.split(os.environ.get("MINIVLLM_EXTRA_NVCCFLAGS", "")), "-c", src, "-o", obj]
             print(" ".join(cmd), flush=True)
             subprocess.check_call(cmd, cwd=HERE)
             return obj

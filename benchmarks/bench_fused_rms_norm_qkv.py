@@ -74,9 +74,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 EPS = bt.EPS
 
-FULL_MODELS = ("qwen3-0.6b", "llama-3-8b", "qwen2.5-0.5b", "qwen3-4b")
+FULL_MODELS = tuple(MODELS)   # the zoo: every preset of minivllm/bench/models.py
 QUICK_MODELS = ("qwen3-0.6b", "llama-3-8b")
-FULL_M = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
+FULL_M = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 16384)
 QUICK_M = (1, 16, 256, 4096)
 FULL_DTYPES = ("bf16", "fp16")
 QUICK_DTYPES = ("bf16",)
@@ -98,8 +98,8 @@ HOST_SPIN_CYCLES = 100_000_000   # ~50 ms of GPU spin: longer than the host take
 # cuBLAS one on a stored normalized x), which costs up to one more rounding of the dtype.
 BASELINE_TOLERANCE = 2e-2
 
-IMPLS = ("minivllm", "torch", "hf", "cublas", "compile", "max_autotune", "triton_1")
-BASELINES = IMPLS[1:]
+IMPLS = ("minivllm", "torch", "hf", "cublas", "compile", "max_autotune", "triton_1", "engine")
+BASELINES = IMPLS[1:-1]
 LABELS = {
     "minivllm": "minivllm FusedRMSNormQKV",
     "torch": "torch rms_norm + linear + split",
@@ -108,9 +108,11 @@ LABELS = {
     "compile": "torch.compile (default)",
     "max_autotune": "torch.compile (max-autotune-no-cudagraphs)",
     "triton_1": "Triton, one program per output feature",
+    "engine": "minivllm with the GEMM engine forced (_path='engine')",
 }
 SHORT = {"minivllm": "minivllm", "torch": "torch", "hf": "HF", "cublas": "cuBLAS",
-         "compile": "compile", "max_autotune": "max-AT", "triton_1": "Triton-1"}
+         "compile": "compile", "max_autotune": "max-AT", "triton_1": "Triton-1",
+         "engine": "engine"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,6 +274,12 @@ def bench_shape(model, dtype_name, rows, run):
                                heads, kv_heads, head_dim) for _ in range(calls)]
     impls["minivllm"] = lambda i: minivllm.FusedRMSNormQKV.forward(
         xs[i], gammas[i], weights_t[i], heads, kv_heads, EPS, out=outs[i], **run.kwargs)
+    engine_outs = ([split_heads(torch.full((rows, features), math.nan, device="cuda", dtype=dtype),
+                                heads, kv_heads, head_dim) for _ in range(calls)]
+                   if "engine" in run.impls else [])
+    impls["engine"] = lambda i: minivllm.FusedRMSNormQKV.forward(
+        xs[i], gammas[i], weights_t[i], heads, kv_heads, EPS, out=engine_outs[i],
+        **dict(run.kwargs, _path="engine"))
     impls["torch"] = lambda i: torch_qkv(xs[i], gammas[i], weights[i], *args)
     impls["hf"] = lambda i: hf_qkv(xs[i], gammas[i], weights[i], *args)
     normalized = ([F.rms_norm(x, (hidden,), g, EPS) for x, g in zip(xs, gammas)]
@@ -303,8 +311,8 @@ def bench_shape(model, dtype_name, rows, run):
         if name not in impls or name not in run.impls:
             continue
         started = time.perf_counter()
-        tolerance = (reference.QKV_TOLERANCE[bt.DTYPE_NAMES[dtype_name]] if name == "minivllm"
-                     else BASELINE_TOLERANCE)
+        tolerance = (reference.QKV_TOLERANCE[bt.DTYPE_NAMES[dtype_name]]
+                     if name in ("minivllm", "engine") else BASELINE_TOLERANCE)
         try:
             timing = bt.time_per_call(impls[name], calls, run.replays, checker(tolerance))
         except Exception as error:  # recorded; the other implementations and shapes go on
@@ -407,7 +415,7 @@ def cell(r, name):
 
 
 def print_table(results, shown_impls):
-    baselines = [b for b in BASELINES if b in shown_impls
+    baselines = [b for b in BASELINES + ("engine",) if b in shown_impls
                  and any(b in r["impls"] or b in r["failures"] for r in results)]
     print("\nµs per call (graph-timed median), each layer its own weights. floor = max(bytes / "
           "copy bandwidth, FLOPs / GEMM rate); %floor = floor / minivllm µs. For each baseline: "
@@ -477,6 +485,52 @@ def slower_shapes(results):
                            "minivllm_us": minivllm_us(r),
                            "baseline_us": r["impls"][fastest]["us"], "beaten_by": beaten_by})
     return sorted(slower, key=lambda v: v["speedup"])
+
+
+def gemm_targets(results, impl):
+    """The GEMM-engine issue's targets for one implementation (minivllm's table, or the engine
+    forced), each as (met, shapes checked, the failing shapes): M <= 256: >= 1.10x cuBLAS alone;
+    M <= 16 with W >= 24 MiB: >= 85% of the floor; M >= 512: >= 0.98x cuBLAS and >= 1.02x the
+    faster torch.compile mode; nowhere slower than torch eager or torch.compile."""
+    checks = {"m<=256 vs cuBLAS >= 1.10": [], "m<=16, W>=24MiB: floor >= 0.85": [],
+              "m>=512 vs cuBLAS >= 0.98": [], "m>=512 vs compile >= 1.02": [],
+              "not slower than torch / compile": []}
+    for r in results:
+        mine = r["impls"].get(impl)
+        if mine is None or impl in r["failures"]:
+            continue
+        us = mine["us"]
+        shape = f"{r['model']} {r['dtype']} M={r['rows']}"
+        ratio = lambda b: r["impls"][b]["us"] / us if b in r["impls"] and b not in r["failures"] else None
+        weight_bytes = r["features"] * r["hidden"] * (2 if r["dtype"] in ("bf16", "fp16") else 4)
+        cublas = ratio("cublas")
+        if r["rows"] <= 256 and cublas is not None:
+            checks["m<=256 vs cuBLAS >= 1.10"].append((shape, cublas, cublas >= 1.10))
+        if r["rows"] <= 16 and weight_bytes >= 24 * 2**20:
+            frac = r["floor_us"] / us
+            checks["m<=16, W>=24MiB: floor >= 0.85"].append((shape, frac, frac >= 0.85))
+        if r["rows"] >= 512 and cublas is not None:
+            checks["m>=512 vs cuBLAS >= 0.98"].append((shape, cublas, cublas >= 0.98))
+        compiled = [x for x in (ratio("compile"), ratio("max_autotune")) if x is not None]
+        if r["rows"] >= 512 and compiled:
+            checks["m>=512 vs compile >= 1.02"].append((shape, min(compiled), min(compiled) >= 1.02))
+        peers = [x for x in (ratio("torch"), *compiled) if x is not None]
+        if peers:
+            checks["not slower than torch / compile"].append((shape, min(peers), min(peers) >= 1.0))
+    return {name: {"met": all(ok for _, _, ok in rows) if rows else None, "checked": len(rows),
+                   "worst": min((v for _, v, _ in rows), default=None),
+                   "failing": [f"{s} {v:.2f}" for s, v, ok in sorted(rows, key=lambda t: t[1]) if not ok]}
+            for name, rows in checks.items()}
+
+
+def print_targets(targets):
+    for impl, checks in targets.items():
+        print(f"\nGEMM-engine targets, {impl}:")
+        for name, c in checks.items():
+            state = "n/a" if c["met"] is None else ("met" if c["met"] else "NOT met")
+            worst = "" if c["worst"] is None else f", worst {c['worst']:.2f}"
+            print(f"  {name:34s} {state:7s} ({c['checked']} shapes{worst}; "
+                  f"{len(c['failing'])} failing)")
 
 
 def print_slower(slower, shapes):
@@ -723,9 +777,13 @@ def main(argv=None):
                  else ""))
     slower = slower_shapes(results)
     print_slower(slower, len(results))
+    targets = {impl: gemm_targets(results, impl) for impl in ("minivllm", "engine")
+               if any(impl in r["impls"] for r in results)}
+    print_targets(targets)
 
     report = {
         "kind": "bench-qkv",
+        "gemm_targets": targets,
         "gpu": gpu,
         "date": date.isoformat(timespec="seconds"),
         "commit": commit,

@@ -126,6 +126,7 @@ typedef enum {
     MV_QKV_CUBLASLT, /* norm kernel, then cuBLASLt */
     MV_QKV_TILE,     /* norm kernel, then our tensor-core GEMM (no libcublasLt) */
     MV_QKV_GENERIC,  /* the correctness fallback: any dtype, layout and size */
+    MV_QKV_ENGINE,   /* the Hopper GEMM engine: stream-K TMA + wgmma, deferred norm (sm_90) */
     MV_QKV_PATH_COUNT
 } mv_qkv_path;
 

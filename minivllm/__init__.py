@@ -156,7 +156,7 @@ class FusedRMSNormQKV:
         pdl: programmatic dependent launch on the GPU (None: the library's default; see the
             module).
         _path: private, for tests and benchmarks: the name of a GPU kernel path to run where it
-            can take the call ("deferred", "register", "bulk", "wgmma", "cublaslt", "tile",
+            can take the call ("engine", "deferred", "register", "bulk", "wgmma", "cublaslt", "tile",
             "generic"); _C.qkv_last_gpu_path() names the one that ran.
         Returns (q, k, v), or (q, k, v, new_residual) when residual is given, with
             q: [..., num_heads, head_dim], k and v: [..., num_kv_heads, head_dim],

@@ -8,6 +8,9 @@ import os
 
 WIDTHS = (16, 32, 64, 128, 192, 256)  # the tile widths cuda/fused_rms_norm_qkv/wgmma.cu instantiates
 TYPES = (("__nv_bfloat16", "bf16"),)  # the path is bf16 only (fp16's gamma * x could overflow)
+# The engine (cuda/fused_rms_norm_qkv/engine.cu): both operands in shared memory, tokens on N.
+SS_WIDTHS = (8, 16, 32, 64, 128, 256)
+SS_TYPES = (("__nv_bfloat16", "bf16"), ("__half", "f16"))
 
 HEADER = """\
 /*
@@ -20,18 +23,50 @@ HEADER = """\
  * asynchronous: the caller brackets it with wgmma.fence / commit_group / wait_group
  * (cuda/fused_rms_norm_qkv/wgmma.cu). d holds the thread's N / 2 accumulators in the instruction's
  * fragment order.
+ *
+ * mv_wgmma_ss<T, N>::mma(d, a_desc, b_desc, accumulate): the same with A K-major in shared memory
+ * too, described by a_desc (cuda/fused_rms_norm_qkv/engine.cu).
  */
 #ifndef MINIVLLM_WGMMA_OPS_CUH
 #define MINIVLLM_WGMMA_OPS_CUH
 
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
 #include <cstdint>
 
 template <typename T, int N>
 struct mv_wgmma_rs;
+template <typename T, int N>
+struct mv_wgmma_ss;
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+
+/* The dynamic shared memory from its first 1 KiB boundary (the 128-byte swizzle repeats every
+   1 KiB, so swizzled tiles start on one). */
+__device__ __forceinline__ unsigned char *mv_swizzle_aligned_shared() {
+    extern __shared__ unsigned char shared_raw[];
+    return reinterpret_cast<unsigned char *>((reinterpret_cast<uintptr_t>(shared_raw) + 1023) & ~static_cast<uintptr_t>(1023));
+}
+/* wgmma shared-memory descriptor of a K-major tile stored as 128-byte swizzled lines: start
+   address, stride 1024 bytes between 8-line groups, 128-byte swizzle mode. The leading-byte offset
+   is unused for swizzled K-major operands (set to 1, as is conventional). */
+__device__ __forceinline__ uint64_t mv_wgmma_desc_sw128(const void *p) {
+    const uint64_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+    return ((addr & 0x3FFFF) >> 4) | (1ull << 16) | (static_cast<uint64_t>(1024 >> 4) << 32) | (1ull << 62);
+}
+__device__ __forceinline__ void mv_wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\\n" ::: "memory"); }
+__device__ __forceinline__ void mv_wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\\n" ::: "memory"); }
+template <int kPending>
+__device__ __forceinline__ void mv_wgmma_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\\n" ::"n"(kPending) : "memory");
+}
+/* Keeps the compiler from moving accumulator reads or writes across the asynchronous wgmma. */
+template <int N>
+__device__ __forceinline__ void mv_wgmma_fence_accumulators(float (&d)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
 """
 
 FOOTER = """\
@@ -67,9 +102,34 @@ def wrapper(ctype, ptx, n):
     ]) + "\n"
 
 
+def wrapper_ss(ctype, ptx, n):
+    """mv_wgmma_ss<ctype, n>: A and B both described in shared memory, both K-major."""
+    regs = n // 2
+    reg_list = ", ".join(f"%{i}" for i in range(regs))
+    outs = ", ".join(f'"+f"(d[{i}])' for i in range(regs))
+    return "\n".join([
+        "template <>",
+        f"struct mv_wgmma_ss<{ctype}, {n}> {{",
+        f"    __device__ __forceinline__ static void mma(float (&d)[{regs}], uint64_t a_desc, uint64_t b_desc, int accumulate) {{",
+        "        asm volatile(",
+        '            "{\\n"',
+        '            ".reg .pred p;\\n"',
+        f'            "setp.ne.b32 p, %{regs + 2}, 0;\\n"',
+        f'            "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ptx}.{ptx} "',
+        f'            "{{{reg_list}}}, "',
+        f'            "%{regs}, %{regs + 1}, p, 1, 1, 0, 0;\\n"',
+        '            "}\\n"',
+        f"            : {outs}",
+        '            : "l"(a_desc), "l"(b_desc), "r"(accumulate));',
+        "    }",
+        "};",
+    ]) + "\n"
+
+
 def main():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     body = "".join(wrapper(c, p, n) for c, p in TYPES for n in WIDTHS)
+    body += "".join(wrapper_ss(c, p, n) for c, p in SS_TYPES for n in SS_WIDTHS)
     with open(os.path.join(root, "csrc", "cuda", "wgmma_ops.cuh"), "w") as f:
         f.write(HEADER + body + FOOTER)
 

@@ -11,13 +11,17 @@ from minivllm.reference import round_to  # noqa: F401
 from minivllm.reference import attention_prologue as _prologue
 
 
+# The GPU paths that round gamma * x (not the normalized y) before the product and apply rrms after.
+RRMS_AFTER = ("wgmma", "deferred", "engine")
+
+
 def qkv_ref(x, w, W, num_heads, num_kv_heads, eps, residual=None, dtype=None, y_dtype=None):
     """(q, k, v) or (q, k, v, new_residual); W is the nn.Linear weight [N, H] in float64.
 
     With y_dtype (a GPU call's rounding, qkv_y_dtype), rounds as the path that call took: the
     one-kernel wgmma path and the deferred-norm W stream round weight * s and apply rrms after
     the product."""
-    rrms_after = y_dtype is not None and last_gpu_path() in ("wgmma", "deferred")
+    rrms_after = y_dtype is not None and last_gpu_path() in RRMS_AFTER
     return _qkv(x, w, W, num_heads, num_kv_heads, eps, residual, dtype, y_dtype, rrms_after)
 
 
@@ -26,7 +30,7 @@ def prologue_ref(x, w, W, num_heads, num_kv_heads, eps, dtype, devname, **kw):
     rounded as qkv_ref rounds it for the path that ran, then q, k, v rounded to the dtype before
     the epilogue, as the separate-kernel paths (the CPU twin, today's GPU path) store them."""
     y_dtype = qkv_y_dtype(devname, dtype)
-    rrms_after = y_dtype is not None and last_gpu_path() in ("wgmma", "deferred")
+    rrms_after = y_dtype is not None and last_gpu_path() in RRMS_AFTER
     return _prologue(x, w, W, num_heads, num_kv_heads, eps, dtype=dtype, y_dtype=y_dtype,
                      rrms_after=rrms_after, qkv_dtype=dtype, **kw)
 

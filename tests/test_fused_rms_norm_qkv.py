@@ -14,7 +14,7 @@ from conftest import (DTYPES, LAYOUTS, NEEDS_CUDA, NP_ONLY_LAYOUTS, assert_nativ
                       cuda_capability, cuda_skip_reason, get_backend, make_rows, norm_weight,
                       randn, round_np, to64)
 from minivllm import _C
-from minivllm.bench.models import MODELS
+from minivllm.bench.models import MODELS, qkv_features
 from minivllm.bench.timing import QKV_PATHS   # the names _path= takes
 from reference import (QKV_TOL, assert_matches, assert_same_values, last_gpu_path, qkv_ref,
                        qkv_y_dtype, round_to)
@@ -22,10 +22,11 @@ from reference import (QKV_TOL, assert_matches, assert_same_values, last_gpu_pat
 HS = [1, 3, 100, 256, 512, 896, 1000, 1024, 2048, 3584, 4096, 8192]
 W_LAYOUTS = ("W", "WT_view", "WT_contig")
 
-# name, H, num_heads, num_kv_heads, head_dim: the benchmark models (minivllm/bench/models.py),
-# then two shapes no preset has: GQA ratio 1 with head_dim 80, ratio 8 with head_dim 256.
+# name, H, num_heads, num_kv_heads, head_dim: the benchmark models (minivllm/bench/models.py) with
+# at most 40M weights (the float64 reference's cost), then two shapes no preset has: GQA ratio 1
+# with head_dim 80, ratio 8 with head_dim 256.
 MODEL_SHAPES = [(key, m.hidden, m.num_heads, m.num_kv_heads, m.head_dim)
-                for key, m in MODELS.items()] + [
+                for key, m in MODELS.items() if m.hidden * qkv_features(m) <= 40_000_000] + [
     ("hd80-mha", 1280, 16, 16, 80),
     ("hd256", 2048, 8, 1, 256),
 ]
@@ -524,6 +525,7 @@ def test_chained_calls_read_the_previous_output(dev, dtype, M, rng):
 # path -> (dtype, H, heads, kv heads, head_dim, the M values, the capability it needs, whether that
 # capability must match exactly, what the path needs): shapes each path's plan takes.
 FORCED_PATH_SHAPES = {
+    "engine": ("float16", 1000, 16, 8, 128, (1, 37, 300), (9, 0), True, "sm_90 exactly (sm_90a code)"),
     "deferred": ("bfloat16", 1024, 16, 8, 128, (4,), (9, 0), False, "sm_90 or newer"),
     "register": ("bfloat16", 1024, 16, 8, 128, (1, 8, 16), (8, 0), False, "sm_80 or newer"),
     "bulk": ("bfloat16", 1024, 16, 8, 128, (1, 8, 16), (9, 0), False, "sm_90 or newer"),

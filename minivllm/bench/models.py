@@ -14,6 +14,17 @@ MODELS = {m.name.lower(): m for m in (
     Model("Llama-3-8B", 4096, 32, 8, 128),
     Model("Qwen2.5-0.5B", 896, 14, 2, 64),
     Model("Qwen3-4B", 2560, 32, 8, 128),
+    # the GEMM engine's zoo (benchmarks/bench_fused_rms_norm_qkv.py --models zoo): H 896-8192,
+    # head_dim 64-256, MHA, GQA and MQA, N that do not divide evenly over 132 SMs
+    Model("Llama-3.2-1B", 2048, 32, 8, 64),
+    Model("Qwen2.5-1.5B", 1536, 12, 2, 128),
+    Model("Gemma-3-1B", 1152, 4, 1, 256),
+    Model("Gemma-2-2B", 2304, 8, 4, 256),
+    Model("Phi-3-mini", 3072, 32, 32, 96),
+    Model("Qwen2.5-7B", 3584, 28, 4, 128),
+    Model("Falcon-7B", 4544, 71, 1, 64),
+    Model("Llama-2-7B", 4096, 32, 32, 128),
+    Model("Llama-3-70B", 8192, 64, 8, 128),
 )}
 
 # Not a model: small enough that a CPU kernel costs little next to the call, for profiling the

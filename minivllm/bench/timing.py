@@ -510,7 +510,7 @@ class Progress:
 # ---------------------------------------------------------------------------------------------
 # The GPU paths the QKV op's private _path= argument names (csrc/cuda/fused_rms_norm_qkv/
 # dispatch.cu); the tests and scripts/sanitize_cases.py take the list from here.
-QKV_PATHS = ("deferred", "register", "bulk", "wgmma", "cublaslt", "tile", "generic")
+QKV_PATHS = ("engine", "deferred", "register", "bulk", "wgmma", "cublaslt", "tile", "generic")
 PDL_CHOICES = {"auto": None, "on": True, "off": False}
 
 

@@ -55,6 +55,9 @@ bool wgmma_wanted(const Call &c) {
     return c.rows <= 64 || (c.cols <= 2048 && c.rows <= 256);
 }
 
+/* The engine: placeholder preference, set from the bench_fused_rms_norm_qkv results. */
+bool engine_wanted(const Call &) { return false; }
+
 bool always(const Call &) { return true; }
 
 bool register_first_plan(const mv_qkv_args &a, const mv_cuda_device &dev, mv_qkv_plan *plan) {
@@ -81,6 +84,8 @@ constexpr Rule kRules[] = {
     {MV_QKV_BULK, stream_fits, mv_qkv_bulk_plan, mv_qkv_bulk_launch},
     /* decode on any sm_80+ GPU */
     {MV_QKV_REGISTER, stream_fits, register_plan, mv_qkv_register_launch},
+    /* sm_90 fp16/bf16: the GEMM engine */
+    {MV_QKV_ENGINE, engine_wanted, mv_qkv_engine_plan, mv_qkv_engine_launch},
     /* sm_90 bf16, small H, up to a few hundred rows */
     {MV_QKV_WGMMA, wgmma_wanted, mv_qkv_wgmma_plan, mv_qkv_wgmma_launch},
     /* everything else, where libcublasLt loads */

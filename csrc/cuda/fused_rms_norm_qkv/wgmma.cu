@@ -72,39 +72,10 @@ struct Tile : Stage<kTileRows, BN> {
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 
-/* The dynamic shared memory from its first 1 KiB boundary (the 128-byte swizzle repeats every
-   1 KiB, so swizzled tiles start on one). */
-__device__ __forceinline__ unsigned char *aligned_shared_base() {
-    extern __shared__ unsigned char shared_raw[];
-    return reinterpret_cast<unsigned char *>((reinterpret_cast<uintptr_t>(shared_raw) + kSharedAlign - 1) &
-                                             ~static_cast<uintptr_t>(kSharedAlign - 1));
-}
-
 /* The bytes of gamma's slice that travel with k stage kt: whole 16-byte chunks (H % 8 == 0). */
 __device__ __forceinline__ unsigned stage_gamma_bytes(const WgmmaParams &p, int kt) {
     const int left = p.hidden - kt * kStageK;
     return static_cast<unsigned>((left < kStageK ? left : kStageK) * 2);
-}
-
-/* wgmma shared-memory descriptor of a K-major tile stored as 128-byte swizzled lines: start
-   address, stride 1024 bytes between 8-line groups, 128-byte swizzle mode. The leading-byte offset
-   is unused for swizzled K-major operands (set to 1, as is conventional). */
-__device__ __forceinline__ uint64_t swizzled_desc(const void *p) {
-    const uint64_t addr = mv_shared_address(p);
-    return ((addr & 0x3FFFF) >> 4) | (1ull << 16) | (static_cast<uint64_t>(1024 >> 4) << 32) | (1ull << 62);
-}
-
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-template <int kPending>
-__device__ __forceinline__ void wgmma_wait() {
-    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
-}
-/* Keeps the compiler from moving accumulator reads or writes across the asynchronous wgmma. */
-template <int N>
-__device__ __forceinline__ void fence_accumulators(float (&d)[N]) {
-#pragma unroll
-    for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 
 /* The thread's A fragment of k16 step kk of a 64-row stage of x, as gamma * x in bf16, adding
@@ -183,7 +154,7 @@ __global__ void __launch_bounds__(kThreads)
                      WgmmaParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     using Sh = Tile<BN>;
-    unsigned char *base = aligned_shared_base();
+    unsigned char *base = mv_swizzle_aligned_shared();
     const int stages = p.stages;
     __nv_bfloat16 *a_tiles = reinterpret_cast<__nv_bfloat16 *>(base);
     __nv_bfloat16 *b_tiles = reinterpret_cast<__nv_bfloat16 *>(base + static_cast<size_t>(stages) * Sh::a_bytes);
@@ -264,17 +235,17 @@ __global__ void __launch_bounds__(kThreads)
         for (int kk = 0; kk < kStageK / 16; ++kk)
             load_scaled_fragment(frag[kk], a, gamma_stages + s * kStageK, p.hidden - kt * kStageK, warp, lane, kk,
                                  sum_sq);
-        wgmma_fence();
-        fence_accumulators(acc);
+        mv_wgmma_fence();
+        mv_wgmma_fence_accumulators(acc);
 #pragma unroll
         for (int kk = 0; kk < kStageK / 16; ++kk)
-            mv_wgmma_rs<__nv_bfloat16, BN>::mma(acc, frag[kk], swizzled_desc(b + kk * 16), 1);
-        wgmma_commit();
-        fence_accumulators(acc);
+            mv_wgmma_rs<__nv_bfloat16, BN>::mma(acc, frag[kk], mv_wgmma_desc_sw128(b + kk * 16), 1);
+        mv_wgmma_commit();
+        mv_wgmma_fence_accumulators(acc);
         /* The stage goes back to the producer as soon as its products are done: the ring's depth
            is what keeps W streaming (the fragments were read out of it before the wgmma). */
-        wgmma_wait<0>();
-        fence_accumulators(acc);
+        mv_wgmma_wait<0>();
+        mv_wgmma_fence_accumulators(acc);
         if (tid == 0) mv_mbarrier_arrive(&empty[s]);
     }
 

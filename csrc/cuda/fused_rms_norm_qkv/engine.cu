@@ -1,0 +1,657 @@
+/*
+ * engine.cu: the Hopper GEMM engine of fused RMSNorm + QKV (sm_90a, fp16/bf16):
+ *     q, k, v = split(rms_norm(x) . W^T)
+ * as one persistent, warp-specialized TMA + wgmma kernel with stream-K load balance.
+ *
+ * - Swapped operands: a tile is 128 output features (wgmma's M, two consumer warpgroups of 64) by
+ *   T tokens (wgmma's N, T in 8..128), so decode streams W with no padding of the token side
+ *   beyond the next multiple of 8 (a power of two here).
+ * - Deferred norm (FlashNorm): rms_norm(x) . W^T = diag(rrms) . ((gamma * x) . W^T). Helper warps
+ *   rewrite each staged x tile in shared memory as gamma * x (one rounding to the dtype; in fp16
+ *   scaled by 2^-e, e from max |gamma|, so it cannot overflow) while summing x^2 per token; the
+ *   epilogue multiplies by rrms (and 2^e) after the k sum is complete.
+ * - Stream-K: the (tile, 64-k stage) iterations are split into equal contiguous ranges, one per
+ *   CTA (one CTA per SM), so every shape fills every SM. A tile cut between CTAs is finished by
+ *   the last CTA to arrive: each writes its float partial products and row sums to a workspace
+ *   and counts itself in on the tile's counter; the last one adds all parts in CTA order (a fixed
+ *   order, so the bits do not depend on timing), resets the counter and stores q, k, v.
+ * - PDL: the producer requests the first stages of W (a weight) before waiting for the previous
+ *   kernel; x, the outputs and the workspace are touched only after the wait.
+ * The workspace (float partials and zeroed tile counters) belongs to the (device, stream) pair,
+ * allocated on a stream's first call and grown when a call needs more; never freed, since a
+ * captured graph may hold it.
+ */
+#include <climits>
+#include <cstdint>
+#include <mutex>
+#include <type_traits>
+#include <vector>
+
+#include <cuda.h> /* CUtensorMap (types only) */
+
+#include "cuda/common.cuh"
+#include "cuda/fused_rms_norm_qkv/paths.h"
+#include "cuda/hopper.cuh"
+#include "cuda/wgmma_ops.cuh"
+
+/* Development builds only (dev/engine_variants.sh, MINIVLLM_EXTRA_NVCCFLAGS=-DMV_ENGINE_EXPERIMENT=2):
+   each CTA takes whole tiles where tiles <= SMs (no stream-K), to measure what stream-K buys.
+   0, the product: stream-K. */
+#ifndef MV_ENGINE_EXPERIMENT
+#define MV_ENGINE_EXPERIMENT 0
+#endif
+
+namespace {
+
+constexpr int kStageK = 64;                 /* k per stage: one 128-byte swizzle line per row */
+constexpr int kLineBytes = 128;
+constexpr int kFeatures = 128;              /* features per tile: one m64 per consumer warpgroup */
+constexpr int kGroupThreads = 128;
+constexpr int kConsumers = 2;
+constexpr int kConsumerThreads = kGroupThreads * kConsumers;
+constexpr int kHelpers = 96;                /* warps 1-3 of the first warpgroup; warp 0 copies */
+constexpr int kThreads = kGroupThreads * (1 + kConsumers);
+constexpr int kMaxTokens = 128;          /* 256 spills the consumers' accumulators */
+constexpr int kMaxStages = 12;
+constexpr int kSwizzleAlign = 1024;         /* the 128-byte swizzle repeats every 8 lines */
+constexpr int kWBytes = kFeatures * kLineBytes;
+constexpr int kMaxCounters = 1 << 16;       /* tiles per call (one counter each) */
+
+struct EngineParams {
+    int rows, hidden, cols, q_cols, kv_cols;
+    int kiters;  /* 64-k stages per tile */
+    int m_tiles; /* token tiles; tile t is token tile t % m_tiles, feature tile t / m_tiles */
+    int stages;
+    int64_t total; /* tiles * kiters */
+    float eps;
+    const void *gamma;
+    void *q, *k, *v;
+    int64_t q_stride, k_stride, v_stride;
+    float *partials; /* [CTAs][2][kFeatures * T + T] */
+    int *counters;   /* [tiles], zero between calls */
+};
+
+/* Shared memory after the ring (bytes). */
+template <int kTokens>
+constexpr int tail_bytes() {
+    return kMaxStages * kLineBytes + (3 * kMaxStages + 4) * 8 + (3 * kTokens + 4) * 4;
+}
+template <int kTokens>
+constexpr int slot_bytes() {
+    return kWBytes + kTokens * kLineBytes;
+}
+template <int kTokens>
+constexpr int partial_floats() {
+    return kFeatures * kTokens + kTokens;
+}
+
+/* First iteration of CTA c's range. */
+__host__ __device__ __forceinline__ int64_t range_begin(int64_t total, int ctas, int c) {
+    return total * c / ctas;
+}
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+
+/* One tile's part of a CTA's range: k stages [k0, k1) of tile. */
+struct Segment {
+    int tile, k0, k1;
+};
+__device__ __forceinline__ Segment segment_at(int64_t it, int64_t it_end, int kiters) {
+    Segment g;
+    g.tile = static_cast<int>(it / kiters);
+    g.k0 = static_cast<int>(it - static_cast<int64_t>(g.tile) * kiters);
+    const int64_t room = it_end - it;
+    g.k1 = room < kiters - g.k0 ? g.k0 + static_cast<int>(room) : kiters;
+    return g;
+}
+
+/* The CTA whose range holds iteration it (ranges are non-empty: ctas <= total). */
+__device__ __forceinline__ int range_owner(int64_t total, int ctas, int64_t it) {
+    int c = static_cast<int>(it * ctas / total);
+    while (c + 1 < ctas && range_begin(total, ctas, c + 1) <= it) ++c;
+    while (c > 0 && range_begin(total, ctas, c) > it) --c;
+    return c;
+}
+
+/* 2^e for the fp16 operand scale: the least power of two above max |gamma| where that exceeds 1
+   (as the deferred stream: docs/numerics.md). */
+__device__ __forceinline__ int gamma_exponent(float most) {
+    int e = 0;
+    if (most > 1.0f && most <= 65504.0f) frexpf(most, &e);
+    return e;
+}
+
+template <typename T>
+__device__ __forceinline__ uint32_t mul2(uint32_t a, uint32_t b);
+template <>
+__device__ __forceinline__ uint32_t mul2<__nv_bfloat16>(uint32_t a, uint32_t b) {
+    __nv_bfloat162 r = __hmul2(*reinterpret_cast<const __nv_bfloat162 *>(&a), *reinterpret_cast<const __nv_bfloat162 *>(&b));
+    return *reinterpret_cast<uint32_t *>(&r);
+}
+template <>
+__device__ __forceinline__ uint32_t mul2<__half>(uint32_t a, uint32_t b) {
+    __half2 r = __hmul2(*reinterpret_cast<const __half2 *>(&a), *reinterpret_cast<const __half2 *>(&b));
+    return *reinterpret_cast<uint32_t *>(&r);
+}
+
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float a, float b);
+template <>
+__device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float a, float b) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+template <>
+__device__ __forceinline__ uint32_t pack2<__half>(float a, float b) {
+    __half2 v = __floats2half2_rn(a, b);
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+
+#endif /* __CUDA_ARCH_FEAT_SM90_ALL */
+
+template <typename T, int kTokens>
+__global__ void __launch_bounds__(kThreads, 1)
+    engine_kernel(const __grid_constant__ CUtensorMap x_map, const __grid_constant__ CUtensorMap w_map,
+                  EngineParams p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr bool kScaled = std::is_same<T, __half>::value;
+    constexpr int kSlot = slot_bytes<kTokens>();
+    constexpr int kAcc = kTokens / 2;
+    unsigned char *ring = mv_swizzle_aligned_shared();
+    const int stages = p.stages;
+    unsigned char *tail = ring + static_cast<size_t>(stages) * kSlot;
+    T *gamma_s = reinterpret_cast<T *>(tail); /* [kMaxStages][64] */
+    uint64_t *full = reinterpret_cast<uint64_t *>(tail + kMaxStages * kLineBytes);
+    uint64_t *ready = full + kMaxStages;
+    uint64_t *empty = ready + kMaxStages;
+    uint64_t *sums_full = empty + kMaxStages; /* [2] */
+    uint64_t *sums_empty = sums_full + 2;     /* [2] */
+    float *row_sq = reinterpret_cast<float *>(sums_empty + 2); /* [2][kTokens] */
+    float *tot_sq = row_sq + 2 * kTokens;                      /* [kTokens] */
+    float *scalars = tot_sq + kTokens; /* [0]: max |gamma| (bits), [1]: this CTA reduces the tile */
+
+    const int ctas = static_cast<int>(gridDim.x), c = static_cast<int>(blockIdx.x);
+    const int64_t it_begin = range_begin(p.total, ctas, c), it_end = range_begin(p.total, ctas, c + 1);
+    const int kiters = p.kiters;
+
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < kMaxStages; ++s) {
+            mv_mbarrier_init(&full[s], 1);
+            mv_mbarrier_init(&ready[s], kHelpers);
+            mv_mbarrier_init(&empty[s], kConsumers);
+        }
+        for (int b = 0; b < 2; ++b) {
+            mv_mbarrier_init(&sums_full[b], kHelpers);
+            mv_mbarrier_init(&sums_empty[b], kConsumerThreads);
+        }
+        scalars[0] = 0.0f;
+        mv_mbarrier_init_fence();
+    }
+    __syncthreads();
+    mv_pdl_trigger();
+
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (warp == 0) {
+        /* ---- producer: one lane issues every copy ---- */
+        if (lane != 0) return;
+        const uint64_t w_policy = mv_evict_first_policy(), x_policy = mv_evict_last_policy();
+        const int64_t mine = it_end - it_begin;
+        auto slot = [&](int64_t i) { return ring + static_cast<size_t>(i % stages) * kSlot; };
+        auto arm_w = [&](int64_t i) {
+            const int64_t it = it_begin + i;
+            const int tile = static_cast<int>(it / kiters), kt = static_cast<int>(it % kiters);
+            const int s = static_cast<int>(i % stages);
+            const int left = p.hidden - kt * kStageK;
+            const unsigned g_bytes = static_cast<unsigned>((left < kStageK ? left : kStageK) * 2);
+            mv_mbarrier_arrive_expect_tx(&full[s], kSlot + g_bytes);
+            mv_tensor_copy_2d(slot(i), &w_map, kt * kStageK, (tile / p.m_tiles) * kFeatures, &full[s], w_policy);
+            mv_bulk_copy(gamma_s + s * kStageK, static_cast<const T *>(p.gamma) + kt * kStageK, g_bytes, &full[s]);
+        };
+        auto copy_x = [&](int64_t i) {
+            const int64_t it = it_begin + i;
+            const int tile = static_cast<int>(it / kiters), kt = static_cast<int>(it % kiters);
+            mv_tensor_copy_2d(slot(i) + kWBytes, &x_map, kt * kStageK, (tile % p.m_tiles) * kTokens,
+                              &full[i % stages], x_policy);
+        };
+        const int64_t early = mine < stages ? mine : stages;
+        for (int64_t i = 0; i < early; ++i) arm_w(i); /* weights: before the previous kernel ends */
+        mv_pdl_wait();
+        for (int64_t i = 0; i < early; ++i) copy_x(i);
+        for (int64_t i = early; i < mine; ++i) {
+            mv_mbarrier_wait(&empty[i % stages], static_cast<unsigned>((i / stages - 1) & 1));
+            arm_w(i);
+            copy_x(i);
+        }
+        return;
+    }
+
+    if (warp < 4) {
+        /* ---- helpers: x -> gamma * x in place (the B operand), and x^2 summed per token ---- */
+        const int h = threadIdx.x - 32;
+        uint32_t scale2 = 0; /* fp16: 2^-e twice */
+        if constexpr (kScaled) { /* gamma is a weight: read while the previous kernel ends */
+            float most = 0.0f;   /* fmaxf drops NaN; an infinite gamma keeps the scale at 1 */
+            const T *g = static_cast<const T *>(p.gamma);
+            for (int k = h * 8; k < p.hidden; k += kHelpers * 8) {
+                const uint4 gv = *reinterpret_cast<const uint4 *>(g + k);
+                const T *ge = reinterpret_cast<const T *>(&gv);
+#pragma unroll
+                for (int e = 0; e < 8; ++e) most = fmaxf(most, fabsf(mv_to_float(ge[e])));
+            }
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) most = fmaxf(most, __shfl_xor_sync(0xffffffffu, most, o));
+            if (lane == 0) atomicMax(reinterpret_cast<int *>(&scalars[0]), __float_as_int(most));
+            mv_named_barrier(2, kHelpers);
+            const float operand_scale = ldexpf(1.0f, -gamma_exponent(scalars[0]));
+            scale2 = pack2<T>(operand_scale, operand_scale);
+        }
+        constexpr int kRowsPer = (kTokens + kHelpers - 1) / kHelpers;
+        float sq[kRowsPer];
+#pragma unroll
+        for (int j = 0; j < kRowsPer; ++j) sq[j] = 0.0f;
+        int64_t i = 0;
+        int seg = 0;
+        for (int64_t it = it_begin; it < it_end; ++seg) {
+            const Segment sg = segment_at(it, it_end, kiters);
+            const int k0 = sg.k0, k1 = sg.k1;
+            for (int kt = k0; kt < k1; ++kt, ++i) {
+                const int s = static_cast<int>(i % stages);
+                mv_mbarrier_wait(&full[s], static_cast<unsigned>((i / stages) & 1));
+                unsigned char *xs = ring + static_cast<size_t>(s) * kSlot + kWBytes;
+                const T *g = gamma_s + s * kStageK;
+                const int k_left = p.hidden - kt * kStageK;
+#pragma unroll
+                for (int j = 0; j < kRowsPer; ++j) {
+                    const int r = h + j * kHelpers;
+                    if (r >= kTokens) break;
+#pragma unroll
+                    for (int ch = 0; ch < 8; ++ch) {
+                        uint4 *cell = reinterpret_cast<uint4 *>(xs + r * kLineBytes + ((ch ^ (r & 7)) * 16));
+                        uint4 out = make_uint4(0u, 0u, 0u, 0u); /* k past H: the zero operand */
+                        if (ch * 8 < k_left) {
+                            const uint4 xv = *cell;
+                            uint4 gv = *reinterpret_cast<const uint4 *>(g + ch * 8);
+                            if constexpr (kScaled) { /* gamma * 2^-e: exact where it stays normal */
+                                uint32_t *gw = reinterpret_cast<uint32_t *>(&gv);
+#pragma unroll
+                                for (int e = 0; e < 4; ++e) gw[e] = mul2<T>(gw[e], scale2);
+                            }
+                            const T *xe = reinterpret_cast<const T *>(&xv);
+                            uint32_t *oe = reinterpret_cast<uint32_t *>(&out);
+#pragma unroll
+                            for (int e = 0; e < 8; e += 2) {
+                                const float a = mv_to_float(xe[e]), b = mv_to_float(xe[e + 1]);
+                                sq[j] = fmaf(a, a, fmaf(b, b, sq[j]));
+                            }
+                            /* the product of two 16-bit values is exact in float, so the packed
+                               multiply rounds it once (gamma_s holds gamma * 2^-e in fp16) */
+#pragma unroll
+                            for (int e = 0; e < 4; ++e) oe[e] = mul2<T>(reinterpret_cast<const uint32_t *>(&xv)[e],
+                                                                         reinterpret_cast<const uint32_t *>(&gv)[e]);
+                        }
+                        *cell = out;
+                    }
+                }
+                mv_fence_proxy_async_shared(); /* the tensor cores read what was just written */
+                mv_mbarrier_arrive(&ready[s]);
+            }
+            /* the segment's row sums, double-buffered with the consumers' epilogue */
+            const int buf = seg & 1, use = seg >> 1;
+            if (use > 0) mv_mbarrier_wait(&sums_empty[buf], static_cast<unsigned>((use - 1) & 1));
+#pragma unroll
+            for (int j = 0; j < kRowsPer; ++j) {
+                const int r = h + j * kHelpers;
+                if (r < kTokens) row_sq[buf * kTokens + r] = sq[j];
+                sq[j] = 0.0f;
+            }
+            mv_mbarrier_arrive(&sums_full[buf]);
+            it += k1 - k0;
+        }
+        return;
+    }
+
+    /* ---- consumers: warpgroup g takes features [64 g, 64 g + 64) of each tile ---- */
+    const int g = warp / 4 - 1, ctid = threadIdx.x - kGroupThreads, wq = warp % 4;
+    mv_pdl_wait(); /* the outputs and the workspace may still be in use by the previous kernel */
+    float acc[kAcc];
+    int64_t i = 0;
+    int seg = 0;
+    for (int64_t it = it_begin; it < it_end; ++seg) {
+        const Segment sg = segment_at(it, it_end, kiters);
+        const int tile = sg.tile, k0 = sg.k0, k1 = sg.k1;
+        const bool first_segment = it == it_begin;
+#pragma unroll
+        for (int a = 0; a < kAcc; ++a) acc[a] = 0.0f;
+        int prev = -1;
+        for (int kt = k0; kt < k1; ++kt, ++i) {
+            const int s = static_cast<int>(i % stages);
+            mv_mbarrier_wait(&ready[s], static_cast<unsigned>((i / stages) & 1));
+            const unsigned char *ws = ring + static_cast<size_t>(s) * kSlot;
+            const unsigned char *wa = ws + g * 64 * kLineBytes;
+            const unsigned char *xb = ws + kWBytes;
+            mv_wgmma_fence();
+            mv_wgmma_fence_accumulators(acc);
+#pragma unroll
+            for (int kk = 0; kk < kStageK / 16; ++kk)
+                mv_wgmma_ss<T, kTokens>::mma(acc, mv_wgmma_desc_sw128(wa + kk * 32), mv_wgmma_desc_sw128(xb + kk * 32), 1);
+            mv_wgmma_commit();
+            mv_wgmma_fence_accumulators(acc);
+            mv_wgmma_wait<1>(); /* the previous stage's products are done: its slot goes back */
+            mv_wgmma_fence_accumulators(acc);
+            if (prev >= 0 && (ctid % kGroupThreads) == 0) mv_mbarrier_arrive(&empty[prev]);
+            prev = s;
+        }
+        mv_wgmma_wait<0>();
+        mv_wgmma_fence_accumulators(acc);
+        if (prev >= 0 && (ctid % kGroupThreads) == 0) mv_mbarrier_arrive(&empty[prev]);
+
+        /* ---- epilogue ---- */
+        const int buf = seg & 1;
+        mv_mbarrier_wait(&sums_full[buf], static_cast<unsigned>((seg >> 1) & 1));
+        const float *sums = row_sq + buf * kTokens;
+        bool store = true;
+        if (k0 != 0 || k1 != kiters) {
+            /* parts as float4s, [a / 4][thread][4]: coalesced, and a thread's loads independent */
+            const int my_slot = first_segment ? 0 : 1;
+            float *part = p.partials + (static_cast<size_t>(c) * 2 + my_slot) * partial_floats<kTokens>();
+#pragma unroll
+            for (int a = 0; a < kAcc; a += 4)
+                __stcg(reinterpret_cast<float4 *>(part) + (a / 4) * kConsumerThreads + ctid,
+                       make_float4(acc[a], acc[a + 1], acc[a + 2], acc[a + 3]));
+            if (ctid < kTokens) __stcg(part + kFeatures * kTokens + ctid, sums[ctid]);
+            __threadfence();
+            mv_named_barrier(1, kConsumerThreads);
+            const int first = range_owner(p.total, ctas, static_cast<int64_t>(tile) * kiters);
+            const int last = range_owner(p.total, ctas, static_cast<int64_t>(tile + 1) * kiters - 1);
+            if (ctid == 0) {
+                const int before = atomicAdd(&p.counters[tile], 1);
+                const bool reduce = before == last - first;
+                if (reduce) p.counters[tile] = 0; /* ready for the next call */
+                __threadfence();
+                scalars[1] = reduce ? 1.0f : 0.0f;
+            }
+            mv_named_barrier(1, kConsumerThreads);
+            store = scalars[1] != 0.0f;
+            if (store) {
+                /* every part (this CTA's too, read back) in CTA order: the same sum whichever CTA
+                   arrives last */
+                const int64_t tile_begin = static_cast<int64_t>(tile) * kiters;
+#pragma unroll
+                for (int a = 0; a < kAcc; ++a) acc[a] = 0.0f;
+                float sq_sum = 0.0f;
+                for (int cc = first; cc <= last; ++cc) {
+                    const int sl = range_begin(p.total, ctas, cc) >= tile_begin ? 0 : 1;
+                    const float *theirs = p.partials + (static_cast<size_t>(cc) * 2 + sl) * partial_floats<kTokens>();
+                    float4 v[kAcc / 4];
+#pragma unroll
+                    for (int a = 0; a < kAcc; a += 4)
+                        v[a / 4] = __ldcg(reinterpret_cast<const float4 *>(theirs) + (a / 4) * kConsumerThreads + ctid);
+                    if (ctid < kTokens) sq_sum += __ldcg(theirs + kFeatures * kTokens + ctid);
+#pragma unroll
+                    for (int a = 0; a < kAcc; a += 4) {
+                        acc[a] += v[a / 4].x;
+                        acc[a + 1] += v[a / 4].y;
+                        acc[a + 2] += v[a / 4].z;
+                        acc[a + 3] += v[a / 4].w;
+                    }
+                }
+                if (ctid < kTokens) tot_sq[ctid] = sq_sum;
+                mv_named_barrier(1, kConsumerThreads);
+                sums = tot_sq;
+            }
+        }
+        if (store) {
+            float result_scale = 1.0f;
+            if constexpr (kScaled) result_scale = ldexpf(1.0f, gamma_exponent(scalars[0]));
+            const int m0 = (tile % p.m_tiles) * kTokens;
+            const int f_base = (tile / p.m_tiles) * kFeatures + g * 64 + wq * 16 + (lane >> 2);
+            const bool odd = ((lane >> 2) & 1) != 0;
+            const float inv_h = 1.0f / static_cast<float>(p.hidden);
+#pragma unroll
+            for (int j = 0; j < kTokens / 8; ++j) {
+#pragma unroll
+                for (int hh = 0; hh < 2; ++hh) {
+                    /* lanes l and l ^ 4 hold features f and f + 1 of tokens t and t + 1: trade one
+                       value so each stores a pair of features of one token */
+                    const float v0 = acc[4 * j + 2 * hh], v1 = acc[4 * j + 2 * hh + 1];
+                    const float other = __shfl_xor_sync(0xffffffffu, odd ? v0 : v1, 4);
+                    const int t_local = 8 * j + 2 * (lane & 3) + (odd ? 1 : 0);
+                    const int tok = m0 + t_local;
+                    const int feat = f_base + 8 * hh - (odd ? 1 : 0);
+                    if (tok >= p.rows || feat >= p.cols) continue;
+                    const float rr = rsqrtf(sums[t_local] * inv_h + p.eps) * result_scale;
+                    const float a = odd ? other : v0, b = odd ? v1 : other;
+                    T *dst;
+                    if (feat < p.q_cols) {
+                        dst = static_cast<T *>(p.q) + static_cast<int64_t>(tok) * p.q_stride + feat;
+                    } else if (feat < p.q_cols + p.kv_cols) {
+                        dst = static_cast<T *>(p.k) + static_cast<int64_t>(tok) * p.k_stride + (feat - p.q_cols);
+                    } else {
+                        dst = static_cast<T *>(p.v) + static_cast<int64_t>(tok) * p.v_stride +
+                              (feat - p.q_cols - p.kv_cols);
+                    }
+                    *reinterpret_cast<uint32_t *>(dst) = pack2<T>(a * rr, b * rr);
+                }
+            }
+        }
+        mv_mbarrier_arrive(&sums_empty[buf]);
+        it += k1 - k0;
+    }
+#endif /* __CUDA_ARCH_FEAT_SM90_ALL */
+}
+
+/* ---- host side ---------------------------------------------------------------------------------- */
+
+/* The workspace of a (device, stream) pair. */
+struct Workspace {
+    int device;
+    cudaStream_t stream;
+    float *partials;
+    size_t partial_bytes;
+    int *counters;
+};
+
+std::mutex workspace_lock;
+std::vector<Workspace> workspaces;
+
+/* Device allocation that a stream capture in progress (on any stream) does not forbid. */
+cudaError_t alloc_outside_capture(void **ptr, size_t bytes) {
+    cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+    cudaError_t err = cudaThreadExchangeStreamCaptureMode(&mode);
+    if (err != cudaSuccess) return err;
+    err = cudaMalloc(ptr, bytes);
+    cudaStreamCaptureMode back = mode;
+    const cudaError_t restore = cudaThreadExchangeStreamCaptureMode(&back);
+    return err != cudaSuccess ? err : restore;
+}
+
+/* Zero bytes now, on a private stream (the caller's may be capturing). */
+cudaError_t zero_now(void *ptr, size_t bytes) {
+    cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+    cudaError_t err = cudaThreadExchangeStreamCaptureMode(&mode);
+    if (err != cudaSuccess) return err;
+    cudaStream_t s;
+    err = cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking);
+    if (err == cudaSuccess) {
+        err = cudaMemsetAsync(ptr, 0, bytes, s);
+        const cudaError_t sync = cudaStreamSynchronize(s);
+        const cudaError_t destroy = cudaStreamDestroy(s);
+        if (err == cudaSuccess) err = sync != cudaSuccess ? sync : destroy;
+    }
+    cudaStreamCaptureMode back = mode;
+    const cudaError_t restore = cudaThreadExchangeStreamCaptureMode(&back);
+    return err != cudaSuccess ? err : restore;
+}
+
+cudaError_t get_workspace(int device, cudaStream_t stream, size_t partial_bytes, float **partials, int **counters) {
+    std::lock_guard<std::mutex> guard(workspace_lock);
+    Workspace *w = nullptr;
+    for (Workspace &e : workspaces)
+        if (e.device == device && e.stream == stream) w = &e;
+    if (w == nullptr) {
+        void *ctr = nullptr;
+        cudaError_t err = alloc_outside_capture(&ctr, kMaxCounters * sizeof(int));
+        if (err != cudaSuccess) return err;
+        err = zero_now(ctr, kMaxCounters * sizeof(int));
+        if (err != cudaSuccess) {
+            cudaFree(ctr);
+            return err;
+        }
+        workspaces.push_back(Workspace{device, stream, nullptr, 0, static_cast<int *>(ctr)});
+        w = &workspaces.back();
+    }
+    if (w->partial_bytes < partial_bytes) {
+        /* the old buffer stays allocated: a captured graph may still use it */
+        void *buf = nullptr;
+        const cudaError_t err = alloc_outside_capture(&buf, partial_bytes);
+        if (err != cudaSuccess) return err;
+        w->partials = static_cast<float *>(buf);
+        w->partial_bytes = partial_bytes;
+    }
+    *partials = w->partials;
+    *counters = w->counters;
+    return cudaSuccess;
+}
+
+bool encode_rows(CUtensorMap *map, bool bf16, const void *data, int64_t rows, int64_t cols, int64_t stride,
+                 int box_rows, bool cached) {
+    const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
+    const cuuint64_t strides[1] = {static_cast<cuuint64_t>(stride) * 2};
+    const cuuint32_t box[2] = {static_cast<cuuint32_t>(kStageK), static_cast<cuuint32_t>(box_rows)};
+    return mv_swizzled_tensor_map(map, bf16, 2, data, dims, strides, box, cached);
+}
+
+struct EngineState {
+    CUtensorMap x_map;
+    CUtensorMap w_map;
+    EngineParams p;
+    size_t smem;
+    int tokens;
+    int ctas;
+    bool bf16;
+};
+
+constexpr int kTokenTiles[] = {8, 16, 32, 64, 128};
+
+template <int kTokens>
+int ring_stages(const mv_cuda_device &dev, size_t *smem) {
+    const size_t fixed = kSwizzleAlign + tail_bytes<kTokens>();
+    int stages = kMaxStages;
+    while (stages >= 2 && fixed + static_cast<size_t>(stages) * slot_bytes<kTokens>() >
+                              static_cast<size_t>(dev.max_shared_block))
+        --stages;
+    *smem = fixed + static_cast<size_t>(stages) * slot_bytes<kTokens>();
+    return stages;
+}
+
+int stages_for(int tokens, const mv_cuda_device &dev, size_t *smem) {
+    switch (tokens) {
+    case 8: return ring_stages<8>(dev, smem);
+    case 16: return ring_stages<16>(dev, smem);
+    case 32: return ring_stages<32>(dev, smem);
+    case 64: return ring_stages<64>(dev, smem);
+    default: return ring_stages<128>(dev, smem);
+    }
+}
+
+template <typename T, int kTokens>
+cudaError_t launch_tokens(const EngineState &st, const mv_qkv_plan &plan, const mv_cuda_device &dev,
+                          cudaStream_t stream) {
+    static mv_shared_opt_in opt_in;
+    auto kernel = engine_kernel<T, kTokens>;
+    cudaError_t err = mv_allow_shared(kernel, st.smem, opt_in, dev.device);
+    if (err != cudaSuccess) return err;
+    EngineParams p = st.p;
+    const size_t bytes = static_cast<size_t>(st.ctas) * 2 * partial_floats<kTokens>() * sizeof(float);
+    err = get_workspace(dev.device, stream, bytes, &p.partials, &p.counters);
+    if (err != cudaSuccess) return err;
+    err = mv_launch(kernel, dim3(static_cast<unsigned>(st.ctas)), dim3(kThreads), st.smem, stream, plan.pdl, st.x_map,
+                    st.w_map, p);
+    return err != cudaSuccess ? err : cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_type(const EngineState &st, const mv_qkv_plan &plan, const mv_cuda_device &dev,
+                        cudaStream_t stream) {
+    switch (st.tokens) {
+    case 8: return launch_tokens<T, 8>(st, plan, dev, stream);
+    case 16: return launch_tokens<T, 16>(st, plan, dev, stream);
+    case 32: return launch_tokens<T, 32>(st, plan, dev, stream);
+    case 64: return launch_tokens<T, 64>(st, plan, dev, stream);
+    default: return launch_tokens<T, 128>(st, plan, dev, stream);
+    }
+}
+
+/* The token tile: the smallest that holds every row, else the largest (the token tiles of one
+   feature tile are neighbours in the iteration order, so W's tile is read from DRAM once). */
+int choose_tokens(int64_t rows) {
+    for (const int t : kTokenTiles)
+        if (t >= rows) return t;
+    return kMaxTokens;
+}
+
+} // namespace
+
+bool mv_qkv_engine_plan(const mv_qkv_args &a, const mv_cuda_device &dev, mv_qkv_plan *plan) {
+#if defined(MINIVLLM_HAVE_SM90A)
+    if (dev.major != 9 || dev.minor != 0) return false;
+    if ((a.in.dtype != MV_BFLOAT16 && a.in.dtype != MV_FLOAT16) || a.in.residual != nullptr || a.w_stride_k != 1)
+        return false;
+    const int64_t h = a.in.hidden, n = a.q_cols + 2 * a.kv_cols, m = a.in.rows;
+    if (h % 8 != 0 || m < 1 || m >= INT_MAX / 2 || n >= INT_MAX / 2 || h >= INT_MAX / 2) return false;
+    if (a.in.x_stride < h || !mv_aligned16(a.in.x, a.in.x_stride, 2)) return false;
+    if (a.w_stride_n < h || !mv_aligned16(a.w, a.w_stride_n, 2)) return false;
+    if (!mv_aligned16(a.in.norm_weight, 0, 2)) return false;
+    if (a.q_cols % 2 != 0 || a.kv_cols % 2 != 0) return false;
+    const void *outs[3] = {a.q, a.k, a.v};
+    const int64_t strides[3] = {a.q_stride, a.k_stride, a.v_stride};
+    for (int i = 0; i < 3; ++i)
+        if (reinterpret_cast<uintptr_t>(outs[i]) % 4 != 0 || strides[i] % 2 != 0) return false;
+    if (!mv_tensor_maps_available()) return false;
+
+    EngineState *st = mv_plan_state<EngineState>(plan);
+    st->tokens = choose_tokens(m);
+    const int64_t m_tiles = (m + st->tokens - 1) / st->tokens, n_tiles = (n + kFeatures - 1) / kFeatures;
+    const int64_t kiters = (h + kStageK - 1) / kStageK;
+    if (m_tiles * n_tiles > kMaxCounters) return false;
+    EngineParams &p = st->p;
+    p = EngineParams{};
+    p.rows = static_cast<int>(m);
+    p.hidden = static_cast<int>(h);
+    p.cols = static_cast<int>(n);
+    p.q_cols = static_cast<int>(a.q_cols);
+    p.kv_cols = static_cast<int>(a.kv_cols);
+    p.kiters = static_cast<int>(kiters);
+    p.m_tiles = static_cast<int>(m_tiles);
+    p.total = m_tiles * n_tiles * kiters;
+    p.eps = a.in.eps;
+    p.gamma = a.in.norm_weight;
+    p.q = a.q;
+    p.k = a.k;
+    p.v = a.v;
+    p.q_stride = a.q_stride;
+    p.k_stride = a.k_stride;
+    p.v_stride = a.v_stride;
+    st->ctas = p.total < dev.sms ? static_cast<int>(p.total) : dev.sms;
+    if (MV_ENGINE_EXPERIMENT == 2 && m_tiles * n_tiles <= dev.sms) st->ctas = static_cast<int>(m_tiles * n_tiles);
+    p.stages = stages_for(st->tokens, dev, &st->smem);
+    if (p.stages < 2) return false;
+    st->bf16 = a.in.dtype == MV_BFLOAT16;
+    if (!encode_rows(&st->x_map, st->bf16, a.in.x, m, h, a.in.x_stride, st->tokens, false) ||
+        !encode_rows(&st->w_map, st->bf16, a.w, n, h, a.w_stride_n, kFeatures, true))
+        return false;
+    plan->writes_residual = false; /* no residual on this path */
+    return true;
+#else
+    (void)a;
+    (void)dev;
+    (void)plan;
+    return false;
+#endif
+}
+
+cudaError_t mv_qkv_engine_launch(const mv_qkv_args &, const mv_qkv_plan &plan, const mv_cuda_device &dev,
+                                 cudaStream_t stream) {
+    const EngineState &st = mv_plan_state<EngineState>(plan);
+    return st.bf16 ? launch_type<__nv_bfloat16>(st, plan, dev, stream) : launch_type<__half>(st, plan, dev, stream);
+}
