@@ -30,6 +30,8 @@ except ImportError as error:  # the usual cause: importing the source tree, whic
         f"running from the source checkout ({__path__[0]}), Python imports it instead of the "
         "installed package: run from another directory, or build in place with "
         "`python setup.py build_ext --inplace`.") from error
+import os as _os
+
 from ._kinds import TORCH_TYPES as _TORCH_TYPES
 from ._kinds import is_immutable as _is_immutable
 from ._kinds import prepare as _prepare
@@ -70,14 +72,26 @@ def cuda_available():
 
 
 def get_num_threads():
-    """Threads the CPU kernels use: OMP_NUM_THREADS if set when first asked, else the CPUs this
-    process may run on, unless set_num_threads changed it."""
+    """Threads the CPU kernels use: set_num_threads's value; by default OMP_NUM_THREADS as it was
+    when minivllm was imported (its first entry, e.g. 4 of "4,2"; capped at 256), else the CPUs
+    this process may run on."""
     return _C.get_num_threads()
 
 
 def set_num_threads(n):
     """Use n threads (1 to 256) in the CPU kernels from now on; returns the previous count."""
     return _C.set_num_threads(n)
+
+
+def _threads_from_environment():
+    """OMP_NUM_THREADS's first entry ("4" or "4,2"), where it is a positive integer, as the CPU
+    kernels' default thread count (issue 31: the count users already set for NumPy's BLAS)."""
+    text = _os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if text.isdigit() and int(text) > 0:
+        _C.set_num_threads(min(int(text), 256))
+
+
+_threads_from_environment()
 
 
 def _check_writable_kind(name, array):

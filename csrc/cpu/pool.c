@@ -34,18 +34,9 @@ static int cpu_count(void)
     return 1;
 }
 
-static int default_threads(void)
-{
-    const char *env = getenv("OMP_NUM_THREADS");
-    if (env != NULL && *env != '\0') {
-        /* "4" or the first entry of a nested list such as "4,2" */
-        char *end = NULL;
-        const long n = strtol(env, &end, 10);
-        if (end != env && n > 0)
-            return n > MAX_THREADS ? MAX_THREADS : (int)n;
-    }
-    return cpu_count();
-}
+/* The default before set_num_threads: the CPUs this process may run on (the package applies
+   OMP_NUM_THREADS through set_num_threads at import: minivllm/__init__.py). */
+static int default_threads(void) { return cpu_count(); }
 
 #ifdef MV_HAVE_PTHREADS
 
