@@ -5,6 +5,7 @@ Environment variables:
   CUDA_HOME                CUDA toolkit to use (else `nvcc` on PATH, else /usr/local/cuda)
   MINIVLLM_CUDA_ARCHS      gencode list, default "80;90" (cubins for each, plus PTX of the last)
   MINIVLLM_EXTRA_CFLAGS    extra C compiler flags (e.g. "-Werror" or sanitizer flags)
+  MINIVLLM_EXTRA_NVCCFLAGS extra nvcc flags (e.g. "-lineinfo" for profiling)
   MINIVLLM_EXTRA_LDFLAGS   extra linker flags
 """
 

@@ -34,13 +34,6 @@
 #include "cuda/hopper.cuh"
 #include "cuda/wgmma_ops.cuh"
 
-/* Development builds only (dev/engine_variants.sh, MINIVLLM_EXTRA_NVCCFLAGS=-DMV_ENGINE_EXPERIMENT=2):
-   each CTA takes whole tiles where tiles <= SMs (no stream-K), to measure what stream-K buys.
-   0, the product: stream-K. */
-#ifndef MV_ENGINE_EXPERIMENT
-#define MV_ENGINE_EXPERIMENT 0
-#endif
-
 namespace {
 
 constexpr int kStageK = 64;                 /* k per stage: one 128-byte swizzle line per row */
@@ -513,14 +506,6 @@ cudaError_t get_workspace(int device, cudaStream_t stream, size_t partial_bytes,
     return cudaSuccess;
 }
 
-bool encode_rows(CUtensorMap *map, bool bf16, const void *data, int64_t rows, int64_t cols, int64_t stride,
-                 int box_rows, bool cached) {
-    const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
-    const cuuint64_t strides[1] = {static_cast<cuuint64_t>(stride) * 2};
-    const cuuint32_t box[2] = {static_cast<cuuint32_t>(kStageK), static_cast<cuuint32_t>(box_rows)};
-    return mv_swizzled_tensor_map(map, bf16, 2, data, dims, strides, box, cached);
-}
-
 struct EngineState {
     CUtensorMap x_map;
     CUtensorMap w_map;
@@ -594,20 +579,8 @@ int choose_tokens(int64_t rows) {
 
 bool mv_qkv_engine_plan(const mv_qkv_args &a, const mv_cuda_device &dev, mv_qkv_plan *plan) {
 #if defined(MINIVLLM_HAVE_SM90A)
-    if (dev.major != 9 || dev.minor != 0) return false;
-    if ((a.in.dtype != MV_BFLOAT16 && a.in.dtype != MV_FLOAT16) || a.in.residual != nullptr || a.w_stride_k != 1)
-        return false;
+    if ((a.in.dtype != MV_BFLOAT16 && a.in.dtype != MV_FLOAT16) || !mv_qkv_wgmma_operands_ok(a, dev)) return false;
     const int64_t h = a.in.hidden, n = a.q_cols + 2 * a.kv_cols, m = a.in.rows;
-    if (h % 8 != 0 || m < 1 || m >= INT_MAX / 2 || n >= INT_MAX / 2 || h >= INT_MAX / 2) return false;
-    if (a.in.x_stride < h || !mv_aligned16(a.in.x, a.in.x_stride, 2)) return false;
-    if (a.w_stride_n < h || !mv_aligned16(a.w, a.w_stride_n, 2)) return false;
-    if (!mv_aligned16(a.in.norm_weight, 0, 2)) return false;
-    if (a.q_cols % 2 != 0 || a.kv_cols % 2 != 0) return false;
-    const void *outs[3] = {a.q, a.k, a.v};
-    const int64_t strides[3] = {a.q_stride, a.k_stride, a.v_stride};
-    for (int i = 0; i < 3; ++i)
-        if (reinterpret_cast<uintptr_t>(outs[i]) % 4 != 0 || strides[i] % 2 != 0) return false;
-    if (!mv_tensor_maps_available()) return false;
 
     EngineState *st = mv_plan_state<EngineState>(plan);
     st->tokens = choose_tokens(m);
@@ -633,12 +606,11 @@ bool mv_qkv_engine_plan(const mv_qkv_args &a, const mv_cuda_device &dev, mv_qkv_
     p.k_stride = a.k_stride;
     p.v_stride = a.v_stride;
     st->ctas = p.total < dev.sms ? static_cast<int>(p.total) : dev.sms;
-    if (MV_ENGINE_EXPERIMENT == 2 && m_tiles * n_tiles <= dev.sms) st->ctas = static_cast<int>(m_tiles * n_tiles);
     p.stages = stages_for(st->tokens, dev, &st->smem);
     if (p.stages < 2) return false;
     st->bf16 = a.in.dtype == MV_BFLOAT16;
-    if (!encode_rows(&st->x_map, st->bf16, a.in.x, m, h, a.in.x_stride, st->tokens, false) ||
-        !encode_rows(&st->w_map, st->bf16, a.w, n, h, a.w_stride_n, kFeatures, true))
+    if (!mv_qkv_encode_rows(&st->x_map, st->bf16, a.in.x, m, h, a.in.x_stride, st->tokens, false) ||
+        !mv_qkv_encode_rows(&st->w_map, st->bf16, a.w, n, h, a.w_stride_n, kFeatures, true))
         return false;
     plan->writes_residual = false; /* no residual on this path */
     return true;

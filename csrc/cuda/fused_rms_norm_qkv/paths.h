@@ -11,6 +11,7 @@
 #ifndef MINIVLLM_FUSED_RMS_NORM_QKV_PATHS_H
 #define MINIVLLM_FUSED_RMS_NORM_QKV_PATHS_H
 
+#include <climits>
 #include <cstdint>
 
 #include "cuda/device.h"
@@ -39,6 +40,37 @@ const P &mv_plan_state(const mv_qkv_plan &plan) {
 /* Whether p and every row start stride_elems elements apart allow 16-byte vector access. */
 inline bool mv_aligned16(const void *p, int64_t stride_elems, int64_t elem_size) {
     return reinterpret_cast<uintptr_t>(p) % 16 == 0 && (stride_elems * elem_size) % 16 == 0;
+}
+
+/* What the sm_90a wgmma kernels (wgmma.cu, engine.cu) need of a call besides its dtype: a 9.0
+   device, no residual, W in nn.Linear layout, H % 8 == 0, sizes that fit an int, 16-byte aligned
+   rows of x and W and a 16-byte aligned gamma, even q/k/v widths with 4-byte aligned rows, and a
+   driver that encodes tensor maps. */
+inline bool mv_qkv_wgmma_operands_ok(const mv_qkv_args &a, const mv_cuda_device &dev) {
+    if (dev.major != 9 || dev.minor != 0) return false;
+    if (a.in.residual != nullptr || a.w_stride_k != 1) return false;
+    const int64_t h = a.in.hidden, n = a.q_cols + 2 * a.kv_cols;
+    if (h % 8 != 0 || a.in.rows < 1 || a.in.rows >= INT_MAX || n >= INT_MAX || h >= INT_MAX) return false;
+    if (a.in.x_stride < h || !mv_aligned16(a.in.x, a.in.x_stride, 2)) return false;
+    if (a.w_stride_n < h || !mv_aligned16(a.w, a.w_stride_n, 2)) return false;
+    if (!mv_aligned16(a.in.norm_weight, 0, 2)) return false;
+    if (a.q_cols % 2 != 0 || a.kv_cols % 2 != 0) return false;
+    const void *outs[3] = {a.q, a.k, a.v};
+    const int64_t strides[3] = {a.q_stride, a.k_stride, a.v_stride};
+    for (int i = 0; i < 3; ++i)
+        if (reinterpret_cast<uintptr_t>(outs[i]) % 4 != 0 || strides[i] % 2 != 0) return false;
+    return mv_tensor_maps_available();
+}
+
+/* The tensor map of a row-major [rows, cols] 16-bit matrix with the given row stride (elements),
+   in boxes of box_rows rows x 64 columns with the 128-byte swizzle (device.h; cached for
+   weights). */
+inline bool mv_qkv_encode_rows(CUtensorMap *map, bool bf16, const void *data, int64_t rows, int64_t cols,
+                               int64_t stride, int box_rows, bool cached) {
+    const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
+    const cuuint64_t strides[1] = {static_cast<cuuint64_t>(stride) * 2};
+    const cuuint32_t box[2] = {64, static_cast<cuuint32_t>(box_rows)};
+    return mv_swizzled_tensor_map(map, bf16, 2, data, dims, strides, box, cached);
 }
 
 /* The most rows the register and tensor-copy W streams take (two mma token tiles of 8): their

@@ -279,16 +279,6 @@ __global__ void __launch_bounds__(kThreads)
 
 /* ---- host side ---------------------------------------------------------------------------------- */
 
-/* A row-major [rows, cols] bf16 matrix with the given row stride, in boxes of box_rows x 64
-   (device.h; cached for weights). */
-bool encode_rows(CUtensorMap *map, const void *data, int64_t rows, int64_t cols, int64_t stride, int box_rows,
-                 bool cached) {
-    const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
-    const cuuint64_t strides[1] = {static_cast<cuuint64_t>(stride) * 2};
-    const cuuint32_t box[2] = {static_cast<cuuint32_t>(kStageK), static_cast<cuuint32_t>(box_rows)};
-    return mv_swizzled_tensor_map(map, true, 2, data, dims, strides, box, cached);
-}
-
 /* The instantiated tile widths (64 rows each). The narrowest whose grid still fits one block per
    multiprocessor: each block's chain of stages is what the call waits for, so W is spread over as
    many blocks as run at once. */
@@ -343,19 +333,8 @@ cudaError_t launch_width(const WgmmaState &st, const mv_qkv_plan &plan, const mv
 
 bool mv_qkv_wgmma_plan(const mv_qkv_args &a, const mv_cuda_device &dev, mv_qkv_plan *plan) {
 #if defined(MINIVLLM_HAVE_SM90A)
-    if (dev.major != 9 || dev.minor != 0) return false;
-    if (a.in.dtype != MV_BFLOAT16 || a.in.residual != nullptr || a.w_stride_k != 1) return false;
+    if (a.in.dtype != MV_BFLOAT16 || !mv_qkv_wgmma_operands_ok(a, dev)) return false;
     const int64_t h = a.in.hidden, n = a.q_cols + 2 * a.kv_cols;
-    if (h % 8 != 0 || a.in.rows < 1 || a.in.rows >= INT_MAX || n >= INT_MAX || h >= INT_MAX) return false;
-    if (a.in.x_stride < h || !mv_aligned16(a.in.x, a.in.x_stride, 2)) return false;
-    if (a.w_stride_n < h || !mv_aligned16(a.w, a.w_stride_n, 2)) return false;
-    if (!mv_aligned16(a.in.norm_weight, 0, 2)) return false;
-    if (a.q_cols % 2 != 0 || a.kv_cols % 2 != 0) return false;
-    const void *outs[3] = {a.q, a.k, a.v};
-    const int64_t strides[3] = {a.q_stride, a.k_stride, a.v_stride};
-    for (int i = 0; i < 3; ++i)
-        if (reinterpret_cast<uintptr_t>(outs[i]) % 4 != 0 || strides[i] % 2 != 0) return false;
-    if (!mv_tensor_maps_available()) return false;
 
     WgmmaState *st = mv_plan_state<WgmmaState>(plan);
     WgmmaParams &p = st->p;
@@ -379,8 +358,8 @@ bool mv_qkv_wgmma_plan(const mv_qkv_args &a, const mv_cuda_device &dev, mv_qkv_p
                : st->width == 64 ? plan_ring<64>(a, dev, &p.stages)
                                  : plan_ring<128>(a, dev, &p.stages);
     if (st->smem == 0) return false;
-    if (!encode_rows(&st->x_map, a.in.x, a.in.rows, h, a.in.x_stride, kTileRows, false) ||
-        !encode_rows(&st->w_map, a.w, n, h, a.w_stride_n, st->width, true))
+    if (!mv_qkv_encode_rows(&st->x_map, true, a.in.x, a.in.rows, h, a.in.x_stride, kTileRows, false) ||
+        !mv_qkv_encode_rows(&st->w_map, true, a.w, n, h, a.w_stride_n, st->width, true))
         return false;
     plan->writes_residual = false; /* no residual on this path */
     return true;
