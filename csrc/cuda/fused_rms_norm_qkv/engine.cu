@@ -10,7 +10,9 @@
  *   rewrite each staged x tile in shared memory as gamma * x (one rounding to the dtype; in fp16
  *   scaled by 2^-e, e from max |gamma|, so it cannot overflow) while summing x^2 per token; the
  *   epilogue multiplies by rrms (and 2^e) after the k sum is complete.
- * - Stream-K: the (tile, 64-k stage) iterations are split into equal contiguous ranges, one per
+ * - A stage is kLines 128-byte lines of k (W in 64-row boxes, the weight-stream probe's faster
+ *   shapes: dev/logs/weight-stream-probe-nvidia-h200-2026-11-22.log).
+ * - Stream-K: the (tile, k stage) iterations are split into equal contiguous ranges, one per
  *   CTA (one CTA per SM), so every shape fills every SM. A tile cut between CTAs is finished by
  *   the last CTA to arrive: each writes its float partial products and row sums to a workspace
  *   and counts itself in on the tile's counter; the last one adds all parts in CTA order (a fixed
@@ -36,9 +38,12 @@
 
 namespace {
 
-constexpr int kStageK = 64;                 /* k per stage: one 128-byte swizzle line per row */
+constexpr int kLines = 2;                   /* 128-byte lines of k per stage (W and x) */
+constexpr int kLineK = 64;                  /* k per line: one 128-byte swizzle line per row */
+constexpr int kStageK = kLineK * kLines;
 constexpr int kLineBytes = 128;
 constexpr int kFeatures = 128;              /* features per tile: one m64 per consumer warpgroup */
+constexpr int kBoxRows = 64;                /* W rows per copy: the probe's faster box */
 constexpr int kGroupThreads = 128;
 constexpr int kConsumers = 2;
 constexpr int kConsumerThreads = kGroupThreads * kConsumers;
@@ -47,12 +52,14 @@ constexpr int kThreads = kGroupThreads * (1 + kConsumers);
 constexpr int kMaxTokens = 128;          /* 256 spills the consumers' accumulators */
 constexpr int kMaxStages = 12;
 constexpr int kSwizzleAlign = 1024;         /* the 128-byte swizzle repeats every 8 lines */
-constexpr int kWBytes = kFeatures * kLineBytes;
+constexpr int kWLineBytes = kFeatures * kLineBytes;
+constexpr int kWBytes = kWLineBytes * kLines;
 constexpr int kMaxCounters = 1 << 16;       /* tiles per call (one counter each) */
+static_assert(kLines == 1 || kLines == 2 || kLines == 4, "a token's cells must fit one warp");
 
 struct EngineParams {
     int rows, hidden, cols, q_cols, kv_cols;
-    int kiters;  /* 64-k stages per tile */
+    int kiters;  /* k stages per tile */
     int m_tiles; /* token tiles; tile t is token tile t % m_tiles, feature tile t / m_tiles */
     int stages;
     int64_t total; /* tiles * kiters */
@@ -67,11 +74,11 @@ struct EngineParams {
 /* Shared memory after the ring (bytes). */
 template <int kTokens>
 constexpr int tail_bytes() {
-    return kMaxStages * kLineBytes + (3 * kMaxStages + 4) * 8 + (3 * kTokens + 4) * 4;
+    return kMaxStages * kStageK * 2 + (3 * kMaxStages + 4) * 8 + (3 * kTokens + 4) * 4;
 }
 template <int kTokens>
 constexpr int slot_bytes() {
-    return kWBytes + kTokens * kLineBytes;
+    return kWBytes + kTokens * kLineBytes * kLines;
 }
 template <int kTokens>
 constexpr int partial_floats() {
@@ -153,8 +160,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     unsigned char *ring = mv_swizzle_aligned_shared();
     const int stages = p.stages;
     unsigned char *tail = ring + static_cast<size_t>(stages) * kSlot;
-    T *gamma_s = reinterpret_cast<T *>(tail); /* [kMaxStages][64] */
-    uint64_t *full = reinterpret_cast<uint64_t *>(tail + kMaxStages * kLineBytes);
+    T *gamma_s = reinterpret_cast<T *>(tail); /* [kMaxStages][kStageK] */
+    uint64_t *full = reinterpret_cast<uint64_t *>(tail + kMaxStages * kStageK * 2);
     uint64_t *ready = full + kMaxStages;
     uint64_t *empty = ready + kMaxStages;
     uint64_t *sums_full = empty + kMaxStages; /* [2] */
@@ -197,14 +204,22 @@ __global__ void __launch_bounds__(kThreads, 1)
             const int left = p.hidden - kt * kStageK;
             const unsigned g_bytes = static_cast<unsigned>((left < kStageK ? left : kStageK) * 2);
             mv_mbarrier_arrive_expect_tx(&full[s], kSlot + g_bytes);
-            mv_tensor_copy_2d(slot(i), &w_map, kt * kStageK, (tile / p.m_tiles) * kFeatures, &full[s], w_policy);
+#pragma unroll
+            for (int l = 0; l < kLines; ++l)
+#pragma unroll
+                for (int b = 0; b < kFeatures / kBoxRows; ++b)
+                    mv_tensor_copy_2d(slot(i) + l * kWLineBytes + b * kBoxRows * kLineBytes, &w_map,
+                                      kt * kStageK + l * kLineK, (tile / p.m_tiles) * kFeatures + b * kBoxRows,
+                                      &full[s], w_policy);
             mv_bulk_copy(gamma_s + s * kStageK, static_cast<const T *>(p.gamma) + kt * kStageK, g_bytes, &full[s]);
         };
         auto copy_x = [&](int64_t i) {
             const int64_t it = it_begin + i;
             const int tile = static_cast<int>(it / kiters), kt = static_cast<int>(it % kiters);
-            mv_tensor_copy_2d(slot(i) + kWBytes, &x_map, kt * kStageK, (tile % p.m_tiles) * kTokens,
-                              &full[i % stages], x_policy);
+#pragma unroll
+            for (int l = 0; l < kLines; ++l)
+                mv_tensor_copy_2d(slot(i) + kWBytes + l * kTokens * kLineBytes, &x_map, kt * kStageK + l * kLineK,
+                                  (tile % p.m_tiles) * kTokens, &full[i % stages], x_policy);
         };
         const int64_t early = mine < stages ? mine : stages;
         for (int64_t i = 0; i < early; ++i) arm_w(i); /* weights: before the previous kernel ends */
@@ -238,10 +253,22 @@ __global__ void __launch_bounds__(kThreads, 1)
             const float operand_scale = ldexpf(1.0f, -gamma_exponent(scalars[0]));
             scale2 = pack2<T>(operand_scale, operand_scale);
         }
-        constexpr int kRowsPer = (kTokens + kHelpers - 1) / kHelpers;
-        float sq[kRowsPer];
+        /* Cell (token r, line l, 16-byte chunk ch) is number (r * kLines + l) * 8 + ch; helper h
+           takes cells h + kHelpers * j. kHelpers is a multiple of 8 * kLines, so a helper keeps
+           one chunk and line, its cells' tokens step by kHelpers / (8 * kLines), and the 8 * kLines
+           lanes of one token are neighbours in a warp: their sums meet by shuffles at the end of
+           a segment. Loads are issued before any store (the cells are distinct), so a stage's
+           rewrite costs a round of shared-memory latency per batch of cells, not per cell. */
+        constexpr int kCells = kTokens * 8 * kLines;
+        constexpr int kPer = (kCells + kHelpers - 1) / kHelpers;
+        constexpr int kTokenLanes = 8 * kLines;
+        constexpr int kTokenStep = kHelpers / kTokenLanes;
+        constexpr int kBatch = kPer < 8 ? kPer : 8; /* loads in flight per helper */
+        static_assert(kHelpers % kTokenLanes == 0, "helpers must tile whole tokens");
+        const int ch = h % 8, line = (h / 8) % kLines, tok0 = h / kTokenLanes;
+        float sq[kPer];
 #pragma unroll
-        for (int j = 0; j < kRowsPer; ++j) sq[j] = 0.0f;
+        for (int j = 0; j < kPer; ++j) sq[j] = 0.0f;
         int64_t i = 0;
         int seg = 0;
         for (int64_t it = it_begin; it < it_end; ++seg) {
@@ -250,51 +277,60 @@ __global__ void __launch_bounds__(kThreads, 1)
             for (int kt = k0; kt < k1; ++kt, ++i) {
                 const int s = static_cast<int>(i % stages);
                 mv_mbarrier_wait(&full[s], static_cast<unsigned>((i / stages) & 1));
-                unsigned char *xs = ring + static_cast<size_t>(s) * kSlot + kWBytes;
-                const T *g = gamma_s + s * kStageK;
-                const int k_left = p.hidden - kt * kStageK;
+                unsigned char *xs = ring + static_cast<size_t>(s) * kSlot + kWBytes + line * kTokens * kLineBytes;
+                const bool live = kt * kStageK + line * kLineK + ch * 8 < p.hidden; /* else k past H: zeros */
+                uint4 gv = *reinterpret_cast<const uint4 *>(gamma_s + s * kStageK + line * kLineK + ch * 8);
+                if constexpr (kScaled) { /* gamma * 2^-e: exact where it stays normal */
+                    uint32_t *gw = reinterpret_cast<uint32_t *>(&gv);
 #pragma unroll
-                for (int j = 0; j < kRowsPer; ++j) {
-                    const int r = h + j * kHelpers;
-                    if (r >= kTokens) break;
+                    for (int e = 0; e < 4; ++e) gw[e] = mul2<T>(gw[e], scale2);
+                }
 #pragma unroll
-                    for (int ch = 0; ch < 8; ++ch) {
-                        uint4 *cell = reinterpret_cast<uint4 *>(xs + r * kLineBytes + ((ch ^ (r & 7)) * 16));
-                        uint4 out = make_uint4(0u, 0u, 0u, 0u); /* k past H: the zero operand */
-                        if (ch * 8 < k_left) {
-                            const uint4 xv = *cell;
-                            uint4 gv = *reinterpret_cast<const uint4 *>(g + ch * 8);
-                            if constexpr (kScaled) { /* gamma * 2^-e: exact where it stays normal */
-                                uint32_t *gw = reinterpret_cast<uint32_t *>(&gv);
+                for (int jb = 0; jb < kPer; jb += kBatch) {
+                    uint4 xv[kBatch];
 #pragma unroll
-                                for (int e = 0; e < 4; ++e) gw[e] = mul2<T>(gw[e], scale2);
-                            }
-                            const T *xe = reinterpret_cast<const T *>(&xv);
-                            uint32_t *oe = reinterpret_cast<uint32_t *>(&out);
+                    for (int jj = 0; jj < kBatch; ++jj) {
+                        const int j = jb + jj, r = tok0 + j * kTokenStep;
+                        if (j < kPer && (kCells % kHelpers == 0 || r < kTokens) && live)
+                            xv[jj] = *reinterpret_cast<const uint4 *>(xs + r * kLineBytes + ((ch ^ (r & 7)) * 16));
+                        else
+                            xv[jj] = make_uint4(0u, 0u, 0u, 0u);
+                    }
 #pragma unroll
-                            for (int e = 0; e < 8; e += 2) {
-                                const float a = mv_to_float(xe[e]), b = mv_to_float(xe[e + 1]);
-                                sq[j] = fmaf(a, a, fmaf(b, b, sq[j]));
-                            }
-                            /* the product of two 16-bit values is exact in float, so the packed
-                               multiply rounds it once (gamma_s holds gamma * 2^-e in fp16) */
+                    for (int jj = 0; jj < kBatch; ++jj) {
+                        const int j = jb + jj, r = tok0 + j * kTokenStep;
+                        if (j >= kPer || (kCells % kHelpers != 0 && r >= kTokens)) break;
+                        const T *xe = reinterpret_cast<const T *>(&xv[jj]);
 #pragma unroll
-                            for (int e = 0; e < 4; ++e) oe[e] = mul2<T>(reinterpret_cast<const uint32_t *>(&xv)[e],
-                                                                         reinterpret_cast<const uint32_t *>(&gv)[e]);
+                        for (int e = 0; e < 8; e += 2) {
+                            const float a = mv_to_float(xe[e]), b = mv_to_float(xe[e + 1]);
+                            sq[j] = fmaf(a, a, fmaf(b, b, sq[j]));
                         }
-                        *cell = out;
+                        /* the product of two 16-bit values is exact in float, so the packed
+                           multiply rounds it once (gv holds gamma * 2^-e in fp16) */
+                        uint4 out;
+                        const uint32_t *xw = reinterpret_cast<const uint32_t *>(&xv[jj]);
+                        const uint32_t *gw = reinterpret_cast<const uint32_t *>(&gv);
+                        uint32_t *ow = reinterpret_cast<uint32_t *>(&out);
+#pragma unroll
+                        for (int e = 0; e < 4; ++e) ow[e] = live ? mul2<T>(xw[e], gw[e]) : 0u;
+                        *reinterpret_cast<uint4 *>(xs + r * kLineBytes + ((ch ^ (r & 7)) * 16)) = out;
                     }
                 }
                 mv_fence_proxy_async_shared(); /* the tensor cores read what was just written */
                 mv_mbarrier_arrive(&ready[s]);
             }
-            /* the segment's row sums, double-buffered with the consumers' epilogue */
+            /* the segment's row sums: the token's lanes add up in a fixed tree, then one lane
+               stores; double-buffered with the consumers' epilogue */
             const int buf = seg & 1, use = seg >> 1;
             if (use > 0) mv_mbarrier_wait(&sums_empty[buf], static_cast<unsigned>((use - 1) & 1));
 #pragma unroll
-            for (int j = 0; j < kRowsPer; ++j) {
-                const int r = h + j * kHelpers;
-                if (r < kTokens) row_sq[buf * kTokens + r] = sq[j];
+            for (int j = 0; j < kPer; ++j) {
+                float v = sq[j];
+#pragma unroll
+                for (int o = 1; o < kTokenLanes; o <<= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+                const int r = tok0 + j * kTokenStep;
+                if (h % kTokenLanes == 0 && r < kTokens) row_sq[buf * kTokens + r] = v;
                 sq[j] = 0.0f;
             }
             mv_mbarrier_arrive(&sums_full[buf]);
@@ -307,6 +343,91 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int g = warp / 4 - 1, ctid = threadIdx.x - kGroupThreads, wq = warp % 4;
     mv_pdl_wait(); /* the outputs and the workspace may still be in use by the previous kernel */
     float acc[kAcc];
+
+    /* q, k, v of one tile from acc, with the tile's row sums */
+    auto store_tile = [&](int tile, const float *sums) {
+        float result_scale = 1.0f;
+        if constexpr (kScaled) result_scale = ldexpf(1.0f, gamma_exponent(scalars[0]));
+        const int m0 = (tile % p.m_tiles) * kTokens;
+        const int f_base = (tile / p.m_tiles) * kFeatures + g * 64 + wq * 16 + (lane >> 2);
+        const bool odd = ((lane >> 2) & 1) != 0;
+        const float inv_h = 1.0f / static_cast<float>(p.hidden);
+#pragma unroll
+        for (int j = 0; j < kTokens / 8; ++j) {
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh) {
+                /* lanes l and l ^ 4 hold features f and f + 1 of tokens t and t + 1: trade one
+                   value so each stores a pair of features of one token */
+                const float v0 = acc[4 * j + 2 * hh], v1 = acc[4 * j + 2 * hh + 1];
+                const float other = __shfl_xor_sync(0xffffffffu, odd ? v0 : v1, 4);
+                const int t_local = 8 * j + 2 * (lane & 3) + (odd ? 1 : 0);
+                const int tok = m0 + t_local;
+                const int feat = f_base + 8 * hh - (odd ? 1 : 0);
+                if (tok >= p.rows || feat >= p.cols) continue;
+                const float rr = rsqrtf(sums[t_local] * inv_h + p.eps) * result_scale;
+                const float a = odd ? other : v0, b = odd ? v1 : other;
+                T *dst;
+                if (feat < p.q_cols) {
+                    dst = static_cast<T *>(p.q) + static_cast<int64_t>(tok) * p.q_stride + feat;
+                } else if (feat < p.q_cols + p.kv_cols) {
+                    dst = static_cast<T *>(p.k) + static_cast<int64_t>(tok) * p.k_stride + (feat - p.q_cols);
+                } else {
+                    dst = static_cast<T *>(p.v) + static_cast<int64_t>(tok) * p.v_stride +
+                          (feat - p.q_cols - p.kv_cols);
+                }
+                *reinterpret_cast<uint32_t *>(dst) = pack2<T>(a * rr, b * rr);
+            }
+        }
+    };
+    /* The CTAs whose ranges hold parts of tile. */
+    auto tile_owners = [&](int tile, int *first, int *last) {
+        *first = range_owner(p.total, ctas, static_cast<int64_t>(tile) * kiters);
+        *last = range_owner(p.total, ctas, static_cast<int64_t>(tile + 1) * kiters - 1);
+    };
+    /* acc and tot_sq = the sum of every part of tile (this CTA's too, read back), in CTA order:
+       the same sum whichever CTA arrives last */
+    auto gather_tile = [&](int tile) {
+        int first, last;
+        tile_owners(tile, &first, &last);
+        const int64_t tile_begin = static_cast<int64_t>(tile) * kiters;
+#pragma unroll
+        for (int a = 0; a < kAcc; ++a) acc[a] = 0.0f;
+        float sq_sum = 0.0f;
+        /* parts in groups of kGroup, every load of a group issued before its adds: one L2 round
+           trip per group, not per part */
+        constexpr int kGroup = kAcc >= 64 ? 1 : kAcc >= 32 ? 2 : 4; /* within the registers */
+        for (int c0 = first; c0 <= last; c0 += kGroup) {
+            float4 v[kGroup][kAcc / 4];
+            float sq_part[kGroup];
+#pragma unroll
+            for (int u = 0; u < kGroup; ++u) {
+                const int cc = c0 + u;
+                sq_part[u] = 0.0f;
+                if (cc > last) continue;
+                const int sl = range_begin(p.total, ctas, cc) >= tile_begin ? 0 : 1;
+                const float *theirs = p.partials + (static_cast<size_t>(cc) * 2 + sl) * partial_floats<kTokens>();
+#pragma unroll
+                for (int a = 0; a < kAcc; a += 4)
+                    v[u][a / 4] = __ldcg(reinterpret_cast<const float4 *>(theirs) + (a / 4) * kConsumerThreads + ctid);
+                if (ctid < kTokens) sq_part[u] = __ldcg(theirs + kFeatures * kTokens + ctid);
+            }
+#pragma unroll
+            for (int u = 0; u < kGroup; ++u) {
+                if (c0 + u > last) break;
+                sq_sum += sq_part[u];
+#pragma unroll
+                for (int a = 0; a < kAcc; a += 4) {
+                    acc[a] += v[u][a / 4].x;
+                    acc[a + 1] += v[u][a / 4].y;
+                    acc[a + 2] += v[u][a / 4].z;
+                    acc[a + 3] += v[u][a / 4].w;
+                }
+            }
+        }
+        if (ctid < kTokens) tot_sq[ctid] = sq_sum;
+        mv_named_barrier(1, kConsumerThreads);
+    };
+
     int64_t i = 0;
     int seg = 0;
     for (int64_t it = it_begin; it < it_end; ++seg) {
@@ -320,13 +441,17 @@ __global__ void __launch_bounds__(kThreads, 1)
             const int s = static_cast<int>(i % stages);
             mv_mbarrier_wait(&ready[s], static_cast<unsigned>((i / stages) & 1));
             const unsigned char *ws = ring + static_cast<size_t>(s) * kSlot;
-            const unsigned char *wa = ws + g * 64 * kLineBytes;
-            const unsigned char *xb = ws + kWBytes;
             mv_wgmma_fence();
             mv_wgmma_fence_accumulators(acc);
 #pragma unroll
-            for (int kk = 0; kk < kStageK / 16; ++kk)
-                mv_wgmma_ss<T, kTokens>::mma(acc, mv_wgmma_desc_sw128(wa + kk * 32), mv_wgmma_desc_sw128(xb + kk * 32), 1);
+            for (int l = 0; l < kLines; ++l) {
+                const unsigned char *wa = ws + l * kWLineBytes + g * 64 * kLineBytes;
+                const unsigned char *xb = ws + kWBytes + l * kTokens * kLineBytes;
+#pragma unroll
+                for (int kk = 0; kk < kLineK / 16; ++kk)
+                    mv_wgmma_ss<T, kTokens>::mma(acc, mv_wgmma_desc_sw128(wa + kk * 32), mv_wgmma_desc_sw128(xb + kk * 32),
+                                                 1);
+            }
             mv_wgmma_commit();
             mv_wgmma_fence_accumulators(acc);
             mv_wgmma_wait<1>(); /* the previous stage's products are done: its slot goes back */
@@ -342,8 +467,9 @@ __global__ void __launch_bounds__(kThreads, 1)
         const int buf = seg & 1;
         mv_mbarrier_wait(&sums_full[buf], static_cast<unsigned>((seg >> 1) & 1));
         const float *sums = row_sq + buf * kTokens;
-        bool store = true;
-        if (k0 != 0 || k1 != kiters) {
+        if (k0 == 0 && k1 == kiters) {
+            store_tile(tile, sums);
+        } else {
             /* parts as float4s, [a / 4][thread][4]: coalesced, and a thread's loads independent */
             const int my_slot = first_segment ? 0 : 1;
             float *part = p.partials + (static_cast<size_t>(c) * 2 + my_slot) * partial_floats<kTokens>();
@@ -352,79 +478,24 @@ __global__ void __launch_bounds__(kThreads, 1)
                 __stcg(reinterpret_cast<float4 *>(part) + (a / 4) * kConsumerThreads + ctid,
                        make_float4(acc[a], acc[a + 1], acc[a + 2], acc[a + 3]));
             if (ctid < kTokens) __stcg(part + kFeatures * kTokens + ctid, sums[ctid]);
-            __threadfence();
+            /* count in: after the barrier, one thread's fence orders every consumer's stores
+               before the counter (release); the last to count in fences again (acquire) */
             mv_named_barrier(1, kConsumerThreads);
-            const int first = range_owner(p.total, ctas, static_cast<int64_t>(tile) * kiters);
-            const int last = range_owner(p.total, ctas, static_cast<int64_t>(tile + 1) * kiters - 1);
             if (ctid == 0) {
-                const int before = atomicAdd(&p.counters[tile], 1);
-                const bool reduce = before == last - first;
-                if (reduce) p.counters[tile] = 0; /* ready for the next call */
+                int first, last;
+                tile_owners(tile, &first, &last);
                 __threadfence();
+                const bool reduce = atomicAdd(&p.counters[tile], 1) == last - first;
+                if (reduce) {
+                    p.counters[tile] = 0; /* ready for the next call */
+                    __threadfence();
+                }
                 scalars[1] = reduce ? 1.0f : 0.0f;
             }
             mv_named_barrier(1, kConsumerThreads);
-            store = scalars[1] != 0.0f;
-            if (store) {
-                /* every part (this CTA's too, read back) in CTA order: the same sum whichever CTA
-                   arrives last */
-                const int64_t tile_begin = static_cast<int64_t>(tile) * kiters;
-#pragma unroll
-                for (int a = 0; a < kAcc; ++a) acc[a] = 0.0f;
-                float sq_sum = 0.0f;
-                for (int cc = first; cc <= last; ++cc) {
-                    const int sl = range_begin(p.total, ctas, cc) >= tile_begin ? 0 : 1;
-                    const float *theirs = p.partials + (static_cast<size_t>(cc) * 2 + sl) * partial_floats<kTokens>();
-                    float4 v[kAcc / 4];
-#pragma unroll
-                    for (int a = 0; a < kAcc; a += 4)
-                        v[a / 4] = __ldcg(reinterpret_cast<const float4 *>(theirs) + (a / 4) * kConsumerThreads + ctid);
-                    if (ctid < kTokens) sq_sum += __ldcg(theirs + kFeatures * kTokens + ctid);
-#pragma unroll
-                    for (int a = 0; a < kAcc; a += 4) {
-                        acc[a] += v[a / 4].x;
-                        acc[a + 1] += v[a / 4].y;
-                        acc[a + 2] += v[a / 4].z;
-                        acc[a + 3] += v[a / 4].w;
-                    }
-                }
-                if (ctid < kTokens) tot_sq[ctid] = sq_sum;
-                mv_named_barrier(1, kConsumerThreads);
-                sums = tot_sq;
-            }
-        }
-        if (store) {
-            float result_scale = 1.0f;
-            if constexpr (kScaled) result_scale = ldexpf(1.0f, gamma_exponent(scalars[0]));
-            const int m0 = (tile % p.m_tiles) * kTokens;
-            const int f_base = (tile / p.m_tiles) * kFeatures + g * 64 + wq * 16 + (lane >> 2);
-            const bool odd = ((lane >> 2) & 1) != 0;
-            const float inv_h = 1.0f / static_cast<float>(p.hidden);
-#pragma unroll
-            for (int j = 0; j < kTokens / 8; ++j) {
-#pragma unroll
-                for (int hh = 0; hh < 2; ++hh) {
-                    /* lanes l and l ^ 4 hold features f and f + 1 of tokens t and t + 1: trade one
-                       value so each stores a pair of features of one token */
-                    const float v0 = acc[4 * j + 2 * hh], v1 = acc[4 * j + 2 * hh + 1];
-                    const float other = __shfl_xor_sync(0xffffffffu, odd ? v0 : v1, 4);
-                    const int t_local = 8 * j + 2 * (lane & 3) + (odd ? 1 : 0);
-                    const int tok = m0 + t_local;
-                    const int feat = f_base + 8 * hh - (odd ? 1 : 0);
-                    if (tok >= p.rows || feat >= p.cols) continue;
-                    const float rr = rsqrtf(sums[t_local] * inv_h + p.eps) * result_scale;
-                    const float a = odd ? other : v0, b = odd ? v1 : other;
-                    T *dst;
-                    if (feat < p.q_cols) {
-                        dst = static_cast<T *>(p.q) + static_cast<int64_t>(tok) * p.q_stride + feat;
-                    } else if (feat < p.q_cols + p.kv_cols) {
-                        dst = static_cast<T *>(p.k) + static_cast<int64_t>(tok) * p.k_stride + (feat - p.q_cols);
-                    } else {
-                        dst = static_cast<T *>(p.v) + static_cast<int64_t>(tok) * p.v_stride +
-                              (feat - p.q_cols - p.kv_cols);
-                    }
-                    *reinterpret_cast<uint32_t *>(dst) = pack2<T>(a * rr, b * rr);
-                }
+            if (scalars[1] != 0.0f) {
+                gather_tile(tile);
+                store_tile(tile, tot_sq);
             }
         }
         mv_mbarrier_arrive(&sums_empty[buf]);
@@ -610,7 +681,7 @@ bool mv_qkv_engine_plan(const mv_qkv_args &a, const mv_cuda_device &dev, mv_qkv_
     if (p.stages < 2) return false;
     st->bf16 = a.in.dtype == MV_BFLOAT16;
     if (!mv_qkv_encode_rows(&st->x_map, st->bf16, a.in.x, m, h, a.in.x_stride, st->tokens, false) ||
-        !mv_qkv_encode_rows(&st->w_map, st->bf16, a.w, n, h, a.w_stride_n, kFeatures, true))
+        !mv_qkv_encode_rows(&st->w_map, st->bf16, a.w, n, h, a.w_stride_n, kBoxRows, true))
         return false;
     plan->writes_residual = false; /* no residual on this path */
     return true;
