@@ -59,7 +59,7 @@ try:
     from minivllm.bench import check as checks
     from minivllm.bench import timing as bt
     from minivllm.bench.baselines import hf_qkv, split_heads, torch_qkv
-    from minivllm.bench.models import MODELS, find_model, qkv_features
+    from minivllm.bench.models import MODELS, find_model, parse_qkv_shape, qkv_features
 except ImportError as error:
     sys.exit(f"bench_fused_rms_norm_qkv.py: cannot import minivllm ({error}). Install it "
              "first, from the checkout: python3 -m pip install --no-build-isolation .")
@@ -597,7 +597,8 @@ def parse_args(argv):
                         help=f"models {QUICK_MODELS}, M in {QUICK_M}, {QUICK_DTYPES}; "
                              f"max-autotune at M in {QUICK_AUTOTUNE_M} only")
     parser.add_argument("--models", nargs="+",
-                        help=f"model presets (default {FULL_MODELS}); 'all' for every preset")
+                        help=f"model presets (default {FULL_MODELS}); 'all' for every preset; or a "
+                             "shape H:HEADS:KV_HEADS:HEAD_DIM")
     parser.add_argument("--dtypes", nargs="+", help=f"bf16 fp16 (default {FULL_DTYPES})")
     parser.add_argument("--m", nargs="+", help=f"M values (default {FULL_M})")
     parser.add_argument("--impls", nargs="+",
@@ -625,7 +626,8 @@ def parse_args(argv):
             QUICK_MODELS if args.quick else FULL_MODELS)
         if "all" in models:
             models = list(MODELS)
-        args.models = [find_model(name) for name in dict.fromkeys(models)]
+        args.models = [find_model(name) if ":" not in name else parse_qkv_shape(name)
+                       for name in dict.fromkeys(models)]
         args.dtypes = list(dict.fromkeys(
             bt.flat_list(args.dtypes, bt.parse_dtype) if args.dtypes else
             (QUICK_DTYPES if args.quick else FULL_DTYPES)))
