@@ -55,21 +55,38 @@ struct mv_tile_shape {
     int rows, cols;
 };
 
-/* kernel<<<grid, block, smem, stream>>>(args...), with the PDL attribute when pdl is true. */
+/* kernel<<<grid, block, smem, stream>>>(args...), with the PDL attribute when pdl is true and in
+   thread-block clusters of `cluster` CTAs along x when cluster > 1. */
 template <typename... Params, typename... Args>
-cudaError_t mv_launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, bool pdl,
-                      Args &&...args) {
+cudaError_t mv_launch_clusters(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                               bool pdl, unsigned cluster, Args &&...args) {
     cudaLaunchConfig_t config = {};
     config.gridDim = grid;
     config.blockDim = block;
     config.dynamicSmemBytes = smem;
     config.stream = stream;
-    cudaLaunchAttribute attribute = {};
-    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attribute.val.programmaticStreamSerializationAllowed = 1;
-    config.attrs = &attribute;
-    config.numAttrs = pdl ? 1 : 0;
+    cudaLaunchAttribute attributes[2] = {};
+    unsigned count = 0;
+    if (pdl) {
+        attributes[count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attributes[count++].val.programmaticStreamSerializationAllowed = 1;
+    }
+    if (cluster > 1) {
+        attributes[count].id = cudaLaunchAttributeClusterDimension;
+        attributes[count].val.clusterDim.x = cluster;
+        attributes[count].val.clusterDim.y = 1;
+        attributes[count++].val.clusterDim.z = 1;
+    }
+    config.attrs = attributes;
+    config.numAttrs = count;
     return cudaLaunchKernelEx(&config, kernel, static_cast<Args &&>(args)...);
+}
+
+/* kernel<<<grid, block, smem, stream>>>(args...), with the PDL attribute when pdl is true. */
+template <typename... Params, typename... Args>
+cudaError_t mv_launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, bool pdl,
+                      Args &&...args) {
+    return mv_launch_clusters(kernel, grid, block, smem, stream, pdl, 1u, static_cast<Args &&>(args)...);
 }
 
 /* Kernels whose dynamic shared memory exceeds the 48 KiB default must opt in first. The default

@@ -12,7 +12,11 @@
  *   epilogue multiplies by rrms (and 2^e) after the k sum is complete.
  * - A stage is kLines 128-byte lines of k (W in 64-row boxes, the weight-stream probe's faster
  *   shapes: dev/logs/weight-stream-probe-nvidia-h200-2026-11-22.log).
- * - Stream-K: the (tile, k stage) iterations are split into equal contiguous ranges, one per
+ * - Cluster split: where every tile fits one wave, tile c / S goes to the S CTAs of a thread-block
+ *   cluster, each taking 1/S of its k stages; the others store their float parts into the first
+ *   CTA's shared memory (distributed shared memory) and arrive on its barrier, and it adds them in
+ *   rank order and stores q, k, v: no global round trips. S comes from choose_split's cost model.
+ * - Stream-K (elsewhere): the (tile, k stage) iterations are split into equal contiguous ranges, one per
  *   CTA (one CTA per SM), so every shape fills every SM. A tile cut between CTAs is finished by
  *   the last CTA to arrive: each writes its float partial products and row sums to a workspace
  *   and counts itself in on the tile's counter; the last one adds all parts in CTA order (a fixed
@@ -23,6 +27,7 @@
  * allocated on a stream's first call and grown when a call needs more; never freed, since a
  * captured graph may hold it.
  */
+#include <atomic>
 #include <climits>
 #include <cstdint>
 #include <mutex>
@@ -69,12 +74,13 @@ struct EngineParams {
     int64_t q_stride, k_stride, v_stride;
     float *partials; /* [CTAs][2][kFeatures * T + T] */
     int *counters;   /* [tiles], zero between calls */
+    int split;       /* 0: stream-K; S >= 1: S CTAs (one cluster) per tile, each 1/S of its k stages */
 };
 
-/* Shared memory after the ring (bytes). */
+/* Shared memory after the ring (bytes), before the cluster's parts. */
 template <int kTokens>
 constexpr int tail_bytes() {
-    return kMaxStages * kStageK * 2 + (3 * kMaxStages + 4) * 8 + (3 * kTokens + 4) * 4;
+    return (kMaxStages * kStageK * 2 + (3 * kMaxStages + 5) * 8 + (3 * kTokens + 4) * 4 + 15) / 16 * 16;
 }
 template <int kTokens>
 constexpr int slot_bytes() {
@@ -83,6 +89,16 @@ constexpr int slot_bytes() {
 template <int kTokens>
 constexpr int partial_floats() {
     return kFeatures * kTokens + kTokens;
+}
+/* The most CTAs that split one tile in a cluster: its first CTA holds the others' parts in shared
+   memory, at most kClusterPartBytes of them (the rest stays the ring's). */
+constexpr int kClusterPartBytes = 64 * 1024;
+constexpr int kMaxCluster = 8; /* the portable cluster size */
+template <int kTokens>
+constexpr int max_split() {
+    return 1 + kClusterPartBytes / (partial_floats<kTokens>() * 4) < kMaxCluster
+               ? 1 + kClusterPartBytes / (partial_floats<kTokens>() * 4)
+               : kMaxCluster;
 }
 
 /* First iteration of CTA c's range. */
@@ -166,13 +182,23 @@ __global__ void __launch_bounds__(kThreads, 1)
     uint64_t *empty = ready + kMaxStages;
     uint64_t *sums_full = empty + kMaxStages; /* [2] */
     uint64_t *sums_empty = sums_full + 2;     /* [2] */
-    float *row_sq = reinterpret_cast<float *>(sums_empty + 2); /* [2][kTokens] */
+    uint64_t *parts_full = sums_empty + 2;    /* the cluster's parts are in (first CTA) */
+    float *row_sq = reinterpret_cast<float *>(parts_full + 1); /* [2][kTokens] */
     float *tot_sq = row_sq + 2 * kTokens;                      /* [kTokens] */
     float *scalars = tot_sq + kTokens; /* [0]: max |gamma| (bits), [1]: this CTA reduces the tile */
+    float *cluster_parts = reinterpret_cast<float *>(tail + tail_bytes<kTokens>()); /* [split - 1][P] */
 
     const int ctas = static_cast<int>(gridDim.x), c = static_cast<int>(blockIdx.x);
-    const int64_t it_begin = range_begin(p.total, ctas, c), it_end = range_begin(p.total, ctas, c + 1);
     const int kiters = p.kiters;
+    int64_t it_begin, it_end;
+    if (p.split > 0) { /* tile c / S, k stages [r kiters / S, (r + 1) kiters / S) */
+        const int64_t tile = c / p.split, r = c % p.split;
+        it_begin = tile * kiters + r * kiters / p.split;
+        it_end = tile * kiters + (r + 1) * kiters / p.split;
+    } else {
+        it_begin = range_begin(p.total, ctas, c);
+        it_end = range_begin(p.total, ctas, c + 1);
+    }
 
     if (threadIdx.x == 0) {
         for (int s = 0; s < kMaxStages; ++s) {
@@ -184,10 +210,12 @@ __global__ void __launch_bounds__(kThreads, 1)
             mv_mbarrier_init(&sums_full[b], kHelpers);
             mv_mbarrier_init(&sums_empty[b], kConsumerThreads);
         }
+        if (p.split > 1) mv_mbarrier_init(parts_full, (p.split - 1) * kConsumerThreads);
         scalars[0] = 0.0f;
         mv_mbarrier_init_fence();
     }
     __syncthreads();
+    if (p.split > 1) mv_cluster_sync(); /* parts_full is initialized before any CTA arrives on it */
     mv_pdl_trigger();
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -469,6 +497,37 @@ __global__ void __launch_bounds__(kThreads, 1)
         const float *sums = row_sq + buf * kTokens;
         if (k0 == 0 && k1 == kiters) {
             store_tile(tile, sums);
+        } else if (max_split<kTokens>() > 1 && p.split > 1) {
+            /* the tile's parts meet in its first CTA's shared memory, added in rank order there */
+            const int rank = static_cast<int>(mv_cluster_rank());
+            constexpr int kP = partial_floats<kTokens>();
+            if (rank != 0) {
+                const uint32_t dst = mv_cluster_address(cluster_parts + (rank - 1) * kP, 0);
+#pragma unroll
+                for (int a = 0; a < kAcc; a += 4)
+                    mv_cluster_store(dst + ((a / 4) * kConsumerThreads + ctid) * 16,
+                                     make_float4(acc[a], acc[a + 1], acc[a + 2], acc[a + 3]));
+                if (ctid < kTokens) mv_cluster_store(dst + (kFeatures * kTokens + ctid) * 4, sums[ctid]);
+                mv_mbarrier_arrive_remote(mv_cluster_address(parts_full, 0));
+            } else {
+                mv_mbarrier_wait_cluster(parts_full, 0);
+                float sq = ctid < kTokens ? sums[ctid] : 0.0f;
+                for (int r = 1; r < p.split; ++r) {
+                    const float *theirs = cluster_parts + (r - 1) * kP;
+#pragma unroll
+                    for (int a = 0; a < kAcc; a += 4) {
+                        const float4 v = reinterpret_cast<const float4 *>(theirs)[(a / 4) * kConsumerThreads + ctid];
+                        acc[a] += v.x;
+                        acc[a + 1] += v.y;
+                        acc[a + 2] += v.z;
+                        acc[a + 3] += v.w;
+                    }
+                    if (ctid < kTokens) sq += theirs[kFeatures * kTokens + ctid];
+                }
+                if (ctid < kTokens) tot_sq[ctid] = sq;
+                mv_named_barrier(1, kConsumerThreads);
+                store_tile(tile, tot_sq);
+            }
         } else {
             /* parts as float4s, [a / 4][thread][4]: coalesced, and a thread's loads independent */
             const int my_slot = first_segment ? 0 : 1;
@@ -590,8 +649,9 @@ struct EngineState {
 constexpr int kTokenTiles[] = {8, 16, 32, 64, 128};
 
 template <int kTokens>
-int ring_stages(const mv_cuda_device &dev, size_t *smem) {
-    const size_t fixed = kSwizzleAlign + tail_bytes<kTokens>();
+int ring_stages(const mv_cuda_device &dev, int split, size_t *smem) {
+    const size_t parts = split > 1 ? static_cast<size_t>(split - 1) * partial_floats<kTokens>() * 4 : 0;
+    const size_t fixed = kSwizzleAlign + tail_bytes<kTokens>() + parts;
     int stages = kMaxStages;
     while (stages >= 2 && fixed + static_cast<size_t>(stages) * slot_bytes<kTokens>() >
                               static_cast<size_t>(dev.max_shared_block))
@@ -600,14 +660,88 @@ int ring_stages(const mv_cuda_device &dev, size_t *smem) {
     return stages;
 }
 
-int stages_for(int tokens, const mv_cuda_device &dev, size_t *smem) {
+int stages_for(int tokens, const mv_cuda_device &dev, int split, size_t *smem) {
     switch (tokens) {
-    case 8: return ring_stages<8>(dev, smem);
-    case 16: return ring_stages<16>(dev, smem);
-    case 32: return ring_stages<32>(dev, smem);
-    case 64: return ring_stages<64>(dev, smem);
-    default: return ring_stages<128>(dev, smem);
+    case 8: return ring_stages<8>(dev, split, smem);
+    case 16: return ring_stages<16>(dev, split, smem);
+    case 32: return ring_stages<32>(dev, split, smem);
+    case 64: return ring_stages<64>(dev, split, smem);
+    default: return ring_stages<128>(dev, split, smem);
     }
+}
+
+int split_limit(int tokens) {
+    switch (tokens) {
+    case 8: return max_split<8>();
+    case 16: return max_split<16>();
+    case 32: return max_split<32>();
+    case 64: return max_split<64>();
+    default: return max_split<128>();
+    }
+}
+
+/* Whether `clusters` clusters of `split` CTAs of the kernel are resident at once (the device's
+   answer, kept per device and split). */
+template <typename T, int kTokens>
+bool clusters_fit(const mv_cuda_device &dev, int split, size_t smem, int64_t clusters) {
+    static std::atomic<int> known[mv_max_cached_devices][kMaxCluster + 1]; /* most clusters + 1; 0: unasked */
+    const bool cached = dev.device >= 0 && dev.device < mv_max_cached_devices;
+    int most = cached ? known[dev.device][split].load(std::memory_order_relaxed) - 1 : -1;
+    if (most < 0) {
+        static mv_shared_opt_in opt_in;
+        auto kernel = engine_kernel<T, kTokens>;
+        if (mv_allow_shared(kernel, smem, opt_in, dev.device) != cudaSuccess) return false;
+        cudaLaunchConfig_t config = {};
+        config.gridDim = dim3(static_cast<unsigned>(split));
+        config.blockDim = dim3(kThreads);
+        config.dynamicSmemBytes = smem;
+        cudaLaunchAttribute attribute = {};
+        attribute.id = cudaLaunchAttributeClusterDimension;
+        attribute.val.clusterDim.x = static_cast<unsigned>(split);
+        attribute.val.clusterDim.y = attribute.val.clusterDim.z = 1;
+        config.attrs = &attribute;
+        config.numAttrs = 1;
+        if (cudaOccupancyMaxActiveClusters(&most, kernel, &config) != cudaSuccess) {
+            (void)cudaGetLastError();
+            return false;
+        }
+        if (cached) known[dev.device][split].store(most + 1, std::memory_order_relaxed);
+    }
+    return clusters <= most;
+}
+
+bool clusters_fit_for(bool bf16, int tokens, const mv_cuda_device &dev, int split, size_t smem, int64_t clusters) {
+    switch (tokens) {
+    case 8: return bf16 ? clusters_fit<__nv_bfloat16, 8>(dev, split, smem, clusters)
+                        : clusters_fit<__half, 8>(dev, split, smem, clusters);
+    case 16: return bf16 ? clusters_fit<__nv_bfloat16, 16>(dev, split, smem, clusters)
+                         : clusters_fit<__half, 16>(dev, split, smem, clusters);
+    case 32: return bf16 ? clusters_fit<__nv_bfloat16, 32>(dev, split, smem, clusters)
+                         : clusters_fit<__half, 32>(dev, split, smem, clusters);
+    case 64: return bf16 ? clusters_fit<__nv_bfloat16, 64>(dev, split, smem, clusters)
+                         : clusters_fit<__half, 64>(dev, split, smem, clusters);
+    default: return bf16 ? clusters_fit<__nv_bfloat16, 128>(dev, split, smem, clusters)
+                         : clusters_fit<__half, 128>(dev, split, smem, clusters);
+    }
+}
+
+/* How a call's work is laid out: where every tile fits one wave, whole tiles, each split over the
+   CTAs of a cluster (its parts added in shared memory, no global round trips); stream-K where
+   that leaves too few SMs streaming W to beat stream-K's fix-up. The model's constants, measured
+   on an H200 (dev/logs/engine-fixed-cost-nvidia-h200-2026-11-23.log): one CTA streams W at about
+   kCtaGBps; stream-K's fix-up costs about kFixupUs; DRAM delivers about 85% of its peak. */
+constexpr double kCtaGBps = 40.0;
+constexpr double kFixupUs = 5.0;
+int choose_split(int64_t tiles, int64_t kiters, int tokens, const mv_cuda_device &dev) {
+    if (tiles > dev.sms) return 0;
+    int split = static_cast<int>(dev.sms / tiles);
+    if (split > split_limit(tokens)) split = split_limit(tokens);
+    if (split > kiters) split = static_cast<int>(kiters);
+    const double stage_bytes = static_cast<double>(kWBytes);
+    const double cta_us = static_cast<double>((kiters + split - 1) / split) * stage_bytes / (kCtaGBps * 1e3);
+    const double dram_gbps = dev.dram_gbps > 0 ? 0.85 * dev.dram_gbps : 3000.0;
+    const double stream_k_us = static_cast<double>(tiles * kiters) * stage_bytes / (dram_gbps * 1e3) + kFixupUs;
+    return cta_us <= stream_k_us ? split : 0;
 }
 
 template <typename T, int kTokens>
@@ -621,8 +755,9 @@ cudaError_t launch_tokens(const EngineState &st, const mv_qkv_plan &plan, const 
     const size_t bytes = static_cast<size_t>(st.ctas) * 2 * partial_floats<kTokens>() * sizeof(float);
     err = get_workspace(dev.device, stream, bytes, &p.partials, &p.counters);
     if (err != cudaSuccess) return err;
-    err = mv_launch(kernel, dim3(static_cast<unsigned>(st.ctas)), dim3(kThreads), st.smem, stream, plan.pdl, st.x_map,
-                    st.w_map, p);
+    const unsigned cluster = p.split > 1 ? static_cast<unsigned>(p.split) : 1u;
+    err = mv_launch_clusters(kernel, dim3(static_cast<unsigned>(st.ctas)), dim3(kThreads), st.smem, stream, plan.pdl,
+                             cluster, st.x_map, st.w_map, p);
     return err != cudaSuccess ? err : cudaGetLastError();
 }
 
@@ -676,10 +811,21 @@ bool mv_qkv_engine_plan(const mv_qkv_args &a, const mv_cuda_device &dev, mv_qkv_
     p.q_stride = a.q_stride;
     p.k_stride = a.k_stride;
     p.v_stride = a.v_stride;
-    st->ctas = p.total < dev.sms ? static_cast<int>(p.total) : dev.sms;
-    p.stages = stages_for(st->tokens, dev, &st->smem);
-    if (p.stages < 2) return false;
     st->bf16 = a.in.dtype == MV_BFLOAT16;
+    const int64_t tiles = m_tiles * n_tiles;
+    p.split = choose_split(tiles, kiters, st->tokens, dev);
+    for (; p.split > 0; --p.split) { /* every cluster resident at once, or a smaller split */
+        p.stages = stages_for(st->tokens, dev, p.split, &st->smem);
+        if (p.stages >= 2 && (p.split == 1 || clusters_fit_for(st->bf16, st->tokens, dev, p.split, st->smem, tiles)))
+            break;
+    }
+    if (p.split > 0) {
+        st->ctas = static_cast<int>(tiles) * p.split;
+    } else {
+        st->ctas = p.total < dev.sms ? static_cast<int>(p.total) : dev.sms;
+        p.stages = stages_for(st->tokens, dev, 0, &st->smem);
+    }
+    if (p.stages < 2) return false;
     if (!mv_qkv_encode_rows(&st->x_map, st->bf16, a.in.x, m, h, a.in.x_stride, st->tokens, false) ||
         !mv_qkv_encode_rows(&st->w_map, st->bf16, a.w, n, h, a.w_stride_n, kBoxRows, true))
         return false;
