@@ -82,12 +82,21 @@ typedef struct {
     float weight_offset;
 } mv_norm_input;
 
+/* Rows in two strides (a per-head view, rows = tokens x heads): where inner_rows > 0, row r of
+   an argument starts (r / inner_rows) * <its outer stride here> + (r % inner_rows) * <its row
+   stride> elements in. inner_rows == 0: one stride, r * <its row stride>. */
+typedef struct {
+    int64_t inner_rows;
+    int64_t x, residual, residual_out, out; /* outer strides, in elements */
+} mv_outer_strides;
+
 /* rms_norm and fused_add_rms_norm: out[M, H] = rms_norm(x (+ residual)). out may be the same
    memory as x (in-place form). */
 typedef struct {
     mv_norm_input in;
     void *out;
     int64_t out_stride;
+    mv_outer_strides outer; /* zero-initialized: rows in one stride */
 } mv_rms_norm_args;
 
 /* Fused RMSNorm + QKV projection. W[n, k] (n < N, k < H) lives at

@@ -103,11 +103,14 @@ def _check_writable_kind(name, array):
 def rms_norm(x, weight, eps=1e-6, *, out=None, weight_offset=0.0, pdl=None):
     """RMSNorm over the last dimension: weight * x / sqrt(mean(x**2, -1) + eps).
 
-    x: [..., H] (last dimension contiguous; leading dimensions may be strided);
+    x: [..., H] (last dimension contiguous; leading dimensions strided as rows of one stride or
+        two, e.g. a per-head view qkv.view(T, heads, D)[:, :num_heads]: rows = tokens x heads);
     weight: [H] on x's device, of x's dtype (float32, float16 or bfloat16), or float32 beside
         float16/bfloat16 x (checkpoints that keep norm weights in float32).
     weight_offset: added to the weight in float32: 1.0 gives Gemma's (1 + weight) norm.
-    out: optional preallocated result shaped like x (may be x itself: in place).
+    out: optional preallocated result shaped like x (may be x itself: in place); its rows too
+        may take two strides, nested so that no two rows overlap. Arrays with two strides split
+        their rows at the same dimension.
     pdl: programmatic dependent launch on the GPU (None: the library's default; see the module).
     Returns the result as x's kind of array (NumPy, torch, CuPy, JAX), on x's device.
     """
@@ -129,7 +132,8 @@ def fused_add_rms_norm(x, residual, weight, eps=1e-6, *, out=None, residual_out=
     normed = rms_norm(new_residual, weight, eps).
     inplace=True is vLLM's form: normed is written into x and new_residual into residual, and
     (x, residual) is returned. out= / residual_out= take preallocated results instead.
-    weight, weight_offset: as in rms_norm.
+    x, residual, weight, weight_offset, out, residual_out: as in rms_norm (rows in one stride or
+    two, split at the same dimension in every array that takes two).
     pdl: programmatic dependent launch on the GPU (None: the library's default; see the module).
     """
     if inplace:

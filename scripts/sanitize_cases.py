@@ -4,9 +4,10 @@
 Runs rms_norm, fused_add_rms_norm and FusedRMSNormQKV.forward on torch CUDA tensors over every
 dtype, with and without residual, both QKV weight layouts (the nn.Linear weight [N, H] and its
 .t() view), odd and aligned hidden sizes, contiguous and padded (strided, misaligned-start) rows,
-allocated and given outputs, and M in {1, 2, 3, 8, 16, 17, 33, 64, 100, 256, 300, 1024}, so
-every kernel path the ops select by shape gets launched. Each result is checked against the
-float64 reference; a wrong result exits 1, after all cases ran.
+per-head views for the norms (rows in two strides), allocated and given outputs, and M in
+{1, 2, 3, 8, 16, 17, 33, 64, 100, 256, 300, 1024}, so every kernel path the ops select by shape
+gets launched. Each result is checked against the float64 reference; a wrong result exits 1,
+after all cases ran.
 
 Inputs are made on the host and copied over, and results copied back before any arithmetic, so
 almost every kernel the sanitizer sees is minivllm's. Run it with PYTORCH_NO_CUDA_MEMORY_CACHING=1
@@ -71,6 +72,19 @@ def padded(a64, dtype):
     return to_device(big, dtype)[:, 1:H + 1]
 
 
+def heads(a64, dtype):
+    """[M, 2, D] as the last two heads of a NaN-filled packed [M, 3, D] allocation: rows in two
+    strides, the view ending where the allocation does (a read past its last row leaves it)."""
+    M, n, D = a64.shape
+    big = np.full((M, n + 1, D), np.nan)
+    big[:, 1:] = a64
+    return to_device(big, dtype)[:, 1:]
+
+
+def norm_rows(a64, dtype, layout):
+    return {"padded": padded, "heads": heads}.get(layout, to_device)(a64, dtype)
+
+
 def data(rng, shape, dtype, scale=1.0):
     return round_to(rng.standard_normal(shape) * scale, dtype)
 
@@ -102,13 +116,15 @@ def run(args):
             tol = TOLERANCE[dtype]
             if "rms_norm" in args.ops or "fused_add_rms_norm" in args.ops:
                 H = NORM_HIDDEN[i % len(NORM_HIDDEN)]
-                x64, r64 = data(rng, (M, H), dtype), data(rng, (M, H), dtype)
+                rows_layout = ("contig", "padded", "heads")[i % 3]
+                shape = (M, 2, H) if rows_layout == "heads" else (M, H)
+                x64, r64 = data(rng, shape, dtype), data(rng, shape, dtype)
                 w64 = data(rng, (H,), dtype) + 1.0
                 w64 = round_to(w64, dtype)
-                x = padded(x64, dtype) if layout == "padded" else to_device(x64, dtype)
+                x = norm_rows(x64, dtype, rows_layout)
                 r, w = to_device(r64, dtype), to_device(w64, dtype)
                 if "rms_norm" in args.ops:
-                    label = f"rms_norm {dtype} M={M} H={H} {layout}"
+                    label = f"rms_norm {dtype} M={M} H={H} {rows_layout}"
                     y = minivllm.rms_norm(x, w)
                     checker.check(label, y, rms_norm(x64, w64), tol)
                     out = torch.empty_like(r)
@@ -116,12 +132,13 @@ def run(args):
                     checker.check(label + " out=", out, rms_norm(x64, w64), tol)
                     checker.cases += 2
                 if "fused_add_rms_norm" in args.ops:
-                    label = f"fused_add_rms_norm {dtype} M={M} H={H} {layout}"
+                    label = f"fused_add_rms_norm {dtype} M={M} H={H} {rows_layout}"
                     ref_n, ref_s = fused_add_rms_norm(x64, r64, w64, 1e-6, dtype)
                     n, s = minivllm.fused_add_rms_norm(x, r, w)
                     checker.check(label, n, ref_n, tol)
                     checker.check(label + " residual", s, ref_s, 0, exact=True)
-                    xi, ri = to_device(x64, dtype), to_device(r64, dtype)
+                    in_place = heads if rows_layout == "heads" else to_device
+                    xi, ri = in_place(x64, dtype), in_place(r64, dtype)
                     minivllm.fused_add_rms_norm(xi, ri, w, inplace=True)
                     checker.check(label + " inplace", xi, ref_n, tol)
                     checker.check(label + " inplace residual", ri, ref_s, 0, exact=True)

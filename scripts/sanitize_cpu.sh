@@ -9,9 +9,11 @@
 # test_errors.py (every argument check), test_threads.py (eight threads at once) and
 # test_leaks.py (every call path, 100,000 times), and the CPU kernels' own files: every SIMD level
 # forced in turn (test_cpu_simd.py), the numerics and checks (test_cpu_numerics.py), fork and the
-# thread pool (test_cpu_threads.py), and attention_prologue (its argument checks, fuzzed bad
-# arguments and cache writes: test_attention_prologue.py). The per-op test files add only more shapes of
-# the same paths at three times the run time, so they are left to the plain run.
+# thread pool (test_cpu_threads.py), attention_prologue (its argument checks, fuzzed bad
+# arguments and cache writes: test_attention_prologue.py), and the norm ops' rows in two strides
+# (per-head views with strides of either sign: test_norm_views.py). The per-op test files add
+# only more shapes of the same paths at three times the run time, so they are left to the plain
+# run.
 # Python itself is not instrumented: libasan is preloaded, and PYTHONMALLOC=malloc hands Python's
 # allocations to it too. Leak reports are off (CPython keeps objects alive at exit by design);
 # test_leaks.py measures leaks instead.
@@ -38,7 +40,7 @@ MINIVLLM_CPU_ONLY=1 MINIVLLM_EXTRA_CFLAGS="$flags" MINIVLLM_EXTRA_LDFLAGS="-fsan
 if [ $# -eq 0 ]; then
     set -- tests/test_fuzz.py tests/test_dlpack.py tests/test_errors.py tests/test_threads.py \
         tests/test_leaks.py tests/test_cpu_simd.py tests/test_cpu_numerics.py tests/test_cpu_threads.py \
-        tests/test_attention_prologue.py
+        tests/test_attention_prologue.py tests/test_norm_views.py
 fi
 # the in-place build is what gets imported from this copy's root (python -m pytest puts the
 # working directory first on sys.path): say so, so a log shows which module ran

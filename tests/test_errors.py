@@ -147,17 +147,22 @@ def _cases():
                 big = dev.array(np.ones(shp[:-1] + (2 * shp[-1],)), "float32")
                 return {**base, n: big[..., ::2]}
             out.append((op, name, "noncontig", noncontig, ValueError, "contiguous"))
-            # leading dimensions that do not collapse into one row stride
+            # leading dimensions that need more row strides than the op takes: one for QKV, two
+            # for the norm ops (per-head views), so three there
             if name in ROW_ARGS:
-                def noncollapse(dev, base, n=name):
-                    big = dev.array(np.ones((2, 3, H)), "float32")  # [2, 2, H] view below
+                lead = (2, 2) if op == "qkv" else (2, 2, 2)
+
+                def noncollapse(dev, base, n=name, lead=lead):
+                    big = dev.array(np.ones(tuple(d + 1 for d in lead) + (H,)), "float32")
                     b = {**base}
                     for k in b:
-                        if k in ROW_ARGS and k != n:  # keep shapes consistent: all [2, 2, H]
-                            b[k] = dev.array(np.ones((2, 2, H)), "float32")
-                    b[n] = big[:, :2, :]
+                        if k in ROW_ARGS and k != n:  # keep shapes consistent: all lead + [H]
+                            b[k] = dev.array(np.ones(lead + (H,)), "float32")
+                    # [:2, :2(, :2)]: each leading dimension steps over one more than it holds
+                    b[n] = big[tuple(slice(0, d) for d in lead)]
                     return b
-                out.append((op, name, "noncollapsible", noncollapse, ValueError, ""))
+                out.append((op, name, "noncollapsible", noncollapse, ValueError,
+                            "one stride" if op == "qkv" else "more than two row strides"))
     # eps
     for op in OPS:
         for eps in (-1.0, -1e-6, float("nan"), float("inf"), float("-inf")):

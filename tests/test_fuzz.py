@@ -156,6 +156,40 @@ def get_place(name):
 # --------------------------------------------------------------------------------------------
 # geometry: [lead..., cols...] views into a flat parent allocation, by layout
 # --------------------------------------------------------------------------------------------
+# Rows in two strides, [outer..., inner] (the norm ops take them: per-head views): "heads" nests
+# them [outer, inner] with a gap after every row and every outer step; "heads_t" the other way
+# round (a transposed [heads, tokens] storage); "heads_overlap" interleaves them so that rows
+# meet (fine to read, no output); "heads3" gives each of the last three leading dimensions a
+# stride of its own (refused everywhere).
+SPLIT_LAYOUTS = ("heads", "heads_t", "heads_overlap", "heads3")
+
+
+def split_lead_strides(lead, C, layout):
+    """The leading dimensions' strides of a SPLIT_LAYOUTS layout (len(lead) >= 2)."""
+    inner, n_outer = lead[-1], int(np.prod(lead[:-1]))
+    if layout == "heads3":
+        own = min(3, len(lead))  # the last `own` dimensions step apart; those before collapse
+        strides, step = [], C + 1
+        for i in range(len(lead) - 1, -1, -1):
+            strides.insert(0, step)
+            step = step * lead[i] + (1 if i > len(lead) - own else 0)
+        return strides
+    inner_stride, outer_step = {"heads": (C + 1, inner * (C + 1) + 2),
+                                "heads_t": (n_outer * C + 1, C),
+                                "heads_overlap": (2 * C, C + 1)}[layout]
+    outer = [outer_step * int(np.prod(lead[i + 1:-1])) for i in range(len(lead) - 1)]
+    return outer + [inner_stride]
+
+
+def strides_needed(layout, lead):
+    """How many row strides a layout's leading dimensions take (1 where they collapse)."""
+    if layout not in SPLIT_LAYOUTS or len(lead) < 2 or 0 in lead:
+        return 1
+    cut = -2 if layout == "heads3" else -1
+    groups = [int(np.prod(lead[:cut]))] + list(lead[cut:])
+    return max(1, sum(g > 1 for g in groups))
+
+
 def geometry(lead, cols, layout):
     """(offset, strides, parent size) in elements; cols are contiguous among themselves except
     in the layouts that break that on purpose."""
@@ -186,6 +220,8 @@ def geometry(lead, cols, layout):
         if last_stride == -1:
             offset = cols[-1] - 1 if cols else 0
     lead_strides = [row_stride * int(np.prod(lead[i + 1:])) for i in range(len(lead))]
+    if layout in SPLIT_LAYOUTS and len(lead) >= 2:
+        lead_strides = split_lead_strides(lead, C, layout)
     strides = lead_strides + col_strides
     shape = list(lead) + list(cols)
     lo = hi = 0
@@ -223,6 +259,7 @@ class Arg:
         self.parent, self.host_parent, self.mask = parent, host_parent, mask
         self.value64, self.producer, self.view = value64, producer, view
         self.geom, self.layout = geom, layout  # (offset, shape, strides); layout name
+        self.lead, self.max_strides = None, 1  # leading shape; row strides its op takes
         self.may_write = None
         self.place = None  # where parent lives (an argument may be on the other device)
 
@@ -316,16 +353,24 @@ def make_array(place, rng, name, lead, cols, dtype, layout, *, values="normal", 
               geom=(offset, list(shape), list(strides)), layout=layout)
     arg.keep = template if producer is not None else None  # what the capsule points into
     arg.place = place
+    arg.lead = tuple(lead)
     return arg
 
 
 # Layouts by role: (layout, valid?) where validity may depend on the size.
-def row_layout_valid(layout, rows, C, is_output):
-    """Whether a [rows, C] view with this layout is a valid argument (documented rules)."""
+def row_layout_valid(layout, lead, C, is_output, max_strides=1):
+    """Whether a [*lead, C] view with this layout is a valid argument of an op whose rows may
+    take max_strides row strides (documented rules)."""
+    rows = int(np.prod(lead)) if lead else 1
     if rows == 0 or C == 0:
         return True  # an empty array has no layout to check
     if layout in ("noncontig", "zerolast", "neglast"):
         return C == 1
+    needed = strides_needed(layout, lead)
+    if needed > max_strides:
+        return False
+    if is_output and layout == "heads_overlap" and needed == 2:
+        return False  # an output's rows must not share memory
     if is_output and (layout == "bcast" or layout == "overlap" and C > 1):
         return rows == 1  # an output's rows must not share memory
     return True
@@ -341,17 +386,26 @@ JUNK = {
 }
 
 
-def draw_tensor(data, place, rng, name, lead, cols, dtype, *, role, first=False, float32_ok=False):
+def draw_tensor(data, place, rng, name, lead, cols, dtype, *, role, first=False, float32_ok=False,
+                max_strides=1):
     """Draw one tensor argument: mostly valid, sometimes made invalid in one of many ways.
     role: "input", "weight" (a 1-D [H] vector) or "output". float32_ok: a float32 array beside
-    16-bit ones is valid (the norm ops' weight)."""
+    16-bit ones is valid (the norm ops' weight). max_strides: the row strides the op takes (2:
+    the norm ops' per-head views)."""
     is_output = role == "output"
     rows = int(np.prod(lead)) if lead else 1
     C = int(np.prod(cols))
     mutations = ["none"] * 6 + ["junk", "dtype", "rank", "layout_bad"]
+    # rows in more strides than the op takes, or in two that may overlap (an output)
+    split_bad = [] if role == "weight" or len(lead) < 2 else \
+        (["heads3"] if len(lead) >= 3 else []) + \
+        (["heads", "heads_t", "heads_overlap"] if max_strides < 2 else []) + \
+        (["heads_overlap"] if is_output and max_strides >= 2 else [])
     if not MODE["bad"]:
         mutations = ["none"]
-    elif not first:
+    elif split_bad:
+        mutations += ["strides"] * 3  # few draws have room for it (leading dimensions >= 2)
+    if MODE["bad"] and not first:
         mutations += ["shape", "mismatch"]
         if place.name != "cpu":
             mutations.append("other_device")
@@ -365,6 +419,8 @@ def draw_tensor(data, place, rng, name, lead, cols, dtype, *, role, first=False,
     if role != "weight":
         layouts += ["neg"] if place.negative_strides and len(lead) == 1 else []
         layouts += ["bcast", "overlap"] if not is_output and len(lead) == 1 else []
+        if max_strides >= 2 and len(lead) >= 2:
+            layouts += ["heads", "heads_t"] + ([] if is_output else ["heads_overlap"])
     layout = data.draw(st.sampled_from(layouts), label=f"{name}.layout")
     invalid = False
     if role == "weight" and layout == "rowstep":
@@ -374,7 +430,10 @@ def draw_tensor(data, place, rng, name, lead, cols, dtype, *, role, first=False,
         if is_output and len(lead) == 1:
             bad += ["bcast", "overlap"]
         layout = data.draw(st.sampled_from(bad), label=f"{name}.bad_layout")
-        invalid = not row_layout_valid(layout, rows, C, is_output)
+        invalid = not row_layout_valid(layout, lead, C, is_output, max_strides)
+    elif mutation == "strides":
+        layout = data.draw(st.sampled_from(split_bad), label=f"{name}.split_layout")
+        invalid = not row_layout_valid(layout, lead, C, is_output, max_strides)
     elif mutation == "dtype":
         dtype = np.dtype(data.draw(st.sampled_from(UNSUPPORTED), label=f"{name}.dtype"))
         invalid = True
@@ -422,16 +481,18 @@ def draw_tensor(data, place, rng, name, lead, cols, dtype, *, role, first=False,
         data.draw(st.integers(0, 9), label=f"{name}.misalign") == 0
     if misaligned and place.needs_aligned:
         invalid = True  # CUDA kernels need element-aligned data; the CPU ones do not
-    return make_array(place, rng, name, lead, cols, dtype, layout, values=values,
-                      readonly=readonly, capsule=capsule, misaligned=misaligned, invalid=invalid)
+    arg = make_array(place, rng, name, lead, cols, dtype, layout, values=values,
+                     readonly=readonly, capsule=capsule, misaligned=misaligned, invalid=invalid)
+    arg.max_strides = max_strides
+    return arg
 
 
 def draw_common(data, place):
     MODE["bad"] = data.draw(st.booleans(), label="may_break_arguments")
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
     dtype = FLOATS[data.draw(st.sampled_from(sorted(FLOATS)), label="dtype")]
-    lead = data.draw(st.sampled_from([(0,), (1,), (2,), (3,), (7,), (16,), (2, 3), (0, 4)]),
-                     label="lead")
+    lead = data.draw(st.sampled_from([(0,), (1,), (2,), (3,), (7,), (16,), (2, 3), (0, 4),
+                                      (1, 3), (2, 2, 3)]), label="lead")
     H = data.draw(st.sampled_from([1, 2, 3, 5, 8, 16, 33, 64, 100, 256, 1000, 4097, 20000, 70000]),
                   label="H")
     if H >= 4097:
@@ -541,9 +602,9 @@ def output_invalid(arg, is_output=True):
     if arg.parent is None or arg.invalid:
         return arg.invalid
     offset, shape, strides = arg.geom
-    rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
-    return not arg.writable or not row_layout_valid(arg.layout, rows, shape[-1] if shape else 1,
-                                                    is_output)
+    lead = arg.lead if arg.lead is not None else tuple(shape[:-1])
+    return not arg.writable or not row_layout_valid(arg.layout, lead, shape[-1] if shape else 1,
+                                                    is_output, arg.max_strides)
 
 
 def shifted_output(x, name):
@@ -561,8 +622,11 @@ def shifted_output(x, name):
     view = x.place.view(x.parent, offset + 1, shape, strides)
     mask = touched(shape, strides, offset + 1, size)
     out = Arg(name, view, view=view, geom=(offset + 1, shape, strides), layout=x.layout)
-    out.place = x.place
-    out.invalid = bool((x.mask & mask).any()) or output_invalid(out)
+    out.place, out.lead, out.max_strides = x.place, x.lead, x.max_strides
+    # Rows in two strides that do not form rows of one stride: the binding tells them apart
+    # from an input by their spans alone (it refuses any meeting of spans but the exact alias).
+    spans_meet = strides_needed(x.layout, x.lead) > 1 and bool(mask.any())
+    out.invalid = bool((x.mask & mask).any()) or spans_meet or output_invalid(out)
     out.out_mask = mask
     return out
 
@@ -587,7 +651,8 @@ def run_fuzz(devname, body):
 # --------------------------------------------------------------------------------------------
 # the three ops
 # --------------------------------------------------------------------------------------------
-def draw_output(data, place, rng, name, lead, cols, dtype, alias=None, overlap_with=None):
+def draw_output(data, place, rng, name, lead, cols, dtype, alias=None, overlap_with=None,
+                max_strides=1):
     """An output argument: left out (allocated by the op), given, the very input it replaces
     (alias, where the op allows that), or a view overlapping an input (overlap_with).
     Returns (Arg or None, name used in messages, names made invalid)."""
@@ -606,7 +671,8 @@ def draw_output(data, place, rng, name, lead, cols, dtype, alias=None, overlap_w
             return None, name, set()
         overlap_with.may_write = out.out_mask
         return out, name, {name} if out.invalid else set()
-    out = draw_tensor(data, place, rng, name, lead, cols, dtype, role="output")
+    out = draw_tensor(data, place, rng, name, lead, cols, dtype, role="output",
+                      max_strides=max_strides)
     out.may_write = out.mask
     return out, name, {name} if out.invalid else set()
 
@@ -616,7 +682,7 @@ def draw_norm_args(data, place, row_names):
     eps. Returns (rng, dtype, lead, H, {name: Arg}, keyword arguments, names made invalid)."""
     rng, dtype, lead, H = draw_common(data, place)
     args = {name: draw_tensor(data, place, rng, name, lead, (H,), dtype, role="input",
-                              first=i == 0) for i, name in enumerate(row_names)}
+                              first=i == 0, max_strides=2) for i, name in enumerate(row_names)}
     args["weight"] = draw_tensor(data, place, rng, "weight", (), (H,), dtype, role="weight",
                                  float32_ok=True)
     kw, invalid = draw_eps(data)
@@ -642,7 +708,7 @@ def test_fuzz_rms_norm(devname):
         rng, dtype, lead, H, named, kw, invalid = draw_norm_args(data, place, ["x"])
         x, w = named["x"], named["weight"]
         out, out_name, bad = draw_output(data, place, rng, "out", lead, (H,), dtype, alias=x,
-                                         overlap_with=x)
+                                         overlap_with=x, max_strides=2)
         invalid |= bad
         args = [x, w]
         pass_output(kw, args, "out", out)
@@ -679,10 +745,10 @@ def test_fuzz_fused_add_rms_norm(devname):
                 invalid |= {"inplace"}
         else:
             out, out_name, bad = draw_output(data, place, rng, "out", lead, (H,), dtype, alias=x,
-                                             overlap_with=r)
+                                             overlap_with=r, max_strides=2)
             invalid |= bad
             res_out, res_name, bad = draw_output(data, place, rng, "residual_out", lead, (H,),
-                                                 dtype, alias=r, overlap_with=x)
+                                                 dtype, alias=r, overlap_with=x, max_strides=2)
             invalid |= bad
             pass_output(kw, args, "out", out)
             pass_output(kw, args, "residual_out", res_out)

@@ -82,7 +82,9 @@ def measured(one, warmup, count, producers):
 def inputs(lib, rng, dtype="float32"):
     """x, residual, weight, W ([N, H]) and preallocated outputs, as numpy or torch (cuda)."""
     arrays = {"x": rng.standard_normal((M, H)), "residual": rng.standard_normal((M, H)),
-              "weight": norm_weight(rng, H), "W": rng.standard_normal((N, H)) / 16}
+              "weight": norm_weight(rng, H), "W": rng.standard_normal((N, H)) / 16,
+              "qkv": rng.standard_normal((M, NH + 2 * NKV, HD)),
+              "head_weight": norm_weight(rng, HD)}
     arrays = {k: round_np(v, dtype) for k, v in arrays.items()}
     arrays["out"] = np.empty((M, H), arrays["x"].dtype)
     arrays["res_out"] = np.empty((M, H), arrays["x"].dtype)
@@ -99,10 +101,15 @@ def op_calls(op, a):
     """The ways to call one op, cycled through by the loops: (callable, raises?)."""
     x, r, w, W = a["x"], a["residual"], a["weight"], a["W"]
     bad_w = w[:H // 2]  # wrong shape: fails the weight check, after x was imported
+    # per-head views (rows in two strides): q's heads and k's + v's (as many: 2 * NKV == NH)
+    # of a packed [M, heads, HD] output
+    q, kv, hw = a["qkv"][:, :NH], a["qkv"][:, NH:], a["head_weight"]
     if op == "rms_norm":
         return [(lambda: minivllm.rms_norm(x, w), False),
                 (lambda: minivllm.rms_norm(x, w, out=a["out"]), False),
                 (lambda: minivllm.rms_norm(a["out"], w, out=a["out"]), False),
+                (lambda: minivllm.rms_norm(q, hw), False),
+                (lambda: minivllm.rms_norm(q, hw, out=q), False),
                 (lambda: minivllm.rms_norm(x, bad_w), True)]
     if op == "fused_add_rms_norm":
         return [(lambda: minivllm.fused_add_rms_norm(x, r, w), False),
@@ -110,6 +117,7 @@ def op_calls(op, a):
                                                      residual_out=a["res_out"]), False),
                 (lambda: minivllm.fused_add_rms_norm(a["out"], a["res_out"], w, inplace=True),
                  False),
+                (lambda: minivllm.fused_add_rms_norm(q, kv, hw), False),
                 (lambda: minivllm.fused_add_rms_norm(x, r, bad_w), True)]
     return [(lambda: minivllm.FusedRMSNormQKV.forward(x, w, W, NH, NKV), False),
             (lambda: minivllm.FusedRMSNormQKV.forward(x, w, W.T, NH, NKV, residual=r), False),

@@ -103,3 +103,43 @@ def test_fast_kernel_in_place(dtype):
     torch.cuda.synchronize()
     assert_matches(_to64(x), ref_out, TOL[dtype], "x (normed)")
     assert_matches(_to64(r), ref_res, TOL[dtype], "residual (new)")
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("hidden", [64, 72, 100, 128, 20000])
+@pytest.mark.parametrize("residual", [False, True])
+def test_kernels_on_head_views(dtype, hidden, residual):
+    """Both kernels' two-stride variants: rows = tokens x q's 4 heads of packed [T, 8, D] buffers,
+    outputs the same heads of NaN-filled ones (nothing else of them written)."""
+    rng = np.random.default_rng()
+    tokens = 2 if hidden >= 20000 else 37
+
+    def packed(fill=None):
+        if fill is not None:
+            return torch.full((tokens, 8, hidden), fill, dtype=DTYPES[dtype], device="cuda")
+        return torch.from_numpy(rng.standard_normal((tokens, 8, hidden))).to("cuda", DTYPES[dtype])
+
+    x, r = packed()[:, :4], packed()[:, :4]
+    w = torch.from_numpy(rng.uniform(0.5, 1.5, hidden)).to("cuda", DTYPES[dtype])
+    outs, bufs = {}, {}
+    for reference in (False, True):
+        bufs[reference] = (packed(float("nan")), packed(float("nan")))
+        out, new_res = (b[:, :4] for b in bufs[reference])
+        if residual:
+            minivllm._C.fused_add_rms_norm(x, r, w, 1e-6, out, new_res, None, _stream(), None,
+                                           0.0, reference)
+        else:
+            minivllm._C.rms_norm(x, w, 1e-6, out, None, _stream(), None, 0.0, reference)
+        outs[reference] = (out, new_res)
+    torch.cuda.synchronize()
+    if residual:
+        ref_out, ref_res = fused_add_rms_norm_ref(_to64(x), _to64(r), _to64(w), 1e-6, dtype)
+        assert torch.equal(outs[False][1], outs[True][1])
+        np.testing.assert_array_equal(_to64(outs[False][1]), ref_res)
+    else:
+        ref_out = rms_norm_ref(_to64(x), _to64(w), 1e-6)
+    for reference in (False, True):
+        what = "reference kernel" if reference else "fast kernel"
+        assert_matches(_to64(outs[reference][0]), ref_out, TOL[dtype], what, row_axes=1)
+        for i, buf in enumerate(bufs[reference][:2 if residual else 1]):
+            assert torch.isnan(buf[:, 4:]).all(), f"{what} wrote outside output {i}'s heads"

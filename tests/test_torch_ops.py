@@ -138,8 +138,11 @@ def test_opcheck(device, rng):
     cases = [
         (ops.rms_norm, (x, w, 1e-6)),
         (ops.rms_norm, (t(3, 2, H)[:, 1], w, 1e-6)),  # strided leading dims
+        (ops.rms_norm, (t(M, nh + 2 * nkv, hd)[:, :nh], t(hd), 1e-6)),  # q's heads: two strides
         (ops.fused_add_rms_norm, (x, r, w, 1e-6)),
+        (ops.fused_add_rms_norm, (t(M, 8, hd)[:, :nh], t(M, 8, hd)[:, nh:], t(hd), 1e-6)),
         (ops.fused_add_rms_norm_, (x.clone(), r.clone(), w, 1e-6)),
+        (ops.fused_add_rms_norm_, (t(M, 8, hd)[:, :nh], t(M, 8, hd)[:, nh:], t(hd), 1e-6)),
         (ops.fused_rms_norm_qkv, (x, w, W, nh, nkv, 1e-6)),
         (ops.fused_rms_norm_qkv, (t(2, 3, H), w, W, nh, nkv, 1e-6)),
         (ops.fused_add_rms_norm_qkv, (x, r, w, W, nh, nkv, 1e-6)),

@@ -70,8 +70,8 @@ int mv_parse_positive_int(PyObject *obj, const char *name, int64_t *value)
     return 0;
 }
 
-/* x: [..., H] with H >= 1, flattened to rows. */
-int mv_hidden_rows(const mv_tensor *x, int64_t *rows, int64_t *hidden, int64_t *stride)
+/* x: [..., H] with H >= 1. */
+int mv_check_hidden(const mv_tensor *x)
 {
     if (x->ndim < 1) {
         PyErr_Format(PyExc_ValueError, "%s: expected at least 1 dimension [..., hidden], got 0",
@@ -83,6 +83,14 @@ int mv_hidden_rows(const mv_tensor *x, int64_t *rows, int64_t *hidden, int64_t *
                      x->name);
         return -1;
     }
+    return 0;
+}
+
+/* x: [..., H] with H >= 1, flattened to rows. */
+int mv_hidden_rows(const mv_tensor *x, int64_t *rows, int64_t *hidden, int64_t *stride)
+{
+    if (mv_check_hidden(x) < 0)
+        return -1;
     return mv_as_rows(x, 1, rows, hidden, stride);
 }
 
@@ -119,6 +127,67 @@ int mv_rows_like_x(const mv_tensor *t, const mv_tensor *x, int64_t *stride)
     return mv_as_rows(t, 1, &rows, &cols, stride);
 }
 
+/* |step| >= (count - 1) * |inner_step| + cols: the rows of one step of `step` end before the
+   next step begins (0 where that sum overflows: no int64 step is past it). */
+static int steps_past(int64_t step, int64_t count, int64_t inner_step, int64_t cols)
+{
+    const uint64_t s = step < 0 ? 0 - (uint64_t)step : (uint64_t)step;
+    const uint64_t inner = inner_step < 0 ? 0 - (uint64_t)inner_step : (uint64_t)inner_step;
+    uint64_t reach;
+    if (__builtin_mul_overflow((uint64_t)(count - 1), inner, &reach) ||
+        __builtin_add_overflow(reach, (uint64_t)cols, &reach))
+        return 0;
+    return s >= reach;
+}
+
+/* Two-stride rows that share no element: rows nested as [outer, inner] (each outer step past
+   all of its inner rows, these a row apart) or as [inner, outer] (a transposed layout). Other
+   interleavings are refused: whether their rows meet is not a cheap question. */
+static int split_rows_apart(const mv_row_layout *r)
+{
+    const int64_t outer_count = r->rows / r->inner_rows;
+    return (steps_past(r->stride, 2, 0, r->cols) &&
+            steps_past(r->outer_stride, r->inner_rows, r->stride, r->cols)) ||
+           (steps_past(r->outer_stride, 2, 0, r->cols) &&
+            steps_past(r->stride, outer_count, r->outer_stride, r->cols));
+}
+
+int mv_split_rows(const mv_tensor *t, int is_output, mv_row_split *split, mv_row_layout *rows)
+{
+    if (mv_as_split_rows(t, rows) < 0)
+        return -1;
+    if (rows->inner_rows == 0)
+        return 0;
+    if (split->inner_rows != 0 && split->inner_rows != rows->inner_rows) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s: its rows take their second stride every %lld rows, but %s's every %lld; "
+                     "expected the same split into [outer, inner] rows, or rows in one stride",
+                     t->name, (long long)rows->inner_rows, split->split_by,
+                     (long long)split->inner_rows);
+        return -1;
+    }
+    if (is_output && !split_rows_apart(rows)) {
+        char shape[256], strides[256];
+        mv_format_dims(shape, sizeof(shape), t->shape, t->ndim);
+        mv_format_dims(strides, sizeof(strides), t->strides, t->ndim);
+        PyErr_Format(PyExc_ValueError,
+                     "%s: its rows (shape %s, strides %s) may overlap each other in memory; an "
+                     "output needs one place per element, its two row strides nested (each step "
+                     "past the rows inside it)", t->name, shape, strides);
+        return -1;
+    }
+    split->inner_rows = rows->inner_rows;
+    split->split_by = t->name;
+    return 0;
+}
+
+int64_t mv_split_outer_stride(const mv_row_split *split, const mv_row_layout *rows)
+{
+    if (split->inner_rows == 0)
+        return 0;
+    /* in range: a one-stride argument of a split call has a row at inner_rows (rows >= 2x) */
+    return rows->inner_rows != 0 ? rows->outer_stride : rows->stride * split->inner_rows;
+}
 
 int mv_parse_weight_offset(PyObject *obj, float *offset)
 {

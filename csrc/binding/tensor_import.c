@@ -794,8 +794,9 @@ int mv_check_writable(const mv_tensor *t)
     }
     /* Elements sit at whole-element steps from data, so fewer bytes spanned than elements need
        means two elements share memory (a broadcast or self-overlapping view): the result would
-       depend on the order the kernel's threads write in. For the layouts the ops accept (rows
-       of contiguous columns with one row stride) it is also the only way elements can share. */
+       depend on the order the kernel's threads write in. For rows of contiguous columns with
+       one row stride it is also the only way elements can share; rows in two strides (the norm
+       ops) are checked apart where they are split (mv_split_rows). */
     int64_t count = 1;
     int too_many = 0; /* more elements than an int64 counts cannot have a place each */
     for (int d = 0; d < t->ndim; d++)
@@ -899,8 +900,9 @@ int mv_check_element_aligned(const mv_tensor *t)
     return -1;
 }
 
-int mv_as_rows(const mv_tensor *t, int col_dims, int64_t *rows, int64_t *cols,
-               int64_t *row_stride)
+/* The rows of t (its last col_dims dimensions contiguous, the others the rows) in at most
+   max_strides (1 or 2) row strides; refused with a message naming t past that. */
+static int rows_layout(const mv_tensor *t, int col_dims, int max_strides, mv_row_layout *r)
 {
     char shape[256], strides[256];
     /* The import caps ndim at MV_MAX_DIMS; callers ask for 1 or 2 column dimensions. */
@@ -911,16 +913,17 @@ int mv_as_rows(const mv_tensor *t, int col_dims, int64_t *rows, int64_t *cols,
     }
     const int first_col = t->ndim - col_dims;
     int64_t n_cols = 1, n_rows = 1;
+    r->inner_rows = r->outer_stride = 0;
     /* An empty tensor has no layout to check (producers give it arbitrary strides, often 0). */
     for (int d = 0; d < t->ndim; d++) {
         if (t->shape[d] == 0) {
             for (int c = first_col; c < t->ndim; c++)
                 n_cols *= t->shape[c];
-            for (int r = 0; r < first_col; r++)
-                n_rows *= t->shape[r];
-            *rows = n_rows;
-            *cols = n_cols;
-            *row_stride = n_cols;
+            for (int row = 0; row < first_col; row++)
+                n_rows *= t->shape[row];
+            r->rows = n_rows;
+            r->cols = n_cols;
+            r->stride = n_cols;
             return 0;
         }
     }
@@ -940,10 +943,12 @@ int mv_as_rows(const mv_tensor *t, int col_dims, int64_t *rows, int64_t *cols,
         n_cols *= t->shape[d];
     }
     /* Leading dimensions: walk outwards from the innermost one that has more than one row;
-       each must step exactly over the ones inside it. Size-1 dimensions carry no stride. */
+       each must step exactly over the ones inside it, except where a new stride starts (at
+       most max_strides - 1 times). Size-1 dimensions carry no stride. */
     int64_t stride = n_cols, expected = 0;
-    int found = 0, flattenable = 1;
-    for (int d = first_col - 1; d >= 0 && flattenable; d--) {
+    int found = 0, starts = 0, overflow = 0;
+    for (int d = first_col - 1; d >= 0 && starts < max_strides; d--) {
+        const int64_t inner = n_rows;
         if (__builtin_mul_overflow(n_rows, t->shape[d], &n_rows)) {
             PyErr_Format(PyExc_ValueError, "%s: too many rows", t->name);
             return -1;
@@ -953,23 +958,51 @@ int mv_as_rows(const mv_tensor *t, int col_dims, int64_t *rows, int64_t *cols,
         if (!found) {
             found = 1;
             stride = t->strides[d];
-        } else if (t->strides[d] != expected) {
-            flattenable = 0;
+        } else if (overflow || t->strides[d] != expected) {
+            if (++starts == 1) { /* a second stride: rows = outer x inner */
+                r->inner_rows = inner;
+                r->outer_stride = t->strides[d];
+            }
         }
-        if (__builtin_mul_overflow(t->strides[d], t->shape[d], &expected))
-            flattenable = 0;
+        /* a step past the address space cannot be stepped over: a new stride must follow */
+        overflow = __builtin_mul_overflow(t->strides[d], t->shape[d], &expected);
+        starts += overflow && max_strides == 1; /* refused as before where one stride must do */
     }
-    if (!flattenable) {
+    if (starts >= max_strides) {
         mv_format_dims(shape, sizeof(shape), t->shape, t->ndim);
         mv_format_dims(strides, sizeof(strides), t->strides, t->ndim);
-        PyErr_Format(PyExc_ValueError,
-                     "%s: the leading dimensions of shape %s with strides %s cannot be "
-                     "flattened into rows with one stride; pass a contiguous copy",
-                     t->name, shape, strides);
+        if (max_strides == 1)
+            PyErr_Format(PyExc_ValueError,
+                         "%s: the leading dimensions of shape %s with strides %s cannot be "
+                         "flattened into rows with one stride; pass a contiguous copy",
+                         t->name, shape, strides);
+        else
+            PyErr_Format(PyExc_ValueError,
+                         "%s: the leading dimensions of shape %s with strides %s need more than "
+                         "two row strides; expected at most two (e.g. [tokens, heads, head_dim] "
+                         "with any token and head strides); pass a contiguous copy",
+                         t->name, shape, strides);
         return -1;
     }
-    *rows = n_rows;
-    *cols = n_cols;
-    *row_stride = stride;
+    r->rows = n_rows;
+    r->cols = n_cols;
+    r->stride = stride;
     return 0;
+}
+
+int mv_as_rows(const mv_tensor *t, int col_dims, int64_t *rows, int64_t *cols,
+               int64_t *row_stride)
+{
+    mv_row_layout r;
+    if (rows_layout(t, col_dims, 1, &r) < 0)
+        return -1;
+    *rows = r.rows;
+    *cols = r.cols;
+    *row_stride = r.stride;
+    return 0;
+}
+
+int mv_as_split_rows(const mv_tensor *t, mv_row_layout *rows)
+{
+    return rows_layout(t, 1, 2, rows);
 }

@@ -118,7 +118,8 @@ const char *mv_dtype_name(mv_dtype dt);
 /* Checks; each returns 0 or -1 with an exception set. */
 int mv_check_dtype_matches(const mv_tensor *t, const mv_tensor *ref);
 int mv_check_device_matches(const mv_tensor *t, const mv_tensor *ref);
-/* An output: writable, and no two of its elements share memory. */
+/* An output: writable, and no two of its elements share memory (exact for rows in one stride;
+   two-stride rows also need mv_split_rows). */
 int mv_check_writable(const mv_tensor *t);
 /* Outputs may not overlap inputs (or each other). An exact alias (same data, shape and strides)
    is allowed only where allow_alias says the op supports that in-place form. */
@@ -130,6 +131,20 @@ int mv_check_element_aligned(const mv_tensor *t);
    the others are flattened into rows that must share one row stride. */
 int mv_as_rows(const mv_tensor *t, int col_dims, int64_t *rows, int64_t *cols,
                int64_t *row_stride);
+
+/* Rows whose leading dimensions need up to two strides (a per-head view [tokens, heads, D] of a
+   packed QKV output): row r = o * inner_rows + i starts o * outer_stride + i * stride elements
+   from data. inner_rows == 0: one stride covers every row (r * stride). */
+typedef struct {
+    int64_t rows, cols;
+    int64_t stride;
+    int64_t inner_rows;
+    int64_t outer_stride;
+} mv_row_layout;
+
+/* t as rows of its (contiguous) last dimension whose leading dimensions need at most two
+   strides; refused, naming t, where they need more. */
+int mv_as_split_rows(const mv_tensor *t, mv_row_layout *rows);
 
 /* For messages: "(2, 3)" of a shape or strides array. */
 void mv_format_dims(char *buf, size_t size, const int64_t *dims, int ndim);

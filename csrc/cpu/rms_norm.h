@@ -10,10 +10,29 @@ typedef struct {
 static void norm_task(void *ctx, int index, int count)
 {
     const mv_rms_norm_args *a = ((const norm_job *)ctx)->a;
+    const mv_dtype dt = a->in.dtype;
     int64_t begin, end;
     split_range(a->in.rows, 1, index, count, &begin, &end);
-    for (int64_t row = begin; row < end; row++)
-        norm_row(&a->in, row, a->in.dtype, at_mut(a->out, a->in.dtype, row * a->out_stride));
+    if (a->outer.inner_rows == 0) {
+        for (int64_t row = begin; row < end; row++)
+            norm_row(&a->in, row, dt, at_mut(a->out, dt, row * a->out_stride));
+        return;
+    }
+    /* Rows in two strides: the rows of one outer step are rows of one stride from where that
+       step starts, so norm_row runs on them unchanged (same bits as any other layout). */
+    for (int64_t row = begin; row < end;) {
+        const int64_t step = row / a->outer.inner_rows, first = step * a->outer.inner_rows;
+        const int64_t stop = min64(end, first + a->outer.inner_rows);
+        mv_norm_input in = a->in;
+        in.x = at(in.x, dt, step * a->outer.x);
+        if (in.residual != NULL) {
+            in.residual = at(in.residual, dt, step * a->outer.residual);
+            in.residual_out = at_mut(in.residual_out, dt, step * a->outer.residual_out);
+        }
+        char *out = at_mut(a->out, dt, step * a->outer.out);
+        for (; row < stop; row++)
+            norm_row(&in, row - first, dt, at_mut(out, dt, (row - first) * a->out_stride));
+    }
 }
 
 int MV_NAME(mv_rms_norm_cpu)(const mv_rms_norm_args *a)

@@ -18,6 +18,11 @@
  * x + residual rounded to the dtype and stored to residual_out) and sums s^2 in float; a block
  * reduction gives rrms; pass 2 writes out = (weight + weight_offset) * (s * rrms), rounded once.
  *
+ * Rows in two strides (a per-head view, rows = tokens x heads: mv_rms_norm_args' inner_rows) are a
+ * compile-time variant of both kernels (kTwoStrides): only it divides the row index, and the
+ * one-stride kernels keep their code. The row layout (V, threads per row) does not change with
+ * it, so a row has the same bits in a view as made contiguous, given the same alignment.
+ *
  * In-place safety: out may be x, residual_out may be residual. Both passes walk a row with the same
  * index -> thread mapping, so every element is read and then written by the same thread; pass 2
  * re-reads s from residual_out (or x), which that same thread wrote/read in pass 1. Rows never
@@ -34,9 +39,59 @@ constexpr int64_t kMaxRowBlocks = 65536;
 constexpr int kMaxThreads = 1024;
 constexpr int kMaxVecThreads = 512; /* a cap that leaves 128 registers per thread */
 
-template <typename T, typename TW, bool kHasResidual>
-__global__ void rms_norm_reference_kernel(mv_rms_norm_args args) {
+/* The kernels' parameter: the call's arguments, with the outer strides only where the rows take
+   two strides. Kernel parameters live in constant memory, and growing the one-stride kernels'
+   parameter by those 40 bytes alone changed nvcc's schedule in 218 of their 248 builds: they keep
+   the parameter they were tuned with. */
+template <bool kTwoStrides>
+struct NormParams {
+    mv_norm_input in;
+    void *out;
+    int64_t out_stride;
+};
+template <>
+struct NormParams<true> : NormParams<false> {
+    mv_outer_strides outer;
+};
+
+template <bool kTwoStrides>
+NormParams<kTwoStrides> params_of(const mv_rms_norm_args &a) {
+    NormParams<kTwoStrides> p;
+    p.in = a.in;
+    p.out = a.out;
+    p.out_stride = a.out_stride;
+    if constexpr (kTwoStrides) p.outer = a.outer;
+    return p;
+}
+
+/* The outer strides: none with one stride (zeros that RowIndex<false> never reads). */
+__device__ __forceinline__ mv_outer_strides outer_of(const NormParams<true> &p) { return p.outer; }
+__device__ __forceinline__ mv_outer_strides outer_of(const NormParams<false> &) { return mv_outer_strides{}; }
+
+/* Where a row starts in each row argument, in elements (mv_outer_strides' formula): row * stride
+   with one stride; with two, the division by inner_rows done once per row for all arguments. */
+template <bool kTwoStrides>
+struct RowIndex {
+    int64_t outer, inner;
+    __device__ __forceinline__ RowIndex(int64_t row, int64_t inner_rows) {
+        if constexpr (kTwoStrides) {
+            outer = row / inner_rows;
+            inner = row - outer * inner_rows;
+        } else {
+            outer = 0;
+            inner = row;
+        }
+    }
+    __device__ __forceinline__ int64_t at(int64_t stride, int64_t outer_stride) const {
+        if constexpr (kTwoStrides) return outer * outer_stride + inner * stride;
+        else return inner * stride;
+    }
+};
+
+template <typename T, typename TW, bool kHasResidual, bool kTwoStrides>
+__global__ void rms_norm_reference_kernel(NormParams<kTwoStrides> args) {
     __shared__ float reduce_scratch[32];
+    const mv_outer_strides outer = outer_of(args);
 
     const mv_norm_input &in = args.in;
     const int64_t rows = in.rows;
@@ -49,10 +104,12 @@ __global__ void rms_norm_reference_kernel(mv_rms_norm_args args) {
 
     for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
         /* int64 row offsets: strides may be 0, negative, or make row * stride exceed 2^31. */
-        const T *x_row = x + row * in.x_stride;
-        const T *residual_row = kHasResidual ? residual + row * in.residual_stride : nullptr;
-        T *residual_out_row = kHasResidual ? residual_out + row * in.residual_out_stride : nullptr;
-        T *out_row = out + row * args.out_stride;
+        const RowIndex<kTwoStrides> pos(row, outer.inner_rows);
+        const T *x_row = x + pos.at(in.x_stride, outer.x);
+        const T *residual_row = kHasResidual ? residual + pos.at(in.residual_stride, outer.residual) : nullptr;
+        T *residual_out_row =
+            kHasResidual ? residual_out + pos.at(in.residual_out_stride, outer.residual_out) : nullptr;
+        T *out_row = out + pos.at(args.out_stride, outer.out);
 
         float sum_sq = 0.0f;
         for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) {
@@ -77,12 +134,20 @@ __global__ void rms_norm_reference_kernel(mv_rms_norm_args args) {
 }
 
 
+template <typename T, typename TW, bool kTwoStrides>
+void launch_reference_rows(const mv_rms_norm_args &a, unsigned blocks, int threads, cudaStream_t stream) {
+    if (a.in.residual != nullptr)
+        rms_norm_reference_kernel<T, TW, true, kTwoStrides><<<blocks, threads, 0, stream>>>(params_of<kTwoStrides>(a));
+    else
+        rms_norm_reference_kernel<T, TW, false, kTwoStrides><<<blocks, threads, 0, stream>>>(params_of<kTwoStrides>(a));
+}
+
 template <typename T, typename TW>
 void launch_reference(const mv_rms_norm_args &a, unsigned blocks, int threads, cudaStream_t stream) {
-    if (a.in.residual != nullptr)
-        rms_norm_reference_kernel<T, TW, true><<<blocks, threads, 0, stream>>>(a);
+    if (a.outer.inner_rows > 0)
+        launch_reference_rows<T, TW, true>(a, blocks, threads, stream);
     else
-        rms_norm_reference_kernel<T, TW, false><<<blocks, threads, 0, stream>>>(a);
+        launch_reference_rows<T, TW, false>(a, blocks, threads, stream);
 }
 
 } // namespace
@@ -169,9 +234,10 @@ __device__ __forceinline__ void keep_packed(VecT &v) {
      per SM): all of a thread's weight vectors in one batch after the reduction, from L1/L2.
    The launcher picks kEarlyWeight for rms_norm always and for the fused add in short calls
    (measurements: docs/design.md). */
-template <typename T, typename TW, int V, bool kHasResidual, bool kEarlyWeight, bool kOffset>
-__global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(mv_rms_norm_args args, int group_threads, int64_t prefetch_rows) {
+template <typename T, typename TW, int V, bool kHasResidual, bool kEarlyWeight, bool kOffset, bool kTwoStrides>
+__global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(NormParams<kTwoStrides> args, int group_threads, int64_t prefetch_rows) {
     __shared__ float warp_sums[32];
+    const mv_outer_strides outer = outer_of(args);
     using VecT = Vec<T, V>;
     using WVecT = Vec<TW, V>; /* the weight: T, or float with 16-bit T */
     const mv_norm_input &in = args.in;
@@ -191,9 +257,11 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(mv_rms_nor
        dev/logs/norm-prefetch-per-line-nvidia-h200-2026-11-22.log). */
     const int64_t group_row = (int64_t)blockIdx.x * rows_per_block + group; /* this group's first row */
     if (group_row < (prefetch_rows < in.rows ? prefetch_rows : in.rows)) {
-        const VecT *x_row = reinterpret_cast<const VecT *>(static_cast<const T *>(in.x) + group_row * in.x_stride);
+        const RowIndex<kTwoStrides> pos(group_row, outer.inner_rows);
+        const VecT *x_row =
+            reinterpret_cast<const VecT *>(static_cast<const T *>(in.x) + pos.at(in.x_stride, outer.x));
         const VecT *r_row = kHasResidual ? reinterpret_cast<const VecT *>(static_cast<const T *>(in.residual) +
-                                                                           group_row * in.residual_stride)
+                                                                           pos.at(in.residual_stride, outer.residual))
                                          : nullptr;
 #pragma unroll
         for (int i = 0; i < kMaxVecsPerThread; ++i) {
@@ -213,13 +281,14 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(mv_rms_nor
          first_row += (int64_t)gridDim.x * rows_per_block) {
         const int64_t row = first_row + group;
         const bool active = row < in.rows;
+        const RowIndex<kTwoStrides> pos(row, outer.inner_rows);
         /* The row stays in registers in its storage type (s is exactly representable in T:
            x itself, or the rounded sum), which halves the registers of 16-bit rows. */
         VecT row_vecs[kMaxVecsPerThread];
         WVecT weight_vecs[kMaxVecsPerThread];
         float sum_sq = 0.0f;
         if (active) {
-            const VecT *x_row = reinterpret_cast<const VecT *>(static_cast<const T *>(in.x) + row * in.x_stride);
+            const VecT *x_row = reinterpret_cast<const VecT *>(static_cast<const T *>(in.x) + pos.at(in.x_stride, outer.x));
             VecT added[kMaxVecsPerThread];
             /* All loads first, so each thread has every one of them in flight at once. */
 #pragma unroll
@@ -235,7 +304,8 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(mv_rms_nor
                 }
             }
             if (kHasResidual) {
-                const VecT *r_row = reinterpret_cast<const VecT *>(static_cast<const T *>(in.residual) + row * in.residual_stride);
+                const VecT *r_row = reinterpret_cast<const VecT *>(static_cast<const T *>(in.residual) +
+                                                                   pos.at(in.residual_stride, outer.residual));
 #pragma unroll
                 for (int i = 0; i < kMaxVecsPerThread; ++i) {
                     const int idx = lane + i * group_threads;
@@ -258,7 +328,8 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(mv_rms_nor
                     sum_sq += v * v;
                 }
                 if (kHasResidual)
-                    reinterpret_cast<VecT *>(static_cast<T *>(in.residual_out) + row * in.residual_out_stride)[idx] = row_vecs[i];
+                    reinterpret_cast<VecT *>(static_cast<T *>(in.residual_out) +
+                                             pos.at(in.residual_out_stride, outer.residual_out))[idx] = row_vecs[i];
             }
         }
         sum_sq = group_sum(sum_sq, group_threads, warp_sums);
@@ -269,7 +340,7 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(mv_rms_nor
             if (kEarlyWeight && !kHasResidual) keep_packed(weight_vecs[i]);
         }
         const float rrms = rsqrtf(sum_sq / static_cast<float>(in.hidden) + in.eps);
-        VecT *out_row = reinterpret_cast<VecT *>(static_cast<T *>(args.out) + row * args.out_stride);
+        VecT *out_row = reinterpret_cast<VecT *>(static_cast<T *>(args.out) + pos.at(args.out_stride, outer.out));
         if (!kEarlyWeight) {
             /* Every weight load before the first store: out is not __restrict__, so a load
                placed after a store could not be hoisted above it, and the four L2 round trips
@@ -321,6 +392,9 @@ int vector_width(const mv_rms_norm_args *a) {
             ok = ok && reinterpret_cast<uintptr_t>(in.residual) % bytes == 0 &&
                  reinterpret_cast<uintptr_t>(in.residual_out) % bytes == 0 &&
                  in.residual_stride % v == 0 && in.residual_out_stride % v == 0;
+        if (a->outer.inner_rows > 0) /* rows in two strides: the outer steps too */
+            ok = ok && a->outer.x % v == 0 && a->outer.out % v == 0 &&
+                 (in.residual == nullptr || (a->outer.residual % v == 0 && a->outer.residual_out % v == 0));
         if (ok) break;
     }
     return v;
@@ -339,17 +413,25 @@ constexpr int64_t kPrefetchBytes = 4 << 20;
 /* Below this many blocks a call is short: latency, not bandwidth, decides its time. */
 constexpr int64_t kShortCallBlocks = 264;
 
-template <typename T, typename TW, int V, bool kHasResidual, bool kOffset>
+template <typename T, typename TW, int V, bool kHasResidual, bool kOffset, bool kTwoStrides>
 cudaError_t launch_vec_kernel(const mv_rms_norm_args &a, int group_threads, unsigned blocks, int threads,
                               cudaStream_t stream, bool pdl) {
-    void (*kernel)(mv_rms_norm_args, int, int64_t) = !kHasResidual || blocks <= kShortCallBlocks
-                                                ? rms_norm_vec_kernel<T, TW, V, kHasResidual, true, kOffset>
-                                                : rms_norm_vec_kernel<T, TW, V, true, false, kOffset>;
+    void (*kernel)(NormParams<kTwoStrides>, int, int64_t) = !kHasResidual || blocks <= kShortCallBlocks
+                                                ? rms_norm_vec_kernel<T, TW, V, kHasResidual, true, kOffset, kTwoStrides>
+                                                : rms_norm_vec_kernel<T, TW, V, true, false, kOffset, kTwoStrides>;
     const int64_t input_row_bytes = a.in.hidden * static_cast<int64_t>(sizeof(T)) * (kHasResidual ? 2 : 1);
     const int64_t prefetch_rows = pdl ? kPrefetchBytes / input_row_bytes : 0;
-    const cudaError_t err = mv_launch(kernel, dim3(blocks), dim3(threads), 0, stream, pdl, a, group_threads,
-                                        prefetch_rows);
+    const cudaError_t err = mv_launch(kernel, dim3(blocks), dim3(threads), 0, stream, pdl,
+                                        params_of<kTwoStrides>(a), group_threads, prefetch_rows);
     return err != cudaSuccess ? err : cudaGetLastError();
+}
+
+template <typename T, typename TW, int V, bool kHasResidual, bool kOffset>
+cudaError_t launch_vec_strides(const mv_rms_norm_args &a, int group_threads, unsigned blocks, int threads,
+                               cudaStream_t stream, bool pdl) {
+    return a.outer.inner_rows > 0
+               ? launch_vec_kernel<T, TW, V, kHasResidual, kOffset, true>(a, group_threads, blocks, threads, stream, pdl)
+               : launch_vec_kernel<T, TW, V, kHasResidual, kOffset, false>(a, group_threads, blocks, threads, stream, pdl);
 }
 
 template <typename T, typename TW, int V>
@@ -374,10 +456,10 @@ cudaError_t launch_vec(const mv_rms_norm_args &a, int group_threads, cudaStream_
         const unsigned blocks = static_cast<unsigned>(wanted < kMaxRowBlocks * 16 ? wanted : kMaxRowBlocks * 16);
         const bool offset = a.in.weight_offset != 0.0f;
         if (a.in.residual != nullptr)
-            return offset ? launch_vec_kernel<T, TW, V, true, true>(a, group_threads, blocks, threads, stream, pdl)
-                          : launch_vec_kernel<T, TW, V, true, false>(a, group_threads, blocks, threads, stream, pdl);
-        return offset ? launch_vec_kernel<T, TW, V, false, true>(a, group_threads, blocks, threads, stream, pdl)
-                      : launch_vec_kernel<T, TW, V, false, false>(a, group_threads, blocks, threads, stream, pdl);
+            return offset ? launch_vec_strides<T, TW, V, true, true>(a, group_threads, blocks, threads, stream, pdl)
+                          : launch_vec_strides<T, TW, V, true, false>(a, group_threads, blocks, threads, stream, pdl);
+        return offset ? launch_vec_strides<T, TW, V, false, true>(a, group_threads, blocks, threads, stream, pdl)
+                      : launch_vec_strides<T, TW, V, false, false>(a, group_threads, blocks, threads, stream, pdl);
     }
 }
 

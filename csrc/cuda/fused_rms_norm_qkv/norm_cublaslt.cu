@@ -343,7 +343,7 @@ cudaError_t mv_qkv_norm_gemm_launch(const mv_qkv_args &args, const mv_qkv_plan &
     void *d = static_cast<char *>(scratch) + y_bytes;
     void *workspace = static_cast<char *>(scratch) + y_bytes + d_bytes;
 
-    mv_rms_norm_args norm;
+    mv_rms_norm_args norm = {}; /* rows in one stride (inner_rows 0) */
     norm.in = a->in; /* also writes residual_out when there is a residual (in place allowed) */
     norm.out = y;
     norm.out_stride = hidden;
