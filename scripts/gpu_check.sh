@@ -9,7 +9,7 @@
 #   WITH="sanitizers benchmarks" adds compute-sanitizer runs over scripts/sanitize_cases.py and
 #   the two benchmarks in quick mode (several minutes more; SANITIZERS="memcheck ..." picks runs).
 #   MINIVLLM_COMMIT names the commit where the tree has no .git.
-# The suite runs as seven pytest processes side by side (the GPU has room, and the float64
+# The suite runs as eight pytest processes side by side (the GPU has room, and the float64
 # references use the host's cores; about 3 minutes on an H200), then the leak tests alone:
 # together they are the suite, each test once.
 set -uo pipefail
@@ -47,15 +47,17 @@ forced_1="cuda-deferred or cuda-register"
 forced_2="cuda-bulk or cuda-wgmma"
 forced_3="cuda-cublaslt or cuda-tile"
 forced_4="cuda-generic"
-shards=(main fuzz qkv paths-1 paths-2 paths-3 paths-4)
+forced_5="cuda-engine"
+shards=(main fuzz qkv paths-1 paths-2 paths-3 paths-4 paths-5)
 shard_args=(
     "$root/tests --ignore=$root/tests/test_fused_rms_norm_qkv.py --ignore=$root/tests/test_fuzz.py --ignore=$root/tests/test_leaks.py"
     "$root/tests/test_fuzz.py"
-    "$root/tests/test_fused_rms_norm_qkv.py -k not ($forced_1 or $forced_2 or $forced_3 or $forced_4)"
+    "$root/tests/test_fused_rms_norm_qkv.py -k not ($forced_1 or $forced_2 or $forced_3 or $forced_4 or $forced_5)"
     "$root/tests/test_fused_rms_norm_qkv.py -k $forced_1"
     "$root/tests/test_fused_rms_norm_qkv.py -k $forced_2"
     "$root/tests/test_fused_rms_norm_qkv.py -k $forced_3"
     "$root/tests/test_fused_rms_norm_qkv.py -k $forced_4"
+    "$root/tests/test_fused_rms_norm_qkv.py -k $forced_5"
 )
 # Two BLAS threads per process: seven processes of the host's default thread count each made
 # the float64 references fight for the cores.
