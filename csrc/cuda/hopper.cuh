@@ -35,24 +35,16 @@ __device__ __forceinline__ void mv_mbarrier_arrive_expect_tx(uint64_t *bar, unsi
 __device__ __forceinline__ void mv_mbarrier_arrive(uint64_t *bar) {
     asm volatile("mbarrier.arrive.release.cta.shared::cta.b64 _, [%0];\n" ::"r"(mv_shared_address(bar)) : "memory");
 }
-/* Whether the barrier's phase of this parity has completed; kCluster: acquiring at cluster scope
-   (what other CTAs released when they arrived), else at CTA scope. */
-template <bool kCluster>
-__device__ __forceinline__ bool mv_mbarrier_try_wait(uint64_t *bar, unsigned parity) {
-    const uint32_t addr = mv_shared_address(bar);
-    uint32_t done;
-    if constexpr (kCluster)
-        asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
-                     " selp.u32 %0, 1, 0, p;\n}\n" : "=r"(done) : "r"(addr), "r"(parity) : "memory");
-    else
-        asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.acquire.cta.shared::cta.b64 p, [%1], %2;\n"
-                     " selp.u32 %0, 1, 0, p;\n}\n" : "=r"(done) : "r"(addr), "r"(parity) : "memory");
-    return done != 0;
-}
 /* Spin until the phase with this parity has completed; acquire at CTA scope. */
 __device__ __forceinline__ void mv_mbarrier_wait(uint64_t *bar, unsigned parity) {
-    while (!mv_mbarrier_try_wait<false>(bar, parity)) {
-    }
+    const uint32_t addr = mv_shared_address(bar);
+    uint32_t done = 0;
+    while (!done)
+        asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.acquire.cta.shared::cta.b64 p, [%1], %2;\n"
+                     " selp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done)
+                     : "r"(addr), "r"(parity)
+                     : "memory");
 }
 
 /* ---- the copy engine -------------------------------------------------------------------------- */
@@ -141,8 +133,9 @@ __device__ __forceinline__ unsigned mv_cluster_rank() {
     asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
     return r;
 }
-/* Every thread of every CTA of the cluster (all threads must call it): what each wrote to shared
-   memory before, barriers initialized included, is visible to the others after. */
+/* Every thread of the cluster that has not exited waits here for the others: what each wrote to
+   shared memory before (its own CTA's or another's), barriers initialized included, is visible to
+   all after. Whole warps only (.aligned). */
 __device__ __forceinline__ void mv_cluster_sync() {
     asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
 }
@@ -159,16 +152,6 @@ __device__ __forceinline__ void mv_cluster_store(uint32_t addr, float4 v) {
 }
 __device__ __forceinline__ void mv_cluster_store(uint32_t addr, float v) {
     asm volatile("st.shared::cluster.f32 [%0], %1;\n" ::"r"(addr), "f"(v) : "memory");
-}
-/* Arrives on a barrier of another CTA of the cluster, releasing this thread's earlier writes (to
-   its shared memory too) to whoever waits on it with mv_mbarrier_wait_cluster. */
-__device__ __forceinline__ void mv_mbarrier_arrive_remote(uint32_t cluster_addr) {
-    asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(cluster_addr) : "memory");
-}
-/* mv_mbarrier_wait, acquiring what the cluster's threads released when they arrived. */
-__device__ __forceinline__ void mv_mbarrier_wait_cluster(uint64_t *bar, unsigned parity) {
-    while (!mv_mbarrier_try_wait<true>(bar, parity)) {
-    }
 }
 #endif /* __CUDA_ARCH__ >= 900 */
 

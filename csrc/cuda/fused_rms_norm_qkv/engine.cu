@@ -80,7 +80,7 @@ struct EngineParams {
 /* Shared memory after the ring (bytes), before the cluster's parts. */
 template <int kTokens>
 constexpr int tail_bytes() {
-    return (kMaxStages * kStageK * 2 + (3 * kMaxStages + 5) * 8 + (3 * kTokens + 4) * 4 + 15) / 16 * 16;
+    return (kMaxStages * kStageK * 2 + (3 * kMaxStages + 4) * 8 + (3 * kTokens + 4) * 4 + 15) / 16 * 16;
 }
 template <int kTokens>
 constexpr int slot_bytes() {
@@ -182,8 +182,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     uint64_t *empty = ready + kMaxStages;
     uint64_t *sums_full = empty + kMaxStages; /* [2] */
     uint64_t *sums_empty = sums_full + 2;     /* [2] */
-    uint64_t *parts_full = sums_empty + 2;    /* the cluster's parts are in (first CTA) */
-    float *row_sq = reinterpret_cast<float *>(parts_full + 1); /* [2][kTokens] */
+    float *row_sq = reinterpret_cast<float *>(sums_empty + 2); /* [2][kTokens] */
     float *tot_sq = row_sq + 2 * kTokens;                      /* [kTokens] */
     float *scalars = tot_sq + kTokens; /* [0]: max |gamma| (bits), [1]: this CTA reduces the tile */
     float *cluster_parts = reinterpret_cast<float *>(tail + tail_bytes<kTokens>()); /* [split - 1][P] */
@@ -210,12 +209,11 @@ __global__ void __launch_bounds__(kThreads, 1)
             mv_mbarrier_init(&sums_full[b], kHelpers);
             mv_mbarrier_init(&sums_empty[b], kConsumerThreads);
         }
-        if (p.split > 1) mv_mbarrier_init(parts_full, (p.split - 1) * kConsumerThreads);
         scalars[0] = 0.0f;
         mv_mbarrier_init_fence();
     }
     __syncthreads();
-    if (p.split > 1) mv_cluster_sync(); /* parts_full is initialized before any CTA arrives on it */
+    if (p.split > 1) mv_cluster_sync(); /* every CTA of the cluster has started before any writes to another */
     mv_pdl_trigger();
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -508,9 +506,12 @@ __global__ void __launch_bounds__(kThreads, 1)
                     mv_cluster_store(dst + ((a / 4) * kConsumerThreads + ctid) * 16,
                                      make_float4(acc[a], acc[a + 1], acc[a + 2], acc[a + 3]));
                 if (ctid < kTokens) mv_cluster_store(dst + (kFeatures * kTokens + ctid) * 4, sums[ctid]);
-                mv_mbarrier_arrive_remote(mv_cluster_address(parts_full, 0));
-            } else {
-                mv_mbarrier_wait_cluster(parts_full, 0);
+            }
+            /* the consumers of every CTA (the cluster's other threads have exited, which the
+               barrier allows): the parts are visible in the first CTA after it, and no CTA exits
+               while another may still write its shared memory */
+            mv_cluster_sync();
+            if (rank == 0) {
                 float sq = ctid < kTokens ? sums[ctid] : 0.0f;
                 for (int r = 1; r < p.split; ++r) {
                     const float *theirs = cluster_parts + (r - 1) * kP;
