@@ -107,9 +107,9 @@ if [[ $with == *" sanitizers "* ]]; then
         # in one dtype each. initcheck does not track the TMA stores of cuBLASLt's Hopper
         # kernels nor copy-engine stores (it reports what they wrote as uninitialized), so its
         # default pass stops the QKV cases at M = 16 and a second pass forces the generic
-        # kernel. The -wgmma and -deferred runs force those paths for every call they take.
+        # kernel. The -wgmma, -deferred and -engine runs force those paths for every call they take.
         # Each run has a time limit (seconds; MINIVLLM_SANITIZER_TIMEOUT overrides them all).
-        for run in ${SANITIZERS:-memcheck initcheck initcheck-generic racecheck synccheck memcheck-wgmma racecheck-wgmma synccheck-wgmma memcheck-deferred racecheck-deferred synccheck-deferred}; do
+        for run in ${SANITIZERS:-memcheck initcheck initcheck-generic racecheck synccheck memcheck-wgmma racecheck-wgmma synccheck-wgmma memcheck-deferred racecheck-deferred synccheck-deferred memcheck-engine racecheck-engine synccheck-engine}; do
             tool=${run%%-*}
             case $run in
                 memcheck) cases=(); limit=150 ;;
@@ -119,6 +119,9 @@ if [[ $with == *" sanitizers "* ]]; then
                 synccheck) cases=(--dtypes bfloat16); limit=60 ;;
                 *-wgmma) cases=(--ops qkv --dtypes bfloat16 --path wgmma); limit=60 ;;
                 *-deferred) cases=(--ops qkv --dtypes bfloat16 float16 --qkv-max-m 32 --path deferred); limit=60 ;;
+                # the engine, on shapes it takes: M = 4096 its stream-K form, the others its cluster split
+                *-engine) cases=(--ops qkv --dtypes bfloat16 float16 --ms 1 17 100 4096 --path engine
+                                 --qkv-shapes 96:2:1:24 1024:8:2:64 2048:16:2:128); limit=150 ;;
                 *) echo "unknown sanitizer run $run"; status=1; continue ;;
             esac
             limit=${MINIVLLM_SANITIZER_TIMEOUT:-$limit}

@@ -14,7 +14,7 @@ almost every kernel the sanitizer sees is minivllm's. Run it with PYTORCH_NO_CUD
 so each tensor is its own allocation and memcheck sees reads past its end.
 
 usage: python3 scripts/sanitize_cases.py [--ms 1 17 ...] [--dtypes float32 ...] [--ops ...]
-           [--qkv-max-m 32] [--path wgmma]
+           [--qkv-max-m 32] [--qkv-shapes 1024:8:2:64 ...] [--path wgmma]
        compute-sanitizer --tool memcheck python3 scripts/sanitize_cases.py
 """
 import argparse
@@ -40,6 +40,11 @@ OPS = ["rms_norm", "fused_add_rms_norm", "qkv"]
 # small square-ish one where N == H (layouts told apart by strides)
 QKV_SHAPES = [(257, 4, 2, 16), (1024, 8, 2, 64), (96, 2, 1, 24)]
 NORM_HIDDEN = [1001, 4096, 64, 8191]
+
+
+def parse_qkv_shape(text):
+    """'1024:8:2:64' -> (1024, 8, 2, 64)"""
+    return tuple(int(v) for v in text.split(":"))
 
 
 def to_device(a64, dtype):
@@ -144,7 +149,7 @@ def run(args):
                     checker.check(label + " inplace residual", ri, ref_s, 0, exact=True)
                     checker.cases += 2
             if "qkv" in args.ops and M <= args.qkv_max_m:
-                H, nh, nkv, hd = QKV_SHAPES[i % len(QKV_SHAPES)]
+                H, nh, nkv, hd = args.qkv_shapes[i % len(args.qkv_shapes)]
                 N = (nh + 2 * nkv) * hd
                 x64 = data(rng, (M, H), dtype)
                 g64 = round_to(data(rng, (H,), dtype) * 0.5 + 1.0, dtype)
@@ -189,6 +194,11 @@ def main(argv=None):
     # (16) and runs them all once more on the generic kernel (--path generic).
     parser.add_argument("--qkv-max-m", type=int, default=sys.maxsize,
                         help="run QKV cases only up to this M (default: all)")
+    # racecheck reports hazards inside cuBLASLt's own Hopper kernels (nvjet); a forced path's run
+    # keeps to the shapes that path takes, so that what it reports is minivllm's
+    parser.add_argument("--qkv-shapes", nargs="+", type=parse_qkv_shape, default=QKV_SHAPES,
+                        metavar="H:HEADS:KV_HEADS:HEAD_DIM",
+                        help="QKV shapes, taken in turn (default: %(default)s)")
     parser.add_argument("--path", choices=list(QKV_PATHS), default=None,
                         help="force this GPU path of the QKV op where it can take a call (the "
                              "private _path= argument; default: the automatic choice)")
