@@ -55,14 +55,14 @@ bool wgmma_wanted(const Call &c) {
     return c.rows <= 64 || (c.cols <= 2048 && c.rows <= 256);
 }
 
-/* The GEMM engine beat the deferred stream at 16-32 rows where W has at least 10 MiB (geometric
-   mean 1.04-1.05x, 0.89-1.20x, over 13 shapes of 10-160 MiB on an H200; Qwen3-0.6B's 8 MiB lost
-   0.75-0.85x: below that, the engine's fixed cost per call outweighs its better balance). Only
-   H200-class DRAM measured. */
+/* The GEMM engine beat the deferred stream at 16-32 rows where W has at least 10 MiB: on an H200
+   geometric mean 1.04-1.05x (0.89-1.20x) over 13 shapes of 10-160 MiB; on an H100 1.08x at 32 rows
+   (0.99-1.13x) but 1.02x at 16 (0.88x at worst), so there from 17 rows. Qwen3-0.6B's 8 MiB lost
+   (0.65-0.85x): below that, the engine's fixed cost per call outweighs its better balance. */
 constexpr int64_t kEngineMinWeights = 5 << 20; /* elements: 10 MiB of 16-bit weights */
 bool engine_wanted(const Call &c) {
     const bool fast_dram = c.dev->dram_gbps >= kSlowDramGbps;
-    return fast_dram && c.rows >= 16 && c.rows <= 32 && c.cols * c.hidden >= kEngineMinWeights;
+    return c.rows >= (fast_dram ? 16 : 17) && c.rows <= 32 && c.cols * c.hidden >= kEngineMinWeights;
 }
 
 bool always(const Call &) { return true; }
