@@ -121,15 +121,15 @@ def main():
         for M in ms:
             x64 = rng.standard_normal((M, H))
             y32 = x64.astype(np.float32)
-            args = {name: (x64.astype(dt), g.astype(dt), W64.astype(dt))
+            inputs = {name: (x64.astype(dt), g.astype(dt), W64.astype(dt))
                     for name, dt in DTYPES.items()}
             fns = [lambda: y32 @ W32.T] + [
                 (lambda x, w, W: lambda: minivllm.fused_rms_norm_qkv(x, w, W, nh, nkv))(*a)
-                for a in args.values()]
+                for a in inputs.values()]
             t_np, *t_mv = timed_together(fns)
             row = {"model": model, "M": M, "H": H, "N": N, "numpy_f32_s": t_np}
             parts = [f"{model:10s} M={M:3d} numpy f32 {t_np * 1e3:8.3f} ms"]
-            for (name, (x, w, W)), t in zip(args.items(), t_mv):
+            for (name, (x, w, W)), t in zip(inputs.items(), t_mv):
                 row[name + "_s"] = t
                 row[name + "_vs_numpy"] = t_np / t
                 parts.append(f"{name} {t * 1e3:8.3f} ms ({t_np / t:4.2f}x)")
