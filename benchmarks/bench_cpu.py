@@ -8,6 +8,8 @@ ceilings measured in the same run (timings on a shared VM drift: compare within 
   norms: rms_norm and fused_add_rms_norm against the NumPy expressions and against np.copyto of
          the same bytes (copy bandwidth), M*H >= 1M; M = 1, H = 4096 per-call time.
   mixed: a minivllm call then a NumPy matmul, alternating, against the sum of each alone.
+Figures compared with each other are timed in interleaved rounds (best of each); the machine's
+load average is logged at the start and the end.
 
   usage: python benchmarks/bench_cpu.py [--out benchmarks/results/cpu-NAME-DATE] [--quick]
 Writes NAME.json (every figure) and prints the log (tee it to NAME.log).
@@ -52,6 +54,16 @@ def timed(fn, min_time=0.2, repeats=5):
     return best
 
 
+def timed_together(fns, rounds=3, **kw):
+    """timed() of each function, in `rounds` interleaved rounds, keeping each one's best: on a VM
+    whose speed drifts, the figures compared with each other are taken side by side."""
+    best = [float("inf")] * len(fns)
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            best[i] = min(best[i], timed(fn, **kw))
+    return best
+
+
 def read_bandwidth(nbytes, threads):
     """All-thread streaming read of nbytes of float32 (GB/s), each thread taking the max of its
     part (a vectorized reduction far cheaper than the read; NumPy releases the GIL in it)."""
@@ -89,7 +101,9 @@ def main():
     except (OSError, StopIteration):
         pass
     results["machine"] = info
+    results["load_average_at_start"] = os.getloadavg()
     log(f"# minivllm CPU benchmark: {info}", lines)
+    log("# load average at start (1, 5, 15 min): %.2f %.2f %.2f" % os.getloadavg(), lines)
 
     ceiling = read_bandwidth(1 << 30, threads)
     results["read_ceiling_1GiB_GBps"] = ceiling
@@ -97,7 +111,7 @@ def main():
 
     # ---- QKV -------------------------------------------------------------------------------
     results["qkv"] = []
-    ms = [1, 16, 256] if args.quick else [1, 16, 64, 256]
+    ms = [1, 16, 256] if args.quick else [1, 16, 32, 64, 128, 256]
     for model, (H, nh, nkv, hd) in MODELS.items():
         N = (nh + 2 * nkv) * hd
         W64 = rng.standard_normal((N, H)) / np.sqrt(H)
@@ -107,12 +121,15 @@ def main():
         for M in ms:
             x64 = rng.standard_normal((M, H))
             y32 = x64.astype(np.float32)
-            t_np = timed(lambda: y32 @ W32.T)
+            inputs = {name: (x64.astype(dt), g.astype(dt), W64.astype(dt))
+                    for name, dt in DTYPES.items()}
+            fns = [lambda: y32 @ W32.T] + [
+                (lambda x, w, W: lambda: minivllm.fused_rms_norm_qkv(x, w, W, nh, nkv))(*a)
+                for a in inputs.values()]
+            t_np, *t_mv = timed_together(fns)
             row = {"model": model, "M": M, "H": H, "N": N, "numpy_f32_s": t_np}
             parts = [f"{model:10s} M={M:3d} numpy f32 {t_np * 1e3:8.3f} ms"]
-            for name, dt in DTYPES.items():
-                W, x, w = W64.astype(dt), x64.astype(dt), g.astype(dt)
-                t = timed(lambda: minivllm.fused_rms_norm_qkv(x, w, W, nh, nkv))
+            for (name, (x, w, W)), t in zip(inputs.items(), t_mv):
                 row[name + "_s"] = t
                 row[name + "_vs_numpy"] = t_np / t
                 parts.append(f"{name} {t * 1e3:8.3f} ms ({t_np / t:4.2f}x)")
@@ -137,9 +154,6 @@ def main():
         for name, dt in DTYPES.items():
             x, r, w = x64.astype(dt), r64.astype(dt), w64.astype(dt)
             out, r_out = np.empty_like(x), np.empty_like(x)
-            t_mv = timed(lambda: minivllm.rms_norm(x, w, eps, out=out))
-            t_add = timed(lambda: minivllm.fused_add_rms_norm(x, r, w, eps, out=out,
-                                                              residual_out=r_out))
 
             def np_norm():
                 s = x.astype(np.float32)
@@ -152,10 +166,13 @@ def main():
                 return (w.astype(np.float32) * (s32 / np.sqrt(np.mean(s32 * s32, -1, keepdims=True)
                                                               + eps))).astype(dt), s
 
+            t_mv, t_add, t_copy, t_copy2 = timed_together([
+                lambda: minivllm.rms_norm(x, w, eps, out=out),
+                lambda: minivllm.fused_add_rms_norm(x, r, w, eps, out=out, residual_out=r_out),
+                lambda: np.copyto(out, x),
+                lambda: (np.copyto(out, x), np.copyto(r_out, r))])
             t_np = timed(np_norm)
             t_np_add = timed(np_add_norm)
-            t_copy = timed(lambda: np.copyto(out, x))
-            t_copy2 = timed(lambda: (np.copyto(out, x), np.copyto(r_out, r)))
             row = {"M": M, "H": H, "dtype": name, "rms_norm_s": t_mv, "numpy_rms_norm_s": t_np,
                    "copy_s": t_copy, "rms_norm_of_copy_bw": t_copy / t_mv,
                    "fused_add_s": t_add, "numpy_fused_add_s": t_np_add, "copy2_s": t_copy2,
@@ -167,23 +184,29 @@ def main():
                 f"{t_copy2 / t_add:5.0%})", lines)
 
     # ---- alternating with NumPy's BLAS --------------------------------------------------------
+    # t_mv is minivllm's calls back to back (what the pool's polling is for), t_both the
+    # alternation with NumPy's BLAS threads (what it must not starve)
     results["mixed"] = []
-    H, nh, nkv, hd = MODELS["Llama-3-8B"]
-    N = (nh + 2 * nkv) * hd
     dt = DTYPES.get("bfloat16", np.float16)
-    W, x, w = (rng.standard_normal((N, H)) / 64).astype(dt), rng.standard_normal((1, H)).astype(dt), \
-        np.ones(H, dt)
-    for size in (256, 1024):
-        A = rng.standard_normal((size, size)).astype(np.float32)
-        t_mv = timed(lambda: minivllm.fused_rms_norm_qkv(x, w, W, nh, nkv))
-        t_np = timed(lambda: A @ A)
-        t_both = timed(lambda: (minivllm.fused_rms_norm_qkv(x, w, W, nh, nkv), A @ A))
-        ratio = t_both / (t_mv + t_np)
-        results["mixed"].append({"numpy_matmul": size, "minivllm_s": t_mv, "numpy_s": t_np,
-                                 "alternating_s": t_both, "ratio_to_sum": ratio})
-        log(f"alternating QKV (Llama-3-8B M=1 bf16) {t_mv * 1e3:.3f} ms + numpy {size}^2 "
-            f"matmul {t_np * 1e3:.3f} ms: together {t_both * 1e3:.3f} ms = {ratio:.2f}x the sum",
-            lines)
+    for model in MODELS:
+        H, nh, nkv, hd = MODELS[model]
+        N = (nh + 2 * nkv) * hd
+        W, x, w = ((rng.standard_normal((N, H)) / 64).astype(dt),
+                   rng.standard_normal((1, H)).astype(dt), np.ones(H, dt))
+        for size in (256, 1024):
+            A = rng.standard_normal((size, size)).astype(np.float32)
+            t_mv, t_np, t_both = timed_together([
+                lambda: minivllm.fused_rms_norm_qkv(x, w, W, nh, nkv), lambda: A @ A,
+                lambda: (minivllm.fused_rms_norm_qkv(x, w, W, nh, nkv), A @ A)])
+            ratio = t_both / (t_mv + t_np)
+            results["mixed"].append({"model": model, "numpy_matmul": size, "minivllm_s": t_mv,
+                                     "numpy_s": t_np, "alternating_s": t_both,
+                                     "ratio_to_sum": ratio})
+            log(f"alternating QKV ({model} M=1 {np.dtype(dt).name}) {t_mv * 1e3:.3f} ms + numpy "
+                f"{size}^2 matmul {t_np * 1e3:.3f} ms: together {t_both * 1e3:.3f} ms = "
+                f"{ratio:.2f}x the sum", lines)
+    results["load_average_at_end"] = os.getloadavg()
+    log("# load average at end (1, 5, 15 min): %.2f %.2f %.2f" % os.getloadavg(), lines)
 
     if args.out:
         os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)

@@ -1,6 +1,6 @@
 """The CPU kernels at every SIMD level this machine runs (portable C included), forced with the
 private _C._set_simd_level cap, against the float64 references: every dtype, the residual form,
-odd sizes (vector tails), the direct (decode) and converted-block QKV paths and the transposed
+odd sizes (vector tails), the direct (decode) and blocked-GEMM QKV paths and the transposed
 W layout."""
 import numpy as np
 import pytest
@@ -67,6 +67,25 @@ def test_qkv(level, threads, dtype, M, H, NH, NKV, HD, transposed, rng):
     for name, g, e in zip("qkv", got[:3], ref[:3]):
         assert_matches(np.asarray(g, np.float64), e, QKV_TOL[dtype], name, row_axes=2)
     assert_same_values(np.asarray(got[3], np.float64), ref[3], "residual_out")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("M", [17, 19, 50, 300])
+def test_qkv_blocked_gemm(level, threads, dtype, M, rng):
+    """The blocked GEMM (M > 16): row panels with 1 to all of their vectors real (17, 19, 50 on
+    each level's panel width), column tiles cut short (N = 252), more columns than one claim, two
+    row chunks (300 > 256), H past one depth block with a tail; outputs poisoned with NaN."""
+    H, NH, NKV, HD = 300, 20, 4, 9
+    N = (NH + 2 * NKV) * HD
+    x, w = round_np(rng.standard_normal((M, H)), dtype), round_np(norm_weight(rng, H), dtype)
+    W = round_np(rng.standard_normal((N, H)) / np.sqrt(H), dtype)
+    out = tuple(np.full((M, h, HD), np.nan, dtype=x.dtype) for h in (NH, NKV, NKV))
+    got = minivllm.fused_rms_norm_qkv(x, w, W, NH, NKV, 1e-6, out=out)
+    ref = qkv_ref(x.astype(np.float64), w.astype(np.float64), W.astype(np.float64), NH, NKV, 1e-6,
+                  dtype=dtype)
+    for name, g, o, e in zip("qkv", got, out, ref):
+        assert g is o
+        assert_matches(np.asarray(g, np.float64), e, QKV_TOL[dtype], name, row_axes=2)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])

@@ -103,52 +103,230 @@ static void store_columns(const mv_qkv_args *a, const float *acc, int64_t acc_st
     }
 }
 
+/* ---- GEMM (M > DIRECT_MAX_ROWS, or W not k-contiguous) ---------------------------------------
+ * C^T = W y^T in register tiles of GEMM_NB columns of the output (rows of W, broadcast one float
+ * at a time) x GEMM_MP rows of y (GEMM_MV vectors, loaded whole): 14 x 32 on AVX-512 (28 of the
+ * 32 zmm registers accumulate), 6 x 16 on AVX2 (12 of 16 ymm), 4 x 4 scalars in portable C.
+ * Operands are packed once per call (y, transposed into panels of GEMM_MP rows: y_pack[k][m]) or
+ * once per block of GEMM_NC x GEMM_KC of W (converted to float32, rows GEMM_KC apart, so that the
+ * tile's broadcasts are constant offsets from one pointer); the y block of a panel (GEMM_KC x
+ * GEMM_MP floats, 32 KiB on AVX-512) stays in L1 while the W tiles of the block stream from L2.
+ * Sums: each GEMM_KC block of an output is one float32 FMA chain started from zero, the block
+ * sums added in order (the direct path's error bound, file comment of norm_row.h). */
+#if VL >= 16
+#define GEMM_NB 14
+#define GEMM_MV 2
+#elif VL >= 8
+#define GEMM_NB 6
+#define GEMM_MV 2
+#else
+#define GEMM_NB 4
+#define GEMM_MV 4
+#endif
+#define GEMM_MP (GEMM_MV * VL)
+#define GEMM_KC 256
+#define GEMM_NC (GEMM_NB * 16)
+
+/* c[i][m] (i < GEMM_NB, m < mv * VL, row stride GEMM_MP) = (first ? 0 : c) + the sum over k < kc
+   of w[i * GEMM_KC + k] * y[k * GEMM_MP + m]. */
+MV_ALWAYS_INLINE void gemm_tile(int mv, const float *w, const float *y, int64_t kc, float *c,
+                                int first)
+{
+    vf acc[GEMM_NB][GEMM_MV];
+    MV_UNROLL
+    for (int i = 0; i < GEMM_NB; i++)
+        MV_UNROLL
+        for (int j = 0; j < GEMM_MV; j++)
+            acc[i][j] = vf_zero();
+    for (int64_t k = 0; k < kc; k++) {
+        vf yv[GEMM_MV];
+        MV_UNROLL
+        for (int j = 0; j < GEMM_MV; j++)
+            yv[j] = j < mv ? vf_loadu(y + k * GEMM_MP + j * VL) : vf_zero();
+        MV_UNROLL
+        for (int i = 0; i < GEMM_NB; i++) {
+            const vf wv = vf_bcast(w + i * GEMM_KC + k);
+            MV_UNROLL
+            for (int j = 0; j < GEMM_MV; j++)
+                if (j < mv)
+                    acc[i][j] = vf_fma(wv, yv[j], acc[i][j]);
+        }
+    }
+    MV_UNROLL
+    for (int i = 0; i < GEMM_NB; i++)
+        MV_UNROLL
+        for (int j = 0; j < GEMM_MV; j++)
+            if (j < mv) {
+                float *ci = c + i * GEMM_MP + j * VL;
+                vf_storeu(ci, first ? acc[i][j] : vf_add(vf_loadu(ci), acc[i][j]));
+            }
+}
+
+/* The panel's rows are zero past the call's last row: mv = the vectors that hold real rows. */
+static void gemm_tile_any(int mv, const float *w, const float *y, int64_t kc, float *c, int first)
+{
+    switch (mv) {
+    case 1: gemm_tile(1, w, y, kc, c, first); break;
+#if GEMM_MV > 2
+    case 2: gemm_tile(2, w, y, kc, c, first); break;
+    case 3: gemm_tile(3, w, y, kc, c, first); break;
+#endif
+    default: gemm_tile(GEMM_MV, w, y, kc, c, first); break;
+    }
+}
+
+/* w_pack[i * GEMM_KC + k] = W[n0 + i, k0 + k] as float32 for i < cols, zero for cols <= i <
+   cols_pad (whole tiles; those columns are never stored). */
+static void pack_w(const mv_qkv_args *a, int64_t n0, int64_t cols, int64_t cols_pad, int64_t k0,
+                   int64_t kc, float *w_pack)
+{
+    const mv_dtype dt = a->in.dtype;
+    for (int64_t i = 0; i < cols; i++) {
+        const char *src = at(a->w, dt, (n0 + i) * a->w_stride_n + k0 * a->w_stride_k);
+        float *dst = w_pack + i * GEMM_KC;
+        if (a->w_stride_k == 1)
+            load_f32_row(dt, src, kc, dst);
+        else
+            for (int64_t k = 0; k < kc; k++)
+                dst[k] = mv_load(dt, src, k * a->w_stride_k);
+    }
+    for (int64_t i = cols; i < cols_pad; i++)
+        memset(w_pack + i * GEMM_KC, 0, (size_t)kc * sizeof(float));
+}
+
+/* Rows [n0, n0 + cols) of W, elements [k0, k0 + kc), toward L2: the next block's pack then
+   finds W there instead of waiting on memory (W is read once per call, from DRAM for big ones). */
+static void prefetch_w(const mv_qkv_args *a, int64_t n0, int64_t cols, int64_t k0, int64_t kc)
+{
+    const mv_dtype dt = a->in.dtype;
+    const int64_t bytes = kc * mv_dtype_size(dt);
+    for (int64_t i = 0; i < cols; i++) {
+        const char *row = at(a->w, dt, (n0 + i) * a->w_stride_n + k0);
+        for (int64_t b = 0; b < bytes; b += 64)
+            __builtin_prefetch(row + b, 0, 2);
+    }
+}
+
 typedef struct {
     const mv_qkv_args *a;
-    float *y;     /* rows [m0, m0 + rows) normalized, float32, row stride hidden */
+    float *y;      /* direct: rows [m0, m0 + rows) normalized, float32, row stride hidden;
+                      GEMM: the same rows packed in panels (gemm_pack_row) */
     int64_t m0;
     int64_t rows;
-    atomic_int failed; /* a thread's scratch allocation failed */
+    int gemm;
+    _Atomic int64_t next; /* the next row (norm) or output column (products) to claim */
+    atomic_int failed;    /* a thread's scratch allocation failed */
 } qkv_job;
+
+static inline int64_t gemm_panels(int64_t rows) { return (rows + GEMM_MP - 1) / GEMM_MP; }
+
+/* Row r of y (float32, hidden long) into its panel: y_pack[panel][k][r % GEMM_MP]. */
+static void gemm_pack_row(float *y_pack, int64_t hidden, int64_t r, const float *row)
+{
+    float *dst = y_pack + (r / GEMM_MP) * hidden * GEMM_MP + r % GEMM_MP;
+    for (int64_t k = 0; k < hidden; k++)
+        dst[k * GEMM_MP] = row == NULL ? 0.0f : row[k];
+}
 
 static void qkv_norm_task(void *ctx, int index, int count)
 {
     qkv_job *job = ctx;
+    const int64_t hidden = job->a->in.hidden, chunk = norm_chunk_rows(hidden);
     int64_t begin, end;
-    split_range(job->rows, 1, index, count, &begin, &end);
-    for (int64_t r = begin; r < end; r++)
-        norm_row(&job->a->in, job->m0 + r, MV_FLOAT32, job->y + r * job->a->in.hidden);
+    if (!job->gemm) {
+        while (claim(&job->next, chunk, job->rows, &begin, &end))
+            for (int64_t r = begin; r < end; r++)
+                norm_row(&job->a->in, job->m0 + r, MV_FLOAT32, job->y + r * hidden);
+        return;
+    }
+    float *row = malloc((size_t)hidden * sizeof(float));
+    if (row == NULL) {
+        atomic_store(&job->failed, 1);
+        return;
+    }
+    while (claim(&job->next, chunk, job->rows, &begin, &end))
+        for (int64_t r = begin; r < end; r++) {
+            norm_row(&job->a->in, job->m0 + r, MV_FLOAT32, row);
+            gemm_pack_row(job->y, hidden, r, row);
+        }
+    if (index == count - 1) /* the last panel's rows past the call's are zero */
+        for (int64_t r = job->rows; r < gemm_panels(job->rows) * GEMM_MP; r++)
+            gemm_pack_row(job->y, hidden, r, NULL);
+    free(row);
+}
+
+/* The chunk's rows by the GEMM, GEMM_NC output columns per claim. */
+static void qkv_gemm(qkv_job *job)
+{
+    const mv_qkv_args *a = job->a;
+    const int64_t hidden = a->in.hidden, rows = job->rows, panels = gemm_panels(rows);
+    const int64_t n_total = a->q_cols + 2 * a->kv_cols;
+    float *w_pack = malloc((size_t)GEMM_NC * GEMM_KC * sizeof(float));
+    float *c = malloc((size_t)(panels * GEMM_NC * GEMM_MP) * sizeof(float)); /* [panel][n][m] */
+    float *acc = malloc((size_t)(rows * GEMM_NC) * sizeof(float));           /* [m][n] */
+    if (w_pack == NULL || c == NULL || acc == NULL) {
+        atomic_store(&job->failed, 1);
+        goto done;
+    }
+    int64_t n0, n_end;
+    while (claim(&job->next, GEMM_NC, n_total, &n0, &n_end)) {
+        const int64_t cols = n_end - n0;
+        const int64_t tiles = (cols + GEMM_NB - 1) / GEMM_NB;
+        for (int64_t k0 = 0; k0 < hidden; k0 += GEMM_KC) {
+            const int64_t kc = min64(GEMM_KC, hidden - k0);
+            pack_w(a, n0, cols, tiles * GEMM_NB, k0, kc, w_pack);
+            for (int64_t p = 0; p < panels; p++) {
+                const int64_t real = min64(GEMM_MP, rows - p * GEMM_MP);
+                const int mv = (int)((real + VL - 1) / VL);
+                const float *y = job->y + p * hidden * GEMM_MP + k0 * GEMM_MP;
+                for (int64_t t = 0; t < tiles; t++) {
+                    if (p == 0 && k0 + GEMM_KC < hidden && a->w_stride_k == 1)
+                        prefetch_w(a, n0 + t * GEMM_NB, min64(GEMM_NB, cols - t * GEMM_NB),
+                                   k0 + GEMM_KC, min64(GEMM_KC, hidden - k0 - GEMM_KC));
+                    gemm_tile_any(mv, w_pack + t * GEMM_NB * GEMM_KC, y, kc,
+                                  c + (p * GEMM_NC + t * GEMM_NB) * GEMM_MP, k0 == 0);
+                }
+            }
+        }
+        for (int64_t m = 0; m < rows; m++) {
+            const float *src = c + (m / GEMM_MP) * GEMM_NC * GEMM_MP + m % GEMM_MP;
+            for (int64_t n = 0; n < cols; n++)
+                acc[m * GEMM_NC + n] = src[n * GEMM_MP];
+        }
+        store_columns(a, acc, GEMM_NC, job->m0, rows, n0, cols);
+    }
+done:
+    free(w_pack);
+    free(c);
+    free(acc);
 }
 
 static void qkv_columns_task(void *ctx, int index, int count)
 {
+    (void)index;
+    (void)count;
     qkv_job *job = ctx;
     const mv_qkv_args *a = job->a;
     const mv_dtype dt = a->in.dtype;
     const int64_t hidden = a->in.hidden, rows = job->rows;
     const int64_t n_total = a->q_cols + 2 * a->kv_cols;
-    const int64_t es = mv_dtype_size(dt);
-    /* W streamed as it is (nn.Linear layout, few rows), or converted a block at a time. */
-    const int direct = rows <= DIRECT_MAX_ROWS && a->w_stride_k == 1;
-    int64_t begin, end;
-    split_range(n_total, 16, index, count, &begin, &end);
-    if (begin >= end)
-        return;
-    float *acc = malloc((size_t)(rows * COL_BLOCK) * sizeof(float));
-    float *wbuf = direct ? NULL : malloc((size_t)COL_BLOCK * DOT_BLOCK * sizeof(float));
-    if (acc == NULL || (!direct && wbuf == NULL)) {
-        atomic_store(&job->failed, 1);
-        free(acc);
-        free(wbuf);
+    if (job->gemm) {
+        qkv_gemm(job);
         return;
     }
-    for (int64_t n0 = begin; n0 < end; n0 += COL_BLOCK) {
-        const int64_t cols = min64(COL_BLOCK, end - n0);
-        memset(acc, 0, (size_t)(rows * COL_BLOCK) * sizeof(float));
-        if (direct) {
-            /* four rows of W at a time, whole, against every row of y (from cache after the
-               first group of y rows) */
-            const int64_t w_row_bytes = a->w_stride_n * es;
+    float *acc = malloc((size_t)(rows * COL_BLOCK) * sizeof(float));
+    if (acc == NULL) {
+        atomic_store(&job->failed, 1);
+        return;
+    }
+    /* the decode GEMV: W streamed as it is (nn.Linear layout), four rows of it at a time, whole,
+       against every row of y (from cache after the first group of y rows) */
+    const int64_t w_row_bytes = a->w_stride_n * mv_dtype_size(dt);
+    int64_t begin, end;
+    while (claim(&job->next, DIRECT_CHUNK_COLS, n_total, &begin, &end)) {
+        for (int64_t n0 = begin; n0 < end; n0 += COL_BLOCK) {
+            const int64_t cols = min64(COL_BLOCK, end - n0);
+            memset(acc, 0, (size_t)(rows * COL_BLOCK) * sizeof(float));
             int64_t c = 0;
             for (; c < cols; c += DOT_NC) {
                 const int nc = cols - c >= DOT_NC ? DOT_NC : 1;
@@ -160,38 +338,10 @@ static void qkv_columns_task(void *ctx, int index, int count)
                 if (nc == 1)
                     c -= DOT_NC - 1; /* the last few columns go one at a time */
             }
-        } else {
-            for (int64_t k0 = 0; k0 < hidden; k0 += DOT_BLOCK) {
-                const int64_t depth = min64(DOT_BLOCK, hidden - k0);
-                const int64_t w_row_bytes = depth * (int64_t)sizeof(float);
-                /* wbuf[c][k] = W[n0 + c, k0 + k] as float32 */
-                for (int64_t c = 0; c < cols; c++) {
-                    const char *src = at(a->w, dt, (n0 + c) * a->w_stride_n + k0 * a->w_stride_k);
-                    float *dst = wbuf + c * depth;
-                    if (a->w_stride_k == 1)
-                        load_f32_row(dt, src, depth, dst);
-                    else
-                        for (int64_t k = 0; k < depth; k++)
-                            dst[k] = mv_load(dt, src, k * a->w_stride_k);
-                }
-                for (int64_t r = 0; r < rows; r += DOT_MR) {
-                    const int mr = (int)min64(DOT_MR, rows - r);
-                    const float *y_rows = job->y + r * hidden + k0;
-                    float *acc_rows = acc + r * COL_BLOCK;
-                    int64_t c = 0;
-                    for (; c + DOT_NC <= cols; c += DOT_NC)
-                        dot_tile_any(MV_FLOAT32, mr, DOT_NC, (const char *)(wbuf + c * depth),
-                                     w_row_bytes, y_rows, hidden, depth, acc_rows + c, COL_BLOCK);
-                    for (; c < cols; c++)
-                        dot_tile_any(MV_FLOAT32, mr, 1, (const char *)(wbuf + c * depth),
-                                     w_row_bytes, y_rows, hidden, depth, acc_rows + c, COL_BLOCK);
-                }
-            }
+            store_columns(a, acc, COL_BLOCK, job->m0, rows, n0, cols);
         }
-        store_columns(a, acc, COL_BLOCK, job->m0, rows, n0, cols);
     }
     free(acc);
-    free(wbuf);
 }
 
 int MV_NAME(mv_fused_rms_norm_qkv_cpu)(const mv_qkv_args *a)
@@ -201,15 +351,22 @@ int MV_NAME(mv_fused_rms_norm_qkv_cpu)(const mv_qkv_args *a)
     if (rows <= 0 || n_total <= 0)
         return MV_OK;
     const int64_t chunk = min64(rows, ROW_CHUNK);
-    float *y = malloc((size_t)(chunk * hidden) * sizeof(float));
+    const int gemm = chunk > DIRECT_MAX_ROWS || a->w_stride_k != 1;
+    const int64_t y_rows = gemm ? gemm_panels(chunk) * GEMM_MP : chunk;
+    float *y = malloc((size_t)(y_rows * hidden) * sizeof(float));
     if (y == NULL)
         return MV_ERR_NOMEM;
-    qkv_job job = {a, y, 0, 0, 0};
+    qkv_job job = {a, y, 0, 0, 0, 0, 0};
     for (int64_t m0 = 0; m0 < rows && !atomic_load(&job.failed); m0 += ROW_CHUNK) {
         job.m0 = m0;
         job.rows = min64(ROW_CHUNK, rows - m0);
+        job.gemm = gemm;
+        atomic_store(&job.next, 0);
         mv_pool_run(qkv_norm_task, &job,
                     threads_for(job.rows * hidden, PARALLEL_MIN_ELEMENTS, job.rows));
+        if (atomic_load(&job.failed))
+            break;
+        atomic_store(&job.next, 0);
         mv_pool_run(qkv_columns_task, &job,
                     threads_for(job.rows * hidden * n_total, PARALLEL_MIN_MACS, (n_total + 15) / 16));
     }

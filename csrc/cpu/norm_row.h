@@ -15,15 +15,17 @@
  *   y_i = weight_i * float(s_i * rrms) with s_i * rrms in float64 (rrms itself may not be
  *   representable in float32). Every other row takes the float32 path above.
  * QKV products: y (float32, never rounded to the dtype) times W converted to float32 (exact), in
- *   float32 FMAs. Each output is summed in VL lanes over blocks of DOT_BLOCK elements (at most
- *   DOT_BLOCK / VL terms a lane), the lanes added, and the block sums added in order.
+ *   float32 FMAs. Decode GEMV: each output is summed in VL lanes over blocks of DOT_BLOCK
+ *   elements (at most DOT_BLOCK / VL terms a lane), the lanes added, and the block sums added in
+ *   order. Blocked GEMM: each output is one FMA chain per block of GEMM_KC elements, the block
+ *   sums added in order (fused_rms_norm_qkv.h). Either way the error grows with the block
+ *   length plus the number of blocks, not with H.
  *
- * Threads (pool.h): norms split rows; QKV normalizes a chunk of rows (split by rows), then splits
- * the output columns. At M <= DIRECT_MAX_ROWS, W (nn.Linear layout) is streamed straight from
- * memory, four rows of it at a time, with every thread on its own column range (the decode
- * GEMV); above that, each block of COL_BLOCK columns x DOT_BLOCK of W is first converted to a
- * float32 buffer that stays in cache while every row of the chunk is multiplied against it
- * (register tiles of up to 4 rows x 4 columns).
+ * Threads (pool.h): work is claimed in chunks from a shared counter (claim()), rows for the
+ * norms, output columns for the products. At M <= DIRECT_MAX_ROWS, W (nn.Linear layout) is
+ * streamed straight from memory, four rows of it at a time (the decode GEMV); above that, or for
+ * W in any other layout, the blocked GEMM of fused_rms_norm_qkv.h packs y once and W a block at
+ * a time and multiplies them in register tiles.
  */
 #include <float.h>
 #include <math.h>
@@ -45,6 +47,8 @@
 #define COL_BLOCK 32
 #define ROW_CHUNK 256
 #define DIRECT_MAX_ROWS 16
+/* Output columns per claim in the decode GEMV: 64 rows of W (256 KiB of float32 at H = 1024). */
+#define DIRECT_CHUNK_COLS (2 * COL_BLOCK)
 #ifndef MV_PREFETCH_BYTES
 #define MV_PREFETCH_BYTES 1024
 #endif
@@ -66,13 +70,26 @@ static inline char *at_mut(void *base, mv_dtype dt, int64_t elements)
     return (char *)base + elements * mv_dtype_size(dt);
 }
 
-/* [begin, end) of `total` items for part `index` of `count`, in multiples of `unit`. */
-static inline void split_range(int64_t total, int64_t unit, int index, int count, int64_t *begin,
-                               int64_t *end)
+/* Work is handed out in chunks from a shared counter, not in equal parts: a thread the OS does
+   not run for a while (NumPy's BLAS threads spinning after a matmul, a busy VM) leaves its chunks
+   to the others instead of holding up the whole call. Returns 0 when nothing is left. */
+static inline int claim(_Atomic int64_t *next, int64_t chunk, int64_t total, int64_t *begin,
+                        int64_t *end)
 {
-    const int64_t units = (total + unit - 1) / unit;
-    *begin = min64(total, units * index / count * unit);
-    *end = min64(total, units * (index + 1) / count * unit);
+    const int64_t b = atomic_fetch_add(next, chunk);
+    if (b >= total)
+        return 0;
+    *begin = b;
+    *end = min64(total, b + chunk);
+    return 1;
+}
+
+/* Rows per claimed chunk of a norm: about NORM_CHUNK_ELEMENTS elements (a few microseconds of
+   work, so the counter costs nothing and the last chunk finishes soon after the others). */
+#define NORM_CHUNK_ELEMENTS ((int64_t)1 << 15)
+static inline int64_t norm_chunk_rows(int64_t hidden)
+{
+    return hidden >= NORM_CHUNK_ELEMENTS ? 1 : NORM_CHUNK_ELEMENTS / hidden;
 }
 
 static inline int threads_for(int64_t work, int64_t threshold, int64_t max_parts)

@@ -15,6 +15,15 @@
 #include "cpu/half_convert.h"
 
 #define MV_ALWAYS_INLINE static inline __attribute__((always_inline))
+/* Register tiles are arrays of vectors: unrolled before GCC's scalar replacement runs, they stay in
+   registers (unrolled later, every element went through the stack on each iteration). */
+#if defined(__clang__)
+#define MV_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define MV_UNROLL _Pragma("GCC unroll 16")
+#else
+#define MV_UNROLL
+#endif
 
 #if defined(MV_ISA_AVX512)
 #include <immintrin.h>

@@ -6,10 +6,13 @@ float64 reference on fresh random inputs; the process exits non-zero if any chec
 on the GPU when minivllm's CUDA kernels and a GPU are usable (PyTorch tensors, else CuPy arrays),
 otherwise on the CPU with NumPy arrays.
 
-The summary gives, for each shape, minivllm's µs per call, PyTorch's for the same op (the eager
-sequence a model would run: F.rms_norm; x + r then F.rms_norm; F.rms_norm, F.linear and the
-q/k/v split), the speedup, and the floor: max(bytes that must move / copy bandwidth, FLOPs / GEMM
-rate), both ceilings measured in the same run. On the GPU (PyTorch needed) the calls are timed
+The summary gives, for each shape, minivllm's µs per call, a baseline's for the same op, the
+speedup, and the floor: max(bytes that must move / copy bandwidth, FLOPs / GEMM rate), both
+ceilings measured in the same run. On the GPU the baseline is PyTorch (the eager sequence a model
+would run: F.rms_norm; x + r then F.rms_norm; F.rms_norm, F.linear and the q/k/v split); on the
+CPU it is NumPy (baselines_numpy.py: the norms as NumPy expressions in float32, QKV as that norm
+and a float32 BLAS matmul with W converted to float32 once, outside the timing), and PyTorch's
+CPU time is added where PyTorch imports. On the GPU (PyTorch needed) the calls are timed
 as benchmarks/bench_rms_norm.py and benchmarks/bench_fused_rms_norm_qkv.py time them: CUDA-graph replays of many
 calls that each have their own buffers (and, for QKV, their own weights), median of replays.
 On the CPU: wall-clock medians of repeated eager calls, against NumPy's copy and float32 matmul.
@@ -35,6 +38,7 @@ import numpy as np
 import minivllm
 from minivllm import reference
 
+from . import baselines_numpy
 from . import check as checks
 from . import timing as bt
 from .models import MODELS, find_model, parse_qkv_shape, qkv_features
@@ -48,8 +52,12 @@ DEFAULT_QKV_MODELS = ("qwen3-0.6b", "llama-3-8b")
 DEFAULT_NORM_M = {"cuda": (1, 128, 4096), "cpu": (1, 128, 1024)}
 DEFAULT_QKV_M = {"cuda": (1, 256, 4096), "cpu": (1, 256)}
 SELF_CHECK_MODEL = "qwen2.5-0.5b"   # the smallest preset, checked in every run
-TORCH_BASELINE = {"rms_norm": "F.rms_norm", "fused_add_rms_norm": "x + r, F.rms_norm",
-                  "qkv": "F.rms_norm, F.linear, split"}
+BASELINE_TEXT = {
+    "torch": {"rms_norm": "F.rms_norm", "fused_add_rms_norm": "x + r, F.rms_norm",
+              "qkv": "F.rms_norm, F.linear, split"},
+    "numpy": {"rms_norm": "float32 expressions", "fused_add_rms_norm": "x + r, then the same",
+              "qkv": "the same norm, y @ W32.T (float32 BLAS, W converted once), split"},
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,7 +251,7 @@ class CpuTimer:
         return values.astype(dtype)
 
     def time_case(self, case):
-        """{"minivllm": {"us": ...}}, plus "torch" (on the CPU too) where PyTorch imports."""
+        """{"minivllm": {"us": ...}, "numpy": {"us": ...}}, plus "torch" where PyTorch imports."""
         rows, hidden = case.rows, case.hidden
         values = {"x": self.rng.standard_normal((rows, hidden)),
                   "gamma": self.rng.uniform(0.5, 1.5, hidden),
@@ -263,6 +271,7 @@ class CpuTimer:
         else:
             calls["minivllm"] = lambda: minivllm.fused_add_rms_norm(
                 a["x"], a["residual"], a["gamma"], **self.kwargs["norm"])
+        calls["numpy"] = baselines_numpy.call(case, a, bt.EPS)
         if bt.torch is not None:
             from . import baselines
             torch_dtype = getattr(bt.torch, bt.DTYPE_NAMES[self.dtype_name])
@@ -315,12 +324,14 @@ def make_record(case, dtype_name, timings, timer):
     if case.model is not None:
         record["model"] = case.model._asdict()
         record["features"] = qkv_features(case.model)
-    mine, theirs = timings.get("minivllm", {}), timings.get("torch", {})
+    mine = timings.get("minivllm", {})
     if "us" in mine:
         record["fraction_of_floor"] = floor / mine["us"]
         record["gbps"] = moved / mine["us"] / 1e3
-        if "us" in theirs and theirs.get("check", {}).get("ok", True):
-            record["speedup_over_torch"] = theirs["us"] / mine["us"]
+        for name in BASELINE_TEXT:
+            theirs = timings.get(name, {})
+            if "us" in theirs and theirs.get("check", {}).get("ok", True):
+                record[f"speedup_over_{name}"] = theirs["us"] / mine["us"]
     record["wrong"] = ("error" in mine) or not mine.get("check", {}).get("ok", True)
     return record
 
@@ -332,24 +343,28 @@ def print_summary(records, cases, timer, dtype_name):
           f"{timer.gemm_tflops:.3g} TFLOP/s), both measured now"
           + (f" (the GEMM rate is the fastest multiply timed: {raised_by})" if raised_by else "")
           + "; %floor = floor / minivllm µs.")
-    print(f"  {'op':22s} {'shape':22s} {'minivllm µs':>11s} {'torch µs':>9s} {'speedup':>8s} "
+    base = BASELINE[type(timer)]
+    print(f"  {'op':22s} {'shape':22s} {'minivllm µs':>11s} {base + ' µs':>9s} {'speedup':>8s} "
           f"{'floor µs':>9s} {'%floor':>7s}")
     for case, r in zip(cases, records):
         op, shape = case_name(case)
-        mine, theirs = r["timings"].get("minivllm", {}), r["timings"].get("torch", {})
+        mine, theirs = r["timings"].get("minivllm", {}), r["timings"].get(base, {})
         mine_text = f"{mine['us']:11.2f}" if "us" in mine else f"{'failed':>11s}"
         if r["wrong"] and "us" in mine:
             mine_text = f"{'WRONG':>11s}"
         theirs_text = f"{theirs['us']:9.2f}" if "us" in theirs else f"{'-':>9s}"
-        speedup = r.get("speedup_over_torch")
+        speedup = r.get(f"speedup_over_{base}")
         speedup_text = f"{speedup:7.2f}x" if speedup else f"{'-':>8s}"
         fraction = r.get("fraction_of_floor")
         fraction_text = f"{fraction:7.1%}" if fraction and not r["wrong"] else f"{'-':>7s}"
         print(f"  {op:22s} {shape:22s} {mine_text} {theirs_text} {speedup_text} "
               f"{r['floor_us']:9.2f} {fraction_text}")
-    if any("torch" in r["timings"] for r in records):
-        ops = sorted({c.op for c in cases}, key=OPS.index)
-        print("  torch = " + "; ".join(f"{op}: {TORCH_BASELINE[op]}" for op in ops))
+    ops = sorted({c.op for c in cases}, key=OPS.index)
+    for name in BASELINE_TEXT:
+        if any(name in r["timings"] for r in records):
+            extra = "" if name == base else f" (timed too, in the JSON; speedup_over_{name})"
+            print(f"  {name} = " + "; ".join(f"{op}: {BASELINE_TEXT[name][op]}" for op in ops)
+                  + extra)
     for case, r in zip(cases, records):
         for name, t in r["timings"].items():
             if "error" in t:
@@ -360,6 +375,7 @@ def print_summary(records, cases, timer, dtype_name):
 
 
 DEVICE_TEXT = {GpuTimer: "the GPU", CpuTimer: "the CPU"}
+BASELINE = {GpuTimer: "torch", CpuTimer: "numpy"}   # the summary's baseline column
 
 
 def write_plot(records, cases, path, title):
@@ -378,7 +394,7 @@ def write_plot(records, cases, path, title):
         ax.set_visible(False)
     for ax, (key, rows) in zip(axes.flat, groups.items()):
         rows = sorted(rows, key=lambda r: r["rows"])
-        for colour, impl in enumerate(("minivllm", "torch")):
+        for colour, impl in enumerate(("minivllm", "torch", "numpy")):
             points = [(r["rows"], r["timings"][impl]["us"]) for r in rows
                       if "us" in r["timings"].get(impl, {})]
             if points:
