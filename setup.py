@@ -39,6 +39,7 @@ C_SOURCES = [
     "csrc/cpu/kernels_portable.c",
     "csrc/cpu/kernels_avx2.c",
     "csrc/cpu/kernels_avx512.c",
+    "csrc/cpu/kernels_avx512bf16.c",
 ]
 QKV = "csrc/cuda/fused_rms_norm_qkv/"
 CUDA_SOURCES = [

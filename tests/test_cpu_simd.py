@@ -2,6 +2,7 @@
 private _C._set_simd_level cap, against the float64 references: every dtype, the residual form,
 odd sizes (vector tails), the direct (decode) and blocked-GEMM QKV paths and the transposed
 W layout."""
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -109,3 +110,51 @@ def test_levels_agree(dtype, rng):
     for norm, qkv in results[1:]:
         assert_matches(norm, results[0][0], TOL[dtype], "rms_norm across levels")
         assert_matches(qkv, results[0][1], QKV_TOL[dtype], "qkv across levels")
+
+
+def _bf16(bits):
+    return np.asarray(bits, np.uint16).view(ml_dtypes.bfloat16)
+
+
+def test_bf16_stores_bitwise_across_levels(rng):
+    """The bf16 stores (the avx512bf16 level's vcvtneps2bf16 with its denormal lanes fixed up,
+    the other levels' integer rounding) give the portable path's bits: rms_norm of rows whose sum
+    of squares is exact in any order (small integers, so every level has the same rrms) with
+    weights that send the float32 products through bf16 denormals, the smallest normals, ties,
+    overflow to inf, NaN and signed zeros; and fused add's residual_out, x + r rounded once, at
+    ties and at float32 denormal sums (2^-126 - 2^-133: a bf16 denormal, which the instruction
+    alone flushes to zero). Outputs poisoned with NaN."""
+    M, H = 6, 67  # whole vectors and a tail on every level
+    x = rng.integers(-3, 4, (M, H)).astype(ml_dtypes.bfloat16)
+    x[:, 0] = 1  # no all-zero row (that row would take the float64 path)
+    special = [0x0001, 0x8001, 0x007f, 0x0040, 0x0080, 0x8080, 0x00ff, 0x0100, 0x7f7f, 0xff7f,
+               0x7f80, 0x7fc1, 0xffa0, 0x0000, 0x8000, 0x3f80]
+    w_bits = rng.integers(0, 0x10000, H, dtype=np.uint32)
+    w_bits[: H // 2] &= 0x81ff  # denormals and the lowest normals
+    w_bits[H // 2: H // 2 + len(special)] = special
+    w = _bf16(w_bits)
+    # x + r: ties (1 + 2^-8 between 1 and 1 + 2^-7), denormal sums, the smallest normals, random
+    xr = _bf16(rng.integers(0, 0x10000, (M, H), dtype=np.uint32) & 0xbfff)
+    rr = _bf16(rng.integers(0, 0x10000, (M, H), dtype=np.uint32) & 0xbfff)
+    xr[0], rr[0] = _bf16(0x3f80), _bf16(0x3b80)  # 1 + 2^-8: ties to 1
+    xr[1], rr[1] = _bf16(0x3f81), _bf16(0x3b80)  # ties up to 0x3f82
+    xr[2], rr[2] = _bf16(0x0080), _bf16(0x8001)  # 2^-126 - 2^-133 = bf16 0x007f
+    xr[3], rr[3] = _bf16(0x0081), _bf16(0x8080)  # 2^-133
+    xr[4, ::2], rr[4, ::2] = _bf16(0x8100), _bf16(0x0081)  # -(2^-125 - 2^-126 - 2^-133)
+    results = []
+    previous = _C._set_simd_level(0)
+    try:
+        for i in range(len(LEVELS)):
+            _C._set_simd_level(i)
+            out = np.full((M, H), np.nan, ml_dtypes.bfloat16)
+            minivllm.rms_norm(x, w, 0.0, out=out)
+            normed = np.full((M, H), np.nan, ml_dtypes.bfloat16)
+            residual_out = np.full((M, H), np.nan, ml_dtypes.bfloat16)
+            minivllm.fused_add_rms_norm(xr, rr, w, 1e-6, out=normed, residual_out=residual_out)
+            results.append((out.view(np.uint16), residual_out.view(np.uint16)))
+    finally:
+        _C._set_simd_level(previous)
+    assert tuple(results[0][1][2:5, 0]) == (0x007f, 0x0001, 0x807f)  # exact, not flushed
+    for level, (out, summed) in zip(LEVELS[1:], results[1:]):
+        np.testing.assert_array_equal(out, results[0][0], err_msg=f"rms_norm bits, {level}")
+        np.testing.assert_array_equal(summed, results[0][1], err_msg=f"residual_out bits, {level}")

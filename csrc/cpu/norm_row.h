@@ -2,7 +2,7 @@
  * norm_row.h: what the CPU kernels share (the per-row RMSNorm both ops use, row conversions, the
  * thread split), written once against the vector layer of simd.h and compiled once per
  * instruction-set level with the ops (rms_norm.h, fused_rms_norm_qkv.h) by kernels_portable.c,
- * kernels_avx2.c and kernels_avx512.c; dispatch.c picks a level at run time.
+ * kernels_avx2.c, kernels_avx512.c and kernels_avx512bf16.c; dispatch.c picks a level at run time.
  * Numerics as minivllm_kernels.h documents them; the choices this file makes:
  *
  * Sum of squares (float32): each row is cut into blocks of NORM_BLOCK elements; a block is summed

@@ -2,7 +2,8 @@
  * simd.h: the vector layer the CPU kernels (norm_row.h, rms_norm.h, fused_rms_norm_qkv.h) are written against, one definition
  * per instruction-set level. The file that includes it defines exactly one of MV_ISA_AVX512,
  * MV_ISA_AVX2 or neither (the portable level: plain C, "vectors" of one float, conversions by
- * half_convert.h), and MV_SUFFIX, the suffix of the kernels' entry points.
+ * half_convert.h), and MV_SUFFIX, the suffix of the kernels' entry points; MV_ISA_AVX512BF16 as
+ * well as MV_ISA_AVX512 gives AVX512_BF16's bf16 stores.
  *
  *   vf                 float32 vector of VL lanes
  *   vf_load_dt(dt, p)  VL elements of dtype dt at p, as float32 (bf16: a shift; fp16: F16C)
@@ -50,6 +51,14 @@ MV_ALWAYS_INLINE vf vf_load_dt(mv_dtype dt, const void *p)
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
+/* float32 bits rounded to nearest even at bit 16 (mv_f32_to_bf16 without its NaN case). */
+MV_ALWAYS_INLINE __m512i bf16_round_bits(__m512i bits)
+{
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    return _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))),
+                             16);
+}
+
 MV_ALWAYS_INLINE void vf_store_dt(mv_dtype dt, void *p, vf v)
 {
     if (dt == MV_FLOAT32) {
@@ -57,16 +66,26 @@ MV_ALWAYS_INLINE void vf_store_dt(mv_dtype dt, void *p, vf v)
     } else if (dt == MV_FLOAT16) {
         _mm256_storeu_si256((__m256i *)p, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
     } else {
+#if defined(MV_ISA_AVX512BF16)
+        /* vcvtneps2bf16 rounds as mv_f32_to_bf16 does (nearest even, NaN truncated with the quiet
+           bit set) except that it flushes float32 denormal inputs to signed zero (every 2^32 input
+           checked: dev/probes/bf16_convert_probe.c); those rare lanes take the exact rounding. */
+        __m256i half = (__m256i)_mm512_cvtneps_pbh(v);
+        const __mmask16 denormal = _mm512_fpclass_ps_mask(v, 0x20); /* vfpclassps: denormal */
+        if (__builtin_expect(denormal != 0, 0))
+            half = _mm256_mask_blend_epi16(
+                denormal, half, _mm512_cvtepi32_epi16(bf16_round_bits(_mm512_castps_si512(v))));
+        _mm256_storeu_si256((__m256i *)p, half);
+#else
         /* bf16 as mv_f32_to_bf16 does it: round to nearest even, NaN truncated with the quiet
            bit set. */
         const __m512i bits = _mm512_castps_si512(v);
-        const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-        const __m512i rounded = _mm512_srli_epi32(
-            _mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+        const __m512i rounded = bf16_round_bits(bits);
         const __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(0x40));
         const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
         const __m512i result = _mm512_mask_blend_epi32(nan, rounded, quiet);
         _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(result));
+#endif
     }
 }
 
