@@ -56,7 +56,7 @@ bool wgmma_wanted(const Call &c) {
 }
 
 /* The GEMM engine beat the deferred stream at 16-32 rows where W has at least 10 MiB: on an H200
-   geometric mean 1.04-1.05x (0.89-1.20x) over 13 shapes of 10-160 MiB; on an H100 1.08x at 32 rows
+   geometric mean 1.06x (0.89-1.20x) over 13 shapes of 10-160 MiB; on an H100 1.08x at 32 rows
    (0.99-1.13x) but 1.02x at 16 (0.88x at worst), so there from 17 rows. Qwen3-0.6B's 8 MiB lost
    (0.65-0.85x): below that, the engine's fixed cost per call outweighs its better balance. */
 constexpr int64_t kEngineMinWeights = 5 << 20; /* elements: 10 MiB of 16-bit weights */
