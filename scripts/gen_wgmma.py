@@ -76,51 +76,36 @@ FOOTER = """\
 """
 
 
-def wrapper(ctype, ptx, n):
-    """mv_wgmma_rs<ctype, n>: A's fragment in four registers, B described in shared memory."""
+def wrapper(kind, ctype, ptx, n):
+    """mv_wgmma_<kind><ctype, n>, B described in shared memory (K-major): kind "rs" takes A's
+    fragment in four registers, "ss" A described in shared memory (K-major) too."""
     regs = n // 2
     reg_list = ", ".join(f"%{i}" for i in range(regs))
-    a_operand = f"{{%{regs}, %{regs + 1}, %{regs + 2}, %{regs + 3}}}"
-    b_index = regs + 4
     outs = ", ".join(f'"+f"(d[{i}])' for i in range(regs))
+    if kind == "rs":
+        a_param = "const uint32_t (&a)[4]"
+        a_operand = f"{{%{regs}, %{regs + 1}, %{regs + 2}, %{regs + 3}}}"
+        a_inputs = '"r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), '
+        b_index, scales = regs + 4, "1, 1, 0"     # imm-scale-a, imm-scale-b, tnspB
+    else:
+        a_param = "uint64_t a_desc"
+        a_operand = f"%{regs}"
+        a_inputs = '"l"(a_desc), '
+        b_index, scales = regs + 1, "1, 1, 0, 0"  # imm-scale-a, imm-scale-b, tnspA, tnspB
     return "\n".join([
         "template <>",
-        f"struct mv_wgmma_rs<{ctype}, {n}> {{",
-        f"    __device__ __forceinline__ static void mma(float (&d)[{regs}], const uint32_t (&a)[4], uint64_t b_desc, int accumulate) {{",
+        f"struct mv_wgmma_{kind}<{ctype}, {n}> {{",
+        f"    __device__ __forceinline__ static void mma(float (&d)[{regs}], {a_param}, uint64_t b_desc, int accumulate) {{",
         "        asm volatile(",
         '            "{\\n"',
         '            ".reg .pred p;\\n"',
         f'            "setp.ne.b32 p, %{b_index + 1}, 0;\\n"',
         f'            "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ptx}.{ptx} "',
         f'            "{{{reg_list}}}, "',
-        f'            "{a_operand}, %{b_index}, p, 1, 1, 0;\\n"',
+        f'            "{a_operand}, %{b_index}, p, {scales};\\n"',
         '            "}\\n"',
         f"            : {outs}",
-        '            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(accumulate));',
-        "    }",
-        "};",
-    ]) + "\n"
-
-
-def wrapper_ss(ctype, ptx, n):
-    """mv_wgmma_ss<ctype, n>: A and B both described in shared memory, both K-major."""
-    regs = n // 2
-    reg_list = ", ".join(f"%{i}" for i in range(regs))
-    outs = ", ".join(f'"+f"(d[{i}])' for i in range(regs))
-    return "\n".join([
-        "template <>",
-        f"struct mv_wgmma_ss<{ctype}, {n}> {{",
-        f"    __device__ __forceinline__ static void mma(float (&d)[{regs}], uint64_t a_desc, uint64_t b_desc, int accumulate) {{",
-        "        asm volatile(",
-        '            "{\\n"',
-        '            ".reg .pred p;\\n"',
-        f'            "setp.ne.b32 p, %{regs + 2}, 0;\\n"',
-        f'            "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ptx}.{ptx} "',
-        f'            "{{{reg_list}}}, "',
-        f'            "%{regs}, %{regs + 1}, p, 1, 1, 0, 0;\\n"',
-        '            "}\\n"',
-        f"            : {outs}",
-        '            : "l"(a_desc), "l"(b_desc), "r"(accumulate));',
+        f'            : {a_inputs}"l"(b_desc), "r"(accumulate));',
         "    }",
         "};",
     ]) + "\n"
@@ -128,8 +113,8 @@ def wrapper_ss(ctype, ptx, n):
 
 def main():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    body = "".join(wrapper(c, p, n) for c, p in TYPES for n in WIDTHS)
-    body += "".join(wrapper_ss(c, p, n) for c, p in SS_TYPES for n in SS_WIDTHS)
+    body = "".join(wrapper("rs", c, p, n) for c, p in TYPES for n in WIDTHS)
+    body += "".join(wrapper("ss", c, p, n) for c, p in SS_TYPES for n in SS_WIDTHS)
     with open(os.path.join(root, "csrc", "cuda", "wgmma_ops.cuh"), "w") as f:
         f.write(HEADER + body + FOOTER)
 
