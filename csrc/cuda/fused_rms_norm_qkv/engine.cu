@@ -23,7 +23,7 @@
  *   order, so the bits do not depend on timing), resets the counter and stores q, k, v.
  * - PDL: the producer requests the first stages of W (a weight) before waiting for the previous
  *   kernel; x, the outputs and the workspace are touched only after the wait.
- * The workspace (float partials and zeroed tile counters) belongs to the (device, stream) pair,
+ * The stream-K workspace (float partials and zeroed tile counters) belongs to the (device, stream) pair,
  * allocated on a stream's first call and grown when a call needs more; never freed, since a
  * captured graph may hold it.
  */
@@ -661,24 +661,25 @@ int ring_stages(const mv_cuda_device &dev, int split, size_t *smem) {
     return stages;
 }
 
-int stages_for(int tokens, const mv_cuda_device &dev, int split, size_t *smem) {
+/* f(std::integral_constant<int, T>()) for the token tile T (kTokenTiles): the one switch from a
+   plan's tile to the templates. */
+template <typename F>
+decltype(auto) with_tokens(int tokens, F &&f) {
     switch (tokens) {
-    case 8: return ring_stages<8>(dev, split, smem);
-    case 16: return ring_stages<16>(dev, split, smem);
-    case 32: return ring_stages<32>(dev, split, smem);
-    case 64: return ring_stages<64>(dev, split, smem);
-    default: return ring_stages<128>(dev, split, smem);
+    case 8: return f(std::integral_constant<int, 8>());
+    case 16: return f(std::integral_constant<int, 16>());
+    case 32: return f(std::integral_constant<int, 32>());
+    case 64: return f(std::integral_constant<int, 64>());
+    default: return f(std::integral_constant<int, 128>());
     }
 }
 
+int stages_for(int tokens, const mv_cuda_device &dev, int split, size_t *smem) {
+    return with_tokens(tokens, [&](auto t) { return ring_stages<t()>(dev, split, smem); });
+}
+
 int split_limit(int tokens) {
-    switch (tokens) {
-    case 8: return max_split<8>();
-    case 16: return max_split<16>();
-    case 32: return max_split<32>();
-    case 64: return max_split<64>();
-    default: return max_split<128>();
-    }
+    return with_tokens(tokens, [](auto t) { return max_split<t()>(); });
 }
 
 /* Whether `clusters` clusters of `split` CTAs of the kernel are resident at once (the device's
@@ -712,18 +713,10 @@ bool clusters_fit(const mv_cuda_device &dev, int split, size_t smem, int64_t clu
 }
 
 bool clusters_fit_for(bool bf16, int tokens, const mv_cuda_device &dev, int split, size_t smem, int64_t clusters) {
-    switch (tokens) {
-    case 8: return bf16 ? clusters_fit<__nv_bfloat16, 8>(dev, split, smem, clusters)
-                        : clusters_fit<__half, 8>(dev, split, smem, clusters);
-    case 16: return bf16 ? clusters_fit<__nv_bfloat16, 16>(dev, split, smem, clusters)
-                         : clusters_fit<__half, 16>(dev, split, smem, clusters);
-    case 32: return bf16 ? clusters_fit<__nv_bfloat16, 32>(dev, split, smem, clusters)
-                         : clusters_fit<__half, 32>(dev, split, smem, clusters);
-    case 64: return bf16 ? clusters_fit<__nv_bfloat16, 64>(dev, split, smem, clusters)
-                         : clusters_fit<__half, 64>(dev, split, smem, clusters);
-    default: return bf16 ? clusters_fit<__nv_bfloat16, 128>(dev, split, smem, clusters)
-                         : clusters_fit<__half, 128>(dev, split, smem, clusters);
-    }
+    return with_tokens(tokens, [&](auto t) {
+        return bf16 ? clusters_fit<__nv_bfloat16, t()>(dev, split, smem, clusters)
+                    : clusters_fit<__half, t()>(dev, split, smem, clusters);
+    });
 }
 
 /* How a call's work is laid out: where every tile fits one wave, whole tiles, each split over the
@@ -753,9 +746,11 @@ cudaError_t launch_tokens(const EngineState &st, const mv_qkv_plan &plan, const 
     cudaError_t err = mv_allow_shared(kernel, st.smem, opt_in, dev.device);
     if (err != cudaSuccess) return err;
     EngineParams p = st.p;
-    const size_t bytes = static_cast<size_t>(st.ctas) * 2 * partial_floats<kTokens>() * sizeof(float);
-    err = get_workspace(dev.device, stream, bytes, &p.partials, &p.counters);
-    if (err != cudaSuccess) return err;
+    if (p.split == 0) { /* only stream-K's fix-up uses the workspace */
+        const size_t bytes = static_cast<size_t>(st.ctas) * 2 * partial_floats<kTokens>() * sizeof(float);
+        err = get_workspace(dev.device, stream, bytes, &p.partials, &p.counters);
+        if (err != cudaSuccess) return err;
+    }
     const unsigned cluster = p.split > 1 ? static_cast<unsigned>(p.split) : 1u;
     err = mv_launch_clusters(kernel, dim3(static_cast<unsigned>(st.ctas)), dim3(kThreads), st.smem, stream, plan.pdl,
                              cluster, st.x_map, st.w_map, p);
@@ -765,13 +760,7 @@ cudaError_t launch_tokens(const EngineState &st, const mv_qkv_plan &plan, const 
 template <typename T>
 cudaError_t launch_type(const EngineState &st, const mv_qkv_plan &plan, const mv_cuda_device &dev,
                         cudaStream_t stream) {
-    switch (st.tokens) {
-    case 8: return launch_tokens<T, 8>(st, plan, dev, stream);
-    case 16: return launch_tokens<T, 16>(st, plan, dev, stream);
-    case 32: return launch_tokens<T, 32>(st, plan, dev, stream);
-    case 64: return launch_tokens<T, 64>(st, plan, dev, stream);
-    default: return launch_tokens<T, 128>(st, plan, dev, stream);
-    }
+    return with_tokens(st.tokens, [&](auto t) { return launch_tokens<T, t()>(st, plan, dev, stream); });
 }
 
 /* The token tile: the smallest that holds every row, else the largest (the token tiles of one
