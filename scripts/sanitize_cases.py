@@ -29,6 +29,7 @@ except ImportError:
     sys.exit("sanitize_cases.py needs PyTorch with CUDA")
 
 import minivllm
+from minivllm.bench.models import parse_qkv_shape
 from minivllm.bench.timing import QKV_PATHS
 from minivllm.reference import (QKV_TOLERANCE, TOLERANCE, fused_add_rms_norm, fused_rms_norm_qkv,
                                 relative_error, rms_norm, round_to)
@@ -40,11 +41,6 @@ OPS = ["rms_norm", "fused_add_rms_norm", "qkv"]
 # small square-ish one where N == H (layouts told apart by strides)
 QKV_SHAPES = [(257, 4, 2, 16), (1024, 8, 2, 64), (96, 2, 1, 24)]
 NORM_HIDDEN = [1001, 4096, 64, 8191]
-
-
-def parse_qkv_shape(text):
-    """'1024:8:2:64' -> (1024, 8, 2, 64)"""
-    return tuple(int(v) for v in text.split(":"))
 
 
 def to_device(a64, dtype):
@@ -196,7 +192,8 @@ def main(argv=None):
                         help="run QKV cases only up to this M (default: all)")
     # racecheck reports hazards inside cuBLASLt's own Hopper kernels (nvjet); a forced path's run
     # keeps to the shapes that path takes, so that what it reports is minivllm's
-    parser.add_argument("--qkv-shapes", nargs="+", type=parse_qkv_shape, default=QKV_SHAPES,
+    parser.add_argument("--qkv-shapes", nargs="+", type=lambda text: tuple(parse_qkv_shape(text)[1:]),
+                        default=QKV_SHAPES,
                         metavar="H:HEADS:KV_HEADS:HEAD_DIM",
                         help="QKV shapes, taken in turn (default: %(default)s)")
     parser.add_argument("--path", choices=list(QKV_PATHS), default=None,
