@@ -1,105 +1,215 @@
-"""Hugging Face transformers drop-in: one minivllm call for a decoder layer's input RMSNorm and
-its attention's q, k, v projections (Llama, Qwen2, Qwen3).
+"""Hugging Face transformers drop-in: one minivllm call for a decoder layer's whole attention
+prologue (Llama, Qwen2, Qwen3): input RMSNorm, the q, k, v projections (+ Qwen2's biases),
+Qwen3's per-head q/k norms, RoPE, and the KV-cache write when the model uses a static cache.
 
     import minivllm.hf
     minivllm.hf.patch_model(model)         # every supported decoder layer; returns how many
 
-How it stays out of the attention code's way: the layer's `input_layernorm` is replaced by a
-module returning the fused op's planes tensor (shaped like the hidden states but with N = all
-q, k and v features in the last dimension), and the attention's `q_proj`, `k_proj`, `v_proj` by
-modules that view their part of it (and add the bias, for Qwen2). The attention forward itself
-is untouched: it reads only the leading shape of what it is given and calls the three
-projections, so Qwen3's per-head q_norm / k_norm, RoPE, the KV cache and the attention kernel run
-as before. The patch is for inference (the fused op has no backward); it changes the modules'
-parameter names (state_dict), so save checkpoints from an unpatched model.
+What changes in a patched layer: `input_layernorm` becomes nn.Identity (the layer still takes its
+residual from the un-normalized input, as before), and `self_attn` becomes a PrologueAttention
+that holds the norm weight, the merged q|k|v weight (and bias) and the q/k norm weights, calls
+minivllm.torch.attention_prologue, and hands q, k, v to the model's own attention function and
+o_proj (the original attention module is kept inside it for those). RoPE uses the (cos, sin) the
+model passes to every layer. With a StaticCache (what generate's cache_implementation="static"
+and torch.compile use), k and v are written straight into the cache's tensors; with any other
+cache they go through its update() as before. The patch is for inference (the ops have no
+backward); it changes the modules' parameter names (state_dict), so save checkpoints from an
+unpatched model.
 """
 
 import torch
 
-from .torch import FusedRMSNormQKVProj, norm_eps
+from .torch import _linear_weight, attention_prologue, norm_eps
 
-__all__ = ["SUPPORTED_LAYERS", "FusedInputNormQKV", "QKVPart", "patch_decoder_layer",
-           "patch_model"]
+__all__ = ["SUPPORTED_LAYERS", "PrologueAttention", "patch_decoder_layer", "patch_model"]
 
 # Decoder layers whose forward feeds input_layernorm's output only to self_attn, whose attention
-# reads q/k/v through q_proj/k_proj/v_proj, and whose RMSNorm is weight * x * rrms (Gemma's
-# (1 + weight) norm is not, so it is not listed).
+# reads q/k/v through q_proj/k_proj/v_proj and rotates both with the (cos, sin) it is given
+# (neox style), and whose RMSNorm is weight * x * rrms (Gemma's (1 + weight) norm is not, so it
+# is not listed).
 SUPPORTED_LAYERS = ("LlamaDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer")
 
 
-class FusedInputNormQKV(torch.nn.Module):
-    """Stands in for a decoder layer's input_layernorm: returns the fused op's planes tensor
-    [..., N] (all rows of q, then of k, then of v) for the QKVPart modules to view."""
+def _static_layer_class():
+    try:
+        from transformers.cache_utils import StaticLayer
+    except ImportError:  # older transformers: no per-layer cache objects, update() is used
+        return None
+    return StaticLayer
 
-    def __init__(self, fused):
+
+_STATIC_LAYER = _static_layer_class()
+
+# Eager calls of the layers of one forward share one (cos, sin): the table built from it is kept
+# for the next layer (keyed by the tensors themselves and, outside inference mode, their version
+# counters; inference tensors cannot be changed in place outside inference mode).
+_rope_memo = {}
+
+
+def _versions(*tensors):
+    return tuple(None if t.is_inference() else t._version for t in tensors)
+
+
+def _rope_table(cos, sin, batch):
+    """(cos_sin_cache [B' * S, rotary_dim], positions [batch * S]) from Hugging Face's position
+    embeddings (cos, sin) [B', S, rotary_dim] (B' is batch, or 1 when the sequences share their
+    positions), whose halves repeat the same frequencies."""
+    compiling = torch.compiler.is_compiling()
+    if not compiling:
+        hit = _rope_memo.get("last")
+        if (hit is not None and hit[0] is cos and hit[1] is sin and hit[2] == batch
+                and hit[3] == _versions(cos, sin)):
+            return hit[4], hit[5]
+    half = cos.shape[-1] // 2
+    table = torch.cat((cos[..., :half], sin[..., :half]), -1).reshape(-1, cos.shape[-1])
+    positions = torch.arange(table.shape[0], device=cos.device, dtype=torch.int32)
+    if cos.shape[0] != batch:  # shared by the batch: every sequence reads the same rows
+        positions = positions.repeat(batch)
+    if not compiling:
+        _rope_memo["last"] = (cos, sin, batch, _versions(cos, sin), table, positions)
+    return table, positions
+
+
+def _static_cache_slots(cache, layer_idx, batch, seq, like):
+    """The static cache layer's (keys, values, slot_mapping) for the new tokens, advancing its
+    length as StaticLayer.update does; None where the cache is not a plain, ready StaticLayer
+    matching this call (update() is used then)."""
+    if _STATIC_LAYER is None or cache is None or getattr(cache, "offloading", False):
+        return None
+    layers = getattr(cache, "layers", None)
+    if layers is None or layer_idx >= len(layers):
+        return None
+    layer = layers[layer_idx]
+    if type(layer) is not _STATIC_LAYER or not layer.is_initialized:
+        return None
+    keys, values = layer.keys, layer.values
+    if keys.dtype != like.dtype or keys.device != like.device or keys.shape[0] != batch:
+        return None
+    max_len = keys.shape[2]
+    position = layer.cumulative_length + torch.arange(seq, device=keys.device)
+    layer.cumulative_length.add_(seq)
+    rows = torch.arange(batch, device=keys.device)[:, None] * max_len
+    # a position past the cache's end would land in the next sequence's rows: skipped instead
+    # (HF's index_copy_ raises there)
+    slots = torch.where(position < max_len, rows + position, -1).reshape(-1)
+    return keys, values, slots
+
+
+class PrologueAttention(torch.nn.Module):
+    """Stands in for a decoder layer's self_attn, with its input_layernorm folded in: the
+    attention prologue as one minivllm op, then the model's attention function and o_proj.
+
+    Holds `norm_weight`, the merged `qkv_weight` [N, H] (rows q, then k, then v), `qkv_bias`
+    (Qwen2) and `q_norm_weight` / `k_norm_weight` (Qwen3); `attn` is the original attention
+    module without its q/k/v projections and q/k norms (its o_proj, config and attributes serve
+    the attention function)."""
+
+    def __init__(self, attn, norm):
         super().__init__()
-        self.fused = fused
+        config = getattr(attn, "config", None)
+        num_heads = getattr(config, "num_attention_heads", None)
+        if not isinstance(num_heads, int):
+            raise ValueError("layer: its self_attn has no config.num_attention_heads")
+        num_kv_heads = getattr(config, "num_key_value_heads", None) or num_heads
+        projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+        for name, proj in zip(("q_proj", "k_proj", "v_proj"), projections):
+            if not isinstance(proj, torch.nn.Linear):
+                raise TypeError(f"layer.self_attn.{name}: expected nn.Linear, got "
+                                f"{type(proj).__name__}")
+        head_dim = attn.q_proj.out_features // num_heads
+        if (head_dim * num_heads != attn.q_proj.out_features
+                or attn.k_proj.out_features != num_kv_heads * head_dim
+                or attn.v_proj.out_features != num_kv_heads * head_dim):
+            raise ValueError(f"layer: q/k/v projections of {attn.q_proj.out_features}/"
+                             f"{attn.k_proj.out_features}/{attn.v_proj.out_features} features "
+                             f"are not {num_heads}/{num_kv_heads}/{num_kv_heads} heads")
+        biases = [proj.bias for proj in projections]
+        if any(b is None for b in biases) and any(b is not None for b in biases):
+            raise ValueError("layer: q_proj, k_proj, v_proj: either all or none have a bias")
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.eps = norm_eps(norm)
+        with torch.no_grad():
+            merged = torch.cat([proj.weight.detach() for proj in projections], 0)
+            bias = None if biases[0] is None else torch.cat([b.detach() for b in biases], 0)
+        self.norm_weight = norm.weight
+        self.qkv_weight = torch.nn.Parameter(merged, requires_grad=False)
+        self.qkv_bias = None if bias is None else torch.nn.Parameter(bias, requires_grad=False)
+        q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
+        self.q_norm_weight = None if q_norm is None else q_norm.weight
+        self.k_norm_weight = None if k_norm is None else k_norm.weight
+        self.qk_norm_eps = None
+        if q_norm is not None or k_norm is not None:
+            eps = {norm_eps(n) for n in (q_norm, k_norm) if n is not None}
+            if len(eps) != 1:
+                raise ValueError(f"layer: q_norm and k_norm have different epsilons {eps}")
+            self.qk_norm_eps = eps.pop()
+        for name in ("q_proj", "k_proj", "v_proj", "q_norm", "k_norm"):
+            if hasattr(attn, name):
+                delattr(attn, name)
+        self.attn = attn
+        self.layer_idx = attn.layer_idx
+        # the attention function's kwargs beyond Llama's (Qwen2 and Qwen3 pass their window)
+        self._extra = {"sliding_window": attn.sliding_window} if hasattr(
+            attn, "sliding_window") else {}
 
-    def forward(self, hidden_states):
-        return self.fused.planes(hidden_states)
+    def forward(self, hidden_states, position_embeddings=None, attention_mask=None,
+                past_key_values=None, **kwargs):
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-
-class QKVPart(torch.nn.Module):
-    """Stands in for q_proj, k_proj or v_proj: the columns [start, start + width) of the fused
-    projection, as a view [..., width] of its plane, plus the projection's bias if it had one."""
-
-    def __init__(self, start, width, total, bias=None):
-        super().__init__()
-        self.start, self.width, self.total = int(start), int(width), int(total)
-        self.bias = bias
-
-    def forward(self, planes):
-        if planes.shape[-1] != self.total:
-            raise ValueError(f"planes: expected {self.total} features in the last dimension, got "
-                             f"{planes.shape[-1]} (is input_layernorm still the fused module?)")
-        rows = planes.numel() // self.total
-        part = planes.view(-1)[rows * self.start:rows * (self.start + self.width)]
-        part = part.view(*planes.shape[:-1], self.width)
-        return part if self.bias is None else part + self.bias
+        batch, seq = hidden_states.shape[:2]
+        cos, sin = position_embeddings
+        table, positions = _rope_table(cos, sin, batch)
+        static = _static_cache_slots(past_key_values, self.layer_idx, batch, seq, hidden_states)
+        k_cache = v_cache = slots = None
+        if static is not None:
+            keys, values, slots = static
+            k_cache, v_cache = keys.permute(0, 2, 1, 3), values.permute(0, 2, 1, 3)
+        q, k, v = attention_prologue(
+            hidden_states, self.norm_weight,
+            _linear_weight(self.qkv_weight, hidden_states.shape[-1]), self.num_heads,
+            self.num_kv_heads, self.eps, qkv_bias=self.qkv_bias,
+            q_norm_weight=self.q_norm_weight, k_norm_weight=self.k_norm_weight,
+            qk_norm_eps=self.qk_norm_eps, positions=positions, cos_sin_cache=table,
+            k_cache=k_cache, v_cache=v_cache, slot_mapping=slots)
+        q = q.transpose(1, 2)
+        if static is not None:
+            k, v = keys, values
+        else:
+            k, v = k.transpose(1, 2), v.transpose(1, 2)
+            if past_key_values is not None:
+                k, v = past_key_values.update(k, v, self.layer_idx)
+        attn = self.attn
+        interface = ALL_ATTENTION_FUNCTIONS.get_interface(attn.config._attn_implementation,
+                                                          _eager_attention(attn))
+        out, weights = interface(attn, q, k, v, attention_mask,
+                                 dropout=0.0 if not attn.training else attn.attention_dropout,
+                                 scaling=attn.scaling, **self._extra, **kwargs)
+        out = out.reshape(batch, seq, -1).contiguous()
+        return attn.o_proj(out), weights
 
     def extra_repr(self):
-        return (f"columns [{self.start}, {self.start + self.width}) of {self.total}, "
-                f"bias={self.bias is not None}")
+        return (f"heads={self.num_heads}, kv_heads={self.num_kv_heads}, "
+                f"head_dim={self.head_dim}, bias={self.qkv_bias is not None}, "
+                f"qk_norm={self.q_norm_weight is not None}")
 
 
-def _head_counts(attn):
-    config = getattr(attn, "config", None)
-    num_heads = getattr(config, "num_attention_heads", None)
-    num_kv_heads = getattr(config, "num_key_value_heads", None) or num_heads
-    if not isinstance(num_heads, int):
-        raise ValueError("layer: its self_attn has no config.num_attention_heads")
-    return num_heads, num_kv_heads
+def _eager_attention(attn):
+    """The model's own eager attention function (its modeling module's)."""
+    import sys
+    module = sys.modules[type(attn).__module__]
+    return module.eager_attention_forward
 
 
 def patch_decoder_layer(layer):
-    """Fuse one Llama / Qwen2 / Qwen3 decoder layer's input RMSNorm and q/k/v projections, in
-    place. The merged q|k|v weight is built once, here; the norm weight is shared."""
+    """Fuse one Llama / Qwen2 / Qwen3 decoder layer's attention prologue, in place. The merged
+    q|k|v weight is built once, here; the norm weights are shared."""
     kind = type(layer).__name__
     if kind not in SUPPORTED_LAYERS:
         raise TypeError(f"layer: {kind} is not one of {', '.join(SUPPORTED_LAYERS)}")
-    if isinstance(layer.input_layernorm, FusedInputNormQKV):
+    if isinstance(layer.self_attn, PrologueAttention):
         raise ValueError(f"layer: this {kind} is already patched")
-    attn = layer.self_attn
-    norm = layer.input_layernorm
-    num_heads, num_kv_heads = _head_counts(attn)
-    projections = (attn.q_proj, attn.k_proj, attn.v_proj)
-    for name, proj in zip(("q_proj", "k_proj", "v_proj"), projections):
-        if not isinstance(proj, torch.nn.Linear):
-            raise TypeError(f"layer.self_attn.{name}: expected nn.Linear, got "
-                            f"{type(proj).__name__}")
-    # Built without the bias: QKVPart adds each projection's own bias Parameter after the view.
-    with torch.no_grad():
-        merged = torch.cat([proj.weight.detach() for proj in projections], 0)
-    fused = FusedRMSNormQKVProj(norm.weight, merged, num_heads, num_kv_heads, norm_eps(norm))
-    if fused.head_dim * num_heads != attn.q_proj.out_features:
-        raise ValueError(f"layer: q_proj has {attn.q_proj.out_features} features, not "
-                         f"{num_heads} heads of {fused.head_dim}")
-    q_cols, kv_cols = num_heads * fused.head_dim, num_kv_heads * fused.head_dim
-    total = q_cols + 2 * kv_cols
-    layer.input_layernorm = FusedInputNormQKV(fused)
-    attn.q_proj = QKVPart(0, q_cols, total, attn.q_proj.bias)
-    attn.k_proj = QKVPart(q_cols, kv_cols, total, attn.k_proj.bias)
-    attn.v_proj = QKVPart(q_cols + kv_cols, kv_cols, total, attn.v_proj.bias)
+    layer.self_attn = PrologueAttention(layer.self_attn, layer.input_layernorm)
+    layer.input_layernorm = torch.nn.Identity()
     return layer
 
 

@@ -1,4 +1,5 @@
-"""minivllm.hf: patched Hugging Face Llama / Qwen2 / Qwen3 models give the stock logits.
+"""minivllm.hf: patched Hugging Face Llama / Qwen2 / Qwen3 models give the stock logits, with
+the dynamic cache (k, v through its update()) and the static cache (written by the op).
 
 Models are built from small configs with random weights (no downloads). Skips, saying so, where
 PyTorch or transformers is not installed; CUDA cases skip where no GPU is usable. On the CPU the
@@ -45,11 +46,16 @@ def _model(arch, device, dtype, seed, layers=2):
     return model.to(device=device, dtype=dtype), config
 
 
-def _logits(model, config, ids, decode_steps):
+def _logits(model, config, ids, decode_steps, static=False):
     """Prefill logits [B, T, V], then `decode_steps` greedy steps through the KV cache
-    (the decode inputs are [B, 1]): returns (prefill logits, stacked decode logits)."""
+    (the decode inputs are [B, 1]): returns (prefill logits, stacked decode logits). static: a
+    transformers StaticCache of T + decode_steps + 3 positions instead of the dynamic cache."""
+    kwargs = {}
+    if static:
+        kwargs["past_key_values"] = transformers.StaticCache(
+            config=config, max_cache_len=ids.shape[1] + decode_steps + 3)
     with torch.inference_mode():
-        out = model(ids, use_cache=True)
+        out = model(ids, use_cache=True, **kwargs)
         prefill = out.logits.float()
         steps = []
         token = ids[:, -1:] * 0 + 7  # a fixed token: both runs decode the same inputs
@@ -64,32 +70,36 @@ def _rel(a, b):
     return float((a - b).norm() / b.norm())
 
 
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic-cache", "static-cache"])
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_patched_model_matches_stock(arch, device, monkeypatch):
+def test_patched_model_matches_stock(arch, device, static, monkeypatch):
     dev = _device(device)
     dtype = torch.float32 if dev.type == "cpu" else torch.bfloat16
     seed = int(torch.randint(0, 2**31 - 1, ()).item())
     model, config = _model(arch, dev, dtype, seed)
     ids = torch.randint(0, config.vocab_size, (2, 19), device=dev)
-    stock = _logits(model, config, ids, 3)
+    stock = _logits(model, config, ids, 3, static)
     reference = None
     if dtype != torch.float32:
-        reference = _logits(copy.deepcopy(model).float(), config, ids, 3)
+        reference = _logits(copy.deepcopy(model).float(), config, ids, 3, static)
 
     assert mhf.patch_model(model) == config.num_hidden_layers
     calls = []
-    real = minivllm.FusedRMSNormQKV.forward
+    real = minivllm.attention_prologue
 
     def counted(*args, **kwargs):
-        calls.append(args[0].shape)
+        calls.append((args[0].shape, kwargs["k_cache"] is not None))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(minivllm.FusedRMSNormQKV, "forward", staticmethod(counted))
-    patched = _logits(model, config, ids, 3)
-    # one fused call per layer per forward (prefill + 3 decode steps): the patch is in use
+    monkeypatch.setattr(minivllm, "attention_prologue", counted)
+    patched = _logits(model, config, ids, 3, static)
+    # one prologue call per layer per forward (prefill + 3 decode steps): the patch is in use
     assert len(calls) == 4 * config.num_hidden_layers, len(calls)
-    assert calls[0] == (2, 19, config.hidden_size) and calls[-1] == (2, 1, config.hidden_size)
+    assert calls[0][0] == (2, 19, config.hidden_size)
+    assert calls[-1][0] == (2, 1, config.hidden_size)
+    # the static cache is written by the op once it exists (after the prefill's first update)
+    assert calls[-1][1] == static and not calls[0][1]
 
     for what, got, want, ref in zip(("prefill", "decode"), patched, stock,
                                     reference or (None, None)):
@@ -130,10 +140,13 @@ def test_patch_shares_weights_and_refuses_twice():
     norm_weight = layer.input_layernorm.weight
     q, k, v = (getattr(layer.self_attn, n) for n in ("q_proj", "k_proj", "v_proj"))
     mhf.patch_decoder_layer(layer)
-    fused = layer.input_layernorm.fused
+    fused = layer.self_attn
+    assert isinstance(fused, mhf.PrologueAttention)
+    assert isinstance(layer.input_layernorm, torch.nn.Identity)
     assert fused.norm_weight is norm_weight
     assert torch.equal(fused.qkv_weight, torch.cat([q.weight, k.weight, v.weight]))
-    assert layer.self_attn.q_proj.bias is q.bias  # Qwen2's biases kept, added after the view
+    assert torch.equal(fused.qkv_bias, torch.cat([q.bias, k.bias, v.bias]))  # Qwen2's biases
+    assert not hasattr(fused.attn, "q_proj")  # the separate projections are gone
     with pytest.raises(ValueError, match="^layer: .*already patched"):
         mhf.patch_decoder_layer(layer)
     with pytest.raises(TypeError, match="^layer: "):
@@ -142,9 +155,26 @@ def test_patch_shares_weights_and_refuses_twice():
         mhf.patch_model(torch.nn.Linear(4, 4))
 
 
-def test_qwen3_keeps_per_head_norms():
+def test_qwen3_per_head_norms_go_into_the_op():
     model, _ = _model("qwen3", torch.device("cpu"), torch.float32, seed=3, layers=1)
     attn = model.model.layers[0].self_attn
     q_norm, k_norm = attn.q_norm, attn.k_norm
     mhf.patch_model(model)
-    assert attn.q_norm is q_norm and attn.k_norm is k_norm
+    fused = model.model.layers[0].self_attn
+    assert fused.q_norm_weight is q_norm.weight and fused.k_norm_weight is k_norm.weight
+    assert fused.qk_norm_eps == q_norm.variance_epsilon
+
+
+def test_static_cache_positions_past_the_end_are_not_written():
+    """A decode step past a StaticCache's end writes nothing (no wrap into the next sequence's
+    rows), where HF's own index_copy_ would raise."""
+    model, config = _model("llama", torch.device("cpu"), torch.float32, seed=4, layers=1)
+    mhf.patch_model(model)
+    ids = torch.randint(0, config.vocab_size, (2, 5))
+    cache = transformers.StaticCache(config=config, max_cache_len=5)
+    with torch.inference_mode():
+        model(ids, past_key_values=cache, use_cache=True)
+        layer = cache.layers[0]
+        before = layer.keys.clone(), layer.values.clone()
+        model(ids[:, :1], past_key_values=cache, use_cache=True)
+    assert torch.equal(layer.keys, before[0]) and torch.equal(layer.values, before[1])

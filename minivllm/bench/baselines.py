@@ -39,3 +39,43 @@ def hf_qkv(x, gamma, weight, num_heads, num_kv_heads, head_dim, eps=EPS):
     """Hugging Face's RMSNorm, then the same projection and split."""
     return split_heads(F.linear(hf_rms_norm(x, gamma, eps), weight), num_heads, num_kv_heads,
                        head_dim)
+
+
+def rope_neox(x, cos, sin):
+    """RoPE of x [..., heads, head_dim] (neox: the halves of the first rotary_dim features
+    rotate together) with cos, sin [..., 1, rotary_dim / 2], in x's dtype as vLLM's torch
+    version computes it."""
+    rotary = 2 * cos.shape[-1]
+    x1, x2, rest = x[..., :rotary // 2], x[..., rotary // 2:rotary], x[..., rotary:]
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest), -1)
+
+
+def prologue_after_qkv(qkv, num_heads, num_kv_heads, head_dim, q_norm_weight, k_norm_weight,
+                       positions, cos_sin_cache, k_cache, v_cache, slot_mapping, eps=EPS):
+    """The attention prologue after the projection, as a model without a fused kernel runs it:
+    the split, per-head RMSNorm of q and k (when weights are given), RoPE from the cos/sin
+    cache at positions, the paged cache write (index_copy_ at slot_mapping, every slot valid).
+    Returns q [M, heads, head_dim]."""
+    rows = qkv.shape[0]
+    q, k, v = qkv.view(rows, num_heads + 2 * num_kv_heads, head_dim).split(
+        [num_heads, num_kv_heads, num_kv_heads], 1)
+    if q_norm_weight is not None:
+        q = F.rms_norm(q, (head_dim,), q_norm_weight, eps)
+        k = F.rms_norm(k, (head_dim,), k_norm_weight, eps)
+    cos, sin = cos_sin_cache[positions].to(q.dtype).unsqueeze(1).chunk(2, -1)
+    q, k = rope_neox(q, cos, sin), rope_neox(k, cos, sin)
+    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, k)
+    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, v)
+    return q
+
+
+def torch_prologue(x, residual, gamma, weight, bias, num_heads, num_kv_heads, head_dim,
+                   q_norm_weight, k_norm_weight, positions, cos_sin_cache, k_cache, v_cache,
+                   slot_mapping, eps=EPS):
+    """The whole attention prologue in plain torch: s = x + residual, F.rms_norm, F.linear (+
+    bias), then prologue_after_qkv. Returns (q, s)."""
+    s = x + residual
+    qkv = F.linear(F.rms_norm(s, (s.shape[-1],), gamma, eps), weight, bias)
+    return prologue_after_qkv(qkv, num_heads, num_kv_heads, head_dim, q_norm_weight,
+                              k_norm_weight, positions, cos_sin_cache, k_cache, v_cache,
+                              slot_mapping, eps), s
