@@ -23,7 +23,9 @@ Why the QKV op returns "planes": a custom op's outputs may not alias each other,
 writes q, k and v through separate (non-overlapping) outputs. So the registered op returns one
 tensor shaped [..., N] whose memory holds all rows of q, then all rows of k, then all rows of v
 (each block contiguous); ``split_qkv_planes`` views it as q, k, v without a copy. The rows of
-that tensor are NOT [q | k | v] of one token: only split_qkv_planes reads it correctly.
+that tensor are NOT [q | k | v] of one token: only split_qkv_planes reads it correctly. The
+registered attention_prologue returns one packed [..., heads + 2 kv_heads, head_dim] tensor
+instead (q's heads, then k's, then v's, per token), which the Python function splits.
 """
 
 
