@@ -93,19 +93,40 @@ def build_sequences(torch, minivllm, model, device, dtype):
         s = x + r
         return F.rms_norm(s, (H,), w, EPS), s
 
+    import minivllm.torch as mvt
+    from minivllm.bench.baselines import torch_prologue
+    qn, kn = randn(hd, scale=0.1) + 1, randn(hd, scale=0.1) + 1
+    table = randn(64, hd)
+    positions = torch.tensor([7], device=device)
+    slots = torch.tensor([5], device=device)
+    k_cache, v_cache = randn(4, 16, nkv, hd), randn(4, 16, nkv, hd)
+    prologue = dict(residual=r, q_norm_weight=qn, k_norm_weight=kn, positions=positions,
+                    cos_sin_cache=table, k_cache=k_cache, v_cache=v_cache, slot_mapping=slots)
+
     return {
         "rms_norm": {
             "minivllm": lambda: minivllm.rms_norm(x, w, EPS),
+            "torch.ops.minivllm": lambda: mvt.rms_norm(x, w, EPS),
             "torch F.rms_norm": lambda: F.rms_norm(x, (H,), w, EPS),
         },
         "fused_add_rms_norm": {
             "minivllm": lambda: minivllm.fused_add_rms_norm(x, r, w, EPS),
+            "torch.ops.minivllm": lambda: mvt.fused_add_rms_norm(x, r, w, EPS),
             "torch x + r, F.rms_norm": torch_add_rms_norm,
         },
         "fused_rms_norm_qkv": {
             "minivllm": lambda: fused(x, w, Wt, nh, nkv, EPS),
+            "torch.ops.minivllm": lambda: mvt.fused_rms_norm_qkv(x, w, W, nh, nkv, EPS),
             "torch F.rms_norm, linear, split": torch_qkv(lambda: F.rms_norm(x, (H,), w, EPS)),
             "torch HF RMSNorm, linear, split": torch_qkv(lambda: _hf_rms_norm(torch, x, w, EPS)),
+        },
+        # residual, norm, QKV, q/k norms, RoPE, cache write (Qwen3's prologue)
+        "attention_prologue": {
+            "minivllm": lambda: minivllm.attention_prologue(x, w, W, nh, nkv, EPS, **prologue),
+            "torch.ops.minivllm": lambda: mvt.attention_prologue(x, w, W, nh, nkv, EPS,
+                                                                 **prologue),
+            "torch chain": lambda: torch_prologue(x, r, w, W, None, nh, nkv, hd, qn, kn,
+                                                  positions, table, k_cache, v_cache, slots),
         },
     }
 
