@@ -31,6 +31,44 @@ __device__ __forceinline__ int64_t load_index(mv_dtype dt, const void *p, int64_
     return dt == MV_INT32 ? static_cast<int64_t>(static_cast<const int32_t *>(p)[i]) : static_cast<const int64_t *>(p)[i];
 }
 
+/* One (token, head) of the epilogue: heads per token in the order q, k, v. */
+struct Item {
+    int64_t m, h;    /* token; head among all of the token's */
+    int kind;        /* 0 q, 1 k, 2 v */
+    int64_t head;    /* head within q, k or v */
+};
+
+__device__ __forceinline__ Item item_at(const mv_prologue_args &a, int64_t item, int64_t heads) {
+    Item it;
+    it.m = item / heads;
+    it.h = item % heads;
+    it.kind = it.h < a.num_heads ? 0 : it.h < a.num_heads + a.num_kv_heads ? 1 : 2;
+    it.head = it.kind == 0 ? it.h : it.kind == 1 ? it.h - a.num_heads : it.h - a.num_heads - a.num_kv_heads;
+    return it;
+}
+
+/* The item's row of q, k or v as the QKV kernel stored it. */
+template <typename T>
+__device__ __forceinline__ T *item_row(const mv_prologue_args &a, const Item &it) {
+    T *base = static_cast<T *>(it.kind == 0 ? a.qkv.q : it.kind == 1 ? a.qkv.k : a.qkv.v);
+    const int64_t stride = it.kind == 0 ? a.qkv.q_stride : it.kind == 1 ? a.qkv.k_stride : a.qkv.v_stride;
+    return base + it.m * stride + it.head * a.head_dim;
+}
+
+/* The per-head norm weight of the item (v has none). */
+template <typename T>
+__device__ __forceinline__ const T *item_gamma(const mv_prologue_args &a, const Item &it) {
+    return static_cast<const T *>(it.kind == 0 ? a.q_norm_weight : it.kind == 1 ? a.k_norm_weight : nullptr);
+}
+
+/* Element offset of the item's head at a slot of its cache (k or v), and that cache's strides. */
+__device__ __forceinline__ int64_t cache_at(const mv_prologue_args &a, const Item &it, int64_t slot,
+                                            const int64_t **strides) {
+    const int64_t *s = it.kind == 1 ? a.k_cache_strides : a.v_cache_strides;
+    *strides = s;
+    return (slot / a.block_size) * s[0] + (slot % a.block_size) * s[1] + it.head * s[2];
+}
+
 /* T: the activation dtype; FP8: the cache holds e4m3 (else T). items = tokens * heads, heads
    per token in the order q, k, v (v left out when nothing changes it). */
 template <typename T, bool FP8>
@@ -38,18 +76,16 @@ __global__ void prologue_epilogue(const mv_prologue_args a, int64_t heads, int64
     extern __shared__ float staged[];
     const int lane = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
     const int warps = static_cast<int>(blockDim.x / 32);
-    const int64_t D = a.head_dim, nq = a.num_heads, nkv = a.num_kv_heads;
+    const int64_t D = a.head_dim;
     float *t = staged + warp * D;
     mv_pdl_wait(); /* q, k, v come from the QKV kernel just before */
     for (int64_t item = static_cast<int64_t>(blockIdx.x) * warps + warp; item < items;
          item += static_cast<int64_t>(gridDim.x) * warps) {
-        const int64_t m = item / heads, h = item % heads;
-        const int kind = h < nq ? 0 : h < nq + nkv ? 1 : 2; /* q, k, v */
-        const int64_t head = kind == 0 ? h : kind == 1 ? h - nq : h - nq - nkv;
-        T *row = kind == 0   ? static_cast<T *>(a.qkv.q) + m * a.qkv.q_stride + head * D
-                 : kind == 1 ? static_cast<T *>(a.qkv.k) + m * a.qkv.k_stride + head * D
-                             : static_cast<T *>(a.qkv.v) + m * a.qkv.v_stride + head * D;
-        const T *gamma = static_cast<const T *>(kind == 0 ? a.q_norm_weight : kind == 1 ? a.k_norm_weight : nullptr);
+        const Item it = item_at(a, item, heads);
+        const int64_t m = it.m, h = it.h;
+        const int kind = it.kind;
+        T *row = item_row<T>(a, it);
+        const T *gamma = item_gamma<T>(a, it);
         const T *bias = static_cast<const T *>(a.bias);
         float sum = 0.0f;
         for (int64_t d = lane; d < D; d += 32) {
@@ -89,8 +125,8 @@ __global__ void prologue_epilogue(const mv_prologue_args a, int64_t heads, int64
             const int64_t slot = load_index(a.slot_dtype, a.slot_mapping, m * a.slot_stride);
             /* negative: padding; beyond the cache: never written (the CPU binding refuses it) */
             if (slot >= 0 && slot < a.num_blocks * a.block_size) {
-                const int64_t *s = kind == 1 ? a.k_cache_strides : a.v_cache_strides;
-                const int64_t at = (slot / a.block_size) * s[0] + (slot % a.block_size) * s[1] + head * s[2];
+                const int64_t *s;
+                const int64_t at = cache_at(a, it, slot, &s);
                 if constexpr (FP8) {
                     auto *cache = static_cast<__nv_fp8_storage_t *>(kind == 1 ? a.k_cache : a.v_cache) + at;
                     for (int64_t d = lane; d < D; d += 32)
@@ -106,53 +142,19 @@ __global__ void prologue_epilogue(const mv_prologue_args a, int64_t heads, int64
     mv_pdl_trigger();
 }
 
-/* V elements of T from p (aligned to V * sizeof(T) bytes) as float, in 16-, 8- or 4-byte loads. */
+/* V elements of T at p (aligned to V * sizeof(T) bytes) as float, and back: one vector access. */
 template <typename T, int V>
 __device__ __forceinline__ void load_vec(const T *p, float (&out)[V]) {
-    constexpr int kBytes = V * static_cast<int>(sizeof(T));
-    union {
-        uint4 u16[kBytes >= 16 ? kBytes / 16 : 1];
-        uint2 u8;
-        uint32_t u4;
-        uint16_t u2;
-        T t[V];
-    } r;
-    if constexpr (kBytes >= 16) {
+    const mv_vec<T, V> r = *reinterpret_cast<const mv_vec<T, V> *>(p);
 #pragma unroll
-        for (int c = 0; c < kBytes / 16; c++) r.u16[c] = reinterpret_cast<const uint4 *>(p)[c];
-    } else if constexpr (kBytes == 8) {
-        r.u8 = *reinterpret_cast<const uint2 *>(p);
-    } else if constexpr (kBytes == 4) {
-        r.u4 = *reinterpret_cast<const uint32_t *>(p);
-    } else {
-        r.u2 = *reinterpret_cast<const uint16_t *>(p);
-    }
-#pragma unroll
-    for (int j = 0; j < V; j++) out[j] = mv_to_float(r.t[j]);
+    for (int j = 0; j < V; j++) out[j] = mv_to_float(r.v[j]);
 }
 
 template <typename T, int V>
 __device__ __forceinline__ void store_vec(T *p, const float (&in)[V]) {
-    constexpr int kBytes = V * static_cast<int>(sizeof(T));
-    union {
-        uint4 u16[kBytes >= 16 ? kBytes / 16 : 1];
-        uint2 u8;
-        uint32_t u4;
-        uint16_t u2;
-        T t[V];
-    } r;
-#pragma unroll
-    for (int j = 0; j < V; j++) r.t[j] = mv_from_float<T>(in[j]);
-    if constexpr (kBytes >= 16) {
-#pragma unroll
-        for (int c = 0; c < kBytes / 16; c++) reinterpret_cast<uint4 *>(p)[c] = r.u16[c];
-    } else if constexpr (kBytes == 8) {
-        *reinterpret_cast<uint2 *>(p) = r.u8;
-    } else if constexpr (kBytes == 4) {
-        *reinterpret_cast<uint32_t *>(p) = r.u4;
-    } else {
-        *reinterpret_cast<uint16_t *>(p) = r.u2;
-    }
+    mv_vec<T, V> r;
+    mv_from_floats(r.v, in);
+    *reinterpret_cast<mv_vec<T, V> *>(p) = r;
 }
 
 /* The same epilogue where the head fits the warp's registers: head_dim = 32 V, RoPE over the
@@ -168,7 +170,6 @@ __global__ void prologue_epilogue_vec(const mv_prologue_args a, int64_t heads, i
     const int lane = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
     const int warps = static_cast<int>(blockDim.x / 32);
     constexpr int D = 32 * V;
-    const int64_t nq = a.num_heads, nkv = a.num_kv_heads;
     const int64_t first = static_cast<int64_t>(blockIdx.x) * warps + warp;
     if (first < items && lane == 0) {
         const int64_t m = first / heads;
@@ -181,13 +182,11 @@ __global__ void prologue_epilogue_vec(const mv_prologue_args a, int64_t heads, i
     }
     mv_pdl_wait(); /* q, k, v come from the QKV kernel just before */
     for (int64_t item = first; item < items; item += static_cast<int64_t>(gridDim.x) * warps) {
-        const int64_t m = item / heads, h = item % heads;
-        const int kind = h < nq ? 0 : h < nq + nkv ? 1 : 2; /* q, k, v */
-        const int64_t head = kind == 0 ? h : kind == 1 ? h - nq : h - nq - nkv;
-        T *row = kind == 0   ? static_cast<T *>(a.qkv.q) + m * a.qkv.q_stride + head * D
-                 : kind == 1 ? static_cast<T *>(a.qkv.k) + m * a.qkv.k_stride + head * D
-                             : static_cast<T *>(a.qkv.v) + m * a.qkv.v_stride + head * D;
-        const T *gamma = static_cast<const T *>(kind == 0 ? a.q_norm_weight : kind == 1 ? a.k_norm_weight : nullptr);
+        const Item it = item_at(a, item, heads);
+        const int64_t m = it.m, h = it.h;
+        const int kind = it.kind;
+        T *row = item_row<T>(a, it);
+        const T *gamma = item_gamma<T>(a, it);
         const bool rotate = a.positions != nullptr && kind != 2;
         const bool to_cache = kind != 0 && a.k_cache != nullptr;
         /* every load of this round is independent of the others */
@@ -245,8 +244,8 @@ __global__ void prologue_epilogue_vec(const mv_prologue_args a, int64_t heads, i
             store_vec<T, V>(row + lane * V, x);
         } else if (slot >= 0 && slot < a.num_blocks * a.block_size) {
             /* negative: padding; beyond the cache: never written (the CPU binding refuses it) */
-            const int64_t *s = kind == 1 ? a.k_cache_strides : a.v_cache_strides;
-            const int64_t at = (slot / a.block_size) * s[0] + (slot % a.block_size) * s[1] + head * s[2];
+            const int64_t *s;
+            const int64_t at = cache_at(a, it, slot, &s);
             if constexpr (FP8) {
                 auto *cache = static_cast<__nv_fp8_storage_t *>(kind == 1 ? a.k_cache : a.v_cache) + at;
 #pragma unroll

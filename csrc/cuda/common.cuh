@@ -119,6 +119,12 @@ __device__ __forceinline__ void mv_from_floats(T (&dst)[V], const float (&src)[V
     }
 }
 
+/* V elements of T moved as one aligned access (16 B for 8 halves or 4 floats). */
+template <typename T, int V>
+struct alignas(sizeof(T) * V) mv_vec {
+    T v[V];
+};
+
 /* Plain (coherent) loads and stores on purpose: no __ldg / __restrict__, because in-place forms
    make inputs and outputs the same memory and a kernel may re-read what it wrote. */
 template <typename T>

@@ -181,12 +181,6 @@ namespace {
 constexpr int kMaxVecsPerThread = 4; /* 4 x 16 B in flight per thread, 32 floats of registers */
 constexpr int kVecBlockThreads = 256;
 
-/* V elements of T moved as one aligned access (16 B for 8 halves or 4 floats). */
-template <typename T, int V>
-struct alignas(sizeof(T) * V) Vec {
-    T v[V];
-};
-
 /* Sum over a group of G threads (G a power of two up to 32, else a multiple of 32; groups aligned
    within the block); every
    thread of the group gets the total. All threads of the block must call it (it may use
@@ -238,8 +232,8 @@ template <typename T, typename TW, int V, bool kHasResidual, bool kEarlyWeight, 
 __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(NormParams<kTwoStrides> args, int group_threads, int64_t prefetch_rows) {
     __shared__ float warp_sums[32];
     const mv_outer_strides outer = outer_of(args);
-    using VecT = Vec<T, V>;
-    using WVecT = Vec<TW, V>; /* the weight: T, or float with 16-bit T */
+    using VecT = mv_vec<T, V>;
+    using WVecT = mv_vec<TW, V>; /* the weight: T, or float with 16-bit T */
     const mv_norm_input &in = args.in;
     /* int: the launcher sends only rows of at most kMaxVecThreads * kMaxVecsPerThread vectors. */
     const int vecs_per_row = static_cast<int>(in.hidden / V);
