@@ -28,6 +28,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -295,15 +296,11 @@ def main(argv=None):
     print(f"copy {copy_gbps:.0f} GB/s; GEMM " + ", ".join(f"{d} {v:.0f} TFLOP/s"
                                                          for d, v in gemm.items()), flush=True)
 
-    class Run:
-        pass
-    run = Run()
-    run.copy_gbps, run.gemm_tflops, run.l2_bytes = copy_gbps, gemm, gpu["l2_cache_bytes"]
-    run.replays = args.replays
-    run.compiled = None
     if not args.no_compile:
         bt.raise_compile_limits(256)
-        run.compiled = torch.compile(torch_prologue, fullgraph=True)
+    run = SimpleNamespace(copy_gbps=copy_gbps, gemm_tflops=gemm, l2_bytes=gpu["l2_cache_bytes"],
+                          replays=args.replays, compiled=None if args.no_compile else
+                          torch.compile(torch_prologue, fullgraph=True))
     results = []
     for d in dtypes:
         for model in models:

@@ -202,25 +202,17 @@ def rel(a, b):
 
 
 def time_step(step, replays):
-    """µs per step: one CUDA graph of the whole step, median of `replays` replays."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = step()
+    """µs per step: one CUDA graph of the whole step (warmed up and captured by timing.capture),
+    median of `replays` replays."""
+    graph, results = bt.capture(lambda i: step(), 1)
     times = bt.replay_times_us(graph, replays)
-    result = out.clone()
-    del graph
+    result = results[-1].clone()
+    del graph, results
     return statistics.median(times), min(times), result
 
 
 def run_model(cfg, batch, args, dtype, device):
     model = Model(cfg, batch, args.context, dtype, device)
-    reference = None
     sequences = min(batch, 2)
     with torch.no_grad():
         ref_model = model.float32_copy(sequences)

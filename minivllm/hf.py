@@ -17,9 +17,12 @@ backward); it changes the modules' parameter names (state_dict), so save checkpo
 unpatched model.
 """
 
-import torch
+import sys
 
-from .torch import _linear_weight, attention_prologue, norm_eps
+import torch
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .torch import attention_prologue, norm_eps
 
 __all__ = ["SUPPORTED_LAYERS", "PrologueAttention", "patch_decoder_layer", "patch_model"]
 
@@ -148,14 +151,15 @@ class PrologueAttention(torch.nn.Module):
                 delattr(attn, name)
         self.attn = attn
         self.layer_idx = attn.layer_idx
+        # the model's own eager attention, the fallback of its attention-function registry
+        # (looked up per call, as the model does: the implementation may be switched later)
+        self._eager = sys.modules[type(attn).__module__].eager_attention_forward
         # the attention function's kwargs beyond Llama's (Qwen2 and Qwen3 pass their window)
         self._extra = {"sliding_window": attn.sliding_window} if hasattr(
             attn, "sliding_window") else {}
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None,
                 past_key_values=None, **kwargs):
-        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
         batch, seq = hidden_states.shape[:2]
         cos, sin = position_embeddings
         table, positions = _rope_table(cos, sin, batch)
@@ -165,8 +169,7 @@ class PrologueAttention(torch.nn.Module):
             keys, values, slots = static
             k_cache, v_cache = keys.permute(0, 2, 1, 3), values.permute(0, 2, 1, 3)
         q, k, v = attention_prologue(
-            hidden_states, self.norm_weight,
-            _linear_weight(self.qkv_weight, hidden_states.shape[-1]), self.num_heads,
+            hidden_states, self.norm_weight, self.qkv_weight, self.num_heads,
             self.num_kv_heads, self.eps, qkv_bias=self.qkv_bias,
             q_norm_weight=self.q_norm_weight, k_norm_weight=self.k_norm_weight,
             qk_norm_eps=self.qk_norm_eps, positions=positions, cos_sin_cache=table,
@@ -180,7 +183,7 @@ class PrologueAttention(torch.nn.Module):
                 k, v = past_key_values.update(k, v, self.layer_idx)
         attn = self.attn
         interface = ALL_ATTENTION_FUNCTIONS.get_interface(attn.config._attn_implementation,
-                                                          _eager_attention(attn))
+                                                          self._eager)
         out, weights = interface(attn, q, k, v, attention_mask,
                                  dropout=0.0 if not attn.training else attn.attention_dropout,
                                  scaling=attn.scaling, **self._extra, **kwargs)
@@ -191,13 +194,6 @@ class PrologueAttention(torch.nn.Module):
         return (f"heads={self.num_heads}, kv_heads={self.num_kv_heads}, "
                 f"head_dim={self.head_dim}, bias={self.qkv_bias is not None}, "
                 f"qk_norm={self.q_norm_weight is not None}")
-
-
-def _eager_attention(attn):
-    """The model's own eager attention function (its modeling module's)."""
-    import sys
-    module = sys.modules[type(attn).__module__]
-    return module.eager_attention_forward
 
 
 def patch_decoder_layer(layer):
