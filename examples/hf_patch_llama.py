@@ -28,6 +28,7 @@ import transformers
 
 import minivllm
 import minivllm.hf
+from minivllm.bench.baselines import randomize_norms_and_biases
 
 # Per-layer shapes of real models (the layer count is an option: timings are per step of the
 # whole small model, embedding and LM head included).
@@ -51,12 +52,7 @@ def build(arch, layers, vocab, device, dtype, seed):
     torch.manual_seed(seed)
     with torch.device(device):
         model = transformers.AutoModelForCausalLM.from_config(config).to(dtype).eval()
-    with torch.no_grad():  # HF starts norms at 1 and biases at 0: randomize, so both count
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.copy_(1 + 0.2 * torch.randn_like(p))
-            elif name.endswith("bias"):
-                p.copy_(0.1 * torch.randn_like(p))
+    randomize_norms_and_biases(model)
     return model, config
 
 

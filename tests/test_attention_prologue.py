@@ -11,9 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import minivllm
-from conftest import NEEDS_CUDA, assert_native, norm_weight, randn, round_np, to64
+from conftest import (NEEDS_CUDA, assert_native, cuda_capability, get_backend, norm_weight, randn,
+                      round_np, to64)
 from minivllm.reference import FP8_TOLERANCE, PROLOGUE_TOLERANCE, to_fp8, write_kv_cache
-from reference import assert_matches, assert_same_values, prologue_ref, round_to
+from reference import assert_matches, assert_same_values, last_gpu_path, prologue_ref, round_to
 
 FP8 = "float8_e4m3fn"
 
@@ -248,6 +249,41 @@ def test_cache_write(dev, dtype, cache_dtype, layout, slots, kv_scale, rng):
 def test_rows(dev, dtype, M, rng):
     Case(dev, rng, dtype, M, 128, 8, 2, 64, bias=True, qk_norm=True, residual=True,
          cache="paged", slots="padding" if M else "random").run()
+
+
+# The QKV paths the epilogue kernel follows, each forced (the automatic table picks one per shape,
+# so without forcing, the prologue would meet only a few): a head's features come from many
+# blocks and tiles of each, and the epilogue must see all of them.
+EPILOGUE_PATHS = {  # rows, the compute capability it needs (exact: sm_90a code)
+    "register": ((1, 7, 16), (8, 0), False),
+    "bulk": ((1, 9, 16), (9, 0), False),
+    "deferred": ((1, 5, 32), (9, 0), False),
+    "engine": ((16, 32), (9, 0), True),
+    "cublaslt": ((2,), (8, 0), False),
+}
+
+
+@NEEDS_CUDA
+@pytest.mark.parametrize("cache", [None, "paged", FP8])
+@pytest.mark.parametrize("D", [64, 128, 256])
+@pytest.mark.parametrize("dt", ["bfloat16", "float16"])
+@pytest.mark.parametrize("path", list(EPILOGUE_PATHS))
+def test_epilogue_on_each_path(path, dt, D, cache, rng):
+    """Each path that can take a 16-bit prologue, forced, twice on fresh inputs (nothing of one
+    call may leak into the next), with PDL on and off (off: the register stream's other form)."""
+    rows, need, exact = EPILOGUE_PATHS[path]
+    cap = cuda_capability()
+    if cap != need if exact else cap < need:
+        pytest.skip(f"the {path} path needs sm_{need[0]}{need[1]}; this GPU is sm_{cap[0]}{cap[1]}")
+    dev = get_backend("cuda")
+    for M in rows:
+        for i in range(2):
+            c = Case(dev, rng, dt, M, 256, 6, 2, D, bias=True, qk_norm=True,
+                     cache=None if cache is None else "paged",
+                     cache_dtype=FP8 if cache == FP8 else None, slots="padding" if M > 1 else "random",
+                     kv_scale=0.5 if cache == FP8 else None)
+            c.run(_path=path, pdl=i == 0)
+            assert last_gpu_path() == path, f"_path={path!r} at M={M}: ran {last_gpu_path()!r}"
 
 
 @pytest.mark.parametrize("lead", [(2, 3), (1, 1), (3, 1, 2)])

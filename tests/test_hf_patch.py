@@ -15,6 +15,7 @@ import minivllm
 torch = pytest.importorskip("torch", reason="PyTorch is not installed")
 transformers = pytest.importorskip("transformers", reason="transformers is not installed")
 import minivllm.hf as mhf  # noqa: E402  (needs torch)
+from minivllm.bench.baselines import randomize_norms_and_biases  # noqa: E402  (needs torch)
 
 ARCHS = ("llama", "qwen2", "qwen3")
 NO_CUDA = "no CUDA device (minivllm.cuda_available() is False)"
@@ -37,12 +38,7 @@ def _model(arch, device, dtype, seed, layers=2):
                            tie_word_embeddings=False)
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.copy_(1 + 0.3 * torch.randn_like(p))
-            elif name.endswith("bias"):
-                p.copy_(0.2 * torch.randn_like(p))
+    randomize_norms_and_biases(model, norm_std=0.3, bias_std=0.2)
     return model.to(device=device, dtype=dtype), config
 
 

@@ -79,3 +79,15 @@ def torch_prologue(x, residual, gamma, weight, bias, num_heads, num_kv_heads, he
     return prologue_after_qkv(qkv, num_heads, num_kv_heads, head_dim, q_norm_weight,
                               k_norm_weight, positions, cos_sin_cache, k_cache, v_cache,
                               slot_mapping, eps), s
+
+
+def randomize_norms_and_biases(model, norm_std=0.2, bias_std=0.1):
+    """A freshly built Hugging Face model starts its norm weights at 1 and its biases at 0: give
+    them random values (around 1 and 0), so that a patched model that dropped one would differ."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(1 + norm_std * torch.randn_like(p))
+            elif name.endswith("bias"):
+                p.copy_(bias_std * torch.randn_like(p))
+

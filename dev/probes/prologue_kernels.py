@@ -1,0 +1,49 @@
+#!/usr/bin/env python3
+"""Which kernels one attention_prologue call launches (torch.profiler), per model shape and M:
+one kernel where the QKV kernel runs the epilogue itself, two (or more) where the epilogue kernel
+follows. usage: python3 dev/probes/prologue_kernels.py [--m 1 4 16]"""
+import argparse
+
+import torch
+
+import minivllm
+from minivllm.bench.models import MODELS
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--m", nargs="+", type=int, default=[1, 4, 16])
+    args = p.parse_args()
+    dev, dt = "cuda", torch.bfloat16
+    for name in ("qwen3-0.6b", "llama-3-8b", "qwen2.5-1.5b", "qwen3-4b"):
+        if name not in MODELS:
+            continue
+        m = MODELS[name]
+        H, nq, nkv, D = m.hidden, m.num_heads, m.num_kv_heads, m.head_dim
+        N = (nq + 2 * nkv) * D
+        for M in args.m:
+            x = torch.randn(M, H, device=dev, dtype=dt)
+            g = torch.rand(H, device=dev, dtype=dt) + 0.5
+            W = torch.randn(N, H, device=dev, dtype=dt) / H ** 0.5
+            qn = torch.rand(D, device=dev, dtype=dt) + 0.5
+            cs = torch.randn(4096, D, device=dev, dtype=torch.float32)
+            pos = torch.randint(0, 4096, (M,), device=dev)
+            kc = torch.zeros(64, 16, nkv, D, device=dev, dtype=dt)
+            vc = torch.zeros_like(kc)
+            slots = torch.randperm(64 * 16, device=dev)[:M]
+            kw = dict(q_norm_weight=qn, k_norm_weight=qn, positions=pos, cos_sin_cache=cs,
+                      k_cache=kc, v_cache=vc, slot_mapping=slots)
+            for _ in range(3):
+                minivllm.attention_prologue(x, g, W, nq, nkv, 1e-6, **kw)
+            torch.cuda.synchronize()
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                minivllm.attention_prologue(x, g, W, nq, nkv, 1e-6, **kw)
+                torch.cuda.synchronize()
+            names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+            short = [n.removeprefix("void ").split("<")[0].split("(")[0].replace("(anonymous namespace)::", "")[-48:]
+                     for n in names]
+            print(f"{name:14s} M={M:3d} path={minivllm._C.qkv_last_gpu_path():9s} kernels={len(names)}: {short}")
+
+
+if __name__ == "__main__":
+    main()
