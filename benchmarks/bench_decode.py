@@ -45,7 +45,7 @@ except ImportError:
 import minivllm
 import minivllm.torch as mvt
 from minivllm.bench import timing as bt
-from minivllm.bench.baselines import rope_neox
+from minivllm.bench.baselines import rel_diff, rope_neox
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
@@ -196,11 +196,6 @@ def model_backend(model):
     return "inductor" if model.h.is_cuda else "aot_eager"
 
 
-def rel(a, b):
-    a, b = a.float(), b.float()
-    return float((a - b).norm() / b.norm())
-
-
 def time_step(step, replays):
     """µs per step: one CUDA graph of the whole step (warmed up and captured by timing.capture),
     median of `replays` replays."""
@@ -238,8 +233,8 @@ def run_model(cfg, batch, args, dtype, device):
         outputs[variant] = out
         row["variants"][variant] = {
             "us": us, "us_min": us_min,
-            "error_vs_float32": rel(out[:sequences], reference),
-            "error_vs_torch": rel(out, outputs["torch"]) if "torch" in outputs else None}
+            "error_vs_float32": rel_diff(out[:sequences], reference),
+            "error_vs_torch": rel_diff(out, outputs["torch"]) if "torch" in outputs else None}
     v = row["variants"]
     row["speedup"] = {}
     if "torch" in v and "minivllm" in v:

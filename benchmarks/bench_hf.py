@@ -80,7 +80,7 @@ except ImportError:
 import minivllm
 import minivllm.hf
 from minivllm.bench import timing as bt
-from minivllm.bench.baselines import randomize_norms_and_biases
+from minivllm.bench.baselines import randomize_norms_and_biases, rel_diff
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
@@ -88,16 +88,15 @@ TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 TARGET = ("qwen3-0.6b", 1, 0.9)   # model, batch, largest patched/stock ratio of decode GPU time
 TOP_KERNELS = 12
 
-Spec = namedtuple("Spec", "name family layers hidden intermediate heads kv_heads head_dim vocab "
-                          "rope_theta eps tie")
-# The real models' dimensions (their config.json); layers: the default count run here.
+Spec = namedtuple("Spec", "name family layers full_layers hidden intermediate heads kv_heads head_dim "
+                          "vocab rope_theta eps tie")
+# The real models' dimensions (their config.json); layers: the default count run here, of full_layers.
 SPECS = {s.name.lower(): s for s in (
-    Spec("Qwen3-0.6B", "qwen3", 28, 1024, 3072, 16, 8, 128, 151936, 1e6, 1e-6, True),
-    Spec("Llama-3-8B", "llama", 8, 4096, 14336, 32, 8, 128, 128256, 5e5, 1e-5, False),
-    Spec("Qwen2.5-1.5B", "qwen2", 28, 1536, 8960, 12, 2, 128, 151936, 1e6, 1e-6, True),
+    Spec("Qwen3-0.6B", "qwen3", 28, 28, 1024, 3072, 16, 8, 128, 151936, 1e6, 1e-6, True),
+    Spec("Llama-3-8B", "llama", 8, 32, 4096, 14336, 32, 8, 128, 128256, 5e5, 1e-5, False),
+    Spec("Qwen2.5-1.5B", "qwen2", 28, 28, 1536, 8960, 12, 2, 128, 151936, 1e6, 1e-6, True),
 )}
-FULL_LAYERS = {"qwen3-0.6b": 28, "llama-3-8b": 32, "qwen2.5-1.5b": 28}
-TINY = Spec("tiny", "qwen3", 2, 64, 128, 4, 2, 16, 256, 1e6, 1e-6, True)
+TINY = Spec("tiny", "qwen3", 2, 2, 64, 128, 4, 2, 16, 256, 1e6, 1e-6, True)
 CONFIGS = {"qwen3": transformers.Qwen3Config, "llama": transformers.LlamaConfig,
            "qwen2": transformers.Qwen2Config}
 
@@ -139,11 +138,6 @@ def stock_and_patched(spec, layers, max_positions, device, dtype, seed, init_ran
     return stock, patched, replaced
 
 
-def rel(a, b):
-    a, b = a.float(), b.float()
-    return float((a - b).norm() / b.norm())
-
-
 def first_decode_logits(model, ids, token=None):
     """Eager (uncompiled): prefill of ids through a fresh StaticCache, then one decode step of
     `token` (default: the prefill's greedy token). Returns (prefill's last logits, token, the
@@ -161,8 +155,8 @@ def first_decode_logits(model, ids, token=None):
 def logits_check(stock, patched, ids):
     s_prefill, token, s_step = first_decode_logits(stock, ids)
     p_prefill, _, p_step = first_decode_logits(patched, ids, token)
-    return {"prefill_last_rel": rel(p_prefill, s_prefill),
-            "decode_rel": rel(p_step, s_step),
+    return {"prefill_last_rel": rel_diff(p_prefill, s_prefill),
+            "decode_rel": rel_diff(p_step, s_step),
             "decode_max_abs": float((p_step - s_step).abs().max()),
             "decode_max_abs_stock_logit": float(s_step.abs().max()),
             "decode_top1_agreement": float((p_step.argmax(-1) == s_step.argmax(-1))
@@ -365,12 +359,12 @@ def run_model(key, batch, args, dtype, log, device="cuda", backend="inductor"):
                                                  args.seed)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     ids = torch.randint(0, spec.vocab, (batch, args.prompt), device=device, generator=gen)
-    row = {"model": spec.name, "layers": layers, "full_layers": FULL_LAYERS[key],
+    row = {"model": spec.name, "layers": layers, "full_layers": spec.full_layers,
            "batch": batch, "prompt": args.prompt, "new_tokens": [args.new_tokens, n2],
            "config": spec._asdict(), "model_class": type(stock).__name__,
            "attn_implementation": stock.config._attn_implementation,
            "patched_layers": replaced, "variants": {}, "failures": {}}
-    log(f"\n{spec.name} ({row['model_class']}, {layers} of {FULL_LAYERS[key]} layers, "
+    log(f"\n{spec.name} ({row['model_class']}, {layers} of {spec.full_layers} layers, "
         f"{replaced} attention modules patched, attention {row['attn_implementation']}), "
         f"batch {batch}, prompt {args.prompt}, N = {args.new_tokens}")
     row["logits"] = lg = logits_check(stock, patched, ids)

@@ -28,7 +28,7 @@ import transformers
 
 import minivllm
 import minivllm.hf
-from minivllm.bench.baselines import randomize_norms_and_biases
+from minivllm.bench.baselines import randomize_norms_and_biases, rel_diff
 
 # Per-layer shapes of real models (the layer count is an option: timings are per step of the
 # whole small model, embedding and LM head included).
@@ -54,10 +54,6 @@ def build(arch, layers, vocab, device, dtype, seed):
         model = transformers.AutoModelForCausalLM.from_config(config).to(dtype).eval()
     randomize_norms_and_biases(model)
     return model, config
-
-
-def rel(a, b):
-    return float((a.float() - b.float()).norm() / b.float().norm())
 
 
 class Timer:
@@ -137,7 +133,7 @@ def run_arch(arch, args, device, dtype, log):
         "patched_layers": patched_layers,
         "logits": {
             "tokens_checked": int(check_ids.numel()),
-            "rel_patched_vs_stock": rel(patched_logits, stock_logits),
+            "rel_patched_vs_stock": rel_diff(patched_logits, stock_logits),
             "max_abs_patched_vs_stock": float((patched_logits - stock_logits).abs().max()),
             "max_abs_stock_logit": float(stock_logits.abs().max()),
             "top1_agreement": float((patched_logits.argmax(-1) == stock_logits.argmax(-1))
@@ -148,8 +144,8 @@ def run_arch(arch, args, device, dtype, log):
     }
     lg = result["logits"]
     if reference is not None:
-        lg["rel_stock_vs_float32"] = rel(stock_logits, reference)
-        lg["rel_patched_vs_float32"] = rel(patched_logits, reference)
+        lg["rel_stock_vs_float32"] = rel_diff(stock_logits, reference)
+        lg["rel_patched_vs_float32"] = rel_diff(patched_logits, reference)
         ok = (lg["rel_patched_vs_float32"] <= 1.5 * lg["rel_stock_vs_float32"] + 1e-3
               and lg["rel_patched_vs_stock"] <= 5e-2)
     else:

@@ -91,3 +91,10 @@ def randomize_norms_and_biases(model, norm_std=0.2, bias_std=0.1):
             elif name.endswith("bias"):
                 p.copy_(bias_std * torch.randn_like(p))
 
+
+def rel_diff(a, b):
+    """||a - b|| / ||b|| of two tensors, in float32 on their device (a model's outputs against
+    another's)."""
+    a, b = a.float(), b.float()
+    return float((a - b).norm() / b.norm())
+
