@@ -13,14 +13,17 @@ Every implementation is timed the same way:
   * A device-to-device copy of 2 GiB, timed the same way in the same run, is the bandwidth
     ceiling; bandwidth is reported as a fraction of it.
 Baselines: torch.nn.functional.rms_norm; Hugging Face's RMSNorm, eager and torch.compile'd; for
-the fused op, x + r then F.rms_norm, eager and torch.compile'd. minivllm's output is checked
+the fused op, x + r then F.rms_norm, eager and torch.compile'd; Liger-Kernel's Triton kernels for
+both ops where liger_kernel imports. minivllm is timed twice: as --pdl asks, and with PDL off
+(pdl=False; a norm in a model follows a GEMM, whose tail PDL cannot overlap as it does a chain of
+norms), and each is compared with the best baseline. minivllm's output is checked
 against the float64 reference (minivllm.reference, on a sample of rows) for every shape, before
 timing (an eager call) and after (the graph's last call); a wrong result aborts the run.
 The report gives each shape's fraction of the copy bandwidth (the floor of a memory-bound op) and
 every baseline's time and minivllm's speedup over it.
 
 usage: python3 benchmarks/bench_rms_norm.py [--quick] [--dtypes bf16 fp16 fp32] [--hidden 1024]
-           [--rows 1 4096] [--out DIR] [--no-compile] [--compile-static] [--no-plot]
+           [--rows 1 4096] [--shapes 1000x999 ...] [--out DIR] [--no-compile] [--compile-static] [--no-plot]
            [--pdl auto|on|off]
 Writes DIR/norm-<gpu>-<date>.json and DIR/norm-<gpu>-<date>.png (DIR: benchmarks/results).
 """
@@ -64,6 +67,8 @@ FULL_HIDDEN = (896, 1024, 2048, 3584, 4096, 5120, 8192)
 FULL_ROWS = (1, 16, 128, 1024, 4096, 32768)
 QUICK_HIDDEN = (1024, 4096, 8192)
 QUICK_ROWS = (1, 4096, 32768)
+# (M, H) beside the grid: hidden sizes no vector width divides (rows start at every alignment).
+ODD_SHAPES = ((1000, 999), (1000, 4095), (16, 4095), (4096, 5119))
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # Relative error allowed against the float64 reference: the test suite's tolerances.
 TOLERANCE = {d: reference.TOLERANCE[bt.DTYPE_NAMES[d]] for d in DTYPES}
@@ -74,12 +79,17 @@ MEMORY_CAP_BYTES, COPY_BYTES = bt.MEMORY_CAP_BYTES, bt.COPY_BYTES
 
 OPS = ("rms_norm", "fused_add_rms_norm")
 BASELINES = {
-    "rms_norm": ("torch_rms_norm", "hf_eager", "hf_compiled"),
-    "fused_add_rms_norm": ("torch_add_rms_norm", "torch_add_rms_norm_compiled"),
+    "rms_norm": ("torch_rms_norm", "hf_eager", "hf_compiled", "liger_rms_norm"),
+    "fused_add_rms_norm": ("torch_add_rms_norm", "torch_add_rms_norm_compiled",
+                           "liger_add_rms_norm"),
 }
+PDL_OFF = "minivllm_pdl_off"
 COMPILED = ("hf_compiled", "torch_add_rms_norm_compiled")
 LABELS = {
     "minivllm": "minivllm",
+    PDL_OFF: "minivllm, PDL off",
+    "liger_rms_norm": "Liger-Kernel rms_norm (Triton)",
+    "liger_add_rms_norm": "Liger-Kernel fused_add_rms_norm (Triton)",
     "torch_rms_norm": "torch F.rms_norm",
     "hf_eager": "HF RMSNorm (eager)",
     "hf_compiled": "HF RMSNorm (torch.compile)",
@@ -87,7 +97,27 @@ LABELS = {
     "torch_add_rms_norm_compiled": "torch x + r, F.rms_norm (torch.compile)",
 }
 SHORT = {"torch_rms_norm": "F.rms_norm", "hf_eager": "HF", "hf_compiled": "HF compiled",
-         "torch_add_rms_norm": "add+rms_norm", "torch_add_rms_norm_compiled": "compiled"}
+         "torch_add_rms_norm": "add+rms_norm", "torch_add_rms_norm_compiled": "compiled",
+         "liger_rms_norm": "Liger", "liger_add_rms_norm": "Liger"}
+
+
+def load_liger():
+    """Liger-Kernel's forward functions (called directly: no autograd), or the reason it is out."""
+    try:
+        import liger_kernel
+        from liger_kernel.ops.fused_add_rms_norm import fused_add_rms_norm_forward
+        from liger_kernel.ops.rms_norm import rms_norm_forward
+    except Exception as error:  # noqa: BLE001 - any import failure only drops the baseline
+        return None, f"not importable ({type(error).__name__}: {error})"
+    version = getattr(liger_kernel, "__version__", None)
+    if version is None:
+        from importlib.metadata import PackageNotFoundError, version as dist_version
+        try:
+            version = dist_version("liger-kernel")
+        except PackageNotFoundError:
+            version = "unknown"
+    return {"rms_norm": rms_norm_forward, "fused_add_rms_norm": fused_add_rms_norm_forward,
+            "version": version}, f"liger-kernel {version}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,16 +183,19 @@ def record(op, dtype_name, hidden, rows, moved, calls, l2_bytes, timings, errors
         impls[name] = {**timing, "gbps": gbps, "fraction_of_copy": gbps / copy_gbps}
     mine = impls["minivllm"]["us"]
     speedup = {name: impls[name]["us"] / mine for name in BASELINES[op] if name in impls}
+    speedup_pdl_off = ({name: impls[name]["us"] / impls[PDL_OFF]["us"] for name in speedup}
+                       if PDL_OFF in impls else {})
     return {
         "op": op, "dtype": dtype_name, "hidden": hidden, "rows": rows, "elements": rows * hidden,
         "bytes_per_call": moved, "calls_per_graph": calls,
         "working_set_bytes": calls * moved, "working_set_over_l2": calls * moved / l2_bytes,
         "check_relative_error": errors, "impls": impls, "speedup": speedup,
         "fastest_baseline": min(speedup, key=speedup.get) if speedup else None,
+        "speedup_pdl_off": speedup_pdl_off,
     }
 
 
-def bench_rms_norm(xs, weight, calls, dtype_name, compiled, replays, kwargs):
+def bench_rms_norm(xs, weight, calls, dtype_name, compiled, liger, replays, kwargs):
     hidden = weight.shape[0]
     outs = [torch.full_like(x, math.nan) for x in xs[:calls]]
     eager = minivllm.rms_norm(xs[0], weight, EPS, out=outs[0], **kwargs)
@@ -172,6 +205,12 @@ def bench_rms_norm(xs, weight, calls, dtype_name, compiled, replays, kwargs):
         "torch_rms_norm": lambda i: torch.nn.functional.rms_norm(xs[i], (hidden,), weight, EPS),
         "hf_eager": lambda i: hf_rms_norm(xs[i], weight),
     }
+    if kwargs.get("pdl", True) is not False:
+        impls[PDL_OFF] = lambda i: minivllm.rms_norm(xs[i], weight, EPS, out=outs[i],
+                                                     **{**kwargs, "pdl": False})
+    if liger:
+        liger_rms = liger["rms_norm"]
+        impls["liger_rms_norm"] = lambda i: liger_rms(xs[i], weight, EPS, 0.0, "llama", None)[0]
     if compiled:
         hf_compiled = compiled["hf_compiled"]
         impls["hf_compiled"] = lambda i: hf_compiled(xs[i], weight)
@@ -182,7 +221,7 @@ def bench_rms_norm(xs, weight, calls, dtype_name, compiled, replays, kwargs):
     return timings, errors
 
 
-def bench_fused(xs, rs, weight, calls, dtype_name, compiled, replays, kwargs):
+def bench_fused(xs, rs, weight, calls, dtype_name, compiled, liger, replays, kwargs):
     outs = [torch.full_like(x, math.nan) for x in xs[:calls]]
     residual_outs = [torch.full_like(x, math.nan) for x in xs[:calls]]
     normed, new_residual = minivllm.fused_add_rms_norm(
@@ -194,6 +233,14 @@ def bench_fused(xs, rs, weight, calls, dtype_name, compiled, replays, kwargs):
             xs[i], rs[i], weight, EPS, out=outs[i], residual_out=residual_outs[i], **kwargs),
         "torch_add_rms_norm": lambda i: torch_add_rms_norm(xs[i], rs[i], weight),
     }
+    if kwargs.get("pdl", True) is not False:
+        impls[PDL_OFF] = lambda i: minivllm.fused_add_rms_norm(
+            xs[i], rs[i], weight, EPS, out=outs[i], residual_out=residual_outs[i],
+            **{**kwargs, "pdl": False})
+    if liger:
+        liger_add = liger["fused_add_rms_norm"]
+        impls["liger_add_rms_norm"] = lambda i: liger_add(xs[i], rs[i], weight, EPS, 0.0,
+                                                          "llama")[:2]
     if compiled:
         add_compiled = compiled["torch_add_rms_norm_compiled"]
         impls["torch_add_rms_norm_compiled"] = lambda i: add_compiled(xs[i], rs[i], weight)
@@ -204,7 +251,7 @@ def bench_fused(xs, rs, weight, calls, dtype_name, compiled, replays, kwargs):
     return timings, errors
 
 
-def bench_shape(dtype_name, hidden, rows, l2_bytes, copy_gbps, compiled, replays, kwargs):
+def bench_shape(dtype_name, hidden, rows, l2_bytes, copy_gbps, compiled, liger, replays, kwargs):
     """Both ops at one (dtype, H, M): their two records."""
     dtype = DTYPES[dtype_name]
     element_size = torch.empty((), dtype=dtype).element_size()
@@ -215,16 +262,16 @@ def bench_shape(dtype_name, hidden, rows, l2_bytes, copy_gbps, compiled, replays
     xs = random_rows(calls["rms_norm"], rows, hidden, dtype)
     records = []
 
-    timings, errors = bench_rms_norm(xs, weight, calls["rms_norm"], dtype_name, compiled, replays,
-                                     kwargs)
+    timings, errors = bench_rms_norm(xs, weight, calls["rms_norm"], dtype_name, compiled, liger,
+                                     replays, kwargs)
     records.append(record("rms_norm", dtype_name, hidden, rows, moved["rms_norm"],
                           calls["rms_norm"], l2_bytes, timings, errors, copy_gbps))
     torch.cuda.empty_cache()
 
     calls_fused = calls["fused_add_rms_norm"]
     rs = random_rows(calls_fused, rows, hidden, dtype)
-    timings, errors = bench_fused(xs, rs, weight, calls_fused, dtype_name, compiled, replays,
-                                  kwargs)
+    timings, errors = bench_fused(xs, rs, weight, calls_fused, dtype_name, compiled, liger,
+                                  replays, kwargs)
     records.append(record("fused_add_rms_norm", dtype_name, hidden, rows,
                           moved["fused_add_rms_norm"], calls_fused, l2_bytes, timings, errors,
                           copy_gbps))
@@ -244,27 +291,40 @@ def progress_part(r):
     mine = r["impls"]["minivllm"]
     speedups = " ".join(f"{SHORT[name]} {s:.2f}x" for name, s in r["speedup"].items())
     name = "rms" if r["op"] == "rms_norm" else "fused"
-    return (f"{name} x{r['calls_per_graph']}{fits_in_l2_mark(r).strip()}: {mine['us']:.2f} µs "
-            f"{mine['fraction_of_copy']:.0%} of copy, vs {speedups}")
+    off = (f" (PDL off {r['impls'][PDL_OFF]['us']:.2f} µs)" if PDL_OFF in r["impls"] else "")
+    return (f"{name} x{r['calls_per_graph']}{fits_in_l2_mark(r).strip()}: {mine['us']:.2f} µs"
+            f"{off} {mine['fraction_of_copy']:.0%} of copy, vs {speedups}")
+
+
+def best_ratio(speedups):
+    """minivllm's speedup over the fastest baseline (below 1: a baseline wins), or None."""
+    return min(speedups.values()) if speedups else None
 
 
 def print_table(results):
     print("\nµs per call (graph-timed, median); GB/s and %copy of minivllm; for each baseline its "
           "µs and minivllm's speedup (baseline µs / minivllm µs). calls* : the graph's working "
-          "set fits in L2 even at the call limit.")
+          "set fits in L2 even at the call limit. 'off': minivllm with PDL off, and its speedup "
+          "over the fastest baseline.")
     for op in OPS:
         rows = [r for r in results if r["op"] == op]
         if not rows:
             continue
         baselines = [b for b in BASELINES[op] if any(b in r["impls"] for r in rows)]
+        with_off = any(PDL_OFF in r["impls"] for r in rows)
         print(f"\n{op}")
         print(f"  {'dtype':5s} {'H':>5s} {'M':>6s} {'calls':>6s} {'µs':>9s} {'GB/s':>7s} "
-              f"{'%copy':>6s}" + "".join(f" {SHORT[b]:>17s}" for b in baselines))
+              f"{'%copy':>6s}" + (f" {'off µs':>9s} {'vs best':>7s}" if with_off else "")
+              + "".join(f" {SHORT[b]:>17s}" for b in baselines))
         for r in rows:
             mine = r["impls"]["minivllm"]
             line = (f"  {r['dtype']:5s} {r['hidden']:5d} {r['rows']:6d} "
                     f"{r['calls_per_graph']:5d}{fits_in_l2_mark(r)} {mine['us']:9.2f} "
                     f"{mine['gbps']:7.0f} {mine['fraction_of_copy']:6.1%}")
+            if with_off:
+                off = best_ratio(r["speedup_pdl_off"])
+                line += (f" {r['impls'][PDL_OFF]['us']:9.2f} {off:6.2f}x" if off is not None
+                         else f" {'-':>17s}")
             for b in baselines:
                 if b in r["impls"]:
                     line += f" {r['impls'][b]['us']:9.2f} {r['speedup'][b]:6.2f}x"
@@ -274,26 +334,37 @@ def print_table(results):
 
 
 def slower_shapes(results):
-    """The (op, dtype, shape)s where the fastest baseline beat minivllm, worst first."""
+    """The (op, dtype, shape, PDL)s where the fastest baseline beat minivllm, worst first."""
     slower = []
     for r in results:
-        best = r["fastest_baseline"]
-        if best is not None and r["speedup"][best] < 1:
-            slower.append({"op": r["op"], "dtype": r["dtype"], "hidden": r["hidden"],
-                           "rows": r["rows"], "minivllm_us": r["impls"]["minivllm"]["us"],
-                           "baseline": best, "baseline_us": r["impls"][best]["us"],
-                           "speedup": r["speedup"][best]})
+        for variant, impl, speedups in (("pdl as asked", "minivllm", r["speedup"]),
+                                        ("pdl off", PDL_OFF, r["speedup_pdl_off"])):
+            if not speedups:
+                continue
+            best = min(speedups, key=speedups.get)
+            if speedups[best] < 1:
+                slower.append({"op": r["op"], "dtype": r["dtype"], "hidden": r["hidden"],
+                               "rows": r["rows"], "variant": variant,
+                               "minivllm_us": r["impls"][impl]["us"], "baseline": best,
+                               "baseline_us": r["impls"][best]["us"],
+                               "speedup": speedups[best]})
     return sorted(slower, key=lambda v: v["speedup"])
 
 
 def print_slower(slower, results):
     compared = sum(1 for r in results if r["speedup"])
-    print(f"\nminivllm is at least as fast as every baseline at {compared - len(slower)} of "
-          f"{compared} (op, dtype, shape)s.")
-    for v in slower:
-        print(f"    {v['op']:18s} {v['dtype']} M={v['rows']:<6d} H={v['hidden']:<5d} "
-              f"minivllm {v['minivllm_us']:9.2f} µs  {SHORT[v['baseline']]:>12s} "
-              f"{v['baseline_us']:9.2f} µs  ({v['speedup']:.3f}x)")
+    for variant, key in (("PDL as asked", "pdl as asked"), ("PDL off", "pdl off")):
+        lost = [v for v in slower if v["variant"] == key]
+        counted = compared if key == "pdl as asked" else sum(
+            1 for r in results if r["speedup_pdl_off"])
+        if counted == 0:
+            continue
+        print(f"\n{variant}: minivllm is at least as fast as every baseline at "
+              f"{counted - len(lost)} of {counted} (op, dtype, shape)s.")
+        for v in lost:
+            print(f"    {v['op']:18s} {v['dtype']} M={v['rows']:<6d} H={v['hidden']:<5d} "
+                  f"minivllm {v['minivllm_us']:9.2f} µs  {SHORT[v['baseline']]:>12s} "
+                  f"{v['baseline_us']:9.2f} µs  ({v['speedup']:.3f}x)")
 
 
 def write_plot(results, copy_gbps, path, title):
@@ -314,8 +385,8 @@ def write_plot(results, copy_gbps, path, title):
             groups = {}
             for position, r in zip(positions, shapes):
                 groups.setdefault(r["hidden"], []).append((position, r))
-            for colour, impl in enumerate(("minivllm",) + BASELINES[op]):
-                mine = impl == "minivllm"
+            for colour, impl in enumerate(("minivllm", PDL_OFF) + BASELINES[op]):
+                mine = impl in ("minivllm", PDL_OFF)
                 label = LABELS[impl]
                 for members in groups.values():
                     points = [(p, r["impls"][impl]["gbps"]) for p, r in members
@@ -354,6 +425,10 @@ def parse_args(argv):
                         help="bf16 fp16 fp32 (default: all)")
     parser.add_argument("--hidden", nargs="+", help=f"H values (default {FULL_HIDDEN})")
     parser.add_argument("--rows", nargs="+", help=f"M values (default {FULL_ROWS})")
+    parser.add_argument("--shapes", nargs="+",
+                        help="MxH shapes beside the grid (default: "
+                             + " ".join(f"{m}x{h}" for m, h in ODD_SHAPES) + "; 'none': none)")
+    parser.add_argument("--no-liger", action="store_true", help="skip the Liger-Kernel baselines")
     bt.add_graph_run_args(parser, DEFAULT_OUT, NORM_MIN_REPLAY_US)
     bt.add_kernel_args(parser, qkv_path=False)
     parser.add_argument("--no-compile", action="store_true",
@@ -368,9 +443,18 @@ def parse_args(argv):
             QUICK_HIDDEN if args.quick else FULL_HIDDEN)
         args.rows = flat_list(args.rows, int) if args.rows else list(
             QUICK_ROWS if args.quick else FULL_ROWS)
+        if args.shapes is None:
+            args.shapes = list(ODD_SHAPES)
+        elif flat_list(args.shapes, str) == ["none"]:
+            args.shapes = []
+        else:
+            args.shapes = [tuple(int(v) for v in shape.lower().split("x"))
+                           for shape in flat_list(args.shapes, str)]
+            if any(len(shape) != 2 for shape in args.shapes):
+                raise ValueError("--shapes takes MxH, e.g. 1000x999")
     except (argparse.ArgumentTypeError, ValueError) as error:
         parser.error(str(error))
-    if min(args.hidden + args.rows) < 1:
+    if min(args.hidden + args.rows + [v for shape in args.shapes for v in shape]) < 1:
         parser.error("--hidden and --rows take positive integers")
     return args
 
@@ -402,13 +486,16 @@ def main(argv=None):
     print(f"device-to-device copy ({COPY_BYTES >> 30} GiB, read + write): {copy_gbps:.0f} GB/s ("
           + ", ".join(f"{k} {v:.0f}" for k, v in copy_methods.items()) + ")", flush=True)
     compiled = None if args.no_compile else compile_baselines(args.compile_static)
+    liger, liger_note = (None, "skipped (--no-liger)") if args.no_liger else load_liger()
+    print(f"Liger-Kernel baseline: {liger_note}", flush=True)
 
     shapes = [(d, h, m) for d in args.dtypes for h in args.hidden for m in args.rows]
+    shapes += [(d, h, m) for d in args.dtypes for m, h in args.shapes if (d, h, m) not in shapes]
     results = []
     shape_seconds = {}
     for index, (dtype, hidden, rows) in enumerate(shapes, 1):
         shape_start = time.perf_counter()
-        records = bench_shape(dtype, hidden, rows, l2_bytes, copy_gbps, compiled,
+        records = bench_shape(dtype, hidden, rows, l2_bytes, copy_gbps, compiled, liger,
                               args.replays, kwargs)
         seconds = time.perf_counter() - shape_start
         shape_seconds[f"{dtype} H={hidden} M={rows}"] = seconds
@@ -436,6 +523,7 @@ def main(argv=None):
         "versions": versions,
         "argv": sys.argv[1:],
         "sweep": {"dtypes": args.dtypes, "hidden": args.hidden, "rows": args.rows,
+                  "extra_shapes_m_h": args.shapes, "liger": liger_note,
                   "quick": args.quick, "kernel_kwargs": {k: str(v) for k, v in kwargs.items()}},
         "method": {
             "timing": "CUDA graph of N calls, each on its own inputs and outputs; CUDA events "

@@ -7,7 +7,7 @@
  *   until every pointer and row stride is V-aligned), summed with warp shuffles, scaled with one
  *   rsqrt, and written back with vector stores. A row is handled by a group of G threads (a
  *   power of two: a few lanes of a warp for small H, up to 1024 threads for H in the tens of
- *   thousands), each holding up to kMaxVecsPerThread vectors; small rows pack many groups, i.e.
+ *   thousands), each holding up to 4 vectors (more of narrower ones); small rows pack many groups, i.e.
  *   many rows, into one block. With PDL, the first few MiB of rows are prefetched into L2 before
  *   the wait for the previous kernel (kPrefetchBytes). Rows too long to stay in registers fall
  *   back to:
@@ -180,6 +180,12 @@ namespace {
 
 constexpr int kMaxVecsPerThread = 4; /* 4 x 16 B in flight per thread, 32 floats of registers */
 constexpr int kVecBlockThreads = 256;
+/* A row that only single elements fit (H odd, or a misaligned view) takes 8 of them per thread,
+   as Liger's and torch.compile's kernels do: 4 per thread took twice the threads per row (a
+   cross-warp sum where fewer warps would do) and sent rows of H > 2048 to the one-block-per-row reference
+   kernel (bf16 H = 4095: 18 us against Liger's 9; dev/logs/norm-odd-h-*.log). 16 per thread
+   used all 128 registers with the weight held early. Wider vectors keep 4 per thread. */
+constexpr int vecs_per_thread(int v) { return v == 1 ? 8 : kMaxVecsPerThread; }
 
 /* Sum over a group of G threads (G a power of two up to 32, else a multiple of 32; groups aligned
    within the block); every
@@ -231,11 +237,12 @@ __device__ __forceinline__ void keep_packed(VecT &v) {
 template <typename T, typename TW, int V, bool kHasResidual, bool kEarlyWeight, bool kOffset, bool kTwoStrides>
 __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(NormParams<kTwoStrides> args, int group_threads, int64_t prefetch_rows) {
     __shared__ float warp_sums[32];
+    constexpr int kVecs = vecs_per_thread(V);
     const mv_outer_strides outer = outer_of(args);
     using VecT = mv_vec<T, V>;
     using WVecT = mv_vec<TW, V>; /* the weight: T, or float with 16-bit T */
     const mv_norm_input &in = args.in;
-    /* int: the launcher sends only rows of at most kMaxVecThreads * kMaxVecsPerThread vectors. */
+    /* int: the launcher sends only rows of at most kMaxVecThreads * kVecs vectors. */
     const int vecs_per_row = static_cast<int>(in.hidden / V);
     const int rows_per_block = blockDim.x / group_threads;
     const int group = threadIdx.x / group_threads;
@@ -258,7 +265,7 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(NormParams
                                                                            pos.at(in.residual_stride, outer.residual))
                                          : nullptr;
 #pragma unroll
-        for (int i = 0; i < kMaxVecsPerThread; ++i) {
+        for (int i = 0; i < kVecs; ++i) {
             const int idx = lane + i * group_threads;
             if (idx < vecs_per_row) {
                 mv_prefetch_l2(x_row + idx);
@@ -278,21 +285,21 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(NormParams
         const RowIndex<kTwoStrides> pos(row, outer.inner_rows);
         /* The row stays in registers in its storage type (s is exactly representable in T:
            x itself, or the rounded sum), which halves the registers of 16-bit rows. */
-        VecT row_vecs[kMaxVecsPerThread];
-        WVecT weight_vecs[kMaxVecsPerThread];
+        VecT row_vecs[kVecs];
+        WVecT weight_vecs[kVecs];
         float sum_sq = 0.0f;
         if (active) {
             const VecT *x_row = reinterpret_cast<const VecT *>(static_cast<const T *>(in.x) + pos.at(in.x_stride, outer.x));
-            VecT added[kMaxVecsPerThread];
+            VecT added[kVecs];
             /* All loads first, so each thread has every one of them in flight at once. */
 #pragma unroll
-            for (int i = 0; i < kMaxVecsPerThread; ++i) {
+            for (int i = 0; i < kVecs; ++i) {
                 const int idx = lane + i * group_threads;
                 if (idx < vecs_per_row) row_vecs[i] = x_row[idx];
             }
             if (kEarlyWeight) {
 #pragma unroll
-                for (int i = 0; i < kMaxVecsPerThread; ++i) {
+                for (int i = 0; i < kVecs; ++i) {
                     const int idx = lane + i * group_threads;
                     if (idx < vecs_per_row) weight_vecs[i] = weight[idx];
                 }
@@ -301,13 +308,13 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(NormParams
                 const VecT *r_row = reinterpret_cast<const VecT *>(static_cast<const T *>(in.residual) +
                                                                    pos.at(in.residual_stride, outer.residual));
 #pragma unroll
-                for (int i = 0; i < kMaxVecsPerThread; ++i) {
+                for (int i = 0; i < kVecs; ++i) {
                     const int idx = lane + i * group_threads;
                     if (idx < vecs_per_row) added[i] = r_row[idx];
                 }
             }
 #pragma unroll
-            for (int i = 0; i < kMaxVecsPerThread; ++i) {
+            for (int i = 0; i < kVecs; ++i) {
                 const int idx = lane + i * group_threads;
                 if (idx >= vecs_per_row) continue;
                 if (kHasResidual) { /* rounded to T, as the model stores it, then normalized */
@@ -329,7 +336,7 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(NormParams
         sum_sq = group_sum(sum_sq, group_threads, warp_sums);
         if (!active) continue;
 #pragma unroll
-        for (int i = 0; i < kMaxVecsPerThread; ++i) {
+        for (int i = 0; i < kVecs; ++i) {
             keep_packed(row_vecs[i]);
             if (kEarlyWeight && !kHasResidual) keep_packed(weight_vecs[i]);
         }
@@ -340,13 +347,13 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(NormParams
                placed after a store could not be hoisted above it, and the four L2 round trips
                would run one after another. */
 #pragma unroll
-            for (int i = 0; i < kMaxVecsPerThread; ++i) {
+            for (int i = 0; i < kVecs; ++i) {
                 const int idx = lane + i * group_threads;
                 if (idx < vecs_per_row) weight_vecs[i] = weight[idx];
             }
         }
 #pragma unroll
-        for (int i = 0; i < kMaxVecsPerThread; ++i) {
+        for (int i = 0; i < kVecs; ++i) {
             const int idx = lane + i * group_threads;
             if (idx >= vecs_per_row) continue;
             const WVecT w = weight_vecs[i];
@@ -474,7 +481,8 @@ extern "C" int mv_rms_norm_cuda(const mv_rms_norm_args *a, const mv_cuda_opts *o
     if (a->in.rows == 0) return (int)cudaSuccess;
     const int v = vector_width(a);
     const int64_t vecs_per_row = a->in.hidden / v;
-    int64_t needed = (vecs_per_row + kMaxVecsPerThread - 1) / kMaxVecsPerThread;
+    const int per_thread = vecs_per_thread(v);
+    int64_t needed = (vecs_per_row + per_thread - 1) / per_thread;
     if (needed > kMaxVecThreads) return mv_rms_norm_cuda_reference(a, stream);
     cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
     mv_cuda_device dev;
