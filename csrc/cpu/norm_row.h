@@ -16,13 +16,15 @@
  *   representable in float32). Every other row takes the float32 path above.
  * QKV products: y (float32, never rounded to the dtype) times W converted to float32 (exact), in
  *   float32 FMAs. Decode GEMV: each output is summed in VL lanes over blocks of DOT_BLOCK
- *   elements (at most DOT_BLOCK / VL terms a lane), the lanes added, and the block sums added in
- *   order. Blocked GEMM: each output is one FMA chain per block of GEMM_KC elements, the block
- *   sums added in order (fused_rms_norm_qkv.h). Either way the error grows with the block
+ *   elements (at most DOT_BLOCK / VL terms a lane; in one-row tiles, M = 1, two sets of lanes
+ *   over alternate vectors, added before the lanes are), the lanes added, and the block sums
+ *   added in order. Blocked GEMM: each output is one FMA chain per block of GEMM_KC elements, the
+ *   block sums added in order (fused_rms_norm_qkv.h). Either way the error grows with the block
  *   length plus the number of blocks, not with H.
  *
  * Threads (pool.h): work is claimed in chunks from a shared counter (claim()), rows for the
- * norms, output columns for the products. At M <= DIRECT_MAX_ROWS, W (nn.Linear layout) is
+ * norms, output columns for the products (the decode GEMV: from one counter per thread's segment
+ * of the columns, gemv_claim()). At M <= DIRECT_MAX_ROWS, W (nn.Linear layout) is
  * streamed straight from memory, four rows of it at a time (the decode GEMV); above that, or for
  * W in any other layout, the blocked GEMM of fused_rms_norm_qkv.h packs y once and W a block at
  * a time and multiplies them in register tiles.
@@ -44,11 +46,15 @@
 #define DOT_BLOCK 1024
 #define DOT_MR 4
 #define DOT_NC 4
+#define DOT_KA 2
 #define COL_BLOCK 32
 #define ROW_CHUNK 256
 #define DIRECT_MAX_ROWS 16
 /* Output columns per claim in the decode GEMV: 64 rows of W (256 KiB of float32 at H = 1024). */
 #define DIRECT_CHUNK_COLS (2 * COL_BLOCK)
+_Static_assert(DIRECT_CHUNK_COLS % DOT_NC == 0, "chunks of whole tiles (the next-tile prefetch)");
+/* Most threads the decode GEMV gives a segment of W of its own (gemv_claim). */
+#define GEMV_MAX_SEGMENTS 16
 #ifndef MV_PREFETCH_BYTES
 #define MV_PREFETCH_BYTES 1024
 #endif
