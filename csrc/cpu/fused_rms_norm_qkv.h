@@ -280,7 +280,7 @@ static void qkv_norm_task(void *ctx, int index, int count)
     if (!job->gemm) {
         while (claim(&job->next, chunk, job->rows, &begin, &end))
             for (int64_t r = begin; r < end; r++)
-                norm_row(&job->a->in, job->m0 + r, MV_FLOAT32, job->y + r * hidden);
+                norm_row(&job->a->in, NULL, job->m0 + r, MV_FLOAT32, job->y + r * hidden);
         return;
     }
     float *row = malloc((size_t)hidden * sizeof(float));
@@ -290,7 +290,7 @@ static void qkv_norm_task(void *ctx, int index, int count)
     }
     while (claim(&job->next, chunk, job->rows, &begin, &end))
         for (int64_t r = begin; r < end; r++) {
-            norm_row(&job->a->in, job->m0 + r, MV_FLOAT32, row);
+            norm_row(&job->a->in, NULL, job->m0 + r, MV_FLOAT32, row);
             gemm_pack_row(job->y, hidden, r, row);
         }
     if (index == count - 1) /* the last panel's rows past the call's are zero */
