@@ -6,36 +6,52 @@
 /* ---- QKV ------------------------------------------------------------------------------------- */
 
 /* out[r * out_stride + c] += sum_k y[r * y_stride + k] * w_c[k] for r < MR, c < NC, k < depth,
-   where w_c is W's row c (w + c * w_row_bytes, dtype wdt). Summed as the file comment says. */
+   where w_c is W's row c (w + c * w_row_bytes, dtype wdt). Summed as the file comment says.
+   A one-row tile (M = 1) has DOT_KA accumulators per column, over alternate vectors of k: one
+   accumulator a column gave 4 FMA chains, too few to hide the FMA latency; and it prefetches, a
+   line at a time, the tile it runs next (pf_next bytes from w; 0: none known), where each row's
+   own 1 KiB ahead ran past its end into rows already loaded (a Qwen3-0.6B fp16 row is 2 KiB).
+   dev/logs/cpu-gemv-m1-amd-epyc-2c-2026-11-23.log has the variants' timings. */
 MV_ALWAYS_INLINE void dot_tile(mv_dtype wdt, int MR, int NC, const char *w, int64_t w_row_bytes,
-                               const float *y, int64_t y_stride, int64_t depth, float *out,
-                               int64_t out_stride)
+                               int64_t pf_next, const float *y, int64_t y_stride, int64_t depth,
+                               float *out, int64_t out_stride)
 {
+    const int KA = MR == 1 ? DOT_KA : 1;
+    const int64_t esize = mv_dtype_size(wdt);
     float sums[DOT_MR][DOT_NC] = {{0.0f}};
-    const int64_t whole = depth - depth % VL;
+    const int64_t whole = depth - depth % (KA * VL);
     for (int64_t k0 = 0; k0 < whole; k0 += DOT_BLOCK) {
         const int64_t k1 = min64(k0 + DOT_BLOCK, whole);
-        vf acc[DOT_MR][DOT_NC];
-        for (int r = 0; r < MR; r++)
-            for (int c = 0; c < NC; c++)
-                acc[r][c] = vf_zero();
-        for (int64_t k = k0; k < k1; k += VL) {
-            vf wv[DOT_NC];
-            for (int c = 0; c < NC; c++) {
-                const char *wk = w + c * w_row_bytes + k * mv_dtype_size(wdt);
-                if (MV_PREFETCH_BYTES > 0)
-                    __builtin_prefetch(wk + MV_PREFETCH_BYTES);
-                wv[c] = vf_load_dt(wdt, wk);
-            }
-            for (int r = 0; r < MR; r++) {
-                const vf yv = vf_loadu(y + r * y_stride + k);
+        vf acc[DOT_KA][DOT_MR][DOT_NC];
+        for (int a = 0; a < KA; a++)
+            for (int r = 0; r < MR; r++)
                 for (int c = 0; c < NC; c++)
-                    acc[r][c] = vf_fma(yv, wv[c], acc[r][c]);
+                    acc[a][r][c] = vf_zero();
+        for (int64_t k = k0; k < k1; k += KA * VL) {
+            MV_UNROLL
+            for (int a = 0; a < KA; a++) {
+                const int64_t ka = k + a * VL;
+                vf wv[DOT_NC];
+                for (int c = 0; c < NC; c++) {
+                    const char *wk = w + c * w_row_bytes + ka * esize;
+                    if (MR == 1) {
+                        if (pf_next != 0 && ((ka * esize) & 63) == 0)
+                            __builtin_prefetch(wk + pf_next);
+                    } else if (MV_PREFETCH_BYTES > 0) {
+                        __builtin_prefetch(wk + MV_PREFETCH_BYTES);
+                    }
+                    wv[c] = vf_load_dt(wdt, wk);
+                }
+                for (int r = 0; r < MR; r++) {
+                    const vf yv = vf_loadu(y + r * y_stride + ka);
+                    for (int c = 0; c < NC; c++)
+                        acc[a][r][c] = vf_fma(yv, wv[c], acc[a][r][c]);
+                }
             }
         }
         for (int r = 0; r < MR; r++)
             for (int c = 0; c < NC; c++)
-                sums[r][c] += vf_hsum(acc[r][c]);
+                sums[r][c] += vf_hsum(KA == 2 ? vf_add(acc[0][r][c], acc[1][r][c]) : acc[0][r][c]);
     }
     for (int64_t k = whole; k < depth; k++)
         for (int c = 0; c < NC; c++) {
@@ -49,11 +65,11 @@ MV_ALWAYS_INLINE void dot_tile(mv_dtype wdt, int MR, int NC, const char *w, int6
 }
 
 #define DOT_CASE(wdt, mr, nc)                                                                      \
-    dot_tile(wdt, mr, nc, w, w_row_bytes, y, y_stride, depth, out, out_stride)
+    dot_tile(wdt, mr, nc, w, w_row_bytes, pf_next, y, y_stride, depth, out, out_stride)
 
 static void dot_tile_any(mv_dtype wdt, int mr, int nc, const char *w, int64_t w_row_bytes,
-                         const float *y, int64_t y_stride, int64_t depth, float *out,
-                         int64_t out_stride)
+                         int64_t pf_next, const float *y, int64_t y_stride, int64_t depth,
+                         float *out, int64_t out_stride)
 {
 #define BY_ROWS(wdt, nc)                                                                           \
     switch (mr) {                                                                                  \
@@ -214,9 +230,37 @@ typedef struct {
     int64_t m0;
     int64_t rows;
     int gemm;
-    _Atomic int64_t next; /* the next row (norm) or output column (products) to claim */
+    _Atomic int64_t next; /* the next row (norm) or output column (GEMM) to claim */
     atomic_int failed;    /* a thread's scratch allocation failed */
+    /* decode GEMV: the output columns cut into `segments` parts, one per thread, each claimed in
+       chunks from its own counter (chunks claimed so far), backwards when `reverse` */
+    int segments;
+    int reverse;
+    _Atomic int64_t segment_next[GEMV_MAX_SEGMENTS];
 } qkv_job;
+
+/* The next chunk of the decode GEMV's columns for thread `index`: its own segment first, then
+   the others' in turn (a thread the OS holds up leaves its segment to the rest, as with claim()).
+   Each call gives a thread the same part of W, which stays in that core's L2 and LLC share, and
+   every other call walks the segments backwards, so that the W a core read last (still in its
+   L2) is read first. */
+static int gemv_claim(qkv_job *job, int index, int64_t total, int64_t *begin, int64_t *end)
+{
+    const int segs = job->segments;
+    const int64_t chunks = (total + DIRECT_CHUNK_COLS - 1) / DIRECT_CHUNK_COLS;
+    for (int i = 0; i < segs; i++) {
+        const int s = (index + i) % segs;
+        const int64_t first = chunks * s / segs, count = chunks * (s + 1) / segs - first;
+        const int64_t j = atomic_fetch_add(&job->segment_next[s], 1);
+        if (j >= count)
+            continue;
+        const int64_t chunk = first + (job->reverse ? count - 1 - j : j);
+        *begin = chunk * DIRECT_CHUNK_COLS;
+        *end = min64(total, *begin + DIRECT_CHUNK_COLS);
+        return 1;
+    }
+    return 0;
+}
 
 static inline int64_t gemm_panels(int64_t rows) { return (rows + GEMM_MP - 1) / GEMM_MP; }
 
@@ -236,7 +280,7 @@ static void qkv_norm_task(void *ctx, int index, int count)
     if (!job->gemm) {
         while (claim(&job->next, chunk, job->rows, &begin, &end))
             for (int64_t r = begin; r < end; r++)
-                norm_row(&job->a->in, job->m0 + r, MV_FLOAT32, job->y + r * hidden);
+                norm_row(&job->a->in, NULL, job->m0 + r, MV_FLOAT32, job->y + r * hidden);
         return;
     }
     float *row = malloc((size_t)hidden * sizeof(float));
@@ -246,7 +290,7 @@ static void qkv_norm_task(void *ctx, int index, int count)
     }
     while (claim(&job->next, chunk, job->rows, &begin, &end))
         for (int64_t r = begin; r < end; r++) {
-            norm_row(&job->a->in, job->m0 + r, MV_FLOAT32, row);
+            norm_row(&job->a->in, NULL, job->m0 + r, MV_FLOAT32, row);
             gemm_pack_row(job->y, hidden, r, row);
         }
     if (index == count - 1) /* the last panel's rows past the call's are zero */
@@ -303,7 +347,6 @@ done:
 
 static void qkv_columns_task(void *ctx, int index, int count)
 {
-    (void)index;
     (void)count;
     qkv_job *job = ctx;
     const mv_qkv_args *a = job->a;
@@ -323,16 +366,22 @@ static void qkv_columns_task(void *ctx, int index, int count)
        against every row of y (from cache after the first group of y rows) */
     const int64_t w_row_bytes = a->w_stride_n * mv_dtype_size(dt);
     int64_t begin, end;
-    while (claim(&job->next, DIRECT_CHUNK_COLS, n_total, &begin, &end)) {
+    while (gemv_claim(job, index, n_total, &begin, &end)) {
+        /* the chunk after this one, as gemv_claim will most likely hand it out */
+        const int64_t after = job->reverse ? begin - DIRECT_CHUNK_COLS : end;
         for (int64_t n0 = begin; n0 < end; n0 += COL_BLOCK) {
             const int64_t cols = min64(COL_BLOCK, end - n0);
             memset(acc, 0, (size_t)(rows * COL_BLOCK) * sizeof(float));
             int64_t c = 0;
             for (; c < cols; c += DOT_NC) {
                 const int nc = cols - c >= DOT_NC ? DOT_NC : 1;
+                int64_t next = n0 + c + DOT_NC < end ? n0 + c + DOT_NC : after;
+                if (next < 0 || next + DOT_NC > n_total)
+                    next = n0 + c; /* nothing to prefetch */
+                const int64_t pf_next = (next - (n0 + c)) * w_row_bytes;
                 for (int64_t r = 0; r < rows; r += DOT_MR)
                     dot_tile_any(dt, (int)min64(DOT_MR, rows - r), nc,
-                                 at(a->w, dt, (n0 + c) * a->w_stride_n), w_row_bytes,
+                                 at(a->w, dt, (n0 + c) * a->w_stride_n), w_row_bytes, pf_next,
                                  job->y + r * hidden, hidden, hidden, acc + r * COL_BLOCK + c,
                                  COL_BLOCK);
                 if (nc == 1)
@@ -343,6 +392,9 @@ static void qkv_columns_task(void *ctx, int index, int count)
     }
     free(acc);
 }
+
+/* Calls so far: the decode GEMV's direction alternates with it (gemv_claim). */
+static atomic_uint gemv_calls;
 
 int MV_NAME(mv_fused_rms_norm_qkv_cpu)(const mv_qkv_args *a)
 {
@@ -356,7 +408,7 @@ int MV_NAME(mv_fused_rms_norm_qkv_cpu)(const mv_qkv_args *a)
     float *y = malloc((size_t)(y_rows * hidden) * sizeof(float));
     if (y == NULL)
         return MV_ERR_NOMEM;
-    qkv_job job = {a, y, 0, 0, 0, 0, 0};
+    qkv_job job = {.a = a, .y = y};
     for (int64_t m0 = 0; m0 < rows && !atomic_load(&job.failed); m0 += ROW_CHUNK) {
         job.m0 = m0;
         job.rows = min64(ROW_CHUNK, rows - m0);
@@ -367,8 +419,13 @@ int MV_NAME(mv_fused_rms_norm_qkv_cpu)(const mv_qkv_args *a)
         if (atomic_load(&job.failed))
             break;
         atomic_store(&job.next, 0);
-        mv_pool_run(qkv_columns_task, &job,
-                    threads_for(job.rows * hidden * n_total, PARALLEL_MIN_MACS, (n_total + 15) / 16));
+        const int threads =
+            threads_for(job.rows * hidden * n_total, PARALLEL_MIN_MACS, (n_total + 15) / 16);
+        job.segments = threads < GEMV_MAX_SEGMENTS ? threads : GEMV_MAX_SEGMENTS;
+        job.reverse = (int)(atomic_fetch_add(&gemv_calls, 1) & 1);
+        for (int i = 0; i < job.segments; i++)
+            atomic_store(&job.segment_next[i], 0);
+        mv_pool_run(qkv_columns_task, &job, threads);
     }
     free(y);
     return atomic_load(&job.failed) ? MV_ERR_NOMEM : MV_OK;

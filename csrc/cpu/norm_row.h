@@ -6,8 +6,9 @@
  * Numerics as minivllm_kernels.h documents them; the choices this file makes:
  *
  * Sum of squares (float32): each row is cut into blocks of NORM_BLOCK elements; a block is summed
- *   in 2 * VL vector lanes (at most 32 terms each) and its lanes combined pairwise, and the block
- *   sums are combined by a pairwise cascade (a binary counter), so the rounding error grows with
+ *   in 2 * VL vector lanes (at most 32 terms each), the two halves added lane by lane, the block
+ *   sums combined by a pairwise cascade in each lane (a binary counter), and the lanes pairwise at
+ *   the end (plus the row's last few elements, summed in order), so the rounding error grows with
  *   log2(H), not H: ~1e-7 relative for any H (2^24 included; tests/test_cpu_numerics.py).
  * Overflow and underflow: where the float32 sum of squares overflows (|x| >~ 1.8e19) or falls
  *   below 2^-100 (squares lose their precision to underflow), the row is redone in float64 scaled
@@ -16,13 +17,15 @@
  *   representable in float32). Every other row takes the float32 path above.
  * QKV products: y (float32, never rounded to the dtype) times W converted to float32 (exact), in
  *   float32 FMAs. Decode GEMV: each output is summed in VL lanes over blocks of DOT_BLOCK
- *   elements (at most DOT_BLOCK / VL terms a lane), the lanes added, and the block sums added in
- *   order. Blocked GEMM: each output is one FMA chain per block of GEMM_KC elements, the block
- *   sums added in order (fused_rms_norm_qkv.h). Either way the error grows with the block
+ *   elements (at most DOT_BLOCK / VL terms a lane; in one-row tiles, M = 1, two sets of lanes
+ *   over alternate vectors, added before the lanes are), the lanes added, and the block sums
+ *   added in order. Blocked GEMM: each output is one FMA chain per block of GEMM_KC elements, the
+ *   block sums added in order (fused_rms_norm_qkv.h). Either way the error grows with the block
  *   length plus the number of blocks, not with H.
  *
  * Threads (pool.h): work is claimed in chunks from a shared counter (claim()), rows for the
- * norms, output columns for the products. At M <= DIRECT_MAX_ROWS, W (nn.Linear layout) is
+ * norms, output columns for the products (the decode GEMV: from one counter per thread's segment
+ * of the columns, gemv_claim()). At M <= DIRECT_MAX_ROWS, W (nn.Linear layout) is
  * streamed straight from memory, four rows of it at a time (the decode GEMV); above that, or for
  * W in any other layout, the blocked GEMM of fused_rms_norm_qkv.h packs y once and W a block at
  * a time and multiplies them in register tiles.
@@ -44,11 +47,15 @@
 #define DOT_BLOCK 1024
 #define DOT_MR 4
 #define DOT_NC 4
+#define DOT_KA 2
 #define COL_BLOCK 32
 #define ROW_CHUNK 256
 #define DIRECT_MAX_ROWS 16
 /* Output columns per claim in the decode GEMV: 64 rows of W (256 KiB of float32 at H = 1024). */
 #define DIRECT_CHUNK_COLS (2 * COL_BLOCK)
+_Static_assert(DIRECT_CHUNK_COLS % DOT_NC == 0, "chunks of whole tiles (the next-tile prefetch)");
+/* Most threads the decode GEMV gives a segment of W of its own (gemv_claim). */
+#define GEMV_MAX_SEGMENTS 16
 #ifndef MV_PREFETCH_BYTES
 #define MV_PREFETCH_BYTES 1024
 #endif
@@ -133,27 +140,29 @@ static void load_f32_row(mv_dtype dt, const void *src, int64_t count, float *dst
 
 /* ---- RMSNorm of one row --------------------------------------------------------------------- */
 
-/* Pairwise combination of block sums: level[l] holds the sum of 2^l blocks. */
+/* Pairwise combination of block sums, lane by lane: level[l] holds the sum of 2^l blocks. The
+   lanes are added once, at the end of the row (a horizontal sum per block cost ~10% of a 16-bit
+   row: dev/logs/cpu-norm-amd-epyc-2c-2026-11-23.log). 48 levels: 2^48 blocks. */
 typedef struct {
-    float level[64];
+    vf level[48];
     uint64_t count;
 } cascade;
 
-static inline void cascade_add(cascade *c, float x)
+MV_ALWAYS_INLINE void cascade_add(cascade *c, vf x)
 {
     uint64_t k = c->count++;
     int l = 0;
     for (; k & 1u; k >>= 1, l++)
-        x += c->level[l];
+        x = vf_add(x, c->level[l]);
     c->level[l] = x;
 }
 
-static inline float cascade_total(const cascade *c)
+MV_ALWAYS_INLINE vf cascade_total(const cascade *c)
 {
-    float total = 0.0f;
-    for (int l = 0; l < 64; l++)
+    vf total = vf_zero();
+    for (int l = 0; l < 48; l++)
         if ((c->count >> l) & 1u)
-            total += c->level[l];
+            total = vf_add(total, c->level[l]);
     return total;
 }
 
@@ -163,6 +172,7 @@ MV_ALWAYS_INLINE float sum_squares(mv_dtype dt, int with_residual, const void *x
 {
     cascade c;
     c.count = 0;
+    float tail = 0.0f; /* the elements past the last whole pair of vectors */
     for (int64_t b0 = 0; b0 < hidden; b0 += NORM_BLOCK) {
         const int64_t n = min64(NORM_BLOCK, hidden - b0);
         vf acc0 = vf_zero(), acc1 = vf_zero();
@@ -183,7 +193,6 @@ MV_ALWAYS_INLINE float sum_squares(mv_dtype dt, int with_residual, const void *x
             acc0 = vf_fma(s0, s0, acc0);
             acc1 = vf_fma(s1, s1, acc1);
         }
-        float tail = 0.0f;
         for (; i < b0 + n; i++) {
             float s = mv_load(dt, x, i);
             if (with_residual) {
@@ -193,9 +202,9 @@ MV_ALWAYS_INLINE float sum_squares(mv_dtype dt, int with_residual, const void *x
             }
             tail += s * s;
         }
-        cascade_add(&c, vf_hsum(vf_add(acc0, acc1)) + tail);
+        cascade_add(&c, vf_add(acc0, acc1));
     }
-    return cascade_total(&c);
+    return vf_hsum(cascade_total(&c)) + tail;
 }
 
 /* The row's weights: gamma (dtype wdt) plus the offset, in float32. */
@@ -203,6 +212,7 @@ typedef struct {
     const void *data;
     mv_dtype dt;
     float offset;
+    int folded; /* data is norm_gamma_f32's (offset added): loaded as it is */
 } row_weight;
 
 /* Pass 2: out = (weight + offset) * (s * rrms), rounded to out_dt. */
@@ -212,13 +222,33 @@ MV_ALWAYS_INLINE void scale_row(mv_dtype dt, const void *s, row_weight w, float 
     const vf r = vf_set1(rrms);
     const vf offset = vf_set1(w.offset);
     int64_t i = 0;
+#if defined(MV_ISA_AVX512BF16)
+    /* bf16 out: vcvtneps2bf16 with the denormal test of the whole row at its end, not per vector
+       (vf_store_dt's); a row with a float32 denormal result is stored again, as vf_store_dt
+       does (not in place: s would be gone). ~5% of a bf16 row
+       (dev/logs/cpu-norm-amd-epyc-2c-2026-11-23.log). */
+    if (out_dt == MV_BFLOAT16 && (const void *)out != s) {
+        __mmask16 denormal = 0;
+        for (; i + VL <= hidden; i += VL) {
+            const vf g = w.folded ? vf_loadu((const float *)w.data + i)
+                                  : vf_add(vf_load_dt(w.dt, at(w.data, w.dt, i)), offset);
+            denormal |= vf_store_bf16_unchecked(at_mut(out, out_dt, i),
+                                                vf_mul(g, vf_mul(vf_load_dt(dt, at(s, dt, i)), r)));
+        }
+        if (__builtin_expect(denormal != 0, 0))
+            i = 0; /* the row again, through vf_store_dt below */
+    }
+#endif
     for (; i + VL <= hidden; i += VL) {
-        const vf g = vf_add(vf_load_dt(w.dt, at(w.data, w.dt, i)), offset);
+        const vf g = w.folded ? vf_loadu((const float *)w.data + i)
+                              : vf_add(vf_load_dt(w.dt, at(w.data, w.dt, i)), offset);
         const vf y = vf_mul(g, vf_mul(vf_load_dt(dt, at(s, dt, i)), r));
         vf_store_dt(out_dt, at_mut(out, out_dt, i), y);
     }
-    for (; i < hidden; i++)
-        mv_store(out_dt, out, i, (mv_load(w.dt, w.data, i) + w.offset) * (mv_load(dt, s, i) * rrms));
+    for (; i < hidden; i++) {
+        const float g = w.folded ? ((const float *)w.data)[i] : mv_load(w.dt, w.data, i) + w.offset;
+        mv_store(out_dt, out, i, g * (mv_load(dt, s, i) * rrms));
+    }
 }
 
 /* The float64 redo of rows whose float32 sum of squares overflowed or underflowed (file
@@ -244,8 +274,8 @@ static int scaled_row(mv_dtype dt, const void *s, row_weight w, float eps, mv_dt
     return 1;
 }
 
-MV_ALWAYS_INLINE void norm_row_dt(mv_dtype dt, const mv_norm_input *in, int64_t row,
-                                  mv_dtype out_dt, void *out)
+MV_ALWAYS_INLINE void norm_row_dt(mv_dtype dt, const mv_norm_input *in, const float *gamma,
+                                  int64_t row, mv_dtype out_dt, void *out)
 {
     const int64_t hidden = in->hidden;
     const void *x = at(in->x, dt, row * in->x_stride);
@@ -259,23 +289,53 @@ MV_ALWAYS_INLINE void norm_row_dt(mv_dtype dt, const mv_norm_input *in, int64_t 
     } else {
         sum = sum_squares(dt, 0, x, NULL, NULL, hidden);
     }
-    const row_weight w = {in->norm_weight, in->weight_float32 ? MV_FLOAT32 : dt, in->weight_offset};
+    const row_weight w = {in->norm_weight, in->weight_float32 ? MV_FLOAT32 : dt, in->weight_offset, 0};
     if ((isinf(sum) || sum < 0x1p-100f) && scaled_row(dt, s, w, in->eps, out_dt, out, hidden))
         return;
     const float rrms = 1.0f / sqrtf(sum / (float)hidden + in->eps);
-    if (out_dt == MV_FLOAT32)
-        scale_row(dt, s, w, rrms, MV_FLOAT32, out, hidden);
-    else
-        scale_row(dt, s, w, rrms, dt, out, hidden);
-}
-
-/* out_dt is the input's dtype (the norm ops) or float32 (QKV's y). */
-static void norm_row(const mv_norm_input *in, int64_t row, mv_dtype out_dt, void *out)
-{
-    switch (in->dtype) {
-    case MV_FLOAT32: norm_row_dt(MV_FLOAT32, in, row, out_dt, out); break;
-    case MV_FLOAT16: norm_row_dt(MV_FLOAT16, in, row, out_dt, out); break;
-    default: norm_row_dt(MV_BFLOAT16, in, row, out_dt, out); break;
+    const mv_dtype o = out_dt == MV_FLOAT32 ? MV_FLOAT32 : dt;
+    if (gamma != NULL) {
+        const row_weight g = {gamma, MV_FLOAT32, 0.0f, 1};
+        scale_row(dt, s, g, rrms, o, out, hidden);
+    } else {
+        scale_row(dt, s, w, rrms, o, out, hidden);
     }
 }
 
+/* out_dt is the input's dtype (the norm ops) or float32 (QKV's y). gamma: NULL, or the weights
+   as norm_gamma_f32 gives them (the same bits either way). */
+static void norm_row(const mv_norm_input *in, const float *gamma, int64_t row, mv_dtype out_dt,
+                     void *out)
+{
+    switch (in->dtype) {
+    case MV_FLOAT32: norm_row_dt(MV_FLOAT32, in, gamma, row, out_dt, out); break;
+    case MV_FLOAT16: norm_row_dt(MV_FLOAT16, in, gamma, row, out_dt, out); break;
+    default: norm_row_dt(MV_BFLOAT16, in, gamma, row, out_dt, out); break;
+    }
+}
+
+/* gamma + offset in float32, as scale_row computes it per element (so the same bits), for a
+   thread that normalizes many 16-bit rows without a residual: pass 2 then loads it instead of
+   converting the weight again in every row (these rows are bound by the conversions' vector
+   uops). Not for one row (no gain), the fused add (slower at 1024 x 4096) or float32 gamma over
+   NORM_GAMMA_MAX_BYTES (slower at H = 16384, where it fills L1): NULL, as without memory.
+   dev/logs/cpu-norm-amd-epyc-2c-2026-11-23.log. */
+#define NORM_GAMMA_MAX_BYTES (16 << 10)
+static float *norm_gamma_f32(const mv_norm_input *in)
+{
+    const int64_t hidden = in->hidden;
+    if (in->rows < 2 || in->dtype == MV_FLOAT32 || in->residual != NULL ||
+        hidden * (int64_t)sizeof(float) > NORM_GAMMA_MAX_BYTES)
+        return NULL;
+    float *gamma = malloc((size_t)hidden * sizeof(float));
+    if (gamma == NULL)
+        return NULL;
+    const mv_dtype wdt = in->weight_float32 ? MV_FLOAT32 : in->dtype;
+    const vf offset = vf_set1(in->weight_offset);
+    int64_t i = 0;
+    for (; i + VL <= hidden; i += VL)
+        vf_storeu(gamma + i, vf_add(vf_load_dt(wdt, at(in->norm_weight, wdt, i)), offset));
+    for (; i < hidden; i++)
+        gamma[i] = mv_load(wdt, in->norm_weight, i) + in->weight_offset;
+    return gamma;
+}

@@ -15,11 +15,12 @@ static void norm_task(void *ctx, int index, int count)
     norm_job *job = ctx;
     const mv_rms_norm_args *a = job->a;
     const mv_dtype dt = a->in.dtype;
+    float *gamma = norm_gamma_f32(&a->in);
     int64_t begin, end;
     while (claim(&job->next, norm_chunk_rows(a->in.hidden), a->in.rows, &begin, &end)) {
         if (a->outer.inner_rows == 0) {
             for (int64_t row = begin; row < end; row++)
-                norm_row(&a->in, row, dt, at_mut(a->out, dt, row * a->out_stride));
+                norm_row(&a->in, gamma, row, dt, at_mut(a->out, dt, row * a->out_stride));
             continue;
         }
         /* Rows in two strides: the rows of one outer step are rows of one stride from where that
@@ -35,9 +36,10 @@ static void norm_task(void *ctx, int index, int count)
             }
             char *out = at_mut(a->out, dt, step * a->outer.out);
             for (; row < stop; row++)
-                norm_row(&in, row - first, dt, at_mut(out, dt, (row - first) * a->out_stride));
+                norm_row(&in, gamma, row - first, dt, at_mut(out, dt, (row - first) * a->out_stride));
         }
     }
+    free(gamma);
 }
 
 int MV_NAME(mv_rms_norm_cpu)(const mv_rms_norm_args *a)

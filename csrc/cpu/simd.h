@@ -89,6 +89,16 @@ MV_ALWAYS_INLINE void vf_store_dt(mv_dtype dt, void *p, vf v)
     }
 }
 
+#if defined(MV_ISA_AVX512BF16)
+/* vf_store_dt's bf16 store without its fix-up: v's float32 denormal lanes are stored as signed
+   zero and returned, for the caller to store again through vf_store_dt. */
+MV_ALWAYS_INLINE __mmask16 vf_store_bf16_unchecked(void *p, vf v)
+{
+    _mm256_storeu_si256((__m256i *)p, (__m256i)_mm512_cvtneps_pbh(v));
+    return _mm512_fpclass_ps_mask(v, 0x20); /* vfpclassps: denormal */
+}
+#endif
+
 #elif defined(MV_ISA_AVX2)
 #include <immintrin.h>
 #define VL 8
