@@ -314,9 +314,9 @@ static void norm_row(const mv_norm_input *in, const float *gamma, int64_t row, m
     }
 }
 
-/* gamma + offset in float32, as scale_row computes it per element (so the same bits), for a
-   thread that normalizes many 16-bit rows without a residual: pass 2 then loads it instead of
-   converting the weight again in every row (these rows are bound by the conversions' vector
+/* gamma + offset in float32, as scale_row computes it per element (so the same bits), made once
+   for a call of many 16-bit rows without a residual: pass 2 then loads it instead of converting
+   the weight again in every row (these rows are bound by the conversions' vector
    uops). Not for one row (no gain), the fused add (slower at 1024 x 4096) or float32 gamma over
    NORM_GAMMA_MAX_BYTES (slower at H = 16384, where it fills L1): NULL, as without memory.
    dev/logs/cpu-norm-amd-epyc-2c-2026-11-23.log. */

@@ -5,6 +5,7 @@
  */
 typedef struct {
     const mv_rms_norm_args *a;
+    const float *gamma;   /* norm_gamma_f32's weights, made once for the call's threads, or NULL */
     _Atomic int64_t next; /* the next row to claim */
 } norm_job;
 
@@ -15,7 +16,7 @@ static void norm_task(void *ctx, int index, int count)
     norm_job *job = ctx;
     const mv_rms_norm_args *a = job->a;
     const mv_dtype dt = a->in.dtype;
-    float *gamma = norm_gamma_f32(&a->in);
+    const float *gamma = job->gamma;
     int64_t begin, end;
     while (claim(&job->next, norm_chunk_rows(a->in.hidden), a->in.rows, &begin, &end)) {
         if (a->outer.inner_rows == 0) {
@@ -39,16 +40,17 @@ static void norm_task(void *ctx, int index, int count)
                 norm_row(&in, gamma, row - first, dt, at_mut(out, dt, (row - first) * a->out_stride));
         }
     }
-    free(gamma);
 }
 
 int MV_NAME(mv_rms_norm_cpu)(const mv_rms_norm_args *a)
 {
     if (a->in.rows <= 0)
         return MV_OK;
-    norm_job job = {a, 0};
+    float *gamma = norm_gamma_f32(&a->in);
+    norm_job job = {a, gamma, 0};
     mv_pool_run(norm_task, &job,
                 threads_for(a->in.rows * a->in.hidden, PARALLEL_MIN_ELEMENTS, a->in.rows));
+    free(gamma);
     return MV_OK;
 }
 
