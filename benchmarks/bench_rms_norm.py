@@ -104,18 +104,13 @@ SHORT = {"torch_rms_norm": "F.rms_norm", "hf_eager": "HF", "hf_compiled": "HF co
 def load_liger():
     """Liger-Kernel's forward functions (called directly: no autograd), or the reason it is out."""
     try:
-        import liger_kernel
+        from importlib.metadata import version as dist_version
+
         from liger_kernel.ops.fused_add_rms_norm import fused_add_rms_norm_forward
         from liger_kernel.ops.rms_norm import rms_norm_forward
+        version = dist_version("liger-kernel")
     except Exception as error:  # noqa: BLE001 - any import failure only drops the baseline
         return None, f"not importable ({type(error).__name__}: {error})"
-    version = getattr(liger_kernel, "__version__", None)
-    if version is None:
-        from importlib.metadata import PackageNotFoundError, version as dist_version
-        try:
-            version = dist_version("liger-kernel")
-        except PackageNotFoundError:
-            version = "unknown"
     return {"rms_norm": rms_norm_forward, "fused_add_rms_norm": fused_add_rms_norm_forward,
             "version": version}, f"liger-kernel {version}"
 

@@ -7,8 +7,8 @@
  *   until every pointer and row stride is V-aligned), summed with warp shuffles, scaled with one
  *   rsqrt, and written back with vector stores. A row is handled by a group of G threads (a
  *   power of two: a few lanes of a warp for small H, up to 1024 threads for H in the tens of
- *   thousands), each holding up to 4 vectors (more of narrower ones); small rows pack many groups, i.e.
- *   many rows, into one block. With PDL, the first few MiB of rows are prefetched into L2 before
+ *   thousands), each holding up to 4 vectors (8 single elements); small rows pack many groups,
+ *   i.e. many rows, into one block. With PDL, the first few MiB of rows are prefetched into L2 before
  *   the wait for the previous kernel (kPrefetchBytes). Rows too long to stay in registers fall
  *   back to:
  * - rms_norm_reference_kernel, deliberately simple (one block per row, scalar loads, two passes),
@@ -182,9 +182,9 @@ constexpr int kMaxVecsPerThread = 4; /* 4 x 16 B in flight per thread, 32 floats
 constexpr int kVecBlockThreads = 256;
 /* A row that only single elements fit (H odd, or a misaligned view) takes 8 of them per thread,
    as Liger's and torch.compile's kernels do: 4 per thread took twice the threads per row (a
-   cross-warp sum where fewer warps would do) and sent rows of H > 2048 to the one-block-per-row reference
-   kernel (bf16 H = 4095: 18 us against Liger's 9; dev/logs/norm-odd-h-*.log). 16 per thread
-   used all 128 registers with the weight held early. Wider vectors keep 4 per thread. */
+   cross-warp sum where fewer warps would do) and sent rows of H > 2048 to the one-block-per-row
+   reference kernel (bf16 H = 4095: 18 us against Liger's 9; dev/logs/norm-odd-h-*.log). 16 per
+   thread used all 128 registers with the weight held early. Wider vectors keep 4 per thread. */
 constexpr int vecs_per_thread(int v) { return v == 1 ? 8 : kMaxVecsPerThread; }
 
 /* Sum over a group of G threads (G a power of two up to 32, else a multiple of 32; groups aligned
