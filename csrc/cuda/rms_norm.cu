@@ -185,7 +185,7 @@ constexpr int kVecBlockThreads = 256;
    cross-warp sum where fewer warps would do) and sent rows of H > 2048 to the one-block-per-row
    reference kernel (bf16 H = 4095: 18 us against Liger's 9; dev/logs/norm-odd-h-*.log). 16 per
    thread used all 128 registers with the weight held early. Wider vectors keep 4 per thread. */
-constexpr int vecs_per_thread(int v) { return v == 1 ? 8 : kMaxVecsPerThread; }
+__host__ __device__ constexpr int vecs_per_thread(int v) { return v == 1 ? 8 : kMaxVecsPerThread; }
 
 /* Sum over a group of G threads (G a power of two up to 32, else a multiple of 32; groups aligned
    within the block); every
