@@ -5,28 +5,11 @@
  * add one feature of the library's kernel at a time: griddepcontrol at the start, runtime
  * divisions for the row/lane split, a large parameter struct, fewer threads with more vectors.
  *
- *   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -Icsrc -DMINIVLLM_HAVE_SM90A \
+ *   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -Icsrc -Idev/probes -DMINIVLLM_HAVE_SM90A \
  *        dev/probes/norm_latency.cu csrc/cuda/rms_norm.cu csrc/cuda/device.cu -o /tmp/norm_latency
  *   /tmp/norm_latency            (or with any argument: 20 calls per graph, for ncu)
  */
-#include <cuda_bf16.h>
-#include <cuda_runtime.h>
-
-#include <algorithm>
-#include <cstdio>
-#include <cstdlib>
-#include <vector>
-
-#include "minivllm_kernels.h"
-
-#define CHECK(call)                                                                               \
-    do {                                                                                          \
-        cudaError_t e_ = (call);                                                                  \
-        if (e_ != cudaSuccess) {                                                                  \
-            std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
-            std::exit(1);                                                                         \
-        }                                                                                         \
-    } while (0)
+#include "probe_common.cuh" /* CHECK, graph_us_per_call */
 
 struct Big {
     long long pad[20];
@@ -111,11 +94,9 @@ struct Case {
     bool pdl_attr;
 };
 
-static float time_case(const Case &c, int rows, int hidden, int calls, std::vector<__nv_bfloat16 *> &xs,
-                       std::vector<__nv_bfloat16 *> &outs, __nv_bfloat16 *w, cudaStream_t s) {
-    cudaGraph_t graph;
-    cudaGraphExec_t exec;
-    CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+/* The case's calls on the call sets xs[i] -> outs[i], one per call, as recorded into one graph. */
+static void record_case(const Case &c, int rows, int hidden, int calls, std::vector<__nv_bfloat16 *> &xs,
+                        std::vector<__nv_bfloat16 *> &outs, __nv_bfloat16 *w, cudaStream_t s) {
     for (int i = 0; i < calls; ++i) {
         if (c.kind < 2) {
             mv_rms_norm_args a = {};
@@ -146,28 +127,6 @@ static float time_case(const Case &c, int rows, int hidden, int calls, std::vect
                                      hidden, (long long)hidden, 1e-6f, c.threads, big));
         }
     }
-    CHECK(cudaStreamEndCapture(s, &graph));
-    size_t nodes = 0;
-    CHECK(cudaGraphGetNodes(graph, nullptr, &nodes));
-    if (nodes != (size_t)calls) std::printf("  (%s: %zu graph nodes for %d calls)\n", c.name, nodes, calls);
-    CHECK(cudaGraphInstantiate(&exec, graph, 0));
-    cudaEvent_t e0, e1;
-    CHECK(cudaEventCreate(&e0));
-    CHECK(cudaEventCreate(&e1));
-    std::vector<float> t;
-    for (int r = 0; r < 12; ++r) {
-        CHECK(cudaEventRecord(e0, s));
-        CHECK(cudaGraphLaunch(exec, s));
-        CHECK(cudaEventRecord(e1, s));
-        CHECK(cudaEventSynchronize(e1));
-        float ms;
-        CHECK(cudaEventElapsedTime(&ms, e0, e1));
-        if (r >= 2) t.push_back(ms * 1000.f / calls);
-    }
-    std::sort(t.begin(), t.end());
-    CHECK(cudaGraphExecDestroy(exec));
-    CHECK(cudaGraphDestroy(graph));
-    return t[t.size() / 2];
 }
 
 int main(int argc, char **argv) {
@@ -213,7 +172,9 @@ int main(int argc, char **argv) {
         for (int rep = 0; rep < 2; ++rep)
             for (auto &c : cases)
                 std::printf("M=%-3d H=%-5d %-40s %6.3f us/call\n", rows, hidden, c.name,
-                            time_case(c, rows, hidden, calls, xs, outs, w, s));
+                            graph_us_per_call(s, calls, [&](cudaStream_t st) {
+                                record_case(c, rows, hidden, calls, xs, outs, w, st);
+                            }));
         for (int i = 0; i < calls; ++i) {
             CHECK(cudaFree(xs[i]));
             CHECK(cudaFree(outs[i]));
