@@ -21,7 +21,10 @@ struct Call {
 };
 
 /* The W streams take M <= mv_qkv_stream_max_rows (paths.h) while the staged input is at most
-   48 KiB of 16-bit elements; beyond that norm + cuBLASLt was faster. */
+   48 KiB of 16-bit elements; beyond that norm + cuBLASLt was faster. A residual call reads two
+   inputs per staged element, and there norm + cuBLASLt (its norm kernel adds the residual) won
+   from half as many: H 896-5120 at 2-16 rows, e.g. H = 1536 at 16 rows 8.0 against 12.4 us
+   (dev/logs/residual-paths-nvidia-h200-2026-11-23.log). */
 constexpr int64_t kStreamMaxStagedElements = 24576;
 /* GPUs below this DRAM bandwidth (GB/s; an H100 3352, an H200 4810) are where the deferred stream
    also wins at M = 1 and 2: with less bandwidth, the other streams' staging costs relatively more.
@@ -29,7 +32,8 @@ constexpr int64_t kStreamMaxStagedElements = 24576;
 constexpr int kSlowDramGbps = 4000;
 
 bool stream_fits(const Call &c) {
-    return c.rows <= mv_qkv_stream_max_rows && c.rows * c.hidden <= kStreamMaxStagedElements;
+    const int64_t inputs = c.residual ? 2 : 1;
+    return c.rows <= mv_qkv_stream_max_rows && inputs * c.rows * c.hidden <= kStreamMaxStagedElements;
 }
 
 /* The deferred-norm stream streams x beside W where the others stage it first: it wins from
