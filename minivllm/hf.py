@@ -1,20 +1,34 @@
 """Hugging Face transformers drop-in: one minivllm call for a decoder layer's whole attention
 prologue (Llama, Qwen2, Qwen3): input RMSNorm, the q, k, v projections (+ Qwen2's biases),
-Qwen3's per-head q/k norms, RoPE, and the KV-cache write when the model uses a static cache.
+Qwen3's per-head q/k norms, RoPE, and the KV-cache write when the model uses a static cache;
+and minivllm's RMSNorm for the norms of Gemma, Gemma2 and Gemma3 (text) decoders.
 
     import minivllm.hf
     minivllm.hf.patch_model(model)         # every supported decoder layer; returns how many
 
-What changes in a patched layer: `input_layernorm` becomes nn.Identity (the layer still takes its
-residual from the un-normalized input, as before), and `self_attn` becomes a PrologueAttention
-that holds the norm weight, the merged q|k|v weight (and bias) and the q/k norm weights, calls
-minivllm.torch.attention_prologue, and hands q, k, v to the model's own attention function and
-o_proj (the original attention module is kept inside it for those). RoPE uses the (cos, sin) the
-model passes to every layer. With a StaticCache (what generate's cache_implementation="static"
-and torch.compile use), k and v are written straight into the cache's tensors; with any other
-cache they go through its update() as before. The patch is for inference (the ops have no
-backward); it changes the modules' parameter names (state_dict), so save checkpoints from an
-unpatched model.
+What changes in a patched Llama / Qwen2 / Qwen3 layer: `input_layernorm` becomes nn.Identity
+(the layer still takes its residual from the un-normalized input, as before), and `self_attn`
+becomes a PrologueAttention that holds the norm weight, the merged q|k|v weight (and bias) and
+the q/k norm weights, calls minivllm.torch.attention_prologue, and hands q, k, v to the model's
+own attention function and o_proj (the original attention module is kept inside it for those).
+RoPE uses the (cos, sin) the model passes to every layer. With a StaticCache (what generate's
+cache_implementation="static" and torch.compile use), k and v are written straight into the
+cache's tensors; with any other cache they go through its update() as before. The patch is for
+inference (the ops have no backward); it changes these modules' parameter names (state_dict), so
+save checkpoints from an unpatched model.
+
+Gemma, Gemma2, Gemma3 (GemmaDecoderLayer, Gemma2DecoderLayer, Gemma3DecoderLayer): their RMSNorm
+(transformers' GemmaRMSNorm, Gemma2RMSNorm, Gemma3RMSNorm) is x * rrms * (1 + weight) in
+float32, rounded once to x's dtype. Every such norm of the layer (input_layernorm,
+post_attention_layernorm, Gemma2/3's pre_ and post_feedforward_layernorm, Gemma3's per-head
+self_attn.q_norm / k_norm) and the final `norm` of the model holding the layers becomes an
+OffsetRMSNorm: minivllm.torch.rms_norm with weight_offset=1.0 on the same weight Parameter, kept
+in its checkpoint dtype (often float32 beside bfloat16 activations), so the state_dict is
+unchanged. The attention prologue op is not used for them (its input norm has no (1 + weight)
+form): q, k, v, RoPE and the cache stay the model's own. The residual adds stay in the layer's
+forward too (fusing them with fused_add_rms_norm would mean replacing that forward with a copy
+of transformers' code). Other Gemma models (Gemma3n, Gemma4, Gemma3's vision side and
+multimodal projector) are left alone.
 """
 
 import sys
@@ -22,15 +36,20 @@ import sys
 import torch
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from .torch import attention_prologue, norm_eps
+from .torch import attention_prologue, norm_eps, rms_norm
 
-__all__ = ["SUPPORTED_LAYERS", "PrologueAttention", "patch_decoder_layer", "patch_model"]
+__all__ = ["GEMMA_LAYERS", "GEMMA_NORMS", "PROLOGUE_LAYERS", "SUPPORTED_LAYERS", "OffsetRMSNorm",
+           "PrologueAttention", "patch_decoder_layer", "patch_model"]
 
 # Decoder layers whose forward feeds input_layernorm's output only to self_attn, whose attention
 # reads q/k/v through q_proj/k_proj/v_proj and rotates both with the (cos, sin) it is given
-# (neox style), and whose RMSNorm is weight * x * rrms (Gemma's (1 + weight) norm is not, so it
-# is not listed).
-SUPPORTED_LAYERS = ("LlamaDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer")
+# (neox style), and whose RMSNorm is weight * x * rrms: their prologue is fused.
+PROLOGUE_LAYERS = ("LlamaDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer")
+# Decoder layers whose RMSNorm modules (GEMMA_NORMS: (1 + weight) * x * rrms in float32) are
+# replaced one by one; the prologue op has no (1 + weight) form, so their attention is kept.
+GEMMA_LAYERS = ("GemmaDecoderLayer", "Gemma2DecoderLayer", "Gemma3DecoderLayer")
+GEMMA_NORMS = ("GemmaRMSNorm", "Gemma2RMSNorm", "Gemma3RMSNorm")
+SUPPORTED_LAYERS = PROLOGUE_LAYERS + GEMMA_LAYERS
 
 
 def _static_layer_class():
@@ -196,12 +215,64 @@ class PrologueAttention(torch.nn.Module):
                 f"qk_norm={self.q_norm_weight is not None}")
 
 
+class OffsetRMSNorm(torch.nn.Module):
+    """Stands in for a Gemma RMSNorm: y = x * rrms * (weight + weight_offset) in float32, rounded
+    once to x's dtype (Gemma's order), through minivllm.torch.rms_norm.
+
+    `weight` is the original module's Parameter, shared and in its own dtype: x's dtype or
+    float32 is read as it is; any other (e.g. float16 beside bfloat16 x) is widened to float32
+    per call, as Gemma does. x may be any view whose last dimension is contiguous: Gemma3's q/k
+    norms get [batch, heads, seq, head_dim] views of [batch, seq, heads, head_dim] (three row
+    strides), which are handed over with the rows in memory order. The result has x's layout."""
+
+    def __init__(self, norm, weight_offset=1.0):
+        super().__init__()
+        weight = getattr(norm, "weight", None)
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 1:
+            raise ValueError(f"norm: {type(norm).__name__} has no 1-D `weight`")
+        self.weight = weight
+        self.eps = norm_eps(norm)
+        self.weight_offset = float(weight_offset)
+
+    def forward(self, x):
+        weight = self.weight
+        if weight.dtype != x.dtype and weight.dtype != torch.float32:
+            weight = weight.float()
+        if x.dim() < 4 or x.is_contiguous():
+            return rms_norm(x, weight, self.eps, weight_offset=self.weight_offset)
+        # the leading dimensions from the largest stride down: rows in memory order, which the
+        # kernels read in one or two strides where the given order needs three
+        order = sorted(range(x.dim() - 1), key=lambda d: -x.stride(d)) + [x.dim() - 1]
+        y = rms_norm(x.permute(order), weight, self.eps, weight_offset=self.weight_offset)
+        return y.permute(sorted(range(x.dim()), key=order.__getitem__))
+
+    def extra_repr(self):
+        return (f"{tuple(self.weight.shape)}, eps={self.eps}, weight_offset={self.weight_offset}, "
+                f"weight_dtype={self.weight.dtype}")
+
+
+def _patch_gemma_norms(module, names):
+    """Replace the Gemma RMSNorm children `names` of module (those it has) by OffsetRMSNorms."""
+    for name in names:
+        norm = getattr(module, name, None)
+        if type(norm).__name__ in GEMMA_NORMS:
+            setattr(module, name, OffsetRMSNorm(norm, weight_offset=1.0))
+
+
 def patch_decoder_layer(layer):
-    """Fuse one Llama / Qwen2 / Qwen3 decoder layer's attention prologue, in place. The merged
-    q|k|v weight is built once, here; the norm weights are shared."""
+    """Patch one decoder layer in place. Llama / Qwen2 / Qwen3: the attention prologue is fused
+    (the merged q|k|v weight is built once, here; the norm weights are shared). Gemma / Gemma2 /
+    Gemma3: each Gemma RMSNorm of the layer becomes an OffsetRMSNorm on the same weight."""
     kind = type(layer).__name__
     if kind not in SUPPORTED_LAYERS:
         raise TypeError(f"layer: {kind} is not one of {', '.join(SUPPORTED_LAYERS)}")
+    if kind in GEMMA_LAYERS:
+        if isinstance(layer.input_layernorm, OffsetRMSNorm):
+            raise ValueError(f"layer: this {kind} is already patched")
+        _patch_gemma_norms(layer, ("input_layernorm", "post_attention_layernorm",
+                                   "pre_feedforward_layernorm", "post_feedforward_layernorm"))
+        _patch_gemma_norms(layer.self_attn, ("q_norm", "k_norm"))
+        return layer
     if isinstance(layer.self_attn, PrologueAttention):
         raise ValueError(f"layer: this {kind} is already patched")
     layer.self_attn = PrologueAttention(layer.self_attn, layer.input_layernorm)
@@ -210,12 +281,18 @@ def patch_decoder_layer(layer):
 
 
 def patch_model(model):
-    """Patch every supported decoder layer in `model` (any module tree); returns the count.
-    A TypeError if there is none."""
+    """Patch every supported decoder layer in `model` (any module tree), and the final norm of
+    the module holding Gemma layers; returns the count of layers. A TypeError if there is none."""
     layers = [m for m in model.modules() if type(m).__name__ in SUPPORTED_LAYERS]
     if not layers:
         raise TypeError(f"model: no {', '.join(SUPPORTED_LAYERS)} inside "
                         f"{type(model).__name__}")
+    # the text model: `layers` holding the Gemma decoder layers, then its final `norm`
+    gemma_homes = [m for m in model.modules()
+                   if isinstance(getattr(m, "layers", None), torch.nn.ModuleList)
+                   and any(type(child).__name__ in GEMMA_LAYERS for child in m.layers)]
     for layer in layers:
         patch_decoder_layer(layer)
+    for home in gemma_homes:
+        _patch_gemma_norms(home, ("norm",))
     return len(layers)

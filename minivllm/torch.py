@@ -6,9 +6,11 @@ implementations (shapes only) and declare what they write, so ``torch.compile(..
 fullgraph=True)`` traces through them without graph breaks, and they launch on torch's current
 stream, so they can be captured in CUDA graphs. They are inference ops: there is no backward.
 
-  rms_norm(x, weight, eps) -> y
-  fused_add_rms_norm(x, residual, weight, eps) -> (normed, new_residual)
-  fused_add_rms_norm_(x, residual, weight, eps)          # in place: normed -> x, sum -> residual
+  rms_norm(x, weight, eps, weight_offset=0.0) -> y
+  fused_add_rms_norm(x, residual, weight, eps, weight_offset=0.0) -> (normed, new_residual)
+  fused_add_rms_norm_(x, residual, weight, eps, weight_offset=0.0)  # normed -> x, sum -> residual
+      (weight_offset is added to the weight in float32: 1.0 is Gemma's (1 + weight) norm; the
+      weight may be float32 beside float16/bfloat16 x, as minivllm.rms_norm takes it)
   fused_rms_norm_qkv(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps, residual=None)
       -> (q, k, v) or (q, k, v, new_residual)            # q, k, v: [..., heads, head_dim]
   attention_prologue(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps, *, residual=None,
@@ -105,16 +107,17 @@ def _define(schema, impl, fake):
     torch.library.register_fake(f"minivllm::{name}", fake, lib=_LIB)
 
 
-def _rms_norm_impl(x, weight, eps):
-    return minivllm.rms_norm(x, weight, eps)
+def _rms_norm_impl(x, weight, eps, weight_offset=0.0):
+    return minivllm.rms_norm(x, weight, eps, weight_offset=weight_offset)
 
 
-def _fused_add_rms_norm_impl(x, residual, weight, eps):
-    return minivllm.fused_add_rms_norm(x, residual, weight, eps)
+def _fused_add_rms_norm_impl(x, residual, weight, eps, weight_offset=0.0):
+    return minivllm.fused_add_rms_norm(x, residual, weight, eps, weight_offset=weight_offset)
 
 
-def _fused_add_rms_norm_inplace_impl(x, residual, weight, eps):
-    minivllm.fused_add_rms_norm(x, residual, weight, eps, inplace=True)
+def _fused_add_rms_norm_inplace_impl(x, residual, weight, eps, weight_offset=0.0):
+    minivllm.fused_add_rms_norm(x, residual, weight, eps, inplace=True,
+                                weight_offset=weight_offset)
 
 
 def _fused_rms_norm_qkv_impl(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps):
@@ -156,13 +159,18 @@ def _attention_prologue_impl(x, norm_weight, qkv_weight, num_heads, num_kv_heads
     return packed, (results[3] if residual is not None else x.new_empty(0))
 
 
-_define("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor", _rms_norm_impl,
-        lambda x, weight, eps: x.new_empty(x.shape))  # results are contiguous, whatever x's strides
-_define("fused_add_rms_norm(Tensor x, Tensor residual, Tensor weight, float eps) "
-        "-> (Tensor, Tensor)", _fused_add_rms_norm_impl,
-        lambda x, residual, weight, eps: (x.new_empty(x.shape), x.new_empty(x.shape)))
-_define("fused_add_rms_norm_(Tensor(a!) x, Tensor(b!) residual, Tensor weight, float eps) -> ()",
-        _fused_add_rms_norm_inplace_impl, lambda x, residual, weight, eps: None)
+# weight_offset is a positional schema argument with a default (it may still be named): the
+# dispatcher parses a keyword argument ~1 µs slower than a positional one, per call.
+_define("rms_norm(Tensor x, Tensor weight, float eps, float weight_offset=0.0) -> Tensor",
+        _rms_norm_impl,  # results are contiguous, whatever x's strides
+        lambda x, weight, eps, weight_offset=0.0: x.new_empty(x.shape))
+_define("fused_add_rms_norm(Tensor x, Tensor residual, Tensor weight, float eps, "
+        "float weight_offset=0.0) -> (Tensor, Tensor)", _fused_add_rms_norm_impl,
+        lambda x, residual, weight, eps, weight_offset=0.0:
+        (x.new_empty(x.shape), x.new_empty(x.shape)))
+_define("fused_add_rms_norm_(Tensor(a!) x, Tensor(b!) residual, Tensor weight, float eps, "
+        "float weight_offset=0.0) -> ()", _fused_add_rms_norm_inplace_impl,
+        lambda x, residual, weight, eps, weight_offset=0.0: None)
 _define("fused_rms_norm_qkv(Tensor x, Tensor norm_weight, Tensor qkv_weight, int num_heads, "
         "int num_kv_heads, float eps) -> Tensor", _fused_rms_norm_qkv_impl,
         lambda x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps:
@@ -185,20 +193,21 @@ _define("attention_prologue(Tensor x, Tensor norm_weight, Tensor qkv_weight, int
 # --------------------------------------------------------------------------------------------
 # Python entry points (what models call)
 # --------------------------------------------------------------------------------------------
-def rms_norm(x, weight, eps=1e-6):
-    """torch.ops.minivllm.rms_norm: weight * x / sqrt(mean(x**2, -1) + eps), a new tensor."""
-    return torch.ops.minivllm.rms_norm(x, weight, float(eps))
+def rms_norm(x, weight, eps=1e-6, *, weight_offset=0.0):
+    """torch.ops.minivllm.rms_norm: (weight + weight_offset) * x / sqrt(mean(x**2, -1) + eps),
+    a new tensor (weight_offset=1.0: Gemma's norm)."""
+    return torch.ops.minivllm.rms_norm(x, weight, float(eps), weight_offset)
 
 
-def fused_add_rms_norm(x, residual, weight, eps=1e-6):
+def fused_add_rms_norm(x, residual, weight, eps=1e-6, *, weight_offset=0.0):
     """(rms_norm(x + residual), x + residual) as new tensors."""
-    return torch.ops.minivllm.fused_add_rms_norm(x, residual, weight, float(eps))
+    return torch.ops.minivllm.fused_add_rms_norm(x, residual, weight, float(eps), weight_offset)
 
 
-def fused_add_rms_norm_(x, residual, weight, eps=1e-6):
+def fused_add_rms_norm_(x, residual, weight, eps=1e-6, *, weight_offset=0.0):
     """vLLM's in-place form: residual <- x + residual, x <- rms_norm(that sum); returns
     (x, residual)."""
-    torch.ops.minivllm.fused_add_rms_norm_(x, residual, weight, float(eps))
+    torch.ops.minivllm.fused_add_rms_norm_(x, residual, weight, float(eps), weight_offset)
     return x, residual
 
 

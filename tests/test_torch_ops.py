@@ -120,6 +120,55 @@ def test_ops_match_reference(device, dtype, rng):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype,weight_dtype", [("float32", "float32"), ("bfloat16", "bfloat16"),
+                                                ("bfloat16", "float32"), ("float16", "float32")])
+@pytest.mark.parametrize("offset", [1.0, -0.5])
+def test_weight_offset_matches_reference(device, dtype, weight_dtype, offset, rng):
+    """weight_offset through the registered norm ops (functional and in place), against the
+    float64 reference; a float32 weight beside 16-bit x is read as float32 (Gemma's checkpoints)."""
+    torch = _torch()
+    mvt = _mvt()
+    dev = _device(torch, device)
+    H, eps = 320, 1e-5
+    x = _tt(torch, rng.standard_normal((2, 3, H)), dtype, dev)
+    r = _tt(torch, rng.standard_normal((2, 3, H)), dtype, dev)
+    # Gemma's weights sit around 0 (the scale is 1 + w); the extra 1e-3 * noise is not 16-bit exact
+    w = _tt(torch, 0.3 * rng.standard_normal(H) + 1e-3 * rng.standard_normal(H), weight_dtype, dev)
+    x0, r0, w0 = to64(x), to64(r), to64(w)
+
+    y = mvt.rms_norm(x, w, eps, weight_offset=offset)
+    n, s = mvt.fused_add_rms_norm(x, r, w, eps, weight_offset=offset)
+    xi, ri = x.clone(), r.clone()
+    mvt.fused_add_rms_norm_(xi, ri, w, eps, weight_offset=offset)
+    _sync(torch, dev)
+    assert y.dtype == n.dtype == _tdtype(torch, dtype)
+    assert_matches(to64(y), rms_norm_ref(x0, w0, eps, offset), TOL[dtype], "rms_norm")
+    ref_n, ref_s = fused_add_rms_norm_ref(x0, r0, w0, eps, dtype, offset)
+    assert_matches(to64(n), ref_n, TOL[dtype], "normed")
+    assert_same_values(to64(s), ref_s, "new_residual")
+    assert_matches(to64(xi), ref_n, TOL[dtype], "x (in place)")
+    assert_same_values(to64(ri), ref_s, "residual (in place)")
+    # the offset is applied, not ignored: without it the result is far off
+    assert not np.allclose(to64(mvt.rms_norm(x, w, eps)), to64(y), rtol=0.1, atol=0.1)
+    # the default is no offset, the op's schema default included
+    assert_same_values(to64(torch.ops.minivllm.rms_norm(x, w, eps)), to64(mvt.rms_norm(x, w, eps)),
+                       "rms_norm default")
+
+
+def test_weight_offset_errors_name_the_argument():
+    torch = _torch()
+    mvt = _mvt()
+    x, w = torch.randn(2, 64), torch.zeros(64)
+    with pytest.raises(ValueError, match="^weight_offset: "):
+        mvt.rms_norm(x, w, weight_offset=float("nan"))
+    with pytest.raises(ValueError, match="^weight_offset: "):
+        mvt.fused_add_rms_norm(x, x, w, weight_offset=float("inf"))
+    # the dispatcher checks the schema's type first; its message names the argument
+    with pytest.raises(Exception, match="weight_offset"):
+        mvt.fused_add_rms_norm_(x.clone(), x.clone(), w, weight_offset="1")
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_opcheck(device, rng):
     """torch.library.opcheck: schema (declared mutations), fake implementations against the
     real ones, dispatch through make_fx / AOT."""
@@ -150,6 +199,12 @@ def test_opcheck(device, rng):
     for op, args in cases:
         assert all(a.dtype == dt for a in args if isinstance(a, torch.Tensor))
         torch.library.opcheck(op, args)
+    # weight_offset, named and positional, with a float32 weight beside bfloat16 x
+    w32 = w.float()
+    torch.library.opcheck(ops.rms_norm, (x, w32, 1e-6), {"weight_offset": 1.0})
+    torch.library.opcheck(ops.fused_add_rms_norm, (x, r, w32, 1e-6, 1.0))
+    torch.library.opcheck(ops.fused_add_rms_norm_, (x.clone(), r.clone(), w32, 1e-6),
+                          {"weight_offset": -0.5})
 
 
 @pytest.mark.parametrize("device", DEVICES)
