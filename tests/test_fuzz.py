@@ -358,14 +358,18 @@ def make_array(place, rng, name, lead, cols, dtype, layout, *, values="normal", 
 
 
 # Layouts by role: (layout, valid?) where validity may depend on the size.
-def row_layout_valid(layout, lead, C, is_output, max_strides=1):
+def row_layout_valid(layout, lead, C, is_output, max_strides=1, last=None):
     """Whether a [*lead, C] view with this layout is a valid argument of an op whose rows may
-    take max_strides row strides (documented rules)."""
+    take max_strides row strides (documented rules). last: the size of the last dimension where
+    a row has several (default C)."""
     rows = int(np.prod(lead)) if lead else 1
     if rows == 0 or C == 0:
         return True  # an empty array has no layout to check
-    if layout in ("noncontig", "zerolast", "neglast"):
+    if layout == "noncontig":
         return C == 1
+    if layout in ("zerolast", "neglast"):
+        # the stride of a last dimension of size 1 is never used: a (heads, 1) row stays dense
+        return (C if last is None else last) == 1
     needed = strides_needed(layout, lead)
     if needed > max_strides:
         return False
@@ -430,7 +434,8 @@ def draw_tensor(data, place, rng, name, lead, cols, dtype, *, role, first=False,
         if is_output and len(lead) == 1:
             bad += ["bcast", "overlap"]
         layout = data.draw(st.sampled_from(bad), label=f"{name}.bad_layout")
-        invalid = not row_layout_valid(layout, lead, C, is_output, max_strides)
+        invalid = not row_layout_valid(layout, lead, C, is_output, max_strides,
+                                       last=cols[-1] if cols else 1)
     elif mutation == "strides":
         layout = data.draw(st.sampled_from(split_bad), label=f"{name}.split_layout")
         invalid = not row_layout_valid(layout, lead, C, is_output, max_strides)
