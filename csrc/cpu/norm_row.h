@@ -318,18 +318,17 @@ static void norm_row(const mv_norm_input *in, const float *gamma, int64_t row, m
    for a call of many 16-bit rows without a residual: pass 2 then loads it instead of converting
    the weight again in every row (these rows are bound by the conversions' vector
    uops). Not for one row (no gain), the fused add (slower at 1024 x 4096) or float32 gamma over
-   NORM_GAMMA_MAX_BYTES (slower at H = 16384, where it fills L1): NULL, as without memory.
-   dev/logs/cpu-norm-amd-epyc-2c-2026-11-23.log. */
+   NORM_GAMMA_MAX_BYTES (slower at H = 16384, where it fills L1): NULL.
+   dev/logs/cpu-norm-amd-epyc-2c-2026-11-23.log. Written to buf, the caller's (on its stack:
+   the pool's threads read it while the caller waits in mv_pool_run). */
 #define NORM_GAMMA_MAX_BYTES (16 << 10)
-static float *norm_gamma_f32(const mv_norm_input *in)
+static const float *norm_gamma_f32(const mv_norm_input *in, float (*buf)[NORM_GAMMA_MAX_BYTES / sizeof(float)])
 {
     const int64_t hidden = in->hidden;
     if (in->rows < 2 || in->dtype == MV_FLOAT32 || in->residual != NULL ||
         hidden * (int64_t)sizeof(float) > NORM_GAMMA_MAX_BYTES)
         return NULL;
-    float *gamma = malloc((size_t)hidden * sizeof(float));
-    if (gamma == NULL)
-        return NULL;
+    float *gamma = *buf;
     const mv_dtype wdt = in->weight_float32 ? MV_FLOAT32 : in->dtype;
     const vf offset = vf_set1(in->weight_offset);
     int64_t i = 0;

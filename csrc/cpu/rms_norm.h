@@ -46,11 +46,10 @@ int MV_NAME(mv_rms_norm_cpu)(const mv_rms_norm_args *a)
 {
     if (a->in.rows <= 0)
         return MV_OK;
-    float *gamma = norm_gamma_f32(&a->in);
-    norm_job job = {a, gamma, 0};
+    float gamma_buf[NORM_GAMMA_MAX_BYTES / sizeof(float)];
+    norm_job job = {a, norm_gamma_f32(&a->in, &gamma_buf), 0};
     mv_pool_run(norm_task, &job,
                 threads_for(a->in.rows * a->in.hidden, PARALLEL_MIN_ELEMENTS, a->in.rows));
-    free(gamma);
     return MV_OK;
 }
 

@@ -6,8 +6,8 @@
  *   vector loads the sizes and alignments allow (V = gcd(16 / sizeof(T), H), narrowed further
  *   until every pointer and row stride is V-aligned), summed with warp shuffles, scaled with one
  *   rsqrt, and written back with vector stores. A row is handled by a group of G threads (a
- *   power of two: a few lanes of a warp for small H, up to 1024 threads for H in the tens of
- *   thousands), each holding up to 4 vectors (8 single elements); small rows pack many groups,
+ *   power of two up to a warp for small H, whole warps beyond, at most 512 threads: H up to
+ *   16384 in 16-bit types), each holding up to 4 vectors (8 single elements); small rows pack many groups,
  *   i.e. many rows, into one block. With PDL, the first few MiB of rows are prefetched into L2 before
  *   the wait for the previous kernel (kPrefetchBytes). Rows too long to stay in registers fall
  *   back to:
