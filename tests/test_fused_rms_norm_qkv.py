@@ -554,6 +554,22 @@ def test_forced_path_runs(path, rng):
             f"_path={path!r} at M={M} H={H} {dtype}: ran {_C.qkv_last_gpu_path()!r}"
 
 
+def test_engine_stream_k_after_cluster_split(rng):
+    """The engine's two layouts of one kernel alternate: stream-K (more tiles than SMs) asks for
+    more shared memory than the cluster split (whose parts take some), and the split's occupancy
+    query once lowered the kernel's limit under the launch's cache, so the next stream-K call
+    failed with "invalid argument"."""
+    if cuda_skip_reason():
+        pytest.skip(cuda_skip_reason())
+    if cuda_capability() != (9, 0):
+        pytest.skip(f"the engine needs sm_90 exactly; this GPU is sm_{cuda_capability()[0]}{cuda_capability()[1]}")
+    dev = PathBackend(get_backend("cuda"), "engine")
+    # 16 rows, one 16-token tile: 140 feature tiles of 128 (stream-K), then 32 (a cluster split)
+    for H, nh, nkv in ((256, 136, 2), (1024, 16, 8), (256, 136, 2)):
+        Case(dev, rng, "bfloat16", (16,), H, nh, nkv, 128, "W").run()
+        assert _C.qkv_last_gpu_path() == "engine", f"H={H}: ran {_C.qkv_last_gpu_path()!r}"
+
+
 def test_path_names_are_checked(rng):
     """_path takes None or a path name, on every device; the old names are gone."""
     c = Case(get_backend("cpu"), rng, "float32", (2,), 16, 1, 1, 4, "W")

@@ -10,6 +10,7 @@
 #include <cuda.h> /* CUtensorMap and its enums (types only: libcuda is not linked) */
 
 #include <atomic>
+#include <cstdint>
 
 /* The current device's properties, read once per device (they cannot change in a process). */
 struct mv_cuda_device {
@@ -101,6 +102,15 @@ struct mv_shared_opt_in {
     std::atomic<int> opted[mv_max_cached_devices];
 };
 
+/* The one opt-in cache of kernel K. Every caller that raises K's limit must share it: the call
+   sets the limit, so with two caches one caller could lower it under the other, whose next larger
+   launch then failed ("invalid argument": the engine's stream-K after a cluster-split query). */
+template <auto K>
+mv_shared_opt_in &mv_opt_in_of() {
+    static mv_shared_opt_in cache;
+    return cache;
+}
+
 template <typename Kernel>
 cudaError_t mv_allow_shared(Kernel kernel, size_t smem, mv_shared_opt_in &cache, int device) {
     if (smem <= 48 * 1024) return cudaSuccess;
@@ -114,6 +124,41 @@ cudaError_t mv_allow_shared(Kernel kernel, size_t smem, mv_shared_opt_in &cache,
         }
     }
     return err;
+}
+
+/* Whether `clusters` clusters of `cluster` CTAs of kernel (`threads` each, smem bytes of dynamic
+   shared memory) are resident at once: the device's answer, kept per device and cluster size in
+   `cache` (a kernel asks with one smem per cluster size). False where the query fails. */
+constexpr int mv_max_cluster = 8; /* the portable cluster size */
+struct mv_cluster_occupancy {
+    std::atomic<int> known[mv_max_cached_devices][mv_max_cluster + 1]; /* most clusters + 1; 0: unasked */
+};
+
+template <typename Kernel>
+bool mv_clusters_fit(Kernel kernel, unsigned threads, size_t smem, int cluster, int64_t clusters,
+                     mv_shared_opt_in &opt_in, mv_cluster_occupancy &cache, int device) {
+    if (cluster < 1 || cluster > mv_max_cluster) return false;
+    const bool cached = device >= 0 && device < mv_max_cached_devices;
+    int most = cached ? cache.known[device][cluster].load(std::memory_order_relaxed) - 1 : -1;
+    if (most < 0) {
+        if (mv_allow_shared(kernel, smem, opt_in, device) != cudaSuccess) return false;
+        cudaLaunchConfig_t config = {};
+        config.gridDim = dim3(static_cast<unsigned>(cluster));
+        config.blockDim = dim3(threads);
+        config.dynamicSmemBytes = smem;
+        cudaLaunchAttribute attribute = {};
+        attribute.id = cudaLaunchAttributeClusterDimension;
+        attribute.val.clusterDim.x = static_cast<unsigned>(cluster);
+        attribute.val.clusterDim.y = attribute.val.clusterDim.z = 1;
+        config.attrs = &attribute;
+        config.numAttrs = 1;
+        if (cudaOccupancyMaxActiveClusters(&most, kernel, &config) != cudaSuccess) {
+            (void)cudaGetLastError();
+            return false;
+        }
+        if (cached) cache.known[device][cluster].store(most + 1, std::memory_order_relaxed);
+    }
+    return clusters <= most;
 }
 
 #endif /* MINIVLLM_CUDA_DEVICE_H */

@@ -93,7 +93,7 @@ constexpr int partial_floats() {
 /* The most CTAs that split one tile in a cluster: its first CTA holds the others' parts in shared
    memory, at most kClusterPartBytes of them (the rest stays the ring's). */
 constexpr int kClusterPartBytes = 64 * 1024;
-constexpr int kMaxCluster = 8; /* the portable cluster size */
+constexpr int kMaxCluster = mv_max_cluster;
 template <int kTokens>
 constexpr int max_split() {
     return 1 + kClusterPartBytes / (partial_floats<kTokens>() * 4) < kMaxCluster
@@ -682,34 +682,12 @@ int split_limit(int tokens) {
     return with_tokens(tokens, [](auto t) { return max_split<t()>(); });
 }
 
-/* Whether `clusters` clusters of `split` CTAs of the kernel are resident at once (the device's
-   answer, kept per device and split). */
+/* Whether `clusters` clusters of `split` CTAs of the kernel are resident at once. */
 template <typename T, int kTokens>
 bool clusters_fit(const mv_cuda_device &dev, int split, size_t smem, int64_t clusters) {
-    static std::atomic<int> known[mv_max_cached_devices][kMaxCluster + 1]; /* most clusters + 1; 0: unasked */
-    const bool cached = dev.device >= 0 && dev.device < mv_max_cached_devices;
-    int most = cached ? known[dev.device][split].load(std::memory_order_relaxed) - 1 : -1;
-    if (most < 0) {
-        static mv_shared_opt_in opt_in;
-        auto kernel = engine_kernel<T, kTokens>;
-        if (mv_allow_shared(kernel, smem, opt_in, dev.device) != cudaSuccess) return false;
-        cudaLaunchConfig_t config = {};
-        config.gridDim = dim3(static_cast<unsigned>(split));
-        config.blockDim = dim3(kThreads);
-        config.dynamicSmemBytes = smem;
-        cudaLaunchAttribute attribute = {};
-        attribute.id = cudaLaunchAttributeClusterDimension;
-        attribute.val.clusterDim.x = static_cast<unsigned>(split);
-        attribute.val.clusterDim.y = attribute.val.clusterDim.z = 1;
-        config.attrs = &attribute;
-        config.numAttrs = 1;
-        if (cudaOccupancyMaxActiveClusters(&most, kernel, &config) != cudaSuccess) {
-            (void)cudaGetLastError();
-            return false;
-        }
-        if (cached) known[dev.device][split].store(most + 1, std::memory_order_relaxed);
-    }
-    return clusters <= most;
+    static mv_cluster_occupancy occupancy;
+    return mv_clusters_fit(engine_kernel<T, kTokens>, kThreads, smem, split, clusters,
+                           mv_opt_in_of<engine_kernel<T, kTokens>>(), occupancy, dev.device);
 }
 
 bool clusters_fit_for(bool bf16, int tokens, const mv_cuda_device &dev, int split, size_t smem, int64_t clusters) {
@@ -741,9 +719,8 @@ int choose_split(int64_t tiles, int64_t kiters, int tokens, const mv_cuda_device
 template <typename T, int kTokens>
 cudaError_t launch_tokens(const EngineState &st, const mv_qkv_plan &plan, const mv_cuda_device &dev,
                           cudaStream_t stream) {
-    static mv_shared_opt_in opt_in;
     auto kernel = engine_kernel<T, kTokens>;
-    cudaError_t err = mv_allow_shared(kernel, st.smem, opt_in, dev.device);
+    cudaError_t err = mv_allow_shared(kernel, st.smem, mv_opt_in_of<engine_kernel<T, kTokens>>(), dev.device);
     if (err != cudaSuccess) return err;
     EngineParams p = st.p;
     if (p.split == 0) { /* only stream-K's fix-up uses the workspace */
