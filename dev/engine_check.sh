@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The GEMM engine's development check on one GPU: build, the QKV tests on the forced engine path,
-# then bench_fused_rms_norm_qkv with the engine forced and with the automatic table, side by side
+# A QKV path's development check on one GPU: build, the QKV tests on the forced path, then
+# bench_fused_rms_norm_qkv with the path forced and with the automatic table, side by side
 # (minivllm and cuBLAS alone). usage: bash dev/engine_check.sh [OUTDIR] (default $OUT)
-#   MODELS, MS, DTYPES override the bench's subset; TESTS=0 skips the tests, TESTS_K picks them.
+#   FORCE names the path (default engine); MODELS, MS, DTYPES override the bench's subset;
+#   TESTS=0 skips the tests, TESTS_K picks them.
 set -uo pipefail
 out=${1:-${OUT:-engine-check-out}}
+force=${FORCE:-engine}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
@@ -17,27 +19,27 @@ echo "built in $(( $(date +%s) - start )) s"
 cd /tmp
 if [ "${TESTS:-1}" = 1 ]; then
     timeout 240 python3 -m pytest -q -x -p no:cacheprovider "$OLDPWD/tests/test_fused_rms_norm_qkv.py" \
-        -k "${TESTS_K:-cuda-engine or forced_path}" 2>&1 | tail -n 25 | tee "$out/tests.log"
+        -k "${TESTS_K:-cuda-$force or forced_path}" 2>&1 | tail -n 25 | tee "$out/tests.log"
 fi
 cd "$OLDPWD"
 models=${MODELS:-"qwen3-0.6b llama-3-8b qwen2.5-7b falcon-7b llama-3-70b gemma-3-1b"}
 ms=${MS:-"1 4 16 32 64 128 256 1024 4096"}
-for path in engine auto; do
-    extra=""; [ "$path" = engine ] && extra="--path engine"
+for path in "$force" auto; do
+    extra=""; [ "$path" != auto ] && extra="--path $path"
     mkdir -p "$out/$path"
-    timeout 200 python3 benchmarks/bench_fused_rms_norm_qkv.py --models $models --dtypes ${DTYPES:-bf16} \
+    timeout ${BENCH_TIMEOUT:-200} python3 benchmarks/bench_fused_rms_norm_qkv.py --models $models --dtypes ${DTYPES:-bf16} \
         --m $ms --impls minivllm cublas --no-compile --no-host --no-plot --replays 9 $extra \
         --out "$out/$path" >"$out/bench-$path.log" 2>&1
     echo "bench $path: rc $?"
 done
-python3 - "$out" <<'PY'
+python3 - "$out" "$force" <<'PY'
 import json, glob, sys
-out = sys.argv[1]
+out, force = sys.argv[1], sys.argv[2]
 def load(p):
     f = glob.glob(f"{out}/{p}/qkv-*.json")
     return {(r["model"], r["dtype"], r["rows"]): r for r in json.load(open(f[0]))["results"]} if f else {}
-e, a = load("engine"), load("auto")
-print(f"{'model':14} {'dt':4} {'M':>5} {'floor':>7} {'engine':>7} {'auto':>7} {'cuBLAS':>7}  eng/cuB auto/cuB eng/floor")
+e, a = load(force), load("auto")
+print(f"{'model':14} {'dt':4} {'M':>5} {'floor':>7} {force:>7} {'auto':>7} {'cuBLAS':>7}  for/cuB auto/cuB for/floor")
 for key in e:
     re_, ra = e[key], a.get(key)
     us = lambda r, n: r["impls"][n]["us"] if r and n in r["impls"] else float("nan")

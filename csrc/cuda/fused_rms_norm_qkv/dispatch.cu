@@ -52,10 +52,13 @@ bool deferred_wanted(const Call &c) {
    shortest chain. */
 bool register_first_wanted(const Call &c) { return c.dev->major >= 9 && stream_fits(c); }
 
-/* The one-kernel wgmma GEMM beat norm + cuBLASLt for small H up to 64 rows (256 for N <= 2048);
-   each tile walks all of H, so larger H lose at every M. */
+/* The one-kernel wgmma GEMM beat norm + cuBLASLt for small H up to 64 rows (256 for N <= 2048).
+   Up to 64 rows (one row tile) its tiles are split over clusters, so a larger H is spread over the
+   SMs too: there it won for W up to 12 MiB (H 1152-2048, 1.05-1.28x at 48-64 rows) and lost from
+   18 MiB (H 2048-2560); with more rows each tile walks all of H, and larger H lose. */
+constexpr int64_t kWgmmaSplitMaxWeights = 6 << 20; /* elements: 12 MiB of 16-bit weights */
 bool wgmma_wanted(const Call &c) {
-    if (c.hidden > 1024) return false;
+    if (c.hidden > 1024) return c.rows <= 64 && c.cols * c.hidden <= kWgmmaSplitMaxWeights;
     return c.rows <= 64 || (c.cols <= 2048 && c.rows <= 256);
 }
 

@@ -12,8 +12,13 @@
  * load their A fragments of x with ldmatrix, sum x^2 per row from them in float32, multiply them
  * by gamma in registers and multiply on the tensor cores with A from registers (float32
  * accumulators). Consumer 1 adds its partial products and sums into consumer 0's through shared
- * memory; the epilogue scales each row by rrms and writes q, k, v. A block per 64 x BN tile.
- * Each tile walks all of H in 64-k stages, so it loses for large H (docs/design.md).
+ * memory; the epilogue scales each row by rrms and writes q, k, v.
+ *
+ * A 64 x BN output tile belongs to one CTA, or to the S CTAs of a thread-block cluster (split-K),
+ * each taking 1/S of its k stages: the others then store their float parts (and row sums) into
+ * the first CTA's ring, idle once its own products are done, through distributed shared memory,
+ * and it adds them in rank order (fixed: the bits do not depend on timing). The width BN and S are
+ * chosen per call so that the grid fills the SMs in one wave with the fewest bytes per CTA.
  *
  * Numerics (docs/numerics.md): gamma * x is rounded to bf16 before the product and rrms
  * multiplies the float32 sum. bf16 only: its range is float32's, so gamma * x cannot overflow
@@ -21,6 +26,7 @@
  */
 #include <climits>
 #include <cstdint>
+#include <type_traits>
 
 #include <cuda.h> /* CUtensorMap (types only: maps come from device.h) */
 
@@ -45,7 +51,7 @@ struct WgmmaParams {
     int q_cols, kv_cols;
     int stages;
     float eps;
-    int copy_out; /* unused (always 0): kept so the kernel's parameter layout stays as built */
+    int split; /* CTAs (one cluster) per tile, each taking 1/split of its k stages */
     const __nv_bfloat16 *gamma;
     __nv_bfloat16 *q, *k, *v;
     int64_t q_stride, k_stride, v_stride;
@@ -68,6 +74,8 @@ struct Tile : Stage<kTileRows, BN> {
     static constexpr int reduce_stride = BN / 2 + 2; /* per thread: accumulators, then two row sums */
     static constexpr int tail_bytes = kMaxStages * kLineBytes + 2 * kMaxStages * 8 +
                                       (kConsumers - 1) * kGroupThreads * reduce_stride * 4;
+    /* a CTA's split-K part: the first consumer's accumulators and its two row sums, per thread */
+    static constexpr int part_floats = kGroupThreads * (BN / 2 + 2);
 };
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -149,7 +157,7 @@ __device__ __forceinline__ void store_scaled_rows(const WgmmaParams &p, const fl
 #endif /* __CUDA_ARCH_FEAT_SM90_ALL */
 
 template <int BN>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 1)
     qkv_wgmma_kernel(const __grid_constant__ CUtensorMap x_map, const __grid_constant__ CUtensorMap w_map,
                      WgmmaParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -166,9 +174,13 @@ __global__ void __launch_bounds__(kThreads)
 
     const int group = threadIdx.x / kGroupThreads;
     const int tid = threadIdx.x % kGroupThreads;
-    const int n0 = blockIdx.x * BN;
+    const int split = p.split;
+    const int rank = split > 1 ? static_cast<int>(blockIdx.x) % split : 0; /* clusters run along x */
+    const int n0 = static_cast<int>(blockIdx.x) / split * BN;
     const int m0 = blockIdx.y * kTileRows;
-    const int k_tiles = (p.hidden + kStageK - 1) / kStageK;
+    const int k_all = (p.hidden + kStageK - 1) / kStageK;
+    const int k_begin = rank * k_all / split; /* this CTA's k stages: [k_begin, k_begin + k_tiles) */
+    const int k_tiles = (rank + 1) * k_all / split - k_begin;
 
     if (threadIdx.x == 0) {
         for (int s = 0; s < stages; ++s) {
@@ -179,6 +191,7 @@ __global__ void __launch_bounds__(kThreads)
         mv_mbarrier_init_fence();
     }
     __syncthreads();
+    if (split > 1) mv_cluster_sync(); /* every CTA of the cluster has started before any writes to another */
     /* The next kernel may launch now; it waits for this whole grid before it reads anything. */
     mv_pdl_trigger();
 
@@ -190,27 +203,28 @@ __global__ void __launch_bounds__(kThreads)
             const int first = k_tiles < stages ? k_tiles : stages;
             /* W is a weight no kernel writes: request its first stages before waiting for the
                previous kernel (same assumption as the decode stream). x may be its output. */
-            auto gamma_bytes = [&](int kt) { return stage_gamma_bytes(p, kt); };
-            for (int kt = 0; kt < first; ++kt) {
-                mv_mbarrier_arrive_expect_tx(&full[kt], Sh::stage_bytes + gamma_bytes(kt));
-                mv_tensor_copy_2d(b_tiles + static_cast<size_t>(kt) * BN * kStageK, &w_map, kt * kStageK, n0,
-                                  &full[kt], w_policy);
+            /* i: the CTA's own stage count; k stage k_begin + i of the tile */
+            auto gamma_bytes = [&](int i) { return stage_gamma_bytes(p, k_begin + i); };
+            for (int i = 0; i < first; ++i) {
+                mv_mbarrier_arrive_expect_tx(&full[i], Sh::stage_bytes + gamma_bytes(i));
+                mv_tensor_copy_2d(b_tiles + static_cast<size_t>(i) * BN * kStageK, &w_map, (k_begin + i) * kStageK, n0,
+                                  &full[i], w_policy);
             }
             mv_pdl_wait();
-            for (int kt = 0; kt < first; ++kt) {
-                mv_tensor_copy_2d(a_tiles + static_cast<size_t>(kt) * kTileRows * kStageK, &x_map, kt * kStageK, m0,
-                                  &full[kt], x_policy);
-                mv_bulk_copy(gamma_stages + kt * kStageK, p.gamma + kt * kStageK, gamma_bytes(kt), &full[kt]);
-            }
-            for (int kt = first; kt < k_tiles; ++kt) {
-                const int s = kt % stages;
-                mv_mbarrier_wait(&empty[s], static_cast<unsigned>((kt / stages - 1) & 1));
-                mv_mbarrier_arrive_expect_tx(&full[s], Sh::stage_bytes + gamma_bytes(kt));
-                mv_tensor_copy_2d(b_tiles + static_cast<size_t>(s) * BN * kStageK, &w_map, kt * kStageK, n0, &full[s],
-                                  w_policy);
-                mv_tensor_copy_2d(a_tiles + static_cast<size_t>(s) * kTileRows * kStageK, &x_map, kt * kStageK, m0, &full[s],
+            for (int i = 0; i < first; ++i) {
+                const int k = (k_begin + i) * kStageK;
+                mv_tensor_copy_2d(a_tiles + static_cast<size_t>(i) * kTileRows * kStageK, &x_map, k, m0, &full[i],
                                   x_policy);
-                mv_bulk_copy(gamma_stages + s * kStageK, p.gamma + kt * kStageK, gamma_bytes(kt), &full[s]);
+                mv_bulk_copy(gamma_stages + i * kStageK, p.gamma + k, gamma_bytes(i), &full[i]);
+            }
+            for (int i = first; i < k_tiles; ++i) {
+                const int s = i % stages, k = (k_begin + i) * kStageK;
+                mv_mbarrier_wait(&empty[s], static_cast<unsigned>((i / stages - 1) & 1));
+                mv_mbarrier_arrive_expect_tx(&full[s], Sh::stage_bytes + gamma_bytes(i));
+                mv_tensor_copy_2d(b_tiles + static_cast<size_t>(s) * BN * kStageK, &w_map, k, n0, &full[s], w_policy);
+                mv_tensor_copy_2d(a_tiles + static_cast<size_t>(s) * kTileRows * kStageK, &x_map, k, m0, &full[s],
+                                  x_policy);
+                mv_bulk_copy(gamma_stages + s * kStageK, p.gamma + k, gamma_bytes(i), &full[s]);
             }
         }
         return;
@@ -225,16 +239,16 @@ __global__ void __launch_bounds__(kThreads)
     for (int i = 0; i < BN / 2; ++i) acc[i] = 0.0f;
     float sum_sq[2] = {0.0f, 0.0f}; /* rows warp * 16 + lane / 4 (+ 8), this thread's columns */
     const int warp = tid / 32, lane = tid % 32;
-    for (int kt = c; kt < k_tiles; kt += kConsumers) {
-        const int s = kt % stages;
-        mv_mbarrier_wait(&full[s], static_cast<unsigned>((kt / stages) & 1));
+    for (int i = c; i < k_tiles; i += kConsumers) {
+        const int s = i % stages;
+        mv_mbarrier_wait(&full[s], static_cast<unsigned>((i / stages) & 1));
         const __nv_bfloat16 *a = a_tiles + static_cast<size_t>(s) * kTileRows * kStageK;
         const __nv_bfloat16 *b = b_tiles + static_cast<size_t>(s) * BN * kStageK;
         uint32_t frag[kStageK / 16][4];
 #pragma unroll
         for (int kk = 0; kk < kStageK / 16; ++kk)
-            load_scaled_fragment(frag[kk], a, gamma_stages + s * kStageK, p.hidden - kt * kStageK, warp, lane, kk,
-                                 sum_sq);
+            load_scaled_fragment(frag[kk], a, gamma_stages + s * kStageK, p.hidden - (k_begin + i) * kStageK, warp,
+                                 lane, kk, sum_sq);
         mv_wgmma_fence();
         mv_wgmma_fence_accumulators(acc);
 #pragma unroll
@@ -272,6 +286,37 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int i = 0; i < 2; ++i) sum_sq[i] += theirs[(BN / 2 + i) * kGroupThreads + tid];
     }
+    if (split > 1) {
+        /* Split-K: the parts meet in the first CTA's ring (Sh::part_floats per CTA but the first,
+           float4s [i / 4][thread], then the thread's two row sums), added there in rank order. */
+        float *parts = reinterpret_cast<float *>(base);
+        mv_cluster_sync(); /* every CTA's products are done: the first CTA's ring is idle */
+        if (rank != 0) {
+            const uint32_t dst = mv_cluster_address(parts + static_cast<size_t>(rank - 1) * Sh::part_floats, 0);
+#pragma unroll
+            for (int i = 0; i < BN / 2; i += 4)
+                mv_cluster_store(dst + ((i / 4) * kGroupThreads + tid) * 16,
+                                 make_float4(acc[i], acc[i + 1], acc[i + 2], acc[i + 3]));
+            mv_cluster_store(dst + ((BN / 2) * kGroupThreads + 2 * tid) * 4, sum_sq[0]);
+            mv_cluster_store(dst + ((BN / 2) * kGroupThreads + 2 * tid + 1) * 4, sum_sq[1]);
+        }
+        mv_cluster_sync(); /* the parts are in place; no CTA exits while another may write its memory */
+        if (rank != 0) return;
+        for (int r = 1; r < split; ++r) {
+            const float *theirs = parts + static_cast<size_t>(r - 1) * Sh::part_floats;
+#pragma unroll
+            for (int i = 0; i < BN / 2; i += 4) {
+                const float4 v = reinterpret_cast<const float4 *>(theirs)[(i / 4) * kGroupThreads + tid];
+                acc[i] += v.x;
+                acc[i + 1] += v.y;
+                acc[i + 2] += v.z;
+                acc[i + 3] += v.w;
+            }
+            const float2 sq = reinterpret_cast<const float2 *>(theirs + (BN / 2) * kGroupThreads)[tid];
+            sum_sq[0] += sq.x;
+            sum_sq[1] += sq.y;
+        }
+    }
     const float rrms_rows[2] = {row_rrms(p, sum_sq[0]), row_rrms(p, sum_sq[1])};
     store_scaled_rows<BN>(p, acc, rrms_rows, m0, n0, warp, lane);
 #endif /* __CUDA_ARCH_FEAT_SM90_ALL */
@@ -279,16 +324,82 @@ __global__ void __launch_bounds__(kThreads)
 
 /* ---- host side ---------------------------------------------------------------------------------- */
 
-/* The instantiated tile widths (64 rows each). The narrowest whose grid still fits one block per
-   multiprocessor: each block's chain of stages is what the call waits for, so W is spread over as
-   many blocks as run at once. */
-constexpr int kWidths[] = {16, 32, 64, 128};
+/* The instantiated tile widths (64 rows each). */
+constexpr int kWidths[] = {16, 32, 64, 128, 192};
 
-int choose_width(int64_t rows, int64_t cols, int sms) {
-    const int64_t row_tiles = (rows + kTileRows - 1) / kTileRows;
-    for (const int w : kWidths)
-        if (row_tiles * ((cols + w - 1) / w) <= sms) return w;
-    return 128;
+/* f(std::integral_constant<int, BN>()) for the tile width BN (kWidths): the one switch from a
+   plan's width to the templates. */
+template <typename F>
+decltype(auto) with_width(int width, F &&f) {
+    switch (width) {
+    case 16: return f(std::integral_constant<int, 16>());
+    case 32: return f(std::integral_constant<int, 32>());
+    case 64: return f(std::integral_constant<int, 64>());
+    case 128: return f(std::integral_constant<int, 128>());
+    default: return f(std::integral_constant<int, 192>());
+    }
+}
+
+/* The deepest ring that fits the block's shared memory (a multiple of kConsumers: a stage, one
+   consumer), trimmed to all of K where trim_k > 0; 0 stages where fewer than two fit. */
+template <int BN>
+int plan_ring(const mv_cuda_device &dev, int64_t trim_k, size_t *smem) {
+    const size_t fixed = kSharedAlign + Tile<BN>::tail_bytes;
+    const size_t per_stage = Tile<BN>::stage_bytes;
+    const size_t budget = static_cast<size_t>(dev.max_shared_block);
+    int stages = kMaxStages;
+    while (stages > 0 && fixed + static_cast<size_t>(stages) * per_stage > budget) --stages;
+    stages = stages / kConsumers * kConsumers;
+    if (trim_k > 0) {
+        const int64_t whole_k = (trim_k + kConsumers - 1) / kConsumers * kConsumers;
+        if (stages > whole_k) stages = static_cast<int>(whole_k);
+    }
+    *smem = fixed + static_cast<size_t>(stages) * per_stage;
+    return stages < 2 ? 0 : stages;
+}
+
+/* Whether `tiles` clusters of `split` CTAs of width BN can run: the other CTAs' parts fit the
+   first CTA's full ring (split-K keeps the ring untrimmed, so one smem per width and split), and
+   every cluster is resident at once. */
+template <int BN>
+bool split_fits(const mv_cuda_device &dev, int split, int64_t tiles) {
+    static mv_cluster_occupancy occupancy;
+    size_t smem = 0;
+    const int stages = plan_ring<BN>(dev, 0, &smem);
+    if (stages < 2) return false;
+    if (static_cast<size_t>(split - 1) * Tile<BN>::part_floats * 4 > static_cast<size_t>(stages) * Tile<BN>::stage_bytes)
+        return false;
+    return mv_clusters_fit(qkv_wgmma_kernel<BN>, kThreads, smem, split, tiles, mv_opt_in_of<qkv_wgmma_kernel<BN>>(),
+                           occupancy, dev.device);
+}
+
+/* The tile width and split-K factor: one wave (tiles x split <= SMs) with the fewest bytes
+   through the busiest CTA, its k stages of W and x plus the parts it adds or sends (a CTA's
+   chain of stages is what the call waits for, so W is spread over as many CTAs as run at once).
+   Split only with one row tile (M <= 64): with more, the splits measured slower than the
+   narrowest unsplit tile (Qwen2.5-0.5B M = 256: 9.26 us against 7.03; M = 64, one row tile:
+   5.20 against 5.51; dev/logs/wgmma-split-nvidia-h200-2026-11-23.log). Where even the narrowest
+   tiles exceed one wave, the widest tile, unsplit. */
+struct Tiling {
+    int width, split;
+};
+Tiling choose_tiling(int64_t rows, int64_t cols, int64_t hidden, const mv_cuda_device &dev) {
+    const int64_t row_tiles = (rows + kTileRows - 1) / kTileRows, k_all = (hidden + kStageK - 1) / kStageK;
+    Tiling best = {128, 1};
+    double best_bytes = -1.0;
+    for (const int w : kWidths) {
+        const int64_t tiles = row_tiles * ((cols + w - 1) / w);
+        const int most_split = row_tiles == 1 ? mv_max_cluster : 1;
+        for (int split = 1; split <= most_split && tiles * split <= dev.sms && split <= k_all; ++split) {
+            const double stream = static_cast<double>((k_all + split - 1) / split) * kLineBytes * (w + kTileRows);
+            const double parts = static_cast<double>(split - 1) * kGroupThreads * (w / 2 + 2) * 4;
+            if (best_bytes >= 0.0 && stream + parts >= best_bytes) continue;
+            if (split > 1 && !with_width(w, [&](auto bn) { return split_fits<bn()>(dev, split, tiles); })) continue;
+            best = Tiling{w, split};
+            best_bytes = stream + parts;
+        }
+    }
+    return best;
 }
 
 struct WgmmaState {
@@ -299,33 +410,16 @@ struct WgmmaState {
     int width;
 };
 
-/* The deepest ring that fits (up to all of K, a multiple of kConsumers: a stage, one consumer);
-   0 where fewer than two stages fit. */
-template <int BN>
-size_t plan_ring(const mv_qkv_args &a, const mv_cuda_device &dev, int *stages_out) {
-    const int k_tiles = static_cast<int>((a.in.hidden + kStageK - 1) / kStageK);
-    const size_t fixed = kSharedAlign + Tile<BN>::tail_bytes;
-    const size_t per_stage = Tile<BN>::stage_bytes;
-    const size_t budget = static_cast<size_t>(dev.max_shared_block);
-    int stages = kMaxStages;
-    while (stages > 0 && fixed + static_cast<size_t>(stages) * per_stage > budget) --stages;
-    stages = stages / kConsumers * kConsumers;
-    const int whole_k = (k_tiles + kConsumers - 1) / kConsumers * kConsumers;
-    if (stages > whole_k) stages = whole_k;
-    *stages_out = stages;
-    return stages < 2 ? 0 : fixed + static_cast<size_t>(stages) * per_stage;
-}
-
 template <int BN>
 cudaError_t launch_width(const WgmmaState &st, const mv_qkv_plan &plan, const mv_cuda_device &dev,
                          cudaStream_t stream) {
-    static mv_shared_opt_in opt_in;
     auto kernel = qkv_wgmma_kernel<BN>;
-    cudaError_t err = mv_allow_shared(kernel, st.smem, opt_in, dev.device);
+    cudaError_t err = mv_allow_shared(kernel, st.smem, mv_opt_in_of<qkv_wgmma_kernel<BN>>(), dev.device);
     if (err != cudaSuccess) return err;
     const int64_t m_blocks = (st.p.rows + kTileRows - 1) / kTileRows, n_blocks = (st.p.cols + BN - 1) / BN;
-    const dim3 grid(static_cast<unsigned>(n_blocks), static_cast<unsigned>(m_blocks));
-    err = mv_launch(kernel, grid, dim3(kThreads), st.smem, stream, plan.pdl, st.x_map, st.w_map, st.p);
+    const dim3 grid(static_cast<unsigned>(n_blocks * st.p.split), static_cast<unsigned>(m_blocks));
+    err = mv_launch_clusters(kernel, grid, dim3(kThreads), st.smem, stream, plan.pdl,
+                             static_cast<unsigned>(st.p.split), st.x_map, st.w_map, st.p);
     return err != cudaSuccess ? err : cudaGetLastError();
 }
 
@@ -352,12 +446,13 @@ bool mv_qkv_wgmma_plan(const mv_qkv_args &a, const mv_cuda_device &dev, mv_qkv_p
     p.q_stride = a.q_stride;
     p.k_stride = a.k_stride;
     p.v_stride = a.v_stride;
-    st->width = choose_width(a.in.rows, n, dev.sms);
-    st->smem = st->width == 16   ? plan_ring<16>(a, dev, &p.stages)
-               : st->width == 32 ? plan_ring<32>(a, dev, &p.stages)
-               : st->width == 64 ? plan_ring<64>(a, dev, &p.stages)
-                                 : plan_ring<128>(a, dev, &p.stages);
-    if (st->smem == 0) return false;
+    const Tiling tiling = choose_tiling(a.in.rows, n, h, dev);
+    st->width = tiling.width;
+    p.split = tiling.split;
+    /* unsplit, the ring need not exceed K; split, it is the size split_fits asked about */
+    const int64_t trim_k = p.split > 1 ? 0 : (h + kStageK - 1) / kStageK;
+    p.stages = with_width(st->width, [&](auto bn) { return plan_ring<bn()>(dev, trim_k, &st->smem); });
+    if (p.stages < 2) return false;
     if (!mv_qkv_encode_rows(&st->x_map, true, a.in.x, a.in.rows, h, a.in.x_stride, kTileRows, false) ||
         !mv_qkv_encode_rows(&st->w_map, true, a.w, n, h, a.w_stride_n, st->width, true))
         return false;
@@ -374,10 +469,5 @@ bool mv_qkv_wgmma_plan(const mv_qkv_args &a, const mv_cuda_device &dev, mv_qkv_p
 cudaError_t mv_qkv_wgmma_launch(const mv_qkv_args &, const mv_qkv_plan &plan, const mv_cuda_device &dev,
                                 cudaStream_t stream) {
     const WgmmaState &st = mv_plan_state<WgmmaState>(plan);
-    switch (st.width) {
-    case 16: return launch_width<16>(st, plan, dev, stream);
-    case 32: return launch_width<32>(st, plan, dev, stream);
-    case 64: return launch_width<64>(st, plan, dev, stream);
-    default: return launch_width<128>(st, plan, dev, stream);
-    }
+    return with_width(st.width, [&](auto bn) { return launch_width<bn()>(st, plan, dev, stream); });
 }
