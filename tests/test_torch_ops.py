@@ -507,3 +507,26 @@ def test_torch_compile_reduce_overhead(rng):
         torch.cuda.synchronize()
         for name, a, b in zip(("out", "residual"), got, want):
             assert_matches(to64(a), to64(b), 2 * TOL["bfloat16"], f"reduce-overhead {name}")
+
+
+@pytest.mark.parametrize("lead", [(), (0,), (1,), (3,), (2, 3), (0, 3), (2, 1, 3)])
+def test_split_qkv_planes_views(lead):
+    """split_qkv_planes: each of q, k, v is its plane of the buffer, contiguous and shaped
+    [..., heads, head_dim], whatever the leading dimensions (eager: as_strided views)."""
+    torch = _torch()
+    mvt = _mvt()
+    nh, nkv, hd = 4, 2, 8
+    rows = int(np.prod(lead)) if lead else 1
+    n = (nh + 2 * nkv) * hd
+    base = torch.arange(5 + rows * n, dtype=torch.float32)
+    planes = base[5:].view(*lead, n)  # a storage offset, as a view of a larger buffer has
+    q, k, v = mvt.split_qkv_planes(planes, nh, nkv)
+    flat = base[5:]
+    for t, heads, start in ((q, nh, 0), (k, nkv, rows * nh * hd), (v, nkv, rows * (nh + nkv) * hd)):
+        assert t.shape == (*lead, heads, hd)
+        assert t.is_contiguous()
+        assert torch.equal(t.reshape(-1), flat[start:start + rows * heads * hd])
+        t.add_(0)  # a view of planes' storage, not a copy
+        assert t.untyped_storage().data_ptr() == planes.untyped_storage().data_ptr()
+    with pytest.raises(ValueError, match="planes"):  # every other column: not one buffer
+        mvt.split_qkv_planes(torch.zeros(2, 2 * n)[:, ::2], nh, nkv)
