@@ -18,7 +18,8 @@
  * each taking 1/S of its k stages: the others then store their float parts (and row sums) into
  * the first CTA's ring, idle once its own products are done, through distributed shared memory,
  * and it adds them in rank order (fixed: the bits do not depend on timing). The width BN and S are
- * chosen per call so that the grid fills the SMs in one wave with the fewest bytes per CTA.
+ * chosen per call (choose_tiling) so that the grid fills the SMs in one wave with the fewest bytes
+ * per CTA; S > 1 only where one 64-row tile covers M.
  *
  * Numerics (docs/numerics.md): gamma * x is rounded to bf16 before the product and rrms
  * multiplies the float32 sum. bf16 only: its range is float32's, so gamma * x cannot overflow
