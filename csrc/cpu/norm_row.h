@@ -178,8 +178,27 @@ MV_ALWAYS_INLINE float sum_squares(mv_dtype dt, int with_residual, const void *x
         vf acc0 = vf_zero(), acc1 = vf_zero();
         int64_t i = b0;
         for (; i + 2 * VL <= b0 + n; i += 2 * VL) {
-            vf s0 = vf_load_dt(dt, at(x, dt, i));
-            vf s1 = vf_load_dt(dt, at(x, dt, i + VL));
+            vf s0, s1;
+#if defined(MV_ISA_AVX2)
+            if (dt == MV_BFLOAT16) { /* two vectors in bf16x16_load's order (simd.h) */
+                bf16x16_load(at(x, dt, i), &s0, &s1);
+                if (with_residual) {
+                    vf r0, r1;
+                    __m256i b0_bits, b1_bits;
+                    bf16x16_load(at(residual, dt, i), &r0, &r1);
+                    bf16x16_store(at_mut(residual_out, dt, i), vf_add(s0, r0), vf_add(s1, r1), &b0_bits,
+                                  &b1_bits);
+                    /* the rounded value is what gets normalized */
+                    s0 = _mm256_castsi256_ps(_mm256_slli_epi32(b0_bits, 16));
+                    s1 = _mm256_castsi256_ps(_mm256_slli_epi32(b1_bits, 16));
+                }
+                acc0 = vf_fma(s0, s0, acc0);
+                acc1 = vf_fma(s1, s1, acc1);
+                continue;
+            }
+#endif
+            s0 = vf_load_dt(dt, at(x, dt, i));
+            s1 = vf_load_dt(dt, at(x, dt, i + VL));
             if (with_residual) {
                 s0 = vf_add(s0, vf_load_dt(dt, at(residual, dt, i)));
                 s1 = vf_add(s1, vf_load_dt(dt, at(residual, dt, i + VL)));
@@ -237,6 +256,31 @@ MV_ALWAYS_INLINE void scale_row(mv_dtype dt, const void *s, row_weight w, float 
         }
         if (__builtin_expect(denormal != 0, 0))
             i = 0; /* the row again, through vf_store_dt below */
+    }
+#endif
+#if defined(MV_ISA_AVX2)
+    /* bf16 rows, 16 elements at a time in bf16x16_load's order (simd.h); gamma taken the same way */
+    if (dt == MV_BFLOAT16 && out_dt == MV_BFLOAT16) {
+        for (; i + 2 * VL <= hidden; i += 2 * VL) {
+            vf lo, hi, g_lo, g_hi;
+            __m256i bits_lo, bits_hi;
+            bf16x16_load(at(s, dt, i), &lo, &hi);
+            if (!w.folded && w.dt == MV_BFLOAT16) {
+                bf16x16_load(at(w.data, w.dt, i), &g_lo, &g_hi);
+                g_lo = vf_add(g_lo, offset);
+                g_hi = vf_add(g_hi, offset);
+            } else { /* float32 weights: elements 0-7 and 8-15 into the two lanes' halves */
+                vf g0 = vf_loadu((const float *)w.data + i), g1 = vf_loadu((const float *)w.data + i + VL);
+                if (!w.folded) {
+                    g0 = vf_add(g0, offset);
+                    g1 = vf_add(g1, offset);
+                }
+                g_lo = _mm256_permute2f128_ps(g0, g1, 0x20);
+                g_hi = _mm256_permute2f128_ps(g0, g1, 0x31);
+            }
+            bf16x16_store(at_mut(out, out_dt, i), vf_mul(g_lo, vf_mul(lo, r)), vf_mul(g_hi, vf_mul(hi, r)),
+                          &bits_lo, &bits_hi);
+        }
     }
 #endif
     for (; i + VL <= hidden; i += VL) {
