@@ -47,6 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
+import plot_qkv  # benchmarks/plot_qkv.py: the figure, drawn from the results alone
+
 try:
     import torch
     import torch.nn.functional as F
@@ -551,43 +553,6 @@ def print_slower(slower, shapes):
         print(f"    ... {len(slower) - 30} more in the JSON")
 
 
-def write_plot(results, path, title):
-    plt = bt.load_pyplot()
-    if plt is None:
-        return None
-    dtypes = list(dict.fromkeys(r["dtype"] for r in results))
-    models = list(dict.fromkeys(r["model"] for r in results))
-    figure, axes = plt.subplots(len(dtypes), len(models), squeeze=False,
-                                figsize=(5.2 * len(models), 4.4 * len(dtypes)))
-    for i, dtype_name in enumerate(dtypes):
-        for j, model_name in enumerate(models):
-            ax = axes[i][j]
-            shapes = sorted((r for r in results
-                             if r["dtype"] == dtype_name and r["model"] == model_name),
-                            key=lambda r: r["rows"])
-            if not shapes:
-                ax.set_visible(False)
-                continue
-            for colour, impl in enumerate(IMPLS):
-                points = [(r["rows"], r["impls"][impl]["us"]) for r in shapes
-                          if impl in r["impls"] and impl not in r["failures"]]
-                if points:
-                    mine = impl == "minivllm"
-                    ax.plot(*zip(*points), color=f"C{colour}", marker="o",
-                            markersize=4 if mine else 3, linewidth=2.2 if mine else 1,
-                            label=SHORT[impl], zorder=3 if mine else 2)
-            ax.plot([r["rows"] for r in shapes], [r["floor_us"] for r in shapes], color="black",
-                    linestyle="--", linewidth=1.2, label="floor")
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
-            ax.set_xlabel("M (tokens)")
-            ax.set_ylabel("µs per call")
-            ax.set_title(model_line(shapes[0]), fontsize=8)
-            ax.grid(which="both", alpha=0.3)
-            ax.legend(fontsize=7, loc="upper left")
-    return bt.save_figure(plt, figure, path, title)
-
-
 # ---------------------------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------------------------
@@ -836,10 +801,9 @@ def main(argv=None):
         "slower_than_a_baseline": slower,
         "total_seconds": time.perf_counter() - started,
     }
-    title = (f"minivllm FusedRMSNormQKV on {gpu['name']} ({date:%Y-%m-%d}, {commit[:12]}): "
-             "µs per call against M")
+    title = f"minivllm FusedRMSNormQKV on {gpu['name']}, {date:%Y-%m-%d}, commit {commit[:7]}"
     bt.write_results(args.out, stem, report, None if args.no_plot or not results else
-                     lambda path: write_plot(results, path, title))
+                     lambda path: plot_qkv.draw(results, path, title))
     print(f"total {time.perf_counter() - started:.0f} s")
     wrong = [r for r in results if "minivllm" in r["failures"]]
     return 1 if wrong else 0
