@@ -45,8 +45,15 @@
 
 #define NORM_BLOCK (32 * VL)
 #define DOT_BLOCK 1024
-#define DOT_MR 4
 #define DOT_NC 4
+/* Rows of y per decode-GEMV tile. AVX2 has 16 ymm registers: 4 rows x 4 columns of accumulators
+   and the 4 W vectors spilled; 2 rows do not (Qwen3-0.6B M = 8 fp16 0.69 -> 0.50 ms, M = 16
+   1.84 -> 1.45 ms; dev/logs/cpu-gemv-rows-avx2-2026-11-23.log). */
+#if defined(MV_ISA_AVX2)
+#define DOT_MR 2
+#else
+#define DOT_MR 4
+#endif
 #define DOT_KA 2
 #define COL_BLOCK 32
 #define ROW_CHUNK 256
