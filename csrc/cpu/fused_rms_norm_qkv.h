@@ -75,8 +75,8 @@ static void dot_tile_any(mv_dtype wdt, int mr, int nc, const char *w, int64_t w_
     switch (mr) {                                                                                  \
     case 1: DOT_CASE(wdt, 1, nc); break;                                                           \
     case 2: DOT_CASE(wdt, 2, nc); break;                                                           \
-    case 3: DOT_CASE(wdt, 3, nc); break;                                                           \
-    default: DOT_CASE(wdt, 4, nc); break;                                                          \
+    case 3: DOT_CASE(wdt, DOT_MR < 3 ? DOT_MR : 3, nc); break; /* (never 3 where DOT_MR is 2) */   \
+    default: DOT_CASE(wdt, DOT_MR, nc); break;                                                     \
     }
 #define BY_COLS(wdt)                                                                               \
     if (nc == DOT_NC) {                                                                            \

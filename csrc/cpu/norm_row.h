@@ -6,7 +6,8 @@
  * Numerics as minivllm_kernels.h documents them; the choices this file makes:
  *
  * Sum of squares (float32): each row is cut into blocks of NORM_BLOCK elements; a block is summed
- *   in 2 * VL vector lanes (at most 32 terms each), the two halves added lane by lane, the block
+ *   in NORM_CHAINS * VL vector lanes (2 * VL, 4 * VL on AVX2: at most 32 terms each), the chains
+ *   added pairwise lane by lane, the block
  *   sums combined by a pairwise cascade in each lane (a binary counter), and the lanes pairwise at
  *   the end (plus the row's last few elements, summed in order), so the rounding error grows with
  *   log2(H), not H: ~1e-7 relative for any H (2^24 included; tests/test_cpu_numerics.py).
@@ -44,9 +45,23 @@
 #define MV_NAME(name) MV_CAT(name, MV_SUFFIX)
 
 #define NORM_BLOCK (32 * VL)
+/* FMA chains of a block's sum of squares (pass 1). AVX2: 4, since 2 chains of 8 lanes left one
+   thread waiting on the FMA latency (4 cycles per 16 elements; dev/logs/cpu-norm-avx2-*). */
+#if defined(MV_ISA_AVX2)
+#define NORM_CHAINS 4
+#else
+#define NORM_CHAINS 2
+#endif
 #define DOT_BLOCK 1024
-#define DOT_MR 4
 #define DOT_NC 4
+/* Rows of y per decode-GEMV tile. AVX2 has 16 ymm registers: 4 rows x 4 columns of accumulators
+   and the 4 W vectors spilled; 2 rows do not (Qwen3-0.6B M = 8 fp16 0.69 -> 0.50 ms, M = 16
+   1.84 -> 1.45 ms; dev/logs/cpu-gemv-rows-avx2-2026-11-23.log). */
+#if defined(MV_ISA_AVX2)
+#define DOT_MR 2
+#else
+#define DOT_MR 4
+#endif
 #define DOT_KA 2
 #define COL_BLOCK 32
 #define ROW_CHUNK 256
@@ -166,6 +181,46 @@ MV_ALWAYS_INLINE vf cascade_total(const cascade *c)
     return total;
 }
 
+/* s = x (+ residual, rounded to dt and written to residual_out) for the pair of vectors at i;
+   s^2 added to *acc0 and *acc1. */
+MV_ALWAYS_INLINE void square_pair(mv_dtype dt, int with_residual, const void *x, const void *residual,
+                                  void *residual_out, int64_t i, vf *acc0, vf *acc1)
+{
+    vf s0, s1;
+#if defined(MV_ISA_AVX2)
+    if (dt == MV_BFLOAT16) { /* two vectors in bf16x16_load's order (simd.h) */
+        bf16x16_load(at(x, dt, i), &s0, &s1);
+        if (with_residual) {
+            vf r0, r1;
+            __m256i b0_bits, b1_bits;
+            bf16x16_load(at(residual, dt, i), &r0, &r1);
+            bf16x16_store(at_mut(residual_out, dt, i), vf_add(s0, r0), vf_add(s1, r1), &b0_bits,
+                          &b1_bits);
+            /* the rounded value is what gets normalized */
+            s0 = _mm256_castsi256_ps(_mm256_slli_epi32(b0_bits, 16));
+            s1 = _mm256_castsi256_ps(_mm256_slli_epi32(b1_bits, 16));
+        }
+        *acc0 = vf_fma(s0, s0, *acc0);
+        *acc1 = vf_fma(s1, s1, *acc1);
+        return;
+    }
+#endif
+    s0 = vf_load_dt(dt, at(x, dt, i));
+    s1 = vf_load_dt(dt, at(x, dt, i + VL));
+    if (with_residual) {
+        s0 = vf_add(s0, vf_load_dt(dt, at(residual, dt, i)));
+        s1 = vf_add(s1, vf_load_dt(dt, at(residual, dt, i + VL)));
+        vf_store_dt(dt, at_mut(residual_out, dt, i), s0);
+        vf_store_dt(dt, at_mut(residual_out, dt, i + VL), s1);
+        if (dt != MV_FLOAT32) { /* the rounded value is what gets normalized */
+            s0 = vf_load_dt(dt, at(residual_out, dt, i));
+            s1 = vf_load_dt(dt, at(residual_out, dt, i + VL));
+        }
+    }
+    *acc0 = vf_fma(s0, s0, *acc0);
+    *acc1 = vf_fma(s1, s1, *acc1);
+}
+
 /* Pass 1: s = x (+ residual, rounded to dt and written to residual_out); returns sum(s^2). */
 MV_ALWAYS_INLINE float sum_squares(mv_dtype dt, int with_residual, const void *x,
                                    const void *residual, void *residual_out, int64_t hidden)
@@ -175,43 +230,18 @@ MV_ALWAYS_INLINE float sum_squares(mv_dtype dt, int with_residual, const void *x
     float tail = 0.0f; /* the elements past the last whole pair of vectors */
     for (int64_t b0 = 0; b0 < hidden; b0 += NORM_BLOCK) {
         const int64_t n = min64(NORM_BLOCK, hidden - b0);
-        vf acc0 = vf_zero(), acc1 = vf_zero();
+        vf acc[NORM_CHAINS];
+        for (int a = 0; a < NORM_CHAINS; a++)
+            acc[a] = vf_zero();
         int64_t i = b0;
-        for (; i + 2 * VL <= b0 + n; i += 2 * VL) {
-            vf s0, s1;
-#if defined(MV_ISA_AVX2)
-            if (dt == MV_BFLOAT16) { /* two vectors in bf16x16_load's order (simd.h) */
-                bf16x16_load(at(x, dt, i), &s0, &s1);
-                if (with_residual) {
-                    vf r0, r1;
-                    __m256i b0_bits, b1_bits;
-                    bf16x16_load(at(residual, dt, i), &r0, &r1);
-                    bf16x16_store(at_mut(residual_out, dt, i), vf_add(s0, r0), vf_add(s1, r1), &b0_bits,
-                                  &b1_bits);
-                    /* the rounded value is what gets normalized */
-                    s0 = _mm256_castsi256_ps(_mm256_slli_epi32(b0_bits, 16));
-                    s1 = _mm256_castsi256_ps(_mm256_slli_epi32(b1_bits, 16));
-                }
-                acc0 = vf_fma(s0, s0, acc0);
-                acc1 = vf_fma(s1, s1, acc1);
-                continue;
-            }
-#endif
-            s0 = vf_load_dt(dt, at(x, dt, i));
-            s1 = vf_load_dt(dt, at(x, dt, i + VL));
-            if (with_residual) {
-                s0 = vf_add(s0, vf_load_dt(dt, at(residual, dt, i)));
-                s1 = vf_add(s1, vf_load_dt(dt, at(residual, dt, i + VL)));
-                vf_store_dt(dt, at_mut(residual_out, dt, i), s0);
-                vf_store_dt(dt, at_mut(residual_out, dt, i + VL), s1);
-                if (dt != MV_FLOAT32) { /* the rounded value is what gets normalized */
-                    s0 = vf_load_dt(dt, at(residual_out, dt, i));
-                    s1 = vf_load_dt(dt, at(residual_out, dt, i + VL));
-                }
-            }
-            acc0 = vf_fma(s0, s0, acc0);
-            acc1 = vf_fma(s1, s1, acc1);
+        for (; i + NORM_CHAINS * VL <= b0 + n; i += NORM_CHAINS * VL) {
+            MV_UNROLL
+            for (int a = 0; a < NORM_CHAINS; a += 2)
+                square_pair(dt, with_residual, x, residual, residual_out, i + a * VL, &acc[a],
+                            &acc[a + 1]);
         }
+        for (; i + 2 * VL <= b0 + n; i += 2 * VL)
+            square_pair(dt, with_residual, x, residual, residual_out, i, &acc[0], &acc[1]);
         for (; i < b0 + n; i++) {
             float s = mv_load(dt, x, i);
             if (with_residual) {
@@ -221,7 +251,10 @@ MV_ALWAYS_INLINE float sum_squares(mv_dtype dt, int with_residual, const void *x
             }
             tail += s * s;
         }
-        cascade_add(&c, vf_add(acc0, acc1));
+        for (int a = NORM_CHAINS / 2; a > 1; a /= 2) /* pairwise: chains a.. onto 0.. */
+            for (int j = 0; j < a; j++)
+                acc[j] = vf_add(acc[j], acc[j + a]);
+        cascade_add(&c, vf_add(acc[0], acc[1]));
     }
     return vf_hsum(cascade_total(&c)) + tail;
 }
@@ -265,16 +298,16 @@ MV_ALWAYS_INLINE void scale_row(mv_dtype dt, const void *s, row_weight w, float 
             vf lo, hi, g_lo, g_hi;
             __m256i bits_lo, bits_hi;
             bf16x16_load(at(s, dt, i), &lo, &hi);
-            if (!w.folded && w.dt == MV_BFLOAT16) {
+            if (w.folded) { /* norm_gamma_f32 stored it in this order */
+                g_lo = vf_loadu((const float *)w.data + i);
+                g_hi = vf_loadu((const float *)w.data + i + VL);
+            } else if (w.dt == MV_BFLOAT16) {
                 bf16x16_load(at(w.data, w.dt, i), &g_lo, &g_hi);
                 g_lo = vf_add(g_lo, offset);
                 g_hi = vf_add(g_hi, offset);
             } else { /* float32 weights: elements 0-7 and 8-15 into the two lanes' halves */
-                vf g0 = vf_loadu((const float *)w.data + i), g1 = vf_loadu((const float *)w.data + i + VL);
-                if (!w.folded) {
-                    g0 = vf_add(g0, offset);
-                    g1 = vf_add(g1, offset);
-                }
+                const vf g0 = vf_add(vf_loadu((const float *)w.data + i), offset);
+                const vf g1 = vf_add(vf_loadu((const float *)w.data + i + VL), offset);
                 g_lo = _mm256_permute2f128_ps(g0, g1, 0x20);
                 g_hi = _mm256_permute2f128_ps(g0, g1, 0x31);
             }
@@ -380,5 +413,15 @@ static const float *norm_gamma_f32(const mv_norm_input *in, float (*buf)[NORM_GA
         vf_storeu(gamma + i, vf_add(vf_load_dt(wdt, at(in->norm_weight, wdt, i)), offset));
     for (; i < hidden; i++)
         gamma[i] = mv_load(wdt, in->norm_weight, i) + in->weight_offset;
+#if defined(MV_ISA_AVX2)
+    /* bf16 rows: each 16 in bf16x16_load's order (simd.h), so that scale_row loads them as they
+       are instead of permuting two vectors per 16 elements */
+    if (in->dtype == MV_BFLOAT16)
+        for (int64_t j = 0; j + 2 * VL <= hidden; j += 2 * VL) {
+            const vf g0 = vf_loadu(gamma + j), g1 = vf_loadu(gamma + j + VL);
+            vf_storeu(gamma + j, _mm256_permute2f128_ps(g0, g1, 0x20));
+            vf_storeu(gamma + j + VL, _mm256_permute2f128_ps(g0, g1, 0x31));
+        }
+#endif
     return gamma;
 }

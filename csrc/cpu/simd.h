@@ -175,8 +175,9 @@ MV_ALWAYS_INLINE __m256i bf16_bits_avx2(vf v)
 MV_ALWAYS_INLINE void bf16x16_store(void *p, vf lo, vf hi, __m256i *lo_bits, __m256i *hi_bits)
 {
     __m256i a = bf16_bits_avx2(lo), b = bf16_bits_avx2(hi);
-    const __m256 nan_lo = _mm256_cmp_ps(lo, lo, _CMP_UNORD_Q), nan_hi = _mm256_cmp_ps(hi, hi, _CMP_UNORD_Q);
-    if (__builtin_expect(_mm256_movemask_ps(_mm256_or_ps(nan_lo, nan_hi)) != 0, 0)) {
+    /* one compare tests both: unordered where a lane of lo or of hi is NaN */
+    if (__builtin_expect(_mm256_movemask_ps(_mm256_cmp_ps(lo, hi, _CMP_UNORD_Q)) != 0, 0)) {
+        const __m256 nan_lo = _mm256_cmp_ps(lo, lo, _CMP_UNORD_Q), nan_hi = _mm256_cmp_ps(hi, hi, _CMP_UNORD_Q);
         const __m256i quiet = _mm256_set1_epi32(0x40);
         a = _mm256_blendv_epi8(a, _mm256_or_si256(_mm256_srli_epi32(_mm256_castps_si256(lo), 16), quiet),
                                _mm256_castps_si256(nan_lo));
