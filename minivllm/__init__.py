@@ -32,8 +32,11 @@ except ImportError as error:  # the usual cause: importing the source tree, whic
         "`python setup.py build_ext --inplace`.") from error
 import os as _os
 
+from numpy import ndarray as _ndarray
+
 from ._kinds import TORCH_TYPES as _TORCH_TYPES
 from ._kinds import is_immutable as _is_immutable
+from ._kinds import numpy_prepared as _numpy_prepared
 from ._kinds import prepare as _prepare
 
 _TORCH_KIND = _C.TORCH_KIND
@@ -118,6 +121,9 @@ def rms_norm(x, weight, eps=1e-6, *, out=None, weight_offset=0.0, pdl=None):
             and (out is None or type(out) in _TORCH_TYPES)):
         # Plain torch tensors: _C finds torch's stream and allocator itself (see _kinds).
         return _C.rms_norm(x, weight, eps, out, _TORCH_KIND, None, pdl, weight_offset)
+    if type(x) is _ndarray and type(weight) is _ndarray and (out is None or type(out) is _ndarray):
+        # Plain NumPy arrays: nothing to detach, wrap or check for immutability.
+        return _C.rms_norm(x, weight, eps, out, _numpy_prepared(x.dtype)[0], None, pdl, weight_offset)
     _check_writable_kind("out", out)
     alloc, stream, wrap, arg = _prepare(x)
     result = _C.rms_norm(arg(x), arg(weight), eps, out, alloc, stream, pdl, weight_offset)
@@ -146,6 +152,11 @@ def fused_add_rms_norm(x, residual, weight, eps=1e-6, *, out=None, residual_out=
             and (residual_out is None or type(residual_out) in _TORCH_TYPES)):
         return _C.fused_add_rms_norm(x, residual, weight, eps, out, residual_out, _TORCH_KIND, None,
                                      pdl, weight_offset)
+    if (type(x) is _ndarray and type(residual) is _ndarray and type(weight) is _ndarray
+            and (out is None or type(out) is _ndarray)
+            and (residual_out is None or type(residual_out) is _ndarray)):
+        return _C.fused_add_rms_norm(x, residual, weight, eps, out, residual_out,
+                                     _numpy_prepared(x.dtype)[0], None, pdl, weight_offset)
     _check_writable_kind("out" if not inplace else "x", out)
     _check_writable_kind("residual_out" if not inplace else "residual", residual_out)
     alloc, stream, wrap, arg = _prepare(x)

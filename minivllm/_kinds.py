@@ -16,6 +16,7 @@ through torch._C, in C. Going through torch's Python (Tensor.__dlpack__, current
 torch.empty) cost tens of microseconds per call, more than the kernels at decode sizes.
 """
 
+import functools
 import sys
 
 import numpy as np
@@ -32,9 +33,23 @@ def _identity(result):
     return result
 
 
+# NumPy's (alloc, stream, wrap, arg) per dtype, made once: building them per call cost about as
+# much as a decode-size CPU kernel. Bounded: a few dtypes are all a process uses.
+_NUMPY_BY_DTYPE = {}
+
+
+def numpy_prepared(dtype):
+    """(alloc, stream, wrap, arg) for NumPy arrays of dtype."""
+    found = _NUMPY_BY_DTYPE.get(dtype)
+    if found is None:
+        found = (functools.partial(np.empty, dtype=dtype), None, _identity, _identity)
+        if len(_NUMPY_BY_DTYPE) < 64:
+            _NUMPY_BY_DTYPE[dtype] = found
+    return found
+
+
 def _numpy(x):
-    dtype = x.dtype
-    return (lambda shape: np.empty(shape, dtype)), None, _identity, _identity
+    return numpy_prepared(x.dtype)
 
 
 def _detached(a):
