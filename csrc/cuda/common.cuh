@@ -18,6 +18,21 @@
 
 #include "minivllm_kernels.h"
 
+/* ---- host: from a plan's runtime choice to a template ---------------------------------------- */
+
+/* f(std::integral_constant<int, K>()) for the K of kValues equal to v, the last of them where none
+   is: the one switch from a plan's tile size to the kernel templates (wgmma.cu, engine.cu). */
+template <int kFirst, int... kRest, typename F>
+decltype(auto) mv_with_constant(int v, F &&f) {
+    if constexpr (sizeof...(kRest) == 0) {
+        (void)v;
+        return f(std::integral_constant<int, kFirst>());
+    } else {
+        if (v == kFirst) return f(std::integral_constant<int, kFirst>());
+        return mv_with_constant<kRest...>(v, f);
+    }
+}
+
 /* ---- programmatic dependent launch (device.h) ------------------------------------------------ */
 
 /* Wait until the previous kernel on the stream has finished and its writes are visible; a no-op

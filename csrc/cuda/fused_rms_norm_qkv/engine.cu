@@ -661,17 +661,10 @@ int ring_stages(const mv_cuda_device &dev, int split, size_t *smem) {
     return stages;
 }
 
-/* f(std::integral_constant<int, T>()) for the token tile T (kTokenTiles): the one switch from a
-   plan's tile to the templates. */
+/* f(std::integral_constant<int, T>()) for the token tile T (kTokenTiles). */
 template <typename F>
 decltype(auto) with_tokens(int tokens, F &&f) {
-    switch (tokens) {
-    case 8: return f(std::integral_constant<int, 8>());
-    case 16: return f(std::integral_constant<int, 16>());
-    case 32: return f(std::integral_constant<int, 32>());
-    case 64: return f(std::integral_constant<int, 64>());
-    default: return f(std::integral_constant<int, 128>());
-    }
+    return mv_with_constant<8, 16, 32, 64, 128>(tokens, f);
 }
 
 int stages_for(int tokens, const mv_cuda_device &dev, int split, size_t *smem) {

@@ -328,17 +328,10 @@ __global__ void __launch_bounds__(kThreads, 1)
 /* The instantiated tile widths (64 rows each). */
 constexpr int kWidths[] = {16, 32, 64, 128, 192};
 
-/* f(std::integral_constant<int, BN>()) for the tile width BN (kWidths): the one switch from a
-   plan's width to the templates. */
+/* f(std::integral_constant<int, BN>()) for the tile width BN (kWidths). */
 template <typename F>
 decltype(auto) with_width(int width, F &&f) {
-    switch (width) {
-    case 16: return f(std::integral_constant<int, 16>());
-    case 32: return f(std::integral_constant<int, 32>());
-    case 64: return f(std::integral_constant<int, 64>());
-    case 128: return f(std::integral_constant<int, 128>());
-    default: return f(std::integral_constant<int, 192>());
-    }
+    return mv_with_constant<16, 32, 64, 128, 192>(width, f);
 }
 
 /* The deepest ring that fits the block's shared memory (a multiple of kConsumers: a stage, one
