@@ -21,19 +21,23 @@ stream, so they can be captured in CUDA graphs. They are inference ops: there is
   FusedRMSNormQKVProj: an nn.Module holding the norm weight and the merged QKV weight once,
       built with from_modules(norm, q_proj, k_proj, v_proj) or from_merged(norm, qkv_proj).
 
-Why the QKV op returns "planes": a custom op's outputs may not alias each other, and minivllm
-writes q, k and v through separate (non-overlapping) outputs. So the registered op returns one
-tensor shaped [..., N] whose memory holds all rows of q, then all rows of k, then all rows of v
-(each block contiguous); ``split_qkv_planes`` views it as q, k, v without a copy. The rows of
-that tensor are NOT [q | k | v] of one token: only split_qkv_planes reads it correctly. The
-registered attention_prologue returns one packed [..., heads + 2 kv_heads, head_dim] tensor
-instead (q's heads, then k's, then v's, per token), which the Python function splits.
+Why the QKV and prologue ops return one "packed" tensor: a custom op's outputs may not alias each
+other, and q, k, v are written into one allocation. So the registered ops return it whole, shaped
+[..., heads + 2 * kv_heads, head_dim] (per token: q's heads, then k's, then v's, as
+nn.Linear + view would lay them out), and ``split_qkv`` views it as q, k, v without a copy.
 """
 
 
 import torch
 
 import minivllm
+from minivllm import _C, _kinds
+
+_TORCH_OP = _C.TORCH_OP
+# The plain tensor types _C reads itself (empty when this torch lacks what it needs): looked up
+# once here, so the ops' first call does not have to.
+_kinds.prepare(torch.empty(0))
+_TORCH_TYPES = _kinds.TORCH_TYPES
 
 __all__ = [
     "FusedRMSNormQKVProj",
@@ -42,7 +46,7 @@ __all__ = [
     "fused_add_rms_norm_",
     "fused_rms_norm_qkv",
     "rms_norm",
-    "split_qkv_planes",
+    "split_qkv",
 ]
 
 
@@ -62,39 +66,11 @@ def _qkv_geometry(x, qkv_weight, num_heads, num_kv_heads):
     return n_out, n_out // heads
 
 
-def split_qkv_planes(planes, num_heads, num_kv_heads):
-    """(q, k, v) views of a planes tensor [..., N] from the fused_rms_norm_qkv ops:
-    q [..., num_heads, head_dim], k and v [..., num_kv_heads, head_dim], each contiguous."""
-    shape = planes.shape
-    head_dim = shape[-1] // (num_heads + 2 * num_kv_heads)
-    if len(shape) <= 3 and planes.is_contiguous() and not torch.compiler.is_compiling():
-        # Eager planes are [N], [M, N] or [B, T, N]: one as_strided per plane and little else.
-        # Slicing a flat view and viewing each slice cost ~1.7x the host time, and this runs
-        # twice per eager call of the QKV op.
-        lead = shape[:-1]
-        inner = lead[-1] if len(lead) == 2 else 1  # rows per step of the first lead dimension
-        rows = lead[0] * inner if lead else 1
-        base = planes.storage_offset()
-        q_width, kv_width = num_heads * head_dim, num_kv_heads * head_dim
-        q_lead = (inner * q_width, q_width)[-len(lead):] if lead else ()
-        kv_lead = (inner * kv_width, kv_width)[-len(lead):] if lead else ()
-        return (planes.as_strided((*lead, num_heads, head_dim), (*q_lead, head_dim, 1), base),
-                planes.as_strided((*lead, num_kv_heads, head_dim), (*kv_lead, head_dim, 1),
-                                  base + rows * q_width),
-                planes.as_strided((*lead, num_kv_heads, head_dim), (*kv_lead, head_dim, 1),
-                                  base + rows * (q_width + kv_width)))
-    if not planes.is_contiguous():
-        raise ValueError("planes: expected a contiguous tensor (as the fused_rms_norm_qkv ops "
-                         "return)")
-    lead = shape[:-1]
-    rows = planes.numel() // shape[-1] if shape[-1] else 0
-    q_size = rows * num_heads * head_dim
-    kv_size = rows * num_kv_heads * head_dim
-    flat = planes.view(-1)
-    q = flat[:q_size].view(*lead, num_heads, head_dim)
-    k = flat[q_size:q_size + kv_size].view(*lead, num_kv_heads, head_dim)
-    v = flat[q_size + kv_size:].view(*lead, num_kv_heads, head_dim)
-    return q, k, v
+def split_qkv(packed, num_heads, num_kv_heads):
+    """(q, k, v) views of a packed [..., num_heads + 2 * num_kv_heads, head_dim] tensor (what
+    the registered QKV and prologue ops return): q [..., num_heads, head_dim], k and v
+    [..., num_kv_heads, head_dim]; one torch call."""
+    return packed.split_with_sizes((num_heads, num_kv_heads, num_kv_heads), -2)
 
 
 def _linear_weight(qkv_weight, hidden):
@@ -104,11 +80,6 @@ def _linear_weight(qkv_weight, hidden):
     if qkv_weight.shape[0] == hidden and qkv_weight.stride(1) != 1:
         return qkv_weight.contiguous()
     return qkv_weight
-
-
-def _new_planes(x, qkv_weight, num_heads, num_kv_heads):
-    n_out, _ = _qkv_geometry(x, qkv_weight, num_heads, num_kv_heads)
-    return x.new_empty((*x.shape[:-1], n_out))
 
 
 # --------------------------------------------------------------------------------------------
@@ -140,26 +111,38 @@ def _fused_add_rms_norm_inplace_impl(x, residual, weight, eps, weight_offset=0.0
                                 weight_offset=weight_offset)
 
 
+def _new_packed(x, qkv_weight, num_heads, num_kv_heads):
+    n_out, head_dim = _qkv_geometry(x, qkv_weight, num_heads, num_kv_heads)
+    return x.new_empty((*x.shape[:-1], num_heads + 2 * num_kv_heads, head_dim))
+
+
+# Plain torch tensors go straight to _C with TORCH_OP: it allocates the packed result, points q, k
+# and v into it and reads qkv_weight as [N, H], with no torch view made (each view, split or
+# allocation from Python costs microseconds, and at M = 1 host time is most of an eager call).
+# Other tensors (subclasses) take the public API with out= views of a packed result.
 def _fused_rms_norm_qkv_impl(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps):
-    planes = _new_planes(x, qkv_weight, num_heads, num_kv_heads)
+    if type(x) in _TORCH_TYPES and type(norm_weight) in _TORCH_TYPES \
+            and type(qkv_weight) in _TORCH_TYPES:
+        return _C.fused_rms_norm_qkv(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps,
+                                     None, None, None, None, None, _TORCH_OP, None, None, None)
+    packed = _new_packed(x, qkv_weight, num_heads, num_kv_heads)
     minivllm.FusedRMSNormQKV.forward(x, norm_weight, _linear_weight(qkv_weight, x.shape[-1]),
                                      num_heads, num_kv_heads, eps,
-                                     out=split_qkv_planes(planes, num_heads, num_kv_heads))
-    return planes
+                                     out=split_qkv(packed, num_heads, num_kv_heads))
+    return packed
 
 
 def _fused_add_rms_norm_qkv_impl(x, residual, norm_weight, qkv_weight, num_heads, num_kv_heads,
                                  eps):
-    planes = _new_planes(x, qkv_weight, num_heads, num_kv_heads)
+    if type(x) in _TORCH_TYPES and type(residual) in _TORCH_TYPES \
+            and type(norm_weight) in _TORCH_TYPES and type(qkv_weight) in _TORCH_TYPES:
+        return _C.fused_rms_norm_qkv(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps,
+                                     residual, None, None, None, None, _TORCH_OP, None, None, None)
+    packed = _new_packed(x, qkv_weight, num_heads, num_kv_heads)
     *_, new_residual = minivllm.FusedRMSNormQKV.forward(
         x, norm_weight, _linear_weight(qkv_weight, x.shape[-1]), num_heads, num_kv_heads, eps,
-        residual=residual, out=split_qkv_planes(planes, num_heads, num_kv_heads))
-    return planes, new_residual
-
-
-def _new_packed(x, qkv_weight, num_heads, num_kv_heads):
-    n_out, head_dim = _qkv_geometry(x, qkv_weight, num_heads, num_kv_heads)
-    return x.new_empty((*x.shape[:-1], num_heads + 2 * num_kv_heads, head_dim))
+        residual=residual, out=split_qkv(packed, num_heads, num_kv_heads))
+    return packed, new_residual
 
 
 def _attention_prologue_impl(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps, residual,
@@ -168,6 +151,15 @@ def _attention_prologue_impl(x, norm_weight, qkv_weight, num_heads, num_kv_heads
     # packed: [..., heads + 2 kv heads, head_dim], q's heads then k's then v's (with a cache, k
     # and v are the scratch the projection lands in); the second result is the new residual,
     # or an empty tensor
+    if type(x) in _TORCH_TYPES and all(
+            a is None or type(a) in _TORCH_TYPES
+            for a in (norm_weight, qkv_weight, residual, qkv_bias, q_norm_weight, k_norm_weight,
+                      positions, cos_sin_cache, k_cache, v_cache, slot_mapping)):
+        return _C.attention_prologue(
+            x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps, residual, qkv_bias,
+            q_norm_weight, k_norm_weight, qk_norm_eps, positions, cos_sin_cache, rope_style,
+            k_cache, v_cache, slot_mapping, kv_scale, None, None, None, None, _TORCH_OP, None,
+            None, None)
     packed = _new_packed(x, qkv_weight, num_heads, num_kv_heads)
     results = minivllm.attention_prologue(
         x, norm_weight, _linear_weight(qkv_weight, x.shape[-1]), num_heads, num_kv_heads, eps,
@@ -175,7 +167,7 @@ def _attention_prologue_impl(x, norm_weight, qkv_weight, num_heads, num_kv_heads
         k_norm_weight=k_norm_weight, qk_norm_eps=qk_norm_eps, positions=positions,
         cos_sin_cache=cos_sin_cache, rope_style=rope_style, k_cache=k_cache, v_cache=v_cache,
         slot_mapping=slot_mapping, kv_scale=kv_scale,
-        out=packed.split_with_sizes((num_heads, num_kv_heads, num_kv_heads), -2))
+        out=split_qkv(packed, num_heads, num_kv_heads))
     return packed, (results[3] if residual is not None else x.new_empty(0))
 
 
@@ -194,12 +186,12 @@ _define("fused_add_rms_norm_(Tensor(a!) x, Tensor(b!) residual, Tensor weight, f
 _define("fused_rms_norm_qkv(Tensor x, Tensor norm_weight, Tensor qkv_weight, int num_heads, "
         "int num_kv_heads, float eps) -> Tensor", _fused_rms_norm_qkv_impl,
         lambda x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps:
-        _new_planes(x, qkv_weight, num_heads, num_kv_heads))
+        _new_packed(x, qkv_weight, num_heads, num_kv_heads))
 _define("fused_add_rms_norm_qkv(Tensor x, Tensor residual, Tensor norm_weight, Tensor qkv_weight, "
         "int num_heads, int num_kv_heads, float eps) -> (Tensor, Tensor)",
         _fused_add_rms_norm_qkv_impl,
         lambda x, residual, norm_weight, qkv_weight, num_heads, num_kv_heads, eps:
-        (_new_planes(x, qkv_weight, num_heads, num_kv_heads), x.new_empty(x.shape)))
+        (_new_packed(x, qkv_weight, num_heads, num_kv_heads), x.new_empty(x.shape)))
 _define("attention_prologue(Tensor x, Tensor norm_weight, Tensor qkv_weight, int num_heads, "
         "int num_kv_heads, float eps, Tensor? residual, Tensor? qkv_bias, Tensor? q_norm_weight, "
         "Tensor? k_norm_weight, float? qk_norm_eps, Tensor? positions, Tensor? cos_sin_cache, "
@@ -239,12 +231,12 @@ def fused_rms_norm_qkv(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps=
     (views into one allocation), plus the new residual x + residual when residual is given.
     """
     if residual is None:
-        planes = torch.ops.minivllm.fused_rms_norm_qkv(x, norm_weight, qkv_weight, num_heads,
+        packed = torch.ops.minivllm.fused_rms_norm_qkv(x, norm_weight, qkv_weight, num_heads,
                                                        num_kv_heads, float(eps))
-        return split_qkv_planes(planes, num_heads, num_kv_heads)
-    planes, new_residual = torch.ops.minivllm.fused_add_rms_norm_qkv(
+        return split_qkv(packed, num_heads, num_kv_heads)
+    packed, new_residual = torch.ops.minivllm.fused_add_rms_norm_qkv(
         x, residual, norm_weight, qkv_weight, num_heads, num_kv_heads, float(eps))
-    return (*split_qkv_planes(planes, num_heads, num_kv_heads), new_residual)
+    return (*split_qkv(packed, num_heads, num_kv_heads), new_residual)
 
 
 def attention_prologue(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps=1e-6, *,
@@ -260,9 +252,9 @@ def attention_prologue(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps=
         positions, cos_sin_cache, rope_style, k_cache, v_cache, slot_mapping,
         None if kv_scale is None else float(kv_scale))
     if k_cache is not None:
-        q, k, v = packed[..., :num_heads, :], None, None
+        q, k, v = packed.narrow(-2, 0, num_heads), None, None
     else:
-        q, k, v = packed.split_with_sizes((num_heads, num_kv_heads, num_kv_heads), -2)
+        q, k, v = split_qkv(packed, num_heads, num_kv_heads)
     return (q, k, v) if residual is None else (q, k, v, new_residual)
 
 
@@ -381,8 +373,9 @@ class FusedRMSNormQKVProj(torch.nn.Module):
         return cls(_norm_weight(norm), qkv_proj.weight, num_heads, num_kv_heads,
                    norm_eps(norm) if eps is None else eps, getattr(qkv_proj, "bias", None))
 
-    def planes(self, x):
-        """The op's planes tensor [..., N] (q rows, then k rows, then v rows), bias not added."""
+    def packed(self, x):
+        """The op's packed result [..., heads + 2 * kv_heads, head_dim] (per token q's heads,
+        then k's, then v's; split_qkv views it), bias not added."""
         return torch.ops.minivllm.fused_rms_norm_qkv(x, self.norm_weight, self.qkv_weight,
                                                      self.num_heads, self.num_kv_heads, self.eps)
 
@@ -399,12 +392,12 @@ class FusedRMSNormQKVProj(torch.nn.Module):
 
     def forward(self, x, residual=None):
         if residual is None:
-            q, k, v = split_qkv_planes(self.planes(x), self.num_heads, self.num_kv_heads)
+            q, k, v = split_qkv(self.packed(x), self.num_heads, self.num_kv_heads)
             return self.add_bias(q, k, v)
-        planes, new_residual = torch.ops.minivllm.fused_add_rms_norm_qkv(
+        packed, new_residual = torch.ops.minivllm.fused_add_rms_norm_qkv(
             x, residual, self.norm_weight, self.qkv_weight, self.num_heads, self.num_kv_heads,
             self.eps)
-        q, k, v = split_qkv_planes(planes, self.num_heads, self.num_kv_heads)
+        q, k, v = split_qkv(packed, self.num_heads, self.num_kv_heads)
         return (*self.add_bias(q, k, v), new_residual)
 
     def extra_repr(self):

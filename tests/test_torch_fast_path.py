@@ -42,6 +42,19 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+@pytest.fixture(autouse=True, params=["exchange", "torch._C"])
+def torch_route(request):
+    """Every test twice: tensors, streams and new outputs through torch's DLPack exchange table
+    (C entry points, torch >= 2.10), and through torch._C's Python entry points (older torch)."""
+    use_table = request.param == "exchange"
+    if minivllm._C._torch_exchange(use_table) != use_table:
+        minivllm._C._torch_exchange(True)
+        pytest.skip("this torch has no DLPack exchange table (torch.Tensor."
+                    "__dlpack_c_exchange_api__, torch >= 2.10)")
+    yield request.param
+    minivllm._C._torch_exchange(True)
+
+
 @pytest.fixture
 def no_torch_dlpack(monkeypatch):
     """Tensor.__dlpack__ raises: a call that still works never went through it."""
@@ -247,6 +260,46 @@ def test_subclasses_and_other_kinds_take_the_generic_route(device, rng):
         y = minivllm.rms_norm(x, w.numpy())
         assert type(y) is torch.Tensor
         assert_matches(to64(y), ref, TOL["float32"], "numpy weight")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_torch_op_convention(device, dtype, rng, no_torch_dlpack):
+    """alloc=_C.TORCH_OP (what minivllm.torch's ops pass): q, k, v come back as one new packed
+    [..., heads, head_dim] tensor (per token q's heads, then k's, then v's), with the new residual
+    beside it, and qkv_weight is read as nn.Linear's [N, H] even when it is square and its rows
+    are not contiguous (the other convention would take that for W.t())."""
+    op = minivllm._C.TORCH_OP
+    M, H, nh, nkv, hd = 5, 64, 2, 1, 16  # N = 64 = H: square
+    x = _tensor(rng.standard_normal((M, H)), dtype, device)
+    r = _tensor(rng.standard_normal((M, H)), dtype, device)
+    w = _tensor(norm_weight(rng, H), dtype, device)
+    W = _tensor(rng.standard_normal((H, H)) / np.sqrt(H), dtype, device)
+    for name, weight in (("contiguous", W), ("rows not contiguous", W.t().contiguous().t())):
+        assert torch.equal(weight, W)
+        packed = minivllm._C.fused_rms_norm_qkv(x, w, weight, nh, nkv, 1e-6, None, None, None,
+                                                None, None, op, None, None, None)
+        packed2, new_residual = minivllm._C.fused_rms_norm_qkv(
+            x, w, weight, nh, nkv, 1e-6, r, None, None, None, None, op, None, None, None)
+        _sync(device)
+        for t in (packed, packed2):
+            assert type(t) is torch.Tensor and t.shape == (M, nh + 2 * nkv, hd)
+            assert t.is_contiguous() and t.dtype == x.dtype and t.device == x.device
+        refs = qkv_ref(to64(x), to64(w), to64(W), nh, nkv, 1e-6)
+        refs2 = qkv_ref(to64(x), to64(w), to64(W), nh, nkv, 1e-6, residual=to64(r), dtype=dtype)
+        for got, want, what in ((packed, refs, ""), (packed2, refs2[:3], " (residual)")):
+            parts = got.split_with_sizes((nh, nkv, nkv), -2)
+            for part, ref, label in zip(parts, want, "qkv"):
+                assert_matches(to64(part), ref, QKV_TOL[dtype], f"{label}{what}, {name}",
+                               row_axes=2)
+        assert_same_values(to64(new_residual), refs2[3], f"new residual, {name}")
+    with pytest.raises(ValueError, match=r"^q: TORCH_OP"):
+        minivllm._C.fused_rms_norm_qkv(x, w, W, nh, nkv, 1e-6, None, torch.empty_like(x), None,
+                                       None, None, op, None, None, None)
+    with pytest.raises(ValueError, match=r"^qkv_weight: expected shape \(N, 64\) \(the nn.Linear"):
+        # [H, N]: what the other convention reads as W.t()
+        minivllm._C.fused_rms_norm_qkv(x, w, torch.cat([W, W], 1), nh, nkv, 1e-6, None, None,
+                                       None, None, None, op, None, None, None)
 
 
 def test_torch_kind_is_only_for_plain_torch_x():

@@ -95,7 +95,12 @@ def test_ops_match_reference(device, dtype, rng):
     _sync(torch, dev)
     for t in (y, n, s, q, k, v, q2, k2, v2, s2):
         assert isinstance(t, torch.Tensor) and t.device.type == dev.type
-        assert t.dtype == _tdtype(torch, dtype) and t.is_contiguous()
+        assert t.dtype == _tdtype(torch, dtype)
+    for t in (y, n, s, s2):
+        assert t.is_contiguous()
+    # q, k, v: views of one packed [..., heads, head_dim] result, as F.linear + split give them
+    for t in (q, k, v, q2, k2, v2):
+        assert t.stride()[-2:] == (hd, 1) and t.stride()[-3] == N
     assert_matches(to64(y), rms_norm_ref(x0, w0, eps), TOL[dtype], "rms_norm")
     ref_n, ref_s = fused_add_rms_norm_ref(x0, r0, w0, eps, dtype)
     assert_matches(to64(n), ref_n, TOL[dtype], "normed")
@@ -510,23 +515,47 @@ def test_torch_compile_reduce_overhead(rng):
 
 
 @pytest.mark.parametrize("lead", [(), (0,), (1,), (3,), (2, 3), (0, 3), (2, 1, 3)])
-def test_split_qkv_planes_views(lead):
-    """split_qkv_planes: each of q, k, v is its plane of the buffer, contiguous and shaped
-    [..., heads, head_dim], whatever the leading dimensions (eager: as_strided views)."""
+def test_split_qkv_views(lead):
+    """split_qkv: q, k, v are the heads of the packed [..., heads, head_dim] buffer, in that
+    order, views of its storage (no copy), whatever the leading dimensions."""
     torch = _torch()
     mvt = _mvt()
     nh, nkv, hd = 4, 2, 8
+    heads = nh + 2 * nkv
     rows = int(np.prod(lead)) if lead else 1
-    n = (nh + 2 * nkv) * hd
-    base = torch.arange(5 + rows * n, dtype=torch.float32)
-    planes = base[5:].view(*lead, n)  # a storage offset, as a view of a larger buffer has
-    q, k, v = mvt.split_qkv_planes(planes, nh, nkv)
-    flat = base[5:]
-    for t, heads, start in ((q, nh, 0), (k, nkv, rows * nh * hd), (v, nkv, rows * (nh + nkv) * hd)):
-        assert t.shape == (*lead, heads, hd)
-        assert t.is_contiguous()
-        assert torch.equal(t.reshape(-1), flat[start:start + rows * heads * hd])
-        t.add_(0)  # a view of planes' storage, not a copy
-        assert t.untyped_storage().data_ptr() == planes.untyped_storage().data_ptr()
-    with pytest.raises(ValueError, match="planes"):  # every other column: not one buffer
-        mvt.split_qkv_planes(torch.zeros(2, 2 * n)[:, ::2], nh, nkv)
+    base = torch.arange(5 + rows * heads * hd, dtype=torch.float32)
+    packed = base[5:].view(*lead, heads, hd)  # a storage offset, as a view of a larger buffer has
+    q, k, v = mvt.split_qkv(packed, nh, nkv)
+    for t, count, first in ((q, nh, 0), (k, nkv, nh), (v, nkv, nh + nkv)):
+        assert t.shape == (*lead, count, hd)
+        assert torch.equal(t, packed[..., first:first + count, :])
+        t.add_(0)  # a view of packed's storage, not a copy
+        assert t.untyped_storage().data_ptr() == packed.untyped_storage().data_ptr()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_qkv_ops_take_tensor_subclasses(device, rng):
+    """A torch subclass (which minivllm reads through __dlpack__, not the plain-tensor route)
+    through the registered QKV and prologue ops: same values as plain tensors."""
+    torch = _torch()
+    mvt = _mvt()
+    dev = _device(torch, device)
+
+    class Tagged(torch.Tensor):
+        pass
+
+    M, H, nh, nkv, hd = 3, 128, 4, 2, 16
+    N = (nh + 2 * nkv) * hd
+    x = _tt(torch, rng.standard_normal((M, H)), "float32", dev)
+    r = _tt(torch, rng.standard_normal((M, H)), "float32", dev)
+    w = _tt(torch, norm_weight(rng, H), "float32", dev)
+    W = _tt(torch, rng.standard_normal((N, H)) / np.sqrt(H), "float32", dev)
+    tagged = x.as_subclass(Tagged)
+    plain = mvt.fused_rms_norm_qkv(x, w, W, nh, nkv, residual=r)
+    got = mvt.fused_rms_norm_qkv(tagged, w, W, nh, nkv, residual=r)
+    plain_p = mvt.attention_prologue(x, w, W, nh, nkv, residual=r)
+    got_p = mvt.attention_prologue(tagged, w, W, nh, nkv, residual=r)
+    _sync(torch, dev)
+    for a, b, name in zip((*got, *got_p), (*plain, *plain_p), ("q", "k", "v", "residual") * 2):
+        assert a.shape == b.shape, name
+        assert_same_values(to64(a), to64(b), f"{name} (subclass x)")

@@ -194,7 +194,8 @@ static int paired(PyObject *const *args, int i, const char *a, int j, const char
 /* attention_prologue(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps, residual,
    qkv_bias, q_norm_weight, k_norm_weight, qk_norm_eps, positions, cos_sin_cache, rope_style,
    k_cache, v_cache, slot_mapping, kv_scale, q, k, v, residual_out, alloc, stream, pdl, path)
-   -> (q, k, v[, residual_out]); k and v are None with a cache. */
+   -> (q, k, v[, residual_out]); k and v are None with a cache. With alloc _C.TORCH_OP:
+   (packed q, k, v as [..., heads, head_dim], residual_out or an empty tensor). */
 PyObject *mv_py_attention_prologue(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != A_COUNT) {
@@ -388,6 +389,15 @@ PyObject *mv_py_attention_prologue(PyObject *module, PyObject *const *args, Py_s
         goto done;
     if (mv_call_launch("attention_prologue", &c, x, &p, cpu_prologue, CUDA_PROLOGUE) < 0)
         goto done;
+    if (c.torch_op) {
+        /* the torch op's (packed q, k, v, the new residual or an empty tensor): a custom op's
+           schema has no optional result that torch.compile takes */
+        PyObject *second = has_residual ? Py_NewRef(res_obj) : mv_call_torch_empty(&c, x);
+        if (second != NULL)
+            result = PyTuple_Pack(2, objs[0], second);
+        Py_XDECREF(second);
+        goto done;
+    }
     PyObject *k_ret = has_cache ? Py_None : objs[1], *v_ret = has_cache ? Py_None : objs[2];
     result = has_residual ? PyTuple_Pack(4, objs[0], k_ret, v_ret, res_obj)
                           : PyTuple_Pack(3, objs[0], k_ret, v_ret);

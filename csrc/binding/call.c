@@ -23,12 +23,13 @@ void mv_call_release(mv_call *c)
 }
 
 /* The caller's kind of array: `alloc` and `stream` as the Python API found them, or, when alloc
-   is _C.TORCH_KIND, torch's, resolved in C from x (a plain torch.Tensor). */
+   is _C.TORCH_KIND (or _C.TORCH_OP), torch's, resolved in C from x (a plain torch.Tensor). */
 int mv_call_start(mv_call *c, PyObject *module, PyObject *alloc, PyObject *stream,
                       PyObject *x)
 {
     c->st = mv_get_state(module);
-    if (alloc != c->st->torch_kind) {
+    c->torch_op = alloc == c->st->torch_op;
+    if (alloc != c->st->torch_kind && !c->torch_op) {
         c->alloc = alloc;
         c->stream = stream;
         return 0;
@@ -39,8 +40,8 @@ int mv_call_start(mv_call *c, PyObject *module, PyObject *alloc, PyObject *strea
     if (!usable || !mv_torch_is_plain_tensor(&c->st->torch, x)) {
         /* Only minivllm's own API passes TORCH_KIND, after checking both. */
         PyErr_Format(PyExc_TypeError,
-                     "alloc: TORCH_KIND needs torch imported and x a torch.Tensor, got %.100s",
-                     Py_TYPE(x)->tp_name);
+                     "alloc: %s needs torch imported and x a torch.Tensor, got %.100s",
+                     c->torch_op ? "TORCH_OP" : "TORCH_KIND", Py_TYPE(x)->tp_name);
         return -1;
     }
     c->torch_kind = 1;
@@ -81,6 +82,21 @@ mv_tensor *mv_call_import_first(mv_call *c, PyObject *obj, const char *name)
     mv_tensor *x = mv_call_import(c, obj, name);
     if (x == NULL || !c->torch_kind || x->processor != MV_ON_CUDA)
         return x;
+    const mv_dl_exchange_api *exchange = mv_torch_exchange(&c->st->torch);
+    if (exchange != NULL) {
+        void *stream = NULL;
+        if (exchange->current_work_stream(MV_DL_CUDA, x->device_id, &stream) != 0) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_RuntimeError, "%s: torch did not give its current stream",
+                             name);
+            return NULL;
+        }
+        c->torch_stream = PyLong_FromVoidPtr(stream);
+        if (c->torch_stream == NULL)
+            return NULL;
+        c->stream = c->torch_stream;
+        return x;
+    }
     if (c->st->torch.current_raw_stream == NULL) {
         PyErr_Format(PyExc_RuntimeError,
                      "%s: is a CUDA tensor, but this torch has no _C._cuda_getCurrentRawStream",
@@ -150,6 +166,62 @@ static int torch_data_ptr(mv_call *c, PyObject *tensor, const char *name, char *
     return 0;
 }
 
+/* The exchange allocator's error report, as a Python exception (it runs with the GIL held). */
+static void exchange_alloc_error(void *ctx, const char *kind, const char *message)
+{
+    PyErr_Format(strcmp(kind, "MemoryError") == 0 ? PyExc_MemoryError : PyExc_RuntimeError,
+                 "%s: torch could not allocate it (%s: %s)", (const char *)ctx, kind, message);
+}
+
+/* A new compact torch tensor of x's dtype and device (an activation dtype), *data its first
+   element: through torch's exchange table where it has one (at::empty in C, the same caching
+   allocator and capture pool as new_empty, without a Python call), else x.new_empty. */
+static PyObject *torch_alloc(mv_call *c, const mv_tensor *like, const char *name, int ndim,
+                             const int64_t *shape, char **data)
+{
+    const mv_dl_exchange_api *exchange = mv_torch_exchange(&c->st->torch);
+    if (exchange != NULL && exchange->managed_tensor_allocator != NULL &&
+        exchange->managed_tensor_to_py_object_no_sync != NULL) {
+        int64_t dims[MV_MAX_DIMS + 1];
+        memcpy(dims, shape, sizeof(int64_t) * (size_t)ndim);
+        mv_dl_tensor prototype;
+        memset(&prototype, 0, sizeof(prototype));
+        prototype.device.device_type = like->processor == MV_ON_CUDA ? MV_DL_CUDA : MV_DL_CPU;
+        prototype.device.device_id = like->processor == MV_ON_CUDA ? like->device_id : 0;
+        prototype.ndim = ndim;
+        prototype.dtype.code = like->dtype == MV_BFLOAT16 ? MV_DL_BFLOAT : MV_DL_FLOAT;
+        prototype.dtype.bits = (uint8_t)(8 * mv_dtype_size(like->dtype));
+        prototype.dtype.lanes = 1;
+        prototype.shape = dims;
+        mv_dl_managed_tensor_versioned *made = NULL;
+        if (exchange->managed_tensor_allocator(&prototype, &made, (void *)name,
+                                               exchange_alloc_error) != 0 || made == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_RuntimeError, "%s: torch could not allocate it", name);
+            return NULL;
+        }
+        char *first = (char *)made->dl_tensor.data + made->dl_tensor.byte_offset;
+        void *obj = NULL;
+        /* takes ownership of made, also on failure */
+        if (exchange->managed_tensor_to_py_object_no_sync(made, &obj) != 0 || obj == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_RuntimeError, "%s: torch could not wrap the tensor it made",
+                             name);
+            return NULL;
+        }
+        *data = first;
+        return (PyObject *)obj;
+    }
+    PyObject *shape_tuple = dims_tuple(ndim, shape);
+    if (shape_tuple == NULL)
+        return NULL;
+    PyObject *obj = torch_new_empty(c, shape_tuple);
+    Py_DECREF(shape_tuple);
+    if (obj != NULL && torch_data_ptr(c, obj, name, data) < 0)
+        Py_CLEAR(obj);
+    return obj;
+}
+
 /* Record a plain torch tensor this call just allocated, whose layout minivllm chose (compact, or
    a view into one compact block): its mv_tensor comes from that layout and `data`, for a
    fraction of what a DLPack export costs. */
@@ -190,26 +262,29 @@ mv_tensor *mv_call_output(mv_call *c, PyObject *given, const char *name, const m
             }
         }
         obj = Py_NewRef(given);
-    } else if (c->torch_kind || (c->alloc != NULL && c->alloc != Py_None)) {
+    } else if (c->torch_kind) {
+        char *data;
+        obj = torch_alloc(c, like, name, ndim, shape, &data);
+        if (obj == NULL)
+            return NULL;
+        c->outputs[c->output_count++] = obj;
+        if (!mv_torch_is_plain_tensor(&c->st->torch, obj)) {
+            PyErr_Format(PyExc_TypeError, "%s: torch allocated a %.100s", name,
+                         Py_TYPE(obj)->tp_name);
+            return NULL;
+        }
+        int64_t strides[MV_MAX_DIMS + 1];
+        compact_strides(ndim, shape, strides);
+        mv_tensor *t = call_adopt_torch_output(c, obj, name, like, data, ndim, shape, strides);
+        if (t != NULL)
+            *result = Py_NewRef(obj);
+        return t;
+    } else if (c->alloc != NULL && c->alloc != Py_None) {
         PyObject *shape_tuple = dims_tuple(ndim, shape);
         if (shape_tuple == NULL)
             return NULL;
-        obj = c->torch_kind ? torch_new_empty(c, shape_tuple)
-                            : PyObject_CallOneArg(c->alloc, shape_tuple);
+        obj = PyObject_CallOneArg(c->alloc, shape_tuple);
         Py_DECREF(shape_tuple);
-        if (obj != NULL && c->torch_kind && mv_torch_is_plain_tensor(&c->st->torch, obj)) {
-            c->outputs[c->output_count++] = obj;
-            int64_t strides[MV_MAX_DIMS + 1];
-            char *data;
-            compact_strides(ndim, shape, strides);
-            mv_tensor *t = torch_data_ptr(c, obj, name, &data) < 0
-                               ? NULL
-                               : call_adopt_torch_output(c, obj, name, like, data, ndim, shape,
-                                                         strides);
-            if (t != NULL)
-                *result = Py_NewRef(obj);
-            return t;
-        }
     } else {
         obj = mv_buffer_new(c->st->buffer_type, like->dtype, like->processor, like->device_id, ndim,
                             shape);
@@ -230,6 +305,19 @@ mv_tensor *mv_call_output(mv_call *c, PyObject *given, const char *name, const m
     return t;
 }
 
+/* One new [..., heads, head_dim] tensor like x (its leading dimensions): shape and strides
+   filled (ndim = x->ndim + 1), *base its data. Returns a new reference, or NULL. */
+static PyObject *torch_qkv_buffer(mv_call *c, const mv_tensor *x, int64_t heads, int64_t head_dim,
+                                  int64_t *shape, int64_t *strides, char **base)
+{
+    const int ndim = x->ndim + 1;
+    memcpy(shape, x->shape, sizeof(int64_t) * (size_t)(x->ndim - 1));
+    shape[ndim - 2] = heads;
+    shape[ndim - 1] = head_dim;
+    compact_strides(ndim, shape, strides);
+    return torch_alloc(c, x, "q", ndim, shape, base);
+}
+
 /* q, k and v for the torch kind when none was given: views of one new [..., heads, head_dim]
    tensor split along the heads, as vLLM's qkv.split(...) gives them. One allocation instead of
    three saves a few microseconds per call, which at M = 1 is a large share of the call. Their
@@ -242,20 +330,17 @@ int mv_call_torch_qkv_outputs(mv_call *c, const mv_tensor *x, int64_t num_heads,
     static const char *const names[3] = {"q", "k", "v"};
     const int ndim = x->ndim + 1;
     int64_t shape[MV_MAX_DIMS + 1], strides[MV_MAX_DIMS + 1];
-    memcpy(shape, x->shape, sizeof(int64_t) * (size_t)(x->ndim - 1));
-    shape[ndim - 2] = num_heads + 2 * num_kv_heads;
-    shape[ndim - 1] = head_dim;
-    compact_strides(ndim, shape, strides);
     const int64_t heads[3] = {num_heads, num_kv_heads, num_kv_heads};
     int rc = -1;
-    PyObject *buffer = NULL, *sizes = NULL, *dim = NULL, *views = NULL;
-    PyObject *shape_tuple = dims_tuple(ndim, shape);
-    if (shape_tuple == NULL)
+    PyObject *sizes = NULL, *dim = NULL, *views = NULL;
+    char *base;
+    PyObject *buffer = torch_qkv_buffer(c, x, num_heads + 2 * num_kv_heads, head_dim, shape,
+                                        strides, &base);
+    if (buffer == NULL)
         goto done;
-    buffer = torch_new_empty(c, shape_tuple);
     sizes = Py_BuildValue("[LLL]", (long long)heads[0], (long long)heads[1], (long long)heads[2]);
     dim = PyLong_FromLong(-2);
-    if (buffer == NULL || sizes == NULL || dim == NULL)
+    if (sizes == NULL || dim == NULL)
         goto done;
     PyObject *split_args[3] = {buffer, sizes, dim};
     views = PyObject_VectorcallMethod(c->st->torch.split_with_sizes, split_args,
@@ -266,9 +351,6 @@ int mv_call_torch_qkv_outputs(mv_call *c, const mv_tensor *x, int64_t num_heads,
         PyErr_SetString(PyExc_TypeError, "q: torch's split_with_sizes did not give 3 tensors");
         goto done;
     }
-    char *base;
-    if (torch_data_ptr(c, buffer, "q", &base) < 0)
-        goto done;
     const int64_t element = (int64_t)mv_dtype_size(x->dtype);
     int64_t first_head = 0;
     for (int i = 0; i < 3; i++) {
@@ -289,12 +371,32 @@ int mv_call_torch_qkv_outputs(mv_call *c, const mv_tensor *x, int64_t num_heads,
     }
     rc = 0;
 done:
-    Py_XDECREF(shape_tuple);
     Py_XDECREF(buffer);
     Py_XDECREF(sizes);
     Py_XDECREF(dim);
     Py_XDECREF(views);
     return rc;
+}
+
+int mv_call_torch_packed_output(mv_call *c, const mv_tensor *x, int64_t heads, int64_t head_dim,
+                                char **base, PyObject **obj)
+{
+    int64_t shape[MV_MAX_DIMS + 1], strides[MV_MAX_DIMS + 1];
+    PyObject *buffer = torch_qkv_buffer(c, x, heads, head_dim, shape, strides, base);
+    if (buffer == NULL)
+        return -1;
+    c->outputs[c->output_count++] = buffer;
+    if (call_adopt_torch_output(c, buffer, "q", x, *base, x->ndim + 1, shape, strides) == NULL)
+        return -1;
+    *obj = Py_NewRef(buffer);
+    return 0;
+}
+
+PyObject *mv_call_torch_empty(mv_call *c, const mv_tensor *x)
+{
+    const int64_t none = 0;
+    char *data;
+    return torch_alloc(c, x, "residual_out", 1, &none, &data);
 }
 
 /* Outputs overlap no input and no other output, except the listed exact in-place aliases. */

@@ -17,6 +17,10 @@ typedef struct {
        then allocates with x.new_empty and runs on torch's current stream of x's device, both
        read here in C (the Python route costs tens of microseconds per call). */
     PyObject *torch_kind;
+    /* _C.TORCH_OP: the torch kind in the convention of minivllm.torch's registered ops: qkv_weight
+       in nn.Linear layout [N, H] only, and q, k, v returned as one packed [..., heads, head_dim]
+       tensor (no views made: each is a torch call, microseconds at M = 1). */
+    PyObject *torch_op;
     PyObject *requires_grad; /* "requires_grad" */
 } mv_state;
 
@@ -30,7 +34,8 @@ typedef struct {
     mv_state *st;
     PyObject *stream; /* borrowed: the caller's CUDA stream (int) or None */
     PyObject *alloc;  /* borrowed: callable(shape) -> array, or None for a minivllm.Buffer */
-    int torch_kind;   /* alloc was _C.TORCH_KIND: see call_start */
+    int torch_kind;   /* alloc was _C.TORCH_KIND or _C.TORCH_OP: see call_start */
+    int torch_op;     /* alloc was _C.TORCH_OP (mv_state.torch_op) */
     PyObject *like;   /* borrowed: x, which torch-kind outputs are allocated like */
     PyObject *torch_stream; /* owned: the stream read from torch, which `stream` then points to */
     mv_tensor tensors[MAX_CALL_TENSORS];
@@ -58,6 +63,12 @@ mv_tensor *mv_call_output(mv_call *c, PyObject *given, const char *name, const m
 int mv_call_torch_qkv_outputs(mv_call *c, const mv_tensor *x, int64_t num_heads,
                               int64_t num_kv_heads, int64_t head_dim, mv_tensor **qkv,
                               PyObject **objs);
+/* q, k and v for _C.TORCH_OP: one new [..., heads, head_dim] tensor, *base its data; *obj
+   receives a new reference to it. */
+int mv_call_torch_packed_output(mv_call *c, const mv_tensor *x, int64_t heads, int64_t head_dim,
+                                char **base, PyObject **obj);
+/* A new empty torch tensor like x with no elements (the torch ops' "no new residual"). */
+PyObject *mv_call_torch_empty(mv_call *c, const mv_tensor *x);
 /* Outputs overlap no input and no other output, except the listed exact in-place aliases. */
 int mv_check_outputs_disjoint(mv_call *c, int first_output, const int *alias_of);
 

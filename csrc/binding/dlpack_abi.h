@@ -73,6 +73,29 @@ typedef struct mv_dl_managed_tensor_versioned {
     mv_dl_tensor dl_tensor;
 } mv_dl_managed_tensor_versioned;
 
+/* The C exchange table a framework publishes as type(array).__dlpack_c_exchange_api__ (a capsule
+   named "dlpack_exchange_api"; DLPack 1.3, PyTorch 2.10 and later): C entry points for what
+   __dlpack__ does through Python. minivllm uses the non-owning export and the current stream. */
+typedef struct mv_dl_exchange_api_header {
+    mv_dl_version version;
+    struct mv_dl_exchange_api_header *prev_api;
+} mv_dl_exchange_api_header;
+
+typedef struct {
+    mv_dl_exchange_api_header header;
+    int (*managed_tensor_allocator)(mv_dl_tensor *prototype, mv_dl_managed_tensor_versioned **out,
+                                    void *error_ctx,
+                                    void (*set_error)(void *error_ctx, const char *kind,
+                                                      const char *message));
+    int (*managed_tensor_from_py_object_no_sync)(void *py_object,
+                                                 mv_dl_managed_tensor_versioned **out);
+    int (*managed_tensor_to_py_object_no_sync)(mv_dl_managed_tensor_versioned *tensor,
+                                               void **out_py_object);
+    /* may be NULL; fills *out with the producer's own shape and strides, valid until return */
+    int (*dltensor_from_py_object_no_sync)(void *py_object, mv_dl_tensor *out);
+    int (*current_work_stream)(int32_t device_type, int32_t device_id, void **out_stream);
+} mv_dl_exchange_api;
+
 /* The version we speak: the struct layout above is that of every 1.x release. */
 #define MV_DLPACK_MAJOR 1
 #define MV_DLPACK_MINOR 1

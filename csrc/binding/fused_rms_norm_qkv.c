@@ -64,11 +64,14 @@ PyObject *mv_py_qkv_last_gpu_path(PyObject *Py_UNUSED(module), PyObject *Py_UNUS
 }
 
 /* ---- fused_rms_norm_qkv(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps, residual,
- *                         q, k, v, residual_out, alloc, stream, pdl, path) -> (q, k, v[, residual_out]) */
+ *                         q, k, v, residual_out, alloc, stream, pdl, path) -> (q, k, v[, residual_out]);
+ *      with alloc _C.TORCH_OP: packed or (packed, residual_out) */
 
-/* Which of the two accepted layouts qkv_weight has, from its shape and strides. */
-int mv_qkv_weight_layout(const mv_tensor *w, int64_t hidden, int64_t *n_out,
-                             int64_t *stride_n, int64_t *stride_k)
+/* Which of the two accepted layouts qkv_weight has, from its shape and strides; linear_only:
+   the nn.Linear layout [N, H] whatever its strides (the torch ops' contract: a square weight
+   whose rows are not contiguous is then still W, not W.T). */
+int mv_qkv_weight_layout(const mv_tensor *w, int64_t hidden, int linear_only, int64_t *n_out,
+                         int64_t *stride_n, int64_t *stride_k)
 {
     char shape[256], strides[256];
     if (w->ndim != 2) {
@@ -81,14 +84,21 @@ int mv_qkv_weight_layout(const mv_tensor *w, int64_t hidden, int64_t *n_out,
     const int64_t a = w->shape[0], b = w->shape[1];
     /* [H, N]: the transposed view. A square matrix is ambiguous by shape; the .t() view of a
        row-major weight is the one with stride 1 in its first dimension. */
-    const int transposed = (a == hidden && b != hidden) ||
-                           (a == hidden && b == hidden && w->strides[0] == 1 && w->strides[1] != 1 && hidden > 1);
+    const int transposed = !linear_only &&
+                           ((a == hidden && b != hidden) ||
+                            (a == hidden && b == hidden && w->strides[0] == 1 && w->strides[1] != 1 && hidden > 1));
     if (!transposed && b != hidden) {
         mv_format_dims(shape, sizeof(shape), w->shape, 2);
-        PyErr_Format(PyExc_ValueError,
-                     "%s: expected shape (N, %lld) (the nn.Linear weight) or (%lld, N) (its .t() "
-                     "view) for hidden size %lld, got %s",
-                     w->name, (long long)hidden, (long long)hidden, (long long)hidden, shape);
+        if (linear_only)
+            PyErr_Format(PyExc_ValueError,
+                         "%s: expected shape (N, %lld) (the nn.Linear weight [N, H]) for hidden "
+                         "size %lld, got %s",
+                         w->name, (long long)hidden, (long long)hidden, shape);
+        else
+            PyErr_Format(PyExc_ValueError,
+                         "%s: expected shape (N, %lld) (the nn.Linear weight) or (%lld, N) (its "
+                         ".t() view) for hidden size %lld, got %s",
+                         w->name, (long long)hidden, (long long)hidden, (long long)hidden, shape);
         return -1;
     }
     *n_out = transposed ? b : a;
@@ -124,7 +134,8 @@ mv_tensor *mv_qkv_import_inputs(mv_call *c, PyObject *const *objs, int64_t num_h
         return NULL;
     mv_tensor *w = mv_call_import(c, objs[2], "qkv_weight");
     if (w == NULL || mv_check_like(w, x) < 0 ||
-        mv_qkv_weight_layout(w, a->in.hidden, &n_out, &a->w_stride_n, &a->w_stride_k) < 0)
+        mv_qkv_weight_layout(w, a->in.hidden, c->torch_op, &n_out, &a->w_stride_n,
+                             &a->w_stride_k) < 0)
         return NULL;
     const int64_t heads = num_heads + 2 * num_kv_heads;
     if (n_out % heads != 0) {
@@ -145,7 +156,8 @@ mv_tensor *mv_qkv_import_inputs(mv_call *c, PyObject *const *objs, int64_t num_h
 }
 
 /* q, k and v ([..., heads, head_dim] like x): the given ones, or new (for the torch kind, views
-   of one buffer); their data and row strides into a. objs[0..2] receive new references. */
+   of one buffer; for _C.TORCH_OP that one buffer, in objs[0], objs[1..2] left NULL); their data
+   and row strides into a. objs[0..2] receive new references. */
 int mv_qkv_outputs(mv_call *c, const mv_tensor *x, PyObject *const *given, int64_t num_heads,
                    int64_t num_kv_heads, int64_t head_dim, mv_qkv_args *a, PyObject **objs)
 {
@@ -158,6 +170,23 @@ int mv_qkv_outputs(mv_call *c, const mv_tensor *x, PyObject *const *given, int64
     memcpy(shape, x->shape, sizeof(int64_t) * (size_t)(x->ndim - 1));
     shape[x->ndim] = head_dim;
     mv_tensor *qkv[3];
+    if (c->torch_op) {
+        if (given[0] != Py_None || given[1] != Py_None || given[2] != Py_None) {
+            PyErr_SetString(PyExc_ValueError, "q: TORCH_OP calls allocate q, k and v themselves; "
+                                              "pass None");
+            return -1;
+        }
+        const int64_t heads = num_heads + 2 * num_kv_heads;
+        const int64_t element = (int64_t)mv_dtype_size(x->dtype);
+        char *base;
+        if (mv_call_torch_packed_output(c, x, heads, head_dim, &base, &objs[0]) < 0)
+            return -1;
+        a->q = base;
+        a->k = base + a->q_cols * element;
+        a->v = base + (a->q_cols + a->kv_cols) * element;
+        a->q_stride = a->k_stride = a->v_stride = heads * head_dim;
+        return 0;
+    }
     if (c->torch_kind && given[0] == Py_None && given[1] == Py_None && given[2] == Py_None) {
         if (mv_call_torch_qkv_outputs(c, x, num_heads, num_kv_heads, head_dim, qkv, objs) < 0)
             return -1;
@@ -241,14 +270,20 @@ PyObject *mv_py_fused_rms_norm_qkv(PyObject *module, PyObject *const *args, Py_s
     mv_qkv_residual_out(&c, x, args[6], args[10], &a, &res_obj, &failed);
     if (failed)
         goto done;
-    /* residual_out may be residual itself (in-place); residual is tensor index 3. */
-    const int alias_of[] = {-1, -1, -1, has_residual ? 3 : -1};
+    /* residual_out, the last output, may be residual itself (in place); residual is tensor
+       index 3 */
+    int alias_of[4] = {-1, -1, -1, -1};
+    if (has_residual)
+        alias_of[c.count - 1 - first_output] = 3;
     if (mv_check_outputs_disjoint(&c, first_output, alias_of) < 0)
         goto done;
     if (mv_call_launch("fused_rms_norm_qkv", &c, x, &a, cpu_qkv, CUDA_QKV) < 0)
         goto done;
-    result = has_residual ? PyTuple_Pack(4, objs[0], objs[1], objs[2], res_obj)
-                          : PyTuple_Pack(3, objs[0], objs[1], objs[2]);
+    if (c.torch_op) /* the packed q, k, v [, the new residual] */
+        result = has_residual ? PyTuple_Pack(2, objs[0], res_obj) : Py_NewRef(objs[0]);
+    else
+        result = has_residual ? PyTuple_Pack(4, objs[0], objs[1], objs[2], res_obj)
+                              : PyTuple_Pack(3, objs[0], objs[1], objs[2]);
 done:
     for (int i = 0; i < 3; i++)
         Py_XDECREF(objs[i]);

@@ -91,6 +91,21 @@ static PyObject *py_torch_fast_path(PyObject *module, PyObject *Py_UNUSED(ignore
     return usable < 0 ? NULL : PyBool_FromLong(usable);
 }
 
+/* Private test hook: read torch tensors and streams through torch's DLPack exchange table (True,
+   the default where torch has one) or through its older Python entry points (False); returns
+   whether the table is used now. */
+static PyObject *py_torch_exchange(PyObject *module, PyObject *arg)
+{
+    const int on = PyObject_IsTrue(arg);
+    if (on < 0)
+        return NULL;
+    mv_torch_api *api = &mv_get_state(module)->torch;
+    api->exchange_off = !on;
+    if (mv_torch_api_resolve(api) < 0)
+        return NULL;
+    return PyBool_FromLong(mv_torch_exchange(api) != NULL);
+}
+
 static PyMethodDef module_methods[] = {
     {"rms_norm", (PyCFunction)(void (*)(void))mv_py_rms_norm, METH_FASTCALL,
      "rms_norm(x, weight, eps, out, alloc, stream, pdl[, reference]) -> out (internal; use "
@@ -110,7 +125,12 @@ static PyMethodDef module_methods[] = {
      "minivllm.attention_prologue)"},
     {"torch_fast_path", py_torch_fast_path, METH_NOARGS,
      "True when torch is imported and minivllm can read its tensors, stream and allocator "
-     "through torch._C (then the API passes TORCH_KIND for plain torch tensors)."},
+     "through torch._C (then the API passes TORCH_KIND for plain torch tensors, and "
+     "minivllm.torch's ops TORCH_OP: nn.Linear weights, q, k, v as one packed tensor)."},
+    {"_torch_exchange", py_torch_exchange, METH_O,
+     "_torch_exchange(on) -> bool (private, for tests): read torch tensors through torch's "
+     "DLPack exchange table when on and available, else through torch._C's Python entry points; "
+     "returns whether the table is in use."},
     {"qkv_last_gpu_path", mv_py_qkv_last_gpu_path, METH_NOARGS,
      "Name of the kernel path the last fused_rms_norm_qkv GPU call of this thread ran (\"none\" "
      "before any): tests use it to round their reference as that path does."},
@@ -140,9 +160,11 @@ static int module_exec(PyObject *module)
     if (PyModule_AddObjectRef(module, "Buffer", (PyObject *)st->buffer_type) < 0)
         return -1;
     st->torch_kind = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
+    st->torch_op = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
     st->requires_grad = PyUnicode_InternFromString("requires_grad");
-    if (st->torch_kind == NULL || st->requires_grad == NULL ||
-        PyModule_AddObjectRef(module, "TORCH_KIND", st->torch_kind) < 0)
+    if (st->torch_kind == NULL || st->torch_op == NULL || st->requires_grad == NULL ||
+        PyModule_AddObjectRef(module, "TORCH_KIND", st->torch_kind) < 0 ||
+        PyModule_AddObjectRef(module, "TORCH_OP", st->torch_op) < 0)
         return -1;
 #ifdef MINIVLLM_WITH_CUDA
     const int cuda_built = 1;
@@ -163,6 +185,7 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
     mv_state *st = mv_get_state(module);
     Py_VISIT(st->buffer_type);
     Py_VISIT(st->torch_kind);
+    Py_VISIT(st->torch_op);
     return mv_torch_api_traverse(&st->torch, visit, arg);
 }
 
@@ -171,6 +194,7 @@ static int module_clear(PyObject *module)
     mv_state *st = mv_get_state(module);
     Py_CLEAR(st->buffer_type);
     Py_CLEAR(st->torch_kind);
+    Py_CLEAR(st->torch_op);
     Py_CLEAR(st->requires_grad);
     mv_torch_api_clear(&st->torch);
     mv_import_names_clear(&st->names);

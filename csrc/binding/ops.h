@@ -15,8 +15,8 @@ PyObject *mv_py_attention_prologue(PyObject *module, PyObject *const *args, Py_s
 /* Shared by the QKV bindings (fused_rms_norm_qkv.c): the `_path` option, the layout of
    qkv_weight ([N, H] or its .t() view), and the record qkv_last_gpu_path reports. */
 int mv_parse_qkv_path(PyObject *obj, mv_qkv_path *path);
-int mv_qkv_weight_layout(const mv_tensor *w, int64_t hidden, int64_t *n_out, int64_t *stride_n,
-                         int64_t *stride_k);
+int mv_qkv_weight_layout(const mv_tensor *w, int64_t hidden, int linear_only, int64_t *n_out,
+                         int64_t *stride_n, int64_t *stride_k);
 void mv_set_qkv_last_gpu_path(mv_qkv_path taken);
 /* The QKV part's arguments, as both QKV bindings take them (fused_rms_norm_qkv.c): objs are
    hidden_states, norm_weight, qkv_weight; given are q, k, v (None: new). */

@@ -616,6 +616,22 @@ int mv_torch_api_resolve(mv_torch_api *api)
         found.split_with_sizes = PyUnicode_InternFromString("split_with_sizes");
         found.data_ptr = PyUnicode_InternFromString("data_ptr");
     }
+    /* DLPack 1.x exchange table with the entry points used (else the Python calls above) */
+    if (!PyErr_Occurred() && tensor_type != NULL) {
+        PyObject *capsule = optional_attr_path(tensor_type, "__dlpack_c_exchange_api__");
+        const mv_dl_exchange_api *table =
+            capsule && PyCapsule_IsValid(capsule, "dlpack_exchange_api")
+                ? PyCapsule_GetPointer(capsule, "dlpack_exchange_api")
+                : NULL;
+        if (table != NULL && table->header.version.major == MV_DLPACK_MAJOR &&
+            table->header.version.minor >= 3 && table->dltensor_from_py_object_no_sync != NULL &&
+            table->current_work_stream != NULL) {
+            found.exchange = table;
+            found.exchange_capsule = capsule;
+        } else {
+            Py_XDECREF(capsule);
+        }
+    }
     if (PyErr_Occurred()) {
         /* A torch still being imported, or broken: stay on the generic path this time. */
         PyErr_Clear();
@@ -632,6 +648,7 @@ int mv_torch_api_resolve(mv_torch_api *api)
     }
     found.tensor_type = (PyTypeObject *)tensor_type;
     found.parameter_type = (PyTypeObject *)parameter_type;
+    found.exchange_off = api->exchange_off;
     found.resolved = 1;
     *api = found;
     return 1;
@@ -647,6 +664,8 @@ void mv_torch_api_clear(mv_torch_api *api)
     Py_CLEAR(api->new_empty);
     Py_CLEAR(api->split_with_sizes);
     Py_CLEAR(api->data_ptr);
+    Py_CLEAR(api->exchange_capsule);
+    api->exchange = NULL;
 }
 
 int mv_torch_api_traverse(mv_torch_api *api, visitproc visit, void *arg)
@@ -655,6 +674,7 @@ int mv_torch_api_traverse(mv_torch_api *api, visitproc visit, void *arg)
     Py_VISIT(api->parameter_type);
     Py_VISIT(api->to_dlpack);
     Py_VISIT(api->current_raw_stream);
+    Py_VISIT(api->exchange_capsule);
     return 0;
 }
 
@@ -665,6 +685,20 @@ int mv_tensor_import_torch(const mv_torch_api *api, PyObject *obj, const char *n
     memset(t, 0, sizeof(*t));
     t->extra_dtypes = extra;
     t->name = name;
+    const mv_dl_exchange_api *exchange = mv_torch_exchange(api);
+    if (exchange != NULL) {
+        /* torch's own shape and strides, read before anything else runs; the tensor, held
+           until release, keeps the data */
+        mv_dl_tensor dl;
+        if (exchange->dltensor_from_py_object_no_sync(obj, &dl) != 0) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_BufferError, "torch's DLPack exchange failed");
+            rewrap_exception(PyExc_TypeError, name, "cannot read this torch tensor");
+            return -1;
+        }
+        t->owner = Py_NewRef(obj);
+        return fill_from_dl(t, &dl, 0);
+    }
     PyObject *capsule = PyObject_CallOneArg(api->to_dlpack, obj);
     if (capsule == NULL) {
         /* Sparse layouts, meta or other devices: torch says what it cannot export. */

@@ -78,7 +78,21 @@ typedef struct {
     PyObject *new_empty;          /* "new_empty": allocate like a tensor (its dtype and device) */
     PyObject *split_with_sizes;   /* "split_with_sizes": q, k, v as views of one allocation */
     PyObject *data_ptr;           /* "data_ptr": where a tensor we allocated starts */
+    /* torch.Tensor.__dlpack_c_exchange_api__ (torch >= 2.10), NULL before: its non-owning
+       export and current stream replace the _to_dlpack and _cuda_getCurrentRawStream calls
+       (each a Python call, with a capsule and a managed tensor made per argument). The table
+       lives as long as the process; the capsule is kept for form. exchange_off: a private test
+       switch back to the older entry points. */
+    const mv_dl_exchange_api *exchange;
+    PyObject *exchange_capsule;
+    int exchange_off;
 } mv_torch_api;
+
+/* The exchange table when it is there and not switched off. */
+static inline const mv_dl_exchange_api *mv_torch_exchange(const mv_torch_api *api)
+{
+    return api->exchange_off ? NULL : api->exchange;
+}
 
 /* 1 when torch is imported and provides what the fast path needs, 0 when not (torch not
    imported yet, or too different a version), -1 with an exception on unexpected errors. */
