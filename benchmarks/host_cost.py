@@ -8,7 +8,8 @@ What is timed, per sequence (one "call" = one API call of ours, or torch's whole
   * loop: N calls back to back after a warm-up, synchronized once at the end: µs per call of a
     steady eager stream, which is the larger of host cost and GPU time (at M = 1 the QKV
     product streams the whole weight, so for large models the GPU time shows here).
-Sequences: minivllm through its torch fast path (plain torch tensors), the same call forced
+Sequences: minivllm through its torch fast path (plain torch tensors), the same without torch's
+DLPack exchange table (the fast path on torch < 2.10), the same call forced
 through the generic DLPack route (what every torch call took before the fast path, and what
 torch subclasses still take), and torch's eager equivalents: F.rms_norm; x + r then F.rms_norm;
 F.rms_norm, F.linear, split and per-head views (and the same with Hugging Face's RMSNorm).
@@ -151,6 +152,17 @@ def generic_dlpack_route(torch):
                 _kinds._PREPARE_BY_TYPE[cls] = found
 
 
+@contextlib.contextmanager
+def torch_c_route(minivllm):
+    """The fast path without torch's DLPack exchange table (torch < 2.10 has none): tensors,
+    the stream and new outputs through torch._C's Python entry points."""
+    used = minivllm._C._torch_exchange(False)
+    try:
+        yield
+    finally:
+        minivllm._C._torch_exchange(used)
+
+
 # ---------------------------------------------------------------------------------------------
 # timing
 # ---------------------------------------------------------------------------------------------
@@ -173,7 +185,8 @@ def measure_host_cost(models=("llama-3-8b", "qwen3-0.6b"), device="cuda", dtype=
     Returns {"device", "dtype", "calls", "bursts", "burst_calls", "results": [row, ...]} with one
     row per (model, op, implementation): host_us (median over bursts), host_us_min, loop_us
     (steady back-to-back calls, one sync at the end) and, for minivllm's rows, the same through
-    the generic DLPack route ("route": "fast" or "generic").
+    the fast path without torch's exchange table and the generic DLPack route ("route": "fast",
+    "torch._C" or "generic"; torch.ops rows: "fast" or "torch._C").
     """
     import torch
 
@@ -199,9 +212,12 @@ def measure_host_cost(models=("llama-3-8b", "qwen3-0.6b"), device="cuda", dtype=
                 for impl, fn in impls.items():
                     routes = [None]  # torch's own sequences
                     if impl == "minivllm":
-                        routes = ["fast", "generic"] if include_generic else ["fast"]
+                        routes = ["fast", "torch._C"] + (["generic"] if include_generic else [])
+                    elif impl == "torch.ops.minivllm":
+                        routes = ["fast", "torch._C"]
                     for route in routes:
                         context = generic_dlpack_route(torch) if route == "generic" \
+                            else torch_c_route(minivllm) if route == "torch._C" \
                             else contextlib.nullcontext()
                         with context:
                             loop_us = bt.loop_us_per_call(fn, calls, synchronize)
@@ -294,6 +310,8 @@ def _label(row):
     route = row.get("route")
     if route == "generic":
         return "minivllm (generic DLPack route)"
+    if route == "torch._C":
+        return f"{row['impl']} (no exchange table)"
     return row["impl"]
 
 
@@ -302,10 +320,10 @@ def print_table(result):
     print(f"host cost per eager call at M = 1, {result['dtype']} on {result['device']} "
           f"(host: median of {result['bursts']} bursts of {result['burst_calls']} calls"
           f"{spinning}; loop: {result['calls']} back-to-back calls, one sync)")
-    print(f"{'model':<12} {'op':<20} {'implementation':<34} {'host µs':>9} {'min':>8} "
+    print(f"{'model':<12} {'op':<20} {'implementation':<42} {'host µs':>9} {'min':>8} "
           f"{'loop µs':>9}")
     for row in result["results"]:
-        print(f"{row['model']:<12} {row['op']:<20} {_label(row):<34} {row['host_us']:>9.2f} "
+        print(f"{row['model']:<12} {row['op']:<20} {_label(row):<42} {row['host_us']:>9.2f} "
               f"{row['host_us_min']:>8.2f} {row['loop_us']:>9.2f}"
               + (f"  ({row['bursts_overran']} bursts overran)" if row["bursts_overran"] else ""))
 

@@ -7,7 +7,8 @@
 # summary table. About 4 minutes on an H200.
 #   usage: bash scripts/gpu_check.sh [OUTDIR]    (default: $OUT if set, else gpu-check-out)
 #   WITH="sanitizers benchmarks" adds compute-sanitizer runs over scripts/sanitize_cases.py and
-#   the two benchmarks in quick mode (several minutes more; SANITIZERS="memcheck ..." picks runs).
+#   the two benchmarks in quick mode (several minutes more; SANITIZERS="memcheck ..." picks runs);
+#   WITH=host_cost adds benchmarks/host_cost.py (host time of one eager call, about a minute).
 #   MINIVLLM_COMMIT names the commit where the tree has no .git.
 # The suite runs as eight pytest processes side by side (the GPU has room, and the float64
 # references use the host's cores; about 3 minutes on an H200), then the leak tests alone:
@@ -158,6 +159,14 @@ if [[ $with == *" benchmarks "* ]]; then
         tail -n 15 "$out/$bench.log"
     done
     timed benchmarks
+fi
+
+if [[ $with == *" host_cost "* ]]; then
+    echo "== host cost per eager call =="
+    (cd /tmp && python3 "$root/benchmarks/host_cost.py" --device cuda --calls 5000 \
+        --out "$out/host-cost.json") >"$out/host-cost.log" 2>&1 || status=1
+    cat "$out/host-cost.log"
+    timed host_cost
 fi
 
 MINIVLLM_STEP_SECONDS="${step_times[*]}" python3 scripts/gpu_results.py "$out" || status=1
