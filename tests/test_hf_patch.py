@@ -119,13 +119,13 @@ def test_patched_model_matches_stock(arch, device, static, monkeypatch):
 
     assert mhf.patch_model(model) == config.num_hidden_layers
     calls = []
-    real = minivllm.attention_prologue
+    real = minivllm._C.attention_prologue  # what the registered op's implementation calls
 
-    def counted(*args, **kwargs):
-        calls.append((args[0].shape, kwargs["k_cache"] is not None))
-        return real(*args, **kwargs)
+    def counted(*args):
+        calls.append((args[0].shape, args[14] is not None))  # hidden_states, k_cache
+        return real(*args)
 
-    monkeypatch.setattr(minivllm, "attention_prologue", counted)
+    monkeypatch.setattr(minivllm._C, "attention_prologue", counted)
     patched = _logits(model, config, ids, 3, static)
     # one prologue call per layer per forward (prefill + 3 decode steps): the patch is in use
     assert len(calls) == 4 * config.num_hidden_layers, len(calls)
