@@ -2,7 +2,9 @@
 views) against the as_strided one, interleaved in one process (this CPU's timings drift too
 much between processes to compare runs). Both ops are registered here under probe_ab with the
 library's own impl body; the wrapper splits the result as minivllm.torch.fused_rms_norm_qkv does.
-usage: python3 dev/probes/torch_op_split_ab.py [--device cpu|cuda] [--rounds 7]"""
+usage: python3 dev/probes/torch_op_split_ab.py [--device cpu|cuda] [--rounds 7]
+Runs against minivllm at 4e5544c or earlier: since b82ece0 the QKV ops return a packed
+[..., heads, head_dim] tensor (minivllm.torch.split_qkv), and split_qkv_planes is gone."""
 import argparse
 import statistics
 import timeit
