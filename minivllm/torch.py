@@ -37,7 +37,9 @@ _TORCH_OP = _C.TORCH_OP
 # The plain tensor types _C reads itself (empty when this torch lacks what it needs): looked up
 # once here, so the ops' first call does not have to.
 _kinds.prepare(torch.empty(0))
-_TORCH_TYPES = _kinds.TORCH_TYPES
+# What the ops' implementations hand to _C as they are: plain tensors, or None for an optional
+# argument (empty of tensors where this torch lacks what _C needs: everything then takes the API)
+_PLAIN = frozenset(_kinds.TORCH_TYPES | {type(None)}) if _kinds.TORCH_TYPES else frozenset()
 
 __all__ = [
     "FusedRMSNormQKVProj",
@@ -121,8 +123,7 @@ def _new_packed(x, qkv_weight, num_heads, num_kv_heads):
 # allocation from Python costs microseconds, and at M = 1 host time is most of an eager call).
 # Other tensors (subclasses) take the public API with out= views of a packed result.
 def _fused_rms_norm_qkv_impl(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps):
-    if type(x) in _TORCH_TYPES and type(norm_weight) in _TORCH_TYPES \
-            and type(qkv_weight) in _TORCH_TYPES:
+    if _PLAIN.issuperset(map(type, (x, norm_weight, qkv_weight))):
         return _C.fused_rms_norm_qkv(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps,
                                      None, None, None, None, None, _TORCH_OP, None, None, None)
     packed = _new_packed(x, qkv_weight, num_heads, num_kv_heads)
@@ -134,8 +135,7 @@ def _fused_rms_norm_qkv_impl(x, norm_weight, qkv_weight, num_heads, num_kv_heads
 
 def _fused_add_rms_norm_qkv_impl(x, residual, norm_weight, qkv_weight, num_heads, num_kv_heads,
                                  eps):
-    if type(x) in _TORCH_TYPES and type(residual) in _TORCH_TYPES \
-            and type(norm_weight) in _TORCH_TYPES and type(qkv_weight) in _TORCH_TYPES:
+    if _PLAIN.issuperset(map(type, (x, residual, norm_weight, qkv_weight))):
         return _C.fused_rms_norm_qkv(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps,
                                      residual, None, None, None, None, _TORCH_OP, None, None, None)
     packed = _new_packed(x, qkv_weight, num_heads, num_kv_heads)
@@ -151,10 +151,9 @@ def _attention_prologue_impl(x, norm_weight, qkv_weight, num_heads, num_kv_heads
     # packed: [..., heads + 2 kv heads, head_dim], q's heads then k's then v's (with a cache, k
     # and v are the scratch the projection lands in); the second result is the new residual,
     # or an empty tensor
-    if type(x) in _TORCH_TYPES and all(
-            a is None or type(a) in _TORCH_TYPES
-            for a in (norm_weight, qkv_weight, residual, qkv_bias, q_norm_weight, k_norm_weight,
-                      positions, cos_sin_cache, k_cache, v_cache, slot_mapping)):
+    if _PLAIN.issuperset(map(type, (x, norm_weight, qkv_weight, residual, qkv_bias,
+                                    q_norm_weight, k_norm_weight, positions, cos_sin_cache,
+                                    k_cache, v_cache, slot_mapping))):
         return _C.attention_prologue(
             x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps, residual, qkv_bias,
             q_norm_weight, k_norm_weight, qk_norm_eps, positions, cos_sin_cache, rope_style,
