@@ -18,9 +18,13 @@
  *   rank order and stores q, k, v: no global round trips. S comes from choose_split's cost model.
  * - Stream-K (elsewhere): the (tile, k stage) iterations are split into equal contiguous ranges, one per
  *   CTA (one CTA per SM), so every shape fills every SM. A tile cut between CTAs is finished by
- *   the last CTA to arrive: each writes its float partial products and row sums to a workspace
- *   and counts itself in on the tile's counter; the last one adds all parts in CTA order (a fixed
- *   order, so the bits do not depend on timing), resets the counter and stores q, k, v.
+ *   its first CTA, the one holding its k stages from 0: only a range's first segment can start
+ *   inside a tile, so the later parts are done early in their CTAs' ranges, written to a workspace
+ *   and counted in on the tile's counter, while the tile's head is its CTA's last segment. That
+ *   CTA keeps its products in registers, waits for the count, adds the others' parts in CTA order
+ *   (a fixed order, so the bits do not depend on timing), resets the counter and stores q, k, v.
+ *   A CTA waits only on later CTAs' first segments, which wait on nothing, and the grid is at
+ *   most one CTA per SM, so the wait ends once those CTAs run.
  * - PDL: the producer requests the first stages of W (a weight) before waiting for the previous
  *   kernel; x, the outputs and the workspace are touched only after the wait.
  * The stream-K workspace (float partials and zeroed tile counters) belongs to the (device, stream) pair,
@@ -72,7 +76,7 @@ struct EngineParams {
     const void *gamma;
     void *q, *k, *v;
     int64_t q_stride, k_stride, v_stride;
-    float *partials; /* [CTAs][2][kFeatures * T + T] */
+    float *partials; /* [CTAs][kFeatures * T + T]: a range's first segment, where it is a later part */
     int *counters;   /* [tiles], zero between calls */
     int split;       /* 0: stream-K; S >= 1: S CTAs (one cluster) per tile, each 1/S of its k stages */
 };
@@ -184,7 +188,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     uint64_t *sums_empty = sums_full + 2;     /* [2] */
     float *row_sq = reinterpret_cast<float *>(sums_empty + 2); /* [2][kTokens] */
     float *tot_sq = row_sq + 2 * kTokens;                      /* [kTokens] */
-    float *scalars = tot_sq + kTokens; /* [0]: max |gamma| (bits), [1]: this CTA reduces the tile */
+    float *scalars = tot_sq + kTokens; /* [0]: max |gamma| (bits) */
     float *cluster_parts = reinterpret_cast<float *>(tail + tail_bytes<kTokens>()); /* [split - 1][P] */
 
     const int ctas = static_cast<int>(gridDim.x), c = static_cast<int>(blockIdx.x);
@@ -410,19 +414,16 @@ __global__ void __launch_bounds__(kThreads, 1)
         *first = range_owner(p.total, ctas, static_cast<int64_t>(tile) * kiters);
         *last = range_owner(p.total, ctas, static_cast<int64_t>(tile + 1) * kiters - 1);
     };
-    /* acc and tot_sq = the sum of every part of tile (this CTA's too, read back), in CTA order:
-       the same sum whichever CTA arrives last */
-    auto gather_tile = [&](int tile) {
+    /* acc and tot_sq = this CTA's part (the tile's head, in acc and sums) plus every later part of
+       tile, in CTA order: the order of the CTAs' ranges, whatever their timing */
+    auto gather_tile = [&](int tile, const float *sums) {
         int first, last;
         tile_owners(tile, &first, &last);
-        const int64_t tile_begin = static_cast<int64_t>(tile) * kiters;
-#pragma unroll
-        for (int a = 0; a < kAcc; ++a) acc[a] = 0.0f;
-        float sq_sum = 0.0f;
+        float sq_sum = ctid < kTokens ? sums[ctid] : 0.0f;
         /* parts in groups of kGroup, every load of a group issued before its adds: one L2 round
            trip per group, not per part */
         constexpr int kGroup = kAcc >= 64 ? 1 : kAcc >= 32 ? 2 : 4; /* within the registers */
-        for (int c0 = first; c0 <= last; c0 += kGroup) {
+        for (int c0 = first + 1; c0 <= last; c0 += kGroup) {
             float4 v[kGroup][kAcc / 4];
             float sq_part[kGroup];
 #pragma unroll
@@ -430,8 +431,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                 const int cc = c0 + u;
                 sq_part[u] = 0.0f;
                 if (cc > last) continue;
-                const int sl = range_begin(p.total, ctas, cc) >= tile_begin ? 0 : 1;
-                const float *theirs = p.partials + (static_cast<size_t>(cc) * 2 + sl) * partial_floats<kTokens>();
+                const float *theirs = p.partials + static_cast<size_t>(cc) * partial_floats<kTokens>();
 #pragma unroll
                 for (int a = 0; a < kAcc; a += 4)
                     v[u][a / 4] = __ldcg(reinterpret_cast<const float4 *>(theirs) + (a / 4) * kConsumerThreads + ctid);
@@ -459,7 +459,6 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int64_t it = it_begin; it < it_end; ++seg) {
         const Segment sg = segment_at(it, it_end, kiters);
         const int tile = sg.tile, k0 = sg.k0, k1 = sg.k1;
-        const bool first_segment = it == it_begin;
 #pragma unroll
         for (int a = 0; a < kAcc; ++a) acc[a] = 0.0f;
         int prev = -1;
@@ -529,34 +528,33 @@ __global__ void __launch_bounds__(kThreads, 1)
                 mv_named_barrier(1, kConsumerThreads);
                 store_tile(tile, tot_sq);
             }
-        } else {
-            /* parts as float4s, [a / 4][thread][4]: coalesced, and a thread's loads independent */
-            const int my_slot = first_segment ? 0 : 1;
-            float *part = p.partials + (static_cast<size_t>(c) * 2 + my_slot) * partial_floats<kTokens>();
+        } else if (k0 > 0) {
+            /* a later part of the tile (this range's first segment): to the workspace, as float4s
+               [a / 4][thread][4] (coalesced, a thread's loads independent), then counted in: after
+               the barrier, one thread's fence orders every consumer's stores before the count */
+            float *part = p.partials + static_cast<size_t>(c) * partial_floats<kTokens>();
 #pragma unroll
             for (int a = 0; a < kAcc; a += 4)
                 __stcg(reinterpret_cast<float4 *>(part) + (a / 4) * kConsumerThreads + ctid,
                        make_float4(acc[a], acc[a + 1], acc[a + 2], acc[a + 3]));
             if (ctid < kTokens) __stcg(part + kFeatures * kTokens + ctid, sums[ctid]);
-            /* count in: after the barrier, one thread's fence orders every consumer's stores
-               before the counter (release); the last to count in fences again (acquire) */
             mv_named_barrier(1, kConsumerThreads);
+            if (ctid == 0) {
+                __threadfence();
+                atomicAdd(&p.counters[tile], 1);
+            }
+        } else {
+            /* the tile's head (this range's last segment): wait for the later parts' count
+               (acquire), reset it for the next call, add the parts to the products in registers */
             if (ctid == 0) {
                 int first, last;
                 tile_owners(tile, &first, &last);
-                __threadfence();
-                const bool reduce = atomicAdd(&p.counters[tile], 1) == last - first;
-                if (reduce) {
-                    p.counters[tile] = 0; /* ready for the next call */
-                    __threadfence();
-                }
-                scalars[1] = reduce ? 1.0f : 0.0f;
+                while (mv_load_acquire(&p.counters[tile]) < last - first) __nanosleep(32);
+                p.counters[tile] = 0;
             }
             mv_named_barrier(1, kConsumerThreads);
-            if (scalars[1] != 0.0f) {
-                gather_tile(tile);
-                store_tile(tile, tot_sq);
-            }
+            gather_tile(tile, sums);
+            store_tile(tile, tot_sq);
         }
         mv_mbarrier_arrive(&sums_empty[buf]);
         it += k1 - k0;
@@ -717,7 +715,7 @@ cudaError_t launch_tokens(const EngineState &st, const mv_qkv_plan &plan, const 
     if (err != cudaSuccess) return err;
     EngineParams p = st.p;
     if (p.split == 0) { /* only stream-K's fix-up uses the workspace */
-        const size_t bytes = static_cast<size_t>(st.ctas) * 2 * partial_floats<kTokens>() * sizeof(float);
+        const size_t bytes = static_cast<size_t>(st.ctas) * partial_floats<kTokens>() * sizeof(float);
         err = get_workspace(dev.device, stream, bytes, &p.partials, &p.counters);
         if (err != cudaSuccess) return err;
     }
