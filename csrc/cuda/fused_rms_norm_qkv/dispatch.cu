@@ -67,9 +67,25 @@ bool wgmma_wanted(const Call &c) {
    (0.99-1.13x) but 1.02x at 16 (0.88x at worst), so there from 17 rows. Qwen3-0.6B's 8 MiB lost
    (0.65-0.85x): below that, the engine's fixed cost per call outweighs its better balance. */
 constexpr int64_t kEngineMinWeights = 5 << 20; /* elements: 10 MiB of 16-bit weights */
+/* Below 16 rows the W streams win, except where they cannot share a large W evenly: they give
+   each SM a run of N / SMs features in 16-feature tiles, so the busiest SM streams that run rounded
+   up to 16. Where that is a third or more above the mean and W has at least 16 MiB, the engine
+   (stream-K: every SM the same share) beat them at 1-8 rows: N = 4672 and 4608 (31-41 MiB), H200
+   1.08-1.17x, H100 1.15-1.18x at one row and 1.04-1.05x at 2-8. With 10-12 MiB its fixed cost ate
+   the gain (H100: 2-12% slower); at a quarter above the mean (N = 5120) the streams won
+   (dev/logs/engine-owner-waits-nvidia-h200-h100-2026-11-24.log). */
+constexpr double kStreamMaxImbalance = 1.3;
+constexpr int64_t kUnbalancedMinWeights = 8 << 20; /* elements: 16 MiB of 16-bit weights */
+bool stream_unbalanced(const Call &c) {
+    if (c.cols * c.hidden < kUnbalancedMinWeights) return false;
+    const int64_t run = (c.cols + c.dev->sms - 1) / c.dev->sms;
+    const int64_t busiest = (run + 15) / 16 * 16;
+    return static_cast<double>(busiest) * c.dev->sms >= kStreamMaxImbalance * static_cast<double>(c.cols);
+}
 bool engine_wanted(const Call &c) {
+    if (c.cols * c.hidden < kEngineMinWeights || c.rows > 32) return false;
     const bool fast_dram = c.dev->dram_gbps >= kSlowDramGbps;
-    return c.rows >= (fast_dram ? 16 : 17) && c.rows <= 32 && c.cols * c.hidden >= kEngineMinWeights;
+    return c.rows >= (fast_dram ? 16 : 17) || stream_unbalanced(c);
 }
 
 bool always(const Call &) { return true; }
