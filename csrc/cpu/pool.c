@@ -43,9 +43,12 @@ static int default_threads(void) { return cpu_count(); }
 /* How long a worker polls for the next job after finishing one, and the caller for its workers,
    before sleeping on a condition variable. Waking a sleeping thread costs 10-50 us on a VM (the
    idle vCPU must be woken), more than a decode-size call; polling briefly (with pause) keeps
-   back-to-back calls cheap, and the bound keeps an idle process from taking a core from
-   anything else (NumPy's BLAS included) for longer than this. */
-#define SPIN_NS 50000
+   back-to-back calls cheap (the gap between two calls from Python is a few us), and the bound
+   keeps an idle process from taking a core from anything else for longer than this: at 50 us a
+   worker polling on the core where NumPy's BLAS runs its next matmul held that matmul up
+   (Qwen3-0.6B QKV and a 256^2 matmul alternating: 1.36x the sum, 1.14-1.17x at 5-10 us;
+   dev/logs/cpu-pool-spin-amd-epyc-2c-2026-11-24.log). */
+#define SPIN_NS 10000
 
 typedef struct {
     pthread_mutex_t lock;
