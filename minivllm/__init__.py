@@ -40,6 +40,7 @@ from ._kinds import numpy_prepared as _numpy_prepared
 from ._kinds import prepare as _prepare
 
 _TORCH_KIND = _C.TORCH_KIND
+_NDARRAY_TYPES = frozenset((_ndarray,))
 
 __version__ = "0.1.0"
 __all__ = [
@@ -191,20 +192,20 @@ class FusedRMSNormQKV:
             q: [..., num_heads, head_dim], k and v: [..., num_kv_heads, head_dim],
         as hidden_states' kind of array on its device.
         """
-        if (type(hidden_states) in _TORCH_TYPES and type(norm_weight) in _TORCH_TYPES
-                and type(qkv_weight) in _TORCH_TYPES
-                and (residual is None or type(residual) in _TORCH_TYPES)
-                and (residual_out is None or type(residual_out) in _TORCH_TYPES)):
-            # Plain torch tensors: _C finds torch's stream and allocator itself (see _kinds).
-            if out is None:
-                return _C.fused_rms_norm_qkv(hidden_states, norm_weight, qkv_weight, num_heads,
-                                             num_kv_heads, eps, residual, None, None, None,
-                                             residual_out, _TORCH_KIND, None, pdl, _path)
-            if (type(out) is tuple and len(out) == 3 and type(out[0]) in _TORCH_TYPES
-                    and type(out[1]) in _TORCH_TYPES and type(out[2]) in _TORCH_TYPES):
-                return _C.fused_rms_norm_qkv(hidden_states, norm_weight, qkv_weight, num_heads,
-                                             num_kv_heads, eps, residual, out[0], out[1], out[2],
-                                             residual_out, _TORCH_KIND, None, pdl, _path)
+        # Plain torch tensors (_C finds torch's stream and allocator itself, see _kinds) and plain
+        # NumPy arrays (nothing to detach, wrap or check for immutability) go straight to _C.
+        plain = _TORCH_TYPES if type(hidden_states) in _TORCH_TYPES else _NDARRAY_TYPES
+        if (type(hidden_states) in plain and type(norm_weight) in plain
+                and type(qkv_weight) in plain and (residual is None or type(residual) in plain)
+                and (residual_out is None or type(residual_out) in plain)
+                and (out is None or (type(out) is tuple and len(out) == 3 and type(out[0]) in plain
+                                     and type(out[1]) in plain and type(out[2]) in plain))):
+            kind = (_TORCH_KIND if plain is _TORCH_TYPES
+                    else _numpy_prepared(hidden_states.dtype)[0])
+            q, k, v = (None, None, None) if out is None else out
+            return _C.fused_rms_norm_qkv(hidden_states, norm_weight, qkv_weight, num_heads,
+                                         num_kv_heads, eps, residual, q, k, v, residual_out, kind,
+                                         None, pdl, _path)
         q = k = v = None
         if out is not None:
             try:

@@ -119,3 +119,56 @@ def test_bf16_fast_import_matches_general_path():
     out.flags.writeable = False
     with pytest.raises(ValueError):
         minivllm.rms_norm(base[:1, :H], w, out=out)
+
+
+_STARVED_CHILD = r"""
+import os, sys
+os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # before any thread is made
+import numpy as np, minivllm
+rng = np.random.default_rng(0)
+H, NH, NKV, HD = 512, 4, 2, 64
+W = rng.standard_normal(((NH + 2 * NKV) * HD, H)).astype(np.float32)
+g = np.ones(H, np.float32)
+cos_sin = rng.standard_normal((64, HD)).astype(np.float32)
+xs = [rng.standard_normal((m, H)).astype(np.float32) for m in (4, 40, 256)]
+norm_x = rng.standard_normal((256, 1024)).astype(np.float32)
+norm_r = rng.standard_normal((256, 1024)).astype(np.float32)
+def calls():
+    out = []
+    for x in xs:
+        out += list(minivllm.fused_rms_norm_qkv(x, g, W, NH, NKV))
+        pos = np.arange(len(x), dtype=np.int64) % 64
+        out += list(minivllm.attention_prologue(x, g, W, NH, NKV, positions=pos, cos_sin_cache=cos_sin))
+    out.append(minivllm.rms_norm(norm_x, np.ones(1024, np.float32)))
+    out += list(minivllm.fused_add_rms_norm(norm_x, norm_r, np.ones(1024, np.float32)))
+    return [np.asarray(a) for a in out]
+minivllm.set_num_threads(1)
+expected = calls()
+minivllm.set_num_threads(4)
+calls()  # starts the pool's workers
+if sys.argv[1] == "idle":  # they then run only while the caller's thread waits
+    import threading
+    for tid in os.listdir("/proc/self/task"):
+        if int(tid) != threading.get_native_id():
+            os.sched_setscheduler(int(tid), os.SCHED_IDLE, os.sched_param(0))
+for _ in range(100):
+    for a, b in zip(calls(), expected):
+        if not np.array_equal(a, b):
+            sys.exit("results differ")
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or not hasattr(os, "SCHED_IDLE"),
+                    reason="needs sched_setaffinity and SCHED_IDLE")
+@pytest.mark.parametrize("workers", ["normal", "idle"])
+def test_workers_left_out_on_a_busy_cpu_give_the_same_results(workers):
+    """Four threads on one CPU, the workers at normal priority or SCHED_IDLE: a worker the OS has
+    not run by the time the caller's part is done is left out of the job (pool.h), so calls run
+    on fewer threads than they asked for (with SCHED_IDLE workers, on the caller's alone); every
+    op's results are those of one thread, bit for bit."""
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(minivllm.__file__)))
+    env = dict(os.environ, PYTHONPATH=package_parent)
+    out = subprocess.run([sys.executable, "-c", _STARVED_CHILD, workers], env=env,
+                         capture_output=True, text=True, cwd=tempfile.gettempdir(), timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

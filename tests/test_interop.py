@@ -470,3 +470,30 @@ def test_jax(dtype, rng):
         ran += 1
     if not ran:
         pytest.skip("no usable JAX device (GPU JAX needs minivllm.cuda_available())")
+
+
+class _SubArray(np.ndarray):
+    """An ndarray subclass: not type(x) is np.ndarray, so it takes the general kind path."""
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_qkv_numpy_fast_path_matches_general_path(dtype):
+    """Plain ndarrays skip the kind machinery (minivllm/__init__.py); an ndarray subclass takes
+    it: the same results, with and without out and residual."""
+    rng = np.random.default_rng(3)
+    H, nh, nkv, hd, M = 64, 2, 1, 16, 3
+    x = rng.standard_normal((M, H)).astype(dtype)
+    r = rng.standard_normal((M, H)).astype(dtype)
+    g = (1 + 0.1 * rng.standard_normal(H)).astype(dtype)
+    W = rng.standard_normal(((nh + 2 * nkv) * hd, H)).astype(dtype)
+    sub = [a.view(_SubArray) for a in (x, g, W, r)]
+    fast = minivllm.fused_rms_norm_qkv(x, g, W, nh, nkv, residual=r)
+    general = minivllm.fused_rms_norm_qkv(sub[0], sub[1], sub[2], nh, nkv, residual=sub[3])
+    assert all(type(a) is np.ndarray for a in fast)
+    for a, b in zip(fast, general):
+        np.testing.assert_array_equal(a, np.asarray(b))
+    out = tuple(np.empty_like(a) for a in fast[:3])
+    res = minivllm.fused_rms_norm_qkv(x, g, W, nh, nkv, out=out)
+    assert all(a is b for a, b in zip(res, out))
+    for a, b in zip(out, minivllm.fused_rms_norm_qkv(sub[0], sub[1], sub[2], nh, nkv)):
+        np.testing.assert_array_equal(a, np.asarray(b))

@@ -7,6 +7,7 @@
  * same, in another summation order.
  */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -49,7 +50,8 @@ static int64_t load_index(mv_dtype dt, const void *base, int64_t i)
 typedef struct {
     const mv_prologue_args *a;
     int64_t items, heads;
-    float *scratch; /* head_dim floats per thread */
+    float *scratch;       /* head_dim floats per thread */
+    _Atomic int64_t next; /* the next item to claim (pool.h: work is claimed, not split) */
 } epilogue_ctx;
 
 /* One head of one token: t holds its head_dim values in float32. */
@@ -117,11 +119,18 @@ static void epilogue_item(const mv_prologue_args *a, int64_t m, int64_t h, float
 
 static void epilogue_part(void *ctx_, int index, int count)
 {
-    const epilogue_ctx *ctx = ctx_;
-    const int64_t begin = ctx->items * index / count, end = ctx->items * (index + 1) / count;
+    (void)count;
+    epilogue_ctx *ctx = ctx_;
     float *t = ctx->scratch + (int64_t)index * ctx->a->head_dim;
-    for (int64_t item = begin; item < end; item++)
-        epilogue_item(ctx->a, item / ctx->heads, item % ctx->heads, t);
+    const int64_t chunk = 64;
+    for (;;) {
+        const int64_t begin = atomic_fetch_add(&ctx->next, chunk);
+        if (begin >= ctx->items)
+            return;
+        const int64_t end = begin + chunk < ctx->items ? begin + chunk : ctx->items;
+        for (int64_t item = begin; item < end; item++)
+            epilogue_item(ctx->a, item / ctx->heads, item % ctx->heads, t);
+    }
 }
 
 int mv_attention_prologue_cpu(const mv_prologue_args *a)

@@ -274,6 +274,8 @@ static void gemm_pack_row(float *y_pack, int64_t hidden, int64_t r, const float 
 
 static void qkv_norm_task(void *ctx, int index, int count)
 {
+    (void)index;
+    (void)count;
     qkv_job *job = ctx;
     const int64_t hidden = job->a->in.hidden, chunk = norm_chunk_rows(hidden);
     int64_t begin, end;
@@ -293,9 +295,6 @@ static void qkv_norm_task(void *ctx, int index, int count)
             norm_row(&job->a->in, NULL, job->m0 + r, MV_FLOAT32, row);
             gemm_pack_row(job->y, hidden, r, row);
         }
-    if (index == count - 1) /* the last panel's rows past the call's are zero */
-        for (int64_t r = job->rows; r < gemm_panels(job->rows) * GEMM_MP; r++)
-            gemm_pack_row(job->y, hidden, r, NULL);
     free(row);
 }
 
@@ -414,6 +413,9 @@ int MV_NAME(mv_fused_rms_norm_qkv_cpu)(const mv_qkv_args *a)
         job.rows = min64(ROW_CHUNK, rows - m0);
         job.gemm = gemm;
         atomic_store(&job.next, 0);
+        if (gemm) /* the last panel's rows past the chunk's are zero */
+            for (int64_t r = job.rows; r < gemm_panels(job.rows) * GEMM_MP; r++)
+                gemm_pack_row(y, hidden, r, NULL);
         mv_pool_run(qkv_norm_task, &job,
                     threads_for(job.rows * hidden, PARALLEL_MIN_ELEMENTS, job.rows));
         if (atomic_load(&job.failed))

@@ -43,20 +43,26 @@ static int default_threads(void) { return cpu_count(); }
 /* How long a worker polls for the next job after finishing one, and the caller for its workers,
    before sleeping on a condition variable. Waking a sleeping thread costs 10-50 us on a VM (the
    idle vCPU must be woken), more than a decode-size call; polling briefly (with pause) keeps
-   back-to-back calls cheap, and the bound keeps an idle process from taking a core from
-   anything else (NumPy's BLAS included) for longer than this. */
-#define SPIN_NS 50000
+   back-to-back calls cheap (the gap between two calls from Python is a few us), and the bound
+   keeps an idle process from taking a core from anything else for longer than this: at 50 us a
+   worker polling on the core where NumPy's BLAS runs its next matmul held that matmul up
+   (Qwen3-0.6B QKV and a 256^2 matmul alternating: 1.36x the sum, 1.14-1.17x at 5-10 us;
+   dev/logs/cpu-pool-spin-amd-epyc-2c-2026-11-24.log). */
+#define SPIN_NS 10000
 
 typedef struct {
     pthread_mutex_t lock;
     pthread_cond_t work; /* workers wait here for a new generation */
-    pthread_cond_t done; /* the caller waits here for pending == 0 */
+    pthread_cond_t done; /* the caller waits here for the workers that joined its job */
     /* job serial << 16 | the job's thread count (the caller's included): one atomic word, so a
        worker never pairs one job's serial with another's count */
     atomic_uint_fast64_t generation;
     mv_pool_fn fn;
     void *ctx;
-    atomic_int pending; /* workers of the current job still running */
+    /* job serial << 32 | CLOSED | workers that joined the job: a worker joins only while the
+       serial is its job's and CLOSED is clear; the caller sets CLOSED when its own part is done */
+    atomic_uint_fast64_t admission;
+    atomic_int finished; /* workers of the current job done with it */
     int sleepers;       /* workers waiting on `work` (under lock) */
     int started;        /* worker threads alive (indices 1..started) */
 } pool_state;
@@ -92,12 +98,12 @@ static int spin_until_changed_u64(atomic_uint_fast64_t *value, uint64_t old)
     }
 }
 
-static int spin_until_zero(atomic_int *value)
+static int spin_until_count(atomic_int *value, int count)
 {
     const int64_t deadline = now_ns() + SPIN_NS;
     for (;;) {
         for (int i = 0; i < 64; i++) {
-            if (atomic_load_explicit(value, memory_order_acquire) == 0)
+            if (atomic_load_explicit(value, memory_order_acquire) >= count)
                 return 1;
             cpu_relax();
         }
@@ -120,6 +126,24 @@ typedef struct {
     uint64_t seen; /* the generation when it was made: jobs after it are its own */
 } worker_arg;
 
+#define ADMISSION_CLOSED ((uint64_t)1 << 31)
+#define ADMISSION_COUNT (ADMISSION_CLOSED - 1)
+
+/* Joins job `serial` unless it has moved on or its caller has closed it. A worker the OS has
+   not run since the job was posted (a busy machine: NumPy's BLAS threads poll for tens of ms
+   after each matmul) then leaves the whole job to the threads that are running, instead of the
+   caller waiting for it to be scheduled; the jobs' work is claimed, not split by index. */
+static int join_job(pool_state *p, uint64_t serial)
+{
+    uint64_t adm = atomic_load(&p->admission);
+    for (;;) {
+        if ((adm >> 32) != (serial & 0xffffffffu) || (adm & ADMISSION_CLOSED))
+            return 0;
+        if (atomic_compare_exchange_weak(&p->admission, &adm, adm + 1))
+            return 1;
+    }
+}
+
 static void *worker_main(void *arg_ptr)
 {
     worker_arg arg = *(worker_arg *)arg_ptr;
@@ -136,13 +160,15 @@ static void *worker_main(void *arg_ptr)
             pthread_mutex_unlock(&p->lock);
         }
         /* The job's fields were written before the generation was bumped (release/acquire),
-           and are not rewritten until this worker has decremented pending. */
+           and are not rewritten until this worker has counted itself finished. */
         seen = atomic_load(&p->generation);
         const int count = (int)(seen & 0xffffu);
-        if (arg.index >= count)
+        if (arg.index >= count || !join_job(p, seen >> 16))
             continue;
         p->fn(p->ctx, arg.index, count);
-        if (atomic_fetch_sub(&p->pending, 1) == 1) {
+        const int done = atomic_fetch_add(&p->finished, 1) + 1;
+        const uint64_t adm = atomic_load(&p->admission);
+        if ((adm & ADMISSION_CLOSED) && done == (int)(adm & ADMISSION_COUNT)) {
             pthread_mutex_lock(&p->lock);
             pthread_cond_signal(&p->done);
             pthread_mutex_unlock(&p->lock);
@@ -226,9 +252,10 @@ void mv_pool_run(mv_pool_fn fn, void *ctx, int want)
     }
     p->fn = fn;
     p->ctx = ctx;
-    atomic_store(&p->pending, count - 1);
+    atomic_store(&p->finished, 0);
     pthread_mutex_lock(&p->lock);
     const uint64_t serial = (atomic_load(&p->generation) >> 16) + 1;
+    atomic_store(&p->admission, (serial & 0xffffffffu) << 32);
     atomic_store_explicit(&p->generation, serial << 16 | (uint64_t)count, memory_order_release);
     if (p->sleepers > 0)
         pthread_cond_broadcast(&p->work);
@@ -236,9 +263,11 @@ void mv_pool_run(mv_pool_fn fn, void *ctx, int want)
 
     fn(ctx, 0, count);
 
-    if (!spin_until_zero(&p->pending)) {
+    /* no worker joins after this; wait for those that did */
+    const int joined = (int)(atomic_fetch_or(&p->admission, ADMISSION_CLOSED) & ADMISSION_COUNT);
+    if (!spin_until_count(&p->finished, joined)) {
         pthread_mutex_lock(&p->lock);
-        while (atomic_load(&p->pending) > 0)
+        while (atomic_load(&p->finished) < joined)
             pthread_cond_wait(&p->done, &p->lock);
         pthread_mutex_unlock(&p->lock);
     }

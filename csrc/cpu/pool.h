@@ -21,7 +21,10 @@
 typedef void (*mv_pool_fn)(void *ctx, int index, int count);
 
 /* Runs fn on up to `want` threads (the caller's included), returning when all are done; the
-   count actually used is passed to every fn call. want <= 1 runs fn(ctx, 0, 1) on the caller. */
+   count actually used is passed to every fn call. want <= 1 runs fn(ctx, 0, 1) on the caller.
+   A worker that has not started its call by the time the caller's fn(ctx, 0, count) returns is
+   left out (not waited for): fn must claim its work (any one call may end up doing all of it),
+   never split it by index. */
 void mv_pool_run(mv_pool_fn fn, void *ctx, int want);
 
 /* The configured thread count (>= 1). */
