@@ -492,7 +492,7 @@ def test_qkv_numpy_fast_path_matches_general_path(dtype):
     assert all(type(a) is np.ndarray for a in fast)
     for a, b in zip(fast, general):
         np.testing.assert_array_equal(a, np.asarray(b))
-    out = tuple(np.empty_like(a) for a in fast[:3])
+    out = tuple(np.full_like(a, np.nan) for a in fast[:3])  # poisoned: every element must be written
     res = minivllm.fused_rms_norm_qkv(x, g, W, nh, nkv, out=out)
     assert all(a is b for a, b in zip(res, out))
     for a, b in zip(out, minivllm.fused_rms_norm_qkv(sub[0], sub[1], sub[2], nh, nkv)):
