@@ -74,6 +74,19 @@ __device__ __forceinline__ void mv_prefetch_rows_l2(const void *base, int64_t ro
 __device__ __forceinline__ uint32_t mv_shared_address(const void *p) {
     return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
+/* 16 bytes global -> shared (cp.async, sm_80+), bypassing L1; dst and src 16-byte aligned; src_bytes
+   below 16 fills the rest with zeros (0: no read of src). */
+__device__ __forceinline__ void mv_cp_async16(void *dst, const void *src, int src_bytes = 16) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(mv_shared_address(dst)), "l"(src),
+                 "r"(src_bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void mv_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+/* Wait until at most kPending of this thread's committed groups are still in flight. */
+template <int kPending>
+__device__ __forceinline__ void mv_cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
 /* Four 8 x 8 matrices of 16-bit elements from shared memory (ldmatrix.x4): lane l gives the address
    of row l % 8 of matrix l / 8 and receives its share of each in r[0..3], in the mma fragment
    layout. */

@@ -29,18 +29,6 @@ constexpr int kBK = 64;       /* k per stage: one 128-byte line per row */
 constexpr int kPieces = 8;    /* 16-byte pieces per line */
 constexpr int kLineBytes = 128;
 
-/* 16 bytes global -> shared, bypassing L1; src_bytes 0 fills the 16 bytes with zeros. */
-__device__ __forceinline__ void cp_async16(void *dst, const void *src, int src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(mv_shared_address(dst)), "l"(src),
-                 "r"(src_bytes)
-                 : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int kPending>
-__device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
-}
-
 /* Byte offset of 16-byte piece j of line `row` in a stage (the XOR swizzle above). */
 __device__ __forceinline__ int swizzled(int row, int piece) {
     return row * kLineBytes + ((piece ^ (row & 7)) << 4);
@@ -78,7 +66,7 @@ __global__ void __launch_bounds__(kThreads) qkv_tile_gemm_kernel(const T *__rest
         for (int p = 0; p < kRows / kRowsPerPass; ++p) {
             const int r = row_in_pass + p * kRowsPerPass;
             const bool ok = first + r < limit && k < hidden;
-            cp_async16(lines + swizzled(r, piece), ok ? src + (first + r) * stride + k : src, ok ? 16 : 0);
+            mv_cp_async16(lines + swizzled(r, piece), ok ? src + (first + r) * stride + k : src, ok ? 16 : 0);
         }
     };
     auto load_w = [&](int step) {
@@ -91,11 +79,11 @@ __global__ void __launch_bounds__(kThreads) qkv_tile_gemm_kernel(const T *__rest
        step i the groups still allowed in flight are those of steps i + 1 ... i + kStages - 2. */
     for (int s = 0; s < kStages - 1; ++s)
         if (s < k_steps) load_w(s);
-    cp_async_commit();
+    mv_cp_async_commit();
     mv_pdl_wait();
     for (int s = 0; s < kStages - 1; ++s) {
         if (s < k_steps) load_y(s);
-        cp_async_commit();
+        mv_cp_async_commit();
     }
 
     float acc[kMT][kNT][4];
@@ -105,7 +93,7 @@ __global__ void __launch_bounds__(kThreads) qkv_tile_gemm_kernel(const T *__rest
         for (int j = 0; j < kNT; ++j) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0.0f;
 
     for (int step = 0; step < k_steps; ++step) {
-        cp_async_wait<kStages - 2>();
+        mv_cp_async_wait<kStages - 2>();
         __syncthreads(); /* step's stage is complete for every thread; all are done with step - 1's slot */
         {
             const int next = step + kStages - 1;
@@ -113,7 +101,7 @@ __global__ void __launch_bounds__(kThreads) qkv_tile_gemm_kernel(const T *__rest
                 load_w(next);
                 load_y(next);
             }
-            cp_async_commit();
+            mv_cp_async_commit();
         }
         const unsigned char *ys = ring + (step % kStages) * kStageBytes<BM, BN>;
         const unsigned char *ws = ys + BM * kLineBytes;
@@ -138,7 +126,7 @@ __global__ void __launch_bounds__(kThreads) qkv_tile_gemm_kernel(const T *__rest
             }
         }
     }
-    cp_async_wait<0>();
+    mv_cp_async_wait<0>();
 
     /* Epilogue: accumulator c of mma tile (i, j) is row 16 i + g + 8 (c / 2), column 8 j + 2 t + c % 2;
        adjacent column pairs go out as one 4-byte store where q, k and v allow it. */
