@@ -99,7 +99,7 @@ def test_out_poisoned(dev, dtype, which, H, rng):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS + NP_ONLY_LAYOUTS)
-@pytest.mark.parametrize("H", [3, 100, 2048])
+@pytest.mark.parametrize("H", [3, 100, 999, 2048])
 def test_strided(dev, dtype, layout, H, rng):
     """x, residual and both outputs as strided views; nothing outside the output views written."""
     M = 11
@@ -122,7 +122,7 @@ def test_strided(dev, dtype, layout, H, rng):
 
 
 @pytest.mark.parametrize("layout", ["contig", "colslice", "rowstep"])
-@pytest.mark.parametrize("H", [1, 100, 1024, 4096])
+@pytest.mark.parametrize("H", [1, 100, 999, 1024, 4095, 4096])
 def test_inplace(dev, dtype, layout, H, rng):
     """inplace=True: normed -> x, new_residual -> residual; returns (x, residual)."""
     M = 9

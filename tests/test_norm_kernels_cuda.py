@@ -18,7 +18,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 # H: odd (vector width 1), 2 (mod 4), 4 (mod 8), multiples of 8; small (many rows per block),
 # model sizes (4095: single elements, 8 per thread, up to 512 threads), and past what fits in
 # registers (reference fallback).
-HIDDEN = [1, 3, 6, 100, 896, 1000, 1024, 3584, 4095, 4096, 5120, 8192, 12000, 20000, 40000]
+HIDDEN = [1, 3, 6, 100, 896, 1000, 1024, 3584, 4095, 4096, 5119, 5120, 8191, 8192, 12000, 20000, 40000]
 
 
 def _rows(rng, shape, dtype, offset=0, row_pad=0):
@@ -81,7 +81,7 @@ def test_fast_matches_reference_kernel(dtype, hidden, layout, residual):
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("rows", [1, 2, 7, 8, 9, 255, 257, 4099])
-@pytest.mark.parametrize("hidden", [64, 1024, 2560, 4096, 5120])
+@pytest.mark.parametrize("hidden", [64, 999, 1024, 2560, 4095, 4096, 5120, 7001])
 def test_fast_kernel_row_packing(dtype, rows, hidden):
     """Row counts around the rows-per-block boundaries: every row written, none twice wrong."""
     rng = np.random.default_rng()

@@ -111,7 +111,7 @@ def test_head_views(dev, dtype, op, which, D, rng):
     assert_same_values(to64(rqkv), rqkv64, "residual's packed buffer")
 
 
-@pytest.mark.parametrize("D", [72, 20000])
+@pytest.mark.parametrize("D", [72, 999, 20000])
 @pytest.mark.parametrize("op", OPS)
 def test_long_and_many_rows(dev, dtype, op, D, rng):
     """Many rows (grid-stride loops, several rows per block) and rows too long for the GPU's fast
@@ -126,7 +126,7 @@ def test_long_and_many_rows(dev, dtype, op, D, rng):
           (T, NUM_KV_HEADS, D))
 
 
-@pytest.mark.parametrize("D", [64, 100, 128])
+@pytest.mark.parametrize("D", [64, 100, 128, 999])
 @pytest.mark.parametrize("which", ["q", "k"])
 @pytest.mark.parametrize("op", OPS)
 def test_bits_match_contiguous_rows(dev, dtype, op, which, D, rng):

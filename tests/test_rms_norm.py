@@ -102,7 +102,7 @@ def test_out_poisoned(dev, dtype, H, rng):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS + NP_ONLY_LAYOUTS)
-@pytest.mark.parametrize("H", [3, 100, 1024, 3584])
+@pytest.mark.parametrize("H", [3, 100, 999, 1024, 3584])
 def test_strided_input(dev, dtype, layout, H, rng):
     M = 21
     data = randn(rng, (M, H))
@@ -119,7 +119,7 @@ def test_strided_input(dev, dtype, layout, H, rng):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("H", [3, 100, 1024])
+@pytest.mark.parametrize("H", [3, 100, 999, 1024])
 def test_strided_out(dev, dtype, layout, H, rng):
     """out= a strided view of a NaN-filled allocation: view written, the rest untouched."""
     M = 13
