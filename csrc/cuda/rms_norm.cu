@@ -13,9 +13,8 @@
  *   back to:
  * - rms_norm_reference_kernel, deliberately simple (one block per row, scalar loads, two passes),
  *   kept for those rows and for the tests to compare the fast kernel against.
- * Rows of odd H above 4096 take 16-byte "virtual vectors" from each row's first element: in place
- * (rms_norm_vec_kernel<kOdd>, load_vec) for few rows, through shared memory
- * (rms_norm_staged_kernel) for more; both sum a row in the same order.
+ * Rows of odd H above 4096 take 16-byte vectors from each row's first element, whatever its
+ * alignment (rms_norm_vec_kernel<kOdd>, load_vec): one summation order per H.
  *
  * Reference kernel: one block normalizes one row at a time (grid-stride over rows). Pass 1 forms s (x, or
  * x + residual rounded to the dtype and stored to residual_out) and sums s^2 in float; a block
@@ -462,283 +461,6 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(NormParams
     }
 }
 
-/* ---- rows of odd H, staged through shared memory ----------------------------------------------- */
-
-/* Rows of odd H start off the 16-byte grid in every other row (or more), so no vector load fits
-   them; element loads from global memory held them to a quarter of copy bandwidth (bf16
-   1000 x 4095: 15.5 us against Liger's 9.2). Here each group of threads copies its row into shared
-   memory in aligned 16-byte pieces (cp.async; the pieces the row shares with its neighbours
-   element by element), then reads it in the aligned kernel's layout: "virtual vectors" of 16
-   bytes from the row's first element (lane + i * group_threads, up to kMaxVecsPerThread each),
-   the last one cut at H, each put together from the 32-bit words it straddles. Results go back the
-   same way. Shared memory: 32 floats for the sum; the weight, staged once per block; then per
-   group a buffer per row argument (x, residual), and one for an output that does not start at
-   the same place in a 16-byte piece as its input in every row (the launcher checks; otherwise the
-   output is written over its input's buffer). A buffer holds a row as it sits in 16-byte pieces:
-   byte j of the buffer is byte j of the row's first piece. */
-struct StagedLayout {
-    int bytes;         /* of one row buffer: a multiple of 16 */
-    int weight_bytes;  /* of the weight's buffer: a multiple of 16 */
-    int group_bytes;   /* of one group's buffers */
-    bool out_own;      /* out has its own buffer */
-    bool residual_own; /* residual_out has its own buffer */
-};
-
-constexpr int kStagedSumBytes = 32 * sizeof(float);
-
-/* The 16-byte pieces of a row of `hidden` T at `row`: [0, pieces), piece p at base + 16 p; head
-   is where the row starts in piece 0, end where it ends (bytes from base). */
-template <typename T>
-struct RowPieces {
-    static constexpr int kPerPiece = 16 / static_cast<int>(sizeof(T));
-    static constexpr int kEdgeSlots = 2 * kPerPiece; /* piece 0's slots, then the last piece's */
-    char *base;
-    int head, end, pieces;
-    __device__ __forceinline__ RowPieces(const T *row, int hidden) {
-        head = static_cast<int>(reinterpret_cast<uintptr_t>(row) & 15);
-        base = reinterpret_cast<char *>(const_cast<T *>(row)) - head;
-        end = head + hidden * static_cast<int>(sizeof(T));
-        pieces = (end + 15) >> 4;
-    }
-    __device__ __forceinline__ bool whole(int p) const { return p * 16 >= head && p * 16 + 16 <= end; }
-    /* The row's element in edge slot j, or -1. */
-    __device__ __forceinline__ int edge_element(int j) const {
-        int p;
-        if (j < kPerPiece) {
-            p = 0;
-        } else {
-            p = pieces - 1;
-            j -= kPerPiece;
-            if (p == 0) return -1; /* a row within one piece: all of it is piece 0's */
-        }
-        if (whole(p)) return -1;
-        const int byte = p * 16 + j * static_cast<int>(sizeof(T));
-        return byte >= head && byte < end ? (byte - head) / static_cast<int>(sizeof(T)) : -1;
-    }
-};
-
-/* A row copied into buf by the `threads` threads of a group (this one is `lane`; at least
-   kEdgeSlots of them: the launcher sends rows of H > 4096): load() issues the whole pieces to
-   cp.async (the caller commits and waits) and reads this thread's edge element, if any, into a
-   register; finish() stores it, after other work has hidden the load. */
-template <typename T>
-struct RowCopy {
-    T edge;
-    int e;
-    __device__ __forceinline__ void load(char *buf, const T *row, int hidden, int lane, int threads) {
-        const RowPieces<T> r(row, hidden);
-        e = lane < RowPieces<T>::kEdgeSlots ? r.edge_element(lane) : -1;
-        if (e >= 0) edge = row[e];
-        for (int p = lane; p < r.pieces; p += threads)
-            if (r.whole(p)) mv_cp_async16(buf + p * 16, r.base + p * 16);
-    }
-    __device__ __forceinline__ void finish(char *buf, const T *row) const {
-        if (e >= 0) reinterpret_cast<T *>(buf + (reinterpret_cast<uintptr_t>(row) & 15))[e] = edge;
-    }
-};
-
-/* Copies a row out of buf (laid out for it) to global memory. */
-template <typename T>
-__device__ __forceinline__ void unstage_row(T *row, const char *buf, int hidden, int lane, int threads) {
-    const RowPieces<T> r(row, hidden);
-    const T *elems = reinterpret_cast<const T *>(buf + r.head);
-    const int e = lane < RowPieces<T>::kEdgeSlots ? r.edge_element(lane) : -1;
-    if (e >= 0) row[e] = elems[e];
-    for (int p = lane; p < r.pieces; p += threads)
-        if (r.whole(p))
-            *reinterpret_cast<uint4 *>(r.base + p * 16) = *reinterpret_cast<const uint4 *>(buf + p * 16);
-}
-
-/* Bytes [a, a + 16) of the 32 bytes lo, hi (a even, 0 <= a < 16). */
-__device__ __forceinline__ uint4 window16(uint4 lo, uint4 hi, int a) {
-    const uint32_t w[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
-    const int q = a >> 2, r = (a & 3) * 8;
-    uint32_t o[5];
-#pragma unroll
-    for (int j = 0; j < 5; ++j) o[j] = q == 0 ? w[j] : q == 1 ? w[j + 1] : q == 2 ? w[j + 2] : w[j + 3];
-    return make_uint4(__funnelshift_r(o[0], o[1], r), __funnelshift_r(o[1], o[2], r), __funnelshift_r(o[2], o[3], r),
-                      __funnelshift_r(o[3], o[4], r));
-}
-
-/* 16 bytes of shared memory at byte offset off (even) of buf, from the aligned 16-byte pieces
-   they straddle: two conflict-free vector loads (32-bit loads at a 16-byte stride across the
-   warp were 4-way bank conflicts: 843K at bf16 1000 x 4095). The buffer's slack covers the
-   piece past the last. */
-__device__ __forceinline__ uint4 load16_even(const char *buf, int off) {
-    const int a = off & 15;
-    const uint4 lo = *reinterpret_cast<const uint4 *>(buf + off - a);
-    if (a == 0) return lo;
-    return window16(lo, *reinterpret_cast<const uint4 *>(buf + off - a + 16), a);
-}
-/* The reverse: the two half words at the ends go as 16-bit stores, since their other halves
-   belong to the neighbouring vectors (other threads). */
-__device__ __forceinline__ void store16_even(char *buf, int off, uint4 v) {
-    uint32_t *w = reinterpret_cast<uint32_t *>(buf + (off & ~3));
-    if ((off & 3) == 0) {
-        w[0] = v.x;
-        w[1] = v.y;
-        w[2] = v.z;
-        w[3] = v.w;
-    } else {
-        reinterpret_cast<uint16_t *>(buf + off)[0] = static_cast<uint16_t>(v.x);
-        w[1] = __funnelshift_r(v.x, v.y, 16);
-        w[2] = __funnelshift_r(v.y, v.z, 16);
-        w[3] = __funnelshift_r(v.z, v.w, 16);
-        reinterpret_cast<uint16_t *>(buf + off + 14)[0] = static_cast<uint16_t>(v.w >> 16);
-    }
-}
-
-/* Virtual vector k (elements [V k, V k + V)) of a row of U staged in buf with the row's head. */
-template <typename U, int V>
-__device__ __forceinline__ mv_vec<U, V> load_virtual(const char *buf, int head, int k) {
-    static_assert(sizeof(U) * V % 16 == 0, "whole 16-byte chunks");
-    mv_vec<U, V> v;
-#pragma unroll
-    for (int c = 0; c < static_cast<int>(sizeof(U) * V / 16); ++c)
-        reinterpret_cast<uint4 *>(&v)[c] = load16_even(buf, head + (k * V * static_cast<int>(sizeof(U))) + 16 * c);
-    return v;
-}
-template <typename U, int V>
-__device__ __forceinline__ void store_virtual(char *buf, int head, int k, const mv_vec<U, V> &v) {
-#pragma unroll
-    for (int c = 0; c < static_cast<int>(sizeof(U) * V / 16); ++c)
-        store16_even(buf, head + (k * V * static_cast<int>(sizeof(U))) + 16 * c, reinterpret_cast<const uint4 *>(&v)[c]);
-}
-
-__device__ __forceinline__ int head_of(const void *row) { return static_cast<int>(reinterpret_cast<uintptr_t>(row) & 15); }
-
-template <typename T, typename TW, bool kHasResidual, bool kOffset, bool kTwoStrides>
-__global__ void __launch_bounds__(kMaxVecThreads)
-    rms_norm_staged_kernel(NormParams<kTwoStrides> args, StagedLayout layout, int group_threads, int64_t prefetch_rows) {
-    constexpr int V = 16 / sizeof(T); /* elements per virtual vector */
-    constexpr int kVecs = kMaxVecsPerThread;
-    using VecT = mv_vec<T, V>;
-    using WVecT = mv_vec<TW, V>;
-    extern __shared__ __align__(16) char staged_smem[];
-    float *warp_sums = reinterpret_cast<float *>(staged_smem);
-    char *const weight_buf = staged_smem + kStagedSumBytes;
-    const mv_outer_strides outer = outer_of(args);
-    const mv_norm_input &in = args.in;
-    const int hidden = static_cast<int>(in.hidden); /* the launcher sends rows of at most 512 x 4 vectors */
-    const int vecs_per_row = (hidden + V - 1) / V;
-    const int rows_per_block = blockDim.x / group_threads;
-    const int group = threadIdx.x / group_threads;
-    const int lane = threadIdx.x % group_threads;
-    char *const x_buf = weight_buf + layout.weight_bytes + group * layout.group_bytes;
-    char *const r_buf = x_buf + layout.bytes;
-    char *const own = x_buf + (kHasResidual ? 2 : 1) * layout.bytes; /* out's, then residual_out's */
-    char *const out_buf = layout.out_own ? own : x_buf;
-    char *const ro_buf = layout.residual_own ? own + (layout.out_own ? layout.bytes : 0) : r_buf;
-
-    /* Before the wait for the previous kernel (PDL), the first rows are asked of L2
-       (kPrefetchBytes), one request per 128-byte line. */
-    const int64_t group_row = static_cast<int64_t>(blockIdx.x) * rows_per_block + group;
-    if (group_row < (prefetch_rows < in.rows ? prefetch_rows : in.rows)) {
-        const RowIndex<kTwoStrides> pos(group_row, outer.inner_rows);
-        const char *x_row = reinterpret_cast<const char *>(static_cast<const T *>(in.x) + pos.at(in.x_stride, outer.x));
-        const char *r_row = kHasResidual ? reinterpret_cast<const char *>(static_cast<const T *>(in.residual) +
-                                                                        pos.at(in.residual_stride, outer.residual))
-                                         : nullptr;
-        for (int b = lane * 128; b < hidden * static_cast<int>(sizeof(T)); b += group_threads * 128) {
-            mv_prefetch_l2(x_row + b);
-            if (kHasResidual) mv_prefetch_l2(r_row + b);
-        }
-    }
-    mv_pdl_wait();
-    mv_pdl_trigger();
-
-    /* The weight, once per block, by all its threads. */
-    const TW *weight = static_cast<const TW *>(in.norm_weight);
-    {
-        RowCopy<TW> w_copy;
-        w_copy.load(weight_buf, weight, hidden, threadIdx.x, blockDim.x);
-        mv_cp_async_commit();
-        w_copy.finish(weight_buf, weight);
-    }
-    const int w_head = head_of(weight);
-
-    /* The loop bound is the same for the whole block, so every thread reaches the barriers. */
-    for (int64_t first_row = static_cast<int64_t>(blockIdx.x) * rows_per_block; first_row < in.rows;
-         first_row += static_cast<int64_t>(gridDim.x) * rows_per_block) {
-        const int64_t row = first_row + group;
-        const bool active = row < in.rows;
-        const RowIndex<kTwoStrides> pos(active ? row : 0, outer.inner_rows);
-        const T *x_row = static_cast<const T *>(in.x) + pos.at(in.x_stride, outer.x);
-        const T *r_row = kHasResidual ? static_cast<const T *>(in.residual) + pos.at(in.residual_stride, outer.residual)
-                                      : nullptr;
-        T *ro_row = kHasResidual
-                        ? static_cast<T *>(in.residual_out) + pos.at(in.residual_out_stride, outer.residual_out)
-                        : nullptr;
-        T *out_row = static_cast<T *>(args.out) + pos.at(args.out_stride, outer.out);
-        RowCopy<T> x_copy, r_copy;
-        if (active) {
-            x_copy.load(x_buf, x_row, hidden, lane, group_threads);
-            if (kHasResidual) r_copy.load(r_buf, r_row, hidden, lane, group_threads);
-        }
-        mv_cp_async_commit();
-        if (active) {
-            x_copy.finish(x_buf, x_row);
-            if (kHasResidual) r_copy.finish(r_buf, r_row);
-        }
-        mv_cp_async_wait<0>();
-        __syncthreads();
-
-        /* s (x, or x + residual rounded to T, as the model stores it, written to residual_out's
-           buffer) is read back from shared memory for the scaling: fewer live registers. */
-        const char *s_buf = kHasResidual ? ro_buf : x_buf;
-        const int s_head = head_of(kHasResidual ? static_cast<const void *>(ro_row) : x_row);
-        float sum_sq = 0.0f;
-        if (active) {
-#pragma unroll
-            for (int i = 0; i < kVecs; ++i) {
-                const int k = lane + i * group_threads;
-                if (k >= vecs_per_row) continue;
-                VecT sv = load_virtual<T, V>(x_buf, head_of(x_row), k);
-                if (kHasResidual) {
-                    const VecT added = load_virtual<T, V>(r_buf, head_of(r_row), k);
-                    float sums[V];
-#pragma unroll
-                    for (int j = 0; j < V; ++j) sums[j] = mv_to_float(sv.v[j]) + mv_to_float(added.v[j]);
-                    mv_from_floats(sv.v, sums);
-                    store_virtual<T, V>(ro_buf, s_head, k, sv);
-                }
-                const int valid = hidden - k * V; /* elements of this vector inside the row (>= V but the last) */
-#pragma unroll
-                for (int j = 0; j < V; ++j) {
-                    const float v = j < valid ? mv_to_float(sv.v[j]) : 0.0f;
-                    sum_sq += v * v;
-                }
-            }
-        }
-        sum_sq = group_sum(sum_sq, group_threads, warp_sums);
-        if (active) {
-            const float rrms = rsqrtf(sum_sq / static_cast<float>(in.hidden) + in.eps);
-#pragma unroll
-            for (int i = 0; i < kVecs; ++i) {
-                const int k = lane + i * group_threads;
-                if (k >= vecs_per_row) continue;
-                const VecT sv = load_virtual<T, V>(s_buf, s_head, k);
-                const WVecT w = load_virtual<TW, V>(weight_buf, w_head, k);
-                float normed[V];
-#pragma unroll
-                for (int j = 0; j < V; ++j) {
-                    const float g = kOffset ? mv_to_float(w.v[j]) + in.weight_offset : mv_to_float(w.v[j]);
-                    normed[j] = g * (mv_to_float(sv.v[j]) * rrms);
-                }
-                VecT result;
-                mv_from_floats(result.v, normed);
-                store_virtual<T, V>(out_buf, head_of(out_row), k, result);
-            }
-        }
-        __syncthreads();
-        if (active) {
-            unstage_row(out_row, out_buf, hidden, lane, group_threads);
-            if (kHasResidual) unstage_row(ro_row, ro_buf, hidden, lane, group_threads);
-        }
-        __syncthreads(); /* every buffer read out before the next row is staged over it */
-    }
-}
-
 /* Whether the weight is float32 beside 16-bit rows. */
 bool float_weight(const mv_rms_norm_args *a) {
     return a->in.weight_float32 && a->in.dtype != MV_FLOAT32;
@@ -820,81 +542,6 @@ int group_threads_for(int64_t needed) {
     return group_threads;
 }
 
-/* Whether two row arguments start at the same place in a 16-byte piece in every row. */
-bool same_pieces(const void *a, const void *b, int64_t stride_a, int64_t stride_b, int64_t outer_a, int64_t outer_b,
-                 bool two_strides, int64_t elem) {
-    const uint64_t diff = reinterpret_cast<uintptr_t>(a) - reinterpret_cast<uintptr_t>(b);
-    bool same = (diff & 15u) == 0 && ((static_cast<uint64_t>(stride_a - stride_b) * elem) & 15u) == 0;
-    if (two_strides) same = same && ((static_cast<uint64_t>(outer_a - outer_b) * elem) & 15u) == 0;
-    return same;
-}
-
-/* Bytes of one staged row buffer: the row from anywhere in its first piece, and the 4 bytes past
-   the last virtual vector that load16_even may read. */
-int64_t staged_row_bytes(int64_t hidden, int64_t elem) { return (hidden * elem + 15) / 16 * 16 + 32; }
-
-/* Shared memory of a block of `rows` groups; worst: every output in its own buffer. */
-size_t staged_smem_bytes(int64_t hidden, int64_t elem, int64_t weight_elem, int64_t buffers_per_group, int64_t rows) {
-    return static_cast<size_t>(kStagedSumBytes + staged_row_bytes(hidden, weight_elem) +
-                               rows * buffers_per_group * staged_row_bytes(hidden, elem));
-}
-
-/* Whether rows of H go to the staged kernel on this device: odd H, when a block of one row, every
-   output in its own buffer, fits (so the choice depends on H, the dtypes and the device alone:
-   one summation order per H). */
-bool staged_takes(const mv_rms_norm_args *a, int64_t group_threads, const mv_cuda_device &dev) {
-    const int64_t elem = a->in.dtype == MV_FLOAT32 ? 4 : 2;
-    const int64_t weight_elem = a->in.weight_float32 ? 4 : elem;
-    return a->in.hidden % 2 == 1 && group_threads <= kMaxVecThreads &&
-           staged_smem_bytes(a->in.hidden, elem, weight_elem, 4, 1) <= static_cast<size_t>(dev.max_shared_block);
-}
-
-template <typename T, typename TW, bool kHasResidual, bool kOffset, bool kTwoStrides>
-cudaError_t launch_staged_kernel(const mv_rms_norm_args &a, int group_threads, const mv_cuda_device &dev,
-                                 cudaStream_t stream, bool pdl) {
-    const int64_t elem = sizeof(T);
-    const bool two = kTwoStrides;
-    StagedLayout layout;
-    layout.bytes = static_cast<int>(staged_row_bytes(a.in.hidden, elem));
-    layout.weight_bytes = static_cast<int>(staged_row_bytes(a.in.hidden, sizeof(TW)));
-    layout.out_own = !same_pieces(a.out, a.in.x, a.out_stride, a.in.x_stride, a.outer.out, a.outer.x, two, elem);
-    layout.residual_own = kHasResidual && !same_pieces(a.in.residual_out, a.in.residual, a.in.residual_out_stride,
-                                                       a.in.residual_stride, a.outer.residual_out, a.outer.residual,
-                                                       two, elem);
-    const int buffers = (kHasResidual ? 2 : 1) + layout.out_own + layout.residual_own;
-    layout.group_bytes = buffers * layout.bytes;
-    const RowBlocks shape = row_blocks(a.in.rows, group_threads, dev.sms);
-    const size_t smem = staged_smem_bytes(a.in.hidden, elem, sizeof(TW), buffers, shape.rows_per_block);
-    auto kernel = rms_norm_staged_kernel<T, TW, kHasResidual, kOffset, kTwoStrides>;
-    cudaError_t err = mv_allow_shared(
-        kernel, smem, mv_opt_in_of<rms_norm_staged_kernel<T, TW, kHasResidual, kOffset, kTwoStrides>>(), dev.device);
-    if (err != cudaSuccess) return err;
-    const int64_t input_row_bytes = a.in.hidden * elem * (kHasResidual ? 2 : 1);
-    const int64_t prefetch_rows = pdl ? kPrefetchBytes / input_row_bytes : 0;
-    err = mv_launch(kernel, dim3(shape.blocks), dim3(shape.threads), smem, stream, pdl, params_of<kTwoStrides>(a),
-                    layout, group_threads, prefetch_rows);
-    return err != cudaSuccess ? err : cudaGetLastError();
-}
-
-template <typename T, typename TW, bool kHasResidual, bool kOffset>
-cudaError_t launch_staged_strides(const mv_rms_norm_args &a, int group_threads, const mv_cuda_device &dev,
-                                  cudaStream_t stream, bool pdl) {
-    return a.outer.inner_rows > 0
-               ? launch_staged_kernel<T, TW, kHasResidual, kOffset, true>(a, group_threads, dev, stream, pdl)
-               : launch_staged_kernel<T, TW, kHasResidual, kOffset, false>(a, group_threads, dev, stream, pdl);
-}
-
-template <typename T, typename TW>
-cudaError_t launch_staged(const mv_rms_norm_args &a, int group_threads, const mv_cuda_device &dev, cudaStream_t stream,
-                          bool pdl) {
-    const bool offset = a.in.weight_offset != 0.0f;
-    if (a.in.residual != nullptr)
-        return offset ? launch_staged_strides<T, TW, true, true>(a, group_threads, dev, stream, pdl)
-                      : launch_staged_strides<T, TW, true, false>(a, group_threads, dev, stream, pdl);
-    return offset ? launch_staged_strides<T, TW, false, true>(a, group_threads, dev, stream, pdl)
-                  : launch_staged_strides<T, TW, false, false>(a, group_threads, dev, stream, pdl);
-}
-
 template <typename T, typename TW, int V, bool kHasResidual, bool kOffset, bool kTwoStrides, bool kOdd>
 cudaError_t launch_vec_kernel(const mv_rms_norm_args &a, int group_threads, unsigned blocks, int threads,
                               cudaStream_t stream, bool pdl) {
@@ -960,40 +607,24 @@ extern "C" int mv_rms_norm_cuda(const mv_rms_norm_args *a, const mv_cuda_opts *o
        it fixes each row's summation order, so a row's bits do not depend on how many rows share
        the call (batch invariance). Short calls once took 2 vectors per thread instead of 4 (fused
        add M = 1 H = 896 1.47 against 1.57 us), which made rows of calls with up to one row per
-       multiprocessor round differently from the same rows in longer calls. Odd H: the staged
-       kernel, whatever the alignment (16-byte virtual vectors, 4 per thread). */
+       multiprocessor round differently from the same rows in longer calls. */
     const int64_t elem = a->in.dtype == MV_FLOAT32 ? 4 : 2;
-    const int64_t staged_vecs = (a->in.hidden + 16 / elem - 1) / (16 / elem);
-    const int staged_group = group_threads_for((staged_vecs + kMaxVecsPerThread - 1) / kMaxVecsPerThread);
+    const int64_t odd_vecs = (a->in.hidden + 16 / elem - 1) / (16 / elem);
+    const int odd_group = group_threads_for((odd_vecs + kMaxVecsPerThread - 1) / kMaxVecsPerThread);
     /* Odd H above 4096, where the single-element layout below ends (the reference kernel took
        them, at a quarter of copy bandwidth): 16-byte vectors from each row's first element, 4 per
-       thread. Both kernels below sum a row in that one order, so the choice may follow M:
-       - in place (rms_norm_vec_kernel<kOdd>): a row off the 16-byte grid takes narrower accesses
-         and partial-sector stores, the cost of 16-bit rows, every other one of which is off it;
-         fastest for one row, and for float32 up to a few rows per multiprocessor;
-       - through shared memory (rms_norm_staged_kernel): full 16-byte pieces both ways, for more.
-       (H200, 5119 and 8191: bf16 M = 16 3.5 against 3.9-4.7 us, float32 M = 128 2.9 against 4.2,
-       M = 4096 61 against 79; dev/logs/norm-odd-h-virtual-vectors-nvidia-h200-2026-11-24.log.)
-       At H <= 4096 the single-element layout stays: faster than both below about 16 rows
-       (bf16 1 x 999 1.8 against 2.3 us) though not above (1000 x 4095 15.5 against 8.4). */
-    if (a->in.hidden % 2 == 1 && a->in.hidden > 4096 && staged_group <= kMaxVecThreads) {
-        const bool many = elem == 2 ? a->in.rows > 1 : a->in.rows >= 4 * static_cast<int64_t>(dev.sms);
+       thread, read and written in place with the widest accesses each row's alignment allows
+       (rms_norm_vec_kernel<kOdd>; H200 bf16 4096 x 5119 77.6 -> 38.5 us, float32 1 x 8191 6.5 ->
+       2.2; dev/logs/norm-odd-h-virtual-vectors-nvidia-h200-2026-11-24.log). At H <= 4096 the
+       single-element layout stays: faster below about 16 rows (bf16 1 x 999 1.8 against 2.3 us). */
+    if (a->in.hidden % 2 == 1 && a->in.hidden > 4096 && odd_group <= kMaxVecThreads) {
         err = cudaErrorInvalidValue;
-        if (many && staged_takes(a, staged_group, dev)) {
-            MV_DISPATCH_DTYPE(a->in.dtype, T, {
-                if (float_weight(a))
-                    err = launch_staged<T, float>(*a, staged_group, dev, cuda_stream, pdl);
-                else
-                    err = launch_staged<T, T>(*a, staged_group, dev, cuda_stream, pdl);
-            })
-        } else {
-            MV_DISPATCH_DTYPE(a->in.dtype, T, {
-                if (float_weight(a))
-                    err = launch_vec<T, float, 16 / sizeof(T), true>(*a, staged_group, cuda_stream, pdl, dev.sms);
-                else
-                    err = launch_vec<T, T, 16 / sizeof(T), true>(*a, staged_group, cuda_stream, pdl, dev.sms);
-            })
-        }
+        MV_DISPATCH_DTYPE(a->in.dtype, T, {
+            if (float_weight(a))
+                err = launch_vec<T, float, 16 / sizeof(T), true>(*a, odd_group, cuda_stream, pdl, dev.sms);
+            else
+                err = launch_vec<T, T, 16 / sizeof(T), true>(*a, odd_group, cuda_stream, pdl, dev.sms);
+        })
         return (int)err;
     }
     const int v = vector_width(a);
