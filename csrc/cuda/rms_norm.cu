@@ -333,11 +333,11 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(NormParams
     const mv_norm_input &in = args.in;
     /* int: the launcher sends only rows of at most kMaxVecThreads * kVecs vectors. */
     const int hidden = static_cast<int>(in.hidden);
-    const int vecs_per_row = kOdd ? (hidden + V - 1) / V : hidden / V;
+    const int vecs_per_row = kOdd ? (hidden + V - 1) / V : static_cast<int>(in.hidden / V);
     const int rows_per_block = blockDim.x / group_threads;
     const int group = threadIdx.x / group_threads;
     const int lane = threadIdx.x % group_threads;
-    const TW *weight = static_cast<const TW *>(in.norm_weight);
+    const WVecT *weight = static_cast<const WVecT *>(in.norm_weight);
     /* Launched with PDL on sm_90+ (device.h): wait for the previous kernel before loading
        anything, then let the next one start (it too waits before it loads what this one writes),
        so its launch overlaps this kernel instead of following it. Before the wait, the first
@@ -356,8 +356,8 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(NormParams
         for (int i = 0; i < kVecs; ++i) {
             const int idx = lane + i * group_threads;
             if (idx < vecs_per_row) {
-                mv_prefetch_l2(x_row + idx * V);
-                if (kHasResidual) mv_prefetch_l2(r_row + idx * V);
+                mv_prefetch_l2(reinterpret_cast<const VecT *>(x_row) + idx); /* an address only */
+                if (kHasResidual) mv_prefetch_l2(reinterpret_cast<const VecT *>(r_row) + idx);
             }
         }
     }
@@ -389,7 +389,7 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(NormParams
 #pragma unroll
                 for (int i = 0; i < kVecs; ++i) {
                     const int idx = lane + i * group_threads;
-                    if (idx < vecs_per_row) weight_vecs[i] = load_vec<TW, V, kOdd>(weight, idx, hidden);
+                    if (idx < vecs_per_row) weight_vecs[i] = load_vec<TW, V, kOdd>(reinterpret_cast<const TW *>(weight), idx, hidden);
                 }
             }
             if (kHasResidual) {
@@ -431,7 +431,7 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(NormParams
             if (kEarlyWeight && !kHasResidual) keep_packed(weight_vecs[i]);
         }
         const float rrms = rsqrtf(sum_sq / static_cast<float>(in.hidden) + in.eps);
-        T *out_row = static_cast<T *>(args.out) + pos.at(args.out_stride, outer.out);
+        VecT *out_row = reinterpret_cast<VecT *>(static_cast<T *>(args.out) + pos.at(args.out_stride, outer.out));
         if (!kEarlyWeight) {
             /* Every weight load before the first store: out is not __restrict__, so a load
                placed after a store could not be hoisted above it, and the four L2 round trips
@@ -439,7 +439,7 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(NormParams
 #pragma unroll
             for (int i = 0; i < kVecs; ++i) {
                 const int idx = lane + i * group_threads;
-                if (idx < vecs_per_row) weight_vecs[i] = load_vec<TW, V, kOdd>(weight, idx, hidden);
+                if (idx < vecs_per_row) weight_vecs[i] = load_vec<TW, V, kOdd>(reinterpret_cast<const TW *>(weight), idx, hidden);
             }
         }
 #pragma unroll
@@ -456,7 +456,7 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(NormParams
             }
             VecT result;
             mv_from_floats(result.v, normed);
-            store_vec<T, V, kOdd>(out_row, idx, hidden, result);
+            store_vec<T, V, kOdd>(reinterpret_cast<T *>(out_row), idx, hidden, result);
         }
     }
 }
