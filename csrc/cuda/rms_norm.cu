@@ -504,30 +504,6 @@ constexpr int64_t kPrefetchBytes = 4 << 20;
 /* Below this many blocks a call is short: latency, not bandwidth, decides its time. */
 constexpr int64_t kShortCallBlocks = 264;
 
-/* A launch of groups of group_threads threads, a row each. As many whole groups as fit in
-   kVecBlockThreads (at least one), but no more than the rows per multiprocessor: then a call of
-   few rows spreads over the GPU instead of queueing them in a few blocks, and no block carries
-   idle groups (M = 16 H = 4096 2.05 -> 1.89 us against fixed 256-thread blocks). Whole warps, as
-   group_sum's shuffles need. */
-struct RowBlocks {
-    int threads;
-    int64_t rows_per_block;
-    unsigned blocks;
-};
-RowBlocks row_blocks(int64_t rows, int group_threads, int sms) {
-    const int64_t fitting_rows = group_threads >= kVecBlockThreads ? 1 : kVecBlockThreads / group_threads;
-    int64_t block_rows = rows < fitting_rows ? rows : fitting_rows;
-    const int64_t sm_count = sms > 0 ? sms : 1;
-    const int64_t rows_per_sm = (rows + sm_count - 1) / sm_count;
-    if (rows_per_sm < block_rows) block_rows = rows_per_sm;
-    RowBlocks b;
-    b.threads = static_cast<int>((group_threads * block_rows + 31) / 32 * 32);
-    b.rows_per_block = b.threads / group_threads;
-    const int64_t wanted = (rows + b.rows_per_block - 1) / b.rows_per_block;
-    b.blocks = static_cast<unsigned>(wanted < kMaxRowBlocks * 16 ? wanted : kMaxRowBlocks * 16);
-    return b;
-}
-
 /* Threads per row for `needed` threads' worth of vectors: a power of two up to a warp (shuffle
    reduction), beyond that whole warps, so a row of 640 vectors (H = 5120, bf16) takes 160
    threads with 4 vectors each rather than 256 of which 96 idle (that ran 4096 x 5120 at 71% of
@@ -571,9 +547,20 @@ cudaError_t launch_vec(const mv_rms_norm_args &a, int group_threads, cudaStream_
     if constexpr (sizeof(T) * V > 16) {
         return cudaErrorInvalidValue;
     } else {
-        const RowBlocks shape = row_blocks(a.in.rows, group_threads, sms);
-        const unsigned blocks = shape.blocks;
-        const int threads = shape.threads;
+        /* As many whole groups as fit in kVecBlockThreads (at least one), but no more than the
+           rows per multiprocessor: then a call of few rows spreads over the GPU instead of
+           queueing them in a few blocks, and no block carries idle groups (M = 16 H = 4096
+           2.05 -> 1.89 us against fixed 256-thread blocks). Whole warps, as group_sum's
+           shuffles need. */
+        const int64_t fitting_rows = group_threads >= kVecBlockThreads ? 1 : kVecBlockThreads / group_threads;
+        int64_t block_rows = a.in.rows < fitting_rows ? a.in.rows : fitting_rows;
+        const int64_t sm_count = sms > 0 ? sms : 1;
+        const int64_t rows_per_sm = (a.in.rows + sm_count - 1) / sm_count;
+        if (rows_per_sm < block_rows) block_rows = rows_per_sm;
+        const int threads = static_cast<int>((group_threads * block_rows + 31) / 32 * 32);
+        const int64_t rows_per_block = threads / group_threads;
+        const int64_t wanted = (a.in.rows + rows_per_block - 1) / rows_per_block;
+        const unsigned blocks = static_cast<unsigned>(wanted < kMaxRowBlocks * 16 ? wanted : kMaxRowBlocks * 16);
         const bool offset = a.in.weight_offset != 0.0f;
         if (a.in.residual != nullptr)
             return offset ? launch_vec_strides<T, TW, V, true, true, kOdd>(a, group_threads, blocks, threads, stream, pdl)
@@ -608,24 +595,26 @@ extern "C" int mv_rms_norm_cuda(const mv_rms_norm_args *a, const mv_cuda_opts *o
        the call (batch invariance). Short calls once took 2 vectors per thread instead of 4 (fused
        add M = 1 H = 896 1.47 against 1.57 us), which made rows of calls with up to one row per
        multiprocessor round differently from the same rows in longer calls. */
-    const int64_t elem = a->in.dtype == MV_FLOAT32 ? 4 : 2;
-    const int64_t odd_vecs = (a->in.hidden + 16 / elem - 1) / (16 / elem);
-    const int odd_group = group_threads_for((odd_vecs + kMaxVecsPerThread - 1) / kMaxVecsPerThread);
     /* Odd H above 4096, where the single-element layout below ends (the reference kernel took
        them, at a quarter of copy bandwidth): 16-byte vectors from each row's first element, 4 per
        thread, read and written in place with the widest accesses each row's alignment allows
        (rms_norm_vec_kernel<kOdd>; H200 bf16 4096 x 5119 77.6 -> 38.5 us, float32 1 x 8191 6.5 ->
        2.2; dev/logs/norm-odd-h-virtual-vectors-nvidia-h200-2026-11-24.log). At H <= 4096 the
        single-element layout stays: faster below about 16 rows (bf16 1 x 999 1.8 against 2.3 us). */
-    if (a->in.hidden % 2 == 1 && a->in.hidden > 4096 && odd_group <= kMaxVecThreads) {
-        err = cudaErrorInvalidValue;
-        MV_DISPATCH_DTYPE(a->in.dtype, T, {
-            if (float_weight(a))
-                err = launch_vec<T, float, 16 / sizeof(T), true>(*a, odd_group, cuda_stream, pdl, dev.sms);
-            else
-                err = launch_vec<T, T, 16 / sizeof(T), true>(*a, odd_group, cuda_stream, pdl, dev.sms);
-        })
-        return (int)err;
+    if (a->in.hidden % 2 == 1 && a->in.hidden > 4096) {
+        const int64_t per_vec = a->in.dtype == MV_FLOAT32 ? 4 : 8; /* elements in 16 bytes */
+        const int64_t needed = ((a->in.hidden + per_vec - 1) / per_vec + kMaxVecsPerThread - 1) / kMaxVecsPerThread;
+        if (needed <= kMaxVecThreads) {
+            const int group_threads = group_threads_for(needed);
+            err = cudaErrorInvalidValue;
+            MV_DISPATCH_DTYPE(a->in.dtype, T, {
+                if (float_weight(a))
+                    err = launch_vec<T, float, 16 / sizeof(T), true>(*a, group_threads, cuda_stream, pdl, dev.sms);
+                else
+                    err = launch_vec<T, T, 16 / sizeof(T), true>(*a, group_threads, cuda_stream, pdl, dev.sms);
+            })
+            return (int)err;
+        }
     }
     const int v = vector_width(a);
     const int64_t vecs_per_row = a->in.hidden / v;
