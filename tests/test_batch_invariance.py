@@ -45,11 +45,12 @@ def test_rows_do_not_depend_on_the_batch(dev, dtype, op, H, rng):
                 got, ref[lo:hi], err_msg=f"{op} {name}: rows {lo}:{hi} alone differ from the batch")
 
 
+@pytest.mark.parametrize("M,H", [(24, 1000), (BIG_M, 999), (BIG_M, 5119)])
 @pytest.mark.parametrize("form", ["offset", "float32_weight"])
-def test_weight_forms_do_not_depend_on_the_batch(dev, dtype, form, rng):
+def test_weight_forms_do_not_depend_on_the_batch(dev, dtype, form, M, H, rng):
     """The weight forms too: on the CPU a 16-bit call of many rows converts gamma (+ offset) to
-    float32 once per thread instead of in every row; the bits must be those of a row alone."""
-    M, H = 24, 1000
+    float32 once per thread instead of in every row; on the GPU calls of many rows of odd H go
+    through shared memory, the weight with them. The bits must be those of a row alone."""
     x = dev.array(randn(rng, (M, H)), dtype)
     if form == "offset":
         w, kw = dev.array(0.1 * randn(rng, (H,)), dtype), {"weight_offset": 1.0}
@@ -58,6 +59,6 @@ def test_weight_forms_do_not_depend_on_the_batch(dev, dtype, form, rng):
     if form == "float32_weight" and dtype == "float32":
         pytest.skip("a float32 weight beside float32 rows is the plain form")
     whole = _bits(minivllm.rms_norm(x, w, **kw))
-    for lo in (0, 5, M - 1):
+    for lo in (0, 5, M // 2 + 1, M - 1):
         got = _bits(minivllm.rms_norm(x[lo:lo + 1], w, **kw))
         np.testing.assert_array_equal(got, whole[lo:lo + 1], err_msg=f"{form}: row {lo} alone")

@@ -13,8 +13,10 @@
  *   back to:
  * - rms_norm_reference_kernel, deliberately simple (one block per row, scalar loads, two passes),
  *   kept for those rows and for the tests to compare the fast kernel against.
- * Rows of odd H above 4096 take 16-byte vectors from each row's first element, whatever its
- * alignment (rms_norm_vec_kernel<kOdd>, load_vec): one summation order per H.
+ * Rows of odd H above 4096 take 16-byte "virtual vectors" from each row's first element
+ * (rms_norm_vec_kernel<kOdd>, load_vec). Rows off the 16-byte grid (odd H, misaligned views) in
+ * calls of many rows go through shared memory instead (rms_norm_staged_kernel), summed in the
+ * in-place kernel's exact order, so the choice by M leaves every row's bits as they are.
  *
  * Reference kernel: one block normalizes one row at a time (grid-stride over rows). Pass 1 forms s (x, or
  * x + residual rounded to the dtype and stored to residual_out) and sums s^2 in float; a block
@@ -461,6 +463,318 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(NormParams
     }
 }
 
+/* ---- rows off the 16-byte grid, staged through shared memory --------------------------------- */
+
+/* Rows off the 16-byte grid (odd H: every other row at least) fit no vector load. In place, the
+   kernel above takes them with narrow accesses, one row per 128-512 threads: few rows, and so few
+   bytes, in flight per multiprocessor (bf16 4096 x 4095: 65 us against Liger's 29 on an H100,
+   2 rows of 512 threads per SM). Here a group of R threads copies each row into shared memory in
+   aligned 16-byte pieces (cp.async, the whole row in flight at once; the pieces it shares with
+   its neighbours element by element) and writes the results back in 16-byte pieces.
+   The sum of squares is formed in the in-place kernel's exact order for the same H, so a row has
+   the same bits on either kernel and the launcher may choose by M (batch invariance): that
+   kernel's G threads per row ("virtual threads"; V elements per vector, kVecs vectors each,
+   vector lane + i G, elements in order, the last vector cut at H) are emulated by R = G / E real
+   ones, each taking E of them, then reduced as group_sum does: a shuffle butterfly per warp of
+   virtual lanes (the same tree, whatever warp runs it), then the warps' sums in order.
+   Shared memory: the weight, staged once per block; per group 16 floats for the virtual warps'
+   sums, then the row of x (and of the residual). A buffer holds a row as it sits in 16-byte
+   pieces: byte j of the buffer is byte j of the row's first piece. */
+struct StagedLayout {
+    int bytes;        /* of one row buffer: a multiple of 16 */
+    int weight_bytes; /* of the weight's buffer: a multiple of 16 */
+    int group_bytes;  /* of one group's sums and buffers */
+};
+
+constexpr int kStagedSumBytes = 16 * sizeof(float); /* a group's virtual warps (G <= 512) */
+
+/* The 16-byte pieces of a row of `hidden` T at `row`: [0, pieces), piece p at base + 16 p; head
+   is where the row starts in piece 0, end where it ends (bytes from base). */
+template <typename T>
+struct RowPieces {
+    static constexpr int kPerPiece = 16 / static_cast<int>(sizeof(T));
+    static constexpr int kEdgeSlots = 2 * kPerPiece; /* piece 0's slots, then the last piece's */
+    char *base;
+    int head, end, pieces;
+    __device__ __forceinline__ RowPieces(const T *row, int hidden) {
+        head = static_cast<int>(reinterpret_cast<uintptr_t>(row) & 15);
+        base = reinterpret_cast<char *>(const_cast<T *>(row)) - head;
+        end = head + hidden * static_cast<int>(sizeof(T));
+        pieces = (end + 15) >> 4;
+    }
+    __device__ __forceinline__ bool whole(int p) const { return p * 16 >= head && p * 16 + 16 <= end; }
+    /* The row's element in edge slot j, or -1. */
+    __device__ __forceinline__ int edge_element(int j) const {
+        int p;
+        if (j < kPerPiece) {
+            p = 0;
+        } else {
+            p = pieces - 1;
+            j -= kPerPiece;
+            if (p == 0) return -1; /* a row within one piece: all of it is piece 0's */
+        }
+        if (whole(p)) return -1;
+        const int byte = p * 16 + j * static_cast<int>(sizeof(T));
+        return byte >= head && byte < end ? (byte - head) / static_cast<int>(sizeof(T)) : -1;
+    }
+};
+
+/* A row copied into buf by the `threads` threads of a group (this one is `lane`; at least
+   kEdgeSlots of them: staged_fits): load() issues the whole pieces to cp.async (the caller
+   commits and waits) and reads this thread's edge element, if any, into a register; finish()
+   stores it, after other work has hidden the load. */
+template <typename T>
+struct RowCopy {
+    T edge;
+    int e;
+    __device__ __forceinline__ void load(char *buf, const T *row, int hidden, int lane, int threads) {
+        const RowPieces<T> r(row, hidden);
+        e = lane < RowPieces<T>::kEdgeSlots ? r.edge_element(lane) : -1;
+        if (e >= 0) edge = row[e];
+        for (int p = lane; p < r.pieces; p += threads)
+            if (r.whole(p)) mv_cp_async16(buf + p * 16, r.base + p * 16);
+    }
+    __device__ __forceinline__ void finish(char *buf, const T *row) const {
+        if (e >= 0) reinterpret_cast<T *>(buf + (reinterpret_cast<uintptr_t>(row) & 15))[e] = edge;
+    }
+};
+
+/* Bytes [a, a + 16) of the 32 bytes lo, hi (a even, 0 <= a < 16). */
+__device__ __forceinline__ uint4 window16(uint4 lo, uint4 hi, int a) {
+    const uint32_t w[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+    const int q = a >> 2, r = (a & 3) * 8;
+    uint32_t o[5];
+#pragma unroll
+    for (int j = 0; j < 5; ++j) o[j] = q == 0 ? w[j] : q == 1 ? w[j + 1] : q == 2 ? w[j + 2] : w[j + 3];
+    return make_uint4(__funnelshift_r(o[0], o[1], r), __funnelshift_r(o[1], o[2], r), __funnelshift_r(o[2], o[3], r),
+                      __funnelshift_r(o[3], o[4], r));
+}
+
+/* 16 bytes of shared memory at byte offset off (even) of buf, from the aligned 16-byte pieces
+   they straddle: two conflict-free vector loads (32-bit loads at a 16-byte stride across the
+   warp were 4-way bank conflicts: 843K at bf16 1000 x 4095). The buffer's slack covers the
+   piece past the last. */
+__device__ __forceinline__ uint4 load16_even(const char *buf, int off) {
+    const int a = off & 15;
+    const uint4 lo = *reinterpret_cast<const uint4 *>(buf + off - a);
+    if (a == 0) return lo;
+    return window16(lo, *reinterpret_cast<const uint4 *>(buf + off - a + 16), a);
+}
+
+/* N elements of U from element e of a row staged in buf with its head (N * sizeof(U) a multiple
+   of 16, or N = 1). */
+template <typename U, int N>
+__device__ __forceinline__ mv_vec<U, N> load_staged(const char *buf, int head, int e) {
+    mv_vec<U, N> v;
+    const int off = head + e * static_cast<int>(sizeof(U));
+    if constexpr (N == 1) { /* single elements: a warp reads consecutive ones, conflict-free */
+        v.v[0] = *reinterpret_cast<const U *>(buf + off);
+    } else {
+        static_assert(sizeof(U) * N % 16 == 0, "whole 16-byte chunks");
+#pragma unroll
+        for (int c = 0; c < static_cast<int>(sizeof(U) * N / 16); ++c)
+            reinterpret_cast<uint4 *>(&v)[c] = load16_even(buf, off + 16 * c);
+    }
+    return v;
+}
+
+__device__ __forceinline__ int head_of(const void *row) { return static_cast<int>(reinterpret_cast<uintptr_t>(row) & 15); }
+
+/* s: x, or x + residual rounded to T, for N elements from e. */
+template <typename T, int N, bool kHasResidual>
+__device__ __forceinline__ mv_vec<T, N> staged_s(const char *x_buf, int x_head, const char *r_buf, int r_head, int e) {
+    mv_vec<T, N> s = load_staged<T, N>(x_buf, x_head, e);
+    if constexpr (kHasResidual) {
+        const mv_vec<T, N> added = load_staged<T, N>(r_buf, r_head, e);
+        float sums[N];
+#pragma unroll
+        for (int j = 0; j < N; ++j) sums[j] = mv_to_float(s.v[j]) + mv_to_float(added.v[j]);
+        mv_from_floats(s.v, sums);
+    }
+    return s;
+}
+
+/* Virtual thread t's part of a row's sum of squares, in the in-place kernel's order. */
+template <typename T, int V, int kVecs, bool kHasResidual>
+__device__ __forceinline__ float virtual_sum(const char *x_buf, int x_head, const char *r_buf, int r_head, int t,
+                                             int group_threads, int hidden, int vecs_per_row) {
+    float sum_sq = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kVecs; ++i) {
+        const int k = t + i * group_threads;
+        if (k >= vecs_per_row) continue;
+        /* the last vector: the in-place kernel reads elements past H as zero (their sum too) */
+        const int valid = hidden - k * V;
+        mv_vec<T, V> sv;
+        if (valid >= V) {
+            sv = staged_s<T, V, kHasResidual>(x_buf, x_head, r_buf, r_head, k * V);
+        } else {
+#pragma unroll
+            for (int j = 0; j < V; ++j)
+                sv.v[j] = j < valid ? staged_s<T, 1, kHasResidual>(x_buf, x_head, r_buf, r_head, k * V + j).v[0]
+                                    : mv_from_float<T>(0.0f);
+        }
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+            const float v = mv_to_float(sv.v[j]);
+            sum_sq += v * v;
+        }
+    }
+    return sum_sq;
+}
+
+/* out (kOut) or residual_out (s alone) for the elements of 16-byte piece p of its row, from the
+   staged rows: a whole piece in one 16-byte store, an edge piece element by element. */
+template <typename T, typename TW, bool kHasResidual, bool kOffset, bool kOut>
+__device__ __forceinline__ void staged_store_piece(const RowPieces<T> &o, int p, const char *x_buf, int x_head,
+                                                   const char *r_buf, int r_head, const char *w_buf, int w_head,
+                                                   float rrms, float weight_offset, int hidden) {
+    constexpr int N = RowPieces<T>::kPerPiece;
+    const int e0 = (p * 16 - o.head) / static_cast<int>(sizeof(T)); /* negative in an edge piece 0 */
+    if (o.whole(p)) {
+        const mv_vec<T, N> sv = staged_s<T, N, kHasResidual>(x_buf, x_head, r_buf, r_head, e0);
+        mv_vec<T, N> result;
+        if constexpr (kOut) {
+            const mv_vec<TW, N> w = load_staged<TW, N>(w_buf, w_head, e0);
+            float normed[N];
+#pragma unroll
+            for (int j = 0; j < N; ++j) {
+                const float g = kOffset ? mv_to_float(w.v[j]) + weight_offset : mv_to_float(w.v[j]);
+                normed[j] = g * (mv_to_float(sv.v[j]) * rrms);
+            }
+            mv_from_floats(result.v, normed);
+        } else {
+            result = sv;
+        }
+        *reinterpret_cast<mv_vec<T, N> *>(o.base + p * 16) = result;
+        return;
+    }
+    T *row = reinterpret_cast<T *>(o.base + o.head);
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+        const int e = e0 + j;
+        if (e < 0 || e >= hidden) continue;
+        const T sv = staged_s<T, 1, kHasResidual>(x_buf, x_head, r_buf, r_head, e).v[0];
+        if constexpr (kOut) {
+            const float wv = mv_to_float(load_staged<TW, 1>(w_buf, w_head, e).v[0]);
+            const float g = kOffset ? wv + weight_offset : wv;
+            row[e] = mv_from_float<T>(g * (mv_to_float(sv) * rrms));
+        } else {
+            row[e] = sv;
+        }
+    }
+}
+
+template <typename T, typename TW, int V, bool kHasResidual, bool kOffset, bool kTwoStrides>
+__global__ void __launch_bounds__(kMaxVecThreads)
+    rms_norm_staged_kernel(NormParams<kTwoStrides> args, StagedLayout layout, int group_threads, int row_threads,
+                           int64_t prefetch_rows) {
+    constexpr int kVecs = vecs_per_thread(V);
+    extern __shared__ __align__(16) char staged_smem[];
+    char *const weight_buf = staged_smem;
+    const mv_outer_strides outer = outer_of(args);
+    const mv_norm_input &in = args.in;
+    const int hidden = static_cast<int>(in.hidden); /* the launcher sends rows of at most 512 x kVecs vectors */
+    const int vecs_per_row = (hidden + V - 1) / V;
+    const int rows_per_block = blockDim.x / row_threads;
+    const int group = threadIdx.x / row_threads;
+    const int lane = threadIdx.x % row_threads;
+    char *const group_base = weight_buf + layout.weight_bytes + group * layout.group_bytes;
+    float *const virtual_warp_sums = reinterpret_cast<float *>(group_base);
+    char *const x_buf = group_base + kStagedSumBytes;
+    char *const r_buf = x_buf + layout.bytes;
+
+    /* Before the wait for the previous kernel (PDL), the first rows are asked of L2
+       (kPrefetchBytes), one request per 128-byte line. */
+    const int64_t group_row = static_cast<int64_t>(blockIdx.x) * rows_per_block + group;
+    if (group_row < (prefetch_rows < in.rows ? prefetch_rows : in.rows)) {
+        const RowIndex<kTwoStrides> pos(group_row, outer.inner_rows);
+        const char *x_row = reinterpret_cast<const char *>(static_cast<const T *>(in.x) + pos.at(in.x_stride, outer.x));
+        const char *r_row = kHasResidual ? reinterpret_cast<const char *>(static_cast<const T *>(in.residual) +
+                                                                        pos.at(in.residual_stride, outer.residual))
+                                         : nullptr;
+        for (int b = lane * 128; b < hidden * static_cast<int>(sizeof(T)); b += row_threads * 128) {
+            mv_prefetch_l2(x_row + b);
+            if (kHasResidual) mv_prefetch_l2(r_row + b);
+        }
+    }
+    mv_pdl_wait();
+    mv_pdl_trigger();
+
+    /* The weight, once per block, by all its threads (committed with the first row's pieces). */
+    const TW *weight = static_cast<const TW *>(in.norm_weight);
+    RowCopy<TW> w_copy;
+    w_copy.load(weight_buf, weight, hidden, threadIdx.x, blockDim.x);
+    const int w_head = head_of(weight);
+
+    /* The loop bound is the same for the whole block, so every thread reaches the barriers. */
+    bool first = true;
+    for (int64_t first_row = static_cast<int64_t>(blockIdx.x) * rows_per_block; first_row < in.rows;
+         first_row += static_cast<int64_t>(gridDim.x) * rows_per_block) {
+        const int64_t row = first_row + group;
+        const bool active = row < in.rows;
+        const RowIndex<kTwoStrides> pos(active ? row : 0, outer.inner_rows);
+        const T *x_row = static_cast<const T *>(in.x) + pos.at(in.x_stride, outer.x);
+        const T *r_row = kHasResidual ? static_cast<const T *>(in.residual) + pos.at(in.residual_stride, outer.residual)
+                                      : nullptr;
+        RowCopy<T> x_copy, r_copy;
+        if (active) {
+            x_copy.load(x_buf, x_row, hidden, lane, row_threads);
+            if (kHasResidual) r_copy.load(r_buf, r_row, hidden, lane, row_threads);
+        }
+        mv_cp_async_commit();
+        if (first) w_copy.finish(weight_buf, weight);
+        first = false;
+        if (active) {
+            x_copy.finish(x_buf, x_row);
+            if (kHasResidual) r_copy.finish(r_buf, r_row);
+        }
+        mv_cp_async_wait<0>();
+        __syncthreads();
+
+        const int x_head = head_of(x_row);
+        const int r_head = kHasResidual ? head_of(r_row) : 0;
+        float total;
+        if (group_threads <= 32) { /* R = G: group_sum's shuffles as they are */
+            total = active ? virtual_sum<T, V, kVecs, kHasResidual>(x_buf, x_head, r_buf, r_head, lane, group_threads,
+                                                                     hidden, vecs_per_row)
+                           : 0.0f;
+            for (int offset = group_threads >> 1; offset > 0; offset >>= 1)
+                total += __shfl_xor_sync(0xffffffffu, total, offset);
+        } else {
+            /* Real warp w takes virtual warps w, w + R / 32, ...; lane l is virtual lane l. */
+            const int real_warps = row_threads >> 5, virtual_warps = group_threads >> 5;
+            for (int vw = lane >> 5; vw < virtual_warps; vw += real_warps) {
+                float part = active ? virtual_sum<T, V, kVecs, kHasResidual>(x_buf, x_head, r_buf, r_head,
+                                                                             vw * 32 + (lane & 31), group_threads,
+                                                                             hidden, vecs_per_row)
+                                    : 0.0f;
+                part = mv_warp_sum(part);
+                if ((lane & 31) == 0) virtual_warp_sums[vw] = part;
+            }
+            __syncthreads();
+            total = 0.0f;
+            for (int w = 0; w < virtual_warps; ++w) total += virtual_warp_sums[w];
+        }
+        if (active) {
+            const float rrms = rsqrtf(total / static_cast<float>(in.hidden) + in.eps);
+            const RowPieces<T> o(static_cast<T *>(args.out) + pos.at(args.out_stride, outer.out), hidden);
+            for (int p = lane; p < o.pieces; p += row_threads)
+                staged_store_piece<T, TW, kHasResidual, kOffset, true>(o, p, x_buf, x_head, r_buf, r_head, weight_buf,
+                                                                      w_head, rrms, in.weight_offset, hidden);
+            if (kHasResidual) {
+                const RowPieces<T> ro(static_cast<T *>(in.residual_out) +
+                                          pos.at(in.residual_out_stride, outer.residual_out),
+                                      hidden);
+                for (int p = lane; p < ro.pieces; p += row_threads)
+                    staged_store_piece<T, TW, kHasResidual, kOffset, false>(ro, p, x_buf, x_head, r_buf, r_head,
+                                                                           weight_buf, w_head, rrms, 0.0f, hidden);
+            }
+        }
+        __syncthreads(); /* every buffer read before the next row is staged over it */
+    }
+}
+
 /* Whether the weight is float32 beside 16-bit rows. */
 bool float_weight(const mv_rms_norm_args *a) {
     return a->in.weight_float32 && a->in.dtype != MV_FLOAT32;
@@ -518,6 +832,121 @@ int group_threads_for(int64_t needed) {
     return group_threads;
 }
 
+/* Bytes of one staged row buffer: the row from anywhere in its first piece, and the piece past
+   the last that load16_even may read. */
+int64_t staged_row_bytes(int64_t hidden, int64_t elem) { return (hidden * elem + 15) / 16 * 16 + 32; }
+
+/* Shared memory of a block of `rows` groups. */
+size_t staged_smem_bytes(int64_t hidden, int64_t elem, int64_t weight_elem, int64_t buffers_per_group, int64_t rows) {
+    return static_cast<size_t>(staged_row_bytes(hidden, weight_elem) +
+                               rows * (kStagedSumBytes + buffers_per_group * staged_row_bytes(hidden, elem)));
+}
+
+/* Real threads per row for the in-place layout's G (rms_norm_staged_kernel): G itself up to 256,
+   else the fewest whole warps of 128 or more that divide G into equal shares of virtual warps.
+   The row is in flight by cp.async whatever R is, so fewer threads a row put more rows, and so
+   more bytes, in flight per multiprocessor; each emulated share adds to a row's latency (bf16
+   4096 x 4095 on an H100: 29.0 us at R = 128 against 65 in place, where 512 threads a row leave
+   2 rows per SM; dev/logs/norm-staged-emulated-nvidia-h100-2026-11-24.log). */
+constexpr int kStagedRowThreads = 128;
+int staged_row_threads(int group_threads) {
+    if (group_threads <= 2 * kStagedRowThreads) return group_threads;
+    const int warps = group_threads / 32;
+    for (int share = (group_threads + kStagedRowThreads - 1) / kStagedRowThreads; share <= warps; ++share)
+        if (warps % share == 0) return group_threads / share;
+    return 32;
+}
+
+/* Whether rows off the 16-byte grid go through shared memory (rms_norm_staged_kernel) rather
+   than in place, for a layout of G threads a row. Only in calls of at least 4 rows per
+   multiprocessor (below that the staging's latency costs more than its full-width accesses
+   save); then where G > 128, i.e. where the in-place kernel keeps fewer than 16 rows per SM in
+   flight, but for the float32 fused add; and for 16-bit rms_norm at any G (its 2-byte accesses
+   in place). Measured slower staged: float32 fused add 4096 x 4095 (98.4 against 93.6 us),
+   bf16 fused add 4096 x 999 (20.6 against 17.7), float32 rms_norm 1000 x 999 (H200 4.10 against
+   3.87); dev/logs/norm-staged-emulated-*-2026-11-24.log. */
+bool staged_wanted(const mv_rms_norm_args *a, int group_threads, const mv_cuda_device &dev) {
+    const int64_t sms = dev.sms > 0 ? dev.sms : 1;
+    if (a->in.rows < 4 * sms) return false;
+    const bool wide = a->in.dtype == MV_FLOAT32;
+    if (a->in.residual != nullptr) return !wide && group_threads > 128;
+    return group_threads > 128 || !wide;
+}
+
+/* Whether the staged kernel can take rows of H in groups of group_threads on this device: the
+   real threads copy a row's edge elements one each, and a block of one row with a residual fits
+   in shared memory (so the answer depends on H, the dtypes and the device alone). */
+bool staged_fits(const mv_rms_norm_args *a, int group_threads, const mv_cuda_device &dev) {
+    const int64_t elem = a->in.dtype == MV_FLOAT32 ? 4 : 2;
+    const int64_t weight_elem = float_weight(a) ? 4 : elem;
+    return staged_row_threads(group_threads) >= 2 * 16 / elem && group_threads <= kMaxVecThreads &&
+           staged_smem_bytes(a->in.hidden, elem, weight_elem, 2, 1) <= static_cast<size_t>(dev.max_shared_block);
+}
+
+/* As many whole groups as fit in kVecBlockThreads (at least one), but no more than the rows per
+   multiprocessor: then a call of few rows spreads over the GPU instead of queueing them in a few
+   blocks, and no block carries idle groups (M = 16 H = 4096 2.05 -> 1.89 us against fixed
+   256-thread blocks). Whole warps, as group_sum's shuffles need. */
+struct RowBlocks {
+    unsigned blocks;
+    int threads;
+};
+RowBlocks row_blocks(int64_t rows, int group_threads, int sms) {
+    const int64_t fitting_rows = group_threads >= kVecBlockThreads ? 1 : kVecBlockThreads / group_threads;
+    int64_t block_rows = rows < fitting_rows ? rows : fitting_rows;
+    const int64_t sm_count = sms > 0 ? sms : 1;
+    const int64_t rows_per_sm = (rows + sm_count - 1) / sm_count;
+    if (rows_per_sm < block_rows) block_rows = rows_per_sm;
+    RowBlocks shape;
+    shape.threads = static_cast<int>((group_threads * block_rows + 31) / 32 * 32);
+    const int64_t rows_per_block = shape.threads / group_threads;
+    const int64_t wanted = (rows + rows_per_block - 1) / rows_per_block;
+    shape.blocks = static_cast<unsigned>(wanted < kMaxRowBlocks * 16 ? wanted : kMaxRowBlocks * 16);
+    return shape;
+}
+
+template <typename T, typename TW, int V, bool kHasResidual, bool kOffset, bool kTwoStrides>
+cudaError_t launch_staged_kernel(const mv_rms_norm_args &a, int group_threads, const mv_cuda_device &dev,
+                                 cudaStream_t stream, bool pdl) {
+    const int64_t elem = sizeof(T);
+    const int buffers = kHasResidual ? 2 : 1;
+    StagedLayout layout;
+    layout.bytes = static_cast<int>(staged_row_bytes(a.in.hidden, elem));
+    layout.weight_bytes = static_cast<int>(staged_row_bytes(a.in.hidden, sizeof(TW)));
+    layout.group_bytes = kStagedSumBytes + buffers * layout.bytes;
+    const int row_threads = staged_row_threads(group_threads);
+    const RowBlocks shape = row_blocks(a.in.rows, row_threads, dev.sms);
+    const size_t smem = staged_smem_bytes(a.in.hidden, elem, sizeof(TW), buffers, shape.threads / row_threads);
+    auto kernel = rms_norm_staged_kernel<T, TW, V, kHasResidual, kOffset, kTwoStrides>;
+    cudaError_t err = mv_allow_shared(
+        kernel, smem, mv_opt_in_of<rms_norm_staged_kernel<T, TW, V, kHasResidual, kOffset, kTwoStrides>>(), dev.device);
+    if (err != cudaSuccess) return err;
+    const int64_t input_row_bytes = a.in.hidden * elem * (kHasResidual ? 2 : 1);
+    const int64_t prefetch_rows = pdl ? kPrefetchBytes / input_row_bytes : 0;
+    err = mv_launch(kernel, dim3(shape.blocks), dim3(shape.threads), smem, stream, pdl, params_of<kTwoStrides>(a),
+                    layout, group_threads, row_threads, prefetch_rows);
+    return err != cudaSuccess ? err : cudaGetLastError();
+}
+
+template <typename T, typename TW, int V, bool kHasResidual, bool kOffset>
+cudaError_t launch_staged_strides(const mv_rms_norm_args &a, int group_threads, const mv_cuda_device &dev,
+                                  cudaStream_t stream, bool pdl) {
+    return a.outer.inner_rows > 0
+               ? launch_staged_kernel<T, TW, V, kHasResidual, kOffset, true>(a, group_threads, dev, stream, pdl)
+               : launch_staged_kernel<T, TW, V, kHasResidual, kOffset, false>(a, group_threads, dev, stream, pdl);
+}
+
+template <typename T, typename TW, int V>
+cudaError_t launch_staged(const mv_rms_norm_args &a, int group_threads, const mv_cuda_device &dev, cudaStream_t stream,
+                          bool pdl) {
+    const bool offset = a.in.weight_offset != 0.0f;
+    if (a.in.residual != nullptr)
+        return offset ? launch_staged_strides<T, TW, V, true, true>(a, group_threads, dev, stream, pdl)
+                      : launch_staged_strides<T, TW, V, true, false>(a, group_threads, dev, stream, pdl);
+    return offset ? launch_staged_strides<T, TW, V, false, true>(a, group_threads, dev, stream, pdl)
+                  : launch_staged_strides<T, TW, V, false, false>(a, group_threads, dev, stream, pdl);
+}
+
 template <typename T, typename TW, int V, bool kHasResidual, bool kOffset, bool kTwoStrides, bool kOdd>
 cudaError_t launch_vec_kernel(const mv_rms_norm_args &a, int group_threads, unsigned blocks, int threads,
                               cudaStream_t stream, bool pdl) {
@@ -547,20 +976,9 @@ cudaError_t launch_vec(const mv_rms_norm_args &a, int group_threads, cudaStream_
     if constexpr (sizeof(T) * V > 16) {
         return cudaErrorInvalidValue;
     } else {
-        /* As many whole groups as fit in kVecBlockThreads (at least one), but no more than the
-           rows per multiprocessor: then a call of few rows spreads over the GPU instead of
-           queueing them in a few blocks, and no block carries idle groups (M = 16 H = 4096
-           2.05 -> 1.89 us against fixed 256-thread blocks). Whole warps, as group_sum's
-           shuffles need. */
-        const int64_t fitting_rows = group_threads >= kVecBlockThreads ? 1 : kVecBlockThreads / group_threads;
-        int64_t block_rows = a.in.rows < fitting_rows ? a.in.rows : fitting_rows;
-        const int64_t sm_count = sms > 0 ? sms : 1;
-        const int64_t rows_per_sm = (a.in.rows + sm_count - 1) / sm_count;
-        if (rows_per_sm < block_rows) block_rows = rows_per_sm;
-        const int threads = static_cast<int>((group_threads * block_rows + 31) / 32 * 32);
-        const int64_t rows_per_block = threads / group_threads;
-        const int64_t wanted = (a.in.rows + rows_per_block - 1) / rows_per_block;
-        const unsigned blocks = static_cast<unsigned>(wanted < kMaxRowBlocks * 16 ? wanted : kMaxRowBlocks * 16);
+        const RowBlocks shape = row_blocks(a.in.rows, group_threads, sms);
+        const unsigned blocks = shape.blocks;
+        const int threads = shape.threads;
         const bool offset = a.in.weight_offset != 0.0f;
         if (a.in.residual != nullptr)
             return offset ? launch_vec_strides<T, TW, V, true, true, kOdd>(a, group_threads, blocks, threads, stream, pdl)
@@ -597,21 +1015,26 @@ extern "C" int mv_rms_norm_cuda(const mv_rms_norm_args *a, const mv_cuda_opts *o
        multiprocessor round differently from the same rows in longer calls. */
     /* Odd H above 4096, where the single-element layout below ends (the reference kernel took
        them, at a quarter of copy bandwidth): 16-byte vectors from each row's first element, 4 per
-       thread, read and written in place with the widest accesses each row's alignment allows
-       (rms_norm_vec_kernel<kOdd>; H200 bf16 4096 x 5119 77.6 -> 38.5 us, float32 1 x 8191 6.5 ->
-       2.2; dev/logs/norm-odd-h-virtual-vectors-nvidia-h200-2026-11-24.log). At H <= 4096 the
-       single-element layout stays: faster below about 16 rows (bf16 1 x 999 1.8 against 2.3 us). */
+       thread (H200 bf16 4096 x 5119 77.6 -> 38.5 us, float32 1 x 8191 6.5 -> 2.2;
+       dev/logs/norm-odd-h-virtual-vectors-nvidia-h200-2026-11-24.log). Rows in single elements
+       (V = 1) or such vectors go through shared memory in calls of many rows (staged_wanted), in
+       the same summation order. */
+    const int64_t elem = a->in.dtype == MV_FLOAT32 ? 4 : 2;
     if (a->in.hidden % 2 == 1 && a->in.hidden > 4096) {
-        const int64_t per_vec = a->in.dtype == MV_FLOAT32 ? 4 : 8; /* elements in 16 bytes */
+        const int64_t per_vec = 16 / elem;
         const int64_t needed = ((a->in.hidden + per_vec - 1) / per_vec + kMaxVecsPerThread - 1) / kMaxVecsPerThread;
         if (needed <= kMaxVecThreads) {
             const int group_threads = group_threads_for(needed);
+            const bool staged = staged_wanted(a, group_threads, dev) && staged_fits(a, group_threads, dev);
             err = cudaErrorInvalidValue;
             MV_DISPATCH_DTYPE(a->in.dtype, T, {
+                constexpr int V = 16 / sizeof(T);
                 if (float_weight(a))
-                    err = launch_vec<T, float, 16 / sizeof(T), true>(*a, group_threads, cuda_stream, pdl, dev.sms);
+                    err = staged ? launch_staged<T, float, V>(*a, group_threads, dev, cuda_stream, pdl)
+                                 : launch_vec<T, float, V, true>(*a, group_threads, cuda_stream, pdl, dev.sms);
                 else
-                    err = launch_vec<T, T, 16 / sizeof(T), true>(*a, group_threads, cuda_stream, pdl, dev.sms);
+                    err = staged ? launch_staged<T, T, V>(*a, group_threads, dev, cuda_stream, pdl)
+                                 : launch_vec<T, T, V, true>(*a, group_threads, cuda_stream, pdl, dev.sms);
             })
             return (int)err;
         }
@@ -623,6 +1046,15 @@ extern "C" int mv_rms_norm_cuda(const mv_rms_norm_args *a, const mv_cuda_opts *o
     if (needed > kMaxVecThreads) return mv_rms_norm_cuda_reference(a, stream);
     const int group_threads = group_threads_for(needed);
     err = cudaErrorInvalidValue;
+    if (v == 1 && staged_wanted(a, group_threads, dev) && staged_fits(a, group_threads, dev)) {
+        MV_DISPATCH_DTYPE(a->in.dtype, T, {
+            if (float_weight(a))
+                err = launch_staged<T, float, 1>(*a, group_threads, dev, cuda_stream, pdl);
+            else
+                err = launch_staged<T, T, 1>(*a, group_threads, dev, cuda_stream, pdl);
+        })
+        return (int)err;
+    }
     MV_DISPATCH_DTYPE(a->in.dtype, T, {
         if (float_weight(a))
             err = launch_width<T, float>(*a, v, group_threads, cuda_stream, pdl, dev.sms);

@@ -1,8 +1,7 @@
-// Odd-H norm kernels outside Python, for compute-sanitizer without a rebuild of the extension
-// (written for dev/norm_staged_odd.patch, whose routing takes the shared-memory kernel for bf16
-// above one row and float32 from 4 rows per SM): rows of H = 5119 off the 16-byte grid (one
-// element in), M = 600 against the
-// same rows one at a time (8 of them; the in-place kernel): bits equal, and against a float64 reference.
+// Odd-H norm kernels outside Python, for compute-sanitizer without a rebuild of the extension:
+// rows of odd H off the 16-byte grid (one element in), M = 600 (the staged kernel) against the
+// same rows one at a time (8 of them; the in-place kernel): bits equal, and against a float64
+// reference.
 // nvcc -std=c++17 -O3 --expt-relaxed-constexpr -Icsrc -arch=sm_90 dev/probes/norm_odd_check.cu
 //      csrc/cuda/rms_norm.cu csrc/cuda/device.cu -o /tmp/norm_odd_check
 #include <cuda_bf16.h>
@@ -40,8 +39,8 @@ static void from_f(void *p, float f, int bf16) {
     *(uint16_t *)p = (uint16_t)(u >> 16);
 }
 
-static int run(int bf16, int residual) {
-    const int64_t M = 600, H = 5119, off = 1;
+static int run(int bf16, int residual, int64_t H) {
+    const int64_t M = 600, off = 1;
     const size_t es = bf16 ? 2 : 4;
     const size_t n = off + M * H;
     std::vector<unsigned char> hx(n * es), hr(n * es), hw(H * es);
@@ -124,17 +123,21 @@ static int run(int bf16, int residual) {
             if (e > worst) worst = e;
         }
     }
-    printf("%s %s: %lld elements differ (600 rows at once against 8 of them one at a time, and the new residual "
-           "against x + r rounded), worst relative error %.3g\n",
-           bf16 ? "bf16" : "fp32", residual ? "fused add" : "rms_norm", (long long)diff, worst);
+    printf("%s %s H = %lld: %lld elements differ (600 rows at once against 8 of them one at a time, and the new "
+           "residual against x + r rounded), worst relative error %.3g\n",
+           bf16 ? "bf16" : "fp32", residual ? "fused add" : "rms_norm", (long long)H, (long long)diff, worst);
     cudaFree(x); cudaFree(r); cudaFree(w); cudaFree(o1); cudaFree(o2); cudaFree(ro1); cudaFree(ro2);
     return diff != 0 || worst > (bf16 ? 1e-2 : 1e-5);
 }
 
 int main() {
     int bad = 0;
-    for (int bf16 = 0; bf16 < 2; ++bf16)
-        for (int residual = 0; residual < 2; ++residual) bad += run(bf16, residual);
+    /* G (threads per row in place) of 16, 32, 128, 256 and 416 (13 warps, emulated by one) in
+       single elements; 16-byte vectors above 4096 */
+    const int64_t hs[] = {121, 201, 999, 2047, 3327, 4095, 5119, 8191};
+    for (int64_t h : hs)
+        for (int bf16 = 0; bf16 < 2; ++bf16)
+            for (int residual = 0; residual < 2; ++residual) bad += run(bf16, residual, h);
     printf("norm_odd_check: %s\n", bad ? "FAILED" : "ok");
     return bad != 0;
 }
