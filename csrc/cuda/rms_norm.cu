@@ -858,19 +858,26 @@ int staged_row_threads(int group_threads) {
 }
 
 /* Whether rows off the 16-byte grid go through shared memory (rms_norm_staged_kernel) rather
-   than in place, for a layout of G threads a row. Only in calls of at least 4 rows per
-   multiprocessor (below that the staging's latency costs more than its full-width accesses
-   save); then where G > 128, i.e. where the in-place kernel keeps fewer than 16 rows per SM in
-   flight, but for the float32 fused add; and for 16-bit rms_norm at any G (its 2-byte accesses
-   in place). Measured slower staged: float32 fused add 4096 x 4095 (98.4 against 93.6 us),
-   bf16 fused add 4096 x 999 (20.6 against 17.7), float32 rms_norm 1000 x 999 (H200 4.10 against
-   3.87); dev/logs/norm-staged-emulated-*-2026-11-24.log. */
-bool staged_wanted(const mv_rms_norm_args *a, int group_threads, const mv_cuda_device &dev) {
+   than in place, for a layout of G threads a row (16-byte vectors, or single elements).
+   - From 4 rows per multiprocessor: where G > 128, i.e. where the in-place kernel keeps fewer
+     than 16 rows per SM in flight, but for the float32 fused add; and 16-bit rms_norm at any G
+     (its 2-byte accesses in place).
+   - From 2 rows, 16-bit types, where each row keeps its G threads (no emulation, so no added
+     latency): rows of 16-byte vectors, whose in-place accesses at 2 (mod 4) take five pieces
+     and partial sectors; rms_norm in single elements where G <= 128.
+   Measured slower staged: float32 fused add 4096 x 4095 (98.4 against 93.6 us), bf16 fused add
+   4096 x 999 (20.6 against 17.7), float32 rms_norm 1000 x 999 (H200 4.10 against 3.87), any call
+   of one row (bf16 1 x 5119 3.15 against 2.47) or emulated rows below 4 per SM (bf16 16 x 4095
+   3.36 against 2.74); dev/logs/norm-staged-emulated-*-2026-11-24.log. */
+bool staged_wanted(const mv_rms_norm_args *a, int group_threads, bool vectors, const mv_cuda_device &dev) {
     const int64_t sms = dev.sms > 0 ? dev.sms : 1;
-    if (a->in.rows < 4 * sms) return false;
     const bool wide = a->in.dtype == MV_FLOAT32;
-    if (a->in.residual != nullptr) return !wide && group_threads > 128;
-    return group_threads > 128 || !wide;
+    if (a->in.rows >= 4 * sms) {
+        if (a->in.residual != nullptr) return !wide && group_threads > 128;
+        return group_threads > 128 || !wide;
+    }
+    if (a->in.rows < 2 || wide || staged_row_threads(group_threads) != group_threads) return false;
+    return vectors || (a->in.residual == nullptr && group_threads <= 128);
 }
 
 /* Whether the staged kernel can take rows of H in groups of group_threads on this device: the
@@ -1025,7 +1032,7 @@ extern "C" int mv_rms_norm_cuda(const mv_rms_norm_args *a, const mv_cuda_opts *o
         const int64_t needed = ((a->in.hidden + per_vec - 1) / per_vec + kMaxVecsPerThread - 1) / kMaxVecsPerThread;
         if (needed <= kMaxVecThreads) {
             const int group_threads = group_threads_for(needed);
-            const bool staged = staged_wanted(a, group_threads, dev) && staged_fits(a, group_threads, dev);
+            const bool staged = staged_wanted(a, group_threads, true, dev) && staged_fits(a, group_threads, dev);
             err = cudaErrorInvalidValue;
             MV_DISPATCH_DTYPE(a->in.dtype, T, {
                 constexpr int V = 16 / sizeof(T);
@@ -1046,7 +1053,7 @@ extern "C" int mv_rms_norm_cuda(const mv_rms_norm_args *a, const mv_cuda_opts *o
     if (needed > kMaxVecThreads) return mv_rms_norm_cuda_reference(a, stream);
     const int group_threads = group_threads_for(needed);
     err = cudaErrorInvalidValue;
-    if (v == 1 && staged_wanted(a, group_threads, dev) && staged_fits(a, group_threads, dev)) {
+    if (v == 1 && staged_wanted(a, group_threads, false, dev) && staged_fits(a, group_threads, dev)) {
         MV_DISPATCH_DTYPE(a->in.dtype, T, {
             if (float_weight(a))
                 err = launch_staged<T, float, 1>(*a, group_threads, dev, cuda_stream, pdl);
