@@ -847,14 +847,14 @@ size_t staged_smem_bytes(int64_t hidden, int64_t elem, int64_t weight_elem, int6
    The row is in flight by cp.async whatever R is, so fewer threads a row put more rows, and so
    more bytes, in flight per multiprocessor; each emulated share adds to a row's latency (bf16
    4096 x 4095 on an H100: 29.0 us at R = 128 against 65 in place, where 512 threads a row leave
-   2 rows per SM; dev/logs/norm-staged-emulated-nvidia-h100-2026-11-24.log). */
+   2 rows per SM; dev/logs/norm-staged-emulated-nvidia-h100-h200-2026-11-24.log). */
 constexpr int kStagedRowThreads = 128;
 int staged_row_threads(int group_threads) {
     if (group_threads <= 2 * kStagedRowThreads) return group_threads;
     const int warps = group_threads / 32;
     for (int share = (group_threads + kStagedRowThreads - 1) / kStagedRowThreads; share <= warps; ++share)
         if (warps % share == 0) return group_threads / share;
-    return 32;
+    return 32; /* not reached: share = warps divides */
 }
 
 /* Whether rows off the 16-byte grid go through shared memory (rms_norm_staged_kernel) rather
