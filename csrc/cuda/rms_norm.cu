@@ -1052,21 +1052,15 @@ extern "C" int mv_rms_norm_cuda(const mv_rms_norm_args *a, const mv_cuda_opts *o
     const int64_t needed = (vecs_per_row + per_thread - 1) / per_thread;
     if (needed > kMaxVecThreads) return mv_rms_norm_cuda_reference(a, stream);
     const int group_threads = group_threads_for(needed);
+    const bool staged = v == 1 && staged_wanted(a, group_threads, false, dev) && staged_fits(a, group_threads, dev);
     err = cudaErrorInvalidValue;
-    if (v == 1 && staged_wanted(a, group_threads, false, dev) && staged_fits(a, group_threads, dev)) {
-        MV_DISPATCH_DTYPE(a->in.dtype, T, {
-            if (float_weight(a))
-                err = launch_staged<T, float, 1>(*a, group_threads, dev, cuda_stream, pdl);
-            else
-                err = launch_staged<T, T, 1>(*a, group_threads, dev, cuda_stream, pdl);
-        })
-        return (int)err;
-    }
     MV_DISPATCH_DTYPE(a->in.dtype, T, {
         if (float_weight(a))
-            err = launch_width<T, float>(*a, v, group_threads, cuda_stream, pdl, dev.sms);
+            err = staged ? launch_staged<T, float, 1>(*a, group_threads, dev, cuda_stream, pdl)
+                         : launch_width<T, float>(*a, v, group_threads, cuda_stream, pdl, dev.sms);
         else
-            err = launch_width<T, T>(*a, v, group_threads, cuda_stream, pdl, dev.sms);
+            err = staged ? launch_staged<T, T, 1>(*a, group_threads, dev, cuda_stream, pdl)
+                         : launch_width<T, T>(*a, v, group_threads, cuda_stream, pdl, dev.sms);
     })
     return (int)err;
 }
