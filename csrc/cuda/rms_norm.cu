@@ -893,13 +893,15 @@ bool staged_fits(const mv_rms_norm_args *a, int group_threads, const mv_cuda_dev
 /* As many whole groups as fit in kVecBlockThreads (at least one), but no more than the rows per
    multiprocessor: then a call of few rows spreads over the GPU instead of queueing them in a few
    blocks, and no block carries idle groups (M = 16 H = 4096 2.05 -> 1.89 us against fixed
-   256-thread blocks). Whole warps, as group_sum's shuffles need. */
+   256-thread blocks). Whole warps, as group_sum's shuffles need. max_rows: the most rows a block
+   may hold (the staged kernel's shared memory). */
 struct RowBlocks {
     unsigned blocks;
     int threads;
 };
-RowBlocks row_blocks(int64_t rows, int group_threads, int sms) {
-    const int64_t fitting_rows = group_threads >= kVecBlockThreads ? 1 : kVecBlockThreads / group_threads;
+RowBlocks row_blocks(int64_t rows, int group_threads, int sms, int64_t max_rows = kVecBlockThreads) {
+    int64_t fitting_rows = group_threads >= kVecBlockThreads ? 1 : kVecBlockThreads / group_threads;
+    if (fitting_rows > max_rows) fitting_rows = max_rows;
     int64_t block_rows = rows < fitting_rows ? rows : fitting_rows;
     const int64_t sm_count = sms > 0 ? sms : 1;
     const int64_t rows_per_sm = (rows + sm_count - 1) / sm_count;
@@ -922,7 +924,12 @@ cudaError_t launch_staged_kernel(const mv_rms_norm_args &a, int group_threads, c
     layout.weight_bytes = static_cast<int>(staged_row_bytes(a.in.hidden, sizeof(TW)));
     layout.group_bytes = kStagedSumBytes + buffers * layout.bytes;
     const int row_threads = staged_row_threads(group_threads);
-    const RowBlocks shape = row_blocks(a.in.rows, row_threads, dev.sms);
+    /* Where R is one warp (G of 11 or 13 warps: odd 16-bit H of 10241-11264, 12289-13312), up to
+       8 rows a block asked for up to 395 KiB of shared memory and the launch failed ("invalid
+       argument"). staged_fits: one row fits. */
+    const int64_t fitting_rows =
+        (static_cast<int64_t>(dev.max_shared_block) - layout.weight_bytes) / layout.group_bytes;
+    const RowBlocks shape = row_blocks(a.in.rows, row_threads, dev.sms, fitting_rows);
     const size_t smem = staged_smem_bytes(a.in.hidden, elem, sizeof(TW), buffers, shape.threads / row_threads);
     auto kernel = rms_norm_staged_kernel<T, TW, V, kHasResidual, kOffset, kTwoStrides>;
     cudaError_t err = mv_allow_shared(
