@@ -132,9 +132,9 @@ static int run(int bf16, int residual, int64_t H) {
 
 int main() {
     int bad = 0;
-    /* G (threads per row in place) of 16, 32, 128, 256 and 416 (13 warps, emulated by 4 or by
-       one) in single elements; 16-byte vectors above 4096, G = 416 at 12345 in bf16 (8 rows of
-       one warp would not fit a block's shared memory with the residual) */
+    /* G (threads per row in place) of 16, 32, 128, 256 and 416 (13 warps, emulated by one) in
+       single elements; 16-byte vectors above 4096, G = 416 at 12345 in bf16 (the 5 rows a block
+       of 600 rows once took, one warp each, do not fit its shared memory with the residual) */
     const int64_t hs[] = {121, 201, 999, 2047, 3327, 4095, 5119, 8191, 12345};
     for (int64_t h : hs)
         for (int bf16 = 0; bf16 < 2; ++bf16)
