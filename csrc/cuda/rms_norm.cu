@@ -842,6 +842,13 @@ size_t staged_smem_bytes(int64_t hidden, int64_t elem, int64_t weight_elem, int6
                                rows * (kStagedSumBytes + buffers_per_group * staged_row_bytes(hidden, elem)));
 }
 
+/* The most rows a block can stage in the device's shared memory (staged_smem_bytes inverted). */
+int64_t staged_rows_fitting(int64_t hidden, int64_t elem, int64_t weight_elem, int64_t buffers_per_group,
+                            const mv_cuda_device &dev) {
+    return (static_cast<int64_t>(dev.max_shared_block) - staged_row_bytes(hidden, weight_elem)) /
+           (kStagedSumBytes + buffers_per_group * staged_row_bytes(hidden, elem));
+}
+
 /* Real threads per row for the in-place layout's G (rms_norm_staged_kernel): G itself up to 256,
    else the fewest whole warps of 128 or more that divide G into equal shares of virtual warps.
    The row is in flight by cp.async whatever R is, so fewer threads a row put more rows, and so
@@ -887,7 +894,7 @@ bool staged_fits(const mv_rms_norm_args *a, int group_threads, const mv_cuda_dev
     const int64_t elem = a->in.dtype == MV_FLOAT32 ? 4 : 2;
     const int64_t weight_elem = float_weight(a) ? 4 : elem;
     return staged_row_threads(group_threads) >= 2 * 16 / elem && group_threads <= kMaxVecThreads &&
-           staged_smem_bytes(a->in.hidden, elem, weight_elem, 2, 1) <= static_cast<size_t>(dev.max_shared_block);
+           staged_rows_fitting(a->in.hidden, elem, weight_elem, 2, dev) >= 1;
 }
 
 /* As many whole groups as fit in kVecBlockThreads (at least one), but no more than the rows per
@@ -927,9 +934,8 @@ cudaError_t launch_staged_kernel(const mv_rms_norm_args &a, int group_threads, c
     /* Where R is one warp (G of 11 or 13 warps: odd 16-bit H of 10241-11264, 12289-13312), up to
        8 rows a block asked for up to 395 KiB of shared memory and the launch failed ("invalid
        argument"). staged_fits: one row fits. */
-    const int64_t fitting_rows =
-        (static_cast<int64_t>(dev.max_shared_block) - layout.weight_bytes) / layout.group_bytes;
-    const RowBlocks shape = row_blocks(a.in.rows, row_threads, dev.sms, fitting_rows);
+    const RowBlocks shape = row_blocks(a.in.rows, row_threads, dev.sms,
+                                       staged_rows_fitting(a.in.hidden, elem, sizeof(TW), buffers, dev));
     const size_t smem = staged_smem_bytes(a.in.hidden, elem, sizeof(TW), buffers, shape.threads / row_threads);
     auto kernel = rms_norm_staged_kernel<T, TW, V, kHasResidual, kOffset, kTwoStrides>;
     cudaError_t err = mv_allow_shared(
