@@ -3,7 +3,8 @@
  * graph of back-to-back calls (each on its own x and out; bf16), of the library's kernel
  * (mv_rms_norm_cuda, PDL off and on) and of a minimal one-row-per-block kernel in variants that
  * add one feature of the library's kernel at a time: griddepcontrol at the start, runtime
- * divisions for the row/lane split, a large parameter struct, fewer threads with more vectors.
+ * divisions for the row/lane split, a large parameter struct, fewer threads with more vectors;
+ * and one vector a thread summed in the library's order through shared memory (mini_emul).
  *
  *   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -Icsrc -Idev/probes -DMINIVLLM_HAVE_SM90A \
  *        dev/probes/norm_latency.cu csrc/cuda/rms_norm.cu csrc/cuda/device.cu -o /tmp/norm_latency
@@ -86,6 +87,70 @@ __global__ void __launch_bounds__((kExtra & 4) ? 512 : THREADS) mini(const __nv_
     }
 }
 
+
+/* THREADS threads of one 16-byte vector each, summed in the order of G threads of THREADS / G
+   vectors (thread t's vectors t, t + G, ... in turn, then a butterfly over G <= 32, or warp sums in
+   order): the library's summation order (batch invariance) with a wider layout, through shared
+   memory. */
+template <int THREADS, int G>
+__global__ void __launch_bounds__(THREADS) mini_emul(const __nv_bfloat16 *x, const __nv_bfloat16 *w, __nv_bfloat16 *out,
+                                                     int hidden, long long stride, float eps, int group, Big big) {
+    __shared__ float part[THREADS];
+    __shared__ float red[32];
+    const long long row = blockIdx.x;
+    const int t = threadIdx.x;
+    const uint4 *xr = reinterpret_cast<const uint4 *>(x + row * stride);
+    const uint4 *wr = reinterpret_cast<const uint4 *>(w);
+    const int nvec = hidden / 8;
+    uint4 v = make_uint4(0, 0, 0, 0), wv = v;
+    float p = 0.f;
+    if (t < nvec) {
+        v = xr[t];
+        wv = wr[t];
+        const __nv_bfloat16 *h = reinterpret_cast<const __nv_bfloat16 *>(&v);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const float f = __bfloat162float(h[j]);
+            p += f * f;
+        }
+    }
+    part[t] = p;
+    __syncthreads();
+    if (t < G) {
+        float s = 0.f;
+#pragma unroll
+        for (int i = 0; i < THREADS / G; ++i) s += part[t + i * G];
+        if (G <= 32) {
+#pragma unroll
+            for (int o = G / 2; o > 0; o >>= 1) s += __shfl_xor_sync(G >= 32 ? 0xffffffffu : (1u << G) - 1, s, o);
+            if (t == 0) red[0] = s;
+        } else {
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+            if ((t & 31) == 0) red[1 + (t >> 5)] = s;
+        }
+    }
+    __syncthreads();
+    float sum;
+    if (G <= 32) {
+        sum = red[0];
+    } else {
+        sum = 0.f;
+#pragma unroll
+        for (int k = 0; k < G / 32; ++k) sum += red[1 + k];
+    }
+    const float rrms = rsqrtf(sum / (float)hidden + eps);
+    if (t < nvec) {
+        const __nv_bfloat16 *h = reinterpret_cast<const __nv_bfloat16 *>(&v);
+        const __nv_bfloat16 *g = reinterpret_cast<const __nv_bfloat16 *>(&wv);
+        uint4 r;
+        __nv_bfloat16 *o = reinterpret_cast<__nv_bfloat16 *>(&r);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) o[j] = __float2bfloat16(__bfloat162float(g[j]) * (__bfloat162float(h[j]) * rrms));
+        reinterpret_cast<uint4 *>(out + row * stride)[t] = r;
+    }
+}
+
 struct Case {
     const char *name;
     int kind; /* 0: library pdl off, 1: library pdl on, 2: mini */
@@ -134,7 +199,7 @@ int main(int argc, char **argv) {
     CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
     /* "short": fewer calls, for ncu */
     const int calls = argc > 1 ? 20 : 2000;
-    const int shapes[][2] = {{1, 1024}, {1, 4096}, {16, 4096}};
+    const int shapes[][2] = {{1, 1024}, {1, 4096}, {16, 4096}, {16, 1024}};
     for (auto &shape : shapes) {
         const int rows = shape[0], hidden = shape[1];
         std::vector<__nv_bfloat16 *> xs(calls), outs(calls);
@@ -156,6 +221,7 @@ int main(int argc, char **argv) {
             cases.push_back({"mini 256x2 +big param", 2, mini<256, 2, false, false, true>, 256, false});
             cases.push_back({"mini 128x4 (the library's layout)", 2, mini<128, 4, false, false, false>, 128, false});
             cases.push_back({"mini 512x1", 2, mini<512, 1, false, false, false>, 512, false});
+            cases.push_back({"emul 512x1 in 128x4 order", 2, mini_emul<512, 128>, 512, false});
             cases.push_back({"mini 256x2 +griddepcontrol, PDL on", 2, mini<256, 2, true, false, false>, 256, true});
         } else {
             cases.push_back({"mini 128x1", 2, mini<128, 1, false, false, false>, 128, false});
@@ -163,6 +229,7 @@ int main(int argc, char **argv) {
             cases.push_back({"mini 128x1 +div", 2, mini<128, 1, false, true, false>, 128, false});
             cases.push_back({"mini 128x1 +big param", 2, mini<128, 1, false, false, true>, 128, false});
             cases.push_back({"mini 32x4 (the library's layout)", 2, mini<32, 4, false, false, false>, 32, false});
+            cases.push_back({"emul 128x1 in 32x4 order", 2, mini_emul<128, 32>, 128, false});
             cases.push_back({"mini 32x4 +dead code", 2, mini<32, 4, false, false, false, 1>, 32, false});
             cases.push_back({"mini 32x4 +smem step", 2, mini<32, 4, false, false, false, 2>, 32, false});
             cases.push_back({"mini 32x4 +launch_bounds(512)", 2, mini<32, 4, false, false, false, 4>, 32, false});
