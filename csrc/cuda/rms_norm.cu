@@ -13,6 +13,9 @@
  *   back to:
  * - rms_norm_reference_kernel, deliberately simple (one block per row, scalar loads, two passes),
  *   kept for those rows and for the tests to compare the fast kernel against.
+ * Short calls (at most a row per multiprocessor) of rows in 16-byte vectors or single elements
+ * take rms_norm_short_kernel: the fast kernel's layout and summation order, without its long-call
+ * bookkeeping.
  * Rows of odd H above 4096 take 16-byte "virtual vectors" from each row's first element
  * (rms_norm_vec_kernel<kOdd>, load_vec). Rows off the 16-byte grid (odd H, misaligned views) in
  * calls of many rows go through shared memory instead (rms_norm_staged_kernel), summed in the
@@ -230,6 +233,41 @@ __device__ __forceinline__ void keep_packed(VecT &v) {
     }
 }
 
+/* The per-vector arithmetic every kernel here shares, element by element in order (the order
+   fixes a row's bits). s = x + residual rounded to T, as the model stores it: */
+template <typename T, int V>
+__device__ __forceinline__ void add_rounded(mv_vec<T, V> &s, const mv_vec<T, V> &residual) {
+    float sums[V];
+#pragma unroll
+    for (int j = 0; j < V; ++j) sums[j] = mv_to_float(s.v[j]) + mv_to_float(residual.v[j]);
+    mv_from_floats(s.v, sums);
+}
+/* acc plus the squares of s's elements, in turn: */
+template <typename T, int V>
+__device__ __forceinline__ float add_squares(float acc, const mv_vec<T, V> &s) {
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+        const float v = mv_to_float(s.v[j]);
+        acc += v * v;
+    }
+    return acc;
+}
+/* out = (w + offset) * (s * rrms), rounded once (kOffset: a compile-time switch, as the add in
+   the chain cost short calls 0.1 us on the H200): */
+template <bool kOffset, typename T, typename TW, int V>
+__device__ __forceinline__ mv_vec<T, V> normalized(const mv_vec<T, V> &s, const mv_vec<TW, V> &w, float rrms,
+                                                   float weight_offset) {
+    float normed[V];
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+        const float g = kOffset ? mv_to_float(w.v[j]) + weight_offset : mv_to_float(w.v[j]);
+        normed[j] = g * (mv_to_float(s.v[j]) * rrms);
+    }
+    mv_vec<T, V> result;
+    mv_from_floats(result.v, normed);
+    return result;
+}
+
 /* ---- rows off the 16-byte grid (odd H) ------------------------------------------------------- */
 
 /* 16 bytes at p, in the widest accesses p's alignment allows (p even): one 16-byte access, two
@@ -406,19 +444,10 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(NormParams
             for (int i = 0; i < kVecs; ++i) {
                 const int idx = lane + i * group_threads;
                 if (idx >= vecs_per_row) continue;
-                if (kHasResidual) { /* rounded to T, as the model stores it, then normalized */
-                    float sums[V];
-#pragma unroll
-                    for (int j = 0; j < V; ++j) sums[j] = mv_to_float(row_vecs[i].v[j]) + mv_to_float(added[i].v[j]);
-                    mv_from_floats(row_vecs[i].v, sums);
-                }
-#pragma unroll
-                for (int j = 0; j < V; ++j) {
-                    /* kOdd: the last vector's elements past H were read as zero; with a
-                       residual their sum is zero too */
-                    const float v = mv_to_float(row_vecs[i].v[j]);
-                    sum_sq += v * v;
-                }
+                if (kHasResidual) add_rounded(row_vecs[i], added[i]);
+                /* kOdd: the last vector's elements past H were read as zero; with a residual
+                   their sum is zero too */
+                sum_sq = add_squares(sum_sq, row_vecs[i]);
                 if (kHasResidual)
                     store_vec<T, V, kOdd>(static_cast<T *>(in.residual_out) +
                                               pos.at(in.residual_out_stride, outer.residual_out),
@@ -448,18 +477,135 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(NormParams
         for (int i = 0; i < kVecs; ++i) {
             const int idx = lane + i * group_threads;
             if (idx >= vecs_per_row) continue;
-            const WVecT w = weight_vecs[i];
-            float normed[V];
-#pragma unroll
-            for (int j = 0; j < V; ++j) {
-                /* a compile-time switch: the add in the chain cost short calls 0.1 us (H200) */
-                const float g = kOffset ? mv_to_float(w.v[j]) + in.weight_offset : mv_to_float(w.v[j]);
-                normed[j] = g * (mv_to_float(row_vecs[i].v[j]) * rrms);
-            }
-            VecT result;
-            mv_from_floats(result.v, normed);
-            store_vec<T, V, kOdd>(reinterpret_cast<T *>(out_row), idx, hidden, result);
+            store_vec<T, V, kOdd>(reinterpret_cast<T *>(out_row), idx, hidden,
+                                  normalized<kOffset>(row_vecs[i], weight_vecs[i], rrms, in.weight_offset));
         }
+    }
+}
+
+/* ---- short calls ----------------------------------------------------------------------------- */
+
+/* A call of at most one row per multiprocessor takes one row's latency: a chain of loads, a sum,
+   shuffles and stores, mostly on one warp, where the general kernel's bookkeeping adds to the
+   time. rms_norm_short_kernel is rms_norm_vec_kernel's layout and summation order (kEarlyWeight
+   form), so a row has the same bits on either (batch invariance), without what long calls need:
+   its grid covers the rows once (no grid-stride loop), a block splits into groups by a shift,
+   and its parameter is small, with what the start of the kernel reads in its first 48 bytes
+   (each launch fetches its parameter's constant-cache lines anew). Rows of 16-byte vectors or
+   single elements, in one stride of at most 2^31 - 1 elements. H100, bf16 M = 1 H = 1024, PDL
+   off: 1.90 -> 1.66 us (bench_rms_norm); in a probe's graph chain 1.47 us a call, against 1.58
+   for a first form (a 96-byte parameter, a branch on the group split) and 1.33 for a minimal
+   kernel of the same layout; dev/logs/norm-short-kernel-nvidia-h100-80gb-hbm3-2026-11-24.log. */
+struct ShortParams {
+    const void *x;
+    void *out;
+    const void *weight;
+    int x_stride, out_stride;
+    int hidden;
+    float eps;
+    unsigned short rows;
+    unsigned char group_shift; /* log2 G where G <= 32; 10 where a block holds one row of G > 32 */
+    unsigned char prefetch;    /* ask L2 for the row before waiting for the previous kernel (PDL) */
+    float weight_offset;
+    const void *residual;
+    void *residual_out;
+    int residual_stride, residual_out_stride;
+};
+
+template <typename T, typename TW, int V, bool kHasResidual, bool kOffset>
+__global__ void __launch_bounds__(kMaxVecThreads) rms_norm_short_kernel(ShortParams p) {
+    __shared__ float warp_sums[32];
+    constexpr int kVecs = vecs_per_thread(V);
+    using VecT = mv_vec<T, V>;
+    using WVecT = mv_vec<TW, V>;
+    /* G = 2^shift threads a group up to a warp, a warp's worth of groups a block; beyond, a block
+       of G threads and one row (shift 10: every thread is lane, the block one group). */
+    const int shift = p.group_shift;
+    const int group_threads = min(1 << shift, static_cast<int>(blockDim.x));
+    const int lane = threadIdx.x & ((1 << shift) - 1);
+    const int rows_per_block = max(static_cast<int>(blockDim.x) >> shift, 1);
+    const int row = static_cast<int>(blockIdx.x) * rows_per_block + static_cast<int>(threadIdx.x >> shift);
+    const bool active = row < p.rows;
+    const int hidden = p.hidden;
+    const int vecs_per_row = hidden / V;
+    const T *x_row = static_cast<const T *>(p.x) + static_cast<int64_t>(row) * p.x_stride;
+    const T *r_row = kHasResidual ? static_cast<const T *>(p.residual) + static_cast<int64_t>(row) * p.residual_stride
+                                  : nullptr;
+    if (p.prefetch && active) { /* as rms_norm_vec_kernel: a request per vector */
+#pragma unroll
+        for (int i = 0; i < kVecs; ++i) {
+            const int idx = lane + i * group_threads;
+            if (idx < vecs_per_row) {
+                mv_prefetch_l2(x_row + idx * V);
+                if (kHasResidual) mv_prefetch_l2(r_row + idx * V);
+            }
+        }
+    }
+    mv_pdl_wait();
+    mv_pdl_trigger();
+
+    const WVecT *weight = static_cast<const WVecT *>(p.weight);
+    VecT row_vecs[kVecs];
+    WVecT weight_vecs[kVecs];
+    float sum_sq = 0.0f;
+    if (active) {
+        VecT added[kVecs];
+#pragma unroll
+        for (int i = 0; i < kVecs; ++i) {
+            const int idx = lane + i * group_threads;
+            if (idx < vecs_per_row) row_vecs[i] = reinterpret_cast<const VecT *>(x_row)[idx];
+        }
+#pragma unroll
+        for (int i = 0; i < kVecs; ++i) {
+            const int idx = lane + i * group_threads;
+            if (idx < vecs_per_row) weight_vecs[i] = weight[idx];
+        }
+        if (kHasResidual) {
+#pragma unroll
+            for (int i = 0; i < kVecs; ++i) {
+                const int idx = lane + i * group_threads;
+                if (idx < vecs_per_row) added[i] = reinterpret_cast<const VecT *>(r_row)[idx];
+            }
+        }
+        VecT *ro_row = kHasResidual ? reinterpret_cast<VecT *>(static_cast<T *>(p.residual_out) +
+                                                              static_cast<int64_t>(row) * p.residual_out_stride)
+                                    : nullptr;
+#pragma unroll
+        for (int i = 0; i < kVecs; ++i) {
+            const int idx = lane + i * group_threads;
+            if (idx >= vecs_per_row) continue;
+            if (kHasResidual) add_rounded(row_vecs[i], added[i]);
+            sum_sq = add_squares(sum_sq, row_vecs[i]);
+            if (kHasResidual) ro_row[idx] = row_vecs[i];
+        }
+    }
+    /* group_sum's order: a butterfly over G <= 32 (offsets G / 2 down to 1); beyond, the warps'
+       butterflies, then their sums in order */
+    if (group_threads <= 32) {
+#pragma unroll
+        for (int offset = 16; offset > 0; offset >>= 1)
+            if (offset < group_threads) sum_sq += __shfl_xor_sync(0xffffffffu, sum_sq, offset);
+    } else {
+        sum_sq = mv_warp_sum(sum_sq);
+        if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = sum_sq;
+        __syncthreads();
+        float total = 0.0f;
+        for (int w = 0; w < (group_threads >> 5); ++w) total += warp_sums[w];
+        sum_sq = total;
+    }
+    if (!active) return;
+#pragma unroll
+    for (int i = 0; i < kVecs; ++i) {
+        keep_packed(row_vecs[i]);
+        if (!kHasResidual) keep_packed(weight_vecs[i]);
+    }
+    const float rrms = rsqrtf(sum_sq / static_cast<float>(hidden) + p.eps);
+    VecT *out_row = reinterpret_cast<VecT *>(static_cast<T *>(p.out) + static_cast<int64_t>(row) * p.out_stride);
+#pragma unroll
+    for (int i = 0; i < kVecs; ++i) {
+        const int idx = lane + i * group_threads;
+        if (idx >= vecs_per_row) continue;
+        out_row[idx] = normalized<kOffset>(row_vecs[i], weight_vecs[i], rrms, p.weight_offset);
     }
 }
 
@@ -585,11 +731,7 @@ template <typename T, int N, bool kHasResidual>
 __device__ __forceinline__ mv_vec<T, N> staged_s(const char *x_buf, int x_head, const char *r_buf, int r_head, int e) {
     mv_vec<T, N> s = load_staged<T, N>(x_buf, x_head, e);
     if constexpr (kHasResidual) {
-        const mv_vec<T, N> added = load_staged<T, N>(r_buf, r_head, e);
-        float sums[N];
-#pragma unroll
-        for (int j = 0; j < N; ++j) sums[j] = mv_to_float(s.v[j]) + mv_to_float(added.v[j]);
-        mv_from_floats(s.v, sums);
+        add_rounded(s, load_staged<T, N>(r_buf, r_head, e));
     }
     return s;
 }
@@ -614,11 +756,7 @@ __device__ __forceinline__ float virtual_sum(const char *x_buf, int x_head, cons
                 sv.v[j] = j < valid ? staged_s<T, 1, kHasResidual>(x_buf, x_head, r_buf, r_head, k * V + j).v[0]
                                     : mv_from_float<T>(0.0f);
         }
-#pragma unroll
-        for (int j = 0; j < V; ++j) {
-            const float v = mv_to_float(sv.v[j]);
-            sum_sq += v * v;
-        }
+        sum_sq = add_squares(sum_sq, sv);
     }
     return sum_sq;
 }
@@ -633,20 +771,8 @@ __device__ __forceinline__ void staged_store_piece(const RowPieces<T> &o, int p,
     const int e0 = (p * 16 - o.head) / static_cast<int>(sizeof(T)); /* negative in an edge piece 0 */
     if (o.whole(p)) {
         const mv_vec<T, N> sv = staged_s<T, N, kHasResidual>(x_buf, x_head, r_buf, r_head, e0);
-        mv_vec<T, N> result;
-        if constexpr (kOut) {
-            const mv_vec<TW, N> w = load_staged<TW, N>(w_buf, w_head, e0);
-            float normed[N];
-#pragma unroll
-            for (int j = 0; j < N; ++j) {
-                const float g = kOffset ? mv_to_float(w.v[j]) + weight_offset : mv_to_float(w.v[j]);
-                normed[j] = g * (mv_to_float(sv.v[j]) * rrms);
-            }
-            mv_from_floats(result.v, normed);
-        } else {
-            result = sv;
-        }
-        *reinterpret_cast<mv_vec<T, N> *>(o.base + p * 16) = result;
+        *reinterpret_cast<mv_vec<T, N> *>(o.base + p * 16) =
+            kOut ? normalized<kOffset>(sv, load_staged<TW, N>(w_buf, w_head, e0), rrms, weight_offset) : sv;
         return;
     }
     T *row = reinterpret_cast<T *>(o.base + o.head);
@@ -990,6 +1116,50 @@ cudaError_t launch_vec_strides(const mv_rms_norm_args &a, int group_threads, uns
                                         a, group_threads, blocks, threads, stream, pdl);
 }
 
+/* Whether a call can take the short kernel: at most a row per multiprocessor (so one pass of the
+   grid, a block of one group or a warp of groups), one stride, and strides that fit its int
+   fields. */
+bool short_call(const mv_rms_norm_args &a, int sms) {
+    const int64_t limit = INT32_MAX;
+    bool ok = a.outer.inner_rows == 0 && a.in.rows <= (sms > 0 ? sms : 1) && a.in.rows <= UINT16_MAX &&
+              a.in.x_stride >= -limit && a.in.x_stride <= limit && a.out_stride >= -limit && a.out_stride <= limit;
+    if (a.in.residual != nullptr)
+        ok = ok && a.in.residual_stride >= -limit && a.in.residual_stride <= limit &&
+             a.in.residual_out_stride >= -limit && a.in.residual_out_stride <= limit;
+    return ok;
+}
+
+template <typename T, typename TW, int V>
+cudaError_t launch_short(const mv_rms_norm_args &a, int group_threads, const RowBlocks &shape, cudaStream_t stream,
+                         bool pdl) {
+    ShortParams p = {};
+    p.x = a.in.x;
+    p.out = a.out;
+    p.weight = a.in.norm_weight;
+    p.x_stride = static_cast<int>(a.in.x_stride);
+    p.out_stride = static_cast<int>(a.out_stride);
+    p.hidden = static_cast<int>(a.in.hidden);
+    p.eps = a.in.eps;
+    p.rows = static_cast<unsigned short>(a.in.rows);
+    p.group_shift = 10;
+    if (group_threads <= 32)
+        for (p.group_shift = 0; (1 << p.group_shift) < group_threads; ++p.group_shift) {
+        }
+    p.prefetch = pdl ? 1 : 0;
+    p.weight_offset = a.in.weight_offset;
+    p.residual = a.in.residual;
+    p.residual_out = a.in.residual_out;
+    p.residual_stride = static_cast<int>(a.in.residual_stride);
+    p.residual_out_stride = static_cast<int>(a.in.residual_out_stride);
+    const bool offset = a.in.weight_offset != 0.0f;
+    void (*kernel)(ShortParams) =
+        a.in.residual != nullptr
+            ? (offset ? rms_norm_short_kernel<T, TW, V, true, true> : rms_norm_short_kernel<T, TW, V, true, false>)
+            : (offset ? rms_norm_short_kernel<T, TW, V, false, true> : rms_norm_short_kernel<T, TW, V, false, false>);
+    const cudaError_t err = mv_launch(kernel, dim3(shape.blocks), dim3(shape.threads), 0, stream, pdl, p);
+    return err != cudaSuccess ? err : cudaGetLastError();
+}
+
 template <typename T, typename TW, int V, bool kOdd = false>
 cudaError_t launch_vec(const mv_rms_norm_args &a, int group_threads, cudaStream_t stream, bool pdl, int sms) {
     /* vector_width never asks for more than 16 bytes (no float x 8), so build no such kernel */
@@ -997,6 +1167,13 @@ cudaError_t launch_vec(const mv_rms_norm_args &a, int group_threads, cudaStream_
         return cudaErrorInvalidValue;
     } else {
         const RowBlocks shape = row_blocks(a.in.rows, group_threads, sms);
+        /* Rows of 16-byte vectors or single elements in short calls: the short kernel. The
+           narrower vectors of other H or misaligned views keep the general kernel, and so do
+           rows off the grid above 4096 (kOdd): a short form of them, with plain vector loads
+           on rows found aligned, ran slower (bf16 1 x 5119 2.57 -> 3.33 us). */
+        if constexpr (!kOdd && (V == 1 || sizeof(T) * V == 16)) {
+            if (short_call(a, sms)) return launch_short<T, TW, V>(a, group_threads, shape, stream, pdl);
+        }
         const unsigned blocks = shape.blocks;
         const int threads = shape.threads;
         const bool offset = a.in.weight_offset != 0.0f;
