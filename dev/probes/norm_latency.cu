@@ -4,7 +4,7 @@
  * (mv_rms_norm_cuda, PDL off and on) and of a minimal one-row-per-block kernel in variants that
  * add one feature of the library's kernel at a time: griddepcontrol at the start, runtime
  * divisions for the row/lane split, a large parameter struct, fewer threads with more vectors;
- * and one vector a thread summed in the library's order through shared memory (mini_emul).
+ * and one vector a thread, its sums taken through shared memory in the 32x4 layout's tree (mini_emul).
  *
  *   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -Icsrc -Idev/probes -DMINIVLLM_HAVE_SM90A \
  *        dev/probes/norm_latency.cu csrc/cuda/rms_norm.cu csrc/cuda/device.cu -o /tmp/norm_latency
@@ -88,10 +88,11 @@ __global__ void __launch_bounds__((kExtra & 4) ? 512 : THREADS) mini(const __nv_
 }
 
 
-/* THREADS threads of one 16-byte vector each, summed in the order of G threads of THREADS / G
-   vectors (thread t's vectors t, t + G, ... in turn, then a butterfly over G <= 32, or warp sums in
-   order): the library's summation order (batch invariance) with a wider layout, through shared
-   memory. */
+/* THREADS threads of one 16-byte vector each; each vector's sum of squares is formed alone, then
+   the G threads of the narrower layout (G threads of THREADS / G vectors) add vectors t, t + G, ...
+   in turn and reduce as the library does (a butterfly over G <= 32, or warp sums in order). Not
+   the library's bits: its threads chain the squares of all their vectors in one running sum, so
+   it would take per-vector sums there too for the two layouts to agree. */
 template <int THREADS, int G>
 __global__ void __launch_bounds__(THREADS) mini_emul(const __nv_bfloat16 *x, const __nv_bfloat16 *w, __nv_bfloat16 *out,
                                                      int hidden, long long stride, float eps, int group, Big big) {
