@@ -310,6 +310,22 @@ __device__ __forceinline__ void store16_at(char *p, uint4 v) {
     }
 }
 
+/* The first `valid` (< V) elements of a vector at p, the rest zero; and their store (load_vec and
+   store_vec keep their own copy of these loops: calling these changed 52 kernels' code). */
+template <typename U, int V>
+__device__ __forceinline__ mv_vec<U, V> tail_load(const U *p, int valid) {
+    mv_vec<U, V> v;
+#pragma unroll
+    for (int j = 0; j < V; ++j) v.v[j] = j < valid ? p[j] : mv_from_float<U>(0.0f);
+    return v;
+}
+template <typename U, int V>
+__device__ __forceinline__ void tail_store(U *p, int valid, const mv_vec<U, V> &v) {
+#pragma unroll
+    for (int j = 0; j < V; ++j)
+        if (j < valid) p[j] = v.v[j];
+}
+
 /* Vector idx of a row of `hidden` U from its first element. kOdd: the row may start anywhere
    (element-aligned) and the last vector is cut at hidden (elements past it read as zero, never
    touched in memory); else the row is V-aligned and V divides hidden. */
@@ -512,7 +528,7 @@ struct ShortParams {
     int residual_stride, residual_out_stride;
 };
 
-template <typename T, typename TW, int V, bool kHasResidual, bool kOffset>
+template <typename T, typename TW, int V, bool kHasResidual, bool kOffset, bool kTail>
 __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_short_kernel(ShortParams p) {
     __shared__ float warp_sums[32];
     constexpr int kVecs = vecs_per_thread(V);
@@ -527,7 +543,8 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_short_kernel(ShortPar
     const int row = static_cast<int>(blockIdx.x) * rows_per_block + static_cast<int>(threadIdx.x >> shift);
     const bool active = row < p.rows;
     const int hidden = p.hidden;
-    const int vecs_per_row = hidden / V;
+    const int full = hidden / V; /* whole vectors; kTail: one more, cut at H */
+    const int vecs_per_row = kTail ? (hidden + V - 1) / V : full;
     const T *x_row = static_cast<const T *>(p.x) + static_cast<int64_t>(row) * p.x_stride;
     const T *r_row = kHasResidual ? static_cast<const T *>(p.residual) + static_cast<int64_t>(row) * p.residual_stride
                                   : nullptr;
@@ -553,18 +570,27 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_short_kernel(ShortPar
 #pragma unroll
         for (int i = 0; i < kVecs; ++i) {
             const int idx = lane + i * group_threads;
-            if (idx < vecs_per_row) row_vecs[i] = reinterpret_cast<const VecT *>(x_row)[idx];
+            if (idx < full) row_vecs[i] = reinterpret_cast<const VecT *>(x_row)[idx];
         }
 #pragma unroll
         for (int i = 0; i < kVecs; ++i) {
             const int idx = lane + i * group_threads;
-            if (idx < vecs_per_row) weight_vecs[i] = weight[idx];
+            if (idx < full) weight_vecs[i] = weight[idx];
         }
         if (kHasResidual) {
 #pragma unroll
             for (int i = 0; i < kVecs; ++i) {
                 const int idx = lane + i * group_threads;
-                if (idx < vecs_per_row) added[i] = reinterpret_cast<const VecT *>(r_row)[idx];
+                if (idx < full) added[i] = reinterpret_cast<const VecT *>(r_row)[idx];
+            }
+        }
+        if (kTail) { /* after the whole vectors' loads, so those are all in flight first */
+#pragma unroll
+            for (int i = 0; i < kVecs; ++i) {
+                if (lane + i * group_threads != full) continue;
+                row_vecs[i] = tail_load<T, V>(x_row + full * V, hidden - full * V);
+                weight_vecs[i] = tail_load<TW, V>(static_cast<const TW *>(p.weight) + full * V, hidden - full * V);
+                if (kHasResidual) added[i] = tail_load<T, V>(r_row + full * V, hidden - full * V);
             }
         }
         VecT *ro_row = kHasResidual ? reinterpret_cast<VecT *>(static_cast<T *>(p.residual_out) +
@@ -575,8 +601,11 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_short_kernel(ShortPar
             const int idx = lane + i * group_threads;
             if (idx >= vecs_per_row) continue;
             if (kHasResidual) add_rounded(row_vecs[i], added[i]);
-            sum_sq = add_squares(sum_sq, row_vecs[i]);
-            if (kHasResidual) ro_row[idx] = row_vecs[i];
+            sum_sq = add_squares(sum_sq, row_vecs[i]); /* kTail: zeros past H, as rms_norm_vec_kernel<kOdd> */
+            if (kHasResidual) {
+                if (!kTail || idx < full) ro_row[idx] = row_vecs[i];
+                else tail_store<T, V>(reinterpret_cast<T *>(ro_row) + full * V, hidden - full * V, row_vecs[i]);
+            }
         }
     }
     /* group_sum's order: a butterfly over G <= 32 (offsets G / 2 down to 1); beyond, the warps'
@@ -605,7 +634,9 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_short_kernel(ShortPar
     for (int i = 0; i < kVecs; ++i) {
         const int idx = lane + i * group_threads;
         if (idx >= vecs_per_row) continue;
-        out_row[idx] = normalized<kOffset>(row_vecs[i], weight_vecs[i], rrms, p.weight_offset);
+        const VecT result = normalized<kOffset>(row_vecs[i], weight_vecs[i], rrms, p.weight_offset);
+        if (!kTail || idx < full) out_row[idx] = result;
+        else tail_store<T, V>(reinterpret_cast<T *>(out_row) + full * V, hidden - full * V, result);
     }
 }
 
@@ -1129,7 +1160,17 @@ bool short_call(const mv_rms_norm_args &a, int sms) {
     return ok;
 }
 
+/* Whether every row argument's first row starts on a whole vector (the weight on one of its
+   own width). */
 template <typename T, typename TW, int V>
+bool starts_aligned(const mv_rms_norm_args &a) {
+    const auto on = [](const void *p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; };
+    bool ok = on(a.in.x, sizeof(T) * V) && on(a.out, sizeof(T) * V) && on(a.in.norm_weight, sizeof(TW) * V);
+    if (a.in.residual != nullptr) ok = ok && on(a.in.residual, sizeof(T) * V) && on(a.in.residual_out, sizeof(T) * V);
+    return ok;
+}
+
+template <typename T, typename TW, int V, bool kTail = false>
 cudaError_t launch_short(const mv_rms_norm_args &a, int group_threads, const RowBlocks &shape, cudaStream_t stream,
                          bool pdl) {
     ShortParams p = {};
@@ -1154,8 +1195,10 @@ cudaError_t launch_short(const mv_rms_norm_args &a, int group_threads, const Row
     const bool offset = a.in.weight_offset != 0.0f;
     void (*kernel)(ShortParams) =
         a.in.residual != nullptr
-            ? (offset ? rms_norm_short_kernel<T, TW, V, true, true> : rms_norm_short_kernel<T, TW, V, true, false>)
-            : (offset ? rms_norm_short_kernel<T, TW, V, false, true> : rms_norm_short_kernel<T, TW, V, false, false>);
+            ? (offset ? rms_norm_short_kernel<T, TW, V, true, true, kTail>
+                      : rms_norm_short_kernel<T, TW, V, true, false, kTail>)
+            : (offset ? rms_norm_short_kernel<T, TW, V, false, true, kTail>
+                      : rms_norm_short_kernel<T, TW, V, false, false, kTail>);
     const cudaError_t err = mv_launch(kernel, dim3(shape.blocks), dim3(shape.threads), 0, stream, pdl, p);
     return err != cudaSuccess ? err : cudaGetLastError();
 }
@@ -1167,12 +1210,17 @@ cudaError_t launch_vec(const mv_rms_norm_args &a, int group_threads, cudaStream_
         return cudaErrorInvalidValue;
     } else {
         const RowBlocks shape = row_blocks(a.in.rows, group_threads, sms);
-        /* Rows of 16-byte vectors or single elements in short calls: the short kernel. The
-           narrower vectors of other H or misaligned views keep the general kernel, and so do
-           rows off the grid above 4096 (kOdd): a short form of them, with plain vector loads
-           on rows found aligned, ran slower (bf16 1 x 5119 2.57 -> 3.33 us). */
+        /* Rows of 16-byte vectors or single elements in short calls: the short kernel. So is a
+           call of one row off the grid (kOdd) that starts on it, whole vectors then a tail cut
+           at H (kTail): its first form read every row in place, aligned or not, with a branch
+           on each vector that held its loads back (bf16 1 x 5119 2.57 -> 3.33 us). The
+           narrower vectors of other H or misaligned views keep the general kernel. */
         if constexpr (!kOdd && (V == 1 || sizeof(T) * V == 16)) {
             if (short_call(a, sms)) return launch_short<T, TW, V>(a, group_threads, shape, stream, pdl);
+        }
+        if constexpr (kOdd) {
+            if (a.in.rows == 1 && short_call(a, sms) && starts_aligned<T, TW, V>(a))
+                return launch_short<T, TW, V, true>(a, group_threads, shape, stream, pdl);
         }
         const unsigned blocks = shape.blocks;
         const int threads = shape.threads;
