@@ -1197,10 +1197,8 @@ cudaError_t launch_short(const mv_rms_norm_args &a, int group_threads, const Row
     p.hidden = static_cast<int>(a.in.hidden);
     p.eps = a.in.eps;
     p.rows = static_cast<unsigned short>(a.in.rows);
-    p.group_shift = 10;
-    if (group_threads <= 32)
-        for (p.group_shift = 0; (1 << p.group_shift) < group_threads; ++p.group_shift) {
-        }
+    /* group_threads_for gives a power of two up to a warp */
+    p.group_shift = static_cast<unsigned char>(group_threads <= 32 ? __builtin_ctz(group_threads) : 10);
     p.prefetch = pdl ? 1 : 0;
     p.weight_offset = a.in.weight_offset;
     p.residual = a.in.residual;
