@@ -194,6 +194,20 @@ constexpr int kVecBlockThreads = 256;
    thread used all 128 registers with the weight held early. Wider vectors keep 4 per thread. */
 __host__ __device__ constexpr int vecs_per_thread(int v) { return v == 1 ? 8 : kMaxVecsPerThread; }
 
+/* Threads per row for `needed` threads' worth of vectors: a power of two up to a warp (shuffle
+   reduction), beyond that whole warps, so a row of 640 vectors (H = 5120, bf16) takes 160
+   threads with 4 vectors each rather than 256 of which 96 idle (that ran 4096 x 5120 at 71% of
+   copy bandwidth). */
+inline int group_threads_for(int64_t needed) {
+    int group_threads = 1;
+    if (needed <= 32) {
+        while (group_threads < needed) group_threads <<= 1;
+    } else {
+        group_threads = static_cast<int>((needed + 31) / 32 * 32);
+    }
+    return group_threads;
+}
+
 /* Sum over a group of G threads (G a power of two up to 32, else a multiple of 32; groups aligned
    within the block); every
    thread of the group gets the total. All threads of the block must call it (it may use
@@ -242,15 +256,24 @@ __device__ __forceinline__ void add_rounded(mv_vec<T, V> &s, const mv_vec<T, V> 
     for (int j = 0; j < V; ++j) sums[j] = mv_to_float(s.v[j]) + mv_to_float(residual.v[j]);
     mv_from_floats(s.v, sums);
 }
-/* acc plus the squares of s's elements, in turn: */
+/* A vector's sum of squares, its elements in turn, and acc plus it: every row sum is these
+   per-vector sums added in the layout's order, so a kernel holding one vector a thread can rebuild
+   the order of one holding several (rms_norm_lanes_kernel). The roundings are spelled out so that
+   nvcc cannot contract acc + v * v into one fma in one kernel and not in another. */
+template <typename T, int V>
+__device__ __forceinline__ float vector_squares(const mv_vec<T, V> &s) {
+    const float v0 = mv_to_float(s.v[0]);
+    float p = __fmul_rn(v0, v0);
+#pragma unroll
+    for (int j = 1; j < V; ++j) {
+        const float v = mv_to_float(s.v[j]);
+        p = __fmaf_rn(v, v, p);
+    }
+    return p;
+}
 template <typename T, int V>
 __device__ __forceinline__ float add_squares(float acc, const mv_vec<T, V> &s) {
-#pragma unroll
-    for (int j = 0; j < V; ++j) {
-        const float v = mv_to_float(s.v[j]);
-        acc += v * v;
-    }
-    return acc;
+    return __fadd_rn(acc, vector_squares(s));
 }
 /* out = (w + offset) * (s * rrms), rounded once (kOffset: a compile-time switch, as the add in
    the chain cost short calls 0.1 us on the H200): */
@@ -519,7 +542,10 @@ struct ShortParams {
     int x_stride, out_stride;
     int hidden;
     float eps;
-    unsigned short rows;
+    union {
+        unsigned short rows;  /* rms_norm_short_kernel */
+        unsigned short group; /* rms_norm_lanes_kernel: G of the general layout, whose order it keeps */
+    };
     unsigned char group_shift; /* log2 G where G <= 32; 10 where a block holds one row of G > 32 */
     unsigned char prefetch;    /* ask L2 for the row before waiting for the previous kernel (PDL) */
     float weight_offset;
@@ -638,6 +664,86 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_short_kernel(ShortPar
         if (!kTail || idx < full) out_row[idx] = result;
         else tail_store<T, V>(reinterpret_cast<T *>(out_row) + full * V, hidden - full * V, result);
     }
+}
+
+/* ---- short calls, one vector a thread --------------------------------------------------------- */
+
+/* The short kernel's rows with one vector (or element) a thread and one row a block: a thread's
+   chain is then one load, one vector's arithmetic and one store, where G threads of 4-8 vectors
+   each (the general layout) put four to eight of them on one warp's critical path. The sum keeps
+   that layout's order, so the bits are those of the other kernels (batch invariance): each thread
+   puts its vector's sum of squares in shared memory, the layout's G "virtual" threads add theirs
+   (vectors t, t + G, ...) in turn, then reduce as group_sum does. Which calls take it, and its
+   figures: lanes_wanted. Its parameter is the short kernel's (group for rows, no group_shift):
+   G worked out in the kernel instead cost 0.06-0.13 us a call on an H100 (bf16 fused add 1 x 121
+   1.30 us with PDL, 1.17 with G passed in, two calls of one day;
+   dev/logs/norm-lanes-kernel-nvidia-h100-80gb-hbm3-2026-11-24.log). */
+
+template <typename T, typename TW, int V, bool kHasResidual, bool kOffset>
+__global__ void __launch_bounds__(kMaxThreads) rms_norm_lanes_kernel(ShortParams p) {
+    __shared__ float parts[kMaxThreads];
+    __shared__ float warp_sums[32];
+    constexpr int kVecs = vecs_per_thread(V);
+    using VecT = mv_vec<T, V>;
+    using WVecT = mv_vec<TW, V>;
+    const int u = threadIdx.x;
+    const int vecs = p.hidden / V;
+    const bool mine = u < vecs;
+    const int64_t row = blockIdx.x;
+    const VecT *x_row = reinterpret_cast<const VecT *>(static_cast<const T *>(p.x) + row * p.x_stride);
+    const VecT *r_row = kHasResidual
+                            ? reinterpret_cast<const VecT *>(static_cast<const T *>(p.residual) + row * p.residual_stride)
+                            : nullptr;
+    if (p.prefetch && mine) {
+        mv_prefetch_l2(x_row + u);
+        if (kHasResidual) mv_prefetch_l2(r_row + u);
+    }
+    mv_pdl_wait();
+    mv_pdl_trigger();
+
+    VecT s;
+    WVecT w;
+    float part = 0.0f;
+    if (mine) {
+        s = x_row[u];
+        w = static_cast<const WVecT *>(p.weight)[u];
+        if (kHasResidual) {
+            add_rounded(s, r_row[u]);
+            reinterpret_cast<VecT *>(static_cast<T *>(p.residual_out) + row * p.residual_out_stride)[u] = s;
+        }
+        part = vector_squares(s);
+    }
+    parts[u] = part;
+    __syncthreads();
+    /* virtual thread u of G: its vectors' sums in turn (add_squares), then group_sum's tree: a
+       butterfly over G <= 32 (offsets G / 2 down to 1), else the warps' butterflies, then their
+       sums in order */
+    const int group = p.group;
+    if (u < group) {
+        float acc = 0.0f;
+#pragma unroll
+        for (int i = 0; i < kVecs; ++i) {
+            const int idx = u + i * group;
+            if (idx < vecs) acc = __fadd_rn(acc, parts[idx]);
+        }
+        if (group <= 32) {
+            const unsigned lanes = group == 32 ? 0xffffffffu : (1u << group) - 1;
+            for (int offset = group >> 1; offset > 0; offset >>= 1) acc += __shfl_xor_sync(lanes, acc, offset);
+        } else {
+            acc = mv_warp_sum(acc);
+        }
+        if ((u & 31) == 0) warp_sums[u >> 5] = acc;
+    }
+    __syncthreads();
+    if (!mine) return;
+    float total = warp_sums[0];
+    if (group > 32) {
+        total = 0.0f;
+        for (int k = 0; k < (group >> 5); ++k) total += warp_sums[k];
+    }
+    const float rrms = rsqrtf(total / static_cast<float>(p.hidden) + p.eps);
+    reinterpret_cast<VecT *>(static_cast<T *>(p.out) + row * p.out_stride)[u] =
+        normalized<kOffset>(s, w, rrms, p.weight_offset);
 }
 
 /* ---- rows off the 16-byte grid, staged through shared memory --------------------------------- */
@@ -990,20 +1096,6 @@ constexpr int64_t kPrefetchBytes = 4 << 20;
 /* Below this many blocks a call is short: latency, not bandwidth, decides its time. */
 constexpr int64_t kShortCallBlocks = 264;
 
-/* Threads per row for `needed` threads' worth of vectors: a power of two up to a warp (shuffle
-   reduction), beyond that whole warps, so a row of 640 vectors (H = 5120, bf16) takes 160
-   threads with 4 vectors each rather than 256 of which 96 idle (that ran 4096 x 5120 at 71% of
-   copy bandwidth). */
-int group_threads_for(int64_t needed) {
-    int group_threads = 1;
-    if (needed <= 32) {
-        while (group_threads < needed) group_threads <<= 1;
-    } else {
-        group_threads = static_cast<int>((needed + 31) / 32 * 32);
-    }
-    return group_threads;
-}
-
 /* Bytes of one staged row buffer: the row from anywhere in its first piece, and the piece past
    the last that load16_even may read. */
 int64_t staged_row_bytes(int64_t hidden, int64_t elem) { return (hidden * elem + 15) / 16 * 16 + 32; }
@@ -1185,9 +1277,9 @@ bool starts_aligned(const mv_rms_norm_args &a) {
     return ok;
 }
 
-template <typename T, typename TW, int V, bool kTail = false>
-cudaError_t launch_short(const mv_rms_norm_args &a, int group_threads, const RowBlocks &shape, cudaStream_t stream,
-                         bool pdl) {
+/* A short call's parameter but for the short kernel's row split (short_call checked that the
+   strides fit). */
+ShortParams short_params(const mv_rms_norm_args &a, bool pdl) {
     ShortParams p = {};
     p.x = a.in.x;
     p.out = a.out;
@@ -1196,15 +1288,22 @@ cudaError_t launch_short(const mv_rms_norm_args &a, int group_threads, const Row
     p.out_stride = static_cast<int>(a.out_stride);
     p.hidden = static_cast<int>(a.in.hidden);
     p.eps = a.in.eps;
-    p.rows = static_cast<unsigned short>(a.in.rows);
-    /* group_threads_for gives a power of two up to a warp */
-    p.group_shift = static_cast<unsigned char>(group_threads <= 32 ? __builtin_ctz(group_threads) : 10);
     p.prefetch = pdl ? 1 : 0;
     p.weight_offset = a.in.weight_offset;
     p.residual = a.in.residual;
     p.residual_out = a.in.residual_out;
     p.residual_stride = static_cast<int>(a.in.residual_stride);
     p.residual_out_stride = static_cast<int>(a.in.residual_out_stride);
+    return p;
+}
+
+template <typename T, typename TW, int V, bool kTail = false>
+cudaError_t launch_short(const mv_rms_norm_args &a, int group_threads, const RowBlocks &shape, cudaStream_t stream,
+                         bool pdl) {
+    ShortParams p = short_params(a, pdl);
+    p.rows = static_cast<unsigned short>(a.in.rows);
+    /* group_threads_for gives a power of two up to a warp */
+    p.group_shift = static_cast<unsigned char>(group_threads <= 32 ? __builtin_ctz(group_threads) : 10);
     const bool offset = a.in.weight_offset != 0.0f;
     void (*kernel)(ShortParams) =
         a.in.residual != nullptr
@@ -1213,6 +1312,33 @@ cudaError_t launch_short(const mv_rms_norm_args &a, int group_threads, const Row
             : (offset ? rms_norm_short_kernel<T, TW, V, false, true, kTail>
                       : rms_norm_short_kernel<T, TW, V, false, false, kTail>);
     const cudaError_t err = mv_launch(kernel, dim3(shape.blocks), dim3(shape.threads), 0, stream, pdl, p);
+    return err != cudaSuccess ? err : cudaGetLastError();
+}
+
+/* Whether a short call's rows take rms_norm_lanes_kernel (one vector a thread, a row a block):
+   rows of up to 256 16-byte vectors, or 1024 single elements, whose general layout chains 4 or 8
+   of them on a thread. Against the short kernel: H200 bf16 1 x 121 1.26 -> 0.91 us with PDL,
+   1.86 -> 1.45 without; H100 float32 fused add 1 x 1024 2.27 -> 2.07 without. Wider rows were
+   slower in blocks of 512-1024 threads (H100 float32 fused add 1 x 4096 1.63 -> 1.97 us, bf16
+   1 x 8192 2.47 -> 2.62 without PDL); dev/logs/norm-lanes-kernel-*-2026-11-24.log. */
+constexpr int kLanesMaxVectors = 256;
+bool lanes_wanted(const mv_rms_norm_args &a, int v, int sms) {
+    if (!short_call(a, sms) || a.in.hidden % v != 0) return false;
+    return a.in.hidden / v <= (v == 1 ? kMaxThreads : kLanesMaxVectors);
+}
+
+template <typename T, typename TW, int V>
+cudaError_t launch_lanes(const mv_rms_norm_args &a, int group_threads, cudaStream_t stream, bool pdl) {
+    ShortParams p = short_params(a, pdl);
+    p.group = static_cast<unsigned short>(group_threads);
+    const bool offset = a.in.weight_offset != 0.0f;
+    void (*kernel)(ShortParams) =
+        a.in.residual != nullptr
+            ? (offset ? rms_norm_lanes_kernel<T, TW, V, true, true> : rms_norm_lanes_kernel<T, TW, V, true, false>)
+            : (offset ? rms_norm_lanes_kernel<T, TW, V, false, true> : rms_norm_lanes_kernel<T, TW, V, false, false>);
+    const int threads = static_cast<int>((a.in.hidden / V + 31) / 32 * 32);
+    const cudaError_t err =
+        mv_launch(kernel, dim3(static_cast<unsigned>(a.in.rows)), dim3(threads), 0, stream, pdl, p);
     return err != cudaSuccess ? err : cudaGetLastError();
 }
 
@@ -1229,6 +1355,7 @@ cudaError_t launch_vec(const mv_rms_norm_args &a, int group_threads, cudaStream_
            on each vector that held its loads back (bf16 1 x 5119 2.57 -> 3.33 us). The
            narrower vectors of other H or misaligned views keep the general kernel. */
         if constexpr (!kOdd && (V == 1 || sizeof(T) * V == 16)) {
+            if (lanes_wanted(a, V, sms)) return launch_lanes<T, TW, V>(a, group_threads, stream, pdl);
             if (short_call(a, sms)) return launch_short<T, TW, V>(a, group_threads, shape, stream, pdl);
         }
         if constexpr (kOdd) {
@@ -1303,7 +1430,10 @@ extern "C" int mv_rms_norm_cuda(const mv_rms_norm_args *a, const mv_cuda_opts *o
     const int64_t needed = (vecs_per_row + per_thread - 1) / per_thread;
     if (needed > kMaxVecThreads) return mv_rms_norm_cuda_reference(a, stream);
     const int group_threads = group_threads_for(needed);
-    const bool staged = v == 1 && staged_wanted(a, group_threads, false, dev) && staged_fits(a, group_threads, dev);
+    /* A short call that the lanes kernel takes stays in place: H200 bf16 16 x 999 through shared
+       memory 1.89 us with PDL and 3.00 without, on the lanes kernel 1.37 and 2.40 */
+    const bool staged = v == 1 && !lanes_wanted(*a, v, dev.sms) && staged_wanted(a, group_threads, false, dev) &&
+                        staged_fits(a, group_threads, dev);
     err = cudaErrorInvalidValue;
     MV_DISPATCH_DTYPE(a->in.dtype, T, {
         if (float_weight(a))

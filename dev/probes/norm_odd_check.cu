@@ -1,5 +1,5 @@
-// Odd-H norm kernels outside Python, for compute-sanitizer without a rebuild of the extension:
-// rows of odd H off the 16-byte grid (one element in), M = 600 (the staged kernel) against the
+// Norm kernels outside Python, for compute-sanitizer without a rebuild of the extension:
+// rows of odd H off the 16-byte grid (one element in), and of even H on it, M = 600 (the staged kernel) against the
 // same rows one at a time (8 of them; the in-place kernel): bits equal, and against a float64
 // reference.
 // nvcc -std=c++17 -O3 --expt-relaxed-constexpr -Icsrc -arch=sm_90 dev/probes/norm_odd_check.cu
@@ -39,8 +39,8 @@ static void from_f(void *p, float f, int bf16) {
     *(uint16_t *)p = (uint16_t)(u >> 16);
 }
 
-static int run(int bf16, int residual, int64_t H) {
-    const int64_t M = 600, off = 1;
+static int run(int bf16, int residual, int64_t H, int64_t off) {
+    const int64_t M = 600;
     const size_t es = bf16 ? 2 : 4;
     const size_t n = off + M * H;
     std::vector<unsigned char> hx(n * es), hr(n * es), hw(H * es);
@@ -123,9 +123,9 @@ static int run(int bf16, int residual, int64_t H) {
             if (e > worst) worst = e;
         }
     }
-    printf("%s %s H = %lld: %lld elements differ (600 rows at once against 8 of them one at a time, and the new "
+    printf("%s %s H = %lld, offset %lld: %lld elements differ (600 rows at once against 8 of them one at a time, and the new "
            "residual against x + r rounded), worst relative error %.3g\n",
-           bf16 ? "bf16" : "fp32", residual ? "fused add" : "rms_norm", (long long)H, (long long)diff, worst);
+           bf16 ? "bf16" : "fp32", residual ? "fused add" : "rms_norm", (long long)H, (long long)off, (long long)diff, worst);
     cudaFree(x); cudaFree(r); cudaFree(w); cudaFree(o1); cudaFree(o2); cudaFree(ro1); cudaFree(ro2);
     return diff != 0 || worst > (bf16 ? 1e-2 : 1e-5);
 }
@@ -138,7 +138,13 @@ int main() {
     const int64_t hs[] = {121, 201, 999, 2047, 3327, 4095, 5119, 8191, 12345};
     for (int64_t h : hs)
         for (int bf16 = 0; bf16 < 2; ++bf16)
-            for (int residual = 0; residual < 2; ++residual) bad += run(bf16, residual, h);
+            for (int residual = 0; residual < 2; ++residual) bad += run(bf16, residual, h, 1);
+    /* rows on the 16-byte grid: single rows take the short-call kernels (one vector a thread up to
+       1024 vectors), 600 rows the general one; G of 2, 32, 128 and 160 */
+    const int64_t even[] = {64, 1024, 4096, 5120, 8192};
+    for (int64_t h : even)
+        for (int bf16 = 0; bf16 < 2; ++bf16)
+            for (int residual = 0; residual < 2; ++residual) bad += run(bf16, residual, h, 0);
     printf("norm_odd_check: %s\n", bad ? "FAILED" : "ok");
     return bad != 0;
 }
