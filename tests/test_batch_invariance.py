@@ -5,8 +5,10 @@ batch requests together, and speculative decoding that re-runs a prefix, rely on
 Each case normalizes a batch of more rows than any GPU has multiprocessors, then the same rows in
 slices of 104 rows, in single rows, and at other positions (a slice starting mid-batch), and
 compares the results bit for bit. On the GPU the slices and single rows are short calls (at most a
-row per multiprocessor: the short kernel) and the whole batch is not; H = 64 and 121 put several
-rows in a warp.
+row per multiprocessor: the short-call kernels, one vector a thread for rows of up to 256 16-byte
+vectors or 1024 elements, else several) and the whole batch is not; H = 64 and 121 put several
+rows in a warp of the general layout, H = 2048 in bf16 is the last row of 16-byte vectors on one
+vector a thread.
 """
 import numpy as np
 import pytest
@@ -22,7 +24,7 @@ def _bits(a):
     return np.asarray(to64(a))
 
 
-@pytest.mark.parametrize("H", [64, 121, 896, 999, 1000, 4095, 4096, 5119, 5120, 12345, 13001])
+@pytest.mark.parametrize("H", [64, 121, 896, 999, 1000, 2048, 4095, 4096, 5119, 5120, 12345, 13001])
 @pytest.mark.parametrize("op", ["rms_norm", "fused_add_rms_norm"])
 def test_rows_do_not_depend_on_the_batch(dev, dtype, op, H, rng):
     x64 = randn(rng, (BIG_M, H))
