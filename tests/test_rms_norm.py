@@ -101,6 +101,20 @@ def test_out_poisoned(dev, dtype, H, rng):
     assert r is out
 
 
+@pytest.mark.parametrize("H", [1, 121, 1024, 4095, 12345, 20000])
+def test_out_is_x(dev, dtype, H, rng):
+    """out=x, in place: every kernel reads an element before it writes it, the reference kernel's
+    long rows (float32 H = 12345, every dtype at 20000) included, whose threads load a batch of
+    elements before storing any."""
+    x, w = _inputs(dev, rng, 5, H, dtype)
+    x0, w0 = to64(x), to64(w)
+    r = minivllm.rms_norm(x, w, 1e-6, out=x)
+    dev.sync()
+    assert r is x
+    assert_matches(to64(x), rms_norm_ref(x0, w0, 1e-6), TOL[dtype])
+    assert_same_values(to64(w), w0, "weight")
+
+
 @pytest.mark.parametrize("layout", LAYOUTS + NP_ONLY_LAYOUTS)
 @pytest.mark.parametrize("H", [3, 100, 999, 1024, 3584])
 def test_strided_input(dev, dtype, layout, H, rng):
