@@ -8,15 +8,17 @@
  *   rsqrt, and written back with vector stores. A row is handled by a group of G threads (a
  *   power of two up to a warp for small H, whole warps beyond, at most 512 threads: H up to
  *   16384 in 16-bit types), each holding up to 4 vectors (8 single elements); small rows pack many groups,
- *   i.e. many rows, into one block. With PDL, the first few MiB of rows are prefetched into L2 before
- *   the wait for the previous kernel (kPrefetchBytes). Rows too long to stay in registers fall
- *   back to:
+ *   i.e. many rows, into one block. rms_norm's rows of up to 4096 16-byte vectors (H up to 32768 in
+ *   16-bit types, 16384 in float32) take 8 vectors a thread (kWide). With PDL, the first few MiB of
+ *   rows are prefetched into L2 before the wait for the previous kernel (kPrefetchBytes). Rows too
+ *   long to stay in registers fall back to:
  * - rms_norm_reference_kernel, deliberately simple (one block per row, scalar loads, two passes),
  *   kept for those rows and for the tests to compare the fast kernel against.
  * Short calls (at most a row per multiprocessor) of rows in 16-byte vectors or single elements
  * take rms_norm_short_kernel: the fast kernel's layout and summation order, without its long-call
  * bookkeeping.
- * Rows of odd H above 4096 take 16-byte "virtual vectors" from each row's first element
+ * Rows of odd H above 4096, and views whose alignment allows only narrower vectors where those
+ * would need more than 512 threads, take 16-byte "virtual vectors" from each row's first element
  * (rms_norm_vec_kernel<kOdd>, load_vec). Rows off the 16-byte grid (odd H, misaligned views) in
  * calls of many rows go through shared memory instead (rms_norm_staged_kernel), summed in the
  * in-place kernel's exact order, so the choice by M leaves every row's bits as they are.
@@ -438,10 +440,10 @@ __device__ __forceinline__ void store_vec(U *row, int idx, int hidden, const mv_
    kOdd: rows of odd H (load_vec), V = 16 bytes: vectors from each row's first element, the last
    one cut at H. */
 template <typename T, typename TW, int V, bool kHasResidual, bool kEarlyWeight, bool kOffset, bool kTwoStrides,
-          bool kOdd = false>
+          bool kOdd = false, bool kWide = false>
 __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(NormParams<kTwoStrides> args, int group_threads, int64_t prefetch_rows) {
     __shared__ float warp_sums[32];
-    constexpr int kVecs = vecs_per_thread(V);
+    constexpr int kVecs = vecs_per_thread(V) * (kWide ? 2 : 1);
     const mv_outer_strides outer = outer_of(args);
     using VecT = mv_vec<T, V>;
     using WVecT = mv_vec<TW, V>; /* the weight: T, or float with 16-bit T */
@@ -1267,13 +1269,18 @@ cudaError_t launch_staged(const mv_rms_norm_args &a, int group_threads, const mv
                   : launch_staged_strides<T, TW, V, false, false>(a, group_threads, dev, stream, pdl);
 }
 
-template <typename T, typename TW, int V, bool kHasResidual, bool kOffset, bool kTwoStrides, bool kOdd>
+template <typename T, typename TW, int V, bool kHasResidual, bool kOffset, bool kTwoStrides, bool kOdd, bool kWide>
 cudaError_t launch_vec_kernel(const mv_rms_norm_args &a, int group_threads, unsigned blocks, int threads,
                               cudaStream_t stream, bool pdl) {
-    void (*kernel)(NormParams<kTwoStrides>, int, int64_t) =
-        !kHasResidual || blocks <= kShortCallBlocks
-            ? rms_norm_vec_kernel<T, TW, V, kHasResidual, true, kOffset, kTwoStrides, kOdd>
-            : rms_norm_vec_kernel<T, TW, V, true, false, kOffset, kTwoStrides, kOdd>;
+    /* kWide (rms_norm only): a float32 weight of 16-bit rows read early took 8 more vectors of
+       registers than the 128 there are (spilled); it is read after the reduction instead. */
+    void (*kernel)(NormParams<kTwoStrides>, int, int64_t) = nullptr;
+    if constexpr (kWide)
+        kernel = rms_norm_vec_kernel<T, TW, V, false, sizeof(TW) == sizeof(T), kOffset, kTwoStrides, kOdd, true>;
+    else
+        kernel = !kHasResidual || blocks <= kShortCallBlocks
+                     ? rms_norm_vec_kernel<T, TW, V, kHasResidual, true, kOffset, kTwoStrides, kOdd>
+                     : rms_norm_vec_kernel<T, TW, V, true, false, kOffset, kTwoStrides, kOdd>;
     const int64_t input_row_bytes = a.in.hidden * static_cast<int64_t>(sizeof(T)) * (kHasResidual ? 2 : 1);
     const int64_t prefetch_rows = pdl ? kPrefetchBytes / input_row_bytes : 0;
     const cudaError_t err = mv_launch(kernel, dim3(blocks), dim3(threads), 0, stream, pdl,
@@ -1281,12 +1288,12 @@ cudaError_t launch_vec_kernel(const mv_rms_norm_args &a, int group_threads, unsi
     return err != cudaSuccess ? err : cudaGetLastError();
 }
 
-template <typename T, typename TW, int V, bool kHasResidual, bool kOffset, bool kOdd>
+template <typename T, typename TW, int V, bool kHasResidual, bool kOffset, bool kOdd, bool kWide>
 cudaError_t launch_vec_strides(const mv_rms_norm_args &a, int group_threads, unsigned blocks, int threads,
                                cudaStream_t stream, bool pdl) {
-    return a.outer.inner_rows > 0 ? launch_vec_kernel<T, TW, V, kHasResidual, kOffset, true, kOdd>(
+    return a.outer.inner_rows > 0 ? launch_vec_kernel<T, TW, V, kHasResidual, kOffset, true, kOdd, kWide>(
                                         a, group_threads, blocks, threads, stream, pdl)
-                                  : launch_vec_kernel<T, TW, V, kHasResidual, kOffset, false, kOdd>(
+                                  : launch_vec_kernel<T, TW, V, kHasResidual, kOffset, false, kOdd, kWide>(
                                         a, group_threads, blocks, threads, stream, pdl);
 }
 
@@ -1378,7 +1385,9 @@ cudaError_t launch_lanes(const mv_rms_norm_args &a, int group_threads, cudaStrea
     return err != cudaSuccess ? err : cudaGetLastError();
 }
 
-template <typename T, typename TW, int V, bool kOdd = false>
+/* kWide: rms_norm's rows of 2049-4096 16-byte vectors, 8 a thread in the general kernel at every M
+   (none of the short-call kernels), so each such H has one layout and order. */
+template <typename T, typename TW, int V, bool kOdd = false, bool kWide = false>
 cudaError_t launch_vec(const mv_rms_norm_args &a, int group_threads, cudaStream_t stream, bool pdl, int sms) {
     /* vector_width never asks for more than 16 bytes (no float x 8), so build no such kernel */
     if constexpr (sizeof(T) * V > 16) {
@@ -1390,22 +1399,24 @@ cudaError_t launch_vec(const mv_rms_norm_args &a, int group_threads, cudaStream_
            at H (kTail): its first form read every row in place, aligned or not, with a branch
            on each vector that held its loads back (bf16 1 x 5119 2.57 -> 3.33 us). The
            narrower vectors of other H or misaligned views keep the general kernel. */
-        if constexpr (!kOdd && (V == 1 || sizeof(T) * V == 16)) {
+        if constexpr (!kWide && !kOdd && (V == 1 || sizeof(T) * V == 16)) {
             if (lanes_wanted(a, V, sms)) return launch_lanes<T, TW, V>(a, group_threads, stream, pdl);
             if (short_call(a, sms)) return launch_short<T, TW, V>(a, group_threads, shape, stream, pdl);
         }
-        if constexpr (kOdd) {
+        if constexpr (kOdd && !kWide) {
             if (a.in.rows == 1 && short_call(a, sms) && starts_aligned<T, TW, V>(a))
                 return launch_short<T, TW, V, true>(a, group_threads, shape, stream, pdl);
         }
         const unsigned blocks = shape.blocks;
         const int threads = shape.threads;
         const bool offset = a.in.weight_offset != 0.0f;
-        if (a.in.residual != nullptr)
-            return offset ? launch_vec_strides<T, TW, V, true, true, kOdd>(a, group_threads, blocks, threads, stream, pdl)
-                          : launch_vec_strides<T, TW, V, true, false, kOdd>(a, group_threads, blocks, threads, stream, pdl);
-        return offset ? launch_vec_strides<T, TW, V, false, true, kOdd>(a, group_threads, blocks, threads, stream, pdl)
-                      : launch_vec_strides<T, TW, V, false, false, kOdd>(a, group_threads, blocks, threads, stream, pdl);
+        if constexpr (!kWide) {
+            if (a.in.residual != nullptr)
+                return offset ? launch_vec_strides<T, TW, V, true, true, kOdd, false>(a, group_threads, blocks, threads, stream, pdl)
+                              : launch_vec_strides<T, TW, V, true, false, kOdd, false>(a, group_threads, blocks, threads, stream, pdl);
+        }
+        return offset ? launch_vec_strides<T, TW, V, false, true, kOdd, kWide>(a, group_threads, blocks, threads, stream, pdl)
+                      : launch_vec_strides<T, TW, V, false, false, kOdd, kWide>(a, group_threads, blocks, threads, stream, pdl);
     }
 }
 
@@ -1434,19 +1445,35 @@ extern "C" int mv_rms_norm_cuda(const mv_rms_norm_args *a, const mv_cuda_opts *o
        the call (batch invariance). Short calls once took 2 vectors per thread instead of 4 (fused
        add M = 1 H = 896 1.47 against 1.57 us), which made rows of calls with up to one row per
        multiprocessor round differently from the same rows in longer calls. */
-    /* Odd H above 4096, where the single-element layout below ends (the reference kernel took
-       them, at a quarter of copy bandwidth): 16-byte vectors from each row's first element, 4 per
-       thread (H200 bf16 4096 x 5119 77.6 -> 38.5 us, float32 1 x 8191 6.5 -> 2.2;
-       dev/logs/norm-odd-h-virtual-vectors-nvidia-h200-2026-11-24.log). Rows in single elements
-       (V = 1) or such vectors go through shared memory in calls of many rows (staged_wanted), in
-       the same summation order. */
     const int64_t elem = a->in.dtype == MV_FLOAT32 ? 4 : 2;
-    if (a->in.hidden % 2 == 1 && a->in.hidden > 4096) {
+    const int v = vector_width(a);
+    const int64_t vecs_per_row = a->in.hidden / v;
+    const int per_thread = vecs_per_thread(v);
+    const int64_t needed = (vecs_per_row + per_thread - 1) / per_thread;
+    if (needed > kMaxVecThreads) {
+        /* Rows too long for their own vector width in 512 threads:
+           - off the 16-byte grid (odd H above 4096, where single elements end; a view whose
+             start or strides allow only narrower vectors): 16-byte "virtual" vectors from each
+             row's first element, the last cut at H, 4 a thread (H200 bf16 4096 x 5119 77.6 ->
+             38.5 us, float32 1 x 8191 6.5 -> 2.2 against the reference kernel;
+             dev/logs/norm-odd-h-virtual-vectors-nvidia-h200-2026-11-24.log). Calls of many rows
+             of odd H go through shared memory (staged_wanted), in the same summation order.
+           - then rms_norm's rows of up to 4096 vectors (float32 H <= 16384, 16-bit H <= 32768),
+             8 a thread (kWide): the reference kernel's one-block-per-row scalar loads ran these
+             rows at 0.37-0.80x Liger's (H200 bf16 1 x 32768 12.59 us against 4.60;
+             dev/logs/norm-session17-nvidia-h200-2026-11-24.log). The fused add's 8 vectors a
+             thread (x and residual, then the weight) spilled in 16-bit types (bf16 148-360 bytes
+             with the weight read late): its rows stay on the reference kernel.
+           Past that, the reference kernel. */
         const int64_t per_vec = 16 / elem;
-        const int64_t needed = ((a->in.hidden + per_vec - 1) / per_vec + kMaxVecsPerThread - 1) / kMaxVecsPerThread;
-        if (needed <= kMaxVecThreads) {
-            const int group_threads = group_threads_for(needed);
-            const bool staged = staged_wanted(a, group_threads, true, dev) && staged_fits(a, group_threads, dev);
+        const bool on_grid = v == per_vec;
+        const int64_t vecs = (a->in.hidden + per_vec - 1) / per_vec;
+        const int64_t needed4 = (vecs + kMaxVecsPerThread - 1) / kMaxVecsPerThread;
+        const int64_t needed8 = (vecs + 2 * kMaxVecsPerThread - 1) / (2 * kMaxVecsPerThread);
+        if (!on_grid && needed4 <= kMaxVecThreads) {
+            const int group_threads = group_threads_for(needed4);
+            const bool staged = a->in.hidden % 2 == 1 && staged_wanted(a, group_threads, true, dev) &&
+                                staged_fits(a, group_threads, dev);
             err = cudaErrorInvalidValue;
             MV_DISPATCH_DTYPE(a->in.dtype, T, {
                 constexpr int V = 16 / sizeof(T);
@@ -1459,12 +1486,20 @@ extern "C" int mv_rms_norm_cuda(const mv_rms_norm_args *a, const mv_cuda_opts *o
             })
             return (int)err;
         }
+        if (needed8 > kMaxVecThreads || a->in.residual != nullptr) return mv_rms_norm_cuda_reference(a, stream);
+        const int group_threads = group_threads_for(needed8);
+        err = cudaErrorInvalidValue;
+        MV_DISPATCH_DTYPE(a->in.dtype, T, {
+            constexpr int V = 16 / sizeof(T);
+            if (float_weight(a))
+                err = on_grid ? launch_vec<T, float, V, false, true>(*a, group_threads, cuda_stream, pdl, dev.sms)
+                              : launch_vec<T, float, V, true, true>(*a, group_threads, cuda_stream, pdl, dev.sms);
+            else
+                err = on_grid ? launch_vec<T, T, V, false, true>(*a, group_threads, cuda_stream, pdl, dev.sms)
+                              : launch_vec<T, T, V, true, true>(*a, group_threads, cuda_stream, pdl, dev.sms);
+        })
+        return (int)err;
     }
-    const int v = vector_width(a);
-    const int64_t vecs_per_row = a->in.hidden / v;
-    const int per_thread = vecs_per_thread(v);
-    const int64_t needed = (vecs_per_row + per_thread - 1) / per_thread;
-    if (needed > kMaxVecThreads) return mv_rms_norm_cuda_reference(a, stream);
     const int group_threads = group_threads_for(needed);
     /* A short call that the lanes kernel takes stays in place: H200 bf16 16 x 999 through shared
        memory 1.89 us with PDL and 3.00 without, on the lanes kernel 1.37 and 2.40 */

@@ -134,14 +134,16 @@ int main() {
     int bad = 0;
     /* G (threads per row in place) of 16, 32, 128, 256 and 416 (13 warps, emulated by one) in
        single elements; 16-byte vectors above 4096, G = 416 at 12345 in bf16 (the 5 rows a block
-       of 600 rows once took, one warp each, do not fit its shared memory with the residual) */
-    const int64_t hs[] = {121, 201, 999, 2047, 3327, 4095, 5119, 8191, 12345};
+       of 600 rows once took, one warp each, do not fit its shared memory with the residual);
+       rms_norm's rows of more than 2048 such vectors, 8 a thread: float32 12345, bf16 24577 */
+    const int64_t hs[] = {121, 201, 999, 2047, 3327, 4095, 5119, 8191, 12345, 24577};
     for (int64_t h : hs)
         for (int bf16 = 0; bf16 < 2; ++bf16)
             for (int residual = 0; residual < 2; ++residual) bad += run(bf16, residual, h, 1);
     /* rows on the 16-byte grid: single rows take the short-call kernels (one vector a thread up to
-       1024 vectors), 600 rows the general one; G of 2, 32, 128 and 160 */
-    const int64_t even[] = {64, 1024, 4096, 5120, 8192};
+       1024 vectors), 600 rows the general one; G of 2, 32, 128 and 160; rms_norm's rows of 8
+       vectors a thread at 16384 (float32) and 20000 (bf16) */
+    const int64_t even[] = {64, 1024, 4096, 5120, 8192, 16384, 20000};
     for (int64_t h : even)
         for (int bf16 = 0; bf16 < 2; ++bf16)
             for (int residual = 0; residual < 2; ++residual) bad += run(bf16, residual, h, 0);
