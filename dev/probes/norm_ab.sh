@@ -4,7 +4,7 @@
 # on the tree's build; bench_rms_norm of both on the given shapes (Liger-Kernel, torch and HF eager
 # beside the tree's); then a table (norm_ab_table.py). Session 17's runs (dev/logs/norm-lanes-kernel-*,
 # norm-reference-batched-loads-*, norm-session17-*) were local drafts of this script (dev/ab_old/v11-v17,
-# not in git); this consolidated form had not itself been run on a GPU when it was committed.
+# not in git); this consolidated form first ran in session 18 (dev/logs/norm-wide-rows-*-2026-11-24.log).
 #
 #   git show REV:csrc/cuda/rms_norm.cu > OLD.cu          # on this machine: the device has no .git
 #   nvcc -std=c++17 -O3 --expt-relaxed-constexpr -Icsrc -arch=sm_90 dev/probes/norm_odd_check.cu \
