@@ -16,7 +16,8 @@
  *   kept for those rows and for the tests to compare the fast kernel against.
  * Short calls (at most a row per multiprocessor) of rows in 16-byte vectors or single elements
  * take rms_norm_short_kernel: the fast kernel's layout and summation order, without its long-call
- * bookkeeping.
+ * bookkeeping; rows of up to 512 16-byte vectors take one or two vectors a thread instead
+ * (rms_norm_lanes_kernel, rms_norm_lanes_pair_kernel: the same sum, through shared memory).
  * Rows of odd H above 4096, and views whose alignment allows only narrower vectors where those
  * would need more than 512 threads, take 16-byte "virtual vectors" from each row's first element
  * (rms_norm_vec_kernel<kOdd>, load_vec). Rows off the 16-byte grid (odd H, misaligned views) in
@@ -717,6 +718,40 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_short_kernel(ShortPar
    1.30 us with PDL, 1.17 with G passed in, two calls of one day;
    dev/logs/norm-lanes-kernel-nvidia-h100-80gb-hbm3-2026-11-24.log). */
 
+/* The lanes kernels' row sum, from parts[i] = vector i's sum of squares (every thread's parts
+   written before the call; all threads call it): virtual thread u of G adds its vectors' sums in
+   turn (add_squares), then group_sum's tree: a butterfly over G <= 32 (offsets G / 2 down to 1),
+   else the warps' butterflies into warp_sums, then (lanes_total) their sums in order. */
+template <int kVecs>
+__device__ __forceinline__ void lanes_reduce(const float *parts, float *warp_sums, int group, int vecs) {
+    const int u = threadIdx.x;
+    __syncthreads();
+    if (u < group) {
+        float acc = 0.0f;
+#pragma unroll
+        for (int i = 0; i < kVecs; ++i) {
+            const int idx = u + i * group;
+            if (idx < vecs) acc = __fadd_rn(acc, parts[idx]);
+        }
+        if (group <= 32) {
+            const unsigned lanes = group == 32 ? 0xffffffffu : (1u << group) - 1;
+            for (int offset = group >> 1; offset > 0; offset >>= 1) acc += __shfl_xor_sync(lanes, acc, offset);
+        } else {
+            acc = mv_warp_sum(acc);
+        }
+        if ((u & 31) == 0) warp_sums[u >> 5] = acc;
+    }
+    __syncthreads();
+}
+__device__ __forceinline__ float lanes_total(const float *warp_sums, int group) {
+    float total = warp_sums[0];
+    if (group > 32) {
+        total = 0.0f;
+        for (int k = 0; k < (group >> 5); ++k) total += warp_sums[k];
+    }
+    return total;
+}
+
 template <typename T, typename TW, int V, bool kHasResidual, bool kOffset>
 __global__ void __launch_bounds__(kMaxThreads) rms_norm_lanes_kernel(ShortParams p) {
     __shared__ float parts[kMaxThreads];
@@ -752,36 +787,80 @@ __global__ void __launch_bounds__(kMaxThreads) rms_norm_lanes_kernel(ShortParams
         part = vector_squares(s);
     }
     parts[u] = part;
-    __syncthreads();
-    /* virtual thread u of G: its vectors' sums in turn (add_squares), then group_sum's tree: a
-       butterfly over G <= 32 (offsets G / 2 down to 1), else the warps' butterflies, then their
-       sums in order */
-    const int group = p.group;
-    if (u < group) {
-        float acc = 0.0f;
-#pragma unroll
-        for (int i = 0; i < kVecs; ++i) {
-            const int idx = u + i * group;
-            if (idx < vecs) acc = __fadd_rn(acc, parts[idx]);
-        }
-        if (group <= 32) {
-            const unsigned lanes = group == 32 ? 0xffffffffu : (1u << group) - 1;
-            for (int offset = group >> 1; offset > 0; offset >>= 1) acc += __shfl_xor_sync(lanes, acc, offset);
-        } else {
-            acc = mv_warp_sum(acc);
-        }
-        if ((u & 31) == 0) warp_sums[u >> 5] = acc;
-    }
-    __syncthreads();
+    lanes_reduce<kVecs>(parts, warp_sums, p.group, vecs);
     if (!mine) return;
-    float total = warp_sums[0];
-    if (group > 32) {
-        total = 0.0f;
-        for (int k = 0; k < (group >> 5); ++k) total += warp_sums[k];
-    }
+    const float total = lanes_total(warp_sums, p.group);
     const float rrms = rsqrtf(total / static_cast<float>(p.hidden) + p.eps);
     reinterpret_cast<VecT *>(static_cast<T *>(p.out) + row * p.out_stride)[u] =
         normalized<kOffset>(s, w, rrms, p.weight_offset);
+}
+
+/* Rows of 257-512 16-byte vectors (lanes_wanted says which): two vectors a thread (u and
+   u + blockDim.x), blocks of up to 256 threads, the same sum. A kernel of its own: the one-vector
+   kernel templated on vectors a thread got other code for one vector, and its fused adds ran
+   4-12% slower (dev/logs/norm-lanes-pair-first-form-nvidia-h200-2026-11-24.log). */
+template <typename T, typename TW, int V, bool kHasResidual, bool kOffset>
+__global__ void __launch_bounds__(kMaxThreads) rms_norm_lanes_pair_kernel(ShortParams p) {
+    constexpr int kPer = 2;
+    __shared__ float parts[kMaxThreads];
+    __shared__ float warp_sums[32];
+    constexpr int kVecs = vecs_per_thread(V);
+    using VecT = mv_vec<T, V>;
+    using WVecT = mv_vec<TW, V>;
+    const int u = threadIdx.x;
+    const int threads = blockDim.x;
+    const int vecs = p.hidden / V;
+    const int64_t row = blockIdx.x;
+    const VecT *x_row = reinterpret_cast<const VecT *>(static_cast<const T *>(p.x) + row * p.x_stride);
+    const VecT *r_row = kHasResidual
+                            ? reinterpret_cast<const VecT *>(static_cast<const T *>(p.residual) + row * p.residual_stride)
+                            : nullptr;
+    if (p.prefetch) {
+#pragma unroll
+        for (int j = 0; j < kPer; ++j) {
+            if (u + j * threads >= vecs) continue;
+            mv_prefetch_l2(x_row + u + j * threads);
+            if (kHasResidual) mv_prefetch_l2(r_row + u + j * threads);
+        }
+    }
+    mv_pdl_wait();
+    mv_pdl_trigger();
+
+    VecT s[kPer];
+    WVecT w[kPer];
+    VecT added[kPer];
+#pragma unroll
+    for (int j = 0; j < kPer; ++j)
+        if (u + j * threads < vecs) s[j] = x_row[u + j * threads];
+#pragma unroll
+    for (int j = 0; j < kPer; ++j)
+        if (u + j * threads < vecs) w[j] = static_cast<const WVecT *>(p.weight)[u + j * threads];
+    if (kHasResidual) {
+#pragma unroll
+        for (int j = 0; j < kPer; ++j)
+            if (u + j * threads < vecs) added[j] = r_row[u + j * threads];
+    }
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) {
+        const int idx = u + j * threads;
+        float part = 0.0f;
+        if (idx < vecs) {
+            if (kHasResidual) {
+                add_rounded(s[j], added[j]);
+                reinterpret_cast<VecT *>(static_cast<T *>(p.residual_out) + row * p.residual_out_stride)[idx] = s[j];
+            }
+            part = vector_squares(s[j]);
+        }
+        parts[idx] = part;
+    }
+    lanes_reduce<kVecs>(parts, warp_sums, p.group, vecs);
+    if (u >= vecs) return;
+    const float total = lanes_total(warp_sums, p.group);
+    const float rrms = rsqrtf(total / static_cast<float>(p.hidden) + p.eps);
+    VecT *out_row = reinterpret_cast<VecT *>(static_cast<T *>(p.out) + row * p.out_stride);
+#pragma unroll
+    for (int j = 0; j < kPer; ++j)
+        if (u + j * threads < vecs) out_row[u + j * threads] = normalized<kOffset>(s[j], w[j], rrms, p.weight_offset);
 }
 
 /* ---- rows off the 16-byte grid, staged through shared memory --------------------------------- */
@@ -1363,26 +1442,50 @@ cudaError_t launch_short(const mv_rms_norm_args &a, int group_threads, const Row
    of them on a thread. Against the short kernel: H200 bf16 1 x 121 1.26 -> 0.91 us with PDL,
    1.86 -> 1.45 without; H100 float32 fused add 1 x 1024 2.27 -> 2.07 without. Wider rows were
    slower in blocks of 512-1024 threads (H100 float32 fused add 1 x 4096 1.63 -> 1.97 us, bf16
-   1 x 8192 2.47 -> 2.62 without PDL); dev/logs/norm-lanes-kernel-*-2026-11-24.log. */
+   1 x 8192 2.47 -> 2.62 without PDL); dev/logs/norm-lanes-kernel-*-2026-11-24.log.
+   Rows of 257-512 16-byte vectors take rms_norm_lanes_pair_kernel (two a thread, up to 256
+   threads) where a vector's work is the longer, 16-bit elements or the residual add: H200 bf16
+   1 x 4096 2.25 -> 2.09 us without PDL, 1.35 -> 1.31 with, fused add 2.54 -> 2.38, 1 x 2560
+   fused 2.46 -> 2.26; float32 rms_norm 1 x 2048 ran slower on it (1.98 -> 2.03 without PDL) and
+   keeps the short kernel; dev/logs/norm-lanes-pair-*-2026-11-24.log. */
 constexpr int kLanesMaxVectors = 256;
+constexpr int kLanesPairMaxVectors = 512;
 bool lanes_wanted(const mv_rms_norm_args &a, int v, int sms) {
     if (!short_call(a, sms) || a.in.hidden % v != 0) return false;
-    return a.in.hidden / v <= (v == 1 ? kMaxThreads : kLanesMaxVectors);
+    const int64_t vecs = a.in.hidden / v;
+    if (v == 1) return vecs <= kMaxThreads;
+    if (vecs <= kLanesMaxVectors) return true;
+    return vecs <= kLanesPairMaxVectors && (a.in.dtype != MV_FLOAT32 || a.in.residual != nullptr);
+}
+
+template <typename T, typename TW, int V, int kPer>
+cudaError_t launch_lanes_per(const mv_rms_norm_args &a, const ShortParams &p, cudaStream_t stream, bool pdl) {
+    const bool offset = a.in.weight_offset != 0.0f;
+    void (*kernel)(ShortParams) = nullptr;
+    if constexpr (kPer == 1)
+        kernel = a.in.residual != nullptr
+                     ? (offset ? rms_norm_lanes_kernel<T, TW, V, true, true> : rms_norm_lanes_kernel<T, TW, V, true, false>)
+                     : (offset ? rms_norm_lanes_kernel<T, TW, V, false, true> : rms_norm_lanes_kernel<T, TW, V, false, false>);
+    else
+        kernel = a.in.residual != nullptr ? (offset ? rms_norm_lanes_pair_kernel<T, TW, V, true, true>
+                                                    : rms_norm_lanes_pair_kernel<T, TW, V, true, false>)
+                                          : (offset ? rms_norm_lanes_pair_kernel<T, TW, V, false, true>
+                                                    : rms_norm_lanes_pair_kernel<T, TW, V, false, false>);
+    const int64_t per_thread = (a.in.hidden / V + kPer - 1) / kPer;
+    const int threads = static_cast<int>((per_thread + 31) / 32 * 32);
+    const cudaError_t err =
+        mv_launch(kernel, dim3(static_cast<unsigned>(a.in.rows)), dim3(threads), 0, stream, pdl, p);
+    return err != cudaSuccess ? err : cudaGetLastError();
 }
 
 template <typename T, typename TW, int V>
 cudaError_t launch_lanes(const mv_rms_norm_args &a, int group_threads, cudaStream_t stream, bool pdl) {
     ShortParams p = short_params(a, pdl);
     p.group = static_cast<unsigned short>(group_threads);
-    const bool offset = a.in.weight_offset != 0.0f;
-    void (*kernel)(ShortParams) =
-        a.in.residual != nullptr
-            ? (offset ? rms_norm_lanes_kernel<T, TW, V, true, true> : rms_norm_lanes_kernel<T, TW, V, true, false>)
-            : (offset ? rms_norm_lanes_kernel<T, TW, V, false, true> : rms_norm_lanes_kernel<T, TW, V, false, false>);
-    const int threads = static_cast<int>((a.in.hidden / V + 31) / 32 * 32);
-    const cudaError_t err =
-        mv_launch(kernel, dim3(static_cast<unsigned>(a.in.rows)), dim3(threads), 0, stream, pdl, p);
-    return err != cudaSuccess ? err : cudaGetLastError();
+    if constexpr (V > 1) {
+        if (a.in.hidden / V > kLanesMaxVectors) return launch_lanes_per<T, TW, V, 2>(a, p, stream, pdl);
+    }
+    return launch_lanes_per<T, TW, V, 1>(a, p, stream, pdl);
 }
 
 /* kWide: rms_norm's rows of 2049-4096 16-byte vectors, 8 a thread in the general kernel at every M

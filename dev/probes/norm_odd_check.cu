@@ -141,9 +141,10 @@ int main() {
         for (int bf16 = 0; bf16 < 2; ++bf16)
             for (int residual = 0; residual < 2; ++residual) bad += run(bf16, residual, h, 1);
     /* rows on the 16-byte grid: single rows take the short-call kernels (one vector a thread up to
-       1024 vectors), 600 rows the general one; G of 2, 32, 128 and 160; rms_norm's rows of 8
+       256 vectors, two up to 512: 2048, 3000 and 4096), 600 rows the general one; G of 2, 32,
+       96, 128 and 160; rms_norm's rows of 8
        vectors a thread at 16384 (float32) and 20000 (bf16) */
-    const int64_t even[] = {64, 1024, 4096, 5120, 8192, 16384, 20000};
+    const int64_t even[] = {64, 1024, 2048, 3000, 4096, 5120, 8192, 16384, 20000};
     for (int64_t h : even)
         for (int bf16 = 0; bf16 < 2; ++bf16)
             for (int residual = 0; residual < 2; ++residual) bad += run(bf16, residual, h, 0);
