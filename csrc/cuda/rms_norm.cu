@@ -8,10 +8,10 @@
  *   rsqrt, and written back with vector stores. A row is handled by a group of G threads (a
  *   power of two up to a warp for small H, whole warps beyond, at most 512 threads: H up to
  *   16384 in 16-bit types), each holding up to 4 vectors (8 single elements); small rows pack many groups,
- *   i.e. many rows, into one block. rms_norm's rows of up to 4096 16-byte vectors (H up to 32768 in
- *   16-bit types, 16384 in float32) take 8 vectors a thread (kWide). With PDL, the first few MiB of
- *   rows are prefetched into L2 before the wait for the previous kernel (kPrefetchBytes). Rows too
- *   long to stay in registers fall back to:
+ *   i.e. many rows, into one block. Rows of up to 4096 16-byte vectors (H up to 32768 in 16-bit
+ *   types, 16384 in float32) take 8 vectors a thread (kWide; the fused add in wide_fused_row).
+ *   With PDL, the first few MiB of rows are prefetched into L2 before the wait for the previous
+ *   kernel (kPrefetchBytes). Rows too long to stay in registers fall back to:
  * - rms_norm_reference_kernel, deliberately simple (one block per row, scalar loads, two passes),
  *   kept for those rows and for the tests to compare the fast kernel against.
  * Short calls (at most a row per multiprocessor) of rows in 16-byte vectors or single elements
@@ -430,6 +430,62 @@ __device__ __forceinline__ void store_vec(U *row, int idx, int hidden, const mv_
     }
 }
 
+/* One row of the fused add on 8 vectors a thread (kWide): x and the residual loaded, s summed and
+   stored to residual_out, the weight loaded after the reduction. Past the row's end a thread
+   loads its last vector again rather than nothing, so every register holds a value on every
+   path: with the general kernel's conditional loads nvcc kept pass 1's vectors and the weight's
+   alive together and spilled in 16-bit types (bf16 148-360 bytes), and so did a form that read
+   s back from residual_out for pass 2 (dev/logs/norm-wide-fused-registers-2026-11-24.log).
+   Measured and not taken: a block per multiprocessor asking L2 for its next row while it works on
+   this one. H200 rms_norm float32 4096 x 16384 174 -> 147 us, but H100 196 -> 208 and the fused
+   add 360 -> 482 (dev/logs/norm-wide-fused-*-2026-11-24.log). */
+template <typename T, typename TW, int V, bool kOffset, bool kOdd, bool kTwoStrides>
+__device__ __forceinline__ void wide_fused_row(const NormParams<kTwoStrides> &args, const RowIndex<kTwoStrides> &pos,
+                                               const mv_outer_strides &outer, bool active, int lane,
+                                               int group_threads, int vecs_per_row, float *warp_sums) {
+    constexpr int kVecs = 2 * kMaxVecsPerThread;
+    using VecT = mv_vec<T, V>;
+    const mv_norm_input &in = args.in;
+    const int hidden = static_cast<int>(in.hidden);
+    const int last = vecs_per_row - 1;
+    T *const s_row = static_cast<T *>(in.residual_out) + pos.at(in.residual_out_stride, outer.residual_out);
+    float sum_sq = 0.0f;
+    VecT s[kVecs];
+    if (active) {
+        const T *x_row = static_cast<const T *>(in.x) + pos.at(in.x_stride, outer.x);
+        const T *r_row = static_cast<const T *>(in.residual) + pos.at(in.residual_stride, outer.residual);
+        VecT r[kVecs];
+#pragma unroll
+        for (int i = 0; i < kVecs; ++i) s[i] = load_vec<T, V, kOdd>(x_row, min(lane + i * group_threads, last), hidden);
+#pragma unroll
+        for (int i = 0; i < kVecs; ++i) r[i] = load_vec<T, V, kOdd>(r_row, min(lane + i * group_threads, last), hidden);
+#pragma unroll
+        for (int i = 0; i < kVecs; ++i) {
+            const int idx = lane + i * group_threads;
+            if (idx > last) break;
+            add_rounded(s[i], r[i]);
+            sum_sq = add_squares(sum_sq, s[i]);
+            store_vec<T, V, kOdd>(s_row, idx, hidden, s[i]);
+        }
+    }
+    sum_sq = group_sum(sum_sq, group_threads, warp_sums);
+    if (!active) return;
+    const float rrms = rsqrtf(sum_sq / static_cast<float>(in.hidden) + in.eps);
+    mv_vec<TW, V> w[kVecs];
+    /* every weight load before the first store (out is not __restrict__) */
+#pragma unroll
+    for (int i = 0; i < kVecs; ++i)
+        w[i] = load_vec<TW, V, kOdd>(static_cast<const TW *>(in.norm_weight), min(lane + i * group_threads, last),
+                                     hidden);
+    T *const out_row = static_cast<T *>(args.out) + pos.at(args.out_stride, outer.out);
+#pragma unroll
+    for (int i = 0; i < kVecs; ++i) {
+        const int idx = lane + i * group_threads;
+        if (idx > last) break;
+        store_vec<T, V, kOdd>(out_row, idx, hidden, normalized<kOffset>(s[i], w[i], rrms, in.weight_offset));
+    }
+}
+
 /* Where the weight is read:
    - kEarlyWeight: with the row, so its latency hides behind the row's. The weight is then kept
      packed through the reduction (keep_packed) when there is no residual; with one, that costs
@@ -489,6 +545,11 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(NormParams
         const int64_t row = first_row + group;
         const bool active = row < in.rows;
         const RowIndex<kTwoStrides> pos(row, outer.inner_rows);
+        if constexpr (kWide && kHasResidual) {
+            wide_fused_row<T, TW, V, kOffset, kOdd>(args, pos, outer, active, lane, group_threads, vecs_per_row,
+                                                    warp_sums);
+            continue;
+        }
         /* The row stays in registers in its storage type (s is exactly representable in T:
            x itself, or the rounded sum), which halves the registers of 16-bit rows. */
         VecT row_vecs[kVecs];
@@ -1351,11 +1412,12 @@ cudaError_t launch_staged(const mv_rms_norm_args &a, int group_threads, const mv
 template <typename T, typename TW, int V, bool kHasResidual, bool kOffset, bool kTwoStrides, bool kOdd, bool kWide>
 cudaError_t launch_vec_kernel(const mv_rms_norm_args &a, int group_threads, unsigned blocks, int threads,
                               cudaStream_t stream, bool pdl) {
-    /* kWide (rms_norm only): a float32 weight of 16-bit rows read early took 8 more vectors of
-       registers than the 128 there are (spilled); it is read after the reduction instead. */
+    /* kWide: a float32 weight of 16-bit rows read early took 8 more vectors of registers than
+       the 128 there are (spilled); it is read after the reduction instead, as the fused add's. */
     void (*kernel)(NormParams<kTwoStrides>, int, int64_t) = nullptr;
     if constexpr (kWide)
-        kernel = rms_norm_vec_kernel<T, TW, V, false, sizeof(TW) == sizeof(T), kOffset, kTwoStrides, kOdd, true>;
+        kernel = rms_norm_vec_kernel<T, TW, V, kHasResidual, !kHasResidual && sizeof(TW) == sizeof(T), kOffset,
+                                     kTwoStrides, kOdd, true>;
     else
         kernel = !kHasResidual || blocks <= kShortCallBlocks
                      ? rms_norm_vec_kernel<T, TW, V, kHasResidual, true, kOffset, kTwoStrides, kOdd>
@@ -1488,8 +1550,8 @@ cudaError_t launch_lanes(const mv_rms_norm_args &a, int group_threads, cudaStrea
     return launch_lanes_per<T, TW, V, 1>(a, p, stream, pdl);
 }
 
-/* kWide: rms_norm's rows of 2049-4096 16-byte vectors, 8 a thread in the general kernel at every M
-   (none of the short-call kernels), so each such H has one layout and order. */
+/* kWide: rows of 2049-4096 16-byte vectors, 8 a thread in the general kernel at every M (none of
+   the short-call kernels), so each such H has one layout and order. */
 template <typename T, typename TW, int V, bool kOdd = false, bool kWide = false>
 cudaError_t launch_vec(const mv_rms_norm_args &a, int group_threads, cudaStream_t stream, bool pdl, int sms) {
     /* vector_width never asks for more than 16 bytes (no float x 8), so build no such kernel */
@@ -1513,11 +1575,9 @@ cudaError_t launch_vec(const mv_rms_norm_args &a, int group_threads, cudaStream_
         const unsigned blocks = shape.blocks;
         const int threads = shape.threads;
         const bool offset = a.in.weight_offset != 0.0f;
-        if constexpr (!kWide) {
-            if (a.in.residual != nullptr)
-                return offset ? launch_vec_strides<T, TW, V, true, true, kOdd, false>(a, group_threads, blocks, threads, stream, pdl)
-                              : launch_vec_strides<T, TW, V, true, false, kOdd, false>(a, group_threads, blocks, threads, stream, pdl);
-        }
+        if (a.in.residual != nullptr)
+            return offset ? launch_vec_strides<T, TW, V, true, true, kOdd, kWide>(a, group_threads, blocks, threads, stream, pdl)
+                          : launch_vec_strides<T, TW, V, true, false, kOdd, kWide>(a, group_threads, blocks, threads, stream, pdl);
         return offset ? launch_vec_strides<T, TW, V, false, true, kOdd, kWide>(a, group_threads, blocks, threads, stream, pdl)
                       : launch_vec_strides<T, TW, V, false, false, kOdd, kWide>(a, group_threads, blocks, threads, stream, pdl);
     }
@@ -1561,12 +1621,12 @@ extern "C" int mv_rms_norm_cuda(const mv_rms_norm_args *a, const mv_cuda_opts *o
              38.5 us, float32 1 x 8191 6.5 -> 2.2 against the reference kernel;
              dev/logs/norm-odd-h-virtual-vectors-nvidia-h200-2026-11-24.log). Calls of many rows
              of odd H go through shared memory (staged_wanted), in the same summation order.
-           - then rms_norm's rows of up to 4096 vectors (float32 H <= 16384, 16-bit H <= 32768),
-             8 a thread (kWide): the reference kernel's one-block-per-row scalar loads ran these
+           - then rows of up to 4096 vectors (float32 H <= 16384, 16-bit H <= 32768), 8 a
+             thread (kWide): the reference kernel's one-block-per-row scalar loads ran these
              rows at 0.37-0.80x Liger's (H200 bf16 1 x 32768 12.59 us against 4.60;
-             dev/logs/norm-session17-nvidia-h200-2026-11-24.log). The fused add's 8 vectors a
-             thread (x and residual, then the weight) spilled in 16-bit types (bf16 148-360 bytes
-             with the weight read late): its rows stay on the reference kernel.
+             dev/logs/norm-session17-nvidia-h200-2026-11-24.log); the fused add's at 0.33-0.61x
+             (bf16 1 x 32768 17.55 us against 5.78, H200;
+             dev/logs/norm-wide-fused-nvidia-h200-2026-11-24.log).
            Past that, the reference kernel. */
         const int64_t per_vec = 16 / elem;
         const bool on_grid = v == per_vec;
@@ -1589,7 +1649,7 @@ extern "C" int mv_rms_norm_cuda(const mv_rms_norm_args *a, const mv_cuda_opts *o
             })
             return (int)err;
         }
-        if (needed8 > kMaxVecThreads || a->in.residual != nullptr) return mv_rms_norm_cuda_reference(a, stream);
+        if (needed8 > kMaxVecThreads) return mv_rms_norm_cuda_reference(a, stream);
         const int group_threads = group_threads_for(needed8);
         err = cudaErrorInvalidValue;
         MV_DISPATCH_DTYPE(a->in.dtype, T, {
