@@ -25,7 +25,7 @@ def _bits(a):
     return np.asarray(to64(a))
 
 
-@pytest.mark.parametrize("H", [64, 121, 896, 999, 1000, 2048, 3000, 4095, 4096, 5119, 5120, 12345, 13001, 16384, 20000, 24577])
+@pytest.mark.parametrize("H", [64, 121, 896, 999, 1000, 2048, 3000, 4095, 4096, 5119, 5120, 12345, 13001, 16384, 20000, 24577, 32769, 40000])
 @pytest.mark.parametrize("op", ["rms_norm", "fused_add_rms_norm"])
 def test_rows_do_not_depend_on_the_batch(dev, dtype, op, H, rng):
     x64 = randn(rng, (BIG_M, H))

@@ -12,7 +12,7 @@ from reference import TOL, assert_matches, fused_add_rms_norm_ref, rms_norm_ref,
 HALF = ["float16", "bfloat16"]
 
 
-@pytest.mark.parametrize("H", [1, 100, 896, 4096, 20000, 24577])
+@pytest.mark.parametrize("H", [1, 100, 896, 4096, 20000, 24577, 40000])
 @pytest.mark.parametrize("dtype", HALF)
 def test_float32_weight_beside_16_bit_rows(dev, dtype, H, rng):
     M = 5
@@ -29,7 +29,7 @@ def test_float32_weight_beside_16_bit_rows(dev, dtype, H, rng):
     np.testing.assert_array_equal(to64(new_res), ref_res)
 
 
-@pytest.mark.parametrize("H", [1, 999, 4096, 20000, 24577])
+@pytest.mark.parametrize("H", [1, 999, 4096, 20000, 24577, 32769])
 @pytest.mark.parametrize("offset", [1.0, -0.5])
 def test_weight_offset(dev, dtype, H, offset, rng):
     M = 4

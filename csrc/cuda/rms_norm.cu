@@ -11,9 +11,11 @@
  *   i.e. many rows, into one block. Rows of up to 4096 16-byte vectors (H up to 32768 in 16-bit
  *   types, 16384 in float32) take 8 vectors a thread (kWide; the fused add in wide_fused_row).
  *   With PDL, the first few MiB of rows are prefetched into L2 before the wait for the previous
- *   kernel (kPrefetchBytes). Rows too long to stay in registers fall back to:
+ *   kernel (kPrefetchBytes). The fused add's rows too long to stay in registers take
+ *   fused_add_long_kernel (8 vectors a thread at a time, s read back from residual_out);
+ *   rms_norm's fall back to:
  * - rms_norm_reference_kernel, deliberately simple (one block per row, scalar loads, two passes),
- *   kept for those rows and for the tests to compare the fast kernel against.
+ *   kept for those rows and for the tests to compare the fast kernels against.
  * Short calls (at most a row per multiprocessor) of rows in 16-byte vectors or single elements
  * take rms_norm_short_kernel: the fast kernel's layout and summation order, without its long-call
  * bookkeeping; rows of up to 512 16-byte vectors take one or two vectors a thread instead
@@ -430,10 +432,20 @@ __device__ __forceinline__ void store_vec(U *row, int idx, int hidden, const mv_
     }
 }
 
+/* v[i] = vector first + i * step of a row, i < N; past the row's last vector, that vector again
+   (every register then holds a value on every path, which keeps nvcc from carrying other
+   vectors alive beside these: see wide_fused_row). */
+template <typename U, int V, bool kOdd, int N>
+__device__ __forceinline__ void load_clamped(mv_vec<U, V> (&v)[N], const U *row, int first, int step, int last,
+                                             int hidden) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) v[i] = load_vec<U, V, kOdd>(row, min(first + i * step, last), hidden);
+}
+
 /* One row of the fused add on 8 vectors a thread (kWide): x and the residual loaded, s summed and
    stored to residual_out, the weight loaded after the reduction. Past the row's end a thread
-   loads its last vector again rather than nothing, so every register holds a value on every
-   path: with the general kernel's conditional loads nvcc kept pass 1's vectors and the weight's
+   loads its last vector again rather than nothing (load_clamped), so every register holds a
+   value on every path: with the general kernel's conditional loads nvcc kept pass 1's vectors and the weight's
    alive together and spilled in 16-bit types (bf16 148-360 bytes), and so did a form that read
    s back from residual_out for pass 2 (dev/logs/norm-wide-fused-registers-2026-11-24.log).
    Measured and not taken: a block per multiprocessor asking L2 for its next row while it works on
@@ -455,10 +467,8 @@ __device__ __forceinline__ void wide_fused_row(const NormParams<kTwoStrides> &ar
         const T *x_row = static_cast<const T *>(in.x) + pos.at(in.x_stride, outer.x);
         const T *r_row = static_cast<const T *>(in.residual) + pos.at(in.residual_stride, outer.residual);
         VecT r[kVecs];
-#pragma unroll
-        for (int i = 0; i < kVecs; ++i) s[i] = load_vec<T, V, kOdd>(x_row, min(lane + i * group_threads, last), hidden);
-#pragma unroll
-        for (int i = 0; i < kVecs; ++i) r[i] = load_vec<T, V, kOdd>(r_row, min(lane + i * group_threads, last), hidden);
+        load_clamped<T, V, kOdd>(s, x_row, lane, group_threads, last, hidden);
+        load_clamped<T, V, kOdd>(r, r_row, lane, group_threads, last, hidden);
 #pragma unroll
         for (int i = 0; i < kVecs; ++i) {
             const int idx = lane + i * group_threads;
@@ -620,6 +630,93 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(NormParams
                                   normalized<kOffset>(row_vecs[i], weight_vecs[i], rrms, in.weight_offset));
         }
     }
+}
+
+/* ---- the fused add's rows over 4096 16-byte vectors ----------------------------------------- */
+
+/* The fused add's rows too long for registers (over 4096 16-byte vectors: float32 H > 16384,
+   16-bit H > 32768; virtual vectors from each row's first element off the 16-byte grid, kOdd): a
+   block of 512 threads a row, each taking 8 vectors at a time. Pass 1 forms s chunk by chunk,
+   stores it to residual_out and sums its squares; pass 2 reads s back (from L2, where it just
+   went) with the weight and stores out. Loads past a row's end repeat its last vector, as in
+   wide_fused_row. In place, each vector is read and written by one thread, pass 2 reading what
+   that thread wrote in pass 1. The order of the sum depends on H alone. rms_norm's such rows
+   stay on the reference kernel: this form, reading x twice, was no faster there (H200 float32
+   1 x 32768 10.36 us against 10.33, 1024 x 20000 74.75 against 70.24;
+   dev/logs/norm-long-rows-nvidia-h200-2026-11-24.log). */
+template <typename T, typename TW, int V, bool kOffset, bool kTwoStrides, bool kOdd>
+__global__ void __launch_bounds__(kMaxVecThreads) fused_add_long_kernel(NormParams<kTwoStrides> args) {
+    __shared__ float warp_sums[32];
+    constexpr int kChunk = 2 * kMaxVecsPerThread;
+    using VecT = mv_vec<T, V>;
+    const mv_outer_strides outer = outer_of(args);
+    const mv_norm_input &in = args.in;
+    const int hidden = static_cast<int>(in.hidden); /* the launcher sends rows of at most 2^30 */
+    const int last = (kOdd ? (hidden + V - 1) / V : hidden / V) - 1;
+    const int threads = static_cast<int>(blockDim.x), lane = static_cast<int>(threadIdx.x);
+    const int step = kChunk * threads;
+    const TW *weight = static_cast<const TW *>(in.norm_weight);
+    mv_pdl_wait();
+    mv_pdl_trigger();
+    /* The loop bounds are the same for the whole block, so every thread reaches group_sum. */
+    for (int64_t row = blockIdx.x; row < in.rows; row += gridDim.x) {
+        const RowIndex<kTwoStrides> pos(row, outer.inner_rows);
+        const T *x_row = static_cast<const T *>(in.x) + pos.at(in.x_stride, outer.x);
+        const T *s_row = x_row; /* then residual_out, where pass 2 finds s */
+        float sum_sq = 0.0f;
+        for (int first = lane; first - lane <= last; first += step) {
+            VecT s[kChunk];
+            load_clamped<T, V, kOdd>(s, x_row, first, threads, last, hidden);
+            const T *r_row = static_cast<const T *>(in.residual) + pos.at(in.residual_stride, outer.residual);
+            T *ro_row = static_cast<T *>(in.residual_out) + pos.at(in.residual_out_stride, outer.residual_out);
+            s_row = ro_row;
+            VecT r[kChunk];
+            load_clamped<T, V, kOdd>(r, r_row, first, threads, last, hidden);
+#pragma unroll
+            for (int i = 0; i < kChunk; ++i) {
+                const int idx = first + i * threads;
+                if (idx > last) break;
+                add_rounded(s[i], r[i]);
+                store_vec<T, V, kOdd>(ro_row, idx, hidden, s[i]);
+                sum_sq = add_squares(sum_sq, s[i]);
+            }
+        }
+        sum_sq = group_sum(sum_sq, threads, warp_sums);
+        const float rrms = rsqrtf(sum_sq / static_cast<float>(in.hidden) + in.eps);
+        T *out_row = static_cast<T *>(args.out) + pos.at(args.out_stride, outer.out);
+        for (int first = lane; first - lane <= last; first += step) {
+            VecT s[kChunk];
+            mv_vec<TW, V> w[kChunk];
+            /* every load of the chunk before its first store (out is not __restrict__) */
+            load_clamped<T, V, kOdd>(s, s_row, first, threads, last, hidden);
+            load_clamped<TW, V, kOdd>(w, weight, first, threads, last, hidden);
+#pragma unroll
+            for (int i = 0; i < kChunk; ++i) {
+                const int idx = first + i * threads;
+                if (idx > last) break;
+                store_vec<T, V, kOdd>(out_row, idx, hidden, normalized<kOffset>(s[i], w[i], rrms, in.weight_offset));
+            }
+        }
+    }
+}
+
+/* fused_add_long_kernel's int indices: rows of at most 2^30 elements (longer ones, the
+   reference kernel's int64 loop) */
+constexpr int64_t kLongMaxHidden = int64_t{1} << 30;
+
+template <typename T, typename TW, int V, bool kOdd>
+cudaError_t launch_fused_long(const mv_rms_norm_args &a, cudaStream_t stream, bool pdl) {
+    const bool offset = a.in.weight_offset != 0.0f;
+    const dim3 grid(static_cast<unsigned>(a.in.rows < kMaxRowBlocks ? a.in.rows : kMaxRowBlocks)), block(kMaxVecThreads);
+    const cudaError_t err =
+        a.outer.inner_rows > 0
+            ? mv_launch(offset ? fused_add_long_kernel<T, TW, V, true, true, kOdd>
+                               : fused_add_long_kernel<T, TW, V, false, true, kOdd>,
+                        grid, block, 0, stream, pdl, params_of<true>(a))
+            : mv_launch(offset ? fused_add_long_kernel<T, TW, V, true, false, kOdd>
+                               : fused_add_long_kernel<T, TW, V, false, false, kOdd>,
+                        grid, block, 0, stream, pdl, params_of<false>(a));
+    return err != cudaSuccess ? err : cudaGetLastError();
 }
 
 /* ---- short calls ----------------------------------------------------------------------------- */
@@ -1627,7 +1724,9 @@ extern "C" int mv_rms_norm_cuda(const mv_rms_norm_args *a, const mv_cuda_opts *o
              dev/logs/norm-session17-nvidia-h200-2026-11-24.log); the fused add's at 0.33-0.61x
              (bf16 1 x 32768 17.55 us against 5.78, H200;
              dev/logs/norm-wide-fused-nvidia-h200-2026-11-24.log).
-           Past that, the reference kernel. */
+           - the fused add's longer rows: fused_add_long_kernel, 8 vectors a thread at a time,
+             s read back from residual_out (H200 float32 1 x 32768 13.63 -> 8.10 us, Liger 9.42).
+           Past that (rms_norm's longer rows, rows over 2^30 elements), the reference kernel. */
         const int64_t per_vec = 16 / elem;
         const bool on_grid = v == per_vec;
         const int64_t vecs = (a->in.hidden + per_vec - 1) / per_vec;
@@ -1649,7 +1748,20 @@ extern "C" int mv_rms_norm_cuda(const mv_rms_norm_args *a, const mv_cuda_opts *o
             })
             return (int)err;
         }
-        if (needed8 > kMaxVecThreads) return mv_rms_norm_cuda_reference(a, stream);
+        if (needed8 > kMaxVecThreads) {
+            if (a->in.residual == nullptr || a->in.hidden > kLongMaxHidden) return mv_rms_norm_cuda_reference(a, stream);
+            err = cudaErrorInvalidValue;
+            MV_DISPATCH_DTYPE(a->in.dtype, T, {
+                constexpr int V = 16 / sizeof(T);
+                if (float_weight(a))
+                    err = on_grid ? launch_fused_long<T, float, V, false>(*a, cuda_stream, pdl)
+                                  : launch_fused_long<T, float, V, true>(*a, cuda_stream, pdl);
+                else
+                    err = on_grid ? launch_fused_long<T, T, V, false>(*a, cuda_stream, pdl)
+                                  : launch_fused_long<T, T, V, true>(*a, cuda_stream, pdl);
+            })
+            return (int)err;
+        }
         const int group_threads = group_threads_for(needed8);
         err = cudaErrorInvalidValue;
         MV_DISPATCH_DTYPE(a->in.dtype, T, {

@@ -135,16 +135,17 @@ int main() {
     /* G (threads per row in place) of 16, 32, 128, 256 and 416 (13 warps, emulated by one) in
        single elements; 16-byte vectors above 4096, G = 416 at 12345 in bf16 (the 5 rows a block
        of 600 rows once took, one warp each, do not fit its shared memory with the residual);
-       rms_norm's rows of more than 2048 such vectors, 8 a thread: float32 12345, bf16 24577 */
-    const int64_t hs[] = {121, 201, 999, 2047, 3327, 4095, 5119, 8191, 12345, 24577};
+       rows of more than 2048 such vectors, 8 a thread: float32 12345, bf16 24577; rows of more
+       than 4096 (the fused add's long-row kernel): float32 24577, bf16 32769 */
+    const int64_t hs[] = {121, 201, 999, 2047, 3327, 4095, 5119, 8191, 12345, 24577, 32769};
     for (int64_t h : hs)
         for (int bf16 = 0; bf16 < 2; ++bf16)
             for (int residual = 0; residual < 2; ++residual) bad += run(bf16, residual, h, 1);
     /* rows on the 16-byte grid: single rows take the short-call kernels (one vector a thread up to
        256 vectors, two up to 512: 2048, 3000 and 4096), 600 rows the general one; G of 2, 32,
-       96, 128 and 160; rms_norm's rows of 8
-       vectors a thread at 16384 (float32) and 20000 (bf16) */
-    const int64_t even[] = {64, 1024, 2048, 3000, 4096, 5120, 8192, 16384, 20000};
+       96, 128 and 160; rows of 8 vectors a thread at 16384 (float32) and 20000 (bf16); the
+       fused add's long-row kernel at 20000 (float32) and 40000 */
+    const int64_t even[] = {64, 1024, 2048, 3000, 4096, 5120, 8192, 16384, 20000, 40000};
     for (int64_t h : even)
         for (int bf16 = 0; bf16 < 2; ++bf16)
             for (int residual = 0; residual < 2; ++residual) bad += run(bf16, residual, h, 0);
