@@ -445,9 +445,10 @@ __device__ __forceinline__ void load_clamped(mv_vec<U, V> (&v)[N], const U *row,
 /* One row of the fused add on 8 vectors a thread (kWide): x and the residual loaded, s summed and
    stored to residual_out, the weight loaded after the reduction. Past the row's end a thread
    loads its last vector again rather than nothing (load_clamped), so every register holds a
-   value on every path: with the general kernel's conditional loads nvcc kept pass 1's vectors and the weight's
-   alive together and spilled in 16-bit types (bf16 148-360 bytes), and so did a form that read
-   s back from residual_out for pass 2 (dev/logs/norm-wide-fused-registers-2026-11-24.log).
+   value on every path: with the general kernel's conditional loads nvcc kept pass 1's vectors
+   and the weight's alive together and spilled in 16-bit types (bf16 148-360 bytes), and so did
+   a form that read s back from residual_out for pass 2
+   (dev/logs/norm-wide-fused-registers-2026-11-24.log).
    Measured and not taken: a block per multiprocessor asking L2 for its next row while it works on
    this one. H200 rms_norm float32 4096 x 16384 174 -> 147 us, but H100 196 -> 208 and the fused
    add 360 -> 482 (dev/logs/norm-wide-fused-*-2026-11-24.log). */
@@ -662,7 +663,7 @@ __global__ void __launch_bounds__(kMaxVecThreads) fused_add_long_kernel(NormPara
     for (int64_t row = blockIdx.x; row < in.rows; row += gridDim.x) {
         const RowIndex<kTwoStrides> pos(row, outer.inner_rows);
         const T *x_row = static_cast<const T *>(in.x) + pos.at(in.x_stride, outer.x);
-        const T *s_row = x_row; /* then residual_out, where pass 2 finds s */
+        const T *s_row = x_row; /* residual_out once pass 1 has run: where pass 2 finds s */
         float sum_sq = 0.0f;
         for (int first = lane; first - lane <= last; first += step) {
             VecT s[kChunk];
