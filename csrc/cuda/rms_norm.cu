@@ -442,6 +442,19 @@ __device__ __forceinline__ void load_clamped(mv_vec<U, V> (&v)[N], const U *row,
     for (int i = 0; i < N; ++i) v[i] = load_vec<U, V, kOdd>(row, min(first + i * step, last), hidden);
 }
 
+/* out's vectors first + i * step (i < N) up to the row's last: (w + offset) * (s * rrms). */
+template <bool kOffset, typename T, typename TW, int V, bool kOdd, int N>
+__device__ __forceinline__ void store_normalized(T *out_row, const mv_vec<T, V> (&s)[N], const mv_vec<TW, V> (&w)[N],
+                                                 int first, int step, int last, int hidden, float rrms,
+                                                 float weight_offset) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+        const int idx = first + i * step;
+        if (idx > last) break;
+        store_vec<T, V, kOdd>(out_row, idx, hidden, normalized<kOffset>(s[i], w[i], rrms, weight_offset));
+    }
+}
+
 /* One row of the fused add on 8 vectors a thread (kWide): x and the residual loaded, s summed and
    stored to residual_out, the weight loaded after the reduction. Past the row's end a thread
    loads its last vector again rather than nothing (load_clamped), so every register holds a
@@ -489,12 +502,7 @@ __device__ __forceinline__ void wide_fused_row(const NormParams<kTwoStrides> &ar
         w[i] = load_vec<TW, V, kOdd>(static_cast<const TW *>(in.norm_weight), min(lane + i * group_threads, last),
                                      hidden);
     T *const out_row = static_cast<T *>(args.out) + pos.at(args.out_stride, outer.out);
-#pragma unroll
-    for (int i = 0; i < kVecs; ++i) {
-        const int idx = lane + i * group_threads;
-        if (idx > last) break;
-        store_vec<T, V, kOdd>(out_row, idx, hidden, normalized<kOffset>(s[i], w[i], rrms, in.weight_offset));
-    }
+    store_normalized<kOffset, T, TW, V, kOdd>(out_row, s, w, lane, group_threads, last, hidden, rrms, in.weight_offset);
 }
 
 /* Where the weight is read:
@@ -691,12 +699,8 @@ __global__ void __launch_bounds__(kMaxVecThreads) fused_add_long_kernel(NormPara
             /* every load of the chunk before its first store (out is not __restrict__) */
             load_clamped<T, V, kOdd>(s, s_row, first, threads, last, hidden);
             load_clamped<TW, V, kOdd>(w, weight, first, threads, last, hidden);
-#pragma unroll
-            for (int i = 0; i < kChunk; ++i) {
-                const int idx = first + i * threads;
-                if (idx > last) break;
-                store_vec<T, V, kOdd>(out_row, idx, hidden, normalized<kOffset>(s[i], w[i], rrms, in.weight_offset));
-            }
+            store_normalized<kOffset, T, TW, V, kOdd>(out_row, s, w, first, threads, last, hidden, rrms,
+                                                      in.weight_offset);
         }
     }
 }
