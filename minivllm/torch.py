@@ -150,15 +150,16 @@ def _attention_prologue_impl(x, norm_weight, qkv_weight, num_heads, num_kv_heads
                              cos_sin_cache, rope_style, k_cache, v_cache, slot_mapping, kv_scale):
     # packed: [..., heads + 2 kv heads, head_dim], q's heads then k's then v's (with a cache, k
     # and v are the scratch the projection lands in); the second result is the new residual,
-    # or an empty tensor
+    # or an empty tensor (the schema has no optional result that torch.compile takes)
     if _PLAIN.issuperset(map(type, (x, norm_weight, qkv_weight, residual, qkv_bias,
                                     q_norm_weight, k_norm_weight, positions, cos_sin_cache,
                                     k_cache, v_cache, slot_mapping))):
-        return _C.attention_prologue(
+        packed, new_residual = _C.attention_prologue(
             x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps, residual, qkv_bias,
             q_norm_weight, k_norm_weight, qk_norm_eps, positions, cos_sin_cache, rope_style,
             k_cache, v_cache, slot_mapping, kv_scale, None, None, None, None, _TORCH_OP, None,
             None, None)
+        return packed, (x.new_empty(0) if new_residual is None else new_residual)
     packed = _new_packed(x, qkv_weight, num_heads, num_kv_heads)
     results = minivllm.attention_prologue(
         x, norm_weight, _linear_weight(qkv_weight, x.shape[-1]), num_heads, num_kv_heads, eps,

@@ -128,8 +128,8 @@ static int check_cache(const mv_tensor *t, const mv_tensor *x, int64_t num_kv_he
     if (mv_check_device_matches(t, x) < 0 ||
         (t->processor == MV_ON_CUDA && mv_check_element_aligned(t) < 0))
         return -1;
-    mv_format_dims(got, sizeof(got), t->shape, t->ndim);
     if (t->ndim != 4 || t->shape[2] != num_kv_heads || t->shape[3] != head_dim) {
+        mv_format_dims(got, sizeof(got), t->shape, t->ndim);
         PyErr_Format(PyExc_ValueError,
                      "%s: expected 4 dimensions [num_blocks, block_size, num_kv_heads=%lld, "
                      "head_dim=%lld] (vLLM's paged layout, or a Hugging Face static cache "
@@ -195,7 +195,7 @@ static int paired(PyObject *const *args, int i, const char *a, int j, const char
    qkv_bias, q_norm_weight, k_norm_weight, qk_norm_eps, positions, cos_sin_cache, rope_style,
    k_cache, v_cache, slot_mapping, kv_scale, q, k, v, residual_out, alloc, stream, pdl, path)
    -> (q, k, v[, residual_out]); k and v are None with a cache. With alloc _C.TORCH_OP:
-   (packed q, k, v as [..., heads, head_dim], residual_out or an empty tensor). */
+   (packed q, k, v as [..., heads, head_dim], residual_out or None). */
 PyObject *mv_py_attention_prologue(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != A_COUNT) {
@@ -389,13 +389,8 @@ PyObject *mv_py_attention_prologue(PyObject *module, PyObject *const *args, Py_s
         goto done;
     if (mv_call_launch("attention_prologue", &c, x, &p, cpu_prologue, CUDA_PROLOGUE) < 0)
         goto done;
-    if (c.torch_op) {
-        /* the torch op's (packed q, k, v, the new residual or an empty tensor): a custom op's
-           schema has no optional result that torch.compile takes */
-        PyObject *second = has_residual ? Py_NewRef(res_obj) : mv_call_torch_empty(&c, x);
-        if (second != NULL)
-            result = PyTuple_Pack(2, objs[0], second);
-        Py_XDECREF(second);
+    if (c.torch_op) { /* (packed q, k, v, the new residual or None) */
+        result = PyTuple_Pack(2, objs[0], has_residual ? res_obj : Py_None);
         goto done;
     }
     PyObject *k_ret = has_cache ? Py_None : objs[1], *v_ret = has_cache ? Py_None : objs[2];

@@ -392,12 +392,6 @@ int mv_call_torch_packed_output(mv_call *c, const mv_tensor *x, int64_t heads, i
     return 0;
 }
 
-PyObject *mv_call_torch_empty(mv_call *c, const mv_tensor *x)
-{
-    const int64_t none = 0;
-    char *data;
-    return torch_alloc(c, x, "residual_out", 1, &none, &data);
-}
 
 /* Outputs overlap no input and no other output, except the listed exact in-place aliases. */
 int mv_check_outputs_disjoint(mv_call *c, int first_output, const int *alias_of)

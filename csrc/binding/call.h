@@ -67,8 +67,6 @@ int mv_call_torch_qkv_outputs(mv_call *c, const mv_tensor *x, int64_t num_heads,
    receives a new reference to it. */
 int mv_call_torch_packed_output(mv_call *c, const mv_tensor *x, int64_t heads, int64_t head_dim,
                                 char **base, PyObject **obj);
-/* A new empty torch tensor like x with no elements (the torch ops' "no new residual"). */
-PyObject *mv_call_torch_empty(mv_call *c, const mv_tensor *x);
 /* Outputs overlap no input and no other output, except the listed exact in-place aliases. */
 int mv_check_outputs_disjoint(mv_call *c, int first_output, const int *alias_of);
 
