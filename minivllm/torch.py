@@ -122,10 +122,15 @@ def _new_packed(x, qkv_weight, num_heads, num_kv_heads):
 # and v into it and reads qkv_weight as [N, H], with no torch view made (each view, split or
 # allocation from Python costs microseconds, and at M = 1 host time is most of an eager call).
 # Other tensors (subclasses) take the public API with out= views of a packed result.
+def _qkv_c(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps, residual):
+    """The packed result (and with a residual, the new residual) straight from _C."""
+    return _C.fused_rms_norm_qkv(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps,
+                                 residual, None, None, None, None, _TORCH_OP, None, None, None)
+
+
 def _fused_rms_norm_qkv_impl(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps):
     if _PLAIN.issuperset(map(type, (x, norm_weight, qkv_weight))):
-        return _C.fused_rms_norm_qkv(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps,
-                                     None, None, None, None, None, _TORCH_OP, None, None, None)
+        return _qkv_c(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps, None)
     packed = _new_packed(x, qkv_weight, num_heads, num_kv_heads)
     minivllm.FusedRMSNormQKV.forward(x, norm_weight, _linear_weight(qkv_weight, x.shape[-1]),
                                      num_heads, num_kv_heads, eps,
@@ -136,8 +141,7 @@ def _fused_rms_norm_qkv_impl(x, norm_weight, qkv_weight, num_heads, num_kv_heads
 def _fused_add_rms_norm_qkv_impl(x, residual, norm_weight, qkv_weight, num_heads, num_kv_heads,
                                  eps):
     if _PLAIN.issuperset(map(type, (x, residual, norm_weight, qkv_weight))):
-        return _C.fused_rms_norm_qkv(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps,
-                                     residual, None, None, None, None, _TORCH_OP, None, None, None)
+        return _qkv_c(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps, residual)
     packed = _new_packed(x, qkv_weight, num_heads, num_kv_heads)
     *_, new_residual = minivllm.FusedRMSNormQKV.forward(
         x, norm_weight, _linear_weight(qkv_weight, x.shape[-1]), num_heads, num_kv_heads, eps,
@@ -145,20 +149,30 @@ def _fused_add_rms_norm_qkv_impl(x, residual, norm_weight, qkv_weight, num_heads
     return packed, new_residual
 
 
+def _prologue_c(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps, residual, qkv_bias,
+                q_norm_weight, k_norm_weight, qk_norm_eps, positions, cos_sin_cache, rope_style,
+                k_cache, v_cache, slot_mapping, kv_scale):
+    # packed: [..., heads + 2 kv heads, head_dim], q's heads then k's then v's (with a cache, k
+    # and v are the scratch the projection lands in); the second result is the new residual,
+    # or None
+    return _C.attention_prologue(
+        x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps, residual, qkv_bias,
+        q_norm_weight, k_norm_weight, qk_norm_eps, positions, cos_sin_cache, rope_style,
+        k_cache, v_cache, slot_mapping, kv_scale, None, None, None, None, _TORCH_OP, None,
+        None, None)
+
+
 def _attention_prologue_impl(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps, residual,
                              qkv_bias, q_norm_weight, k_norm_weight, qk_norm_eps, positions,
                              cos_sin_cache, rope_style, k_cache, v_cache, slot_mapping, kv_scale):
-    # packed: [..., heads + 2 kv heads, head_dim], q's heads then k's then v's (with a cache, k
-    # and v are the scratch the projection lands in); the second result is the new residual,
-    # or an empty tensor (the schema has no optional result that torch.compile takes)
     if _PLAIN.issuperset(map(type, (x, norm_weight, qkv_weight, residual, qkv_bias,
                                     q_norm_weight, k_norm_weight, positions, cos_sin_cache,
                                     k_cache, v_cache, slot_mapping))):
-        packed, new_residual = _C.attention_prologue(
+        packed, new_residual = _prologue_c(
             x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps, residual, qkv_bias,
             q_norm_weight, k_norm_weight, qk_norm_eps, positions, cos_sin_cache, rope_style,
-            k_cache, v_cache, slot_mapping, kv_scale, None, None, None, None, _TORCH_OP, None,
-            None, None)
+            k_cache, v_cache, slot_mapping, kv_scale)
+        # the schema has no optional result that torch.compile takes: an empty tensor instead
         return packed, (x.new_empty(0) if new_residual is None else new_residual)
     packed = _new_packed(x, qkv_weight, num_heads, num_kv_heads)
     results = minivllm.attention_prologue(
@@ -205,21 +219,67 @@ _define("attention_prologue(Tensor x, Tensor norm_weight, Tensor qkv_weight, int
 # --------------------------------------------------------------------------------------------
 # Python entry points (what models call)
 # --------------------------------------------------------------------------------------------
+def _watchers():
+    """The checks _direct makes, each a C call of torch's (None where this torch lacks one)."""
+    c = torch._C
+    key = getattr(getattr(c, "DispatchKey", None), "Python", None)
+    included = getattr(c, "_dispatch_tls_is_dispatch_key_included", None)
+    profiling = getattr(getattr(c, "_autograd", None), "_profiler_enabled", None)
+    level = getattr(getattr(c, "_functorch", None), "maybe_current_level", None)
+    function_mode = getattr(c, "_is_torch_function_mode_enabled", None)
+    if None in (key, included, profiling, level, function_mode):
+        return None
+    return key, included, profiling, level, function_mode
+
+
+_WATCHERS = _watchers()
+
+
+def _direct(*tensors):
+    """Whether an eager call may run the op's implementation without the dispatcher: its
+    tensors are plain torch tensors (or None) and nothing that watches the dispatcher is active
+    (torch.compile or export tracing, grad mode, a torch dispatch or function mode such as
+    FakeTensorMode, the profiler, a functorch transform). The dispatcher boxes each schema
+    argument: 6.6-8.1 µs a call for attention_prologue's 18 on an H200 host, most of an M = 1
+    call (dev/logs/prologue-host-pieces-*). Whatever watches gets the registered op, and sees
+    and records the call as before."""
+    if torch.compiler.is_compiling() or torch.is_grad_enabled() or _WATCHERS is None:
+        return False
+    key, included, profiling, level, function_mode = _WATCHERS
+    return (_PLAIN.issuperset(map(type, tensors)) and
+            not (included(key) or function_mode() or profiling() or level() is not None))
+
+
+def _wrote(*tensors):
+    """Bump the version counters of tensors written in place (what the dispatcher does for a
+    schema's (a!) arguments outside inference mode; inference tensors have none)."""
+    if not torch.is_inference_mode_enabled():
+        torch._C._increment_version(tensors)
+
+
 def rms_norm(x, weight, eps=1e-6, *, weight_offset=0.0):
     """torch.ops.minivllm.rms_norm: (weight + weight_offset) * x / sqrt(mean(x**2, -1) + eps),
     a new tensor (weight_offset=1.0: Gemma's norm)."""
+    if _direct(x, weight):
+        return _rms_norm_impl(x, weight, eps, weight_offset)
     return torch.ops.minivllm.rms_norm(x, weight, float(eps), weight_offset)
 
 
 def fused_add_rms_norm(x, residual, weight, eps=1e-6, *, weight_offset=0.0):
     """(rms_norm(x + residual), x + residual) as new tensors."""
+    if _direct(x, residual, weight):
+        return _fused_add_rms_norm_impl(x, residual, weight, eps, weight_offset)
     return torch.ops.minivllm.fused_add_rms_norm(x, residual, weight, float(eps), weight_offset)
 
 
 def fused_add_rms_norm_(x, residual, weight, eps=1e-6, *, weight_offset=0.0):
     """vLLM's in-place form: residual <- x + residual, x <- rms_norm(that sum); returns
     (x, residual)."""
-    torch.ops.minivllm.fused_add_rms_norm_(x, residual, weight, float(eps), weight_offset)
+    if _direct(x, residual, weight):
+        _fused_add_rms_norm_inplace_impl(x, residual, weight, eps, weight_offset)
+        _wrote(x, residual)
+    else:
+        torch.ops.minivllm.fused_add_rms_norm_(x, residual, weight, float(eps), weight_offset)
     return x, residual
 
 
@@ -231,12 +291,25 @@ def fused_rms_norm_qkv(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps=
     (views into one allocation), plus the new residual x + residual when residual is given.
     """
     if residual is None:
-        packed = torch.ops.minivllm.fused_rms_norm_qkv(x, norm_weight, qkv_weight, num_heads,
-                                                       num_kv_heads, float(eps))
-        return split_qkv(packed, num_heads, num_kv_heads)
-    packed, new_residual = torch.ops.minivllm.fused_add_rms_norm_qkv(
-        x, residual, norm_weight, qkv_weight, num_heads, num_kv_heads, float(eps))
+        return split_qkv(_qkv_packed(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps),
+                         num_heads, num_kv_heads)
+    packed, new_residual = _add_qkv_packed(x, residual, norm_weight, qkv_weight, num_heads,
+                                           num_kv_heads, eps)
     return (*split_qkv(packed, num_heads, num_kv_heads), new_residual)
+
+
+def _qkv_packed(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps):
+    if _direct(x, norm_weight, qkv_weight):
+        return _qkv_c(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps, None)
+    return torch.ops.minivllm.fused_rms_norm_qkv(x, norm_weight, qkv_weight, num_heads,
+                                                 num_kv_heads, float(eps))
+
+
+def _add_qkv_packed(x, residual, norm_weight, qkv_weight, num_heads, num_kv_heads, eps):
+    if _direct(x, residual, norm_weight, qkv_weight):
+        return _qkv_c(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps, residual)
+    return torch.ops.minivllm.fused_add_rms_norm_qkv(x, residual, norm_weight, qkv_weight,
+                                                     num_heads, num_kv_heads, float(eps))
 
 
 def attention_prologue(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps=1e-6, *,
@@ -246,11 +319,20 @@ def attention_prologue(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps=
     """torch.ops.minivllm.attention_prologue: minivllm.attention_prologue as a custom op
     (qkv_weight in nn.Linear layout [N, H]). Returns (q, k, v), plus the new residual when
     residual is given; k and v are None when they went to k_cache / v_cache."""
-    packed, new_residual = torch.ops.minivllm.attention_prologue(
-        x, norm_weight, qkv_weight, num_heads, num_kv_heads, float(eps), residual, qkv_bias,
-        q_norm_weight, k_norm_weight, None if qk_norm_eps is None else float(qk_norm_eps),
-        positions, cos_sin_cache, rope_style, k_cache, v_cache, slot_mapping,
-        None if kv_scale is None else float(kv_scale))
+    if _direct(x, norm_weight, qkv_weight, residual, qkv_bias, q_norm_weight, k_norm_weight,
+               positions, cos_sin_cache, k_cache, v_cache, slot_mapping):
+        packed, new_residual = _prologue_c(
+            x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps, residual, qkv_bias,
+            q_norm_weight, k_norm_weight, qk_norm_eps, positions, cos_sin_cache, rope_style,
+            k_cache, v_cache, slot_mapping, kv_scale)
+        if k_cache is not None:
+            _wrote(k_cache, v_cache)
+    else:
+        packed, new_residual = torch.ops.minivllm.attention_prologue(
+            x, norm_weight, qkv_weight, num_heads, num_kv_heads, float(eps), residual, qkv_bias,
+            q_norm_weight, k_norm_weight, None if qk_norm_eps is None else float(qk_norm_eps),
+            positions, cos_sin_cache, rope_style, k_cache, v_cache, slot_mapping,
+            None if kv_scale is None else float(kv_scale))
     if k_cache is not None:
         q, k, v = packed.narrow(-2, 0, num_heads), None, None
     else:
@@ -376,8 +458,8 @@ class FusedRMSNormQKVProj(torch.nn.Module):
     def packed(self, x):
         """The op's packed result [..., heads + 2 * kv_heads, head_dim] (per token q's heads,
         then k's, then v's; split_qkv views it), bias not added."""
-        return torch.ops.minivllm.fused_rms_norm_qkv(x, self.norm_weight, self.qkv_weight,
-                                                     self.num_heads, self.num_kv_heads, self.eps)
+        return _qkv_packed(x, self.norm_weight, self.qkv_weight, self.num_heads,
+                           self.num_kv_heads, self.eps)
 
     def add_bias(self, q, k, v):
         """(q, k, v) with the projections' bias added (new tensors); unchanged without one."""
@@ -394,9 +476,8 @@ class FusedRMSNormQKVProj(torch.nn.Module):
         if residual is None:
             q, k, v = split_qkv(self.packed(x), self.num_heads, self.num_kv_heads)
             return self.add_bias(q, k, v)
-        packed, new_residual = torch.ops.minivllm.fused_add_rms_norm_qkv(
-            x, residual, self.norm_weight, self.qkv_weight, self.num_heads, self.num_kv_heads,
-            self.eps)
+        packed, new_residual = _add_qkv_packed(x, residual, self.norm_weight, self.qkv_weight,
+                                               self.num_heads, self.num_kv_heads, self.eps)
         q, k, v = split_qkv(packed, self.num_heads, self.num_kv_heads)
         return (*self.add_bias(q, k, v), new_residual)
 

@@ -9,7 +9,7 @@ import minivllm
 from conftest import norm_weight
 from reference import assert_matches, prologue_ref
 from minivllm.reference import PROLOGUE_TOLERANCE, write_kv_cache
-from test_torch_ops import DEVICES, _device, _mvt, _sync, _torch, _tt
+from test_torch_ops import DEVICES, GRAD_MODES, _device, _mvt, _sync, _torch, _tt, grad_context
 
 DTYPES = ("float32", "bfloat16")
 
@@ -64,17 +64,19 @@ def _caches(torch, device, dtype, nkv, D):
             torch.full((4, 8, nkv, D), float("nan"), dtype=tdt, device=device))
 
 
+@pytest.mark.parametrize("mode", GRAD_MODES)
 @pytest.mark.parametrize("residual", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("devname", DEVICES)
-def test_eager(devname, dtype, residual):
+def test_eager(devname, dtype, residual, mode):
     torch = _torch()
     mvt = _mvt()
     device = _device(torch, devname)
     rng = np.random.default_rng()
     t, d64, heads = _inputs(torch, device, dtype, rng, residual=residual)
     kc, vc = _caches(torch, device, dtype, heads[1], 32)
-    res = _call(mvt, t, heads, kc, vc, t.get("r"))
+    with grad_context(torch, mode):
+        res = _call(mvt, t, heads, kc, vc, t.get("r"))
     _sync(torch, device)
     assert res[1] is None and res[2] is None
     ref = _check(torch, devname, dtype, d64, heads, res[0], kc, vc, residual)

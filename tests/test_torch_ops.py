@@ -73,12 +73,28 @@ def test_import_minivllm_does_not_import_torch():
 # --------------------------------------------------------------------------------------------
 # the ops, eager
 # --------------------------------------------------------------------------------------------
+def grad_context(torch, mode):
+    """"grad": grad mode on, the entry points call the registered ops through the dispatcher;
+    "no_grad" and "inference": they call the implementations directly (minivllm.torch._direct)."""
+    return {"grad": torch.enable_grad, "no_grad": torch.no_grad,
+            "inference": torch.inference_mode}[mode]()
+
+
+GRAD_MODES = ("grad", "no_grad", "inference")
+
+
+@pytest.mark.parametrize("mode", GRAD_MODES)
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_ops_match_reference(device, dtype, rng):
+def test_ops_match_reference(device, dtype, mode, rng):
     torch = _torch()
     mvt = _mvt()
     dev = _device(torch, device)
+    with grad_context(torch, mode):
+        _ops_match_reference(torch, mvt, dev, dtype, rng)
+
+
+def _ops_match_reference(torch, mvt, dev, dtype, rng):
     M, H, nh, nkv, hd = 6, 256, 4, 2, 32
     N = (nh + 2 * nkv) * hd
     x = _tt(torch, rng.standard_normal((2, M // 2, H)), dtype, dev)
@@ -559,3 +575,111 @@ def test_qkv_ops_take_tensor_subclasses(device, rng):
     for a, b, name in zip((*got, *got_p), (*plain, *plain_p), ("q", "k", "v", "residual") * 2):
         assert a.shape == b.shape, name
         assert_same_values(to64(a.as_subclass(torch.Tensor)), to64(b), f"{name} (subclass x)")
+
+
+# --------------------------------------------------------------------------------------------
+# eager calls without the dispatcher
+# --------------------------------------------------------------------------------------------
+def test_direct_only_when_nothing_watches():
+    """The entry points skip the dispatcher only for plain tensors with grad mode off and no
+    torch.compile tracing, dispatch or function mode, profiler or functorch transform."""
+    torch = _torch()
+    mvt = _mvt()
+    from torch.utils._python_dispatch import TorchDispatchMode
+    x = torch.ones(2, 8)
+
+    class Tagged(torch.Tensor):
+        pass
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    class Functions(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    assert torch.is_grad_enabled() and not mvt._direct(x)
+    with torch.no_grad():
+        assert mvt._direct(x, None, x)
+        assert not mvt._direct(x, x.as_subclass(Tagged))
+        with Watch():
+            assert not mvt._direct(x)
+        with Functions():
+            assert not mvt._direct(x)
+        with torch.profiler.profile():
+            assert not mvt._direct(x)
+        seen = []
+        torch.func.vmap(lambda t: seen.append(mvt._direct(t)) or t)(x)
+        assert seen == [False]
+    with torch.inference_mode():
+        assert mvt._direct(x)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_watchers_see_the_op(device, rng):
+    """A dispatch mode and the profiler see the registered op when they are active (grad mode
+    off, where the entry points otherwise call the implementation directly), and the results
+    are those of the direct call."""
+    torch = _torch()
+    mvt = _mvt()
+    dev = _device(torch, device)
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    M, H, nh, nkv, hd = 3, 64, 2, 1, 16
+    N = (nh + 2 * nkv) * hd
+    x = _tt(torch, rng.standard_normal((M, H)), "float32", dev)
+    w = _tt(torch, norm_weight(rng, H), "float32", dev)
+    W = _tt(torch, rng.standard_normal((N, H)) / np.sqrt(H), "float32", dev)
+    with torch.no_grad():
+        direct = (mvt.rms_norm(x, w), *mvt.attention_prologue(x, w, W, nh, nkv, residual=x))
+        record = Record()
+        with record:
+            watched = (mvt.rms_norm(x, w), *mvt.attention_prologue(x, w, W, nh, nkv, residual=x))
+        with torch.profiler.profile() as prof:
+            mvt.attention_prologue(x, w, W, nh, nkv)
+    _sync(torch, dev)
+    assert "minivllm.rms_norm.default" in record.ops
+    assert "minivllm.attention_prologue.default" in record.ops
+    assert any(e.key == "minivllm::attention_prologue" for e in prof.key_averages())
+    for a, b in zip(direct, watched):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_direct_calls_bump_versions_of_written_tensors(device, rng):
+    """Under no_grad the direct call bumps the version counters of the tensors it writes in
+    place (the caches, fused_add_rms_norm_'s x and residual), as the dispatcher does for the
+    schema's (a!) arguments; inference tensors in inference mode take it without one."""
+    torch = _torch()
+    mvt = _mvt()
+    dev = _device(torch, device)
+    M, H, nh, nkv, hd = 2, 64, 2, 1, 16
+    N = (nh + 2 * nkv) * hd
+    x = _tt(torch, rng.standard_normal((M, H)), "float32", dev)
+    w = _tt(torch, norm_weight(rng, H), "float32", dev)
+    W = _tt(torch, rng.standard_normal((N, H)) / np.sqrt(H), "float32", dev)
+    kc = torch.zeros(2, 4, nkv, hd, device=dev)
+    vc = torch.zeros(2, 4, nkv, hd, device=dev)
+    slots = torch.tensor([0, 5], device=dev)
+    xi, ri = x.clone(), x.clone()
+    before = [t._version for t in (kc, vc, xi, ri)]
+    with torch.no_grad():
+        assert mvt._direct(x)
+        mvt.attention_prologue(x, w, W, nh, nkv, k_cache=kc, v_cache=vc, slot_mapping=slots)
+        mvt.fused_add_rms_norm_(xi, ri, w)
+    assert all(t._version > b for t, b in zip((kc, vc, xi, ri), before))
+    with torch.inference_mode():
+        kci, vci = torch.zeros_like(kc), torch.zeros_like(vc)
+        mvt.attention_prologue(x, w, W, nh, nkv, k_cache=kci, v_cache=vci, slot_mapping=slots)
+    _sync(torch, dev)
+    assert torch.equal(kci, kc) and torch.equal(vci, vc)
