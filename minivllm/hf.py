@@ -178,7 +178,12 @@ class PrologueAttention(torch.nn.Module):
             attn, "sliding_window") else {}
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None,
-                past_key_values=None, **kwargs):
+                past_key_values=None, cache=None, **kwargs):
+        # the layers pass the KV cache as `cache` from transformers 5.2x on (past_key_values is
+        # deprecated there), as past_key_values before, and as past_key_value in 4.x
+        past_key_values = next((c for c in (cache, past_key_values,
+                                            kwargs.pop("past_key_value", None))
+                                if c is not None), None)
         batch, seq = hidden_states.shape[:2]
         cos, sin = position_embeddings
         table, positions = _rope_table(cos, sin, batch)

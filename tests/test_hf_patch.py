@@ -161,6 +161,23 @@ def test_patched_model_compiles_fullgraph(arch, device):
     assert _rel(got, want) <= tol, _rel(got, want)
 
 
+@pytest.mark.parametrize("name", ["cache", "past_key_values", "past_key_value"])
+def test_the_cache_under_each_of_its_names(name):
+    """The patched attention takes the KV cache under each name transformers has passed it by
+    (`cache` from 5.2x, `past_key_values` before, `past_key_value` in 4.x) and updates it; a
+    cache it did not see would leave decoding to attend to nothing before the new token."""
+    model, config = _model("llama", torch.device("cpu"), torch.float32, seed=3, layers=1)
+    assert mhf.patch_model(model) == 1
+    attn = model.model.layers[0].self_attn
+    hidden = torch.randn(2, 5, config.hidden_size)
+    position_ids = torch.arange(5)[None].expand(2, 5)
+    embeddings = model.model.rotary_emb(hidden, position_ids)
+    cache = transformers.DynamicCache()
+    with torch.inference_mode():
+        attn(hidden, position_embeddings=embeddings, attention_mask=None, **{name: cache})
+    assert cache.get_seq_length(0) == 5
+
+
 def test_patch_shares_weights_and_refuses_twice():
     model, config = _model("qwen2", torch.device("cpu"), torch.float32, seed=2, layers=1)
     layer = model.model.layers[0]
