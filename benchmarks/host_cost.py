@@ -103,28 +103,37 @@ def build_sequences(torch, minivllm, model, device, dtype):
     prologue = dict(residual=r, q_norm_weight=qn, k_norm_weight=kn, positions=positions,
                     cos_sin_cache=table, k_cache=k_cache, v_cache=v_cache, slot_mapping=slots)
 
+    ops = torch.ops.minivllm
+    # "minivllm.torch": the entry points models call (in eager inference they run the op's
+    # implementation without the dispatcher); "torch.ops.minivllm": the registered op itself,
+    # through the dispatcher, as traced code and the entry points under a mode or grad call it
     return {
         "rms_norm": {
             "minivllm": lambda: minivllm.rms_norm(x, w, EPS),
-            "torch.ops.minivllm": lambda: mvt.rms_norm(x, w, EPS),
+            "minivllm.torch": lambda: mvt.rms_norm(x, w, EPS),
+            "torch.ops.minivllm": lambda: ops.rms_norm.default(x, w, EPS),
             "torch F.rms_norm": lambda: F.rms_norm(x, (H,), w, EPS),
         },
         "fused_add_rms_norm": {
             "minivllm": lambda: minivllm.fused_add_rms_norm(x, r, w, EPS),
-            "torch.ops.minivllm": lambda: mvt.fused_add_rms_norm(x, r, w, EPS),
+            "minivllm.torch": lambda: mvt.fused_add_rms_norm(x, r, w, EPS),
+            "torch.ops.minivllm": lambda: ops.fused_add_rms_norm.default(x, r, w, EPS),
             "torch x + r, F.rms_norm": torch_add_rms_norm,
         },
         "fused_rms_norm_qkv": {
             "minivllm": lambda: fused(x, w, Wt, nh, nkv, EPS),
-            "torch.ops.minivllm": lambda: mvt.fused_rms_norm_qkv(x, w, W, nh, nkv, EPS),
+            "minivllm.torch": lambda: mvt.fused_rms_norm_qkv(x, w, W, nh, nkv, EPS),
+            "torch.ops.minivllm": lambda: ops.fused_rms_norm_qkv.default(x, w, W, nh, nkv, EPS),
             "torch F.rms_norm, linear, split": torch_qkv(lambda: F.rms_norm(x, (H,), w, EPS)),
             "torch HF RMSNorm, linear, split": torch_qkv(lambda: _hf_rms_norm(torch, x, w, EPS)),
         },
         # residual, norm, QKV, q/k norms, RoPE, cache write (Qwen3's prologue)
         "attention_prologue": {
             "minivllm": lambda: minivllm.attention_prologue(x, w, W, nh, nkv, EPS, **prologue),
-            "torch.ops.minivllm": lambda: mvt.attention_prologue(x, w, W, nh, nkv, EPS,
-                                                                 **prologue),
+            "minivllm.torch": lambda: mvt.attention_prologue(x, w, W, nh, nkv, EPS, **prologue),
+            "torch.ops.minivllm": lambda: ops.attention_prologue.default(
+                x, w, W, nh, nkv, EPS, r, None, qn, kn, None, positions, table, "neox", k_cache,
+                v_cache, slots, None),
         },  # (torch's chain is ~15 kernels a call: a burst of it fills CUDA's launch queue)
     }
 
@@ -213,7 +222,7 @@ def measure_host_cost(models=("llama-3-8b", "qwen3-0.6b"), device="cuda", dtype=
                     routes = [None]  # torch's own sequences
                     if impl == "minivllm":
                         routes = ["fast", "torch._C"] + (["generic"] if include_generic else [])
-                    elif impl == "torch.ops.minivllm":
+                    elif impl in ("minivllm.torch", "torch.ops.minivllm"):
                         routes = ["fast", "torch._C"]
                     for route in routes:
                         context = generic_dlpack_route(torch) if route == "generic" \
