@@ -171,6 +171,11 @@ int mv_fused_rms_norm_qkv_cuda(const mv_qkv_args *a, const mv_cuda_opts *o, void
 typedef struct {
     mv_qkv_args qkv;
     int64_t num_heads, num_kv_heads, head_dim;
+    /* q's final place where it is not qkv.q (with a cache the QKV part writes q, k and v into
+       one scratch, adjacent as one GEMM stores them, and the epilogue moves q here); NULL: in
+       place. Set only with a KV cache (the epilogue then visits every head). */
+    void *q_out;
+    int64_t q_out_stride; /* elements between tokens */
     const void *bias;          /* [q_cols + 2 * kv_cols] in the dtype, or NULL */
     const void *q_norm_weight; /* [head_dim] in the dtype, or NULL */
     const void *k_norm_weight;

@@ -191,6 +191,39 @@ static int paired(PyObject *const *args, int i, const char *a, int j, const char
     return -1;
 }
 
+/* q, k and v in one new scratch [..., heads + 2 kv heads, head_dim] for the QKV part, and the
+   caller's q (given) as q_out; *q_obj receives a new reference to q. */
+static int qkv_scratch(mv_call *c, const mv_tensor *x, PyObject *given_q, mv_prologue_args *p,
+                       PyObject **q_obj)
+{
+    mv_qkv_args *a = &p->qkv;
+    int64_t shape[MV_MAX_DIMS + 1], rows, cols, stride;
+    if (x->ndim < 1 || x->ndim + 1 > MV_MAX_DIMS) {
+        PyErr_Format(PyExc_ValueError, "hidden_states: too many dimensions (%d)", x->ndim);
+        return -1;
+    }
+    memcpy(shape, x->shape, sizeof(int64_t) * (size_t)(x->ndim - 1));
+    shape[x->ndim] = p->head_dim;
+    shape[x->ndim - 1] = p->num_heads + 2 * p->num_kv_heads;
+    PyObject *scratch_obj = NULL;
+    mv_tensor *scratch = mv_call_output(c, Py_None, "q, k, v scratch", x, x->ndim + 1, shape,
+                                        &scratch_obj);
+    Py_XDECREF(scratch_obj); /* the call holds the tensor until it is released */
+    if (scratch == NULL || mv_as_rows(scratch, 2, &rows, &cols, &stride) < 0)
+        return -1;
+    shape[x->ndim - 1] = p->num_heads;
+    mv_tensor *q = mv_call_output(c, given_q, "q", x, x->ndim + 1, shape, q_obj);
+    if (q == NULL || mv_as_rows(q, 2, &rows, &cols, &p->q_out_stride) < 0)
+        return -1;
+    const size_t element = mv_dtype_size(x->dtype);
+    a->q = scratch->data;
+    a->k = scratch->data + a->q_cols * (int64_t)element;
+    a->v = scratch->data + (a->q_cols + a->kv_cols) * (int64_t)element;
+    a->q_stride = a->k_stride = a->v_stride = stride;
+    p->q_out = q->data;
+    return 0;
+}
+
 /* attention_prologue(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps, residual,
    qkv_bias, q_norm_weight, k_norm_weight, qk_norm_eps, positions, cos_sin_cache, rope_style,
    k_cache, v_cache, slot_mapping, kv_scale, q, k, v, residual_out, alloc, stream, pdl, path)
@@ -372,8 +405,17 @@ PyObject *mv_py_attention_prologue(PyObject *module, PyObject *const *args, Py_s
         }
     }
     /* with a cache, k and v are scratch: the caller's (out=) or new */
-    if (mv_qkv_outputs(&c, x, args + A_Q, p.num_heads, p.num_kv_heads, head_dim, a, objs) < 0)
+    if (has_cache && !c.torch_op && args[A_Q] != Py_None && args[A_K] == Py_None &&
+        args[A_V] == Py_None) {
+        /* q given, k and v not: one new scratch takes q, k and v side by side, as one GEMM
+           writes them (separate ones cost the GEMM paths a split copy), and the epilogue stores
+           q into the caller's q */
+        if (qkv_scratch(&c, x, args[A_Q], &p, &objs[0]) < 0)
+            goto done;
+    } else if (mv_qkv_outputs(&c, x, args + A_Q, p.num_heads, p.num_kv_heads, head_dim, a,
+                              objs) < 0) {
         goto done;
+    }
     int failed;
     mv_tensor *res_out = mv_qkv_residual_out(&c, x, args[A_RESIDUAL], args[A_RESIDUAL_OUT], a,
                                              &res_obj, &failed);

@@ -98,8 +98,11 @@ static void epilogue_item(const mv_prologue_args *a, int64_t m, int64_t h, float
         }
     }
     if (kind == 0 || a->k_cache == NULL) {
+        void *out = kind == 0 && a->q_out != NULL
+                        ? (char *)a->q_out + (m * a->q_out_stride + head * D) * mv_dtype_size(dt)
+                        : row;
         for (int64_t d = 0; d < D; d++)
-            mv_store(dt, row, d, t[d]);
+            mv_store(dt, out, d, t[d]);
         return;
     }
     const int64_t slot = load_index(a->slot_dtype, a->slot_mapping, m * a->slot_stride);

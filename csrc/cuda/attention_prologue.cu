@@ -55,6 +55,14 @@ __device__ __forceinline__ T *item_row(const mv_prologue_args &a, const Item &it
     return base + it.m * stride + it.head * a.head_dim;
 }
 
+/* Where the item's q, or k or v without a cache, is stored: its row, or q_out's. */
+template <typename T>
+__device__ __forceinline__ T *item_out(const mv_prologue_args &a, const Item &it, T *row) {
+    return it.kind == 0 && a.q_out != nullptr
+               ? static_cast<T *>(a.q_out) + it.m * a.q_out_stride + it.head * a.head_dim
+               : row;
+}
+
 /* The per-head norm weight of the item (v has none). */
 template <typename T>
 __device__ __forceinline__ const T *item_gamma(const mv_prologue_args &a, const Item &it) {
@@ -120,7 +128,8 @@ __global__ void prologue_epilogue(const mv_prologue_args a, int64_t heads, int64
             __syncwarp();
         }
         if (kind == 0 || a.k_cache == nullptr) {
-            for (int64_t d = lane; d < D; d += 32) row[d] = mv_from_float<T>(t[d]);
+            T *out = item_out<T>(a, it, row);
+            for (int64_t d = lane; d < D; d += 32) out[d] = mv_from_float<T>(t[d]);
         } else {
             const int64_t slot = load_index(a.slot_dtype, a.slot_mapping, m * a.slot_stride);
             /* negative: padding; beyond the cache: never written (the CPU binding refuses it) */
@@ -241,7 +250,7 @@ __global__ void prologue_epilogue_vec(const mv_prologue_args a, int64_t heads, i
             }
         }
         if (!to_cache) {
-            store_vec<T, V>(row + lane * V, x);
+            store_vec<T, V>(item_out<T>(a, it, row) + lane * V, x);
         } else if (slot >= 0 && slot < a.num_blocks * a.block_size) {
             /* negative: padding; beyond the cache: never written (the CPU binding refuses it) */
             const int64_t *s;
@@ -271,7 +280,8 @@ bool vec_aligned(const mv_prologue_args &a, int64_t v, size_t element) {
         return p == nullptr || reinterpret_cast<uintptr_t>(p) % (static_cast<uintptr_t>(v) * element) == 0;
     };
     bool ok = ok_ptr(a.qkv.q) && ok_ptr(a.qkv.k) && ok_ptr(a.qkv.v) && ok_ptr(a.bias) && ok_ptr(a.q_norm_weight) &&
-              ok_ptr(a.k_norm_weight) && a.qkv.q_stride % v == 0 && a.qkv.k_stride % v == 0 && a.qkv.v_stride % v == 0;
+              ok_ptr(a.k_norm_weight) && a.qkv.q_stride % v == 0 && a.qkv.k_stride % v == 0 && a.qkv.v_stride % v == 0 &&
+              ok_ptr(a.q_out) && a.q_out_stride % v == 0;
     if (a.k_cache != nullptr && a.cache_dtype != MV_FLOAT8_E4M3) {
         ok = ok && ok_ptr(a.k_cache) && ok_ptr(a.v_cache);
         for (int d = 0; d < 3; d++) ok = ok && a.k_cache_strides[d] % v == 0 && a.v_cache_strides[d] % v == 0;
