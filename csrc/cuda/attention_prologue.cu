@@ -87,6 +87,8 @@ __global__ void prologue_epilogue(const mv_prologue_args a, int64_t heads, int64
     const int64_t D = a.head_dim;
     float *t = staged + warp * D;
     mv_pdl_wait(); /* q, k, v come from the QKV kernel just before */
+    mv_pdl_trigger(); /* the next kernel may start (a QKV kernel streams its W); it still waits
+                         for this grid to finish before it reads anything this one writes */
     for (int64_t item = static_cast<int64_t>(blockIdx.x) * warps + warp; item < items;
          item += static_cast<int64_t>(gridDim.x) * warps) {
         const Item it = item_at(a, item, heads);
@@ -148,7 +150,6 @@ __global__ void prologue_epilogue(const mv_prologue_args a, int64_t heads, int64
         }
         __syncwarp(); /* t is the next item's */
     }
-    mv_pdl_trigger();
 }
 
 /* V elements of T at p (aligned to V * sizeof(T) bytes) as float, and back: one vector access. */
@@ -190,6 +191,8 @@ __global__ void prologue_epilogue_vec(const mv_prologue_args a, int64_t heads, i
                            m * a.slot_stride * (a.slot_dtype == MV_INT32 ? 4 : 8));
     }
     mv_pdl_wait(); /* q, k, v come from the QKV kernel just before */
+    mv_pdl_trigger(); /* the next kernel may start (a QKV kernel streams its W); it still waits
+                         for this grid to finish before it reads anything this one writes */
     for (int64_t item = first; item < items; item += static_cast<int64_t>(gridDim.x) * warps) {
         const Item it = item_at(a, item, heads);
         const int64_t m = it.m, h = it.h;
@@ -271,7 +274,6 @@ __global__ void prologue_epilogue_vec(const mv_prologue_args a, int64_t heads, i
             }
         }
     }
-    mv_pdl_trigger();
 }
 
 /* Whether every row and weight the vectorized epilogue touches starts on a V-element boundary. */
