@@ -392,7 +392,6 @@ int mv_call_torch_packed_output(mv_call *c, const mv_tensor *x, int64_t heads, i
     return 0;
 }
 
-
 /* Outputs overlap no input and no other output, except the listed exact in-place aliases. */
 int mv_check_outputs_disjoint(mv_call *c, int first_output, const int *alias_of)
 {
