@@ -34,6 +34,7 @@ import minivllm
 from minivllm import _C, _kinds
 
 _TORCH_OP = _C.TORCH_OP
+_TORCH_KIND = _C.TORCH_KIND
 # The plain tensor types _C reads itself (empty when this torch lacks what it needs): looked up
 # once here, so the ops' first call does not have to.
 _kinds.prepare(torch.empty(0))
@@ -260,15 +261,16 @@ def _wrote(*tensors):
 def rms_norm(x, weight, eps=1e-6, *, weight_offset=0.0):
     """torch.ops.minivllm.rms_norm: (weight + weight_offset) * x / sqrt(mean(x**2, -1) + eps),
     a new tensor (weight_offset=1.0: Gemma's norm)."""
-    if _direct(x, weight):
-        return _rms_norm_impl(x, weight, eps, weight_offset)
+    if _direct(x, weight):  # plain tensors: what minivllm.rms_norm would hand to _C
+        return _C.rms_norm(x, weight, eps, None, _TORCH_KIND, None, None, weight_offset)
     return torch.ops.minivllm.rms_norm(x, weight, float(eps), weight_offset)
 
 
 def fused_add_rms_norm(x, residual, weight, eps=1e-6, *, weight_offset=0.0):
     """(rms_norm(x + residual), x + residual) as new tensors."""
     if _direct(x, residual, weight):
-        return _fused_add_rms_norm_impl(x, residual, weight, eps, weight_offset)
+        return _C.fused_add_rms_norm(x, residual, weight, eps, None, None, _TORCH_KIND, None,
+                                     None, weight_offset)
     return torch.ops.minivllm.fused_add_rms_norm(x, residual, weight, float(eps), weight_offset)
 
 
@@ -276,7 +278,8 @@ def fused_add_rms_norm_(x, residual, weight, eps=1e-6, *, weight_offset=0.0):
     """vLLM's in-place form: residual <- x + residual, x <- rms_norm(that sum); returns
     (x, residual)."""
     if _direct(x, residual, weight):
-        _fused_add_rms_norm_inplace_impl(x, residual, weight, eps, weight_offset)
+        _C.fused_add_rms_norm(x, residual, weight, eps, x, residual, _TORCH_KIND, None, None,
+                              weight_offset)
         _wrote(x, residual)
     else:
         torch.ops.minivllm.fused_add_rms_norm_(x, residual, weight, float(eps), weight_offset)
