@@ -6,6 +6,9 @@ Implementations, timed in the same run and the same way (CUDA graph replay, each
 layer: W, γ, bias, q/k norm weights, input, residual and outputs; one paged cache per call):
   minivllm      minivllm.attention_prologue(x, γ, W, ..., residual=r, qkv_bias, q/k norm
                 weights, positions, cos_sin_cache, k_cache, v_cache, slot_mapping, out=q)
+  fused         minivllm with the whole prologue in the GEMM engine's kernel forced
+                (_path="engine_prologue", sm_90; where that path cannot take the shape, the table's;
+                M <= 256 only)
   qkv_op        minivllm.FusedRMSNormQKV.forward(x, γ, W.t(), ..., residual=r, out=(q, k, v)):
                 the QKV op alone, no bias, norm, RoPE or cache (the target's yardstick)
   torch         x + r, F.rms_norm, F.linear (+ bias), split, F.rms_norm of q and k, RoPE (neox,
@@ -49,10 +52,11 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 EPS = bt.EPS
 MODELS = ("qwen3-0.6b", "llama-3-8b", "qwen2.5-1.5b", "qwen3-4b")
 FULL_M = (1, 2, 4, 8, 16, 32, 64, 256, 1024, 4096)
-IMPLS = ("minivllm", "qkv_op", "torch", "compile", "qkv+torch")
+IMPLS = ("minivllm", "fused", "qkv_op", "torch", "compile", "qkv+torch")
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 MAX_POSITION = 8192
 BLOCK_SIZE = 16
+FUSED_MAX_ROWS = 256  # the engine's one-kernel prologue forced up to here (the table: <= 16 rows)
 BASELINE_TOLERANCE = 3e-2  # torch rounds to the dtype after every step of the chain
 
 
@@ -98,13 +102,13 @@ class Layer:
         self.res_out = torch.full_like(self.x, math.nan)
         self.heads = (nq, nkv, D)
 
-    def minivllm(self):
+    def minivllm(self, **path):
         return minivllm.attention_prologue(
             self.x, self.g, self.W, self.heads[0], self.heads[1], EPS, residual=self.r,
             qkv_bias=self.bias, q_norm_weight=self.qn, k_norm_weight=self.kn,
             positions=self.positions, cos_sin_cache=self.table, k_cache=self.k_cache,
             v_cache=self.v_cache, slot_mapping=self.slots, out=self.q,
-            residual_out=self.res_out)[0]
+            residual_out=self.res_out, **path)[0]
 
     def qkv_op(self):
         nq, nkv, D = self.heads
@@ -169,6 +173,8 @@ def bench_shape(model, dtype_name, rows, run):
         "torch": lambda i: torch_prologue(*layers[i].torch_args())[0],
         "qkv+torch": lambda i: layers[i].qkv_then_torch(),
     }
+    if rows <= FUSED_MAX_ROWS:
+        impls["fused"] = lambda i: layers[i].minivllm(_path="engine_prologue")
     if run.compiled is not None:
         impls["compile"] = lambda i: run.compiled(*layers[i].torch_args())[0]
     results, failures = {}, {}
@@ -179,7 +185,7 @@ def bench_shape(model, dtype_name, rows, run):
         for t in (last.k_cache, last.v_cache, last.q, last.qkv):
             t.fill_(math.nan)
         tolerance = (reference.PROLOGUE_TOLERANCE[bt.DTYPE_NAMES[dtype_name]]
-                     if name == "minivllm" else BASELINE_TOLERANCE)
+                     if name in ("minivllm", "fused") else BASELINE_TOLERANCE)
 
         def checker(q, name=name, tolerance=tolerance):
             if name == "qkv_op":  # not the prologue: only that it ran

@@ -136,6 +136,9 @@ typedef enum {
     MV_QKV_TILE,     /* norm kernel, then our tensor-core GEMM (no libcublasLt) */
     MV_QKV_GENERIC,  /* the correctness fallback: any dtype, layout and size */
     MV_QKV_ENGINE,   /* the Hopper GEMM engine: stream-K TMA + wgmma, deferred norm (sm_90) */
+    /* attention_prologue only: the engine with the prologue's epilogue in the same kernel
+       (sm_90; QKV calls that ask for it get the table's choice) */
+    MV_QKV_ENGINE_PROLOGUE,
     MV_QKV_PATH_COUNT
 } mv_qkv_path;
 

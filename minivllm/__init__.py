@@ -256,6 +256,9 @@ def attention_prologue(hidden_states, norm_weight, qkv_weight, num_heads, num_kv
     out: q, or (q, k, v), preallocated; with a cache, out's k and v (if given) are the scratch
         the projection lands in before the cache write. residual_out: the new residual's place
         (may be residual itself: in place).
+    pdl, _path: as FusedRMSNormQKV.forward's, for the QKV part; _path="engine_prologue" (sm_90,
+        fp16/bf16, head_dim dividing 128) runs the whole prologue in the GEMM engine's kernel
+        instead (never the automatic choice: docs/design.md).
     Returns (q, k, v), plus the new residual when residual is given; q is [..., num_heads,
     head_dim], k and v [..., num_kv_heads, head_dim], or None when they went to the cache.
     Numerics: docs/numerics.md ("attention_prologue"); what runs where: docs/design.md.

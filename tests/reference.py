@@ -12,7 +12,7 @@ from minivllm.reference import attention_prologue as _prologue
 
 
 # The GPU paths that round gamma * x (not the normalized y) before the product and apply rrms after.
-RRMS_AFTER = ("wgmma", "deferred", "engine")
+RRMS_AFTER = ("wgmma", "deferred", "engine", "engine_prologue")
 
 
 def qkv_ref(x, w, W, num_heads, num_kv_heads, eps, residual=None, dtype=None, y_dtype=None):
@@ -28,11 +28,13 @@ def qkv_ref(x, w, W, num_heads, num_kv_heads, eps, residual=None, dtype=None, y_
 def prologue_ref(x, w, W, num_heads, num_kv_heads, eps, dtype, devname, **kw):
     """minivllm.reference.attention_prologue for the call just made on devname: the QKV part
     rounded as qkv_ref rounds it for the path that ran, then q, k, v rounded to the dtype before
-    the epilogue, as the separate-kernel paths (the CPU twin, today's GPU path) store them."""
+    the epilogue, as the separate-kernel paths (the CPU twin, the GPU's QKV kernel + epilogue
+    kernel) store them; the engine's fused epilogue works on the unrounded products."""
     y_dtype = qkv_y_dtype(devname, dtype)
     rrms_after = y_dtype is not None and last_gpu_path() in RRMS_AFTER
+    fused = devname == "cuda" and last_gpu_path() == "engine_prologue"
     return _prologue(x, w, W, num_heads, num_kv_heads, eps, dtype=dtype, y_dtype=y_dtype,
-                     rrms_after=rrms_after, qkv_dtype=dtype, **kw)
+                     rrms_after=rrms_after, qkv_dtype=None if fused else dtype, **kw)
 
 
 def last_gpu_path():

@@ -286,6 +286,70 @@ def test_epilogue_on_each_path(path, dt, D, cache, rng):
             assert last_gpu_path() == path, f"_path={path!r} at M={M}: ran {last_gpu_path()!r}"
 
 
+# head_dim -> (heads, kv heads): q, k and v widths of 1.75, 7.5 and 12 of the engine's 128-feature
+# tiles (a last tile only partly filled, and whole ones)
+ENGINE_HEADS = {32: (5, 1), 64: (9, 3), 128: (8, 2)}
+
+
+@NEEDS_CUDA
+@pytest.mark.parametrize("residual", [False, True, "inplace"])
+@pytest.mark.parametrize("rope", ["neox", "gptj", "partial", None])
+@pytest.mark.parametrize("D", sorted(ENGINE_HEADS))
+@pytest.mark.parametrize("dt", ["bfloat16", "float16"])
+def test_engine_prologue(dt, D, rope, residual, rng):
+    """The whole prologue in the GEMM engine's kernel (_path="engine_prologue", sm_90): rows over
+    its token tiles (8 ... 128) and layouts (a cluster per tile, stream-K), every residual form
+    (in place: the store kernel follows, since other CTAs still read the residual), each RoPE
+    form, and caches and k, v outputs in turn; twice per shape on fresh inputs."""
+    cap = cuda_capability()
+    if cap != (9, 0):
+        pytest.skip(f"the engine needs sm_90 exactly; this GPU is sm_{cap[0]}{cap[1]}")
+    dev = get_backend("cuda")
+    nq, nkv = ENGINE_HEADS[D]
+    for M in (1, 5, 16, 40, 130):
+        for i in range(2):
+            c = Case(dev, rng, dt, M, 256, nq, nkv, D, residual=bool(residual), bias=True,
+                     qk_norm=True, rope=rope is not None, style="gptj" if rope == "gptj" else "neox",
+                     rotary_dim=D // 2 if rope == "partial" else None,
+                     cache=(None, "paged", "hf")[(M + i) % 3], slots="padding" if M > 1 else "random",
+                     cache_dtype=FP8 if (M + i) % 3 == 2 and i == 1 else None,
+                     kv_scale=0.5 if (M + i) % 3 == 2 and i == 1 else None)
+            if residual == "inplace":
+                res = c.call(residual_out=c.kw["residual"], _path="engine_prologue", pdl=i == 0)
+                c.check(res)
+                assert res[3] is c.kw["residual"]
+            else:
+                c.run(_path="engine_prologue", pdl=i == 0)
+            assert last_gpu_path() == "engine_prologue", f"M={M}: ran {last_gpu_path()!r}"
+
+
+@NEEDS_CUDA
+@pytest.mark.parametrize("cache", [None, "paged"])
+@pytest.mark.parametrize("M", [16, 200])
+def test_engine_prologue_many_tiles(M, cache, rng):
+    """More feature tiles than a cluster split takes (80 of 128 features): at 16 rows one CTA per
+    whole tile, at 200 rows stream-K, where a tile's epilogue runs in the CTA holding its head
+    after the other parts arrive through the workspace."""
+    cap = cuda_capability()
+    if cap != (9, 0):
+        pytest.skip(f"the engine needs sm_90 exactly; this GPU is sm_{cap[0]}{cap[1]}")
+    dev = get_backend("cuda")
+    Case(dev, rng, "bfloat16", M, 256, 64, 8, 128, residual=True, bias=True, qk_norm=True,
+         cache=cache, slots="padding").run(_path="engine_prologue")
+    assert last_gpu_path() == "engine_prologue", f"M={M}: ran {last_gpu_path()!r}"
+
+
+@NEEDS_CUDA
+@pytest.mark.parametrize("D", [96, 256])
+def test_engine_prologue_refuses_straddling_heads(D, rng):
+    """A head that does not fit the engine's 128-feature tiles whole goes to the QKV table's kernel
+    and the epilogue kernel, and is still right."""
+    dev = get_backend("cuda")
+    Case(dev, rng, "bfloat16", 3, 256, 4, 2, D, residual=True, qk_norm=True, cache="paged").run(
+        _path="engine_prologue")
+    assert last_gpu_path() not in ("engine_prologue", "none"), last_gpu_path()
+
+
 @pytest.mark.parametrize("lead", [(2, 3), (1, 1), (3, 1, 2)])
 def test_leading_dims(dev, dtype, lead, rng):
     """hidden_states [batch, seq, H] with positions and slot_mapping [batch, seq]."""

@@ -13,6 +13,7 @@ static const char *const path_names[MV_QKV_PATH_COUNT] = {
     [MV_QKV_AUTO] = "none",   [MV_QKV_DEFERRED] = "deferred", [MV_QKV_REGISTER] = "register",
     [MV_QKV_BULK] = "bulk",   [MV_QKV_WGMMA] = "wgmma",       [MV_QKV_CUBLASLT] = "cublaslt",
     [MV_QKV_TILE] = "tile",   [MV_QKV_GENERIC] = "generic",   [MV_QKV_ENGINE] = "engine",
+    [MV_QKV_ENGINE_PROLOGUE] = "engine_prologue",
 };
 
 /* The path this thread's last GPU call ran. */

@@ -8,74 +8,18 @@
  * One warp per (token, head): the head's values go through shared memory in float32 (RoPE pairs
  * features from different lanes), the norm's sum is a warp sum. The epilogue reads q, k, v as
  * the QKV kernel stored them (rounded to the dtype) and rounds once on its store; the CPU twin
- * (cpu/attention_prologue.c) computes the same in another summation order. The fused path on
- * the GEMM engine's epilogue will work on the float32 accumulators instead (docs/design.md).
+ * (cpu/attention_prologue.c) computes the same in another summation order.
+ *
+ * Asked for by name (_path="engine_prologue", sm_90), the whole prologue runs in the GEMM
+ * engine's kernel instead (fused_rms_norm_qkv/engine.cu): its epilogue runs each head through the
+ * same finish_head (prologue_head.cuh) on the unrounded float32 products. Not the automatic
+ * choice: it lost in whole decode steps (see below and docs/design.md).
  */
-#include <cuda_fp8.h>
-
-#include "cuda/common.cuh"
 #include "cuda/device.h"
+#include "cuda/fused_rms_norm_qkv/paths.h"
+#include "cuda/prologue_head.cuh"
 
 namespace {
-
-/* A float32 or activation-dtype element (cos_sin_cache takes either). */
-__device__ __forceinline__ float load_any(mv_dtype dt, const void *p, int64_t i) {
-    switch (dt) {
-    case MV_FLOAT32: return static_cast<const float *>(p)[i];
-    case MV_FLOAT16: return __half2float(static_cast<const __half *>(p)[i]);
-    default: return __bfloat162float(static_cast<const __nv_bfloat16 *>(p)[i]);
-    }
-}
-
-__device__ __forceinline__ int64_t load_index(mv_dtype dt, const void *p, int64_t i) {
-    return dt == MV_INT32 ? static_cast<int64_t>(static_cast<const int32_t *>(p)[i]) : static_cast<const int64_t *>(p)[i];
-}
-
-/* One (token, head) of the epilogue: heads per token in the order q, k, v. */
-struct Item {
-    int64_t m, h;    /* token; head among all of the token's */
-    int kind;        /* 0 q, 1 k, 2 v */
-    int64_t head;    /* head within q, k or v */
-};
-
-__device__ __forceinline__ Item item_at(const mv_prologue_args &a, int64_t item, int64_t heads) {
-    Item it;
-    it.m = item / heads;
-    it.h = item % heads;
-    it.kind = it.h < a.num_heads ? 0 : it.h < a.num_heads + a.num_kv_heads ? 1 : 2;
-    it.head = it.kind == 0 ? it.h : it.kind == 1 ? it.h - a.num_heads : it.h - a.num_heads - a.num_kv_heads;
-    return it;
-}
-
-/* The item's row of q, k or v as the QKV kernel stored it. */
-template <typename T>
-__device__ __forceinline__ T *item_row(const mv_prologue_args &a, const Item &it) {
-    T *base = static_cast<T *>(it.kind == 0 ? a.qkv.q : it.kind == 1 ? a.qkv.k : a.qkv.v);
-    const int64_t stride = it.kind == 0 ? a.qkv.q_stride : it.kind == 1 ? a.qkv.k_stride : a.qkv.v_stride;
-    return base + it.m * stride + it.head * a.head_dim;
-}
-
-/* Where the item's q, or k or v without a cache, is stored: its row, or q_out's. */
-template <typename T>
-__device__ __forceinline__ T *item_out(const mv_prologue_args &a, const Item &it, T *row) {
-    return it.kind == 0 && a.q_out != nullptr
-               ? static_cast<T *>(a.q_out) + it.m * a.q_out_stride + it.head * a.head_dim
-               : row;
-}
-
-/* The per-head norm weight of the item (v has none). */
-template <typename T>
-__device__ __forceinline__ const T *item_gamma(const mv_prologue_args &a, const Item &it) {
-    return static_cast<const T *>(it.kind == 0 ? a.q_norm_weight : it.kind == 1 ? a.k_norm_weight : nullptr);
-}
-
-/* Element offset of the item's head at a slot of its cache (k or v), and that cache's strides. */
-__device__ __forceinline__ int64_t cache_at(const mv_prologue_args &a, const Item &it, int64_t slot,
-                                            const int64_t **strides) {
-    const int64_t *s = it.kind == 1 ? a.k_cache_strides : a.v_cache_strides;
-    *strides = s;
-    return (slot / a.block_size) * s[0] + (slot % a.block_size) * s[1] + it.head * s[2];
-}
 
 /* T: the activation dtype; FP8: the cache holds e4m3 (else T). items = tokens * heads, heads
    per token in the order q, k, v (v left out when nothing changes it). */
@@ -92,63 +36,9 @@ __global__ void prologue_epilogue(const mv_prologue_args a, int64_t heads, int64
     for (int64_t item = static_cast<int64_t>(blockIdx.x) * warps + warp; item < items;
          item += static_cast<int64_t>(gridDim.x) * warps) {
         const Item it = item_at(a, item, heads);
-        const int64_t m = it.m, h = it.h;
-        const int kind = it.kind;
-        T *row = item_row<T>(a, it);
-        const T *gamma = item_gamma<T>(a, it);
-        const T *bias = static_cast<const T *>(a.bias);
-        float sum = 0.0f;
-        for (int64_t d = lane; d < D; d += 32) {
-            float value = mv_to_float(row[d]);
-            if (bias != nullptr) value += mv_to_float(bias[h * D + d]);
-            t[d] = value;
-            sum += value * value;
-        }
-        if (gamma != nullptr) { /* warp-uniform */
-            sum = mv_warp_sum(sum);
-            const float rrms = 1.0f / sqrtf(sum / static_cast<float>(D) + a.qk_norm_eps);
-            for (int64_t d = lane; d < D; d += 32) t[d] = mv_to_float(gamma[d]) * (t[d] * rrms);
-        }
-        __syncwarp();
-        if (a.positions != nullptr && kind != 2) {
-            const int64_t pos = load_index(a.positions_dtype, a.positions, m * a.positions_stride);
-            const int64_t half = a.rotary_dim / 2;
-            if (pos < 0 || pos >= a.max_position) {
-                /* never read outside the cos/sin cache: the token's q and k become NaN */
-                for (int64_t d = lane; d < D; d += 32) t[d] = __int_as_float(0x7fc00000);
-            } else {
-                const int64_t base = pos * a.cos_sin_stride;
-                for (int64_t i = lane; i < half; i += 32) {
-                    const float c = load_any(a.cos_sin_dtype, a.cos_sin, base + i);
-                    const float s = load_any(a.cos_sin_dtype, a.cos_sin, base + half + i);
-                    const int64_t i0 = a.rope_gptj ? 2 * i : i, i1 = a.rope_gptj ? 2 * i + 1 : i + half;
-                    const float x0 = t[i0], x1 = t[i1];
-                    t[i0] = x0 * c - x1 * s;
-                    t[i1] = x1 * c + x0 * s;
-                }
-            }
-            __syncwarp();
-        }
-        if (kind == 0 || a.k_cache == nullptr) {
-            T *out = item_out<T>(a, it, row);
-            for (int64_t d = lane; d < D; d += 32) out[d] = mv_from_float<T>(t[d]);
-        } else {
-            const int64_t slot = load_index(a.slot_dtype, a.slot_mapping, m * a.slot_stride);
-            /* negative: padding; beyond the cache: never written (the CPU binding refuses it) */
-            if (slot >= 0 && slot < a.num_blocks * a.block_size) {
-                const int64_t *s;
-                const int64_t at = cache_at(a, it, slot, &s);
-                if constexpr (FP8) {
-                    auto *cache = static_cast<__nv_fp8_storage_t *>(kind == 1 ? a.k_cache : a.v_cache) + at;
-                    for (int64_t d = lane; d < D; d += 32)
-                        cache[d * s[3]] = __nv_cvt_float_to_fp8(t[d] / a.kv_scale, __NV_SATFINITE, __NV_E4M3);
-                } else {
-                    T *cache = static_cast<T *>(kind == 1 ? a.k_cache : a.v_cache) + at;
-                    for (int64_t d = lane; d < D; d += 32) cache[d * s[3]] = mv_from_float<T>(t[d]);
-                }
-            }
-        }
-        __syncwarp(); /* t is the next item's */
+        const T *row = item_row<T>(a, it);
+        for (int64_t d = lane; d < D; d += 32) t[d] = mv_to_float(row[d]); /* each lane its own d */
+        finish_head<T, FP8>(a, it, t, lane);
     }
 }
 
@@ -330,19 +220,39 @@ int launch_epilogue(const mv_prologue_args &a, int64_t heads, int64_t items, cud
 
 extern "C" int mv_attention_prologue_cuda(const mv_prologue_args *a, const mv_cuda_opts *o, void *stream,
                                           mv_qkv_path *taken) {
-    const int err = mv_fused_rms_norm_qkv_cuda(&a->qkv, o, stream, taken);
-    if (err != 0) return err;
+    *taken = MV_QKV_AUTO;
     const bool touch_v = a->bias != nullptr || a->k_cache != nullptr;
     const bool touch_qk =
         touch_v || a->positions != nullptr || a->q_norm_weight != nullptr || a->k_norm_weight != nullptr;
-    if (!touch_qk || a->qkv.in.rows == 0) return 0;
-    const int64_t heads = a->num_heads + a->num_kv_heads + (touch_v ? a->num_kv_heads : 0);
-    const int64_t items = a->qkv.in.rows * heads;
+    if (!touch_qk || a->qkv.in.rows == 0) return mv_fused_rms_norm_qkv_cuda(&a->qkv, o, stream, taken);
+    const cudaStream_t s = static_cast<cudaStream_t>(stream);
     mv_cuda_device dev;
     const cudaError_t dev_err = mv_current_device(&dev);
     if (dev_err != cudaSuccess) return static_cast<int>(dev_err);
     const bool pdl = mv_pdl_use(o->pdl, dev);
-    const cudaStream_t s = static_cast<cudaStream_t>(stream);
+    /* One kernel (the engine with the epilogue in its own) only where asked for: in chains of
+       prologues it took 0.76-1.00x the time of the two kernels below at 1-16 rows (H200), but in
+       whole decode steps each fused layer took ~8 us more (Llama-3-8B batch 1, Qwen3-0.6B batch
+       16), with PDL or without (dev/logs/engine-prologue-nvidia-h200-2026-11-24.log). */
+    if (o->path == MV_QKV_ENGINE_PROLOGUE) {
+        mv_qkv_plan plan;
+        plan.pdl = pdl;
+        plan.writes_residual = false;
+        if (mv_qkv_engine_prologue_plan(*a, dev, &plan)) {
+            const cudaError_t err = mv_qkv_engine_prologue_launch(*a, plan, dev, s);
+            if (err != cudaSuccess) return static_cast<int>(err);
+            *taken = MV_QKV_ENGINE_PROLOGUE;
+            if (a->qkv.in.residual != nullptr && !plan.writes_residual) /* in place: after the kernel */
+                return static_cast<int>(mv_qkv_residual_store(a->qkv, s));
+            return 0;
+        }
+    }
+    /* the QKV table's kernel (a path asked for that is not the table's: the table's choice), then
+       the epilogue kernel */
+    const int err = mv_fused_rms_norm_qkv_cuda(&a->qkv, o, stream, taken);
+    if (err != 0) return err;
+    const int64_t heads = a->num_heads + a->num_kv_heads + (touch_v ? a->num_kv_heads : 0);
+    const int64_t items = a->qkv.in.rows * heads;
     MV_DISPATCH_DTYPE(a->qkv.in.dtype, T, return launch_epilogue<T>(*a, heads, items, s, pdl);)
     return 0;
 }

@@ -60,6 +60,14 @@ __device__ __forceinline__ void mv_prefetch_l2(const void *p) {
 #endif
 }
 
+/* Ask this SM's L1 for the line holding p (read-only data of the running kernel only: L1 is not
+   kept coherent with other SMs' writes). */
+__device__ __forceinline__ void mv_prefetch_l1(const void *p) {
+#if defined(__CUDA_ARCH__)
+    asm volatile("prefetch.global.L1 [%0];\n" ::"l"(p));
+#endif
+}
+
 /* Ask L2 for rows [0, rows) of a row-major matrix (row_bytes each, stride_bytes apart), one
    128-byte line per request, spread over the callers: caller `index` of `count`. */
 __device__ __forceinline__ void mv_prefetch_rows_l2(const void *base, int64_t rows, int64_t row_bytes,

@@ -25,6 +25,15 @@
  *   (a fixed order, so the bits do not depend on timing), resets the counter and stores q, k, v.
  *   A CTA waits only on later CTAs' first segments, which wait on nothing, and the grid is at
  *   most one CTA per SM, so the wait ends once those CTAs run.
+ * - Residual (the attention prologue's form only): the producer copies the residual's tile beside
+ *   x's; the helpers form s = x + residual (rounded to the dtype) in place of x, and the CTAs of
+ *   the first feature tile store s to residual_out (each (token, k) is in exactly one of their
+ *   stages). Where residual_out is residual (the in-place form) the kernel cannot store it while
+ *   other CTAs still read residual: the caller's store kernel follows instead.
+ * - Prologue epilogue (attention_prologue): where heads do not straddle tiles (head_dim divides
+ *   128), the finished tile goes to shared memory in float32 and the consumer warps run each
+ *   (token, head) of it through finish_head (prologue_head.cuh): bias, per-head RMSNorm, RoPE and
+ *   the store to q or the KV cache, on the unrounded products; no second kernel.
  * - PDL: the producer requests the first stages of W (a weight) before waiting for the previous
  *   kernel; x, the outputs and the workspace are touched only after the wait.
  * The stream-K workspace (float partials and zeroed tile counters) belongs to the (device, stream) pair,
@@ -43,6 +52,7 @@
 #include "cuda/common.cuh"
 #include "cuda/fused_rms_norm_qkv/paths.h"
 #include "cuda/hopper.cuh"
+#include "cuda/prologue_head.cuh"
 #include "cuda/wgmma_ops.cuh"
 
 namespace {
@@ -79,6 +89,13 @@ struct EngineParams {
     float *partials; /* [CTAs][kFeatures * T + T]: a range's first segment, where it is a later part */
     int *counters;   /* [tiles], zero between calls */
     int split;       /* 0: stream-K; S >= 1: S CTAs (one cluster) per tile, each 1/S of its k stages */
+    int slot;        /* bytes per ring stage: W, x and (with a residual) the residual's tile */
+    int residual;    /* 1: the residual's tile follows x's in each stage */
+    void *residual_out; /* NULL: not stored here (no residual, or the in-place form) */
+    int64_t residual_out_stride;
+    int prologue;    /* 1: the attention prologue's epilogue (the kernel's mv_prologue_args) */
+    int fp8;         /* the prologue's cache holds e4m3 */
+    int ep_offset;   /* bytes from the tail to the prologue's float tile */
 };
 
 /* Shared memory after the ring (bytes), before the cluster's parts. */
@@ -87,8 +104,18 @@ constexpr int tail_bytes() {
     return (kMaxStages * kStageK * 2 + (3 * kMaxStages + 4) * 8 + (3 * kTokens + 4) * 4 + 15) / 16 * 16;
 }
 template <int kTokens>
-constexpr int slot_bytes() {
-    return kWBytes + kTokens * kLineBytes * kLines;
+constexpr int x_bytes() {
+    return kTokens * kLineBytes * kLines;
+}
+template <int kTokens>
+constexpr int slot_bytes(bool residual) {
+    return kWBytes + x_bytes<kTokens>() * (residual ? 2 : 1);
+}
+/* The prologue's tile of float results: [kTokens][kEpStride] (padded against bank conflicts). */
+constexpr int kEpStride = kFeatures + 8;
+template <int kTokens>
+constexpr int ep_bytes() {
+    return kTokens * kEpStride * 4;
 }
 template <int kTokens>
 constexpr int partial_floats() {
@@ -167,19 +194,70 @@ __device__ __forceinline__ uint32_t pack2<__half>(float a, float b) {
     return *reinterpret_cast<uint32_t *>(&v);
 }
 
+/* The two 16-bit values of a word as floats. */
+template <typename T>
+__device__ __forceinline__ float2 unpack2(uint32_t w) {
+    const T *e = reinterpret_cast<const T *>(&w);
+    return make_float2(mv_to_float(e[0]), mv_to_float(e[1]));
+}
+
+/* Ask L1 for what the prologue's epilogue of tile reads besides the tile itself (each token's
+   position, slot and cos/sin row; the tile's bias; the q/k norm weights), while the main loop
+   runs: its chain of dependent loads (bias, weights, position, then cos/sin, slot) then hits L1
+   instead of making one L2 round trip after another. All of it is read-only in this kernel.
+   Called by the consumers after their PDL wait (positions and slots may come from the previous
+   kernel). */
+template <int kTokens>
+__device__ __forceinline__ void prefetch_epilogue(const mv_prologue_args &pa, const EngineParams &p, int tile,
+                                                  int ctid) {
+    const int m0 = (tile % p.m_tiles) * kTokens, f_tile = (tile / p.m_tiles) * kFeatures;
+    /* the 128-byte lines holding [base, base + bytes), each asked for at an address inside the
+       range; caller `part` of `parts` takes every parts-th line */
+    auto lines = [](const void *base, int64_t bytes, int part, int parts) {
+        const uintptr_t first = reinterpret_cast<uintptr_t>(base), last = first + static_cast<uintptr_t>(bytes) - 1;
+        for (uintptr_t line = (first & ~uintptr_t{127}) + static_cast<uintptr_t>(part) * 128; line <= last;
+             line += static_cast<uintptr_t>(parts) * 128)
+            mv_prefetch_l1(reinterpret_cast<const void *>(line < first ? first : line));
+    };
+    if (ctid < kTokens) {
+        const int64_t m = m0 + ctid;
+        if (m >= p.rows) return;
+        if (pa.slot_mapping != nullptr)
+            mv_prefetch_l1(static_cast<const char *>(pa.slot_mapping) +
+                           m * pa.slot_stride * (pa.slot_dtype == MV_INT32 ? 4 : 8));
+        if (pa.positions != nullptr) {
+            const int64_t pos = load_index(pa.positions_dtype, pa.positions, m * pa.positions_stride);
+            if (pos >= 0 && pos < pa.max_position) {
+                const int64_t el = pa.cos_sin_dtype == MV_FLOAT32 ? 4 : 2;
+                const char *row = static_cast<const char *>(pa.cos_sin) + pos * pa.cos_sin_stride * el;
+                lines(row, pa.rotary_dim * el, 0, 1);
+            }
+        }
+    } else if (ctid >= kConsumerThreads - 32) {
+        const int lane = ctid % 32;
+        const int features = p.cols - f_tile < kFeatures ? p.cols - f_tile : kFeatures;
+        if (pa.bias != nullptr)
+            lines(static_cast<const char *>(pa.bias) + static_cast<int64_t>(f_tile) * 2, features * 2, lane, 32);
+        const int64_t w_bytes = pa.head_dim * 2;
+        if (pa.q_norm_weight != nullptr) lines(pa.q_norm_weight, w_bytes, lane, 32);
+        if (pa.k_norm_weight != nullptr) lines(pa.k_norm_weight, w_bytes, lane, 32);
+    }
+}
+
 #endif /* __CUDA_ARCH_FEAT_SM90_ALL */
 
 template <typename T, int kTokens>
 __global__ void __launch_bounds__(kThreads, 1)
     engine_kernel(const __grid_constant__ CUtensorMap x_map, const __grid_constant__ CUtensorMap w_map,
-                  EngineParams p) {
+                  const __grid_constant__ CUtensorMap r_map, EngineParams p, const mv_prologue_args pa) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr bool kScaled = std::is_same<T, __half>::value;
-    constexpr int kSlot = slot_bytes<kTokens>();
+    const int slot_size = p.slot;
+    constexpr int kX = x_bytes<kTokens>();
     constexpr int kAcc = kTokens / 2;
     unsigned char *ring = mv_swizzle_aligned_shared();
     const int stages = p.stages;
-    unsigned char *tail = ring + static_cast<size_t>(stages) * kSlot;
+    unsigned char *tail = ring + static_cast<size_t>(stages) * slot_size;
     T *gamma_s = reinterpret_cast<T *>(tail); /* [kMaxStages][kStageK] */
     uint64_t *full = reinterpret_cast<uint64_t *>(tail + kMaxStages * kStageK * 2);
     uint64_t *ready = full + kMaxStages;
@@ -226,14 +304,14 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (lane != 0) return;
         const uint64_t w_policy = mv_evict_first_policy(), x_policy = mv_evict_last_policy();
         const int64_t mine = it_end - it_begin;
-        auto slot = [&](int64_t i) { return ring + static_cast<size_t>(i % stages) * kSlot; };
+        auto slot = [&](int64_t i) { return ring + static_cast<size_t>(i % stages) * slot_size; };
         auto arm_w = [&](int64_t i) {
             const int64_t it = it_begin + i;
             const int tile = static_cast<int>(it / kiters), kt = static_cast<int>(it % kiters);
             const int s = static_cast<int>(i % stages);
             const int left = p.hidden - kt * kStageK;
             const unsigned g_bytes = static_cast<unsigned>((left < kStageK ? left : kStageK) * 2);
-            mv_mbarrier_arrive_expect_tx(&full[s], kSlot + g_bytes);
+            mv_mbarrier_arrive_expect_tx(&full[s], slot_size + g_bytes);
 #pragma unroll
             for (int l = 0; l < kLines; ++l)
 #pragma unroll
@@ -250,6 +328,13 @@ __global__ void __launch_bounds__(kThreads, 1)
             for (int l = 0; l < kLines; ++l)
                 mv_tensor_copy_2d(slot(i) + kWBytes + l * kTokens * kLineBytes, &x_map, kt * kStageK + l * kLineK,
                                   (tile % p.m_tiles) * kTokens, &full[i % stages], x_policy);
+            if (p.residual) {
+#pragma unroll
+                for (int l = 0; l < kLines; ++l)
+                    mv_tensor_copy_2d(slot(i) + kWBytes + kX + l * kTokens * kLineBytes, &r_map,
+                                      kt * kStageK + l * kLineK, (tile % p.m_tiles) * kTokens, &full[i % stages],
+                                      x_policy);
+            }
         };
         const int64_t early = mine < stages ? mine : stages;
         for (int64_t i = 0; i < early; ++i) arm_w(i); /* weights: before the previous kernel ends */
@@ -304,11 +389,16 @@ __global__ void __launch_bounds__(kThreads, 1)
         for (int64_t it = it_begin; it < it_end; ++seg) {
             const Segment sg = segment_at(it, it_end, kiters);
             const int k0 = sg.k0, k1 = sg.k1;
+            const int m0 = (sg.tile % p.m_tiles) * kTokens;
+            /* the first feature tile's CTAs store s (once per (token, k)) */
+            T *res_out = p.residual_out != nullptr && sg.tile / p.m_tiles == 0 ? static_cast<T *>(p.residual_out)
+                                                                               : nullptr;
             for (int kt = k0; kt < k1; ++kt, ++i) {
                 const int s = static_cast<int>(i % stages);
                 mv_mbarrier_wait(&full[s], static_cast<unsigned>((i / stages) & 1));
-                unsigned char *xs = ring + static_cast<size_t>(s) * kSlot + kWBytes + line * kTokens * kLineBytes;
-                const bool live = kt * kStageK + line * kLineK + ch * 8 < p.hidden; /* else k past H: zeros */
+                unsigned char *xs = ring + static_cast<size_t>(s) * slot_size + kWBytes + line * kTokens * kLineBytes;
+                const int kcol = kt * kStageK + line * kLineK + ch * 8;
+                const bool live = kcol < p.hidden; /* else k past H: zeros */
                 uint4 gv = *reinterpret_cast<const uint4 *>(gamma_s + s * kStageK + line * kLineK + ch * 8);
                 if constexpr (kScaled) { /* gamma * 2^-e: exact where it stays normal */
                     uint32_t *gw = reinterpret_cast<uint32_t *>(&gv);
@@ -321,10 +411,25 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
                     for (int jj = 0; jj < kBatch; ++jj) {
                         const int j = jb + jj, r = tok0 + j * kTokenStep;
-                        if (j < kPer && (kCells % kHelpers == 0 || r < kTokens) && live)
+                        if (j < kPer && (kCells % kHelpers == 0 || r < kTokens) && live) {
                             xv[jj] = *reinterpret_cast<const uint4 *>(xs + r * kLineBytes + ((ch ^ (r & 7)) * 16));
-                        else
+                            if (p.residual) { /* s = x + residual, rounded to the dtype */
+                                const uint4 rv =
+                                    *reinterpret_cast<const uint4 *>(xs + kX + r * kLineBytes + ((ch ^ (r & 7)) * 16));
+                                uint32_t *xw = reinterpret_cast<uint32_t *>(&xv[jj]);
+                                const uint32_t *rw = reinterpret_cast<const uint32_t *>(&rv);
+#pragma unroll
+                                for (int e = 0; e < 4; ++e) {
+                                    const float2 a = unpack2<T>(xw[e]), b = unpack2<T>(rw[e]);
+                                    xw[e] = pack2<T>(a.x + b.x, a.y + b.y);
+                                }
+                                if (res_out != nullptr && m0 + r < p.rows)
+                                    *reinterpret_cast<uint4 *>(res_out + static_cast<int64_t>(m0 + r) *
+                                                                            p.residual_out_stride + kcol) = xv[jj];
+                            }
+                        } else {
                             xv[jj] = make_uint4(0u, 0u, 0u, 0u);
+                        }
                     }
 #pragma unroll
                     for (int jj = 0; jj < kBatch; ++jj) {
@@ -372,6 +477,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     /* ---- consumers: warpgroup g takes features [64 g, 64 g + 64) of each tile ---- */
     const int g = warp / 4 - 1, ctid = threadIdx.x - kGroupThreads, wq = warp % 4;
     mv_pdl_wait(); /* the outputs and the workspace may still be in use by the previous kernel */
+    /* the tile whose epilogue this CTA runs last: the cluster's first CTA's, or a range's last
+       segment (stream-K: a tile's head or a whole tile) */
+    if (p.prologue && it_begin < it_end && (p.split <= 1 || mv_cluster_rank() == 0))
+        prefetch_epilogue<kTokens>(pa, p, static_cast<int>((it_end - 1) / kiters), ctid);
     float acc[kAcc];
 
     /* q, k, v of one tile from acc, with the tile's row sums */
@@ -382,6 +491,39 @@ __global__ void __launch_bounds__(kThreads, 1)
         const int f_base = (tile / p.m_tiles) * kFeatures + g * 64 + wq * 16 + (lane >> 2);
         const bool odd = ((lane >> 2) & 1) != 0;
         const float inv_h = 1.0f / static_cast<float>(p.hidden);
+        if (p.prologue) {
+            /* the tile in float32 to shared memory, then each (token, head) by one warp */
+            float *ep = reinterpret_cast<float *>(tail + p.ep_offset);
+            const int f_tile = (tile / p.m_tiles) * kFeatures;
+#pragma unroll
+            for (int j = 0; j < kTokens / 8; ++j) {
+#pragma unroll
+                for (int hh = 0; hh < 2; ++hh) {
+#pragma unroll
+                    for (int u = 0; u < 2; ++u) {
+                        const int t_local = 8 * j + 2 * (lane & 3) + u;
+                        const float rr = rsqrtf(sums[t_local] * inv_h + p.eps) * result_scale;
+                        ep[t_local * kEpStride + (f_base - f_tile) + 8 * hh] = acc[4 * j + 2 * hh + u] * rr;
+                    }
+                }
+            }
+            mv_named_barrier(3, kConsumerThreads);
+            const int D = static_cast<int>(pa.head_dim);
+            const int heads = (p.cols - f_tile < kFeatures ? p.cols - f_tile : kFeatures) / D;
+            const int tokens = p.rows - m0 < kTokens ? p.rows - m0 : kTokens;
+            const int cw = ctid / 32;
+            for (int item = cw; item < tokens * heads; item += kConsumerThreads / 32) {
+                const int t_local = item / heads, hi = item % heads;
+                const Item one = item_of(pa, m0 + t_local, f_tile / D + hi);
+                float *row = ep + t_local * kEpStride + hi * D;
+                if (p.fp8)
+                    finish_head<T, true>(pa, one, row, lane);
+                else
+                    finish_head<T, false>(pa, one, row, lane);
+            }
+            mv_named_barrier(3, kConsumerThreads); /* ep is the next tile's */
+            return;
+        }
 #pragma unroll
         for (int j = 0; j < kTokens / 8; ++j) {
 #pragma unroll
@@ -465,7 +607,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         for (int kt = k0; kt < k1; ++kt, ++i) {
             const int s = static_cast<int>(i % stages);
             mv_mbarrier_wait(&ready[s], static_cast<unsigned>((i / stages) & 1));
-            const unsigned char *ws = ring + static_cast<size_t>(s) * kSlot;
+            const unsigned char *ws = ring + static_cast<size_t>(s) * slot_size;
             mv_wgmma_fence();
             mv_wgmma_fence_accumulators(acc);
 #pragma unroll
@@ -638,6 +780,7 @@ cudaError_t get_workspace(int device, cudaStream_t stream, size_t partial_bytes,
 struct EngineState {
     CUtensorMap x_map;
     CUtensorMap w_map;
+    CUtensorMap r_map; /* the residual's, where p.residual */
     EngineParams p;
     size_t smem;
     int tokens;
@@ -647,15 +790,17 @@ struct EngineState {
 
 constexpr int kTokenTiles[] = {8, 16, 32, 64, 128};
 
+/* The ring's stages that fit beside the rest; sets p's slot and ep_offset and *smem. */
 template <int kTokens>
-int ring_stages(const mv_cuda_device &dev, int split, size_t *smem) {
-    const size_t parts = split > 1 ? static_cast<size_t>(split - 1) * partial_floats<kTokens>() * 4 : 0;
-    const size_t fixed = kSwizzleAlign + tail_bytes<kTokens>() + parts;
+int ring_stages(const mv_cuda_device &dev, EngineParams *p, size_t *smem) {
+    const size_t parts = p->split > 1 ? static_cast<size_t>(p->split - 1) * partial_floats<kTokens>() * 4 : 0;
+    p->ep_offset = static_cast<int>(tail_bytes<kTokens>() + parts);
+    const size_t fixed = kSwizzleAlign + tail_bytes<kTokens>() + parts + (p->prologue ? ep_bytes<kTokens>() : 0);
+    p->slot = slot_bytes<kTokens>(p->residual != 0);
     int stages = kMaxStages;
-    while (stages >= 2 && fixed + static_cast<size_t>(stages) * slot_bytes<kTokens>() >
-                              static_cast<size_t>(dev.max_shared_block))
+    while (stages >= 2 && fixed + static_cast<size_t>(stages) * p->slot > static_cast<size_t>(dev.max_shared_block))
         --stages;
-    *smem = fixed + static_cast<size_t>(stages) * slot_bytes<kTokens>();
+    *smem = fixed + static_cast<size_t>(stages) * p->slot;
     return stages;
 }
 
@@ -665,8 +810,8 @@ decltype(auto) with_tokens(int tokens, F &&f) {
     return mv_with_constant<8, 16, 32, 64, 128>(tokens, f);
 }
 
-int stages_for(int tokens, const mv_cuda_device &dev, int split, size_t *smem) {
-    return with_tokens(tokens, [&](auto t) { return ring_stages<t()>(dev, split, smem); });
+int stages_for(int tokens, const mv_cuda_device &dev, EngineParams *p, size_t *smem) {
+    return with_tokens(tokens, [&](auto t) { return ring_stages<t()>(dev, p, smem); });
 }
 
 int split_limit(int tokens) {
@@ -708,8 +853,8 @@ int choose_split(int64_t tiles, int64_t kiters, int tokens, const mv_cuda_device
 }
 
 template <typename T, int kTokens>
-cudaError_t launch_tokens(const EngineState &st, const mv_qkv_plan &plan, const mv_cuda_device &dev,
-                          cudaStream_t stream) {
+cudaError_t launch_tokens(const EngineState &st, const mv_prologue_args &pa, const mv_qkv_plan &plan,
+                          const mv_cuda_device &dev, cudaStream_t stream) {
     auto kernel = engine_kernel<T, kTokens>;
     cudaError_t err = mv_allow_shared(kernel, st.smem, mv_opt_in_of<engine_kernel<T, kTokens>>(), dev.device);
     if (err != cudaSuccess) return err;
@@ -721,14 +866,14 @@ cudaError_t launch_tokens(const EngineState &st, const mv_qkv_plan &plan, const 
     }
     const unsigned cluster = p.split > 1 ? static_cast<unsigned>(p.split) : 1u;
     err = mv_launch_clusters(kernel, dim3(static_cast<unsigned>(st.ctas)), dim3(kThreads), st.smem, stream, plan.pdl,
-                             cluster, st.x_map, st.w_map, p);
+                             cluster, st.x_map, st.w_map, st.r_map, p, pa);
     return err != cudaSuccess ? err : cudaGetLastError();
 }
 
 template <typename T>
-cudaError_t launch_type(const EngineState &st, const mv_qkv_plan &plan, const mv_cuda_device &dev,
-                        cudaStream_t stream) {
-    return with_tokens(st.tokens, [&](auto t) { return launch_tokens<T, t()>(st, plan, dev, stream); });
+cudaError_t launch_type(const EngineState &st, const mv_prologue_args &pa, const mv_qkv_plan &plan,
+                        const mv_cuda_device &dev, cudaStream_t stream) {
+    return with_tokens(st.tokens, [&](auto t) { return launch_tokens<T, t()>(st, pa, plan, dev, stream); });
 }
 
 /* The token tile: the smallest that holds every row, else the largest (the token tiles of one
@@ -739,15 +884,31 @@ int choose_tokens(int64_t rows) {
     return kMaxTokens;
 }
 
-} // namespace
-
-bool mv_qkv_engine_plan(const mv_qkv_args &a, const mv_cuda_device &dev, mv_qkv_plan *plan) {
+/* The plan of one call: the QKV op (pa NULL) or the attention prologue with its epilogue. */
+bool plan_engine(const mv_qkv_args &a, const mv_prologue_args *pa, const mv_cuda_device &dev, mv_qkv_plan *plan) {
 #if defined(MINIVLLM_HAVE_SM90A)
     if ((a.in.dtype != MV_BFLOAT16 && a.in.dtype != MV_FLOAT16) || !mv_qkv_wgmma_operands_ok(a, dev)) return false;
     const int64_t h = a.in.hidden, n = a.q_cols + 2 * a.kv_cols, m = a.in.rows;
+    const bool residual = a.in.residual != nullptr;
+    /* a residual only in the prologue's form (the QKV table has not measured the engine with
+       one); its tile comes by tensor copy and s is stored in 16-byte vectors */
+    if (residual && pa == nullptr) return false;
+    if (residual && (!mv_aligned16(a.in.residual, a.in.residual_stride, 2) ||
+                     !mv_aligned16(a.in.residual_out, a.in.residual_out_stride, 2)))
+        return false;
+    if (pa != nullptr && (pa->head_dim > kFeatures || kFeatures % pa->head_dim != 0)) return false;
 
     EngineState *st = mv_plan_state<EngineState>(plan);
     st->tokens = choose_tokens(m);
+    /* with a residual's tile in each stage and the prologue's float tile, the largest token tiles
+       leave too little room for two stages: smaller tiles then (ring_stages) */
+    for (; st->tokens > 8; st->tokens /= 2) {
+        EngineParams probe = {};
+        probe.residual = residual ? 1 : 0;
+        probe.prologue = pa != nullptr ? 1 : 0;
+        size_t bytes;
+        if (stages_for(st->tokens, dev, &probe, &bytes) >= 2) break;
+    }
     const int64_t m_tiles = (m + st->tokens - 1) / st->tokens, n_tiles = (n + kFeatures - 1) / kFeatures;
     const int64_t kiters = (h + kStageK - 1) / kStageK;
     if (m_tiles * n_tiles > kMaxCounters) return false;
@@ -769,11 +930,18 @@ bool mv_qkv_engine_plan(const mv_qkv_args &a, const mv_cuda_device &dev, mv_qkv_
     p.q_stride = a.q_stride;
     p.k_stride = a.k_stride;
     p.v_stride = a.v_stride;
+    p.residual = residual ? 1 : 0;
+    /* in place (residual_out is residual: the binding allows no other overlap), other CTAs may
+       still read residual: the caller's store kernel writes it after */
+    p.residual_out = residual && a.in.residual_out != a.in.residual ? a.in.residual_out : nullptr;
+    p.residual_out_stride = a.in.residual_out_stride;
+    p.prologue = pa != nullptr ? 1 : 0;
+    p.fp8 = pa != nullptr && pa->k_cache != nullptr && pa->cache_dtype == MV_FLOAT8_E4M3 ? 1 : 0;
     st->bf16 = a.in.dtype == MV_BFLOAT16;
     const int64_t tiles = m_tiles * n_tiles;
     p.split = choose_split(tiles, kiters, st->tokens, dev);
     for (; p.split > 0; --p.split) { /* every cluster resident at once, or a smaller split */
-        p.stages = stages_for(st->tokens, dev, p.split, &st->smem);
+        p.stages = stages_for(st->tokens, dev, &p, &st->smem);
         if (p.stages >= 2 && (p.split == 1 || clusters_fit_for(st->bf16, st->tokens, dev, p.split, st->smem, tiles)))
             break;
     }
@@ -781,24 +949,50 @@ bool mv_qkv_engine_plan(const mv_qkv_args &a, const mv_cuda_device &dev, mv_qkv_
         st->ctas = static_cast<int>(tiles) * p.split;
     } else {
         st->ctas = p.total < dev.sms ? static_cast<int>(p.total) : dev.sms;
-        p.stages = stages_for(st->tokens, dev, 0, &st->smem);
+        p.stages = stages_for(st->tokens, dev, &p, &st->smem);
     }
     if (p.stages < 2) return false;
     if (!mv_qkv_encode_rows(&st->x_map, st->bf16, a.in.x, m, h, a.in.x_stride, st->tokens, false) ||
         !mv_qkv_encode_rows(&st->w_map, st->bf16, a.w, n, h, a.w_stride_n, kBoxRows, true))
         return false;
-    plan->writes_residual = false; /* no residual on this path */
+    if (residual) {
+        if (!mv_qkv_encode_rows(&st->r_map, st->bf16, a.in.residual, m, h, a.in.residual_stride, st->tokens, false))
+            return false;
+    } else {
+        st->r_map = st->x_map; /* never read */
+    }
+    plan->writes_residual = p.residual_out != nullptr;
     return true;
 #else
     (void)a;
+    (void)pa;
     (void)dev;
     (void)plan;
     return false;
 #endif
 }
 
+} // namespace
+
+bool mv_qkv_engine_plan(const mv_qkv_args &a, const mv_cuda_device &dev, mv_qkv_plan *plan) {
+    return plan_engine(a, nullptr, dev, plan);
+}
+
 cudaError_t mv_qkv_engine_launch(const mv_qkv_args &, const mv_qkv_plan &plan, const mv_cuda_device &dev,
                                  cudaStream_t stream) {
     const EngineState &st = mv_plan_state<EngineState>(plan);
-    return st.bf16 ? launch_type<__nv_bfloat16>(st, plan, dev, stream) : launch_type<__half>(st, plan, dev, stream);
+    const mv_prologue_args none = {};
+    return st.bf16 ? launch_type<__nv_bfloat16>(st, none, plan, dev, stream)
+                   : launch_type<__half>(st, none, plan, dev, stream);
+}
+
+bool mv_qkv_engine_prologue_plan(const mv_prologue_args &a, const mv_cuda_device &dev, mv_qkv_plan *plan) {
+    return plan_engine(a.qkv, &a, dev, plan);
+}
+
+cudaError_t mv_qkv_engine_prologue_launch(const mv_prologue_args &a, const mv_qkv_plan &plan,
+                                          const mv_cuda_device &dev, cudaStream_t stream) {
+    const EngineState &st = mv_plan_state<EngineState>(plan);
+    return st.bf16 ? launch_type<__nv_bfloat16>(st, a, plan, dev, stream)
+                   : launch_type<__half>(st, a, plan, dev, stream);
 }

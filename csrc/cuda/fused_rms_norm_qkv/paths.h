@@ -23,7 +23,7 @@
 struct mv_qkv_plan {
     bool pdl;
     bool writes_residual;
-    alignas(128) unsigned char storage[512]; /* 128: CUtensorMap's alignment */
+    alignas(128) unsigned char storage[1024]; /* 128: CUtensorMap's alignment */
 };
 
 /* The path's own state inside a plan. */
@@ -42,13 +42,13 @@ inline bool mv_aligned16(const void *p, int64_t stride_elems, int64_t elem_size)
     return reinterpret_cast<uintptr_t>(p) % 16 == 0 && (stride_elems * elem_size) % 16 == 0;
 }
 
-/* What the sm_90a wgmma kernels (wgmma.cu, engine.cu) need of a call besides its dtype: a 9.0
-   device, no residual, W in nn.Linear layout, H % 8 == 0, sizes that fit an int, 16-byte aligned
+/* What the sm_90a wgmma kernels (wgmma.cu, engine.cu) need of a call besides its dtype and
+   residual: a 9.0 device, W in nn.Linear layout, H % 8 == 0, sizes that fit an int, 16-byte aligned
    rows of x and W and a 16-byte aligned gamma, even q/k/v widths with 4-byte aligned rows, and a
    driver that encodes tensor maps. */
 inline bool mv_qkv_wgmma_operands_ok(const mv_qkv_args &a, const mv_cuda_device &dev) {
     if (dev.major != 9 || dev.minor != 0) return false;
-    if (a.in.residual != nullptr || a.w_stride_k != 1) return false;
+    if (a.w_stride_k != 1) return false;
     const int64_t h = a.in.hidden, n = a.q_cols + 2 * a.kv_cols;
     if (h % 8 != 0 || a.in.rows < 1 || a.in.rows >= INT_MAX || n >= INT_MAX || h >= INT_MAX) return false;
     if (a.in.x_stride < h || !mv_aligned16(a.in.x, a.in.x_stride, 2)) return false;
@@ -106,10 +106,18 @@ cudaError_t mv_qkv_wgmma_launch(const mv_qkv_args &a, const mv_qkv_plan &plan, c
 
 /* The Hopper GEMM engine (engine.cu): sm_90 (9.0) with that file built for sm_90a, fp16/bf16, no
    residual, H % 8 == 0, 16-byte aligned rows of x and W (nn.Linear layout), even q/k/v widths with
-   4-byte aligned rows. Its stream-K launches may allocate the stream's workspace on the stream's first call. */
+   4-byte aligned rows. Its stream-K launches may allocate the stream's workspace on the stream's
+   first call. */
 bool mv_qkv_engine_plan(const mv_qkv_args &a, const mv_cuda_device &dev, mv_qkv_plan *plan);
 cudaError_t mv_qkv_engine_launch(const mv_qkv_args &a, const mv_qkv_plan &plan, const mv_cuda_device &dev,
                                  cudaStream_t stream);
+/* The engine with the attention prologue's epilogue in its own (one kernel for the whole
+   prologue): as the engine, where head_dim divides its 128-feature tiles, and with a residual
+   where it and residual_out have 16-byte aligned rows (residual_out written in the kernel except
+   in the in-place form, where the caller's store kernel must follow: plan->writes_residual). */
+bool mv_qkv_engine_prologue_plan(const mv_prologue_args &a, const mv_cuda_device &dev, mv_qkv_plan *plan);
+cudaError_t mv_qkv_engine_prologue_launch(const mv_prologue_args &a, const mv_qkv_plan &plan,
+                                          const mv_cuda_device &dev, cudaStream_t stream);
 
 /* The rms_norm kernel into scratch, then a GEMM (norm_cublaslt.cu): cuBLASLt (any dtype and
    layout, where libcublasLt loads), or our tensor-core GEMM (tile_gemm.cu). The norm kernel writes

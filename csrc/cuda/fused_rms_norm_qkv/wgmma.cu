@@ -421,7 +421,7 @@ cudaError_t launch_width(const WgmmaState &st, const mv_qkv_plan &plan, const mv
 
 bool mv_qkv_wgmma_plan(const mv_qkv_args &a, const mv_cuda_device &dev, mv_qkv_plan *plan) {
 #if defined(MINIVLLM_HAVE_SM90A)
-    if (a.in.dtype != MV_BFLOAT16 || !mv_qkv_wgmma_operands_ok(a, dev)) return false;
+    if (a.in.dtype != MV_BFLOAT16 || a.in.residual != nullptr || !mv_qkv_wgmma_operands_ok(a, dev)) return false;
     const int64_t h = a.in.hidden, n = a.q_cols + 2 * a.kv_cols;
 
     WgmmaState *st = mv_plan_state<WgmmaState>(plan);

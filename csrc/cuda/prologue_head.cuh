@@ -1,0 +1,151 @@
+/*
+ * prologue_head.cuh: one (token, head) of the attention prologue's epilogue, shared by the
+ * epilogue kernel (attention_prologue.cu) and the GEMM engine's fused epilogue (engine.cu):
+ * which head an item is, where its q, k or v goes, and the float32 work on a head staged in
+ * shared memory (+ bias, per-head RMSNorm, RoPE, the store to q, k, v or the KV cache).
+ */
+#ifndef MINIVLLM_CUDA_PROLOGUE_HEAD_CUH
+#define MINIVLLM_CUDA_PROLOGUE_HEAD_CUH
+
+#include <cuda_fp8.h>
+
+#include "cuda/common.cuh"
+
+namespace {
+
+/* A float32 or activation-dtype element (cos_sin_cache takes either). */
+__device__ __forceinline__ float load_any(mv_dtype dt, const void *p, int64_t i) {
+    switch (dt) {
+    case MV_FLOAT32: return static_cast<const float *>(p)[i];
+    case MV_FLOAT16: return __half2float(static_cast<const __half *>(p)[i]);
+    default: return __bfloat162float(static_cast<const __nv_bfloat16 *>(p)[i]);
+    }
+}
+
+__device__ __forceinline__ int64_t load_index(mv_dtype dt, const void *p, int64_t i) {
+    return dt == MV_INT32 ? static_cast<int64_t>(static_cast<const int32_t *>(p)[i]) : static_cast<const int64_t *>(p)[i];
+}
+
+/* One (token, head) of the epilogue: heads per token in the order q, k, v. */
+struct Item {
+    int64_t m, h;    /* token; head among all of the token's */
+    int kind;        /* 0 q, 1 k, 2 v */
+    int64_t head;    /* head within q, k or v */
+};
+
+__device__ __forceinline__ Item item_at(const mv_prologue_args &a, int64_t item, int64_t heads) {
+    Item it;
+    it.m = item / heads;
+    it.h = item % heads;
+    it.kind = it.h < a.num_heads ? 0 : it.h < a.num_heads + a.num_kv_heads ? 1 : 2;
+    it.head = it.kind == 0 ? it.h : it.kind == 1 ? it.h - a.num_heads : it.h - a.num_heads - a.num_kv_heads;
+    return it;
+}
+
+/* The item's row of q, k or v as the QKV kernel stored it. */
+template <typename T>
+__device__ __forceinline__ T *item_row(const mv_prologue_args &a, const Item &it) {
+    T *base = static_cast<T *>(it.kind == 0 ? a.qkv.q : it.kind == 1 ? a.qkv.k : a.qkv.v);
+    const int64_t stride = it.kind == 0 ? a.qkv.q_stride : it.kind == 1 ? a.qkv.k_stride : a.qkv.v_stride;
+    return base + it.m * stride + it.head * a.head_dim;
+}
+
+/* Where the item's q, or k or v without a cache, is stored: its row, or q_out's. */
+template <typename T>
+__device__ __forceinline__ T *item_out(const mv_prologue_args &a, const Item &it, T *row) {
+    return it.kind == 0 && a.q_out != nullptr
+               ? static_cast<T *>(a.q_out) + it.m * a.q_out_stride + it.head * a.head_dim
+               : row;
+}
+
+/* The per-head norm weight of the item (v has none). */
+template <typename T>
+__device__ __forceinline__ const T *item_gamma(const mv_prologue_args &a, const Item &it) {
+    return static_cast<const T *>(it.kind == 0 ? a.q_norm_weight : it.kind == 1 ? a.k_norm_weight : nullptr);
+}
+
+/* Element offset of the item's head at a slot of its cache (k or v), and that cache's strides. */
+__device__ __forceinline__ int64_t cache_at(const mv_prologue_args &a, const Item &it, int64_t slot,
+                                            const int64_t **strides) {
+    const int64_t *s = it.kind == 1 ? a.k_cache_strides : a.v_cache_strides;
+    *strides = s;
+    return (slot / a.block_size) * s[0] + (slot % a.block_size) * s[1] + it.head * s[2];
+}
+
+/* Item (token m, head h among the token's heads in the order q, k, v). */
+__device__ __forceinline__ Item item_of(const mv_prologue_args &a, int64_t m, int64_t h) {
+    Item it;
+    it.m = m;
+    it.h = h;
+    it.kind = h < a.num_heads ? 0 : h < a.num_heads + a.num_kv_heads ? 1 : 2;
+    it.head = it.kind == 0 ? h : it.kind == 1 ? h - a.num_heads : h - a.num_heads - a.num_kv_heads;
+    return it;
+}
+
+/* The rest of one item, by one warp, from its head_dim raw values (the product, before bias) in
+   float32 at t (shared memory, this warp's alone): + bias, per-head RMSNorm (q, k with a
+   weight), RoPE (q, k with positions), one rounding on the store to q (q_out), k, v or the
+   cache. Lane l takes features l, l + 32, ... in each pass, so only RoPE's pairs cross lanes. */
+template <typename T, bool FP8>
+__device__ __forceinline__ void finish_head(const mv_prologue_args &a, const Item &it, float *t, int lane) {
+    const int64_t D = a.head_dim, m = it.m, h = it.h;
+    const int kind = it.kind;
+    const T *gamma = item_gamma<T>(a, it);
+    const T *bias = static_cast<const T *>(a.bias);
+    float sum = 0.0f;
+    for (int64_t d = lane; d < D; d += 32) {
+        float value = t[d];
+        if (bias != nullptr) value += mv_to_float(bias[h * D + d]);
+        t[d] = value;
+        sum += value * value;
+    }
+    if (gamma != nullptr) { /* warp-uniform */
+        sum = mv_warp_sum(sum);
+        const float rrms = 1.0f / sqrtf(sum / static_cast<float>(D) + a.qk_norm_eps);
+        for (int64_t d = lane; d < D; d += 32) t[d] = mv_to_float(gamma[d]) * (t[d] * rrms);
+    }
+    __syncwarp();
+    if (a.positions != nullptr && kind != 2) {
+        const int64_t pos = load_index(a.positions_dtype, a.positions, m * a.positions_stride);
+        const int64_t half = a.rotary_dim / 2;
+        if (pos < 0 || pos >= a.max_position) {
+            /* never read outside the cos/sin cache: the token's q and k become NaN */
+            for (int64_t d = lane; d < D; d += 32) t[d] = __int_as_float(0x7fc00000);
+        } else {
+            const int64_t base = pos * a.cos_sin_stride;
+            for (int64_t i = lane; i < half; i += 32) {
+                const float c = load_any(a.cos_sin_dtype, a.cos_sin, base + i);
+                const float s = load_any(a.cos_sin_dtype, a.cos_sin, base + half + i);
+                const int64_t i0 = a.rope_gptj ? 2 * i : i, i1 = a.rope_gptj ? 2 * i + 1 : i + half;
+                const float x0 = t[i0], x1 = t[i1];
+                t[i0] = x0 * c - x1 * s;
+                t[i1] = x1 * c + x0 * s;
+            }
+        }
+        __syncwarp();
+    }
+    if (kind == 0 || a.k_cache == nullptr) {
+        T *out = item_out<T>(a, it, item_row<T>(a, it));
+        for (int64_t d = lane; d < D; d += 32) out[d] = mv_from_float<T>(t[d]);
+    } else {
+        const int64_t slot = load_index(a.slot_dtype, a.slot_mapping, m * a.slot_stride);
+        /* negative: padding; beyond the cache: never written (the CPU binding refuses it) */
+        if (slot >= 0 && slot < a.num_blocks * a.block_size) {
+            const int64_t *s;
+            const int64_t at = cache_at(a, it, slot, &s);
+            if constexpr (FP8) {
+                auto *cache = static_cast<__nv_fp8_storage_t *>(kind == 1 ? a.k_cache : a.v_cache) + at;
+                for (int64_t d = lane; d < D; d += 32)
+                    cache[d * s[3]] = __nv_cvt_float_to_fp8(t[d] / a.kv_scale, __NV_SATFINITE, __NV_E4M3);
+            } else {
+                T *cache = static_cast<T *>(kind == 1 ? a.k_cache : a.v_cache) + at;
+                for (int64_t d = lane; d < D; d += 32) cache[d * s[3]] = mv_from_float<T>(t[d]);
+            }
+        }
+    }
+    __syncwarp(); /* t may be the next item's */
+}
+
+} // namespace
+
+#endif /* MINIVLLM_CUDA_PROLOGUE_HEAD_CUH */
