@@ -5,13 +5,8 @@
 # results under $OUT/new and $OUT/old.
 # usage (device): OUT=$OUT bash dev/probes/prologue_ab.sh PATCH "models" "m values"
 set -u
-repo=$PWD patch=$1 models=$2 ms=$3
-t0=$(date +%s)
-rm -rf /tmp/ab_old_src && mkdir -p /tmp/ab_old_src && cp -r "$repo"/. /tmp/ab_old_src/ &&
-  (cd /tmp/ab_old_src && patch -s -R -p1 < "$repo/$patch") || { echo "patch -R failed"; exit 1; }
-(MINIVLLM_CUDA_ARCHS=90 python3 -m pip install -q --no-deps --no-build-isolation --target /tmp/ab_site_new "$repo" >/tmp/ab_build_new.log 2>&1; echo "new build rc $? $(( $(date +%s) - t0 )) s") &
-(MINIVLLM_CUDA_ARCHS=90 python3 -m pip install -q --no-deps --no-build-isolation --target /tmp/ab_site_old /tmp/ab_old_src >/tmp/ab_build_old.log 2>&1; echo "old build rc $? $(( $(date +%s) - t0 )) s") &
-wait
+patch=$1 models=$2 ms=$3
+source "$(dirname "$0")/ab_build.sh"
 cd "$repo/tests" && PYTHONPATH=/tmp/ab_site_new timeout 300 python3 -m pytest -q -x -p no:cacheprovider test_attention_prologue.py test_torch_attention_prologue.py 2>&1 | tail -2 | tee "$OUT/tests.txt"
 cd /tmp
 for side in new old; do
