@@ -33,13 +33,19 @@ struct Item {
     int64_t head;    /* head within q, k or v */
 };
 
-__device__ __forceinline__ Item item_at(const mv_prologue_args &a, int64_t item, int64_t heads) {
+/* Item (token m, head h among the token's heads in the order q, k, v). */
+__device__ __forceinline__ Item item_of(const mv_prologue_args &a, int64_t m, int64_t h) {
     Item it;
-    it.m = item / heads;
-    it.h = item % heads;
-    it.kind = it.h < a.num_heads ? 0 : it.h < a.num_heads + a.num_kv_heads ? 1 : 2;
-    it.head = it.kind == 0 ? it.h : it.kind == 1 ? it.h - a.num_heads : it.h - a.num_heads - a.num_kv_heads;
+    it.m = m;
+    it.h = h;
+    it.kind = h < a.num_heads ? 0 : h < a.num_heads + a.num_kv_heads ? 1 : 2;
+    it.head = it.kind == 0 ? h : it.kind == 1 ? h - a.num_heads : h - a.num_heads - a.num_kv_heads;
     return it;
+}
+
+/* Item number `item` of tokens x heads, heads per token in the order q, k, v. */
+__device__ __forceinline__ Item item_at(const mv_prologue_args &a, int64_t item, int64_t heads) {
+    return item_of(a, item / heads, item % heads);
 }
 
 /* The item's row of q, k or v as the QKV kernel stored it. */
@@ -70,16 +76,6 @@ __device__ __forceinline__ int64_t cache_at(const mv_prologue_args &a, const Ite
     const int64_t *s = it.kind == 1 ? a.k_cache_strides : a.v_cache_strides;
     *strides = s;
     return (slot / a.block_size) * s[0] + (slot % a.block_size) * s[1] + it.head * s[2];
-}
-
-/* Item (token m, head h among the token's heads in the order q, k, v). */
-__device__ __forceinline__ Item item_of(const mv_prologue_args &a, int64_t m, int64_t h) {
-    Item it;
-    it.m = m;
-    it.h = h;
-    it.kind = h < a.num_heads ? 0 : h < a.num_heads + a.num_kv_heads ? 1 : 2;
-    it.head = it.kind == 0 ? h : it.kind == 1 ? h - a.num_heads : h - a.num_heads - a.num_kv_heads;
-    return it;
 }
 
 /* The rest of one item, by one warp, from its head_dim raw values (the product, before bias) in
