@@ -42,34 +42,13 @@ __global__ void prologue_epilogue(const mv_prologue_args a, int64_t heads, int64
     }
 }
 
-/* V elements of T at p (aligned to V * sizeof(T) bytes) as float, and back: one vector access. */
-template <typename T, int V>
-__device__ __forceinline__ void load_vec(const T *p, float (&out)[V]) {
-    const mv_vec<T, V> r = *reinterpret_cast<const mv_vec<T, V> *>(p);
-#pragma unroll
-    for (int j = 0; j < V; j++) out[j] = mv_to_float(r.v[j]);
-}
-
-template <typename T, int V>
-__device__ __forceinline__ void store_vec(T *p, const float (&in)[V]) {
-    mv_vec<T, V> r;
-    mv_from_floats(r.v, in);
-    *reinterpret_cast<mv_vec<T, V> *>(p) = r;
-}
-
-/* The same epilogue where the head fits the warp's registers: head_dim = 32 V, RoPE over the
-   whole head (or none), rows and weights aligned to V elements (the launcher checks). Lane l
-   holds features [l V, l V + V): a neox pair (i, i + head_dim / 2) is lane l's and lane
-   l ^ 16's same register, a gptj pair two registers of one lane, so nothing goes through shared
-   memory, and a head costs one dependent round of loads after the wait (the row, its token's
-   position and slot, the weights), then the cos/sin row. Before the wait only L2 prefetches of
-   what the QKV kernel does not write: the kernel before it may still be writing them, and a
-   prefetched line stays coherent where a loaded value would not. */
+/* The same epilogue where the head fits the warp's registers (finish_head_regs). Before the wait
+   only L2 prefetches of what the QKV kernel does not write: the kernel before it may still be
+   writing them, and a prefetched line stays coherent where a loaded value would not. */
 template <typename T, bool FP8, int V>
 __global__ void prologue_epilogue_vec(const mv_prologue_args a, int64_t heads, int64_t items) {
     const int lane = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
     const int warps = static_cast<int>(blockDim.x / 32);
-    constexpr int D = 32 * V;
     const int64_t first = static_cast<int64_t>(blockIdx.x) * warps + warp;
     if (first < items && lane == 0) {
         const int64_t m = first / heads;
@@ -85,100 +64,11 @@ __global__ void prologue_epilogue_vec(const mv_prologue_args a, int64_t heads, i
                          for this grid to finish before it reads anything this one writes */
     for (int64_t item = first; item < items; item += static_cast<int64_t>(gridDim.x) * warps) {
         const Item it = item_at(a, item, heads);
-        const int64_t m = it.m, h = it.h;
-        const int kind = it.kind;
         T *row = item_row<T>(a, it);
-        const T *gamma = item_gamma<T>(a, it);
-        const bool rotate = a.positions != nullptr && kind != 2;
-        const bool to_cache = kind != 0 && a.k_cache != nullptr;
-        /* every load of this round is independent of the others */
-        const int64_t pos = rotate ? load_index(a.positions_dtype, a.positions, m * a.positions_stride) : 0;
-        const int64_t slot = to_cache ? load_index(a.slot_dtype, a.slot_mapping, m * a.slot_stride) : -1;
-        float x[V], g[V];
+        float x[V];
         load_vec<T, V>(row + lane * V, x);
-        if (a.bias != nullptr) {
-            float b[V];
-            load_vec<T, V>(static_cast<const T *>(a.bias) + h * D + lane * V, b);
-#pragma unroll
-            for (int j = 0; j < V; j++) x[j] += b[j];
-        }
-        if (gamma != nullptr) load_vec<T, V>(gamma + lane * V, g);
-        if (gamma != nullptr) { /* warp-uniform */
-            float sum = 0.0f;
-#pragma unroll
-            for (int j = 0; j < V; j++) sum += x[j] * x[j];
-            sum = mv_warp_sum(sum);
-            const float rrms = 1.0f / sqrtf(sum / static_cast<float>(D) + a.qk_norm_eps);
-#pragma unroll
-            for (int j = 0; j < V; j++) x[j] = g[j] * (x[j] * rrms);
-        }
-        if (rotate) {
-            if (pos < 0 || pos >= a.max_position) {
-                /* never read outside the cos/sin cache: the token's q and k become NaN */
-#pragma unroll
-                for (int j = 0; j < V; j++) x[j] = __int_as_float(0x7fc00000);
-            } else {
-                const int64_t base = pos * a.cos_sin_stride;
-                if (!a.rope_gptj) {
-                    const int f0 = (lane & 15) * V; /* this lane's first frequency */
-                    const float sign = lane < 16 ? -1.0f : 1.0f;
-#pragma unroll
-                    for (int j = 0; j < V; j++) {
-                        const float c = load_any(a.cos_sin_dtype, a.cos_sin, base + f0 + j);
-                        const float s = load_any(a.cos_sin_dtype, a.cos_sin, base + D / 2 + f0 + j);
-                        const float partner = __shfl_xor_sync(0xffffffffu, x[j], 16);
-                        x[j] = x[j] * c + sign * partner * s;
-                    }
-                } else if constexpr (V % 2 == 0) {
-#pragma unroll
-                    for (int j = 0; j < V; j += 2) {
-                        const int64_t f = (lane * V + j) / 2;
-                        const float c = load_any(a.cos_sin_dtype, a.cos_sin, base + f);
-                        const float s = load_any(a.cos_sin_dtype, a.cos_sin, base + D / 2 + f);
-                        const float x0 = x[j], x1 = x[j + 1];
-                        x[j] = x0 * c - x1 * s;
-                        x[j + 1] = x1 * c + x0 * s;
-                    }
-                }
-            }
-        }
-        if (!to_cache) {
-            store_vec<T, V>(item_out<T>(a, it, row) + lane * V, x);
-        } else if (slot >= 0 && slot < a.num_blocks * a.block_size) {
-            /* negative: padding; beyond the cache: never written (the CPU binding refuses it) */
-            const int64_t *s;
-            const int64_t at = cache_at(a, it, slot, &s);
-            if constexpr (FP8) {
-                auto *cache = static_cast<__nv_fp8_storage_t *>(kind == 1 ? a.k_cache : a.v_cache) + at;
-#pragma unroll
-                for (int j = 0; j < V; j++)
-                    cache[(lane * V + j) * s[3]] = __nv_cvt_float_to_fp8(x[j] / a.kv_scale, __NV_SATFINITE, __NV_E4M3);
-            } else {
-                T *cache = static_cast<T *>(kind == 1 ? a.k_cache : a.v_cache) + at;
-                if (s[3] == 1) {
-                    store_vec<T, V>(cache + lane * V, x);
-                } else {
-#pragma unroll
-                    for (int j = 0; j < V; j++) cache[(lane * V + j) * s[3]] = mv_from_float<T>(x[j]);
-                }
-            }
-        }
+        finish_head_regs<T, FP8, V>(a, it, x, row, lane);
     }
-}
-
-/* Whether every row and weight the vectorized epilogue touches starts on a V-element boundary. */
-bool vec_aligned(const mv_prologue_args &a, int64_t v, size_t element) {
-    const auto ok_ptr = [&](const void *p) {
-        return p == nullptr || reinterpret_cast<uintptr_t>(p) % (static_cast<uintptr_t>(v) * element) == 0;
-    };
-    bool ok = ok_ptr(a.qkv.q) && ok_ptr(a.qkv.k) && ok_ptr(a.qkv.v) && ok_ptr(a.bias) && ok_ptr(a.q_norm_weight) &&
-              ok_ptr(a.k_norm_weight) && a.qkv.q_stride % v == 0 && a.qkv.k_stride % v == 0 && a.qkv.v_stride % v == 0 &&
-              ok_ptr(a.q_out) && a.q_out_stride % v == 0;
-    if (a.k_cache != nullptr && a.cache_dtype != MV_FLOAT8_E4M3) {
-        ok = ok && ok_ptr(a.k_cache) && ok_ptr(a.v_cache);
-        for (int d = 0; d < 3; d++) ok = ok && a.k_cache_strides[d] % v == 0 && a.v_cache_strides[d] % v == 0;
-    }
-    return ok;
 }
 
 template <typename T, bool FP8>
@@ -195,20 +85,15 @@ cudaError_t launch_vec(int v, const mv_prologue_args &a, int64_t heads, int64_t 
 template <typename T>
 int launch_epilogue(const mv_prologue_args &a, int64_t heads, int64_t items, cudaStream_t stream, bool pdl) {
     const bool fp8 = a.k_cache != nullptr && a.cache_dtype == MV_FLOAT8_E4M3;
-    /* the register form: head_dim 32, 64, 128 or 256, RoPE over the whole head or none (gptj
-       pairs need two features per lane) */
-    const int64_t v = a.head_dim / 32;
-    const bool vec = a.head_dim % 32 == 0 && (v == 1 || v == 2 || v == 4 || v == 8) &&
-                     (a.positions == nullptr || (a.rotary_dim == a.head_dim && (!a.rope_gptj || v >= 2))) &&
-                     vec_aligned(a, v, sizeof(T));
+    const int v = mv_prologue_vec_width(a, sizeof(T));
+    const bool vec = v != 0;
     const int warps = !vec && a.head_dim > 512 ? 1 : 8; /* head_dim <= 4096 (the binding): <= 16 KiB */
     int64_t blocks = (items + warps - 1) / warps;
     if (blocks > (int64_t{1} << 20)) blocks = int64_t{1} << 20; /* the rest by the grid-stride loop */
     const dim3 grid(static_cast<unsigned>(blocks)), block(static_cast<unsigned>(warps * 32));
     if (vec) {
-        const int iv = static_cast<int>(v);
-        return static_cast<int>(fp8 ? launch_vec<T, true>(iv, a, heads, items, grid, block, stream, pdl)
-                                    : launch_vec<T, false>(iv, a, heads, items, grid, block, stream, pdl));
+        return static_cast<int>(fp8 ? launch_vec<T, true>(v, a, heads, items, grid, block, stream, pdl)
+                                    : launch_vec<T, false>(v, a, heads, items, grid, block, stream, pdl));
     }
     const size_t smem = static_cast<size_t>(warps) * static_cast<size_t>(a.head_dim) * sizeof(float);
     if (fp8)

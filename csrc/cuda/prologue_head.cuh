@@ -142,6 +142,129 @@ __device__ __forceinline__ void finish_head(const mv_prologue_args &a, const Ite
     __syncwarp(); /* t may be the next item's */
 }
 
+/* V elements of T at p (aligned to V * sizeof(T) bytes) as float, and back: one vector access. */
+template <typename T, int V>
+__device__ __forceinline__ void load_vec(const T *p, float (&out)[V]) {
+    const mv_vec<T, V> r = *reinterpret_cast<const mv_vec<T, V> *>(p);
+#pragma unroll
+    for (int j = 0; j < V; j++) out[j] = mv_to_float(r.v[j]);
+}
+
+template <typename T, int V>
+__device__ __forceinline__ void store_vec(T *p, const float (&in)[V]) {
+    mv_vec<T, V> r;
+    mv_from_floats(r.v, in);
+    *reinterpret_cast<mv_vec<T, V> *>(p) = r;
+}
+
+/* The rest of one item where its head fits the warp's registers (head_dim = 32 V,
+   mv_prologue_vec_width): lane l holds the raw values (the product, before bias) of features
+   [l V, l V + V) in x. A neox pair (i, i + head_dim / 2) is lane l's and lane l ^ 16's same
+   register, a gptj pair two registers of one lane, so nothing goes through shared memory; every
+   load but the cos/sin row's is independent of the others (one round of latency, then that row).
+   row: the item's row as item_row gives it (where q, or k and v without a cache, go). */
+template <typename T, bool FP8, int V>
+__device__ __forceinline__ void finish_head_regs(const mv_prologue_args &a, const Item &it, float (&x)[V], T *row,
+                                                 int lane) {
+    constexpr int D = 32 * V;
+    const int64_t m = it.m, h = it.h;
+    const int kind = it.kind;
+    const T *gamma = item_gamma<T>(a, it);
+    const bool rotate = a.positions != nullptr && kind != 2;
+    const bool to_cache = kind != 0 && a.k_cache != nullptr;
+    /* every load of this round is independent of the others */
+    const int64_t pos = rotate ? load_index(a.positions_dtype, a.positions, m * a.positions_stride) : 0;
+    const int64_t slot = to_cache ? load_index(a.slot_dtype, a.slot_mapping, m * a.slot_stride) : -1;
+    float g[V];
+    if (a.bias != nullptr) {
+        float b[V];
+        load_vec<T, V>(static_cast<const T *>(a.bias) + h * D + lane * V, b);
+#pragma unroll
+        for (int j = 0; j < V; j++) x[j] += b[j];
+    }
+    if (gamma != nullptr) load_vec<T, V>(gamma + lane * V, g);
+    if (gamma != nullptr) { /* warp-uniform */
+        float sum = 0.0f;
+#pragma unroll
+        for (int j = 0; j < V; j++) sum += x[j] * x[j];
+        sum = mv_warp_sum(sum);
+        const float rrms = 1.0f / sqrtf(sum / static_cast<float>(D) + a.qk_norm_eps);
+#pragma unroll
+        for (int j = 0; j < V; j++) x[j] = g[j] * (x[j] * rrms);
+    }
+    if (rotate) {
+        if (pos < 0 || pos >= a.max_position) {
+            /* never read outside the cos/sin cache: the token's q and k become NaN */
+#pragma unroll
+            for (int j = 0; j < V; j++) x[j] = __int_as_float(0x7fc00000);
+        } else {
+            const int64_t base = pos * a.cos_sin_stride;
+            if (!a.rope_gptj) {
+                const int f0 = (lane & 15) * V; /* this lane's first frequency */
+                const float sign = lane < 16 ? -1.0f : 1.0f;
+#pragma unroll
+                for (int j = 0; j < V; j++) {
+                    const float c = load_any(a.cos_sin_dtype, a.cos_sin, base + f0 + j);
+                    const float s = load_any(a.cos_sin_dtype, a.cos_sin, base + D / 2 + f0 + j);
+                    const float partner = __shfl_xor_sync(0xffffffffu, x[j], 16);
+                    x[j] = x[j] * c + sign * partner * s;
+                }
+            } else if constexpr (V % 2 == 0) {
+#pragma unroll
+                for (int j = 0; j < V; j += 2) {
+                    const int64_t f = (lane * V + j) / 2;
+                    const float c = load_any(a.cos_sin_dtype, a.cos_sin, base + f);
+                    const float s = load_any(a.cos_sin_dtype, a.cos_sin, base + D / 2 + f);
+                    const float x0 = x[j], x1 = x[j + 1];
+                    x[j] = x0 * c - x1 * s;
+                    x[j + 1] = x1 * c + x0 * s;
+                }
+            }
+        }
+    }
+    if (!to_cache) {
+        store_vec<T, V>(item_out<T>(a, it, row) + lane * V, x);
+    } else if (slot >= 0 && slot < a.num_blocks * a.block_size) {
+        /* negative: padding; beyond the cache: never written (the CPU binding refuses it) */
+        const int64_t *s;
+        const int64_t at = cache_at(a, it, slot, &s);
+        if constexpr (FP8) {
+            auto *cache = static_cast<__nv_fp8_storage_t *>(kind == 1 ? a.k_cache : a.v_cache) + at;
+#pragma unroll
+            for (int j = 0; j < V; j++)
+                cache[(lane * V + j) * s[3]] = __nv_cvt_float_to_fp8(x[j] / a.kv_scale, __NV_SATFINITE, __NV_E4M3);
+        } else {
+            T *cache = static_cast<T *>(kind == 1 ? a.k_cache : a.v_cache) + at;
+            if (s[3] == 1) {
+                store_vec<T, V>(cache + lane * V, x);
+            } else {
+#pragma unroll
+                for (int j = 0; j < V; j++) cache[(lane * V + j) * s[3]] = mv_from_float<T>(x[j]);
+            }
+        }
+    }
+}
+
+/* V, where the epilogue of every head can run in registers (finish_head_regs): head_dim 32, 64,
+   128 or 256, RoPE over the whole head or none (gptj pairs need two features per lane), and every
+   row and weight it touches starting on a V-element boundary; else 0. */
+inline int mv_prologue_vec_width(const mv_prologue_args &a, size_t element) {
+    const int64_t v = a.head_dim / 32;
+    if (a.head_dim % 32 != 0 || (v != 1 && v != 2 && v != 4 && v != 8)) return 0;
+    if (a.positions != nullptr && (a.rotary_dim != a.head_dim || (a.rope_gptj && v < 2))) return 0;
+    const auto ok_ptr = [&](const void *p) {
+        return p == nullptr || reinterpret_cast<uintptr_t>(p) % (static_cast<uintptr_t>(v) * element) == 0;
+    };
+    bool ok = ok_ptr(a.qkv.q) && ok_ptr(a.qkv.k) && ok_ptr(a.qkv.v) && ok_ptr(a.bias) && ok_ptr(a.q_norm_weight) &&
+              ok_ptr(a.k_norm_weight) && a.qkv.q_stride % v == 0 && a.qkv.k_stride % v == 0 && a.qkv.v_stride % v == 0 &&
+              ok_ptr(a.q_out) && a.q_out_stride % v == 0;
+    if (a.k_cache != nullptr && a.cache_dtype != MV_FLOAT8_E4M3) {
+        ok = ok && ok_ptr(a.k_cache) && ok_ptr(a.v_cache);
+        for (int d = 0; d < 3; d++) ok = ok && a.k_cache_strides[d] % v == 0 && a.v_cache_strides[d] % v == 0;
+    }
+    return ok ? static_cast<int>(v) : 0;
+}
+
 } // namespace
 
 #endif /* MINIVLLM_CUDA_PROLOGUE_HEAD_CUH */

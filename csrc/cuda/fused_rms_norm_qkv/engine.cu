@@ -34,7 +34,7 @@
  *   128), the finished tile goes to shared memory in float32 and the consumer warps run each
  *   (token, head) of it through finish_head (prologue_head.cuh): bias, per-head RMSNorm, RoPE and
  *   the store to q or the KV cache, on the unrounded products; no second kernel.
- * - PDL: the producer requests the first stages of W (a weight) before waiting for the previous
+ * - PDL: the producer requests the first stage of W (a weight) before waiting for the previous
  *   kernel; x, the outputs and the workspace are touched only after the wait.
  * The stream-K workspace (float partials and zeroed tile counters) belongs to the (device, stream) pair,
  * allocated on a stream's first call and grown when a call needs more; never freed, since a
@@ -96,6 +96,7 @@ struct EngineParams {
     int prologue;    /* 1: the attention prologue's epilogue (the kernel's mv_prologue_args) */
     int fp8;         /* the prologue's cache holds e4m3 */
     int ep_offset;   /* bytes from the tail to the prologue's float tile */
+    int ep_vec;      /* V where every head's epilogue runs in registers (finish_head_regs), else 0 */
 };
 
 /* Shared memory after the ring (bytes), before the cluster's parts. */
@@ -336,11 +337,13 @@ __global__ void __launch_bounds__(kThreads, 1)
                                       x_policy);
             }
         };
-        const int64_t early = mine < stages ? mine : stages;
-        for (int64_t i = 0; i < early; ++i) arm_w(i); /* weights: before the previous kernel ends */
+        /* one stage of W before the wait, then x: in a model the kernel before has usually ended by
+           the time this one starts, and every W copy armed ahead delays x's (a whole ring of them
+           held back the first stage by 2-4 us in decode steps) */
+        if (mine > 0) arm_w(0);
         mv_pdl_wait();
-        for (int64_t i = 0; i < early; ++i) copy_x(i);
-        for (int64_t i = early; i < mine; ++i) {
+        if (mine > 0) copy_x(0);
+        for (int64_t i = 1; i < mine; ++i) {
             mv_mbarrier_wait(&empty[i % stages], static_cast<unsigned>((i / stages - 1) & 1));
             arm_w(i);
             copy_x(i);
@@ -516,7 +519,25 @@ __global__ void __launch_bounds__(kThreads, 1)
                 const int t_local = item / heads, hi = item % heads;
                 const Item one = item_of(pa, m0 + t_local, f_tile / D + hi);
                 float *row = ep + t_local * kEpStride + hi * D;
-                if (p.fp8)
+                /* in registers where the head allows: its loads in one round, not one per step (the
+                   tail of the kernel, where nothing hides their latency) */
+                auto in_registers = [&](auto width) {
+                    constexpr int V = decltype(width)::value;
+                    float x[V];
+#pragma unroll
+                    for (int j = 0; j < V; ++j) x[j] = row[lane * V + j];
+                    if (p.fp8)
+                        finish_head_regs<T, true, V>(pa, one, x, item_row<T>(pa, one), lane);
+                    else
+                        finish_head_regs<T, false, V>(pa, one, x, item_row<T>(pa, one), lane);
+                };
+                if (p.ep_vec == 4)
+                    in_registers(std::integral_constant<int, 4>{});
+                else if (p.ep_vec == 2)
+                    in_registers(std::integral_constant<int, 2>{});
+                else if (p.ep_vec == 1)
+                    in_registers(std::integral_constant<int, 1>{});
+                else if (p.fp8)
                     finish_head<T, true>(pa, one, row, lane);
                 else
                     finish_head<T, false>(pa, one, row, lane);
@@ -937,6 +958,7 @@ bool plan_engine(const mv_qkv_args &a, const mv_prologue_args *pa, const mv_cuda
     p.residual_out_stride = a.in.residual_out_stride;
     p.prologue = pa != nullptr ? 1 : 0;
     p.fp8 = pa != nullptr && pa->k_cache != nullptr && pa->cache_dtype == MV_FLOAT8_E4M3 ? 1 : 0;
+    p.ep_vec = pa != nullptr ? mv_prologue_vec_width(*pa, 2) : 0; /* 1, 2 or 4 here: head_dim divides 128 */
     st->bf16 = a.in.dtype == MV_BFLOAT16;
     const int64_t tiles = m_tiles * n_tiles;
     p.split = choose_split(tiles, kiters, st->tokens, dev);
