@@ -160,8 +160,10 @@ def make_minivllm_layer(cfg, length, ops):
     return layer
 
 
-def make_step(model, variant):
-    """A function running one decode step of `model`; returns the final hidden state."""
+def make_step(model, variant, ops=None):
+    """A function running one decode step of `model`; returns the final hidden state. ops, for the
+    minivllm variants: the module whose attention_prologue and fused_add_rms_norm they call
+    (default minivllm for "minivllm", minivllm.torch for "compile+mv"; a probe may pass others)."""
     cfg, length = model.cfg, model.context + 1
     if variant in ("torch", "compile"):
         layer = make_torch_layer(cfg, length)
@@ -176,7 +178,8 @@ def make_step(model, variant):
                           model.cache_position, model.table)
             return F.rms_norm(h, (cfg.hidden,), model.lnf, EPS)
         return step
-    ops = minivllm if variant == "minivllm" else mvt
+    if ops is None:
+        ops = minivllm if variant == "minivllm" else mvt
     layer = make_minivllm_layer(cfg, length, ops)
     if variant == "compile+mv":
         layer = torch.compile(layer, fullgraph=True, backend=model_backend(model))

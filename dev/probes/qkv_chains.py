@@ -6,7 +6,13 @@ before it, so this probe times the chains a model meets too. Inputs are independ
 tensors (no call reads another's output), so the chains measure launch and overlap, not data
 flow. bf16. Compare variants by running it under different environments, e.g. MINIVLLM_PDL=0.
 
+--paths P ... times each forced QKV path (_path=P; "auto" for the table's choice) and cuBLAS
+("lin": F.linear on a pre-normalized x) alone in a chain of its own, after "sep" (a fill of a small
+buffer: a kernel that never lets its successor start early, so nothing of the call overlaps what
+came before) and after "mm"; a call's cost in a model is about chain(sep+X) - chain(sep).
+
     python3 dev/probes/qkv_chains.py llama-3-8b:1 llama-3-8b:16 qwen3-0.6b:16
+    python3 dev/probes/qkv_chains.py --paths auto engine deferred -- llama-3-8b:16 qwen3-4b:32
 """
 import argparse
 import math
@@ -29,6 +35,7 @@ def shape(text):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("shapes", nargs="+", type=shape, help="MODEL:M, e.g. llama-3-8b:16")
+    parser.add_argument("--paths", nargs="+", default=None, help="QKV paths to time after sep and mm")
     args = parser.parse_args()
     l2_bytes = torch.cuda.get_device_properties(0).L2_cache_size
     for m, rows in args.shapes:
@@ -62,6 +69,24 @@ def main():
         chains = {"mm": [mm], "norm": [norm], "qkv": [qkv], "mm+norm": [mm, norm],
                   "mm+addnorm": [mm, add_norm], "mm+qkv": [mm, qkv], "norm+qkv": [norm, qkv],
                   "mm+addnorm+qkv": [mm, add_norm, qkv]}
+        if args.paths:
+            fills = [torch.empty(1024, device="cuda") for _ in range(layers)]
+
+            def sep(i):
+                return fills[i].fill_(1.0)
+
+            def lin(i):
+                return F.linear(xs[i], qkv_weights[i])
+
+            def forced(path):
+                def run(i):
+                    kwargs = {} if path == "auto" else {"_path": path}
+                    return minivllm.FusedRMSNormQKV.forward(xs[i], gammas[i], qkv_weights[i].t(), m.num_heads,
+                                                            m.num_kv_heads, EPS, **kwargs)
+                return run
+            chains = {"sep": [sep], "mm": [mm]}
+            for name, op in [("lin", lin)] + [(f"qkv:{p}", forced(p)) for p in args.paths]:
+                chains.update({name: [op], f"sep+{name}": [sep, op], f"mm+{name}": [mm, op]})
         cells = []
         for name, steps in chains.items():
             def call(i, steps=steps):
