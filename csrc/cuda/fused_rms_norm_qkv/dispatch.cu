@@ -73,7 +73,10 @@ constexpr int64_t kEngineMinWeights = 5 << 20; /* elements: 10 MiB of 16-bit wei
    (stream-K: every SM the same share) beat them at 1-8 rows: N = 4672 and 4608 (31-41 MiB), H200
    1.08-1.17x, H100 1.15-1.18x at one row and 1.04-1.05x at 2-8. With 10-12 MiB its fixed cost ate
    the gain (H100: 2-12% slower); at a quarter above the mean (N = 5120) the streams won
-   (dev/logs/engine-owner-waits-nvidia-h200-h100-2026-11-24.log). */
+   (dev/logs/engine-owner-waits-nvidia-h200-h100-2026-11-24.log). Both rules were measured in chains
+   of the op's own calls; timed after a kernel that lets nothing overlap (as in a model), the engine
+   ties the deferred stream at 16 rows and beats the table's stream by 1.4-2.5 us at Falcon-7B's
+   1-2 rows (dev/logs/engine-start-nvidia-h200-2026-11-24.log). */
 constexpr double kStreamMaxImbalance = 1.3;
 constexpr int64_t kUnbalancedMinWeights = 8 << 20; /* elements: 16 MiB of 16-bit weights */
 bool stream_unbalanced(const Call &c) {
