@@ -32,8 +32,9 @@
  *   other CTAs still read residual: the caller's store kernel follows instead.
  * - Prologue epilogue (attention_prologue): where heads do not straddle tiles (head_dim divides
  *   128), the finished tile goes to shared memory in float32 and the consumer warps run each
- *   (token, head) of it through finish_head (prologue_head.cuh): bias, per-head RMSNorm, RoPE and
- *   the store to q or the KV cache, on the unrounded products; no second kernel.
+ *   (token, head) of it through finish_head_regs (in registers, where the head allows) or
+ *   finish_head (prologue_head.cuh): bias, per-head RMSNorm, RoPE and the store to q or the KV
+ *   cache, on the unrounded products; no second kernel.
  * - PDL: the producer requests the first stage of W (a weight) before waiting for the previous
  *   kernel; x, the outputs and the workspace are touched only after the wait.
  * The stream-K workspace (float partials and zeroed tile counters) belongs to the (device, stream) pair,
@@ -339,7 +340,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         };
         /* one stage of W before the wait, then x: in a model the kernel before has usually ended by
            the time this one starts, and every W copy armed ahead delays x's (a whole ring of them
-           held back the first stage by 2-4 us in decode steps) */
+           held x back 4-6 us in decode steps: dev/logs/engine-start-2026-11-24.log) */
         if (mine > 0) arm_w(0);
         mv_pdl_wait();
         if (mine > 0) copy_x(0);
