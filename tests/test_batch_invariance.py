@@ -9,7 +9,8 @@ row per multiprocessor: the short-call kernels, one vector a thread for rows of 
 vectors or 1024 elements, two for 257-512 vectors in 16-bit types or with a residual, else
 several) and the whole batch is not; H = 64 and 121 put several
 rows in a warp of the general layout, H = 2048 in bf16 is the last row of 16-byte vectors on one
-vector a thread; float32 12345 and 16384 and 16-bit 20000 take rms_norm's 8 vectors a thread.
+vector a thread; float32 12345 and 16384 and 16-bit 20000 take rms_norm's 8 vectors a thread,
+float32 20000 and 16-bit 40000 its 16 (rms_norm_wider_kernel).
 """
 import numpy as np
 import pytest

@@ -13,7 +13,8 @@
  *   With PDL, the first few MiB of rows are prefetched into L2 before the wait for the previous
  *   kernel (kPrefetchBytes). The fused add's rows too long to stay in registers take
  *   fused_add_long_kernel (8 vectors a thread at a time, s read back from residual_out);
- *   rms_norm's fall back to:
+ *   rms_norm's rows of up to 8192 16-byte vectors take rms_norm_wider_kernel (16 a thread), and
+ *   longer ones, or such rows off the 16-byte grid, fall back to:
  * - rms_norm_reference_kernel, deliberately simple (one block per row, scalar loads, two passes),
  *   kept for those rows and for the tests to compare the fast kernels against.
  * Short calls (at most a row per multiprocessor) of rows in 16-byte vectors or single elements
@@ -703,6 +704,80 @@ __global__ void __launch_bounds__(kMaxVecThreads) fused_add_long_kernel(NormPara
                                                       in.weight_offset);
         }
     }
+}
+
+/* rms_norm's rows of 4097-8192 16-byte vectors (float32 H 16385-32768, 16-bit H 32769-65536) on
+   the 16-byte grid: a block a row of up to 512 threads, 16 vectors a
+   thread held in registers (the whole row read from DRAM once, every load in flight together),
+   the weight read after the reduction kBatch vectors at a time. The reference kernel took these
+   rows in batches of loads, one DRAM round trip per batch, and ran at 0.56-0.67x Liger's time
+   (H200 float32 1 x 32768 10.34 us against 5.80; dev/logs/norm-long-rows-nvidia-h200-2026-11-24.log).
+   A thread sums its vectors in index order, then the block (group_sum): the order depends on H.
+   Rows off the grid stay on the reference kernel: virtual vectors (load16_at) spilled 8-316 bytes
+   here at 128 registers. */
+template <typename T, typename TW, int V, bool kOffset, bool kTwoStrides>
+__global__ void __launch_bounds__(kMaxVecThreads) rms_norm_wider_kernel(NormParams<kTwoStrides> args) {
+    __shared__ float warp_sums[32];
+    constexpr int kVecs = 4 * kMaxVecsPerThread;
+    /* 8 weight vectors at a time, 4 of a float32 weight beside 16-bit rows (32-byte vectors) */
+    constexpr int kBatch = sizeof(TW) > sizeof(T) ? kMaxVecsPerThread : 2 * kMaxVecsPerThread;
+    using VecT = mv_vec<T, V>;
+    const mv_outer_strides outer = outer_of(args);
+    const mv_norm_input &in = args.in;
+    const int hidden = static_cast<int>(in.hidden); /* the launcher sends rows of at most 2^16 elements */
+    const int last = hidden / V - 1;
+    const int threads = static_cast<int>(blockDim.x), lane = static_cast<int>(threadIdx.x);
+    const TW *weight = static_cast<const TW *>(in.norm_weight);
+    mv_pdl_wait();
+    mv_pdl_trigger();
+    /* The loop bounds are the same for the whole block, so every thread reaches group_sum. */
+    for (int64_t row = blockIdx.x; row < in.rows; row += gridDim.x) {
+        const RowIndex<kTwoStrides> pos(row, outer.inner_rows);
+        const T *x_row = static_cast<const T *>(in.x) + pos.at(in.x_stride, outer.x);
+        VecT s[kVecs];
+        load_clamped<T, V, false>(s, x_row, lane, threads, last, hidden);
+        float sum_sq = 0.0f;
+#pragma unroll
+        for (int i = 0; i < kVecs; ++i) {
+            if (lane + i * threads > last) break;
+            sum_sq = add_squares(sum_sq, s[i]);
+        }
+        sum_sq = group_sum(sum_sq, threads, warp_sums);
+#pragma unroll
+        for (int i = 0; i < kVecs; ++i) keep_packed(s[i]);
+        const float rrms = rsqrtf(sum_sq / static_cast<float>(in.hidden) + in.eps);
+        T *out_row = static_cast<T *>(args.out) + pos.at(args.out_stride, outer.out);
+#pragma unroll
+        for (int b = 0; b < kVecs; b += kBatch) {
+            const int first = lane + b * threads;
+            VecT part[kBatch];
+            mv_vec<TW, V> w[kBatch];
+#pragma unroll
+            for (int i = 0; i < kBatch; ++i) part[i] = s[b + i];
+            /* the batch's weight loads before its first store (out is not __restrict__) */
+            load_clamped<TW, V, false>(w, weight, first, threads, last, hidden);
+            store_normalized<kOffset, T, TW, V, false>(out_row, part, w, first, threads, last, hidden, rrms,
+                                                      in.weight_offset);
+        }
+    }
+}
+
+/* Rows that rms_norm_wider_kernel takes: at most this many 16-byte vectors */
+constexpr int64_t kWiderMaxVecs = int64_t{kMaxVecThreads} * 4 * kMaxVecsPerThread;
+
+template <typename T, typename TW, int V>
+cudaError_t launch_wider(const mv_rms_norm_args &a, int group_threads, cudaStream_t stream, bool pdl) {
+    const bool offset = a.in.weight_offset != 0.0f;
+    const dim3 grid(static_cast<unsigned>(a.in.rows < kMaxRowBlocks ? a.in.rows : kMaxRowBlocks)), block(group_threads);
+    const cudaError_t err =
+        a.outer.inner_rows > 0
+            ? mv_launch(offset ? rms_norm_wider_kernel<T, TW, V, true, true>
+                               : rms_norm_wider_kernel<T, TW, V, false, true>,
+                        grid, block, 0, stream, pdl, params_of<true>(a))
+            : mv_launch(offset ? rms_norm_wider_kernel<T, TW, V, true, false>
+                               : rms_norm_wider_kernel<T, TW, V, false, false>,
+                        grid, block, 0, stream, pdl, params_of<false>(a));
+    return err != cudaSuccess ? err : cudaGetLastError();
 }
 
 /* fused_add_long_kernel's int indices: rows of at most 2^30 elements (longer ones, the
@@ -1731,6 +1806,7 @@ extern "C" int mv_rms_norm_cuda(const mv_rms_norm_args *a, const mv_cuda_opts *o
              dev/logs/norm-wide-fused-nvidia-h200-2026-11-24.log).
            - the fused add's longer rows: fused_add_long_kernel, 8 vectors a thread at a time,
              s read back from residual_out (H200 float32 1 x 32768 13.63 -> 8.10 us, Liger 9.42).
+           - rms_norm's rows of up to 8192 vectors on the grid: rms_norm_wider_kernel, 16 a thread.
            Past that (rms_norm's longer rows, rows over 2^30 elements), the reference kernel. */
         const int64_t per_vec = 16 / elem;
         const bool on_grid = v == per_vec;
@@ -1750,6 +1826,16 @@ extern "C" int mv_rms_norm_cuda(const mv_rms_norm_args *a, const mv_cuda_opts *o
                 else
                     err = staged ? launch_staged<T, T, V>(*a, group_threads, dev, cuda_stream, pdl)
                                  : launch_vec<T, T, V, true>(*a, group_threads, cuda_stream, pdl, dev.sms);
+            })
+            return (int)err;
+        }
+        if (needed8 > kMaxVecThreads && a->in.residual == nullptr && on_grid && vecs <= kWiderMaxVecs) {
+            const int group_threads = group_threads_for((vecs + 4 * kMaxVecsPerThread - 1) / (4 * kMaxVecsPerThread));
+            err = cudaErrorInvalidValue;
+            MV_DISPATCH_DTYPE(a->in.dtype, T, {
+                constexpr int V = 16 / sizeof(T);
+                err = float_weight(a) ? launch_wider<T, float, V>(*a, group_threads, cuda_stream, pdl)
+                                      : launch_wider<T, T, V>(*a, group_threads, cuda_stream, pdl);
             })
             return (int)err;
         }

@@ -144,8 +144,9 @@ int main() {
     /* rows on the 16-byte grid: single rows take the short-call kernels (one vector a thread up to
        256 vectors, two up to 512: 2048, 3000 and 4096), 600 rows the general one; G of 2, 32,
        96, 128 and 160; rows of 8 vectors a thread at 16384 (float32) and 20000 (bf16); the
-       fused add's long-row kernel at 20000 (float32) and 40000 */
-    const int64_t even[] = {64, 1024, 2048, 3000, 4096, 5120, 8192, 16384, 20000, 40000};
+       fused add's long-row kernel at 20000 (float32) and 40000; rms_norm's 16 vectors a thread
+       (rms_norm_wider_kernel) at float32 20000 and 32768 (its longest), bf16 40000 and 65536 */
+    const int64_t even[] = {64, 1024, 2048, 3000, 4096, 5120, 8192, 16384, 20000, 32768, 40000, 65536};
     for (int64_t h : even)
         for (int bf16 = 0; bf16 < 2; ++bf16)
             for (int residual = 0; residual < 2; ++residual) bad += run(bf16, residual, h, 0);
