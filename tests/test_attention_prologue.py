@@ -251,6 +251,17 @@ def test_rows(dev, dtype, M, rng):
          cache="paged", slots="padding" if M else "random").run()
 
 
+@pytest.mark.parametrize("cache", [None, "paged"])
+@pytest.mark.parametrize("D", [64, 128, 256])
+def test_many_heads_a_warp(dev, dtype, D, cache, rng):
+    """More (token, head) items than one and a half waves of warps on any current GPU (800 x 16
+    > 1.5 x 48 warps x 148 SMs): the register epilogue takes several heads of a token per warp
+    (8, 4 and 2 at D = 64, 128, 256); with a cache, 18 heads leave the last group of each token
+    short."""
+    Case(dev, rng, dtype, 800, 128, 14, 2, D, qk_norm=True, cache=cache,
+         slots="padding" if cache else "random").run()
+
+
 # The QKV paths the epilogue kernel follows, each forced (the automatic table picks one per shape,
 # so without forcing, the prologue would meet only a few): a head's features come from many
 # blocks and tiles of each, and the epilogue must see all of them.

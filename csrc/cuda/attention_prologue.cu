@@ -42,16 +42,22 @@ __global__ void prologue_epilogue(const mv_prologue_args a, int64_t heads, int64
     }
 }
 
-/* The same epilogue where the head fits the warp's registers (finish_head_regs). Before the wait
-   only L2 prefetches of what the QKV kernel does not write: the kernel before it may still be
-   writing them, and a prefetched line stays coherent where a loaded value would not. */
-template <typename T, bool FP8, int V>
+/* The same epilogue where the head fits the warp's registers (finish_head_regs), kHeads heads of
+   one token a warp: their rows are loaded together, then finished in turn (the token's position,
+   slot and cos/sin row, read by the first, are L1 hits for the rest). Items are tokens x groups of
+   kHeads heads. One head a warp is the shortest chain where the items take about a wave of
+   warps; more items want more bytes in flight per warp (launch_vec_heads). The heads' bits do not
+   depend on kHeads.
+   Before the wait only L2 prefetches of what the QKV kernel does not write: the kernel before it
+   may still be writing them, and a prefetched line stays coherent where a loaded value would not. */
+template <typename T, bool FP8, int V, int kHeads>
 __global__ void prologue_epilogue_vec(const mv_prologue_args a, int64_t heads, int64_t items) {
     const int lane = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
     const int warps = static_cast<int>(blockDim.x / 32);
+    const int64_t groups = (heads + kHeads - 1) / kHeads;
     const int64_t first = static_cast<int64_t>(blockIdx.x) * warps + warp;
     if (first < items && lane == 0) {
-        const int64_t m = first / heads;
+        const int64_t m = first / groups;
         if (a.positions != nullptr)
             mv_prefetch_l2(static_cast<const char *>(a.positions) +
                            m * a.positions_stride * (a.positions_dtype == MV_INT32 ? 4 : 8));
@@ -63,38 +69,78 @@ __global__ void prologue_epilogue_vec(const mv_prologue_args a, int64_t heads, i
     mv_pdl_trigger(); /* the next kernel may start (a QKV kernel streams its W); it still waits
                          for this grid to finish before it reads anything this one writes */
     for (int64_t item = first; item < items; item += static_cast<int64_t>(gridDim.x) * warps) {
-        const Item it = item_at(a, item, heads);
-        T *row = item_row<T>(a, it);
-        float x[V];
-        load_vec<T, V>(row + lane * V, x);
-        finish_head_regs<T, FP8, V>(a, it, x, row, lane);
+        if constexpr (kHeads == 1) { /* spelled out: the grouped form's code cost 0.1-0.2 us a call */
+            const Item it = item_at(a, item, heads);
+            T *row = item_row<T>(a, it);
+            float x[V];
+            load_vec<T, V>(row + lane * V, x);
+            finish_head_regs<T, FP8, V>(a, it, x, row, lane);
+            continue;
+        }
+        const int64_t m = item / groups, h0 = (item % groups) * kHeads;
+        float x[kHeads][V];
+        T *rows[kHeads];
+#pragma unroll
+        for (int k = 0; k < kHeads; ++k) {
+            if (h0 + k >= heads) break;
+            rows[k] = item_row<T>(a, item_of(a, m, h0 + k));
+            load_vec<T, V>(rows[k] + lane * V, x[k]);
+        }
+#pragma unroll
+        for (int k = 0; k < kHeads; ++k) {
+            if (h0 + k >= heads) break;
+            finish_head_regs<T, FP8, V>(a, item_of(a, m, h0 + k), x[k], rows[k], lane);
+        }
     }
 }
 
+/* Heads a warp of the register epilogue takes (16 values a lane, at most 8 heads) where the call
+   has more than one and a half waves of warps of one head: at 1.3 waves four heads a warp ran
+   slower (H200 Qwen3-0.6B M = 256, 8192 items: 17.97 -> 18.45 us), from 1.9 faster (Llama-3-8B
+   M = 256, 12288 items: 36.68 -> 34.18; M = 1024-4096 of three models 3-8%;
+   dev/logs/prologue-heads-a-warp-nvidia-h200-2026-11-25.log) */
+constexpr int heads_per_warp(int v) { return 16 / v < 8 ? 16 / v : 8; }
+/* a wave: about the warps an SM holds of the one-head kernel (32-47 registers, 256 threads a block) */
+constexpr int64_t kWaveWarpsPerSm = 48;
+
+template <typename T, bool FP8, int V>
+cudaError_t launch_vec_heads(const mv_prologue_args &a, int64_t heads, int64_t items, const mv_cuda_device &dev,
+                             cudaStream_t stream, bool pdl) {
+    constexpr int kWarps = 8;
+    constexpr int kGrouped = heads_per_warp(V);
+    const bool grouped = 2 * items > 3 * kWaveWarpsPerSm * dev.sms;
+    const int64_t groups = grouped ? a.qkv.in.rows * ((heads + kGrouped - 1) / kGrouped) : items;
+    int64_t blocks = (groups + kWarps - 1) / kWarps;
+    if (blocks > (int64_t{1} << 20)) blocks = int64_t{1} << 20; /* the rest by the grid-stride loop */
+    const dim3 grid(static_cast<unsigned>(blocks)), block(kWarps * 32);
+    return grouped ? mv_launch(prologue_epilogue_vec<T, FP8, V, kGrouped>, grid, block, 0, stream, pdl, a, heads, groups)
+                   : mv_launch(prologue_epilogue_vec<T, FP8, V, 1>, grid, block, 0, stream, pdl, a, heads, groups);
+}
+
 template <typename T, bool FP8>
-cudaError_t launch_vec(int v, const mv_prologue_args &a, int64_t heads, int64_t items, dim3 grid, dim3 block,
+cudaError_t launch_vec(int v, const mv_prologue_args &a, int64_t heads, int64_t items, const mv_cuda_device &dev,
                        cudaStream_t stream, bool pdl) {
     switch (v) {
-    case 1: return mv_launch(prologue_epilogue_vec<T, FP8, 1>, grid, block, 0, stream, pdl, a, heads, items);
-    case 2: return mv_launch(prologue_epilogue_vec<T, FP8, 2>, grid, block, 0, stream, pdl, a, heads, items);
-    case 4: return mv_launch(prologue_epilogue_vec<T, FP8, 4>, grid, block, 0, stream, pdl, a, heads, items);
-    default: return mv_launch(prologue_epilogue_vec<T, FP8, 8>, grid, block, 0, stream, pdl, a, heads, items);
+    case 1: return launch_vec_heads<T, FP8, 1>(a, heads, items, dev, stream, pdl);
+    case 2: return launch_vec_heads<T, FP8, 2>(a, heads, items, dev, stream, pdl);
+    case 4: return launch_vec_heads<T, FP8, 4>(a, heads, items, dev, stream, pdl);
+    default: return launch_vec_heads<T, FP8, 8>(a, heads, items, dev, stream, pdl);
     }
 }
 
 template <typename T>
-int launch_epilogue(const mv_prologue_args &a, int64_t heads, int64_t items, cudaStream_t stream, bool pdl) {
+int launch_epilogue(const mv_prologue_args &a, int64_t heads, int64_t items, const mv_cuda_device &dev,
+                    cudaStream_t stream, bool pdl) {
     const bool fp8 = a.k_cache != nullptr && a.cache_dtype == MV_FLOAT8_E4M3;
     const int v = mv_prologue_vec_width(a, sizeof(T));
-    const bool vec = v != 0;
-    const int warps = !vec && a.head_dim > 512 ? 1 : 8; /* head_dim <= 4096 (the binding): <= 16 KiB */
+    if (v != 0) {
+        return static_cast<int>(fp8 ? launch_vec<T, true>(v, a, heads, items, dev, stream, pdl)
+                                    : launch_vec<T, false>(v, a, heads, items, dev, stream, pdl));
+    }
+    const int warps = a.head_dim > 512 ? 1 : 8; /* head_dim <= 4096 (the binding): <= 16 KiB */
     int64_t blocks = (items + warps - 1) / warps;
     if (blocks > (int64_t{1} << 20)) blocks = int64_t{1} << 20; /* the rest by the grid-stride loop */
     const dim3 grid(static_cast<unsigned>(blocks)), block(static_cast<unsigned>(warps * 32));
-    if (vec) {
-        return static_cast<int>(fp8 ? launch_vec<T, true>(v, a, heads, items, grid, block, stream, pdl)
-                                    : launch_vec<T, false>(v, a, heads, items, grid, block, stream, pdl));
-    }
     const size_t smem = static_cast<size_t>(warps) * static_cast<size_t>(a.head_dim) * sizeof(float);
     if (fp8)
         return static_cast<int>(mv_launch(prologue_epilogue<T, true>, grid, block, smem, stream, pdl, a, heads, items));
@@ -138,6 +184,6 @@ extern "C" int mv_attention_prologue_cuda(const mv_prologue_args *a, const mv_cu
     if (err != 0) return err;
     const int64_t heads = a->num_heads + a->num_kv_heads + (touch_v ? a->num_kv_heads : 0);
     const int64_t items = a->qkv.in.rows * heads;
-    MV_DISPATCH_DTYPE(a->qkv.in.dtype, T, return launch_epilogue<T>(*a, heads, items, s, pdl);)
+    MV_DISPATCH_DTYPE(a->qkv.in.dtype, T, return launch_epilogue<T>(*a, heads, items, dev, s, pdl);)
     return 0;
 }
