@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Which kernels one attention_prologue call launches (torch.profiler), per model shape and M:
-one kernel where the QKV kernel runs the epilogue itself, two (or more) where the epilogue kernel
-follows. usage: python3 dev/probes/prologue_kernels.py [--m 1 4 16]"""
+"""Which kernels one attention_prologue call launches (torch.profiler), per model shape and M, and
+each kernel's time (µs, the last of 5 profiled calls): one kernel where the QKV kernel runs the
+epilogue itself, two (or more) where the epilogue kernel follows; the QKV op alone beside it.
+usage: python3 dev/probes/prologue_kernels.py [--m 1 4 16]"""
 import argparse
 
 import torch
@@ -28,22 +29,30 @@ def main():
             qn = torch.rand(D, device=dev, dtype=dt) + 0.5
             cs = torch.randn(4096, D, device=dev, dtype=torch.float32)
             pos = torch.randint(0, 4096, (M,), device=dev)
-            kc = torch.zeros(64, 16, nkv, D, device=dev, dtype=dt)
+            blocks = max(64, (M + 15) // 16)
+            kc = torch.zeros(blocks, 16, nkv, D, device=dev, dtype=dt)
             vc = torch.zeros_like(kc)
-            slots = torch.randperm(64 * 16, device=dev)[:M]
+            slots = torch.randperm(blocks * 16, device=dev)[:M]
             kw = dict(q_norm_weight=qn, k_norm_weight=qn, positions=pos, cos_sin_cache=cs,
                       k_cache=kc, v_cache=vc, slot_mapping=slots)
-            for _ in range(3):
-                minivllm.attention_prologue(x, g, W, nq, nkv, 1e-6, **kw)
-            torch.cuda.synchronize()
-            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-                minivllm.attention_prologue(x, g, W, nq, nkv, 1e-6, **kw)
+            q_out = torch.empty(M, nq, D, device=dev, dtype=dt)
+            calls = {"prologue": lambda: minivllm.attention_prologue(x, g, W, nq, nkv, 1e-6, out=q_out, **kw),
+                     "qkv_op": lambda: minivllm.FusedRMSNormQKV.forward(x, g, W, nq, nkv, 1e-6)}
+            for label, call in calls.items():
+                for _ in range(3):
+                    call()
                 torch.cuda.synchronize()
-            names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-            short = [n.removeprefix("void ").split("<")[0].split("(")[0].replace("(anonymous namespace)::", "")[-48:]
-                     for n in names]
-            print(f"{name:14s} M={M:3d} path={minivllm._C.qkv_last_gpu_path():9s} kernels={len(names)}: {short}")
-
+                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                    for _ in range(5):
+                        call()
+                    torch.cuda.synchronize()
+                events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+                per_call = len(events) // 5
+                last = events[-per_call:] if per_call else []
+                short = [f"{e.name.removeprefix('void ').split('<')[0].split('(')[0].replace('(anonymous namespace)::', '')[-40:]}"
+                         f" {e.time_range.elapsed_us():.1f}" for e in last]
+                print(f"{name:14s} M={M:5d} {label:8s} path={minivllm._C.qkv_last_gpu_path():9s} "
+                      f"kernels={per_call}: {short}", flush=True)
 
 if __name__ == "__main__":
     main()
