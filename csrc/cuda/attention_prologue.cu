@@ -69,7 +69,9 @@ __global__ void prologue_epilogue_vec(const mv_prologue_args a, int64_t heads, i
     mv_pdl_trigger(); /* the next kernel may start (a QKV kernel streams its W); it still waits
                          for this grid to finish before it reads anything this one writes */
     for (int64_t item = first; item < items; item += static_cast<int64_t>(gridDim.x) * warps) {
-        if constexpr (kHeads == 1) { /* spelled out: the grouped form's code cost 0.1-0.2 us a call */
+        if constexpr (kHeads == 1) { /* spelled out: the grouped form at kHeads = 1 compiled to other
+                                        code, 0.15-0.24 us slower a call in one A/B (Qwen3-0.6B M = 1,
+                                        16; dev/logs/prologue-heads-a-warp-nvidia-h200-2026-11-25.log) */
             const Item it = item_at(a, item, heads);
             T *row = item_row<T>(a, it);
             float x[V];

@@ -711,8 +711,9 @@ __global__ void __launch_bounds__(kMaxVecThreads) fused_add_long_kernel(NormPara
    thread held in registers (the whole row read from DRAM once, every load in flight together),
    the weight read after the reduction kBatch vectors at a time. The reference kernel took these
    rows in batches of loads, one DRAM round trip per batch, and ran at 0.56-0.67x Liger's time
-   (H200 float32 1 x 32768 10.34 us against 5.80; dev/logs/norm-long-rows-nvidia-h200-2026-11-24.log).
-   A thread sums its vectors in index order, then the block (group_sum): the order depends on H.
+   (H200 float32 1 x 32768 10.34 us against 5.80; dev/logs/norm-long-rows-nvidia-h200-2026-11-24.log);
+   on this kernel 5.25 against 5.85, 1024 x 20000 45.8 against 50.3, H100 alike
+   (dev/logs/norm-wider-rows-2026-11-25.log). A thread sums its vectors in index order, then the block (group_sum): the order depends on H.
    Rows off the grid stay on the reference kernel: virtual vectors (load16_at) spilled 8-316 bytes
    here at 128 registers. */
 template <typename T, typename TW, int V, bool kOffset, bool kTwoStrides>
