@@ -2,7 +2,7 @@
 """What limits the attention prologue's epilogue kernel at large M (issue 30)? It runs at about 2.1
 (token, head) items per ns at every model, 3-4x its bytes' DRAM time
 (dev/logs/prologue-token-rope-nvidia-h200-2026-11-25.log). This times, per model and M, in CUDA
-graph replay (each replay 20 calls on one layer's buffers): the prologue with PDL on and off, the
+graph replay (minivllm.bench.timing.time_per_call, one layer's buffers): the prologue with PDL on and off, the
 QKV op alone, and the prologue without RoPE, without the cache and without q/k norms, so that
 differences place the time. With --ncu it makes one prologue call after a warm-up instead, for
 Nsight Compute to read the epilogue kernel:
@@ -18,63 +18,28 @@ import argparse
 import torch
 
 import minivllm
-from minivllm.bench.models import find_model
+from minivllm.bench.timing import time_per_call
+from prologue_kernels import prologue_inputs  # this directory: run as a script
 
 
-def prologue_call(name, M, dev="cuda", dt=torch.bfloat16):
+def prologue_calls(name, M):
     """{variant: zero-argument call} for one model's Qwen3-style prologue at M rows."""
-    m = find_model(name)
-    H, nq, nkv, D = m.hidden, m.num_heads, m.num_kv_heads, m.head_dim
-    N = (nq + 2 * nkv) * D
-    x = torch.randn(M, H, device=dev, dtype=dt)
-    g = torch.rand(H, device=dev, dtype=dt) + 0.5
-    W = torch.randn(N, H, device=dev, dtype=dt) / H ** 0.5
-    qn = torch.rand(D, device=dev, dtype=dt) + 0.5
-    cs = torch.randn(4096, D, device=dev, dtype=torch.float32)
-    pos = torch.randint(0, 4096, (M,), device=dev)
-    blocks = max(64, (M + 15) // 16)
-    kc = torch.zeros(blocks, 16, nkv, D, device=dev, dtype=dt)
-    vc = torch.zeros_like(kc)
-    slots = torch.randperm(blocks * 16, device=dev)[:M]
-    q = torch.empty(M, nq, D, device=dev, dtype=dt)
-    rope = dict(positions=pos, cos_sin_cache=cs)
-    cache = dict(k_cache=kc, v_cache=vc, slot_mapping=slots)
-    norms = dict(q_norm_weight=qn, k_norm_weight=qn)
+    x, g, W, nq, nkv, kw, q = prologue_inputs(name, M)
+    rope = ("positions", "cos_sin_cache")
+    cache = ("k_cache", "v_cache", "slot_mapping")
+    norms = ("q_norm_weight", "k_norm_weight")
 
-    def pro(pdl=None, **kw):
-        return lambda: minivllm.attention_prologue(x, g, W, nq, nkv, 1e-6, out=q, pdl=pdl, **kw)
+    def pro(pdl=None, without=()):
+        opts = {k: v for k, v in kw.items() if k not in without}
+        return lambda: minivllm.attention_prologue(x, g, W, nq, nkv, 1e-6, out=q, pdl=pdl, **opts)
     return {
-        "prologue": pro(**rope, **cache, **norms),
-        "prologue, PDL off": pro(pdl=False, **rope, **cache, **norms),
-        "no RoPE": pro(**cache, **norms),
-        "no cache": pro(**rope, **norms),
-        "no q/k norm": pro(**rope, **cache),
+        "prologue": pro(),
+        "prologue, PDL off": pro(pdl=False),
+        "no RoPE": pro(without=rope),
+        "no cache": pro(without=cache),
+        "no q/k norm": pro(without=norms),
         "QKV op alone": lambda: minivllm.FusedRMSNormQKV.forward(x, g, W, nq, nkv, 1e-6),
     }
-
-
-def graph_us(call, reps=20, replays=10):
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            call()
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(reps):
-            call()
-    graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / reps)
-    return sorted(times)[len(times) // 2]
 
 
 def main():
@@ -86,13 +51,13 @@ def main():
     print(torch.cuda.get_device_name(), torch.__version__)
     for name in args.models:
         for M in args.m:
-            calls = prologue_call(name, M)
+            calls = prologue_calls(name, M)
             if args.ncu:
                 for _ in range(4):
                     calls["prologue"]()
                 torch.cuda.synchronize()
                 continue
-            row = {label: graph_us(call) for label, call in calls.items()}
+            row = {label: time_per_call(lambda i, c=call: c(), 1, 9)["us"] for label, call in calls.items()}
             print(f"{name:12s} M={M:5d} " + " | ".join(f"{k} {v:8.2f}" for k, v in row.items()), flush=True)
 
 
