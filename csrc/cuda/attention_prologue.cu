@@ -42,21 +42,61 @@ __global__ void prologue_epilogue(const mv_prologue_args a, int64_t heads, int64
     }
 }
 
+/* Before the PDL wait, one warp: asks L2 for what heads [h0, h0 + n) of token m read besides their
+   rows of q, k, v: the token's position and slot, the q and k norm weights, the heads' bias and
+   the token's cos/sin row, so that the loads after the wait hit L2 (the kernel's critical path is
+   that wait, then one round of loads, then the cos/sin row's). Nothing here is loaded for use:
+   the QKV kernel lets this one start at its own start, so the kernel before it may still be
+   writing positions or slots. The cos/sin row is the one of the position read now, a guess that
+   only chooses lines to prefetch (clamped to the table): a stale position costs a wasted request,
+   never a wrong value, as the loads after the wait read the position again. */
+template <typename T>
+__device__ __forceinline__ void prefetch_item_inputs(const mv_prologue_args &a, int64_t m, int64_t h0, int64_t n,
+                                                     int lane) {
+    const int64_t D = a.head_dim, nq = a.num_heads, nkv = a.num_kv_heads;
+    const bool has_q = h0 < nq, has_k = h0 < nq + nkv && h0 + n > nq;
+    const char *pos_at = a.positions == nullptr ? nullptr
+                         : static_cast<const char *>(a.positions) +
+                               m * a.positions_stride * (a.positions_dtype == MV_INT32 ? 4 : 8);
+    if (lane == 0 && pos_at != nullptr) mv_prefetch_l2(pos_at);
+    if (lane == 1 && a.slot_mapping != nullptr)
+        mv_prefetch_l2(static_cast<const char *>(a.slot_mapping) +
+                       m * a.slot_stride * (a.slot_dtype == MV_INT32 ? 4 : 8));
+    const int64_t row_bytes = D * static_cast<int64_t>(sizeof(T));
+    if (has_q && a.q_norm_weight != nullptr) mv_prefetch_span_l2(a.q_norm_weight, row_bytes, lane, 32);
+    if (has_k && a.k_norm_weight != nullptr) mv_prefetch_span_l2(a.k_norm_weight, row_bytes, lane, 32);
+    if (a.bias != nullptr) mv_prefetch_span_l2(static_cast<const T *>(a.bias) + h0 * D, n * row_bytes, lane, 32);
+    if (pos_at != nullptr && (has_q || has_k) && a.max_position > 0) {
+        const int64_t guess = a.positions_dtype == MV_INT32
+                                  ? static_cast<int64_t>(*reinterpret_cast<const volatile int32_t *>(pos_at))
+                                  : *reinterpret_cast<const volatile int64_t *>(pos_at);
+        const int64_t pos = guess < 0 ? 0 : guess >= a.max_position ? a.max_position - 1 : guess;
+        const int64_t element = a.cos_sin_dtype == MV_FLOAT32 ? 4 : static_cast<int64_t>(sizeof(T));
+        mv_prefetch_span_l2(static_cast<const char *>(a.cos_sin) + pos * a.cos_sin_stride * element,
+                            a.rotary_dim * element, lane, 32);
+    }
+}
+
 /* The same epilogue where the head fits the warp's registers (finish_head_regs), kHeads heads of
    one token a warp: their rows are loaded together, then finished in turn (the token's position,
    slot and cos/sin row, read by the first, are L1 hits for the rest). Items are tokens x groups of
    kHeads heads. One head a warp is the shortest chain where the items take about a wave of
    warps; more items want more bytes in flight per warp (launch_vec_heads). The heads' bits do not
    depend on kHeads.
-   Before the wait only L2 prefetches of what the QKV kernel does not write: the kernel before it
-   may still be writing them, and a prefetched line stays coherent where a loaded value would not. */
+   Before the wait only L2 prefetches: what the QKV kernel does not write may still be written by
+   the kernel before it, and a prefetched line stays coherent where a loaded value would not. With
+   early (the launcher's choice) all of a warp's inputs (prefetch_item_inputs), else the token's
+   position and slot. */
 template <typename T, bool FP8, int V, int kHeads>
-__global__ void prologue_epilogue_vec(const mv_prologue_args a, int64_t heads, int64_t items) {
+__global__ void prologue_epilogue_vec(const mv_prologue_args a, int64_t heads, int64_t items, bool early) {
     const int lane = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
     const int warps = static_cast<int>(blockDim.x / 32);
     const int64_t groups = (heads + kHeads - 1) / kHeads;
     const int64_t first = static_cast<int64_t>(blockIdx.x) * warps + warp;
-    if (first < items && lane == 0) {
+    if (first < items && early) { /* warp-uniform */
+        const int64_t h0 = (first % groups) * kHeads;
+        prefetch_item_inputs<T>(a, first / groups, h0, min(static_cast<int64_t>(kHeads), heads - h0), lane);
+    } else if (first < items && lane == 0) {
         const int64_t m = first / groups;
         if (a.positions != nullptr)
             mv_prefetch_l2(static_cast<const char *>(a.positions) +
@@ -107,7 +147,7 @@ constexpr int64_t kWaveWarpsPerSm = 48;
 
 template <typename T, bool FP8, int V>
 cudaError_t launch_vec_heads(const mv_prologue_args &a, int64_t heads, int64_t items, const mv_cuda_device &dev,
-                             cudaStream_t stream, bool pdl) {
+                             cudaStream_t stream, bool pdl, bool qkv_triggers_early) {
     constexpr int kWarps = 8;
     constexpr int kGrouped = heads_per_warp(V);
     const bool grouped = 2 * items > 3 * kWaveWarpsPerSm * dev.sms;
@@ -115,29 +155,32 @@ cudaError_t launch_vec_heads(const mv_prologue_args &a, int64_t heads, int64_t i
     int64_t blocks = (groups + kWarps - 1) / kWarps;
     if (blocks > (int64_t{1} << 20)) blocks = int64_t{1} << 20; /* the rest by the grid-stride loop */
     const dim3 grid(static_cast<unsigned>(blocks)), block(kWarps * 32);
-    return grouped ? mv_launch(prologue_epilogue_vec<T, FP8, V, kGrouped>, grid, block, 0, stream, pdl, a, heads, groups)
-                   : mv_launch(prologue_epilogue_vec<T, FP8, V, 1>, grid, block, 0, stream, pdl, a, heads, groups);
+    /* prefetch_item_inputs where every warp can start while the QKV kernel runs: otherwise its
+       guessed position is one more load on the way (H100 Qwen3-0.6B M = 256: 18.9 -> 23.7 us) */
+    const bool early = qkv_triggers_early && groups <= kWaveWarpsPerSm * dev.sms;
+    return grouped ? mv_launch(prologue_epilogue_vec<T, FP8, V, kGrouped>, grid, block, 0, stream, pdl, a, heads, groups, early)
+                   : mv_launch(prologue_epilogue_vec<T, FP8, V, 1>, grid, block, 0, stream, pdl, a, heads, groups, early);
 }
 
 template <typename T, bool FP8>
 cudaError_t launch_vec(int v, const mv_prologue_args &a, int64_t heads, int64_t items, const mv_cuda_device &dev,
-                       cudaStream_t stream, bool pdl) {
+                       cudaStream_t stream, bool pdl, bool early) {
     switch (v) {
-    case 1: return launch_vec_heads<T, FP8, 1>(a, heads, items, dev, stream, pdl);
-    case 2: return launch_vec_heads<T, FP8, 2>(a, heads, items, dev, stream, pdl);
-    case 4: return launch_vec_heads<T, FP8, 4>(a, heads, items, dev, stream, pdl);
-    default: return launch_vec_heads<T, FP8, 8>(a, heads, items, dev, stream, pdl);
+    case 1: return launch_vec_heads<T, FP8, 1>(a, heads, items, dev, stream, pdl, early);
+    case 2: return launch_vec_heads<T, FP8, 2>(a, heads, items, dev, stream, pdl, early);
+    case 4: return launch_vec_heads<T, FP8, 4>(a, heads, items, dev, stream, pdl, early);
+    default: return launch_vec_heads<T, FP8, 8>(a, heads, items, dev, stream, pdl, early);
     }
 }
 
 template <typename T>
 int launch_epilogue(const mv_prologue_args &a, int64_t heads, int64_t items, const mv_cuda_device &dev,
-                    cudaStream_t stream, bool pdl) {
+                    cudaStream_t stream, bool pdl, bool early) {
     const bool fp8 = a.k_cache != nullptr && a.cache_dtype == MV_FLOAT8_E4M3;
     const int v = mv_prologue_vec_width(a, sizeof(T));
     if (v != 0) {
-        return static_cast<int>(fp8 ? launch_vec<T, true>(v, a, heads, items, dev, stream, pdl)
-                                    : launch_vec<T, false>(v, a, heads, items, dev, stream, pdl));
+        return static_cast<int>(fp8 ? launch_vec<T, true>(v, a, heads, items, dev, stream, pdl, early)
+                                    : launch_vec<T, false>(v, a, heads, items, dev, stream, pdl, early));
     }
     const int warps = a.head_dim > 512 ? 1 : 8; /* head_dim <= 4096 (the binding): <= 16 KiB */
     int64_t blocks = (items + warps - 1) / warps;
@@ -182,10 +225,11 @@ extern "C" int mv_attention_prologue_cuda(const mv_prologue_args *a, const mv_cu
     }
     /* the QKV table's kernel (a path asked for that is not the table's: the table's choice), then
        the epilogue kernel */
-    const int err = mv_fused_rms_norm_qkv_cuda(&a->qkv, o, stream, taken);
+    bool early = false; /* whether this kernel can start while the QKV kernel runs */
+    const int err = mv_qkv_cuda(&a->qkv, o, stream, taken, &early);
     if (err != 0) return err;
     const int64_t heads = a->num_heads + a->num_kv_heads + (touch_v ? a->num_kv_heads : 0);
     const int64_t items = a->qkv.in.rows * heads;
-    MV_DISPATCH_DTYPE(a->qkv.in.dtype, T, return launch_epilogue<T>(*a, heads, items, dev, s, pdl);)
+    MV_DISPATCH_DTYPE(a->qkv.in.dtype, T, return launch_epilogue<T>(*a, heads, items, dev, s, pdl, early);)
     return 0;
 }

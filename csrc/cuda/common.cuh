@@ -68,6 +68,15 @@ __device__ __forceinline__ void mv_prefetch_l1(const void *p) {
 #endif
 }
 
+/* Ask L2 for the lines of bytes [p, p + bytes), one 128-byte line per request, spread over the
+   callers: caller `index` of `count`. */
+__device__ __forceinline__ void mv_prefetch_span_l2(const void *p, int64_t bytes, int index, int count) {
+    const uintptr_t begin = reinterpret_cast<uintptr_t>(p), end = begin + static_cast<uintptr_t>(bytes);
+    for (uintptr_t line = (begin & ~uintptr_t{127}) + static_cast<uintptr_t>(index) * 128; line < end;
+         line += static_cast<uintptr_t>(count) * 128)
+        mv_prefetch_l2(reinterpret_cast<const void *>(line));
+}
+
 /* Ask L2 for rows [0, rows) of a row-major matrix (row_bytes each, stride_bytes apart), one
    128-byte line per request, spread over the callers: caller `index` of `count`. */
 __device__ __forceinline__ void mv_prefetch_rows_l2(const void *base, int64_t rows, int64_t row_bytes,

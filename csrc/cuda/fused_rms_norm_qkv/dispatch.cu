@@ -140,11 +140,18 @@ const Rule &choose(const mv_qkv_args &a, const Call &c, mv_qkv_path asked, mv_qk
     return kRules[sizeof(kRules) / sizeof(kRules[0]) - 1]; /* not reached: generic takes every call */
 }
 
+/* The paths whose kernel lets the next kernel launch at its own start (mv_pdl_trigger before its
+   main work); cuBLASLt's GEMM does not, nor do the split and residual-store kernels. */
+bool triggers_at_start(mv_qkv_path p) {
+    return p == MV_QKV_ENGINE || p == MV_QKV_DEFERRED || p == MV_QKV_REGISTER || p == MV_QKV_BULK ||
+           p == MV_QKV_WGMMA;
+}
+
 } // namespace
 
-extern "C" int mv_fused_rms_norm_qkv_cuda(const mv_qkv_args *a, const mv_cuda_opts *o, void *stream,
-                                          mv_qkv_path *taken) {
+int mv_qkv_cuda(const mv_qkv_args *a, const mv_cuda_opts *o, void *stream, mv_qkv_path *taken, bool *next_starts_early) {
     *taken = MV_QKV_AUTO;
+    *next_starts_early = false;
     if (a->in.rows == 0) return (int)cudaSuccess;
     mv_cuda_device dev;
     cudaError_t err = mv_current_device(&dev);
@@ -159,5 +166,12 @@ extern "C" int mv_fused_rms_norm_qkv_cuda(const mv_qkv_args *a, const mv_cuda_op
     if (err != cudaSuccess) return (int)err;
     *taken = rule.path;
     if (c.residual && !plan.writes_residual) return (int)mv_qkv_residual_store(*a, s);
+    *next_starts_early = plan.pdl && triggers_at_start(rule.path);
     return (int)cudaSuccess;
+}
+
+extern "C" int mv_fused_rms_norm_qkv_cuda(const mv_qkv_args *a, const mv_cuda_opts *o, void *stream,
+                                          mv_qkv_path *taken) {
+    bool early;
+    return mv_qkv_cuda(a, o, stream, taken, &early);
 }

@@ -138,6 +138,11 @@ bool mv_qkv_generic_plan(const mv_qkv_args &a, const mv_cuda_device &dev, mv_qkv
 cudaError_t mv_qkv_generic_launch(const mv_qkv_args &a, const mv_qkv_plan &plan, const mv_cuda_device &dev,
                                   cudaStream_t stream);
 
+/* mv_fused_rms_norm_qkv_cuda (dispatch.cu), also saying whether a kernel launched next with PDL
+   starts early: the last kernel launched triggers at its own start and PDL is on (not so after
+   cuBLASLt's GEMM or the residual-store kernel). */
+int mv_qkv_cuda(const mv_qkv_args *a, const mv_cuda_opts *o, void *stream, mv_qkv_path *taken, bool *next_starts_early);
+
 /* residual_out = round(x + residual), after a kernel that read residual but did not write it
    (generic.cu). */
 cudaError_t mv_qkv_residual_store(const mv_qkv_args &a, cudaStream_t stream);
