@@ -159,6 +159,9 @@ int mv_rms_norm_cuda(const mv_rms_norm_args *a, const mv_cuda_opts *o, void *str
 /* The deliberately simple kernel the fast one is tested against (and falls back to for rows too
    long to hold in registers). */
 int mv_rms_norm_cuda_reference(const mv_rms_norm_args *a, void *stream);
+/* The current device's DRAM bandwidth in GB/s, from its memory clock and bus width, as the QKV
+   dispatch table reads it (0 where the platform does not report them): for the tests. */
+int mv_cuda_dram_gbps(int *gbps);
 /* *taken: the path that ran (MV_QKV_AUTO where nothing was launched: M = 0 or an error). */
 int mv_fused_rms_norm_qkv_cuda(const mv_qkv_args *a, const mv_cuda_opts *o, void *stream, mv_qkv_path *taken);
 

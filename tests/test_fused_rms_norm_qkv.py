@@ -570,6 +570,23 @@ def test_engine_stream_k_after_cluster_split(rng):
         assert _C.qkv_last_gpu_path() == "engine", f"H={H}: ran {_C.qkv_last_gpu_path()!r}"
 
 
+def test_engine_takes_few_rows_no_stream_fits(rng):
+    """Below 16 rows, on a GPU of at least 4 TB/s of DRAM bandwidth (the table's kSlowDramGbps),
+    the table gives the engine the calls no W stream takes (the staged input too large for the
+    register and tensor-copy streams, more features a multiprocessor than the deferred stream
+    holds) where W has at least 10 MiB; slower GPUs keep norm + cuBLASLt there."""
+    if cuda_skip_reason():
+        pytest.skip(cuda_skip_reason())
+    if cuda_capability() != (9, 0):
+        pytest.skip(f"the engine needs sm_90 exactly; this GPU is sm_{cuda_capability()[0]}{cuda_capability()[1]}")
+    dev = get_backend("cuda")
+    expected = "engine" if _C._cuda_dram_gbps() >= 4000 else "cublaslt"
+    # M * H = 26624 > 24576; N = 12800 features, over 64 a multiprocessor on any GPU of <= 200 SMs
+    for M in (13, 15):
+        Case(dev, rng, "bfloat16", (M,), 2048, 96, 2, 128, "W").run()
+        assert _C.qkv_last_gpu_path() == expected, f"M={M}: ran {_C.qkv_last_gpu_path()!r}, expected {expected!r}"
+
+
 def test_path_names_are_checked(rng):
     """_path takes None or a path name, on every device; the old names are gone."""
     c = Case(get_backend("cpu"), rng, "float32", (2,), 16, 1, 1, 4, "W")

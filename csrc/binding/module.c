@@ -85,6 +85,23 @@ static PyObject *py_cuda_device_count(PyObject *Py_UNUSED(module), PyObject *Py_
 #endif
 }
 
+/* Private test hook: the current device's DRAM bandwidth as the QKV table reads it (GB/s). */
+static PyObject *py_cuda_dram_gbps(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+#ifdef MINIVLLM_WITH_CUDA
+    int gbps = 0;
+    const int err = mv_cuda_dram_gbps(&gbps);
+    if (err != 0) {
+        cudaGetLastError();
+        PyErr_Format(PyExc_RuntimeError, "_cuda_dram_gbps: %s", cudaGetErrorString((cudaError_t)err));
+        return NULL;
+    }
+    return PyLong_FromLong(gbps);
+#else
+    return PyLong_FromLong(0);
+#endif
+}
+
 static PyObject *py_torch_fast_path(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
     const int usable = mv_torch_api_resolve(&mv_get_state(module)->torch);
@@ -144,6 +161,8 @@ static PyMethodDef module_methods[] = {
     {"_set_simd_level", py_set_simd_level, METH_O,
      "_set_simd_level(cap) -> previous cap: the CPU kernels use at most level cap (an index "
      "into _simd_levels(); tests force lower levels with it)."},
+    {"_cuda_dram_gbps", py_cuda_dram_gbps, METH_NOARGS,
+     "The current CUDA device's DRAM bandwidth in GB/s as the QKV dispatch table reads it (tests)."},
     {"cuda_device_count", py_cuda_device_count, METH_NOARGS,
      "Number of CUDA devices the built-in CUDA runtime sees (0 without CUDA support)."},
     {NULL, NULL, 0, NULL},

@@ -47,6 +47,13 @@ cudaError_t mv_current_device(mv_cuda_device *out) {
     return cudaSuccess;
 }
 
+extern "C" int mv_cuda_dram_gbps(int *gbps) {
+    mv_cuda_device d;
+    const cudaError_t err = mv_current_device(&d);
+    *gbps = err == cudaSuccess ? d.dram_gbps : 0;
+    return static_cast<int>(err);
+}
+
 bool mv_pdl_use(int requested, const mv_cuda_device &dev) {
     static const bool process_default = [] {
         const char *v = getenv("MINIVLLM_PDL");

@@ -91,6 +91,16 @@ bool engine_wanted(const Call &c) {
     return c.rows >= (fast_dram ? 16 : 17) || stream_unbalanced(c);
 }
 
+/* Below 16 rows, where no W stream took the call (none fits: the staged input too large for the
+   register and tensor-copy streams, and N over 64 features a multiprocessor for the deferred one),
+   the engine rather than norm + cuBLASLt on a W of at least 10 MiB, on fast DRAM: H200 1.005-1.11x
+   at 23 of 26 points (M = 3-15, N 9216-14336, 54-336 MiB), 0.98-0.995x at Llama-2-7B's M = 8-15;
+   on an H100 0.93-0.95x at N = 9216 with H 3072 or 7168, 1.01-1.11x on the others
+   (dev/logs/engine-few-rows-no-stream-2026-11-25.log). */
+bool engine_after_streams_wanted(const Call &c) {
+    return c.rows < 16 && c.cols * c.hidden >= kEngineMinWeights && c.dev->dram_gbps >= kSlowDramGbps;
+}
+
 bool always(const Call &) { return true; }
 
 bool register_first_plan(const mv_qkv_args &a, const mv_cuda_device &dev, mv_qkv_plan *plan) {
@@ -119,6 +129,8 @@ constexpr Rule kRules[] = {
     {MV_QKV_BULK, stream_fits, mv_qkv_bulk_plan, mv_qkv_bulk_launch},
     /* decode on any sm_80+ GPU */
     {MV_QKV_REGISTER, stream_fits, register_plan, mv_qkv_register_launch},
+    /* sm_90 fp16/bf16, no residual, below 16 rows where no W stream took the call */
+    {MV_QKV_ENGINE, engine_after_streams_wanted, mv_qkv_engine_plan, mv_qkv_engine_launch},
     /* sm_90 bf16, small H, up to a few hundred rows */
     {MV_QKV_WGMMA, wgmma_wanted, mv_qkv_wgmma_plan, mv_qkv_wgmma_launch},
     /* everything else, where libcublasLt loads */
