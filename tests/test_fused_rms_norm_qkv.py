@@ -581,7 +581,7 @@ def test_engine_takes_few_rows_no_stream_fits(rng):
         pytest.skip(f"the engine needs sm_90 exactly; this GPU is sm_{cuda_capability()[0]}{cuda_capability()[1]}")
     dev = get_backend("cuda")
     expected = "engine" if _C._cuda_dram_gbps() >= 4000 else "cublaslt"
-    # M * H = 26624 > 24576; N = 12800 features, over 64 a multiprocessor on any GPU of <= 200 SMs
+    # M * H = 26624 > 24576; N = 12800 features, over 64 a multiprocessor on any GPU of under 200 SMs
     for M in (13, 15):
         Case(dev, rng, "bfloat16", (M,), 2048, 96, 2, 128, "W").run()
         assert _C.qkv_last_gpu_path() == expected, f"M={M}: ran {_C.qkv_last_gpu_path()!r}, expected {expected!r}"
