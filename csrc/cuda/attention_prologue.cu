@@ -42,6 +42,14 @@ __global__ void prologue_epilogue(const mv_prologue_args a, int64_t heads, int64
     }
 }
 
+/* Where token m's position and slot are (bytes; positions, slot_mapping non-null). */
+__device__ __forceinline__ const char *position_at(const mv_prologue_args &a, int64_t m) {
+    return static_cast<const char *>(a.positions) + m * a.positions_stride * (a.positions_dtype == MV_INT32 ? 4 : 8);
+}
+__device__ __forceinline__ const char *slot_at(const mv_prologue_args &a, int64_t m) {
+    return static_cast<const char *>(a.slot_mapping) + m * a.slot_stride * (a.slot_dtype == MV_INT32 ? 4 : 8);
+}
+
 /* Before the PDL wait, one warp: asks L2 for what heads [h0, h0 + n) of token m read besides their
    rows of q, k, v: the token's position and slot, the q and k norm weights, the heads' bias and
    the token's cos/sin row, so that the loads after the wait hit L2 (the kernel's critical path is
@@ -55,13 +63,9 @@ __device__ __forceinline__ void prefetch_item_inputs(const mv_prologue_args &a, 
                                                      int lane) {
     const int64_t D = a.head_dim, nq = a.num_heads, nkv = a.num_kv_heads;
     const bool has_q = h0 < nq, has_k = h0 < nq + nkv && h0 + n > nq;
-    const char *pos_at = a.positions == nullptr ? nullptr
-                         : static_cast<const char *>(a.positions) +
-                               m * a.positions_stride * (a.positions_dtype == MV_INT32 ? 4 : 8);
+    const char *pos_at = a.positions == nullptr ? nullptr : position_at(a, m);
     if (lane == 0 && pos_at != nullptr) mv_prefetch_l2(pos_at);
-    if (lane == 1 && a.slot_mapping != nullptr)
-        mv_prefetch_l2(static_cast<const char *>(a.slot_mapping) +
-                       m * a.slot_stride * (a.slot_dtype == MV_INT32 ? 4 : 8));
+    if (lane == 1 && a.slot_mapping != nullptr) mv_prefetch_l2(slot_at(a, m));
     const int64_t row_bytes = D * static_cast<int64_t>(sizeof(T));
     if (has_q && a.q_norm_weight != nullptr) mv_prefetch_span_l2(a.q_norm_weight, row_bytes, lane, 32);
     if (has_k && a.k_norm_weight != nullptr) mv_prefetch_span_l2(a.k_norm_weight, row_bytes, lane, 32);
@@ -98,12 +102,8 @@ __global__ void prologue_epilogue_vec(const mv_prologue_args a, int64_t heads, i
         prefetch_item_inputs<T>(a, first / groups, h0, min(static_cast<int64_t>(kHeads), heads - h0), lane);
     } else if (first < items && lane == 0) {
         const int64_t m = first / groups;
-        if (a.positions != nullptr)
-            mv_prefetch_l2(static_cast<const char *>(a.positions) +
-                           m * a.positions_stride * (a.positions_dtype == MV_INT32 ? 4 : 8));
-        if (a.slot_mapping != nullptr)
-            mv_prefetch_l2(static_cast<const char *>(a.slot_mapping) +
-                           m * a.slot_stride * (a.slot_dtype == MV_INT32 ? 4 : 8));
+        if (a.positions != nullptr) mv_prefetch_l2(position_at(a, m));
+        if (a.slot_mapping != nullptr) mv_prefetch_l2(slot_at(a, m));
     }
     mv_pdl_wait(); /* q, k, v come from the QKV kernel just before */
     mv_pdl_trigger(); /* the next kernel may start (a QKV kernel streams its W); it still waits
