@@ -958,13 +958,31 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_short_kernel(ShortPar
    dev/logs/norm-lanes-kernel-nvidia-h100-80gb-hbm3-2026-11-24.log). */
 
 /* The lanes kernels' row sum, from parts[i] = vector i's sum of squares (every thread's parts
-   written before the call; all threads call it): virtual thread u of G adds its vectors' sums in
-   turn (add_squares), then group_sum's tree: a butterfly over G <= 32 (offsets G / 2 down to 1),
-   else the warps' butterflies into warp_sums, then (lanes_total) their sums in order. */
+   written before the call; all threads call it, whole warps): virtual thread u of G adds its
+   vectors' sums in turn (vectors u, u + G, ...), then group_sum's tree: a butterfly over G <= 32
+   (offsets G / 2 down to 1), else each warp's butterfly and the warps' sums in order.
+   Where G <= 32 every warp works the tree out itself (lane l as virtual thread l), so one barrier
+   does: handing warp 0's total to the others through shared memory took a second one (H200 bf16
+   1 x 1024: 1.52 -> 1.40 us without PDL, 1.01 -> 0.84 with;
+   dev/logs/norm-lanes-one-barrier-nvidia-h200-2026-11-25.log). Above 32 the virtual threads span
+   warps, and each warp doing all of them ran slower (bf16 1 x 4096 2.10 -> 2.34 us without PDL:
+   2-4 butterflies in a row on every warp), so those warps' sums go through warp_sums. */
 template <int kVecs>
-__device__ __forceinline__ void lanes_reduce(const float *parts, float *warp_sums, int group, int vecs) {
+__device__ __forceinline__ float lanes_row_sum(const float *parts, float *warp_sums, int group, int vecs) {
     const int u = threadIdx.x;
     __syncthreads();
+    if (group <= 32) {
+        /* lanes >= G add nothing: the butterfly's offsets stay inside aligned blocks of G lanes */
+        const int lane = u & 31;
+        float acc = 0.0f;
+#pragma unroll
+        for (int i = 0; i < kVecs; ++i) {
+            const int idx = lane + i * group;
+            if (lane < group && idx < vecs) acc = __fadd_rn(acc, parts[idx]);
+        }
+        for (int offset = group >> 1; offset > 0; offset >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, offset);
+        return __shfl_sync(0xffffffffu, acc, 0);
+    }
     if (u < group) {
         float acc = 0.0f;
 #pragma unroll
@@ -972,22 +990,12 @@ __device__ __forceinline__ void lanes_reduce(const float *parts, float *warp_sum
             const int idx = u + i * group;
             if (idx < vecs) acc = __fadd_rn(acc, parts[idx]);
         }
-        if (group <= 32) {
-            const unsigned lanes = group == 32 ? 0xffffffffu : (1u << group) - 1;
-            for (int offset = group >> 1; offset > 0; offset >>= 1) acc += __shfl_xor_sync(lanes, acc, offset);
-        } else {
-            acc = mv_warp_sum(acc);
-        }
+        acc = mv_warp_sum(acc);
         if ((u & 31) == 0) warp_sums[u >> 5] = acc;
     }
     __syncthreads();
-}
-__device__ __forceinline__ float lanes_total(const float *warp_sums, int group) {
-    float total = warp_sums[0];
-    if (group > 32) {
-        total = 0.0f;
-        for (int k = 0; k < (group >> 5); ++k) total += warp_sums[k];
-    }
+    float total = 0.0f;
+    for (int k = 0; k < (group >> 5); ++k) total += warp_sums[k];
     return total;
 }
 
@@ -1026,9 +1034,8 @@ __global__ void __launch_bounds__(kMaxThreads) rms_norm_lanes_kernel(ShortParams
         part = vector_squares(s);
     }
     parts[u] = part;
-    lanes_reduce<kVecs>(parts, warp_sums, p.group, vecs);
+    const float total = lanes_row_sum<kVecs>(parts, warp_sums, p.group, vecs);
     if (!mine) return;
-    const float total = lanes_total(warp_sums, p.group);
     const float rrms = rsqrtf(total / static_cast<float>(p.hidden) + p.eps);
     reinterpret_cast<VecT *>(static_cast<T *>(p.out) + row * p.out_stride)[u] =
         normalized<kOffset>(s, w, rrms, p.weight_offset);
@@ -1092,9 +1099,8 @@ __global__ void __launch_bounds__(kMaxThreads) rms_norm_lanes_pair_kernel(ShortP
         }
         parts[idx] = part;
     }
-    lanes_reduce<kVecs>(parts, warp_sums, p.group, vecs);
+    const float total = lanes_row_sum<kVecs>(parts, warp_sums, p.group, vecs);
     if (u >= vecs) return;
-    const float total = lanes_total(warp_sums, p.group);
     const float rrms = rsqrtf(total / static_cast<float>(p.hidden) + p.eps);
     VecT *out_row = reinterpret_cast<VecT *>(static_cast<T *>(p.out) + row * p.out_stride);
 #pragma unroll
