@@ -7,10 +7,12 @@ slices of 104 rows, in single rows, and at other positions (a slice starting mid
 compares the results bit for bit. On the GPU the slices and single rows are short calls (at most a
 row per multiprocessor: the short-call kernels, one vector a thread for rows of up to 256 16-byte
 vectors or 1024 elements, two for 257-512 vectors in 16-bit types or with a residual, else
-several) and the whole batch is not; H = 64 and 121 put several
+several) and the whole batch is a longer call (the general kernel, or for rows of 16-byte vectors
+whose blocks fit one wave the lanes kernels as well); H = 64 and 121 put several
 rows in a warp of the general layout, H = 2048 in bf16 is the last row of 16-byte vectors on one
 vector a thread; float32 12345 and 16384 and 16-bit 20000 take rms_norm's 8 vectors a thread,
-float32 20000 and 16-bit 40000 its 16 (rms_norm_wider_kernel).
+float32 20000 and 16-bit 40000 its 16 (rms_norm_wider_kernel). Past one wave the general kernel
+again: test_one_wave_calls_match_longer_ones.
 """
 import numpy as np
 import pytest
@@ -26,11 +28,10 @@ def _bits(a):
     return np.asarray(to64(a))
 
 
-@pytest.mark.parametrize("H", [64, 121, 896, 999, 1000, 2048, 3000, 4095, 4096, 5119, 5120, 12345, 13001, 16384, 20000, 24577, 32769, 40000])
-@pytest.mark.parametrize("op", ["rms_norm", "fused_add_rms_norm"])
-def test_rows_do_not_depend_on_the_batch(dev, dtype, op, H, rng):
-    x64 = randn(rng, (BIG_M, H))
-    r64 = randn(rng, (BIG_M, H))
+def _check_slices(dev, dtype, op, H, rng, rows, slices):
+    """rows rows in one call, then each (lo, hi) slice alone: the same bits."""
+    x64 = randn(rng, (rows, H))
+    r64 = randn(rng, (rows, H))
     w = dev.array(norm_weight(rng, H), dtype)
 
     def run(lo, hi):
@@ -42,13 +43,32 @@ def test_rows_do_not_depend_on_the_batch(dev, dtype, op, H, rng):
         dev.sync()
         return [_bits(o) for o in out]
 
-    whole = run(0, BIG_M)
-    pieces = [(lo, min(lo + SLICE, BIG_M)) for lo in range(0, BIG_M, SLICE)]
-    pieces += [(0, 1), (BIG_M // 2, BIG_M // 2 + 1), (BIG_M - 1, BIG_M), (7, 140)]
-    for lo, hi in pieces:
+    whole = run(0, rows)
+    for lo, hi in slices:
         for name, got, ref in zip(("out", "residual_out"), run(lo, hi), whole):
             np.testing.assert_array_equal(
-                got, ref[lo:hi], err_msg=f"{op} {name}: rows {lo}:{hi} alone differ from the batch")
+                got, ref[lo:hi], err_msg=f"{op} {name}: rows {lo}:{hi} alone differ from {rows} rows")
+
+
+@pytest.mark.parametrize("H", [64, 121, 896, 999, 1000, 2048, 3000, 4095, 4096, 5119, 5120, 12345, 13001, 16384, 20000, 24577, 32769, 40000])
+@pytest.mark.parametrize("op", ["rms_norm", "fused_add_rms_norm"])
+def test_rows_do_not_depend_on_the_batch(dev, dtype, op, H, rng):
+    pieces = [(lo, min(lo + SLICE, BIG_M)) for lo in range(0, BIG_M, SLICE)]
+    pieces += [(0, 1), (BIG_M // 2, BIG_M // 2 + 1), (BIG_M - 1, BIG_M), (7, 140)]
+    _check_slices(dev, dtype, op, H, rng, BIG_M, pieces)
+
+
+# Past one wave of the lanes kernels' blocks (at most 16 a multiprocessor) on any GPU of up to
+# 256 multiprocessors: the whole call takes the general kernel, its slices of a few rows per
+# multiprocessor the lanes kernels (a row a block), single rows and short slices the short calls'.
+LONG_M = 4096
+
+
+@pytest.mark.parametrize("H", [896, 1000, 2048, 4096])
+@pytest.mark.parametrize("op", ["rms_norm", "fused_add_rms_norm"])
+def test_one_wave_calls_match_longer_ones(dev, dtype, op, H, rng):
+    _check_slices(dev, dtype, op, H, rng, LONG_M,
+                  ((0, 640), (640, 1700), (3000, 3133), (100, 300), (2049, 2050), (LONG_M - 1, LONG_M)))
 
 
 @pytest.mark.parametrize("M,H", [(24, 1000), (BIG_M, 999), (BIG_M, 5119)])

@@ -20,7 +20,8 @@
  * Short calls (at most a row per multiprocessor) of rows in 16-byte vectors or single elements
  * take rms_norm_short_kernel: the fast kernel's layout and summation order, without its long-call
  * bookkeeping; rows of up to 512 16-byte vectors take one or two vectors a thread instead
- * (rms_norm_lanes_kernel, rms_norm_lanes_pair_kernel: the same sum, through shared memory).
+ * (rms_norm_lanes_kernel, rms_norm_lanes_pair_kernel: the same sum, through shared memory), and
+ * so do such rows of 16-byte vectors in longer calls while a block a row fits one wave.
  * Rows of odd H above 4096, and views whose alignment allows only narrower vectors where those
  * would need more than 512 threads, take 16-byte "virtual vectors" from each row's first element
  * (rms_norm_vec_kernel<kOdd>, load_vec). Rows off the 16-byte grid (odd H, misaligned views) in
@@ -1625,14 +1626,17 @@ cudaError_t launch_vec_strides(const mv_rms_norm_args &a, int group_threads, uns
 /* Whether a call can take the short kernel: at most a row per multiprocessor (so one pass of the
    grid, a block of one group or a warp of groups), one stride, and strides that fit its int
    fields. */
-bool short_call(const mv_rms_norm_args &a, int sms) {
+bool int_strides(const mv_rms_norm_args &a) {
     const int64_t limit = INT32_MAX;
-    bool ok = a.outer.inner_rows == 0 && a.in.rows <= (sms > 0 ? sms : 1) && a.in.rows <= UINT16_MAX &&
-              a.in.x_stride >= -limit && a.in.x_stride <= limit && a.out_stride >= -limit && a.out_stride <= limit;
+    bool ok = a.outer.inner_rows == 0 && a.in.x_stride >= -limit && a.in.x_stride <= limit &&
+              a.out_stride >= -limit && a.out_stride <= limit;
     if (a.in.residual != nullptr)
         ok = ok && a.in.residual_stride >= -limit && a.in.residual_stride <= limit &&
              a.in.residual_out_stride >= -limit && a.in.residual_out_stride <= limit;
     return ok;
+}
+bool short_call(const mv_rms_norm_args &a, int sms) {
+    return a.in.rows <= (sms > 0 ? sms : 1) && a.in.rows <= UINT16_MAX && int_strides(a);
 }
 
 /* Whether every row argument's first row starts on a whole vector (the weight on one of its
@@ -1683,7 +1687,8 @@ cudaError_t launch_short(const mv_rms_norm_args &a, int group_threads, const Row
     return err != cudaSuccess ? err : cudaGetLastError();
 }
 
-/* Whether a short call's rows take rms_norm_lanes_kernel (one vector a thread, a row a block):
+/* Whether a short call's rows take rms_norm_lanes_kernel (one vector a thread, a row a block;
+   longer calls: lanes_one_wave):
    rows of up to 256 16-byte vectors, or 1024 single elements, whose general layout chains 4 or 8
    of them on a thread. Against the short kernel: H200 bf16 1 x 121 1.26 -> 0.91 us with PDL,
    1.86 -> 1.45 without; H100 float32 fused add 1 x 1024 2.27 -> 2.07 without. Wider rows were
@@ -1696,16 +1701,23 @@ cudaError_t launch_short(const mv_rms_norm_args &a, int group_threads, const Row
    keeps the short kernel; dev/logs/norm-lanes-pair-*-2026-11-24.log. */
 constexpr int kLanesMaxVectors = 256;
 constexpr int kLanesPairMaxVectors = 512;
-bool lanes_wanted(const mv_rms_norm_args &a, int v, int sms) {
-    if (!short_call(a, sms) || a.in.hidden % v != 0) return false;
+bool lanes_rows(const mv_rms_norm_args &a, int v) {
+    if (a.in.hidden % v != 0) return false;
     const int64_t vecs = a.in.hidden / v;
     if (v == 1) return vecs <= kMaxThreads;
     if (vecs <= kLanesMaxVectors) return true;
     return vecs <= kLanesPairMaxVectors && (a.in.dtype != MV_FLOAT32 || a.in.residual != nullptr);
 }
+bool lanes_wanted(const mv_rms_norm_args &a, int v, int sms) { return short_call(a, sms) && lanes_rows(a, v); }
+
+/* A lanes kernel for a call's rows, and its block. */
+struct LanesKernel {
+    void (*kernel)(ShortParams);
+    int threads;
+};
 
 template <typename T, typename TW, int V, int kPer>
-cudaError_t launch_lanes_per(const mv_rms_norm_args &a, const ShortParams &p, cudaStream_t stream, bool pdl) {
+LanesKernel lanes_kernel_per(const mv_rms_norm_args &a) {
     const bool offset = a.in.weight_offset != 0.0f;
     void (*kernel)(ShortParams) = nullptr;
     if constexpr (kPer == 1)
@@ -1718,20 +1730,46 @@ cudaError_t launch_lanes_per(const mv_rms_norm_args &a, const ShortParams &p, cu
                                           : (offset ? rms_norm_lanes_pair_kernel<T, TW, V, false, true>
                                                     : rms_norm_lanes_pair_kernel<T, TW, V, false, false>);
     const int64_t per_thread = (a.in.hidden / V + kPer - 1) / kPer;
-    const int threads = static_cast<int>((per_thread + 31) / 32 * 32);
-    const cudaError_t err =
-        mv_launch(kernel, dim3(static_cast<unsigned>(a.in.rows)), dim3(threads), 0, stream, pdl, p);
-    return err != cudaSuccess ? err : cudaGetLastError();
+    return LanesKernel{kernel, static_cast<int>((per_thread + 31) / 32 * 32)};
 }
 
 template <typename T, typename TW, int V>
-cudaError_t launch_lanes(const mv_rms_norm_args &a, int group_threads, cudaStream_t stream, bool pdl) {
+LanesKernel lanes_kernel(const mv_rms_norm_args &a) {
+    if constexpr (V > 1) {
+        if (a.in.hidden / V > kLanesMaxVectors) return lanes_kernel_per<T, TW, V, 2>(a);
+    }
+    return lanes_kernel_per<T, TW, V, 1>(a);
+}
+
+template <typename T, typename TW, int V>
+cudaError_t launch_lanes(const mv_rms_norm_args &a, const LanesKernel &k, int group_threads, cudaStream_t stream,
+                         bool pdl) {
     ShortParams p = short_params(a, pdl);
     p.group = static_cast<unsigned short>(group_threads);
-    if constexpr (V > 1) {
-        if (a.in.hidden / V > kLanesMaxVectors) return launch_lanes_per<T, TW, V, 2>(a, p, stream, pdl);
+    const cudaError_t err =
+        mv_launch(k.kernel, dim3(static_cast<unsigned>(a.in.rows)), dim3(k.threads), 0, stream, pdl, p);
+    return err != cudaSuccess ? err : cudaGetLastError();
+}
+
+/* Calls of more rows than multiprocessors, in 16-byte vectors, take the lanes kernels too while
+   every row's block fits in one wave (the kernel's resident blocks on every SM): the general
+   kernel's G threads of up to 4 vectors put few warps on each SM there, each with a long chain
+   of loads and arithmetic. With PDL off (a norm after a GEMM, as in a model), H200: bf16
+   1024 x 1024 3.45 -> 3.09 us, 264 x 4096 3.78 -> 3.28, fused add 528 x 1024 3.52 -> 3.13, float32
+   1024 x 1024 4.48 -> 3.95 (1.03-1.19x at 264-2048 rows); a second wave lost (bf16 4096 x 1024
+   6.18 -> 6.37), and so did single elements (odd H: bf16 1000 x 999 4.78 -> 7.80 against the
+   staged kernel). In a chain of norms with PDL the general kernel can be faster (its blocks all
+   start and let the next kernel launch at once: bf16 fused add 2048 x 1024 4.65 -> 5.33 us), but
+   such chains are rare in a model; dev/logs/norm-lanes-mid-rows-nvidia-h200-2026-11-25.log. */
+template <typename T, typename TW, int V>
+bool lanes_one_wave(const mv_rms_norm_args &a, const LanesKernel &k, int sms) {
+    if (!int_strides(a) || !lanes_rows(a, V)) return false;
+    int blocks = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, k.kernel, k.threads, 0) != cudaSuccess) {
+        (void)cudaGetLastError(); /* no answer: the general kernel takes the call */
+        return false;
     }
-    return launch_lanes_per<T, TW, V, 1>(a, p, stream, pdl);
+    return a.in.rows <= static_cast<int64_t>(blocks) * (sms > 0 ? sms : 1);
 }
 
 /* kWide: rows of 2049-4096 16-byte vectors, 8 a thread in the general kernel at every M (none of
@@ -1749,8 +1787,12 @@ cudaError_t launch_vec(const mv_rms_norm_args &a, int group_threads, cudaStream_
            on each vector that held its loads back (bf16 1 x 5119 2.57 -> 3.33 us). The
            narrower vectors of other H or misaligned views keep the general kernel. */
         if constexpr (!kWide && !kOdd && (V == 1 || sizeof(T) * V == 16)) {
-            if (lanes_wanted(a, V, sms)) return launch_lanes<T, TW, V>(a, group_threads, stream, pdl);
+            if (lanes_wanted(a, V, sms)) return launch_lanes<T, TW, V>(a, lanes_kernel<T, TW, V>(a), group_threads, stream, pdl);
             if (short_call(a, sms)) return launch_short<T, TW, V>(a, group_threads, shape, stream, pdl);
+            if constexpr (V > 1) {
+                const LanesKernel k = lanes_kernel<T, TW, V>(a);
+                if (lanes_one_wave<T, TW, V>(a, k, sms)) return launch_lanes<T, TW, V>(a, k, group_threads, stream, pdl);
+            }
         }
         if constexpr (kOdd && !kWide) {
             if (a.in.rows == 1 && short_call(a, sms) && starts_aligned<T, TW, V>(a))
