@@ -1758,9 +1758,8 @@ cudaError_t launch_lanes(const mv_rms_norm_args &a, const LanesKernel &k, int gr
    1024 x 1024 3.45 -> 3.09 us, 264 x 4096 3.78 -> 3.28, fused add 528 x 1024 3.52 -> 3.13, float32
    1024 x 1024 4.48 -> 3.95 (1.03-1.19x at 264-2048 rows); a second wave lost (bf16 4096 x 1024
    6.18 -> 6.37), and so did single elements (odd H: bf16 1000 x 999 4.78 -> 7.80 against the
-   staged kernel). In a chain of norms with PDL the general kernel can be faster (its blocks all
-   start and let the next kernel launch at once: bf16 fused add 2048 x 1024 4.65 -> 5.33 us), but
-   such chains are rare in a model; dev/logs/norm-lanes-mid-rows-nvidia-h200-2026-11-25.log. */
+   staged kernel). In a chain of norms with PDL the general kernel can be faster (bf16 fused add
+   2048 x 1024 4.65 -> 5.33 us; why is not established), but such chains are rare in a model; dev/logs/norm-lanes-mid-rows-nvidia-h200-2026-11-25.log. */
 template <typename T, typename TW, int V>
 bool lanes_one_wave(const mv_rms_norm_args &a, const LanesKernel &k, int sms) {
     if (!int_strides(a) || !lanes_rows(a, V)) return false;
