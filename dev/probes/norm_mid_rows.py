@@ -23,7 +23,7 @@ import torch
 import minivllm
 from minivllm.bench import timing as bt
 
-EXP = "MV_EXP_LANES_ROWS_PER_SM"
+EXP = "MV_EXP_LANES_ROWS_PER_SM"  # --var picks another switch (old = 1 unless --old says)
 
 
 def main():
@@ -32,7 +32,9 @@ def main():
     parser.add_argument("--hidden", nargs="+", type=int, default=[896, 1024, 2048, 4096])
     parser.add_argument("--odd", nargs="+", default=["1000x999", "2048x999", "4096x999", "1000x1001"])
     parser.add_argument("--dtypes", nargs="+", default=["bf16", "fp32"])
-    parser.add_argument("--new", type=int, default=64, help="rows per SM of the new form")
+    parser.add_argument("--new", type=int, default=64, help="the switch's value for the new form")
+    parser.add_argument("--old", type=int, default=1, help="the switch's value for the old form")
+    parser.add_argument("--var", default=EXP, help="the switch (an environment variable read at each call)")
     parser.add_argument("--replays", type=int, default=9)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -44,7 +46,7 @@ def main():
         print("no liger_kernel", file=sys.stderr)
     props = torch.cuda.get_device_properties(0)
     l2 = props.L2_cache_size
-    print(f"# {props.name}, {props.multi_processor_count} SMs; old = {EXP}=1, new = {EXP}={args.new}")
+    print(f"# {props.name}, {props.multi_processor_count} SMs; old = {args.var}={args.old}, new = {args.var}={args.new}")
     shapes = [(m, h) for h in args.hidden for m in args.rows]
     shapes += [tuple(int(v) for v in s.split("x")) for s in args.odd]
     dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
@@ -72,8 +74,8 @@ def main():
 
                 # bits: the two forms on the same inputs
                 got = {}
-                for form, r in (("old", 1), ("new", args.new)):
-                    os.environ[EXP] = str(r)
+                for form, r in (("old", args.old), ("new", args.new)):
+                    os.environ[args.var] = str(r)
                     outs[0].fill_(float("nan"))
                     mv(False)(0)
                     torch.cuda.synchronize()
@@ -83,8 +85,8 @@ def main():
                     raise SystemExit(f"{op} {dname} {rows}x{hidden}: the forms' bits differ")
                 times = {k: [] for k in ("old_on", "new_on", "old_off", "new_off")}
                 for _ in range(2):
-                    for form, r in (("old", 1), ("new", args.new)):
-                        os.environ[EXP] = str(r)
+                    for form, r in (("old", args.old), ("new", args.new)):
+                        os.environ[args.var] = str(r)
                         for pdl in (True, False):
                             t = bt.time_per_call(mv(pdl), calls, args.replays, min_replay_us=2000)["us"]
                             times[f"{form}_{'on' if pdl else 'off'}"].append(t)
@@ -100,11 +102,11 @@ def main():
                       f"{res['old_on'] / res['new_on']:5.2f} {res['old_off'] / res['new_off']:5.2f} | "
                       f"{res['liger'] / res['new_off']:5.2f} {res['liger'] / res['old_off']:5.2f}", flush=True)
                 del xs, outs, rs, ros
-    os.environ.pop(EXP, None)
+    os.environ.pop(args.var, None)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"gpu": props.name, "date": str(bt.utc_now()), "commit": os.environ.get("MINIVLLM_COMMIT", ""),
-                       "new_rows_per_sm": args.new, "records": records}, f, indent=1)
+                       "switch": args.var, "old": args.old, "new": args.new, "records": records}, f, indent=1)
 
 
 if __name__ == "__main__":
