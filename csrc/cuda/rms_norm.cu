@@ -1623,9 +1623,7 @@ cudaError_t launch_vec_strides(const mv_rms_norm_args &a, int group_threads, uns
                                         a, group_threads, blocks, threads, stream, pdl);
 }
 
-/* Whether a call can take the short kernel: at most a row per multiprocessor (so one pass of the
-   grid, a block of one group or a warp of groups), one stride, and strides that fit its int
-   fields. */
+/* One stride, and strides that fit the short-call kernels' int fields. */
 bool int_strides(const mv_rms_norm_args &a) {
     const int64_t limit = INT32_MAX;
     bool ok = a.outer.inner_rows == 0 && a.in.x_stride >= -limit && a.in.x_stride <= limit &&
@@ -1635,6 +1633,8 @@ bool int_strides(const mv_rms_norm_args &a) {
              a.in.residual_out_stride >= -limit && a.in.residual_out_stride <= limit;
     return ok;
 }
+/* Whether a call can take the short kernel: at most a row per multiprocessor (so one pass of the
+   grid, a block of one group or a warp of groups), and int_strides. */
 bool short_call(const mv_rms_norm_args &a, int sms) {
     return a.in.rows <= (sms > 0 ? sms : 1) && a.in.rows <= UINT16_MAX && int_strides(a);
 }
@@ -1759,7 +1759,8 @@ cudaError_t launch_lanes(const mv_rms_norm_args &a, const LanesKernel &k, int gr
    1024 x 1024 4.48 -> 3.95 (1.03-1.19x at 264-2048 rows); a second wave lost (bf16 4096 x 1024
    6.18 -> 6.37), and so did single elements (odd H: bf16 1000 x 999 4.78 -> 7.80 against the
    staged kernel). In a chain of norms with PDL the general kernel can be faster (bf16 fused add
-   2048 x 1024 4.65 -> 5.33 us; why is not established), but such chains are rare in a model; dev/logs/norm-lanes-mid-rows-nvidia-h200-2026-11-25.log. */
+   2048 x 1024 4.65 -> 5.33 us; why is not established), but such chains are rare in a model;
+   dev/logs/norm-lanes-mid-rows-nvidia-h200-2026-11-25.log. */
 template <typename T, typename TW, int V>
 bool lanes_one_wave(const mv_rms_norm_args &a, const LanesKernel &k, int sms) {
     if (!int_strides(a) || !lanes_rows(a, V)) return false;
@@ -1786,11 +1787,13 @@ cudaError_t launch_vec(const mv_rms_norm_args &a, int group_threads, cudaStream_
            on each vector that held its loads back (bf16 1 x 5119 2.57 -> 3.33 us). The
            narrower vectors of other H or misaligned views keep the general kernel. */
         if constexpr (!kWide && !kOdd && (V == 1 || sizeof(T) * V == 16)) {
-            if (lanes_wanted(a, V, sms)) return launch_lanes<T, TW, V>(a, lanes_kernel<T, TW, V>(a), group_threads, stream, pdl);
+            if (lanes_wanted(a, V, sms))
+                return launch_lanes<T, TW, V>(a, lanes_kernel<T, TW, V>(a), group_threads, stream, pdl);
             if (short_call(a, sms)) return launch_short<T, TW, V>(a, group_threads, shape, stream, pdl);
             if constexpr (V > 1) {
                 const LanesKernel k = lanes_kernel<T, TW, V>(a);
-                if (lanes_one_wave<T, TW, V>(a, k, sms)) return launch_lanes<T, TW, V>(a, k, group_threads, stream, pdl);
+                if (lanes_one_wave<T, TW, V>(a, k, sms))
+                    return launch_lanes<T, TW, V>(a, k, group_threads, stream, pdl);
             }
         }
         if constexpr (kOdd && !kWide) {
