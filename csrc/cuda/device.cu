@@ -110,6 +110,31 @@ bool same_key(const TensorMapKey &a, const TensorMapKey &b) {
 
 } // namespace
 
+namespace {
+struct OccupancyEntry {
+    const void *kernel; /* null: empty */
+    int threads, device, blocks;
+    size_t smem;
+};
+constexpr int kOccupancyCacheSize = 32; /* direct-mapped; a power of two */
+} // namespace
+
+cudaError_t mv_blocks_per_sm_of(int *blocks, const void *kernel, int threads, size_t smem, int device) {
+    static thread_local OccupancyEntry cache[kOccupancyCacheSize];
+    const uintptr_t h = reinterpret_cast<uintptr_t>(kernel);
+    OccupancyEntry &e =
+        cache[((h >> 4) ^ (h >> 12) ^ static_cast<uintptr_t>(threads >> 5) ^ static_cast<uintptr_t>(device) ^
+               static_cast<uintptr_t>(smem >> 10)) &
+              (kOccupancyCacheSize - 1)];
+    if (e.kernel == kernel && e.threads == threads && e.smem == smem && e.device == device) {
+        *blocks = e.blocks;
+        return cudaSuccess;
+    }
+    const cudaError_t err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks, kernel, threads, smem);
+    if (err == cudaSuccess) e = OccupancyEntry{kernel, threads, device, *blocks, smem};
+    return err;
+}
+
 bool mv_tensor_maps_available() { return encode_tiled() != nullptr; }
 
 bool mv_swizzled_tensor_map(CUtensorMap *map, bool bf16, int rank, const void *data, const cuuint64_t *dims,

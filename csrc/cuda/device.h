@@ -51,6 +51,16 @@ bool mv_swizzled_tensor_map(CUtensorMap *map, bool bf16, int rank, const void *d
 /* Whether the driver can encode tensor maps at all. */
 bool mv_tensor_maps_available();
 
+/* How many blocks of kernel (threads each, smem bytes of dynamic shared memory) one multiprocessor
+   of `device` holds at once: cudaOccupancyMaxActiveBlocksPerMultiprocessor's answer, kept in a
+   small per-thread cache keyed by all four (the query cost 0.1-0.3 us of host time on every eager
+   call that asked it). A kernel above 48 KiB must have opted in (mv_allow_shared) first. */
+cudaError_t mv_blocks_per_sm_of(int *blocks, const void *kernel, int threads, size_t smem, int device);
+template <typename Kernel>
+cudaError_t mv_blocks_per_sm(int *blocks, Kernel kernel, int threads, size_t smem, int device) {
+    return mv_blocks_per_sm_of(blocks, reinterpret_cast<const void *>(kernel), threads, smem, device);
+}
+
 /* A GEMM tile, rows x columns. */
 struct mv_tile_shape {
     int rows, cols;

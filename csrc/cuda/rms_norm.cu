@@ -1762,10 +1762,10 @@ cudaError_t launch_lanes(const mv_rms_norm_args &a, const LanesKernel &k, int gr
    2048 x 1024 4.65 -> 5.33 us; why is not established), but such chains are rare in a model;
    dev/logs/norm-lanes-mid-rows-nvidia-h200-2026-11-25.log. */
 template <typename T, typename TW, int V>
-bool lanes_one_wave(const mv_rms_norm_args &a, const LanesKernel &k, int sms) {
+bool lanes_one_wave(const mv_rms_norm_args &a, const LanesKernel &k, int sms, int device) {
     if (!int_strides(a) || !lanes_rows(a, V)) return false;
     int blocks = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, k.kernel, k.threads, 0) != cudaSuccess) {
+    if (mv_blocks_per_sm(&blocks, k.kernel, k.threads, 0, device) != cudaSuccess) {
         (void)cudaGetLastError(); /* no answer: the general kernel takes the call */
         return false;
     }
@@ -1775,7 +1775,9 @@ bool lanes_one_wave(const mv_rms_norm_args &a, const LanesKernel &k, int sms) {
 /* kWide: rows of 2049-4096 16-byte vectors, 8 a thread in the general kernel at every M (none of
    the short-call kernels), so each such H has one layout and order. */
 template <typename T, typename TW, int V, bool kOdd = false, bool kWide = false>
-cudaError_t launch_vec(const mv_rms_norm_args &a, int group_threads, cudaStream_t stream, bool pdl, int sms) {
+cudaError_t launch_vec(const mv_rms_norm_args &a, int group_threads, cudaStream_t stream, bool pdl,
+                       const mv_cuda_device &dev) {
+    const int sms = dev.sms;
     /* vector_width never asks for more than 16 bytes (no float x 8), so build no such kernel */
     if constexpr (sizeof(T) * V > 16) {
         return cudaErrorInvalidValue;
@@ -1792,7 +1794,7 @@ cudaError_t launch_vec(const mv_rms_norm_args &a, int group_threads, cudaStream_
             if (short_call(a, sms)) return launch_short<T, TW, V>(a, group_threads, shape, stream, pdl);
             if constexpr (V > 1) {
                 const LanesKernel k = lanes_kernel<T, TW, V>(a);
-                if (lanes_one_wave<T, TW, V>(a, k, sms))
+                if (lanes_one_wave<T, TW, V>(a, k, sms, dev.device))
                     return launch_lanes<T, TW, V>(a, k, group_threads, stream, pdl);
             }
         }
@@ -1813,12 +1815,12 @@ cudaError_t launch_vec(const mv_rms_norm_args &a, int group_threads, cudaStream_
 
 template <typename T, typename TW>
 cudaError_t launch_width(const mv_rms_norm_args &a, int v, int group_threads, cudaStream_t stream, bool pdl,
-                         int sms) {
+                         const mv_cuda_device &dev) {
     switch (v) {
-    case 8: return launch_vec<T, TW, 8>(a, group_threads, stream, pdl, sms);
-    case 4: return launch_vec<T, TW, 4>(a, group_threads, stream, pdl, sms);
-    case 2: return launch_vec<T, TW, 2>(a, group_threads, stream, pdl, sms);
-    default: return launch_vec<T, TW, 1>(a, group_threads, stream, pdl, sms);
+    case 8: return launch_vec<T, TW, 8>(a, group_threads, stream, pdl, dev);
+    case 4: return launch_vec<T, TW, 4>(a, group_threads, stream, pdl, dev);
+    case 2: return launch_vec<T, TW, 2>(a, group_threads, stream, pdl, dev);
+    default: return launch_vec<T, TW, 1>(a, group_threads, stream, pdl, dev);
     }
 }
 
@@ -1873,10 +1875,10 @@ extern "C" int mv_rms_norm_cuda(const mv_rms_norm_args *a, const mv_cuda_opts *o
                 constexpr int V = 16 / sizeof(T);
                 if (float_weight(a))
                     err = staged ? launch_staged<T, float, V>(*a, group_threads, dev, cuda_stream, pdl)
-                                 : launch_vec<T, float, V, true>(*a, group_threads, cuda_stream, pdl, dev.sms);
+                                 : launch_vec<T, float, V, true>(*a, group_threads, cuda_stream, pdl, dev);
                 else
                     err = staged ? launch_staged<T, T, V>(*a, group_threads, dev, cuda_stream, pdl)
-                                 : launch_vec<T, T, V, true>(*a, group_threads, cuda_stream, pdl, dev.sms);
+                                 : launch_vec<T, T, V, true>(*a, group_threads, cuda_stream, pdl, dev);
             })
             return (int)err;
         }
@@ -1909,11 +1911,11 @@ extern "C" int mv_rms_norm_cuda(const mv_rms_norm_args *a, const mv_cuda_opts *o
         MV_DISPATCH_DTYPE(a->in.dtype, T, {
             constexpr int V = 16 / sizeof(T);
             if (float_weight(a))
-                err = on_grid ? launch_vec<T, float, V, false, true>(*a, group_threads, cuda_stream, pdl, dev.sms)
-                              : launch_vec<T, float, V, true, true>(*a, group_threads, cuda_stream, pdl, dev.sms);
+                err = on_grid ? launch_vec<T, float, V, false, true>(*a, group_threads, cuda_stream, pdl, dev)
+                              : launch_vec<T, float, V, true, true>(*a, group_threads, cuda_stream, pdl, dev);
             else
-                err = on_grid ? launch_vec<T, T, V, false, true>(*a, group_threads, cuda_stream, pdl, dev.sms)
-                              : launch_vec<T, T, V, true, true>(*a, group_threads, cuda_stream, pdl, dev.sms);
+                err = on_grid ? launch_vec<T, T, V, false, true>(*a, group_threads, cuda_stream, pdl, dev)
+                              : launch_vec<T, T, V, true, true>(*a, group_threads, cuda_stream, pdl, dev);
         })
         return (int)err;
     }
@@ -1926,10 +1928,10 @@ extern "C" int mv_rms_norm_cuda(const mv_rms_norm_args *a, const mv_cuda_opts *o
     MV_DISPATCH_DTYPE(a->in.dtype, T, {
         if (float_weight(a))
             err = staged ? launch_staged<T, float, 1>(*a, group_threads, dev, cuda_stream, pdl)
-                         : launch_width<T, float>(*a, v, group_threads, cuda_stream, pdl, dev.sms);
+                         : launch_width<T, float>(*a, v, group_threads, cuda_stream, pdl, dev);
         else
             err = staged ? launch_staged<T, T, 1>(*a, group_threads, dev, cuda_stream, pdl)
-                         : launch_width<T, T>(*a, v, group_threads, cuda_stream, pdl, dev.sms);
+                         : launch_width<T, T>(*a, v, group_threads, cuda_stream, pdl, dev);
     })
     return (int)err;
 }

@@ -37,6 +37,11 @@ if [ "$step" = check ]; then
         -k "cuda-wgmma" > $OUT/tests-${f/:/x}.log 2>&1
       echo "tests $f rc $?: $(tail -1 $OUT/tests-${f/:/x}.log)"; grep -E '^FAILED|^E ' $OUT/tests-${f/:/x}.log | head -6 ) &
   done
+  # the norm kernels' GPU tests beside them (a change to the norms can ride on the same build)
+  ( PYTHONPATH=/tmp/site timeout 170 python3 -m pytest -q -x -p no:cacheprovider $R/tests/test_norm_kernels_cuda.py \
+      $R/tests/test_batch_invariance.py $R/tests/test_rms_norm.py $R/tests/test_fused_add_rms_norm.py -k "cuda" \
+      > $OUT/tests-norms.log 2>&1
+    echo "norm tests rc $?: $(tail -1 $OUT/tests-norms.log)"; grep -E '^FAILED|^E ' $OUT/tests-norms.log | head -6 ) &
   wait
   echo "tests at $(( $(date +%s) - t0 )) s"
   exit 0

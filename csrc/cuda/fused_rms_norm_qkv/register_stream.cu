@@ -146,7 +146,7 @@ bool mv_qkv_register_plan(const mv_qkv_args &a, const mv_cuda_device &dev, bool 
     const RegisterKernel kernel = kernel_for(a);
     int blocks_per_sm = 0;
     if (mv_allow_shared(kernel.fn, st->smem, *kernel.opt_in, dev.device) != cudaSuccess ||
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel.fn, kThreads, st->smem) != cudaSuccess) {
+        mv_blocks_per_sm(&blocks_per_sm, kernel.fn, kThreads, st->smem, dev.device) != cudaSuccess) {
         (void)cudaGetLastError();
         return false;
     }
