@@ -5,8 +5,9 @@
 # reference; the wgmma tests with forms forced. "bench": bench_fused_rms_norm_qkv with the path
 # forced in each form, beside the table (the product's tiling) and cuBLAS alone. "sanitize":
 # compute-sanitizer memcheck, racecheck and synccheck on a few calls of two forms.
-# A form is XS:WS, the dev-only MINIVLLM_DEV_WGMMA_SHARE and MINIVLLM_DEV_WGMMA_WSHARE: 1 none,
-# 0 the patch's byte model, n > 1 only n. Each step stays within a device call's limit.
+# A form is XS:WS[:MC], the dev-only MINIVLLM_DEV_WGMMA_SHARE and MINIVLLM_DEV_WGMMA_WSHARE: 1 none,
+# 0 the patch's byte model, n > 1 only n; MC (MINIVLLM_DEV_WGMMA_MC): 2 multicast (default), 1 each
+# CTA copies every slice itself but releases stages across the cluster, 0 self copies, local release. Each step stays within a device call's limit.
 # usage (device): OUT=$OUT bash dev/probes/wgmma_share.sh check|bench|sanitize ["models"] ["M values"] ["forms"]
 # (its output goes straight to the terminal: no pipe to tail, which prints nothing if a limit hits)
 set -u
@@ -21,9 +22,10 @@ if [ ! -d /tmp/site/minivllm ]; then
   echo "built $(( $(date +%s) - t0 )) s"
 fi
 cd /tmp
-with_form() { # XS:WS command...
-  local f=$1; shift
-  MINIVLLM_DEV_WGMMA_SHARE=${f%%:*} MINIVLLM_DEV_WGMMA_WSHARE=${f##*:} PYTHONPATH=/tmp/site "$@"
+with_form() { # XS:WS[:MC] command...
+  local f=$1 xs ws mc; shift
+  IFS=: read -r xs ws mc <<< "$f"
+  MINIVLLM_DEV_WGMMA_SHARE=$xs MINIVLLM_DEV_WGMMA_WSHARE=$ws MINIVLLM_DEV_WGMMA_MC=${mc:-2} PYTHONPATH=/tmp/site "$@"
 }
 if [ "$step" = check ]; then
   for f in $forms; do
@@ -62,6 +64,6 @@ run() { # name, form, extra args...
 }
 run auto 1:1 --impls minivllm cublas
 names=""
-for f in $forms; do run "form${f/:/x}" $f --impls minivllm --path wgmma; names="$names form${f/:/x}"; done
+for f in $forms; do run "form${f//:/x}" $f --impls minivllm --path wgmma; names="$names form${f//:/x}"; done
 python3 "$R/dev/probes/wgmma_forms_table.py" "$OUT" $names
 echo "total $(( $(date +%s) - t0 )) s"
