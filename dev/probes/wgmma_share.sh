@@ -16,9 +16,13 @@ step=${1:-check} models=${2:-"qwen3-0.6b qwen2.5-0.5b llama-3.2-1b gemma-3-1b ll
 ms=${3:-"32 64 128 256 512"} forms=${4:-"1:1 0:0 4:1 2:2 1:4 1:2"}
 patch -s -p1 -N < dev/wgmma_share_x.patch >/dev/null || grep -q MINIVLLM_DEV_WGMMA_SHARE csrc/cuda/fused_rms_norm_qkv/wgmma.cu ||
   { echo "cannot apply dev/wgmma_share_x.patch"; exit 1; }
+# a build of another tree or patch (a warm machine keeps /tmp/site between calls) is rebuilt
+sum=$(cat dev/wgmma_share_x.patch $(find csrc -type f | sort) 2>/dev/null | md5sum | cut -c1-32)
+[ "$(cat /tmp/site/.tree-sum 2>/dev/null)" = "$sum" ] || rm -rf /tmp/site
 if [ ! -d /tmp/site/minivllm ]; then
   MINIVLLM_CUDA_ARCHS=90 python3 -m pip install -q --no-deps --no-build-isolation --target /tmp/site . > $OUT/build.log 2>&1 ||
     { tail -30 $OUT/build.log; exit 1; }
+  echo "$sum" > /tmp/site/.tree-sum
   echo "built $(( $(date +%s) - t0 )) s"
 fi
 cd /tmp
