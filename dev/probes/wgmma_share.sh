@@ -7,7 +7,9 @@
 # compute-sanitizer memcheck, racecheck and synccheck on a few calls of two forms.
 # A form is XS:WS[:MC], the dev-only MINIVLLM_DEV_WGMMA_SHARE and MINIVLLM_DEV_WGMMA_WSHARE: 1 none,
 # 0 the patch's byte model, n > 1 only n; MC (MINIVLLM_DEV_WGMMA_MC): 2 multicast (default), 1 each
-# CTA copies every slice itself but releases stages across the cluster, 0 self copies, local release. Each step stays within a device call's limit.
+# CTA copies every slice itself but releases stages across the cluster, 0 self copies, local release,
+# 3 and 4 as 2 and 1 with CTA-scope release; WIDTH, SPLIT (0 any) force the tiling, STAGES cuts an
+# unsplit ring (0 none): e.g. 1:1:2:64:1:4 is 64 x 64 tiles, unsplit, 4 stages. Each step stays within a device call's limit.
 # usage (device): OUT=$OUT bash dev/probes/wgmma_share.sh check|bench|sanitize ["models"] ["M values"] ["forms"]
 # (its output goes straight to the terminal: no pipe to tail, which prints nothing if a limit hits)
 set -u
@@ -26,10 +28,12 @@ if [ ! -d /tmp/site/minivllm ]; then
   echo "built $(( $(date +%s) - t0 )) s"
 fi
 cd /tmp
-with_form() { # XS:WS[:MC] command...
-  local f=$1 xs ws mc; shift
-  IFS=: read -r xs ws mc <<< "$f"
-  MINIVLLM_DEV_WGMMA_SHARE=$xs MINIVLLM_DEV_WGMMA_WSHARE=$ws MINIVLLM_DEV_WGMMA_MC=${mc:-2} PYTHONPATH=/tmp/site "$@"
+with_form() { # XS:WS[:MC[:WIDTH[:SPLIT[:STAGES]]]] command...
+  local f=$1 xs ws mc width split stages; shift
+  IFS=: read -r xs ws mc width split stages <<< "$f"
+  MINIVLLM_DEV_WGMMA_SHARE=$xs MINIVLLM_DEV_WGMMA_WSHARE=$ws MINIVLLM_DEV_WGMMA_MC=${mc:-2} \
+    MINIVLLM_DEV_WGMMA_WIDTH=${width:-0} MINIVLLM_DEV_WGMMA_SPLIT=${split:-0} MINIVLLM_DEV_WGMMA_STAGES=${stages:-0} \
+    PYTHONPATH=/tmp/site "$@"
 }
 if [ "$step" = check ]; then
   for f in $forms; do
