@@ -9,8 +9,10 @@
 # 0 the patch's byte model, n > 1 only n; MC (MINIVLLM_DEV_WGMMA_MC): 2 multicast (default), 1 each
 # CTA copies every slice itself but releases stages across the cluster, 0 self copies, local release,
 # 3 and 4 as 2 and 1 with CTA-scope release; WIDTH, SPLIT (0 any) force the tiling, STAGES cuts an
-# unsplit ring (0 none): e.g. 1:1:2:64:1:4 is 64 x 64 tiles, unsplit, 4 stages. Each step stays within a device call's limit.
+# unsplit ring (0 none); COLS 1 puts both consumers on every stage, each on half its columns
+# (unsplit only): e.g. 1:1:2:64:1:4:1 is 64 x 64 tiles, unsplit, 4 stages, consumers by columns. Each step stays within a device call's limit.
 # usage (device): OUT=$OUT bash dev/probes/wgmma_share.sh check|bench|sanitize ["models"] ["M values"] ["forms"]
+# (check: TEST_FORMS="..." picks the three forms the QKV suite runs with, default "0:0 2:2 1:4")
 # (its output goes straight to the terminal: no pipe to tail, which prints nothing if a limit hits)
 set -u
 R=$PWD t0=$(date +%s)
@@ -28,12 +30,12 @@ if [ ! -d /tmp/site/minivllm ]; then
   echo "built $(( $(date +%s) - t0 )) s"
 fi
 cd /tmp
-with_form() { # XS:WS[:MC[:WIDTH[:SPLIT[:STAGES]]]] command...
-  local f=$1 xs ws mc width split stages; shift
-  IFS=: read -r xs ws mc width split stages <<< "$f"
+with_form() { # XS:WS[:MC[:WIDTH[:SPLIT[:STAGES[:COLS]]]]] command...
+  local f=$1 xs ws mc width split stages cols; shift
+  IFS=: read -r xs ws mc width split stages cols <<< "$f"
   MINIVLLM_DEV_WGMMA_SHARE=$xs MINIVLLM_DEV_WGMMA_WSHARE=$ws MINIVLLM_DEV_WGMMA_MC=${mc:-2} \
     MINIVLLM_DEV_WGMMA_WIDTH=${width:-0} MINIVLLM_DEV_WGMMA_SPLIT=${split:-0} MINIVLLM_DEV_WGMMA_STAGES=${stages:-0} \
-    PYTHONPATH=/tmp/site "$@"
+    MINIVLLM_DEV_WGMMA_COLS=${cols:-0} PYTHONPATH=/tmp/site "$@"
 }
 if [ "$step" = check ]; then
   for f in $forms; do
@@ -42,7 +44,7 @@ if [ "$step" = check ]; then
     echo "form $f rc=${PIPESTATUS[0]}"
   done
   echo "checks at $(( $(date +%s) - t0 )) s"
-  for f in 0:0 2:2 1:4; do
+  for f in ${TEST_FORMS:-0:0 2:2 1:4}; do
     ( with_form $f timeout 170 python3 -m pytest -q -x -p no:cacheprovider $R/tests/test_fused_rms_norm_qkv.py \
         -k "cuda-wgmma" > $OUT/tests-${f/:/x}.log 2>&1
       echo "tests $f rc $?: $(tail -1 $OUT/tests-${f/:/x}.log)"; grep -E '^FAILED|^E ' $OUT/tests-${f/:/x}.log | head -6 ) &
