@@ -12,7 +12,8 @@
 # unsplit ring (0 none); COLS 1 puts both consumers on every stage, each on half its columns
 # (unsplit only): e.g. 1:1:2:64:1:4:1 is 64 x 64 tiles, unsplit, 4 stages, consumers by columns. Each step stays within a device call's limit.
 # usage (device): OUT=$OUT bash dev/probes/wgmma_share.sh check|bench|sanitize ["models"] ["M values"] ["forms"]
-# (check: TEST_FORMS="..." picks the three forms the QKV suite runs with, default "0:0 2:2 1:4")
+# (check: TEST_FORMS="..." picks the three forms the QKV suite runs with, default "0:0 2:2 1:4",
+# TEST_SECONDS their limit, default 170; "all": check, then bench, in one call)
 # (its output goes straight to the terminal: no pipe to tail, which prints nothing if a limit hits)
 set -u
 R=$PWD t0=$(date +%s)
@@ -37,7 +38,7 @@ with_form() { # XS:WS[:MC[:WIDTH[:SPLIT[:STAGES[:COLS]]]]] command...
     MINIVLLM_DEV_WGMMA_WIDTH=${width:-0} MINIVLLM_DEV_WGMMA_SPLIT=${split:-0} MINIVLLM_DEV_WGMMA_STAGES=${stages:-0} \
     MINIVLLM_DEV_WGMMA_COLS=${cols:-0} PYTHONPATH=/tmp/site "$@"
 }
-if [ "$step" = check ]; then
+if [ "$step" = check ] || [ "$step" = all ]; then
   for f in $forms; do
     MINIVLLM_DEV_WGMMA_PRINT=1 with_form $f timeout 60 python3 $R/dev/probes/wgmma_rows_check.py 64,1024 128,4096 48,1536 \
       64,896,14,2,64 200,1000 20,2048 256,4096,32,8,128 2>&1 | grep -E 'plan|M=|Error' | sed "s/^/form $f: /"
@@ -45,18 +46,18 @@ if [ "$step" = check ]; then
   done
   echo "checks at $(( $(date +%s) - t0 )) s"
   for f in ${TEST_FORMS:-0:0 2:2 1:4}; do
-    ( with_form $f timeout 170 python3 -m pytest -q -x -p no:cacheprovider $R/tests/test_fused_rms_norm_qkv.py \
+    ( with_form $f timeout ${TEST_SECONDS:-170} python3 -m pytest -q -x -p no:cacheprovider $R/tests/test_fused_rms_norm_qkv.py \
         -k "cuda-wgmma" > $OUT/tests-${f/:/x}.log 2>&1
       echo "tests $f rc $?: $(tail -1 $OUT/tests-${f/:/x}.log)"; grep -E '^FAILED|^E ' $OUT/tests-${f/:/x}.log | head -6 ) &
   done
   # the norm kernels' GPU tests beside them (a change to the norms can ride on the same build)
-  ( PYTHONPATH=/tmp/site timeout 170 python3 -m pytest -q -x -p no:cacheprovider $R/tests/test_norm_kernels_cuda.py \
+  ( PYTHONPATH=/tmp/site timeout ${TEST_SECONDS:-170} python3 -m pytest -q -x -p no:cacheprovider $R/tests/test_norm_kernels_cuda.py \
       $R/tests/test_batch_invariance.py $R/tests/test_rms_norm.py $R/tests/test_fused_add_rms_norm.py -k "cuda" \
       > $OUT/tests-norms.log 2>&1
     echo "norm tests rc $?: $(tail -1 $OUT/tests-norms.log)"; grep -E '^FAILED|^E ' $OUT/tests-norms.log | head -6 ) &
   wait
   echo "tests at $(( $(date +%s) - t0 )) s"
-  exit 0
+  [ "$step" = all ] || exit 0
 fi
 if [ "$step" = sanitize ]; then
   for f in 2:2 4:1; do for tool in memcheck racecheck synccheck; do
