@@ -1762,14 +1762,14 @@ cudaError_t launch_lanes(const mv_rms_norm_args &a, const LanesKernel &k, int gr
    2048 x 1024 4.65 -> 5.33 us; why is not established), but such chains are rare in a model;
    dev/logs/norm-lanes-mid-rows-nvidia-h200-2026-11-25.log. */
 template <typename T, typename TW, int V>
-bool lanes_one_wave(const mv_rms_norm_args &a, const LanesKernel &k, int sms, int device) {
+bool lanes_one_wave(const mv_rms_norm_args &a, const LanesKernel &k, const mv_cuda_device &dev) {
     if (!int_strides(a) || !lanes_rows(a, V)) return false;
     int blocks = 0;
-    if (mv_blocks_per_sm(&blocks, k.kernel, k.threads, 0, device) != cudaSuccess) {
+    if (mv_blocks_per_sm(&blocks, k.kernel, k.threads, 0, dev.device) != cudaSuccess) {
         (void)cudaGetLastError(); /* no answer: the general kernel takes the call */
         return false;
     }
-    return a.in.rows <= static_cast<int64_t>(blocks) * (sms > 0 ? sms : 1);
+    return a.in.rows <= static_cast<int64_t>(blocks) * (dev.sms > 0 ? dev.sms : 1);
 }
 
 /* kWide: rows of 2049-4096 16-byte vectors, 8 a thread in the general kernel at every M (none of
@@ -1794,7 +1794,7 @@ cudaError_t launch_vec(const mv_rms_norm_args &a, int group_threads, cudaStream_
             if (short_call(a, sms)) return launch_short<T, TW, V>(a, group_threads, shape, stream, pdl);
             if constexpr (V > 1) {
                 const LanesKernel k = lanes_kernel<T, TW, V>(a);
-                if (lanes_one_wave<T, TW, V>(a, k, sms, dev.device))
+                if (lanes_one_wave<T, TW, V>(a, k, dev))
                     return launch_lanes<T, TW, V>(a, k, group_threads, stream, pdl);
             }
         }
