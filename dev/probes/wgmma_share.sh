@@ -11,7 +11,7 @@
 # 3 and 4 as 2 and 1 with CTA-scope release; WIDTH, SPLIT (0 any) force the tiling, STAGES cuts an
 # unsplit ring (0 none); COLS 1 puts both consumers on every stage, each on half its columns
 # (unsplit only): e.g. 1:1:2:64:1:4:1 is 64 x 64 tiles, unsplit, 4 stages, consumers by columns. Each step stays within a device call's limit.
-# usage (device): OUT=$OUT bash dev/probes/wgmma_share.sh check|bench|sanitize ["models"] ["M values"] ["forms"]
+# usage (device): OUT=$OUT bash dev/probes/wgmma_share.sh check|bench|sanitize|ncu ["models"] ["M values"] ["forms"]
 # (check: TEST_FORMS="..." picks the three forms the QKV suite runs with, default "0:0 2:2 1:4",
 # TEST_SECONDS their limit, default 170; "all": check, then bench, in one call)
 # (its output goes straight to the terminal: no pipe to tail, which prints nothing if a limit hits)
@@ -19,17 +19,8 @@ set -u
 R=$PWD t0=$(date +%s)
 step=${1:-check} models=${2:-"qwen3-0.6b qwen2.5-0.5b llama-3.2-1b gemma-3-1b llama-3-8b qwen3-4b"}
 ms=${3:-"32 64 128 256 512"} forms=${4:-"1:1 0:0 4:1 2:2 1:4 1:2"}
-patch -s -p1 -N < dev/wgmma_share_x.patch >/dev/null || grep -q MINIVLLM_DEV_WGMMA_SHARE csrc/cuda/fused_rms_norm_qkv/wgmma.cu ||
-  { echo "cannot apply dev/wgmma_share_x.patch"; exit 1; }
-# a build of another tree or patch (a warm machine keeps /tmp/site between calls) is rebuilt
-sum=$(cat dev/wgmma_share_x.patch $(find csrc -type f | sort) 2>/dev/null | md5sum | cut -c1-32)
-[ "$(cat /tmp/site/.tree-sum 2>/dev/null)" = "$sum" ] || rm -rf /tmp/site
-if [ ! -d /tmp/site/minivllm ]; then
-  MINIVLLM_CUDA_ARCHS=90 python3 -m pip install -q --no-deps --no-build-isolation --target /tmp/site . > $OUT/build.log 2>&1 ||
-    { tail -30 $OUT/build.log; exit 1; }
-  echo "$sum" > /tmp/site/.tree-sum
-  echo "built $(( $(date +%s) - t0 )) s"
-fi
+. "$R/dev/probes/patched_build.sh"
+patched_build dev/wgmma_share_x.patch MINIVLLM_DEV_WGMMA_SHARE
 cd /tmp
 with_form() { # XS:WS[:MC[:WIDTH[:SPLIT[:STAGES[:COLS]]]]] command...
   local f=$1 xs ws mc width split stages cols; shift
@@ -58,6 +49,19 @@ if [ "$step" = check ] || [ "$step" = all ]; then
   wait
   echo "tests at $(( $(date +%s) - t0 )) s"
   [ "$step" = all ] || exit 0
+fi
+if [ "$step" = ncu ]; then # one call per form and shape under Nsight Compute: stall reasons, and the SASS lines most sampled
+  i=0
+  for f in $forms; do for shape in $ms; do i=$((i+1))
+    with_form $f timeout 150 ncu --kernel-name regex:qkv_wgmma --launch-count 1 --section SpeedOfLight --section WarpStateStats \
+      --section SchedulerStats --section MemoryWorkloadAnalysis --section SourceCounters -o /tmp/prof$i -f \
+      python3 $R/dev/probes/wgmma_rows_check.py $shape > /tmp/ncu$i.log 2>&1
+    echo "== form $f shape $shape: rc $?"; grep -E 'M=|Error|ERR' /tmp/ncu$i.log | head -3
+    ncu --import /tmp/prof$i.ncu-rep --print-details all 2>&1 | grep -vE '^ +-+$|^ *$' | grep -E 'Duration|Throughput|Stall|Warp Cycles|Issued|Eligible|Active Warps|No Eligible|L2|DRAM|Mem Busy' | head -40
+    ncu --import /tmp/prof$i.ncu-rep --page source --print-source sass --csv > /tmp/src$i.csv 2>/dev/null
+    python3 $R/dev/probes/ncu_top_sass.py /tmp/src$i.csv 24
+  done; done
+  exit 0
 fi
 if [ "$step" = sanitize ]; then
   for f in 2:2 4:1; do for tool in memcheck racecheck synccheck; do
