@@ -1,4 +1,4 @@
-# Sourced by the probes that time a dev patch on the GPU machine (wgmma_share.sh, wgmma_lines.sh):
+# Sourced by the probes that time a dev patch on the GPU machine (wgmma_share.sh, wgmma_forms.sh):
 # `patched_build PATCH MARKER` applies PATCH to the device's copy of the tree (or finds it applied:
 # MARKER is a string the patch adds to wgmma.cu) and builds it into /tmp/site, unless the warm
 # machine's last build there is of the same patched tree. Needs $OUT and $t0.
