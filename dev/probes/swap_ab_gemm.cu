@@ -17,7 +17,8 @@
  *
  *   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -Icsrc dev/probes/swap_ab_gemm.cu \
  *        -o swap_ab_gemm -lcuda -lcublas && ./swap_ab_gemm [N H M S] ...
- *   (default: Llama-3-8B 6144 4096, Qwen3-4B 6144 2560, Qwen3-0.6B 4096 1024 at M = 128 and 256;
+ *   (default: Llama-3-8B 6144 4096, Qwen3-4B 6144 2560, Qwen3-0.6B 4096 1024 at M = 128 and 256,
+ *    each with T = 256 and with T = 128 tokens a tile, the engine's largest today; arguments: T = 256;
  *    S = 0 picks the largest split with tiles x S <= SMs)
  */
 #include <cublas_v2.h>
@@ -35,10 +36,13 @@
 
 namespace {
 
-constexpr int kF = 128, kT = 256, kK = 64, kStages = 4;
-constexpr int kWBytes = kF * 128, kXBytes = kT * 128, kSlot = kWBytes + kXBytes;
+constexpr int kF = 128, kK = 64, kStages = 4;
+constexpr int kWBytes = kF * 128;
 constexpr int kThreads = 384;
-constexpr size_t kSmem = 1024 + static_cast<size_t>(kStages) * kSlot + 2 * kStages * 8;
+template <int kT>
+__host__ __device__ constexpr int slot_bytes() { return kWBytes + kT * 128; }
+template <int kT>
+constexpr size_t smem_bytes() { return 1024 + static_cast<size_t>(kStages) * slot_bytes<kT>() + 2 * kStages * 8; }
 
 #define CUBLAS_CHECK(call)                                                                           \
     do {                                                                                             \
@@ -54,13 +58,17 @@ struct Params {
     float *parts; /* [split][m][n] */
 };
 
+template <int kT>
 __global__ void __launch_bounds__(kThreads, 1)
     swap_ab_kernel(const __grid_constant__ CUtensorMap w_map, const __grid_constant__ CUtensorMap x_map, Params p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int kSlot = slot_bytes<kT>();
     unsigned char *ring = mv_swizzle_aligned_shared();
     uint64_t *full = reinterpret_cast<uint64_t *>(ring + kStages * kSlot);
     uint64_t *empty = full + kStages;
+    /* blockIdx.x: (feature tile, split part); blockIdx.y: the token tile */
     const int tile = static_cast<int>(blockIdx.x) / p.split, r = static_cast<int>(blockIdx.x) % p.split;
+    const int t0 = static_cast<int>(blockIdx.y) * kT;
     const int k_all = (p.h + kK - 1) / kK;
     const int k_begin = r * k_all / p.split, k_tiles = (r + 1) * k_all / p.split - k_begin;
     const int f0 = tile * kF;
@@ -82,7 +90,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                 mv_mbarrier_arrive_expect_tx(&full[s], kSlot);
                 const int k = (k_begin + i) * kK;
                 mv_tensor_copy_2d(ring + s * kSlot, &w_map, k, f0, &full[s], w_policy);
-                mv_tensor_copy_2d(ring + s * kSlot + kWBytes, &x_map, k, 0, &full[s], x_policy);
+                mv_tensor_copy_2d(ring + s * kSlot + kWBytes, &x_map, k, t0, &full[s], x_policy);
             }
         }
         return;
@@ -119,7 +127,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         for (int hh = 0; hh < 2; ++hh)
 #pragma unroll
             for (int u = 0; u < 2; ++u) {
-                const int f = f0 + 64 * c + 16 * warp + lane / 4 + 8 * hh, t = 8 * j + 2 * (lane % 4) + u;
+                const int f = f0 + 64 * c + 16 * warp + lane / 4 + 8 * hh, t = t0 + 8 * j + 2 * (lane % 4) + u;
                 if (t < p.m && f < p.n) out[static_cast<size_t>(t) * p.n + f] = acc[4 * j + 2 * hh + u];
             }
 #endif
@@ -162,9 +170,10 @@ __global__ void fill(__nv_bfloat16 *p, int64_t n, uint32_t seed, float scale) {
     }
 }
 
+template <int kT>
 void run_shape(cublasHandle_t handle, int n, int h, int m, int split, int sms) {
-    const int tiles = (n + kF - 1) / kF;
-    if (split <= 0) split = sms / tiles > 0 ? sms / tiles : 1;
+    const int tiles = (n + kF - 1) / kF, t_tiles = (m + kT - 1) / kT;
+    if (split <= 0) split = sms / (tiles * t_tiles) > 0 ? sms / (tiles * t_tiles) : 1;
     const size_t w_bytes = static_cast<size_t>(n) * h * 2;
     const int layers = static_cast<int>((256u << 20) / w_bytes) + 1;
     __nv_bfloat16 *w, *x, *y, *y_ref;
@@ -180,11 +189,12 @@ void run_shape(cublasHandle_t handle, int n, int h, int m, int split, int sms) {
     std::vector<CUtensorMap> w_maps(layers);
     for (int l = 0; l < layers; ++l) w_maps[l] = make_map(w + static_cast<size_t>(l) * n * h, n, h, kF);
     const CUtensorMap x_map = make_map(x, m, h, kT);
-    CHECK(cudaFuncSetAttribute(swap_ab_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmem)));
+    constexpr size_t kSmem = smem_bytes<kT>();
+    CHECK(cudaFuncSetAttribute(swap_ab_kernel<kT>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmem)));
     const Params prm{m, n, h, split, parts};
     const int64_t count = static_cast<int64_t>(m) * n;
     auto ours = [&](int l, bool sum) {
-        swap_ab_kernel<<<tiles * split, kThreads, kSmem>>>(w_maps[l], x_map, prm);
+        swap_ab_kernel<kT><<<dim3(tiles * split, t_tiles), kThreads, kSmem>>>(w_maps[l], x_map, prm);
         if (sum) sum_parts<<<2 * sms, 256>>>(parts, split, count, y);
     };
     const float one = 1.0f, zero = 0.0f;
@@ -226,9 +236,9 @@ void run_shape(cublasHandle_t handle, int n, int h, int m, int split, int sms) {
     const double t_ours = time_us([&](int l) { ours(l, true); });
     const double t_cublas = time_us([&](int l) { theirs(l); });
     const double tflops = 2.0 * m * n * h / (t_main * 1e-6) / 1e12;
-    printf("N %5d H %5d M %3d: %2d tiles x split %d = %3d CTAs | main loop %7.2f us (%4.0f TFLOP/s), + sum %7.2f | "
+    printf("T %3d N %5d H %5d M %3d: %2d x %d tiles x split %d = %3d CTAs | main loop %7.2f us (%4.0f TFLOP/s), + sum %7.2f | "
            "cuBLAS %7.2f | cuBLAS / ours %.2f (main loop alone %.2f) | max |diff| %.3g of max |y| %.3g %s\n",
-           n, h, m, tiles, split, tiles * split, t_main, tflops, t_ours, t_cublas, t_cublas / t_ours, t_cublas / t_main,
+           kT, n, h, m, tiles, t_tiles, split, tiles * t_tiles * split, t_main, tflops, t_ours, t_cublas, t_cublas / t_ours, t_cublas / t_main,
            worst, scale, worst <= 2e-2 * scale ? "OK" : "WRONG");
     CHECK(cudaFree(w));
     CHECK(cudaFree(x));
@@ -244,17 +254,19 @@ int main(int argc, char **argv) {
     CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
     cudaDeviceProp prop;
     CHECK(cudaGetDeviceProperties(&prop, 0));
-    printf("%s, %d SMs; tile %d features x %d tokens, %d-k stages, ring of %d (%zu B shared)\n", prop.name, sms, kF, kT,
-           kK, kStages, kSmem);
+    printf("%s, %d SMs; tiles of %d features x T tokens, %d-k stages, ring of %d\n", prop.name, sms, kF, kK, kStages);
     cublasHandle_t handle;
     CUBLAS_CHECK(cublasCreate(&handle));
     if (argc > 1) {
         for (int a = 1; a + 3 < argc; a += 4)
-            run_shape(handle, atoi(argv[a]), atoi(argv[a + 1]), atoi(argv[a + 2]), atoi(argv[a + 3]), sms);
+            run_shape<256>(handle, atoi(argv[a]), atoi(argv[a + 1]), atoi(argv[a + 2]), atoi(argv[a + 3]), sms);
         return 0;
     }
     const int shapes[][2] = {{6144, 4096}, {6144, 2560}, {4096, 1024}};
     for (const auto &s : shapes)
-        for (const int m : {128, 256}) run_shape(handle, s[0], s[1], m, 0, sms);
+        for (const int m : {128, 256}) {
+            run_shape<256>(handle, s[0], s[1], m, 0, sms);
+            run_shape<128>(handle, s[0], s[1], m, 0, sms);
+        }
     return 0;
 }
