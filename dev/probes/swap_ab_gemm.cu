@@ -8,8 +8,9 @@
  *
  * y[M][N] = x[M][H] . W[N][H]^T, bf16 in, float32 products. A CTA owns 128 features (wgmma's M: two
  * consumer warpgroups of 64) and all M <= 256 tokens (wgmma's N = 256, rows past M zero-filled by
- * the copy), and 1/S of the k stages (split-K: float parts to a workspace, summed by a second
- * kernel). A stage is 64 k: W's 128 x 128 bytes and x's 256 x 128 bytes (48 KiB, 128-byte swizzle);
+ * the copy), and a range of its (tile, k stage) iterations: 1/S of a tile's k stages (split-K) or
+ * an equal share of all of them (stream-K, one CTA an SM; a range meets at most two tiles). Each
+ * range's segments go to a float workspace and a second kernel sums them in CTA order. A stage is 64 k: W's 128 x 128 bytes and x's 256 x 128 bytes (48 KiB, 128-byte swizzle);
  * one producer thread fills a ring of 4; both consumers take every stage, keep one stage's
  * products in flight (wgmma wait 1) and release the stage before it. Timed in a loop over layers of
  * distinct weights (>= 256 MiB), beside cuBLAS (cublasGemmEx) on the same layers, after a check
@@ -17,9 +18,9 @@
  *
  *   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -Icsrc dev/probes/swap_ab_gemm.cu \
  *        -o swap_ab_gemm -lcuda -lcublas && ./swap_ab_gemm [N H M S] ...
- *   (default: Llama-3-8B 6144 4096, Qwen3-4B 6144 2560, Qwen3-0.6B 4096 1024 at M = 128 and 256,
- *    each with T = 256 and with T = 128 tokens a tile, the engine's largest today; arguments: T = 256;
- *    S = 0 picks the largest split with tiles x S <= SMs)
+ *   (default: Llama-3-8B 6144 4096, Qwen3-4B 6144 2560, Qwen3-0.6B 4096 1024 at M = 128 and 256:
+ *    T = 256 tokens a tile split-K (the largest S with one wave) and stream-K, T = 128 (the engine's
+ *    largest today) stream-K; arguments: T = 256; S > 0 splits S ways, 0 picks, -1 stream-K)
  */
 #include <cublas_v2.h>
 #include <cuda.h>
@@ -54,9 +55,17 @@ constexpr size_t smem_bytes() { return 1024 + static_cast<size_t>(kStages) * slo
     } while (0)
 
 struct Params {
-    int m, n, h, split;
-    float *parts; /* [split][m][n] */
+    int m, n, h, tiles, k_all;
+    int split; /* S > 0: tile c / S, its k stages split S ways; 0: stream-K, equal ranges of (tile, k) */
+    int ctas;  /* CTAs per token tile (gridDim.x) */
+    float *parts; /* [token tile][CTA][2 segments][kT][kF]: a CTA's range meets at most 2 tiles */
 };
+
+/* The first (tile, k stage) iteration of CTA c's range (tile * k_all + k). */
+__host__ __device__ inline int64_t range_begin(const Params &p, int c) {
+    if (p.split > 0) return static_cast<int64_t>(c / p.split) * p.k_all + static_cast<int64_t>(c % p.split) * p.k_all / p.split;
+    return static_cast<int64_t>(p.tiles) * p.k_all * c / p.ctas;
+}
 
 template <int kT>
 __global__ void __launch_bounds__(kThreads, 1)
@@ -66,12 +75,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     unsigned char *ring = mv_swizzle_aligned_shared();
     uint64_t *full = reinterpret_cast<uint64_t *>(ring + kStages * kSlot);
     uint64_t *empty = full + kStages;
-    /* blockIdx.x: (feature tile, split part); blockIdx.y: the token tile */
-    const int tile = static_cast<int>(blockIdx.x) / p.split, r = static_cast<int>(blockIdx.x) % p.split;
-    const int t0 = static_cast<int>(blockIdx.y) * kT;
-    const int k_all = (p.h + kK - 1) / kK;
-    const int k_begin = r * k_all / p.split, k_tiles = (r + 1) * k_all / p.split - k_begin;
-    const int f0 = tile * kF;
+    /* blockIdx.x: the CTA's range of (feature tile, k stage) iterations; blockIdx.y: the token tile */
+    const int cta = static_cast<int>(blockIdx.x), t0 = static_cast<int>(blockIdx.y) * kT;
+    const int64_t it_begin = range_begin(p, cta), it_end = range_begin(p, cta + 1);
+    const int iters = static_cast<int>(it_end - it_begin);
     if (threadIdx.x == 0) {
         for (int s = 0; s < kStages; ++s) {
             mv_mbarrier_init(&full[s], 1);
@@ -84,23 +91,27 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (group == 0) {
         if (tid == 0) {
             const uint64_t w_policy = mv_evict_first_policy(), x_policy = mv_evict_last_policy();
-            for (int i = 0; i < k_tiles; ++i) {
+            for (int i = 0; i < iters; ++i) {
                 const int s = i % kStages;
                 if (i >= kStages) mv_mbarrier_wait(&empty[s], static_cast<unsigned>((i / kStages - 1) & 1));
                 mv_mbarrier_arrive_expect_tx(&full[s], kSlot);
-                const int k = (k_begin + i) * kK;
+                const int64_t it = it_begin + i;
+                const int k = static_cast<int>(it % p.k_all) * kK, f0 = static_cast<int>(it / p.k_all) * kF;
                 mv_tensor_copy_2d(ring + s * kSlot, &w_map, k, f0, &full[s], w_policy);
                 mv_tensor_copy_2d(ring + s * kSlot + kWBytes, &x_map, k, t0, &full[s], x_policy);
             }
         }
         return;
     }
-    const int c = group - 1; /* features f0 + 64 c .. + 63 */
+    const int c = group - 1; /* features 64 c .. + 63 of each tile */
+    const int warp = tid / 32, lane = tid % 32;
     float acc[kT / 2];
 #pragma unroll
     for (int i = 0; i < kT / 2; ++i) acc[i] = 0.0f;
-    for (int i = 0; i < k_tiles; ++i) {
+    int pending = -1, segment = 0; /* the stage whose release waits on its products; the range's segment */
+    for (int i = 0; i < iters; ++i) {
         const int s = i % kStages;
+        const int64_t it = it_begin + i;
         mv_mbarrier_wait(&full[s], static_cast<unsigned>((i / kStages) & 1));
         const unsigned char *wa = ring + s * kSlot + c * 64 * 128, *xb = ring + s * kSlot + kWBytes;
         mv_wgmma_fence();
@@ -114,30 +125,46 @@ __global__ void __launch_bounds__(kThreads, 1)
         /* the stage before is done once at most this stage's products are pending */
         mv_wgmma_wait<1>();
         mv_wgmma_fence_accumulators(acc);
-        if (i > 0 && tid == 0) mv_mbarrier_arrive(&empty[(i - 1) % kStages]);
+        if (pending >= 0 && tid == 0) mv_mbarrier_arrive(&empty[pending]);
+        pending = s;
+        if (it % p.k_all == p.k_all - 1 || i == iters - 1) { /* the segment's last stage: store its products */
+            mv_wgmma_wait<0>();
+            mv_wgmma_fence_accumulators(acc);
+            if (tid == 0) mv_mbarrier_arrive(&empty[s]);
+            pending = -1;
+            /* products: feature 64 c + 16 warp + lane / 4 (+ 8) of the tile, token 8 j + 2 (lane % 4) (+ 1) */
+            float *out = p.parts + ((static_cast<size_t>(blockIdx.y) * p.ctas + cta) * 2 + segment) * kT * kF;
+#pragma unroll
+            for (int j = 0; j < kT / 8; ++j)
+#pragma unroll
+                for (int hh = 0; hh < 2; ++hh)
+#pragma unroll
+                    for (int u = 0; u < 2; ++u) {
+                        out[(8 * j + 2 * (lane % 4) + u) * kF + 64 * c + 16 * warp + lane / 4 + 8 * hh] = acc[4 * j + 2 * hh + u];
+                        acc[4 * j + 2 * hh + u] = 0.0f;
+                    }
+            ++segment;
+        }
     }
-    mv_wgmma_wait<0>();
-    mv_wgmma_fence_accumulators(acc);
-    /* products: feature f0 + 64 c + 16 (warp % 4) + lane / 4 (+ 8), token 8 j + 2 (lane % 4) (+ 1) */
-    const int warp = tid / 32, lane = tid % 32;
-    float *out = p.parts + static_cast<size_t>(r) * p.m * p.n;
-#pragma unroll
-    for (int j = 0; j < kT / 8; ++j)
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh)
-#pragma unroll
-            for (int u = 0; u < 2; ++u) {
-                const int f = f0 + 64 * c + 16 * warp + lane / 4 + 8 * hh, t = t0 + 8 * j + 2 * (lane % 4) + u;
-                if (t < p.m && f < p.n) out[static_cast<size_t>(t) * p.n + f] = acc[4 * j + 2 * hh + u];
-            }
 #endif
 }
 
-__global__ void sum_parts(const float *parts, int split, int64_t count, __nv_bfloat16 *y) {
+/* y[t][f]: the sum of the segments of every CTA whose range meets f's tile, in CTA order. */
+template <int kT>
+__global__ void sum_parts(Params p, __nv_bfloat16 *y) {
+    const int64_t count = static_cast<int64_t>(p.m) * p.n;
     for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count;
          i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        const int t = static_cast<int>(i / p.n), f = static_cast<int>(i % p.n), tile = f / kF;
+        const int64_t lo = static_cast<int64_t>(tile) * p.k_all, hi = lo + p.k_all;
+        int c = p.split > 0 ? tile * p.split : static_cast<int>(lo * p.ctas / (static_cast<int64_t>(p.tiles) * p.k_all));
+        while (c > 0 && range_begin(p, c) > lo) --c;
         float v = 0.0f;
-        for (int r = 0; r < split; ++r) v += parts[r * count + i];
+        for (; c < p.ctas && range_begin(p, c) < hi; ++c) {
+            if (range_begin(p, c + 1) <= lo) continue;
+            const int segment = range_begin(p, c) < lo ? 1 : 0; /* a range's first segment is the tile it starts in */
+            v += p.parts[((static_cast<size_t>(t / kT) * p.ctas + c) * 2 + segment) * kT * kF + (t % kT) * kF + f % kF];
+        }
         y[i] = __float2bfloat16(v);
     }
 }
@@ -172,8 +199,14 @@ __global__ void fill(__nv_bfloat16 *p, int64_t n, uint32_t seed, float scale) {
 
 template <int kT>
 void run_shape(cublasHandle_t handle, int n, int h, int m, int split, int sms) {
-    const int tiles = (n + kF - 1) / kF, t_tiles = (m + kT - 1) / kT;
-    if (split <= 0) split = sms / (tiles * t_tiles) > 0 ? sms / (tiles * t_tiles) : 1;
+    /* split > 0: S ways; 0: the most with every CTA in one wave; -1: stream-K over the SMs */
+    const int tiles = (n + kF - 1) / kF, t_tiles = (m + kT - 1) / kT, k_all = (h + kK - 1) / kK;
+    if (split == 0) split = sms / (tiles * t_tiles) > 0 ? sms / (tiles * t_tiles) : 1;
+    const int ctas = split > 0 ? tiles * split : sms / t_tiles;
+    if (split < 0 && (static_cast<int64_t>(tiles) * k_all + ctas - 1) / ctas > k_all) {
+        printf("T %3d N %5d H %5d M %3d: stream-K ranges longer than a tile, skipped\n", kT, n, h, m);
+        return;
+    }
     const size_t w_bytes = static_cast<size_t>(n) * h * 2;
     const int layers = static_cast<int>((256u << 20) / w_bytes) + 1;
     __nv_bfloat16 *w, *x, *y, *y_ref;
@@ -182,7 +215,7 @@ void run_shape(cublasHandle_t handle, int n, int h, int m, int split, int sms) {
     CHECK(cudaMalloc(&x, static_cast<size_t>(m) * h * 2));
     CHECK(cudaMalloc(&y, static_cast<size_t>(m) * n * 2));
     CHECK(cudaMalloc(&y_ref, static_cast<size_t>(m) * n * 2));
-    CHECK(cudaMalloc(&parts, static_cast<size_t>(split) * m * n * 4));
+    CHECK(cudaMalloc(&parts, static_cast<size_t>(t_tiles) * ctas * 2 * kT * kF * 4));
     fill<<<1024, 256>>>(w, static_cast<int64_t>(n) * h * layers, 17u, 2.0f / sqrtf(static_cast<float>(h)));
     fill<<<1024, 256>>>(x, static_cast<int64_t>(m) * h, 29u, 2.0f);
     CHECK(cudaGetLastError());
@@ -191,11 +224,11 @@ void run_shape(cublasHandle_t handle, int n, int h, int m, int split, int sms) {
     const CUtensorMap x_map = make_map(x, m, h, kT);
     constexpr size_t kSmem = smem_bytes<kT>();
     CHECK(cudaFuncSetAttribute(swap_ab_kernel<kT>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmem)));
-    const Params prm{m, n, h, split, parts};
+    const Params prm{m, n, h, tiles, k_all, split > 0 ? split : 0, ctas, parts};
     const int64_t count = static_cast<int64_t>(m) * n;
     auto ours = [&](int l, bool sum) {
-        swap_ab_kernel<kT><<<dim3(tiles * split, t_tiles), kThreads, kSmem>>>(w_maps[l], x_map, prm);
-        if (sum) sum_parts<<<2 * sms, 256>>>(parts, split, count, y);
+        swap_ab_kernel<kT><<<dim3(ctas, t_tiles), kThreads, kSmem>>>(w_maps[l], x_map, prm);
+        if (sum) sum_parts<kT><<<2 * sms, 256>>>(prm, y);
     };
     const float one = 1.0f, zero = 0.0f;
     auto theirs = [&](int l) {
@@ -236,9 +269,10 @@ void run_shape(cublasHandle_t handle, int n, int h, int m, int split, int sms) {
     const double t_ours = time_us([&](int l) { ours(l, true); });
     const double t_cublas = time_us([&](int l) { theirs(l); });
     const double tflops = 2.0 * m * n * h / (t_main * 1e-6) / 1e12;
-    printf("T %3d N %5d H %5d M %3d: %2d x %d tiles x split %d = %3d CTAs | main loop %7.2f us (%4.0f TFLOP/s), + sum %7.2f | "
+    printf("T %3d N %5d H %5d M %3d: %2d x %d tiles, %-9s %3d CTAs | main loop %7.2f us (%4.0f TFLOP/s), + sum %7.2f | "
            "cuBLAS %7.2f | cuBLAS / ours %.2f (main loop alone %.2f) | max |diff| %.3g of max |y| %.3g %s\n",
-           kT, n, h, m, tiles, t_tiles, split, tiles * t_tiles * split, t_main, tflops, t_ours, t_cublas, t_cublas / t_ours, t_cublas / t_main,
+           kT, n, h, m, tiles, t_tiles, split > 0 ? (split == 1 ? "unsplit," : split == 2 ? "split 2," : split == 3 ? "split 3," : "split 4+,") : "stream-K,",
+           ctas * t_tiles, t_main, tflops, t_ours, t_cublas, t_cublas / t_ours, t_cublas / t_main,
            worst, scale, worst <= 2e-2 * scale ? "OK" : "WRONG");
     CHECK(cudaFree(w));
     CHECK(cudaFree(x));
@@ -266,7 +300,8 @@ int main(int argc, char **argv) {
     for (const auto &s : shapes)
         for (const int m : {128, 256}) {
             run_shape<256>(handle, s[0], s[1], m, 0, sms);
-            run_shape<128>(handle, s[0], s[1], m, 0, sms);
+            run_shape<256>(handle, s[0], s[1], m, -1, sms);
+            run_shape<128>(handle, s[0], s[1], m, -1, sms);
         }
     return 0;
 }
