@@ -31,16 +31,6 @@ def check(tiles, k_all, split, ctas):
             assert t == tile, (tile, c, seg, t)
             cover += list(ks); c += 1
         assert sorted(cover) == list(range(k_all)), (tiles, k_all, split, ctas, tile)
-n = 0
-for tiles in range(1, 100):
-    for k_all in (4, 16, 40, 56, 64, 71, 128):
-        for sms in (132, 114):
-            split = min(sms // tiles if sms // tiles > 0 else 1, k_all)
-            check(tiles, k_all, split, tiles * split); n += 1
-            ctas = sms
-            if (tiles * k_all + ctas - 1) // ctas <= k_all and tiles * k_all >= ctas:
-                check(tiles, k_all, 0, ctas); n += 1
-print("ok", n, "layouts")
 # kNorm 3: the head's CTA and its count of later parts
 def owner(tiles,k_all,split,ctas,it):
     lo, hi = 0, ctas-1
@@ -60,12 +50,16 @@ def check3(tiles,k_all,split,ctas):
             assert tile*k_all < b < tile*k_all+k_all, (tile, c)  # its first segment: a later part of this tile
         # the CTA after last starts at or after the next tile
         if last+1 < ctas: assert range_begin(tiles,k_all,split,ctas,last+1) >= tile*k_all+k_all
-n3 = 0
+n = 0
 for tiles in range(1, 100):
     for k_all in (4, 16, 40, 56, 64, 71, 128):
         for sms in (132, 114):
-            split = min(sms // tiles if sms // tiles > 0 else 1, k_all)
-            check3(tiles, k_all, split, tiles*split); n3 += 1
-            if (tiles*k_all + sms - 1)//sms <= k_all and tiles*k_all >= sms:
-                check3(tiles, k_all, 0, sms); n3 += 1
-print("owner protocol ok", n3)
+            layouts = [(min(sms // tiles if sms // tiles > 0 else 1, k_all), None)]
+            if (tiles * k_all + sms - 1) // sms <= k_all and tiles * k_all >= sms:
+                layouts.append((0, sms))  # stream-K over the SMs
+            for split, ctas in layouts:
+                ctas = tiles * split if ctas is None else ctas
+                check(tiles, k_all, split, ctas)
+                check3(tiles, k_all, split, ctas)
+                n += 1
+print("ranges and owners ok over", n, "layouts")
