@@ -32,7 +32,6 @@ C_SOURCES = [
     "csrc/binding/buffer.c",
     "csrc/cpu/pool.c",
     "csrc/cpu/dispatch.c",
-    "csrc/cpu/attention_prologue.c",
     # the kernels once per instruction-set level; the x86-64 levels set their targets by pragma
     # (so one build runs on any x86-64, dispatch.c choosing at run time) and compile to nothing
     # elsewhere

@@ -245,6 +245,28 @@ def test_cache_write(dev, dtype, cache_dtype, layout, slots, kv_scale, rng):
          block_size=8).run()
 
 
+SIMD_LEVELS = list(minivllm._C._simd_levels())
+
+
+@pytest.mark.parametrize("cache", [None, "paged", "dstride", FP8])
+@pytest.mark.parametrize("style", ["neox", "gptj"])
+@pytest.mark.parametrize("D,rotary", [(36, 36), (40, 20), (64, 64), (100, 24)])
+@pytest.mark.parametrize("level", SIMD_LEVELS)
+def test_cpu_simd_levels(level, dtype, D, rotary, style, cache, rng):
+    """The CPU twin at every SIMD level this machine runs (portable C included), forced as
+    tests/test_cpu_simd.py does: heads and rotary halves that leave a tail past the last whole
+    vector (16, 8 or 1 floats), a cache whose head_dim is strided, an FP8 cache."""
+    previous = minivllm._C._set_simd_level(SIMD_LEVELS.index(level))
+    try:
+        assert minivllm._C._simd_level() == level
+        Case(get_backend("cpu"), rng, dtype, 5, 96, 4, 2, D, bias=True, qk_norm=True, residual=True,
+             rotary_dim=rotary, style=style, cache=None if cache is None else "paged" if cache == FP8 else cache,
+             cache_dtype=FP8 if cache == FP8 else None, kv_scale=0.5 if cache == FP8 else None,
+             slots="padding").run()
+    finally:
+        minivllm._C._set_simd_level(previous)
+
+
 @pytest.mark.parametrize("M", [0, 1, 3, 33, 101])
 def test_rows(dev, dtype, M, rng):
     Case(dev, rng, dtype, M, 128, 8, 2, 64, bias=True, qk_norm=True, residual=True,

@@ -93,3 +93,17 @@ int mv_fused_rms_norm_qkv_cpu(const mv_qkv_args *a)
     default: return mv_fused_rms_norm_qkv_cpu_portable(a);
     }
 }
+
+int mv_attention_prologue_cpu(const mv_prologue_args *a)
+{
+    switch (mv_cpu_simd_level()) {
+#if MV_BUILD_BF16_LEVEL
+    case MV_SIMD_AVX512BF16: return mv_attention_prologue_cpu_avx512bf16(a);
+#endif
+#if MV_BUILD_X86_LEVELS
+    case MV_SIMD_AVX512: return mv_attention_prologue_cpu_avx512(a);
+    case MV_SIMD_AVX2: return mv_attention_prologue_cpu_avx2(a);
+#endif
+    default: return mv_attention_prologue_cpu_portable(a);
+    }
+}

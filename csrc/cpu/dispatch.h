@@ -30,15 +30,19 @@ enum {
 
 int mv_rms_norm_cpu_portable(const mv_rms_norm_args *a);
 int mv_fused_rms_norm_qkv_cpu_portable(const mv_qkv_args *a);
+int mv_attention_prologue_cpu_portable(const mv_prologue_args *a);
 #if MV_BUILD_X86_LEVELS
 int mv_rms_norm_cpu_avx2(const mv_rms_norm_args *a);
 int mv_fused_rms_norm_qkv_cpu_avx2(const mv_qkv_args *a);
+int mv_attention_prologue_cpu_avx2(const mv_prologue_args *a);
 int mv_rms_norm_cpu_avx512(const mv_rms_norm_args *a);
 int mv_fused_rms_norm_qkv_cpu_avx512(const mv_qkv_args *a);
+int mv_attention_prologue_cpu_avx512(const mv_prologue_args *a);
 #endif
 #if MV_BUILD_BF16_LEVEL
 int mv_rms_norm_cpu_avx512bf16(const mv_rms_norm_args *a);
 int mv_fused_rms_norm_qkv_cpu_avx512bf16(const mv_qkv_args *a);
+int mv_attention_prologue_cpu_avx512bf16(const mv_prologue_args *a);
 #endif
 
 /* The highest level this CPU (and build) supports. */

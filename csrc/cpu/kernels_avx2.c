@@ -1,7 +1,8 @@
 /*
  * kernels_avx2.c: the CPU kernels for x86-64 with AVX2 + FMA + F16C (rms_norm.h,
- * fused_rms_norm_qkv.h over norm_row.h). The target is set by pragma, not by command-line flags, so this file builds (and the analysers
- * parse it) with the same flags as the rest; dispatch.c calls it only where the CPU has them.
+ * fused_rms_norm_qkv.h, attention_prologue.h over norm_row.h). The target is set by pragma, not by
+ * command-line flags, so this file builds (and the analysers parse it) with the same flags as the
+ * rest; dispatch.c calls it only where the CPU has them.
  */
 #include "cpu/dispatch.h"
 
@@ -16,6 +17,7 @@
 #include "cpu/norm_row.h"
 #include "cpu/rms_norm.h"
 #include "cpu/fused_rms_norm_qkv.h"
+#include "cpu/attention_prologue.h"
 #ifdef __clang__
 #pragma clang attribute pop
 #endif

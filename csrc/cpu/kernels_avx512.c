@@ -1,7 +1,7 @@
 /*
  * kernels_avx512.c: the CPU kernels for x86-64 with AVX-512 F/BW/VL/DQ (plus FMA and F16C,
- * which every such CPU has): rms_norm.h and fused_rms_norm_qkv.h at 16 lanes. Target set by
- * pragma, as in kernels_avx2.c.
+ * which every such CPU has): rms_norm.h, fused_rms_norm_qkv.h and attention_prologue.h at 16
+ * lanes. Target set by pragma, as in kernels_avx2.c.
  */
 #include "cpu/dispatch.h"
 
@@ -16,6 +16,7 @@
 #include "cpu/norm_row.h"
 #include "cpu/rms_norm.h"
 #include "cpu/fused_rms_norm_qkv.h"
+#include "cpu/attention_prologue.h"
 #ifdef __clang__
 #pragma clang attribute pop
 #endif

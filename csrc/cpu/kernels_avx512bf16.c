@@ -17,6 +17,7 @@
 #include "cpu/norm_row.h"
 #include "cpu/rms_norm.h"
 #include "cpu/fused_rms_norm_qkv.h"
+#include "cpu/attention_prologue.h"
 #ifdef __clang__
 #pragma clang attribute pop
 #endif

@@ -1,9 +1,10 @@
 /*
- * simd.h: the vector layer the CPU kernels (norm_row.h, rms_norm.h, fused_rms_norm_qkv.h) are written against, one definition
- * per instruction-set level. The file that includes it defines exactly one of MV_ISA_AVX512,
- * MV_ISA_AVX2 or neither (the portable level: plain C, "vectors" of one float, conversions by
- * half_convert.h), and MV_SUFFIX, the suffix of the kernels' entry points; MV_ISA_AVX512BF16 as
- * well as MV_ISA_AVX512 gives AVX512_BF16's bf16 stores.
+ * simd.h: the vector layer the CPU kernels (norm_row.h, rms_norm.h, fused_rms_norm_qkv.h,
+ * attention_prologue.h) are written against, one definition per instruction-set level. The file
+ * that includes it defines exactly one of MV_ISA_AVX512, MV_ISA_AVX2 or neither (the portable
+ * level: plain C, "vectors" of one float, conversions by half_convert.h), and MV_SUFFIX, the suffix
+ * of the kernels' entry points; MV_ISA_AVX512BF16 as well as MV_ISA_AVX512 gives AVX512_BF16's
+ * bf16 stores.
  *
  *   vf                 float32 vector of VL lanes
  *   vf_load_dt(dt, p)  VL elements of dtype dt at p, as float32 (bf16: a shift; fp16: F16C)
@@ -33,6 +34,7 @@ typedef __m512 vf;
 #define vf_zero() _mm512_setzero_ps()
 #define vf_set1(x) _mm512_set1_ps(x)
 #define vf_add(a, b) _mm512_add_ps(a, b)
+#define vf_sub(a, b) _mm512_sub_ps(a, b)
 #define vf_mul(a, b) _mm512_mul_ps(a, b)
 #define vf_fma(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define vf_loadu(p) _mm512_loadu_ps(p)
@@ -106,6 +108,7 @@ typedef __m256 vf;
 #define vf_zero() _mm256_setzero_ps()
 #define vf_set1(x) _mm256_set1_ps(x)
 #define vf_add(a, b) _mm256_add_ps(a, b)
+#define vf_sub(a, b) _mm256_sub_ps(a, b)
 #define vf_mul(a, b) _mm256_mul_ps(a, b)
 #define vf_fma(a, b, c) _mm256_fmadd_ps(a, b, c)
 #define vf_loadu(p) _mm256_loadu_ps(p)
@@ -195,6 +198,7 @@ typedef float vf;
 #define vf_zero() 0.0f
 #define vf_set1(x) (x)
 #define vf_add(a, b) ((a) + (b))
+#define vf_sub(a, b) ((a) - (b))
 #define vf_mul(a, b) ((a) * (b))
 #define vf_fma(a, b, c) ((a) * (b) + (c))
 #define vf_loadu(p) (*(p))
