@@ -32,7 +32,7 @@
  *   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -Icsrc -Xptxas -v \
  *        dev/probes/swap_ab_gemm.cu -o swap_ab_gemm -lcuda -lcublas 2>&1 | grep -c C75  # must be 0
  *   ./swap_ab_gemm                      the default table (dev/probes/README.md)
- *   ./swap_ab_gemm N H M T S NORM ...   one line per group of six: T in {64, 128, 256} tokens a tile;
+ *   ./swap_ab_gemm N H M T S NORM ...   one line per group of six: T in {16, 64, 128, 256} tokens a tile;
  *                                       S > 0 splits S ways, 0 picks, -1 stream-K; NORM 0-3
  */
 #include <cublas_v2.h>
@@ -57,9 +57,9 @@ constexpr int kThreads = 384;
 constexpr int kHelpers = 96; /* warps 1-3; warp 0's first lane copies */
 template <int kT>
 __host__ __device__ constexpr int slot_bytes() { return kWBytes + kT * 128; }
-/* as many stages as fit 200 KiB: 4 at 256 tokens, 6 at 128, 8 at 64 */
+/* as many stages as fit 200 KiB, at most 12: 4 at 256 tokens, 6 at 128, 8 at 64, 11 at 16 */
 template <int kT>
-__host__ __device__ constexpr int ring_stages() { return 200 * 1024 / slot_bytes<kT>() < 8 ? 200 * 1024 / slot_bytes<kT>() : 8; }
+__host__ __device__ constexpr int ring_stages() { return 200 * 1024 / slot_bytes<kT>() < 12 ? 200 * 1024 / slot_bytes<kT>() : 12; }
 template <int kT>
 constexpr size_t smem_bytes() {
     return 1024 + static_cast<size_t>(ring_stages<kT>()) * (slot_bytes<kT>() + kK * 2) + 2 * ring_stages<kT>() * 8 +
@@ -435,6 +435,8 @@ CUtensorMap make_map(const void *base, int rows, int h, int box_rows) {
     return map;
 }
 
+double g_copy_gbps = 0.0; /* measured device-to-device copy (read + write), for the DRAM floor */
+
 template <int kT, int kNorm>
 void run_shape(cublasHandle_t handle, cudaStream_t stream, int n, int h, int m, int split, int sms) {
     /* split > 0: S ways; 0: the most with every CTA in one wave; -1: stream-K over the SMs */
@@ -515,15 +517,18 @@ void run_shape(cublasHandle_t handle, cudaStream_t stream, int n, int h, int m, 
         for (int l = 0; l < layers; ++l) theirs(l);
     });
     const double tflops = 2.0 * m * n * h / (t_main * 1e-6) / 1e12;
+    /* the bytes that must move (W, x, gamma read, y written) at the measured copy rate */
+    const double floor_us = (static_cast<double>(n) * h + static_cast<double>(m) * h + h + static_cast<double>(m) * n) *
+                            2.0 / (g_copy_gbps * 1e3);
     char plan[32];
     if (split > 0)
         snprintf(plan, sizeof plan, "split %d", split);
     else
         snprintf(plan, sizeof plan, "stream-K");
-    printf("N %5d H %5d M %3d | T %3d norm %d %-8s %3d CTAs | main %7.2f us %4.0f TFLOP/s | +sum %7.2f | cuBLAS %7.2f | "
-           "cuB/main %.2f cuB/all %.2f | max|diff| %.3g of %.3g %s\n",
-           n, h, m, kT, kNorm, plan, ctas * t_tiles, t_main, tflops, t_ours, t_cublas, t_cublas / t_main,
-           t_cublas / t_ours, worst, scale, worst <= 2e-2 * scale ? "OK" : "WRONG");
+    printf("N %5d H %5d M %3d | T %3d norm %d %-8s %3d CTAs | main %7.2f us %4.0f TFLOP/s %3.0f%% of floor | +sum %7.2f | "
+           "cuBLAS %7.2f | cuB/main %.2f cuB/all %.2f | max|diff| %.3g of %.3g %s\n",
+           n, h, m, kT, kNorm, plan, ctas * t_tiles, t_main, tflops, 100.0 * floor_us / t_main, t_ours, t_cublas,
+           t_cublas / t_main, t_cublas / t_ours, worst, scale, worst <= 2e-2 * scale ? "OK" : "WRONG");
     fflush(stdout);
     CHECK(cudaFree(w));
     CHECK(cudaFree(x));
@@ -545,10 +550,11 @@ void run_norm(cublasHandle_t handle, cudaStream_t stream, int n, int h, int m, i
 }
 
 void run(cublasHandle_t handle, cudaStream_t stream, int n, int h, int m, int t, int split, int norm, int sms) {
-    if (t == 64) run_norm<64>(handle, stream, n, h, m, split, norm, sms);
+    if (t == 16) run_norm<16>(handle, stream, n, h, m, split, norm, sms);
+    else if (t == 64) run_norm<64>(handle, stream, n, h, m, split, norm, sms);
     else if (t == 128) run_norm<128>(handle, stream, n, h, m, split, norm, sms);
     else if (t == 256) run_norm<256>(handle, stream, n, h, m, split, norm, sms);
-    else printf("T %d: not 64, 128 or 256, skipped\n", t);
+    else printf("T %d: not 16, 64, 128 or 256, skipped\n", t);
 }
 
 } // namespace
@@ -568,6 +574,21 @@ int main(int argc, char **argv) {
     void *blas_ws = nullptr; /* a workspace of its own, so that cuBLAS allocates nothing while captured */
     CHECK(cudaMalloc(&blas_ws, 32u << 20));
     CHECK_BLAS(cublasSetWorkspace(handle, blas_ws, 32u << 20));
+    { /* the copy rate device to device (512 MiB copied: 1 GiB moved), in graph replay as the rest */
+        const size_t bytes = 512u << 20;
+        void *a = nullptr, *b = nullptr;
+        CHECK(cudaMalloc(&a, bytes));
+        CHECK(cudaMalloc(&b, bytes));
+        CHECK(cudaMemsetAsync(a, 1, bytes, stream));
+        const double us = graph_us_per_call(stream, 4, [&](cudaStream_t st) {
+            for (int i = 0; i < 4; ++i) CHECK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, st));
+        });
+        g_copy_gbps = 2.0 * bytes / (us * 1e3);
+        CHECK(cudaFree(a));
+        CHECK(cudaFree(b));
+        printf("device-to-device copy %.0f GB/s (read + write): the floor of each line is its bytes at that rate\n",
+               g_copy_gbps);
+    }
     if (argc > 1) {
         for (int a = 1; a + 5 < argc; a += 6)
             run(handle, stream, atoi(argv[a]), atoi(argv[a + 1]), atoi(argv[a + 2]), atoi(argv[a + 3]), atoi(argv[a + 4]),
@@ -576,6 +597,12 @@ int main(int argc, char **argv) {
     }
     /* Llama-3-8B, Qwen3-4B, Qwen3-0.6B, and Qwen2.5-7B (N = 36 tiles: no split fills the SMs) */
     const int shapes[][2] = {{6144, 4096}, {6144, 2560}, {4096, 1024}, {4608, 3584}};
+    for (const auto &s : shapes)
+        for (const int m : {1, 16}) { /* decode: the whole op, stream-K and split-K, and the main loop alone */
+            run(handle, stream, s[0], s[1], m, 16, -1, 3, sms);
+            run(handle, stream, s[0], s[1], m, 16, 0, 3, sms);
+            run(handle, stream, s[0], s[1], m, 16, -1, 0, sms);
+        }
     for (const auto &s : shapes)
         for (const int m : {64, 128, 256}) {
             const int t = m; /* all of the call's tokens in one tile */
