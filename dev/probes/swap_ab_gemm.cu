@@ -448,8 +448,9 @@ void run_shape(cublasHandle_t handle, cudaStream_t stream, int n, int h, int m, 
     if (split == 0) split = sms / (tiles * t_tiles) > 0 ? sms / (tiles * t_tiles) : 1;
     if (split > k_all) split = k_all; /* no empty ranges */
     const int ctas = split > 0 ? tiles * split : sms / t_tiles;
-    if (split < 0 && (static_cast<int64_t>(tiles) * k_all + ctas - 1) / ctas > k_all) {
-        printf("T %3d N %5d H %5d M %3d: stream-K ranges longer than a tile, skipped\n", kT, n, h, m);
+    if (split < 0 && ((static_cast<int64_t>(tiles) * k_all + ctas - 1) / ctas > k_all ||
+                      static_cast<int64_t>(tiles) * k_all < ctas)) { /* no range empty, none over two tiles */
+        printf("T %3d N %5d H %5d M %3d: stream-K ranges empty or longer than a tile, skipped\n", kT, n, h, m);
         return;
     }
     const size_t w_bytes = static_cast<size_t>(n) * h * 2;
