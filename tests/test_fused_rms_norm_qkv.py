@@ -587,6 +587,24 @@ def test_engine_takes_few_rows_no_stream_fits(rng):
         assert _C.qkv_last_gpu_path() == expected, f"M={M}: ran {_C.qkv_last_gpu_path()!r}, expected {expected!r}"
 
 
+def test_bulk_stream_last_tile_rows(rng):
+    """The tensor-copy stream brings a block's last, partial tile in boxes of 4 features (the
+    slot's other rows are stale shared memory, which its lanes must not read), H in one stage and
+    in several. With 132 SMs (an H100 or H200) these N = 8 * (heads + 2) give blocks of 8 to 23
+    features, so last tiles of every size 1-15, boxes part-used and not; on other GPUs other sizes,
+    checked all the same."""
+    if cuda_skip_reason():
+        pytest.skip(cuda_skip_reason())
+    if cuda_capability() < (9, 0):
+        pytest.skip(f"the bulk path needs sm_90 or newer; this GPU is sm_{cuda_capability()[0]}{cuda_capability()[1]}")
+    dev = PathBackend(get_backend("cuda"), "bulk")
+    for H in (256, 4096):
+        for nh in (16, 131, 164, 197, 230, 279, 312, 345, 362):
+            for M in (1, 3):
+                Case(dev, rng, "bfloat16", (M,), H, nh, 1, 8, "W").run()
+                assert _C.qkv_last_gpu_path() == "bulk", f"H={H} heads {nh} M={M}: ran {_C.qkv_last_gpu_path()!r}"
+
+
 def test_path_names_are_checked(rng):
     """_path takes None or a path name, on every device; the old names are gone."""
     c = Case(get_backend("cpu"), rng, "float32", (2,), 16, 1, 1, 4, "W")

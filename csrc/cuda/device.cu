@@ -152,7 +152,8 @@ bool mv_swizzled_tensor_map(CUtensorMap *map, bool bf16, int rank, const void *d
     }
     static thread_local TensorMapEntry cache[kTensorMapCacheSize];
     const uintptr_t h = reinterpret_cast<uintptr_t>(data);
-    TensorMapEntry &e = cache[((h >> 8) ^ (h >> 20) ^ box[1]) & (kTensorMapCacheSize - 1)];
+    /* the outermost box size too: a launcher may keep two maps of one tensor (bulk_stream.cu's tail) */
+    TensorMapEntry &e = cache[((h >> 8) ^ (h >> 20) ^ box[1] ^ (box[rank - 1] * 3u)) & (kTensorMapCacheSize - 1)];
     if (cached && e.valid && same_key(e.key, key)) {
         *map = e.map;
         return true;

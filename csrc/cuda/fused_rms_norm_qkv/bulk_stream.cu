@@ -7,7 +7,10 @@
  * tiles to blocks, so its last wave runs part-empty. Here each block (one per SM) owns a
  * contiguous, equal range of output features, and one producer warp streams it through a ring
  * of stages, each stage 16 features x stage_k brought by ONE tensor copy (the time followed the
- * number of copies, not the bytes in flight, with one copy per feature row). Before the weights
+ * number of copies, not the bytes in flight, with one copy per feature row). A block's last tile
+ * usually holds fewer features: it comes in boxes of kTailFeatures, so that no block reads rows of
+ * its neighbour's range (whole 16-row tiles made the busiest block read up to a third more of W
+ * than the mean where N / SMs is not near a multiple of 16). Before the weights
  * the producer bulk-copies the input (x rows, residual rows, gamma) where it is 16-byte aligned,
  * so the norm's operands do not queue behind the weight stream. The 8 consumer warps stage y,
  * then wait on each stage, run the mma chunks reading W from shared memory, and release the slot.
@@ -30,10 +33,15 @@ struct BulkGeometry {
     int early_stages;  /* stages requested before waiting for the previous kernel (<= stages) */
 };
 
+/* The last tile's box: a multiple of it is at most 3 rows past the block's range, and its offsets in a
+   stage (4 features x 4 (2 j + 1) lines x 128 bytes) keep the swizzle's 1 KiB alignment. */
+constexpr int kTailFeatures = 4;
+
 template <typename T, int kTokenTiles, bool kHasResidual>
 __global__ void __launch_bounds__(kBulkThreads, 2) fused_rms_norm_qkv_bulk_kernel(mv_qkv_args args, BulkGeometry geo,
                                                                                 mv_stream_flags flags,
-                                                                                const __grid_constant__ CUtensorMap w_map) {
+                                                                                const __grid_constant__ CUtensorMap w_map,
+                                                                                const __grid_constant__ CUtensorMap w_tail_map) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     extern __shared__ uint4 smem[];
     const int rows = static_cast<int>(args.in.rows);
@@ -52,7 +60,7 @@ __global__ void __launch_bounds__(kBulkThreads, 2) fused_rms_norm_qkv_bulk_kerne
     uint64_t *input_full = empty + geo.stages;
 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    /* This block's features: an equal share of N, in 16-feature tiles (the last one partial). */
+    /* This block's features: an equal share of N, in 16-feature tiles (the last one usually partial). */
     const int64_t feature_begin = geo.cols * blockIdx.x / gridDim.x;
     const int64_t feature_end = geo.cols * (blockIdx.x + 1) / gridDim.x;
     const int tiles = static_cast<int>((feature_end - feature_begin + kTileFeatures - 1) / kTileFeatures);
@@ -85,9 +93,19 @@ __global__ void __launch_bounds__(kBulkThreads, 2) fused_rms_norm_qkv_bulk_kerne
                 if (round > 0) mv_mbarrier_wait(&empty[slot], (round - 1) & 1);
                 const int64_t feature0 = feature_begin + static_cast<int64_t>(i / geo.kchunks) * kTileFeatures;
                 const int line0 = (i % geo.kchunks) * geo.stage_lines;
-                mv_mbarrier_arrive_expect_tx(&full[slot], static_cast<unsigned>(stage_bytes)); /* zero fill counts */
-                mv_tensor_copy_3d(ring + static_cast<size_t>(slot) * stage_bytes, &w_map, 0, line0,
-                                      static_cast<int>(feature0), &full[slot], policy);
+                unsigned char *dst = ring + static_cast<size_t>(slot) * stage_bytes;
+                const int64_t left = feature_end - feature0;
+                if (left >= kTileFeatures) {
+                    mv_mbarrier_arrive_expect_tx(&full[slot], static_cast<unsigned>(stage_bytes)); /* zero fill counts */
+                    mv_tensor_copy_3d(dst, &w_map, 0, line0, static_cast<int>(feature0), &full[slot], policy);
+                } else { /* the last tile's rows only, in boxes of kTailFeatures; the rest of the slot is not read */
+                    const int boxes = static_cast<int>((left + kTailFeatures - 1) / kTailFeatures);
+                    const int box_bytes = kTailFeatures * geo.stage_lines * kLineBytes;
+                    mv_mbarrier_arrive_expect_tx(&full[slot], static_cast<unsigned>(boxes * box_bytes));
+                    for (int b = 0; b < boxes; ++b)
+                        mv_tensor_copy_3d(dst + b * box_bytes, &w_tail_map, 0, line0,
+                                          static_cast<int>(feature0) + b * kTailFeatures, &full[slot], policy);
+                }
             };
             const int first_round = total_stages < geo.early_stages ? total_stages : geo.early_stages;
             for (int i = 0; i < first_round; ++i) issue(i);
@@ -135,6 +153,10 @@ __global__ void __launch_bounds__(kBulkThreads, 2) fused_rms_norm_qkv_bulk_kerne
     const int stage_k = geo.stage_lines * kLineK;
     const int chunks_per_stage = stage_k / kChunkK;
     for (int tile = 0, i = 0; tile < tiles; ++tile) {
+        /* rows of a partial last tile that no box brought hold stale bytes: such a lane reads zeros */
+        const int64_t left = feature_end - feature_begin - static_cast<int64_t>(tile) * kTileFeatures;
+        const int rounded = static_cast<int>((left + kTailFeatures - 1) / kTailFeatures) * kTailFeatures;
+        const bool row_a_in = left >= kTileFeatures || g < rounded, row_b_in = left >= kTileFeatures || g + 8 < rounded;
         float acc[kTokenTiles][4];
 #pragma unroll
         for (int tt = 0; tt < kTokenTiles; ++tt) acc[tt][0] = acc[tt][1] = acc[tt][2] = acc[tt][3] = 0.0f;
@@ -149,8 +171,8 @@ __global__ void __launch_bounds__(kBulkThreads, 2) fused_rms_norm_qkv_bulk_kerne
                 const int line_a = g * geo.stage_lines + local_k / kLineK;
                 const int line_b = line_a + 8 * geo.stage_lines;
                 const int j = (local_k % kLineK) / kVec; /* 16-byte chunk within the line */
-                const uint4 wa = load_swizzled(stage, line_a, j);
-                const uint4 wb = load_swizzled(stage, line_b, j);
+                const uint4 wa = row_a_in ? load_swizzled(stage, line_a, j) : make_uint4(0, 0, 0, 0);
+                const uint4 wb = row_b_in ? load_swizzled(stage, line_b, j) : make_uint4(0, 0, 0, 0);
                 mma_chunk<T, kTokenTiles>(acc, wa, wb, xs, geo.xs_stride, chunk_k + kVec * t, true, rows, g);
             }
             __syncwarp();
@@ -205,7 +227,7 @@ size_t plan_ring(BulkGeometry *geo, size_t budget, size_t base, size_t input_ext
 /* W stages requested before waiting for the previous kernel: with PDL and a single row, one;
    otherwise none, since the input's bulk copy queues behind them (docs/design.md). */
 struct BulkState {
-    CUtensorMap w_map;
+    CUtensorMap w_map, w_tail_map;
     BulkGeometry geo;
     mv_stream_flags flags;
     size_t smem;
@@ -253,7 +275,9 @@ bool plan_bulk(BulkState *st, const mv_qkv_args &a, const mv_cuda_device &dev, i
     if (smem == 0) smem = plan_ring(&geo, whole, base, input_extra, input_copy_ok, most_tiles, lines, 0, 2);
     if (smem == 0) return false;
     geo.early_stages = pdl && rows == 1 ? 1 : 0;
-    if (!encode_weight_map(&st->w_map, a, geo.cols, geo.stage_lines)) return false;
+    if (!encode_weight_map(&st->w_map, a, geo.cols, geo.stage_lines) ||
+        !encode_weight_map(&st->w_tail_map, a, geo.cols, geo.stage_lines, kTailFeatures))
+        return false;
     st->geo = geo;
     st->smem = smem;
     st->grid = grid;
@@ -263,7 +287,7 @@ bool plan_bulk(BulkState *st, const mv_qkv_args &a, const mv_cuda_device &dev, i
 
 /* A kernel instantiation and its shared-memory opt-in cache (device.h: one per kernel). */
 struct BulkKernel {
-    void (*fn)(mv_qkv_args, BulkGeometry, mv_stream_flags, const CUtensorMap);
+    void (*fn)(mv_qkv_args, BulkGeometry, mv_stream_flags, const CUtensorMap, const CUtensorMap);
     mv_shared_opt_in *opt_in;
 };
 
@@ -309,6 +333,6 @@ cudaError_t mv_qkv_bulk_launch(const mv_qkv_args &a, const mv_qkv_plan &plan, co
     cudaError_t err = mv_allow_shared(kernel.fn, st.smem, *kernel.opt_in, dev.device);
     if (err != cudaSuccess) return err;
     err = mv_launch(kernel.fn, dim3(st.grid), dim3(kBulkThreads), st.smem, stream, plan.pdl, a, st.geo, st.flags,
-                    st.w_map);
+                    st.w_map, st.w_tail_map);
     return err != cudaSuccess ? err : cudaGetLastError();
 }
