@@ -10,6 +10,7 @@
  *
  *   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -Icsrc \
  *        dev/probes/weight_stream.cu -o weight_stream -lcuda && ./weight_stream
+ *   ./weight_stream ring 64 96 128 192   a 32 KiB stage of 16 features through rings of these KiB
  *
  * Variants (tensor copies, 128-byte swizzle):
  *   tma F x L      the 3-D view [N][H / 64][64]: one box = F features x L lines of 64 k
@@ -160,7 +161,7 @@ double time_gbps(int span, Launch launch) {
     return static_cast<double>(kN) * kH * 2 * span * reps / (ms * 1e-3) / 1e9;
 }
 
-int main() {
+int main(int argc, char **argv) {
     int sms = 0;
     CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
     const size_t bytes = static_cast<size_t>(kN) * kH * 2;
@@ -172,6 +173,29 @@ int main() {
     printf("W %d x %d bf16 (%.1f MiB), %d copies, %d SMs; span = copies streamed per launch\n", kN, kH,
            bytes / 1048576.0, kCopies, sms);
 
+    if (argc > 2 && argv[1][0] == 'r') {
+        /* "ring KIB ...": a stage like the tensor-copy QKV stream's (16 features; 16 lines, 32 KiB, where the
+           stream takes 12 at half an SM: 12 does not divide this H's 64 lines, and this kernel reads whole
+           boxes only) through rings of these sizes, 1 and 2 CTAs an SM: the rate by bytes in flight */
+        for (int span : {1, 4})
+            for (int a = 2; a < argc; ++a)
+                for (int grid_per_sm = 1; grid_per_sm <= 2; ++grid_per_sm) {
+                    const int kib = atoi(argv[a]), slot_bytes = 16 * 16 * 128, slots = kib * 1024 / slot_bytes;
+                    const size_t smem = slots * slot_bytes + 1024 + slots * 16;
+                    if (slots < 2 || smem * grid_per_sm > 227u * 1024) continue;
+                    CHECK(cudaFuncSetAttribute(tma_stream, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+                    const CUtensorMap map = make_map(w, 16, 16, false);
+                    const double gbps = time_gbps(span, [&](int first) {
+                        Params prm{16, 16, slots, 0, first * kN, span * kN};
+                        tma_stream<<<sms * grid_per_sm, kConsumers + 32, smem>>>(prm, map, sink);
+                    });
+                    printf("span %d: tma 16 features x 16 lines, ring %3d KiB (%2d slots), %d CTA/SM (%3d KiB in flight "
+                           "an SM): %7.0f GB/s\n",
+                           span, slots * slot_bytes / 1024, slots, grid_per_sm, slots * slot_bytes * grid_per_sm / 1024,
+                           gbps);
+                }
+        return 0;
+    }
     struct Shape { int features, lines, permuted; };
     const Shape shapes[] = {{64, 1, 0}, {64, 2, 0}, {16, 12, 0}, {64, 4, 1}, {16, 4, 0}, {16, 12, 1}};
     for (int span : {1, 4}) {
