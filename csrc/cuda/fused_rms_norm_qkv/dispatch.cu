@@ -77,7 +77,7 @@ constexpr int64_t kEngineMinWeights = 5 << 20; /* elements: 10 MiB of 16-bit wei
    of the op's own calls; timed after a kernel that lets nothing overlap (as in a model), the engine
    ties the deferred stream at 16 rows and beats the table's stream by 1.4-2.5 us at Falcon-7B's
    1-2 rows (dev/logs/engine-start-nvidia-h200-2026-11-24.log). The tensor-copy stream's last tile
-   now reads only its own rows (4-feature boxes), but its time follows its count of stages more than
+   reads only its own rows (4-feature boxes), but its time follows its count of stages more than
    its bytes: the engine still won there on an H100 (N = 4608 and 4672, 1-2 rows, 1.03-1.07x;
    dev/logs/bulk-tail-boxes-nvidia-h100-2026-11-25.log), so the rule counts 16-feature tiles. */
 constexpr double kStreamMaxImbalance = 1.3;
