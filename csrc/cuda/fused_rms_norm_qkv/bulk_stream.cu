@@ -9,8 +9,9 @@
  * of stages, each stage 16 features x stage_k brought by ONE tensor copy (the time followed the
  * number of copies, not the bytes in flight, with one copy per feature row). A block's last tile
  * usually holds fewer features: it comes in boxes of kTailFeatures, so that no block reads rows of
- * its neighbour's range (whole 16-row tiles made the busiest block read up to a third more of W
- * than the mean where N / SMs is not near a multiple of 16). Before the weights
+ * its neighbour's range again (a 16-row box read up to 15 of them: Phi-3-mini 1.06x faster without;
+ * where the tail is a few rows the time follows the count of stages, and nothing changed;
+ * dev/logs/bulk-tail-boxes-nvidia-h100-2026-11-25.log). Before the weights
  * the producer bulk-copies the input (x rows, residual rows, gamma) where it is 16-byte aligned,
  * so the norm's operands do not queue behind the weight stream. The 8 consumer warps stage y,
  * then wait on each stage, run the mma chunks reading W from shared memory, and release the slot.
