@@ -2,7 +2,7 @@
 # The tensor-copy W stream's last tile in 4-feature boxes (bulk_stream.cu), before and after in one
 # run: builds the tree and the tree with $PATCH reverse-applied side by side (ab_build.sh, sm_90),
 # times the bulk path forced in both and the new table's choice beside cuBLAS alone and the engine at
-# 1-2 rows on every preset, bf16, then a short test run of the new bulk path. The GPU machine's copy
+# 1-2 rows on every preset, bf16 (tests: bulk_tail_tests.sh). The GPU machine's copy
 # of .git may lag the working tree, so the old tree comes from a patch made here first, e.g.
 #   git diff a2d67c4 c306f1a -- csrc > dev/probes/bulk_tail.patch     (untracked; copied over)
 #   usage (GPU machine, repo root): [PATCH=file] bash dev/probes/bulk_tail_ab.sh    (outputs under $OUT)
@@ -20,7 +20,4 @@ bench() { # SITE NAME ARGS...
 bench /tmp/ab_site_old old-bulk --impls minivllm cublas --path bulk
 bench /tmp/ab_site_new new-bulk --impls minivllm cublas --path bulk
 bench /tmp/ab_site_new new-auto --impls minivllm cublas engine
-cd "$repo/tests" && PYTHONPATH=/tmp/ab_site_new timeout 150 python3 -m pytest -q -x -p no:cacheprovider \
-    test_fused_rms_norm_qkv.py -k "bulk_stream_last_tile or (cuda-bulk and (model_shapes or rows or residual))" 2>&1 | tail -2 | tee "$out/tests.log"
-cd "$repo"
 echo "total $(( $(date +%s) - t0 )) s"
