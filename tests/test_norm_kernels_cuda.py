@@ -16,12 +16,13 @@ pytestmark = pytest.mark.skipif(not minivllm.cuda_available(),
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # H: odd (vector width 1), 2 (mod 4), 4 (mod 8), multiples of 8; small (many rows per block),
-# model sizes (4095: single elements, 8 per thread, up to 512 threads), rows of more than 2048
+# model sizes (4095: single elements, 8 per thread, up to 512 threads; 201 and 1501: 32 and 256
+# threads of the elems kernel, 1501 a power of two above its 188 needed), rows of more than 2048
 # 16-byte vectors (8 per thread; 12289 and 24577 off the grid), and past 4096 of them (the fused
 # add's long-row kernel; rms_norm's 16 vectors a thread at float32 20000 and 16-bit 40000, its
 # reference fallback at float32 40000 and off the grid, 32769).
-HIDDEN = [1, 3, 6, 100, 896, 1000, 1024, 3584, 4095, 4096, 5119, 5120, 8191, 8192, 12000, 12289, 20000,
-          24577, 32769, 40000]
+HIDDEN = [1, 3, 6, 100, 201, 896, 1000, 1024, 1501, 3584, 4095, 4096, 5119, 5120, 8191, 8192, 12000, 12289,
+          20000, 24577, 32769, 40000]
 
 
 def _rows(rng, shape, dtype, offset=0, row_pad=0):

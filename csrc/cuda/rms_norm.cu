@@ -22,6 +22,11 @@
  * bookkeeping; rows of up to 512 16-byte vectors take one or two vectors a thread instead
  * (rms_norm_lanes_kernel, rms_norm_lanes_pair_kernel: the same sum, through shared memory), and
  * so do such rows of 16-byte vectors in longer calls while a block a row fits one wave.
+ * Rows of single elements (odd H of 129-4096, views aligned to no wider vector) in one stride
+ * take rms_norm_elems_kernel (a float32 fused add only in short calls): the general kernel's
+ * layout for V = 1 and its order, with
+ * G (a power of two for single elements) compiled in, so every element's address is an
+ * immediate away and a full SM of threads fits in the registers.
  * Rows of odd H above 4096, and views whose alignment allows only narrower vectors where those
  * would need more than 512 threads, take 16-byte "virtual vectors" from each row's first element
  * (rms_norm_vec_kernel<kOdd>, load_vec). Rows off the 16-byte grid (odd H, misaligned views) in
@@ -1109,6 +1114,94 @@ __global__ void __launch_bounds__(kMaxThreads) rms_norm_lanes_pair_kernel(ShortP
         if (u + j * threads < vecs) out_row[u + j * threads] = normalized<kOffset>(s[j], w[j], rrms, p.weight_offset);
 }
 
+/* ---- rows of single elements, G compiled in ------------------------------------------------- */
+
+/* Rows that only single elements fit (odd H, misaligned views) of G = 32 kWarps threads, in one
+   stride: the general kernel's layout and order for V = 1 (8 elements a thread at lane + i G, a
+   thread's squares in index order, then group_sum), so a row has the same bits on any kernel.
+   G compiled in makes each element's address this thread's first plus an immediate, and the
+   launch bounds ask for a full SM of threads (32 registers). The general kernel held 48 at
+   run-time G (a 64-bit address a load), 10 rows an SM where Liger's 27-register kernel holds
+   16. H100 bf16 4096 x 999: 11.93 -> 7.05 us with PDL, 14.03 -> 8.25 without (Liger 9.11);
+   float32 17.90 -> 12.21 (dev/logs/norm-odd-rows-nvidia-h100-2026-11-25.log). A block holds
+   4 / kWarps rows where a row has fewer than 4 warps (blocks of one warp would cap an SM at 32
+   of them). The weight offset is a select, not a compile-time switch (its kernels would
+   double): g = w where the offset is 0, as the other kernels' kOffset = false. */
+constexpr int elems_block_threads(int warps) { return warps >= 4 ? 32 * warps : 128; }
+
+template <typename T, typename TW, bool kHasResidual, int kWarps>
+__global__ void __launch_bounds__(elems_block_threads(kWarps), 2048 / elems_block_threads(kWarps))
+    rms_norm_elems_kernel(NormParams<false> args, int prefetch_rows) {
+    constexpr int G = 32 * kWarps;
+    constexpr int kRows = elems_block_threads(kWarps) / G;
+    constexpr int kPer = vecs_per_thread(1);
+    __shared__ float warp_sums[32];
+    const mv_norm_input &in = args.in;
+    const int lane = static_cast<int>(threadIdx.x) % G;
+    const int left = static_cast<int>(in.hidden) - lane; /* element i of this thread is in the row if i G < left */
+    /* The grid covers the rows once (launch_elems: int rows and strides). A group past the last
+       row reads the last row and stores nothing, so it carries values through group_sum's
+       barriers. Each pointer is this thread's first element: the others are immediates away. */
+    const int row = static_cast<int>(blockIdx.x) * kRows + static_cast<int>(threadIdx.x) / G;
+    const int rows = static_cast<int>(in.rows);
+    const bool active = row < rows;
+    const int64_t read_row = active ? row : rows - 1;
+    const T *xp = static_cast<const T *>(in.x) + read_row * static_cast<int>(in.x_stride) + lane;
+    const T *rp = kHasResidual ? static_cast<const T *>(in.residual) + read_row * static_cast<int>(in.residual_stride) + lane
+                               : nullptr;
+    if (active && row < prefetch_rows) { /* before the wait: L2 for the row's lines, a line a thread */
+        const int64_t bytes = in.hidden * static_cast<int64_t>(sizeof(T));
+        mv_prefetch_span_l2(xp - lane, bytes, lane, G);
+        if (kHasResidual) mv_prefetch_span_l2(rp - lane, bytes, lane, G);
+    }
+    mv_pdl_wait();
+    mv_pdl_trigger();
+    const T zero = mv_from_float<T>(0.0f);
+    const TW *wp = static_cast<const TW *>(in.norm_weight) + lane;
+    T s[kPer];
+    TW w[kPer];
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) s[i] = i * G < left ? xp[i * G] : zero;
+    if (kHasResidual) {
+        /* the weight after the sum here: x, the residual and the weight together held more
+           registers than the bound allows */
+        T *rop = static_cast<T *>(in.residual_out) + static_cast<int64_t>(row) * static_cast<int>(in.residual_out_stride) + lane;
+        T r[kPer];
+#pragma unroll
+        for (int i = 0; i < kPer; ++i) r[i] = i * G < left ? rp[i * G] : zero;
+#pragma unroll
+        for (int i = 0; i < kPer; ++i) {
+            mv_vec<T, 1> v{{s[i]}};
+            add_rounded(v, mv_vec<T, 1>{{r[i]}});
+            s[i] = v.v[0];
+            if (active && i * G < left) rop[i * G] = s[i];
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < kPer; ++i) w[i] = i * G < left ? wp[i * G] : mv_from_float<TW>(0.0f);
+    }
+    float sum_sq = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kPer; ++i)
+        if (i * G < left) sum_sq = add_squares(sum_sq, mv_vec<T, 1>{{s[i]}});
+    sum_sq = group_sum(sum_sq, G, warp_sums);
+    if (!active) return;
+    if (kHasResidual) {
+#pragma unroll
+        for (int i = 0; i < kPer; ++i) w[i] = i * G < left ? wp[i * G] : mv_from_float<TW>(0.0f);
+    }
+    const float rrms = rsqrtf(sum_sq / static_cast<float>(in.hidden) + in.eps);
+    const bool offset = in.weight_offset != 0.0f;
+    T *op = static_cast<T *>(args.out) + static_cast<int64_t>(row) * static_cast<int>(args.out_stride) + lane;
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+        if (i * G >= left) continue;
+        const float wv = mv_to_float(w[i]);
+        const float g = offset ? wv + in.weight_offset : wv;
+        op[i * G] = mv_from_float<T>(g * (mv_to_float(s[i]) * rrms));
+    }
+}
+
 /* ---- rows off the 16-byte grid, staged through shared memory --------------------------------- */
 
 /* Rows off the 16-byte grid (odd H: every other row at least) fit no vector load. In place, the
@@ -1772,6 +1865,49 @@ bool lanes_one_wave(const mv_rms_norm_args &a, const LanesKernel &k, const mv_cu
     return a.in.rows <= static_cast<int64_t>(blocks) * (dev.sms > 0 ? dev.sms : 1);
 }
 
+/* Threads a row of single elements (V = 1): a power of two holding 8 elements each. Whole warps
+   beyond 32 threads, as group_threads_for, but rounded up to a power of two so that the few
+   layouts rms_norm_elems_kernel compiles in cover every such H up to 4096 (H = 1501: 256 threads,
+   not 192); every kernel takes G from here, so the row's order stays one per H. */
+int elems_group_threads(int64_t needed) {
+    int group_threads = 1;
+    while (group_threads < needed) group_threads <<= 1;
+    return group_threads;
+}
+
+/* Which calls of such rows (G >= 32, so H 129-4096) take rms_norm_elems_kernel: one stride in
+   int strides, and every call but a float32 fused add of more rows than multiprocessors. There
+   it lost to the general and staged kernels (H100 1000 x 999 6.36 -> 7.99 us, 4096 x 4095 93.6 ->
+   100.2; in 16-bit types the fused add gained 1.05-1.45x, rms_norm 1.04-1.70x everywhere;
+   dev/logs/norm-odd-rows-nvidia-h100-2026-11-25.log). The rule moves no row's bits: every kernel
+   sums in the order G fixes. */
+bool elems_wanted(const mv_rms_norm_args &a, const mv_cuda_device &dev) {
+    if (!int_strides(a) || a.in.rows > INT32_MAX) return false;
+    return !(a.in.dtype == MV_FLOAT32 && a.in.residual != nullptr && a.in.rows > (dev.sms > 0 ? dev.sms : 1));
+}
+
+template <typename T, typename TW, bool kHasResidual>
+cudaError_t launch_elems(const mv_rms_norm_args &a, int group_threads, cudaStream_t stream, bool pdl) {
+    const int warps = group_threads / 32;
+    const int threads = elems_block_threads(warps);
+    const int64_t rows_per_block = threads / group_threads;
+    const int64_t wanted = (a.in.rows + rows_per_block - 1) / rows_per_block;
+    const unsigned blocks = static_cast<unsigned>(wanted);
+    const int64_t row_bytes = a.in.hidden * static_cast<int64_t>(sizeof(T)) * (kHasResidual ? 2 : 1);
+    const int prefetch_rows = pdl ? static_cast<int>(kPrefetchBytes / row_bytes) : 0;
+    void (*kernel)(NormParams<false>, int) = nullptr;
+    switch (warps) {
+    case 1: kernel = rms_norm_elems_kernel<T, TW, kHasResidual, 1>; break;
+    case 2: kernel = rms_norm_elems_kernel<T, TW, kHasResidual, 2>; break;
+    case 4: kernel = rms_norm_elems_kernel<T, TW, kHasResidual, 4>; break;
+    case 8: kernel = rms_norm_elems_kernel<T, TW, kHasResidual, 8>; break;
+    case 16: kernel = rms_norm_elems_kernel<T, TW, kHasResidual, 16>; break;
+    default: return cudaErrorInvalidValue;
+    }
+    const cudaError_t err = mv_launch(kernel, dim3(blocks), dim3(threads), 0, stream, pdl, params_of<false>(a), prefetch_rows);
+    return err != cudaSuccess ? err : cudaGetLastError();
+}
+
 /* kWide: rows of 2049-4096 16-byte vectors, 8 a thread in the general kernel at every M (none of
    the short-call kernels), so each such H has one layout and order. */
 template <typename T, typename TW, int V, bool kOdd = false, bool kWide = false>
@@ -1919,7 +2055,19 @@ extern "C" int mv_rms_norm_cuda(const mv_rms_norm_args *a, const mv_cuda_opts *o
         })
         return (int)err;
     }
-    const int group_threads = group_threads_for(needed);
+    const int group_threads = v == 1 ? elems_group_threads(needed) : group_threads_for(needed);
+    if (v == 1 && group_threads >= 32 && elems_wanted(*a, dev)) {
+        err = cudaErrorInvalidValue;
+        MV_DISPATCH_DTYPE(a->in.dtype, T, {
+            if (float_weight(a))
+                err = a->in.residual != nullptr ? launch_elems<T, float, true>(*a, group_threads, cuda_stream, pdl)
+                                                : launch_elems<T, float, false>(*a, group_threads, cuda_stream, pdl);
+            else
+                err = a->in.residual != nullptr ? launch_elems<T, T, true>(*a, group_threads, cuda_stream, pdl)
+                                                : launch_elems<T, T, false>(*a, group_threads, cuda_stream, pdl);
+        })
+        return (int)err;
+    }
     /* A short call that the lanes kernel takes stays in place: H200 bf16 16 x 999 through shared
        memory 1.89 us with PDL and 3.00 without, on the lanes kernel 1.37 and 2.40 */
     const bool staged = v == 1 && !lanes_wanted(*a, v, dev.sms) && staged_wanted(a, group_threads, false, dev) &&
