@@ -135,18 +135,41 @@ def lanes_group(hidden):
     return g, 4
 
 
+def liger_forward():
+    """Liger-Kernel's rms_norm_forward, or None where it does not import (said on stderr); also
+    silences CuPy's ExternalStream deprecation warning, which every launch here would print."""
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    try:
+        from liger_kernel.ops.rms_norm import rms_norm_forward
+    except ImportError:
+        print("no liger_kernel", file=sys.stderr)
+        return None
+    return rms_norm_forward
+
+
+def checked_outputs(impls, x, w, out, label):
+    """Each form's call 0 (out poisoned with NaN first) against a float64 rms_norm of x; exits on
+    an error above 1e-2. Returns {name: a copy of its output}."""
+    ref = x.double() * torch.rsqrt(x.double().pow(2).mean(-1, keepdim=True) + 1e-6) * w.double()
+    got = {}
+    for name, fn in impls.items():
+        out.fill_(float("nan"))
+        result = fn(0)
+        torch.cuda.synchronize()
+        err = ((result.double() - ref).abs().max() / ref.abs().max()).item()
+        if not err < 1e-2:
+            raise SystemExit(f"{name} {label}: error {err}")
+        got[name] = result.clone()
+    return got
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--ncu", action="store_true")
     parser.add_argument("--sass", default=None)
     parser.add_argument("--replays", type=int, default=9)
     args = parser.parse_args()
-    warnings.filterwarnings("ignore", category=DeprecationWarning)  # cupy's ExternalStream
-    try:
-        from liger_kernel.ops.rms_norm import rms_norm_forward
-    except ImportError:
-        rms_norm_forward = None
-        print("no liger_kernel", file=sys.stderr)
+    rms_norm_forward = liger_forward()
     module = cupy.RawModule(code=SOURCE, options=("-std=c++17",))
     k_warp, k_lanes = module.get_function("mini_warp"), module.get_function("mini_lanes")
     props = torch.cuda.get_device_properties(0)
@@ -184,16 +207,7 @@ def main():
             impls["mini_warp (cupy)"] = launch(k_warp, ())
             impls["mini_lanes (cupy)"] = launch(k_lanes, (cupy.int32(g), cupy.int32(per), cupy.int32(0)))
             impls["mini_lanes1 (cupy)"] = launch(k_lanes, (cupy.int32(g), cupy.int32(per), cupy.int32(1)))
-        # every form against float64 once
-        ref = (xs[0].double() * torch.rsqrt(xs[0].double().pow(2).mean(-1, keepdim=True) + 1e-6)
-               * w.double())
-        for name, fn in impls.items():
-            outs[0].fill_(float("nan"))
-            got = fn(0)
-            torch.cuda.synchronize()
-            err = ((got.double() - ref).abs().max() / ref.abs().max()).item()
-            if not err < 1e-2:
-                raise SystemExit(f"{name} {rows}x{hidden}: error {err}")
+        checked_outputs(impls, xs[0], w, outs[0], f"{rows}x{hidden}")
         if args.ncu:
             for name, fn in impls.items():
                 torch.cuda.nvtx.range_push(f"{name} {rows}x{hidden}")
