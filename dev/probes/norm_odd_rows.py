@@ -22,8 +22,7 @@ import cupy
 import torch
 
 import minivllm
-from minivllm.bench import timing as bt
-from norm_pdl_off import checked_outputs, liger_forward
+from norm_pdl_off import case, checked_outputs, general_group, start, timed_line
 
 SOURCE = r"""
 #ifdef IS_BF16
@@ -95,50 +94,24 @@ extern "C" __global__ void __launch_bounds__(LB_T, MINB) elems(const T *x, const
 """
 
 
-def group_threads(hidden):
-    """rms_norm.cu's G for single elements: ceil(H / 8) threads of 8, a power of two up to a
-    warp, else whole warps."""
-    needed = -(-hidden // 8)
-    if needed <= 32:
-        g = 1
-        while g < needed:
-            g *= 2
-        return g
-    return -(-needed // 32) * 32
-
-
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--dtypes", nargs="+", default=["bf16", "fp32"])
     parser.add_argument("--shapes", nargs="+",
                         default=["1000x999", "4096x999", "132x999", "264x999", "1000x4095", "4096x4095",
                                  "1000x2047", "4096x2047"])
-    parser.add_argument("--replays", type=int, default=9)
-    args = parser.parse_args()
-    rms_norm_forward = liger_forward()
-    props = torch.cuda.get_device_properties(0)
-    l2 = props.L2_cache_size
-    print(f"# {props.name}, {props.multi_processor_count} SMs, L2 {l2 >> 20} MiB, torch {torch.__version__}")
+    args, rms_norm_forward, l2 = start(parser)
     modules = {}
     for dtype in args.dtypes:
         for shape in args.shapes:
             rows, hidden = (int(v) for v in shape.split("x"))
-            g = group_threads(hidden)
+            g = general_group(hidden, 8)  # as rms_norm.cu had it for single elements then
             if g < 32 or g > 512:
                 print(f"skip {shape}: G = {g}")
                 continue
             tdt = torch.bfloat16 if dtype == "bf16" else torch.float32
             esize = 2 if dtype == "bf16" else 4
-            calls = bt.calls_per_graph(2 * rows * hidden * esize, l2)
-            w = torch.randn(hidden, dtype=tdt, device="cuda")
-            xs = [torch.randn(rows, hidden, dtype=tdt, device="cuda") for _ in range(calls)]
-            outs = [torch.empty_like(x) for x in xs]
-            impls = {
-                "mv off": lambda i: minivllm.rms_norm(xs[i], w, 1e-6, out=outs[i], pdl=False),
-                "mv on": lambda i: minivllm.rms_norm(xs[i], w, 1e-6, out=outs[i], pdl=True),
-            }
-            if rms_norm_forward is not None:
-                impls["liger"] = lambda i: rms_norm_forward(xs[i], w, 1e-6, 0.0, "llama", None)[0]
+            calls, w, xs, outs, impls = case(rows, hidden, tdt, l2, rms_norm_forward)
             regs = {}
             # (G compiled in, weight late, registers capped at 32 by __launch_bounds__' blocks)
             for ct, late, cap in ((False, False, False), (False, False, True), (True, False, True), (True, True, True)):
@@ -165,15 +138,7 @@ def main():
             bits = torch.int16 if esize == 2 else torch.int32
             same = {name: bool(torch.equal(got.view(bits), mine.view(bits)))
                     for name, got in checked_outputs(impls, xs[0], w, outs[0], f"{shape} {dtype}").items()}
-            line = [f"{dtype} {rows:5d} x {hidden:5d} G {g:3d}"]
-            for name, fn in impls.items():
-                t = bt.time_per_call(fn, calls, args.replays, min_replay_us=2000)
-                tag = f"[{regs[name]}r{'' if same[name] else ' bits!'}]" if name in regs else (
-                    "" if same[name] or name == "liger" else "[bits!]")
-                line.append(f"{name} {t['us']:.2f}{tag}")
-            print(" | ".join(line), flush=True)
-            del xs, outs
-            torch.cuda.empty_cache()
+            timed_line(f"{dtype} {rows:5d} x {hidden:5d} G {g:3d}", impls, calls, args.replays, regs, same, ("liger",))
 
 
 if __name__ == "__main__":

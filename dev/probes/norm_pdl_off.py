@@ -28,20 +28,15 @@ from minivllm.bench import timing as bt
 
 SHAPES = ((1, 121), (1, 1024), (1, 2048), (1, 4096), (16, 1024), (16, 4096), (128, 4096))
 
-SOURCE = r"""
+# bf16 bits to float and back, rounding to nearest even (NaN aside), for the CuPy kernels of these probes
+BF16_HELPERS = r"""
 __device__ __forceinline__ float bf(unsigned short h) { return __uint_as_float(((unsigned)h) << 16); }
 __device__ __forceinline__ unsigned short to_bf(float f) {
     unsigned u = __float_as_uint(f);
     u += 0x7fffu + ((u >> 16) & 1u);
     return (unsigned short)(u >> 16);
 }
-__device__ __forceinline__ float vec_squares(uint4 v) {
-    const unsigned short *h = reinterpret_cast<const unsigned short *>(&v);
-    float s = 0.f;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) { const float f = bf(h[j]); s = fmaf(f, f, s); }
-    return s;
-}
+/* out = w * (v * rrms), 8 bf16 at a time, as the library's normalized() */
 __device__ __forceinline__ uint4 vec_norm(uint4 v, uint4 w, float rrms) {
     const unsigned short *h = reinterpret_cast<const unsigned short *>(&v);
     const unsigned short *g = reinterpret_cast<const unsigned short *>(&w);
@@ -50,6 +45,16 @@ __device__ __forceinline__ uint4 vec_norm(uint4 v, uint4 w, float rrms) {
 #pragma unroll
     for (int j = 0; j < 8; ++j) o[j] = to_bf(bf(g[j]) * (bf(h[j]) * rrms));
     return r;
+}
+"""
+
+SOURCE = BF16_HELPERS + r"""
+__device__ __forceinline__ float vec_squares(uint4 v) {
+    const unsigned short *h = reinterpret_cast<const unsigned short *>(&v);
+    float s = 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) { const float f = bf(h[j]); s = fmaf(f, f, s); }
+    return s;
 }
 /* one row a block, one 16-byte vector a thread (hidden % 8 == 0): thread t's vectors of x and w */
 __device__ __forceinline__ void load_row(const unsigned short *x, const unsigned short *w, int hidden, uint4 &v,
@@ -121,18 +126,22 @@ extern "C" __global__ void mini_lanes(const unsigned short *x, const unsigned sh
 """
 
 
+def general_group(units, per_thread):
+    """group_threads_for in rms_norm.cu: ceil(units / per_thread) threads, a power of two up to
+    32, else whole warps (units: a row's vectors or single elements)."""
+    needed = -(-units // per_thread)
+    if needed > 32:
+        return -(-needed // 32) * 32
+    g = 1
+    while g < needed:
+        g *= 2
+    return g
+
+
 def lanes_group(hidden):
-    """The general kernel's G for a bf16 row on the 16-byte grid (group_threads_for in
-    rms_norm.cu): ceil(vectors / 4) threads of 4 vectors, a power of two up to 32, else whole
-    warps. The lanes kernel keeps that order."""
-    needed = -(-(hidden // 8) // 4)
-    if needed <= 32:
-        g = 1
-        while g < needed:
-            g *= 2
-    else:
-        g = -(-needed // 32) * 32
-    return g, 4
+    """The general kernel's G for a bf16 row on the 16-byte grid (4 vectors a thread), and the
+    vectors a thread: the lanes kernel keeps that order."""
+    return general_group(hidden // 8, 4), 4
 
 
 def liger_forward():
@@ -161,6 +170,47 @@ def checked_outputs(impls, x, w, out, label):
             raise SystemExit(f"{name} {label}: error {err}")
         got[name] = result.clone()
     return got
+
+
+def start(parser):
+    """The lean-kernel probes' common start: --replays added and the arguments parsed, Liger's
+    forward looked up, the GPU printed. Returns (args, Liger's forward or None, L2 bytes)."""
+    parser.add_argument("--replays", type=int, default=9)
+    args = parser.parse_args()
+    forward = liger_forward()
+    props = torch.cuda.get_device_properties(0)
+    print(f"# {props.name}, {props.multi_processor_count} SMs, L2 {props.L2_cache_size >> 20} MiB, "
+          f"torch {torch.__version__}")
+    return args, forward, props.L2_cache_size
+
+
+def case(rows, hidden, dtype, l2, forward):
+    """Buffers for one shape (enough calls' worth to cycle past L2) and the forms every lean-kernel
+    probe times: minivllm with PDL off and on, Liger's where it imports. Returns (calls, w, xs,
+    outs, impls)."""
+    calls = bt.calls_per_graph(2 * rows * hidden * dtype.itemsize, l2)
+    w = torch.randn(hidden, dtype=dtype, device="cuda")
+    xs = [torch.randn(rows, hidden, dtype=dtype, device="cuda") for _ in range(calls)]
+    outs = [torch.empty_like(x) for x in xs]
+    impls = {
+        "mv off": lambda i: minivllm.rms_norm(xs[i], w, 1e-6, out=outs[i], pdl=False),
+        "mv on": lambda i: minivllm.rms_norm(xs[i], w, 1e-6, out=outs[i], pdl=True),
+    }
+    if forward is not None:
+        impls["liger"] = lambda i: forward(xs[i], w, 1e-6, 0.0, "llama", None)[0]
+    return calls, w, xs, outs, impls
+
+
+def timed_line(label, impls, calls, replays, regs, same, peers):
+    """One printed line: µs per call of each form; lean forms tagged with their registers, and
+    any form whose bits differ from minivllm's (peers excepted) with 'bits!'."""
+    line = [label]
+    for name, fn in impls.items():
+        t = bt.time_per_call(fn, calls, replays, min_replay_us=2000)
+        tag = f"[{regs[name]}r{'' if same[name] else ' bits!'}]" if name in regs else (
+            "" if same[name] or name in peers else "[bits!]")
+        line.append(f"{name} {t['us']:.2f}{tag}")
+    print(" | ".join(line), flush=True)
 
 
 def main():
