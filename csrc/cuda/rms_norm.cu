@@ -1882,7 +1882,8 @@ int elems_group_threads(int64_t needed) {
    dev/logs/norm-odd-rows-nvidia-h100-2026-11-25.log). The rule moves no row's bits: every kernel
    sums in the order G fixes. */
 bool elems_wanted(const mv_rms_norm_args &a, const mv_cuda_device &dev) {
-    if (!int_strides(a) || a.in.rows > INT32_MAX) return false;
+    /* the kernel's int row index reaches rows + 2 in the last block */
+    if (!int_strides(a) || a.in.rows > INT32_MAX - 4) return false;
     return !(a.in.dtype == MV_FLOAT32 && a.in.residual != nullptr && a.in.rows > (dev.sms > 0 ? dev.sms : 1));
 }
 
