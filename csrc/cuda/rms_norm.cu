@@ -24,9 +24,8 @@
  * so do such rows of 16-byte vectors in longer calls while a block a row fits one wave.
  * Rows of single elements (odd H of 129-4096, views aligned to no wider vector) in one stride
  * take rms_norm_elems_kernel (a float32 fused add only in short calls): the general kernel's
- * layout for V = 1 and its order, with
- * G (a power of two for single elements) compiled in, so every element's address is an
- * immediate away and a full SM of threads fits in the registers.
+ * layout for V = 1 and its order, with G (a power of two for single elements) compiled in, so
+ * every element's address is an immediate away and a full SM of threads fits in the registers.
  * Rows of odd H above 4096, and views whose alignment allows only narrower vectors where those
  * would need more than 512 threads, take 16-byte "virtual vectors" from each row's first element
  * (rms_norm_vec_kernel<kOdd>, load_vec). Rows off the 16-byte grid (odd H, misaligned views) in
@@ -1122,8 +1121,8 @@ __global__ void __launch_bounds__(kMaxThreads) rms_norm_lanes_pair_kernel(ShortP
    G compiled in makes each element's address this thread's first plus an immediate, and the
    launch bounds ask for a full SM of threads (32 registers). The general kernel held 48 at
    run-time G (a 64-bit address a load), 10 rows an SM where Liger's 27-register kernel holds
-   16. H100 bf16 4096 x 999: 11.93 -> 7.05 us with PDL, 14.03 -> 8.25 without (Liger 9.11);
-   float32 17.90 -> 12.21 (dev/logs/norm-odd-rows-nvidia-h100-2026-11-25.log). A block holds
+   16. H100 bf16 4096 x 999: 11.95 -> 7.05 us with PDL, 14.08 -> 8.26 without (Liger 9.13);
+   float32 17.88 -> 12.38 (dev/logs/norm-odd-rows-nvidia-h100-2026-11-25.log, call 3). A block holds
    4 / kWarps rows where a row has fewer than 4 warps (blocks of one warp would cap an SM at 32
    of them). The weight offset is a select, not a compile-time switch (its kernels would
    double): g = w where the offset is 0, as the other kernels' kOffset = false. */
@@ -1878,7 +1877,7 @@ int elems_group_threads(int64_t needed) {
 /* Which calls of such rows (G >= 32, so H 129-4096) take rms_norm_elems_kernel: one stride in
    int strides, and every call but a float32 fused add of more rows than multiprocessors. There
    it lost to the general and staged kernels (H100 1000 x 999 6.36 -> 7.99 us, 4096 x 4095 93.6 ->
-   100.2; in 16-bit types the fused add gained 1.05-1.45x, rms_norm 1.04-1.70x everywhere;
+   100.2; the 16-bit fused add ran 1.00-1.44x as fast as before, rms_norm 1.03-1.69x in both dtypes;
    dev/logs/norm-odd-rows-nvidia-h100-2026-11-25.log). The rule moves no row's bits: every kernel
    sums in the order G fixes. */
 bool elems_wanted(const mv_rms_norm_args &a, const mv_cuda_device &dev) {
