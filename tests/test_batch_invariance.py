@@ -6,7 +6,7 @@ Each case normalizes a batch of more rows than any GPU has multiprocessors, then
 slices of 104 rows, in single rows, and at other positions (a slice starting mid-batch), and
 compares the results bit for bit. On the GPU the slices and single rows are short calls (at most a
 row per multiprocessor: the short-call kernels, one vector a thread for rows of up to 256 16-byte
-vectors or 1024 elements, two for 257-512 vectors in 16-bit types or with a residual, else
+vectors or 128 elements, two for 257-512 vectors in 16-bit types or with a residual, else
 several) and the whole batch is a longer call (the general kernel, or for rows of 16-byte vectors
 whose blocks fit one wave the lanes kernels as well; single elements of G >= 32 threads, odd H
 of 129-4096, the elems kernel at every M but float32 fused adds of many rows: H = 201 and 301 put

@@ -17,11 +17,12 @@
  *   longer ones, or such rows off the 16-byte grid, fall back to:
  * - rms_norm_reference_kernel, deliberately simple (one block per row, scalar loads, two passes),
  *   kept for those rows and for the tests to compare the fast kernels against.
- * Short calls (at most a row per multiprocessor) of rows in 16-byte vectors or single elements
- * take rms_norm_short_kernel: the fast kernel's layout and summation order, without its long-call
+ * Short calls (at most a row per multiprocessor) of rows in 16-byte vectors take
+ * rms_norm_short_kernel: the fast kernel's layout and summation order, without its long-call
  * bookkeeping; rows of up to 512 16-byte vectors take one or two vectors a thread instead
  * (rms_norm_lanes_kernel, rms_norm_lanes_pair_kernel: the same sum, through shared memory), and
- * so do such rows of 16-byte vectors in longer calls while a block a row fits one wave.
+ * so do such rows of 16-byte vectors in longer calls while a block a row fits one wave, and short
+ * calls of rows of up to 128 single elements (rms_norm_lanes_kernel).
  * Rows of single elements (odd H of 129-4096, views aligned to no wider vector) in one stride
  * take rms_norm_elems_kernel (a float32 fused add only in short calls): the general kernel's
  * layout for V = 1 and its order, with G (a power of two for single elements) compiled in, so
@@ -1781,8 +1782,8 @@ cudaError_t launch_short(const mv_rms_norm_args &a, int group_threads, const Row
 
 /* Whether a short call's rows take rms_norm_lanes_kernel (one vector a thread, a row a block;
    longer calls: lanes_one_wave):
-   rows of up to 256 16-byte vectors, or 1024 single elements, whose general layout chains 4 or 8
-   of them on a thread. Against the short kernel: H200 bf16 1 x 121 1.26 -> 0.91 us with PDL,
+   rows of up to 256 16-byte vectors, or 1024 single elements (since rms_norm_elems_kernel, which
+   takes them from 129, up to 128), whose general layout chains 4 or 8 of them on a thread. Against the short kernel: H200 bf16 1 x 121 1.26 -> 0.91 us with PDL,
    1.86 -> 1.45 without; H100 float32 fused add 1 x 1024 2.27 -> 2.07 without. Wider rows were
    slower in blocks of 512-1024 threads (H100 float32 fused add 1 x 4096 1.63 -> 1.97 us, bf16
    1 x 8192 2.47 -> 2.62 without PDL); dev/logs/norm-lanes-kernel-*-2026-11-24.log.
@@ -1919,7 +1920,8 @@ cudaError_t launch_vec(const mv_rms_norm_args &a, int group_threads, cudaStream_
         return cudaErrorInvalidValue;
     } else {
         const RowBlocks shape = row_blocks(a.in.rows, group_threads, sms);
-        /* Rows of 16-byte vectors or single elements in short calls: the short kernel. So is a
+        /* Rows of 16-byte vectors in short calls: the short kernel (single elements: the lanes
+           kernel up to 128 of them, rms_norm_elems_kernel beyond). So is a
            call of one row off the grid (kOdd) that starts on it, whole vectors then a tail cut
            at H (kTail): its first form read every row in place, aligned or not, with a branch
            on each vector that held its loads back (bf16 1 x 5119 2.57 -> 3.33 us). The
@@ -1927,8 +1929,8 @@ cudaError_t launch_vec(const mv_rms_norm_args &a, int group_threads, cudaStream_
         if constexpr (!kWide && !kOdd && (V == 1 || sizeof(T) * V == 16)) {
             if (lanes_wanted(a, V, sms))
                 return launch_lanes<T, TW, V>(a, lanes_kernel<T, TW, V>(a), group_threads, stream, pdl);
-            if (short_call(a, sms)) return launch_short<T, TW, V>(a, group_threads, shape, stream, pdl);
-            if constexpr (V > 1) {
+            if constexpr (V > 1) { /* single elements in short calls are lanes' or elems' rows */
+                if (short_call(a, sms)) return launch_short<T, TW, V>(a, group_threads, shape, stream, pdl);
                 const LanesKernel k = lanes_kernel<T, TW, V>(a);
                 if (lanes_one_wave<T, TW, V>(a, k, dev))
                     return launch_lanes<T, TW, V>(a, k, group_threads, stream, pdl);
