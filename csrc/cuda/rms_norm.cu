@@ -259,7 +259,10 @@ inline int group_threads_for(int64_t needed) {
 /* Sum over a group of G threads (G a power of two up to 32, else a multiple of 32; groups aligned
    within the block); every
    thread of the group gets the total. All threads of the block must call it (it may use
-   barriers). warp_sums: 32 floats of shared memory. */
+   barriers). warp_sums: 32 floats of shared memory. kBatch > 1: the warps' sums are read kBatch
+   at a time (same order), for kernels whose G is compiled in: nvcc otherwise loads all of them
+   at once, and 16 more live registers beside a row spilled (fp16 fused add, H 2049-4096). */
+template <int kBatch = 1>
 __device__ __forceinline__ float group_sum(float v, int group_threads, float *warp_sums) {
     if (group_threads <= 32) {
         for (int offset = group_threads >> 1; offset > 0; offset >>= 1)
@@ -273,7 +276,15 @@ __device__ __forceinline__ float group_sum(float v, int group_threads, float *wa
     const int warps_per_group = group_threads >> 5;
     const int first = warp / warps_per_group * warps_per_group;
     float total = 0.0f;
-    for (int w = 0; w < warps_per_group; ++w) total += warp_sums[first + w];
+    if (kBatch > 1 && warps_per_group % kBatch == 0) {
+#pragma unroll 1
+        for (int w = 0; w < warps_per_group; w += kBatch) {
+#pragma unroll
+            for (int k = 0; k < kBatch; ++k) total += warp_sums[first + w + k];
+        }
+    } else {
+        for (int w = 0; w < warps_per_group; ++w) total += warp_sums[first + w];
+    }
     __syncthreads(); /* everyone has read warp_sums before the next row reuses it */
     return total;
 }
@@ -1184,7 +1195,7 @@ __global__ void __launch_bounds__(elems_block_threads(kWarps), 2048 / elems_bloc
 #pragma unroll
     for (int i = 0; i < kPer; ++i)
         if (i * G < left) sum_sq = add_squares(sum_sq, mv_vec<T, 1>{{s[i]}});
-    sum_sq = group_sum(sum_sq, G, warp_sums);
+    sum_sq = group_sum<4>(sum_sq, G, warp_sums);
     if (!active) return;
     if (kHasResidual) {
 #pragma unroll

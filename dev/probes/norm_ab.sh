@@ -11,6 +11,11 @@
 #        csrc/cuda/rms_norm.cu csrc/cuda/device.cu -o ODD_CHECK
 #   OUT=... bash dev/probes/norm_ab.sh OLD.cu ODD_CHECK "1x121 16x999 4096x4096" [WHEEL_DIR]
 #
+# AB_DTYPES: the benchmark's dtypes (default "bf16 fp32").
+# With AB_SITE_NEW and AB_SITE_OLD set (folders of both builds made on this machine for the
+# device's Python by dev/probes/site_build.sh and carried), nothing is built there: OLD.cu is then
+# only a name, and the call saves the ~5 min the two builds take.
+#
 # WHEEL_DIR: where a liger_kernel wheel lies (carried to the device); none: no Liger column.
 # Shapes are M x H; the default grid is cut to 1 x 4096 (--hidden 4096 --rows 1), so a call of a
 # dozen shapes in bf16 and float32 fits the device's 600 s with both builds.
@@ -22,29 +27,37 @@ liger=""
 if [ -n "$wheels" ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/ab_liger "$wheels"/*.whl && liger=/tmp/ab_liger
 fi
-rm -rf /tmp/ab_old_src /tmp/ab_site_old /tmp/ab_site_new && mkdir /tmp/ab_old_src
-cp -r "$repo"/{setup.py,pyproject.toml,csrc,minivllm,README.md} /tmp/ab_old_src/ && cp "$old_cu" /tmp/ab_old_src/csrc/cuda/rms_norm.cu
-t0=$(date +%s)
-(MINIVLLM_CUDA_ARCHS=90 python3 -m pip install -q --no-deps --no-build-isolation --target /tmp/ab_site_new "$repo" >/tmp/ab_build_new.log 2>&1; echo "new build rc $? $(( $(date +%s) - t0 )) s") &
-(MINIVLLM_CUDA_ARCHS=90 python3 -m pip install -q --no-deps --no-build-isolation --target /tmp/ab_site_old /tmp/ab_old_src >/tmp/ab_build_old.log 2>&1; echo "old build rc $? $(( $(date +%s) - t0 )) s") &
+site_new=${AB_SITE_NEW:-/tmp/ab_site_new}; site_old=${AB_SITE_OLD:-/tmp/ab_site_old}
+if [ -z "${AB_SITE_NEW:-}" ]; then
+    rm -rf /tmp/ab_old_src /tmp/ab_site_old /tmp/ab_site_new && mkdir /tmp/ab_old_src
+    cp -r "$repo"/{setup.py,pyproject.toml,csrc,minivllm,README.md} /tmp/ab_old_src/ && cp "$old_cu" /tmp/ab_old_src/csrc/cuda/rms_norm.cu
+    t0=$(date +%s)
+    (MINIVLLM_CUDA_ARCHS=90 python3 -m pip install -q --no-deps --no-build-isolation --target /tmp/ab_site_new "$repo" >/tmp/ab_build_new.log 2>&1; echo "new build rc $? $(( $(date +%s) - t0 )) s") &
+    (MINIVLLM_CUDA_ARCHS=90 python3 -m pip install -q --no-deps --no-build-isolation --target /tmp/ab_site_old /tmp/ab_old_src >/tmp/ab_build_old.log 2>&1; echo "old build rc $? $(( $(date +%s) - t0 )) s") &
+fi
 san=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+tests() {
+    t1=$(date +%s)
+    (cd /tmp && PYTHONPATH=$site_new timeout 200 python3 -m pytest -q -x -p no:cacheprovider \
+        "$repo"/tests/test_norm_kernels_cuda.py "$repo"/tests/test_batch_invariance.py "$repo"/tests/test_norm_views.py \
+        "$repo"/tests/test_rms_norm.py "$repo"/tests/test_fused_add_rms_norm.py "$repo"/tests/test_norm_weights.py \
+        -k "not cpu" > "$out/tests.log" 2>&1; echo "tests rc $? $(( $(date +%s) - t1 )) s"; tail -1 "$out/tests.log")
+}
+# Prebuilt: the tests run beside the sanitizers (nothing is timed until both end); else after the builds.
+[ -n "${AB_SITE_NEW:-}" ] && { tests > /tmp/ab_tests_line & }
 {
     echo "== probe"; timeout 60 "$odd_check" 2>&1 | grep -v " 0 elements differ"
     echo "== racecheck"; timeout 140 "$san" --tool racecheck "$odd_check" 2>&1 | grep -E "SUMMARY|check:"
     echo "== memcheck"; timeout 100 "$san" --tool memcheck "$odd_check" 2>&1 | grep -E "SUMMARY|check:"
 } | tee "$out/sanitizers.log"
 wait
-t1=$(date +%s)
-(cd /tmp && PYTHONPATH=/tmp/ab_site_new timeout 200 python3 -m pytest -q -x -p no:cacheprovider \
-    "$repo"/tests/test_norm_kernels_cuda.py "$repo"/tests/test_batch_invariance.py "$repo"/tests/test_norm_views.py \
-    "$repo"/tests/test_rms_norm.py "$repo"/tests/test_fused_add_rms_norm.py "$repo"/tests/test_norm_weights.py \
-    -k "not cpu" > "$out/tests.log" 2>&1; echo "tests rc $? $(( $(date +%s) - t1 )) s"; tail -1 "$out/tests.log")
+if [ -n "${AB_SITE_NEW:-}" ]; then cat /tmp/ab_tests_line; else tests; fi
 # shellcheck disable=SC2086
 for v in new old; do
     t0=$(date +%s)
-    extra=""; path=/tmp/ab_site_$v
+    extra=""; path=$site_new; [ $v = old ] && path=$site_old
     if [ $v = new ] && [ -n "$liger" ]; then path=$path:$liger; else extra=--no-liger; fi
-    PYTHONPATH=$path timeout 160 python3 benchmarks/bench_rms_norm.py --dtypes bf16 fp32 --shapes $shapes \
+    PYTHONPATH=$path timeout 160 python3 benchmarks/bench_rms_norm.py --dtypes ${AB_DTYPES:-bf16 fp32} --shapes $shapes \
         --hidden 4096 --rows 1 $extra --no-compile --no-plot --out /tmp/ab_res_$v > "$out/bench-$v.log" 2>&1
     echo "bench $v rc $? $(( $(date +%s) - t0 )) s"; cp /tmp/ab_res_$v/norm-*.json "$out/$v.json"
 done
