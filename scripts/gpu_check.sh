@@ -9,7 +9,8 @@
 #   WITH="sanitizers benchmarks" adds compute-sanitizer runs over scripts/sanitize_cases.py and
 #   the two benchmarks in quick mode (several minutes more; SANITIZERS="memcheck ..." picks runs);
 #   WITH=host_cost adds benchmarks/host_cost.py (host time of one eager call, about a minute).
-#   MINIVLLM_COMMIT names the commit where the tree has no .git.
+#   MINIVLLM_COMMIT names the commit where the tree has no .git; MINIVLLM_SITE, a folder holding
+#   a build of the package for this Python (dev/probes/site_build.sh), skips the build.
 # The suite runs as eight pytest processes side by side (the GPU has room, and the float64
 # references use the host's cores; about 3 minutes on an H200), then the leak tests alone:
 # together they are the suite, each test once.
@@ -33,11 +34,18 @@ timed() {  # timed NAME: record how long the step since the last call took
     step_start=$now
 }
 
-echo "== build (offline) =="
-if ! python3 -m pip install --no-build-isolation . >"$out/build.log" 2>&1; then
-    tail -n 60 "$out/build.log"
-    echo "build FAILED"
-    exit 1
+if [ -n "${MINIVLLM_SITE:-}" ]; then
+    # a build made elsewhere for this Python (dev/probes/site_build.sh), put first on the path
+    export PYTHONPATH="$(cd "$MINIVLLM_SITE" && pwd)${PYTHONPATH:+:$PYTHONPATH}"
+    echo "== build: none, $MINIVLLM_SITE =="
+    echo "prebuilt: $MINIVLLM_SITE" >"$out/build.log"
+else
+    echo "== build (offline) =="
+    if ! python3 -m pip install --no-build-isolation . >"$out/build.log" 2>&1; then
+        tail -n 60 "$out/build.log"
+        echo "build FAILED"
+        exit 1
+    fi
 fi
 timed build
 echo "built in ${step_times[-1]#*=} s"
