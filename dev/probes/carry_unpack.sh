@@ -1,5 +1,6 @@
-# Sourced at the start of a device call that carries build/carry (made here by site_build.sh and
-# packed with `tar -czf build/carry/NAME.tgz -C build NAME`): each NAME.tgz unpacked to /tmp/NAME,
+# Sourced at the start of a device call that carries build/carry (made here by site_build.sh,
+# `strip --strip-unneeded` on the .so, then `tar -czf build/carry/NAME.tgz -C build NAME`; probe
+# binaries as `gzip -c BIN > build/carry/BIN.gz`): each NAME.tgz unpacked to /tmp/NAME,
 # each X.gz to /tmp/X (executable), the wheels installed into /tmp/wheels; prints the GPU.
 for f in build/carry/*.tgz; do [ -e "$f" ] && tar -xzf "$f" -C /tmp; done
 for f in build/carry/*.gz; do [ -e "$f" ] && { gunzip -c "$f" > "/tmp/$(basename "${f%.gz}")"; chmod +x "/tmp/$(basename "${f%.gz}")"; }; done

@@ -36,22 +36,17 @@ if [ -z "${AB_SITE_NEW:-}" ]; then
     (MINIVLLM_CUDA_ARCHS=90 python3 -m pip install -q --no-deps --no-build-isolation --target /tmp/ab_site_old /tmp/ab_old_src >/tmp/ab_build_old.log 2>&1; echo "old build rc $? $(( $(date +%s) - t0 )) s") &
 fi
 san=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-tests() {
-    t1=$(date +%s)
-    (cd /tmp && PYTHONPATH=$site_new timeout 200 python3 -m pytest -q -x -p no:cacheprovider \
-        "$repo"/tests/test_norm_kernels_cuda.py "$repo"/tests/test_batch_invariance.py "$repo"/tests/test_norm_views.py \
-        "$repo"/tests/test_rms_norm.py "$repo"/tests/test_fused_add_rms_norm.py "$repo"/tests/test_norm_weights.py \
-        -k "not cpu" > "$out/tests.log" 2>&1; echo "tests rc $? $(( $(date +%s) - t1 )) s"; tail -1 "$out/tests.log")
-}
-# Prebuilt: the tests run beside the sanitizers (nothing is timed until both end); else after the builds.
-[ -n "${AB_SITE_NEW:-}" ] && { tests > /tmp/ab_tests_line & }
 {
     echo "== probe"; timeout 60 "$odd_check" 2>&1 | grep -v " 0 elements differ"
     echo "== racecheck"; timeout 140 "$san" --tool racecheck "$odd_check" 2>&1 | grep -E "SUMMARY|check:"
     echo "== memcheck"; timeout 100 "$san" --tool memcheck "$odd_check" 2>&1 | grep -E "SUMMARY|check:"
 } | tee "$out/sanitizers.log"
 wait
-if [ -n "${AB_SITE_NEW:-}" ]; then cat /tmp/ab_tests_line; else tests; fi
+t1=$(date +%s)
+(cd /tmp && PYTHONPATH=$site_new timeout 200 python3 -m pytest -q -x -p no:cacheprovider \
+    "$repo"/tests/test_norm_kernels_cuda.py "$repo"/tests/test_batch_invariance.py "$repo"/tests/test_norm_views.py \
+    "$repo"/tests/test_rms_norm.py "$repo"/tests/test_fused_add_rms_norm.py "$repo"/tests/test_norm_weights.py \
+    -k "not cpu" > "$out/tests.log" 2>&1; echo "tests rc $? $(( $(date +%s) - t1 )) s"; tail -1 "$out/tests.log")
 # shellcheck disable=SC2086
 for v in new old; do
     t0=$(date +%s)

@@ -4,11 +4,12 @@
 #
 #   bash dev/probes/site_build.sh build/site_new                  # the working tree
 #   bash dev/probes/site_build.sh build/site_old OLD_rms_norm.cu  # the tree with one file replaced
-#   run: carry ["build/site_new"], command "PYTHONPATH=$PWD/build/site_new python3 ..."
+#   then pack and carry them as dev/probes/carry_unpack.sh says (the repo and the carried paths
+#   together must stay under 64 MiB: a packed, stripped build is 8 MB, an unpacked one 21 MB).
 #
 # The module links cudart statically and opens cuBLAS at run time, so a build here loads there.
 # DEVICE_PY: the device's Python version (3.12 in every session so far; pyenv has it here);
-# MINIVLLM_CUDA_ARCHS defaults to 90 (H100 and H200 only). Two cores: about 10 min a build.
+# MINIVLLM_CUDA_ARCHS defaults to 90 (H100 and H200 only). Two cores: 2-3 min a build.
 # Further files to replace: pass pairs, e.g. `... build/x csrc/cuda/a.cu=OLD_a.cu`; a bare .cu
 # file stands for csrc/cuda/rms_norm.cu.
 set -euo pipefail
