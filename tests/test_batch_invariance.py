@@ -6,13 +6,13 @@ Each case normalizes a batch of more rows than any GPU has multiprocessors, then
 slices of 104 rows, in single rows, and at other positions (a slice starting mid-batch), and
 compares the results bit for bit. On the GPU the slices and single rows are short calls (at most a
 row per multiprocessor: the short-call kernels, one vector a thread for rows of up to 256 16-byte
-vectors or 128 elements, two for 257-512 vectors in 16-bit types or with a residual, else
+vectors or 128 elements, two for 257-1024 vectors in 16-bit types or with a residual, else
 several) and the whole batch is a longer call (the general kernel, or for rows of 16-byte vectors
 whose blocks fit one wave the lanes kernels as well; single elements of G >= 32 threads, odd H
 of 129-4096, the elems kernel at every M but float32 fused adds of many rows: H = 201 and 301 put
 4 and 2 rows in its block, 1501 a row of 256 threads); H = 64 and 121 put several
 rows in a warp of the general layout, H = 2048 in bf16 is the last row of 16-byte vectors on one
-vector a thread; float32 12345 and 16384 and 16-bit 20000 take rms_norm's 8 vectors a thread,
+vector a thread, 8192 the last on two; float32 12345 and 16384 and 16-bit 20000 take rms_norm's 8 vectors a thread,
 float32 20000 and 16-bit 40000 its 16 (rms_norm_wider_kernel). Past one wave the general kernel
 again: test_one_wave_calls_match_longer_ones.
 """
@@ -52,7 +52,7 @@ def _check_slices(dev, dtype, op, H, rng, rows, slices):
                 got, ref[lo:hi], err_msg=f"{op} {name}: rows {lo}:{hi} alone differ from {rows} rows")
 
 
-@pytest.mark.parametrize("H", [64, 121, 201, 301, 896, 999, 1000, 1501, 2048, 3000, 4095, 4096, 5119, 5120, 12345, 13001, 16384, 20000, 24577, 32769, 40000])
+@pytest.mark.parametrize("H", [64, 121, 201, 301, 896, 999, 1000, 1501, 2048, 3000, 4095, 4096, 5119, 5120, 8192, 12345, 13001, 16384, 20000, 24577, 32769, 40000])
 @pytest.mark.parametrize("op", ["rms_norm", "fused_add_rms_norm"])
 def test_rows_do_not_depend_on_the_batch(dev, dtype, op, H, rng):
     pieces = [(lo, min(lo + SLICE, BIG_M)) for lo in range(0, BIG_M, SLICE)]
@@ -66,7 +66,7 @@ def test_rows_do_not_depend_on_the_batch(dev, dtype, op, H, rng):
 LONG_M = 4096
 
 
-@pytest.mark.parametrize("H", [896, 1000, 2048, 4096])
+@pytest.mark.parametrize("H", [896, 1000, 2048, 4096, 5120])
 @pytest.mark.parametrize("op", ["rms_norm", "fused_add_rms_norm"])
 def test_one_wave_calls_match_longer_ones(dev, dtype, op, H, rng):
     _check_slices(dev, dtype, op, H, rng, LONG_M,

@@ -19,7 +19,7 @@
  *   kept for those rows and for the tests to compare the fast kernels against.
  * Short calls (at most a row per multiprocessor) of rows in 16-byte vectors take
  * rms_norm_short_kernel: the fast kernel's layout and summation order, without its long-call
- * bookkeeping; rows of up to 512 16-byte vectors take one or two vectors a thread instead
+ * bookkeeping; rows of up to 1024 16-byte vectors take one or two vectors a thread instead
  * (rms_norm_lanes_kernel, rms_norm_lanes_pair_kernel: the same sum, through shared memory), and
  * so do such rows of 16-byte vectors in longer calls while a block a row fits one wave, and short
  * calls of rows of up to 128 single elements (rms_norm_lanes_kernel).
@@ -1058,8 +1058,8 @@ __global__ void __launch_bounds__(kMaxThreads) rms_norm_lanes_kernel(ShortParams
         normalized<kOffset>(s, w, rrms, p.weight_offset);
 }
 
-/* Rows of 257-512 16-byte vectors (lanes_wanted says which): two vectors a thread (u and
-   u + blockDim.x), blocks of up to 256 threads, the same sum. A kernel of its own: the one-vector
+/* Rows of 257-1024 16-byte vectors (lanes_wanted says which): two vectors a thread (u and
+   u + blockDim.x), blocks of up to 512 threads, the same sum. A kernel of its own: the one-vector
    kernel templated on vectors a thread got other code for one vector, and its fused adds ran
    4-12% slower (dev/logs/norm-lanes-pair-first-form-nvidia-h200-2026-11-24.log). */
 template <typename T, typename TW, int V, bool kHasResidual, bool kOffset>
@@ -1802,9 +1802,13 @@ cudaError_t launch_short(const mv_rms_norm_args &a, int group_threads, const Row
    threads) where a vector's work is the longer, 16-bit elements or the residual add: H200 bf16
    1 x 4096 2.25 -> 2.09 us without PDL, 1.35 -> 1.31 with, fused add 2.54 -> 2.38, 1 x 2560
    fused 2.46 -> 2.26; float32 rms_norm 1 x 2048 ran slower on it (1.98 -> 2.03 without PDL) and
-   keeps the short kernel; dev/logs/norm-lanes-pair-*-2026-11-24.log. */
+   keeps the short kernel; dev/logs/norm-lanes-pair-*-2026-11-24.log. Rows of 513-1024 vectors
+   too (up to 512 threads), where G threads of 4 vectors put 4 on each thread's chain: H100 fp16
+   fused add 1 x 5120 1.76 -> 1.56 us (2.74 -> 2.47 without PDL), bf16 264 x 5120 4.56 -> 4.09
+   without, float32 fused add 16 x 3584 2.95 -> 2.86; H = 8192 level (0.97-1.04x);
+   dev/logs/norm-lanes-pair-wide-nvidia-h100-80gb-hbm3-2026-11-25.log. */
 constexpr int kLanesMaxVectors = 256;
-constexpr int kLanesPairMaxVectors = 512;
+constexpr int kLanesPairMaxVectors = 1024;
 bool lanes_rows(const mv_rms_norm_args &a, int v) {
     if (a.in.hidden % v != 0) return false;
     const int64_t vecs = a.in.hidden / v;
