@@ -245,10 +245,13 @@ __host__ __device__ constexpr int vecs_per_thread(int v) { return v == 1 ? 8 : k
 /* Threads per row for `needed` threads' worth of vectors: a power of two up to a warp (shuffle
    reduction), beyond that whole warps, so a row of 640 vectors (H = 5120, bf16) takes 160
    threads with 4 vectors each rather than 256 of which 96 idle (that ran 4096 x 5120 at 71% of
-   copy bandwidth). */
-inline int group_threads_for(int64_t needed) {
+   copy bandwidth). power_of_two: a power of two beyond a warp too, for rows of single elements
+   (V = 1), so that the few layouts rms_norm_elems_kernel compiles in cover every such H up to
+   4096 (H = 1501: 256 threads, not 192); every kernel takes G from here, so a row's order stays
+   one per H. */
+inline int group_threads_for(int64_t needed, bool power_of_two = false) {
     int group_threads = 1;
-    if (needed <= 32) {
+    if (needed <= 32 || power_of_two) {
         while (group_threads < needed) group_threads <<= 1;
     } else {
         group_threads = static_cast<int>((needed + 31) / 32 * 32);
@@ -1207,9 +1210,9 @@ __global__ void __launch_bounds__(elems_block_threads(kWarps), 2048 / elems_bloc
 #pragma unroll
     for (int i = 0; i < kPer; ++i) {
         if (i * G >= left) continue;
-        const float wv = mv_to_float(w[i]);
-        const float g = offset ? wv + in.weight_offset : wv;
-        op[i * G] = mv_from_float<T>(g * (mv_to_float(s[i]) * rrms));
+        const mv_vec<T, 1> sv{{s[i]}};
+        const mv_vec<TW, 1> wv{{w[i]}};
+        op[i * G] = (offset ? normalized<true>(sv, wv, rrms, in.weight_offset) : normalized<false>(sv, wv, rrms, 0.0f)).v[0];
     }
 }
 
@@ -1880,16 +1883,6 @@ bool lanes_one_wave(const mv_rms_norm_args &a, const LanesKernel &k, const mv_cu
     return a.in.rows <= static_cast<int64_t>(blocks) * (dev.sms > 0 ? dev.sms : 1);
 }
 
-/* Threads a row of single elements (V = 1): a power of two holding 8 elements each. Whole warps
-   beyond 32 threads, as group_threads_for, but rounded up to a power of two so that the few
-   layouts rms_norm_elems_kernel compiles in cover every such H up to 4096 (H = 1501: 256 threads,
-   not 192); every kernel takes G from here, so the row's order stays one per H. */
-int elems_group_threads(int64_t needed) {
-    int group_threads = 1;
-    while (group_threads < needed) group_threads <<= 1;
-    return group_threads;
-}
-
 /* Which calls of such rows (G >= 32, so H 129-4096) take rms_norm_elems_kernel: one stride in
    int strides, and every call but a float32 fused add of more rows than multiprocessors. There
    it lost to the general and staged kernels (H100 1000 x 999 6.36 -> 7.99 us, 4096 x 4095 93.6 ->
@@ -2072,7 +2065,7 @@ extern "C" int mv_rms_norm_cuda(const mv_rms_norm_args *a, const mv_cuda_opts *o
         })
         return (int)err;
     }
-    const int group_threads = v == 1 ? elems_group_threads(needed) : group_threads_for(needed);
+    const int group_threads = group_threads_for(needed, v == 1);
     if (v == 1 && group_threads >= 32 && elems_wanted(*a, dev)) {
         err = cudaErrorInvalidValue;
         MV_DISPATCH_DTYPE(a->in.dtype, T, {
