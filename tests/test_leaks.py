@@ -163,6 +163,38 @@ def test_cpu_calls_do_not_leak(op, rng, request):
     assert UNDER_ASAN or rss_growth <= RSS_SLACK, f"RSS grew by {rss_growth / 2**20:.1f} MiB"
 
 
+def test_torch_cpu_results_do_not_leak(rng, request):
+    """torch CPU tensors: q, k and v wrapped as views of one block (the torch entry points and
+    the Python API on plain tensors), dropped in any order; the block and its views are freed."""
+    torch = pytest.importorskip("torch", reason="the torch entry points need torch")
+    import minivllm.torch as mvt
+    t = {k: torch.from_numpy(v) for k, v in inputs("numpy", rng).items()}
+    x, r, w, W = t["x"], t["residual"], t["weight"], t["W"]
+    hw = t["head_weight"]
+    cache = torch.zeros((4, 4, NKV, HD))
+    slots, positions = torch.arange(M), torch.arange(M)
+    table = torch.from_numpy(round_np(rng.standard_normal((16, HD)), "float32"))
+    kept = []
+
+    def one():
+        q, k, v = minivllm.FusedRMSNormQKV.forward(x, w, W, NH, NKV)
+        kept.append(v)  # the last view alive: the block outlives q and k
+        del q, k
+        mvt.fused_rms_norm_qkv(x, w, W, NH, NKV, residual=r)
+        mvt.attention_prologue(x, w, W, NH, NKV, residual=r, q_norm_weight=hw,
+                               k_norm_weight=hw, positions=positions, cos_sin_cache=table,
+                               k_cache=cache, v_cache=cache.clone(), slot_mapping=slots)
+        kept.clear()
+
+    with torch.no_grad():
+        calls = 20_000
+        counts, objects_growth, rss_growth = measured(one, 500, calls, [])
+    report(request, f"leaks: {calls} rounds of torch CPU results wrapped as views: live objects "
+                    f"{objects_growth:+d}, RSS {rss_growth / 2**20:+.2f} MiB")
+    assert objects_growth <= OBJECT_SLACK, f"{objects_growth} more live objects"
+    assert UNDER_ASAN or rss_growth <= RSS_SLACK, f"RSS grew by {rss_growth / 2**20:.1f} MiB"
+
+
 def expect_value_error(fn):
     try:
         fn()

@@ -136,12 +136,29 @@ def test_qkv_results_are_views_of_one_allocation(no_torch_dlpack, lead, device, 
     for a, heads, first_head in ((q, nh, 0), (k, nkv, nh), (v, nkv, nh + nkv)):
         assert tuple(a.shape) == lead + (heads, hd)
         if x.numel():
-            assert a.untyped_storage().data_ptr() == q.untyped_storage().data_ptr()
             assert a.data_ptr() == q.data_ptr() + first_head * hd * element
             assert a.stride() == row_strides + (hd, 1)
     refs = qkv_ref(to64(x), to64(w), to64(W), nh, nkv, 1e-6)
     for name, a, ref in zip("qkv", (q, k, v), refs):
         assert_matches(to64(a), ref, QKV_TOL["float16"], name, row_axes=2)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_qkv_views_outlive_each_other(no_torch_dlpack, device, rng):
+    """q, k and v share one block: it lives until the last of them goes, whichever that is (a
+    block freed with the first would be handed to the next allocation of its size here)."""
+    x, r, w, W, (nh, nkv, hd) = _problem(rng, "float16", device)
+    refs = qkv_ref(to64(x), to64(w), to64(W), nh, nkv, 1e-6)
+    for keep in range(3):
+        results = list(minivllm.FusedRMSNormQKV.forward(x, w, W, nh, nkv))
+        kept = results[keep]
+        del results
+        gc.collect()
+        junk = [torch.full((x.shape[0], nh + 2 * nkv, hd), float("nan"), dtype=x.dtype,
+                           device=x.device) for _ in range(8)]
+        _sync(device)
+        assert_matches(to64(kept), refs[keep], QKV_TOL["float16"], "qkv"[keep], row_axes=2)
+        del junk, kept
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -265,10 +282,12 @@ def test_subclasses_and_other_kinds_take_the_generic_route(device, rng):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_torch_op_convention(device, dtype, rng, no_torch_dlpack):
-    """alloc=_C.TORCH_OP (what minivllm.torch's ops pass): q, k, v come back as one new packed
-    [..., heads, head_dim] tensor (per token q's heads, then k's, then v's), with the new residual
-    beside it, and qkv_weight is read as nn.Linear's [N, H] even when it is square and its rows
-    are not contiguous (the other convention would take that for W.t())."""
+    """alloc=_C.TORCH_OP (what minivllm.torch's registered ops pass): q, k, v come back as one new
+    packed [..., heads, head_dim] tensor (per token q's heads, then k's, then v's), with the new
+    residual beside it, and qkv_weight is read as nn.Linear's [N, H] even when it is square and
+    its rows are not contiguous (the other convention would take that for W.t());
+    alloc=_C.TORCH_LINEAR (minivllm.torch's entry points) reads it the same way and returns
+    q, k, v as the Python API does."""
     op = minivllm._C.TORCH_OP
     M, H, nh, nkv, hd = 5, 64, 2, 1, 16  # N = 64 = H: square
     x = _tensor(rng.standard_normal((M, H)), dtype, device)
@@ -293,6 +312,24 @@ def test_torch_op_convention(device, dtype, rng, no_torch_dlpack):
                 assert_matches(to64(part), ref, QKV_TOL[dtype], f"{label}{what}, {name}",
                                row_axes=2)
         assert_same_values(to64(new_residual), refs2[3], f"new residual, {name}")
+    linear = minivllm._C.TORCH_LINEAR  # the same layout rule, results as TORCH_KIND's
+    for name, weight in (("contiguous", W), ("rows not contiguous", W.t().contiguous().t())):
+        q, k, v = minivllm._C.fused_rms_norm_qkv(x, w, weight, nh, nkv, 1e-6, None, None, None,
+                                                 None, None, linear, None, None, None)
+        *qkv2, new_residual = minivllm._C.fused_rms_norm_qkv(
+            x, w, weight, nh, nkv, 1e-6, r, None, None, None, None, linear, None, None, None)
+        _sync(device)
+        refs = qkv_ref(to64(x), to64(w), to64(W), nh, nkv, 1e-6)
+        refs2 = qkv_ref(to64(x), to64(w), to64(W), nh, nkv, 1e-6, residual=to64(r), dtype=dtype)
+        for got, want, what in (((q, k, v), refs, ""), (qkv2, refs2[:3], " (residual)")):
+            for part, ref, label in zip(got, want, "qkv"):
+                assert type(part) is torch.Tensor and part.dtype == x.dtype
+                assert_matches(to64(part), ref, QKV_TOL[dtype], f"{label}{what}, {name}, linear",
+                               row_axes=2)
+        assert_same_values(to64(new_residual), refs2[3], f"new residual, {name}, linear")
+    with pytest.raises(ValueError, match=r"^qkv_weight: expected shape \(N, 64\) \(the nn.Linear"):
+        minivllm._C.fused_rms_norm_qkv(x, w, torch.cat([W, W], 1), nh, nkv, 1e-6, None, None,
+                                       None, None, None, linear, None, None, None)
     with pytest.raises(ValueError, match=r"^q: TORCH_OP"):
         minivllm._C.fused_rms_norm_qkv(x, w, W, nh, nkv, 1e-6, None, torch.empty_like(x), None,
                                        None, None, op, None, None, None)

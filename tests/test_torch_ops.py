@@ -571,10 +571,14 @@ def test_qkv_ops_take_tensor_subclasses(device, rng):
     got = mvt.fused_rms_norm_qkv(tagged, w, W, nh, nkv, residual=r)
     plain_p = mvt.attention_prologue(x, w, W, nh, nkv, residual=r)
     got_p = mvt.attention_prologue(tagged, w, W, nh, nkv, residual=r)
+    # plain x, the other tensors subclasses: the registered op reads them through __dlpack__
+    got_o = mvt.attention_prologue(x, w.as_subclass(Tagged), W.as_subclass(Tagged), nh, nkv,
+                                   residual=r.as_subclass(Tagged))
     _sync(torch, dev)
-    for a, b, name in zip((*got, *got_p), (*plain, *plain_p), ("q", "k", "v", "residual") * 2):
+    for a, b, name in zip((*got, *got_p, *got_o), (*plain, *plain_p, *plain_p),
+                          ("q", "k", "v", "residual") * 3):
         assert a.shape == b.shape, name
-        assert_same_values(to64(a.as_subclass(torch.Tensor)), to64(b), f"{name} (subclass x)")
+        assert_same_values(to64(a.as_subclass(torch.Tensor)), to64(b), f"{name} (subclass)")
 
 
 # --------------------------------------------------------------------------------------------

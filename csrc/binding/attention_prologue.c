@@ -228,7 +228,8 @@ static int qkv_scratch(mv_call *c, const mv_tensor *x, PyObject *given_q, mv_pro
    qkv_bias, q_norm_weight, k_norm_weight, qk_norm_eps, positions, cos_sin_cache, rope_style,
    k_cache, v_cache, slot_mapping, kv_scale, q, k, v, residual_out, alloc, stream, pdl, path)
    -> (q, k, v[, residual_out]); k and v are None with a cache. With alloc _C.TORCH_OP:
-   (packed q, k, v as [..., heads, head_dim], residual_out or None). */
+   (packed q, k, v as [..., heads, head_dim], residual_out or None); _C.TORCH_LINEAR returns as
+   TORCH_KIND. */
 PyObject *mv_py_attention_prologue(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != A_COUNT) {
@@ -412,8 +413,8 @@ PyObject *mv_py_attention_prologue(PyObject *module, PyObject *const *args, Py_s
            q into the caller's q */
         if (qkv_scratch(&c, x, args[A_Q], &p, &objs[0]) < 0)
             goto done;
-    } else if (mv_qkv_outputs(&c, x, args + A_Q, p.num_heads, p.num_kv_heads, head_dim, a,
-                              objs) < 0) {
+    } else if (mv_qkv_outputs(&c, x, args + A_Q, p.num_heads, p.num_kv_heads, head_dim,
+                              has_cache, a, objs) < 0) {
         goto done;
     }
     int failed;

@@ -6,6 +6,8 @@
 #include "binding/call.h"
 #include "binding/checks.h"
 
+#include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 
 #ifdef MINIVLLM_WITH_CUDA
@@ -23,13 +25,15 @@ void mv_call_release(mv_call *c)
 }
 
 /* The caller's kind of array: `alloc` and `stream` as the Python API found them, or, when alloc
-   is _C.TORCH_KIND (or _C.TORCH_OP), torch's, resolved in C from x (a plain torch.Tensor). */
+   is _C.TORCH_KIND (or TORCH_OP, TORCH_LINEAR), torch's, resolved in C from x (a plain
+   torch.Tensor). */
 int mv_call_start(mv_call *c, PyObject *module, PyObject *alloc, PyObject *stream,
                       PyObject *x)
 {
     c->st = mv_get_state(module);
     c->torch_op = alloc == c->st->torch_op;
-    if (alloc != c->st->torch_kind && !c->torch_op) {
+    c->linear_only = c->torch_op || alloc == c->st->torch_linear;
+    if (alloc != c->st->torch_kind && !c->linear_only) {
         c->alloc = alloc;
         c->stream = stream;
         return 0;
@@ -41,7 +45,8 @@ int mv_call_start(mv_call *c, PyObject *module, PyObject *alloc, PyObject *strea
         /* Only minivllm's own API passes TORCH_KIND, after checking both. */
         PyErr_Format(PyExc_TypeError,
                      "alloc: %s needs torch imported and x a torch.Tensor, got %.100s",
-                     c->torch_op ? "TORCH_OP" : "TORCH_KIND", Py_TYPE(x)->tp_name);
+                     c->torch_op ? "TORCH_OP" : c->linear_only ? "TORCH_LINEAR" : "TORCH_KIND",
+                     Py_TYPE(x)->tp_name);
         return -1;
     }
     c->torch_kind = 1;
@@ -173,33 +178,55 @@ static void exchange_alloc_error(void *ctx, const char *kind, const char *messag
                  "%s: torch could not allocate it (%s: %s)", (const char *)ctx, kind, message);
 }
 
+/* A new compact tensor of like's dtype and device (an activation dtype) from torch's exchange
+   allocator (at::empty in C: the caching allocator and, under CUDA graph capture, the graph's
+   pool), as the managed tensor it hands over; NULL with an exception on failure. */
+static mv_dl_managed_tensor_versioned *exchange_alloc(const mv_dl_exchange_api *exchange,
+                                                      const mv_tensor *like, const char *name,
+                                                      int ndim, const int64_t *shape)
+{
+    int64_t dims[MV_MAX_DIMS + 1];
+    memcpy(dims, shape, sizeof(int64_t) * (size_t)ndim);
+    mv_dl_tensor prototype;
+    memset(&prototype, 0, sizeof(prototype));
+    prototype.device.device_type = like->processor == MV_ON_CUDA ? MV_DL_CUDA : MV_DL_CPU;
+    prototype.device.device_id = like->processor == MV_ON_CUDA ? like->device_id : 0;
+    prototype.ndim = ndim;
+    prototype.dtype.code = like->dtype == MV_BFLOAT16 ? MV_DL_BFLOAT : MV_DL_FLOAT;
+    prototype.dtype.bits = (uint8_t)(8 * mv_dtype_size(like->dtype));
+    prototype.dtype.lanes = 1;
+    prototype.shape = dims;
+    mv_dl_managed_tensor_versioned *made = NULL;
+    if (exchange->managed_tensor_allocator(&prototype, &made, (void *)name,
+                                           exchange_alloc_error) != 0 || made == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_RuntimeError, "%s: torch could not allocate it", name);
+        return NULL;
+    }
+    return made;
+}
+
+/* Whether torch's exchange table can allocate and wrap (torch >= 2.10, not switched off). */
+static const mv_dl_exchange_api *exchange_allocator(mv_call *c)
+{
+    const mv_dl_exchange_api *exchange = mv_torch_exchange(&c->st->torch);
+    return exchange != NULL && exchange->managed_tensor_allocator != NULL &&
+                   exchange->managed_tensor_to_py_object_no_sync != NULL
+               ? exchange
+               : NULL;
+}
+
 /* A new compact torch tensor of x's dtype and device (an activation dtype), *data its first
-   element: through torch's exchange table where it has one (at::empty in C, the same caching
-   allocator and capture pool as new_empty, without a Python call), else x.new_empty. */
+   element: through torch's exchange table where it has one (without a Python call), else
+   x.new_empty. */
 static PyObject *torch_alloc(mv_call *c, const mv_tensor *like, const char *name, int ndim,
                              const int64_t *shape, char **data)
 {
-    const mv_dl_exchange_api *exchange = mv_torch_exchange(&c->st->torch);
-    if (exchange != NULL && exchange->managed_tensor_allocator != NULL &&
-        exchange->managed_tensor_to_py_object_no_sync != NULL) {
-        int64_t dims[MV_MAX_DIMS + 1];
-        memcpy(dims, shape, sizeof(int64_t) * (size_t)ndim);
-        mv_dl_tensor prototype;
-        memset(&prototype, 0, sizeof(prototype));
-        prototype.device.device_type = like->processor == MV_ON_CUDA ? MV_DL_CUDA : MV_DL_CPU;
-        prototype.device.device_id = like->processor == MV_ON_CUDA ? like->device_id : 0;
-        prototype.ndim = ndim;
-        prototype.dtype.code = like->dtype == MV_BFLOAT16 ? MV_DL_BFLOAT : MV_DL_FLOAT;
-        prototype.dtype.bits = (uint8_t)(8 * mv_dtype_size(like->dtype));
-        prototype.dtype.lanes = 1;
-        prototype.shape = dims;
-        mv_dl_managed_tensor_versioned *made = NULL;
-        if (exchange->managed_tensor_allocator(&prototype, &made, (void *)name,
-                                               exchange_alloc_error) != 0 || made == NULL) {
-            if (!PyErr_Occurred())
-                PyErr_Format(PyExc_RuntimeError, "%s: torch could not allocate it", name);
+    const mv_dl_exchange_api *exchange = exchange_allocator(c);
+    if (exchange != NULL) {
+        mv_dl_managed_tensor_versioned *made = exchange_alloc(exchange, like, name, ndim, shape);
+        if (made == NULL)
             return NULL;
-        }
         char *first = (char *)made->dl_tensor.data + made->dl_tensor.byte_offset;
         void *obj = NULL;
         /* takes ownership of made, also on failure */
@@ -318,24 +345,137 @@ static PyObject *torch_qkv_buffer(mv_call *c, const mv_tensor *x, int64_t heads,
     return torch_alloc(c, x, "q", ndim, shape, base);
 }
 
+/* ---- views of one new block as separate torch tensors, made without a torch call ----------- */
+
+/* The block torch allocated (its managed tensor), shared by the views wrapped around it and
+   released through torch's own deleter when the last of them goes. Deleters may run on any
+   thread, with or without the GIL: the count is atomic and nothing here touches Python. */
+typedef struct {
+    atomic_long refs;
+    mv_dl_managed_tensor_versioned *block;
+} shared_block;
+
+typedef struct {
+    mv_dl_managed_tensor_versioned managed; /* first: the deleter receives its address */
+    shared_block *shared;
+    int64_t shape[MV_MAX_DIMS + 1];
+    int64_t strides[MV_MAX_DIMS + 1];
+} block_view;
+
+static void shared_block_release(shared_block *s)
+{
+    if (atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) == 1) {
+        if (s->block->deleter)
+            s->block->deleter(s->block);
+        free(s);
+    }
+}
+
+static void block_view_delete(mv_dl_managed_tensor_versioned *m)
+{
+    block_view *v = (block_view *)m;
+    shared_block_release(v->shared);
+    free(v);
+}
+
+/* A torch tensor over part of the block: its data at byte `offset`, shape and strides (in
+   elements) as given. Its own storage starts there (torch's DLPack import makes one per
+   tensor), and its deleter keeps the block until it goes. A new reference, or NULL. */
+static PyObject *wrap_block_view(const mv_dl_exchange_api *exchange, shared_block *s,
+                                 const char *name, int ndim, const int64_t *shape,
+                                 const int64_t *strides, int64_t offset)
+{
+    block_view *v = calloc(1, sizeof(*v));
+    if (v == NULL)
+        return PyErr_NoMemory();
+    const mv_dl_tensor *whole = &s->block->dl_tensor;
+    v->managed.version = s->block->version;
+    v->managed.manager_ctx = v;
+    v->managed.deleter = block_view_delete;
+    v->managed.dl_tensor = *whole;
+    /* an empty block may have no data pointer, and none is offset then */
+    v->managed.dl_tensor.data = whole->data ? (char *)whole->data + whole->byte_offset + offset
+                                            : NULL;
+    v->managed.dl_tensor.byte_offset = 0;
+    v->managed.dl_tensor.ndim = ndim;
+    memcpy(v->shape, shape, sizeof(int64_t) * (size_t)ndim);
+    memcpy(v->strides, strides, sizeof(int64_t) * (size_t)ndim);
+    v->managed.dl_tensor.shape = v->shape;
+    v->managed.dl_tensor.strides = v->strides;
+    v->shared = s;
+    atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
+    void *obj = NULL;
+    /* takes ownership of v, also on failure */
+    if (exchange->managed_tensor_to_py_object_no_sync(&v->managed, &obj) != 0 || obj == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_RuntimeError, "%s: torch could not wrap the tensor it made", name);
+        return NULL;
+    }
+    return (PyObject *)obj;
+}
+
 /* q, k and v for the torch kind when none was given: views of one new [..., heads, head_dim]
    tensor split along the heads, as vLLM's qkv.split(...) gives them. One allocation instead of
    three saves a few microseconds per call, which at M = 1 is a large share of the call. Their
    rows are then N elements apart (contiguous when there is one row), the row strides the
-   kernels take. objs receives new references to the three views. */
+   kernels take. With torch's exchange table the views are wrapped here (a split through torch
+   costs a Python call, ~1 us); before it, torch's split_with_sizes makes them. objs receives
+   new references (with q_only, q's alone: k and v, a scratch, are then held through q). */
 int mv_call_torch_qkv_outputs(mv_call *c, const mv_tensor *x, int64_t num_heads,
-                              int64_t num_kv_heads, int64_t head_dim, mv_tensor **qkv,
+                              int64_t num_kv_heads, int64_t head_dim, int q_only, mv_tensor **qkv,
                               PyObject **objs)
 {
     static const char *const names[3] = {"q", "k", "v"};
     const int ndim = x->ndim + 1;
     int64_t shape[MV_MAX_DIMS + 1], strides[MV_MAX_DIMS + 1];
     const int64_t heads[3] = {num_heads, num_kv_heads, num_kv_heads};
+    const int64_t element = (int64_t)mv_dtype_size(x->dtype);
     int rc = -1;
-    PyObject *sizes = NULL, *dim = NULL, *views = NULL;
+    PyObject *sizes = NULL, *dim = NULL, *views = NULL, *buffer = NULL;
     char *base;
-    PyObject *buffer = torch_qkv_buffer(c, x, num_heads + 2 * num_kv_heads, head_dim, shape,
-                                        strides, &base);
+    memcpy(shape, x->shape, sizeof(int64_t) * (size_t)(x->ndim - 1));
+    shape[ndim - 2] = num_heads + 2 * num_kv_heads;
+    shape[ndim - 1] = head_dim;
+    compact_strides(ndim, shape, strides);
+
+    const mv_dl_exchange_api *exchange = exchange_allocator(c);
+    if (exchange != NULL) {
+        shared_block *s = calloc(1, sizeof(*s));
+        if (s == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        s->block = exchange_alloc(exchange, x, "q", ndim, shape);
+        if (s->block == NULL) {
+            free(s);
+            return -1;
+        }
+        atomic_init(&s->refs, 1); /* this function's, dropped at its end */
+        base = (char *)s->block->dl_tensor.data + s->block->dl_tensor.byte_offset;
+        int64_t first_head = 0;
+        for (int i = 0; i < 3; i++) {
+            const int64_t offset = first_head * head_dim * element;
+            shape[ndim - 2] = heads[i];
+            first_head += heads[i];
+            PyObject *owner = objs[0];
+            if (i == 0 || !q_only) {
+                objs[i] = wrap_block_view(exchange, s, names[i], ndim, shape, strides, offset);
+                if (objs[i] == NULL)
+                    break;
+                owner = objs[i];
+            }
+            qkv[i] = call_adopt_torch_output(c, owner, names[i], x, base ? base + offset : NULL,
+                                             ndim, shape, strides);
+            if (qkv[i] == NULL)
+                break;
+            if (i == 2)
+                rc = 0;
+        }
+        shared_block_release(s);
+        return rc;
+    }
+
+    buffer = torch_alloc(c, x, "q", ndim, shape, &base);
     if (buffer == NULL)
         goto done;
     sizes = Py_BuildValue("[LLL]", (long long)heads[0], (long long)heads[1], (long long)heads[2]);
@@ -351,7 +491,6 @@ int mv_call_torch_qkv_outputs(mv_call *c, const mv_tensor *x, int64_t num_heads,
         PyErr_SetString(PyExc_TypeError, "q: torch's split_with_sizes did not give 3 tensors");
         goto done;
     }
-    const int64_t element = (int64_t)mv_dtype_size(x->dtype);
     int64_t first_head = 0;
     for (int i = 0; i < 3; i++) {
         PyObject *view = PyTuple_GET_ITEM(views, i);
@@ -366,7 +505,8 @@ int mv_call_torch_qkv_outputs(mv_call *c, const mv_tensor *x, int64_t num_heads,
                                          strides);
         if (qkv[i] == NULL)
             goto done;
-        objs[i] = Py_NewRef(view);
+        if (i == 0 || !q_only)
+            objs[i] = Py_NewRef(view);
         first_head += heads[i];
     }
     rc = 0;

@@ -19,8 +19,11 @@ typedef struct {
     PyObject *torch_kind;
     /* _C.TORCH_OP: the torch kind in the convention of minivllm.torch's registered ops: qkv_weight
        in nn.Linear layout [N, H] only, and q, k, v returned as one packed [..., heads, head_dim]
-       tensor (no views made: each is a torch call, microseconds at M = 1). */
+       tensor (the schema's one result). */
     PyObject *torch_op;
+    /* _C.TORCH_LINEAR: the torch kind with qkv_weight in nn.Linear layout [N, H] only, results as
+       TORCH_KIND's (what minivllm.torch's entry points return when they skip the dispatcher). */
+    PyObject *torch_linear;
     PyObject *requires_grad; /* "requires_grad" */
 } mv_state;
 
@@ -34,8 +37,9 @@ typedef struct {
     mv_state *st;
     PyObject *stream; /* borrowed: the caller's CUDA stream (int) or None */
     PyObject *alloc;  /* borrowed: callable(shape) -> array, or None for a minivllm.Buffer */
-    int torch_kind;   /* alloc was _C.TORCH_KIND or _C.TORCH_OP: see call_start */
-    int torch_op;     /* alloc was _C.TORCH_OP (mv_state.torch_op) */
+    int torch_kind;   /* alloc was _C.TORCH_KIND, TORCH_OP or TORCH_LINEAR: see call_start */
+    int torch_op;     /* alloc was _C.TORCH_OP (mv_state.torch_op): q, k, v returned packed */
+    int linear_only;  /* alloc was _C.TORCH_OP or TORCH_LINEAR: qkv_weight is [N, H] */
     PyObject *like;   /* borrowed: x, which torch-kind outputs are allocated like */
     PyObject *torch_stream; /* owned: the stream read from torch, which `stream` then points to */
     mv_tensor tensors[MAX_CALL_TENSORS];
@@ -59,9 +63,10 @@ mv_tensor *mv_call_import_first(mv_call *c, PyObject *obj, const char *name);
 /* An output: the one the caller gave (validated), or a new one from the caller's allocator. */
 mv_tensor *mv_call_output(mv_call *c, PyObject *given, const char *name, const mv_tensor *like,
                           int ndim, const int64_t *shape, PyObject **obj_out);
-/* q, k and v for the torch kind when none was given: views of one new buffer. */
+/* q, k and v for the torch kind when none was given: views of one new buffer; with q_only,
+   only q is made a Python object (k and v, a scratch, are held through it). */
 int mv_call_torch_qkv_outputs(mv_call *c, const mv_tensor *x, int64_t num_heads,
-                              int64_t num_kv_heads, int64_t head_dim, mv_tensor **qkv,
+                              int64_t num_kv_heads, int64_t head_dim, int q_only, mv_tensor **qkv,
                               PyObject **objs);
 /* q, k and v for _C.TORCH_OP: one new [..., heads, head_dim] tensor, *base its data; *obj
    receives a new reference to it. */

@@ -135,7 +135,7 @@ mv_tensor *mv_qkv_import_inputs(mv_call *c, PyObject *const *objs, int64_t num_h
         return NULL;
     mv_tensor *w = mv_call_import(c, objs[2], "qkv_weight");
     if (w == NULL || mv_check_like(w, x) < 0 ||
-        mv_qkv_weight_layout(w, a->in.hidden, c->torch_op, &n_out, &a->w_stride_n,
+        mv_qkv_weight_layout(w, a->in.hidden, c->linear_only, &n_out, &a->w_stride_n,
                              &a->w_stride_k) < 0)
         return NULL;
     const int64_t heads = num_heads + 2 * num_kv_heads;
@@ -158,9 +158,11 @@ mv_tensor *mv_qkv_import_inputs(mv_call *c, PyObject *const *objs, int64_t num_h
 
 /* q, k and v ([..., heads, head_dim] like x): the given ones, or new (for the torch kind, views
    of one buffer; for _C.TORCH_OP that one buffer, in objs[0], objs[1..2] left NULL); their data
-   and row strides into a. objs[0..2] receive new references. */
+   and row strides into a. objs[0..2] receive new references; q_only: the torch kind's new k and
+   v are a scratch the caller does not return, and objs[1..2] may be left NULL. */
 int mv_qkv_outputs(mv_call *c, const mv_tensor *x, PyObject *const *given, int64_t num_heads,
-                   int64_t num_kv_heads, int64_t head_dim, mv_qkv_args *a, PyObject **objs)
+                   int64_t num_kv_heads, int64_t head_dim, int q_only, mv_qkv_args *a,
+                   PyObject **objs)
 {
     int64_t shape[MV_MAX_DIMS + 1], rows, cols;
     /* q, k and v have one dimension more than hidden_states (hidden_rows made sure it has one) */
@@ -189,7 +191,8 @@ int mv_qkv_outputs(mv_call *c, const mv_tensor *x, PyObject *const *given, int64
         return 0;
     }
     if (c->torch_kind && given[0] == Py_None && given[1] == Py_None && given[2] == Py_None) {
-        if (mv_call_torch_qkv_outputs(c, x, num_heads, num_kv_heads, head_dim, qkv, objs) < 0)
+        if (mv_call_torch_qkv_outputs(c, x, num_heads, num_kv_heads, head_dim, q_only, qkv,
+                                      objs) < 0)
             return -1;
     } else {
         static const char *const names[3] = {"q", "k", "v"};
@@ -266,7 +269,7 @@ PyObject *mv_py_fused_rms_norm_qkv(PyObject *module, PyObject *const *args, Py_s
         a.in.residual = residual->data;
     }
     const int first_output = c.count;
-    if (mv_qkv_outputs(&c, x, args + 7, num_heads, num_kv_heads, head_dim, &a, objs) < 0)
+    if (mv_qkv_outputs(&c, x, args + 7, num_heads, num_kv_heads, head_dim, 0, &a, objs) < 0)
         goto done;
     mv_qkv_residual_out(&c, x, args[6], args[10], &a, &res_obj, &failed);
     if (failed)

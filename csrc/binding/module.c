@@ -180,10 +180,13 @@ static int module_exec(PyObject *module)
         return -1;
     st->torch_kind = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
     st->torch_op = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
+    st->torch_linear = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
     st->requires_grad = PyUnicode_InternFromString("requires_grad");
-    if (st->torch_kind == NULL || st->torch_op == NULL || st->requires_grad == NULL ||
+    if (st->torch_kind == NULL || st->torch_op == NULL || st->torch_linear == NULL ||
+        st->requires_grad == NULL ||
         PyModule_AddObjectRef(module, "TORCH_KIND", st->torch_kind) < 0 ||
-        PyModule_AddObjectRef(module, "TORCH_OP", st->torch_op) < 0)
+        PyModule_AddObjectRef(module, "TORCH_OP", st->torch_op) < 0 ||
+        PyModule_AddObjectRef(module, "TORCH_LINEAR", st->torch_linear) < 0)
         return -1;
 #ifdef MINIVLLM_WITH_CUDA
     const int cuda_built = 1;
@@ -205,6 +208,7 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->buffer_type);
     Py_VISIT(st->torch_kind);
     Py_VISIT(st->torch_op);
+    Py_VISIT(st->torch_linear);
     return mv_torch_api_traverse(&st->torch, visit, arg);
 }
 
@@ -214,6 +218,7 @@ static int module_clear(PyObject *module)
     Py_CLEAR(st->buffer_type);
     Py_CLEAR(st->torch_kind);
     Py_CLEAR(st->torch_op);
+    Py_CLEAR(st->torch_linear);
     Py_CLEAR(st->requires_grad);
     mv_torch_api_clear(&st->torch);
     mv_import_names_clear(&st->names);

@@ -23,7 +23,8 @@ void mv_set_qkv_last_gpu_path(mv_qkv_path taken);
 mv_tensor *mv_qkv_import_inputs(mv_call *c, PyObject *const *objs, int64_t num_heads,
                                 int64_t num_kv_heads, mv_qkv_args *a, int64_t *head_dim);
 int mv_qkv_outputs(mv_call *c, const mv_tensor *x, PyObject *const *given, int64_t num_heads,
-                   int64_t num_kv_heads, int64_t head_dim, mv_qkv_args *a, PyObject **objs);
+                   int64_t num_kv_heads, int64_t head_dim, int q_only, mv_qkv_args *a,
+                   PyObject **objs);
 mv_tensor *mv_qkv_residual_out(mv_call *c, const mv_tensor *x, PyObject *residual,
                                PyObject *residual_out, mv_qkv_args *a, PyObject **obj, int *failed);
 
