@@ -65,22 +65,31 @@ bool mv_pdl_use(int requested, const mv_cuda_device &dev) {
 
 namespace {
 
-/* cuTensorMapEncodeTiled from the driver, found once through the runtime (minivllm does not link
-   libcuda itself); null where the driver lacks it. */
+/* A driver entry point, found through the runtime (minivllm does not link libcuda itself); null
+   where the driver lacks it. */
+void *driver_entry(const char *name) {
+    void *p = nullptr;
+    cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+    if (cudaGetDriverEntryPointByVersion(name, &p, 12000, cudaEnableDefault, &found) != cudaSuccess ||
+        found != cudaDriverEntryPointSuccess)
+        p = nullptr;
+    (void)cudaGetLastError();
+    return p;
+}
+
+/* cuTensorMapEncodeTiled, found once. */
 typedef CUresult (*EncodeTiledFn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
                                   const cuuint64_t *, const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave,
                                   CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
 EncodeTiledFn encode_tiled() {
-    static const EncodeTiledFn fn = [] {
-        void *p = nullptr;
-        cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
-        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &found) !=
-                cudaSuccess ||
-            found != cudaDriverEntryPointSuccess)
-            p = nullptr;
-        (void)cudaGetLastError();
-        return reinterpret_cast<EncodeTiledFn>(p);
-    }();
+    static const EncodeTiledFn fn = reinterpret_cast<EncodeTiledFn>(driver_entry("cuTensorMapEncodeTiled"));
+    return fn;
+}
+
+/* cuLaunchKernelEx, found once. */
+using LaunchExFn = CUresult (*)(const CUlaunchConfig *, CUfunction, void **, void **);
+LaunchExFn driver_launch() {
+    static const LaunchExFn fn = reinterpret_cast<LaunchExFn>(driver_entry("cuLaunchKernelEx"));
     return fn;
 }
 
@@ -169,4 +178,42 @@ bool mv_swizzled_tensor_map(CUtensorMap *map, bool bf16, int rank, const void *d
         e.map = *map;
     }
     return ok;
+}
+
+cudaError_t mv_launch_params(const void *kernel, dim3 grid, dim3 block, size_t smem, cudaStream_t stream, bool pdl,
+                             unsigned cluster, void **params) {
+    /* every driver that runs this runtime (CUDA 13 needs r580) has cuLaunchKernelEx (12.0) */
+    const LaunchExFn launch = driver_launch();
+    if (launch == nullptr) return cudaErrorCallRequiresNewerDriver;
+    /* the kernel's handle in the current device's context, looked up each launch (~0.1 us): a
+       cached one would go stale with that context */
+    cudaFunction_t function = nullptr;
+    const cudaError_t found = cudaGetFuncBySymbol(&function, kernel);
+    if (found != cudaSuccess) return found;
+    CUlaunchAttribute attributes[2] = {};
+    unsigned count = 0;
+    if (pdl) {
+        attributes[count].id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attributes[count++].value.programmaticStreamSerializationAllowed = 1;
+    }
+    if (cluster > 1) {
+        attributes[count].id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+        attributes[count].value.clusterDim.x = cluster;
+        attributes[count].value.clusterDim.y = 1;
+        attributes[count++].value.clusterDim.z = 1;
+    }
+    CUlaunchConfig config = {};
+    config.gridDimX = grid.x;
+    config.gridDimY = grid.y;
+    config.gridDimZ = grid.z;
+    config.blockDimX = block.x;
+    config.blockDimY = block.y;
+    config.blockDimZ = block.z;
+    config.sharedMemBytes = static_cast<unsigned>(smem);
+    config.hStream = reinterpret_cast<CUstream>(stream);
+    config.attrs = attributes;
+    config.numAttrs = count;
+    /* CUresult and cudaError_t share the codes a launch returns (invalid value, out of resources,
+       invalid handle, the stream-capture errors) */
+    return static_cast<cudaError_t>(launch(&config, reinterpret_cast<CUfunction>(function), params, nullptr));
 }

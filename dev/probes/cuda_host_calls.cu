@@ -3,6 +3,7 @@
 // nvcc -O2 -arch=sm_90 dev/probes/cuda_host_calls.cu -o /tmp/cuda_host_calls && /tmp/cuda_host_calls
 #include <chrono>
 #include <cstdio>
+#include <cuda.h>
 #include <cuda_runtime.h>
 
 __global__ void spin(long long cycles) {
@@ -61,6 +62,42 @@ int main() {
     Big b = {};
     printf("cudaLaunchKernelEx 512-byte param+PDL %6.3f\n", us_per([&] { launch(empty_big, 132, 256, 0, true, b); }));
     printf("2 launches + PDL (empty)              %6.3f\n", us_per([&] { launch(empty, 1, 32, 0, true, 0); launch(empty, 1, 32, 0, true, 0); }));
+    // the same launch through the driver (cuLaunchKernelEx from the runtime's entry-point table,
+    // the kernel's CUfunction looked up once): what the runtime's own launch path adds
+    typedef CUresult (*launch_ex_fn)(const CUlaunchConfig *, CUfunction, void **, void **);
+    launch_ex_fn cu_launch = nullptr;
+    cudaDriverEntryPointQueryResult found;
+    cudaGetDriverEntryPointByVersion("cuLaunchKernelEx", (void **)&cu_launch, 12000,
+                                     cudaEnableDefault, &found);
+    cudaFunction_t fn = nullptr;
+    cudaGetFuncBySymbol(&fn, (const void *)empty);
+    CUlaunchAttribute cu_pdl = {};
+    cu_pdl.id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    cu_pdl.value.programmaticStreamSerializationAllowed = 1;
+    auto cu = [&](CUstream stream, bool with_pdl) {
+        int arg = 0;
+        void *params[] = {&arg};
+        CUlaunchConfig c = {};
+        c.gridDimX = c.gridDimY = c.gridDimZ = 1;
+        c.blockDimX = 32; c.blockDimY = c.blockDimZ = 1;
+        c.hStream = stream; c.attrs = &cu_pdl; c.numAttrs = with_pdl ? 1 : 0;
+        cu_launch(&c, (CUfunction)fn, params, nullptr);
+    };
+    if (cu_launch && fn) {
+        printf("cuLaunchKernelEx empty + PDL          %6.3f\n", us_per([&] { cu(0, true); }));
+        printf("cuLaunchKernelEx empty + PDL, stream  %6.3f\n", us_per([&] { cu((CUstream)s, true); }));
+        cudaFunction_t again = nullptr;
+        printf("cudaGetFuncBySymbol                   %6.3f\n", us_per([&] { cudaGetFuncBySymbol(&again, (const void *)empty); }));
+    } else {
+        printf("cuLaunchKernelEx: not found\n");
+    }
+    auto on_stream = [&](bool with_pdl) {
+        cudaLaunchConfig_t c = {};
+        c.gridDim = dim3(1); c.blockDim = dim3(32); c.stream = s;
+        c.attrs = &pdl; c.numAttrs = with_pdl ? 1 : 0;
+        cudaLaunchKernelEx(&c, empty, 0);
+    };
+    printf("cudaLaunchKernelEx empty + PDL, stream%6.3f\n", us_per([&] { on_stream(true); }));
     printf("last error: %s\n", cudaGetErrorString(cudaGetLastError()));
     return 0;
 }
