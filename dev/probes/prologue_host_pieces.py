@@ -46,6 +46,7 @@ for name in models:
         "raw op .default": lambda: torch.ops.minivllm.attention_prologue.default(*a18),
         "op body (_impl)": lambda: mvt._attention_prologue_impl(*a18),
         "_C full, TORCH_OP (2 allocations)": C(),
+        "_C full, TORCH_KIND (q view, residual)": C(alloc=K),
         "_C full, outputs given": C(outs=o4, alloc=K),
         "_C full, outputs given, pdl off": C(outs=o4, alloc=K, pdl=False),
         "_C no residual, outputs given": C(res=None, outs=(q, k, v, None), alloc=K),
@@ -53,12 +54,16 @@ for name in models:
                                              outs=(q, k, v, None), alloc=K),
         "_C no options (QKV only), outputs given": C(res=None, qn_=None, kn_=None, pos_=None, tab=None,
                                                      kc_=None, vc_=None, sl=None, outs=(q, k, v, None), alloc=K),
+        "QKV forward (allocating q, k, v)": lambda: minivllm.FusedRMSNormQKV.forward(x, w, W.t(), nh, nkv, 1e-6),
+        "entry mvt.fused_rms_norm_qkv": lambda: mvt.fused_rms_norm_qkv(x, w, W, nh, nkv, 1e-6),
         "QKV forward out=(q,k,v)": lambda: minivllm.FusedRMSNormQKV.forward(x, w, W.t(), nh, nkv, 1e-6, out=(q, k, v)),
         "rms_norm out=": lambda: minivllm.rms_norm(x, w, 1e-6, out=y),
         "x.new_empty((1, N))": lambda: x.new_empty((1, N)),
         "x.new_empty(0)": lambda: x.new_empty(0),
         "torch.cuda.current_stream()": lambda: torch.cuda.current_stream(),
     }
+    if hasattr(_C, "TORCH_LINEAR"):  # the entry points' convention since session 35
+        cases["_C full, TORCH_LINEAR (q view, residual)"] = C(alloc=_C.TORCH_LINEAR)
     print(f"--- {name}: H {H}, heads {nh}/{nkv} x {hd}, M = 1, bf16; host us per call (median, min of 60 bursts)")
     with torch.inference_mode():
         for label, fn in cases.items():
