@@ -303,12 +303,19 @@ def fused_rms_norm_qkv(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps=
                                      residual, None, None, None, None, _TORCH_LINEAR, None, None,
                                      None)
     if residual is None:
-        return split_qkv(torch.ops.minivllm.fused_rms_norm_qkv(
-            x, norm_weight, qkv_weight, num_heads, num_kv_heads, float(eps)),
-            num_heads, num_kv_heads)
+        return split_qkv(_qkv_packed(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps),
+                         num_heads, num_kv_heads)
     packed, new_residual = torch.ops.minivllm.fused_add_rms_norm_qkv(
         x, residual, norm_weight, qkv_weight, num_heads, num_kv_heads, float(eps))
     return (*split_qkv(packed, num_heads, num_kv_heads), new_residual)
+
+
+def _qkv_packed(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps):
+    """The registered QKV op's packed result, without the dispatcher where _direct allows."""
+    if _direct(x, norm_weight, qkv_weight):
+        return _qkv_c(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps, None)
+    return torch.ops.minivllm.fused_rms_norm_qkv(x, norm_weight, qkv_weight, num_heads,
+                                                 num_kv_heads, float(eps))
 
 
 def attention_prologue(x, norm_weight, qkv_weight, num_heads, num_kv_heads, eps=1e-6, *,

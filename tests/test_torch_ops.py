@@ -303,6 +303,20 @@ def test_fused_proj_from_modules(device, bias, rng):
     splits = np.cumsum([nh * hd, nkv * hd])
     biases = [b.reshape(-1, hd) for b in np.split(b0, splits)]
     refs = qkv_ref(to64(x), to64(norm.weight), W0, nh, nkv, eps)
+
+    class Passing(torch.overrides.TorchFunctionMode):  # an active mode: the registered op runs
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    with torch.inference_mode():
+        packed = fused.packed(x)  # nothing watches: the implementation, no dispatcher
+        with Passing():
+            packed_op = fused.packed(x)
+    _sync(torch, dev)
+    for got, how in ((packed, "direct"), (packed_op, "registered op")):
+        assert tuple(got.shape) == (3, 5, nh + 2 * nkv, hd)
+        for name, part, ref in zip("qkv", mvt.split_qkv(got, nh, nkv), refs):
+            assert_matches(to64(part), ref, QKV_TOL[dtype], f"packed {name}, {how}", row_axes=2)
     # the bias is added in the dtype: one more rounding than the reference
     tol = 2 * QKV_TOL[dtype]
     for name, a, ref, b, heads in zip("qkv", (q, k, v), refs, biases, (nh, nkv, nkv)):
