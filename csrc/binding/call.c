@@ -332,17 +332,17 @@ mv_tensor *mv_call_output(mv_call *c, PyObject *given, const char *name, const m
     return t;
 }
 
-/* One new [..., heads, head_dim] tensor like x (its leading dimensions): shape and strides
-   filled (ndim = x->ndim + 1), *base its data. Returns a new reference, or NULL. */
-static PyObject *torch_qkv_buffer(mv_call *c, const mv_tensor *x, int64_t heads, int64_t head_dim,
-                                  int64_t *shape, int64_t *strides, char **base)
+/* The layout of one new compact [..., heads, head_dim] tensor like x (its leading dimensions):
+   shape and strides filled; returns its ndim (x->ndim + 1). */
+static int qkv_block_layout(const mv_tensor *x, int64_t heads, int64_t head_dim, int64_t *shape,
+                            int64_t *strides)
 {
     const int ndim = x->ndim + 1;
     memcpy(shape, x->shape, sizeof(int64_t) * (size_t)(x->ndim - 1));
     shape[ndim - 2] = heads;
     shape[ndim - 1] = head_dim;
     compact_strides(ndim, shape, strides);
-    return torch_alloc(c, x, "q", ndim, shape, base);
+    return ndim;
 }
 
 /* ---- views of one new block as separate torch tensors, made without a torch call ----------- */
@@ -426,17 +426,13 @@ int mv_call_torch_qkv_outputs(mv_call *c, const mv_tensor *x, int64_t num_heads,
                               PyObject **objs)
 {
     static const char *const names[3] = {"q", "k", "v"};
-    const int ndim = x->ndim + 1;
     int64_t shape[MV_MAX_DIMS + 1], strides[MV_MAX_DIMS + 1];
+    const int ndim = qkv_block_layout(x, num_heads + 2 * num_kv_heads, head_dim, shape, strides);
     const int64_t heads[3] = {num_heads, num_kv_heads, num_kv_heads};
     const int64_t element = (int64_t)mv_dtype_size(x->dtype);
     int rc = -1;
     PyObject *sizes = NULL, *dim = NULL, *views = NULL, *buffer = NULL;
     char *base;
-    memcpy(shape, x->shape, sizeof(int64_t) * (size_t)(x->ndim - 1));
-    shape[ndim - 2] = num_heads + 2 * num_kv_heads;
-    shape[ndim - 1] = head_dim;
-    compact_strides(ndim, shape, strides);
 
     const mv_dl_exchange_api *exchange = exchange_allocator(c);
     if (exchange != NULL) {
@@ -522,11 +518,12 @@ int mv_call_torch_packed_output(mv_call *c, const mv_tensor *x, int64_t heads, i
                                 char **base, PyObject **obj)
 {
     int64_t shape[MV_MAX_DIMS + 1], strides[MV_MAX_DIMS + 1];
-    PyObject *buffer = torch_qkv_buffer(c, x, heads, head_dim, shape, strides, base);
+    const int ndim = qkv_block_layout(x, heads, head_dim, shape, strides);
+    PyObject *buffer = torch_alloc(c, x, "q", ndim, shape, base);
     if (buffer == NULL)
         return -1;
     c->outputs[c->output_count++] = buffer;
-    if (call_adopt_torch_output(c, buffer, "q", x, *base, x->ndim + 1, shape, strides) == NULL)
+    if (call_adopt_torch_output(c, buffer, "q", x, *base, ndim, shape, strides) == NULL)
         return -1;
     *obj = Py_NewRef(buffer);
     return 0;
