@@ -178,6 +178,12 @@ static void exchange_alloc_error(void *ctx, const char *kind, const char *messag
                  "%s: torch could not allocate it (%s: %s)", (const char *)ctx, kind, message);
 }
 
+/* A DLPack tensor's first element (NULL for an empty one without data: no offset applied). */
+static char *dl_first(const mv_dl_tensor *t)
+{
+    return t->data ? (char *)t->data + t->byte_offset : NULL;
+}
+
 /* A new compact tensor of like's dtype and device (an activation dtype) from torch's exchange
    allocator (at::empty in C: the caching allocator and, under CUDA graph capture, the graph's
    pool), as the managed tensor it hands over; NULL with an exception on failure. */
@@ -227,7 +233,7 @@ static PyObject *torch_alloc(mv_call *c, const mv_tensor *like, const char *name
         mv_dl_managed_tensor_versioned *made = exchange_alloc(exchange, like, name, ndim, shape);
         if (made == NULL)
             return NULL;
-        char *first = (char *)made->dl_tensor.data + made->dl_tensor.byte_offset;
+        char *first = dl_first(&made->dl_tensor);
         void *obj = NULL;
         /* takes ownership of made, also on failure */
         if (exchange->managed_tensor_to_py_object_no_sync(made, &obj) != 0 || obj == NULL) {
@@ -393,9 +399,8 @@ static PyObject *wrap_block_view(const mv_dl_exchange_api *exchange, shared_bloc
     v->managed.manager_ctx = v;
     v->managed.deleter = block_view_delete;
     v->managed.dl_tensor = *whole;
-    /* an empty block may have no data pointer, and none is offset then */
-    v->managed.dl_tensor.data = whole->data ? (char *)whole->data + whole->byte_offset + offset
-                                            : NULL;
+    char *first = dl_first(whole);
+    v->managed.dl_tensor.data = first ? first + offset : NULL;
     v->managed.dl_tensor.byte_offset = 0;
     v->managed.dl_tensor.ndim = ndim;
     memcpy(v->shape, shape, sizeof(int64_t) * (size_t)ndim);
@@ -447,7 +452,7 @@ int mv_call_torch_qkv_outputs(mv_call *c, const mv_tensor *x, int64_t num_heads,
             return -1;
         }
         atomic_init(&s->refs, 1); /* this function's, dropped at its end */
-        base = (char *)s->block->dl_tensor.data + s->block->dl_tensor.byte_offset;
+        base = dl_first(&s->block->dl_tensor);
         int64_t first_head = 0;
         for (int i = 0; i < 3; i++) {
             const int64_t offset = first_head * head_dim * element;
