@@ -189,20 +189,18 @@ __global__ void __launch_bounds__(kMaxThreads) rms_norm_reference_kernel(NormPar
 }
 
 
+/* No PDL: the reference kernel reads its input at its start, without a grid-dependency wait. */
 template <typename T, typename TW, bool kTwoStrides>
-void launch_reference_rows(const mv_rms_norm_args &a, unsigned blocks, int threads, cudaStream_t stream) {
-    if (a.in.residual != nullptr)
-        rms_norm_reference_kernel<T, TW, true, kTwoStrides><<<blocks, threads, 0, stream>>>(params_of<kTwoStrides>(a));
-    else
-        rms_norm_reference_kernel<T, TW, false, kTwoStrides><<<blocks, threads, 0, stream>>>(params_of<kTwoStrides>(a));
+cudaError_t launch_reference_rows(const mv_rms_norm_args &a, unsigned blocks, int threads, cudaStream_t stream) {
+    return mv_launch(a.in.residual != nullptr ? rms_norm_reference_kernel<T, TW, true, kTwoStrides>
+                                              : rms_norm_reference_kernel<T, TW, false, kTwoStrides>,
+                     dim3(blocks), dim3(static_cast<unsigned>(threads)), 0, stream, false, params_of<kTwoStrides>(a));
 }
 
 template <typename T, typename TW>
-void launch_reference(const mv_rms_norm_args &a, unsigned blocks, int threads, cudaStream_t stream) {
-    if (a.outer.inner_rows > 0)
-        launch_reference_rows<T, TW, true>(a, blocks, threads, stream);
-    else
-        launch_reference_rows<T, TW, false>(a, blocks, threads, stream);
+cudaError_t launch_reference(const mv_rms_norm_args &a, unsigned blocks, int threads, cudaStream_t stream) {
+    if (a.outer.inner_rows > 0) return launch_reference_rows<T, TW, true>(a, blocks, threads, stream);
+    return launch_reference_rows<T, TW, false>(a, blocks, threads, stream);
 }
 
 } // namespace
@@ -221,12 +219,10 @@ extern "C" int mv_rms_norm_cuda_reference(const mv_rms_norm_args *a, void *strea
 
     const bool float_weight = a->in.weight_float32 && a->in.dtype != MV_FLOAT32;
     MV_DISPATCH_DTYPE(a->in.dtype, T, {
-        if (float_weight)
-            launch_reference<T, float>(*a, blocks, threads, cuda_stream);
-        else
-            launch_reference<T, T>(*a, blocks, threads, cuda_stream);
+        return (int)(float_weight ? launch_reference<T, float>(*a, blocks, threads, cuda_stream)
+                                  : launch_reference<T, T>(*a, blocks, threads, cuda_stream));
     })
-    return (int)cudaGetLastError();
+    return (int)cudaErrorInvalidValue;
 }
 
 namespace {

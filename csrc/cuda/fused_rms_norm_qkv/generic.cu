@@ -191,12 +191,12 @@ __global__ void residual_add_store_kernel(mv_norm_input in) {
 constexpr int64_t kMaxResidualRowBlocks = 65536;
 constexpr int kResidualMaxThreads = 256;
 
+/* No PDL for the generic kernel and the store: neither waits on the previous grid before reading. */
 template <typename T, bool kHasResidual>
-void launch_fused_rms_norm_qkv(const mv_qkv_args &a, dim3 grid, cudaStream_t stream) {
-    if (a.w_stride_k == 1)
-        fused_rms_norm_qkv_kernel<T, kHasResidual, true><<<grid, kThreads, 0, stream>>>(a);
-    else
-        fused_rms_norm_qkv_kernel<T, kHasResidual, false><<<grid, kThreads, 0, stream>>>(a);
+cudaError_t launch_fused_rms_norm_qkv(const mv_qkv_args &a, dim3 grid, cudaStream_t stream) {
+    return mv_launch(a.w_stride_k == 1 ? fused_rms_norm_qkv_kernel<T, kHasResidual, true>
+                                       : fused_rms_norm_qkv_kernel<T, kHasResidual, false>,
+                     grid, dim3(kThreads), 0, stream, false, a);
 }
 
 int launch_generic(const mv_qkv_args *a, cudaStream_t stream) {
@@ -208,12 +208,10 @@ int launch_generic(const mv_qkv_args *a, cudaStream_t stream) {
     const dim3 grid(static_cast<unsigned>(row_tiles < kMaxGridX ? row_tiles : kMaxGridX),
                     static_cast<unsigned>(col_tiles < kMaxGridY ? col_tiles : kMaxGridY));
     MV_DISPATCH_DTYPE(a->in.dtype, T, {
-        if (a->in.residual != nullptr)
-            launch_fused_rms_norm_qkv<T, true>(*a, grid, stream);
-        else
-            launch_fused_rms_norm_qkv<T, false>(*a, grid, stream);
+        return (int)(a->in.residual != nullptr ? launch_fused_rms_norm_qkv<T, true>(*a, grid, stream)
+                                               : launch_fused_rms_norm_qkv<T, false>(*a, grid, stream));
     })
-    return (int)cudaGetLastError();
+    return (int)cudaErrorInvalidValue;
 }
 
 int launch_residual_store(const mv_qkv_args *a, cudaStream_t stream) {
@@ -223,9 +221,10 @@ int launch_residual_store(const mv_qkv_args *a, cudaStream_t stream) {
         static_cast<int>(hidden_warps_rounded < kResidualMaxThreads ? hidden_warps_rounded : kResidualMaxThreads);
     const unsigned residual_blocks = static_cast<unsigned>(rows < kMaxResidualRowBlocks ? rows : kMaxResidualRowBlocks);
     MV_DISPATCH_DTYPE(a->in.dtype, T, {
-        residual_add_store_kernel<T><<<residual_blocks, residual_threads, 0, stream>>>(a->in);
+        return (int)mv_launch(residual_add_store_kernel<T>, dim3(residual_blocks),
+                              dim3(static_cast<unsigned>(residual_threads)), 0, stream, false, a->in);
     })
-    return (int)cudaGetLastError();
+    return (int)cudaErrorInvalidValue;
 }
 
 } // namespace

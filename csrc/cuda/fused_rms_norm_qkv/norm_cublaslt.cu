@@ -282,11 +282,9 @@ cudaError_t launch_split(const mv_qkv_args *a, const void *d, cudaStream_t strea
     const int64_t wanted = (pieces + kThreads - 1) / kThreads;
     const int64_t most = static_cast<int64_t>(sms > 0 ? sms : 1) * 16;
     const unsigned blocks = static_cast<unsigned>(wanted < most ? wanted : most);
-    if (vec)
-        split_qkv_kernel<T, kVec><<<blocks, kThreads, 0, stream>>>(static_cast<const T *>(d), *a);
-    else
-        split_qkv_kernel<T, 1><<<blocks, kThreads, 0, stream>>>(static_cast<const T *>(d), *a);
-    return cudaGetLastError();
+    /* No PDL: the copy reads the GEMM's result at its start. */
+    return mv_launch(vec ? split_qkv_kernel<T, kVec> : split_qkv_kernel<T, 1>, dim3(blocks), dim3(kThreads), 0,
+                     stream, false, static_cast<const T *>(d), *a);
 }
 
 int launch_split_any(const mv_qkv_args *a, const void *d, cudaStream_t stream, int sms) {
