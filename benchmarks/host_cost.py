@@ -164,8 +164,11 @@ def generic_dlpack_route(torch):
 @contextlib.contextmanager
 def torch_c_route(minivllm):
     """The fast path without torch's DLPack exchange table (torch < 2.10 has none): tensors,
-    the stream and new outputs through torch._C's Python entry points."""
-    used = minivllm._C._torch_exchange(False)
+    the stream and new outputs through torch._C's Python entry points. Until 2026-11-26 this
+    restored what _torch_exchange(False) returned (the state it had set, "off"), so every "fast"
+    row after a run's first such route timed this route instead."""
+    used = minivllm._C._torch_exchange(None)
+    minivllm._C._torch_exchange(False)
     try:
         yield
     finally:

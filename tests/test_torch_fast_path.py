@@ -231,6 +231,24 @@ def test_tensors_torch_cannot_export_name_the_argument():
         minivllm.rms_norm(x, torch.empty(64, device="meta"))
 
 
+def test_route_switch_is_restored(torch_route):
+    """_torch_exchange(None) reads the route without changing it, and benchmarks/host_cost.py's
+    torch._C-route context leaves it as it found it (it once left the table off, so the rest of
+    a run timed the slower route under the fast path's name)."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "host_cost.py"
+    spec = importlib.util.spec_from_file_location("_host_cost_under_test", path)
+    host_cost = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(host_cost)
+    before = minivllm._C._torch_exchange(None)
+    assert before is (torch_route == "exchange")
+    assert minivllm._C._torch_exchange(None) is before  # reading changed nothing
+    with host_cost.torch_c_route(minivllm):
+        assert minivllm._C._torch_exchange(None) is False
+    assert minivllm._C._torch_exchange(None) is before
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_nothing_is_leaked(device, rng):
     """Every capsule's deleter runs: inputs are freed after the call, refcounts come back, and

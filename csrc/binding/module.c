@@ -113,11 +113,13 @@ static PyObject *py_torch_fast_path(PyObject *module, PyObject *Py_UNUSED(ignore
    whether the table is used now. */
 static PyObject *py_torch_exchange(PyObject *module, PyObject *arg)
 {
-    const int on = PyObject_IsTrue(arg);
-    if (on < 0)
-        return NULL;
     mv_torch_api *api = &mv_get_state(module)->torch;
-    api->exchange_off = !on;
+    if (arg != Py_None) {
+        const int on = PyObject_IsTrue(arg);
+        if (on < 0)
+            return NULL;
+        api->exchange_off = !on;
+    }
     if (mv_torch_api_resolve(api) < 0)
         return NULL;
     return PyBool_FromLong(mv_torch_exchange(api) != NULL);
@@ -145,9 +147,9 @@ static PyMethodDef module_methods[] = {
      "through torch._C (then the API passes TORCH_KIND for plain torch tensors, and "
      "minivllm.torch's ops TORCH_OP: nn.Linear weights, q, k, v as one packed tensor)."},
     {"_torch_exchange", py_torch_exchange, METH_O,
-     "_torch_exchange(on) -> bool (private, for tests): read torch tensors through torch's "
-     "DLPack exchange table when on and available, else through torch._C's Python entry points; "
-     "returns whether the table is in use."},
+     "_torch_exchange(on) -> bool (private, for tests and benchmarks): read torch tensors through "
+     "torch's DLPack exchange table when on and available, else through torch._C's Python entry "
+     "points; returns whether the table is in use (on=None: only that)."},
     {"qkv_last_gpu_path", mv_py_qkv_last_gpu_path, METH_NOARGS,
      "Name of the kernel path the last fused_rms_norm_qkv GPU call of this thread ran (\"none\" "
      "before any): tests use it to round their reference as that path does."},
