@@ -215,5 +215,8 @@ cudaError_t mv_launch_params(const void *kernel, dim3 grid, dim3 block, size_t s
     config.numAttrs = count;
     /* CUresult and cudaError_t share the codes a launch returns (invalid value, out of resources,
        invalid handle, the stream-capture errors) */
-    return static_cast<cudaError_t>(launch(&config, reinterpret_cast<CUfunction>(function), params, nullptr));
+    const cudaError_t err =
+        static_cast<cudaError_t>(launch(&config, reinterpret_cast<CUfunction>(function), params, nullptr));
+    /* then the runtime's last error, once here for every launch (an earlier asynchronous failure) */
+    return err != cudaSuccess ? err : cudaGetLastError();
 }

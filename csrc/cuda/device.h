@@ -70,7 +70,8 @@ struct mv_tile_shape {
    as the kernel's parameter types), with the PDL attribute when pdl is true and in thread-block
    clusters of `cluster` CTAs along x when cluster > 1: through the driver's cuLaunchKernelEx,
    0.2-0.7 us of host time a launch less than the runtime's cudaLaunchKernelEx
-   (dev/logs/launch-host-cost-*). */
+   (dev/logs/launch-host-cost-*). Returns the launch's error, else the runtime's last error, so
+   no launch site checks it again. */
 cudaError_t mv_launch_params(const void *kernel, dim3 grid, dim3 block, size_t smem, cudaStream_t stream, bool pdl,
                              unsigned cluster, void **params);
 

@@ -794,7 +794,7 @@ cudaError_t launch_wider(const mv_rms_norm_args &a, int group_threads, cudaStrea
             : mv_launch(offset ? rms_norm_wider_kernel<T, TW, V, true, false>
                                : rms_norm_wider_kernel<T, TW, V, false, false>,
                         grid, block, 0, stream, pdl, params_of<false>(a));
-    return err != cudaSuccess ? err : cudaGetLastError();
+    return err;
 }
 
 /* fused_add_long_kernel's int indices: rows of at most 2^30 elements (longer ones, the
@@ -813,7 +813,7 @@ cudaError_t launch_fused_long(const mv_rms_norm_args &a, cudaStream_t stream, bo
             : mv_launch(offset ? fused_add_long_kernel<T, TW, V, true, false, kOdd>
                                : fused_add_long_kernel<T, TW, V, false, false, kOdd>,
                         grid, block, 0, stream, pdl, params_of<false>(a));
-    return err != cudaSuccess ? err : cudaGetLastError();
+    return err;
 }
 
 /* ---- short calls ----------------------------------------------------------------------------- */
@@ -1673,9 +1673,8 @@ cudaError_t launch_staged_kernel(const mv_rms_norm_args &a, int group_threads, c
     if (err != cudaSuccess) return err;
     const int64_t input_row_bytes = a.in.hidden * elem * (kHasResidual ? 2 : 1);
     const int64_t prefetch_rows = pdl ? kPrefetchBytes / input_row_bytes : 0;
-    err = mv_launch(kernel, dim3(shape.blocks), dim3(shape.threads), smem, stream, pdl, params_of<kTwoStrides>(a),
-                    layout, group_threads, row_threads, prefetch_rows);
-    return err != cudaSuccess ? err : cudaGetLastError();
+    return mv_launch(kernel, dim3(shape.blocks), dim3(shape.threads), smem, stream, pdl, params_of<kTwoStrides>(a),
+                     layout, group_threads, row_threads, prefetch_rows);
 }
 
 template <typename T, typename TW, int V, bool kHasResidual, bool kOffset>
@@ -1712,9 +1711,8 @@ cudaError_t launch_vec_kernel(const mv_rms_norm_args &a, int group_threads, unsi
                      : rms_norm_vec_kernel<T, TW, V, true, false, kOffset, kTwoStrides, kOdd>;
     const int64_t input_row_bytes = a.in.hidden * static_cast<int64_t>(sizeof(T)) * (kHasResidual ? 2 : 1);
     const int64_t prefetch_rows = pdl ? kPrefetchBytes / input_row_bytes : 0;
-    const cudaError_t err = mv_launch(kernel, dim3(blocks), dim3(threads), 0, stream, pdl,
-                                        params_of<kTwoStrides>(a), group_threads, prefetch_rows);
-    return err != cudaSuccess ? err : cudaGetLastError();
+    return mv_launch(kernel, dim3(blocks), dim3(threads), 0, stream, pdl, params_of<kTwoStrides>(a), group_threads,
+                     prefetch_rows);
 }
 
 template <typename T, typename TW, int V, bool kHasResidual, bool kOffset, bool kOdd, bool kWide>
@@ -1786,8 +1784,7 @@ cudaError_t launch_short(const mv_rms_norm_args &a, int group_threads, const Row
                       : rms_norm_short_kernel<T, TW, V, true, false, kTail>)
             : (offset ? rms_norm_short_kernel<T, TW, V, false, true, kTail>
                       : rms_norm_short_kernel<T, TW, V, false, false, kTail>);
-    const cudaError_t err = mv_launch(kernel, dim3(shape.blocks), dim3(shape.threads), 0, stream, pdl, p);
-    return err != cudaSuccess ? err : cudaGetLastError();
+    return mv_launch(kernel, dim3(shape.blocks), dim3(shape.threads), 0, stream, pdl, p);
 }
 
 /* Whether a short call's rows take rms_norm_lanes_kernel (one vector a thread, a row a block;
@@ -1853,9 +1850,7 @@ cudaError_t launch_lanes(const mv_rms_norm_args &a, const LanesKernel &k, int gr
                          bool pdl) {
     ShortParams p = short_params(a, pdl);
     p.group = static_cast<unsigned short>(group_threads);
-    const cudaError_t err =
-        mv_launch(k.kernel, dim3(static_cast<unsigned>(a.in.rows)), dim3(k.threads), 0, stream, pdl, p);
-    return err != cudaSuccess ? err : cudaGetLastError();
+    return mv_launch(k.kernel, dim3(static_cast<unsigned>(a.in.rows)), dim3(k.threads), 0, stream, pdl, p);
 }
 
 /* Calls of more rows than multiprocessors, in 16-byte vectors, take the lanes kernels too while
@@ -1909,8 +1904,7 @@ cudaError_t launch_elems(const mv_rms_norm_args &a, int group_threads, cudaStrea
     case 16: kernel = rms_norm_elems_kernel<T, TW, kHasResidual, 16>; break;
     default: return cudaErrorInvalidValue;
     }
-    const cudaError_t err = mv_launch(kernel, dim3(blocks), dim3(threads), 0, stream, pdl, params_of<false>(a), prefetch_rows);
-    return err != cudaSuccess ? err : cudaGetLastError();
+    return mv_launch(kernel, dim3(blocks), dim3(threads), 0, stream, pdl, params_of<false>(a), prefetch_rows);
 }
 
 /* kWide: rows of 2049-4096 16-byte vectors, 8 a thread in the general kernel at every M (none of

@@ -369,7 +369,6 @@ cudaError_t mv_qkv_deferred_launch(const mv_qkv_args &a, const mv_qkv_plan &plan
     const DeferredKernel kernel = kernel_for(a);
     cudaError_t err = mv_allow_shared(kernel.fn, st.smem, *kernel.opt_in, dev.device);
     if (err != cudaSuccess) return err;
-    err = mv_launch(kernel.fn, dim3(st.grid), dim3(kBulkThreads), st.smem, stream, plan.pdl, a, st.geo, st.w_map,
-                    st.x_map);
-    return err != cudaSuccess ? err : cudaGetLastError();
+    return mv_launch(kernel.fn, dim3(st.grid), dim3(kBulkThreads), st.smem, stream, plan.pdl, a, st.geo, st.w_map,
+                     st.x_map);
 }

@@ -887,9 +887,8 @@ cudaError_t launch_tokens(const EngineState &st, const mv_prologue_args &pa, con
         if (err != cudaSuccess) return err;
     }
     const unsigned cluster = p.split > 1 ? static_cast<unsigned>(p.split) : 1u;
-    err = mv_launch_clusters(kernel, dim3(static_cast<unsigned>(st.ctas)), dim3(kThreads), st.smem, stream, plan.pdl,
-                             cluster, st.x_map, st.w_map, st.r_map, p, pa);
-    return err != cudaSuccess ? err : cudaGetLastError();
+    return mv_launch_clusters(kernel, dim3(static_cast<unsigned>(st.ctas)), dim3(kThreads), st.smem, stream, plan.pdl,
+                              cluster, st.x_map, st.w_map, st.r_map, p, pa);
 }
 
 template <typename T>

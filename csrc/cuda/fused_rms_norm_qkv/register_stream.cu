@@ -160,7 +160,5 @@ bool mv_qkv_register_plan(const mv_qkv_args &a, const mv_cuda_device &dev, bool 
 cudaError_t mv_qkv_register_launch(const mv_qkv_args &a, const mv_qkv_plan &plan, const mv_cuda_device &,
                                    cudaStream_t stream) {
     const RegisterState &st = mv_plan_state<RegisterState>(plan);
-    const cudaError_t err =
-        mv_launch(kernel_for(a).fn, dim3(st.grid), dim3(kThreads), st.smem, stream, plan.pdl, a, st.geo, st.flags);
-    return err != cudaSuccess ? err : cudaGetLastError();
+    return mv_launch(kernel_for(a).fn, dim3(st.grid), dim3(kThreads), st.smem, stream, plan.pdl, a, st.geo, st.flags);
 }

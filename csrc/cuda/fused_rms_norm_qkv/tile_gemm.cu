@@ -174,8 +174,7 @@ cudaError_t launch_shape(const T *y, const mv_qkv_args &a, cudaStream_t stream, 
     if (err != cudaSuccess) return err;
     const int64_t cols = a.q_cols + 2 * a.kv_cols;
     const dim3 grid(static_cast<unsigned>((a.in.rows + BM - 1) / BM), static_cast<unsigned>((cols + BN - 1) / BN));
-    err = mv_launch(kernel, grid, dim3(kThreads), smem, stream, pdl, y, a);
-    return err != cudaSuccess ? err : cudaGetLastError();
+    return mv_launch(kernel, grid, dim3(kThreads), smem, stream, pdl, y, a);
 }
 
 template <typename T>

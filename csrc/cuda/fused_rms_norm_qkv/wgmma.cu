@@ -412,9 +412,8 @@ cudaError_t launch_width(const WgmmaState &st, const mv_qkv_plan &plan, const mv
     if (err != cudaSuccess) return err;
     const int64_t m_blocks = (st.p.rows + kTileRows - 1) / kTileRows, n_blocks = (st.p.cols + BN - 1) / BN;
     const dim3 grid(static_cast<unsigned>(n_blocks * st.p.split), static_cast<unsigned>(m_blocks));
-    err = mv_launch_clusters(kernel, grid, dim3(kThreads), st.smem, stream, plan.pdl,
-                             static_cast<unsigned>(st.p.split), st.x_map, st.w_map, st.p);
-    return err != cudaSuccess ? err : cudaGetLastError();
+    return mv_launch_clusters(kernel, grid, dim3(kThreads), st.smem, stream, plan.pdl,
+                              static_cast<unsigned>(st.p.split), st.x_map, st.w_map, st.p);
 }
 
 } // namespace
