@@ -8,10 +8,10 @@ compares the results bit for bit. On the GPU the slices and single rows are shor
 row per multiprocessor: the short-call kernels, one vector a thread for rows of up to 256 16-byte
 vectors or 128 elements, two for 257-1024 vectors in 16-bit types or with a residual, else
 several) and the whole batch is a longer call (the general kernel, or for rows of 16-byte vectors
-whose blocks fit one wave the lanes kernels as well; single elements of G >= 32 threads, odd H
-of 129-4096, the elems kernel at every M but float32 fused adds of many rows: H = 201 and 301 put
-4 and 2 rows in its block, 1501 a row of 256 threads); H = 64 and 121 put several
-rows in a warp of the general layout, H = 2048 in bf16 is the last row of 16-byte vectors on one
+whose blocks fit one wave the lanes kernels as well; single elements, odd H of 9-4096, the elems
+kernel past the short calls but float32 fused adds of many rows: H = 201 and 301 put 4 and 2 rows
+in its block, 1501 a row of 256 threads, 121 two rows a warp); H = 64 puts several rows in a warp
+of the general layout, H = 2048 in bf16 is the last row of 16-byte vectors on one
 vector a thread, 8192 the last on two; float32 12345 and 16384 and 16-bit 20000 take rms_norm's 8 vectors a thread,
 float32 20000 and 16-bit 40000 its 16 (rms_norm_wider_kernel). Past one wave the general kernel
 again: test_one_wave_calls_match_longer_ones.
@@ -71,6 +71,15 @@ LONG_M = 4096
 def test_one_wave_calls_match_longer_ones(dev, dtype, op, H, rng):
     _check_slices(dev, dtype, op, H, rng, LONG_M,
                   ((0, 640), (640, 1700), (3000, 3133), (100, 300), (2049, 2050), (LONG_M - 1, LONG_M)))
+
+
+# Rows off the 16-byte grid in calls of many waves of blocks: H = 121 in single elements (the elems
+# kernel, 8 rows a warp; a float32 fused add on the general kernel), 5119 and 8191 in 16-byte
+# virtual vectors through shared memory (the staged kernel, R = 128 real threads for G = 320 and 512).
+@pytest.mark.parametrize("M,H", [(36000, 121), (2000, 5119), (1200, 8191)])
+@pytest.mark.parametrize("op", ["rms_norm", "fused_add_rms_norm"])
+def test_calls_of_many_waves(dev, dtype, op, M, H, rng):
+    _check_slices(dev, dtype, op, H, rng, M, ((0, 1), (1, 600), (M // 2, M // 2 + 200), (M - 130, M)))
 
 
 @pytest.mark.parametrize("M,H", [(24, 1000), (BIG_M, 999), (BIG_M, 5119)])

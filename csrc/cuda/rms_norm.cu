@@ -1126,24 +1126,24 @@ __global__ void __launch_bounds__(kMaxThreads) rms_norm_lanes_pair_kernel(ShortP
 
 /* ---- rows of single elements, G compiled in ------------------------------------------------- */
 
-/* Rows that only single elements fit (odd H, misaligned views) of G = 32 kWarps threads, in one
-   stride: the general kernel's layout and order for V = 1 (8 elements a thread at lane + i G, a
+/* Rows that only single elements fit (odd H, misaligned views) of G threads (a power of two up to
+   512; below 32, 32 / G rows a warp), in one stride: the general kernel's layout and order for V = 1 (8 elements a thread at lane + i G, a
    thread's squares in index order, then group_sum), so a row has the same bits on any kernel.
    G compiled in makes each element's address this thread's first plus an immediate, and the
    launch bounds ask for a full SM of threads (32 registers). The general kernel held 48 at
    run-time G (a 64-bit address a load), 10 rows an SM where Liger's 27-register kernel holds
    16. H100 bf16 4096 x 999: 11.95 -> 7.05 us with PDL, 14.08 -> 8.26 without (Liger 9.13);
    float32 17.88 -> 12.38 (dev/logs/norm-odd-rows-nvidia-h100-2026-11-25.log, call 3). A block holds
-   4 / kWarps rows where a row has fewer than 4 warps (blocks of one warp would cap an SM at 32
+   128 / G rows where a row has fewer than 4 warps (blocks of one warp would cap an SM at 32
    of them). The weight offset is a select, not a compile-time switch (its kernels would
    double): g = w where the offset is 0, as the other kernels' kOffset = false. */
-constexpr int elems_block_threads(int warps) { return warps >= 4 ? 32 * warps : 128; }
+constexpr int elems_block_threads(int g) { return g >= 128 ? g : 128; }
 
-template <typename T, typename TW, bool kHasResidual, int kWarps>
-__global__ void __launch_bounds__(elems_block_threads(kWarps), 2048 / elems_block_threads(kWarps))
+template <typename T, typename TW, bool kHasResidual, int kG>
+__global__ void __launch_bounds__(elems_block_threads(kG), 2048 / elems_block_threads(kG))
     rms_norm_elems_kernel(NormParams<false> args, int prefetch_rows) {
-    constexpr int G = 32 * kWarps;
-    constexpr int kRows = elems_block_threads(kWarps) / G;
+    constexpr int G = kG;
+    constexpr int kRows = elems_block_threads(kG) / G;
     constexpr int kPer = vecs_per_thread(1);
     __shared__ float warp_sums[32];
     const mv_norm_input &in = args.in;
@@ -1580,18 +1580,20 @@ int64_t staged_rows_fitting(int64_t hidden, int64_t elem, int64_t weight_elem, i
 }
 
 /* Real threads per row for the in-place layout's G (rms_norm_staged_kernel): G itself up to 256,
-   else the fewest whole warps of 128 or more that divide G into equal shares of virtual warps.
-   The row is in flight by cp.async whatever R is, so fewer threads a row put more rows, and so
-   more bytes, in flight per multiprocessor; each emulated share adds to a row's latency (bf16
-   4096 x 4095 on an H100: 29.0 us at R = 128 against 65 in place, where 512 threads a row leave
-   2 rows per SM; dev/logs/norm-staged-emulated-nvidia-h100-h200-2026-11-24.log). */
+   else whole warps of at most 128 threads, the fewest that give no warp more virtual warps than
+   4 real ones must (shares may differ by one). The row is in flight by cp.async whatever R is, so
+   fewer threads a row put more rows, and so more bytes, in flight per multiprocessor; each
+   emulated share adds to a row's latency (bf16 4096 x 4095 on an H100: 29.0 us at R = 128 against
+   65 in place, where 512 threads a row leave 2 rows per SM;
+   dev/logs/norm-staged-emulated-nvidia-h100-h200-2026-11-24.log). Equal shares once left a row of
+   11 or 13 virtual warps to one real warp (float32 4096 x 5125: 79.8 us against Liger's 59.9;
+   dev/logs/norm-odd-rows-peers-nvidia-h200-2026-11-26.log). */
 constexpr int kStagedRowThreads = 128;
 int staged_row_threads(int group_threads) {
     if (group_threads <= 2 * kStagedRowThreads) return group_threads;
-    const int warps = group_threads / 32;
-    for (int share = (group_threads + kStagedRowThreads - 1) / kStagedRowThreads; share <= warps; ++share)
-        if (warps % share == 0) return group_threads / share;
-    return 32; /* not reached: share = warps divides */
+    const int warps = group_threads / 32, most_real = kStagedRowThreads / 32;
+    const int share = (warps + most_real - 1) / most_real;
+    return 32 * ((warps + share - 1) / share);
 }
 
 /* Whether rows off the 16-byte grid go through shared memory (rms_norm_staged_kernel) rather
@@ -1636,8 +1638,9 @@ struct RowBlocks {
     unsigned blocks;
     int threads;
 };
-RowBlocks row_blocks(int64_t rows, int group_threads, int sms, int64_t max_rows = kVecBlockThreads) {
-    int64_t fitting_rows = group_threads >= kVecBlockThreads ? 1 : kVecBlockThreads / group_threads;
+RowBlocks row_blocks(int64_t rows, int group_threads, int sms, int64_t max_rows = kVecBlockThreads,
+                     int block_threads = kVecBlockThreads) {
+    int64_t fitting_rows = group_threads >= block_threads ? 1 : block_threads / group_threads;
     if (fitting_rows > max_rows) fitting_rows = max_rows;
     int64_t block_rows = rows < fitting_rows ? rows : fitting_rows;
     const int64_t sm_count = sms > 0 ? sms : 1;
@@ -1664,8 +1667,13 @@ cudaError_t launch_staged_kernel(const mv_rms_norm_args &a, int group_threads, c
     /* Where R is one warp (G of 11 or 13 warps: odd 16-bit H of 10241-11264, 12289-13312), up to
        8 rows a block asked for up to 395 KiB of shared memory and the launch failed ("invalid
        argument"). staged_fits: one row fits. */
+    /* float32 rows in blocks of up to 512 threads: their weight buffer (one a block) is twice a
+       16-bit row's, and shared over twice the rows an SM holds more of them (H200 rms_norm 4096 x
+       5119 55.4 -> 50.1 us, 1000 x 4097 17.1 -> 15.0); 16-bit rows ran 4-15% slower so (more rows
+       held in step by each barrier); dev/logs/norm-odd-rows-peers-nvidia-h200-2026-11-26.log */
     const RowBlocks shape = row_blocks(a.in.rows, row_threads, dev.sms,
-                                       staged_rows_fitting(a.in.hidden, elem, sizeof(TW), buffers, dev));
+                                       staged_rows_fitting(a.in.hidden, elem, sizeof(TW), buffers, dev),
+                                       elem == 4 ? kMaxVecThreads : kVecBlockThreads);
     const size_t smem = staged_smem_bytes(a.in.hidden, elem, sizeof(TW), buffers, shape.threads / row_threads);
     auto kernel = rms_norm_staged_kernel<T, TW, V, kHasResidual, kOffset, kTwoStrides>;
     cudaError_t err = mv_allow_shared(
@@ -1874,7 +1882,8 @@ bool lanes_one_wave(const mv_rms_norm_args &a, const LanesKernel &k, const mv_cu
     return a.in.rows <= static_cast<int64_t>(blocks) * (dev.sms > 0 ? dev.sms : 1);
 }
 
-/* Which calls of such rows (G >= 32, so H 129-4096) take rms_norm_elems_kernel: one stride in
+/* Which calls of such rows (G >= 32, so H 129-4096; G of 2-16, H 9-128, past the short calls)
+   take rms_norm_elems_kernel: one stride in
    int strides, and every call but a float32 fused add of more rows than multiprocessors. There
    it lost to the general and staged kernels (H100 1000 x 999 6.36 -> 7.99 us, 4096 x 4095 93.6 ->
    100.2; the 16-bit fused add ran 1.00-1.44x as fast as before, rms_norm 1.03-1.69x in both dtypes;
@@ -1888,20 +1897,23 @@ bool elems_wanted(const mv_rms_norm_args &a, const mv_cuda_device &dev) {
 
 template <typename T, typename TW, bool kHasResidual>
 cudaError_t launch_elems(const mv_rms_norm_args &a, int group_threads, cudaStream_t stream, bool pdl) {
-    const int warps = group_threads / 32;
-    const int threads = elems_block_threads(warps);
+    const int threads = elems_block_threads(group_threads);
     const int64_t rows_per_block = threads / group_threads;
     const int64_t wanted = (a.in.rows + rows_per_block - 1) / rows_per_block;
     const unsigned blocks = static_cast<unsigned>(wanted);
     const int64_t row_bytes = a.in.hidden * static_cast<int64_t>(sizeof(T)) * (kHasResidual ? 2 : 1);
     const int prefetch_rows = pdl ? static_cast<int>(kPrefetchBytes / row_bytes) : 0;
     void (*kernel)(NormParams<false>, int) = nullptr;
-    switch (warps) {
-    case 1: kernel = rms_norm_elems_kernel<T, TW, kHasResidual, 1>; break;
+    switch (group_threads) {
     case 2: kernel = rms_norm_elems_kernel<T, TW, kHasResidual, 2>; break;
     case 4: kernel = rms_norm_elems_kernel<T, TW, kHasResidual, 4>; break;
     case 8: kernel = rms_norm_elems_kernel<T, TW, kHasResidual, 8>; break;
     case 16: kernel = rms_norm_elems_kernel<T, TW, kHasResidual, 16>; break;
+    case 32: kernel = rms_norm_elems_kernel<T, TW, kHasResidual, 32>; break;
+    case 64: kernel = rms_norm_elems_kernel<T, TW, kHasResidual, 64>; break;
+    case 128: kernel = rms_norm_elems_kernel<T, TW, kHasResidual, 128>; break;
+    case 256: kernel = rms_norm_elems_kernel<T, TW, kHasResidual, 256>; break;
+    case 512: kernel = rms_norm_elems_kernel<T, TW, kHasResidual, 512>; break;
     default: return cudaErrorInvalidValue;
     }
     return mv_launch(kernel, dim3(blocks), dim3(threads), 0, stream, pdl, params_of<false>(a), prefetch_rows);
@@ -2056,7 +2068,10 @@ extern "C" int mv_rms_norm_cuda(const mv_rms_norm_args *a, const mv_cuda_opts *o
         return (int)err;
     }
     const int group_threads = group_threads_for(needed, v == 1);
-    if (v == 1 && group_threads >= 32 && elems_wanted(*a, dev)) {
+    /* rows of one thread (H <= 8) stay on the general kernel: G = 1 spilled here (fp16 fused add
+       with a float32 weight) */
+    if (v == 1 && (group_threads >= 32 || (group_threads >= 2 && !lanes_wanted(*a, v, dev.sms))) &&
+        elems_wanted(*a, dev)) {
         err = cudaErrorInvalidValue;
         MV_DISPATCH_DTYPE(a->in.dtype, T, {
             if (float_weight(a))

@@ -39,8 +39,7 @@ static void from_f(void *p, float f, int bf16) {
     *(uint16_t *)p = (uint16_t)(u >> 16);
 }
 
-static int run(int bf16, int residual, int64_t H, int64_t off) {
-    const int64_t M = 600;
+static int run(int bf16, int residual, int64_t H, int64_t off, int64_t M = 600) {
     const size_t es = bf16 ? 2 : 4;
     const size_t n = off + M * H;
     std::vector<unsigned char> hx(n * es), hr(n * es), hw(H * es);
@@ -84,7 +83,7 @@ static int run(int bf16, int residual, int64_t H, int64_t off) {
     };
     mv_rms_norm_args all = args(0, M, o1, ro1);
     CHECK((cudaError_t)mv_rms_norm_cuda(&all, &opts, 0));
-    const int64_t some[] = {0, 1, 2, 3, 7, 300, 598, 599}; /* every alignment of a row start */
+    const int64_t some[] = {0, 1, 2, 3, 7, M / 2, M - 2, M - 1}; /* every alignment of a row start */
     for (int64_t row : some) {
         mv_rms_norm_args one = args(row, 1, o2, ro2);
         CHECK((cudaError_t)mv_rms_norm_cuda(&one, &opts, 0));
@@ -123,23 +122,26 @@ static int run(int bf16, int residual, int64_t H, int64_t off) {
             if (e > worst) worst = e;
         }
     }
-    printf("%s %s H = %lld, offset %lld: %lld elements differ (600 rows at once against 8 of them one at a time, and the new "
+    printf("%s %s H = %lld, offset %lld: %lld elements differ (%lld rows at once against 8 of them one at a time, and the new "
            "residual against x + r rounded), worst relative error %.3g\n",
-           bf16 ? "bf16" : "fp32", residual ? "fused add" : "rms_norm", (long long)H, (long long)off, (long long)diff, worst);
+           bf16 ? "bf16" : "fp32", residual ? "fused add" : "rms_norm", (long long)H, (long long)off, (long long)diff,
+           (long long)M, worst);
     cudaFree(x); cudaFree(r); cudaFree(w); cudaFree(o1); cudaFree(o2); cudaFree(ro1); cudaFree(ro2);
     return diff != 0 || worst > (bf16 ? 1e-2 : 1e-5);
 }
 
-int main() {
+int main(int argc, char **argv) {
+    /* argument "long": only the calls past one wave of the staged kernel's blocks (racecheck) */
+    const bool long_only = argc > 1 && strcmp(argv[1], "long") == 0;
     int bad = 0;
-    /* G (threads per row in place) of 16, 32, 128, 256 and 416 (13 warps, emulated by one) in
-       single elements; 16-byte vectors above 4096, G = 416 at 12345 in bf16 (the 5 rows a block
+    /* G (threads per row in place) of 2, 8, 16, 32, 128, 256 and 416 (13 warps) in single
+       elements; 16-byte vectors above 4096, G = 416 at 12345 in bf16 (the 5 rows a block
        of 600 rows once took, one warp each, do not fit its shared memory with the residual);
        rows of more than 2048 such vectors, 8 a thread: float32 12345, bf16 24577; rows of more
        than 4096 (the fused add's long-row kernel): float32 24577, bf16 32769 */
-    const int64_t hs[] = {121, 201, 999, 2047, 3327, 4095, 5119, 8191, 12345, 24577, 32769};
+    const int64_t hs[] = {9, 33, 121, 201, 999, 2047, 3327, 4095, 5119, 5125, 8191, 12345, 24577, 32769};
     for (int64_t h : hs)
-        for (int bf16 = 0; bf16 < 2; ++bf16)
+        for (int bf16 = 0; bf16 < 2 && !long_only; ++bf16)
             for (int residual = 0; residual < 2; ++residual) bad += run(bf16, residual, h, 1);
     /* rows on the 16-byte grid: single rows take the short-call kernels (one vector a thread up to
        256 vectors, two up to 512: 2048, 3000 and 4096), 600 rows the general one; G of 2, 32,
@@ -148,8 +150,14 @@ int main() {
        (rms_norm_wider_kernel) at float32 20000 and 32768 (its longest), bf16 40000 and 65536 */
     const int64_t even[] = {64, 1024, 2048, 3000, 4096, 5120, 8192, 16384, 20000, 32768, 40000, 65536};
     for (int64_t h : even)
-        for (int bf16 = 0; bf16 < 2; ++bf16)
+        for (int bf16 = 0; bf16 < 2 && !long_only; ++bf16)
             for (int residual = 0; residual < 2; ++residual) bad += run(bf16, residual, h, 0);
+    /* calls of many waves of blocks: G = 16 in single elements, and rows of 16-byte virtual
+       vectors through shared memory (R = 128 real threads for G = 320 and 512) */
+    const int64_t long_calls[][2] = {{121, 36000}, {5119, 2000}, {8191, 1200}};
+    for (const auto &c : long_calls)
+        for (int bf16 = 0; bf16 < 2; ++bf16)
+            for (int residual = 0; residual < 2; ++residual) bad += run(bf16, residual, c[0], 1, c[1]);
     printf("norm_odd_check: %s\n", bad ? "FAILED" : "ok");
     return bad != 0;
 }
