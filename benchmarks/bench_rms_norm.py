@@ -67,8 +67,10 @@ FULL_HIDDEN = (896, 1024, 2048, 3584, 4096, 5120, 8192)
 FULL_ROWS = (1, 16, 128, 1024, 4096, 32768)
 QUICK_HIDDEN = (1024, 4096, 8192)
 QUICK_ROWS = (1, 4096, 32768)
-# (M, H) beside the grid: hidden sizes no vector width divides (rows start at every alignment).
-ODD_SHAPES = ((1000, 999), (1000, 4095), (16, 4095), (4096, 5119))
+# (M, H) beside the grid: hidden sizes no vector width divides (rows start at every alignment),
+# from rows of a few elements to rows over 4096 (2 to 16 virtual warps a row through shared memory).
+ODD_SHAPES = ((1000, 999), (1000, 4095), (16, 4095), (4096, 5119), (65536, 121), (4096, 5125), (4096, 8191),
+              (600, 8191))
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # Relative error allowed against the float64 reference: the test suite's tolerances.
 TOLERANCE = {d: reference.TOLERANCE[bt.DTYPE_NAMES[d]] for d in DTYPES}
