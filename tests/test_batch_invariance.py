@@ -82,7 +82,7 @@ def test_calls_of_many_waves(dev, dtype, op, M, H, rng):
     _check_slices(dev, dtype, op, H, rng, M, ((0, 1), (1, 600), (M // 2, M // 2 + 200), (M - 130, M)))
 
 
-@pytest.mark.parametrize("M,H", [(24, 1000), (BIG_M, 121), (BIG_M, 999), (BIG_M, 5119), (2000, 4097)])
+@pytest.mark.parametrize("M,H", [(24, 1000), (BIG_M, 121), (BIG_M, 999), (BIG_M, 5119), (BIG_M, 8191), (2000, 4097)])
 @pytest.mark.parametrize("form", ["offset", "float32_weight"])
 def test_weight_forms_do_not_depend_on_the_batch(dev, dtype, form, M, H, rng):
     """The weight forms too: on the CPU a 16-bit call of many rows converts gamma (+ offset) to

@@ -1369,10 +1369,27 @@ __device__ __forceinline__ float virtual_sum(const char *x_buf, int x_head, cons
    also to residual_out's row, whose pieces start at s_base with the same head: s formed once
    for both (H100 bf16 fused add 1.03-1.13x faster, 16 x 5119 5.73 -> 5.14 us;
    dev/logs/norm-staged-one-s-nvidia-h100-80gb-hbm3-2026-11-24.log). */
-template <typename T, typename TW, bool kHasResidual, bool kOffset, bool kOut, bool kAlsoS = false>
+/* N weights from element e: from the block's staged copy, or (kWeightMem) from memory at w_mem
+   (L1 and L2 keep the one weight every row reads). A compile-time choice: a run-time one cost the
+   16-bit staged kernel, which is issue-bound, 3-10%. */
+template <typename TW, int N, bool kWeightMem>
+__device__ __forceinline__ mv_vec<TW, N> weight_at(const char *w_buf, int w_head, const TW *w_mem, int e) {
+    if constexpr (!kWeightMem) return load_staged<TW, N>(w_buf, w_head, e);
+    mv_vec<TW, N> v;
+    if constexpr (N == 1) {
+        v.v[0] = w_mem[e];
+    } else {
+#pragma unroll
+        for (int c = 0; c < static_cast<int>(sizeof(TW) * N / 16); ++c)
+            reinterpret_cast<uint4 *>(&v)[c] = load16_at(reinterpret_cast<const char *>(w_mem + e) + 16 * c);
+    }
+    return v;
+}
+
+template <typename T, typename TW, bool kHasResidual, bool kOffset, bool kOut, bool kWeightMem, bool kAlsoS = false>
 __device__ __forceinline__ void staged_store_piece(const RowPieces<T> &o, int p, const char *x_buf, int x_head,
                                                    const char *r_buf, int r_head, const char *w_buf, int w_head,
-                                                   float rrms, float weight_offset, int hidden,
+                                                   const TW *w_mem, float rrms, float weight_offset, int hidden,
                                                    char *s_base = nullptr) {
     constexpr int N = RowPieces<T>::kPerPiece;
     const int e0 = (p * 16 - o.head) / static_cast<int>(sizeof(T)); /* negative in an edge piece 0 */
@@ -1380,7 +1397,7 @@ __device__ __forceinline__ void staged_store_piece(const RowPieces<T> &o, int p,
         const mv_vec<T, N> sv = staged_s<T, N, kHasResidual>(x_buf, x_head, r_buf, r_head, e0);
         if (kAlsoS) *reinterpret_cast<mv_vec<T, N> *>(s_base + p * 16) = sv;
         *reinterpret_cast<mv_vec<T, N> *>(o.base + p * 16) =
-            kOut ? normalized<kOffset>(sv, load_staged<TW, N>(w_buf, w_head, e0), rrms, weight_offset) : sv;
+            kOut ? normalized<kOffset>(sv, weight_at<TW, N, kWeightMem>(w_buf, w_head, w_mem, e0), rrms, weight_offset) : sv;
         return;
     }
     T *row = reinterpret_cast<T *>(o.base + o.head);
@@ -1391,7 +1408,7 @@ __device__ __forceinline__ void staged_store_piece(const RowPieces<T> &o, int p,
         const T sv = staged_s<T, 1, kHasResidual>(x_buf, x_head, r_buf, r_head, e).v[0];
         if (kAlsoS) reinterpret_cast<T *>(s_base + o.head)[e] = sv;
         if constexpr (kOut) {
-            const float wv = mv_to_float(load_staged<TW, 1>(w_buf, w_head, e).v[0]);
+            const float wv = mv_to_float(weight_at<TW, 1, kWeightMem>(w_buf, w_head, w_mem, e).v[0]);
             const float g = kOffset ? wv + weight_offset : wv;
             row[e] = mv_from_float<T>(g * (mv_to_float(sv) * rrms));
         } else {
@@ -1400,7 +1417,7 @@ __device__ __forceinline__ void staged_store_piece(const RowPieces<T> &o, int p,
     }
 }
 
-template <typename T, typename TW, int V, bool kHasResidual, bool kOffset, bool kTwoStrides>
+template <typename T, typename TW, int V, bool kHasResidual, bool kOffset, bool kTwoStrides, bool kWeightMem>
 __global__ void __launch_bounds__(kMaxVecThreads)
     rms_norm_staged_kernel(NormParams<kTwoStrides> args, StagedLayout layout, int group_threads, int row_threads,
                            int64_t prefetch_rows) {
@@ -1438,8 +1455,9 @@ __global__ void __launch_bounds__(kMaxVecThreads)
 
     /* The weight, once per block, by all its threads (committed with the first row's pieces). */
     const TW *weight = static_cast<const TW *>(in.norm_weight);
+    const TW *const w_mem = kWeightMem ? weight : nullptr; /* not staged */
     RowCopy<TW> w_copy;
-    w_copy.load(weight_buf, weight, hidden, threadIdx.x, blockDim.x);
+    if (!kWeightMem) w_copy.load(weight_buf, weight, hidden, threadIdx.x, blockDim.x);
     const int w_head = head_of(weight);
 
     /* The loop bound is the same for the whole block, so every thread reaches the barriers. */
@@ -1458,7 +1476,7 @@ __global__ void __launch_bounds__(kMaxVecThreads)
             if (kHasResidual) r_copy.load(r_buf, r_row, hidden, lane, row_threads);
         }
         mv_cp_async_commit();
-        if (first) w_copy.finish(weight_buf, weight);
+        if (first && !kWeightMem) w_copy.finish(weight_buf, weight);
         first = false;
         if (active) {
             x_copy.finish(x_buf, x_row);
@@ -1502,17 +1520,17 @@ __global__ void __launch_bounds__(kMaxVecThreads)
                 /* residual_out in the same pieces as out (the usual case): s formed once for both
                    (not in the two-stride build, where it spilled 32-40 bytes) */
                 for (int p = lane; p < o.pieces; p += row_threads)
-                    staged_store_piece<T, TW, kHasResidual, kOffset, true, true>(
-                        o, p, x_buf, x_head, r_buf, r_head, weight_buf, w_head, rrms, in.weight_offset, hidden, ro.base);
+                    staged_store_piece<T, TW, kHasResidual, kOffset, true, kWeightMem, true>(
+                        o, p, x_buf, x_head, r_buf, r_head, weight_buf, w_head, w_mem, rrms, in.weight_offset, hidden, ro.base);
             } else {
                 for (int p = lane; p < o.pieces; p += row_threads)
-                    staged_store_piece<T, TW, kHasResidual, kOffset, true>(o, p, x_buf, x_head, r_buf, r_head,
-                                                                          weight_buf, w_head, rrms, in.weight_offset,
+                    staged_store_piece<T, TW, kHasResidual, kOffset, true, kWeightMem>(o, p, x_buf, x_head, r_buf, r_head,
+                                                                          weight_buf, w_head, w_mem, rrms, in.weight_offset,
                                                                           hidden);
                 if (kHasResidual)
                     for (int p = lane; p < ro.pieces; p += row_threads)
-                        staged_store_piece<T, TW, kHasResidual, kOffset, false>(ro, p, x_buf, x_head, r_buf, r_head,
-                                                                               weight_buf, w_head, rrms, 0.0f, hidden);
+                        staged_store_piece<T, TW, kHasResidual, kOffset, false, kWeightMem>(ro, p, x_buf, x_head, r_buf, r_head,
+                                                                               weight_buf, w_head, w_mem, rrms, 0.0f, hidden);
             }
         }
         __syncthreads(); /* every buffer read before the next row is staged over it */
@@ -1659,26 +1677,47 @@ cudaError_t launch_staged_kernel(const mv_rms_norm_args &a, int group_threads, c
                                  cudaStream_t stream, bool pdl) {
     const int64_t elem = sizeof(T);
     const int buffers = kHasResidual ? 2 : 1;
-    StagedLayout layout;
-    layout.bytes = static_cast<int>(staged_row_bytes(a.in.hidden, elem));
-    layout.weight_bytes = static_cast<int>(staged_row_bytes(a.in.hidden, sizeof(TW)));
-    layout.group_bytes = kStagedSumBytes + buffers * layout.bytes;
     const int row_threads = staged_row_threads(group_threads);
-    /* Where R is one warp (G of 11 or 13 warps: odd 16-bit H of 10241-11264, 12289-13312), up to
+    using Kernel = void (*)(NormParams<kTwoStrides>, StagedLayout, int, int, int64_t);
+    Kernel kernel = rms_norm_staged_kernel<T, TW, V, kHasResidual, kOffset, kTwoStrides, false>;
+    mv_shared_opt_in *opt_in = &mv_opt_in_of<rms_norm_staged_kernel<T, TW, V, kHasResidual, kOffset, kTwoStrides, false>>();
+    /* Where R is one warp (G of 11 or 13 warps, before the shares of staged_row_threads), up to
        8 rows a block asked for up to 395 KiB of shared memory and the launch failed ("invalid
        argument"). staged_fits: one row fits. */
-    /* float32 rows in blocks of up to 512 threads: their weight buffer (one a block) is twice a
-       16-bit row's, and shared over twice the rows an SM holds more of them (H200 rms_norm 4096 x
-       5119 55.4 -> 50.1 us, 1000 x 4097 17.1 -> 15.0); 16-bit rows ran 4-15% slower so (more rows
-       held in step by each barrier); dev/logs/norm-odd-rows-peers-nvidia-h200-2026-11-26.log */
-    const RowBlocks shape = row_blocks(a.in.rows, row_threads, dev.sms,
-                                       staged_rows_fitting(a.in.hidden, elem, sizeof(TW), buffers, dev),
-                                       elem == 4 ? kMaxVecThreads : kVecBlockThreads);
-    const size_t smem = staged_smem_bytes(a.in.hidden, elem, sizeof(TW), buffers, shape.threads / row_threads);
-    auto kernel = rms_norm_staged_kernel<T, TW, V, kHasResidual, kOffset, kTwoStrides>;
-    cudaError_t err = mv_allow_shared(
-        kernel, smem, mv_opt_in_of<rms_norm_staged_kernel<T, TW, V, kHasResidual, kOffset, kTwoStrides>>(), dev.device);
+    auto shape_of = [&](int64_t weight_elem, int block_threads) {
+        return row_blocks(a.in.rows, row_threads, dev.sms,
+                          staged_rows_fitting(a.in.hidden, elem, weight_elem, buffers, dev), block_threads);
+    };
+    /* float32 rows: the weight staged once a block, in blocks of up to 512 threads (twice a 16-bit
+       row's weight buffer, shared over twice the rows: H200 rms_norm 4096 x 5119 55.4 -> 50.1 us,
+       1000 x 4097 17.1 -> 15.0; 16-bit rows ran 4-15% slower so, their barriers holding more rows
+       in step); where that leaves an SM fewer than 8 rows (H >= 6001 or so), the weight read from
+       memory instead, L2 keeping it, in blocks of up to 256 threads (4096 x 6001 76.6 -> 63.8 us,
+       600 x 8191 22.4 -> 19.0; with 8 rows or more it was 4-14% slower);
+       dev/logs/norm-odd-rows-peers-nvidia-h200-2026-11-26.log */
+    int64_t weight_elem = sizeof(TW);
+    RowBlocks shape = shape_of(weight_elem, elem == 4 ? kMaxVecThreads : kVecBlockThreads);
+    size_t smem = staged_smem_bytes(a.in.hidden, elem, weight_elem, buffers, shape.threads / row_threads);
+    cudaError_t err = mv_allow_shared(kernel, smem, *opt_in, dev.device);
     if (err != cudaSuccess) return err;
+    if constexpr (sizeof(T) == 4) {
+        int per_sm = 0;
+        if (mv_blocks_per_sm(&per_sm, kernel, shape.threads, smem, dev.device) != cudaSuccess) {
+            (void)cudaGetLastError(); /* no answer: the first shape stands */
+        } else if (static_cast<int64_t>(per_sm) * (shape.threads / row_threads) < 8) {
+            weight_elem = 0; /* no weight buffer */
+            kernel = rms_norm_staged_kernel<T, TW, V, kHasResidual, kOffset, kTwoStrides, true>;
+            opt_in = &mv_opt_in_of<rms_norm_staged_kernel<T, TW, V, kHasResidual, kOffset, kTwoStrides, true>>();
+            shape = shape_of(weight_elem, kVecBlockThreads);
+            smem = staged_smem_bytes(a.in.hidden, elem, weight_elem, buffers, shape.threads / row_threads);
+            err = mv_allow_shared(kernel, smem, *opt_in, dev.device);
+            if (err != cudaSuccess) return err;
+        }
+    }
+    StagedLayout layout;
+    layout.bytes = static_cast<int>(staged_row_bytes(a.in.hidden, elem));
+    layout.weight_bytes = weight_elem == 0 ? 0 : static_cast<int>(staged_row_bytes(a.in.hidden, weight_elem));
+    layout.group_bytes = kStagedSumBytes + buffers * layout.bytes;
     const int64_t input_row_bytes = a.in.hidden * elem * (kHasResidual ? 2 : 1);
     const int64_t prefetch_rows = pdl ? kPrefetchBytes / input_row_bytes : 0;
     return mv_launch(kernel, dim3(shape.blocks), dim3(shape.threads), smem, stream, pdl, params_of<kTwoStrides>(a),
