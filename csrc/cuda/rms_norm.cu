@@ -1127,8 +1127,9 @@ __global__ void __launch_bounds__(kMaxThreads) rms_norm_lanes_pair_kernel(ShortP
 /* ---- rows of single elements, G compiled in ------------------------------------------------- */
 
 /* Rows that only single elements fit (odd H, misaligned views) of G threads (a power of two up to
-   512; below 32, 32 / G rows a warp), in one stride: the general kernel's layout and order for V = 1 (8 elements a thread at lane + i G, a
-   thread's squares in index order, then group_sum), so a row has the same bits on any kernel.
+   512; below 32, 32 / G rows a warp), in one stride: the general kernel's layout and order for
+   V = 1 (8 elements a thread at lane + i G, a thread's squares in index order, then group_sum),
+   so a row has the same bits on any kernel.
    G compiled in makes each element's address this thread's first plus an immediate, and the
    launch bounds ask for a full SM of threads (32 registers). The general kernel held 48 at
    run-time G (a 64-bit address a load), 10 rows an SM where Liger's 27-register kernel holds
@@ -1453,7 +1454,8 @@ __global__ void __launch_bounds__(kMaxVecThreads)
     mv_pdl_wait();
     mv_pdl_trigger();
 
-    /* The weight, once per block, by all its threads (committed with the first row's pieces). */
+    /* The weight, once per block, by all its threads (committed with the first row's pieces),
+       unless it is read from memory (kWeightMem). */
     const TW *weight = static_cast<const TW *>(in.norm_weight);
     const TW *const w_mem = kWeightMem ? weight : nullptr; /* not staged */
     RowCopy<TW> w_copy;
