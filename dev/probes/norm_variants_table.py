@@ -1,4 +1,10 @@
-import json,sys,os
+"""Side-by-side table of bench_rms_norm JSONs of one build run under different environment switches
+(or of several builds): DIR/a.json, DIR/b.json, ... Prints each variant's us per call (PDL on), the
+ratios to the first (a/b > 1: b faster) and Liger's time from the first.
+usage: python3 norm_variants_table.py DIR a b [c ...]"""
+import json
+import sys
+
 d=sys.argv[1]; vs=sys.argv[2:]
 res={v:json.load(open(f"{d}/{v}.json"))['results'] for v in vs}
 print("op        dt     M     H | "+" ".join(f"{v:>7s}" for v in vs)+" | "+" ".join(f"{v}/a" for v in vs[1:])+" | peer")
