@@ -1224,15 +1224,16 @@ __global__ void __launch_bounds__(elems_block_threads(kG), 2048 / elems_block_th
    The sum of squares is formed in the in-place kernel's exact order for the same H, so a row has
    the same bits on either kernel and the launcher may choose by M (batch invariance): that
    kernel's G threads per row ("virtual threads"; V elements per vector, kVecs vectors each,
-   vector lane + i G, elements in order, the last vector cut at H) are emulated by R = G / E real
-   ones, each taking E of them, then reduced as group_sum does: a shuffle butterfly per warp of
+   vector lane + i G, elements in order, the last vector cut at H) are emulated by R real ones,
+   each taking G / R of them or one fewer (staged_row_threads), then reduced as group_sum does: a shuffle butterfly per warp of
    virtual lanes (the same tree, whatever warp runs it), then the warps' sums in order.
-   Shared memory: the weight, staged once per block; per group 16 floats for the virtual warps'
+   Shared memory: the weight, staged once per block (float32 rows may read it from memory instead:
+   kWeightMem); per group 16 floats for the virtual warps'
    sums, then the row of x (and of the residual). A buffer holds a row as it sits in 16-byte
    pieces: byte j of the buffer is byte j of the row's first piece. */
 struct StagedLayout {
     int bytes;        /* of one row buffer: a multiple of 16 */
-    int weight_bytes; /* of the weight's buffer: a multiple of 16 */
+    int weight_bytes; /* of the weight's buffer: a multiple of 16; 0 where it is not staged */
     int group_bytes;  /* of one group's sums and buffers */
 };
 
@@ -1707,7 +1708,7 @@ cudaError_t launch_staged_kernel(const mv_rms_norm_args &a, int group_threads, c
         if (mv_blocks_per_sm(&per_sm, kernel, shape.threads, smem, dev.device) != cudaSuccess) {
             (void)cudaGetLastError(); /* no answer: the first shape stands */
         } else if (static_cast<int64_t>(per_sm) * (shape.threads / row_threads) < 8) {
-            weight_elem = 0; /* no weight buffer */
+            weight_elem = 0; /* no weight buffer (the size helpers count 32 bytes of slack for it) */
             kernel = rms_norm_staged_kernel<T, TW, V, kHasResidual, kOffset, kTwoStrides, true>;
             opt_in = &mv_opt_in_of<rms_norm_staged_kernel<T, TW, V, kHasResidual, kOffset, kTwoStrides, true>>();
             shape = shape_of(weight_elem, kVecBlockThreads);
