@@ -988,16 +988,21 @@ __device__ __forceinline__ float lanes_row_sum(const float *parts, float *warp_s
     const int u = threadIdx.x;
     __syncthreads();
     if (group <= 32) {
-        /* lanes >= G add nothing: the butterfly's offsets stay inside aligned blocks of G lanes */
-        const int lane = u & 31;
+        /* Every aligned block of G lanes works the row out (lane l as virtual thread l mod G; G is
+           a power of two here), so the butterfly, whose offsets stay inside such a block, leaves
+           the total on every lane: a + b == b + a, so partners hold equal sums after each step.
+           Offsets unrolled, no broadcast from lane 0 after them. */
+        const int lane = u & (group - 1);
         float acc = 0.0f;
 #pragma unroll
         for (int i = 0; i < kVecs; ++i) {
             const int idx = lane + i * group;
-            if (lane < group && idx < vecs) acc = __fadd_rn(acc, parts[idx]);
+            if (idx < vecs) acc = __fadd_rn(acc, parts[idx]);
         }
-        for (int offset = group >> 1; offset > 0; offset >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, offset);
-        return __shfl_sync(0xffffffffu, acc, 0);
+#pragma unroll
+        for (int offset = 16; offset > 0; offset >>= 1)
+            if (offset < group) acc += __shfl_xor_sync(0xffffffffu, acc, offset);
+        return acc;
     }
     if (u < group) {
         float acc = 0.0f;
@@ -1010,8 +1015,13 @@ __device__ __forceinline__ float lanes_row_sum(const float *parts, float *warp_s
         if ((u & 31) == 0) warp_sums[u >> 5] = acc;
     }
     __syncthreads();
+    /* the warps' sums in order; the first 8 (all the lanes kernels' rows have) loaded at once */
+    const int warps = group >> 5;
     float total = 0.0f;
-    for (int k = 0; k < (group >> 5); ++k) total += warp_sums[k];
+#pragma unroll
+    for (int k = 0; k < 8; ++k)
+        if (k < warps) total += warp_sums[k];
+    for (int k = 8; k < warps; ++k) total += warp_sums[k];
     return total;
 }
 
