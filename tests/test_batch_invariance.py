@@ -30,26 +30,28 @@ def _bits(a):
     return np.asarray(to64(a))
 
 
-def _check_slices(dev, dtype, op, H, rng, rows, slices):
-    """rows rows in one call, then each (lo, hi) slice alone: the same bits."""
+def _check_slices(dev, dtype, op, H, rng, rows, slices, pdl_whole=None, pdl_slices=None):
+    """rows rows in one call, then each (lo, hi) slice alone: the same bits. pdl_*: the calls'
+    pdl argument (on the GPU the kernel a call takes may depend on it)."""
     x64 = randn(rng, (rows, H))
     r64 = randn(rng, (rows, H))
     w = dev.array(norm_weight(rng, H), dtype)
 
-    def run(lo, hi):
+    def run(lo, hi, pdl):
         x = dev.array(x64[lo:hi], dtype)
         if op == "rms_norm":
-            out = (minivllm.rms_norm(x, w),)
+            out = (minivllm.rms_norm(x, w, pdl=pdl),)
         else:
-            out = minivllm.fused_add_rms_norm(x, dev.array(r64[lo:hi], dtype), w)
+            out = minivllm.fused_add_rms_norm(x, dev.array(r64[lo:hi], dtype), w, pdl=pdl)
         dev.sync()
         return [_bits(o) for o in out]
 
-    whole = run(0, rows)
+    whole = run(0, rows, pdl_whole)
     for lo, hi in slices:
-        for name, got, ref in zip(("out", "residual_out"), run(lo, hi), whole):
+        for name, got, ref in zip(("out", "residual_out"), run(lo, hi, pdl_slices), whole):
             np.testing.assert_array_equal(
-                got, ref[lo:hi], err_msg=f"{op} {name}: rows {lo}:{hi} alone differ from {rows} rows")
+                got, ref[lo:hi], err_msg=f"{op} {name}: rows {lo}:{hi} alone (pdl={pdl_slices}) differ "
+                                         f"from {rows} rows (pdl={pdl_whole})")
 
 
 @pytest.mark.parametrize("H", [64, 121, 201, 301, 896, 999, 1000, 1501, 2048, 3000, 4095, 4096, 5119, 5120, 8192, 12345, 13001, 16384, 20000, 24577, 32769, 40000])
@@ -63,14 +65,19 @@ def test_rows_do_not_depend_on_the_batch(dev, dtype, op, H, rng):
 # Past one wave of the lanes kernels' blocks (at most 16 a multiprocessor) on any GPU of up to
 # 256 multiprocessors: the whole call takes the general kernel, its slices of a few rows per
 # multiprocessor the lanes kernels (a row a block), single rows and short slices the short calls'.
+# On the GPU the fused add without PDL takes the lanes kernels at any number of waves: the whole
+# call without PDL against slices with it, and the reverse.
 LONG_M = 4096
 
 
 @pytest.mark.parametrize("H", [896, 1000, 2048, 4096, 5120])
 @pytest.mark.parametrize("op", ["rms_norm", "fused_add_rms_norm"])
 def test_one_wave_calls_match_longer_ones(dev, dtype, op, H, rng):
-    _check_slices(dev, dtype, op, H, rng, LONG_M,
-                  ((0, 640), (640, 1700), (3000, 3133), (100, 300), (2049, 2050), (LONG_M - 1, LONG_M)))
+    slices = ((0, 640), (640, 1700), (3000, 3133), (100, 300), (2049, 2050), (LONG_M - 1, LONG_M))
+    _check_slices(dev, dtype, op, H, rng, LONG_M, slices)
+    if dev.name != "cpu":
+        _check_slices(dev, dtype, op, H, rng, LONG_M, slices, pdl_whole=False, pdl_slices=None)
+        _check_slices(dev, dtype, op, H, rng, LONG_M, slices, pdl_whole=None, pdl_slices=False)
 
 
 # Rows off the 16-byte grid in calls of many waves of blocks: H = 121 in single elements (the elems

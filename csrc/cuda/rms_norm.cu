@@ -526,10 +526,9 @@ __device__ __forceinline__ void wide_fused_row(const NormParams<kTwoStrides> &ar
    - kEarlyWeight: with the row, so its latency hides behind the row's. The weight is then kept
      packed through the reduction (keep_packed) when there is no residual; with one, that costs
      more than it saves in short calls.
-   - otherwise (the fused add in long calls, where 32 more live registers would cost a block
-     per SM): all of a thread's weight vectors in one batch after the reduction, from L1/L2.
-   The launcher picks kEarlyWeight for rms_norm always and for the fused add in short calls
-   (measurements: docs/design.md).
+   - otherwise: all of a thread's weight vectors in one batch after the reduction, from L1/L2.
+   The launcher picks kEarlyWeight for every row in registers (kWide: launch_vec_kernel says
+   where not; measurements: docs/design.md).
    kOdd: rows of odd H (load_vec), V = 16 bytes: vectors from each row's first element, the last
    one cut at H. */
 template <typename T, typename TW, int V, bool kHasResidual, bool kEarlyWeight, bool kOffset, bool kTwoStrides,
@@ -1590,9 +1589,6 @@ int vector_width(const mv_rms_norm_args *a) {
    dev/logs/norm-prefetch-nvidia-h200-2026-11-22.log). */
 constexpr int64_t kPrefetchBytes = 4 << 20;
 
-/* Below this many blocks a call is short: latency, not bandwidth, decides its time. */
-constexpr int64_t kShortCallBlocks = 264;
-
 /* Bytes of one staged row buffer: the row from anywhere in its first piece, and the piece past
    the last that load16_even may read. */
 int64_t staged_row_bytes(int64_t hidden, int64_t elem) { return (hidden * elem + 15) / 16 * 16 + 32; }
@@ -1765,10 +1761,11 @@ cudaError_t launch_vec_kernel(const mv_rms_norm_args &a, int group_threads, unsi
     if constexpr (kWide)
         kernel = rms_norm_vec_kernel<T, TW, V, kHasResidual, !kHasResidual && sizeof(TW) == sizeof(T), kOffset,
                                      kTwoStrides, kOdd, true>;
-    else
-        kernel = !kHasResidual || blocks <= kShortCallBlocks
-                     ? rms_norm_vec_kernel<T, TW, V, kHasResidual, true, kOffset, kTwoStrides, kOdd>
-                     : rms_norm_vec_kernel<T, TW, V, true, false, kOffset, kTwoStrides, kOdd>;
+    else /* the fused add's weight once came after the sum in calls of over 264 blocks, to save
+            registers; it no longer does (bf16 118 against 119, fp16 80 against 88), and reading
+            it early was 1-5% faster without PDL, up to 5% with it in float32 (H200 fp32 fused add
+            1024 x 2048 9.39 -> 8.96 us; dev/logs/norm-fused-mid-rows-nvidia-h200-2026-11-26.log) */
+        kernel = rms_norm_vec_kernel<T, TW, V, kHasResidual, true, kOffset, kTwoStrides, kOdd>;
     const int64_t input_row_bytes = a.in.hidden * static_cast<int64_t>(sizeof(T)) * (kHasResidual ? 2 : 1);
     const int64_t prefetch_rows = pdl ? kPrefetchBytes / input_row_bytes : 0;
     return mv_launch(kernel, dim3(blocks), dim3(threads), 0, stream, pdl, params_of<kTwoStrides>(a), group_threads,
@@ -1848,7 +1845,7 @@ cudaError_t launch_short(const mv_rms_norm_args &a, int group_threads, const Row
 }
 
 /* Whether a short call's rows take rms_norm_lanes_kernel (one vector a thread, a row a block;
-   longer calls: lanes_one_wave):
+   longer calls: lanes_for_rows):
    rows of up to 256 16-byte vectors, or 1024 single elements (since rms_norm_elems_kernel, which
    takes them from 129, up to 128), whose general layout chains 4 or 8 of them on a thread. Against the short kernel: H200 bf16 1 x 121 1.26 -> 0.91 us with PDL,
    1.86 -> 1.45 without; H100 float32 fused add 1 x 1024 2.27 -> 2.07 without. Wider rows were
@@ -1914,7 +1911,8 @@ cudaError_t launch_lanes(const mv_rms_norm_args &a, const LanesKernel &k, int gr
 }
 
 /* Calls of more rows than multiprocessors, in 16-byte vectors, take the lanes kernels too while
-   every row's block fits in one wave (the kernel's resident blocks on every SM): the general
+   every row's block fits in one wave (the kernel's resident blocks on every SM), and the fused
+   add's without PDL at any number of waves (below): the general
    kernel's G threads of up to 4 vectors put few warps on each SM there, each with a long chain
    of loads and arithmetic. With PDL off (a norm after a GEMM, as in a model), H200: bf16
    1024 x 1024 3.45 -> 3.09 us, 264 x 4096 3.78 -> 3.28, fused add 528 x 1024 3.52 -> 3.13, float32
@@ -1922,10 +1920,15 @@ cudaError_t launch_lanes(const mv_rms_norm_args &a, const LanesKernel &k, int gr
    6.18 -> 6.37), and so did single elements (odd H: bf16 1000 x 999 4.78 -> 7.80 against the
    staged kernel). In a chain of norms with PDL the general kernel can be faster (bf16 fused add
    2048 x 1024 4.65 -> 5.33 us; why is not established), but such chains are rare in a model;
-   dev/logs/norm-lanes-mid-rows-nvidia-h200-2026-11-25.log. */
+   dev/logs/norm-lanes-mid-rows-nvidia-h200-2026-11-25.log.
+   The fused add without PDL past one wave: 1.02-1.13x at 4096 x 896 to 32768 x 1024 and
+   1024 x 3584 to 4096 x 8192 in all three dtypes (H200 bf16 1024 x 4096 11.53 -> 10.25 us, Liger
+   10.90), 0.98-0.99x at 16-bit 32768 x 4096; with PDL it lost up to 5% (bf16 4096 x 896 8.21 ->
+   8.64) and rms_norm lost either way (0.92-0.97x); dev/logs/norm-fused-mid-rows-nvidia-h200-2026-11-26.log. */
 template <typename T, typename TW, int V>
-bool lanes_one_wave(const mv_rms_norm_args &a, const LanesKernel &k, const mv_cuda_device &dev) {
-    if (!int_strides(a) || !lanes_rows(a, V)) return false;
+bool lanes_for_rows(const mv_rms_norm_args &a, const LanesKernel &k, const mv_cuda_device &dev, bool pdl) {
+    if (!int_strides(a) || !lanes_rows(a, V) || a.in.rows > INT32_MAX) return false;
+    if (a.in.residual != nullptr && !pdl) return true;
     int blocks = 0;
     if (mv_blocks_per_sm(&blocks, k.kernel, k.threads, 0, dev.device) != cudaSuccess) {
         (void)cudaGetLastError(); /* no answer: the general kernel takes the call */
@@ -1994,7 +1997,7 @@ cudaError_t launch_vec(const mv_rms_norm_args &a, int group_threads, cudaStream_
             if constexpr (V > 1) { /* single elements in short calls are lanes' or elems' rows */
                 if (short_call(a, sms)) return launch_short<T, TW, V>(a, group_threads, shape, stream, pdl);
                 const LanesKernel k = lanes_kernel<T, TW, V>(a);
-                if (lanes_one_wave<T, TW, V>(a, k, dev))
+                if (lanes_for_rows<T, TW, V>(a, k, dev, pdl))
                     return launch_lanes<T, TW, V>(a, k, group_threads, stream, pdl);
             }
         }

@@ -39,7 +39,7 @@ static void from_f(void *p, float f, int bf16) {
     *(uint16_t *)p = (uint16_t)(u >> 16);
 }
 
-static int run(int bf16, int residual, int64_t H, int64_t off, int64_t M = 600) {
+static int run(int bf16, int residual, int64_t H, int64_t off, int64_t M = 600, int pdl = MV_PDL_DEFAULT) {
     const size_t es = bf16 ? 2 : 4;
     const size_t n = off + M * H;
     std::vector<unsigned char> hx(n * es), hr(n * es), hw(H * es);
@@ -60,7 +60,7 @@ static int run(int bf16, int residual, int64_t H, int64_t off, int64_t M = 600) 
     CHECK(cudaMemcpy(x, hx.data(), n * es, cudaMemcpyHostToDevice));
     CHECK(cudaMemcpy(r, hr.data(), n * es, cudaMemcpyHostToDevice));
     CHECK(cudaMemcpy(w, hw.data(), H * es, cudaMemcpyHostToDevice));
-    mv_cuda_opts opts = {MV_PDL_DEFAULT, MV_QKV_AUTO};
+    mv_cuda_opts opts = {pdl, MV_QKV_AUTO};
     auto args = [&](int64_t row0, int64_t rows, void *out, void *ro) {
         mv_rms_norm_args a;
         memset(&a, 0, sizeof a);
@@ -122,9 +122,9 @@ static int run(int bf16, int residual, int64_t H, int64_t off, int64_t M = 600) 
             if (e > worst) worst = e;
         }
     }
-    printf("%s %s H = %lld, offset %lld: %lld elements differ (%lld rows at once against 8 of them one at a time, and the new "
+    printf("%s %s%s H = %lld, offset %lld: %lld elements differ (%lld rows at once against 8 of them one at a time, and the new "
            "residual against x + r rounded), worst relative error %.3g\n",
-           bf16 ? "bf16" : "fp32", residual ? "fused add" : "rms_norm", (long long)H, (long long)off, (long long)diff,
+           bf16 ? "bf16" : "fp32", residual ? "fused add" : "rms_norm", pdl == MV_PDL_OFF ? " (PDL off)" : "", (long long)H, (long long)off, (long long)diff,
            (long long)M, worst);
     cudaFree(x); cudaFree(r); cudaFree(w); cudaFree(o1); cudaFree(o2); cudaFree(ro1); cudaFree(ro2);
     return diff != 0 || worst > (bf16 ? 1e-2 : 1e-5);
@@ -152,8 +152,17 @@ int main(int argc, char **argv) {
     for (int64_t h : even)
         for (int bf16 = 0; bf16 < 2 && !long_only; ++bf16)
             for (int residual = 0; residual < 2; ++residual) bad += run(bf16, residual, h, 0);
+    /* without PDL: the fused add's 600 rows take the lanes kernels past one wave (lanes_for_rows) */
+    for (int64_t h : even)
+        for (int bf16 = 0; bf16 < 2 && !long_only; ++bf16) bad += run(bf16, 1, h, 0, 600, MV_PDL_OFF);
     /* calls of many waves of blocks: G = 16 in single elements, and rows of 16-byte virtual
-       vectors through shared memory (R = 128 real threads for G = 320 and 512) */
+       vectors through shared memory (R = 128 real threads for G = 320 and 512); without PDL the
+       fused add's rows of 16-byte vectors in the lanes kernels (one vector a thread: 1024; two:
+       4096) */
+    for (int bf16 = 0; bf16 < 2; ++bf16) {
+        bad += run(bf16, 1, 1024, 0, 5000, MV_PDL_OFF);
+        bad += run(bf16, 1, 4096, 0, 1500, MV_PDL_OFF);
+    }
     const int64_t long_calls[][2] = {{121, 36000}, {5119, 2000}, {8191, 1200}};
     for (const auto &c : long_calls)
         for (int bf16 = 0; bf16 < 2; ++bf16)
