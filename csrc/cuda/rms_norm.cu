@@ -526,9 +526,9 @@ __device__ __forceinline__ void wide_fused_row(const NormParams<kTwoStrides> &ar
    - kEarlyWeight: with the row, so its latency hides behind the row's. The weight is then kept
      packed through the reduction (keep_packed) when there is no residual; with one, that costs
      more than it saves in short calls.
-   - otherwise: all of a thread's weight vectors in one batch after the reduction, from L1/L2.
-   The launcher picks kEarlyWeight for every row in registers (kWide: launch_vec_kernel says
-   where not; measurements: docs/design.md).
+   - otherwise (the fused add in calls of over 4 blocks an SM): all of a thread's weight vectors
+     in one batch after the reduction, from L1/L2.
+   launch_vec_kernel picks (measurements there and in docs/design.md).
    kOdd: rows of odd H (load_vec), V = 16 bytes: vectors from each row's first element, the last
    one cut at H. */
 template <typename T, typename TW, int V, bool kHasResidual, bool kEarlyWeight, bool kOffset, bool kTwoStrides,
@@ -1754,18 +1754,23 @@ cudaError_t launch_staged(const mv_rms_norm_args &a, int group_threads, const mv
 
 template <typename T, typename TW, int V, bool kHasResidual, bool kOffset, bool kTwoStrides, bool kOdd, bool kWide>
 cudaError_t launch_vec_kernel(const mv_rms_norm_args &a, int group_threads, unsigned blocks, int threads,
-                              cudaStream_t stream, bool pdl) {
+                              cudaStream_t stream, bool pdl, int sms) {
     /* kWide: a float32 weight of 16-bit rows read early took 8 more vectors of registers than
        the 128 there are (spilled); it is read after the reduction instead, as the fused add's. */
     void (*kernel)(NormParams<kTwoStrides>, int, int64_t) = nullptr;
     if constexpr (kWide)
         kernel = rms_norm_vec_kernel<T, TW, V, kHasResidual, !kHasResidual && sizeof(TW) == sizeof(T), kOffset,
                                      kTwoStrides, kOdd, true>;
-    else /* the fused add's weight once came after the sum in calls of over 264 blocks, to save
-            registers; it no longer does (bf16 118 against 119, fp16 80 against 88), and reading
-            it early was 1-5% faster without PDL, up to 5% with it in float32 (H200 fp32 fused add
-            1024 x 2048 9.39 -> 8.96 us; dev/logs/norm-fused-mid-rows-nvidia-h200-2026-11-26.log) */
-        kernel = rms_norm_vec_kernel<T, TW, V, kHasResidual, true, kOffset, kTwoStrides, kOdd>;
+    else /* The fused add reads its weight after the sum in calls of over 4 blocks an SM: where a
+            call's blocks come in a few rounds its rows' chains of latency decide, the weight early
+            helps (H200 with PDL: fp32 1024 x 2048 9.51 -> 8.96 us, bf16 4096 x 1024 9.37 -> 9.20);
+            in longer calls bandwidth decides and early it cost fp16 1.5-2% (4096 x 4096 33.45 ->
+            34.17; 32768 rows of 16-bit types 0.5-1.5%). It costs no registers either way (bf16 118
+            against 119, fp16 80 against 88); the cut was 264 blocks before 2026-11-26;
+            dev/logs/norm-fused-mid-rows-nvidia-h200-2026-11-26.log. */
+        kernel = !kHasResidual || blocks <= 4 * static_cast<int64_t>(sms > 0 ? sms : 1)
+                     ? rms_norm_vec_kernel<T, TW, V, kHasResidual, true, kOffset, kTwoStrides, kOdd>
+                     : rms_norm_vec_kernel<T, TW, V, true, false, kOffset, kTwoStrides, kOdd>;
     const int64_t input_row_bytes = a.in.hidden * static_cast<int64_t>(sizeof(T)) * (kHasResidual ? 2 : 1);
     const int64_t prefetch_rows = pdl ? kPrefetchBytes / input_row_bytes : 0;
     return mv_launch(kernel, dim3(blocks), dim3(threads), 0, stream, pdl, params_of<kTwoStrides>(a), group_threads,
@@ -1774,11 +1779,11 @@ cudaError_t launch_vec_kernel(const mv_rms_norm_args &a, int group_threads, unsi
 
 template <typename T, typename TW, int V, bool kHasResidual, bool kOffset, bool kOdd, bool kWide>
 cudaError_t launch_vec_strides(const mv_rms_norm_args &a, int group_threads, unsigned blocks, int threads,
-                               cudaStream_t stream, bool pdl) {
+                               cudaStream_t stream, bool pdl, int sms) {
     return a.outer.inner_rows > 0 ? launch_vec_kernel<T, TW, V, kHasResidual, kOffset, true, kOdd, kWide>(
-                                        a, group_threads, blocks, threads, stream, pdl)
+                                        a, group_threads, blocks, threads, stream, pdl, sms)
                                   : launch_vec_kernel<T, TW, V, kHasResidual, kOffset, false, kOdd, kWide>(
-                                        a, group_threads, blocks, threads, stream, pdl);
+                                        a, group_threads, blocks, threads, stream, pdl, sms);
 }
 
 /* One stride, and strides that fit the short-call kernels' int fields. */
@@ -2009,10 +2014,10 @@ cudaError_t launch_vec(const mv_rms_norm_args &a, int group_threads, cudaStream_
         const int threads = shape.threads;
         const bool offset = a.in.weight_offset != 0.0f;
         if (a.in.residual != nullptr)
-            return offset ? launch_vec_strides<T, TW, V, true, true, kOdd, kWide>(a, group_threads, blocks, threads, stream, pdl)
-                          : launch_vec_strides<T, TW, V, true, false, kOdd, kWide>(a, group_threads, blocks, threads, stream, pdl);
-        return offset ? launch_vec_strides<T, TW, V, false, true, kOdd, kWide>(a, group_threads, blocks, threads, stream, pdl)
-                      : launch_vec_strides<T, TW, V, false, false, kOdd, kWide>(a, group_threads, blocks, threads, stream, pdl);
+            return offset ? launch_vec_strides<T, TW, V, true, true, kOdd, kWide>(a, group_threads, blocks, threads, stream, pdl, sms)
+                          : launch_vec_strides<T, TW, V, true, false, kOdd, kWide>(a, group_threads, blocks, threads, stream, pdl, sms);
+        return offset ? launch_vec_strides<T, TW, V, false, true, kOdd, kWide>(a, group_threads, blocks, threads, stream, pdl, sms)
+                      : launch_vec_strides<T, TW, V, false, false, kOdd, kWide>(a, group_threads, blocks, threads, stream, pdl, sms);
     }
 }
 
