@@ -14,7 +14,7 @@ in its block, 1501 a row of 256 threads, 121 two rows a warp); H = 64 puts sever
 of the general layout, H = 2048 in bf16 is the last row of 16-byte vectors on one
 vector a thread, 8192 the last on two; float32 12345 and 16384 and 16-bit 20000 take rms_norm's 8 vectors a thread,
 float32 20000 and 16-bit 40000 its 16 (rms_norm_wider_kernel). Past one wave the general kernel
-again: test_one_wave_calls_match_longer_ones.
+again, but for the fused add without PDL: test_one_wave_calls_match_longer_ones.
 """
 import numpy as np
 import pytest

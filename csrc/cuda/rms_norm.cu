@@ -1014,7 +1014,7 @@ __device__ __forceinline__ float lanes_row_sum(const float *parts, float *warp_s
         if ((u & 31) == 0) warp_sums[u >> 5] = acc;
     }
     __syncthreads();
-    /* the warps' sums in order; the first 8 (all the lanes kernels' rows have) loaded at once */
+    /* the warps' sums in order, the first 8 loaded at once (no lanes kernel's row has more) */
     const int warps = group >> 5;
     float total = 0.0f;
 #pragma unroll

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A/B of the norm kernels on a GPU machine, builds carried (dev/probes/site_build.sh, carry_unpack.sh):
 # bench_rms_norm of an old build and of a new one, the new one also under environment switches of an
-# experiment build (variants: NAME=VAR=VALUE[,VAR=VALUE], names new_* ), one table of them all with PDL on and
+# experiment build (each variant NAME=VAR=VALUE[,VAR=VALUE], its table column NAME), one table of them all with PDL on and
 # off (norm_variants_table.py), Liger beside the new build. Optionally first norm_odd_check under
 # compute-sanitizer and the GPU norm tests on the new build (AB_CHECK=1).
 #   OUT=... [AB_OLD=/tmp/site_old] AB_NEW=/tmp/site_new AB_ODD=/tmp/norm_odd_check \
