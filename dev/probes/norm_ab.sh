@@ -36,20 +36,11 @@ if [ -z "${AB_SITE_NEW:-}" ]; then
     (MINIVLLM_CUDA_ARCHS=90 python3 -m pip install -q --no-deps --no-build-isolation --target /tmp/ab_site_new "$repo" >/tmp/ab_build_new.log 2>&1; echo "new build rc $? $(( $(date +%s) - t0 )) s") &
     (MINIVLLM_CUDA_ARCHS=90 python3 -m pip install -q --no-deps --no-build-isolation --target /tmp/ab_site_old /tmp/ab_old_src >/tmp/ab_build_old.log 2>&1; echo "old build rc $? $(( $(date +%s) - t0 )) s") &
 fi
-san=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-{
-    echo "== probe"; timeout 60 "$odd_check" 2>&1 | grep -v " 0 elements differ"
-    # racecheck over the calls past one wave of the staged kernel's blocks only (the whole set
-    # runs past its time there); memcheck over all of them
-    echo "== racecheck"; timeout ${AB_SAN_S:-140} "$san" --tool racecheck "$odd_check" long 2>&1 | grep -E "SUMMARY|check:"
-    echo "== memcheck"; timeout ${AB_SAN_S:-150} "$san" --tool memcheck "$odd_check" 2>&1 | grep -E "SUMMARY|check:"
-} | tee "$out/sanitizers.log"
+# shellcheck source=dev/probes/norm_checks.sh
+. "$repo"/dev/probes/norm_checks.sh
+norm_sanitizers "$odd_check" "$out"
 wait
-t1=$(date +%s)
-[ "${AB_TESTS:-1}" = 0 ] || (cd /tmp && PYTHONPATH=$site_new timeout 200 python3 -m pytest -q -x -p no:cacheprovider \
-    "$repo"/tests/test_norm_kernels_cuda.py "$repo"/tests/test_batch_invariance.py "$repo"/tests/test_norm_views.py \
-    "$repo"/tests/test_rms_norm.py "$repo"/tests/test_fused_add_rms_norm.py "$repo"/tests/test_norm_weights.py \
-    -k "not cpu" > "$out/tests.log" 2>&1; echo "tests rc $? $(( $(date +%s) - t1 )) s"; tail -1 "$out/tests.log")
+[ "${AB_TESTS:-1}" = 0 ] || norm_gpu_tests "$site_new" "$out"
 # shellcheck disable=SC2086
 for v in new old; do
     t0=$(date +%s)

@@ -10,15 +10,10 @@ set -uo pipefail
 shapes=$1; variants=${2:-}
 out=${OUT:?}; repo=$PWD; export PYTHONUNBUFFERED=1
 if [ "${AB_CHECK:-0}" = 1 ]; then
-    san=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-    { echo "== probe"; timeout 60 "$AB_ODD" 2>&1 | grep -v " 0 elements differ"
-      echo "== racecheck"; timeout ${AB_SAN_S:-120} "$san" --tool racecheck "$AB_ODD" long 2>&1 | grep -E "SUMMARY|check:"
-      echo "== memcheck"; timeout ${AB_SAN_S:-120} "$san" --tool memcheck "$AB_ODD" 2>&1 | grep -E "SUMMARY|check:"
-    } 2>&1 | tee "$out/sanitizers.log"
-    (cd /tmp && PYTHONPATH=$AB_NEW timeout 200 python3 -m pytest -q -n 8 -p no:cacheprovider \
-        "$repo"/tests/test_norm_kernels_cuda.py "$repo"/tests/test_batch_invariance.py "$repo"/tests/test_norm_views.py \
-        "$repo"/tests/test_rms_norm.py "$repo"/tests/test_fused_add_rms_norm.py "$repo"/tests/test_norm_weights.py \
-        -k "not cpu" > "$out/tests.log" 2>&1; echo "tests rc $?"; tail -1 "$out/tests.log")
+    # shellcheck source=dev/probes/norm_checks.sh
+    . "$repo"/dev/probes/norm_checks.sh
+    norm_sanitizers "$AB_ODD" "$out"
+    norm_gpu_tests "$AB_NEW" "$out"
 fi
 run() { # name site extra-args [env assignments...]
     local name=$1 site=$2 extra=$3; shift 3
