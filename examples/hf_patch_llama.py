@@ -1,4 +1,5 @@
-"""Patch a Hugging Face Llama / Qwen2 / Qwen3 model with minivllm's fused RMSNorm + QKV op.
+"""Patch a Hugging Face Llama / Qwen2 / Qwen3 model (or Mistral, Mixtral, Qwen-MoE, Granite, Phi-3,
+SmolLM3) with minivllm's fused RMSNorm + QKV op.
 
 Builds small models from configs with random weights (nothing is downloaded), runs each stock and
 then patched (minivllm.hf.patch_model), checks the logits match within bfloat16 tolerance, and

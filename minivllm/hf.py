@@ -1,16 +1,20 @@
 """Hugging Face transformers drop-in: one minivllm call for a decoder layer's whole attention
-prologue (Llama, Qwen2, Qwen3): input RMSNorm, the q, k, v projections (+ Qwen2's biases),
-Qwen3's per-head q/k norms, RoPE, and the KV-cache write when the model uses a static cache;
-and minivllm's RMSNorm for the norms of Gemma, Gemma2 and Gemma3 (text) decoders.
+prologue (Llama, Mistral, Mixtral, Qwen2, Qwen2-MoE, Qwen3, Qwen3-MoE, Granite, Phi-3, SmolLM3):
+input RMSNorm, the q, k, v projections (+ biases), per-head q/k norms, RoPE (partial where the
+model rotates part of each head; none on SmolLM3's NoPE layers), and the KV-cache write when the
+model uses a static cache; and minivllm's RMSNorm for the norms of Gemma, Gemma2 and Gemma3
+(text) decoders.
 
     import minivllm.hf
     minivllm.hf.patch_model(model)         # every supported decoder layer; returns how many
 
-What changes in a patched Llama / Qwen2 / Qwen3 layer: `input_layernorm` becomes nn.Identity
+What changes in a patched layer of those families: `input_layernorm` becomes nn.Identity
 (the layer still takes its residual from the un-normalized input, as before), and `self_attn`
-becomes a PrologueAttention that holds the norm weight, the merged q|k|v weight (and bias) and
-the q/k norm weights, calls minivllm.torch.attention_prologue, and hands q, k, v to the model's
-own attention function and o_proj (the original attention module is kept inside it for those).
+becomes a PrologueAttention that holds the norm weight, the merged q|k|v weight (and bias; Phi-3's
+qkv_proj is that weight already) and the q/k norm weights, calls
+minivllm.torch.attention_prologue, and hands q, k, v to the model's own attention function and
+o_proj (the original attention module is kept inside it for those, with the arguments the
+family's own forward passes it: its sliding window where it passes one).
 RoPE uses the (cos, sin) the model passes to every layer. With a StaticCache (what generate's
 cache_implementation="static" and torch.compile use), k and v are written straight into the
 cache's tensors; with any other cache they go through its update() as before. The patch is for
@@ -38,13 +42,22 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .torch import attention_prologue, norm_eps, rms_norm
 
-__all__ = ["GEMMA_LAYERS", "GEMMA_NORMS", "PROLOGUE_LAYERS", "SUPPORTED_LAYERS", "OffsetRMSNorm",
-           "PrologueAttention", "patch_decoder_layer", "patch_model"]
+__all__ = ["GEMMA_LAYERS", "GEMMA_NORMS", "PROLOGUE_LAYERS", "SUPPORTED_LAYERS", "WINDOW_FROM_CONFIG",
+           "OffsetRMSNorm", "PrologueAttention", "patch_decoder_layer", "patch_model"]
 
 # Decoder layers whose forward feeds input_layernorm's output only to self_attn, whose attention
-# reads q/k/v through q_proj/k_proj/v_proj and rotates both with the (cos, sin) it is given
-# (neox style), and whose RMSNorm is weight * x * rrms: their prologue is fused.
-PROLOGUE_LAYERS = ("LlamaDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer")
+# reads q/k/v through q_proj/k_proj/v_proj (or one qkv_proj, q|k|v), normalizes each head of q
+# and k with q_norm/k_norm if it has them, and rotates the first cos.shape[-1] features of each
+# head with the (cos, sin) it is given (neox style; SmolLM3's NoPE layers not at all), and
+# whose RMSNorm is weight * x * rrms: their prologue is fused. Each was read in transformers'
+# code and is compared with the stock model in tests/test_hf_patch.py.
+PROLOGUE_LAYERS = ("LlamaDecoderLayer", "MistralDecoderLayer", "MixtralDecoderLayer",
+                   "Qwen2DecoderLayer", "Qwen2MoeDecoderLayer", "Qwen3DecoderLayer",
+                   "Qwen3MoeDecoderLayer", "GraniteDecoderLayer", "Phi3DecoderLayer",
+                   "SmolLM3DecoderLayer")
+# Attention modules that pass their config's sliding window to the attention function (the
+# others pass their own `sliding_window` attribute where they have one, or nothing)
+WINDOW_FROM_CONFIG = ("MistralAttention", "MixtralAttention", "Phi3Attention")
 # Decoder layers whose RMSNorm modules (GEMMA_NORMS: (1 + weight) * x * rrms in float32) are
 # replaced one by one; the prologue op has no (1 + weight) form, so their attention is kept.
 GEMMA_LAYERS = ("GemmaDecoderLayer", "Gemma2DecoderLayer", "Gemma3DecoderLayer")
@@ -133,18 +146,27 @@ class PrologueAttention(torch.nn.Module):
         if not isinstance(num_heads, int):
             raise ValueError("layer: its self_attn has no config.num_attention_heads")
         num_kv_heads = getattr(config, "num_key_value_heads", None) or num_heads
-        projections = (attn.q_proj, attn.k_proj, attn.v_proj)
-        for name, proj in zip(("q_proj", "k_proj", "v_proj"), projections):
+        fused = hasattr(attn, "qkv_proj")  # Phi-3: one projection, q then k then v
+        names = ("qkv_proj",) if fused else ("q_proj", "k_proj", "v_proj")
+        projections = tuple(getattr(attn, name) for name in names)
+        for name, proj in zip(names, projections):
             if not isinstance(proj, torch.nn.Linear):
                 raise TypeError(f"layer.self_attn.{name}: expected nn.Linear, got "
                                 f"{type(proj).__name__}")
-        head_dim = attn.q_proj.out_features // num_heads
-        if (head_dim * num_heads != attn.q_proj.out_features
-                or attn.k_proj.out_features != num_kv_heads * head_dim
-                or attn.v_proj.out_features != num_kv_heads * head_dim):
-            raise ValueError(f"layer: q/k/v projections of {attn.q_proj.out_features}/"
-                             f"{attn.k_proj.out_features}/{attn.v_proj.out_features} features "
-                             f"are not {num_heads}/{num_kv_heads}/{num_kv_heads} heads")
+        if fused:
+            head_dim = getattr(attn, "head_dim", None)
+            if not isinstance(head_dim, int) or head_dim <= 0:
+                raise ValueError("layer: its self_attn has a qkv_proj but no head_dim")
+            sizes = (attn.qkv_proj.out_features,)
+            wanted = ((num_heads + 2 * num_kv_heads) * head_dim,)
+        else:
+            head_dim = attn.q_proj.out_features // num_heads
+            sizes = tuple(proj.out_features for proj in projections)
+            wanted = (num_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim)
+        if head_dim <= 0 or sizes != wanted:
+            raise ValueError(f"layer: {'/'.join(names)} of {'/'.join(map(str, sizes))} features "
+                             f"are not {num_heads}/{num_kv_heads}/{num_kv_heads} heads of "
+                             f"{head_dim}")
         biases = [proj.bias for proj in projections]
         if any(b is None for b in biases) and any(b is not None for b in biases):
             raise ValueError("layer: q_proj, k_proj, v_proj: either all or none have a bias")
@@ -165,7 +187,9 @@ class PrologueAttention(torch.nn.Module):
             if len(eps) != 1:
                 raise ValueError(f"layer: q_norm and k_norm have different epsilons {eps}")
             self.qk_norm_eps = eps.pop()
-        for name in ("q_proj", "k_proj", "v_proj", "q_norm", "k_norm"):
+        # SmolLM3: use_rope is 0 on its NoPE layers (no rotation there)
+        self.rope = bool(getattr(attn, "use_rope", True))
+        for name in ("q_proj", "k_proj", "v_proj", "qkv_proj", "q_norm", "k_norm"):
             if hasattr(attn, name):
                 delattr(attn, name)
         self.attn = attn
@@ -173,9 +197,12 @@ class PrologueAttention(torch.nn.Module):
         # the model's own eager attention, the fallback of its attention-function registry
         # (looked up per call, as the model does: the implementation may be switched later)
         self._eager = sys.modules[type(attn).__module__].eager_attention_forward
-        # the attention function's kwargs beyond Llama's (Qwen2 and Qwen3 pass their window)
-        self._extra = {"sliding_window": attn.sliding_window} if hasattr(
-            attn, "sliding_window") else {}
+        # the attention function's kwargs beyond Llama's, as the family's forward passes them
+        self._extra = {}
+        if type(attn).__name__ in WINDOW_FROM_CONFIG:
+            self._extra = {"sliding_window": getattr(attn.config, "sliding_window", None)}
+        elif hasattr(attn, "sliding_window"):
+            self._extra = {"sliding_window": attn.sliding_window}
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None,
                 past_key_values=None, cache=None, **kwargs):
@@ -185,8 +212,10 @@ class PrologueAttention(torch.nn.Module):
                                             kwargs.pop("past_key_value", None))
                                 if c is not None), None)
         batch, seq = hidden_states.shape[:2]
-        cos, sin = position_embeddings
-        table, positions = _rope_table(cos, sin, batch)
+        table = positions = None
+        if self.rope:
+            cos, sin = position_embeddings
+            table, positions = _rope_table(cos, sin, batch)
         static = _static_cache_slots(past_key_values, self.layer_idx, batch, seq, hidden_states)
         k_cache = v_cache = slots = None
         if static is not None:
@@ -217,7 +246,7 @@ class PrologueAttention(torch.nn.Module):
     def extra_repr(self):
         return (f"heads={self.num_heads}, kv_heads={self.num_kv_heads}, "
                 f"head_dim={self.head_dim}, bias={self.qkv_bias is not None}, "
-                f"qk_norm={self.q_norm_weight is not None}")
+                f"qk_norm={self.q_norm_weight is not None}, rope={self.rope}")
 
 
 class OffsetRMSNorm(torch.nn.Module):
@@ -265,9 +294,10 @@ def _patch_gemma_norms(module, names):
 
 
 def patch_decoder_layer(layer):
-    """Patch one decoder layer in place. Llama / Qwen2 / Qwen3: the attention prologue is fused
-    (the merged q|k|v weight is built once, here; the norm weights are shared). Gemma / Gemma2 /
-    Gemma3: each Gemma RMSNorm of the layer becomes an OffsetRMSNorm on the same weight."""
+    """Patch one decoder layer in place. PROLOGUE_LAYERS (Llama, Qwen, Mistral, ...): the
+    attention prologue is fused (the merged q|k|v weight is built once, here; the norm weights
+    are shared). Gemma / Gemma2 / Gemma3: each Gemma RMSNorm of the layer becomes an
+    OffsetRMSNorm on the same weight."""
     kind = type(layer).__name__
     if kind not in SUPPORTED_LAYERS:
         raise TypeError(f"layer: {kind} is not one of {', '.join(SUPPORTED_LAYERS)}")

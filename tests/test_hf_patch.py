@@ -1,5 +1,7 @@
-"""minivllm.hf: patched Hugging Face Llama / Qwen2 / Qwen3 models give the stock logits, with
-the dynamic cache (k, v through its update()) and the static cache (written by the op); patched
+"""minivllm.hf: patched Hugging Face Llama / Mistral / Mixtral / Qwen2 / Qwen2-MoE / Qwen3 /
+Qwen3-MoE / Granite / Phi-3 (partial RoPE) / SmolLM3 (NoPE layers) models give the stock logits,
+with the dynamic cache (k, v through its update()) and the static cache (written by the op, or
+through update() for sliding-window layers); patched
 Gemma / Gemma2 / Gemma3 (text) models, whose norms become minivllm's (1 + weight) rms_norm, too.
 
 Models are built from small configs with random weights (no downloads). Skips, saying so, where
@@ -20,10 +22,33 @@ transformers = pytest.importorskip("transformers", reason="transformers is not i
 import minivllm.hf as mhf  # noqa: E402  (needs torch)
 from minivllm.bench.baselines import randomize_norms_and_biases  # noqa: E402  (needs torch)
 
-ARCHS = ("llama", "qwen2", "qwen3")
+ARCHS = ("llama", "qwen2", "qwen3", "mistral", "mixtral", "qwen2_moe", "qwen3_moe", "granite",
+         "phi3", "smollm3")
 GEMMA_ARCHS = ("gemma", "gemma2", "gemma3")
 CONFIGS = {"llama": "LlamaConfig", "qwen2": "Qwen2Config", "qwen3": "Qwen3Config",
+           "mistral": "MistralConfig", "mixtral": "MixtralConfig", "qwen2_moe": "Qwen2MoeConfig",
+           "qwen3_moe": "Qwen3MoeConfig", "granite": "GraniteConfig", "phi3": "Phi3Config",
+           "smollm3": "SmolLM3Config",
            "gemma": "GemmaConfig", "gemma2": "Gemma2Config", "gemma3": "Gemma3TextConfig"}
+# what each family's small config needs beyond the shared sizes: a sliding window that the
+# 19-token prompt exceeds where the family passes one to its attention; few experts, every one
+# taken by every token (a top-k choice of fewer is discrete: in bfloat16 a rounding difference
+# may route a token to another expert, and its logits then differ by far more than rounding);
+# Qwen2's biases on, Granite's multipliers off one, Phi-3 rotating 3/4 of each head, a NoPE
+# layer in SmolLM3 (its layer 1)
+ARCH_EXTRA = {
+    "mistral": {"sliding_window": 8},
+    "mixtral": {"sliding_window": 8, "num_local_experts": 4, "num_experts_per_tok": 4},
+    "qwen2_moe": {"num_experts": 4, "num_experts_per_tok": 4, "moe_intermediate_size": 128,
+                  "shared_expert_intermediate_size": 256, "qkv_bias": True},
+    "qwen3_moe": {"num_experts": 4, "num_experts_per_tok": 4, "moe_intermediate_size": 128},
+    "granite": {"attention_multiplier": 0.1, "residual_multiplier": 0.5,
+                "embedding_multiplier": 2.0, "logits_scaling": 4.0},
+    "phi3": {"partial_rotary_factor": 0.75, "pad_token_id": 0, "bos_token_id": 1,
+             "eos_token_id": 2},
+    "smollm3": {"no_rope_layers": [1, 0], "pad_token_id": 0, "bos_token_id": 1,
+                "eos_token_id": 2},
+}
 NO_CUDA = "no CUDA device (minivllm.cuda_available() is False)"
 
 
@@ -39,7 +64,7 @@ def _model(arch, device, dtype, seed, layers=2):
     config_class = getattr(transformers, CONFIGS[arch], None)
     if config_class is None:
         pytest.skip(f"transformers {transformers.__version__} has no {CONFIGS[arch]}")
-    extra = {}
+    extra = dict(ARCH_EXTRA.get(arch, {}))
     if arch in ("gemma2", "gemma3"):  # a sliding-window layer and a global one
         extra = {"sliding_window": 8,
                  "layer_types": ["sliding_attention", "full_attention"] * (layers // 2)
@@ -131,8 +156,12 @@ def test_patched_model_matches_stock(arch, device, static, monkeypatch):
     assert len(calls) == 4 * config.num_hidden_layers, len(calls)
     assert calls[0][0] == (2, 19, config.hidden_size)
     assert calls[-1][0] == (2, 1, config.hidden_size)
-    # the static cache is written by the op once it exists (after the prefill's first update)
-    assert calls[-1][1] == static and not calls[0][1]
+    # the static cache is written by the op once it exists (after the prefill's first update);
+    # sliding-window layers of a static cache (Mistral's, Mixtral's) are rings that the op does
+    # not write: they take the cache's update()
+    plain = static and all(type(layer) is mhf._STATIC_LAYER for layer in transformers.StaticCache(
+        config=config, max_cache_len=ids.shape[1] + 6).layers)
+    assert calls[-1][1] == plain and not calls[0][1]
     _assert_logits_match(patched, stock, reference, seed)
 
 
