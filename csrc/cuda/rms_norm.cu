@@ -1222,6 +1222,99 @@ __global__ void __launch_bounds__(elems_block_threads(kG), 2048 / elems_block_th
     }
 }
 
+/* ---- float32 rows off the 16-byte grid above 4096 elements, in place ------------------------ */
+
+/* Stores a warp's 32 vectors of 4 (128 consecutive elements from base, lane l's at 4 l) through
+   shared memory, lane by lane: each 4-byte store of the warp then fills whole lines. Each lane
+   storing its own 4 elements put a warp's stores over 16 sectors 4 times, and rms_norm ran at
+   0.6-0.7x the staged kernel (H200 float32 4096 x 8191: 145 us against 91; this form 75;
+   dev/logs/norm-virtual-rows-nvidia-h200-2026-11-26.log). */
+__device__ __forceinline__ void store_warp_lines(float *dst, const mv_vec<float, 4> &v, int base, int hidden, float *buf,
+                                                 int l) {
+    reinterpret_cast<float4 *>(buf)[l] = make_float4(v.v[0], v.v[1], v.v[2], v.v[3]);
+    __syncwarp();
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        const int e = base + l + 32 * k;
+        if (e < hidden) dst[e] = buf[l + 32 * k];
+    }
+    __syncwarp(); /* every lane has read buf before its next use */
+}
+
+/* Float32 rows off the 16-byte grid (odd H, or misaligned views) above 4096 elements, one stride:
+   the general kernel's layout and order for them (16-byte virtual vectors from each row's first
+   element, the last cut at H, G threads of 4 vectors, vector lane + i G, then group_sum), so a
+   row has the same bits on every kernel. One row a block of G threads; each element loaded on
+   its own (a row starts 4-byte aligned only; L1 serves a warp's four loads of the same lines),
+   none of the general kernel's alignment cases or row loop, stores by whole lines
+   (store_warp_lines). 62-64 registers, so an SM holds 2 rows of G = 512 (the general kernel
+   held 97-103, one) and 3 of G <= 320. Which calls take it: virtual_wanted. In place (out = x,
+   residual_out = residual): a warp stores a range of the row only after every lane of it has
+   read that range (the values it stores depend on those reads), and no other warp reads it. */
+/* Elements e0 .. e0 + 3 of a float32 row as a vector, zero from hidden on (nothing read there). */
+__device__ __forceinline__ mv_vec<float, 4> row_elements(const float *row, int e0, int hidden) {
+    mv_vec<float, 4> v;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) v.v[j] = e0 + j < hidden ? row[e0 + j] : 0.0f;
+    return v;
+}
+
+template <bool kHasResidual, bool kOffset>
+__global__ void __launch_bounds__(kMaxVecThreads, 2) rms_norm_virtual_kernel(NormParams<false> args, int prefetch_rows) {
+    constexpr int V = 4;
+    constexpr int kVecs = vecs_per_thread(V);
+    using VecT = mv_vec<float, V>;
+    __shared__ float warp_sums[32];
+    __shared__ __align__(16) float lines[kMaxVecThreads * V];
+    const mv_norm_input &in = args.in;
+    const int G = static_cast<int>(blockDim.x);
+    const int u = static_cast<int>(threadIdx.x);
+    const int l = u & 31, warp_first = (u & ~31) * V; /* the warp's first element of each vector range */
+    float *buf = lines + warp_first;
+    const int hidden = static_cast<int>(in.hidden);
+    const int64_t row = blockIdx.x;
+    const float *x_row = static_cast<const float *>(in.x) + row * in.x_stride;
+    const float *r_row = kHasResidual ? static_cast<const float *>(in.residual) + row * in.residual_stride : nullptr;
+    if (row < prefetch_rows) { /* before the wait: L2 for the row's lines, a line a thread */
+        mv_prefetch_span_l2(x_row, in.hidden * 4, u, G);
+        if (kHasResidual) mv_prefetch_span_l2(r_row, in.hidden * 4, u, G);
+    }
+    mv_pdl_wait();
+    mv_pdl_trigger();
+    /* element j of vector i: first + i * step + j, in the row below hidden */
+    const int first = u * V, step = G * V;
+    const float *weight = static_cast<const float *>(in.norm_weight);
+    VecT s[kVecs], w[kVecs];
+#pragma unroll
+    for (int i = 0; i < kVecs; ++i) s[i] = row_elements(x_row, first + i * step, hidden);
+    if (kHasResidual) {
+        float *s_row = static_cast<float *>(in.residual_out) + row * in.residual_out_stride;
+#pragma unroll
+        for (int i = 0; i < kVecs; ++i) {
+            add_rounded(s[i], row_elements(r_row, first + i * step, hidden));
+            store_warp_lines(s_row, s[i], warp_first + i * step, hidden, buf, l);
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < kVecs; ++i) w[i] = row_elements(weight, first + i * step, hidden);
+    }
+    float sum_sq = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kVecs; ++i)
+        if (first + i * step < hidden) sum_sq = add_squares(sum_sq, s[i]);
+    sum_sq = group_sum(sum_sq, G, warp_sums);
+    if (kHasResidual) { /* the weight after the sum: beside x and the residual it spilled */
+#pragma unroll
+        for (int i = 0; i < kVecs; ++i) w[i] = row_elements(weight, first + i * step, hidden);
+    }
+    const float rrms = rsqrtf(sum_sq / static_cast<float>(in.hidden) + in.eps);
+    float *out_row = static_cast<float *>(args.out) + row * args.out_stride;
+#pragma unroll
+    for (int i = 0; i < kVecs; ++i)
+        store_warp_lines(out_row, normalized<kOffset>(s[i], w[i], rrms, in.weight_offset), warp_first + i * step,
+                         hidden, buf, l);
+}
+
 /* ---- rows off the 16-byte grid, staged through shared memory --------------------------------- */
 
 /* Rows off the 16-byte grid (odd H: every other row at least) fit no vector load. In place, the
@@ -1979,6 +2072,37 @@ cudaError_t launch_elems(const mv_rms_norm_args &a, int group_threads, cudaStrea
     return mv_launch(kernel, dim3(blocks), dim3(threads), 0, stream, pdl, params_of<false>(a), prefetch_rows);
 }
 
+/* Whether float32 rows off the 16-byte grid of G threads (G <= 512: H of 4097-8192) take
+   rms_norm_virtual_kernel. H200 float32, against the kernels before it
+   (dev/logs/norm-virtual-rows-nvidia-h200-2026-11-26.log):
+   - rms_norm from 2 rows: 1.12-1.75x (16 x 8191 3.34 -> 2.99 us, 600 x 8191 18.88 -> 14.15,
+     4096 x 8191 91.2 -> 74.2, 600 x 5119 14.28 -> 8.19), level at 4096 x 5125; one row keeps
+     the short kernel (1 x 8191 1.86 against 2.74 us);
+   - the fused add where an SM holds 3 of its rows (G <= 320, registers) in calls of 4 rows an SM
+     and more: 1.12-1.24x (4096 x 5119 112.3 -> 93.8 us); at 2 rows an SM (G >= 352) level or
+     slower (0.98-1.03x), in shorter calls slower (132 x 8191 0.77x).
+   One stride only (the two-stride views keep the general and staged kernels), and the grid's
+   2^31 - 1 rows. */
+constexpr int kVirtualRegisters = 64; /* rms_norm_virtual_kernel's bound at 2 blocks of 512 */
+bool virtual_wanted(const mv_rms_norm_args &a, int group_threads, const mv_cuda_device &dev) {
+    if (a.in.dtype != MV_FLOAT32 || a.outer.inner_rows != 0 || a.in.rows < 2 || a.in.rows > INT32_MAX)
+        return false;
+    if (a.in.residual == nullptr) return true;
+    const int64_t sms = dev.sms > 0 ? dev.sms : 1;
+    return a.in.rows >= 4 * sms && 65536 / (group_threads * kVirtualRegisters) >= 3;
+}
+
+cudaError_t launch_virtual(const mv_rms_norm_args &a, int group_threads, cudaStream_t stream, bool pdl) {
+    const bool residual = a.in.residual != nullptr, offset = a.in.weight_offset != 0.0f;
+    const int64_t row_bytes = a.in.hidden * 4 * (residual ? 2 : 1);
+    const int prefetch_rows = pdl ? static_cast<int>(kPrefetchBytes / row_bytes) : 0;
+    void (*kernel)(NormParams<false>, int) =
+        residual ? (offset ? rms_norm_virtual_kernel<true, true> : rms_norm_virtual_kernel<true, false>)
+                 : (offset ? rms_norm_virtual_kernel<false, true> : rms_norm_virtual_kernel<false, false>);
+    return mv_launch(kernel, dim3(static_cast<unsigned>(a.in.rows)), dim3(group_threads), 0, stream, pdl,
+                     params_of<false>(a), prefetch_rows);
+}
+
 /* kWide: rows of 2049-4096 16-byte vectors, 8 a thread in the general kernel at every M (none of
    the short-call kernels), so each such H has one layout and order. */
 template <typename T, typename TW, int V, bool kOdd = false, bool kWide = false>
@@ -2058,7 +2182,8 @@ extern "C" int mv_rms_norm_cuda(const mv_rms_norm_args *a, const mv_cuda_opts *o
              row's first element, the last cut at H, 4 a thread (H200 bf16 4096 x 5119 77.6 ->
              38.5 us, float32 1 x 8191 6.5 -> 2.2 against the reference kernel;
              dev/logs/norm-odd-h-virtual-vectors-nvidia-h200-2026-11-24.log). Calls of many rows
-             of odd H go through shared memory (staged_wanted), in the same summation order.
+             of odd H go through shared memory (staged_wanted), in the same summation order;
+             float32 rows in one stride take a lean in-place kernel instead (virtual_wanted).
            - then rows of up to 4096 vectors (float32 H <= 16384, 16-bit H <= 32768), 8 a
              thread (kWide): the reference kernel's one-block-per-row scalar loads ran these
              rows at 0.37-0.80x Liger's (H200 bf16 1 x 32768 12.59 us against 4.60;
@@ -2076,6 +2201,7 @@ extern "C" int mv_rms_norm_cuda(const mv_rms_norm_args *a, const mv_cuda_opts *o
         const int64_t needed8 = (vecs + 2 * kMaxVecsPerThread - 1) / (2 * kMaxVecsPerThread);
         if (!on_grid && needed4 <= kMaxVecThreads) {
             const int group_threads = group_threads_for(needed4);
+            if (virtual_wanted(*a, group_threads, dev)) return (int)launch_virtual(*a, group_threads, cuda_stream, pdl);
             const bool staged = a->in.hidden % 2 == 1 && staged_wanted(a, group_threads, true, dev) &&
                                 staged_fits(a, group_threads, dev);
             err = cudaErrorInvalidValue;

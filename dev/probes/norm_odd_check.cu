@@ -1,5 +1,6 @@
 // Norm kernels outside Python, for compute-sanitizer without a rebuild of the extension:
-// rows of odd H off the 16-byte grid (one element in), and of even H on it, M = 600 (the staged kernel) against the
+// rows of odd H off the 16-byte grid (one element in), and of even H on it, M = 600 (the staged kernel; float32 rows
+// above 4096 elements rms_norm_virtual_kernel) against the
 // same rows one at a time (8 of them; the in-place kernel): bits equal, and against a float64
 // reference.
 // nvcc -std=c++17 -O3 --expt-relaxed-constexpr -Icsrc -arch=sm_90 dev/probes/norm_odd_check.cu
