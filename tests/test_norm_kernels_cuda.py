@@ -111,6 +111,27 @@ def test_fast_kernel_in_place(dtype):
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("rows,hidden", [(33, 5119), (1000, 4097), (1000, 5119), (600, 8191)])
+def test_odd_rows_in_place(dtype, rows, hidden):
+    """In place, rows of odd H above 4096 in calls of many rows per SM: rms_norm(x, out=x) and
+    the fused add with inplace=True (the staged kernel in 16-bit types, the lean in-place kernel in
+    float32, which stores a warp's range only after its lanes have read it)."""
+    rng = np.random.default_rng()
+    x = _rows(rng, (rows, hidden), dtype)
+    r = _rows(rng, (rows, hidden), dtype)
+    w = torch.from_numpy(rng.uniform(0.5, 1.5, hidden)).to("cuda", DTYPES[dtype])
+    ref = rms_norm_ref(_to64(x), _to64(w), 1e-6)
+    ref_out, ref_res = fused_add_rms_norm_ref(_to64(x), _to64(r), _to64(w), 1e-6, dtype)
+    y = x.clone()
+    minivllm.rms_norm(y, w, out=y)
+    minivllm.fused_add_rms_norm(x, r, w, inplace=True)
+    torch.cuda.synchronize()
+    assert_matches(_to64(y), ref, TOL[dtype], "rms_norm in place")
+    assert_matches(_to64(x), ref_out, TOL[dtype], "x (normed)")
+    assert_matches(_to64(r), ref_res, TOL[dtype], "residual (new)")
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("hidden", [64, 72, 100, 128, 20000])
 @pytest.mark.parametrize("residual", [False, True])
 def test_kernels_on_head_views(dtype, hidden, residual):
