@@ -1241,6 +1241,14 @@ __device__ __forceinline__ void store_warp_lines(float *dst, const mv_vec<float,
     __syncwarp(); /* every lane has read buf before its next use */
 }
 
+/* Elements e0 .. e0 + 3 of a float32 row as a vector, zero from hidden on (nothing read there). */
+__device__ __forceinline__ mv_vec<float, 4> row_elements(const float *row, int e0, int hidden) {
+    mv_vec<float, 4> v;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) v.v[j] = e0 + j < hidden ? row[e0 + j] : 0.0f;
+    return v;
+}
+
 /* Float32 rows off the 16-byte grid (odd H, or misaligned views) above 4096 elements, one stride:
    the general kernel's layout and order for them (16-byte virtual vectors from each row's first
    element, the last cut at H, G threads of 4 vectors, vector lane + i G, then group_sum), so a
@@ -1251,14 +1259,6 @@ __device__ __forceinline__ void store_warp_lines(float *dst, const mv_vec<float,
    held 97-103, one) and 3 of G <= 320. Which calls take it: virtual_wanted. In place (out = x,
    residual_out = residual): a warp stores a range of the row only after every lane of it has
    read that range (the values it stores depend on those reads), and no other warp reads it. */
-/* Elements e0 .. e0 + 3 of a float32 row as a vector, zero from hidden on (nothing read there). */
-__device__ __forceinline__ mv_vec<float, 4> row_elements(const float *row, int e0, int hidden) {
-    mv_vec<float, 4> v;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) v.v[j] = e0 + j < hidden ? row[e0 + j] : 0.0f;
-    return v;
-}
-
 template <bool kHasResidual, bool kOffset>
 __global__ void __launch_bounds__(kMaxVecThreads, 2) rms_norm_virtual_kernel(NormParams<false> args, int prefetch_rows) {
     constexpr int V = 4;
@@ -2073,33 +2073,41 @@ cudaError_t launch_elems(const mv_rms_norm_args &a, int group_threads, cudaStrea
 }
 
 /* Whether float32 rows off the 16-byte grid of G threads (G <= 512: H of 4097-8192) take
-   rms_norm_virtual_kernel. H200 float32, against the kernels before it
-   (dev/logs/norm-virtual-rows-nvidia-h200-2026-11-26.log):
-   - rms_norm from 2 rows: 1.12-1.75x (16 x 8191 3.34 -> 2.99 us, 600 x 8191 18.88 -> 14.15,
-     4096 x 8191 91.2 -> 74.2, 600 x 5119 14.28 -> 8.19), level at 4096 x 5125; one row keeps
-     the short kernel (1 x 8191 1.86 against 2.74 us);
-   - the fused add where an SM holds 3 of its rows (G <= 320, registers) in calls of 4 rows an SM
-     and more: 1.12-1.24x (4096 x 5119 112.3 -> 93.8 us); at 2 rows an SM (G >= 352) level or
-     slower (0.98-1.03x), in shorter calls slower (132 x 8191 0.77x).
+   rms_norm_virtual_kernel. H200 float32 with PDL, against the kernels before it
+   (dev/logs/norm-virtual-rows-nvidia-h200-2026-11-26.log; the H100 there alike):
+   - rms_norm from 2 rows: 1.01-1.74x (16 x 8191 3.34 -> 2.98 us, 600 x 8191 18.81 -> 13.86,
+     4096 x 8191 91.95 -> 74.28, 600 x 5119 14.28 -> 8.22), 0.97x at 4096 x 5125 (G = 352, 2 rows
+     an SM); one row keeps the short kernel (1 x 8191 1.86 against 2.74 us);
+   - the fused add where an SM holds 3 of its rows (the occupancy API: G <= 320 at its 64
+     registers) in calls of 4 rows an SM and more: 1.12-1.25x (4096 x 5119 113.40 -> 95.01 us);
+     at 2 rows an SM (G >= 352) level or slower (0.98-1.03x), in shorter calls slower (132 x 8191
+     0.77x).
    One stride only (the two-stride views keep the general and staged kernels), and the grid's
    2^31 - 1 rows. */
-constexpr int kVirtualRegisters = 64; /* rms_norm_virtual_kernel's bound at 2 blocks of 512 */
+using VirtualKernel = void (*)(NormParams<false>, int);
+VirtualKernel virtual_kernel(const mv_rms_norm_args &a) {
+    const bool offset = a.in.weight_offset != 0.0f;
+    if (a.in.residual != nullptr) return offset ? rms_norm_virtual_kernel<true, true> : rms_norm_virtual_kernel<true, false>;
+    return offset ? rms_norm_virtual_kernel<false, true> : rms_norm_virtual_kernel<false, false>;
+}
+
 bool virtual_wanted(const mv_rms_norm_args &a, int group_threads, const mv_cuda_device &dev) {
     if (a.in.dtype != MV_FLOAT32 || a.outer.inner_rows != 0 || a.in.rows < 2 || a.in.rows > INT32_MAX)
         return false;
     if (a.in.residual == nullptr) return true;
-    const int64_t sms = dev.sms > 0 ? dev.sms : 1;
-    return a.in.rows >= 4 * sms && 65536 / (group_threads * kVirtualRegisters) >= 3;
+    if (a.in.rows < 4 * static_cast<int64_t>(dev.sms > 0 ? dev.sms : 1)) return false;
+    int blocks = 0;
+    if (mv_blocks_per_sm(&blocks, virtual_kernel(a), group_threads, 0, dev.device) != cudaSuccess) {
+        (void)cudaGetLastError(); /* no answer: the general kernel takes the call */
+        return false;
+    }
+    return blocks >= 3;
 }
 
 cudaError_t launch_virtual(const mv_rms_norm_args &a, int group_threads, cudaStream_t stream, bool pdl) {
-    const bool residual = a.in.residual != nullptr, offset = a.in.weight_offset != 0.0f;
-    const int64_t row_bytes = a.in.hidden * 4 * (residual ? 2 : 1);
+    const int64_t row_bytes = a.in.hidden * 4 * (a.in.residual != nullptr ? 2 : 1);
     const int prefetch_rows = pdl ? static_cast<int>(kPrefetchBytes / row_bytes) : 0;
-    void (*kernel)(NormParams<false>, int) =
-        residual ? (offset ? rms_norm_virtual_kernel<true, true> : rms_norm_virtual_kernel<true, false>)
-                 : (offset ? rms_norm_virtual_kernel<false, true> : rms_norm_virtual_kernel<false, false>);
-    return mv_launch(kernel, dim3(static_cast<unsigned>(a.in.rows)), dim3(group_threads), 0, stream, pdl,
+    return mv_launch(virtual_kernel(a), dim3(static_cast<unsigned>(a.in.rows)), dim3(group_threads), 0, stream, pdl,
                      params_of<false>(a), prefetch_rows);
 }
 
