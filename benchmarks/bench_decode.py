@@ -22,7 +22,8 @@ Variants (the same weights, caches and inputs):
 Errors: each variant's final hidden state against torch's, and against a float32 run of the
 torch variant (the first sequences), as relative Frobenius norms.
 
-usage: python3 benchmarks/bench_decode.py [--models qwen3-0.6b llama-3-8b qwen2.5-1.5b]
+usage: python3 benchmarks/bench_decode.py [--models qwen3-0.6b llama-3-8b qwen2.5-1.5b] (the default;
+           also qwen2.5-0.5b)
            [--batch 1 16 64] [--context 2048] [--dtype bf16] [--out DIR]
        python3 benchmarks/bench_decode.py --cpu-check     # the variants agree (CPU, no timing)
 Writes DIR/decode-<gpu>-<date>.json and .png (DIR: benchmarks/results).
@@ -59,7 +60,11 @@ DECODERS = {d.name.lower(): d for d in (
     Decoder("Qwen3-0.6B", 28, 1024, 16, 8, 128, 3072, True, False),
     Decoder("Llama-3-8B", 8, 4096, 32, 8, 128, 14336, False, False),
     Decoder("Qwen2.5-1.5B", 28, 1536, 12, 2, 128, 8960, False, True),
+    Decoder("Qwen2.5-0.5B", 24, 896, 14, 2, 64, 4864, False, True),
 )}
+# The benchmark's default models (the two and one more); Qwen2.5-0.5B on request (H <= 1024
+# with a bias and no q/k norm: the register stream's prologue without clusters).
+DEFAULT_DECODERS = ("qwen3-0.6b", "llama-3-8b", "qwen2.5-1.5b")
 TINY = Decoder("tiny", 2, 256, 4, 2, 64, 512, True, True)
 
 
@@ -293,7 +298,7 @@ def write_plot(rows, path, title):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=list(DECODERS))
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_DECODERS))
     parser.add_argument("--batch", nargs="+", default=["1", "16", "64"])
     parser.add_argument("--context", type=int, default=2048)
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])

@@ -1,0 +1,38 @@
+"""Which kernel path each attention_prologue call takes, and its time forced on each candidate:
+the table's choice (auto), the one-kernel register prologue, the register stream + epilogue kernel,
+and the QKV op alone (issue 30). Uses bench_attention_prologue's layers and timing (graph replay,
+each call its own layer, the residual form, paged cache).
+usage: python3 dev/probes/prologue_paths.py [models ...] [--m 1 4 8] [--paths auto register_prologue register]"""
+import argparse, sys
+from pathlib import Path
+import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import bench_attention_prologue as bp  # noqa: E402
+from minivllm import _C  # noqa: E402
+from minivllm.bench import timing as bt  # noqa: E402
+from minivllm.bench.models import find_model, qkv_features  # noqa: E402
+
+ap = argparse.ArgumentParser()
+ap.add_argument("models", nargs="*", default=["qwen3-0.6b", "qwen2.5-0.5b"])
+ap.add_argument("--m", nargs="+", type=int, default=[1, 4, 8])
+ap.add_argument("--paths", nargs="+", default=["auto", "register_prologue", "register"])
+ap.add_argument("--replays", type=int, default=9)
+args = ap.parse_args()
+dtype = torch.bfloat16
+print(torch.cuda.get_device_name(), flush=True)
+for name in args.models:
+    model = find_model(name)
+    bias, qk = bp.features_of(model)
+    table = bp.cos_sin_table(model.head_dim, dtype, "cuda")
+    for rows in args.m:
+        calls = bt.qkv_calls_per_graph(rows, model.hidden, qkv_features(model), 2, 50 << 20)
+        layers = [bp.Layer(model, rows, dtype, "cuda", bias, qk, table) for _ in range(calls)]
+        cells = []
+        for p in args.paths:
+            kw = {} if p == "auto" else {"_path": p}
+            layers[0].minivllm(**kw)
+            ran = _C.qkv_last_gpu_path()
+            us = bt.time_per_call(lambda i: layers[i].minivllm(**kw), calls, args.replays)["us"]
+            cells.append(f"{p} {us:6.2f} ({ran})")
+        us = bt.time_per_call(lambda i: layers[i].qkv_op(), calls, args.replays)["us"]
+        print(f"{model.name:13s} M={rows:3d} | " + " | ".join(cells) + f" | qkv_op {us:6.2f}", flush=True)
