@@ -3,7 +3,7 @@
 # tests on the new build, then bench_attention_prologue on both builds alternately (no compile, no
 # plot), each into its own JSON. Usage (after dev/probes/carry_unpack.sh):
 #   OUT=$OUT/ab AB_OLD=/tmp/site_old AB_NEW=/tmp/site_new AB_MODELS="qwen3-0.6b ..." AB_M="1 2 4" \
-#   [AB_TESTS="-k register_prologue"] [AB_ROUNDS=2] bash dev/probes/prologue_site_ab.sh
+#   [AB_TESTS="-k epilogue"] [AB_ROUNDS=2] bash dev/probes/prologue_site_ab.sh
 set -uo pipefail
 mkdir -p "$OUT"
 if [ -n "${AB_TESTS+x}" ]; then
