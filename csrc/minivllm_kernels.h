@@ -117,6 +117,10 @@ typedef struct {
     int64_t k_stride;
     void *v;
     int64_t v_stride;
+    /* attention_prologue's QKV part (zero otherwise): the register and tensor-copy W streams let
+       the next kernel launch only after their own PDL wait, so that kernel (the epilogue) may load
+       what the kernels before this one wrote (positions, slots) before its wait */
+    int trigger_after_wait;
 } mv_qkv_args;
 
 /* CPU kernels (cpu/rms_norm.c, cpu/fused_rms_norm_qkv.c). Thread-safe, GIL-free. */

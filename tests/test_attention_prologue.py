@@ -14,7 +14,8 @@ import minivllm
 from conftest import (NEEDS_CUDA, assert_native, cuda_capability, get_backend, norm_weight, randn,
                       round_np, to64)
 from minivllm.reference import FP8_TOLERANCE, PROLOGUE_TOLERANCE, to_fp8, write_kv_cache
-from reference import assert_matches, assert_same_values, last_gpu_path, prologue_ref, round_to
+from reference import (assert_matches, assert_same_values, last_gpu_path, prologue_ref, rms_norm_ref,
+                       round_to)
 
 FP8 = "float8_e4m3fn"
 
@@ -207,6 +208,23 @@ def test_gqa_head_dims(dev, dtype, D, ratio, rng):
     GPU: 32-256 take the register epilogue, 96 the shared-memory one)."""
     M = int(rng.integers(0, 8)) * 2 + 1
     Case(dev, rng, dtype, M, 128, 2 * ratio, 2, D, qk_norm=True, cache="paged").run()
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_inputs_written_just_before(dev, dtype, rows, rng):
+    """A cos/sin cache rewritten by a norm kernel right before each call (on sm_90 that kernel lets
+    the next one launch early) is read as rewritten, every call: where the QKV kernel lets the
+    epilogue launch only after its own wait, the epilogue reads its per-token inputs before its
+    wait, which is right only once every kernel before the QKV kernel has finished."""
+    D, max_position = 64, 40
+    c = Case(dev, rng, dtype, rows, 128, 4, 2, D, qk_norm=True, bias=True, cache="paged",
+             max_position=max_position)
+    ones = dev.array(np.ones(D), "float32")
+    for _ in range(6):
+        src = rng.standard_normal((max_position, D))
+        minivllm.rms_norm(dev.array(src, "float32"), ones, 1e-6, out=c.kw["cos_sin_cache"])
+        c.kw64["cos_sin_cache"] = round_to(rms_norm_ref(src, np.ones(D), 1e-6), "float32")
+        c.run()
 
 
 @pytest.mark.parametrize("cs_dtype", ["float32", "same"])

@@ -87,17 +87,23 @@ __device__ __forceinline__ void prefetch_item_inputs(const mv_prologue_args &a, 
    kHeads heads. One head a warp is the shortest chain where the items take about a wave of
    warps; more items want more bytes in flight per warp (launch_vec_heads). The heads' bits do not
    depend on kHeads.
-   Before the wait only L2 prefetches: what the QKV kernel does not write may still be written by
-   the kernel before it, and a prefetched line stays coherent where a loaded value would not. With
-   early (the launcher's choice) all of a warp's inputs (prefetch_item_inputs), else the token's
-   position and slot. */
+   Before the wait, what the QKV kernel does not write may still be written by the kernel before
+   it, unless the QKV kernel let this one launch only after its own wait (ready): then one head a
+   warp loads its first item's inputs (load_head_inputs) before the wait, and after it only the
+   row. Otherwise only L2 prefetches, where a prefetched line stays coherent and a loaded value
+   would not: with early (the launcher's choice) all of a warp's inputs (prefetch_item_inputs),
+   else the token's position and slot. */
 template <typename T, bool FP8, int V, int kHeads>
-__global__ void prologue_epilogue_vec(const mv_prologue_args a, int64_t heads, int64_t items, bool early) {
+__global__ void prologue_epilogue_vec(const mv_prologue_args a, int64_t heads, int64_t items, bool early, bool ready) {
     const int lane = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
     const int warps = static_cast<int>(blockDim.x / 32);
     const int64_t groups = (heads + kHeads - 1) / kHeads;
     const int64_t first = static_cast<int64_t>(blockIdx.x) * warps + warp;
-    if (first < items && early) { /* warp-uniform */
+    HeadInputs<V> first_inputs;
+    const bool preloaded = kHeads == 1 && ready && first < items; /* warp-uniform */
+    if (preloaded) {
+        load_head_inputs<T, V>(a, item_at(a, first, heads), lane, first_inputs);
+    } else if (first < items && early) { /* warp-uniform */
         const int64_t h0 = (first % groups) * kHeads;
         prefetch_item_inputs<T>(a, first / groups, h0, min(static_cast<int64_t>(kHeads), heads - h0), lane);
     } else if (first < items && lane == 0) {
@@ -116,7 +122,10 @@ __global__ void prologue_epilogue_vec(const mv_prologue_args a, int64_t heads, i
             T *row = item_row<T>(a, it);
             float x[V];
             load_vec<T, V>(row + lane * V, x);
-            finish_head_regs<T, FP8, V>(a, it, x, row, lane);
+            if (preloaded && item == first)
+                finish_head_loaded<T, FP8, V>(a, it, x, row, lane, first_inputs);
+            else
+                finish_head_regs<T, FP8, V>(a, it, x, row, lane);
             continue;
         }
         const int64_t m = item / groups, h0 = (item % groups) * kHeads;
@@ -147,7 +156,7 @@ constexpr int64_t kWaveWarpsPerSm = 48;
 
 template <typename T, bool FP8, int V>
 cudaError_t launch_vec_heads(const mv_prologue_args &a, int64_t heads, int64_t items, const mv_cuda_device &dev,
-                             cudaStream_t stream, bool pdl, bool qkv_triggers_early) {
+                             cudaStream_t stream, bool pdl, bool qkv_triggers_early, bool qkv_after_wait) {
     constexpr int kWarps = 8;
     constexpr int kGrouped = heads_per_warp(V);
     const bool grouped = 2 * items > 3 * kWaveWarpsPerSm * dev.sms;
@@ -158,29 +167,32 @@ cudaError_t launch_vec_heads(const mv_prologue_args &a, int64_t heads, int64_t i
     /* prefetch_item_inputs where every warp can start while the QKV kernel runs: otherwise its
        guessed position is one more load on the way (H100 Qwen3-0.6B M = 256: 18.9 -> 23.7 us) */
     const bool early = qkv_triggers_early && groups <= kWaveWarpsPerSm * dev.sms;
-    return grouped ? mv_launch(prologue_epilogue_vec<T, FP8, V, kGrouped>, grid, block, 0, stream, pdl, a, heads, groups, early)
-                   : mv_launch(prologue_epilogue_vec<T, FP8, V, 1>, grid, block, 0, stream, pdl, a, heads, groups, early);
+    const bool ready = early && qkv_after_wait;
+    return grouped ? mv_launch(prologue_epilogue_vec<T, FP8, V, kGrouped>, grid, block, 0, stream, pdl, a, heads, groups, early,
+                               ready)
+                   : mv_launch(prologue_epilogue_vec<T, FP8, V, 1>, grid, block, 0, stream, pdl, a, heads, groups, early,
+                               ready);
 }
 
 template <typename T, bool FP8>
 cudaError_t launch_vec(int v, const mv_prologue_args &a, int64_t heads, int64_t items, const mv_cuda_device &dev,
-                       cudaStream_t stream, bool pdl, bool early) {
+                       cudaStream_t stream, bool pdl, bool early, bool after_wait) {
     switch (v) {
-    case 1: return launch_vec_heads<T, FP8, 1>(a, heads, items, dev, stream, pdl, early);
-    case 2: return launch_vec_heads<T, FP8, 2>(a, heads, items, dev, stream, pdl, early);
-    case 4: return launch_vec_heads<T, FP8, 4>(a, heads, items, dev, stream, pdl, early);
-    default: return launch_vec_heads<T, FP8, 8>(a, heads, items, dev, stream, pdl, early);
+    case 1: return launch_vec_heads<T, FP8, 1>(a, heads, items, dev, stream, pdl, early, after_wait);
+    case 2: return launch_vec_heads<T, FP8, 2>(a, heads, items, dev, stream, pdl, early, after_wait);
+    case 4: return launch_vec_heads<T, FP8, 4>(a, heads, items, dev, stream, pdl, early, after_wait);
+    default: return launch_vec_heads<T, FP8, 8>(a, heads, items, dev, stream, pdl, early, after_wait);
     }
 }
 
 template <typename T>
 int launch_epilogue(const mv_prologue_args &a, int64_t heads, int64_t items, const mv_cuda_device &dev,
-                    cudaStream_t stream, bool pdl, bool early) {
+                    cudaStream_t stream, bool pdl, bool early, bool after_wait) {
     const bool fp8 = a.k_cache != nullptr && a.cache_dtype == MV_FLOAT8_E4M3;
     const int v = mv_prologue_vec_width(a, sizeof(T));
     if (v != 0) {
-        return static_cast<int>(fp8 ? launch_vec<T, true>(v, a, heads, items, dev, stream, pdl, early)
-                                    : launch_vec<T, false>(v, a, heads, items, dev, stream, pdl, early));
+        return static_cast<int>(fp8 ? launch_vec<T, true>(v, a, heads, items, dev, stream, pdl, early, after_wait)
+                                    : launch_vec<T, false>(v, a, heads, items, dev, stream, pdl, early, after_wait));
     }
     const int warps = a.head_dim > 512 ? 1 : 8; /* head_dim <= 4096 (the binding): <= 16 KiB */
     int64_t blocks = (items + warps - 1) / warps;
@@ -225,11 +237,14 @@ extern "C" int mv_attention_prologue_cuda(const mv_prologue_args *a, const mv_cu
     }
     /* the QKV table's kernel (a path asked for that is not the table's: the table's choice), then
        the epilogue kernel */
-    bool early = false; /* whether this kernel can start while the QKV kernel runs */
-    const int err = mv_qkv_cuda(&a->qkv, o, stream, taken, &early);
+    bool early = false;      /* whether this kernel can start while the QKV kernel runs */
+    bool after_wait = false; /* and only once the kernels before the QKV kernel have finished */
+    mv_qkv_args qkv = a->qkv;
+    qkv.trigger_after_wait = 1;
+    const int err = mv_qkv_cuda(&qkv, o, stream, taken, &early, &after_wait);
     if (err != 0) return err;
     const int64_t heads = a->num_heads + a->num_kv_heads + (touch_v ? a->num_kv_heads : 0);
     const int64_t items = a->qkv.in.rows * heads;
-    MV_DISPATCH_DTYPE(a->qkv.in.dtype, T, return launch_epilogue<T>(*a, heads, items, dev, s, pdl, early);)
+    MV_DISPATCH_DTYPE(a->qkv.in.dtype, T, return launch_epilogue<T>(*a, heads, items, dev, s, pdl, early, after_wait);)
     return 0;
 }

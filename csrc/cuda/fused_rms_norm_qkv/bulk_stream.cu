@@ -79,8 +79,10 @@ __global__ void __launch_bounds__(kBulkThreads, 2) fused_rms_norm_qkv_bulk_kerne
 
     /* Programmatic dependent launch: the next kernel in the stream may start now. Nothing it may
        read early (its weights) is written here, and before reading anything else or writing
-       anything it waits for this grid to finish (mv_pdl_wait, below in this kernel too). */
-    mv_pdl_trigger();
+       anything it waits for this grid to finish (mv_pdl_wait, below in this kernel too). In the
+       attention prologue each thread lets it launch after its own wait instead (see
+       mv_qkv_args.trigger_after_wait). */
+    if (!args.trigger_after_wait) mv_pdl_trigger();
 
     if (warp == kWarps) {
         /* Producer: stage i of this block is tile i / kchunks, k chunk i % kchunks, in slot
@@ -111,6 +113,7 @@ __global__ void __launch_bounds__(kBulkThreads, 2) fused_rms_norm_qkv_bulk_kerne
             const int first_round = total_stages < geo.early_stages ? total_stages : geo.early_stages;
             for (int i = 0; i < first_round; ++i) issue(i);
             mv_pdl_wait();
+            if (args.trigger_after_wait) mv_pdl_trigger();
             if (geo.input_copy) {
                 const unsigned row_bytes = static_cast<unsigned>(hidden) * sizeof(T);
                 mv_mbarrier_arrive_expect_tx(input_full, row_bytes * (1 + rows * (kHasResidual ? 2 : 1)));
@@ -131,6 +134,7 @@ __global__ void __launch_bounds__(kBulkThreads, 2) fused_rms_norm_qkv_bulk_kerne
     }
 
     mv_pdl_wait(); /* x, residual and the outputs are the previous kernel's */
+    if (args.trigger_after_wait) mv_pdl_trigger();
     if (geo.input_copy) {
         /* Stage from the shared copies: x in place in xs (each lane reads the vectors it then
            writes), residual and gamma beside it; residual_out still goes to global memory. */

@@ -162,11 +162,17 @@ bool triggers_at_start(mv_qkv_path p) {
            p == MV_QKV_WGMMA;
 }
 
+/* The paths whose kernel honours mv_qkv_args.trigger_after_wait (the others trigger at their start
+   whatever it says). */
+bool triggers_after_wait(mv_qkv_path p) { return p == MV_QKV_REGISTER || p == MV_QKV_BULK; }
+
 } // namespace
 
-int mv_qkv_cuda(const mv_qkv_args *a, const mv_cuda_opts *o, void *stream, mv_qkv_path *taken, bool *next_starts_early) {
+int mv_qkv_cuda(const mv_qkv_args *a, const mv_cuda_opts *o, void *stream, mv_qkv_path *taken, bool *next_starts_early,
+                bool *next_after_wait) {
     *taken = MV_QKV_AUTO;
     *next_starts_early = false;
+    if (next_after_wait != nullptr) *next_after_wait = false;
     if (a->in.rows == 0) return (int)cudaSuccess;
     mv_cuda_device dev;
     cudaError_t err = mv_current_device(&dev);
@@ -182,6 +188,8 @@ int mv_qkv_cuda(const mv_qkv_args *a, const mv_cuda_opts *o, void *stream, mv_qk
     *taken = rule.path;
     if (c.residual && !plan.writes_residual) return (int)mv_qkv_residual_store(*a, s);
     *next_starts_early = plan.pdl && triggers_at_start(rule.path);
+    if (next_after_wait != nullptr)
+        *next_after_wait = *next_starts_early && a->trigger_after_wait && triggers_after_wait(rule.path);
     return (int)cudaSuccess;
 }
 

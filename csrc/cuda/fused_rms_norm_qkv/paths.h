@@ -140,8 +140,11 @@ cudaError_t mv_qkv_generic_launch(const mv_qkv_args &a, const mv_qkv_plan &plan,
 
 /* mv_fused_rms_norm_qkv_cuda (dispatch.cu), also saying whether a kernel launched next with PDL
    starts early: the last kernel launched triggers at its own start and PDL is on (not so after
-   cuBLASLt's GEMM or the residual-store kernel). */
-int mv_qkv_cuda(const mv_qkv_args *a, const mv_cuda_opts *o, void *stream, mv_qkv_path *taken, bool *next_starts_early);
+   cuBLASLt's GEMM or the residual-store kernel). *next_after_wait (optional): besides, the kernel
+   did so only after its own PDL wait (a->trigger_after_wait on a path that honours it), so what
+   the kernels before it wrote may be read by the next kernel before its wait. */
+int mv_qkv_cuda(const mv_qkv_args *a, const mv_cuda_opts *o, void *stream, mv_qkv_path *taken, bool *next_starts_early,
+                bool *next_after_wait = nullptr);
 
 /* residual_out = round(x + residual), after a kernel that read residual but did not write it
    (generic.cu). */

@@ -41,10 +41,12 @@ __global__ void __launch_bounds__(kThreads) fused_rms_norm_qkv_stream_kernel(mv_
        kernel; x, residual and every write come after the wait. Before it, the blocks together
        ask L2 for the input (each a share), which is safe since L2 is where the previous kernel's
        writes land, and shortens the staging that follows the wait (Qwen2.5-0.5B M = 1 2.68 ->
-       2.57 us on an H200; it gained nothing in the other QKV kernels: docs/design.md). */
-    mv_pdl_trigger();
+       2.57 us on an H200; it gained nothing in the other QKV kernels: docs/design.md). In the
+       attention prologue the next kernel may launch only after the wait (trigger_after_wait). */
+    if (!args.trigger_after_wait) mv_pdl_trigger();
     prefetch_input_l2<T>(in);
     mv_pdl_wait();
+    if (args.trigger_after_wait) mv_pdl_trigger();
 
     stage_normalized_input<T, kHasResidual, kHasResidual ? 2 : 4, 1>(args, flags, xs, geo.xs_stride, partial, warp, lane,
                                                                     BlockSync());
