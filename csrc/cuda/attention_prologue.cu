@@ -88,21 +88,23 @@ __device__ __forceinline__ void prefetch_item_inputs(const mv_prologue_args &a, 
    warps; more items want more bytes in flight per warp (launch_vec_heads). The heads' bits do not
    depend on kHeads.
    Before the wait, what the QKV kernel does not write may still be written by the kernel before
-   it, unless the QKV kernel let this one launch only after its own wait (ready): then one head a
-   warp loads its first item's inputs (load_head_inputs) before the wait, and after it only the
-   row. Otherwise only L2 prefetches, where a prefetched line stays coherent and a loaded value
-   would not: with early (the launcher's choice) all of a warp's inputs (prefetch_item_inputs),
-   else the token's position and slot. */
-template <typename T, bool FP8, int V, int kHeads>
-__global__ void prologue_epilogue_vec(const mv_prologue_args a, int64_t heads, int64_t items, bool early, bool ready) {
+   it, unless the QKV kernel let this one launch only after its own wait (kReady, one head a warp):
+   then each warp loads its first item's inputs (load_head_inputs) before the wait, and after it
+   only the row. Otherwise only L2 prefetches, where a prefetched line stays coherent and a loaded
+   value would not: with early (the launcher's choice) all of a warp's inputs
+   (prefetch_item_inputs), else the token's position and slot. kReady is its own instance: inputs
+   held across the wait cost registers (up to 120 against 45 at head_dim 256) that the other
+   instances must not carry. */
+template <typename T, bool FP8, int V, int kHeads, bool kReady = false>
+__global__ void prologue_epilogue_vec(const mv_prologue_args a, int64_t heads, int64_t items, bool early) {
+    static_assert(!kReady || kHeads == 1, "inputs are loaded early for one head a warp only");
     const int lane = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
     const int warps = static_cast<int>(blockDim.x / 32);
     const int64_t groups = (heads + kHeads - 1) / kHeads;
     const int64_t first = static_cast<int64_t>(blockIdx.x) * warps + warp;
     HeadInputs<V> first_inputs;
-    const bool preloaded = kHeads == 1 && ready && first < items; /* warp-uniform */
-    if (preloaded) {
-        load_head_inputs<T, V>(a, item_at(a, first, heads), lane, first_inputs);
+    if constexpr (kReady) {
+        if (first < items) load_head_inputs<T, V>(a, item_at(a, first, heads), lane, first_inputs);
     } else if (first < items && early) { /* warp-uniform */
         const int64_t h0 = (first % groups) * kHeads;
         prefetch_item_inputs<T>(a, first / groups, h0, min(static_cast<int64_t>(kHeads), heads - h0), lane);
@@ -122,7 +124,7 @@ __global__ void prologue_epilogue_vec(const mv_prologue_args a, int64_t heads, i
             T *row = item_row<T>(a, it);
             float x[V];
             load_vec<T, V>(row + lane * V, x);
-            if (preloaded && item == first)
+            if (kReady && item == first)
                 finish_head_loaded<T, FP8, V>(a, it, x, row, lane, first_inputs);
             else
                 finish_head_regs<T, FP8, V>(a, it, x, row, lane);
@@ -154,6 +156,19 @@ constexpr int heads_per_warp(int v) { return 16 / v < 8 ? 16 / v : 8; }
 /* a wave: about the warps an SM holds of the one-head kernel (32-47 registers, 256 threads a block) */
 constexpr int64_t kWaveWarpsPerSm = 48;
 
+/* Whether every warp of the kReady instance (more registers) is resident at once for `groups`
+   warps of work: only then does loading inputs before the wait shorten the call; the occupancy
+   API's answer (cached per kernel, device.h). */
+template <typename Kernel>
+bool one_wave(Kernel kernel, int64_t groups, int warps_per_block, const mv_cuda_device &dev) {
+    int blocks_per_sm = 0;
+    if (mv_blocks_per_sm(&blocks_per_sm, kernel, warps_per_block * 32, 0, dev.device) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return false;
+    }
+    return groups <= static_cast<int64_t>(blocks_per_sm) * warps_per_block * dev.sms;
+}
+
 template <typename T, bool FP8, int V>
 cudaError_t launch_vec_heads(const mv_prologue_args &a, int64_t heads, int64_t items, const mv_cuda_device &dev,
                              cudaStream_t stream, bool pdl, bool qkv_triggers_early, bool qkv_after_wait) {
@@ -167,11 +182,12 @@ cudaError_t launch_vec_heads(const mv_prologue_args &a, int64_t heads, int64_t i
     /* prefetch_item_inputs where every warp can start while the QKV kernel runs: otherwise its
        guessed position is one more load on the way (H100 Qwen3-0.6B M = 256: 18.9 -> 23.7 us) */
     const bool early = qkv_triggers_early && groups <= kWaveWarpsPerSm * dev.sms;
-    const bool ready = early && qkv_after_wait;
-    return grouped ? mv_launch(prologue_epilogue_vec<T, FP8, V, kGrouped>, grid, block, 0, stream, pdl, a, heads, groups, early,
-                               ready)
-                   : mv_launch(prologue_epilogue_vec<T, FP8, V, 1>, grid, block, 0, stream, pdl, a, heads, groups, early,
-                               ready);
+    if (grouped)
+        return mv_launch(prologue_epilogue_vec<T, FP8, V, kGrouped>, grid, block, 0, stream, pdl, a, heads, groups, early);
+    constexpr auto ready_kernel = prologue_epilogue_vec<T, FP8, V, 1, true>;
+    if (early && qkv_after_wait && one_wave(ready_kernel, groups, kWarps, dev))
+        return mv_launch(ready_kernel, grid, block, 0, stream, pdl, a, heads, groups, early);
+    return mv_launch(prologue_epilogue_vec<T, FP8, V, 1>, grid, block, 0, stream, pdl, a, heads, groups, early);
 }
 
 template <typename T, bool FP8>

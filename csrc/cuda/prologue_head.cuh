@@ -158,7 +158,9 @@ __device__ __forceinline__ void store_vec(T *p, const float (&in)[V]) {
 }
 
 /* What the register epilogue of one item reads besides its row: the token's position and slot, the
-   head's bias and norm weight and its cos/sin values, as lane l of finish_head_regs uses them. */
+   head's bias and norm weight and its cos/sin values, as lane l of finish_head_regs uses them.
+   Held across a PDL wait (finish_head_loaded) they cost registers that finish_head_regs, which
+   loads the cos/sin values in its RoPE loop, does not hold. */
 template <int V>
 struct HeadInputs {
     int64_t pos, slot;
@@ -197,11 +199,8 @@ __device__ __forceinline__ void load_head_inputs(const mv_prologue_args &a, cons
     }
 }
 
-/* The rest of one item where its head fits the warp's registers (head_dim = 32 V,
-   mv_prologue_vec_width), its inputs loaded: lane l holds the raw values (the product, before
-   bias) of features [l V, l V + V) in x. A neox pair (i, i + head_dim / 2) is lane l's and lane
-   l ^ 16's same register, a gptj pair two registers of one lane, so nothing goes through shared
-   memory. row: the item's row as item_row gives it (where q, or k and v without a cache, go). */
+/* finish_head_regs (below) with the item's inputs already loaded (load_head_inputs): the same
+   arithmetic, so the same bits. */
 template <typename T, bool FP8, int V>
 __device__ __forceinline__ void finish_head_loaded(const mv_prologue_args &a, const Item &it, float (&x)[V], T *row,
                                                    int lane, const HeadInputs<V> &in) {
@@ -267,13 +266,92 @@ __device__ __forceinline__ void finish_head_loaded(const mv_prologue_args &a, co
     }
 }
 
-/* The same, loading the inputs first (one round of independent loads, then the cos/sin values). */
+/* The rest of one item where its head fits the warp's registers (head_dim = 32 V,
+   mv_prologue_vec_width): lane l holds the raw values (the product, before bias) of features
+   [l V, l V + V) in x. A neox pair (i, i + head_dim / 2) is lane l's and lane l ^ 16's same
+   register, a gptj pair two registers of one lane, so nothing goes through shared memory; every
+   load but the cos/sin row's is independent of the others (one round of latency, then that row).
+   row: the item's row as item_row gives it (where q, or k and v without a cache, go). */
 template <typename T, bool FP8, int V>
 __device__ __forceinline__ void finish_head_regs(const mv_prologue_args &a, const Item &it, float (&x)[V], T *row,
                                                  int lane) {
-    HeadInputs<V> in;
-    load_head_inputs<T, V>(a, it, lane, in);
-    finish_head_loaded<T, FP8, V>(a, it, x, row, lane, in);
+    constexpr int D = 32 * V;
+    const int64_t m = it.m, h = it.h;
+    const int kind = it.kind;
+    const T *gamma = item_gamma<T>(a, it);
+    const bool rotate = a.positions != nullptr && kind != 2;
+    const bool to_cache = kind != 0 && a.k_cache != nullptr;
+    /* every load of this round is independent of the others */
+    const int64_t pos = rotate ? load_index(a.positions_dtype, a.positions, m * a.positions_stride) : 0;
+    const int64_t slot = to_cache ? load_index(a.slot_dtype, a.slot_mapping, m * a.slot_stride) : -1;
+    float g[V];
+    if (a.bias != nullptr) {
+        float b[V];
+        load_vec<T, V>(static_cast<const T *>(a.bias) + h * D + lane * V, b);
+#pragma unroll
+        for (int j = 0; j < V; j++) x[j] += b[j];
+    }
+    if (gamma != nullptr) load_vec<T, V>(gamma + lane * V, g);
+    if (gamma != nullptr) { /* warp-uniform */
+        float sum = 0.0f;
+#pragma unroll
+        for (int j = 0; j < V; j++) sum += x[j] * x[j];
+        sum = mv_warp_sum(sum);
+        const float rrms = 1.0f / sqrtf(sum / static_cast<float>(D) + a.qk_norm_eps);
+#pragma unroll
+        for (int j = 0; j < V; j++) x[j] = g[j] * (x[j] * rrms);
+    }
+    if (rotate) {
+        if (pos < 0 || pos >= a.max_position) {
+            /* never read outside the cos/sin cache: the token's q and k become NaN */
+#pragma unroll
+            for (int j = 0; j < V; j++) x[j] = __int_as_float(0x7fc00000);
+        } else {
+            const int64_t base = pos * a.cos_sin_stride;
+            if (!a.rope_gptj) {
+                const int f0 = (lane & 15) * V; /* this lane's first frequency */
+                const float sign = lane < 16 ? -1.0f : 1.0f;
+#pragma unroll
+                for (int j = 0; j < V; j++) {
+                    const float c = load_any(a.cos_sin_dtype, a.cos_sin, base + f0 + j);
+                    const float s = load_any(a.cos_sin_dtype, a.cos_sin, base + D / 2 + f0 + j);
+                    const float partner = __shfl_xor_sync(0xffffffffu, x[j], 16);
+                    x[j] = x[j] * c + sign * partner * s;
+                }
+            } else if constexpr (V % 2 == 0) {
+#pragma unroll
+                for (int j = 0; j < V; j += 2) {
+                    const int64_t f = (lane * V + j) / 2;
+                    const float c = load_any(a.cos_sin_dtype, a.cos_sin, base + f);
+                    const float s = load_any(a.cos_sin_dtype, a.cos_sin, base + D / 2 + f);
+                    const float x0 = x[j], x1 = x[j + 1];
+                    x[j] = x0 * c - x1 * s;
+                    x[j + 1] = x1 * c + x0 * s;
+                }
+            }
+        }
+    }
+    if (!to_cache) {
+        store_vec<T, V>(item_out<T>(a, it, row) + lane * V, x);
+    } else if (slot >= 0 && slot < a.num_blocks * a.block_size) {
+        /* negative: padding; beyond the cache: never written (the CPU binding refuses it) */
+        const int64_t *s;
+        const int64_t at = cache_at(a, it, slot, &s);
+        if constexpr (FP8) {
+            auto *cache = static_cast<__nv_fp8_storage_t *>(kind == 1 ? a.k_cache : a.v_cache) + at;
+#pragma unroll
+            for (int j = 0; j < V; j++)
+                cache[(lane * V + j) * s[3]] = __nv_cvt_float_to_fp8(x[j] / a.kv_scale, __NV_SATFINITE, __NV_E4M3);
+        } else {
+            T *cache = static_cast<T *>(kind == 1 ? a.k_cache : a.v_cache) + at;
+            if (s[3] == 1) {
+                store_vec<T, V>(cache + lane * V, x);
+            } else {
+#pragma unroll
+                for (int j = 0; j < V; j++) cache[(lane * V + j) * s[3]] = mv_from_float<T>(x[j]);
+            }
+        }
+    }
 }
 
 /* V, where the epilogue of every head can run in registers (finish_head_regs): head_dim 32, 64,
