@@ -157,6 +157,34 @@ __device__ __forceinline__ void store_vec(T *p, const float (&in)[V]) {
     *reinterpret_cast<mv_vec<T, V> *>(p) = r;
 }
 
+/* The last step of an item's register epilogue: lane l's V finished values to q (q_out), k or v,
+   or to the cache at slot (negative: padding; beyond the cache: never written, and the CPU
+   binding refuses it), rounded once. */
+template <typename T, bool FP8, int V>
+__device__ __forceinline__ void store_head_regs(const mv_prologue_args &a, const Item &it, const float (&x)[V], T *row,
+                                                int lane, bool to_cache, int64_t slot) {
+    if (!to_cache) {
+        store_vec<T, V>(item_out<T>(a, it, row) + lane * V, x);
+    } else if (slot >= 0 && slot < a.num_blocks * a.block_size) {
+        const int64_t *s;
+        const int64_t at = cache_at(a, it, slot, &s);
+        if constexpr (FP8) {
+            auto *cache = static_cast<__nv_fp8_storage_t *>(it.kind == 1 ? a.k_cache : a.v_cache) + at;
+#pragma unroll
+            for (int j = 0; j < V; j++)
+                cache[(lane * V + j) * s[3]] = __nv_cvt_float_to_fp8(x[j] / a.kv_scale, __NV_SATFINITE, __NV_E4M3);
+        } else {
+            T *cache = static_cast<T *>(it.kind == 1 ? a.k_cache : a.v_cache) + at;
+            if (s[3] == 1) {
+                store_vec<T, V>(cache + lane * V, x);
+            } else {
+#pragma unroll
+                for (int j = 0; j < V; j++) cache[(lane * V + j) * s[3]] = mv_from_float<T>(x[j]);
+            }
+        }
+    }
+}
+
 /* What the register epilogue of one item reads besides its row: the token's position and slot, the
    head's bias and norm weight and its cos/sin values, as lane l of finish_head_regs uses them.
    Held across a PDL wait (finish_head_loaded) they cost registers that finish_head_regs, which
@@ -243,27 +271,7 @@ __device__ __forceinline__ void finish_head_loaded(const mv_prologue_args &a, co
             }
         }
     }
-    if (!to_cache) {
-        store_vec<T, V>(item_out<T>(a, it, row) + lane * V, x);
-    } else if (in.slot >= 0 && in.slot < a.num_blocks * a.block_size) {
-        /* negative: padding; beyond the cache: never written (the CPU binding refuses it) */
-        const int64_t *s;
-        const int64_t at = cache_at(a, it, in.slot, &s);
-        if constexpr (FP8) {
-            auto *cache = static_cast<__nv_fp8_storage_t *>(kind == 1 ? a.k_cache : a.v_cache) + at;
-#pragma unroll
-            for (int j = 0; j < V; j++)
-                cache[(lane * V + j) * s[3]] = __nv_cvt_float_to_fp8(x[j] / a.kv_scale, __NV_SATFINITE, __NV_E4M3);
-        } else {
-            T *cache = static_cast<T *>(kind == 1 ? a.k_cache : a.v_cache) + at;
-            if (s[3] == 1) {
-                store_vec<T, V>(cache + lane * V, x);
-            } else {
-#pragma unroll
-                for (int j = 0; j < V; j++) cache[(lane * V + j) * s[3]] = mv_from_float<T>(x[j]);
-            }
-        }
-    }
+    store_head_regs<T, FP8, V>(a, it, x, row, lane, to_cache, in.slot);
 }
 
 /* The rest of one item where its head fits the warp's registers (head_dim = 32 V,
@@ -331,27 +339,7 @@ __device__ __forceinline__ void finish_head_regs(const mv_prologue_args &a, cons
             }
         }
     }
-    if (!to_cache) {
-        store_vec<T, V>(item_out<T>(a, it, row) + lane * V, x);
-    } else if (slot >= 0 && slot < a.num_blocks * a.block_size) {
-        /* negative: padding; beyond the cache: never written (the CPU binding refuses it) */
-        const int64_t *s;
-        const int64_t at = cache_at(a, it, slot, &s);
-        if constexpr (FP8) {
-            auto *cache = static_cast<__nv_fp8_storage_t *>(kind == 1 ? a.k_cache : a.v_cache) + at;
-#pragma unroll
-            for (int j = 0; j < V; j++)
-                cache[(lane * V + j) * s[3]] = __nv_cvt_float_to_fp8(x[j] / a.kv_scale, __NV_SATFINITE, __NV_E4M3);
-        } else {
-            T *cache = static_cast<T *>(kind == 1 ? a.k_cache : a.v_cache) + at;
-            if (s[3] == 1) {
-                store_vec<T, V>(cache + lane * V, x);
-            } else {
-#pragma unroll
-                for (int j = 0; j < V; j++) cache[(lane * V + j) * s[3]] = mv_from_float<T>(x[j]);
-            }
-        }
-    }
+    store_head_regs<T, FP8, V>(a, it, x, row, lane, to_cache, slot);
 }
 
 /* V, where the epilogue of every head can run in registers (finish_head_regs): head_dim 32, 64,
