@@ -93,7 +93,7 @@ __device__ __forceinline__ void prefetch_item_inputs(const mv_prologue_args &a, 
    only the row. Otherwise only L2 prefetches, where a prefetched line stays coherent and a loaded
    value would not: with early (the launcher's choice) all of a warp's inputs
    (prefetch_item_inputs), else the token's position and slot. kReady is its own instance: inputs
-   held across the wait cost registers (up to 120 against 45 at head_dim 256) that the other
+   held across the wait cost registers (45-93, against 32-80 for the others) that the other
    instances must not carry. */
 template <typename T, bool FP8, int V, int kHeads, bool kReady = false>
 __global__ void prologue_epilogue_vec(const mv_prologue_args a, int64_t heads, int64_t items, bool early) {
