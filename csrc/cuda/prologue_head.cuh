@@ -157,6 +157,19 @@ __device__ __forceinline__ void store_vec(T *p, const float (&in)[V]) {
     *reinterpret_cast<mv_vec<T, V> *>(p) = r;
 }
 
+/* The per-head RMSNorm of the register epilogue, by the whole warp (lane l: the head's features
+   [l V, l V + V)): x = g * (x * rrms), the sum of squares over the warp in mv_warp_sum's order. */
+template <int V>
+__device__ __forceinline__ void head_norm_regs(float (&x)[V], const float (&g)[V], float eps) {
+    float sum = 0.0f;
+#pragma unroll
+    for (int j = 0; j < V; j++) sum += x[j] * x[j];
+    sum = mv_warp_sum(sum);
+    const float rrms = 1.0f / sqrtf(sum / static_cast<float>(32 * V) + eps);
+#pragma unroll
+    for (int j = 0; j < V; j++) x[j] = g[j] * (x[j] * rrms);
+}
+
 /* The last step of an item's register epilogue: lane l's V finished values to q (q_out), k or v,
    or to the cache at slot (negative: padding; beyond the cache: never written, and the CPU
    binding refuses it), rounded once. */
@@ -232,7 +245,6 @@ __device__ __forceinline__ void load_head_inputs(const mv_prologue_args &a, cons
 template <typename T, bool FP8, int V>
 __device__ __forceinline__ void finish_head_loaded(const mv_prologue_args &a, const Item &it, float (&x)[V], T *row,
                                                    int lane, const HeadInputs<V> &in) {
-    constexpr int D = 32 * V;
     const int kind = it.kind;
     const bool has_gamma = item_gamma<T>(a, it) != nullptr;
     const bool rotate = a.positions != nullptr && kind != 2;
@@ -241,15 +253,7 @@ __device__ __forceinline__ void finish_head_loaded(const mv_prologue_args &a, co
 #pragma unroll
         for (int j = 0; j < V; j++) x[j] += in.b[j];
     }
-    if (has_gamma) { /* warp-uniform */
-        float sum = 0.0f;
-#pragma unroll
-        for (int j = 0; j < V; j++) sum += x[j] * x[j];
-        sum = mv_warp_sum(sum);
-        const float rrms = 1.0f / sqrtf(sum / static_cast<float>(D) + a.qk_norm_eps);
-#pragma unroll
-        for (int j = 0; j < V; j++) x[j] = in.g[j] * (x[j] * rrms);
-    }
+    if (has_gamma) head_norm_regs<V>(x, in.g, a.qk_norm_eps); /* warp-uniform */
     if (rotate) {
         if (in.pos < 0 || in.pos >= a.max_position) {
             /* never read outside the cos/sin cache: the token's q and k become NaN */
@@ -300,15 +304,7 @@ __device__ __forceinline__ void finish_head_regs(const mv_prologue_args &a, cons
         for (int j = 0; j < V; j++) x[j] += b[j];
     }
     if (gamma != nullptr) load_vec<T, V>(gamma + lane * V, g);
-    if (gamma != nullptr) { /* warp-uniform */
-        float sum = 0.0f;
-#pragma unroll
-        for (int j = 0; j < V; j++) sum += x[j] * x[j];
-        sum = mv_warp_sum(sum);
-        const float rrms = 1.0f / sqrtf(sum / static_cast<float>(D) + a.qk_norm_eps);
-#pragma unroll
-        for (int j = 0; j < V; j++) x[j] = g[j] * (x[j] * rrms);
-    }
+    if (gamma != nullptr) head_norm_regs<V>(x, g, a.qk_norm_eps); /* warp-uniform */
     if (rotate) {
         if (pos < 0 || pos >= a.max_position) {
             /* never read outside the cos/sin cache: the token's q and k become NaN */
