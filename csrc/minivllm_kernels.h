@@ -119,7 +119,8 @@ typedef struct {
     int64_t v_stride;
     /* attention_prologue's QKV part (zero otherwise): the register and tensor-copy W streams let
        the next kernel launch only after their own PDL wait, so that kernel (the epilogue) may load
-       what the kernels before this one wrote (positions, slots) before its wait */
+       what the kernels before this one wrote (positions, slots) before its wait; the QKV table
+       reads it too (dispatch.cu: an epilogue follows) */
     int trigger_after_wait;
 } mv_qkv_args;
 

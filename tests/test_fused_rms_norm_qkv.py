@@ -587,6 +587,34 @@ def test_engine_takes_few_rows_no_stream_fits(rng):
         assert _C.qkv_last_gpu_path() == expected, f"M={M}: ran {_C.qkv_last_gpu_path()!r}, expected {expected!r}"
 
 
+def test_slow_dram_rules(rng):
+    """The table's rules for GPUs under 4 TB/s of DRAM bandwidth (an H100), measured as a model
+    runs the op (after a kernel that lets nothing overlap): one row of a W of at most 16 MiB runs
+    the register stream rather than the tensor-copy one; a residual call of 4 or more rows with
+    M * H > 6144 runs norm + cuBLASLt; few rows of an evenly shared W no longer run the deferred
+    stream. Faster GPUs keep their rules; each call is checked against the float64 reference."""
+    if cuda_skip_reason():
+        pytest.skip(cuda_skip_reason())
+    if cuda_capability() != (9, 0):
+        pytest.skip(f"the rules checked are sm_90's; this GPU is sm_{cuda_capability()[0]}{cuda_capability()[1]}")
+    dev = get_backend("cuda")
+    slow = _C._cuda_dram_gbps() < 4000
+    cases = [  # (M, H, heads, kv heads, residual, expected on slow DRAM, expected on fast DRAM)
+        (1, 1536, 12, 2, False, "register", "bulk"),     # W 6 MiB
+        (1, 1536, 12, 2, True, "register", "bulk"),
+        (4, 2048, 16, 8, True, "cublaslt", "bulk"),      # M * H = 8192
+        (4, 1536, 12, 2, True, "bulk", "bulk"),          # M * H = 6144
+        (3, 4096, 32, 8, True, "bulk", "bulk"),          # 3 rows stay on the streams
+        (2, 2048, 32, 8, False, "bulk", None),           # N = 3072, fast DRAM: its own rule
+    ]
+    for M, H, nh, nkv, residual, on_slow, on_fast in cases:
+        Case(dev, rng, "bfloat16", (M,), H, nh, nkv, 64 if nh == 32 else 128, "W", residual=residual).run()
+        expected = on_slow if slow else on_fast
+        if expected is not None:
+            assert _C.qkv_last_gpu_path() == expected, \
+                f"M={M} H={H} residual={residual}: ran {_C.qkv_last_gpu_path()!r}, expected {expected!r}"
+
+
 def test_bulk_stream_last_tile_rows(rng):
     """The tensor-copy stream brings a block's last, partial tile in boxes of 4 features (the
     slot's other rows are stale shared memory, which its lanes must not read), H in one stage and

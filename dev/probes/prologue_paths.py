@@ -2,7 +2,8 @@
 the table's choice (auto), the one-kernel register prologue, the register stream + epilogue kernel,
 and the QKV op alone (issue 30). Uses bench_attention_prologue's layers and timing (graph replay,
 each call its own layer, the residual form, paged cache).
-usage: python3 dev/probes/prologue_paths.py [models ...] [--m 1 4 8] [--paths auto register_prologue register]"""
+usage: python3 dev/probes/prologue_paths.py [models ...] [--m 1 4 8] [--paths auto register_prologue register]
+[--after-sep]"""
 import argparse, sys
 from pathlib import Path
 import torch
@@ -17,6 +18,9 @@ ap.add_argument("models", nargs="*", default=["qwen3-0.6b", "qwen2.5-0.5b"])
 ap.add_argument("--m", nargs="+", type=int, default=[1, 4, 8])
 ap.add_argument("--paths", nargs="+", default=["auto", "register_prologue", "register"])
 ap.add_argument("--replays", type=int, default=9)
+ap.add_argument("--after-sep", action="store_true",
+                help="each call after a fill of a small buffer (a kernel that lets nothing overlap, as a model's "
+                     "GEMM before the prologue); the fill alone is printed as sep")
 args = ap.parse_args()
 dtype = torch.bfloat16
 print(torch.cuda.get_device_name(), flush=True)
@@ -28,11 +32,15 @@ for name in args.models:
         calls = bt.qkv_calls_per_graph(rows, model.hidden, qkv_features(model), 2, 50 << 20)
         layers = [bp.Layer(model, rows, dtype, "cuda", bias, qk, table) for _ in range(calls)]
         cells = []
+        fills = [torch.empty(1024, device="cuda") for _ in range(calls)]
+        pre = (lambda i: fills[i].fill_(1.0)) if args.after_sep else (lambda i: None)
+        if args.after_sep:
+            cells.append(f"sep {bt.time_per_call(pre, calls, args.replays)['us']:6.2f}")
         for p in args.paths:
             kw = {} if p == "auto" else {"_path": p}
             layers[0].minivllm(**kw)
             ran = _C.qkv_last_gpu_path()
-            us = bt.time_per_call(lambda i: layers[i].minivllm(**kw), calls, args.replays)["us"]
+            us = bt.time_per_call(lambda i: (pre(i), layers[i].minivllm(**kw)), calls, args.replays)["us"]
             cells.append(f"{p} {us:6.2f} ({ran})")
-        us = bt.time_per_call(lambda i: layers[i].qkv_op(), calls, args.replays)["us"]
+        us = bt.time_per_call(lambda i: (pre(i), layers[i].qkv_op()), calls, args.replays)["us"]
         print(f"{model.name:13s} M={rows:3d} | " + " | ".join(cells) + f" | qkv_op {us:6.2f}", flush=True)

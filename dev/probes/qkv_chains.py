@@ -9,7 +9,8 @@ flow. bf16. Compare variants by running it under different environments, e.g. MI
 --paths P ... times each forced QKV path (_path=P; "auto" for the table's choice) and cuBLAS
 ("lin": F.linear on a pre-normalized x) alone in a chain of its own, after "sep" (a fill of a small
 buffer: a kernel that never lets its successor start early, so nothing of the call overlaps what
-came before) and after "mm"; a call's cost in a model is about chain(sep+X) - chain(sep).
+came before) and after "mm"; a call's cost in a model is about chain(sep+X) - chain(sep). --residual: the forced calls take a
+residual; --sep-only: no "mm" chains. Shapes: a preset's name or H,HEADS,KV_HEADS,HEAD_DIM.
 
     python3 dev/probes/qkv_chains.py llama-3-8b:1 llama-3-8b:16 qwen3-0.6b:16
     python3 dev/probes/qkv_chains.py --paths auto engine deferred -- llama-3-8b:16 qwen3-4b:32
@@ -22,20 +23,23 @@ import torch.nn.functional as F
 
 import minivllm
 from minivllm.bench import timing as bt
-from minivllm.bench.models import find_model, qkv_features
+from minivllm import _C
+from minivllm.bench.models import find_model, parse_qkv_shape, qkv_features
 
 EPS = 1e-6
 
 
 def shape(text):
     name, rows = text.rsplit(":", 1)
-    return find_model(name), int(rows)
+    return (parse_qkv_shape(name) if "," in name else find_model(name)), int(rows)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("shapes", nargs="+", type=shape, help="MODEL:M, e.g. llama-3-8b:16")
     parser.add_argument("--paths", nargs="+", default=None, help="QKV paths to time after sep and mm")
+    parser.add_argument("--residual", action="store_true", help="the forced paths' calls take a residual")
+    parser.add_argument("--sep-only", action="store_true", help="with --paths: each path alone and after sep only")
     args = parser.parse_args()
     l2_bytes = torch.cuda.get_device_properties(0).L2_cache_size
     for m, rows in args.shapes:
@@ -81,19 +85,26 @@ def main():
             def forced(path):
                 def run(i):
                     kwargs = {} if path == "auto" else {"_path": path}
+                    if args.residual:
+                        kwargs["residual"] = residuals[i]
                     return minivllm.FusedRMSNormQKV.forward(xs[i], gammas[i], qkv_weights[i].t(), m.num_heads,
                                                             m.num_kv_heads, EPS, **kwargs)
                 return run
-            chains = {"sep": [sep], "mm": [mm]}
+            chains = {"sep": [sep]} if args.sep_only else {"sep": [sep], "mm": [mm]}
             for name, op in [("lin", lin)] + [(f"qkv:{p}", forced(p)) for p in args.paths]:
-                chains.update({name: [op], f"sep+{name}": [sep, op], f"mm+{name}": [mm, op]})
+                chains.update({name: [op], f"sep+{name}": [sep, op]})
+                if not args.sep_only:
+                    chains[f"mm+{name}"] = [mm, op]
+            forced("auto")(0)
+            auto_path = _C.qkv_last_gpu_path()
         cells = []
         for name, steps in chains.items():
             def call(i, steps=steps):
                 return [step(i) for step in steps]
 
             cells.append(f"{name} {bt.time_per_call(call, layers, 15)['us']:.2f}")
-        print(f"{m.name} M={rows}: " + " | ".join(cells), flush=True)
+        took = f" (auto: {auto_path})" if args.paths else ""
+        print(f"{m.name} M={rows}{took}: " + " | ".join(cells), flush=True)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ namespace {
 struct Call {
     int64_t rows, hidden, cols;
     bool residual;
+    bool epilogue_next; /* the attention prologue's epilogue kernel follows (trigger_after_wait) */
     const mv_cuda_device *dev;
 };
 
@@ -26,24 +27,46 @@ struct Call {
    from half as many: H 896-5120 at 2-16 rows, e.g. H = 1536 at 16 rows 8.0 against 12.4 us
    (dev/logs/residual-paths-nvidia-h200-2026-11-23.log). */
 constexpr int64_t kStreamMaxStagedElements = 24576;
-/* GPUs below this DRAM bandwidth (GB/s; an H100 3352, an H200 4810) are where the deferred stream
-   also wins at M = 1 and 2: with less bandwidth, the other streams' staging costs relatively more.
-   Two GPUs measured: the line between them, not a measured threshold. */
-constexpr int kSlowDramGbps = 4000;
-
 bool stream_fits(const Call &c) {
     const int64_t inputs = c.residual ? 2 : 1;
     return c.rows <= mv_qkv_stream_max_rows && inputs * c.rows * c.hidden <= kStreamMaxStagedElements;
 }
 
+/* GPUs below this DRAM bandwidth (GB/s; an H100 3352, an H200 4810): the rules marked "slow DRAM"
+   below were measured on an H100 timed as a model runs the op, after a kernel that lets nothing
+   overlap (dev/probes/qkv_chains.py --sep-only, dev/logs/qkv-after-sep-rules-nvidia-h100-2026-11-26.log);
+   the H200 keeps the rules measured in chains of the op's own calls until measured the same way. */
+constexpr int kSlowDramGbps = 4000;
+bool slow_dram(const Call &c) { return c.dev->dram_gbps > 0 && c.dev->dram_gbps < kSlowDramGbps; }
+
+/* Slow DRAM, a residual call of 4 or more rows: the tensor-copy and register streams (not the
+   whole-W-first form) only while M * H <= 6144; beyond, norm + cuBLASLt was 0.7-3.1 us faster
+   (H 1152-1536 at 8 rows, H 2048-2560 at 4), below it the streams 0.7-1.3 us faster (H 1152-1536
+   at 4 rows); at 3 rows the streams stayed 0.5-1.5 us faster (H 2304-4096). Not in the attention
+   prologue: its epilogue kernel starts early after a stream but only once cuBLASLt's GEMM has
+   ended, and there cuBLASLt made the prologue 0.3-3.3 us slower. */
+constexpr int64_t kSlowResidualStreamMaxElements = 6144;
+bool stream_wanted(const Call &c) {
+    if (!stream_fits(c)) return false;
+    return !(c.residual && slow_dram(c) && !c.epilogue_next && c.rows >= 4 &&
+             c.rows * c.hidden > kSlowResidualStreamMaxElements);
+}
+
+bool stream_unbalanced(const Call &c);
+
 /* The deferred-norm stream streams x beside W where the others stage it first: it wins from
    16 rows, and from 3 rows (2 where H >= 4096) where W is large (N >= 2048); it loses at M = 1
-   and for few rows of a small W, where the other streams are at their best. */
+   and for few rows of a small W, where the other streams are at their best. Slow DRAM, where the
+   other streams take the call: only where they cannot share W evenly (stream_unbalanced; N = 4608
+   and 4672 at 1-8 rows: 0.4-1.3 us faster than the tensor-copy stream and up to 1.3 than the
+   engine); elsewhere it lost 0.3-1.8 us to the register or tensor-copy stream (N 2048-8192, W 5-56
+   MiB, 1-8 rows; 0.6-0.9 us ahead at one shape, H 5120 N 7168 at 2-4 rows). */
 bool deferred_wanted(const Call &c) {
     if (c.rows >= 16) return true;
+    if (slow_dram(c) && stream_fits(c)) return stream_unbalanced(c);
     if (c.cols < 2048) return false;
     if (c.rows >= 3) return true;
-    if (c.dev->dram_gbps > 0 && c.dev->dram_gbps < kSlowDramGbps) return c.rows == 2 || c.hidden <= 1024;
+    if (slow_dram(c)) return c.rows == 2 || c.hidden <= 1024;
     return c.rows == 2 && c.hidden >= 4096;
 }
 
@@ -51,6 +74,14 @@ bool deferred_wanted(const Call &c) {
    that one batch of loads covers H and every tile's block is resident): its latency is the
    shortest chain. */
 bool register_first_wanted(const Call &c) { return c.dev->major >= 9 && stream_fits(c); }
+
+/* Slow DRAM, one row, W of at most 16 MiB: the register stream rather than the tensor-copy one,
+   whose start costs more than its deeper queue gains on a small W: 0.8-1.7 us faster at W 3.4-12
+   MiB (H 1152-2048, with or without a residual); from 18 MiB the tensor-copy stream was faster. */
+constexpr int64_t kRegisterOneRowMaxWeights = 8 << 20; /* elements: 16 MiB of 16-bit weights */
+bool register_one_row_wanted(const Call &c) {
+    return c.rows == 1 && slow_dram(c) && c.cols * c.hidden <= kRegisterOneRowMaxWeights && stream_fits(c);
+}
 
 /* The one-kernel wgmma GEMM beat norm + cuBLASLt for small H up to 64 rows (256 for N <= 2048).
    Up to 64 rows (one row tile) its tiles are split over clusters, so a larger H is spread over the
@@ -90,8 +121,9 @@ bool stream_unbalanced(const Call &c) {
 }
 bool engine_wanted(const Call &c) {
     if (c.cols * c.hidden < kEngineMinWeights || c.rows > 32) return false;
-    const bool fast_dram = c.dev->dram_gbps >= kSlowDramGbps;
-    return c.rows >= (fast_dram ? 16 : 17) || stream_unbalanced(c);
+    /* slow DRAM: the deferred stream takes unbalanced W below 16 rows (deferred_wanted) */
+    if (slow_dram(c)) return c.rows >= 17;
+    return c.rows >= (c.dev->dram_gbps > 0 ? 16 : 17) || stream_unbalanced(c);
 }
 
 /* Below 16 rows, where no W stream took the call (none fits: the staged input too large for the
@@ -101,7 +133,7 @@ bool engine_wanted(const Call &c) {
    on an H100 0.93-0.95x at N = 9216 with H 3072 or 7168, 1.01-1.11x on the others
    (dev/logs/engine-few-rows-no-stream-2026-11-25.log). */
 bool engine_after_streams_wanted(const Call &c) {
-    return c.rows < 16 && c.cols * c.hidden >= kEngineMinWeights && c.dev->dram_gbps >= kSlowDramGbps;
+    return c.rows < 16 && c.cols * c.hidden >= kEngineMinWeights && !slow_dram(c) && c.dev->dram_gbps > 0;
 }
 
 bool always(const Call &) { return true; }
@@ -128,10 +160,12 @@ constexpr Rule kRules[] = {
     {MV_QKV_DEFERRED, deferred_wanted, mv_qkv_deferred_plan, mv_qkv_deferred_launch},
     /* decode on sm_90+ with PDL, H <= 1024: all of W requested before the wait */
     {MV_QKV_REGISTER, register_first_wanted, register_first_plan, mv_qkv_register_launch},
+    /* one row of a small W on slow DRAM */
+    {MV_QKV_REGISTER, register_one_row_wanted, register_plan, mv_qkv_register_launch},
     /* decode on sm_90+, H % 64 == 0: W through the copy engine, more bytes in flight per SM */
-    {MV_QKV_BULK, stream_fits, mv_qkv_bulk_plan, mv_qkv_bulk_launch},
+    {MV_QKV_BULK, stream_wanted, mv_qkv_bulk_plan, mv_qkv_bulk_launch},
     /* decode on any sm_80+ GPU */
-    {MV_QKV_REGISTER, stream_fits, register_plan, mv_qkv_register_launch},
+    {MV_QKV_REGISTER, stream_wanted, register_plan, mv_qkv_register_launch},
     /* sm_90 fp16/bf16, no residual, below 16 rows where no W stream took the call */
     {MV_QKV_ENGINE, engine_after_streams_wanted, mv_qkv_engine_plan, mv_qkv_engine_launch},
     /* sm_90 bf16, small H, up to a few hundred rows */
@@ -177,7 +211,8 @@ int mv_qkv_cuda(const mv_qkv_args *a, const mv_cuda_opts *o, void *stream, mv_qk
     mv_cuda_device dev;
     cudaError_t err = mv_current_device(&dev);
     if (err != cudaSuccess) return (int)err;
-    const Call c = {a->in.rows, a->in.hidden, a->q_cols + 2 * a->kv_cols, a->in.residual != nullptr, &dev};
+    const Call c = {a->in.rows, a->in.hidden, a->q_cols + 2 * a->kv_cols, a->in.residual != nullptr,
+                    a->trigger_after_wait != 0, &dev};
     mv_qkv_plan plan;
     plan.pdl = mv_pdl_use(o->pdl, dev);
     plan.writes_residual = false;
