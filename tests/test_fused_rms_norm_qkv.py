@@ -591,7 +591,7 @@ def test_slow_dram_rules(rng):
     """The table's rules for GPUs under 4 TB/s of DRAM bandwidth (an H100), measured as a model
     runs the op (after a kernel that lets nothing overlap): one row of a W of at most 16 MiB runs
     the register stream rather than the tensor-copy one; a residual call of 4 or more rows with
-    M * H > 6144 runs norm + cuBLASLt; few rows of an evenly shared W no longer run the deferred
+    M * H > 7168 runs norm + cuBLASLt; few rows of an evenly shared W no longer run the deferred
     stream. Faster GPUs keep their rules; each call is checked against the float64 reference."""
     if cuda_skip_reason():
         pytest.skip(cuda_skip_reason())
@@ -605,6 +605,7 @@ def test_slow_dram_rules(rng):
         (4, 2048, 16, 8, True, "cublaslt", "bulk"),      # M * H = 8192
         (4, 1536, 12, 2, True, "bulk", "bulk"),          # M * H = 6144
         (3, 4096, 32, 8, True, "bulk", "bulk"),          # 3 rows stay on the streams
+        (12, 1024, 16, 8, True, "cublaslt", "register"), # M * H = 12288, the whole-W-first form
         (2, 2048, 32, 8, False, "bulk", None),           # N = 3072, fast DRAM: its own rule
     ]
     for M, H, nh, nkv, residual, on_slow, on_fast in cases:

@@ -39,13 +39,13 @@ bool stream_fits(const Call &c) {
 constexpr int kSlowDramGbps = 4000;
 bool slow_dram(const Call &c) { return c.dev->dram_gbps > 0 && c.dev->dram_gbps < kSlowDramGbps; }
 
-/* Slow DRAM, a residual call of 4 or more rows: the tensor-copy and register streams (not the
-   whole-W-first form) only while M * H <= 6144; beyond, norm + cuBLASLt was 0.7-3.1 us faster
-   (H 1152-1536 at 8 rows, H 2048-2560 at 4), below it the streams 0.7-1.3 us faster (H 1152-1536
-   at 4 rows); at 3 rows the streams stayed 0.5-1.5 us faster (H 2304-4096). Not in the attention
-   prologue: its epilogue kernel starts early after a stream but only once cuBLASLt's GEMM has
-   ended, and there cuBLASLt made the prologue 0.3-3.3 us slower. */
-constexpr int64_t kSlowResidualStreamMaxElements = 6144;
+/* Slow DRAM, a residual call of 4 or more rows: the W streams only while M * H <= 7168; beyond,
+   norm + cuBLASLt was 0.7-3.1 us faster (H 1152-1536 at 8 rows, H 2048-2560 at 4, H 896-1024 at 12;
+   level at H 1024 at 8), below it the streams 0.7-1.7 us faster (H 1152-1536 at 4 rows, H 896 at
+   8); at 3 rows the streams stayed 0.5-1.5 us faster (H 2304-4096). Not in the attention prologue:
+   its epilogue kernel starts early after a stream but only once cuBLASLt's GEMM has ended, and
+   there cuBLASLt made the prologue 0.3-3.3 us slower. */
+constexpr int64_t kSlowResidualStreamMaxElements = 7168;
 bool stream_wanted(const Call &c) {
     if (!stream_fits(c)) return false;
     return !(c.residual && slow_dram(c) && !c.epilogue_next && c.rows >= 4 &&
@@ -73,7 +73,7 @@ bool deferred_wanted(const Call &c) {
 /* The register stream's whole-W-first form is Hopper's choice where it fits (its plan checks
    that one batch of loads covers H and every tile's block is resident): its latency is the
    shortest chain. */
-bool register_first_wanted(const Call &c) { return c.dev->major >= 9 && stream_fits(c); }
+bool register_first_wanted(const Call &c) { return c.dev->major >= 9 && stream_wanted(c); }
 
 /* Slow DRAM, one row, W of at most 16 MiB: the register stream rather than the tensor-copy one,
    whose start costs more than its deeper queue gains on a small W: 0.8-1.7 us faster at W 3.4-12
