@@ -16,7 +16,9 @@ Implementations, all timed in the same run and the same way:
   Triton-1            the original Triton design: one program per output feature (the norm of the
                       token row, then its dot with one W row), launched once per token from a
                       Python loop (M <= 16 only)
-Timing: N layers, each with its own W, γ, input and outputs, N
+Timing (--after-fill: each call after a fill of a small buffer, a kernel that lets nothing overlap
+as a model's GEMM before the projection does, the fill's own time taken off; by default each call
+follows one of its own, which programmatic dependent launch lets overlap): N layers, each with its own W, γ, input and outputs, N
 large enough for >= 256 MiB of distinct weights and a working set >= 4x L2; G calls cycling
 through them are captured into one CUDA graph (G = N, or the multiple of N that makes a replay
 last >= 300 µs, --min-replay-us, so its start-up is not charged to a few calls); after a
@@ -35,7 +37,8 @@ The report gives each shape's floor and every baseline's time and minivllm's spe
 
 usage: python3 benchmarks/bench_fused_rms_norm_qkv.py [--quick] [--models qwen3-0.6b ...]
            [--dtypes bf16 fp16] [--m 1 16 256] [--out DIR] [--no-compile] [--no-plot]
-           [--pdl auto|on|off] [--path deferred|register|bulk|wgmma|cublaslt|tile|generic] ...
+           [--pdl auto|on|off] [--path deferred|register|bulk|wgmma|cublaslt|tile|generic]
+           [--after-fill] ...
 Writes DIR/qkv-<gpu>-<date>.json and DIR/qkv-<gpu>-<date>.png (DIR: benchmarks/results).
 """
 
@@ -308,6 +311,14 @@ def bench_shape(model, dtype_name, rows, run):
         impls["triton_1"] = lambda i: triton_one_program_per_feature(
             xs[i], gammas[i], weights[i], triton_outs[i], *args)
 
+    fill_us = 0.0
+    if run.after_fill:
+        # each call after a kernel that never lets its successor start early; its own time
+        # (median of the same kind of graph) is taken off
+        fills = [torch.empty(1024, device="cuda") for _ in range(calls)]
+        fill_us = bt.time_per_call(lambda i: fills[i].fill_(1.0), calls, run.replays)["us"]
+        impls = {name: (lambda i, f=f: (fills[i].fill_(1.0), f(i))[1]) for name, f in impls.items()}
+
     results, failures = {}, {}
     for name in IMPLS:
         if name not in impls or name not in run.impls:
@@ -326,6 +337,9 @@ def bench_shape(model, dtype_name, rows, run):
             if name == "max_autotune":
                 run.autotune_seconds += seconds
         timing["seconds"] = seconds
+        if run.after_fill:
+            timing.update(us_with_fill=timing["us"], us=timing["us"] - fill_us,
+                          us_min=timing["us_min"] - fill_us, us_max=timing["us_max"] - fill_us)
         timing["fraction_of_floor"] = floor / timing["us"]
         timing["gbps"] = moved / timing["us"] / 1e3
         timing["tflops"] = flops / timing["us"] / 1e6
@@ -583,6 +597,10 @@ def parse_args(argv):
                              f"remaining shapes are skipped (default {FULL_AUTOTUNE_BUDGET_S}, "
                              f"quick {QUICK_AUTOTUNE_BUDGET_S})")
     parser.add_argument("--no-host", action="store_true", help="skip the host-cost measurement")
+    parser.add_argument("--after-fill", action="store_true",
+                        help="time each call after a fill of a small buffer (a kernel that lets "
+                             "nothing overlap, as the GEMM before the QKV projection in a model) "
+                             "and subtract the fill's own time, instead of after a call of its own")
     parser.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
                         help="progress bar on stderr (auto: when stderr is a terminal)")
     args = parser.parse_args(argv)
@@ -639,6 +657,7 @@ class Run:
         self.autotune_m, self.autotune_dtypes = set(args.autotune_m), set(args.autotune_dtypes)
         self.autotune_budget, self.autotune_seconds = args.autotune_budget, 0.0
         self.pool = LayerPool()
+        self.after_fill = args.after_fill
 
 
 def main(argv=None):
@@ -762,6 +781,8 @@ def main(argv=None):
         "method": {
             "timing": "CUDA graph of N calls, each with its own W, γ, x and outputs; CUDA events "
                       "around each replay; µs per call = median replay / N",
+            "after_fill": ("each call after a fill of a 4 KiB buffer (nothing overlaps it), the "
+                           "fill's own µs per call taken off" if args.after_fill else False),
             "settle": f"{SETTLE_S:g} s idle before a shape that follows one with M >= {HEAVY_M} "
                       "(the GPU's clocks recover from its power limit)",
             "replays": args.replays, "eps": EPS, "min_replay_us": bt.MIN_REPLAY_US,
