@@ -34,6 +34,38 @@ def shape(text):
     return (parse_qkv_shape(name) if "," in name else find_model(name)), int(rows)
 
 
+def layer_tensors(m, rows):
+    """A chain's tensors for shape m at `rows` rows, each layer its own (enough layers for the
+    working set to outgrow L2): (layers, xs, residuals, GEMM inputs, gammas, QKV weights [N, H],
+    GEMM weights [H, H]), bf16."""
+    hidden, features = m.hidden, qkv_features(m)
+    l2_bytes = torch.cuda.get_device_properties(0).L2_cache_size
+    layers = max(4, bt.qkv_calls_per_graph(rows, hidden, features + hidden, 2, l2_bytes))
+
+    def rand(*size):
+        return torch.randn(*size, device="cuda", dtype=torch.bfloat16)
+
+    def weights(n):
+        return [(torch.randn(n, hidden, device="cuda") / math.sqrt(hidden)).to(torch.bfloat16)
+                for _ in range(layers)]
+
+    xs, residuals, gemm_inputs = ([rand(rows, hidden) for _ in range(layers)] for _ in range(3))
+    gammas = [torch.ones(hidden, device="cuda", dtype=torch.bfloat16) for _ in range(layers)]
+    return layers, xs, residuals, gemm_inputs, gammas, weights(features), weights(hidden)
+
+
+def forced_call(m, path, xs, gammas, qkv_weights, residuals=None):
+    """call(i): FusedRMSNormQKV.forward on layer i, on `path` ("auto": the table's choice), with
+    layer i's residual where residuals are given."""
+    def run(i):
+        kwargs = {} if path == "auto" else {"_path": path}
+        if residuals is not None:
+            kwargs["residual"] = residuals[i]
+        return minivllm.FusedRMSNormQKV.forward(xs[i], gammas[i], qkv_weights[i].t(), m.num_heads,
+                                                m.num_kv_heads, EPS, **kwargs)
+    return run
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("shapes", nargs="+", type=shape, help="MODEL:M, e.g. llama-3-8b:16")
@@ -41,21 +73,8 @@ def main():
     parser.add_argument("--residual", action="store_true", help="the forced paths' calls take a residual")
     parser.add_argument("--sep-only", action="store_true", help="with --paths: each path alone and after sep only")
     args = parser.parse_args()
-    l2_bytes = torch.cuda.get_device_properties(0).L2_cache_size
     for m, rows in args.shapes:
-        hidden, features = m.hidden, qkv_features(m)
-        layers = max(4, bt.qkv_calls_per_graph(rows, hidden, features + hidden, 2, l2_bytes))
-
-        def rand(*size):
-            return torch.randn(*size, device="cuda", dtype=torch.bfloat16)
-
-        def weights(n):
-            return [(torch.randn(n, hidden, device="cuda") / math.sqrt(hidden)).to(torch.bfloat16)
-                    for _ in range(layers)]
-
-        xs, residuals, gemm_inputs = ([rand(rows, hidden) for _ in range(layers)] for _ in range(3))
-        gammas = [torch.ones(hidden, device="cuda", dtype=torch.bfloat16) for _ in range(layers)]
-        qkv_weights, gemm_weights = weights(features), weights(hidden)
+        layers, xs, residuals, gemm_inputs, gammas, qkv_weights, gemm_weights = layer_tensors(m, rows)
 
         def mm(i):
             return F.linear(gemm_inputs[i], gemm_weights[i])
@@ -83,13 +102,7 @@ def main():
                 return F.linear(xs[i], qkv_weights[i])
 
             def forced(path):
-                def run(i):
-                    kwargs = {} if path == "auto" else {"_path": path}
-                    if args.residual:
-                        kwargs["residual"] = residuals[i]
-                    return minivllm.FusedRMSNormQKV.forward(xs[i], gammas[i], qkv_weights[i].t(), m.num_heads,
-                                                            m.num_kv_heads, EPS, **kwargs)
-                return run
+                return forced_call(m, path, xs, gammas, qkv_weights, residuals if args.residual else None)
             chains = {"sep": [sep]} if args.sep_only else {"sep": [sep], "mm": [mm]}
             for name, op in [("lin", lin)] + [(f"qkv:{p}", forced(p)) for p in args.paths]:
                 chains.update({name: [op], f"sep+{name}": [sep, op]})
