@@ -15,8 +15,8 @@
  * the producer bulk-copies the input (x rows, residual rows, gamma) where it is 16-byte aligned,
  * so the norm's operands do not queue behind the weight stream. The 8 consumer warps stage y,
  * then wait on each stage, run the mma chunks reading W from shared memory, and release the slot.
- * With PDL the kernel lets its successor start at once and, at M = 1, requests its first W stage
- * before waiting for the previous kernel; where the block fits in half an SM, two calls' blocks
+ * With PDL the kernel lets its successor start at once and, at M = 1 where the dispatcher allows it
+ * (not on a GPU under 4 TB/s), requests its first W stage before waiting for the previous kernel; where the block fits in half an SM, two calls' blocks
  * share one. Asking L2 for W early (bulk or per-thread prefetch) made every shape slower: the
  * prefetches queue behind the ring's copies of the same bytes (docs/design.md).
  */
@@ -229,8 +229,9 @@ size_t plan_ring(BulkGeometry *geo, size_t budget, size_t base, size_t input_ext
     return 0;
 }
 
-/* W stages requested before waiting for the previous kernel: with PDL and a single row, one;
-   otherwise none, since the input's bulk copy queues behind them (docs/design.md). */
+/* W stages requested before waiting for the previous kernel: with PDL, a single row and the
+   dispatcher's leave (plan.early_weights), one; otherwise none, since the input's bulk copy queues
+   behind them (docs/design.md). */
 struct BulkState {
     CUtensorMap w_map, w_tail_map;
     BulkGeometry geo;
@@ -243,7 +244,7 @@ struct BulkState {
    stages fits or the driver refuses W's tensor map. Half a multiprocessor's shared memory where
    that still leaves three stages of 768 k or more, or two stages that hold a whole tile's K, so
    two calls' blocks can share an SM; else all of it. */
-bool plan_bulk(BulkState *st, const mv_qkv_args &a, const mv_cuda_device &dev, int token_tiles, bool pdl) {
+bool plan_bulk(BulkState *st, const mv_qkv_args &a, const mv_cuda_device &dev, int token_tiles, bool early) {
     const int rows = static_cast<int>(a.in.rows);
     const int hidden = static_cast<int>(a.in.hidden);
     const bool has_residual = a.in.residual != nullptr;
@@ -279,7 +280,7 @@ bool plan_bulk(BulkState *st, const mv_qkv_args &a, const mv_cuda_device &dev, i
     }
     if (smem == 0) smem = plan_ring(&geo, whole, base, input_extra, input_copy_ok, most_tiles, lines, 0, 2);
     if (smem == 0) return false;
-    geo.early_stages = pdl && rows == 1 ? 1 : 0;
+    geo.early_stages = early && rows == 1 ? 1 : 0;
     if (!encode_weight_map(&st->w_map, a, geo.cols, geo.stage_lines) ||
         !encode_weight_map(&st->w_tail_map, a, geo.cols, geo.stage_lines, kTailFeatures))
         return false;
@@ -328,7 +329,7 @@ bool mv_qkv_bulk_plan(const mv_qkv_args &a, const mv_cuda_device &dev, mv_qkv_pl
     BulkState *st = mv_plan_state<BulkState>(plan);
     st->flags = stream_flags(a, residual_in_kernel);
     plan->writes_residual = residual_in_kernel;
-    return plan_bulk(st, a, dev, token_tiles, plan->pdl);
+    return plan_bulk(st, a, dev, token_tiles, plan->pdl && plan->early_weights);
 }
 
 cudaError_t mv_qkv_bulk_launch(const mv_qkv_args &a, const mv_qkv_plan &plan, const mv_cuda_device &dev,

@@ -17,11 +17,12 @@
 #include "cuda/device.h"
 #include "minivllm_kernels.h"
 
-/* One call's plan. The dispatcher sets pdl before asking a path; the path sets writes_residual
+/* One call's plan. The dispatcher sets pdl and early_weights before asking a path; the path sets writes_residual
    (whether its launch stores residual_out itself; otherwise the dispatcher's store kernel follows
    it) and keeps its own state in storage. */
 struct mv_qkv_plan {
     bool pdl;
+    bool early_weights; /* with pdl: a path may ask for W before its wait for the previous kernel */
     bool writes_residual;
     alignas(128) unsigned char storage[1024]; /* 128: CUtensorMap's alignment */
 };
