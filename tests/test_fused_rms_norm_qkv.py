@@ -571,16 +571,15 @@ def test_engine_stream_k_after_cluster_split(rng):
 
 
 def test_engine_takes_few_rows_no_stream_fits(rng):
-    """Below 16 rows, on a GPU of at least 4 TB/s of DRAM bandwidth (the table's kSlowDramGbps),
-    the table gives the engine the calls no W stream takes (the staged input too large for the
-    register and tensor-copy streams, more features a multiprocessor than the deferred stream
-    holds) where W has at least 10 MiB; slower GPUs keep norm + cuBLASLt there."""
+    """Below 16 rows the table gives the engine the calls no W stream takes (the staged input too
+    large for the register and tensor-copy streams, more features a multiprocessor than the
+    deferred stream holds) where W has at least 10 MiB, on every GPU with a known DRAM bandwidth."""
     if cuda_skip_reason():
         pytest.skip(cuda_skip_reason())
     if cuda_capability() != (9, 0):
         pytest.skip(f"the engine needs sm_90 exactly; this GPU is sm_{cuda_capability()[0]}{cuda_capability()[1]}")
     dev = get_backend("cuda")
-    expected = "engine" if _C._cuda_dram_gbps() >= 4000 else "cublaslt"
+    expected = "engine"
     # M * H = 26624 > 24576; N = 12800 features, over 64 a multiprocessor on any GPU of under 200 SMs
     for M in (13, 15):
         Case(dev, rng, "bfloat16", (M,), 2048, 96, 2, 128, "W").run()
@@ -592,7 +591,8 @@ def test_slow_dram_rules(rng):
     runs the op (after a kernel that lets nothing overlap): one row of a W of at most 16 MiB runs
     the register stream rather than the tensor-copy one; a residual call of 4 or more rows with
     M * H > 7168 runs norm + cuBLASLt; few rows of an evenly shared W no longer run the deferred
-    stream. Faster GPUs keep their rules; each call is checked against the float64 reference."""
+    stream; from 16 rows one kernel only for a large W (at 16 rows 24 MiB, beyond 80 MiB), and no
+    wgmma. Faster GPUs keep their rules; each call is checked against the float64 reference."""
     if cuda_skip_reason():
         pytest.skip(cuda_skip_reason())
     if cuda_capability() != (9, 0):
@@ -607,6 +607,10 @@ def test_slow_dram_rules(rng):
         (3, 4096, 32, 8, True, "bulk", "bulk"),          # 3 rows stay on the streams
         (12, 1024, 16, 8, True, "cublaslt", "register"), # M * H = 12288, the whole-W-first form
         (2, 2048, 32, 8, False, "bulk", None),           # N = 3072, fast DRAM: its own rule
+        (16, 1024, 16, 8, False, "cublaslt", "deferred"), # W 8 MiB
+        (16, 4096, 24, 8, False, "deferred", "engine"),  # W 40 MiB
+        (24, 4096, 24, 8, False, "cublaslt", "engine"),  # W 40 MiB, under 80
+        (64, 1024, 16, 8, False, "cublaslt", "wgmma"),
     ]
     for M, H, nh, nkv, residual, on_slow, on_fast in cases:
         Case(dev, rng, "bfloat16", (M,), H, nh, nkv, 64 if nh == 32 else 128, "W", residual=residual).run()

@@ -47,8 +47,25 @@ bool slow_dram(const Call &c) { return c.dev->dram_gbps > 0 && c.dev->dram_gbps 
    its epilogue kernel starts early after a stream but only once cuBLASLt's GEMM has ended, and
    there cuBLASLt made the prologue 0.3-3.3 us slower. */
 constexpr int64_t kSlowResidualStreamMaxElements = 7168;
+
+/* Slow DRAM, 16 rows or more: one kernel (a W stream, the deferred stream or the engine) only
+   where W is large; elsewhere norm + cuBLASLt. Timed after a torch GEMM, the one-kernel paths lost
+   their lead in chains of their own calls: at 16 rows the deferred stream or the engine won from
+   24 MiB (0.2-2.2 us at 30-60 MiB, 0.8-6 from 96 MiB; lost 0.7-0.8 at 40 and 70 MiB) and norm +
+   cuBLASLt from 18 MiB down (0.4-1.7 us at 7 of 8 shapes, level at one); at 17-32 rows the engine
+   won only from 96 MiB (0.5-8 us at 96-160 MiB; at 96 MiB and 24 rows 0.6 behind) and norm +
+   cuBLASLt by 0.9-3.4 us up to 70 MiB (23 points, 10-70 MiB)
+   (dev/logs/qkv-mid-rows-after-gemm-nvidia-h100-2026-11-26.log). */
+constexpr int64_t kSlowSixteenRowsMinWeights = 12 << 20; /* elements: 24 MiB of 16-bit weights */
+constexpr int64_t kSlowManyRowsMinWeights = 40 << 20;    /* elements: 80 MiB */
+bool slow_many_rows_one_kernel(const Call &c) {
+    const int64_t weights = c.cols * c.hidden;
+    return weights >= (c.rows <= 16 ? kSlowSixteenRowsMinWeights : kSlowManyRowsMinWeights);
+}
+
 bool stream_wanted(const Call &c) {
     if (!stream_fits(c)) return false;
+    if (slow_dram(c) && c.rows >= 16 && !slow_many_rows_one_kernel(c)) return false;
     return !(c.residual && slow_dram(c) && !c.epilogue_next && c.rows >= 4 &&
              c.rows * c.hidden > kSlowResidualStreamMaxElements);
 }
@@ -63,7 +80,7 @@ bool stream_unbalanced(const Call &c);
    engine); elsewhere it lost 0.3-1.8 us to the register or tensor-copy stream (N 2048-8192, W 5-56
    MiB, 1-8 rows; 0.6-0.9 us ahead at one shape, H 5120 N 7168 at 2-4 rows). */
 bool deferred_wanted(const Call &c) {
-    if (c.rows >= 16) return true;
+    if (c.rows >= 16) return !slow_dram(c) || slow_many_rows_one_kernel(c);
     if (slow_dram(c) && stream_fits(c)) return stream_unbalanced(c);
     if (c.cols < 2048) return false;
     if (c.rows >= 3) return true;
@@ -90,6 +107,9 @@ bool register_one_row_wanted(const Call &c) {
    18 MiB (H 2048-2560); with more rows each tile walks all of H, and larger H lose. */
 constexpr int64_t kWgmmaSplitMaxWeights = 6 << 20; /* elements: 12 MiB of 16-bit weights */
 bool wgmma_wanted(const Call &c) {
+    /* slow DRAM: after a torch GEMM norm + cuBLASLt was 1.3-3.9 us faster at all 9 points measured
+       (H 896-2048, 64-256 rows; dev/logs/qkv-mid-rows-after-gemm-nvidia-h100-2026-11-26.log) */
+    if (slow_dram(c)) return false;
     if (c.hidden > 1024) return c.rows <= 64 && c.cols * c.hidden <= kWgmmaSplitMaxWeights;
     return c.rows <= 64 || (c.cols <= 2048 && c.rows <= 256);
 }
@@ -122,8 +142,9 @@ bool stream_unbalanced(const Call &c) {
 }
 bool engine_wanted(const Call &c) {
     if (c.cols * c.hidden < kEngineMinWeights || c.rows > 32) return false;
-    /* slow DRAM: the deferred stream takes unbalanced W below 16 rows (deferred_wanted) */
-    if (slow_dram(c)) return c.rows >= 17;
+    /* slow DRAM: the deferred stream takes unbalanced W below 16 rows (deferred_wanted); from 17
+       rows only a large W (slow_many_rows_one_kernel) */
+    if (slow_dram(c)) return c.rows >= 17 && slow_many_rows_one_kernel(c);
     return c.rows >= (c.dev->dram_gbps > 0 ? 16 : 17) || stream_unbalanced(c);
 }
 
@@ -132,9 +153,14 @@ bool engine_wanted(const Call &c) {
    the engine rather than norm + cuBLASLt on a W of at least 10 MiB, on fast DRAM: H200 1.005-1.11x
    at 23 of 26 points (M = 3-15, N 9216-14336, 54-336 MiB), 0.98-0.995x at Llama-2-7B's M = 8-15;
    on an H100 0.93-0.95x at N = 9216 with H 3072 or 7168, 1.01-1.11x on the others
-   (dev/logs/engine-few-rows-no-stream-2026-11-25.log). */
+   (dev/logs/engine-few-rows-no-stream-2026-11-25.log), both in chains of the op's own calls.
+   Slow DRAM, timed after a torch GEMM: the engine 0.8-6 us faster than norm + cuBLASLt at all 8
+   points (N 9216-15360, 54-160 MiB, 12 and 16 rows), so there up to 16 rows where W is large
+   (dev/logs/qkv-mid-rows-after-gemm-nvidia-h100-2026-11-26.log). */
 bool engine_after_streams_wanted(const Call &c) {
-    return c.rows < 16 && c.cols * c.hidden >= kEngineMinWeights && !slow_dram(c) && c.dev->dram_gbps > 0;
+    if (c.cols * c.hidden < kEngineMinWeights || c.dev->dram_gbps <= 0) return false;
+    if (slow_dram(c)) return c.rows < 16 || (c.rows == 16 && slow_many_rows_one_kernel(c));
+    return c.rows < 16;
 }
 
 /* With PDL the tensor-copy stream asks for its first W stage before its wait for the previous kernel
