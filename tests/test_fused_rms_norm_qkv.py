@@ -586,13 +586,22 @@ def test_engine_takes_few_rows_no_stream_fits(rng):
         assert _C.qkv_last_gpu_path() == expected, f"M={M}: ran {_C.qkv_last_gpu_path()!r}, expected {expected!r}"
 
 
+def _sm_count():
+    """The current GPU's multiprocessors where torch can say (None otherwise)."""
+    try:
+        import torch
+        return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    except Exception:
+        return None
+
+
 def test_slow_dram_rules(rng):
     """The table's rules for GPUs under 4 TB/s of DRAM bandwidth (an H100), measured as a model
     runs the op (after a kernel that lets nothing overlap): one row of a W of at most 16 MiB runs
     the register stream rather than the tensor-copy one; a residual call of 4 or more rows with
     M * H > 7168 runs norm + cuBLASLt; few rows of an evenly shared W no longer run the deferred
-    stream; from 16 rows one kernel only for a large W (at 16 rows 24 MiB, beyond 80 MiB), and no
-    wgmma. Faster GPUs keep their rules; each call is checked against the float64 reference."""
+    stream (1-4 rows of an unevenly shared W the tensor-copy stream in wide blocks); from 16 rows
+    one kernel only for a large W (at 16 rows 24 MiB, beyond 80 MiB), and no wgmma. Faster GPUs keep their rules; each call is checked against the float64 reference."""
     if cuda_skip_reason():
         pytest.skip(cuda_skip_reason())
     if cuda_capability() != (9, 0):
@@ -611,7 +620,13 @@ def test_slow_dram_rules(rng):
         (16, 4096, 24, 8, False, "deferred", "engine"),  # W 40 MiB
         (24, 4096, 24, 8, False, "cublaslt", "engine"),  # W 40 MiB, under 80
         (64, 1024, 16, 8, False, "cublaslt", "wgmma"),
+        # N = 2560 spreads unevenly in 16-feature tiles over 78-144 SMs, W 20 MiB; its 40 wide
+        # blocks would leave most SMs idle: the deferred stream (fast DRAM: the engine)
+        (1, 4096, 16, 2, False, "deferred", "engine"),
     ]
+    if _sm_count() == 132:  # an H100 SXM or an H200: N = 4608 spreads unevenly, 72 wide blocks
+        cases += [(1, 3584, 28, 4, False, "bulk", "engine"), (4, 3584, 28, 4, False, "bulk", "engine"),
+                  (6, 3584, 28, 4, False, "deferred", "engine")]
     for M, H, nh, nkv, residual, on_slow, on_fast in cases:
         Case(dev, rng, "bfloat16", (M,), H, nh, nkv, 64 if nh == 32 else 128, "W", residual=residual).run()
         expected = on_slow if slow else on_fast

@@ -242,6 +242,7 @@ extern "C" int mv_attention_prologue_cuda(const mv_prologue_args *a, const mv_cu
         mv_qkv_plan plan;
         plan.pdl = pdl;
         plan.early_weights = true; /* the engine's own choice */
+        plan.wide_blocks = false;
         plan.writes_residual = false;
         if (mv_qkv_engine_prologue_plan(*a, dev, &plan)) {
             const cudaError_t err = mv_qkv_engine_prologue_launch(*a, plan, dev, s);

@@ -16,8 +16,9 @@
  * so the norm's operands do not queue behind the weight stream. The 8 consumer warps stage y,
  * then wait on each stage, run the mma chunks reading W from shared memory, and release the slot.
  * With PDL the kernel lets its successor start at once and, at M = 1 where the dispatcher allows it
- * (not on a GPU under 4 TB/s), requests its first W stage before waiting for the previous kernel; where the block fits in half an SM, two calls' blocks
- * share one. Asking L2 for W early (bulk or per-thread prefetch) made every shape slower: the
+ * (not on a GPU under 4 TB/s), requests its first W stage before waiting for the previous kernel;
+ * where the block fits in half an SM, two calls' blocks share one (wide blocks, plan.wide_blocks,
+ * take a whole SM). Asking L2 for W early (bulk or per-thread prefetch) made every shape slower: the
  * prefetches queue behind the ring's copies of the same bytes (docs/design.md).
  */
 #include "cuda/fused_rms_norm_qkv/stream_common.cuh"
@@ -243,8 +244,10 @@ struct BulkState {
 /* The ring and grid of a call (the launcher's share of the plan); false where no ring of two
    stages fits or the driver refuses W's tensor map. Half a multiprocessor's shared memory where
    that still leaves three stages of 768 k or more, or two stages that hold a whole tile's K, so
-   two calls' blocks can share an SM; else all of it. */
-bool plan_bulk(BulkState *st, const mv_qkv_args &a, const mv_cuda_device &dev, int token_tiles, bool early) {
+   two calls' blocks can share an SM; else all of it. Wide blocks: at least kBulkWideFeatures
+   features each, the whole SM's shared memory. */
+bool plan_bulk(BulkState *st, const mv_qkv_args &a, const mv_cuda_device &dev, int token_tiles, bool early,
+               bool wide_blocks) {
     const int rows = static_cast<int>(a.in.rows);
     const int hidden = static_cast<int>(a.in.hidden);
     const bool has_residual = a.in.residual != nullptr;
@@ -252,7 +255,8 @@ bool plan_bulk(BulkState *st, const mv_qkv_args &a, const mv_cuda_device &dev, i
     BulkGeometry geo;
     geo.cols = a.q_cols + 2 * a.kv_cols;
     geo.xs_stride = static_cast<int>(row_pitch_bytes(hidden) / 2);
-    const int64_t by_features = (geo.cols + kMinFeaturesPerBlock - 1) / kMinFeaturesPerBlock;
+    const int min_features = wide_blocks ? kBulkWideFeatures : kMinFeaturesPerBlock;
+    const int64_t by_features = (geo.cols + min_features - 1) / min_features;
     const unsigned grid = static_cast<unsigned>(by_features < dev.sms ? by_features : dev.sms);
     const int64_t most_tiles = ((geo.cols + grid - 1) / grid + kTileFeatures - 1) / kTileFeatures;
     const size_t base = kSwizzleAlign + shared_bytes(rows, hidden, token_tiles) + sizeof(uint64_t) /* input barrier */;
@@ -266,7 +270,7 @@ bool plan_bulk(BulkState *st, const mv_qkv_args &a, const mv_cuda_device &dev, i
     const int lines = hidden / kLineK;
     const size_t half_sm = static_cast<size_t>(dev.max_shared_sm / 2 - dev.reserved_shared);
     const size_t whole = static_cast<size_t>(dev.max_shared_block);
-    const size_t half_budget = half_sm < whole ? half_sm : whole;
+    const size_t half_budget = wide_blocks ? whole : (half_sm < whole ? half_sm : whole);
     size_t smem = plan_ring(&geo, half_budget, base, input_extra, input_copy_ok, most_tiles, lines,
                             kMinSharedStageLines, 3);
     if (smem == 0) {
@@ -329,7 +333,7 @@ bool mv_qkv_bulk_plan(const mv_qkv_args &a, const mv_cuda_device &dev, mv_qkv_pl
     BulkState *st = mv_plan_state<BulkState>(plan);
     st->flags = stream_flags(a, residual_in_kernel);
     plan->writes_residual = residual_in_kernel;
-    return plan_bulk(st, a, dev, token_tiles, plan->pdl && plan->early_weights);
+    return plan_bulk(st, a, dev, token_tiles, plan->pdl && plan->early_weights, plan->wide_blocks);
 }
 
 cudaError_t mv_qkv_bulk_launch(const mv_qkv_args &a, const mv_qkv_plan &plan, const mv_cuda_device &dev,

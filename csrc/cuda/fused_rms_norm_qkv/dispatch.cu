@@ -72,6 +72,19 @@ bool stream_wanted(const Call &c) {
 
 bool stream_unbalanced(const Call &c);
 
+/* Slow DRAM, 1-4 rows without a residual where W's 16-feature tiles spread unevenly over the SMs
+   (stream_unbalanced) and wide blocks fill at least half of them: the tensor-copy stream in wide
+   blocks (plan.wide_blocks: kBulkWideFeatures a block, whole-SM rings) rather than the deferred
+   stream. After a torch GEMM 0.3-1.4 us faster at 72-73 blocks (N = 4608, 4672; 12 of 12 points),
+   1.2-1.7 us slower at 40 (N = 2560), and at 8 rows 0.4-1.7 slower
+   (dev/logs/qkv-start-after-gemm-nvidia-h100-2026-11-26.log, calls 18-20). */
+constexpr int64_t kBulkWideMaxRows = 4;
+bool bulk_wide_wanted(const Call &c) {
+    const bool half_the_sms = 2 * c.cols >= static_cast<int64_t>(kBulkWideFeatures) * c.dev->sms;
+    return slow_dram(c) && !c.residual && c.rows <= kBulkWideMaxRows && half_the_sms && stream_wanted(c) &&
+           stream_unbalanced(c);
+}
+
 /* The deferred-norm stream streams x beside W where the others stage it first: it wins from
    16 rows, and from 3 rows (2 where H >= 4096) where W is large (N >= 2048); it loses at M = 1
    and for few rows of a small W, where the other streams are at their best. Slow DRAM, where the
@@ -81,7 +94,7 @@ bool stream_unbalanced(const Call &c);
    MiB, 1-8 rows; 0.6-0.9 us ahead at one shape, H 5120 N 7168 at 2-4 rows). */
 bool deferred_wanted(const Call &c) {
     if (c.rows >= 16) return !slow_dram(c) || slow_many_rows_one_kernel(c);
-    if (slow_dram(c) && stream_fits(c)) return stream_unbalanced(c);
+    if (slow_dram(c) && stream_fits(c)) return stream_unbalanced(c) && !bulk_wide_wanted(c);
     if (c.cols < 2048) return false;
     if (c.rows >= 3) return true;
     if (slow_dram(c)) return c.rows == 2 || c.hidden <= 1024;
@@ -251,6 +264,7 @@ int mv_qkv_cuda(const mv_qkv_args *a, const mv_cuda_opts *o, void *stream, mv_qk
     mv_qkv_plan plan;
     plan.pdl = mv_pdl_use(o->pdl, dev);
     plan.early_weights = early_weights_wanted(c);
+    plan.wide_blocks = bulk_wide_wanted(c);
     plan.writes_residual = false;
     const Rule &rule = choose(*a, c, o->path, &plan);
     cudaStream_t s = static_cast<cudaStream_t>(stream);

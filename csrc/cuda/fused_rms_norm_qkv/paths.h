@@ -17,12 +17,13 @@
 #include "cuda/device.h"
 #include "minivllm_kernels.h"
 
-/* One call's plan. The dispatcher sets pdl and early_weights before asking a path; the path sets writes_residual
-   (whether its launch stores residual_out itself; otherwise the dispatcher's store kernel follows
-   it) and keeps its own state in storage. */
+/* One call's plan. The dispatcher sets pdl, early_weights and wide_blocks before asking a path;
+   the path sets writes_residual (whether its launch stores residual_out itself; otherwise the
+   dispatcher's store kernel follows it) and keeps its own state in storage. */
 struct mv_qkv_plan {
     bool pdl;
     bool early_weights; /* with pdl: a path may ask for W before its wait for the previous kernel */
+    bool wide_blocks;   /* the tensor-copy stream's wide blocks (bulk_stream.cu) */
     bool writes_residual;
     alignas(128) unsigned char storage[1024]; /* 128: CUtensorMap's alignment */
 };
@@ -93,7 +94,10 @@ cudaError_t mv_qkv_register_launch(const mv_qkv_args &a, const mv_qkv_plan &plan
                                    cudaStream_t stream);
 
 /* W stream by the tensor copy engine (bulk_stream.cu): as the register stream, sm_90+, H % 64 == 0,
-   where a ring of at least two stages fits beside the staged input. */
+   where a ring of at least two stages fits beside the staged input. With plan->wide_blocks, blocks
+   of at least kBulkWideFeatures features (fewer blocks than SMs), each with a whole SM's ring: four
+   whole 16-feature tiles a block, as cuBLAS's one-row kernel takes 64 features a block. */
+constexpr int kBulkWideFeatures = 64;
 bool mv_qkv_bulk_plan(const mv_qkv_args &a, const mv_cuda_device &dev, mv_qkv_plan *plan);
 cudaError_t mv_qkv_bulk_launch(const mv_qkv_args &a, const mv_qkv_plan &plan, const mv_cuda_device &dev,
                                cudaStream_t stream);
