@@ -48,6 +48,10 @@ bool slow_dram(const Call &c) { return c.dev->dram_gbps > 0 && c.dev->dram_gbps 
    there cuBLASLt made the prologue 0.3-3.3 us slower. */
 constexpr int64_t kSlowResidualStreamMaxElements = 7168;
 
+/* Slow DRAM, the rules measured on the op alone after a torch GEMM (16 rows and more, wide blocks,
+   no wgmma): the attention prologue's QKV call (epilogue_next) keeps the table as before them. */
+bool slow_dram_op_alone(const Call &c) { return slow_dram(c) && !c.epilogue_next; }
+
 /* Slow DRAM, 16 rows or more: one kernel (a W stream, the deferred stream or the engine) only
    where W is large; elsewhere norm + cuBLASLt. Timed after a torch GEMM, the one-kernel paths lost
    their lead in chains of their own calls: at 16 rows the deferred stream or the engine won from
@@ -65,7 +69,7 @@ bool slow_many_rows_one_kernel(const Call &c) {
 
 bool stream_wanted(const Call &c) {
     if (!stream_fits(c)) return false;
-    if (slow_dram(c) && c.rows >= 16 && !slow_many_rows_one_kernel(c)) return false;
+    if (slow_dram_op_alone(c) && c.rows >= 16 && !slow_many_rows_one_kernel(c)) return false;
     return !(c.residual && slow_dram(c) && !c.epilogue_next && c.rows >= 4 &&
              c.rows * c.hidden > kSlowResidualStreamMaxElements);
 }
@@ -81,7 +85,7 @@ bool stream_unbalanced(const Call &c);
 constexpr int64_t kBulkWideMaxRows = 4;
 bool bulk_wide_wanted(const Call &c) {
     const bool half_the_sms = 2 * c.cols >= static_cast<int64_t>(kBulkWideFeatures) * c.dev->sms;
-    return slow_dram(c) && !c.residual && c.rows <= kBulkWideMaxRows && half_the_sms && stream_wanted(c) &&
+    return slow_dram_op_alone(c) && !c.residual && c.rows <= kBulkWideMaxRows && half_the_sms && stream_wanted(c) &&
            stream_unbalanced(c);
 }
 
@@ -93,7 +97,7 @@ bool bulk_wide_wanted(const Call &c) {
    engine); elsewhere it lost 0.3-1.8 us to the register or tensor-copy stream (N 2048-8192, W 5-56
    MiB, 1-8 rows; 0.6-0.9 us ahead at one shape, H 5120 N 7168 at 2-4 rows). */
 bool deferred_wanted(const Call &c) {
-    if (c.rows >= 16) return !slow_dram(c) || slow_many_rows_one_kernel(c);
+    if (c.rows >= 16) return !slow_dram_op_alone(c) || slow_many_rows_one_kernel(c);
     if (slow_dram(c) && stream_fits(c)) return stream_unbalanced(c) && !bulk_wide_wanted(c);
     if (c.cols < 2048) return false;
     if (c.rows >= 3) return true;
@@ -122,7 +126,7 @@ constexpr int64_t kWgmmaSplitMaxWeights = 6 << 20; /* elements: 12 MiB of 16-bit
 bool wgmma_wanted(const Call &c) {
     /* slow DRAM: after a torch GEMM norm + cuBLASLt was 1.3-3.9 us faster at all 9 points measured
        (H 896-2048, 64-256 rows; dev/logs/qkv-mid-rows-after-gemm-nvidia-h100-2026-11-26.log) */
-    if (slow_dram(c)) return false;
+    if (slow_dram_op_alone(c)) return false;
     if (c.hidden > 1024) return c.rows <= 64 && c.cols * c.hidden <= kWgmmaSplitMaxWeights;
     return c.rows <= 64 || (c.cols <= 2048 && c.rows <= 256);
 }
@@ -157,7 +161,7 @@ bool engine_wanted(const Call &c) {
     if (c.cols * c.hidden < kEngineMinWeights || c.rows > 32) return false;
     /* slow DRAM: the deferred stream takes unbalanced W below 16 rows (deferred_wanted); from 17
        rows only a large W (slow_many_rows_one_kernel) */
-    if (slow_dram(c)) return c.rows >= 17 && slow_many_rows_one_kernel(c);
+    if (slow_dram(c)) return c.rows >= 17 && (c.epilogue_next || slow_many_rows_one_kernel(c));
     return c.rows >= (c.dev->dram_gbps > 0 ? 16 : 17) || stream_unbalanced(c);
 }
 
@@ -172,7 +176,8 @@ bool engine_wanted(const Call &c) {
    (dev/logs/qkv-mid-rows-after-gemm-nvidia-h100-2026-11-26.log). */
 bool engine_after_streams_wanted(const Call &c) {
     if (c.cols * c.hidden < kEngineMinWeights || c.dev->dram_gbps <= 0) return false;
-    if (slow_dram(c)) return c.rows < 16 || (c.rows == 16 && slow_many_rows_one_kernel(c));
+    if (slow_dram(c))
+        return !c.epilogue_next && (c.rows < 16 || (c.rows == 16 && slow_many_rows_one_kernel(c)));
     return c.rows < 16;
 }
 
