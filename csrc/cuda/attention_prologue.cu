@@ -241,9 +241,6 @@ extern "C" int mv_attention_prologue_cuda(const mv_prologue_args *a, const mv_cu
     if (o->path == MV_QKV_ENGINE_PROLOGUE) {
         mv_qkv_plan plan;
         plan.pdl = pdl;
-        plan.early_weights = true; /* the engine's own choice */
-        plan.wide_blocks = false;
-        plan.writes_residual = false;
         if (mv_qkv_engine_prologue_plan(*a, dev, &plan)) {
             const cudaError_t err = mv_qkv_engine_prologue_launch(*a, plan, dev, s);
             if (err != cudaSuccess) return static_cast<int>(err);

@@ -270,13 +270,13 @@ bool plan_bulk(BulkState *st, const mv_qkv_args &a, const mv_cuda_device &dev, i
     const int lines = hidden / kLineK;
     const size_t half_sm = static_cast<size_t>(dev.max_shared_sm / 2 - dev.reserved_shared);
     const size_t whole = static_cast<size_t>(dev.max_shared_block);
-    const size_t half_budget = wide_blocks ? whole : (half_sm < whole ? half_sm : whole);
-    size_t smem = plan_ring(&geo, half_budget, base, input_extra, input_copy_ok, most_tiles, lines,
+    const size_t first_budget = wide_blocks ? whole : (half_sm < whole ? half_sm : whole);
+    size_t smem = plan_ring(&geo, first_budget, base, input_extra, input_copy_ok, most_tiles, lines,
                             kMinSharedStageLines, 3);
     if (smem == 0) {
         BulkGeometry two = geo;
         const size_t two_smem =
-            plan_ring(&two, half_budget, base, input_extra, input_copy_ok, most_tiles, lines, kMinSharedStageLines, 2);
+            plan_ring(&two, first_budget, base, input_extra, input_copy_ok, most_tiles, lines, kMinSharedStageLines, 2);
         if (two_smem != 0 && two.kchunks <= 2) {
             geo = two;
             smem = two_smem;

@@ -48,8 +48,9 @@ bool slow_dram(const Call &c) { return c.dev->dram_gbps > 0 && c.dev->dram_gbps 
    there cuBLASLt made the prologue 0.3-3.3 us slower. */
 constexpr int64_t kSlowResidualStreamMaxElements = 7168;
 
-/* Slow DRAM, the rules measured on the op alone after a torch GEMM (16 rows and more, wide blocks,
-   no wgmma): the attention prologue's QKV call (epilogue_next) keeps the table as before them. */
+/* Slow DRAM, the rules measured on the op alone after a torch GEMM (the residual rule above; 16 rows
+   and more, wide blocks, no wgmma below): the attention prologue's QKV call (epilogue_next) keeps
+   the table as before them. */
 bool slow_dram_op_alone(const Call &c) { return slow_dram(c) && !c.epilogue_next; }
 
 /* Slow DRAM, 16 rows or more: one kernel (a W stream, the deferred stream or the engine) only
@@ -70,8 +71,7 @@ bool slow_many_rows_one_kernel(const Call &c) {
 bool stream_wanted(const Call &c) {
     if (!stream_fits(c)) return false;
     if (slow_dram_op_alone(c) && c.rows >= 16 && !slow_many_rows_one_kernel(c)) return false;
-    return !(c.residual && slow_dram(c) && !c.epilogue_next && c.rows >= 4 &&
-             c.rows * c.hidden > kSlowResidualStreamMaxElements);
+    return !(c.residual && slow_dram_op_alone(c) && c.rows >= 4 && c.rows * c.hidden > kSlowResidualStreamMaxElements);
 }
 
 bool stream_unbalanced(const Call &c);
@@ -270,7 +270,6 @@ int mv_qkv_cuda(const mv_qkv_args *a, const mv_cuda_opts *o, void *stream, mv_qk
     plan.pdl = mv_pdl_use(o->pdl, dev);
     plan.early_weights = early_weights_wanted(c);
     plan.wide_blocks = bulk_wide_wanted(c);
-    plan.writes_residual = false;
     const Rule &rule = choose(*a, c, o->path, &plan);
     cudaStream_t s = static_cast<cudaStream_t>(stream);
     err = rule.launch(*a, plan, dev, s);
