@@ -3,7 +3,7 @@ the table's choice (auto), the one-kernel register prologue, the register stream
 and the QKV op alone (issue 30). Uses bench_attention_prologue's layers and timing (graph replay,
 each call its own layer, the residual form, paged cache).
 usage: python3 dev/probes/prologue_paths.py [models ...] [--m 1 4 8] [--paths auto register_prologue register]
-[--after-sep]"""
+[--after-sep | --after-mm]"""
 import argparse, sys
 from pathlib import Path
 import torch
@@ -21,6 +21,9 @@ ap.add_argument("--replays", type=int, default=9)
 ap.add_argument("--after-sep", action="store_true",
                 help="each call after a fill of a small buffer (a kernel that lets nothing overlap, as a model's "
                      "GEMM before the prologue); the fill alone is printed as sep")
+ap.add_argument("--after-mm", action="store_true",
+                help="each call after a torch GEMM [M, H] x [H, H] (o_proj or down_proj's shape, its own weights "
+                     "a call); the GEMM alone is printed as sep")
 args = ap.parse_args()
 dtype = torch.bfloat16
 print(torch.cuda.get_device_name(), flush=True)
@@ -34,7 +37,11 @@ for name in args.models:
         cells = []
         fills = [torch.empty(1024, device="cuda") for _ in range(calls)]
         pre = (lambda i: fills[i].fill_(1.0)) if args.after_sep else (lambda i: None)
-        if args.after_sep:
+        if args.after_mm:
+            mm_x = [torch.randn(rows, model.hidden, device="cuda", dtype=dtype) for _ in range(calls)]
+            mm_w = [torch.randn(model.hidden, model.hidden, device="cuda", dtype=dtype) for _ in range(calls)]
+            pre = lambda i: torch.nn.functional.linear(mm_x[i], mm_w[i])  # noqa: E731
+        if args.after_sep or args.after_mm:
             cells.append(f"sep {bt.time_per_call(pre, calls, args.replays)['us']:6.2f}")
         for p in args.paths:
             kw = {} if p == "auto" else {"_path": p}
