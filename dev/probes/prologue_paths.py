@@ -3,15 +3,16 @@ the table's choice (auto), the one-kernel register prologue, the register stream
 and the QKV op alone (issue 30). Uses bench_attention_prologue's layers and timing (graph replay,
 each call its own layer, the residual form, paged cache).
 usage: python3 dev/probes/prologue_paths.py [models ...] [--m 1 4 8] [--paths auto register_prologue register]
-[--after-sep | --after-mm]"""
+[--after-sep | --after-mm] [--no-residual]"""
 import argparse, sys
 from pathlib import Path
 import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import bench_attention_prologue as bp  # noqa: E402
+from prologue_layers import each_shape, vary  # noqa: E402
 from minivllm import _C  # noqa: E402
 from minivllm.bench import timing as bt  # noqa: E402
-from minivllm.bench.models import find_model, qkv_features  # noqa: E402
+from minivllm.bench.models import qkv_features  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("models", nargs="*", default=["qwen3-0.6b", "qwen2.5-0.5b"])
@@ -24,30 +25,31 @@ ap.add_argument("--after-sep", action="store_true",
 ap.add_argument("--after-mm", action="store_true",
                 help="each call after a torch GEMM [M, H] x [H, H] (o_proj or down_proj's shape, its own weights "
                      "a call); the GEMM alone is printed as sep")
+ap.add_argument("--no-residual", action="store_true", help="calls without a residual (the Hugging Face patch's form)")
+ap.add_argument("--shared-step-inputs", action="store_true",
+                help="every layer's call takes layer 0's positions and slot_mapping, as a model's layers "
+                     "share one decode step's")
 args = ap.parse_args()
 dtype = torch.bfloat16
 print(torch.cuda.get_device_name(), flush=True)
-for name in args.models:
-    model = find_model(name)
-    bias, qk = bp.features_of(model)
-    table = bp.cos_sin_table(model.head_dim, dtype, "cuda")
-    for rows in args.m:
-        calls = bt.qkv_calls_per_graph(rows, model.hidden, qkv_features(model), 2, 50 << 20)
-        layers = [bp.Layer(model, rows, dtype, "cuda", bias, qk, table) for _ in range(calls)]
-        cells = []
-        fills = [torch.empty(1024, device="cuda") for _ in range(calls)]
-        pre = (lambda i: fills[i].fill_(1.0)) if args.after_sep else (lambda i: None)
-        if args.after_mm:
-            mm_x = [torch.randn(rows, model.hidden, device="cuda", dtype=dtype) for _ in range(calls)]
-            mm_w = [torch.randn(model.hidden, model.hidden, device="cuda", dtype=dtype) for _ in range(calls)]
-            pre = lambda i: torch.nn.functional.linear(mm_x[i], mm_w[i])  # noqa: E731
-        if args.after_sep or args.after_mm:
-            cells.append(f"sep {bt.time_per_call(pre, calls, args.replays)['us']:6.2f}")
-        for p in args.paths:
-            kw = {} if p == "auto" else {"_path": p}
-            layers[0].minivllm(**kw)
-            ran = _C.qkv_last_gpu_path()
-            us = bt.time_per_call(lambda i: (pre(i), layers[i].minivllm(**kw)), calls, args.replays)["us"]
-            cells.append(f"{p} {us:6.2f} ({ran})")
-        us = bt.time_per_call(lambda i: (pre(i), layers[i].qkv_op()), calls, args.replays)["us"]
-        print(f"{model.name:13s} M={rows:3d} | " + " | ".join(cells) + f" | qkv_op {us:6.2f}", flush=True)
+for model, rows, new_layers in each_shape(bp, args.models, args.m, dtype):
+    calls = bt.qkv_calls_per_graph(rows, model.hidden, qkv_features(model), 2, 50 << 20)
+    layers = new_layers(calls)
+    vary(layers, args.no_residual, args.shared_step_inputs)
+    cells = []
+    fills = [torch.empty(1024, device="cuda") for _ in range(calls)]
+    pre = (lambda i: fills[i].fill_(1.0)) if args.after_sep else (lambda i: None)
+    if args.after_mm:
+        mm_x = [torch.randn(rows, model.hidden, device="cuda", dtype=dtype) for _ in range(calls)]
+        mm_w = [torch.randn(model.hidden, model.hidden, device="cuda", dtype=dtype) for _ in range(calls)]
+        pre = lambda i: torch.nn.functional.linear(mm_x[i], mm_w[i])  # noqa: E731
+    if args.after_sep or args.after_mm:
+        cells.append(f"sep {bt.time_per_call(pre, calls, args.replays)['us']:6.2f}")
+    for p in args.paths:
+        kw = {} if p == "auto" else {"_path": p}
+        layers[0].minivllm(**kw)
+        ran = _C.qkv_last_gpu_path()
+        us = bt.time_per_call(lambda i: (pre(i), layers[i].minivllm(**kw)), calls, args.replays)["us"]
+        cells.append(f"{p} {us:6.2f} ({ran})")
+    us = bt.time_per_call(lambda i: (pre(i), layers[i].qkv_op()), calls, args.replays)["us"]
+    print(f"{model.name:13s} M={rows:3d} | " + " | ".join(cells) + f" | qkv_op {us:6.2f}", flush=True)
