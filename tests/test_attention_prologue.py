@@ -401,6 +401,31 @@ def test_engine_prologue_refuses_straddling_heads(D, rng):
     assert last_gpu_path() not in ("engine_prologue", "none"), last_gpu_path()
 
 
+@NEEDS_CUDA
+def test_qkv_rules_in_the_prologue(rng):
+    """The QKV table's choice for the prologue's own call (its epilogue kernel follows): on GPUs
+    under 4 TB/s of DRAM bandwidth (an H100), timed after a torch GEMM, it keeps the deferred stream
+    from 16 rows where the op alone takes norm + cuBLASLt, takes norm + cuBLASLt over the engine as
+    the op alone does, and keeps wgmma only where N <= 2048. Faster GPUs keep their rules; each
+    call is checked against the float64 reference."""
+    cap = cuda_capability()
+    if cap != (9, 0):
+        pytest.skip(f"the rules checked are sm_90's; this GPU is sm_{cap[0]}{cap[1]}")
+    from minivllm import _C
+    slow = _C._cuda_dram_gbps() < 4000
+    dev = get_backend("cuda")
+    cases = [  # (M, H, heads, kv heads, head_dim, expected on slow DRAM, expected on fast DRAM)
+        (16, 1024, 16, 8, 128, "deferred", "deferred"),  # W 8 MiB (the op alone: cublaslt / deferred)
+        (24, 4096, 24, 8, 128, "cublaslt", "engine"),    # W 40 MiB, over 32 features an SM
+        (64, 1024, 16, 8, 128, "cublaslt", "wgmma"),     # N = 4096
+        (128, 896, 14, 2, 64, "wgmma", "wgmma"),         # N = 1152
+    ]
+    for M, H, nq, nkv, D, on_slow, on_fast in cases:
+        Case(dev, rng, "bfloat16", M, H, nq, nkv, D, qk_norm=True, cache="paged").run()
+        expected = on_slow if slow else on_fast
+        assert last_gpu_path() == expected, f"M={M} H={H}: ran {last_gpu_path()!r}, expected {expected!r}"
+
+
 @pytest.mark.parametrize("lead", [(2, 3), (1, 1), (3, 1, 2)])
 def test_leading_dims(dev, dtype, lead, rng):
     """hidden_states [batch, seq, H] with positions and slot_mapping [batch, seq]."""

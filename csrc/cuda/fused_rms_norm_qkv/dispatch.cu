@@ -48,9 +48,14 @@ bool slow_dram(const Call &c) { return c.dev->dram_gbps > 0 && c.dev->dram_gbps 
    there cuBLASLt made the prologue 0.3-3.3 us slower. */
 constexpr int64_t kSlowResidualStreamMaxElements = 7168;
 
-/* Slow DRAM, the rules measured on the op alone after a torch GEMM (the residual rule above; 16 rows
-   and more, wide blocks, no wgmma below): the attention prologue's QKV call (epilogue_next) keeps
-   the table as before them. */
+/* Slow DRAM, the rules measured on the op alone after a torch GEMM (the residual rule above; the
+   W streams and the deferred stream from 16 rows, wide blocks): the attention prologue's QKV call
+   (epilogue_next) keeps the table as before them, since its epilogue starts early after those
+   streams but only once cuBLASLt's GEMM has ended: after a torch GEMM the prologue without a
+   residual took 0.9-1.6 us less on the deferred stream than on norm + cuBLASLt at 16-32 rows
+   (Qwen3-0.6B; dev/logs/prologue-mid-rows-after-gemm-nvidia-h100-2026-11-26.log). The engine rule
+   below applies to the prologue as to the op alone (norm + cuBLASLt 1.9-3.5 us faster there too,
+   24-32 rows, 18-48 MiB), and wgmma_wanted has a prologue clause of its own. */
 bool slow_dram_op_alone(const Call &c) { return slow_dram(c) && !c.epilogue_next; }
 
 /* Slow DRAM, 16 rows or more: one kernel (a W stream, the deferred stream or the engine) only
@@ -123,10 +128,14 @@ bool register_one_row_wanted(const Call &c) {
    SMs too: there it won for W up to 12 MiB (H 1152-2048, 1.05-1.28x at 48-64 rows) and lost from
    18 MiB (H 2048-2560); with more rows each tile walks all of H, and larger H lose. */
 constexpr int64_t kWgmmaSplitMaxWeights = 6 << 20; /* elements: 12 MiB of 16-bit weights */
+constexpr int64_t kWgmmaPrologueMaxCols = 2048;
 bool wgmma_wanted(const Call &c) {
     /* slow DRAM: after a torch GEMM norm + cuBLASLt was 1.3-3.9 us faster at all 9 points measured
-       (H 896-2048, 64-256 rows; dev/logs/qkv-mid-rows-after-gemm-nvidia-h100-2026-11-26.log) */
-    if (slow_dram_op_alone(c)) return false;
+       (H 896-2048, 64-256 rows; dev/logs/qkv-mid-rows-after-gemm-nvidia-h100-2026-11-26.log). In
+       the attention prologue, whose epilogue starts early after wgmma but not after cuBLASLt, wgmma
+       was level or 0.9 us faster where N <= 2048 (H 896-1152, 64-128 rows) and 2.4 us slower at
+       N = 4096 (dev/logs/prologue-mid-rows-after-gemm-nvidia-h100-2026-11-26.log). */
+    if (slow_dram(c) && (!c.epilogue_next || c.cols > kWgmmaPrologueMaxCols)) return false;
     if (c.hidden > 1024) return c.rows <= 64 && c.cols * c.hidden <= kWgmmaSplitMaxWeights;
     return c.rows <= 64 || (c.cols <= 2048 && c.rows <= 256);
 }
@@ -160,8 +169,8 @@ bool stream_unbalanced(const Call &c) {
 bool engine_wanted(const Call &c) {
     if (c.cols * c.hidden < kEngineMinWeights || c.rows > 32) return false;
     /* slow DRAM: the deferred stream takes unbalanced W below 16 rows (deferred_wanted); from 17
-       rows only a large W (slow_many_rows_one_kernel) */
-    if (slow_dram(c)) return c.rows >= 17 && (c.epilogue_next || slow_many_rows_one_kernel(c));
+       rows only a large W (slow_many_rows_one_kernel), in the attention prologue too */
+    if (slow_dram(c)) return c.rows >= 17 && slow_many_rows_one_kernel(c);
     return c.rows >= (c.dev->dram_gbps > 0 ? 16 : 17) || stream_unbalanced(c);
 }
 
