@@ -600,8 +600,9 @@ def test_slow_dram_rules(rng):
     runs the op (after a kernel that lets nothing overlap): one row of a W of at most 16 MiB runs
     the register stream rather than the tensor-copy one; a residual call of 4 or more rows with
     M * H > 7168 runs norm + cuBLASLt; few rows of an evenly shared W no longer run the deferred
-    stream (1-4 rows of an unevenly shared W the tensor-copy stream in wide blocks); from 16 rows
-    one kernel only for a large W (at 16 rows 24 MiB, beyond 80 MiB), and no wgmma. Faster GPUs keep their rules; each call is checked against the float64 reference."""
+    stream (1-4 rows of an unevenly shared W the tensor-copy stream in wide blocks); 9-15 rows of a
+    W of 4-24 MiB (a second token tile in the streams) norm + cuBLASLt; from 16 rows one kernel
+    only for a large W (at 16 rows 24 MiB, beyond 80 MiB), and no wgmma. Faster GPUs keep their rules; each call is checked against the float64 reference."""
     if cuda_skip_reason():
         pytest.skip(cuda_skip_reason())
     if cuda_capability() != (9, 0):
@@ -616,6 +617,10 @@ def test_slow_dram_rules(rng):
         (3, 4096, 32, 8, True, "bulk", "bulk"),          # 3 rows stay on the streams
         (12, 1024, 16, 8, True, "cublaslt", "register"), # M * H = 12288, the whole-W-first form
         (2, 2048, 32, 8, False, "bulk", None),           # N = 3072, fast DRAM: its own rule
+        (8, 1024, 16, 8, False, "register", None),      # W 8 MiB, one token tile
+        (12, 1024, 16, 8, False, "cublaslt", None),      # two token tiles, W 8 MiB
+        (12, 1024, 8, 1, False, "register", None),       # two token tiles, W 2.5 MiB (under 4)
+        (12, 3072, 24, 8, False, "deferred", None),      # two token tiles, W 30 MiB (N = 5120)
         (16, 1024, 16, 8, False, "cublaslt", "deferred"), # W 8 MiB
         (16, 4096, 24, 8, False, "deferred", "engine"),  # W 40 MiB
         (24, 4096, 24, 8, False, "cublaslt", "engine"),  # W 40 MiB, under 80

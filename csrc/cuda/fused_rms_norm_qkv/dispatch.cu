@@ -73,8 +73,22 @@ bool slow_many_rows_one_kernel(const Call &c) {
     return weights >= (c.rows <= 16 ? kSlowSixteenRowsMinWeights : kSlowManyRowsMinWeights);
 }
 
+/* Slow DRAM, 9-15 rows without a residual (the W streams' mma takes 8 tokens, so a second token
+   tile from 9 rows): norm + cuBLASLt where W is 4-24 MiB. After a torch GEMM it was 0.15-1.8 us
+   faster than the table's W stream at all 18 points there (6 shapes of 6-18 MiB, 9, 12 and 15
+   rows); at 2-8 rows the streams were faster or level (up to 0.8 behind at 8 rows); at 2 MiB the
+   register stream was 0.7-0.9 us faster, and from 24 MiB the streams were level or faster
+   (dev/logs/qkv-few-rows-after-gemm-nvidia-h100-2026-11-26.log). */
+constexpr int64_t kSlowTwoTilesMinRows = 9;
+constexpr int64_t kSlowTwoTilesMinWeights = 2 << 20; /* elements: 4 MiB of 16-bit weights */
+bool slow_two_tiles_norm_first(const Call &c) {
+    const int64_t weights = c.cols * c.hidden;
+    return slow_dram_op_alone(c) && !c.residual && c.rows >= kSlowTwoTilesMinRows && c.rows < 16 &&
+           weights >= kSlowTwoTilesMinWeights && weights < kSlowSixteenRowsMinWeights;
+}
+
 bool stream_wanted(const Call &c) {
-    if (!stream_fits(c)) return false;
+    if (!stream_fits(c) || slow_two_tiles_norm_first(c)) return false;
     if (slow_dram_op_alone(c) && c.rows >= 16 && !slow_many_rows_one_kernel(c)) return false;
     return !(c.residual && slow_dram_op_alone(c) && c.rows >= 4 && c.rows * c.hidden > kSlowResidualStreamMaxElements);
 }
@@ -103,6 +117,7 @@ bool bulk_wide_wanted(const Call &c) {
    MiB, 1-8 rows; 0.6-0.9 us ahead at one shape, H 5120 N 7168 at 2-4 rows). */
 bool deferred_wanted(const Call &c) {
     if (c.rows >= 16) return !slow_dram_op_alone(c) || slow_many_rows_one_kernel(c);
+    if (slow_two_tiles_norm_first(c)) return false;
     if (slow_dram(c) && stream_fits(c)) return stream_unbalanced(c) && !bulk_wide_wanted(c);
     if (c.cols < 2048) return false;
     if (c.rows >= 3) return true;
@@ -186,7 +201,8 @@ bool engine_wanted(const Call &c) {
 bool engine_after_streams_wanted(const Call &c) {
     if (c.cols * c.hidden < kEngineMinWeights || c.dev->dram_gbps <= 0) return false;
     if (slow_dram(c))
-        return !c.epilogue_next && (c.rows < 16 || (c.rows == 16 && slow_many_rows_one_kernel(c)));
+        return !c.epilogue_next && !slow_two_tiles_norm_first(c) &&
+               (c.rows < 16 || (c.rows == 16 && slow_many_rows_one_kernel(c)));
     return c.rows < 16;
 }
 
