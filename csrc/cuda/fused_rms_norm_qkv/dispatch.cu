@@ -43,13 +43,17 @@ bool slow_dram(const Call &c) { return c.dev->dram_gbps > 0 && c.dev->dram_gbps 
 /* Slow DRAM, a residual call of 4 or more rows: the W streams only while M * H <= 7168; beyond,
    norm + cuBLASLt was 0.7-3.1 us faster (H 1152-1536 at 8 rows, H 2048-2560 at 4, H 896-1024 at 12;
    level at H 1024 at 8), below it the streams 0.7-1.7 us faster (H 1152-1536 at 4 rows, H 896 at
-   8); at 3 rows the streams stayed 0.5-1.5 us faster (H 2304-4096). Not in the attention prologue:
-   its epilogue kernel starts early after a stream but only once cuBLASLt's GEMM has ended, and
-   there cuBLASLt made the prologue 0.3-3.3 us slower. */
+   8); at 3 rows the streams stayed 0.5-1.5 us faster (H 2304-4096). */
 constexpr int64_t kSlowResidualStreamMaxElements = 7168;
+/* In the attention prologue, whose epilogue starts early after a W stream but only once cuBLASLt's
+   GEMM has ended, the bound is higher: after a torch GEMM (positions and slots shared by the layers
+   as in a model) norm + cuBLASLt made the prologue faster at all 6 points past M.H = 8192 (0.1-4.7
+   us: Qwen2.5-1.5B 6-8 rows 1.3, Llama-3.2-1B 6 rows 4.7) and slower at 10 of 12 up to it (1.1-3.1
+   us; 0.3 and 2.2 faster at the other two; dev/logs/prologue-mid-rows-after-gemm-nvidia-h100-2026-11-26.log). */
+constexpr int64_t kSlowPrologueResidualStreamMaxElements = 8192;
 
-/* Slow DRAM, the rules measured on the op alone after a torch GEMM (the residual rule above; the
-   W streams and the deferred stream from 16 rows, wide blocks): the attention prologue's QKV call
+/* Slow DRAM, the rules measured on the op alone after a torch GEMM (the W streams and the deferred
+   stream from 16 rows and at 9-15, wide blocks): the attention prologue's QKV call
    (epilogue_next) keeps the table as before them, since its epilogue starts early after those
    streams but only once cuBLASLt's GEMM has ended: after a torch GEMM the prologue without a
    residual took 0.9-1.6 us less on the deferred stream than on norm + cuBLASLt at 16-32 rows
@@ -90,7 +94,8 @@ bool slow_two_tiles_norm_first(const Call &c) {
 bool stream_wanted(const Call &c) {
     if (!stream_fits(c) || slow_two_tiles_norm_first(c)) return false;
     if (slow_dram_op_alone(c) && c.rows >= 16 && !slow_many_rows_one_kernel(c)) return false;
-    return !(c.residual && slow_dram_op_alone(c) && c.rows >= 4 && c.rows * c.hidden > kSlowResidualStreamMaxElements);
+    const int64_t most = c.epilogue_next ? kSlowPrologueResidualStreamMaxElements : kSlowResidualStreamMaxElements;
+    return !(c.residual && slow_dram(c) && c.rows >= 4 && c.rows * c.hidden > most);
 }
 
 bool stream_unbalanced(const Call &c);
