@@ -48,7 +48,7 @@ constexpr int64_t kSlowResidualStreamMaxElements = 7168;
 /* In the attention prologue, whose epilogue starts early after a W stream but only once cuBLASLt's
    GEMM has ended, the bound is higher: after a torch GEMM (positions and slots shared by the layers
    as in a model) norm + cuBLASLt made the prologue faster at all 6 points past M.H = 8192 (0.1-4.7
-   us: Qwen2.5-1.5B 6-8 rows 1.3, Llama-3.2-1B 6 rows 4.7) and slower at 10 of 12 up to it (1.1-3.1
+   us: Qwen2.5-1.5B 6-8 rows 1.3, Llama-3.2-1B 6 rows 4.7) and slower at 8 of 10 up to it (1.1-3.1
    us; 0.3 and 2.2 faster at the other two; dev/logs/prologue-mid-rows-after-gemm-nvidia-h100-2026-11-26.log). */
 constexpr int64_t kSlowPrologueResidualStreamMaxElements = 8192;
 
