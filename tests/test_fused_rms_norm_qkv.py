@@ -554,6 +554,43 @@ def test_forced_path_runs(path, rng):
             f"_path={path!r} at M={M} H={H} {dtype}: ran {_C.qkv_last_gpu_path()!r}"
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("form", ["out_of_place", "in_place", "strided"])
+def test_deferred_stream_takes_a_residual(dtype, form, rng):
+    """The deferred-norm stream with a residual, forced: s = x + residual rounded to the dtype in
+    the lane that loads x, s stored to residual_out by one block a stage (out of place; in place
+    the store kernel follows, since other blocks may still be reading the residual), rows of x and
+    residual with a stride over H. M from one token tile to four, odd M (a residual box that
+    does not end on the swizzle's 1 KiB), N not a multiple of the blocks' features."""
+    if cuda_skip_reason():
+        pytest.skip(cuda_skip_reason())
+    if cuda_capability() < (9, 0):
+        pytest.skip(f"the deferred stream needs sm_90; this GPU is sm_{cuda_capability()[0]}{cuda_capability()[1]}")
+    dev = get_backend("cuda")
+    H, nh, nkv, hd = 1536, 12, 2, 128
+    for M in (1, 3, 8, 13, 16, 27, 32):
+        x64, r64 = (round_to(rng.standard_normal((M, 2 * H)), dtype) for _ in range(2))
+        width = 2 * H if form == "strided" else H
+        x = dev.array(x64[:, :width], dtype)[:, :H]
+        r = dev.array(r64[:, :width], dtype)[:, :H]
+        g64 = round_to(norm_weight(rng, H), dtype)
+        W64 = round_to(make_W(rng, (nh + 2 * nkv) * hd, H), dtype)
+        kw = {"residual_out": r} if form == "in_place" else {}
+        res = forward(x, dev.array(g64, dtype), dev.array(W64, dtype), nh, nkv, residual=r, _path="deferred", **kw)
+        dev.sync()
+        assert _C.qkv_last_gpu_path() == "deferred", f"M={M} {form}: ran {_C.qkv_last_gpu_path()!r}"
+        refs = qkv_ref(x64[:, :H], g64, W64, nh, nkv, 1e-6, residual=r64[:, :H], dtype=dtype,
+                       y_dtype=qkv_y_dtype("cuda", dtype))
+        for name, out, ref in zip("qkv", res[:3], refs):
+            assert_matches(to64(out), ref, QKV_TOL[dtype], f"M={M} {form} {name}", row_axes=2)
+        assert_same_values(to64(res[3]), refs[3], f"M={M} {form} new_residual")
+        if form == "in_place":
+            assert_same_values(to64(r), refs[3], f"M={M} residual after the in-place call")
+        else:
+            assert_same_values(to64(r), r64[:, :H], f"M={M} residual unchanged")
+        assert_same_values(to64(x), x64[:, :H], f"M={M} hidden_states unchanged")
+
+
 def test_engine_stream_k_after_cluster_split(rng):
     """The engine's two layouts of one kernel alternate: stream-K (more tiles than SMs) asks for
     more shared memory than the cluster split (whose parts take some), and the split's occupancy

@@ -1,14 +1,14 @@
 /*
- * deferred_stream.cu: the deferred-norm W stream (sm_90+, fp16/bf16, no residual, 1 <= M <= 32,
- * H % 64 == 0). Shared layout: stream_common.cuh. The x rows travel beside W through the same
- * ring and rrms is applied in the epilogue, so no block stages the whole input before its first
- * product.
+ * deferred_stream.cu: the deferred-norm W stream (sm_90+, fp16/bf16, 1 <= M <= 32, H % 64 == 0).
+ * Shared layout: stream_common.cuh. The x rows (and residual rows) travel beside W through the
+ * same ring and rrms is applied in the epilogue, so no block stages the whole input before its
+ * first product.
  */
 #include "cuda/fused_rms_norm_qkv/stream_common.cuh"
 
 namespace {
 
-/* ---- The deferred-norm tensor-copy kernel (sm_90+, fp16/bf16, no residual, M <= 32) --------
+/* ---- The deferred-norm tensor-copy kernel (sm_90+, fp16/bf16, M <= 32) -----------------------
 
    The two kernels above stage the whole normalized input in every block before the first product:
    at M = 16 and H = 4096 that is 128 KiB that each of 132 blocks reads at once (17 MiB out of L2
@@ -30,7 +30,12 @@ namespace {
      stage feeds all of the block's 16-feature tiles (at most kDeferredMaxTiles), so x is read
      once per block, not once per tile. The W box covers 16 * tiles features from the block's
      first feature (a few of them the next block's, computed and not stored).
-   - Both boxes are laid out as [row][stage_lines][128 bytes] with the 128-byte swizzle; with
+   - With a residual, its box follows x's in each slot and the lane that loads an x fragment
+     forms s = x + residual, rounded to the dtype (as every path), before the norm sees it. Each
+     stage's s goes to residual_out from one block (stage i from block i mod grid: every block
+     walks every stage); in place (residual_out is residual) the dispatcher's store kernel writes
+     it after this kernel, since other blocks may still be copying the residual.
+   - The boxes are laid out as [row][stage_lines][128 bytes] with the 128-byte swizzle; with
      stage_lines = 4 mod 8, the two rows (features or tokens) a quarter-warp reads sit in opposite
      halves of the swizzle: no bank conflicts (see the tensor-copy kernel). */
 constexpr int kDeferredMaxTokens = 32;
@@ -52,14 +57,17 @@ struct DeferredGeometry {
     int stages;       /* ring slots */
     int w_bytes;      /* W box: 16 * tiles * stage_lines lines of 128 bytes */
     int x_bytes;      /* x box: rows * stage_lines lines */
-    int slot_bytes;   /* w_bytes + x_bytes rounded up to the swizzle's 1 KiB */
+    int r_offset;     /* the residual's box in a slot: after x's, from a 1 KiB boundary */
+    int slot_bytes;   /* W, x (and residual) boxes rounded up to the swizzle's 1 KiB */
     int early_stages; /* W boxes requested before waiting for the previous kernel */
+    int store_residual; /* with a residual: this kernel stores s to residual_out (not in place) */
 };
 
-template <typename T, int kTokenTiles, int kMaxTiles>
+template <typename T, int kTokenTiles, int kMaxTiles, bool kResidual>
 __global__ void __launch_bounds__(kBulkThreads, 2)
     fused_rms_norm_qkv_deferred_kernel(mv_qkv_args args, DeferredGeometry geo, const __grid_constant__ CUtensorMap w_map,
-                                       const __grid_constant__ CUtensorMap x_map) {
+                                       const __grid_constant__ CUtensorMap x_map,
+                                       const __grid_constant__ CUtensorMap r_map) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     constexpr bool kScaled = std::is_same<T, __half>::value; /* fp16: the operand scale (see above) */
     extern __shared__ uint4 smem[];
@@ -100,7 +108,7 @@ __global__ void __launch_bounds__(kBulkThreads, 2)
            box after it. Boxes past H or N are zero-filled and counted in full. */
         if (lane == 0) {
             const uint64_t w_policy = mv_evict_first_policy(), x_policy = mv_evict_last_policy();
-            const unsigned bytes = static_cast<unsigned>(geo.w_bytes + geo.x_bytes);
+            const unsigned bytes = static_cast<unsigned>(geo.w_bytes + (kResidual ? 2 : 1) * geo.x_bytes);
             auto slot_of = [&](int i) { return ring + static_cast<size_t>(i % geo.stages) * geo.slot_bytes; };
             auto arm = [&](int i) {
                 const int slot = i % geo.stages, round = i / geo.stages;
@@ -111,8 +119,11 @@ __global__ void __launch_bounds__(kBulkThreads, 2)
                 mv_tensor_copy_3d(slot_of(i), &w_map, 0, i * sl, static_cast<int>(feature_begin),
                                   &full[i % geo.stages], w_policy);
             };
-            auto copy_x = [&](int i) {
+            auto copy_x = [&](int i) { /* and the residual's box after it */
                 mv_tensor_copy_3d(slot_of(i) + geo.w_bytes, &x_map, 0, i * sl, 0, &full[i % geo.stages], x_policy);
+                if (kResidual)
+                    mv_tensor_copy_3d(slot_of(i) + geo.r_offset, &r_map, 0, i * sl, 0,
+                                      &full[i % geo.stages], x_policy);
             };
             /* gamma (a weight, like W) first: every stage's rescaling reads it from shared memory */
             mv_mbarrier_arrive_expect_tx(gamma_full, static_cast<unsigned>(hidden) * 2);
@@ -172,6 +183,9 @@ __global__ void __launch_bounds__(kBulkThreads, 2)
         mv_mbarrier_wait(&full[slot], (i / geo.stages) & 1);
         const unsigned char *ws = ring + static_cast<size_t>(slot) * geo.slot_bytes;
         const unsigned char *xs = ws + geo.w_bytes;
+        const unsigned char *rs = ws + geo.r_offset; /* kResidual */
+        /* kResidual: stage i's s goes to residual_out from one block (blocks take stages in turn) */
+        const bool store_s = kResidual && geo.store_residual && i % static_cast<int>(gridDim.x) == static_cast<int>(blockIdx.x);
         /* Warp w takes chunks w, w + 8, ... of the stage. H % 64 == 0, so a chunk is all inside H
            or all past it. Each (token, k) of the stage is loaded by exactly one lane: it adds x^2
            to its sum and scales x by gamma in registers, and the scaled fragment serves every
@@ -190,7 +204,19 @@ __global__ void __launch_bounds__(kBulkThreads, 2)
 #pragma unroll
             for (int tt = 0; tt < kTokenTiles; ++tt) {
                 const int token = tt * 8 + g;
-                const uint4 xv = token < rows ? load_swizzled(xs, token * sl + line, j) : make_uint4(0, 0, 0, 0);
+                uint4 xv = token < rows ? load_swizzled(xs, token * sl + line, j) : make_uint4(0, 0, 0, 0);
+                if constexpr (kResidual) { /* s = x + residual, rounded to the dtype as every path does */
+                    const uint4 rv = token < rows ? load_swizzled(rs, token * sl + line, j) : make_uint4(0, 0, 0, 0);
+                    T(&se)[kVec] = *reinterpret_cast<T(*)[kVec]>(&xv);
+                    const T *re = reinterpret_cast<const T *>(&rv);
+                    float sf[kVec];
+#pragma unroll
+                    for (int e = 0; e < kVec; ++e) sf[e] = mv_to_float(se[e]) + mv_to_float(re[e]);
+                    mv_from_floats(se, sf);
+                    if (store_s && token < rows)
+                        *reinterpret_cast<uint4 *>(static_cast<T *>(args.in.residual_out) +
+                                                   static_cast<int64_t>(token) * args.in.residual_out_stride + k) = xv;
+                }
                 const T *xe = reinterpret_cast<const T *>(&xv);
                 float scaled[kVec];
 #pragma unroll
@@ -266,7 +292,9 @@ size_t deferred_geometry(DeferredGeometry *geo, const mv_qkv_args &a, const mv_c
         const int sl = kDeferredLineChoices[c];
         const int kstages = (lines + sl - 1) / sl;
         const int w_bytes = kTileFeatures * geo->tiles * sl * kLineBytes, x_bytes = rows * sl * kLineBytes;
-        const int slot_bytes = (w_bytes + x_bytes + kSwizzleAlign - 1) / kSwizzleAlign * kSwizzleAlign;
+        const int r_offset = w_bytes + (x_bytes + kSwizzleAlign - 1) / kSwizzleAlign * kSwizzleAlign;
+        const int used = a.in.residual != nullptr ? r_offset + x_bytes : w_bytes + x_bytes;
+        const int slot_bytes = (used + kSwizzleAlign - 1) / kSwizzleAlign * kSwizzleAlign;
         const size_t per_slot = static_cast<size_t>(slot_bytes) + 2 * sizeof(uint64_t);
         int fit = static_cast<int>((budget - fixed) / per_slot);
         if (fit > kDeferredMaxStages) fit = kDeferredMaxStages;
@@ -278,6 +306,7 @@ size_t deferred_geometry(DeferredGeometry *geo, const mv_qkv_args &a, const mv_c
         geo->stages = fit;
         geo->w_bytes = w_bytes;
         geo->x_bytes = x_bytes;
+        geo->r_offset = r_offset;
         geo->slot_bytes = slot_bytes;
         return fixed + static_cast<size_t>(fit) * per_slot;
     }
@@ -295,6 +324,7 @@ int deferred_early_stages(const DeferredGeometry &geo) {
 struct DeferredState {
     CUtensorMap w_map;
     CUtensorMap x_map;
+    CUtensorMap r_map; /* the residual's, as x's (unused without one) */
     DeferredGeometry geo;
     size_t smem;
     unsigned grid;
@@ -302,33 +332,37 @@ struct DeferredState {
 
 /* A kernel instantiation and its shared-memory opt-in cache (device.h: one per kernel). */
 struct DeferredKernel {
-    void (*fn)(mv_qkv_args, DeferredGeometry, const CUtensorMap, const CUtensorMap);
+    void (*fn)(mv_qkv_args, DeferredGeometry, const CUtensorMap, const CUtensorMap, const CUtensorMap);
     mv_shared_opt_in *opt_in;
 };
 
-template <typename T, int kTokenTiles, int kMaxTiles>
+template <typename T, int kTokenTiles, int kMaxTiles, bool kResidual>
 DeferredKernel deferred_kernel() {
     static mv_shared_opt_in opt_in;
-    return {fused_rms_norm_qkv_deferred_kernel<T, kTokenTiles, kMaxTiles>, &opt_in};
+    return {fused_rms_norm_qkv_deferred_kernel<T, kTokenTiles, kMaxTiles, kResidual>, &opt_in};
 }
 
 /* The instantiation a call takes: token tiles by M, and fewer feature tiles above 16 rows. */
-template <typename T>
+template <typename T, bool kResidual>
 DeferredKernel kernel_for_rows(int64_t rows) {
-    if (rows <= 8) return deferred_kernel<T, 1, kDeferredMaxTiles>();
-    if (rows <= 16) return deferred_kernel<T, 2, kDeferredMaxTiles>();
-    return deferred_kernel<T, 4, kDeferredMaxTiles / 2>();
+    if (rows <= 8) return deferred_kernel<T, 1, kDeferredMaxTiles, kResidual>();
+    if (rows <= 16) return deferred_kernel<T, 2, kDeferredMaxTiles, kResidual>();
+    return deferred_kernel<T, 4, kDeferredMaxTiles / 2, kResidual>();
+}
+
+template <typename T>
+DeferredKernel kernel_for_type(const mv_qkv_args &a) {
+    return a.in.residual != nullptr ? kernel_for_rows<T, true>(a.in.rows) : kernel_for_rows<T, false>(a.in.rows);
 }
 
 DeferredKernel kernel_for(const mv_qkv_args &a) {
-    return a.in.dtype == MV_FLOAT16 ? kernel_for_rows<__half>(a.in.rows) : kernel_for_rows<__nv_bfloat16>(a.in.rows);
+    return a.in.dtype == MV_FLOAT16 ? kernel_for_type<__half>(a) : kernel_for_type<__nv_bfloat16>(a);
 }
 
 } // namespace
 
 bool mv_qkv_deferred_plan(const mv_qkv_args &a, const mv_cuda_device &dev, mv_qkv_plan *plan) {
-    if (dev.major < 9 || (a.in.dtype != MV_BFLOAT16 && a.in.dtype != MV_FLOAT16) || a.in.residual != nullptr)
-        return false;
+    if (dev.major < 9 || (a.in.dtype != MV_BFLOAT16 && a.in.dtype != MV_FLOAT16)) return false;
     if (a.in.rows < 1 || a.in.rows > kDeferredMaxTokens) return false;
     const int64_t h = a.in.hidden, n = a.q_cols + 2 * a.kv_cols;
     if (h % kLineK != 0 || h * 2 >= (1 << 20) || n >= (1ll << 31)) return false; /* gamma: one mbarrier phase */
@@ -336,6 +370,15 @@ bool mv_qkv_deferred_plan(const mv_qkv_args &a, const mv_cuda_device &dev, mv_qk
     if (!mv_aligned16(a.in.x, a.in.rows > 1 ? a.in.x_stride : 0, 2) || (a.in.rows > 1 && a.in.x_stride < h))
         return false;
     if (!mv_aligned16(a.in.norm_weight, 0, 2) || !mv_tensor_maps_available()) return false;
+    const bool residual = a.in.residual != nullptr;
+    /* in place (residual_out is residual) other blocks may still be copying the residual's rows,
+       so the store kernel writes s after this one (the binding allows no other overlap) */
+    const bool store_residual = residual && a.in.residual_out != a.in.residual;
+    if (residual && (!mv_aligned16(a.in.residual, a.in.rows > 1 ? a.in.residual_stride : 0, 2) ||
+                     (a.in.rows > 1 && a.in.residual_stride < a.in.hidden)))
+        return false;
+    if (store_residual && !mv_aligned16(a.in.residual_out, a.in.rows > 1 ? a.in.residual_out_stride : 0, 2))
+        return false;
 
     const int rows = static_cast<int>(a.in.rows);
     const int hidden = static_cast<int>(a.in.hidden);
@@ -349,6 +392,7 @@ bool mv_qkv_deferred_plan(const mv_qkv_args &a, const mv_cuda_device &dev, mv_qk
     st->smem = deferred_geometry(&geo, a, dev, st->grid, token_tiles, max_tiles);
     if (st->smem == 0) return false;
     geo.early_stages = plan->pdl ? deferred_early_stages(geo) : 0;
+    geo.store_residual = store_residual ? 1 : 0;
     if (!encode_weight_map(&st->w_map, a, geo.cols, geo.stage_lines, kTileFeatures * geo.tiles)) return false;
     /* x as [M][H / 64][64], boxes of all rows x stage_lines lines (one row: any valid stride) */
     const cuuint64_t x_dims[3] = {static_cast<cuuint64_t>(kLineK), static_cast<cuuint64_t>(hidden / kLineK),
@@ -359,7 +403,16 @@ bool mv_qkv_deferred_plan(const mv_qkv_args &a, const mv_cuda_device &dev, mv_qk
                                  static_cast<cuuint32_t>(rows)};
     if (!mv_swizzled_tensor_map(&st->x_map, a.in.dtype == MV_BFLOAT16, 3, a.in.x, x_dims, x_strides, x_box, false))
         return false;
-    plan->writes_residual = false; /* no residual on this path */
+    if (residual) {
+        const cuuint64_t r_strides[2] = {static_cast<cuuint64_t>(kLineBytes),
+                                         static_cast<cuuint64_t>(rows > 1 ? a.in.residual_stride : hidden) * 2};
+        if (!mv_swizzled_tensor_map(&st->r_map, a.in.dtype == MV_BFLOAT16, 3, a.in.residual, x_dims, r_strides, x_box,
+                                    false))
+            return false;
+    } else {
+        st->r_map = st->x_map; /* not read */
+    }
+    plan->writes_residual = store_residual;
     return true;
 }
 
@@ -370,5 +423,5 @@ cudaError_t mv_qkv_deferred_launch(const mv_qkv_args &a, const mv_qkv_plan &plan
     cudaError_t err = mv_allow_shared(kernel.fn, st.smem, *kernel.opt_in, dev.device);
     if (err != cudaSuccess) return err;
     return mv_launch(kernel.fn, dim3(st.grid), dim3(kBulkThreads), st.smem, stream, plan.pdl, a, st.geo, st.w_map,
-                     st.x_map);
+                     st.x_map, st.r_map);
 }

@@ -80,7 +80,7 @@ inline bool mv_qkv_encode_rows(CUtensorMap *map, bool bf16, const void *data, in
    plans' limit, and the dispatch table's. */
 constexpr int mv_qkv_stream_max_rows = 16;
 
-/* Deferred-norm W stream (deferred_stream.cu): sm_90+, fp16/bf16, no residual, 1 <= M <= 32,
+/* Deferred-norm W stream (deferred_stream.cu): sm_90+, fp16/bf16, 1 <= M <= 32 (a residual too),
    H % 64 == 0, 16-byte aligned rows of x and W (nn.Linear layout), N within its tiles per block. */
 bool mv_qkv_deferred_plan(const mv_qkv_args &a, const mv_cuda_device &dev, mv_qkv_plan *plan);
 cudaError_t mv_qkv_deferred_launch(const mv_qkv_args &a, const mv_qkv_plan &plan, const mv_cuda_device &dev,
