@@ -61,9 +61,11 @@ DECODERS = {d.name.lower(): d for d in (
     Decoder("Llama-3-8B", 8, 4096, 32, 8, 128, 14336, False, False),
     Decoder("Qwen2.5-1.5B", 28, 1536, 12, 2, 128, 8960, False, True),
     Decoder("Qwen2.5-0.5B", 24, 896, 14, 2, 64, 4864, False, True),
+    Decoder("Qwen3-4B", 36, 2560, 32, 8, 128, 9728, True, False),
 )}
-# The benchmark's default models (the two and one more); Qwen2.5-0.5B on request (H <= 1024
-# with a bias and no q/k norm: the register stream's prologue without clusters).
+# The benchmark's default models (the two and one more); on request Qwen2.5-0.5B (H <= 1024
+# with a bias and no q/k norm: the register stream's prologue without clusters) and Qwen3-4B (a mid
+# H, 2560, whose batches of 4-8 rows take the deferred stream with a residual on an H100).
 DEFAULT_DECODERS = ("qwen3-0.6b", "llama-3-8b", "qwen2.5-1.5b")
 TINY = Decoder("tiny", 2, 256, 4, 2, 64, 512, True, True)
 

@@ -407,8 +407,9 @@ def test_qkv_rules_in_the_prologue(rng):
     under 4 TB/s of DRAM bandwidth (an H100), timed after a torch GEMM, it keeps the deferred stream
     from 16 rows where the op alone takes norm + cuBLASLt, takes norm + cuBLASLt over the engine as
     the op alone does, keeps wgmma only where N <= 2048, and with a residual keeps the W streams up
-    to M * H = 8192 (the op alone: 7168). Faster GPUs keep their rules; each call is checked against
-    the float64 reference."""
+    to M * H = 8192 (the op alone: 7168) and past that takes the deferred stream at 4-8 rows where W
+    is under 32 MiB (else, and from 9 rows, norm + cuBLASLt). Faster GPUs keep their rules; each
+    call is checked against the float64 reference."""
     cap = cuda_capability()
     if cap != (9, 0):
         pytest.skip(f"the rules checked are sm_90's; this GPU is sm_{cap[0]}{cap[1]}")
@@ -421,7 +422,10 @@ def test_qkv_rules_in_the_prologue(rng):
         (64, 1024, 16, 8, 128, False, "cublaslt", "wgmma"),     # N = 4096
         (128, 896, 14, 2, 64, False, "wgmma", "wgmma"),         # N = 1152
         (8, 1024, 16, 8, 128, True, "register", None),          # M * H = 8192 (the op alone: cublaslt)
-        (8, 1536, 12, 2, 128, True, "cublaslt", None),          # M * H = 12288
+        (8, 1536, 12, 2, 128, True, "deferred", None),          # M * H = 12288, one token tile
+        (4, 2560, 32, 8, 128, True, "deferred", None),          # M * H = 10240, W 30 MiB
+        (4, 4096, 32, 8, 128, True, "cublaslt", None),          # W 48 MiB
+        (12, 1536, 12, 2, 128, True, "cublaslt", None),         # two token tiles
     ]
     for M, H, nq, nkv, D, residual, on_slow, on_fast in cases:
         Case(dev, rng, "bfloat16", M, H, nq, nkv, D, residual=residual, qk_norm=True, cache="paged").run()

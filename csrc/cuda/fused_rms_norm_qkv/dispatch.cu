@@ -92,7 +92,7 @@ bool slow_two_tiles_norm_first(const Call &c) {
 }
 
 bool stream_wanted(const Call &c) {
-    if (!stream_fits(c) || slow_two_tiles_norm_first(c)) return false;
+    if (!stream_fits(c)) return false;
     if (slow_dram_op_alone(c) && c.rows >= 16 && !slow_many_rows_one_kernel(c)) return false;
     const int64_t most = c.epilogue_next ? kSlowPrologueResidualStreamMaxElements : kSlowResidualStreamMaxElements;
     return !(c.residual && slow_dram(c) && c.rows >= 4 && c.rows * c.hidden > most);
@@ -113,6 +113,23 @@ bool bulk_wide_wanted(const Call &c) {
            stream_unbalanced(c);
 }
 
+/* With a residual, slow DRAM, in the attention prologue: at 4-8 rows past the W streams' bound
+   (M.H > 8192), where W is under 32 MiB, the deferred stream (the residual's rows beside x's in its
+   ring) rather than norm + cuBLASLt, whose GEMM the epilogue kernel must wait out. After a torch
+   GEMM it was level or faster at all 7 such points (H 2560 N 6144 at 4 and 8 rows 2.3 and 2.7 us,
+   H 2304 N 4096 0.7 at 8 rows, level at 6-12 MiB); in whole decode steps 1.2-1.5% faster at H 2560
+   (batch 4 and 8) and 0.5-0.8% at H 1536 (batch 8), but 0.3-0.5% slower at H 4096 N 6144 (48 MiB,
+   batch 8), where cuBLAS streams the larger W faster and the chain's gain was 0.2-1.2 us. At 9-16
+   rows (a second token tile) it lost 0.5-2.7 us at 8 of 10 points
+   (dev/logs/deferred-residual-nvidia-h100-2026-11-26.log). */
+constexpr int64_t kDeferredResidualMaxRows = 8;
+constexpr int64_t kDeferredResidualMaxWeights = 16 << 20; /* elements: 32 MiB of 16-bit weights */
+bool deferred_residual_wanted(const Call &c) {
+    return c.epilogue_next && slow_dram(c) && c.rows >= 4 && c.rows <= kDeferredResidualMaxRows &&
+           c.rows * c.hidden > kSlowPrologueResidualStreamMaxElements &&
+           c.cols * c.hidden < kDeferredResidualMaxWeights;
+}
+
 /* The deferred-norm stream streams x beside W where the others stage it first: it wins from
    16 rows, and from 3 rows (2 where H >= 4096) where W is large (N >= 2048); it loses at M = 1
    and for few rows of a small W, where the other streams are at their best. Slow DRAM, where the
@@ -121,8 +138,8 @@ bool bulk_wide_wanted(const Call &c) {
    engine); elsewhere it lost 0.3-1.8 us to the register or tensor-copy stream (N 2048-8192, W 5-56
    MiB, 1-8 rows; 0.6-0.9 us ahead at one shape, H 5120 N 7168 at 2-4 rows). */
 bool deferred_wanted(const Call &c) {
+    if (c.residual) return deferred_residual_wanted(c);
     if (c.rows >= 16) return !slow_dram_op_alone(c) || slow_many_rows_one_kernel(c);
-    if (slow_two_tiles_norm_first(c)) return false;
     if (slow_dram(c) && stream_fits(c)) return stream_unbalanced(c) && !bulk_wide_wanted(c);
     if (c.cols < 2048) return false;
     if (c.rows >= 3) return true;
@@ -206,8 +223,7 @@ bool engine_wanted(const Call &c) {
 bool engine_after_streams_wanted(const Call &c) {
     if (c.cols * c.hidden < kEngineMinWeights || c.dev->dram_gbps <= 0) return false;
     if (slow_dram(c))
-        return !c.epilogue_next && !slow_two_tiles_norm_first(c) &&
-               (c.rows < 16 || (c.rows == 16 && slow_many_rows_one_kernel(c)));
+        return !c.epilogue_next && (c.rows < 16 || (c.rows == 16 && slow_many_rows_one_kernel(c)));
     return c.rows < 16;
 }
 
@@ -239,6 +255,8 @@ struct Rule {
 constexpr Rule kRules[] = {
     /* sm_90 fp16/bf16, no residual: the GEMM engine */
     {MV_QKV_ENGINE, engine_wanted, mv_qkv_engine_plan, mv_qkv_engine_launch},
+    /* slow DRAM, 9-15 rows of a 4-24 MiB W, no residual: the norm first (two token tiles) */
+    {MV_QKV_CUBLASLT, slow_two_tiles_norm_first, mv_qkv_cublaslt_plan, mv_qkv_norm_gemm_launch},
     /* few rows, sm_90+, fp16/bf16, no residual, M <= 32 */
     {MV_QKV_DEFERRED, deferred_wanted, mv_qkv_deferred_plan, mv_qkv_deferred_launch},
     /* decode on sm_90+ with PDL, H <= 1024: all of W requested before the wait */
