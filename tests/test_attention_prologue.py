@@ -337,6 +337,31 @@ def test_epilogue_on_each_path(path, dt, D, cache, rng):
             assert last_gpu_path() == path, f"_path={path!r} at M={M}: ran {last_gpu_path()!r}"
 
 
+@NEEDS_CUDA
+@pytest.mark.parametrize("residual", [True, "inplace"])
+@pytest.mark.parametrize("dt", ["bfloat16", "float16"])
+def test_deferred_stream_with_a_residual(dt, residual, rng):
+    """The prologue on the deferred stream with a residual, forced (the H100's table takes it at
+    4-8 rows): s formed beside x in its ring and stored by one block a stage, or in place by the
+    store kernel before the epilogue; bias, q/k norms, RoPE and the paged cache after it. Twice
+    per M on fresh inputs, with PDL on and off."""
+    cap = cuda_capability()
+    if cap < (9, 0):
+        pytest.skip(f"the deferred stream needs sm_90; this GPU is sm_{cap[0]}{cap[1]}")
+    dev = get_backend("cuda")
+    for M in (1, 5, 8, 17, 32):
+        for i in range(2):
+            c = Case(dev, rng, dt, M, 256, 6, 2, 128, residual=True, bias=True, qk_norm=True,
+                     cache="paged", slots="padding" if M > 1 else "random")
+            if residual == "inplace":
+                res = c.call(residual_out=c.kw["residual"], _path="deferred", pdl=i == 0)
+                c.check(res)
+                assert res[3] is c.kw["residual"]
+            else:
+                c.run(_path="deferred", pdl=i == 0)
+            assert last_gpu_path() == "deferred", f"M={M}: ran {last_gpu_path()!r}"
+
+
 # head_dim -> (heads, kv heads): q, k and v widths of 1.75, 7.5 and 12 of the engine's 128-feature
 # tiles (a last tile only partly filled, and whole ones)
 ENGINE_HEADS = {32: (5, 1), 64: (9, 3), 128: (8, 2)}
