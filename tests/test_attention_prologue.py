@@ -197,6 +197,16 @@ class Case:
             assert_same_values(to64(self.kw[k]), v, k)
         return res
 
+    def run_residual_form(self, residual, **extra):
+        """run(), or with residual == "inplace" the call that writes the new residual into the
+        residual it was given (checked against x + the old residual)."""
+        if residual != "inplace":
+            return self.run(**extra)
+        res = self.call(residual_out=self.kw["residual"], **extra)
+        self.check(res)
+        assert res[3] is self.kw["residual"]
+        return res
+
 
 # --------------------------------------------------------------------------------------------
 # numerics
@@ -243,12 +253,7 @@ def test_bias_and_residual(dev, dtype, bias, residual, rng):
     """Qwen2 (bias, no QK norm), with the residual added first (new residual returned, or
     written back in place)."""
     c = Case(dev, rng, dtype, 7, 160, 6, 2, 64, residual=bool(residual), bias=bias)
-    if residual == "inplace":
-        res = c.call(residual_out=c.kw["residual"])
-        c.check(res)  # the new residual (now in residual) against x + the old residual
-        assert res[3] is c.kw["residual"]
-    else:
-        c.run()
+    c.run_residual_form(residual)
 
 
 @pytest.mark.parametrize("kv_scale", [None, 0.05, 3.0])
@@ -353,12 +358,7 @@ def test_deferred_stream_with_a_residual(dt, residual, rng):
         for i in range(2):
             c = Case(dev, rng, dt, M, 256, 6, 2, 128, residual=True, bias=True, qk_norm=True,
                      cache="paged", slots="padding" if M > 1 else "random")
-            if residual == "inplace":
-                res = c.call(residual_out=c.kw["residual"], _path="deferred", pdl=i == 0)
-                c.check(res)
-                assert res[3] is c.kw["residual"]
-            else:
-                c.run(_path="deferred", pdl=i == 0)
+            c.run_residual_form(residual, _path="deferred", pdl=i == 0)
             assert last_gpu_path() == "deferred", f"M={M}: ran {last_gpu_path()!r}"
 
 
@@ -390,12 +390,7 @@ def test_engine_prologue(dt, D, rope, residual, rng):
                      cache=(None, "paged", "hf")[(M + i) % 3], slots="padding" if M > 1 else "random",
                      cache_dtype=FP8 if (M + i) % 3 == 2 and i == 1 else None,
                      kv_scale=0.5 if (M + i) % 3 == 2 and i == 1 else None)
-            if residual == "inplace":
-                res = c.call(residual_out=c.kw["residual"], _path="engine_prologue", pdl=i == 0)
-                c.check(res)
-                assert res[3] is c.kw["residual"]
-            else:
-                c.run(_path="engine_prologue", pdl=i == 0)
+            c.run_residual_form(residual, _path="engine_prologue", pdl=i == 0)
             assert last_gpu_path() == "engine_prologue", f"M={M}: ran {last_gpu_path()!r}"
 
 
