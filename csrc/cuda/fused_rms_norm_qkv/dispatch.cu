@@ -116,11 +116,11 @@ bool bulk_wide_wanted(const Call &c) {
 /* With a residual, slow DRAM, in the attention prologue: at 4-8 rows past the W streams' bound
    (M.H > 8192), where W is under 32 MiB, the deferred stream (the residual's rows beside x's in its
    ring) rather than norm + cuBLASLt, whose GEMM the epilogue kernel must wait out. After a torch
-   GEMM it was level or faster at all 7 such points (H 2560 N 6144 at 4 and 8 rows 2.3 and 2.7 us,
-   H 2304 N 4096 0.7 at 8 rows, level at 6-12 MiB); in whole decode steps 1.2-1.5% faster at H 2560
-   (batch 4 and 8) and 0.5-0.8% at H 1536 (batch 8), but 0.3-0.5% slower at H 4096 N 6144 (48 MiB,
-   batch 8), where cuBLAS streams the larger W faster and the chain's gain was 0.2-1.2 us. At 9-16
-   rows (a second token tile) it lost 0.5-2.7 us at 8 of 10 points
+   GEMM it was level or faster at all 17 such points (7 shapes, two runs; H 2560 N 6144 at 4 and 8
+   rows 2.0-2.7 us, H 2304 N 4096 0.7 at 8 rows, level at 6-12 MiB); in whole decode steps 1.2-1.5%
+   faster at H 2560 (batch 4 and 8) and 0.5-0.8% at H 1536 (batch 8), but 0.3-0.5% slower at H 4096
+   N 6144 (48 MiB, batch 8), where cuBLAS streams the larger W faster and the chain's gain was
+   0.1-1.2 us. At 9-16 rows (a second token tile) it lost 0.5-2.7 us at 8 of 10 points
    (dev/logs/deferred-residual-nvidia-h100-2026-11-26.log). */
 constexpr int64_t kDeferredResidualMaxRows = 8;
 constexpr int64_t kDeferredResidualMaxWeights = 16 << 20; /* elements: 32 MiB of 16-bit weights */
