@@ -170,6 +170,15 @@ struct alignas(sizeof(T) * V) mv_vec {
     T v[V];
 };
 
+/* s = x + residual rounded to T, as the model stores it (every kernel that adds a residual). */
+template <typename T, int V>
+__device__ __forceinline__ void mv_add_rounded(mv_vec<T, V> &s, const mv_vec<T, V> &residual) {
+    float sums[V];
+#pragma unroll
+    for (int j = 0; j < V; ++j) sums[j] = mv_to_float(s.v[j]) + mv_to_float(residual.v[j]);
+    mv_from_floats(s.v, sums);
+}
+
 /* Plain (coherent) loads and stores on purpose: no __ldg / __restrict__, because in-place forms
    make inputs and outputs the same memory and a kernel may re-read what it wrote. */
 template <typename T>

@@ -306,14 +306,7 @@ __device__ __forceinline__ void keep_packed(VecT &v) {
 }
 
 /* The per-vector arithmetic every kernel here shares, element by element in order (the order
-   fixes a row's bits). s = x + residual rounded to T, as the model stores it: */
-template <typename T, int V>
-__device__ __forceinline__ void add_rounded(mv_vec<T, V> &s, const mv_vec<T, V> &residual) {
-    float sums[V];
-#pragma unroll
-    for (int j = 0; j < V; ++j) sums[j] = mv_to_float(s.v[j]) + mv_to_float(residual.v[j]);
-    mv_from_floats(s.v, sums);
-}
+   fixes a row's bits); s = x + residual is common.cuh's mv_add_rounded. */
 /* A vector's sum of squares, its elements in turn, and acc plus it: every row sum is these
    per-vector sums added in the layout's order, so a kernel holding one vector a thread can rebuild
    the order of one holding several (rms_norm_lanes_kernel). The roundings are spelled out so that
@@ -504,7 +497,7 @@ __device__ __forceinline__ void wide_fused_row(const NormParams<kTwoStrides> &ar
         for (int i = 0; i < kVecs; ++i) {
             const int idx = lane + i * group_threads;
             if (idx > last) break;
-            add_rounded(s[i], r[i]);
+            mv_add_rounded(s[i], r[i]);
             sum_sq = add_squares(sum_sq, s[i]);
             store_vec<T, V, kOdd>(s_row, idx, hidden, s[i]);
         }
@@ -618,7 +611,7 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_vec_kernel(NormParams
             for (int i = 0; i < kVecs; ++i) {
                 const int idx = lane + i * group_threads;
                 if (idx >= vecs_per_row) continue;
-                if (kHasResidual) add_rounded(row_vecs[i], added[i]);
+                if (kHasResidual) mv_add_rounded(row_vecs[i], added[i]);
                 /* kOdd: the last vector's elements past H were read as zero; with a residual
                    their sum is zero too */
                 sum_sq = add_squares(sum_sq, row_vecs[i]);
@@ -701,7 +694,7 @@ __global__ void __launch_bounds__(kMaxVecThreads) fused_add_long_kernel(NormPara
             for (int i = 0; i < kChunk; ++i) {
                 const int idx = first + i * threads;
                 if (idx > last) break;
-                add_rounded(s[i], r[i]);
+                mv_add_rounded(s[i], r[i]);
                 store_vec<T, V, kOdd>(ro_row, idx, hidden, s[i]);
                 sum_sq = add_squares(sum_sq, s[i]);
             }
@@ -919,7 +912,7 @@ __global__ void __launch_bounds__(kMaxVecThreads) rms_norm_short_kernel(ShortPar
         for (int i = 0; i < kVecs; ++i) {
             const int idx = lane + i * group_threads;
             if (idx >= vecs_per_row) continue;
-            if (kHasResidual) add_rounded(row_vecs[i], added[i]);
+            if (kHasResidual) mv_add_rounded(row_vecs[i], added[i]);
             sum_sq = add_squares(sum_sq, row_vecs[i]); /* kTail: zeros past H, as rms_norm_vec_kernel<kOdd> */
             if (kHasResidual) {
                 if (!kTail || idx < full) ro_row[idx] = row_vecs[i];
@@ -1053,7 +1046,7 @@ __global__ void __launch_bounds__(kMaxThreads) rms_norm_lanes_kernel(ShortParams
         s = x_row[u];
         w = static_cast<const WVecT *>(p.weight)[u];
         if (kHasResidual) {
-            add_rounded(s, r_row[u]);
+            mv_add_rounded(s, r_row[u]);
             reinterpret_cast<VecT *>(static_cast<T *>(p.residual_out) + row * p.residual_out_stride)[u] = s;
         }
         part = vector_squares(s);
@@ -1117,7 +1110,7 @@ __global__ void __launch_bounds__(kMaxThreads) rms_norm_lanes_pair_kernel(ShortP
         float part = 0.0f;
         if (idx < vecs) {
             if (kHasResidual) {
-                add_rounded(s[j], added[j]);
+                mv_add_rounded(s[j], added[j]);
                 reinterpret_cast<VecT *>(static_cast<T *>(p.residual_out) + row * p.residual_out_stride)[idx] = s[j];
             }
             part = vector_squares(s[j]);
@@ -1192,7 +1185,7 @@ __global__ void __launch_bounds__(elems_block_threads(kG), 2048 / elems_block_th
 #pragma unroll
         for (int i = 0; i < kPer; ++i) {
             mv_vec<T, 1> v{{s[i]}};
-            add_rounded(v, mv_vec<T, 1>{{r[i]}});
+            mv_add_rounded(v, mv_vec<T, 1>{{r[i]}});
             s[i] = v.v[0];
             if (active && i * G < left) rop[i * G] = s[i];
         }
@@ -1291,7 +1284,7 @@ __global__ void __launch_bounds__(kMaxVecThreads, 2) rms_norm_virtual_kernel(Nor
         float *s_row = static_cast<float *>(in.residual_out) + row * in.residual_out_stride;
 #pragma unroll
         for (int i = 0; i < kVecs; ++i) {
-            add_rounded(s[i], row_elements(r_row, first + i * step, hidden));
+            mv_add_rounded(s[i], row_elements(r_row, first + i * step, hidden));
             store_warp_lines(s_row, s[i], warp_first + i * step, hidden, buf, l);
         }
     } else {
@@ -1438,7 +1431,7 @@ template <typename T, int N, bool kHasResidual>
 __device__ __forceinline__ mv_vec<T, N> staged_s(const char *x_buf, int x_head, const char *r_buf, int r_head, int e) {
     mv_vec<T, N> s = load_staged<T, N>(x_buf, x_head, e);
     if constexpr (kHasResidual) {
-        add_rounded(s, load_staged<T, N>(r_buf, r_head, e));
+        mv_add_rounded(s, load_staged<T, N>(r_buf, r_head, e));
     }
     return s;
 }

@@ -207,12 +207,8 @@ __global__ void __launch_bounds__(kBulkThreads, 2)
                 uint4 xv = token < rows ? load_swizzled(xs, token * sl + line, j) : make_uint4(0, 0, 0, 0);
                 if constexpr (kResidual) { /* s = x + residual, rounded to the dtype as every path does */
                     const uint4 rv = token < rows ? load_swizzled(rs, token * sl + line, j) : make_uint4(0, 0, 0, 0);
-                    T(&se)[kVec] = *reinterpret_cast<T(*)[kVec]>(&xv);
-                    const T *re = reinterpret_cast<const T *>(&rv);
-                    float sf[kVec];
-#pragma unroll
-                    for (int e = 0; e < kVec; ++e) sf[e] = mv_to_float(se[e]) + mv_to_float(re[e]);
-                    mv_from_floats(se, sf);
+                    mv_add_rounded(*reinterpret_cast<mv_vec<T, kVec> *>(&xv),
+                                   *reinterpret_cast<const mv_vec<T, kVec> *>(&rv));
                     if (store_s && token < rows)
                         *reinterpret_cast<uint4 *>(static_cast<T *>(args.in.residual_out) +
                                                    static_cast<int64_t>(token) * args.in.residual_out_stride + k) = xv;
