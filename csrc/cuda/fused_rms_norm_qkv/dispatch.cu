@@ -113,8 +113,8 @@ bool bulk_wide_wanted(const Call &c) {
            stream_unbalanced(c);
 }
 
-/* With a residual, slow DRAM, in the attention prologue: at 4-8 rows past the W streams' bound
-   (M.H > 8192), where W is under 32 MiB, the deferred stream (the residual's rows beside x's in its
+/* With a residual, slow DRAM, in the attention prologue: at 4-8 rows that the W streams do not take
+   (past M.H = 8192), where W is under 32 MiB, the deferred stream (the residual's rows beside x's in its
    ring) rather than norm + cuBLASLt, whose GEMM the epilogue kernel must wait out. After a torch
    GEMM it was level or faster at all 17 such points (7 shapes, two runs; H 2560 N 6144 at 4 and 8
    rows 2.0-2.7 us, H 2304 N 4096 0.7 at 8 rows, level at 6-12 MiB); in whole decode steps 1.2-1.5%
@@ -125,8 +125,7 @@ bool bulk_wide_wanted(const Call &c) {
 constexpr int64_t kDeferredResidualMaxRows = 8;
 constexpr int64_t kDeferredResidualMaxWeights = 16 << 20; /* elements: 32 MiB of 16-bit weights */
 bool deferred_residual_wanted(const Call &c) {
-    return c.epilogue_next && slow_dram(c) && c.rows >= 4 && c.rows <= kDeferredResidualMaxRows &&
-           c.rows * c.hidden > kSlowPrologueResidualStreamMaxElements &&
+    return c.epilogue_next && slow_dram(c) && c.rows >= 4 && c.rows <= kDeferredResidualMaxRows && !stream_wanted(c) &&
            c.cols * c.hidden < kDeferredResidualMaxWeights;
 }
 
@@ -257,7 +256,7 @@ constexpr Rule kRules[] = {
     {MV_QKV_ENGINE, engine_wanted, mv_qkv_engine_plan, mv_qkv_engine_launch},
     /* slow DRAM, 9-15 rows of a 4-24 MiB W, no residual: the norm first (two token tiles) */
     {MV_QKV_CUBLASLT, slow_two_tiles_norm_first, mv_qkv_cublaslt_plan, mv_qkv_norm_gemm_launch},
-    /* few rows, sm_90+, fp16/bf16, no residual, M <= 32 */
+    /* few rows, sm_90+, fp16/bf16, M <= 32 (a residual only in the prologue on slow DRAM) */
     {MV_QKV_DEFERRED, deferred_wanted, mv_qkv_deferred_plan, mv_qkv_deferred_launch},
     /* decode on sm_90+ with PDL, H <= 1024: all of W requested before the wait */
     {MV_QKV_REGISTER, register_first_wanted, register_first_plan, mv_qkv_register_launch},
