@@ -25,6 +25,13 @@ ap.add_argument("--after-sep", action="store_true",
 ap.add_argument("--after-mm", action="store_true",
                 help="each call after a torch GEMM [M, H] x [H, H] (o_proj or down_proj's shape, its own weights "
                      "a call); the GEMM alone is printed as sep")
+ap.add_argument("--mm-into-x", action="store_true",
+                help="with --after-mm: the GEMM writes the call's hidden_states (as a model's down_proj "
+                     "does, so the call reads x from L2)")
+ap.add_argument("--after-down-proj", type=float, default=0, metavar="RATIO",
+                help="each call after a down_proj-shaped GEMM [M, RATIO*H] x [RATIO*H, H] writing the call's "
+                     "hidden_states, as in a model (cuBLAS may split K and end in a reduce kernel that lets "
+                     "the next kernel start early); the GEMM alone is printed as sep")
 ap.add_argument("--no-residual", action="store_true", help="calls without a residual (the Hugging Face patch's form)")
 ap.add_argument("--shared-step-inputs", action="store_true",
                 help="every layer's call takes layer 0's positions and slot_mapping, as a model's layers "
@@ -42,8 +49,17 @@ for model, rows, new_layers in each_shape(bp, args.models, args.m, dtype):
     if args.after_mm:
         mm_x = [torch.randn(rows, model.hidden, device="cuda", dtype=dtype) for _ in range(calls)]
         mm_w = [torch.randn(model.hidden, model.hidden, device="cuda", dtype=dtype) for _ in range(calls)]
-        pre = lambda i: torch.nn.functional.linear(mm_x[i], mm_w[i])  # noqa: E731
-    if args.after_sep or args.after_mm:
+        mm_w = [w / model.hidden ** 0.5 for w in mm_w]
+        if args.mm_into_x:
+            pre = lambda i: torch.mm(mm_x[i], mm_w[i].t(), out=layers[i].x)  # noqa: E731
+        else:
+            pre = lambda i: torch.nn.functional.linear(mm_x[i], mm_w[i])  # noqa: E731
+    if args.after_down_proj:
+        k = int(args.after_down_proj * model.hidden) // 64 * 64
+        dp_x = [torch.randn(rows, k, device="cuda", dtype=dtype) for _ in range(calls)]
+        dp_w = [torch.randn(model.hidden, k, device="cuda", dtype=dtype) / k ** 0.5 for _ in range(calls)]
+        pre = lambda i: torch.mm(dp_x[i], dp_w[i].t(), out=layers[i].x)  # noqa: E731
+    if args.after_sep or args.after_mm or args.after_down_proj:
         cells.append(f"sep {bt.time_per_call(pre, calls, args.replays)['us']:6.2f}")
     for p in args.paths:
         kw = {} if p == "auto" else {"_path": p}

@@ -8,6 +8,9 @@ the op on the table's path ("auto") or a forced one, after each separator:
   smem   that kernel asking 200 KiB of dynamic shared memory a block (each SM left in the largest
          shared-memory configuration, as after a Hopper GEMM)
   mm     a torch GEMM [M, H] x [H, H] (o_proj / down_proj's shape)
+  mmx    that GEMM writing the op's x (as a model's down_proj does: the op reads x from L2)
+  down   a down_proj-shaped GEMM [M, 4H] x [4H, H] writing the op's x (cuBLAS may split K and end
+         in a reduce kernel that lets the op start early, as in a model's decode step)
   none   no separator: X after a call of its own (bench_fused_rms_norm_qkv's default timing)
 
 --residual: the op's calls take a residual (the attention prologue's form). Run it under MINIVLLM_PDL=0 and 1 to see what the PDL launch attribute costs or gains where the
@@ -54,6 +57,11 @@ def main():
     for m, rows in args.shapes:
         layers, xs, residuals, gemm_inputs, gammas, qkv_weights, gemm_weights = layer_tensors(m, rows)
         fills = [torch.empty(1024, device="cuda") for _ in range(layers)]
+        down_k = 4 * m.hidden
+        down_inputs = [torch.randn(rows, down_k, device="cuda", dtype=torch.bfloat16) for _ in range(layers)] \
+            if "down" in args.seps else []
+        down_weights = [torch.randn(m.hidden, down_k, device="cuda", dtype=torch.bfloat16) / down_k ** 0.5
+                        for _ in range(layers)] if "down" in args.seps else []
 
         def touch(i, smem):
             stream = cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream)
@@ -62,7 +70,9 @@ def main():
             return fills[i]
 
         seps = {"fill": lambda i: fills[i].fill_(1.0), "smem0": lambda i: touch(i, 0),
-                "smem": lambda i: touch(i, SMEM_BYTES), "mm": lambda i: F.linear(gemm_inputs[i], gemm_weights[i])}
+                "smem": lambda i: touch(i, SMEM_BYTES), "mm": lambda i: F.linear(gemm_inputs[i], gemm_weights[i]),
+                "mmx": lambda i: torch.mm(gemm_inputs[i], gemm_weights[i].t(), out=xs[i]),
+                "down": lambda i: torch.mm(down_inputs[i], down_weights[i].t(), out=xs[i])}
 
         def lin(i):
             return F.linear(xs[i], qkv_weights[i])
