@@ -3,9 +3,11 @@ with attention_prologue on the table's path ("auto") and on forced ones, in alte
 one process, so that a path the table does not take can be judged where it counts.
 
 usage: python3 dev/probes/decode_paths.py --models llama-3-8b qwen3-4b --batch 4 8 \
-           --paths auto engine_prologue [--rounds 2] [--replays 20]
+           --paths auto engine_prologue [--rounds 2] [--replays 20] [--each]
+(models: bench_decode's decoders and EXTRA below)
 """
 import argparse
+import time
 import functools
 import sys
 import types
@@ -17,6 +19,14 @@ import minivllm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import bench_decode as bd  # noqa: E402
+
+
+# Decoders beside bench_decode's (8 layers each, as its Llama-3-8B): other large-W shapes of real models.
+EXTRA = {d.name.lower(): d for d in (
+    bd.Decoder("Llama-2-7B", 8, 4096, 32, 32, 128, 11008, False, False),
+    bd.Decoder("Qwen2.5-7B", 8, 3584, 28, 4, 128, 18944, False, True),
+    bd.Decoder("Mistral-Nemo", 8, 5120, 32, 8, 128, 14336, False, False),
+)}
 
 
 def step_for(model, path):
@@ -36,17 +46,26 @@ def main():
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--replays", type=int, default=20)
     p.add_argument("--context", type=int, default=2048)
+    p.add_argument("--each", action="store_true", help="print each measurement with the time of day "
+                   "(to set beside nvidia-smi's clock log)")
     args = p.parse_args()
     print(torch.cuda.get_device_name(), flush=True)
+    first = True
     for name in args.models:
-        cfg = bd.DECODERS[name]
+        cfg = bd.DECODERS.get(name) or EXTRA[name]
         for batch in args.batch:
             model = bd.Model(cfg, batch, args.context, torch.bfloat16, "cuda")
             times = {path: [] for path in args.paths}
             with torch.no_grad():
+                if first:  # a process's first graph ran 30-40 us a step faster on either path: not counted
+                    bd.time_step(step_for(model, args.paths[-1]), args.replays)
+                    first = False
                 for _ in range(args.rounds):
                     for path in args.paths:
                         times[path].append(bd.time_step(step_for(model, path), args.replays)[0])
+                        if args.each:
+                            print(f"  {time.strftime('%H:%M:%S')} {cfg.name} batch {batch} {path}: "
+                                  f"{times[path][-1]:.1f} us", flush=True)
             cells = " | ".join(f"{path} " + " ".join(f"{t:7.1f}" for t in ts) for path, ts in times.items())
             print(f"{cfg.name} ({cfg.layers} layers) batch {batch}: {cells} us a step", flush=True)
             del model
