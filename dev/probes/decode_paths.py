@@ -8,17 +8,16 @@ usage: python3 dev/probes/decode_paths.py --models llama-3-8b qwen3-4b --batch 4
 """
 import argparse
 import time
-import functools
 import sys
-import types
 from pathlib import Path
 
 import torch
 
-import minivllm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bench_decode as bd  # noqa: E402
+import decode_profile  # noqa: E402  (dev/: its step with the prologue on a named path)
 
 
 # Decoders beside bench_decode's (8 layers each, as its Llama-3-8B): other large-W shapes of real models.
@@ -30,12 +29,7 @@ EXTRA = {d.name.lower(): d for d in (
 
 
 def step_for(model, path):
-    if path == "auto":
-        return bd.make_step(model, "minivllm")
-    ops = types.SimpleNamespace(
-        attention_prologue=functools.partial(minivllm.attention_prologue, _path=path),
-        fused_add_rms_norm=minivllm.fused_add_rms_norm)
-    return bd.make_step(model, "minivllm", ops=ops)
+    return decode_profile.step_for(model, "minivllm", None if path == "auto" else path)
 
 
 def main():
