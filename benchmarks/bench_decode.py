@@ -207,9 +207,19 @@ def model_backend(model):
     return "inductor" if model.h.is_cuda else "aot_eager"
 
 
+# A process's first captured step graph ran 30-40 us a step faster than every later one, on any
+# path (H200, Llama-3-8B batch 2: dev/logs/residual-bound-nvidia-h200-2026-11-26.log, call 11), so
+# the first step timed would gain it; one graph is timed first and not counted.
+_warmed_up = False
+
+
 def time_step(step, replays):
     """µs per step: one CUDA graph of the whole step (warmed up and captured by timing.capture),
-    median of `replays` replays."""
+    median of `replays` replays (the process's first call times one graph more, not counted)."""
+    global _warmed_up
+    if not _warmed_up:
+        _warmed_up = True
+        time_step(step, 3)
     graph, results = bt.capture(lambda i: step(), 1)
     times = bt.replay_times_us(graph, replays)
     result = results[-1].clone()
@@ -217,14 +227,7 @@ def time_step(step, replays):
     return statistics.median(times), min(times), result
 
 
-# A process's first captured step graph ran 30-40 us a step faster than every later one, on any
-# path (H200, Llama-3-8B batch 2: dev/logs/residual-bound-nvidia-h200-2026-11-26.log, call 11), so
-# the first variant timed would gain it; one graph is timed first and not counted.
-_warmed_up = False
-
-
 def run_model(cfg, batch, args, dtype, device):
-    global _warmed_up
     model = Model(cfg, batch, args.context, dtype, device)
     sequences = min(batch, 2)
     with torch.no_grad():
@@ -241,9 +244,6 @@ def run_model(cfg, batch, args, dtype, device):
             with torch.no_grad():
                 step = make_step(model, variant)
                 if device == "cuda":
-                    if not _warmed_up:
-                        time_step(step, 3)
-                        _warmed_up = True
                     us, us_min, out = time_step(step, args.replays)
                 else:
                     us = us_min = float("nan")

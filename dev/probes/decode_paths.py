@@ -44,16 +44,12 @@ def main():
                    "(to set beside nvidia-smi's clock log)")
     args = p.parse_args()
     print(torch.cuda.get_device_name(), flush=True)
-    first = True
     for name in args.models:
         cfg = bd.DECODERS.get(name) or EXTRA[name]
         for batch in args.batch:
             model = bd.Model(cfg, batch, args.context, torch.bfloat16, "cuda")
             times = {path: [] for path in args.paths}
             with torch.no_grad():
-                if first:  # a process's first graph ran 30-40 us a step faster on either path: not counted
-                    bd.time_step(step_for(model, args.paths[-1]), args.replays)
-                    first = False
                 for _ in range(args.rounds):
                     for path in args.paths:
                         times[path].append(bd.time_step(step_for(model, path), args.replays)[0])
