@@ -196,13 +196,6 @@ __device__ __forceinline__ uint32_t pack2<__half>(float a, float b) {
     return *reinterpret_cast<uint32_t *>(&v);
 }
 
-/* The two 16-bit values of a word as floats. */
-template <typename T>
-__device__ __forceinline__ float2 unpack2(uint32_t w) {
-    const T *e = reinterpret_cast<const T *>(&w);
-    return make_float2(mv_to_float(e[0]), mv_to_float(e[1]));
-}
-
 /* Ask L1 for what the prologue's epilogue of tile reads besides the tile itself (each token's
    position, slot and cos/sin row; the tile's bias; the q/k norm weights), while the main loop
    runs: its chain of dependent loads (bias, weights, position, then cos/sin, slot) then hits L1
@@ -420,13 +413,8 @@ __global__ void __launch_bounds__(kThreads, 1)
                             if (p.residual) { /* s = x + residual, rounded to the dtype */
                                 const uint4 rv =
                                     *reinterpret_cast<const uint4 *>(xs + kX + r * kLineBytes + ((ch ^ (r & 7)) * 16));
-                                uint32_t *xw = reinterpret_cast<uint32_t *>(&xv[jj]);
-                                const uint32_t *rw = reinterpret_cast<const uint32_t *>(&rv);
-#pragma unroll
-                                for (int e = 0; e < 4; ++e) {
-                                    const float2 a = unpack2<T>(xw[e]), b = unpack2<T>(rw[e]);
-                                    xw[e] = pack2<T>(a.x + b.x, a.y + b.y);
-                                }
+                                mv_add_rounded(*reinterpret_cast<mv_vec<T, 8> *>(&xv[jj]),
+                                               *reinterpret_cast<const mv_vec<T, 8> *>(&rv));
                                 if (res_out != nullptr && m0 + r < p.rows)
                                     *reinterpret_cast<uint4 *>(res_out + static_cast<int64_t>(m0 + r) *
                                                                             p.residual_out_stride + kcol) = xv[jj];
