@@ -16,9 +16,9 @@
  * so the norm's operands do not queue behind the weight stream. The 8 consumer warps stage y,
  * then wait on each stage, run the mma chunks reading W from shared memory, and release the slot.
  * With PDL the kernel lets its successor start at once and, at M = 1 where the dispatcher allows it
- * (not on a GPU under 4 TB/s), requests its first W stage before waiting for the previous kernel;
- * where the block fits in half an SM, two calls' blocks share one (wide blocks, plan.wide_blocks,
- * take a whole SM). Asking L2 for W early (bulk or per-thread prefetch) made every shape slower: the
+ * (not on a GPU under 4 TB/s), requests its first W stage before waiting for the previous kernel.
+ * The ring takes the whole SM where that holds three stages (plan_bulk), else half of it, so that
+ * two calls' blocks can share an SM (wide blocks, plan.wide_blocks, take a whole SM). Asking L2 for W early (bulk or per-thread prefetch) made every shape slower: the
  * prefetches queue behind the ring's copies of the same bytes (docs/design.md).
  */
 #include "cuda/fused_rms_norm_qkv/stream_common.cuh"
@@ -242,10 +242,11 @@ struct BulkState {
 };
 
 /* The ring and grid of a call (the launcher's share of the plan); false where no ring of two
-   stages fits or the driver refuses W's tensor map. Half a multiprocessor's shared memory where
-   that still leaves three stages of 768 k or more, or two stages that hold a whole tile's K, so
-   two calls' blocks can share an SM; else all of it. Wide blocks: at least kBulkWideFeatures
-   features each, the whole SM's shared memory. */
+   stages fits or the driver refuses W's tensor map. The whole SM's shared memory where it holds
+   three stages of 768 k or more; otherwise half a multiprocessor's where that still leaves three
+   such stages, or two stages that hold a whole tile's K (two calls' blocks can then share an SM);
+   else all of it. Wide blocks: at least kBulkWideFeatures features each, the whole SM's shared
+   memory. The measurements: docs/design.md (tensor-copy kernel). */
 bool plan_bulk(BulkState *st, const mv_qkv_args &a, const mv_cuda_device &dev, int token_tiles, bool early,
                bool wide_blocks) {
     const int rows = static_cast<int>(a.in.rows);
@@ -271,8 +272,13 @@ bool plan_bulk(BulkState *st, const mv_qkv_args &a, const mv_cuda_device &dev, i
     const size_t half_sm = static_cast<size_t>(dev.max_shared_sm / 2 - dev.reserved_shared);
     const size_t whole = static_cast<size_t>(dev.max_shared_block);
     const size_t first_budget = wide_blocks ? whole : (half_sm < whole ? half_sm : whole);
-    size_t smem = plan_ring(&geo, first_budget, base, input_extra, input_copy_ok, most_tiles, lines,
-                            kMinSharedStageLines, 3);
+    /* The whole SM where it holds three stages: in a model no second call shares the SM, and its
+       wider stages (half as many a block) ran decode steps 0.5-2.7% faster (H200 and H100). A ring
+       of two stages there (a block's whole W at once) was slower: then half an SM. */
+    size_t smem = plan_ring(&geo, whole, base, input_extra, input_copy_ok, most_tiles, lines, kMinSharedStageLines, 3);
+    if (smem != 0 && geo.stages < 3) smem = 0;
+    if (smem == 0)
+        smem = plan_ring(&geo, first_budget, base, input_extra, input_copy_ok, most_tiles, lines, kMinSharedStageLines, 3);
     if (smem == 0) {
         BulkGeometry two = geo;
         const size_t two_smem =
