@@ -7,6 +7,8 @@ do not overlap.
 
 usage (device): python3 dev/probes/decode_sites_ab.py /tmp/site_new /tmp/site_old --models llama-3-8b \
            --batch 1 2 --variants minivllm compile+mv [--processes 3] [--replays 20]
+A side is SITE[,VAR=VALUE...]: the site with those environment variables (one experiment build,
+switched at run time, can then be both sides).
 """
 import argparse
 import json
@@ -20,21 +22,23 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_decode.py"
 
 
-def one_process(site, args, out):
-    env = dict(os.environ, PYTHONPATH=site)
+def one_process(side, args, out):
+    site, *assignments = side.split(",")
+    env = dict(os.environ, PYTHONPATH=site, **dict(a.split("=", 1) for a in assignments))
     cmd = [sys.executable, str(BENCH), "--models", *args.models, "--batch", *map(str, args.batch),
            "--variants", *args.variants, "--replays", str(args.replays), "--no-plot", "--out", out]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
     files = sorted(Path(out).glob("decode-*.json"))
     if not files:
-        raise SystemExit(f"{site}: bench_decode.py wrote no JSON (exit {done.returncode}):\n{done.stderr[-2000:]}")
+        raise SystemExit(f"{side}: bench_decode.py wrote no JSON (exit {done.returncode}):\n{done.stderr[-2000:]}")
     report = json.loads(files[-1].read_text())
     return {(r["model"], r["batch"], v): t["us"] for r in report["results"] for v, t in r["variants"].items()}
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("sites", nargs="+", help="folders to put on PYTHONPATH, one a side")
+    p.add_argument("sites", nargs="+", help="SITE[,VAR=VALUE...]: a folder to put on PYTHONPATH (and "
+                   "environment variables), one a side")
     p.add_argument("--models", nargs="+", default=["llama-3-8b"])
     p.add_argument("--batch", nargs="+", type=int, default=[1])
     p.add_argument("--variants", nargs="+", default=["minivllm"])
@@ -61,7 +65,7 @@ def main():
                 cells.append(f"{site}: -")
                 continue
             med = statistics.median(ts)
-            cells.append(f"{Path(site).name} {med:7.1f} [{min(ts):.1f}, {max(ts):.1f}] "
+            cells.append(f"{Path(site).name if ',' not in site else site.replace('/tmp/', '')} {med:7.1f} [{min(ts):.1f}, {max(ts):.1f}] "
                          f"{med / statistics.median(times[base][key]):.4f}")
         print(f"{key[0]} batch {key[1]} {key[2]}: " + " | ".join(cells), flush=True)
 
