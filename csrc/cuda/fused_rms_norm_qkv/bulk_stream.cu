@@ -18,8 +18,9 @@
  * With PDL the kernel lets its successor start at once and, at M = 1 where the dispatcher allows it
  * (not on a GPU under 4 TB/s), requests its first W stage before waiting for the previous kernel.
  * The ring takes the whole SM where that holds three stages (plan_bulk), else half of it, so that
- * two calls' blocks can share an SM (wide blocks, plan.wide_blocks, take a whole SM). Asking L2 for W early (bulk or per-thread prefetch) made every shape slower: the
- * prefetches queue behind the ring's copies of the same bytes (docs/design.md).
+ * two calls' blocks can share an SM (wide blocks, plan.wide_blocks, take a whole SM). Asking L2
+ * for W early (bulk or per-thread prefetch) made every shape slower: the prefetches queue behind
+ * the ring's copies of the same bytes (docs/design.md).
  */
 #include "cuda/fused_rms_norm_qkv/stream_common.cuh"
 
@@ -276,8 +277,8 @@ bool plan_bulk(BulkState *st, const mv_qkv_args &a, const mv_cuda_device &dev, i
        wider stages (half as many a block) ran decode steps 0.5-2.7% faster (H200 and H100). A ring
        of two stages there (a block's whole W at once) was slower: then half an SM. */
     size_t smem = plan_ring(&geo, whole, base, input_extra, input_copy_ok, most_tiles, lines, kMinSharedStageLines, 3);
-    if (smem != 0 && geo.stages < 3) smem = 0;
-    if (smem == 0)
+    if (smem != 0 && geo.stages < 3 && !wide_blocks) smem = 0;
+    if (smem == 0 && first_budget < whole)
         smem = plan_ring(&geo, first_budget, base, input_extra, input_copy_ok, most_tiles, lines, kMinSharedStageLines, 3);
     if (smem == 0) {
         BulkGeometry two = geo;
