@@ -35,6 +35,12 @@ def one_process(side, args, out):
     return {(r["model"], r["batch"], v): t["us"] for r in report["results"] for v, t in r["variants"].items()}
 
 
+def label(side):
+    """A side as printed: its site's folder name and any environment variables."""
+    site, *assignments = side.split(",")
+    return ",".join([Path(site).name, *assignments])
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("sites", nargs="+", help="SITE[,VAR=VALUE...]: a folder to put on PYTHONPATH (and "
@@ -53,19 +59,19 @@ def main():
                 got = one_process(site, args, f"{tmp}/{n}-{i}")
                 for key, us in got.items():
                     times[site].setdefault(key, []).append(us)
-                print(f"process {n + 1}, {site}: " + ", ".join(
+                print(f"process {n + 1}, {label(site)}: " + ", ".join(
                     f"{k[0]} b{k[1]} {k[2]} {us:.1f}" for k, us in got.items()), flush=True)
     base = args.sites[-1]
-    print(f"\nmedian [min, max] us a step over {args.processes} processes a side; ratio: median / {base}'s")
+    print(f"\nmedian [min, max] us a step over {args.processes} processes a side; ratio: median / {label(base)}'s")
     for key in times[base]:
         cells = []
         for site in args.sites:
             ts = times[site].get(key, [])
             if not ts:
-                cells.append(f"{site}: -")
+                cells.append(f"{label(site)}: -")
                 continue
             med = statistics.median(ts)
-            cells.append(f"{Path(site).name if ',' not in site else site.replace('/tmp/', '')} {med:7.1f} [{min(ts):.1f}, {max(ts):.1f}] "
+            cells.append(f"{label(site)} {med:7.1f} [{min(ts):.1f}, {max(ts):.1f}] "
                          f"{med / statistics.median(times[base][key]):.4f}")
         print(f"{key[0]} batch {key[1]} {key[2]}: " + " | ".join(cells), flush=True)
 
