@@ -82,7 +82,14 @@ def main():
 
         forced("auto")(0)
         auto_path = _C.qkv_last_gpu_path()
-        ops = [("lin", lin)] + [(p, forced(p)) for p in args.paths]
+
+        def label(path):
+            """The path's name, and the path that ran where its plan refused the call (the table's choice)."""
+            forced(path)(0)
+            taken = _C.qkv_last_gpu_path()
+            return path if path in ("auto", taken) else f"{path}(ran {taken})"
+
+        ops = [("lin", lin)] + [(label(p), forced(p)) for p in args.paths]
 
         def per_call(steps):
             def call(i):
