@@ -35,18 +35,22 @@ bool stream_fits(const Call &c) {
 /* GPUs below this DRAM bandwidth (GB/s; an H100 3352, an H200 4810): the rules marked "slow DRAM"
    below were measured on an H100 timed as a model runs the op, after a kernel that lets nothing
    overlap (dev/probes/qkv_chains.py --sep-only, dev/logs/qkv-after-sep-rules-nvidia-h100-2026-11-26.log);
-   the H200 keeps the rules measured in chains of the op's own calls until measured the same way
-   (its residual bound of M * H = 12288 held in whole decode steps where 8192 lost at 2 of 3
-   decoders: dev/logs/residual-bound-nvidia-h200-2026-11-26.log).
+   the H200 keeps the rules measured in chains of the op's own calls where not measured the same way
+   (below 16 rows it has been: the deferred stream, one row, the op's residual bound; the prologue's
+   residual bound of M * H = 12288 held in whole decode steps where 8192 lost at 2 of 3 decoders:
+   dev/logs/residual-bound-nvidia-h200-2026-11-26.log).
    sm_80 GPUs (under 4 TB/s too) take them unmeasured; only the register stream's rules apply there. */
 constexpr int kSlowDramGbps = 4000;
 bool slow_dram(const Call &c) { return c.dev->dram_gbps > 0 && c.dev->dram_gbps < kSlowDramGbps; }
 
-/* Slow DRAM, a residual call of 4 or more rows: the W streams only while M * H <= 7168; beyond,
-   norm + cuBLASLt was 0.7-3.1 us faster (H 1152-1536 at 8 rows, H 2048-2560 at 4, H 896-1024 at 12;
-   level at H 1024 at 8), below it the streams 0.7-1.7 us faster (H 1152-1536 at 4 rows, H 896 at
-   8); at 3 rows the streams stayed 0.5-1.5 us faster (H 2304-4096). */
-constexpr int64_t kSlowResidualStreamMaxElements = 7168;
+/* A residual call of 4 or more rows: the W streams only while M * H <= 7168; beyond, norm +
+   cuBLASLt was faster. Slow DRAM: 0.7-3.1 us (H 1152-1536 at 8 rows, H 2048-2560 at 4, H 896-1024
+   at 12; level at H 1024 at 8), below it the streams 0.7-1.7 us faster (H 1152-1536 at 4 rows, H
+   896 at 8); at 3 rows the streams stayed 0.5-1.5 us faster (H 2304-4096). Fast DRAM, the op
+   alone after a down_proj GEMM, two rounds: faster at 11 of 14 points past 7168 (1.8-5.5 us, H
+   1024-3072; H 2048 at 6 rows 15.1 against 9.6 us), slower at 3 (H 3072 N 9216 at 4 rows 1.1 us,
+   H 1024 at 8 0.6, H 2560 at 4 0.4) (dev/logs/qkv-after-gemm-rules-nvidia-h200-2026-11-27.log). */
+constexpr int64_t kResidualStreamMaxElements = 7168;
 /* In the attention prologue, whose epilogue starts early after a W stream but only once cuBLASLt's
    GEMM has ended, the bound is higher: after a torch GEMM (positions and slots shared by the layers
    as in a model) norm + cuBLASLt made the prologue faster at all 6 points past M.H = 8192 (0.1-4.7
@@ -96,8 +100,9 @@ bool slow_two_tiles_norm_first(const Call &c) {
 bool stream_wanted(const Call &c) {
     if (!stream_fits(c)) return false;
     if (slow_dram_op_alone(c) && c.rows >= 16 && !slow_many_rows_one_kernel(c)) return false;
-    const int64_t most = c.epilogue_next ? kSlowPrologueResidualStreamMaxElements : kSlowResidualStreamMaxElements;
-    return !(c.residual && slow_dram(c) && c.rows >= 4 && c.rows * c.hidden > most);
+    /* fast DRAM, in the attention prologue: up to what fits (M * H = 12288), measured in decode steps */
+    if (!c.residual || c.rows < 4 || (c.epilogue_next && !slow_dram(c))) return true;
+    return c.rows * c.hidden <= (c.epilogue_next ? kSlowPrologueResidualStreamMaxElements : kResidualStreamMaxElements);
 }
 
 bool stream_unbalanced(const Call &c);
@@ -131,21 +136,28 @@ bool deferred_residual_wanted(const Call &c) {
            c.cols * c.hidden < kDeferredResidualMaxWeights;
 }
 
-/* The deferred-norm stream streams x beside W where the others stage it first: it wins from
-   16 rows, and from 3 rows (2 where H >= 4096) where W is large (N >= 2048); it loses at M = 1
-   and for few rows of a small W, where the other streams are at their best. Slow DRAM, where the
-   other streams take the call: only where they cannot share W evenly (stream_unbalanced; N = 4608
-   and 4672 at 1-8 rows: 0.4-1.3 us faster than the tensor-copy stream and up to 1.3 than the
-   engine); elsewhere it lost 0.3-1.8 us to the register or tensor-copy stream (N 2048-8192, W 5-56
-   MiB, 1-8 rows; 0.6-0.9 us ahead at one shape, H 5120 N 7168 at 2-4 rows). */
+/* The deferred-norm stream streams x beside W where the others stage it first: in chains of the
+   op's own calls it won from 16 rows, and from 3 rows (2 where H >= 4096) where W is large (N >=
+   2048). Timed as a model runs the op (after a kernel that lets nothing overlap), below 16 rows it
+   loses where the other streams take the call, except where they cannot share W evenly
+   (stream_unbalanced). Slow DRAM: N = 4608 and 4672 at 1-8 rows 0.4-1.3 us faster than the
+   tensor-copy stream and up to 1.3 than the engine; elsewhere it lost 0.3-1.8 us to the register
+   or tensor-copy stream (N 2048-8192, W 5-56 MiB, 1-8 rows; 0.6-0.9 us ahead at one shape, H 5120
+   N 7168 at 2-4 rows). Fast DRAM (the engine takes the unbalanced W first), 2-12 rows of 17
+   shapes (N 2048-12288, W 6-160 MiB), two rounds: the register or tensor-copy stream faster at 48
+   of 50 points after a down_proj GEMM (0.1-2.0 us; 0.3-0.4 slower at two), 41 of 50 after a fill
+   (up to 1.7 us; up to 1.1 slower at 9). Where no stream fits, fast DRAM: the engine from 50 MiB
+   (0.6-3.8 us faster at 15 of 16 points, W 56-75 MiB, 6-12 rows), the deferred stream below
+   (18-48 MiB: 0.3-1.5 us faster than the engine after a down_proj GEMM at 5 of 5, 0.04-0.6
+   slower after a fill) (dev/logs/qkv-after-gemm-rules-nvidia-h200-2026-11-27.log). */
+constexpr int64_t kDeferredNoStreamMaxWeights = 25 << 20; /* elements: 50 MiB of 16-bit weights */
 bool deferred_wanted(const Call &c) {
     if (c.residual) return deferred_residual_wanted(c);
     if (c.rows >= 16) return !slow_dram_op_alone(c) || slow_many_rows_one_kernel(c);
-    if (slow_dram(c) && stream_fits(c)) return stream_unbalanced(c) && !bulk_wide_wanted(c);
+    if (stream_fits(c)) return stream_unbalanced(c) && !bulk_wide_wanted(c);
     if (c.cols < 2048) return false;
-    if (c.rows >= 3) return true;
-    if (slow_dram(c)) return c.rows == 2 || c.hidden <= 1024;
-    return c.rows == 2 && c.hidden >= 4096;
+    if (!slow_dram(c)) return c.rows >= 2 && c.cols * c.hidden < kDeferredNoStreamMaxWeights;
+    return c.rows >= 2 || c.hidden <= 1024;
 }
 
 /* The register stream's whole-W-first form is Hopper's choice where it fits (its plan checks
@@ -153,12 +165,15 @@ bool deferred_wanted(const Call &c) {
    shortest chain. */
 bool register_first_wanted(const Call &c) { return c.dev->major >= 9 && stream_wanted(c); }
 
-/* Slow DRAM, one row, W of at most 16 MiB: the register stream rather than the tensor-copy one,
-   whose start costs more than its deeper queue gains on a small W: 0.8-1.7 us faster at W 3.4-12
-   MiB (H 1152-2048, with or without a residual); from 18 MiB the tensor-copy stream was faster. */
+/* One row, W of at most 16 MiB: the register stream rather than the tensor-copy one, whose start
+   costs more than its deeper queue gains on a small W. Slow DRAM: 0.8-1.7 us faster at W 3.4-12
+   MiB (H 1152-2048, with or without a residual); from 18 MiB the tensor-copy stream was faster.
+   Fast DRAM, after a down_proj GEMM or a fill: 1.3-2.5 us faster at W 6-16 MiB (H 1536-2048, 4
+   shapes, with or without a residual; Qwen2.5-1.5B decode steps at batch 1 5% faster;
+   dev/logs/qkv-after-gemm-rules-nvidia-h200-2026-11-27.log). */
 constexpr int64_t kRegisterOneRowMaxWeights = 8 << 20; /* elements: 16 MiB of 16-bit weights */
 bool register_one_row_wanted(const Call &c) {
-    return c.rows == 1 && slow_dram(c) && c.cols * c.hidden <= kRegisterOneRowMaxWeights && stream_fits(c);
+    return c.rows == 1 && c.cols * c.hidden <= kRegisterOneRowMaxWeights && stream_fits(c);
 }
 
 /* The one-kernel wgmma GEMM beat norm + cuBLASLt for small H up to 64 rows (256 for N <= 2048).
