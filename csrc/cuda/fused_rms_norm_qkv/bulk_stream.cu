@@ -15,8 +15,8 @@
  * the producer bulk-copies the input (x rows, residual rows, gamma) where it is 16-byte aligned,
  * so the norm's operands do not queue behind the weight stream. The 8 consumer warps stage y,
  * then wait on each stage, run the mma chunks reading W from shared memory, and release the slot.
- * With PDL the kernel lets its successor start at once and, at M = 1 where the dispatcher allows it
- * (not on a GPU under 4 TB/s), requests its first W stage before waiting for the previous kernel.
+ * With PDL the kernel lets its successor start at once; it asks for no W before its own wait for
+ * the previous kernel (a first stage asked then delayed the input's copy: docs/design.md).
  * The ring takes the whole SM where that holds three stages (plan_bulk), else half of it, so that
  * two calls' blocks can share an SM (wide blocks, plan.wide_blocks, take a whole SM). Asking L2
  * for W early (bulk or per-thread prefetch) made every shape slower: the prefetches queue behind
@@ -33,7 +33,6 @@ struct BulkGeometry {
     int xs_stride;     /* elements between staged rows */
     bool input_copy;   /* the producer bulk-copies x (into xs), residual and gamma first */
     int stage_lines;   /* 64-k lines per stage: stage_k = 64 * stage_lines */
-    int early_stages;  /* stages requested before waiting for the previous kernel (<= stages) */
 };
 
 /* The last tile's box: a multiple of it is at most 3 rows past the block's range, and its offsets in a
@@ -88,9 +87,7 @@ __global__ void __launch_bounds__(kBulkThreads, 2) fused_rms_norm_qkv_bulk_kerne
 
     if (warp == kWarps) {
         /* Producer: stage i of this block is tile i / kchunks, k chunk i % kchunks, in slot
-           i % stages; lane 0 issues its one tensor copy. The first geo.early_stages stages go out
-           before the wait for the previous kernel in the stream: weights are constants of the
-           model (the README says so), so they may stream while that kernel finishes. */
+           i % stages; lane 0 issues its one tensor copy, all after the input's. */
         if (lane == 0) {
             const uint64_t policy = mv_evict_first_policy();
             auto issue = [&](int i) {
@@ -112,8 +109,6 @@ __global__ void __launch_bounds__(kBulkThreads, 2) fused_rms_norm_qkv_bulk_kerne
                                           static_cast<int>(feature0) + b * kTailFeatures, &full[slot], policy);
                 }
             };
-            const int first_round = total_stages < geo.early_stages ? total_stages : geo.early_stages;
-            for (int i = 0; i < first_round; ++i) issue(i);
             mv_pdl_wait();
             if (args.trigger_after_wait) mv_pdl_trigger();
             if (geo.input_copy) {
@@ -130,7 +125,7 @@ __global__ void __launch_bounds__(kBulkThreads, 2) fused_rms_norm_qkv_bulk_kerne
                                             row_bytes, input_full);
                 }
             }
-            for (int i = first_round; i < total_stages; ++i) issue(i);
+            for (int i = 0; i < total_stages; ++i) issue(i);
         }
         return;
     }
@@ -231,9 +226,6 @@ size_t plan_ring(BulkGeometry *geo, size_t budget, size_t base, size_t input_ext
     return 0;
 }
 
-/* W stages requested before waiting for the previous kernel: with PDL, a single row and the
-   dispatcher's leave (plan.early_weights), one; otherwise none, since the input's bulk copy queues
-   behind them (docs/design.md). */
 struct BulkState {
     CUtensorMap w_map, w_tail_map;
     BulkGeometry geo;
@@ -248,8 +240,7 @@ struct BulkState {
    such stages, or two stages that hold a whole tile's K (two calls' blocks can then share an SM);
    else all of it. Wide blocks: at least kBulkWideFeatures features each, the whole SM's shared
    memory. The measurements: docs/design.md (tensor-copy kernel). */
-bool plan_bulk(BulkState *st, const mv_qkv_args &a, const mv_cuda_device &dev, int token_tiles, bool early,
-               bool wide_blocks) {
+bool plan_bulk(BulkState *st, const mv_qkv_args &a, const mv_cuda_device &dev, int token_tiles, bool wide_blocks) {
     const int rows = static_cast<int>(a.in.rows);
     const int hidden = static_cast<int>(a.in.hidden);
     const bool has_residual = a.in.residual != nullptr;
@@ -291,7 +282,6 @@ bool plan_bulk(BulkState *st, const mv_qkv_args &a, const mv_cuda_device &dev, i
     }
     if (smem == 0) smem = plan_ring(&geo, whole, base, input_extra, input_copy_ok, most_tiles, lines, 0, 2);
     if (smem == 0) return false;
-    geo.early_stages = early && rows == 1 ? 1 : 0;
     if (!encode_weight_map(&st->w_map, a, geo.cols, geo.stage_lines) ||
         !encode_weight_map(&st->w_tail_map, a, geo.cols, geo.stage_lines, kTailFeatures))
         return false;
@@ -340,7 +330,7 @@ bool mv_qkv_bulk_plan(const mv_qkv_args &a, const mv_cuda_device &dev, mv_qkv_pl
     BulkState *st = mv_plan_state<BulkState>(plan);
     st->flags = stream_flags(a, residual_in_kernel);
     plan->writes_residual = residual_in_kernel;
-    return plan_bulk(st, a, dev, token_tiles, plan->pdl && plan->early_weights, plan->wide_blocks);
+    return plan_bulk(st, a, dev, token_tiles, plan->wide_blocks);
 }
 
 cudaError_t mv_qkv_bulk_launch(const mv_qkv_args &a, const mv_qkv_plan &plan, const mv_cuda_device &dev,

@@ -243,14 +243,6 @@ bool engine_after_streams_wanted(const Call &c) {
     return c.rows < 16;
 }
 
-/* With PDL the tensor-copy stream asks for its first W stage before its wait for the previous kernel
-   at one row. Slow DRAM: not there. After a kernel that lets nothing overlap (a model's GEMM before
-   the op: its blocks leave no room for ours until they exit) that stage delays the input's copy:
-   0.3-1.0 us slower at 8 shapes of 18-160 MiB after a torch GEMM or a fill (one level: Gemma-2-2B),
-   0.8-1.1 with a residual and 0.8-0.9 in the attention prologue; it gained 0.3-0.8 us only after a
-   call of its own (dev/logs/qkv-start-after-gemm-nvidia-h100-2026-11-26.log). */
-bool early_weights_wanted(const Call &c) { return !slow_dram(c); }
-
 bool always(const Call &) { return true; }
 
 bool register_first_plan(const mv_qkv_args &a, const mv_cuda_device &dev, mv_qkv_plan *plan) {
@@ -332,7 +324,6 @@ int mv_qkv_cuda(const mv_qkv_args *a, const mv_cuda_opts *o, void *stream, mv_qk
                     a->trigger_after_wait != 0, &dev};
     mv_qkv_plan plan;
     plan.pdl = mv_pdl_use(o->pdl, dev);
-    plan.early_weights = early_weights_wanted(c);
     plan.wide_blocks = bulk_wide_wanted(c);
     const Rule &rule = choose(*a, c, o->path, &plan);
     cudaStream_t s = static_cast<cudaStream_t>(stream);

@@ -17,13 +17,12 @@
 #include "cuda/device.h"
 #include "minivllm_kernels.h"
 
-/* One call's plan. The dispatcher sets pdl (and, where its table says so, early_weights and
-   wide_blocks) before asking a path; the path sets writes_residual (whether its launch stores
+/* One call's plan. The dispatcher sets pdl (and, where its table says so, wide_blocks) before
+   asking a path; the path sets writes_residual (whether its launch stores
    residual_out itself; otherwise the dispatcher's store kernel follows it) and keeps its own state
    in storage. */
 struct mv_qkv_plan {
     bool pdl = false;
-    bool early_weights = true; /* with pdl: a path may ask for W before its wait for the previous kernel */
     bool wide_blocks = false;  /* the tensor-copy stream's wide blocks (bulk_stream.cu) */
     bool writes_residual = false;
     alignas(128) unsigned char storage[1024]; /* 128: CUtensorMap's alignment */
