@@ -632,7 +632,7 @@ def _sm_count():
         return None
 
 
-def test_slow_dram_rules(rng):
+def test_qkv_rules_by_dram_bandwidth(rng):
     """The table's rules for GPUs under 4 TB/s of DRAM bandwidth (an H100), measured as a model
     runs the op (after a kernel that lets nothing overlap): one row of a W of at most 16 MiB runs
     the register stream rather than the tensor-copy one; a residual call of 4 or more rows with
