@@ -640,10 +640,11 @@ def test_qkv_rules_by_dram_bandwidth(rng):
     stream (1-4 rows of an unevenly shared W the tensor-copy stream in wide blocks); 9-15 rows of a
     W of 4-24 MiB (a second token tile in the streams) norm + cuBLASLt; from 16 rows one kernel
     only for a large W (at 16 rows 24 MiB, beyond 80 MiB), and no wgmma. Faster GPUs (an H200),
-    measured the same way below 16 rows: the register stream for one row of a small W and the
-    residual bound as above, and below 16 rows the deferred stream only where no W stream fits and
-    W is under 50 MiB (the streams where they fit, else the engine); from 16 rows their
-    chain-measured rules. Each call is checked against the float64 reference."""
+    measured the same way: the register stream for one row of a small W and the residual bound as
+    above, below 16 rows the deferred stream only where no W stream fits and W is under 50 MiB (the
+    streams where they fit, else the engine); from 16 rows the engine only for W of 80 MiB or more
+    (at 16 rows also where W's tiles spread unevenly), and no wgmma. Each call is checked against
+    the float64 reference."""
     if cuda_skip_reason():
         pytest.skip(cuda_skip_reason())
     if cuda_capability() != (9, 0):
@@ -663,17 +664,20 @@ def test_qkv_rules_by_dram_bandwidth(rng):
         (12, 1024, 8, 1, False, "register", "register"), # two token tiles, W 2.5 MiB (under 4)
         (12, 3072, 24, 8, False, "deferred", "deferred"), # two token tiles, W 30 MiB (N = 5120), no stream fits
         (8, 5120, 40, 8, False, "deferred", "engine"),   # no stream fits, W 70 MiB (fast DRAM: from 50)
-        (16, 1024, 16, 8, False, "cublaslt", "deferred"), # W 8 MiB
-        (16, 4096, 24, 8, False, "deferred", "engine"),  # W 40 MiB
-        (24, 4096, 24, 8, False, "cublaslt", "engine"),  # W 40 MiB, under 80
-        (64, 1024, 16, 8, False, "cublaslt", "wgmma"),
+        (16, 1024, 16, 8, False, "cublaslt", "cublaslt"), # W 8 MiB
+        (16, 4096, 24, 8, False, "deferred", "cublaslt"), # W 40 MiB
+        (24, 4096, 24, 8, False, "cublaslt", "cublaslt"), # W 40 MiB, under 80
+        (16, 4096, 40, 40, False, "engine", "engine"),   # W 120 MiB (N over 64 features an SM)
+        (20, 4096, 40, 40, False, "engine", "engine"),
+        (64, 1024, 16, 8, False, "cublaslt", "cublaslt"),
+        (64, 896, 14, 2, False, "cublaslt", "cublaslt"),  # N = 1152 (the prologue's wgmma)
         # N = 2560 spreads unevenly in 16-feature tiles over 78-144 SMs, W 20 MiB; its 40 wide
         # blocks would leave most SMs idle: the deferred stream (fast DRAM: the engine)
         (1, 4096, 16, 2, False, "deferred", "engine"),
     ]
     if _sm_count() == 132:  # an H100 SXM or an H200: N = 4608 spreads unevenly, 72 wide blocks
         cases += [(1, 3584, 28, 4, False, "bulk", "engine"), (4, 3584, 28, 4, False, "bulk", "engine"),
-                  (6, 3584, 28, 4, False, "deferred", "engine")]
+                  (6, 3584, 28, 4, False, "deferred", "engine"), (16, 3584, 28, 4, False, "deferred", "engine")]
     for M, H, nh, nkv, residual, on_slow, on_fast in cases:
         Case(dev, rng, "bfloat16", (M,), H, nh, nkv, 64 if nh == 32 else 128, "W", residual=residual).run()
         expected = on_slow if slow else on_fast

@@ -58,29 +58,49 @@ constexpr int64_t kResidualStreamMaxElements = 7168;
    us; 0.3 and 2.2 faster at the other two; dev/logs/prologue-mid-rows-after-gemm-nvidia-h100-2026-11-26.log). */
 constexpr int64_t kSlowPrologueResidualStreamMaxElements = 8192;
 
-/* Slow DRAM, the rules measured on the op alone after a torch GEMM (the W streams and the deferred
-   stream from 16 rows and at 9-15, wide blocks): the attention prologue's QKV call
-   (epilogue_next) keeps the table as before them, since its epilogue starts early after those
-   streams but only once cuBLASLt's GEMM has ended: after a torch GEMM the prologue without a
-   residual took 0.9-1.6 us less on the deferred stream than on norm + cuBLASLt at 16-32 rows
-   (Qwen3-0.6B; dev/logs/prologue-mid-rows-after-gemm-nvidia-h100-2026-11-26.log). The engine rule
-   below applies to the prologue as to the op alone (norm + cuBLASLt 1.9-3.5 us faster there too,
-   24-32 rows, 18-48 MiB), and wgmma_wanted has a prologue clause of its own. */
+/* Slow DRAM, the rules measured on the op alone after a torch GEMM at 9-15 rows and in wide
+   blocks: the attention prologue's QKV call (epilogue_next) keeps the table as before them, since
+   its epilogue starts early after the W streams but only once cuBLASLt's GEMM has ended (from 16
+   rows: norm_first_many_rows). */
 bool slow_dram_op_alone(const Call &c) { return slow_dram(c) && !c.epilogue_next; }
 
-/* Slow DRAM, 16 rows or more: one kernel (a W stream, the deferred stream or the engine) only
-   where W is large; elsewhere norm + cuBLASLt. Timed after a torch GEMM, the one-kernel paths lost
-   their lead in chains of their own calls: at 16 rows the deferred stream or the engine won from
-   24 MiB (0.2-2.2 us at 30-60 MiB, 0.8-6 from 96 MiB; lost 0.7-0.8 at 40 and 70 MiB) and norm +
-   cuBLASLt from 18 MiB down (0.4-1.7 us at 7 of 8 shapes, level at one); at 17-32 rows the engine
-   won only from 96 MiB (0.5-8 us at 96-160 MiB; at 96 MiB and 24 rows 0.6 behind) and norm +
-   cuBLASLt by 0.9-3.4 us up to 70 MiB (23 points, 10-70 MiB)
-   (dev/logs/qkv-mid-rows-after-gemm-nvidia-h100-2026-11-26.log). */
+bool stream_unbalanced(const Call &c);
+
+/* 16 rows or more (the W streams' and the engine's second token tile from 17): one kernel (a W
+   stream, the deferred stream or the engine) only where W is large; elsewhere norm + cuBLASLt.
+   Timed after a torch GEMM, the one-kernel paths lost their lead in chains of their own calls.
+   Slow DRAM: at 16 rows the deferred stream or the engine won from 24 MiB (0.2-2.2 us at 30-60
+   MiB, 0.8-6 from 96 MiB; lost 0.7-0.8 at 40 and 70 MiB) and norm + cuBLASLt from 18 MiB down
+   (0.4-1.7 us at 7 of 8 shapes, level at one); at 17-32 rows the engine won only from 96 MiB
+   (0.5-8 us at 96-160 MiB; at 96 MiB and 24 rows 0.6 behind) and norm + cuBLASLt by 0.9-3.4 us up
+   to 70 MiB (23 points, 10-70 MiB) (dev/logs/qkv-mid-rows-after-gemm-nvidia-h100-2026-11-26.log).
+   Fast DRAM, after a fill and after a down_proj GEMM, two rounds, 17 shapes: at 20-32 rows norm +
+   cuBLASLt 0.6-6.4 us faster than the engine and the deferred stream at all 45 points under 80 MiB
+   after the GEMM, at 44 of 45 after the fill (N = 4672 at 20 rows 0.7 behind); from 96 MiB the
+   engine level or ahead (up to 0.4 behind after the GEMM, 0.3-4.5 ahead after the fill). At 16
+   rows the engine 1.0-2.7 us faster at 96-160 MiB and at N = 4672, whose tiles spread unevenly
+   (N = 4608 0.5-0.8 behind); elsewhere norm + cuBLASLt up to 1.6 faster or at most 0.34 behind
+   (13 shapes, 6-75 MiB) (dev/logs/qkv-many-rows-after-gemm-nvidia-h200-2026-11-27.log). */
 constexpr int64_t kSlowSixteenRowsMinWeights = 12 << 20; /* elements: 24 MiB of 16-bit weights */
-constexpr int64_t kSlowManyRowsMinWeights = 40 << 20;    /* elements: 80 MiB */
-bool slow_many_rows_one_kernel(const Call &c) {
+constexpr int64_t kManyRowsMinWeights = 40 << 20;        /* elements: 80 MiB */
+bool many_rows_one_kernel(const Call &c) {
     const int64_t weights = c.cols * c.hidden;
-    return weights >= (c.rows <= 16 ? kSlowSixteenRowsMinWeights : kSlowManyRowsMinWeights);
+    if (c.rows > 16) return weights >= kManyRowsMinWeights;
+    if (slow_dram(c)) return weights >= kSlowSixteenRowsMinWeights;
+    return weights >= kManyRowsMinWeights || stream_unbalanced(c);
+}
+
+/* From 16 rows, where that rule gives norm + cuBLASLt. The attention prologue's QKV call
+   (epilogue_next) keeps one kernel at 16 rows, and on slow DRAM from 17 rows too: its epilogue
+   starts early after those kernels but only once cuBLASLt's GEMM has ended. Slow DRAM, after a
+   torch GEMM, without a residual: 0.9-1.6 us less on the deferred stream than on norm + cuBLASLt
+   at 16-32 rows (Qwen3-0.6B; dev/logs/prologue-mid-rows-after-gemm-nvidia-h100-2026-11-26.log).
+   Fast DRAM, after a down_proj GEMM, without a residual (8 shapes, 6-54 MiB): at 16 rows the
+   table's one kernel level or 0.3-1.7 us faster at 6 (0.8-1.4 slower at 31.5 and 54 MiB); at 24-32
+   rows norm + cuBLASLt 0.7-5.9 us faster at all 16 points (same log as above). */
+bool norm_first_many_rows(const Call &c) {
+    if (c.rows < 16 || (c.epilogue_next && (c.rows == 16 || slow_dram(c)))) return false;
+    return !many_rows_one_kernel(c);
 }
 
 /* Slow DRAM, 9-15 rows without a residual (the W streams' mma takes 8 tokens, so a second token
@@ -99,13 +119,11 @@ bool slow_two_tiles_norm_first(const Call &c) {
 
 bool stream_wanted(const Call &c) {
     if (!stream_fits(c)) return false;
-    if (slow_dram_op_alone(c) && c.rows >= 16 && !slow_many_rows_one_kernel(c)) return false;
+    if (norm_first_many_rows(c)) return false;
     /* fast DRAM, in the attention prologue: up to what fits (M * H = 12288), measured in decode steps */
     if (!c.residual || c.rows < 4 || (c.epilogue_next && !slow_dram(c))) return true;
     return c.rows * c.hidden <= (c.epilogue_next ? kSlowPrologueResidualStreamMaxElements : kResidualStreamMaxElements);
 }
-
-bool stream_unbalanced(const Call &c);
 
 /* Slow DRAM, 1-4 rows without a residual where W's 16-feature tiles spread unevenly over the SMs
    (stream_unbalanced) and wide blocks fill at least half of them: the tensor-copy stream in wide
@@ -153,7 +171,7 @@ bool deferred_residual_wanted(const Call &c) {
 constexpr int64_t kDeferredNoStreamMaxWeights = 25 << 20; /* elements: 50 MiB of 16-bit weights */
 bool deferred_wanted(const Call &c) {
     if (c.residual) return deferred_residual_wanted(c);
-    if (c.rows >= 16) return !slow_dram_op_alone(c) || slow_many_rows_one_kernel(c);
+    if (c.rows >= 16) return !norm_first_many_rows(c);
     if (stream_fits(c)) return stream_unbalanced(c) && !bulk_wide_wanted(c);
     if (c.cols < 2048) return false;
     if (!slow_dram(c)) return c.rows >= 2 && c.cols * c.hidden < kDeferredNoStreamMaxWeights;
@@ -176,27 +194,30 @@ bool register_one_row_wanted(const Call &c) {
     return c.rows == 1 && c.cols * c.hidden <= kRegisterOneRowMaxWeights && stream_fits(c);
 }
 
-/* The one-kernel wgmma GEMM beat norm + cuBLASLt for small H up to 64 rows (256 for N <= 2048).
-   Up to 64 rows (one row tile) its tiles are split over clusters, so a larger H is spread over the
-   SMs too: there it won for W up to 12 MiB (H 1152-2048, 1.05-1.28x at 48-64 rows) and lost from
-   18 MiB (H 2048-2560); with more rows each tile walks all of H, and larger H lose. */
+/* The one-kernel wgmma GEMM beat norm + cuBLASLt in chains of its own calls for small H up to 64
+   rows (256 for N <= 2048); up to 64 rows its tiles are split over clusters (W up to 12 MiB). Timed
+   after a kernel that lets nothing overlap, it lost for the op alone: slow DRAM, after a torch GEMM,
+   1.3-3.9 us at all 9 points (H 896-2048, 64-256 rows;
+   dev/logs/qkv-mid-rows-after-gemm-nvidia-h100-2026-11-26.log); fast DRAM 0.8-3.4 us after a fill
+   or a down_proj GEMM at 40-64 rows (7 shapes, H 896-2048) and 1.3-2.2 at 96-256 rows of H = 896,
+   0.2-0.7 ahead only at H = 896 after the GEMM at 40-128 rows
+   (dev/logs/qkv-many-rows-after-gemm-nvidia-h200-2026-11-27.log). It stays in the attention
+   prologue, whose epilogue starts early after wgmma but not after cuBLASLt, where N <= 2048: after
+   a torch GEMM (slow DRAM) level or 0.9 us faster there (H 896-1152, 64-128 rows) and 2.4 us slower
+   at N = 4096 (dev/logs/prologue-mid-rows-after-gemm-nvidia-h100-2026-11-26.log). */
 constexpr int64_t kWgmmaSplitMaxWeights = 6 << 20; /* elements: 12 MiB of 16-bit weights */
 constexpr int64_t kWgmmaPrologueMaxCols = 2048;
 bool wgmma_wanted(const Call &c) {
-    /* slow DRAM: after a torch GEMM norm + cuBLASLt was 1.3-3.9 us faster at all 9 points measured
-       (H 896-2048, 64-256 rows; dev/logs/qkv-mid-rows-after-gemm-nvidia-h100-2026-11-26.log). In
-       the attention prologue, whose epilogue starts early after wgmma but not after cuBLASLt, wgmma
-       was level or 0.9 us faster where N <= 2048 (H 896-1152, 64-128 rows) and 2.4 us slower at
-       N = 4096 (dev/logs/prologue-mid-rows-after-gemm-nvidia-h100-2026-11-26.log). */
-    if (slow_dram(c) && (!c.epilogue_next || c.cols > kWgmmaPrologueMaxCols)) return false;
+    if (!c.epilogue_next || c.cols > kWgmmaPrologueMaxCols) return false;
     if (c.hidden > 1024) return c.rows <= 64 && c.cols * c.hidden <= kWgmmaSplitMaxWeights;
-    return c.rows <= 64 || (c.cols <= 2048 && c.rows <= 256);
+    return c.rows <= 256;
 }
 
 /* The GEMM engine beat the deferred stream at 16-32 rows where W has at least 10 MiB: on an H200
    geometric mean 1.06x (0.89-1.20x) over 13 shapes of 10-160 MiB; on an H100 1.08x at 32 rows
    (0.99-1.13x) but 1.02x at 16 (0.88x at worst), so there from 17 rows. Qwen3-0.6B's 8 MiB lost
-   (0.65-0.85x): below that, the engine's fixed cost per call outweighs its better balance. */
+   (0.65-0.85x): below that, the engine's fixed cost per call outweighs its better balance. Timed
+   as a model runs the op, both keep from 16 rows only the calls norm_first_many_rows leaves them. */
 constexpr int64_t kEngineMinWeights = 5 << 20; /* elements: 10 MiB of 16-bit weights */
 /* Below 16 rows the W streams win, except where they cannot share a large W evenly: they give
    each SM a run of N / SMs features in 16-feature tiles, so the busiest SM streams that run rounded
@@ -222,9 +243,10 @@ bool stream_unbalanced(const Call &c) {
 bool engine_wanted(const Call &c) {
     if (c.cols * c.hidden < kEngineMinWeights || c.rows > 32) return false;
     /* slow DRAM: the deferred stream takes unbalanced W below 16 rows (deferred_wanted); from 17
-       rows only a large W (slow_many_rows_one_kernel), in the attention prologue too */
-    if (slow_dram(c)) return c.rows >= 17 && slow_many_rows_one_kernel(c);
-    return c.rows >= (c.dev->dram_gbps > 0 ? 16 : 17) || stream_unbalanced(c);
+       rows only a large W (many_rows_one_kernel), in the attention prologue too */
+    if (slow_dram(c)) return c.rows >= 17 && many_rows_one_kernel(c);
+    if (c.rows >= 16) return c.rows >= (c.dev->dram_gbps > 0 ? 16 : 17) && !norm_first_many_rows(c);
+    return stream_unbalanced(c);
 }
 
 /* Below 16 rows, where no W stream took the call (none fits: the staged input too large for the
@@ -239,7 +261,7 @@ bool engine_wanted(const Call &c) {
 bool engine_after_streams_wanted(const Call &c) {
     if (c.cols * c.hidden < kEngineMinWeights || c.dev->dram_gbps <= 0) return false;
     if (slow_dram(c))
-        return !c.epilogue_next && (c.rows < 16 || (c.rows == 16 && slow_many_rows_one_kernel(c)));
+        return !c.epilogue_next && (c.rows < 16 || (c.rows == 16 && many_rows_one_kernel(c)));
     return c.rows < 16;
 }
 
