@@ -610,16 +610,18 @@ def test_engine_stream_k_after_cluster_split(rng):
 def test_engine_takes_few_rows_no_stream_fits(rng):
     """Below 16 rows the table gives the engine the calls no W stream takes (the staged input too
     large for the register and tensor-copy streams, more features a multiprocessor than the
-    deferred stream holds) where W has at least 10 MiB, on every GPU with a known DRAM bandwidth."""
+    deferred stream holds) where W has at least 10 MiB, on every GPU with a known DRAM bandwidth
+    (from 9 rows on GPUs of 4 TB/s or more only from 80 MiB: below, norm + cuBLASLt). W here is
+    100 MiB."""
     if cuda_skip_reason():
         pytest.skip(cuda_skip_reason())
     if cuda_capability() != (9, 0):
         pytest.skip(f"the engine needs sm_90 exactly; this GPU is sm_{cuda_capability()[0]}{cuda_capability()[1]}")
     dev = get_backend("cuda")
     expected = "engine"
-    # M * H = 26624 > 24576; N = 12800 features, over 64 a multiprocessor on any GPU of under 200 SMs
+    # M * H > 24576; N = 12800 features, over 64 a multiprocessor on any GPU of under 200 SMs
     for M in (13, 15):
-        Case(dev, rng, "bfloat16", (M,), 2048, 96, 2, 128, "W").run()
+        Case(dev, rng, "bfloat16", (M,), 4096, 96, 2, 128, "W").run()
         assert _C.qkv_last_gpu_path() == expected, f"M={M}: ran {_C.qkv_last_gpu_path()!r}, expected {expected!r}"
 
 
@@ -642,9 +644,9 @@ def test_qkv_rules_by_dram_bandwidth(rng):
     only for a large W (at 16 rows 24 MiB, beyond 80 MiB), and no wgmma. Faster GPUs (an H200),
     measured the same way: the register stream for one row of a small W and the residual bound as
     above, below 16 rows the deferred stream only where no W stream fits and W is under 50 MiB (the
-    streams where they fit, else the engine); from 16 rows the engine only for W of 80 MiB or more
-    (at 16 rows also where W's tiles spread unevenly), and no wgmma. Each call is checked against
-    the float64 reference."""
+    streams where they fit, else the engine); from 9 rows one kernel only for W under 10 MiB
+    (below 16 rows) or of 80 MiB or more, or where W's tiles spread unevenly (up to 16 rows), and
+    no wgmma. Each call is checked against the float64 reference."""
     if cuda_skip_reason():
         pytest.skip(cuda_skip_reason())
     if cuda_capability() != (9, 0):
@@ -662,7 +664,8 @@ def test_qkv_rules_by_dram_bandwidth(rng):
         (8, 1024, 16, 8, False, "register", "register"), # W 8 MiB, one token tile (fast: whole W first)
         (12, 1024, 16, 8, False, "cublaslt", "register"), # two token tiles, W 8 MiB
         (12, 1024, 8, 1, False, "register", "register"), # two token tiles, W 2.5 MiB (under 4)
-        (12, 3072, 24, 8, False, "deferred", "deferred"), # two token tiles, W 30 MiB (N = 5120), no stream fits
+        (12, 3072, 24, 8, False, "deferred", "cublaslt"), # two token tiles, W 30 MiB (N = 5120), no stream fits
+        (12, 2048, 16, 8, False, "cublaslt", "cublaslt"), # two token tiles, W 16 MiB
         (8, 5120, 40, 8, False, "deferred", "engine"),   # no stream fits, W 70 MiB (fast DRAM: from 50)
         (16, 1024, 16, 8, False, "cublaslt", "cublaslt"), # W 8 MiB
         (16, 4096, 24, 8, False, "deferred", "cublaslt"), # W 40 MiB

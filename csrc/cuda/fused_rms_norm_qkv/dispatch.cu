@@ -103,18 +103,27 @@ bool norm_first_many_rows(const Call &c) {
     return !many_rows_one_kernel(c);
 }
 
-/* Slow DRAM, 9-15 rows without a residual (the W streams' mma takes 8 tokens, so a second token
-   tile from 9 rows): norm + cuBLASLt where W is 4-24 MiB. After a torch GEMM it was 0.15-1.8 us
-   faster than the table's W stream at all 18 points there (6 shapes of 6-18 MiB, 9, 12 and 15
-   rows); at 2-8 rows the streams were faster or level (up to 0.8 behind at 8 rows); at 2 MiB the
-   register stream was 0.7-0.9 us faster, and from 24 MiB the streams were level or faster
-   (dev/logs/qkv-few-rows-after-gemm-nvidia-h100-2026-11-26.log). */
-constexpr int64_t kSlowTwoTilesMinRows = 9;
+/* 9-15 rows without a residual, the op alone (the W streams' mma takes 8 tokens, so a second token
+   tile from 9 rows): norm + cuBLASLt where W is mid-sized. Slow DRAM, W of 4-24 MiB: after a torch
+   GEMM it was 0.15-1.8 us faster than the table's W stream at all 18 points there (6 shapes of 6-18
+   MiB, 9, 12 and 15 rows); at 2-8 rows the streams were faster or level (up to 0.8 behind at 8
+   rows); at 2 MiB the register stream was 0.7-0.9 us faster, and from 24 MiB the streams were level
+   or faster (dev/logs/qkv-few-rows-after-gemm-nvidia-h100-2026-11-26.log). Fast DRAM, W of 10 MiB
+   or more where many_rows_one_kernel leaves it (under 80 MiB, tiles spread evenly), as from 16 rows:
+   after a fill and a down_proj GEMM (17 shapes, 9, 10, 12, 14, 15 rows, two rounds) norm +
+   cuBLASLt was faster than the table at every point of 9 of the 11 such shapes (0.06-2.1 us, H
+   2048-5120, 10-75 MiB), at H 2048 N 4096 after the fill only (0.4 behind after the GEMM at 9-12
+   rows), and 2.1-3.2 us slower at H 5120 N 7168 (70 MiB, the engine); of the uneven tiles the
+   engine won at N = 4672 (2.1-2.7) and lost at N = 4608 (0.9-1.8); below 10 MiB the W streams were
+   level or 0.4-1.2 faster after the GEMM (dev/logs/qkv-many-rows-after-gemm-nvidia-h200-2026-11-27.log). */
+constexpr int64_t kTwoTilesMinRows = 9;
 constexpr int64_t kSlowTwoTilesMinWeights = 2 << 20; /* elements: 4 MiB of 16-bit weights */
-bool slow_two_tiles_norm_first(const Call &c) {
+constexpr int64_t kTwoTilesMinWeights = 5 << 20;     /* elements: 10 MiB */
+bool two_tiles_norm_first(const Call &c) {
+    if (c.epilogue_next || c.residual || c.rows < kTwoTilesMinRows || c.rows >= 16) return false;
     const int64_t weights = c.cols * c.hidden;
-    return slow_dram_op_alone(c) && !c.residual && c.rows >= kSlowTwoTilesMinRows && c.rows < 16 &&
-           weights >= kSlowTwoTilesMinWeights && weights < kSlowSixteenRowsMinWeights;
+    if (slow_dram(c)) return weights >= kSlowTwoTilesMinWeights && weights < kSlowSixteenRowsMinWeights;
+    return weights >= kTwoTilesMinWeights && !many_rows_one_kernel(c);
 }
 
 bool stream_wanted(const Call &c) {
@@ -285,8 +294,8 @@ struct Rule {
 constexpr Rule kRules[] = {
     /* sm_90 fp16/bf16, no residual: the GEMM engine */
     {MV_QKV_ENGINE, engine_wanted, mv_qkv_engine_plan, mv_qkv_engine_launch},
-    /* slow DRAM, 9-15 rows of a 4-24 MiB W, no residual: the norm first (two token tiles) */
-    {MV_QKV_CUBLASLT, slow_two_tiles_norm_first, mv_qkv_cublaslt_plan, mv_qkv_norm_gemm_launch},
+    /* 9-15 rows of a mid-sized W, no residual: the norm first (two token tiles) */
+    {MV_QKV_CUBLASLT, two_tiles_norm_first, mv_qkv_cublaslt_plan, mv_qkv_norm_gemm_launch},
     /* few rows, sm_90+, fp16/bf16, M <= 32 (a residual only in the prologue on slow DRAM) */
     {MV_QKV_DEFERRED, deferred_wanted, mv_qkv_deferred_plan, mv_qkv_deferred_launch},
     /* decode on sm_90+ with PDL, H <= 1024: all of W requested before the wait */
