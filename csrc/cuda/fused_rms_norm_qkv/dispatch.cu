@@ -35,10 +35,11 @@ bool stream_fits(const Call &c) {
 /* GPUs below this DRAM bandwidth (GB/s; an H100 3352, an H200 4810): the rules marked "slow DRAM"
    below were measured on an H100 timed as a model runs the op, after a kernel that lets nothing
    overlap (dev/probes/qkv_chains.py --sep-only, dev/logs/qkv-after-sep-rules-nvidia-h100-2026-11-26.log);
-   the H200 keeps the rules measured in chains of the op's own calls where not measured the same way
-   (below 16 rows it has been: the deferred stream, one row, the op's residual bound; the prologue's
-   residual bound of M * H = 12288 held in whole decode steps where 8192 lost at 2 of 3 decoders:
-   dev/logs/residual-bound-nvidia-h200-2026-11-26.log).
+   the H200's were measured the same way where they differ (below 16 rows the deferred stream, one
+   row, the op's residual bound, 9-15 rows; from 16 rows; wgmma), or in whole decode steps (the
+   prologue's residual bound of M * H = 12288, where 8192 lost at 2 of 3 decoders:
+   dev/logs/residual-bound-nvidia-h200-2026-11-26.log); the wide blocks and the prologue's deferred
+   stream with a residual are slow DRAM's only.
    sm_80 GPUs (under 4 TB/s too) take them unmeasured; only the register stream's rules apply there. */
 constexpr int kSlowDramGbps = 4000;
 bool slow_dram(const Call &c) { return c.dev->dram_gbps > 0 && c.dev->dram_gbps < kSlowDramGbps; }
