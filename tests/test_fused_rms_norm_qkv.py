@@ -610,19 +610,22 @@ def test_engine_stream_k_after_cluster_split(rng):
 def test_engine_takes_few_rows_no_stream_fits(rng):
     """Below 16 rows the table gives the engine the calls no W stream takes (the staged input too
     large for the register and tensor-copy streams, more features a multiprocessor than the
-    deferred stream holds) where W has at least 10 MiB, on every GPU with a known DRAM bandwidth
-    (from 9 rows on GPUs of 4 TB/s or more only from 80 MiB: below, norm + cuBLASLt). W here is
-    100 MiB."""
+    deferred stream holds) where W has at least 10 MiB, on every GPU with a known DRAM bandwidth;
+    from 9 rows on GPUs of 4 TB/s or more only where W has 80 MiB or more and H >= 7168 with the
+    engine's tiles in one wave (elsewhere norm + cuBLASLt). W here is 100 MiB at H = 4096 and
+    126 MiB at H = 7168."""
     if cuda_skip_reason():
         pytest.skip(cuda_skip_reason())
     if cuda_capability() != (9, 0):
         pytest.skip(f"the engine needs sm_90 exactly; this GPU is sm_{cuda_capability()[0]}{cuda_capability()[1]}")
     dev = get_backend("cuda")
-    expected = "engine"
-    # M * H > 24576; N = 12800 features, over 64 a multiprocessor on any GPU of under 200 SMs
-    for M in (13, 15):
-        Case(dev, rng, "bfloat16", (M,), 4096, 96, 2, 128, "W").run()
-        assert _C.qkv_last_gpu_path() == expected, f"M={M}: ran {_C.qkv_last_gpu_path()!r}, expected {expected!r}"
+    slow = _C._cuda_dram_gbps() < 4000
+    # M * H > 24576; N = 12800 and 9216 features, over 64 a multiprocessor on any GPU of under 144
+    # SMs, in at most 100 engine tiles
+    for M, H, nh, nkv in ((13, 4096, 96, 2), (15, 4096, 96, 2), (13, 7168, 56, 8)):
+        Case(dev, rng, "bfloat16", (M,), H, nh, nkv, 128, "W").run()
+        expected = "engine" if slow or H >= 7168 else "cublaslt"
+        assert _C.qkv_last_gpu_path() == expected, f"M={M} H={H}: ran {_C.qkv_last_gpu_path()!r}, expected {expected!r}"
 
 
 def _sm_count():
@@ -645,8 +648,9 @@ def test_qkv_rules_by_dram_bandwidth(rng):
     measured the same way: the register stream for one row of a small W and the residual bound as
     above, below 16 rows the deferred stream only where no W stream fits and W is under 50 MiB (the
     streams where they fit, else the engine); from 9 rows one kernel only for W under 10 MiB
-    (below 16 rows) or of 80 MiB or more, or where W's tiles spread unevenly (up to 16 rows), and
-    no wgmma. Each call is checked against the float64 reference."""
+    (below 16 rows), or of 80 MiB or more where H >= 7168 and the engine's tiles fit one wave, or
+    where W's tiles spread unevenly (up to 16 rows), and no wgmma. Each call is checked against the
+    float64 reference."""
     if cuda_skip_reason():
         pytest.skip(cuda_skip_reason())
     if cuda_capability() != (9, 0):
@@ -670,8 +674,11 @@ def test_qkv_rules_by_dram_bandwidth(rng):
         (16, 1024, 16, 8, False, "cublaslt", "cublaslt"), # W 8 MiB
         (16, 4096, 24, 8, False, "deferred", "cublaslt"), # W 40 MiB
         (24, 4096, 24, 8, False, "cublaslt", "cublaslt"), # W 40 MiB, under 80
-        (16, 4096, 40, 40, False, "engine", "engine"),   # W 120 MiB (N over 64 features an SM)
-        (20, 4096, 40, 40, False, "engine", "engine"),
+        (16, 4096, 40, 40, False, "engine", "cublaslt"), # W 120 MiB (N over 64 features an SM), H < 7168
+        (20, 4096, 40, 40, False, "engine", "cublaslt"),
+        (16, 7168, 56, 8, False, "engine", "engine"),    # W 126 MiB, H >= 7168, 72 engine tiles
+        (20, 7168, 56, 8, False, "engine", "engine"),
+        (12, 8192, 64, 64, False, "engine", "cublaslt"), # W 384 MiB, 192 engine tiles: not one wave
         (64, 1024, 16, 8, False, "cublaslt", "cublaslt"),
         (64, 896, 14, 2, False, "cublaslt", "cublaslt"),  # N = 1152 (the prologue's wgmma)
         # N = 2560 spreads unevenly in 16-feature tiles over 78-144 SMs, W 20 MiB; its 40 wide
