@@ -9,6 +9,9 @@
 #
 # Then here: python3 dev/probes/qkv_start_table.py sweep-TAG-r*.txt (and --ab for two builds' "auto").
 # Sessions 48-49 (dev/logs/qkv-after-gemm-rules-*, qkv-many-rows-after-gemm-*) ran it this way.
+# SHAPES="H,heads,kv,head_dim ..." replaces the 17 shapes; session 50's large-W sweep (dev/logs/qkv-large-w-*)
+# was SHAPES="5120,64,8,128 5376,32,16,128 6144,48,8,128 5120,40,40,128 4096,32,32,128 8192,64,8,128 8192,128,8,64
+# 8192,64,64,128 7168,56,8,128" with ROWS "9 12 16 24 32" and PATHS "auto engine cublaslt".
 set -u
 SITE=$1; TAG=$2; ROWS=$3; PATHS=$4; ROUNDS=${5:-2}; RES=${6:-}
 R=$(pwd)
@@ -17,8 +20,8 @@ tar -xzf build/carry_c/$SITE.tgz -C /tmp
 echo "# $(nvidia-smi --query-gpu=name,clocks.max.sm,driver_version --format=csv,noheader | head -1), $(date -u +%FT%TZ)"
 cd /tmp
 export PYTHONPATH=/tmp/$SITE
-MODELS="qwen3-0.6b llama-3-8b qwen3-4b llama-3.2-1b qwen2.5-1.5b gemma-2-2b phi-3-mini qwen2.5-7b falcon-7b
-llama-2-7b llama-3-70b 2048,16,2,128 2048,16,8,128 3072,24,8,128 5120,40,8,128 3584,16,8,256 5120,40,10,128"
+MODELS=${SHAPES:-"qwen3-0.6b llama-3-8b qwen3-4b llama-3.2-1b qwen2.5-1.5b gemma-2-2b phi-3-mini qwen2.5-7b falcon-7b
+llama-2-7b llama-3-70b 2048,16,2,128 2048,16,8,128 3072,24,8,128 5120,40,8,128 3584,16,8,256 5120,40,10,128"}
 for round in $(seq 1 "$ROUNDS"); do
   for m in $MODELS; do
     S=""
