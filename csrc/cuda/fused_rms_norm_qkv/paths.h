@@ -113,7 +113,8 @@ cudaError_t mv_qkv_wgmma_launch(const mv_qkv_args &a, const mv_qkv_plan &plan, c
    residual, H % 8 == 0, 16-byte aligned rows of x and W (nn.Linear layout), even q/k/v widths with
    4-byte aligned rows. Its stream-K launches may allocate the stream's workspace on the stream's
    first call. Its tiles are mv_qkv_engine_tile_features features wide: where they fit one wave
-   (at most one per SM) each is split over a cluster, elsewhere stream-K adds a fix-up. */
+   (no more tiles than SMs) each runs whole on a CTA or a cluster's CTAs split its k; elsewhere
+   stream-K, whose fix-up costs a few us. */
 constexpr int mv_qkv_engine_tile_features = 128;
 bool mv_qkv_engine_plan(const mv_qkv_args &a, const mv_cuda_device &dev, mv_qkv_plan *plan);
 cudaError_t mv_qkv_engine_launch(const mv_qkv_args &a, const mv_qkv_plan &plan, const mv_cuda_device &dev,
