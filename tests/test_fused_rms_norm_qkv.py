@@ -611,8 +611,8 @@ def test_engine_takes_few_rows_no_stream_fits(rng):
     """Below 16 rows the table gives the engine the calls no W stream takes (the staged input too
     large for the register and tensor-copy streams, more features a multiprocessor than the
     deferred stream holds) where W has at least 10 MiB, on every GPU with a known DRAM bandwidth;
-    from 9 rows on GPUs of 4 TB/s or more only where W has 80 MiB or more and H >= 7168 with the
-    engine's tiles in one wave (elsewhere norm + cuBLASLt). W here is 100 MiB at H = 4096 and
+    from 9 rows on GPUs of 4 TB/s or more only where W has 80 MiB or more, H >= 7168 and N is at
+    most one 128-feature tile per SM (elsewhere norm + cuBLASLt). W here is 100 MiB at H = 4096 and
     126 MiB at H = 7168."""
     if cuda_skip_reason():
         pytest.skip(cuda_skip_reason())
@@ -648,7 +648,7 @@ def test_qkv_rules_by_dram_bandwidth(rng):
     measured the same way: the register stream for one row of a small W and the residual bound as
     above, below 16 rows the deferred stream only where no W stream fits and W is under 50 MiB (the
     streams where they fit, else the engine); from 9 rows one kernel only for W under 10 MiB
-    (below 16 rows), or of 80 MiB or more where H >= 7168 and the engine's tiles fit one wave, or
+    (below 16 rows), or of 80 MiB or more where H >= 7168 and N is at most 128 features an SM, or
     where W's tiles spread unevenly (up to 16 rows), and no wgmma. Each call is checked against the
     float64 reference."""
     if cuda_skip_reason():
@@ -678,7 +678,7 @@ def test_qkv_rules_by_dram_bandwidth(rng):
         (20, 4096, 40, 40, False, "engine", "cublaslt"),
         (16, 7168, 56, 8, False, "engine", "engine"),    # W 126 MiB, H >= 7168, 72 engine tiles
         (20, 7168, 56, 8, False, "engine", "engine"),
-        (12, 8192, 64, 64, False, "engine", "cublaslt"), # W 384 MiB, 192 engine tiles: not one wave
+        (12, 8192, 64, 64, False, "engine", "cublaslt"), # W 384 MiB, 192 engine tiles: over one an SM
         (64, 1024, 16, 8, False, "cublaslt", "cublaslt"),
         (64, 896, 14, 2, False, "cublaslt", "cublaslt"),  # N = 1152 (the prologue's wgmma)
         # N = 2560 spreads unevenly in 16-feature tiles over 78-144 SMs, W 20 MiB; its 40 wide

@@ -112,9 +112,7 @@ cudaError_t mv_qkv_wgmma_launch(const mv_qkv_args &a, const mv_qkv_plan &plan, c
 /* The Hopper GEMM engine (engine.cu): sm_90 (9.0) with that file built for sm_90a, fp16/bf16, no
    residual, H % 8 == 0, 16-byte aligned rows of x and W (nn.Linear layout), even q/k/v widths with
    4-byte aligned rows. Its stream-K launches may allocate the stream's workspace on the stream's
-   first call. Its tiles are mv_qkv_engine_tile_features features wide: where they fit one wave
-   (no more tiles than SMs) each runs whole on a CTA or a cluster's CTAs split its k; elsewhere
-   stream-K, whose fix-up costs a few us. */
+   first call. Its tiles are mv_qkv_engine_tile_features features wide. */
 constexpr int mv_qkv_engine_tile_features = 128;
 bool mv_qkv_engine_plan(const mv_qkv_args &a, const mv_cuda_device &dev, mv_qkv_plan *plan);
 cudaError_t mv_qkv_engine_launch(const mv_qkv_args &a, const mv_qkv_plan &plan, const mv_cuda_device &dev,
