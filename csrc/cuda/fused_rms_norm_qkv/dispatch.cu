@@ -88,8 +88,9 @@ bool stream_unbalanced(const Call &c);
    us), where cuBLAS's kernels stream W at 77-83% of the copy rate; elsewhere norm + cuBLASLt won 48
    of 60 (up to 5.0 us at H 5120 N 10240; 2.1-7.0 at H 8192 N 24576, where cuBLAS reaches 97%), the
    engine only at H 4096 N 12288 by up to 1.5 (9-16 rows). At all these sizes the engine runs
-   stream-K (engine.cu's choose_split), so the tile bound is the measured edge, not a layout change. The H100 keeps the engine from 80 MiB: there
-   it won 76 of the 90 (dev/logs/qkv-large-w-nvidia-h200-h100-2026-11-27.log). */
+   stream-K (engine.cu's choose_split), so the tile bound is the measured edge, not a layout
+   change. The H100 keeps the engine from 80 MiB: there it won 76 of the 90
+   (dev/logs/qkv-large-w-nvidia-h200-h100-2026-11-27.log). */
 constexpr int64_t kSlowSixteenRowsMinWeights = 12 << 20; /* elements: 24 MiB of 16-bit weights */
 constexpr int64_t kManyRowsMinWeights = 40 << 20;        /* elements: 80 MiB */
 constexpr int64_t kLongRowsMinHidden = 7168;
@@ -123,10 +124,10 @@ bool norm_first_many_rows(const Call &c) {
    MiB, 9, 12 and 15 rows); at 2-8 rows the streams were faster or level (up to 0.8 behind at 8
    rows); at 2 MiB the register stream was 0.7-0.9 us faster, and from 24 MiB the streams were level
    or faster (dev/logs/qkv-few-rows-after-gemm-nvidia-h100-2026-11-26.log). Fast DRAM, W of 10 MiB
-   or more where many_rows_one_kernel leaves it (tiles spread evenly; from 80 MiB unless long_rows_few_tiles), as from 16 rows:
-   after a fill and a down_proj GEMM (17 shapes, 9, 10, 12, 14, 15 rows, two rounds) norm +
-   cuBLASLt was faster than the table at every point of 9 of the 11 such shapes (0.06-2.1 us, H
-   2048-5120, 10-75 MiB), at H 2048 N 4096 after the fill only (0.4 behind after the GEMM at 9-12
+   or more where many_rows_one_kernel leaves it (tiles spread evenly; from 80 MiB unless
+   long_rows_few_tiles), as from 16 rows: after a fill and a down_proj GEMM (17 shapes, 9, 10,
+   12, 14, 15 rows, two rounds) norm + cuBLASLt was faster than the table at every point of 9 of
+   the 11 such shapes (0.06-2.1 us, H 2048-5120, 10-75 MiB), at H 2048 N 4096 after the fill only (0.4 behind after the GEMM at 9-12
    rows), and 2.1-3.2 us slower at H 5120 N 7168 (70 MiB, the engine); of the uneven tiles the
    engine won at N = 4672 (2.1-2.7) and lost at N = 4608 (0.9-1.8); below 10 MiB the W streams were
    level or 0.4-1.2 faster after the GEMM (dev/logs/qkv-many-rows-after-gemm-nvidia-h200-2026-11-27.log). */
