@@ -125,12 +125,13 @@ bool norm_first_many_rows(const Call &c) {
    rows); at 2 MiB the register stream was 0.7-0.9 us faster, and from 24 MiB the streams were level
    or faster (dev/logs/qkv-few-rows-after-gemm-nvidia-h100-2026-11-26.log). Fast DRAM, W of 10 MiB
    or more where many_rows_one_kernel leaves it (tiles spread evenly; from 80 MiB unless
-   long_rows_few_tiles), as from 16 rows: after a fill and a down_proj GEMM (17 shapes, 9, 10,
-   12, 14, 15 rows, two rounds) norm + cuBLASLt was faster than the table at every point of 9 of
-   the 11 such shapes (0.06-2.1 us, H 2048-5120, 10-75 MiB), at H 2048 N 4096 after the fill only (0.4 behind after the GEMM at 9-12
-   rows), and 2.1-3.2 us slower at H 5120 N 7168 (70 MiB, the engine); of the uneven tiles the
-   engine won at N = 4672 (2.1-2.7) and lost at N = 4608 (0.9-1.8); below 10 MiB the W streams were
-   level or 0.4-1.2 faster after the GEMM (dev/logs/qkv-many-rows-after-gemm-nvidia-h200-2026-11-27.log). */
+   long_rows_few_tiles), as from 16 rows: after a fill and a down_proj GEMM (17 shapes, 9, 10, 12,
+   14, 15 rows, two rounds) norm + cuBLASLt was faster than the table at every point of 9 of the 11
+   such shapes (0.06-2.1 us, H 2048-5120, 10-75 MiB), at H 2048 N 4096 after the fill only (0.4
+   behind after the GEMM at 9-12 rows), and 2.1-3.2 us slower at H 5120 N 7168 (70 MiB, the engine);
+   of the uneven tiles the engine won at N = 4672 (2.1-2.7) and lost at N = 4608 (0.9-1.8); below 10
+   MiB the W streams were level or 0.4-1.2 faster after the GEMM
+   (dev/logs/qkv-many-rows-after-gemm-nvidia-h200-2026-11-27.log). */
 constexpr int64_t kTwoTilesMinRows = 9;
 constexpr int64_t kSlowTwoTilesMinWeights = 2 << 20; /* elements: 4 MiB of 16-bit weights */
 constexpr int64_t kTwoTilesMinWeights = 5 << 20;     /* elements: 10 MiB */
