@@ -132,6 +132,55 @@ def test_odd_rows_in_place(dtype, rows, hidden):
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("rows,hidden", [(37, 5119), (600, 8191), (40, 4097), (37, 4095)])
+@pytest.mark.parametrize("residual", [False, True])
+def test_staged_rows_heads_and_weight_start(dtype, rows, hidden, residual):
+    """Rows off the 16-byte grid in calls that go through shared memory: x, the residual and the
+    outputs starting at one offset in their 16-byte pieces (every row read by code compiled for its
+    offset) or at different ones (offsets read at run time), the weight at the start of a piece or
+    one element in (staged by another path). Every combination gives the same bits, and matches
+    float64."""
+    rng = np.random.default_rng()
+    x0 = _rows(rng, (rows, hidden), dtype)
+    r0 = _rows(rng, (rows, hidden), dtype)
+    w0 = torch.from_numpy(rng.uniform(0.5, 1.5, hidden)).to("cuda", DTYPES[dtype])
+
+    def placed(t, offset):
+        """t's values in a tensor whose data starts `offset` elements into its storage."""
+        storage = torch.empty(offset + t.numel() + 1, dtype=t.dtype, device="cuda")
+        view = storage[offset:offset + t.numel()].view(t.shape)
+        view.copy_(t)
+        return view
+
+    results = []
+    for layout in ("same", "mixed"):
+        for w_offset in (0, 1):
+            x = placed(x0, 1)
+            r = placed(r0, 1 if layout == "same" else 0)
+            out = placed(torch.full_like(x0, float("nan")), 1 if layout == "same" else 0)
+            new_res = placed(torch.full_like(x0, float("nan")), 1 if layout == "same" else 3)
+            w = placed(w0, w_offset)
+            if residual:
+                minivllm.fused_add_rms_norm(x, r, w, out=out, residual_out=new_res)
+                results.append((layout, w_offset, out, new_res))
+            else:
+                minivllm.rms_norm(x, w, out=out)
+                results.append((layout, w_offset, out))
+    torch.cuda.synchronize()
+    if residual:
+        ref_out, ref_res = fused_add_rms_norm_ref(_to64(x0), _to64(r0), _to64(w0), 1e-6, dtype)
+    else:
+        ref_out = rms_norm_ref(_to64(x0), _to64(w0), 1e-6)
+    first = results[0]
+    for layout, w_offset, *outs in results:
+        what = f"{layout} layout, weight {w_offset} element(s) in"
+        assert_matches(_to64(outs[0]), ref_out, TOL[dtype], what)
+        assert torch.equal(outs[0], first[2]), f"{what}: other bits than the first layout's"
+        if residual:
+            np.testing.assert_array_equal(_to64(outs[1]), ref_res, err_msg=what)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("hidden", [64, 72, 100, 128, 20000])
 @pytest.mark.parametrize("residual", [False, True])
 def test_kernels_on_head_views(dtype, hidden, residual):

@@ -31,7 +31,9 @@
  * would need more than 512 threads, take 16-byte "virtual vectors" from each row's first element
  * (rms_norm_vec_kernel<kOdd>, load_vec). Rows off the 16-byte grid (odd H, misaligned views) in
  * calls of many rows go through shared memory instead (rms_norm_staged_kernel), summed in the
- * in-place kernel's exact order, so the choice by M leaves every row's bits as they are.
+ * in-place kernel's exact order, so the choice by M leaves every row's bits as they are; 16-bit
+ * rms_norm there reads each row through code compiled for its offset in its 16-byte pieces
+ * (rms_norm_staged_heads_kernel), as it is issue-bound.
  *
  * Reference kernel: one block normalizes one row at a time (grid-stride over rows). Pass 1 forms s (x, or
  * x + residual rounded to the dtype and stored to residual_out) and sums s^2 in float; a block
@@ -1407,9 +1409,40 @@ __device__ __forceinline__ uint4 load16_even(const char *buf, int off) {
     return window16(lo, *reinterpret_cast<const uint4 *>(buf + off - a + 16), a);
 }
 
+/* load16_even where off & 15 == kA is known at compile time (kA < 0: not known): the window's
+   word selects fold into register names, which left the issue-bound 16-bit kernel a third of
+   its instructions per piece. */
+template <int kA>
+__device__ __forceinline__ uint4 load16_shift(const char *buf, int off) {
+    if constexpr (kA < 0) {
+        return load16_even(buf, off);
+    } else {
+        const uint4 lo = *reinterpret_cast<const uint4 *>(buf + off - kA);
+        if constexpr (kA == 0) return lo;
+        else return window16(lo, *reinterpret_cast<const uint4 *>(buf + off - kA + 16), kA);
+    }
+}
+
+/* A row head (byte offset of a row in its first 16-byte piece) as a type, -1 for one read at
+   run time; with_head calls f with the constant for h (a multiple of kStep in [0, 16)), or with
+   -1 for any other h or where kOn is false (code compiled once). */
+template <int kH>
+struct head_c {
+    static constexpr int value = kH;
+};
+template <bool kOn, int kStep, int kA = 0, typename F>
+__device__ __forceinline__ auto with_head(int h, F &&f) {
+    if constexpr (!kOn || kA >= 16) {
+        return f(head_c<-1>{});
+    } else {
+        if (h == kA) return f(head_c<kA>{});
+        return with_head<kOn, kStep, kA + kStep>(h, f);
+    }
+}
+
 /* N elements of U from element e of a row staged in buf with its head (N * sizeof(U) a multiple
-   of 16, or N = 1). */
-template <typename U, int N>
+   of 16, or N = 1); kA: (head + e * sizeof(U)) & 15 where the caller knows it, else -1. */
+template <typename U, int N, int kA = -1>
 __device__ __forceinline__ mv_vec<U, N> load_staged(const char *buf, int head, int e) {
     mv_vec<U, N> v;
     const int off = head + e * static_cast<int>(sizeof(U));
@@ -1419,24 +1452,26 @@ __device__ __forceinline__ mv_vec<U, N> load_staged(const char *buf, int head, i
         static_assert(sizeof(U) * N % 16 == 0, "whole 16-byte chunks");
 #pragma unroll
         for (int c = 0; c < static_cast<int>(sizeof(U) * N / 16); ++c)
-            reinterpret_cast<uint4 *>(&v)[c] = load16_even(buf, off + 16 * c);
+            reinterpret_cast<uint4 *>(&v)[c] = load16_shift<kA>(buf, off + 16 * c);
     }
     return v;
 }
 
 __device__ __forceinline__ int head_of(const void *row) { return static_cast<int>(reinterpret_cast<uintptr_t>(row) & 15); }
 
-/* s: x, or x + residual rounded to T, for N elements from e. */
-template <typename T, int N, bool kHasResidual>
+/* s: x, or x + residual rounded to T, for N elements from e; kA as load_staged's (the residual
+   staged with x's head where kA >= 0). */
+template <typename T, int N, bool kHasResidual, int kA = -1>
 __device__ __forceinline__ mv_vec<T, N> staged_s(const char *x_buf, int x_head, const char *r_buf, int r_head, int e) {
-    mv_vec<T, N> s = load_staged<T, N>(x_buf, x_head, e);
+    mv_vec<T, N> s = load_staged<T, N, kA>(x_buf, x_head, e);
     if constexpr (kHasResidual) {
-        mv_add_rounded(s, load_staged<T, N>(r_buf, r_head, e));
+        mv_add_rounded(s, load_staged<T, N, kA>(r_buf, r_head, e));
     }
     return s;
 }
 
-/* Virtual thread t's part of a row's sum of squares, in the in-place kernel's order. */
+/* Virtual thread t's part of a row's sum of squares, in the in-place kernel's order, read at
+   offsets known at run time (the kernels without head-compiled reads: staged_heads). */
 template <typename T, int V, int kVecs, bool kHasResidual>
 __device__ __forceinline__ float virtual_sum(const char *x_buf, int x_head, const char *r_buf, int r_head, int t,
                                              int group_threads, int hidden, int vecs_per_row) {
@@ -1461,6 +1496,38 @@ __device__ __forceinline__ float virtual_sum(const char *x_buf, int x_head, cons
     return sum_sq;
 }
 
+/* Virtual thread t's part of a row's sum of squares, in the in-place kernel's order: its whole
+   vectors (kH: the head of x's row and the residual's, or -1 where read at run time), then the
+   row's last vector where H cuts it (always the last of its thread: the largest k), whose
+   elements past H the in-place kernel reads as zero. Only the whole vectors' loop is compiled
+   per head: one copy of all of it per head ran the fused add 1.2-1.3x slower (8 heads' code
+   live on each SM, 274 KB; dev/logs/norm-staged-heads-nvidia-h200-h100-2026-11-27.log). */
+template <typename T, int V, int kVecs, bool kHasResidual, int kH = -1>
+__device__ __forceinline__ float virtual_sum_whole(const char *x_buf, int x_head, const char *r_buf, int r_head, int t,
+                                                   int group_threads, int whole_vecs) {
+    float sum_sq = 0.0f;
+#pragma unroll 2
+    for (int i = 0; i < kVecs; ++i) {
+        const int k = t + i * group_threads;
+        if (k >= whole_vecs) break;
+        /* a whole vector starts kH bytes into a piece, as the row does (V * sizeof(T) is 16 or V is 1) */
+        sum_sq = add_squares(sum_sq, staged_s<T, V, kHasResidual, (V == 1 ? -1 : kH)>(x_buf, x_head, r_buf, r_head, k * V));
+    }
+    return sum_sq;
+}
+template <typename T, int V, bool kHasResidual>
+__device__ __forceinline__ float virtual_sum_cut(float sum_sq, const char *x_buf, int x_head, const char *r_buf,
+                                                 int r_head, int t, int cut_t, int hidden, int whole_vecs) {
+    if (whole_vecs * V == hidden || t != cut_t) return sum_sq;
+    const int valid = hidden - whole_vecs * V;
+    mv_vec<T, V> sv;
+#pragma unroll
+    for (int j = 0; j < V; ++j)
+        sv.v[j] = j < valid ? staged_s<T, 1, kHasResidual>(x_buf, x_head, r_buf, r_head, whole_vecs * V + j).v[0]
+                            : mv_from_float<T>(0.0f);
+    return add_squares(sum_sq, sv);
+}
+
 /* out (kOut) or residual_out (s alone) for the elements of 16-byte piece p of its row, from the
    staged rows: a whole piece in one 16-byte store, an edge piece element by element. kAlsoS: s
    also to residual_out's row, whose pieces start at s_base with the same head: s formed once
@@ -1469,9 +1536,9 @@ __device__ __forceinline__ float virtual_sum(const char *x_buf, int x_head, cons
 /* N weights from element e: from the block's staged copy, or (kWeightMem) from memory at w_mem
    (L1 and L2 keep the one weight every row reads). A compile-time choice: a run-time one cost the
    16-bit staged kernel, which is issue-bound, 3-10%. */
-template <typename TW, int N, bool kWeightMem>
+template <typename TW, int N, bool kWeightMem, int kA = -1>
 __device__ __forceinline__ mv_vec<TW, N> weight_at(const char *w_buf, int w_head, const TW *w_mem, int e) {
-    if constexpr (!kWeightMem) return load_staged<TW, N>(w_buf, w_head, e);
+    if constexpr (!kWeightMem) return load_staged<TW, N, kA>(w_buf, w_head, e);
     mv_vec<TW, N> v;
     if constexpr (N == 1) {
         v.v[0] = w_mem[e];
@@ -1483,48 +1550,82 @@ __device__ __forceinline__ mv_vec<TW, N> weight_at(const char *w_buf, int w_head
     return v;
 }
 
-template <typename T, typename TW, bool kHasResidual, bool kOffset, bool kOut, bool kWeightMem, bool kAlsoS = false>
+template <typename T, typename TW, bool kHasResidual, bool kOffset, bool kOut, bool kWeightMem, bool kAlsoS = false,
+          int kH = -1>
 __device__ __forceinline__ void staged_store_piece(const RowPieces<T> &o, int p, const char *x_buf, int x_head,
                                                    const char *r_buf, int r_head, const char *w_buf, int w_head,
                                                    const TW *w_mem, float rrms, float weight_offset, int hidden,
                                                    char *s_base = nullptr) {
     constexpr int N = RowPieces<T>::kPerPiece;
+    /* kH >= 0: x, the residual and the output rows all have head kH, the weight head 0; a whole
+       piece is then read from x's pieces as they are, and from the weight's kWA bytes in */
+    constexpr int kXA = kH < 0 ? -1 : 0;
+    constexpr int kWA = kH < 0 ? -1 : (16 - kH * static_cast<int>(sizeof(TW) / sizeof(T))) & 15;
     const int e0 = (p * 16 - o.head) / static_cast<int>(sizeof(T)); /* negative in an edge piece 0 */
     if (o.whole(p)) {
-        const mv_vec<T, N> sv = staged_s<T, N, kHasResidual>(x_buf, x_head, r_buf, r_head, e0);
+        const mv_vec<T, N> sv = staged_s<T, N, kHasResidual, kXA>(x_buf, x_head, r_buf, r_head, e0);
         if (kAlsoS) *reinterpret_cast<mv_vec<T, N> *>(s_base + p * 16) = sv;
         *reinterpret_cast<mv_vec<T, N> *>(o.base + p * 16) =
-            kOut ? normalized<kOffset>(sv, weight_at<TW, N, kWeightMem>(w_buf, w_head, w_mem, e0), rrms, weight_offset) : sv;
+            kOut ? normalized<kOffset>(sv, weight_at<TW, N, kWeightMem, kWA>(w_buf, w_head, w_mem, e0), rrms,
+                                       weight_offset)
+                 : sv;
         return;
     }
-    T *row = reinterpret_cast<T *>(o.base + o.head);
+    if constexpr (kH < 0) { /* edge pieces: code compiled once (the caller's edges loop) */
+        T *row = reinterpret_cast<T *>(o.base + o.head);
 #pragma unroll
-    for (int j = 0; j < N; ++j) {
-        const int e = e0 + j;
-        if (e < 0 || e >= hidden) continue;
-        const T sv = staged_s<T, 1, kHasResidual>(x_buf, x_head, r_buf, r_head, e).v[0];
-        if (kAlsoS) reinterpret_cast<T *>(s_base + o.head)[e] = sv;
-        if constexpr (kOut) {
-            const float wv = mv_to_float(weight_at<TW, 1, kWeightMem>(w_buf, w_head, w_mem, e).v[0]);
-            const float g = kOffset ? wv + weight_offset : wv;
-            row[e] = mv_from_float<T>(g * (mv_to_float(sv) * rrms));
-        } else {
-            row[e] = sv;
+        for (int j = 0; j < N; ++j) {
+            const int e = e0 + j;
+            if (e < 0 || e >= hidden) continue;
+            const T sv = staged_s<T, 1, kHasResidual>(x_buf, x_head, r_buf, r_head, e).v[0];
+            if (kAlsoS) reinterpret_cast<T *>(s_base + o.head)[e] = sv;
+            if constexpr (kOut) {
+                const float wv = mv_to_float(weight_at<TW, 1, kWeightMem>(w_buf, w_head, w_mem, e).v[0]);
+                const float g = kOffset ? wv + weight_offset : wv;
+                row[e] = mv_from_float<T>(g * (mv_to_float(sv) * rrms));
+            } else {
+                row[e] = sv;
+            }
         }
     }
 }
 
+/* The weight into buf from byte 0 (its 16-byte pieces whatever its address; the last padded
+   with zeros), by `threads` threads of which this is `t`. */
+template <typename TW>
+__device__ __forceinline__ void stage_weight(char *buf, const TW *w, int hidden, int t, int threads) {
+    constexpr int n = 16 / static_cast<int>(sizeof(TW));
+    for (int p = t; p * n < hidden; p += threads) {
+        mv_vec<TW, n> v;
+        if ((p + 1) * n <= hidden) {
+            *reinterpret_cast<uint4 *>(&v) = load16_at(reinterpret_cast<const char *>(w + p * n));
+        } else {
+#pragma unroll
+            for (int j = 0; j < n; ++j) v.v[j] = p * n + j < hidden ? w[p * n + j] : mv_from_float<TW>(0.0f);
+        }
+        *reinterpret_cast<mv_vec<TW, n> *>(buf + 16 * p) = v;
+    }
+}
+
+/* 16-bit rms_norm in one stride (issue-bound) reads a row through code compiled for its head. The
+   fused add did not gain: 64 registers or more there, a row fewer per SM where a row takes 160-192
+   threads, and capped at 56 it spilled and ran 1.05-1.36x slower (H200); nor would float32 rows
+   (few instructions per byte) or two strides (registers). */
+template <typename T, bool kHasResidual, bool kTwoStrides>
+constexpr bool staged_heads() {
+    return sizeof(T) == 2 && !kTwoStrides && !kHasResidual;
+}
+
 template <typename T, typename TW, int V, bool kHasResidual, bool kOffset, bool kTwoStrides, bool kWeightMem>
-__global__ void __launch_bounds__(kMaxVecThreads)
-    rms_norm_staged_kernel(NormParams<kTwoStrides> args, StagedLayout layout, int group_threads, int row_threads,
-                           int64_t prefetch_rows) {
+__device__ __forceinline__ void staged_rows(const NormParams<kTwoStrides> &args, StagedLayout layout, int group_threads,
+                                            int row_threads, int64_t prefetch_rows) {
     constexpr int kVecs = vecs_per_thread(V);
+    constexpr bool kHeads = staged_heads<T, kHasResidual, kTwoStrides>();
     extern __shared__ __align__(16) char staged_smem[];
     char *const weight_buf = staged_smem;
     const mv_outer_strides outer = outer_of(args);
     const mv_norm_input &in = args.in;
     const int hidden = static_cast<int>(in.hidden); /* the launcher sends rows of at most 512 x kVecs vectors */
-    const int vecs_per_row = (hidden + V - 1) / V;
     const int rows_per_block = blockDim.x / row_threads;
     const int group = threadIdx.x / row_threads;
     const int lane = threadIdx.x % row_threads;
@@ -1550,14 +1651,21 @@ __global__ void __launch_bounds__(kMaxVecThreads)
     mv_pdl_wait();
     mv_pdl_trigger();
 
-    /* The weight, once per block, by all its threads (committed with the first row's pieces),
-       unless it is read from memory (kWeightMem). */
+    /* The weight, once per block, by all its threads, unless it is read from memory (kWeightMem): by
+       cp.async, committed with the first row's pieces. For head-compiled reads (kHeads) from byte 0
+       of its buffer whatever its address (so a row's pieces and the weight's keep one offset apart,
+       known once the row's head is): where it does not start a piece, realigned through registers
+       (loads the block waits for: 600 x 8191 rows 3-7% slower, H100); otherwise as it sits. */
     const TW *weight = static_cast<const TW *>(in.norm_weight);
     const TW *const w_mem = kWeightMem ? weight : nullptr; /* not staged */
+    const int w_head = kHeads ? 0 : head_of(weight);
+    const bool w_aligned = !kHeads || head_of(weight) == 0;
     RowCopy<TW> w_copy;
-    if (!kWeightMem) w_copy.load(weight_buf, weight, hidden, threadIdx.x, blockDim.x);
-    const int w_head = head_of(weight);
+    if (!kWeightMem && w_aligned) w_copy.load(weight_buf, weight, hidden, threadIdx.x, blockDim.x);
 
+    const int vecs_per_row = (hidden + V - 1) / V;
+    const int whole_vecs = hidden / V;
+    const int cut_t = whole_vecs % group_threads; /* the virtual thread of the vector H cuts, if any */
     /* The loop bound is the same for the whole block, so every thread reaches the barriers. */
     bool first = true;
     for (int64_t first_row = static_cast<int64_t>(blockIdx.x) * rows_per_block; first_row < in.rows;
@@ -1574,7 +1682,10 @@ __global__ void __launch_bounds__(kMaxVecThreads)
             if (kHasResidual) r_copy.load(r_buf, r_row, hidden, lane, row_threads);
         }
         mv_cp_async_commit();
-        if (first && !kWeightMem) w_copy.finish(weight_buf, weight);
+        if (first && !kWeightMem) {
+            if (w_aligned) w_copy.finish(weight_buf, weight);
+            else stage_weight(weight_buf, weight, hidden, threadIdx.x, blockDim.x);
+        }
         first = false;
         if (active) {
             x_copy.finish(x_buf, x_row);
@@ -1585,21 +1696,37 @@ __global__ void __launch_bounds__(kMaxVecThreads)
 
         const int x_head = head_of(x_row);
         const int r_head = kHasResidual ? head_of(r_row) : 0;
+        /* Where x, out (and the residuals) of a row start at one offset in their pieces (the usual
+           case: one layout for all), the pieces are read through code compiled for that offset
+           (with_head) in the 16-bit one-stride kernels, which are issue-bound; other rows and
+           kernels read at offsets known at run time. Only the heads are formed before the sum: the
+           output rows' pieces held there took 8 registers more, a row fewer per SM. */
+        const bool same_heads =
+            head_of(static_cast<T *>(args.out) + pos.at(args.out_stride, outer.out)) == x_head &&
+            (!kHasResidual ||
+             (r_head == x_head &&
+              head_of(static_cast<T *>(in.residual_out) + pos.at(in.residual_out_stride, outer.residual_out)) == x_head));
+        const int head = same_heads ? x_head : -1;
+        const auto sum_of = [&](int t) {
+            if constexpr (!kHeads)
+                return virtual_sum<T, V, kVecs, kHasResidual>(x_buf, x_head, r_buf, r_head, t, group_threads, hidden,
+                                                              vecs_per_row);
+            const float whole = with_head<V != 1, sizeof(T)>(head, [&](auto h) {
+                return virtual_sum_whole<T, V, kVecs, kHasResidual, decltype(h)::value>(x_buf, x_head, r_buf, r_head, t,
+                                                                                         group_threads, whole_vecs);
+            });
+            return virtual_sum_cut<T, V, kHasResidual>(whole, x_buf, x_head, r_buf, r_head, t, cut_t, hidden, whole_vecs);
+        };
         float total;
         if (group_threads <= 32) { /* R = G: group_sum's shuffles as they are */
-            total = active ? virtual_sum<T, V, kVecs, kHasResidual>(x_buf, x_head, r_buf, r_head, lane, group_threads,
-                                                                     hidden, vecs_per_row)
-                           : 0.0f;
+            total = active ? sum_of(lane) : 0.0f;
             for (int offset = group_threads >> 1; offset > 0; offset >>= 1)
                 total += __shfl_xor_sync(0xffffffffu, total, offset);
         } else {
             /* Real warp w takes virtual warps w, w + R / 32, ...; lane l is virtual lane l. */
             const int real_warps = row_threads >> 5, virtual_warps = group_threads >> 5;
             for (int vw = lane >> 5; vw < virtual_warps; vw += real_warps) {
-                float part = active ? virtual_sum<T, V, kVecs, kHasResidual>(x_buf, x_head, r_buf, r_head,
-                                                                             vw * 32 + (lane & 31), group_threads,
-                                                                             hidden, vecs_per_row)
-                                    : 0.0f;
+                float part = active ? sum_of(vw * 32 + (lane & 31)) : 0.0f;
                 part = mv_warp_sum(part);
                 if ((lane & 31) == 0) virtual_warp_sums[vw] = part;
             }
@@ -1614,12 +1741,39 @@ __global__ void __launch_bounds__(kMaxVecThreads)
                                                      pos.at(in.residual_out_stride, outer.residual_out)
                                                : static_cast<T *>(args.out),
                                   hidden);
-            if (kHasResidual && !kTwoStrides && ro.head == o.head) {
+            if (!kHasResidual || (!kTwoStrides && ro.head == o.head)) {
                 /* residual_out in the same pieces as out (the usual case): s formed once for both
                    (not in the two-stride build, where it spilled 32-40 bytes) */
-                for (int p = lane; p < o.pieces; p += row_threads)
-                    staged_store_piece<T, TW, kHasResidual, kOffset, true, kWeightMem, true>(
-                        o, p, x_buf, x_head, r_buf, r_head, weight_buf, w_head, w_mem, rrms, in.weight_offset, hidden, ro.base);
+                if constexpr (kHeads) { /* whole pieces through code compiled for the head, edges apart */
+                    bool edge_first = false;
+                    int edge_last = -1;
+                    with_head<true, sizeof(T)>(head, [&](auto h) {
+#pragma unroll 1
+                        for (int p = lane; p < o.pieces; p += row_threads) {
+                            if (o.whole(p))
+                                staged_store_piece<T, TW, kHasResidual, kOffset, true, kWeightMem, kHasResidual,
+                                                   decltype(h)::value>(o, p, x_buf, x_head, r_buf, r_head, weight_buf,
+                                                                       w_head, w_mem, rrms, in.weight_offset, hidden, ro.base);
+                            else if (p == 0)
+                                edge_first = true;
+                            else
+                                edge_last = p;
+                        }
+                    });
+                    if (edge_first)
+                        staged_store_piece<T, TW, kHasResidual, kOffset, true, kWeightMem, kHasResidual>(
+                            o, 0, x_buf, x_head, r_buf, r_head, weight_buf, w_head, w_mem, rrms, in.weight_offset, hidden,
+                            ro.base);
+                    if (edge_last >= 0)
+                        staged_store_piece<T, TW, kHasResidual, kOffset, true, kWeightMem, kHasResidual>(
+                            o, edge_last, x_buf, x_head, r_buf, r_head, weight_buf, w_head, w_mem, rrms, in.weight_offset,
+                            hidden, ro.base);
+                } else {
+                    for (int p = lane; p < o.pieces; p += row_threads)
+                        staged_store_piece<T, TW, kHasResidual, kOffset, true, kWeightMem, kHasResidual>(
+                            o, p, x_buf, x_head, r_buf, r_head, weight_buf, w_head, w_mem, rrms, in.weight_offset, hidden,
+                            ro.base);
+                }
             } else {
                 for (int p = lane; p < o.pieces; p += row_threads)
                     staged_store_piece<T, TW, kHasResidual, kOffset, true, kWeightMem>(o, p, x_buf, x_head, r_buf, r_head,
@@ -1633,6 +1787,26 @@ __global__ void __launch_bounds__(kMaxVecThreads)
         }
         __syncthreads(); /* every buffer read before the next row is staged over it */
     }
+}
+
+template <typename T, typename TW, int V, bool kHasResidual, bool kOffset, bool kTwoStrides, bool kWeightMem>
+__global__ void __launch_bounds__(kMaxVecThreads)
+    rms_norm_staged_kernel(NormParams<kTwoStrides> args, StagedLayout layout, int group_threads, int row_threads,
+                           int64_t prefetch_rows) {
+    staged_rows<T, TW, V, kHasResidual, kOffset, kTwoStrides, kWeightMem>(args, layout, group_threads, row_threads,
+                                                                         prefetch_rows);
+}
+/* The head-compiled form (staged_heads) at 56 registers, the run-time form's count: at 64 an SM held a
+   row fewer where a row takes 160-192 threads (8192 x 4097 2-3% slower than the run-time form); capped,
+   5-11% faster on the H200, 1-13% on the H100
+   (dev/logs/norm-staged-heads-rms-norm-nvidia-h200-h100-2026-11-27.log). Its blocks are of at most
+   kVecBlockThreads threads (__maxnreg__ excludes __launch_bounds__). */
+template <typename T, typename TW, int V, bool kHasResidual, bool kOffset, bool kTwoStrides, bool kWeightMem>
+__global__ void __maxnreg__(56)
+    rms_norm_staged_heads_kernel(NormParams<kTwoStrides> args, StagedLayout layout, int group_threads, int row_threads,
+                                 int64_t prefetch_rows) {
+    staged_rows<T, TW, V, kHasResidual, kOffset, kTwoStrides, kWeightMem>(args, layout, group_threads, row_threads,
+                                                                         prefetch_rows);
 }
 
 /* Whether the weight is float32 beside 16-bit rows. */
@@ -1774,8 +1948,15 @@ cudaError_t launch_staged_kernel(const mv_rms_norm_args &a, int group_threads, c
     const int buffers = kHasResidual ? 2 : 1;
     const int row_threads = staged_row_threads(group_threads);
     using Kernel = void (*)(NormParams<kTwoStrides>, StagedLayout, int, int, int64_t);
-    Kernel kernel = rms_norm_staged_kernel<T, TW, V, kHasResidual, kOffset, kTwoStrides, false>;
-    mv_shared_opt_in *opt_in = &mv_opt_in_of<rms_norm_staged_kernel<T, TW, V, kHasResidual, kOffset, kTwoStrides, false>>();
+    Kernel kernel;
+    mv_shared_opt_in *opt_in;
+    if constexpr (staged_heads<T, kHasResidual, kTwoStrides>()) {
+        kernel = rms_norm_staged_heads_kernel<T, TW, V, kHasResidual, kOffset, kTwoStrides, false>;
+        opt_in = &mv_opt_in_of<rms_norm_staged_heads_kernel<T, TW, V, kHasResidual, kOffset, kTwoStrides, false>>();
+    } else {
+        kernel = rms_norm_staged_kernel<T, TW, V, kHasResidual, kOffset, kTwoStrides, false>;
+        opt_in = &mv_opt_in_of<rms_norm_staged_kernel<T, TW, V, kHasResidual, kOffset, kTwoStrides, false>>();
+    }
     /* Where R is one warp (G of 11 or 13 warps, before the shares of staged_row_threads), up to
        8 rows a block asked for up to 395 KiB of shared memory and the launch failed ("invalid
        argument"). staged_fits: one row fits. */
