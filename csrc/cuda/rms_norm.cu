@@ -32,8 +32,9 @@
  * (rms_norm_vec_kernel<kOdd>, load_vec). Rows off the 16-byte grid (odd H, misaligned views) in
  * calls of many rows go through shared memory instead (rms_norm_staged_kernel), summed in the
  * in-place kernel's exact order, so the choice by M leaves every row's bits as they are; 16-bit
- * rms_norm there reads each row through code compiled for its offset in its 16-byte pieces
- * (rms_norm_staged_heads_kernel), as it is issue-bound.
+ * rows there are read through code compiled for each row's offset in its 16-byte pieces, as the
+ * kernel is issue-bound (rms_norm in rms_norm_staged_heads_kernel; the fused add where its
+ * registers cost the call no blocks per SM).
  *
  * Reference kernel: one block normalizes one row at a time (grid-stride over rows). Pass 1 forms s (x, or
  * x + residual rounded to the dtype and stored to residual_out) and sums s^2 in float; a block
@@ -1471,7 +1472,7 @@ __device__ __forceinline__ mv_vec<T, N> staged_s(const char *x_buf, int x_head, 
 }
 
 /* Virtual thread t's part of a row's sum of squares, in the in-place kernel's order, read at
-   offsets known at run time (the kernels without head-compiled reads: staged_heads). */
+   offsets known at run time (kernels without head-compiled reads: kHeads false). */
 template <typename T, int V, int kVecs, bool kHasResidual>
 __device__ __forceinline__ float virtual_sum(const char *x_buf, int x_head, const char *r_buf, int r_head, int t,
                                              int group_threads, int hidden, int vecs_per_row) {
@@ -1607,20 +1608,19 @@ __device__ __forceinline__ void stage_weight(char *buf, const TW *w, int hidden,
     }
 }
 
-/* 16-bit rms_norm in one stride (issue-bound) reads a row through code compiled for its head. The
-   fused add did not gain: 64 registers or more there, a row fewer per SM where a row takes 160-192
-   threads, and capped at 56 it spilled and ran 1.05-1.36x slower (H200); nor would float32 rows
-   (few instructions per byte) or two strides (registers). */
-template <typename T, bool kHasResidual, bool kTwoStrides>
+/* Whether 16-bit rows in one stride, which are issue-bound, may read a row through code compiled for
+   its head (kHeads); float32 rows (few instructions per byte) and two strides (registers) do not. */
+template <typename T, bool kTwoStrides>
 constexpr bool staged_heads() {
-    return sizeof(T) == 2 && !kTwoStrides && !kHasResidual;
+    return sizeof(T) == 2 && !kTwoStrides;
 }
 
-template <typename T, typename TW, int V, bool kHasResidual, bool kOffset, bool kTwoStrides, bool kWeightMem>
+template <typename T, typename TW, int V, bool kHasResidual, bool kOffset, bool kTwoStrides, bool kWeightMem,
+          bool kHeads>
 __device__ __forceinline__ void staged_rows(const NormParams<kTwoStrides> &args, StagedLayout layout, int group_threads,
                                             int row_threads, int64_t prefetch_rows) {
     constexpr int kVecs = vecs_per_thread(V);
-    constexpr bool kHeads = staged_heads<T, kHasResidual, kTwoStrides>();
+    static_assert(!kHeads || staged_heads<T, kTwoStrides>(), "head-compiled reads: 16-bit rows in one stride");
     extern __shared__ __align__(16) char staged_smem[];
     char *const weight_buf = staged_smem;
     const mv_outer_strides outer = outer_of(args);
@@ -1789,14 +1789,15 @@ __device__ __forceinline__ void staged_rows(const NormParams<kTwoStrides> &args,
     }
 }
 
-template <typename T, typename TW, int V, bool kHasResidual, bool kOffset, bool kTwoStrides, bool kWeightMem>
+template <typename T, typename TW, int V, bool kHasResidual, bool kOffset, bool kTwoStrides, bool kWeightMem,
+          bool kHeads = false>
 __global__ void __launch_bounds__(kMaxVecThreads)
     rms_norm_staged_kernel(NormParams<kTwoStrides> args, StagedLayout layout, int group_threads, int row_threads,
                            int64_t prefetch_rows) {
-    staged_rows<T, TW, V, kHasResidual, kOffset, kTwoStrides, kWeightMem>(args, layout, group_threads, row_threads,
-                                                                         prefetch_rows);
+    staged_rows<T, TW, V, kHasResidual, kOffset, kTwoStrides, kWeightMem, kHeads>(args, layout, group_threads,
+                                                                                 row_threads, prefetch_rows);
 }
-/* The head-compiled form (staged_heads) at 56 registers, the run-time form's count: at 64 an SM held a
+/* rms_norm's head-compiled form (staged_heads) at 56 registers, the run-time form's count: at 64 an SM held a
    row fewer where a row takes 160-192 threads (8192 x 4097 2-3% slower than the run-time form); capped,
    5-11% faster on the H200, 1-13% on the H100
    (dev/logs/norm-staged-heads-rms-norm-nvidia-h200-h100-2026-11-27.log). Its blocks are of at most
@@ -1805,8 +1806,8 @@ template <typename T, typename TW, int V, bool kHasResidual, bool kOffset, bool 
 __global__ void __maxnreg__(56)
     rms_norm_staged_heads_kernel(NormParams<kTwoStrides> args, StagedLayout layout, int group_threads, int row_threads,
                                  int64_t prefetch_rows) {
-    staged_rows<T, TW, V, kHasResidual, kOffset, kTwoStrides, kWeightMem>(args, layout, group_threads, row_threads,
-                                                                         prefetch_rows);
+    staged_rows<T, TW, V, kHasResidual, kOffset, kTwoStrides, kWeightMem, true>(args, layout, group_threads,
+                                                                               row_threads, prefetch_rows);
 }
 
 /* Whether the weight is float32 beside 16-bit rows. */
@@ -1950,7 +1951,7 @@ cudaError_t launch_staged_kernel(const mv_rms_norm_args &a, int group_threads, c
     using Kernel = void (*)(NormParams<kTwoStrides>, StagedLayout, int, int, int64_t);
     Kernel kernel;
     mv_shared_opt_in *opt_in;
-    if constexpr (staged_heads<T, kHasResidual, kTwoStrides>()) {
+    if constexpr (staged_heads<T, kTwoStrides>() && !kHasResidual) {
         kernel = rms_norm_staged_heads_kernel<T, TW, V, kHasResidual, kOffset, kTwoStrides, false>;
         opt_in = &mv_opt_in_of<rms_norm_staged_heads_kernel<T, TW, V, kHasResidual, kOffset, kTwoStrides, false>>();
     } else {
@@ -1976,6 +1977,25 @@ cudaError_t launch_staged_kernel(const mv_rms_norm_args &a, int group_threads, c
     size_t smem = staged_smem_bytes(a.in.hidden, elem, weight_elem, buffers, shape.threads / row_threads);
     cudaError_t err = mv_allow_shared(kernel, smem, *opt_in, dev.device);
     if (err != cudaSuccess) return err;
+    if constexpr (staged_heads<T, kTwoStrides>() && kHasResidual) {
+        /* The fused add's head-compiled form holds 64 registers against the run-time form's 50-56:
+           taken where it still fits as many blocks per SM as the call needs or as the run-time form
+           fits (H200: 600 x 5119 3-15% faster, 600 x 8191 4-7%, 4096 x 8191 1.5-4%; taken always,
+           8192 x 4097 ran 5-9% slower; dev/logs/norm-staged-heads-rms-norm-nvidia-h200-h100-2026-11-27.log) */
+        Kernel heads = rms_norm_staged_kernel<T, TW, V, kHasResidual, kOffset, kTwoStrides, false, true>;
+        mv_shared_opt_in &heads_opt_in =
+            mv_opt_in_of<rms_norm_staged_kernel<T, TW, V, kHasResidual, kOffset, kTwoStrides, false, true>>();
+        const int64_t sms = dev.sms > 0 ? dev.sms : 1;
+        const int64_t needed = (static_cast<int64_t>(shape.blocks) + sms - 1) / sms;
+        int per_sm = 0, heads_per_sm = 0;
+        if (mv_allow_shared(heads, smem, heads_opt_in, dev.device) == cudaSuccess &&
+            mv_blocks_per_sm(&per_sm, kernel, shape.threads, smem, dev.device) == cudaSuccess &&
+            mv_blocks_per_sm(&heads_per_sm, heads, shape.threads, smem, dev.device) == cudaSuccess) {
+            if (heads_per_sm >= (needed < per_sm ? needed : per_sm)) kernel = heads;
+        } else {
+            (void)cudaGetLastError(); /* no answer: the run-time form */
+        }
+    }
     if constexpr (sizeof(T) == 4) {
         int per_sm = 0;
         if (mv_blocks_per_sm(&per_sm, kernel, shape.threads, smem, dev.device) != cudaSuccess) {
