@@ -1699,8 +1699,8 @@ __device__ __forceinline__ void staged_rows(const NormParams<kTwoStrides> &args,
         /* Where x, out (and the residuals) of a row start at one offset in their pieces (the usual
            case: one layout for all), the pieces are read through code compiled for that offset
            (with_head) in the 16-bit one-stride kernels, which are issue-bound; other rows and
-           kernels read at offsets known at run time. Only the heads are formed before the sum: the
-           output rows' pieces held there took 8 registers more, a row fewer per SM. */
+           kernels read at offsets known at run time. Only the heads are formed before the sum, the
+           output rows' pieces after it. */
         const bool same_heads =
             head_of(static_cast<T *>(args.out) + pos.at(args.out_stride, outer.out)) == x_head &&
             (!kHasResidual ||
