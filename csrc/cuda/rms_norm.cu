@@ -1065,9 +1065,15 @@ __global__ void __launch_bounds__(kMaxThreads) rms_norm_lanes_kernel(ShortParams
 /* Rows of 257-1024 16-byte vectors (lanes_wanted says which): two vectors a thread (u and
    u + blockDim.x), blocks of up to 512 threads, the same sum. A kernel of its own: the one-vector
    kernel templated on vectors a thread got other code for one vector, and its fused adds ran
-   4-12% slower (dev/logs/norm-lanes-pair-first-form-nvidia-h200-2026-11-24.log). */
+   4-12% slower (dev/logs/norm-lanes-pair-first-form-nvidia-h200-2026-11-24.log).
+   rms_norm's form is bounded at its real 512 threads: at 1024 ptxas fit fp16 into 32 registers by
+   loading the row sum's shared-memory parts one at a time on the row's critical path (H200 fp16
+   1 x 4096 2.10 -> 1.96 us without PDL). The fused add's code under that bound (fp16 44 -> 40
+   registers, float32 46 -> 40) ran 0.4-1.4% slower, so it keeps 1024. At 40 registers fewer
+   fp16 rows fit a wave, so 1024 x 3584-4096 take the general kernel: 1.05-1.07x slower without
+   PDL, 0.91-0.93x with; dev/logs/norm-lanes-pair-bounds-nvidia-h200-h100-2026-11-27.log. */
 template <typename T, typename TW, int V, bool kHasResidual, bool kOffset>
-__global__ void __launch_bounds__(kMaxThreads) rms_norm_lanes_pair_kernel(ShortParams p) {
+__global__ void __launch_bounds__(kHasResidual ? kMaxThreads : kMaxVecThreads) rms_norm_lanes_pair_kernel(ShortParams p) {
     constexpr int kPer = 2;
     __shared__ float parts[kMaxThreads];
     __shared__ float warp_sums[32];
@@ -2154,6 +2160,7 @@ cudaError_t launch_short(const mv_rms_norm_args &a, int group_threads, const Row
    dev/logs/norm-lanes-pair-wide-nvidia-h100-80gb-hbm3-2026-11-25.log. */
 constexpr int kLanesMaxVectors = 256;
 constexpr int kLanesPairMaxVectors = 1024;
+static_assert(kLanesPairMaxVectors / 2 <= kMaxVecThreads, "rms_norm_lanes_pair_kernel's launch bounds");
 bool lanes_rows(const mv_rms_norm_args &a, int v) {
     if (a.in.hidden % v != 0) return false;
     const int64_t vecs = a.in.hidden / v;

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# On the GPU machine: a carried experiment build of the staged norm kernel (dev/probes/staged_old_switch.sh,
+# On the GPU machine: a carried experiment build of a norm kernel (e.g. dev/probes/staged_old_switch.sh,
 # site_build.sh, packed as build/carry_c/SITE.tgz): the GPU norm tests (TESTS=1), compute-sanitizer memcheck,
-# racecheck and synccheck over the norms at 600 rows (SAN=1), then bench_rms_norm on odd-H shapes the staged kernel
-# takes: the new form, the old one (MV_EXP_STAGED_OLD=1), the new again (drift), Liger beside the first.
-#   SITE=site_x SAN=1 OUT=... bash dev/probes/norm_staged_ab.sh
+# racecheck and synccheck over the norms at 600 rows (SAN=1), then bench_rms_norm on SHAPES (default: odd-H shapes
+# the staged kernel takes) in AB_DTYPES (default bf16 fp16): the new form, then each of VARIANTS (default: the old
+# staged kernel, MV_EXP_STAGED_OLD=1, and the new again for drift), Liger beside the first.
+#   SITE=site_x SAN=1 OUT=... [SHAPES=...] [VARIANTS="name=ENV=VAL ..."] bash dev/probes/norm_staged_ab.sh
 set -u
 R=$(pwd); export PYTHONUNBUFFERED=1
 S=${SITE:?}
@@ -20,7 +21,7 @@ if [ "${SAN:-0}" = 1 ]; then
   done
 fi
 [ "${TESTS:-1}" = 1 ] && { . dev/probes/norm_checks.sh; norm_gpu_tests /tmp/$S $OUT; grep -E "staged_rows" $OUT/tests.log | head -5; }
-AB_NEW=/tmp/$S AB_DTYPES="bf16 fp16" \
+AB_NEW=/tmp/$S AB_DTYPES="${AB_DTYPES:-bf16 fp16}" \
   bash dev/probes/norm_env_ab.sh "${SHAPES:-600x8191 4096x8191 4096x5119 4096x5125 1024x6001 2048x4097 600x5119 8192x4097}" \
   "${VARIANTS:-old=MV_EXP_STAGED_OLD=1 new2=MV_EXP_STAGED_OLD=0}"
 echo "# end $(date -u +%FT%TZ)"
