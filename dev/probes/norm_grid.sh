@@ -2,8 +2,10 @@
 # On the GPU machine: bench_rms_norm's whole grid on a carried build (dev/probes/site_build.sh, packed as
 # build/carry_c/SITE.tgz) with the Liger-Kernel wheel carried beside it: bf16 in one run, fp16 and float32 in
 # a second (each JSON, PNG and log under OUT/bf16 and OUT/fp16-fp32).
-#   SITE=site_x OUT=... bash dev/probes/norm_grid.sh
+#   SITE=site_x COMMIT=<the build's commit> OUT=... bash dev/probes/norm_grid.sh
+# (COMMIT goes into the JSON: the device's copy of .git can lag the tree.)
 set -u
+export MINIVLLM_COMMIT=${COMMIT:?}
 S=${SITE:?}; export PYTHONUNBUFFERED=1
 tar -xzf build/carry_c/$S.tgz -C /tmp
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/wheels build/carry_c/*.whl
