@@ -2150,10 +2150,12 @@ cudaError_t launch_short(const mv_rms_norm_args &a, int group_threads, const Row
    slower in blocks of 512-1024 threads (H100 float32 fused add 1 x 4096 1.63 -> 1.97 us, bf16
    1 x 8192 2.47 -> 2.62 without PDL); dev/logs/norm-lanes-kernel-*-2026-11-24.log.
    Rows of 257-512 16-byte vectors take rms_norm_lanes_pair_kernel (two a thread, up to 256
-   threads) where a vector's work is the longer, 16-bit elements or the residual add: H200 bf16
-   1 x 4096 2.25 -> 2.09 us without PDL, 1.35 -> 1.31 with, fused add 2.54 -> 2.38, 1 x 2560
-   fused 2.46 -> 2.26; float32 rms_norm 1 x 2048 ran slower on it (1.98 -> 2.03 without PDL) and
-   keeps the short kernel; dev/logs/norm-lanes-pair-*-2026-11-24.log. Rows of 513-1024 vectors
+   threads): H200 bf16 1 x 4096 2.25 -> 2.09 us without PDL, 1.35 -> 1.31 with, fused add 2.54 ->
+   2.38, 1 x 2560 fused 2.46 -> 2.26; dev/logs/norm-lanes-pair-*-2026-11-24.log. float32 rms_norm
+   too since its form's 512-thread bound (it had run slower at 1024: 1 x 2048 1.98 -> 2.03 us):
+   without PDL 1-14% faster (H200 600 x 2048 4.92 -> 4.23, Liger 4.21; 1 x 3584 2.24 -> 2.10),
+   with PDL up to 13% faster but 3-7% slower at 128 rows on the H100 (128 x 3584 2.32 -> 2.49);
+   dev/logs/norm-lanes-pair-bounds-nvidia-h200-h100-2026-11-27.log. Rows of 513-1024 vectors
    too (up to 512 threads), where G threads of 4 vectors put 4 on each thread's chain: H100 fp16
    fused add 1 x 5120 1.76 -> 1.56 us (2.74 -> 2.47 without PDL), bf16 264 x 5120 4.56 -> 4.09
    without, float32 fused add 16 x 3584 2.95 -> 2.86; H = 8192 level (0.97-1.04x);
@@ -2166,7 +2168,7 @@ bool lanes_rows(const mv_rms_norm_args &a, int v) {
     const int64_t vecs = a.in.hidden / v;
     if (v == 1) return vecs <= kMaxThreads;
     if (vecs <= kLanesMaxVectors) return true;
-    return vecs <= kLanesPairMaxVectors && (a.in.dtype != MV_FLOAT32 || a.in.residual != nullptr);
+    return vecs <= kLanesPairMaxVectors;
 }
 bool lanes_wanted(const mv_rms_norm_args &a, int v, int sms) { return short_call(a, sms) && lanes_rows(a, v); }
 
