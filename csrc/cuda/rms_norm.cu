@@ -1062,7 +1062,7 @@ __global__ void __launch_bounds__(kMaxThreads) rms_norm_lanes_kernel(ShortParams
         normalized<kOffset>(s, w, rrms, p.weight_offset);
 }
 
-/* Rows of 257-1024 16-byte vectors (lanes_wanted says which): two vectors a thread (u and
+/* Rows of 129-1024 16-byte vectors (lanes_wanted says which): two vectors a thread (u and
    u + blockDim.x), blocks of up to 512 threads, the same sum. A kernel of its own: the one-vector
    kernel templated on vectors a thread got other code for one vector, and its fused adds ran
    4-12% slower (dev/logs/norm-lanes-pair-first-form-nvidia-h200-2026-11-24.log).
@@ -2144,8 +2144,9 @@ cudaError_t launch_short(const mv_rms_norm_args &a, int group_threads, const Row
 
 /* Whether a short call's rows take rms_norm_lanes_kernel (one vector a thread, a row a block;
    longer calls: lanes_for_rows):
-   rows of up to 256 16-byte vectors, or 1024 single elements (since rms_norm_elems_kernel, which
-   takes them from 129, up to 128), whose general layout chains 4 or 8 of them on a thread. Against the short kernel: H200 bf16 1 x 121 1.26 -> 0.91 us with PDL,
+   rows of up to 128 16-byte vectors (up to 1024: the pair kernel, below), or 1024 single elements
+   (since rms_norm_elems_kernel, which takes them from 129, up to 128), whose general layout chains
+   4 or 8 of them on a thread. Against the short kernel: H200 bf16 1 x 121 1.26 -> 0.91 us with PDL,
    1.86 -> 1.45 without; H100 float32 fused add 1 x 1024 2.27 -> 2.07 without. Wider rows were
    slower in blocks of 512-1024 threads (H100 float32 fused add 1 x 4096 1.63 -> 1.97 us, bf16
    1 x 8192 2.47 -> 2.62 without PDL); dev/logs/norm-lanes-kernel-*-2026-11-24.log.
@@ -2159,16 +2160,19 @@ cudaError_t launch_short(const mv_rms_norm_args &a, int group_threads, const Row
    too (up to 512 threads), where G threads of 4 vectors put 4 on each thread's chain: H100 fp16
    fused add 1 x 5120 1.76 -> 1.56 us (2.74 -> 2.47 without PDL), bf16 264 x 5120 4.56 -> 4.09
    without, float32 fused add 16 x 3584 2.95 -> 2.86; H = 8192 level (0.97-1.04x);
-   dev/logs/norm-lanes-pair-wide-nvidia-h100-80gb-hbm3-2026-11-25.log. */
-constexpr int kLanesMaxVectors = 256;
+   dev/logs/norm-lanes-pair-wide-nvidia-h100-80gb-hbm3-2026-11-25.log.
+   Rows of 129-256 vectors too since 2026-11-27 (the lanes kernel's second barrier, G > 32, over
+   blocks of 129-256 threads): H200 without PDL 1.00-1.06x (bf16 1 x 2048 1.76 -> 1.66 us, Liger
+   1.61; float32 1 x 1024 1.66 -> 1.58), with PDL 0.95-1.04x (bf16 600 x 2048 2.42 -> 2.54); from
+   65 vectors the fused add lost (bf16 1 x 896 1.66 -> 1.73 without PDL);
+   dev/logs/norm-lanes-pair-bounds-nvidia-h200-h100-2026-11-27.log (call 8). */
+constexpr int kLanesOneMaxVectors = 128; /* rms_norm_lanes_kernel up to here, the pair kernel beyond */
 constexpr int kLanesPairMaxVectors = 1024;
 static_assert(kLanesPairMaxVectors / 2 <= kMaxVecThreads, "rms_norm_lanes_pair_kernel's launch bounds");
 bool lanes_rows(const mv_rms_norm_args &a, int v) {
     if (a.in.hidden % v != 0) return false;
     const int64_t vecs = a.in.hidden / v;
-    if (v == 1) return vecs <= kMaxThreads;
-    if (vecs <= kLanesMaxVectors) return true;
-    return vecs <= kLanesPairMaxVectors;
+    return vecs <= (v == 1 ? kMaxThreads : kLanesPairMaxVectors);
 }
 bool lanes_wanted(const mv_rms_norm_args &a, int v, int sms) { return short_call(a, sms) && lanes_rows(a, v); }
 
@@ -2198,7 +2202,7 @@ LanesKernel lanes_kernel_per(const mv_rms_norm_args &a) {
 template <typename T, typename TW, int V>
 LanesKernel lanes_kernel(const mv_rms_norm_args &a) {
     if constexpr (V > 1) {
-        if (a.in.hidden / V > kLanesMaxVectors) return lanes_kernel_per<T, TW, V, 2>(a);
+        if (a.in.hidden / V > kLanesOneMaxVectors) return lanes_kernel_per<T, TW, V, 2>(a);
     }
     return lanes_kernel_per<T, TW, V, 1>(a);
 }
