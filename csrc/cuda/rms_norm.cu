@@ -2161,12 +2161,14 @@ cudaError_t launch_short(const mv_rms_norm_args &a, int group_threads, const Row
    fused add 1 x 5120 1.76 -> 1.56 us (2.74 -> 2.47 without PDL), bf16 264 x 5120 4.56 -> 4.09
    without, float32 fused add 16 x 3584 2.95 -> 2.86; H = 8192 level (0.97-1.04x);
    dev/logs/norm-lanes-pair-wide-nvidia-h100-80gb-hbm3-2026-11-25.log.
-   Rows of 129-256 vectors too since 2026-11-27 (the lanes kernel's second barrier, G > 32, over
-   blocks of 129-256 threads): H200 without PDL 1.00-1.06x (bf16 1 x 2048 1.76 -> 1.66 us, Liger
-   1.61; float32 1 x 1024 1.66 -> 1.58), with PDL 0.95-1.04x (bf16 600 x 2048 2.42 -> 2.54); from
-   65 vectors the fused add lost (bf16 1 x 896 1.66 -> 1.73 without PDL);
-   dev/logs/norm-lanes-pair-bounds-nvidia-h200-h100-2026-11-27.log (call 8). */
+   Short calls of rows of 129-256 vectors too since 2026-11-27 (the lanes kernel's second barrier,
+   G > 32, over blocks of 129-256 threads): H200 without PDL 1.00-1.06x (bf16 1 x 2048 1.76 -> 1.66 us, Liger
+   1.61; float32 1 x 1024 1.66 -> 1.58), H100 1.00-1.05x; with PDL 0.95-1.06x, the losses past a
+   row per SM, where the one-vector kernel stays (lanes_kernel); from 65 vectors the fused add
+   lost (bf16 1 x 896 1.66 -> 1.73 without PDL);
+   dev/logs/norm-lanes-pair-bounds-nvidia-h200-h100-2026-11-27.log (calls 8, 11). */
 constexpr int kLanesOneMaxVectors = 128; /* rms_norm_lanes_kernel up to here, the pair kernel beyond */
+constexpr int kLanesOneMaxVectorsLong = 256; /* the same in calls past a row per SM (lanes_kernel) */
 constexpr int kLanesPairMaxVectors = 1024;
 static_assert(kLanesPairMaxVectors / 2 <= kMaxVecThreads, "rms_norm_lanes_pair_kernel's launch bounds");
 bool lanes_rows(const mv_rms_norm_args &a, int v) {
@@ -2199,10 +2201,15 @@ LanesKernel lanes_kernel_per(const mv_rms_norm_args &a) {
     return LanesKernel{kernel, static_cast<int>((per_thread + 31) / 32 * 32)};
 }
 
+/* Calls past a row per SM keep the one-vector kernel for rows of 129-256 vectors: with PDL the
+   pair kernel ran them 0.95-0.98x at 264-1024 rows on both GPUs (1.00-1.05x without, where the
+   fused add also takes these kernels past one wave, not measured on the pair kernel);
+   dev/logs/norm-lanes-pair-bounds-nvidia-h200-h100-2026-11-27.log, calls 8 and 11. */
 template <typename T, typename TW, int V>
-LanesKernel lanes_kernel(const mv_rms_norm_args &a) {
+LanesKernel lanes_kernel(const mv_rms_norm_args &a, bool short_rows) {
     if constexpr (V > 1) {
-        if (a.in.hidden / V > kLanesOneMaxVectors) return lanes_kernel_per<T, TW, V, 2>(a);
+        if (a.in.hidden / V > (short_rows ? kLanesOneMaxVectors : kLanesOneMaxVectorsLong))
+            return lanes_kernel_per<T, TW, V, 2>(a);
     }
     return lanes_kernel_per<T, TW, V, 1>(a);
 }
@@ -2337,10 +2344,10 @@ cudaError_t launch_vec(const mv_rms_norm_args &a, int group_threads, cudaStream_
            narrower vectors of other H or misaligned views keep the general kernel. */
         if constexpr (!kWide && !kOdd && (V == 1 || sizeof(T) * V == 16)) {
             if (lanes_wanted(a, V, sms))
-                return launch_lanes<T, TW, V>(a, lanes_kernel<T, TW, V>(a), group_threads, stream, pdl);
+                return launch_lanes<T, TW, V>(a, lanes_kernel<T, TW, V>(a, true), group_threads, stream, pdl);
             if constexpr (V > 1) { /* single elements in short calls are lanes' or elems' rows */
                 if (short_call(a, sms)) return launch_short<T, TW, V>(a, group_threads, shape, stream, pdl);
-                const LanesKernel k = lanes_kernel<T, TW, V>(a);
+                const LanesKernel k = lanes_kernel<T, TW, V>(a, false);
                 if (lanes_for_rows<T, TW, V>(a, k, dev, pdl))
                     return launch_lanes<T, TW, V>(a, k, group_threads, stream, pdl);
             }
