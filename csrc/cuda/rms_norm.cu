@@ -1948,6 +1948,17 @@ RowBlocks row_blocks(int64_t rows, int group_threads, int sms, int64_t max_rows 
     return shape;
 }
 
+/* A staged kernel with the one opt-in cache its shared memory needs (mv_opt_in_of). */
+template <typename Kernel>
+struct StagedForm {
+    Kernel kernel;
+    mv_shared_opt_in *opt_in;
+};
+template <auto K>
+StagedForm<decltype(K)> staged_form() {
+    return {K, &mv_opt_in_of<K>()};
+}
+
 template <typename T, typename TW, int V, bool kHasResidual, bool kOffset, bool kTwoStrides>
 cudaError_t launch_staged_kernel(const mv_rms_norm_args &a, int group_threads, const mv_cuda_device &dev,
                                  cudaStream_t stream, bool pdl) {
@@ -1955,15 +1966,11 @@ cudaError_t launch_staged_kernel(const mv_rms_norm_args &a, int group_threads, c
     const int buffers = kHasResidual ? 2 : 1;
     const int row_threads = staged_row_threads(group_threads);
     using Kernel = void (*)(NormParams<kTwoStrides>, StagedLayout, int, int, int64_t);
-    Kernel kernel;
-    mv_shared_opt_in *opt_in;
-    if constexpr (staged_heads<T, kTwoStrides>() && !kHasResidual) {
-        kernel = rms_norm_staged_heads_kernel<T, TW, V, kHasResidual, kOffset, kTwoStrides, false>;
-        opt_in = &mv_opt_in_of<rms_norm_staged_heads_kernel<T, TW, V, kHasResidual, kOffset, kTwoStrides, false>>();
-    } else {
-        kernel = rms_norm_staged_kernel<T, TW, V, kHasResidual, kOffset, kTwoStrides, false>;
-        opt_in = &mv_opt_in_of<rms_norm_staged_kernel<T, TW, V, kHasResidual, kOffset, kTwoStrides, false>>();
-    }
+    StagedForm<Kernel> form{};
+    if constexpr (staged_heads<T, kTwoStrides>() && !kHasResidual)
+        form = staged_form<rms_norm_staged_heads_kernel<T, TW, V, kHasResidual, kOffset, kTwoStrides, false>>();
+    else
+        form = staged_form<rms_norm_staged_kernel<T, TW, V, kHasResidual, kOffset, kTwoStrides, false>>();
     /* Where R is one warp (G of 11 or 13 warps, before the shares of staged_row_threads), up to
        8 rows a block asked for up to 395 KiB of shared memory and the launch failed ("invalid
        argument"). staged_fits: one row fits. */
@@ -1981,38 +1988,36 @@ cudaError_t launch_staged_kernel(const mv_rms_norm_args &a, int group_threads, c
     int64_t weight_elem = sizeof(TW);
     RowBlocks shape = shape_of(weight_elem, elem == 4 ? kMaxVecThreads : kVecBlockThreads);
     size_t smem = staged_smem_bytes(a.in.hidden, elem, weight_elem, buffers, shape.threads / row_threads);
-    cudaError_t err = mv_allow_shared(kernel, smem, *opt_in, dev.device);
+    cudaError_t err = mv_allow_shared(form.kernel, smem, *form.opt_in, dev.device);
     if (err != cudaSuccess) return err;
     if constexpr (staged_heads<T, kTwoStrides>() && kHasResidual) {
         /* The fused add's head-compiled form holds 64 registers against the run-time form's 50-56:
            taken where it still fits as many blocks per SM as the call needs or as the run-time form
            fits (H200: 600 x 5119 3-15% faster, 600 x 8191 4-7%, 4096 x 8191 1.5-4%; taken always,
            8192 x 4097 ran 5-9% slower; dev/logs/norm-staged-heads-rms-norm-nvidia-h200-h100-2026-11-27.log) */
-        Kernel heads = rms_norm_staged_kernel<T, TW, V, kHasResidual, kOffset, kTwoStrides, false, true>;
-        mv_shared_opt_in &heads_opt_in =
-            mv_opt_in_of<rms_norm_staged_kernel<T, TW, V, kHasResidual, kOffset, kTwoStrides, false, true>>();
+        const StagedForm<Kernel> heads =
+            staged_form<rms_norm_staged_kernel<T, TW, V, kHasResidual, kOffset, kTwoStrides, false, true>>();
         const int64_t sms = dev.sms > 0 ? dev.sms : 1;
         const int64_t needed = (static_cast<int64_t>(shape.blocks) + sms - 1) / sms;
         int per_sm = 0, heads_per_sm = 0;
-        if (mv_allow_shared(heads, smem, heads_opt_in, dev.device) == cudaSuccess &&
-            mv_blocks_per_sm(&per_sm, kernel, shape.threads, smem, dev.device) == cudaSuccess &&
-            mv_blocks_per_sm(&heads_per_sm, heads, shape.threads, smem, dev.device) == cudaSuccess) {
-            if (heads_per_sm >= (needed < per_sm ? needed : per_sm)) kernel = heads;
+        if (mv_allow_shared(heads.kernel, smem, *heads.opt_in, dev.device) == cudaSuccess &&
+            mv_blocks_per_sm(&per_sm, form.kernel, shape.threads, smem, dev.device) == cudaSuccess &&
+            mv_blocks_per_sm(&heads_per_sm, heads.kernel, shape.threads, smem, dev.device) == cudaSuccess) {
+            if (heads_per_sm >= (needed < per_sm ? needed : per_sm)) form = heads;
         } else {
             (void)cudaGetLastError(); /* no answer: the run-time form */
         }
     }
     if constexpr (sizeof(T) == 4) {
         int per_sm = 0;
-        if (mv_blocks_per_sm(&per_sm, kernel, shape.threads, smem, dev.device) != cudaSuccess) {
+        if (mv_blocks_per_sm(&per_sm, form.kernel, shape.threads, smem, dev.device) != cudaSuccess) {
             (void)cudaGetLastError(); /* no answer: the first shape stands */
         } else if (static_cast<int64_t>(per_sm) * (shape.threads / row_threads) < 8) {
             weight_elem = 0; /* no weight buffer (the size helpers count 32 bytes of slack for it) */
-            kernel = rms_norm_staged_kernel<T, TW, V, kHasResidual, kOffset, kTwoStrides, true>;
-            opt_in = &mv_opt_in_of<rms_norm_staged_kernel<T, TW, V, kHasResidual, kOffset, kTwoStrides, true>>();
+            form = staged_form<rms_norm_staged_kernel<T, TW, V, kHasResidual, kOffset, kTwoStrides, true>>();
             shape = shape_of(weight_elem, kVecBlockThreads);
             smem = staged_smem_bytes(a.in.hidden, elem, weight_elem, buffers, shape.threads / row_threads);
-            err = mv_allow_shared(kernel, smem, *opt_in, dev.device);
+            err = mv_allow_shared(form.kernel, smem, *form.opt_in, dev.device);
             if (err != cudaSuccess) return err;
         }
     }
@@ -2022,8 +2027,8 @@ cudaError_t launch_staged_kernel(const mv_rms_norm_args &a, int group_threads, c
     layout.group_bytes = kStagedSumBytes + buffers * layout.bytes;
     const int64_t input_row_bytes = a.in.hidden * elem * (kHasResidual ? 2 : 1);
     const int64_t prefetch_rows = pdl ? kPrefetchBytes / input_row_bytes : 0;
-    return mv_launch(kernel, dim3(shape.blocks), dim3(shape.threads), smem, stream, pdl, params_of<kTwoStrides>(a),
-                     layout, group_threads, row_threads, prefetch_rows);
+    return mv_launch(form.kernel, dim3(shape.blocks), dim3(shape.threads), smem, stream, pdl,
+                     params_of<kTwoStrides>(a), layout, group_threads, row_threads, prefetch_rows);
 }
 
 template <typename T, typename TW, int V, bool kHasResidual, bool kOffset>
