@@ -5,14 +5,14 @@ batch requests together, and speculative decoding that re-runs a prefix, rely on
 Each case normalizes a batch of more rows than any GPU has multiprocessors, then the same rows in
 slices of 104 rows, in single rows, and at other positions (a slice starting mid-batch), and
 compares the results bit for bit. On the GPU the slices and single rows are short calls (at most a
-row per multiprocessor: the short-call kernels, one vector a thread for rows of up to 256 16-byte
-vectors or 128 elements, two for 257-1024 vectors in 16-bit types or with a residual, else
-several) and the whole batch is a longer call (the general kernel, or for rows of 16-byte vectors
-whose blocks fit one wave the lanes kernels as well; single elements, odd H of 9-4096, the elems
+row per multiprocessor: the short-call kernels, one vector a thread for rows of up to 128 16-byte
+vectors or 128 elements, two for 129-1024 vectors, else several) and the whole batch is a longer
+call (the general kernel, or for rows of 16-byte vectors whose blocks fit one wave the lanes
+kernels as well, one vector a thread up to 256 vectors; single elements, odd H of 9-4096, the elems
 kernel past the short calls but float32 fused adds of many rows: H = 201 and 301 put 4 and 2 rows
 in its block, 1501 a row of 256 threads, 121 two rows a warp); H = 64 puts several rows in a warp
-of the general layout, H = 2048 in bf16 is the last row of 16-byte vectors on one
-vector a thread, 8192 the last on two; float32 12345 and 16384 and 16-bit 20000 take rms_norm's 8 vectors a thread,
+of the general layout, H = 2048 in bf16 takes two vectors a thread in short calls and one in
+longer ones, 8192 is the last row on two; float32 12345 and 16384 and 16-bit 20000 take rms_norm's 8 vectors a thread,
 float32 20000 and 16-bit 40000 its 16 (rms_norm_wider_kernel). Past one wave the general kernel
 again, but for the fused add without PDL: test_one_wave_calls_match_longer_ones.
 """
