@@ -4,8 +4,11 @@
  * stream_common.cuh.
  *
  * The register stream keeps at most two batches per thread in flight and hands whole 16-feature
- * tiles to blocks, so its last wave runs part-empty. Here each block (one per SM) owns a
- * contiguous, equal range of output features, and one producer warp streams it through a ring
+ * tiles to blocks, so its last wave runs part-empty. Here each block (one per SM) owns an equal
+ * share of the output features: whole tiles round robin, so that at any time the blocks read
+ * neighbouring rows of W (1-3.7% faster at 30-160 MiB on an H100 than contiguous ranges, 0.5-2.8%
+ * on an H200 but Llama-3-8B's shape 0.8-1.3% slower; dev/logs/bulk-interleave-nvidia-h200-h100-2026-11-27.log),
+ * then an equal contiguous range of what is left. One producer warp streams it through a ring
  * of stages, each stage 16 features x stage_k brought by ONE tensor copy (the time followed the
  * number of copies, not the bytes in flight, with one copy per feature row). A block's last tile
  * usually holds fewer features: it comes in boxes of kTailFeatures, so that no block reads rows of
@@ -33,11 +36,46 @@ struct BulkGeometry {
     int xs_stride;     /* elements between staged rows */
     bool input_copy;   /* the producer bulk-copies x (into xs), residual and gamma first */
     int stage_lines;   /* 64-k lines per stage: stage_k = 64 * stage_lines */
+    int rounds;        /* whole 16-feature tiles a block takes round robin before its equal share of the rest */
 };
 
 /* The last tile's box: a multiple of it is at most 3 rows past the block's range, and its offsets in a
    stage (4 features x 4 (2 j + 1) lines x 128 bytes) keep the swizzle's 1 KiB alignment. */
 constexpr int kTailFeatures = 4;
+
+/* A block's features: `rounds` = N / (16 grid) whole tiles round robin (the block's tile i < rounds
+   is tile i * grid + block of N), so that the blocks read neighbouring rows of W at any time, then
+   an equal contiguous share [first, end) of the features after the last whole round: fewer than 16,
+   one tile, usually partial. A block has N / grid features, +-1. */
+struct BlockTiles {
+    int64_t first, end;
+    int rounds, tiles;
+};
+
+__device__ __forceinline__ BlockTiles block_tiles(const BulkGeometry &geo) {
+    const int64_t grid = gridDim.x, block = blockIdx.x;
+    const int64_t base = static_cast<int64_t>(geo.rounds) * grid * kTileFeatures, rest = geo.cols - base;
+    BlockTiles bt;
+    bt.first = base + rest * block / grid;
+    bt.end = base + rest * (block + 1) / grid;
+    bt.rounds = geo.rounds;
+    bt.tiles = geo.rounds + static_cast<int>((bt.end - bt.first + kTileFeatures - 1) / kTileFeatures);
+    return bt;
+}
+
+/* Tile `tile` of this block: its features [begin, end). */
+struct TileSpan {
+    int64_t begin, end;
+};
+
+__device__ __forceinline__ TileSpan tile_span(const BlockTiles &bt, int tile) {
+    if (tile < bt.rounds) {
+        const int64_t begin = (static_cast<int64_t>(tile) * gridDim.x + blockIdx.x) * kTileFeatures;
+        return {begin, begin + kTileFeatures};
+    }
+    const int64_t begin = bt.first + static_cast<int64_t>(tile - bt.rounds) * kTileFeatures;
+    return {begin, begin + kTileFeatures < bt.end ? begin + kTileFeatures : bt.end};
+}
 
 template <typename T, int kTokenTiles, bool kHasResidual>
 __global__ void __launch_bounds__(kBulkThreads, 2) fused_rms_norm_qkv_bulk_kernel(mv_qkv_args args, BulkGeometry geo,
@@ -62,10 +100,9 @@ __global__ void __launch_bounds__(kBulkThreads, 2) fused_rms_norm_qkv_bulk_kerne
     uint64_t *input_full = empty + geo.stages;
 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    /* This block's features: an equal share of N, in 16-feature tiles (the last one usually partial). */
-    const int64_t feature_begin = geo.cols * blockIdx.x / gridDim.x;
-    const int64_t feature_end = geo.cols * (blockIdx.x + 1) / gridDim.x;
-    const int tiles = static_cast<int>((feature_end - feature_begin + kTileFeatures - 1) / kTileFeatures);
+    /* This block's features: N / grid of them, in 16-feature tiles (tile_span; the last one usually partial). */
+    const BlockTiles bt = block_tiles(geo);
+    const int tiles = bt.tiles;
     const int total_stages = tiles * geo.kchunks;
 
     if (threadIdx.x == 0) {
@@ -93,10 +130,11 @@ __global__ void __launch_bounds__(kBulkThreads, 2) fused_rms_norm_qkv_bulk_kerne
             auto issue = [&](int i) {
                 const int slot = i % geo.stages, round = i / geo.stages;
                 if (round > 0) mv_mbarrier_wait(&empty[slot], (round - 1) & 1);
-                const int64_t feature0 = feature_begin + static_cast<int64_t>(i / geo.kchunks) * kTileFeatures;
+                const TileSpan span = tile_span(bt, i / geo.kchunks);
+                const int64_t feature0 = span.begin;
                 const int line0 = (i % geo.kchunks) * geo.stage_lines;
                 unsigned char *dst = ring + static_cast<size_t>(slot) * stage_bytes;
-                const int64_t left = feature_end - feature0;
+                const int64_t left = span.end - feature0;
                 if (left >= kTileFeatures) {
                     mv_mbarrier_arrive_expect_tx(&full[slot], static_cast<unsigned>(stage_bytes)); /* zero fill counts */
                     mv_tensor_copy_3d(dst, &w_map, 0, line0, static_cast<int>(feature0), &full[slot], policy);
@@ -156,7 +194,8 @@ __global__ void __launch_bounds__(kBulkThreads, 2) fused_rms_norm_qkv_bulk_kerne
     const int chunks_per_stage = stage_k / kChunkK;
     for (int tile = 0, i = 0; tile < tiles; ++tile) {
         /* rows of a partial last tile that no box brought hold stale bytes: such a lane reads zeros */
-        const int64_t left = feature_end - feature_begin - static_cast<int64_t>(tile) * kTileFeatures;
+        const TileSpan span = tile_span(bt, tile);
+        const int64_t left = span.end - span.begin;
         const int rounded = static_cast<int>((left + kTailFeatures - 1) / kTailFeatures) * kTailFeatures;
         const bool row_a_in = left >= kTileFeatures || g < rounded, row_b_in = left >= kTileFeatures || g + 8 < rounded;
         float acc[kTokenTiles][4];
@@ -180,8 +219,7 @@ __global__ void __launch_bounds__(kBulkThreads, 2) fused_rms_norm_qkv_bulk_kerne
             __syncwarp();
             if (lane == 0) mv_mbarrier_arrive(&empty[slot]);
         }
-        reduce_and_store<T, kTokenTiles>(args, acc, partial, feature_begin + static_cast<int64_t>(tile) * kTileFeatures,
-                                         feature_end, ConsumerSync());
+        reduce_and_store<T, kTokenTiles>(args, acc, partial, span.begin, span.end, ConsumerSync());
     }
 #endif
 }
@@ -247,11 +285,13 @@ bool plan_bulk(BulkState *st, const mv_qkv_args &a, const mv_cuda_device &dev, i
     const mv_stream_flags &flags = st->flags;
     BulkGeometry geo;
     geo.cols = a.q_cols + 2 * a.kv_cols;
+
     geo.xs_stride = static_cast<int>(row_pitch_bytes(hidden) / 2);
     const int min_features = wide_blocks ? kBulkWideFeatures : kMinFeaturesPerBlock;
     const int64_t by_features = (geo.cols + min_features - 1) / min_features;
     const unsigned grid = static_cast<unsigned>(by_features < dev.sms ? by_features : dev.sms);
     const int64_t most_tiles = ((geo.cols + grid - 1) / grid + kTileFeatures - 1) / kTileFeatures;
+    geo.rounds = static_cast<int>(geo.cols / (kTileFeatures * static_cast<int64_t>(grid)));
     const size_t base = kSwizzleAlign + shared_bytes(rows, hidden, token_tiles) + sizeof(uint64_t) /* input barrier */;
     /* The input goes by bulk copy where it is 16-byte aligned and its bytes fit one mbarrier phase
        (and where its shared copies still leave two stages). */
