@@ -700,8 +700,9 @@ def test_bulk_stream_last_tile_rows(rng):
     """The tensor-copy stream brings a block's last, partial tile in boxes of 4 features (the
     slot's other rows are stale shared memory, which its lanes must not read), H in one stage and
     in several. With 132 SMs (an H100 or H200) these N = 8 * (heads + 2) give blocks of 8 to 23
-    features, so last tiles of every size 1-15, boxes part-used and not; on other GPUs other sizes,
-    checked all the same."""
+    features, so last tiles of every size 1-15, boxes part-used and not, and from N = 16 x 132 whole
+    tiles round robin before them (N = 2112: whole tiles only); on other GPUs other sizes, checked
+    all the same."""
     if cuda_skip_reason():
         pytest.skip(cuda_skip_reason())
     if cuda_capability() < (9, 0):

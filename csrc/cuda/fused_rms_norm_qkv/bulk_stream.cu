@@ -5,10 +5,10 @@
  *
  * The register stream keeps at most two batches per thread in flight and hands whole 16-feature
  * tiles to blocks, so its last wave runs part-empty. Here each block (one per SM) owns an equal
- * share of the output features: whole tiles round robin, so that at any time the blocks read
- * neighbouring rows of W (1-3.7% faster at 30-160 MiB on an H100 than contiguous ranges, 0.5-2.8%
- * on an H200 but Llama-3-8B's shape 0.8-1.3% slower; dev/logs/bulk-interleave-nvidia-h200-h100-2026-11-27.log),
- * then an equal contiguous range of what is left. One producer warp streams it through a ring
+ * share of the output features: whole tiles round robin, then an equal contiguous range of what
+ * is left, so that at any time the blocks read neighbouring rows of W (DRAM serves that faster than
+ * a distant range a block: up to 3.7% on an H100 where W >= 48 MiB;
+ * dev/logs/bulk-interleave-nvidia-h200-h100-2026-11-27.log). One producer warp streams it through a ring
  * of stages, each stage 16 features x stage_k brought by ONE tensor copy (the time followed the
  * number of copies, not the bytes in flight, with one copy per feature row). A block's last tile
  * usually holds fewer features: it comes in boxes of kTailFeatures, so that no block reads rows of
@@ -285,7 +285,6 @@ bool plan_bulk(BulkState *st, const mv_qkv_args &a, const mv_cuda_device &dev, i
     const mv_stream_flags &flags = st->flags;
     BulkGeometry geo;
     geo.cols = a.q_cols + 2 * a.kv_cols;
-
     geo.xs_stride = static_cast<int>(row_pitch_bytes(hidden) / 2);
     const int min_features = wide_blocks ? kBulkWideFeatures : kMinFeaturesPerBlock;
     const int64_t by_features = (geo.cols + min_features - 1) / min_features;
