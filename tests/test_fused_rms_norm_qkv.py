@@ -607,6 +607,29 @@ def test_engine_stream_k_after_cluster_split(rng):
         assert _C.qkv_last_gpu_path() == "engine", f"H={H}: ran {_C.qkv_last_gpu_path()!r}"
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_engine_cluster_split_sizes(dtype, rng):
+    """The engine's cluster split at every cluster size it takes: shapes whose 128-feature tiles
+    give 3-8 CTAs a tile on 132 SMs (min(132 // tiles, 8, k stages), fewer where the first CTA
+    cannot hold the others' parts: 4 at 17-32 rows), token tiles of 8-32 with odd M, H not a
+    multiple of 128 and a last feature tile cut short."""
+    if cuda_skip_reason():
+        pytest.skip(cuda_skip_reason())
+    if cuda_capability() != (9, 0):
+        pytest.skip(f"the engine needs sm_90 exactly; this GPU is sm_{cuda_capability()[0]}{cuda_capability()[1]}")
+    dev = PathBackend(get_backend("cuda"), "engine")
+    for M, H, nh, nkv, hd in ((3, 1024, 8, 2, 128),    # 12 tiles: 8 CTAs a tile
+                              (13, 1152, 17, 4, 64),   # 13 tiles, the last half full: 8
+                              (16, 1000, 10, 2, 128),  # 14 tiles, 8 k stages (the last cut): 8
+                              (7, 896, 14, 2, 64),     # 9 tiles, 7 k stages: 7
+                              (12, 2048, 16, 2, 128),  # 20 tiles: 6
+                              (9, 1024, 20, 2, 128),   # 24 tiles: 5
+                              (29, 2048, 16, 2, 128),  # 20 tiles, 32 tokens: 4
+                              (11, 1024, 32, 4, 128)): # 40 tiles: 3
+        Case(dev, rng, dtype, (M,), H, nh, nkv, hd, "W").run()
+        assert _C.qkv_last_gpu_path() == "engine", f"M={M} H={H}: ran {_C.qkv_last_gpu_path()!r}"
+
+
 def test_engine_takes_few_rows_no_stream_fits(rng):
     """Below 16 rows the table gives the engine the calls no W stream takes (the staged input too
     large for the register and tensor-copy streams, more features a multiprocessor than the

@@ -127,7 +127,6 @@ __device__ __forceinline__ void mv_named_barrier(int id, int threads) {
 
 /* ---- thread-block clusters ------------------------------------------------------------------- */
 
-/* This CTA's rank in its cluster. */
 /* A load with acquire semantics at GPU scope: what the releasing thread wrote before its release
    (fence + atomic) is visible after it. */
 __device__ __forceinline__ int mv_load_acquire(const int *p) {
@@ -135,6 +134,7 @@ __device__ __forceinline__ int mv_load_acquire(const int *p) {
     asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
     return v;
 }
+/* This CTA's rank in its cluster. */
 __device__ __forceinline__ unsigned mv_cluster_rank() {
     unsigned r;
     asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
