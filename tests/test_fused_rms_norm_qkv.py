@@ -671,7 +671,7 @@ def test_qkv_rules_by_dram_bandwidth(rng):
     measured the same way: the register stream for one row of a small W and the residual bound as
     above, below 16 rows the deferred stream only where no W stream fits and W is under 50 MiB (the
     streams where they fit, else the engine); from 9 rows one kernel only for W under 10 MiB
-    (below 16 rows), or of 80 MiB or more where H >= 7168 and N is at most 128 features an SM, or
+    (up to 16 rows, the register stream), or of 80 MiB or more where H >= 7168 and N is at most 128 features an SM, or
     where W's tiles spread unevenly (up to 16 rows), and no wgmma. Each call is checked against the
     float64 reference."""
     if cuda_skip_reason():
@@ -694,7 +694,9 @@ def test_qkv_rules_by_dram_bandwidth(rng):
         (12, 3072, 24, 8, False, "deferred", "cublaslt"), # two token tiles, W 30 MiB (N = 5120), no stream fits
         (12, 2048, 16, 8, False, "cublaslt", "cublaslt"), # two token tiles, W 16 MiB
         (8, 5120, 40, 8, False, "deferred", "engine"),   # no stream fits, W 70 MiB (fast DRAM: from 50)
-        (16, 1024, 16, 8, False, "cublaslt", "cublaslt"), # W 8 MiB
+        (16, 1024, 16, 8, False, "cublaslt", "register"), # W 8 MiB (fast DRAM: two token tiles under 10 MiB)
+        (16, 896, 14, 2, False, "cublaslt", "register"),  # W 4 MiB
+        (12, 1536, 12, 2, False, "cublaslt", "register"), # W 6 MiB, H > 1024 (fast DRAM: not the tensor-copy stream)
         (16, 4096, 24, 8, False, "deferred", "cublaslt"), # W 40 MiB
         (24, 4096, 24, 8, False, "cublaslt", "cublaslt"), # W 40 MiB, under 80
         (16, 4096, 40, 40, False, "engine", "cublaslt"), # W 120 MiB (N over 64 features an SM), H < 7168

@@ -142,6 +142,18 @@ bool two_tiles_norm_first(const Call &c) {
     return weights >= kTwoTilesMinWeights && !many_rows_one_kernel(c);
 }
 
+/* Two token tiles (9-16 rows; at 16 the W streams' last), no residual, W under 10 MiB, the op alone,
+   fast DRAM (the H100's rules above were measured before the paired staging): the register stream, whose warps stage their two rows at once, rather than the tensor-copy
+   stream (9-15 rows) or norm + cuBLASLt (16). H200, after a fill and after a down_proj GEMM, two
+   rounds: against the tensor-copy stream faster at all 10 points of 12-16 rows (H 1152-1536,
+   0.2-1.0 us); against norm + cuBLASLt at 16 rows faster at 11 of 12 points of 6 shapes (H
+   896-1536, W 2-8 MiB; 0.1-2.6 us), 0.5-1.0 us slower at H 1536 N 2560
+   (dev/logs/stream-staging-nvidia-h200-2026-11-27.log). */
+bool two_tiles_register_wanted(const Call &c) {
+    return !slow_dram(c) && !c.residual && !c.epilogue_next && c.rows >= kTwoTilesMinRows && stream_fits(c) &&
+           c.cols * c.hidden < kTwoTilesMinWeights;
+}
+
 bool stream_wanted(const Call &c) {
     if (!stream_fits(c)) return false;
     if (norm_first_many_rows(c)) return false;
@@ -312,6 +324,8 @@ constexpr Rule kRules[] = {
     {MV_QKV_ENGINE, engine_wanted, mv_qkv_engine_plan, mv_qkv_engine_launch},
     /* 9-15 rows of a mid-sized W, no residual: the norm first (two token tiles) */
     {MV_QKV_CUBLASLT, two_tiles_norm_first, mv_qkv_cublaslt_plan, mv_qkv_norm_gemm_launch},
+    /* 9-16 rows of a small W, no residual: the register stream (two token tiles) */
+    {MV_QKV_REGISTER, two_tiles_register_wanted, register_plan, mv_qkv_register_launch},
     /* few rows, sm_90+, fp16/bf16, M <= 32 (a residual only in the prologue on slow DRAM) */
     {MV_QKV_DEFERRED, deferred_wanted, mv_qkv_deferred_plan, mv_qkv_deferred_launch},
     /* decode on sm_90+ with PDL, H <= 1024: all of W requested before the wait */
