@@ -666,14 +666,15 @@ def test_qkv_rules_by_dram_bandwidth(rng):
     the register stream rather than the tensor-copy one; a residual call of 4 or more rows with
     M * H > 7168 runs norm + cuBLASLt; few rows of an evenly shared W no longer run the deferred
     stream (1-4 rows of an unevenly shared W the tensor-copy stream in wide blocks); 9-15 rows of a
-    W of 4-24 MiB (a second token tile in the streams) norm + cuBLASLt; from 16 rows one kernel
+    W of 10-24 MiB (a second token tile in the streams) norm + cuBLASLt; from 16 rows one kernel
     only for a large W (at 16 rows 24 MiB, beyond 80 MiB), and no wgmma. Faster GPUs (an H200),
     measured the same way: the register stream for one row of a small W and the residual bound as
     above, below 16 rows the deferred stream only where no W stream fits and W is under 50 MiB (the
     streams where they fit, else the engine); from 9 rows one kernel only for W under 10 MiB
     (up to 16 rows, the register stream), or of 80 MiB or more where H >= 7168 and N is at most 128 features an SM, or
-    where W's tiles spread unevenly (up to 16 rows), and no wgmma. Each call is checked against the
-    float64 reference."""
+    where W's tiles spread unevenly (up to 16 rows), and no wgmma. On both: 9-16 rows of a W under
+    10 MiB without a residual on the register stream, where the busiest SM stages at most 64 KiB of
+    input. Each call is checked against the float64 reference."""
     if cuda_skip_reason():
         pytest.skip(cuda_skip_reason())
     if cuda_capability() != (9, 0):
@@ -689,14 +690,13 @@ def test_qkv_rules_by_dram_bandwidth(rng):
         (12, 1024, 16, 8, True, "cublaslt", "cublaslt"), # M * H = 12288
         (2, 2048, 32, 8, False, "bulk", "bulk"),         # N = 3072
         (8, 1024, 16, 8, False, "register", "register"), # W 8 MiB, one token tile (fast: whole W first)
-        (12, 1024, 16, 8, False, "cublaslt", "register"), # two token tiles, W 8 MiB
         (12, 1024, 8, 1, False, "register", "register"), # two token tiles, W 2.5 MiB (under 4)
         (12, 3072, 24, 8, False, "deferred", "cublaslt"), # two token tiles, W 30 MiB (N = 5120), no stream fits
         (12, 2048, 16, 8, False, "cublaslt", "cublaslt"), # two token tiles, W 16 MiB
         (8, 5120, 40, 8, False, "deferred", "engine"),   # no stream fits, W 70 MiB (fast DRAM: from 50)
-        (16, 1024, 16, 8, False, "cublaslt", "register"), # W 8 MiB (fast DRAM: two token tiles under 10 MiB)
-        (16, 896, 14, 2, False, "cublaslt", "register"),  # W 4 MiB
-        (12, 1536, 12, 2, False, "cublaslt", "register"), # W 6 MiB, H > 1024 (fast DRAM: not the tensor-copy stream)
+        (16, 896, 14, 2, False, "register", "register"),  # W 4 MiB, two token tiles: under 10 MiB
+        (10, 1536, 12, 2, False, "register", "register"), # W 6 MiB, H > 1024: not the tensor-copy stream
+        (16, 1536, 16, 4, False, "cublaslt", "cublaslt"), # W 9 MiB, 192 tiles of 16 x 1536 input: over 64 KiB an SM
         (16, 4096, 24, 8, False, "deferred", "cublaslt"), # W 40 MiB
         (24, 4096, 24, 8, False, "cublaslt", "cublaslt"), # W 40 MiB, under 80
         (16, 4096, 40, 40, False, "engine", "cublaslt"), # W 120 MiB (N over 64 features an SM), H < 7168
@@ -710,8 +710,11 @@ def test_qkv_rules_by_dram_bandwidth(rng):
         # blocks would leave most SMs idle: the deferred stream (fast DRAM: the engine)
         (1, 4096, 16, 2, False, "deferred", "engine"),
     ]
-    if _sm_count() == 132:  # an H100 SXM or an H200: N = 4608 spreads unevenly, 72 wide blocks
-        cases += [(1, 3584, 28, 4, False, "bulk", "engine"), (4, 3584, 28, 4, False, "bulk", "engine"),
+    if _sm_count() == 132:  # an H100 SXM or an H200: N = 4608 spreads unevenly, 72 wide blocks;
+        # 256 16-feature tiles make two blocks an SM
+        cases += [(12, 1024, 16, 8, False, "register", "register"),  # two token tiles, W 8 MiB, 256 tiles
+                  (16, 1024, 16, 8, False, "register", "register"),  # 256 tiles: 64 KiB staged an SM
+                  (1, 3584, 28, 4, False, "bulk", "engine"), (4, 3584, 28, 4, False, "bulk", "engine"),
                   (6, 3584, 28, 4, False, "deferred", "engine"), (16, 3584, 28, 4, False, "deferred", "engine")]
     for M, H, nh, nkv, residual, on_slow, on_fast in cases:
         Case(dev, rng, "bfloat16", (M,), H, nh, nkv, 64 if nh == 32 else 128, "W", residual=residual).run()

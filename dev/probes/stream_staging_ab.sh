@@ -12,7 +12,7 @@ nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader
 if [ -n "${TESTS:-}" ]; then
     (cd /tmp && PYTHONPATH=/tmp/$TESTS timeout 240 python3 -m pytest -q -x -n 8 -p no:cacheprovider \
         "$repo"/tests/test_fused_rms_norm_qkv.py "$repo"/tests/test_attention_prologue.py \
-        -k "(register or bulk) and not fuzz" > "$OUT/tests.log" 2>&1; echo "tests rc $? $(( $(date +%s) - t0 )) s"; tail -3 "$OUT/tests.log")
+        -k "${TESTK:-(register or bulk or rules) and not fuzz}" > "$OUT/tests.log" 2>&1; echo "tests rc $? $(( $(date +%s) - t0 )) s"; tail -3 "$OUT/tests.log")
 fi
 for round in $(seq 1 "${ROUNDS:-1}"); do
     for site in $SITES; do

@@ -131,7 +131,8 @@ bool norm_first_many_rows(const Call &c) {
    behind after the GEMM at 9-12 rows), and 2.1-3.2 us slower at H 5120 N 7168 (70 MiB, the engine);
    of the uneven tiles the engine won at N = 4672 (2.1-2.7) and lost at N = 4608 (0.9-1.8); below 10
    MiB the W streams were level or 0.4-1.2 faster after the GEMM
-   (dev/logs/qkv-many-rows-after-gemm-nvidia-h200-2026-11-27.log). */
+   (dev/logs/qkv-many-rows-after-gemm-nvidia-h200-2026-11-27.log). Since the register stream stages
+   two rows a warp at once, it takes W under 10 MiB first on both (two_tiles_register_wanted). */
 constexpr int64_t kTwoTilesMinRows = 9;
 constexpr int64_t kSlowTwoTilesMinWeights = 2 << 20; /* elements: 4 MiB of 16-bit weights */
 constexpr int64_t kTwoTilesMinWeights = 5 << 20;     /* elements: 10 MiB */
@@ -142,16 +143,20 @@ bool two_tiles_norm_first(const Call &c) {
     return weights >= kTwoTilesMinWeights && !many_rows_one_kernel(c);
 }
 
-/* Two token tiles (9-16 rows; at 16 the W streams' last), no residual, W under 10 MiB, the op alone,
-   fast DRAM (the H100's rules above were measured before the paired staging): the register stream, whose warps stage their two rows at once, rather than the tensor-copy
-   stream (9-15 rows) or norm + cuBLASLt (16). H200, after a fill and after a down_proj GEMM, two
-   rounds: against the tensor-copy stream faster at all 10 points of 12-16 rows (H 1152-1536,
-   0.2-1.0 us); against norm + cuBLASLt at 16 rows faster at 11 of 12 points of 6 shapes (H
-   896-1536, W 2-8 MiB; 0.1-2.6 us), 0.5-1.0 us slower at H 1536 N 2560
-   (dev/logs/stream-staging-nvidia-h200-2026-11-27.log). */
+/* Two token tiles (9-16 rows; at 16 the W streams' last), no residual, W under 10 MiB, the op alone:
+   the register stream, whose warps stage their two rows at once, rather than norm + cuBLASLt (16
+   rows; and 9-15 rows of 4-10 MiB on slow DRAM) or the tensor-copy stream (9-15 rows, H > 1024),
+   where the busiest SM stages at most 64 KiB of input (each of its blocks stages all M rows).
+   After a fill and after a down_proj GEMM, two rounds, H 896-1536, W 2-8 MiB, 12 and 16 rows:
+   faster than norm + cuBLASLt at all 34 points it takes (H200 0.12-2.6 us, H100 0.04-2.5), and than
+   the tensor-copy stream at 17 of 18 of H 1152-1536 (0.02-0.9 us; 0.07 slower at one); at H 1536
+   N 2560, 16 rows (160 tiles: two blocks and 96 KiB staged on the busiest SMs) 0.07-1.0 us slower
+   than norm + cuBLASLt at all 4, hence the bound (dev/logs/stream-staging-nvidia-h200-h100-2026-11-28.log). */
+constexpr int64_t kTwoTilesMaxStagedPerSm = 32768; /* elements: 64 KiB of 16-bit input */
 bool two_tiles_register_wanted(const Call &c) {
-    return !slow_dram(c) && !c.residual && !c.epilogue_next && c.rows >= kTwoTilesMinRows && stream_fits(c) &&
-           c.cols * c.hidden < kTwoTilesMinWeights;
+    if (c.residual || c.epilogue_next || c.rows < kTwoTilesMinRows || !stream_fits(c)) return false;
+    const int64_t tiles = (c.cols + 15) / 16, blocks_per_sm = (tiles + c.dev->sms - 1) / c.dev->sms;
+    return c.cols * c.hidden < kTwoTilesMinWeights && blocks_per_sm * c.rows * c.hidden <= kTwoTilesMaxStagedPerSm;
 }
 
 bool stream_wanted(const Call &c) {
@@ -322,10 +327,10 @@ struct Rule {
 constexpr Rule kRules[] = {
     /* sm_90 fp16/bf16, no residual: the GEMM engine */
     {MV_QKV_ENGINE, engine_wanted, mv_qkv_engine_plan, mv_qkv_engine_launch},
-    /* 9-15 rows of a mid-sized W, no residual: the norm first (two token tiles) */
-    {MV_QKV_CUBLASLT, two_tiles_norm_first, mv_qkv_cublaslt_plan, mv_qkv_norm_gemm_launch},
     /* 9-16 rows of a small W, no residual: the register stream (two token tiles) */
     {MV_QKV_REGISTER, two_tiles_register_wanted, register_plan, mv_qkv_register_launch},
+    /* 9-15 rows of a mid-sized W, no residual: the norm first (two token tiles) */
+    {MV_QKV_CUBLASLT, two_tiles_norm_first, mv_qkv_cublaslt_plan, mv_qkv_norm_gemm_launch},
     /* few rows, sm_90+, fp16/bf16, M <= 32 (a residual only in the prologue on slow DRAM) */
     {MV_QKV_DEFERRED, deferred_wanted, mv_qkv_deferred_plan, mv_qkv_deferred_launch},
     /* decode on sm_90+ with PDL, H <= 1024: all of W requested before the wait */

@@ -48,8 +48,9 @@ __global__ void __launch_bounds__(kThreads) fused_rms_norm_qkv_stream_kernel(mv_
     mv_pdl_wait();
     if (args.trigger_after_wait) mv_pdl_trigger();
 
-    stage_normalized_input<T, kHasResidual, kHasResidual ? 2 : 4, 1, true>(args, flags, static_cast<const T *>(in.norm_weight),
-                                                                          xs, geo.xs_stride, partial, warp, lane, BlockSync());
+    /* two token tiles: more than kWarps rows, staged two a warp at once */
+    stage_normalized_input<T, kHasResidual, kHasResidual ? 2 : 4, 1, kTokenTiles == 2>(
+        args, flags, static_cast<const T *>(in.norm_weight), xs, geo.xs_stride, partial, warp, lane, BlockSync());
     __syncthreads();
 
     for (; tile < geo.tiles; tile += gridDim.x) {

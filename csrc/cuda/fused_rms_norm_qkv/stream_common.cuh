@@ -223,8 +223,8 @@ __device__ __forceinline__ void stage_rows_scale(const mv_qkv_args &args, const 
 
 /* Stage y = gamma * (s * rrms), rounded to the dtype, for every row into xs (row pitch xs_stride
    elements), by the kWarps warps (warp < kWarps) that call it, all of which must. From kWarps / 2
-   rows up, a warp per row (a W stream takes at most 2 * kWarps rows; with kPairRows a warp's two
-   rows at once, their loads in flight together, for kernels with the registers to spare). With
+   rows up, a warp per row (a W stream takes at most 2 * kWarps rows; with kPairRows, for calls of
+   more than kWarps rows only, a warp's two rows at once, their loads in flight together). With
    fewer, kWarps / M warps share each row, so a token's 8 KiB of x is fetched by the whole block at
    once rather than by one warp; their partial sums meet in row_part (kWarps floats of shared
    memory) across one sync(). gamma: the norm weight, or a copy of it in shared memory
@@ -236,7 +236,7 @@ __device__ __forceinline__ void stage_normalized_input(const mv_qkv_args &args, 
     static_assert(kMaxTokens <= 2 * kWarps, "a warp stages at most two rows");
     const int rows = static_cast<int>(args.in.rows);
     const float inv_hidden = 1.0f / static_cast<float>(args.in.hidden);
-    if (2 * rows > kWarps) {
+    if (kPairRows || 2 * rows > kWarps) {
         /* rows warp and warp + kWarps: both at once with kPairRows, else one after the other */
         constexpr int kAtOnce = kPairRows ? 2 : 1;
         const auto stage = [&](int first) {
@@ -247,7 +247,6 @@ __device__ __forceinline__ void stage_normalized_input(const mv_qkv_args &args, 
                 m[r] = first + r * kWarps;
                 count += m[r] < rows ? 1 : 0;
             }
-            if (count == 0) return; /* warp-uniform */
             float sum_sq[kAtOnce], rrms[kAtOnce];
             stage_rows_sum<T, kHasResidual, kStageUnroll, kAtOnce>(args, flags, xs, xs_stride, m, count, lane, 32, sum_sq);
 #pragma unroll
