@@ -179,14 +179,13 @@ __global__ void __launch_bounds__(kBulkThreads, 2) fused_rms_norm_qkv_bulk_kerne
         local.in.x_stride = geo.xs_stride;
         local.in.residual = residual_copy;
         local.in.residual_stride = geo.xs_stride;
+        local.in.norm_weight = gamma_copy;
         mv_stream_flags local_flags = flags;
         local_flags.x_vec = local_flags.residual_vec = local_flags.gamma_vec = true;
-        stage_normalized_input<T, kHasResidual, kHasResidual ? 2 : 4, kHasResidual ? 2 : 4, false>(
-            local, local_flags, gamma_copy, xs, geo.xs_stride, partial, warp, lane, ConsumerSync());
+        stage_normalized_input<T, kHasResidual, kHasResidual ? 2 : 4, kHasResidual ? 2 : 4>(local, local_flags, xs, geo.xs_stride, partial, warp, lane,
+                                                   ConsumerSync());
     } else {
-        stage_normalized_input<T, kHasResidual, kHasResidual ? 2 : 4, kHasResidual ? 2 : 4, false>(
-            args, flags, static_cast<const T *>(args.in.norm_weight), xs, geo.xs_stride, partial, warp, lane,
-            ConsumerSync());
+        stage_normalized_input<T, kHasResidual, kHasResidual ? 2 : 4, kHasResidual ? 2 : 4>(args, flags, xs, geo.xs_stride, partial, warp, lane, ConsumerSync());
     }
     ConsumerSync()();
 

@@ -48,9 +48,11 @@ __global__ void __launch_bounds__(kThreads) fused_rms_norm_qkv_stream_kernel(mv_
     mv_pdl_wait();
     if (args.trigger_after_wait) mv_pdl_trigger();
 
-    /* two token tiles: more than kWarps rows, staged two a warp at once */
-    stage_normalized_input<T, kHasResidual, kHasResidual ? 2 : 4, 1, kTokenTiles == 2>(
-        args, flags, static_cast<const T *>(in.norm_weight), xs, geo.xs_stride, partial, warp, lane, BlockSync());
+    if constexpr (kTokenTiles == 2) /* more than kWarps rows: two a warp at once */
+        stage_normalized_row_pairs<T, kHasResidual, kHasResidual ? 2 : 4>(args, flags, xs, geo.xs_stride, warp, lane);
+    else
+        stage_normalized_input<T, kHasResidual, kHasResidual ? 2 : 4, 1>(args, flags, xs, geo.xs_stride, partial, warp,
+                                                                        lane, BlockSync());
     __syncthreads();
 
     for (; tile < geo.tiles; tile += gridDim.x) {

@@ -133,25 +133,126 @@ __device__ __forceinline__ void load_weight_batch(const mv_qkv_args &args, const
     }
 }
 
-/* Pass 1 of staging a warp's rows m[0 .. count) (count <= kRows): s (x, plus residual rounded to
-   the dtype) into each staged row, and this lane's share of each row's sum(s^2) in sum_sq. Lanes
-   lane_id, lane_id + step, ... of the rows' vectors; kStageUnroll loads of every row are issued
-   before any is used, so a lane waits for memory once per kStageUnroll vectors, not once per
-   vector and row (how many each caller takes: see stage_normalized_input's callers). Each row's
-   sum runs in the same order whatever kRows is. */
-template <typename T, bool kHasResidual, int kStageUnroll, int kRows>
-__device__ __forceinline__ void stage_rows_sum(const mv_qkv_args &args, const mv_stream_flags &flags, T *xs,
-                                               int xs_stride, const int (&m)[kRows], int count, int lane_id, int step,
-                                               float (&sum_sq)[kRows]) {
+/* Pass 1 of staging one row: s (x, plus residual rounded to the dtype) into the staged row, and
+   this lane's share of sum(s^2) returned. Lanes lane_id, lane_id + step, ... of the row's vectors;
+   kStageUnroll loads are issued before any is used, so a lane waits for memory once per
+   kStageUnroll vectors instead of once per vector (how many each caller takes: see
+   stage_normalized_input's callers). */
+template <typename T, bool kHasResidual, int kStageUnroll>
+__device__ __forceinline__ float stage_row_sum(const mv_qkv_args &args, const mv_stream_flags &flags, T *staged, int m,
+                                               int lane_id, int step) {
+    const mv_norm_input &in = args.in;
+    const int vecs = static_cast<int>(in.hidden) / kVec;
+    const T *x = static_cast<const T *>(in.x) + m * in.x_stride;
+    const T *residual = static_cast<const T *>(in.residual) + m * in.residual_stride;
+    T *residual_out = static_cast<T *>(in.residual_out) + m * in.residual_out_stride;
+    float sum_sq = 0.0f;
+    for (int v0 = lane_id; v0 < vecs; v0 += kStageUnroll * step) {
+        float s[kStageUnroll][kVec], r[kStageUnroll][kVec];
+#pragma unroll
+        for (int u = 0; u < kStageUnroll; ++u) {
+            const int v = v0 + u * step;
+            if (v < vecs) {
+                load8(x + v * kVec, flags.x_vec, s[u]);
+                if (kHasResidual) load8(residual + v * kVec, flags.residual_vec, r[u]);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < kStageUnroll; ++u) {
+            const int v = v0 + u * step;
+            if (v >= vecs) break;
+            if (kHasResidual) {
+#pragma unroll
+                for (int i = 0; i < kVec; ++i) s[u][i] = mv_round_to<T>(s[u][i] + r[u][i]);
+                if (flags.residual_in_kernel && (static_cast<int64_t>(m) * vecs + v) % gridDim.x == blockIdx.x)
+                    store8(residual_out + v * kVec, flags.residual_out_vec, s[u]);
+            }
+#pragma unroll
+            for (int i = 0; i < kVec; ++i) sum_sq += s[u][i] * s[u][i];
+            store8(staged + v * kVec, true, s[u]); /* exact: s is a T value */
+        }
+    }
+    return sum_sq;
+}
+
+/* Pass 2: the staged row becomes y = gamma * (s * rrms), rounded to the dtype; the same lanes and
+   vectors as pass 1, so each lane rescales only what it stored itself. */
+template <typename T, int kStageUnroll>
+__device__ __forceinline__ void stage_row_scale(const mv_qkv_args &args, const mv_stream_flags &flags, T *staged,
+                                                float rrms, int lane_id, int step) {
+    const int vecs = static_cast<int>(args.in.hidden) / kVec;
+    const T *gamma = static_cast<const T *>(args.in.norm_weight);
+    for (int v0 = lane_id; v0 < vecs; v0 += kStageUnroll * step) {
+        float gm[kStageUnroll][kVec];
+#pragma unroll
+        for (int u = 0; u < kStageUnroll; ++u)
+            if (v0 + u * step < vecs) load8(gamma + (v0 + u * step) * kVec, flags.gamma_vec, gm[u]);
+#pragma unroll
+        for (int u = 0; u < kStageUnroll; ++u) {
+            const int v = v0 + u * step;
+            if (v >= vecs) break;
+            float s[kVec];
+            load8(staged + v * kVec, true, s);
+#pragma unroll
+            for (int i = 0; i < kVec; ++i) s[i] = gm[u][i] * (s[i] * rrms);
+            store8(staged + v * kVec, true, s);
+        }
+    }
+}
+
+/* Stage y = gamma * (s * rrms), rounded to the dtype, for every row into xs (row pitch xs_stride
+   elements), by the kWarps warps (warp < kWarps) that call it, all of which must. With at least
+   kWarps rows, a warp per row and no barrier. With fewer (decode), kWarps / M warps share each
+   row, so a token's 8 KiB of x is fetched by the whole block at once rather than by one warp;
+   their partial sums meet in row_part (kWarps floats of shared memory) across one sync(). */
+template <typename T, bool kHasResidual, int kStageUnroll, int kSharedUnroll, typename Sync>
+__device__ __forceinline__ void stage_normalized_input(const mv_qkv_args &args, const mv_stream_flags &flags, T *xs,
+                                                       int xs_stride, float *row_part, int warp, int lane, Sync sync) {
+    const int rows = static_cast<int>(args.in.rows);
+    const float inv_hidden = 1.0f / static_cast<float>(args.in.hidden);
+    const int warps_per_row = rows >= kWarps ? 1 : kWarps / rows;
+    const int row_groups = kWarps / warps_per_row;
+    const int first_row = warp / warps_per_row;
+    const int lane_id = (warp % warps_per_row) * 32 + lane, step = warps_per_row * 32;
+    if (warps_per_row == 1) {
+        for (int m = first_row; m < rows; m += row_groups) {
+            T *staged = xs + m * xs_stride;
+            const float sum_sq = mv_warp_sum(stage_row_sum<T, kHasResidual, kStageUnroll>(args, flags, staged, m, lane_id, step));
+            stage_row_scale<T, kStageUnroll>(args, flags, staged, rsqrtf(sum_sq * inv_hidden + args.in.eps), lane_id, step);
+        }
+        return;
+    }
+    /* here every warp has at most one row: first_row */
+    const bool has_row = first_row < rows;
+    T *staged = xs + first_row * xs_stride;
+    if (has_row) {
+        const float sum_sq = mv_warp_sum(stage_row_sum<T, kHasResidual, kSharedUnroll>(args, flags, staged, first_row, lane_id, step));
+        if (lane == 0) row_part[warp] = sum_sq;
+    }
+    sync();
+    if (has_row) {
+        float sum_sq = 0.0f;
+        for (int w = first_row * warps_per_row; w < (first_row + 1) * warps_per_row; ++w) sum_sq += row_part[w];
+        stage_row_scale<T, kSharedUnroll>(args, flags, staged, rsqrtf(sum_sq * inv_hidden + args.in.eps), lane_id, step);
+    }
+}
+
+/* stage_row_sum for a warp's two rows m[0 .. count) (count <= 2) at once: kStageUnroll loads of
+   both rows are issued before any is used, and each row's sum runs in stage_row_sum's order. */
+constexpr int kRowPair = 2;
+template <typename T, bool kHasResidual, int kStageUnroll>
+__device__ __forceinline__ void stage_row_pair_sum(const mv_qkv_args &args, const mv_stream_flags &flags, T *xs,
+                                               int xs_stride, const int (&m)[kRowPair], int count, int lane_id, int step,
+                                               float (&sum_sq)[kRowPair]) {
     const mv_norm_input &in = args.in;
     const int vecs = static_cast<int>(in.hidden) / kVec;
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) sum_sq[r] = 0.0f;
+    for (int r = 0; r < kRowPair; ++r) sum_sq[r] = 0.0f;
     for (int v0 = lane_id; v0 < vecs; v0 += kStageUnroll * step) {
         /* raw vectors until used: half the registers of floats, so two rows fit where one did */
-        uint4 s[kRows][kStageUnroll], res[kRows][kStageUnroll];
+        uint4 s[kRowPair][kStageUnroll], res[kRowPair][kStageUnroll];
 #pragma unroll
-        for (int r = 0; r < kRows; ++r)
+        for (int r = 0; r < kRowPair; ++r)
 #pragma unroll
             for (int u = 0; u < kStageUnroll; ++u) {
                 const int v = v0 + u * step;
@@ -163,7 +264,7 @@ __device__ __forceinline__ void stage_rows_sum(const mv_qkv_args &args, const mv
                 }
             }
 #pragma unroll
-        for (int r = 0; r < kRows; ++r) {
+        for (int r = 0; r < kRowPair; ++r) {
             if (r >= count) break;
             T *residual_out = static_cast<T *>(in.residual_out) + m[r] * in.residual_out_stride;
 #pragma unroll
@@ -190,13 +291,11 @@ __device__ __forceinline__ void stage_rows_sum(const mv_qkv_args &args, const mv
     }
 }
 
-/* Pass 2: the staged rows become y = gamma * (s * rrms), rounded to the dtype; the same lanes and
-   vectors as pass 1, so each lane rescales only what it stored itself, and each gamma vector is
-   read once for all the rows. */
-template <typename T, int kStageUnroll, int kRows>
-__device__ __forceinline__ void stage_rows_scale(const mv_qkv_args &args, const T *gamma, bool gamma_vec, T *xs,
-                                                 int xs_stride, const int (&m)[kRows], int count,
-                                                 const float (&rrms)[kRows], int lane_id, int step) {
+/* stage_row_scale for the two rows of stage_row_pair_sum, each gamma vector read once for both. */
+template <typename T, int kStageUnroll>
+__device__ __forceinline__ void stage_row_pair_scale(const mv_qkv_args &args, const T *gamma, bool gamma_vec, T *xs,
+                                                 int xs_stride, const int (&m)[kRowPair], int count,
+                                                 const float (&rrms)[kRowPair], int lane_id, int step) {
     const int vecs = static_cast<int>(args.in.hidden) / kVec;
     for (int v0 = lane_id; v0 < vecs; v0 += kStageUnroll * step) {
         float gm[kStageUnroll][kVec];
@@ -204,7 +303,7 @@ __device__ __forceinline__ void stage_rows_scale(const mv_qkv_args &args, const 
         for (int u = 0; u < kStageUnroll; ++u)
             if (v0 + u * step < vecs) load8(gamma + (v0 + u * step) * kVec, gamma_vec, gm[u]);
 #pragma unroll
-        for (int r = 0; r < kRows; ++r) {
+        for (int r = 0; r < kRowPair; ++r) {
             if (r >= count) break;
 #pragma unroll
             for (int u = 0; u < kStageUnroll; ++u) {
@@ -221,60 +320,26 @@ __device__ __forceinline__ void stage_rows_scale(const mv_qkv_args &args, const 
     }
 }
 
-/* Stage y = gamma * (s * rrms), rounded to the dtype, for every row into xs (row pitch xs_stride
-   elements), by the kWarps warps (warp < kWarps) that call it, all of which must. From kWarps / 2
-   rows up, a warp per row (a W stream takes at most 2 * kWarps rows; with kPairRows, for calls of
-   more than kWarps rows only, a warp's two rows at once, their loads in flight together). With
-   fewer, kWarps / M warps share each row, so a token's 8 KiB of x is fetched by the whole block at
-   once rather than by one warp; their partial sums meet in row_part (kWarps floats of shared
-   memory) across one sync(). gamma: the norm weight, or a copy of it in shared memory
-   (flags.gamma_vec says whether 16-byte loads of it are safe). */
-template <typename T, bool kHasResidual, int kStageUnroll, int kSharedUnroll, bool kPairRows, typename Sync>
-__device__ __forceinline__ void stage_normalized_input(const mv_qkv_args &args, const mv_stream_flags &flags,
-                                                       const T *gamma, T *xs, int xs_stride,
-                                                       float *row_part, int warp, int lane, Sync sync) {
+/* Stage the normalized input of a call of more than kWarps rows (at most 2 * kWarps, the W
+   streams' second token tile), as stage_normalized_input does but each warp's two rows (warp and
+   warp + kWarps) at once: both rows' loads in flight together, raw 16-byte vectors until used, each
+   gamma vector read once for both, no barrier. The same bits as stage_normalized_input. The
+   one-token-tile kernels keep that function's float form: this one, bit-identical, ran 0.05-0.15 us
+   slower there (dev/logs/stream-staging-nvidia-h200-h100-2026-11-28.log). */
+template <typename T, bool kHasResidual, int kStageUnroll>
+__device__ __forceinline__ void stage_normalized_row_pairs(const mv_qkv_args &args, const mv_stream_flags &flags, T *xs,
+                                                           int xs_stride, int warp, int lane) {
     static_assert(kMaxTokens <= 2 * kWarps, "a warp stages at most two rows");
     const int rows = static_cast<int>(args.in.rows);
+    const int m[kRowPair] = {warp, warp + kWarps};
+    const int count = m[1] < rows ? 2 : 1; /* rows > kWarps */
+    float sum_sq[kRowPair], rrms[kRowPair];
+    stage_row_pair_sum<T, kHasResidual, kStageUnroll>(args, flags, xs, xs_stride, m, count, lane, 32, sum_sq);
     const float inv_hidden = 1.0f / static_cast<float>(args.in.hidden);
-    if (kPairRows || 2 * rows > kWarps) {
-        /* rows warp and warp + kWarps: both at once with kPairRows, else one after the other */
-        constexpr int kAtOnce = kPairRows ? 2 : 1;
-        const auto stage = [&](int first) {
-            int m[kAtOnce];
-            int count = 0;
 #pragma unroll
-            for (int r = 0; r < kAtOnce; ++r) {
-                m[r] = first + r * kWarps;
-                count += m[r] < rows ? 1 : 0;
-            }
-            float sum_sq[kAtOnce], rrms[kAtOnce];
-            stage_rows_sum<T, kHasResidual, kStageUnroll, kAtOnce>(args, flags, xs, xs_stride, m, count, lane, 32, sum_sq);
-#pragma unroll
-            for (int r = 0; r < kAtOnce; ++r) rrms[r] = rsqrtf(mv_warp_sum(sum_sq[r]) * inv_hidden + args.in.eps);
-            stage_rows_scale<T, kStageUnroll, kAtOnce>(args, gamma, flags.gamma_vec, xs, xs_stride, m, count, rrms, lane, 32);
-        };
-        stage(warp);
-        if (!kPairRows && warp + kWarps < rows) stage(warp + kWarps);
-        return;
-    }
-    /* here every warp has at most one row */
-    const int warps_per_row = kWarps / rows;
-    const int m[1] = {warp / warps_per_row};
-    const int lane_id = (warp % warps_per_row) * 32 + lane, step = warps_per_row * 32;
-    const int count = m[0] < rows ? 1 : 0;
-    float sum_sq[1];
-    stage_rows_sum<T, kHasResidual, kSharedUnroll, 1>(args, flags, xs, xs_stride, m, count, lane_id, step, sum_sq);
-    if (count > 0) {
-        sum_sq[0] = mv_warp_sum(sum_sq[0]);
-        if (lane == 0) row_part[warp] = sum_sq[0];
-    }
-    sync();
-    if (count > 0) {
-        float total = 0.0f;
-        for (int w = m[0] * warps_per_row; w < (m[0] + 1) * warps_per_row; ++w) total += row_part[w];
-        const float rrms[1] = {rsqrtf(total * inv_hidden + args.in.eps)};
-        stage_rows_scale<T, kSharedUnroll, 1>(args, gamma, flags.gamma_vec, xs, xs_stride, m, count, rrms, lane_id, step);
-    }
+    for (int r = 0; r < kRowPair; ++r) rrms[r] = rsqrtf(mv_warp_sum(sum_sq[r]) * inv_hidden + args.in.eps);
+    stage_row_pair_scale<T, kStageUnroll>(args, static_cast<const T *>(args.in.norm_weight), flags.gamma_vec, xs,
+                                             xs_stride, m, count, rrms, lane, 32);
 }
 
 /* Sum the kWarps warps' partial 16 x (8 * kTokenTiles) tiles and store the features
