@@ -242,8 +242,8 @@ __device__ __forceinline__ void stage_normalized_input(const mv_qkv_args &args, 
 constexpr int kRowPair = 2;
 template <typename T, bool kHasResidual, int kStageUnroll>
 __device__ __forceinline__ void stage_row_pair_sum(const mv_qkv_args &args, const mv_stream_flags &flags, T *xs,
-                                               int xs_stride, const int (&m)[kRowPair], int count, int lane_id, int step,
-                                               float (&sum_sq)[kRowPair]) {
+                                                   int xs_stride, const int (&m)[kRowPair], int count, int lane_id,
+                                                   int step, float (&sum_sq)[kRowPair]) {
     const mv_norm_input &in = args.in;
     const int vecs = static_cast<int>(in.hidden) / kVec;
 #pragma unroll
@@ -294,8 +294,8 @@ __device__ __forceinline__ void stage_row_pair_sum(const mv_qkv_args &args, cons
 /* stage_row_scale for the two rows of stage_row_pair_sum, each gamma vector read once for both. */
 template <typename T, int kStageUnroll>
 __device__ __forceinline__ void stage_row_pair_scale(const mv_qkv_args &args, const T *gamma, bool gamma_vec, T *xs,
-                                                 int xs_stride, const int (&m)[kRowPair], int count,
-                                                 const float (&rrms)[kRowPair], int lane_id, int step) {
+                                                     int xs_stride, const int (&m)[kRowPair], int count,
+                                                     const float (&rrms)[kRowPair], int lane_id, int step) {
     const int vecs = static_cast<int>(args.in.hidden) / kVec;
     for (int v0 = lane_id; v0 < vecs; v0 += kStageUnroll * step) {
         float gm[kStageUnroll][kVec];
@@ -324,8 +324,8 @@ __device__ __forceinline__ void stage_row_pair_scale(const mv_qkv_args &args, co
    streams' second token tile), as stage_normalized_input does but each warp's two rows (warp and
    warp + kWarps) at once: both rows' loads in flight together, raw 16-byte vectors until used, each
    gamma vector read once for both, no barrier. The same bits as stage_normalized_input. The
-   one-token-tile kernels keep that function's float form: this one, bit-identical, ran 0.05-0.15 us
-   slower there (dev/logs/stream-staging-nvidia-h200-h100-2026-11-28.log). */
+   one-token-tile kernels keep that function's float form: this one's, bit-identical, ran 0.05-0.4
+   us slower there (dev/logs/stream-staging-nvidia-h200-h100-2026-11-28.log). */
 template <typename T, bool kHasResidual, int kStageUnroll>
 __device__ __forceinline__ void stage_normalized_row_pairs(const mv_qkv_args &args, const mv_stream_flags &flags, T *xs,
                                                            int xs_stride, int warp, int lane) {
@@ -339,7 +339,7 @@ __device__ __forceinline__ void stage_normalized_row_pairs(const mv_qkv_args &ar
 #pragma unroll
     for (int r = 0; r < kRowPair; ++r) rrms[r] = rsqrtf(mv_warp_sum(sum_sq[r]) * inv_hidden + args.in.eps);
     stage_row_pair_scale<T, kStageUnroll>(args, static_cast<const T *>(args.in.norm_weight), flags.gamma_vec, xs,
-                                             xs_stride, m, count, rrms, lane, 32);
+                                          xs_stride, m, count, rrms, lane, 32);
 }
 
 /* Sum the kWarps warps' partial 16 x (8 * kTokenTiles) tiles and store the features
