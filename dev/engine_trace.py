@@ -43,7 +43,8 @@ def dump():
     return buf
 
 
-def report(buf, label):
+def report(buf, label, phases=tuple(enumerate(PHASES, start=1))):
+    """Per-phase times of a dump: phases are (column, name) pairs of the stamps after the entry's."""
     rows = buf[buf[:, 0] != 0].astype(np.int64)
     if len(rows) == 0:
         print(f"{label}: no CTA traced")
@@ -54,7 +55,7 @@ def report(buf, label):
           f"{(rows[:, 7].max() - t0) / 1e3:.2f} us; entries spread {entry.min():.2f}-{entry.max():.2f} us "
           f"(median {statistics.median(entry):.2f})")
     print(f"  {'phase':8} {'median':>8} {'min':>8} {'max':>8}   (us after the CTA's own entry; 0 = not stamped)")
-    for j, name in enumerate(PHASES, start=1):
+    for j, name in phases:
         d = rows[:, j]
         live = d != 0
         rel = (d[live] - rows[live, 0]) / 1e3

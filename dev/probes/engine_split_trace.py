@@ -12,7 +12,6 @@ usage: python3 dev/probes/engine_split_trace.py qwen3-0.6b:16 qwen2.5-0.5b:64 ..
 """
 import ctypes
 import os
-import statistics
 import sys
 from pathlib import Path
 
@@ -23,7 +22,9 @@ from minivllm import _C
 from minivllm.bench import timing as bt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from qkv_chains import forced_call, layer_tensors, shape  # noqa: E402
+from engine_trace import report  # noqa: E402  (dev/engine_trace.py: the same dump, printed per phase)
 
 PHASES = [(1, "setup"), (8, "armed W0"), (2, "prod wait"), (9, "cons wait"), (3, "full0"),
           (4, "ready0"), (5, "loop end"), (6, "parts in"), (7, "end")]
@@ -53,22 +54,7 @@ def trace(m, rows):
     rc = ctypes.CDLL(_C.__file__).mv_engine_trace_dump(ctypes.c_void_p(buf.ctypes.data))
     assert rc == 0, rc
     os.environ.pop("MV_ENGINE_TRACE")
-    rows_ = buf[buf[:, 0] != 0].astype(np.int64)
-    if len(rows_) == 0:
-        print(f"{m.name} M={rows}: no CTA traced")
-        return
-    t0 = rows_[:, 0].min()
-    entry = (rows_[:, 0] - t0) / 1e3
-    print(f"{m.name} M={rows}: {len(rows_)} CTAs; first entry to last end {(rows_[:, 7].max() - t0) / 1e3:.2f} us; "
-          f"entries {entry.min():.2f}-{entry.max():.2f} us (median {statistics.median(entry):.2f})")
-    cells = []
-    for j, name in PHASES:
-        d = rows_[:, j]
-        live = d != 0
-        rel = (d[live] - rows_[live, 0]) / 1e3
-        if len(rel):
-            cells.append(f"{name} {statistics.median(rel):.2f} ({rel.min():.2f}-{rel.max():.2f})")
-    print("   us after the CTA's entry, median (min-max): " + "; ".join(cells), flush=True)
+    report(buf, f"{m.name} M={rows}", PHASES)
 
 
 if __name__ == "__main__":
