@@ -248,6 +248,16 @@ def cuda_capability():
     return cc // 10, cc % 10
 
 
+def cuda_sm_count():
+    """Multiprocessors of the current CUDA device, through the GPU array library in use (rules
+    that count blocks an SM expect different paths on other counts)."""
+    if _CUDA_BACKEND is TorchCudaBackend:
+        import torch
+        return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    import cupy
+    return int(cupy.cuda.Device().attributes["MultiProcessorCount"])
+
+
 _BACKENDS = {}
 
 

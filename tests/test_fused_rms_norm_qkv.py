@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st, HealthCheck
 
 import minivllm
 from conftest import (DTYPES, LAYOUTS, NEEDS_CUDA, NP_ONLY_LAYOUTS, assert_native,
-                      cuda_capability, cuda_skip_reason, get_backend, make_rows, norm_weight,
+                      cuda_capability, cuda_skip_reason, cuda_sm_count, get_backend, make_rows, norm_weight,
                       randn, round_np, to64)
 from minivllm import _C
 from minivllm.bench.models import MODELS, qkv_features
@@ -651,15 +651,6 @@ def test_engine_takes_few_rows_no_stream_fits(rng):
         assert _C.qkv_last_gpu_path() == expected, f"M={M} H={H}: ran {_C.qkv_last_gpu_path()!r}, expected {expected!r}"
 
 
-def _sm_count():
-    """The current GPU's multiprocessors where torch can say (None otherwise)."""
-    try:
-        import torch
-        return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
-    except Exception:
-        return None
-
-
 def test_qkv_rules_by_dram_bandwidth(rng):
     """The table's rules for GPUs under 4 TB/s of DRAM bandwidth (an H100), measured as a model
     runs the op (after a kernel that lets nothing overlap): one row of a W of at most 16 MiB runs
@@ -710,7 +701,7 @@ def test_qkv_rules_by_dram_bandwidth(rng):
         # blocks would leave most SMs idle: the deferred stream (fast DRAM: the engine)
         (1, 4096, 16, 2, False, "deferred", "engine"),
     ]
-    if _sm_count() == 132:  # an H100 SXM or an H200: N = 4608 spreads unevenly, 72 wide blocks;
+    if cuda_sm_count() == 132:  # an H100 SXM or an H200: N = 4608 spreads unevenly, 72 wide blocks;
         # 256 16-feature tiles make two blocks an SM
         cases += [(12, 1024, 16, 8, False, "register", "register"),  # two token tiles, W 8 MiB, 256 tiles
                   (16, 1024, 16, 8, False, "register", "register"),  # 256 tiles: 64 KiB staged an SM
