@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import minivllm
-from conftest import (NEEDS_CUDA, assert_native, cuda_capability, get_backend, norm_weight, randn,
-                      round_np, to64)
+from conftest import (NEEDS_CUDA, assert_native, cuda_capability, cuda_sm_count, get_backend, norm_weight,
+                      randn, round_np, to64)
 from minivllm.reference import FP8_TOLERANCE, PROLOGUE_TOLERANCE, to_fp8, write_kv_cache
 from reference import (assert_matches, assert_same_values, last_gpu_path, prologue_ref, rms_norm_ref,
                        round_to)
@@ -430,7 +430,10 @@ def test_qkv_rules_in_the_prologue(rng):
     to M * H = 8192 (the op alone: 7168) and past that takes the deferred stream at 4-8 rows where W
     is under 32 MiB (else, and from 9 rows, norm + cuBLASLt). Faster GPUs (an H200), timed after a
     down_proj GEMM: one kernel at 16 rows, from 17 rows norm + cuBLASLt up to 80 MiB, wgmma only
-    where N <= 2048. Each call is checked against the float64 reference."""
+    where N <= 2048. On both, at 9-16 rows (two token tiles): the register stream without a residual
+    where W is under 16 MiB, and with one where M * H <= 18432 and blocks per SM x H <= 2048; else
+    norm + cuBLASLt with a residual, never the tensor-copy stream. Each call is checked against the
+    float64 reference."""
     cap = cuda_capability()
     if cap != (9, 0):
         pytest.skip(f"the rules checked are sm_90's; this GPU is sm_{cap[0]}{cap[1]}")
@@ -438,7 +441,9 @@ def test_qkv_rules_in_the_prologue(rng):
     slow = _C._cuda_dram_gbps() < 4000
     dev = get_backend("cuda")
     cases = [  # (M, H, heads, kv heads, head_dim, residual, expected on slow DRAM, on fast DRAM)
-        (16, 1024, 16, 8, 128, False, "deferred", "deferred"),  # W 8 MiB (the op alone: cublaslt)
+        (16, 1024, 16, 8, 128, False, "register", "register"),  # W 8 MiB, two token tiles
+        (16, 2048, 32, 8, 64, False, "register", "register"),   # W 12 MiB
+        (12, 2048, 16, 8, 128, False, "bulk", "bulk"),          # W 16 MiB: not the register stream
         (16, 4096, 24, 8, 128, False, "deferred", "engine"),    # W 40 MiB
         (24, 4096, 24, 8, 128, False, "cublaslt", "cublaslt"),  # W 40 MiB, over 32 features an SM
         (64, 1024, 16, 8, 128, False, "cublaslt", "cublaslt"),  # N = 4096
@@ -447,8 +452,12 @@ def test_qkv_rules_in_the_prologue(rng):
         (8, 1536, 12, 2, 128, True, "deferred", None),          # M * H = 12288, one token tile
         (4, 2560, 32, 8, 128, True, "deferred", None),          # M * H = 10240, W 30 MiB
         (4, 4096, 32, 8, 128, True, "cublaslt", None),          # W 48 MiB
-        (12, 1536, 12, 2, 128, True, "cublaslt", None),         # two token tiles
+        (16, 1536, 12, 2, 128, True, "cublaslt", "cublaslt"),   # two token tiles, M * H = 24576
     ]
+    if cuda_sm_count() == 132:  # an H100 SXM or an H200: blocks an SM of 16-feature tiles
+        cases += [(12, 1536, 12, 2, 128, True, "register", "register"),  # M * H = 18432, 128 tiles: one an SM
+                  (9, 1152, 8, 2, 128, True, "register", "register"),    # M * H = 10368 (fast DRAM: was the tensor-copy stream)
+                  (9, 1536, 24, 8, 64, True, "cublaslt", "cublaslt")]    # 160 tiles: two an SM, 2 x 1536 > 2048
     for M, H, nq, nkv, D, residual, on_slow, on_fast in cases:
         Case(dev, rng, "bfloat16", M, H, nq, nkv, D, residual=residual, qk_norm=True, cache="paged").run()
         expected = on_slow if slow else on_fast

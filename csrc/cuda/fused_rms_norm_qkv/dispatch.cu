@@ -143,27 +143,58 @@ bool two_tiles_norm_first(const Call &c) {
     return weights >= kTwoTilesMinWeights && !many_rows_one_kernel(c);
 }
 
-/* Two token tiles (9-16 rows; at 16 the W streams' last), no residual, W under 10 MiB, the op alone:
-   the register stream, whose warps stage their two rows at once, rather than norm + cuBLASLt (16
-   rows; and 9-15 rows of 4-10 MiB on slow DRAM) or the tensor-copy stream (9-15 rows, H > 1024),
-   where the busiest SM stages at most 64 KiB of input (each of its blocks stages all M rows).
-   After a fill and after a down_proj GEMM, two rounds, H 896-1536, W 2-8 MiB, 12 and 16 rows:
-   faster than norm + cuBLASLt at all 34 points it takes (H200 0.12-2.6 us, H100 0.04-2.5), and than
-   the tensor-copy stream at 17 of 18 of H 1152-1536 (0.02-0.9 us; 0.07 slower at one); at H 1536
-   N 2560, 16 rows (160 tiles: two blocks and 96 KiB staged on the busiest SMs) 0.07-1.0 us slower
-   than norm + cuBLASLt at all 4, hence the bound (dev/logs/stream-staging-nvidia-h200-h100-2026-11-28.log). */
-constexpr int64_t kTwoTilesMaxStagedPerSm = 32768; /* elements: 64 KiB of 16-bit input */
+/* Two token tiles (9-16 rows; at 16 the W streams' last): the register stream, whose warps stage
+   their two rows at once.
+   - The op alone, no residual, W under 10 MiB, where the busiest SM stages at most 64 KiB of input
+     (each of its blocks stages all M rows): rather than norm + cuBLASLt (16 rows; and 9-15 rows of
+     4-10 MiB on slow DRAM) or the tensor-copy stream (9-15 rows, H > 1024). After a fill and after
+     a down_proj GEMM, two rounds, H 896-1536, W 2-8 MiB, 12 and 16 rows: faster than norm +
+     cuBLASLt at all 34 points it takes (H200 0.12-2.6 us, H100 0.04-2.5), and than the tensor-copy
+     stream at 17 of 18 of H 1152-1536 (0.02-0.9 us; 0.07 slower at one); at H 1536 N 2560, 16 rows
+     (160 tiles: two blocks and 96 KiB staged on the busiest SMs) 0.07-1.0 us slower than norm +
+     cuBLASLt at all 4, hence the bound (dev/logs/stream-staging-nvidia-h200-h100-2026-11-28.log).
+     With a residual (H200) it lost to norm + cuBLASLt at 31 of 34 points (0.14-8.4 us, H 896-2560;
+     0.5-0.8 faster only at H 896 after the GEMM; same log as the prologue's below).
+   - The attention prologue's QKV call (epilogue_next), whose epilogue kernel starts early after the
+     register stream but only once cuBLASLt's GEMM has ended; after a down_proj GEMM (two rounds)
+     and after a fill, 9, 12, 14 and 16 rows, against the fastest other path timed (the table's
+     tensor-copy stream, deferred stream, engine or norm + cuBLASLt):
+     - without a residual, W under 16 MiB: faster at all 80 points after the GEMM (9 shapes of 2-12
+       MiB on the H200, 11 on the H100: 0.29-4.6 us) and at 78 of 80 after the fill (0.12 slower at
+       two); at 16-30 MiB slower at all 20 points after the fill (4 shapes: 0.65-7.7 us);
+     - with a residual, where each block stages at most 36 KiB of input (M * H <= 18432) and the
+       busiest SM streams at most 64 KiB of W (blocks per SM x H <= 2048): faster at 55 of 61
+       points after the GEMM (up to 3.0 us; level at two, H 1536 at 9-12 rows 0.04-0.4 slower on
+       the H200) and at 49 of 59 after the fill (up to 0.21 slower at the rest); past either bound
+       slower at 43 of 46 after the GEMM (up to 4.4 us). In whole decode steps (batch 12 and 16,
+       both GPUs) 1.8-5.8% faster at H 896-1152 where the rule changes the path and 0.7-1.4% at H
+       1536 batch 12; past the bounds H 1536 at batch 16 0.2% faster to 0.5% slower, H 2048 (two
+       blocks an SM) 1.0-2.1% slower
+     (dev/logs/prologue-two-tiles-nvidia-h200-h100-2026-11-28.log). */
+constexpr int64_t kTwoTilesMaxStagedPerSm = 32768;     /* elements: 64 KiB of 16-bit input */
+constexpr int64_t kTwoTilesPrologueMaxWeights = 8 << 20; /* elements: 16 MiB of 16-bit weights */
+constexpr int64_t kTwoTilesResidualMaxStaged = 18432;  /* elements: 36 KiB of 16-bit input a block */
+constexpr int64_t kTwoTilesResidualMaxSmWeightK = 2048; /* blocks per SM x H: 64 KiB of 16-feature W rows */
 bool two_tiles_register_wanted(const Call &c) {
-    if (c.residual || c.epilogue_next || c.rows < kTwoTilesMinRows || !stream_fits(c)) return false;
+    if (c.rows < kTwoTilesMinRows || c.rows > mv_qkv_stream_max_rows) return false;
     const int64_t tiles = (c.cols + 15) / 16, blocks_per_sm = (tiles + c.dev->sms - 1) / c.dev->sms;
-    return c.cols * c.hidden < kTwoTilesMinWeights && blocks_per_sm * c.rows * c.hidden <= kTwoTilesMaxStagedPerSm;
+    if (c.residual)
+        return c.epilogue_next && c.rows * c.hidden <= kTwoTilesResidualMaxStaged &&
+               blocks_per_sm * c.hidden <= kTwoTilesResidualMaxSmWeightK;
+    if (c.epilogue_next) return c.cols * c.hidden < kTwoTilesPrologueMaxWeights;
+    return stream_fits(c) && c.cols * c.hidden < kTwoTilesMinWeights &&
+           blocks_per_sm * c.rows * c.hidden <= kTwoTilesMaxStagedPerSm;
 }
 
 bool stream_wanted(const Call &c) {
     if (!stream_fits(c)) return false;
     if (norm_first_many_rows(c)) return false;
-    /* fast DRAM, in the attention prologue: up to what fits (M * H = 12288), measured in decode steps */
-    if (!c.residual || c.rows < 4 || (c.epilogue_next && !slow_dram(c))) return true;
+    if (!c.residual || c.rows < 4) return true;
+    /* fast DRAM, in the attention prologue: up to what fits (M * H = 12288) in one token tile,
+       measured in decode steps; from 9 rows only two_tiles_register_wanted's register stream (the
+       tensor-copy stream, staging a row a warp at a time, was 0.5-8.2 us slower than norm + cuBLASLt
+       at all 48 points of 9-16 rows, H200, after a GEMM and after a fill: dev/logs/prologue-two-tiles-nvidia-h200-h100-2026-11-28.log) */
+    if (c.epilogue_next && !slow_dram(c)) return c.rows < kTwoTilesMinRows;
     return c.rows * c.hidden <= (c.epilogue_next ? kSlowPrologueResidualStreamMaxElements : kResidualStreamMaxElements);
 }
 
@@ -325,10 +356,10 @@ struct Rule {
 
 /* The table. Plans add the hard requirements (architecture, dtype, alignment, what fits). */
 constexpr Rule kRules[] = {
+    /* 9-16 rows of a small W: the register stream (two token tiles) */
+    {MV_QKV_REGISTER, two_tiles_register_wanted, register_plan, mv_qkv_register_launch},
     /* sm_90 fp16/bf16, no residual: the GEMM engine */
     {MV_QKV_ENGINE, engine_wanted, mv_qkv_engine_plan, mv_qkv_engine_launch},
-    /* 9-16 rows of a small W, no residual: the register stream (two token tiles) */
-    {MV_QKV_REGISTER, two_tiles_register_wanted, register_plan, mv_qkv_register_launch},
     /* 9-15 rows of a mid-sized W, no residual: the norm first (two token tiles) */
     {MV_QKV_CUBLASLT, two_tiles_norm_first, mv_qkv_cublaslt_plan, mv_qkv_norm_gemm_launch},
     /* few rows, sm_90+, fp16/bf16, M <= 32 (a residual only in the prologue on slow DRAM) */
