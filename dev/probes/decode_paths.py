@@ -25,6 +25,8 @@ EXTRA = {d.name.lower(): d for d in (
     bd.Decoder("Llama-2-7B", 8, 4096, 32, 32, 128, 11008, False, False),
     bd.Decoder("Qwen2.5-7B", 8, 3584, 28, 4, 128, 18944, False, True),
     bd.Decoder("Mistral-Nemo", 8, 5120, 32, 8, 128, 14336, False, False),
+    bd.Decoder("Gemma-3-1B", 26, 1152, 4, 1, 256, 6912, True, False),
+    bd.Decoder("Llama-3.2-1B", 16, 2048, 32, 8, 64, 8192, False, False),
 )}
 
 

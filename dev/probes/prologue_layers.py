@@ -21,11 +21,12 @@ def vary(layers, no_residual=False, shared_step_inputs=False, drop=()):
 
 
 def each_shape(bp, names, ms, dtype):
-    """(model, rows, new_layers) for each model name and row count; new_layers(n) makes n layers
-    (bp: the bench_attention_prologue module, imported by the caller from benchmarks/)."""
-    from minivllm.bench.models import find_model
+    """(model, rows, new_layers) for each model name (or H,HEADS,KV_HEADS,HEAD_DIM: no bias or
+    q/k norm) and row count; new_layers(n) makes n layers (bp: the bench_attention_prologue module,
+    imported by the caller from benchmarks/)."""
+    from minivllm.bench.models import find_model, parse_qkv_shape
     for name in names:
-        model = find_model(name)
+        model = parse_qkv_shape(name) if "," in name else find_model(name)
         bias, qk = bp.features_of(model)
         table = bp.cos_sin_table(model.head_dim, dtype, "cuda")
         for rows in ms:

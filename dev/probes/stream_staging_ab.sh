@@ -5,6 +5,7 @@
 # down_proj GEMM (qkv_start.py), at the rows and shapes given (MODEL:M or H,HEADS,KV,HEAD_DIM:M).
 #   SITES="site_final site_new" PATHS="auto register bulk" SHAPES="qwen3-0.6b:16 ..." \
 #       bash dev/probes/stream_staging_ab.sh        (sites carried as build/carry_c/NAME.tgz)
+# QARGS: more qkv_start.py arguments (--residual: the calls take a residual).
 set -u
 repo=$PWD; t0=$(date +%s)
 for f in build/carry_c/*.tgz; do tar -xzf "$f" -C /tmp; done
@@ -20,7 +21,7 @@ for round in $(seq 1 "${ROUNDS:-1}"); do
         [ "$left" -lt 30 ] && { echo "out of time before $site round $round"; break 2; }
         echo "## $site round $round"
         (cd /tmp && PYTHONPATH=/tmp/$site timeout "$left" python3 "$repo/dev/probes/qkv_start.py" \
-            --paths ${PATHS:-auto register bulk} --seps ${SEPS:-fill down} -- $SHAPES 2>&1 | grep -v Warning \
+            --paths ${PATHS:-auto register bulk} --seps ${SEPS:-fill down} ${QARGS:-} -- $SHAPES 2>&1 | grep -v Warning \
             | tee "$OUT/$site-r$round.txt")
     done
 done
