@@ -237,25 +237,26 @@ __device__ __forceinline__ void stage_normalized_input(const mv_qkv_args &args, 
     }
 }
 
-/* stage_row_sum for a warp's two rows m[0 .. count) (count <= 2) at once: kStageUnroll loads of
-   both rows are issued before any is used, and each row's sum runs in stage_row_sum's order. */
+/* stage_row_sum for a warp's two rows m[0 .. count) (count <= 2) at once, lane `lane` taking
+   vectors lane, lane + 32, ...: kStageUnroll loads of both rows are issued before any is used, and
+   each row's sum runs in stage_row_sum's order. */
 constexpr int kRowPair = 2;
 template <typename T, bool kHasResidual, int kStageUnroll>
 __device__ __forceinline__ void stage_row_pair_sum(const mv_qkv_args &args, const mv_stream_flags &flags, T *xs,
-                                                   int xs_stride, const int (&m)[kRowPair], int count, int lane_id,
-                                                   int step, float (&sum_sq)[kRowPair]) {
+                                                   int xs_stride, const int (&m)[kRowPair], int count, int lane,
+                                                   float (&sum_sq)[kRowPair]) {
     const mv_norm_input &in = args.in;
     const int vecs = static_cast<int>(in.hidden) / kVec;
 #pragma unroll
     for (int r = 0; r < kRowPair; ++r) sum_sq[r] = 0.0f;
-    for (int v0 = lane_id; v0 < vecs; v0 += kStageUnroll * step) {
+    for (int v0 = lane; v0 < vecs; v0 += kStageUnroll * 32) {
         /* raw vectors until used: half the registers of floats, so two rows fit where one did */
         uint4 s[kRowPair][kStageUnroll], res[kRowPair][kStageUnroll];
 #pragma unroll
         for (int r = 0; r < kRowPair; ++r)
 #pragma unroll
             for (int u = 0; u < kStageUnroll; ++u) {
-                const int v = v0 + u * step;
+                const int v = v0 + u * 32;
                 if (r < count && v < vecs) {
                     s[r][u] = load8_raw(static_cast<const T *>(in.x) + m[r] * in.x_stride + v * kVec, flags.x_vec);
                     if (kHasResidual)
@@ -269,7 +270,7 @@ __device__ __forceinline__ void stage_row_pair_sum(const mv_qkv_args &args, cons
             T *residual_out = static_cast<T *>(in.residual_out) + m[r] * in.residual_out_stride;
 #pragma unroll
             for (int u = 0; u < kStageUnroll; ++u) {
-                const int v = v0 + u * step;
+                const int v = v0 + u * 32;
                 if (v >= vecs) break;
                 float f[kVec];
                 unpack8<T>(s[r][u], f);
@@ -293,21 +294,22 @@ __device__ __forceinline__ void stage_row_pair_sum(const mv_qkv_args &args, cons
 
 /* stage_row_scale for the two rows of stage_row_pair_sum, each gamma vector read once for both. */
 template <typename T, int kStageUnroll>
-__device__ __forceinline__ void stage_row_pair_scale(const mv_qkv_args &args, const T *gamma, bool gamma_vec, T *xs,
+__device__ __forceinline__ void stage_row_pair_scale(const mv_qkv_args &args, const mv_stream_flags &flags, T *xs,
                                                      int xs_stride, const int (&m)[kRowPair], int count,
-                                                     const float (&rrms)[kRowPair], int lane_id, int step) {
+                                                     const float (&rrms)[kRowPair], int lane) {
     const int vecs = static_cast<int>(args.in.hidden) / kVec;
-    for (int v0 = lane_id; v0 < vecs; v0 += kStageUnroll * step) {
+    const T *gamma = static_cast<const T *>(args.in.norm_weight);
+    for (int v0 = lane; v0 < vecs; v0 += kStageUnroll * 32) {
         float gm[kStageUnroll][kVec];
 #pragma unroll
         for (int u = 0; u < kStageUnroll; ++u)
-            if (v0 + u * step < vecs) load8(gamma + (v0 + u * step) * kVec, gamma_vec, gm[u]);
+            if (v0 + u * 32 < vecs) load8(gamma + (v0 + u * 32) * kVec, flags.gamma_vec, gm[u]);
 #pragma unroll
         for (int r = 0; r < kRowPair; ++r) {
             if (r >= count) break;
 #pragma unroll
             for (int u = 0; u < kStageUnroll; ++u) {
-                const int v = v0 + u * step;
+                const int v = v0 + u * 32;
                 if (v >= vecs) break;
                 T *staged = xs + m[r] * xs_stride + v * kVec;
                 float s[kVec];
@@ -334,12 +336,11 @@ __device__ __forceinline__ void stage_normalized_row_pairs(const mv_qkv_args &ar
     const int m[kRowPair] = {warp, warp + kWarps};
     const int count = m[1] < rows ? 2 : 1; /* rows > kWarps */
     float sum_sq[kRowPair], rrms[kRowPair];
-    stage_row_pair_sum<T, kHasResidual, kStageUnroll>(args, flags, xs, xs_stride, m, count, lane, 32, sum_sq);
+    stage_row_pair_sum<T, kHasResidual, kStageUnroll>(args, flags, xs, xs_stride, m, count, lane, sum_sq);
     const float inv_hidden = 1.0f / static_cast<float>(args.in.hidden);
 #pragma unroll
     for (int r = 0; r < kRowPair; ++r) rrms[r] = rsqrtf(mv_warp_sum(sum_sq[r]) * inv_hidden + args.in.eps);
-    stage_row_pair_scale<T, kStageUnroll>(args, static_cast<const T *>(args.in.norm_weight), flags.gamma_vec, xs,
-                                          xs_stride, m, count, rrms, lane, 32);
+    stage_row_pair_scale<T, kStageUnroll>(args, flags, xs, xs_stride, m, count, rrms, lane);
 }
 
 /* Sum the kWarps warps' partial 16 x (8 * kTokenTiles) tiles and store the features
