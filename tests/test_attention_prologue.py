@@ -456,7 +456,7 @@ def test_qkv_rules_in_the_prologue(rng):
     ]
     if cuda_sm_count() == 132:  # an H100 SXM or an H200: blocks an SM of 16-feature tiles
         cases += [(12, 1536, 12, 2, 128, True, "register", "register"),  # M * H = 18432, 128 tiles: one an SM
-                  (9, 1152, 8, 2, 128, True, "register", "register"),    # M * H = 10368 (fast DRAM: was the tensor-copy stream)
+                  (9, 1152, 8, 2, 128, True, "register", "register"),    # M * H = 10368, 96 tiles
                   (9, 1536, 24, 8, 64, True, "cublaslt", "cublaslt")]    # 160 tiles: two an SM, 2 x 1536 > 2048
     for M, H, nq, nkv, D, residual, on_slow, on_fast in cases:
         Case(dev, rng, "bfloat16", M, H, nq, nkv, D, residual=residual, qk_norm=True, cache="paged").run()

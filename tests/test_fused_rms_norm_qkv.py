@@ -661,9 +661,9 @@ def test_qkv_rules_by_dram_bandwidth(rng):
     only for a large W (at 16 rows 24 MiB, beyond 80 MiB), and no wgmma. Faster GPUs (an H200),
     measured the same way: the register stream for one row of a small W and the residual bound as
     above, below 16 rows the deferred stream only where no W stream fits and W is under 50 MiB (the
-    streams where they fit, else the engine); from 9 rows one kernel only for W under 10 MiB
-    (up to 16 rows, the register stream), or of 80 MiB or more where H >= 7168 and N is at most 128 features an SM, or
-    where W's tiles spread unevenly (up to 16 rows), and no wgmma. On both: 9-16 rows of a W under
+    streams where they fit, else the engine); from 9 rows one kernel only for W under 10 MiB (up
+    to 16 rows, the register stream), or of 80 MiB or more where H >= 7168 and N is at most 128
+    features an SM, or where W's tiles spread unevenly (up to 16 rows), and no wgmma. On both: 9-16 rows of a W under
     10 MiB without a residual on the register stream, where the busiest SM stages at most 64 KiB of
     input. Each call is checked against the float64 reference."""
     if cuda_skip_reason():

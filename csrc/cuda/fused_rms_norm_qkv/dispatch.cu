@@ -193,7 +193,8 @@ bool stream_wanted(const Call &c) {
     /* fast DRAM, in the attention prologue: up to what fits (M * H = 12288) in one token tile,
        measured in decode steps; from 9 rows only two_tiles_register_wanted's register stream (the
        tensor-copy stream, staging a row a warp at a time, was 0.5-8.2 us slower than norm + cuBLASLt
-       at all 48 points of 9-16 rows, H200, after a GEMM and after a fill: dev/logs/prologue-two-tiles-nvidia-h200-h100-2026-11-28.log) */
+       at all 48 points of 9-16 rows, H200, after a GEMM and after a fill:
+       dev/logs/prologue-two-tiles-nvidia-h200-h100-2026-11-28.log) */
     if (c.epilogue_next && !slow_dram(c)) return c.rows < kTwoTilesMinRows;
     return c.rows * c.hidden <= (c.epilogue_next ? kSlowPrologueResidualStreamMaxElements : kResidualStreamMaxElements);
 }
