@@ -1260,9 +1260,13 @@ __device__ __forceinline__ mv_vec<float, 4> row_elements(const float *row, int e
    (store_warp_lines). 62-64 registers, so an SM holds 2 rows of G = 512 (the general kernel
    held 97-103, one) and 3 of G <= 320. Which calls take it: virtual_wanted. In place (out = x,
    residual_out = residual): a warp stores a range of the row only after every lane of it has
-   read that range (the values it stores depend on those reads), and no other warp reads it. */
-template <bool kHasResidual, bool kOffset>
-__global__ void __launch_bounds__(kMaxVecThreads, 2) rms_norm_virtual_kernel(NormParams<false> args, int prefetch_rows) {
+   read that range (the values it stores depend on those reads), and no other warp reads it.
+   kMinBlocks = 3: the same code for G <= 384 held to 56 registers, so an SM holds 3 rows there
+   (rms_norm only: virtual_kernel). */
+constexpr int kVirtual3Threads = 384;
+template <bool kHasResidual, bool kOffset, int kMinBlocks>
+__global__ void __launch_bounds__(kMinBlocks == 3 ? kVirtual3Threads : kMaxVecThreads, kMinBlocks)
+    rms_norm_virtual_kernel(NormParams<false> args, int prefetch_rows) {
     constexpr int V = 4;
     constexpr int kVecs = vecs_per_thread(V);
     using VecT = mv_vec<float, V>;
@@ -2296,7 +2300,7 @@ cudaError_t launch_elems(const mv_rms_norm_args &a, int group_threads, cudaStrea
    (dev/logs/norm-virtual-rows-nvidia-h200-2026-11-26.log; the H100 there alike):
    - rms_norm from 2 rows: 1.01-1.74x (16 x 8191 3.34 -> 2.98 us, 600 x 8191 18.81 -> 13.86,
      4096 x 8191 91.95 -> 74.28, 600 x 5119 14.28 -> 8.22), 0.97x at 4096 x 5125 (G = 352, 2 rows
-     an SM); one row keeps the short kernel (1 x 8191 1.86 against 2.74 us);
+     an SM; 3 since, virtual_kernel); one row keeps the short kernel (1 x 8191 1.86 against 2.74 us);
    - the fused add where an SM holds 3 of its rows (the occupancy API: G <= 320 at its 64
      registers) in calls of 4 rows an SM and more: 1.12-1.25x (4096 x 5119 113.40 -> 95.01 us);
      at 2 rows an SM (G >= 352) level or slower (0.98-1.03x), in shorter calls slower (132 x 8191
@@ -2304,10 +2308,17 @@ cudaError_t launch_elems(const mv_rms_norm_args &a, int group_threads, cudaStrea
    One stride only (the two-stride views keep the general and staged kernels), and the grid's
    2^31 - 1 rows. */
 using VirtualKernel = void (*)(NormParams<false>, int);
-VirtualKernel virtual_kernel(const mv_rms_norm_args &a) {
+VirtualKernel virtual_kernel(const mv_rms_norm_args &a, int group_threads) {
     const bool offset = a.in.weight_offset != 0.0f;
-    if (a.in.residual != nullptr) return offset ? rms_norm_virtual_kernel<true, true> : rms_norm_virtual_kernel<true, false>;
-    return offset ? rms_norm_virtual_kernel<false, true> : rms_norm_virtual_kernel<false, false>;
+    if (a.in.residual != nullptr)
+        return offset ? rms_norm_virtual_kernel<true, true, 2> : rms_norm_virtual_kernel<true, false, 2>;
+    /* rms_norm's G of 352-384: 2 rows an SM at 62 registers, 3 at 56 (smaller G hold 3 already):
+       H100 float32 1.01-1.10x at 600-4096 rows of H 5125-6001. The fused add spilled 24 bytes at
+       56 and ran 0.87-0.99x there, so it keeps 2 rows an SM
+       (dev/logs/norm-virtual-three-rows-nvidia-h100-2026-11-28.log) */
+    if (group_threads > 320 && group_threads <= kVirtual3Threads)
+        return offset ? rms_norm_virtual_kernel<false, true, 3> : rms_norm_virtual_kernel<false, false, 3>;
+    return offset ? rms_norm_virtual_kernel<false, true, 2> : rms_norm_virtual_kernel<false, false, 2>;
 }
 
 bool virtual_wanted(const mv_rms_norm_args &a, int group_threads, const mv_cuda_device &dev) {
@@ -2316,7 +2327,7 @@ bool virtual_wanted(const mv_rms_norm_args &a, int group_threads, const mv_cuda_
     if (a.in.residual == nullptr) return true;
     if (a.in.rows < 4 * static_cast<int64_t>(dev.sms > 0 ? dev.sms : 1)) return false;
     int blocks = 0;
-    if (mv_blocks_per_sm(&blocks, virtual_kernel(a), group_threads, 0, dev.device) != cudaSuccess) {
+    if (mv_blocks_per_sm(&blocks, virtual_kernel(a, group_threads), group_threads, 0, dev.device) != cudaSuccess) {
         (void)cudaGetLastError(); /* no answer: the general kernel takes the call */
         return false;
     }
@@ -2326,8 +2337,8 @@ bool virtual_wanted(const mv_rms_norm_args &a, int group_threads, const mv_cuda_
 cudaError_t launch_virtual(const mv_rms_norm_args &a, int group_threads, cudaStream_t stream, bool pdl) {
     const int64_t row_bytes = a.in.hidden * 4 * (a.in.residual != nullptr ? 2 : 1);
     const int prefetch_rows = pdl ? static_cast<int>(kPrefetchBytes / row_bytes) : 0;
-    return mv_launch(virtual_kernel(a), dim3(static_cast<unsigned>(a.in.rows)), dim3(group_threads), 0, stream, pdl,
-                     params_of<false>(a), prefetch_rows);
+    return mv_launch(virtual_kernel(a, group_threads), dim3(static_cast<unsigned>(a.in.rows)), dim3(group_threads), 0,
+                     stream, pdl, params_of<false>(a), prefetch_rows);
 }
 
 /* kWide: rows of 2049-4096 16-byte vectors, 8 a thread in the general kernel at every M (none of

@@ -164,7 +164,7 @@ int main(int argc, char **argv) {
         bad += run(bf16, 1, 1024, 0, 5000, MV_PDL_OFF);
         bad += run(bf16, 1, 4096, 0, 1500, MV_PDL_OFF);
     }
-    const int64_t long_calls[][2] = {{121, 36000}, {5119, 2000}, {8191, 1200}};
+    const int64_t long_calls[][2] = {{121, 36000}, {5119, 2000}, {5125, 2000}, {8191, 1200}};
     for (const auto &c : long_calls)
         for (int bf16 = 0; bf16 < 2; ++bf16)
             for (int residual = 0; residual < 2; ++residual) bad += run(bf16, residual, c[0], 1, c[1]);
