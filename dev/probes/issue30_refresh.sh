@@ -2,7 +2,8 @@
 # Issue 30's three measurements of a carried build in one device call (about 7 min on an H100):
 # the op level (bench_attention_prologue: its default models and M), the model level
 # (bench_decode: its default decoders, batch sizes and variants) and the host cost of one eager
-# call (host_cost.py), each into $OUT with its log.
+# call (host_cost.py), each into $OUT with its log. ISSUE30_PARTS picks some of them (default
+# "prologue decode host_cost"), so the parts can go to calls of their own under the 600 s limit.
 #
 #   source dev/probes/carry_unpack.sh; MINIVLLM_SITE=/tmp/site_new MINIVLLM_COMMIT=<sha> \
 #       OUT=$OUT bash dev/probes/issue30_refresh.sh
@@ -15,7 +16,8 @@ run() { # name, limit in s, command...
     (cd /tmp && timeout "$limit" "$@") >"$out/$name.log" 2>&1
     echo "$name rc $? $(( $(date +%s) - t0 )) s"; tail -n 30 "$out/$name.log"
 }
-run prologue 200 python3 "$root/benchmarks/bench_attention_prologue.py" --replays 10 --out "$out"
-run decode 300 python3 "$root/benchmarks/bench_decode.py" --out "$out"
-run host_cost 200 python3 "$root/benchmarks/host_cost.py" --device cuda --calls 3000 \
+parts=" ${ISSUE30_PARTS:-prologue decode host_cost} "
+[[ $parts == *" prologue "* ]] && run prologue 200 python3 "$root/benchmarks/bench_attention_prologue.py" --replays 10 --out "$out"
+[[ $parts == *" decode "* ]] && run decode 300 python3 "$root/benchmarks/bench_decode.py" --out "$out"
+[[ $parts == *" host_cost "* ]] && run host_cost 200 python3 "$root/benchmarks/host_cost.py" --device cuda --calls 3000 \
     --models llama-3-8b qwen3-0.6b --out "$out/host-cost.json"
