@@ -2313,7 +2313,7 @@ VirtualKernel virtual_kernel(const mv_rms_norm_args &a, int group_threads) {
     if (a.in.residual != nullptr)
         return offset ? rms_norm_virtual_kernel<true, true, 2> : rms_norm_virtual_kernel<true, false, 2>;
     /* rms_norm's G of 352-384: 2 rows an SM at 62 registers, 3 at 56 (smaller G hold 3 already):
-       H100 float32 1.01-1.10x at 600-4096 rows of H 5125-6001. The fused add spilled 24 bytes at
+       H100 float32 1.01-1.11x at 600-4096 rows of H 5125-6143. The fused add spilled 24 bytes at
        56 and ran 0.87-0.99x there, so it keeps 2 rows an SM
        (dev/logs/norm-virtual-three-rows-nvidia-h100-2026-11-28.log) */
     if (group_threads > 320 && group_threads <= kVirtual3Threads)
