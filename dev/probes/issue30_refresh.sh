@@ -16,8 +16,12 @@ run() { # name, limit in s, command...
     (cd /tmp && timeout "$limit" "$@") >"$out/$name.log" 2>&1
     echo "$name rc $? $(( $(date +%s) - t0 )) s"; tail -n 30 "$out/$name.log"
 }
-parts=" ${ISSUE30_PARTS:-prologue decode host_cost} "
-[[ $parts == *" prologue "* ]] && run prologue 200 python3 "$root/benchmarks/bench_attention_prologue.py" --replays 10 --out "$out"
-[[ $parts == *" decode "* ]] && run decode 300 python3 "$root/benchmarks/bench_decode.py" --out "$out"
-[[ $parts == *" host_cost "* ]] && run host_cost 200 python3 "$root/benchmarks/host_cost.py" --device cuda --calls 3000 \
-    --models llama-3-8b qwen3-0.6b --out "$out/host-cost.json"
+want() { [[ " ${ISSUE30_PARTS:-prologue decode host_cost} " == *" $1 "* ]]; }
+if want prologue; then
+    run prologue 200 python3 "$root/benchmarks/bench_attention_prologue.py" --replays 10 --out "$out"
+fi
+if want decode; then run decode 300 python3 "$root/benchmarks/bench_decode.py" --out "$out"; fi
+if want host_cost; then
+    run host_cost 200 python3 "$root/benchmarks/host_cost.py" --device cuda --calls 3000 \
+        --models llama-3-8b qwen3-0.6b --out "$out/host-cost.json"
+fi
