@@ -1264,6 +1264,7 @@ __device__ __forceinline__ mv_vec<float, 4> row_elements(const float *row, int e
    kMinBlocks = 3: the same code for G <= 384 held to 56 registers, so an SM holds 3 rows there
    (rms_norm only: virtual_kernel). */
 constexpr int kVirtual3Threads = 384;
+constexpr int kVirtual2FormMaxThreadsAt3 = 320; /* 3 x 320 threads x 64 registers: the register file */
 template <bool kHasResidual, bool kOffset, int kMinBlocks>
 __global__ void __launch_bounds__(kMinBlocks == 3 ? kVirtual3Threads : kMaxVecThreads, kMinBlocks)
     rms_norm_virtual_kernel(NormParams<false> args, int prefetch_rows) {
@@ -2316,7 +2317,7 @@ VirtualKernel virtual_kernel(const mv_rms_norm_args &a, int group_threads) {
        H100 float32 1.01-1.11x at 600-4096 rows of H 5125-6143. The fused add spilled 24 bytes at
        56 and ran 0.87-0.99x there, so it keeps 2 rows an SM
        (dev/logs/norm-virtual-three-rows-nvidia-h100-2026-11-28.log) */
-    if (group_threads > 320 && group_threads <= kVirtual3Threads)
+    if (group_threads > kVirtual2FormMaxThreadsAt3 && group_threads <= kVirtual3Threads)
         return offset ? rms_norm_virtual_kernel<false, true, 3> : rms_norm_virtual_kernel<false, false, 3>;
     return offset ? rms_norm_virtual_kernel<false, true, 2> : rms_norm_virtual_kernel<false, false, 2>;
 }
