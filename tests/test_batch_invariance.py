@@ -84,8 +84,8 @@ def test_one_wave_calls_match_longer_ones(dev, dtype, op, H, rng):
 # kernel, 8 rows a warp; a float32 fused add on the general kernel), 5119 and 8191 in 16-byte
 # virtual vectors: in 16-bit types through shared memory (the staged kernel, R = 128 real threads
 # for G = 320 and 512), in float32 in place on rms_norm_virtual_kernel (rms_norm, and the fused add
-# of 5119, whose 3 rows fit an SM; rms_norm of 5125 and 6001 in its 56-register form; the fused add
-# of 5125, 6001 and 8191 on the general kernel), single rows on the short kernel.
+# of 5119, whose 3 rows fit an SM in registers; rms_norm of 5125 and 6001 in its 56-register form;
+# the fused add of 5125, 6001 and 8191 with the row in shared memory), single rows on the short kernel.
 @pytest.mark.parametrize("M,H", [(36000, 121), (2000, 5119), (2000, 5125), (2000, 6001), (1200, 8191)])
 @pytest.mark.parametrize("op", ["rms_norm", "fused_add_rms_norm"])
 def test_calls_of_many_waves(dev, dtype, op, M, H, rng):

@@ -70,3 +70,22 @@ def test_qkv_norm_weight_must_match(dev, rng):
     W = dev.array(randn(rng, (3 * 16, 64), 0.1), "bfloat16")
     with pytest.raises((TypeError, ValueError), match="^norm_weight: "):
         minivllm.FusedRMSNormQKV.forward(x, g, W, 1, 1)
+
+
+@pytest.mark.parametrize("H", [5119, 5125, 8191])
+def test_weight_offset_in_calls_of_many_rows(dev, dtype, H, rng):
+    """Rows of odd H above 4096 in calls of many rows a multiprocessor, where the GPU takes the
+    staged kernel (16-bit) or the in-place virtual kernel (float32; the fused add holds the row in
+    registers at 5119 and in shared memory from 5125): the (1 + w) form there too."""
+    M = 1200
+    x64 = round_to(randn(rng, (M, H)), dtype)
+    r64 = round_to(randn(rng, (M, H)), dtype)
+    w64 = round_to(0.1 * randn(rng, (H,)), dtype)
+    x, r, w = dev.array(x64, dtype), dev.array(r64, dtype), dev.array(w64, dtype)
+    y = minivllm.rms_norm(x, w, weight_offset=1.0)
+    normed, new_res = minivllm.fused_add_rms_norm(x, r, w, weight_offset=1.0)
+    dev.sync()
+    assert_matches(to64(y), rms_norm_ref(x64, w64, 1e-6, 1.0), TOL[dtype], "rms_norm")
+    ref_normed, ref_res = fused_add_rms_norm_ref(x64, r64, w64, 1e-6, dtype, 1.0)
+    assert_matches(to64(normed), ref_normed, TOL[dtype], "fused_add_rms_norm")
+    np.testing.assert_array_equal(to64(new_res), ref_res)

@@ -1243,6 +1243,20 @@ __device__ __forceinline__ void store_warp_lines(float *dst, const mv_vec<float,
     __syncwarp(); /* every lane has read buf before its next use */
 }
 
+/* The warp's kVecs ranges of 128 elements (from warp_first, step apart) from row, a whole row in
+   shared memory, to dst, lane by lane (as store_warp_lines does). */
+template <int kVecs>
+__device__ __forceinline__ void store_row_lines(float *dst, const float *row, int warp_first, int step, int hidden,
+                                                int l) {
+#pragma unroll
+    for (int i = 0; i < kVecs; ++i)
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const int e = warp_first + i * step + l + 32 * k;
+            if (e < hidden) dst[e] = row[e];
+        }
+}
+
 /* Elements e0 .. e0 + 3 of a float32 row as a vector, zero from hidden on (nothing read there). */
 __device__ __forceinline__ mv_vec<float, 4> row_elements(const float *row, int e0, int hidden) {
     mv_vec<float, 4> v;
@@ -1257,27 +1271,30 @@ __device__ __forceinline__ mv_vec<float, 4> row_elements(const float *row, int e
    row has the same bits on every kernel. One row a block of G threads; each element loaded on
    its own (a row starts 4-byte aligned only; L1 serves a warp's four loads of the same lines),
    none of the general kernel's alignment cases or row loop, stores by whole lines
-   (store_warp_lines). 62-64 registers, so an SM holds 2 rows of G = 512 (the general kernel
-   held 97-103, one) and 3 of G <= 320. Which calls take it: virtual_wanted. In place (out = x,
-   residual_out = residual): a warp stores a range of the row only after every lane of it has
-   read that range (the values it stores depend on those reads), and no other warp reads it.
-   kMinBlocks = 3: the same code for G <= 384 held to 56 registers, so an SM holds 3 rows there
-   (rms_norm only: virtual_kernel). */
+   (store_warp_lines). rms_norm holds the row in registers: 62-64 of them, so an SM holds 2 rows
+   of G = 512 (the general kernel held 97-103, one) and 3 of G <= 320; kMinBlocks = 3 holds the
+   same code for G <= 384 to 56 registers, 3 rows there (virtual_kernel). The fused add holds the
+   row in registers up to G = 320 (64 of them, 3 rows an SM); from G = 352 (kRowShared) it holds
+   s = x + residual in shared memory (the row's 4 G vectors, 32 KiB at most) and in registers
+   only while it loads: 40 of them, 3-4 rows an SM, where in registers 2 fitted and the general
+   kernel (one row an SM) ran it instead. Which calls take it: virtual_wanted. In place (out = x, residual_out = residual): a warp
+   stores a range of the row only after every lane of it has read that range (the values it
+   stores depend on those reads), and no other warp reads it. */
 constexpr int kVirtual3Threads = 384;
 constexpr int kVirtual2FormMaxThreadsAt3 = 320; /* 3 x 320 threads x 64 registers: the register file */
-template <bool kHasResidual, bool kOffset, int kMinBlocks>
-__global__ void __launch_bounds__(kMinBlocks == 3 ? kVirtual3Threads : kMaxVecThreads, kMinBlocks)
+template <bool kHasResidual, bool kOffset, int kMinBlocks, bool kRowShared = false>
+__global__ void __launch_bounds__(kMinBlocks == 3 && !kRowShared ? kVirtual3Threads : kMaxVecThreads, kMinBlocks)
     rms_norm_virtual_kernel(NormParams<false> args, int prefetch_rows) {
     constexpr int V = 4;
     constexpr int kVecs = vecs_per_thread(V);
     using VecT = mv_vec<float, V>;
     __shared__ float warp_sums[32];
-    __shared__ __align__(16) float lines[kMaxVecThreads * V];
+    /* a warp's 128 elements at a time for store_warp_lines; kRowShared: the row */
+    __shared__ __align__(16) float lines[kMaxVecThreads * V * (kRowShared ? kVecs : 1)];
     const mv_norm_input &in = args.in;
     const int G = static_cast<int>(blockDim.x);
     const int u = static_cast<int>(threadIdx.x);
     const int l = u & 31, warp_first = (u & ~31) * V; /* the warp's first element of each vector range */
-    float *buf = lines + warp_first;
     const int hidden = static_cast<int>(in.hidden);
     const int64_t row = blockIdx.x;
     const float *x_row = static_cast<const float *>(in.x) + row * in.x_stride;
@@ -1291,35 +1308,65 @@ __global__ void __launch_bounds__(kMinBlocks == 3 ? kVirtual3Threads : kMaxVecTh
     /* element j of vector i: first + i * step + j, in the row below hidden */
     const int first = u * V, step = G * V;
     const float *weight = static_cast<const float *>(in.norm_weight);
-    VecT s[kVecs], w[kVecs];
-#pragma unroll
-    for (int i = 0; i < kVecs; ++i) s[i] = row_elements(x_row, first + i * step, hidden);
-    if (kHasResidual) {
-        float *s_row = static_cast<float *>(in.residual_out) + row * in.residual_out_stride;
+    float *out_row = static_cast<float *>(args.out) + row * args.out_stride;
+    float sum_sq = 0.0f;
+    if constexpr (kRowShared) {
+        static_assert(kHasResidual, "the row in shared memory: the fused add's form");
+        /* lines[e] holds element e of the row (s, then the output): vector i of thread u at 4 (u + i G) */
+        float4 *held = reinterpret_cast<float4 *>(lines);
 #pragma unroll
         for (int i = 0; i < kVecs; ++i) {
-            mv_add_rounded(s[i], row_elements(r_row, first + i * step, hidden));
-            store_warp_lines(s_row, s[i], warp_first + i * step, hidden, buf, l);
+            VecT s = row_elements(x_row, first + i * step, hidden);
+            mv_add_rounded(s, row_elements(r_row, first + i * step, hidden));
+            if (first + i * step < hidden) sum_sq = add_squares(sum_sq, s);
+            held[u + i * G] = make_float4(s.v[0], s.v[1], s.v[2], s.v[3]);
         }
+        __syncwarp();
+        float *s_row = static_cast<float *>(in.residual_out) + row * in.residual_out_stride;
+        store_row_lines<kVecs>(s_row, lines, warp_first, step, hidden, l);
+        __syncwarp(); /* the warp's reads of lines above before its lanes overwrite them below */
+        sum_sq = group_sum(sum_sq, G, warp_sums);
+        const float rrms = rsqrtf(sum_sq / static_cast<float>(in.hidden) + in.eps);
+#pragma unroll
+        for (int i = 0; i < kVecs; ++i) {
+            const float4 f = held[u + i * G];
+            VecT s;
+            s.v[0] = f.x, s.v[1] = f.y, s.v[2] = f.z, s.v[3] = f.w;
+            const VecT y = normalized<kOffset>(s, row_elements(weight, first + i * step, hidden), rrms, in.weight_offset);
+            held[u + i * G] = make_float4(y.v[0], y.v[1], y.v[2], y.v[3]);
+        }
+        __syncwarp();
+        store_row_lines<kVecs>(out_row, lines, warp_first, step, hidden, l);
     } else {
+        float *buf = lines + warp_first;
+        VecT s[kVecs], w[kVecs];
 #pragma unroll
-        for (int i = 0; i < kVecs; ++i) w[i] = row_elements(weight, first + i * step, hidden);
+        for (int i = 0; i < kVecs; ++i) s[i] = row_elements(x_row, first + i * step, hidden);
+        if (kHasResidual) {
+            float *s_row = static_cast<float *>(in.residual_out) + row * in.residual_out_stride;
+#pragma unroll
+            for (int i = 0; i < kVecs; ++i) {
+                mv_add_rounded(s[i], row_elements(r_row, first + i * step, hidden));
+                store_warp_lines(s_row, s[i], warp_first + i * step, hidden, buf, l);
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < kVecs; ++i) w[i] = row_elements(weight, first + i * step, hidden);
+        }
+#pragma unroll
+        for (int i = 0; i < kVecs; ++i)
+            if (first + i * step < hidden) sum_sq = add_squares(sum_sq, s[i]);
+        sum_sq = group_sum(sum_sq, G, warp_sums);
+        if (kHasResidual) { /* the weight after the sum: beside x and the residual it spilled */
+#pragma unroll
+            for (int i = 0; i < kVecs; ++i) w[i] = row_elements(weight, first + i * step, hidden);
+        }
+        const float rrms = rsqrtf(sum_sq / static_cast<float>(in.hidden) + in.eps);
+#pragma unroll
+        for (int i = 0; i < kVecs; ++i)
+            store_warp_lines(out_row, normalized<kOffset>(s[i], w[i], rrms, in.weight_offset), warp_first + i * step,
+                             hidden, buf, l);
     }
-    float sum_sq = 0.0f;
-#pragma unroll
-    for (int i = 0; i < kVecs; ++i)
-        if (first + i * step < hidden) sum_sq = add_squares(sum_sq, s[i]);
-    sum_sq = group_sum(sum_sq, G, warp_sums);
-    if (kHasResidual) { /* the weight after the sum: beside x and the residual it spilled */
-#pragma unroll
-        for (int i = 0; i < kVecs; ++i) w[i] = row_elements(weight, first + i * step, hidden);
-    }
-    const float rrms = rsqrtf(sum_sq / static_cast<float>(in.hidden) + in.eps);
-    float *out_row = static_cast<float *>(args.out) + row * args.out_stride;
-#pragma unroll
-    for (int i = 0; i < kVecs; ++i)
-        store_warp_lines(out_row, normalized<kOffset>(s[i], w[i], rrms, in.weight_offset), warp_first + i * step,
-                         hidden, buf, l);
 }
 
 /* ---- rows off the 16-byte grid, staged through shared memory --------------------------------- */
@@ -2302,17 +2349,23 @@ cudaError_t launch_elems(const mv_rms_norm_args &a, int group_threads, cudaStrea
    - rms_norm from 2 rows: 1.01-1.74x (16 x 8191 3.34 -> 2.98 us, 600 x 8191 18.81 -> 13.86,
      4096 x 8191 91.95 -> 74.28, 600 x 5119 14.28 -> 8.22), 0.97x at 4096 x 5125 (G = 352, 2 rows
      an SM; 3 since, virtual_kernel); one row keeps the short kernel (1 x 8191 1.86 against 2.74 us);
-   - the fused add where an SM holds 3 of its rows (the occupancy API: G <= 320 at its 64
-     registers) in calls of 4 rows an SM and more: 1.12-1.25x (4096 x 5119 113.40 -> 95.01 us);
-     at 2 rows an SM (G >= 352) level or slower (0.98-1.03x), in shorter calls slower (132 x 8191
-     0.77x).
+   - the fused add where an SM holds 3 of its rows (the occupancy API) in calls of 4 rows an SM
+     and more: G <= 320 in registers 1.12-1.25x (4096 x 5119 113.40 -> 95.01 us); G >= 352 with
+     the row in shared memory (kRowShared; in registers 2 rows an SM, 0.98-1.03x) 1.02-1.22x
+     (4096 x 5125 112.26 -> 92.73 us, Liger 119.28; 32768 x 6001 937.4 -> 832.0), 0.98x at
+     600 x 8191 (1.03x without PDL; dev/logs/norm-virtual-shared-row-nvidia-h200-2026-11-28.log).
+     The shared form at G <= 320 ran 0.92-1.07x (600 x 5119 16.69 -> 18.18 us): registers there.
+     In shorter calls the general kernel (132 x 8191: 0.77x in registers).
    One stride only (the two-stride views keep the general and staged kernels), and the grid's
    2^31 - 1 rows. */
 using VirtualKernel = void (*)(NormParams<false>, int);
 VirtualKernel virtual_kernel(const mv_rms_norm_args &a, int group_threads) {
     const bool offset = a.in.weight_offset != 0.0f;
-    if (a.in.residual != nullptr)
-        return offset ? rms_norm_virtual_kernel<true, true, 2> : rms_norm_virtual_kernel<true, false, 2>;
+    if (a.in.residual != nullptr) {
+        if (group_threads <= kVirtual2FormMaxThreadsAt3)
+            return offset ? rms_norm_virtual_kernel<true, true, 2> : rms_norm_virtual_kernel<true, false, 2>;
+        return offset ? rms_norm_virtual_kernel<true, true, 3, true> : rms_norm_virtual_kernel<true, false, 3, true>;
+    }
     /* rms_norm's G of 352-384: 2 rows an SM at 62 registers, 3 at 56 (smaller G hold 3 already):
        H100 float32 1.01-1.11x at 600-4096 rows of H 5125-6143. The fused add spilled 24 bytes at
        56 and ran 0.87-0.99x there, so it keeps 2 rows an SM
