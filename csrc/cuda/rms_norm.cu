@@ -1226,35 +1226,27 @@ __global__ void __launch_bounds__(elems_block_threads(kG), 2048 / elems_block_th
 
 /* ---- float32 rows off the 16-byte grid above 4096 elements, in place ------------------------ */
 
-/* Stores a warp's 32 vectors of 4 (128 consecutive elements from base, lane l's at 4 l) through
-   shared memory, lane by lane: each 4-byte store of the warp then fills whole lines. Each lane
-   storing its own 4 elements put a warp's stores over 16 sectors 4 times, and rms_norm ran at
-   0.6-0.7x the staged kernel (H200 float32 4096 x 8191: 145 us against 91; this form 75;
+/* dst[base + l + 32 k] = src[l + 32 k], k < 4, below hidden: a warp's 128 elements from shared
+   memory, lane by lane, so each 4-byte store of the warp fills whole lines. Each lane storing its
+   own 4 elements put a warp's stores over 16 sectors 4 times, and rms_norm ran at 0.6-0.7x the
+   staged kernel (H200 float32 4096 x 8191: 145 us against 91; this form 75;
    dev/logs/norm-virtual-rows-nvidia-h200-2026-11-26.log). */
+__device__ __forceinline__ void store_lines(float *dst, const float *src, int base, int hidden, int l) {
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        const int e = base + l + 32 * k;
+        if (e < hidden) dst[e] = src[l + 32 * k];
+    }
+}
+
+/* Stores a warp's 32 vectors of 4 (128 consecutive elements from base, lane l's at 4 l) through
+   buf, 128 floats of shared memory (store_lines). */
 __device__ __forceinline__ void store_warp_lines(float *dst, const mv_vec<float, 4> &v, int base, int hidden, float *buf,
                                                  int l) {
     reinterpret_cast<float4 *>(buf)[l] = make_float4(v.v[0], v.v[1], v.v[2], v.v[3]);
     __syncwarp();
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-        const int e = base + l + 32 * k;
-        if (e < hidden) dst[e] = buf[l + 32 * k];
-    }
+    store_lines(dst, buf, base, hidden, l);
     __syncwarp(); /* every lane has read buf before its next use */
-}
-
-/* The warp's kVecs ranges of 128 elements (from warp_first, step apart) from row, a whole row in
-   shared memory, to dst, lane by lane (as store_warp_lines does). */
-template <int kVecs>
-__device__ __forceinline__ void store_row_lines(float *dst, const float *row, int warp_first, int step, int hidden,
-                                                int l) {
-#pragma unroll
-    for (int i = 0; i < kVecs; ++i)
-#pragma unroll
-        for (int k = 0; k < 4; ++k) {
-            const int e = warp_first + i * step + l + 32 * k;
-            if (e < hidden) dst[e] = row[e];
-        }
 }
 
 /* Elements e0 .. e0 + 3 of a float32 row as a vector, zero from hidden on (nothing read there). */
@@ -1277,9 +1269,9 @@ __device__ __forceinline__ mv_vec<float, 4> row_elements(const float *row, int e
    row in registers up to G = 320 (64 of them, 3 rows an SM); from G = 352 (kRowShared) it holds
    s = x + residual in shared memory (the row's 4 G vectors, 32 KiB at most) and in registers
    only while it loads: 40 of them, 3-4 rows an SM, where in registers 2 fitted and the general
-   kernel (one row an SM) ran it instead. Which calls take it: virtual_wanted. In place (out = x, residual_out = residual): a warp
-   stores a range of the row only after every lane of it has read that range (the values it
-   stores depend on those reads), and no other warp reads it. */
+   kernel (one row an SM) ran it instead. Which calls take it: virtual_wanted. In place (out = x,
+   residual_out = residual): a warp stores a range of the row only after every lane of it has
+   read that range (the values it stores depend on those reads), and no other warp reads it. */
 constexpr int kVirtual3Threads = 384;
 constexpr int kVirtual2FormMaxThreadsAt3 = 320; /* 3 x 320 threads x 64 registers: the register file */
 template <bool kHasResidual, bool kOffset, int kMinBlocks, bool kRowShared = false>
@@ -1323,7 +1315,9 @@ __global__ void __launch_bounds__(kMinBlocks == 3 && !kRowShared ? kVirtual3Thre
         }
         __syncwarp();
         float *s_row = static_cast<float *>(in.residual_out) + row * in.residual_out_stride;
-        store_row_lines<kVecs>(s_row, lines, warp_first, step, hidden, l);
+#pragma unroll
+        for (int i = 0; i < kVecs; ++i)
+            store_lines(s_row, lines + warp_first + i * step, warp_first + i * step, hidden, l);
         __syncwarp(); /* the warp's reads of lines above before its lanes overwrite them below */
         sum_sq = group_sum(sum_sq, G, warp_sums);
         const float rrms = rsqrtf(sum_sq / static_cast<float>(in.hidden) + in.eps);
@@ -1336,7 +1330,9 @@ __global__ void __launch_bounds__(kMinBlocks == 3 && !kRowShared ? kVirtual3Thre
             held[u + i * G] = make_float4(y.v[0], y.v[1], y.v[2], y.v[3]);
         }
         __syncwarp();
-        store_row_lines<kVecs>(out_row, lines, warp_first, step, hidden, l);
+#pragma unroll
+        for (int i = 0; i < kVecs; ++i)
+            store_lines(out_row, lines + warp_first + i * step, warp_first + i * step, hidden, l);
     } else {
         float *buf = lines + warp_first;
         VecT s[kVecs], w[kVecs];
@@ -2367,8 +2363,8 @@ VirtualKernel virtual_kernel(const mv_rms_norm_args &a, int group_threads) {
         return offset ? rms_norm_virtual_kernel<true, true, 3, true> : rms_norm_virtual_kernel<true, false, 3, true>;
     }
     /* rms_norm's G of 352-384: 2 rows an SM at 62 registers, 3 at 56 (smaller G hold 3 already):
-       H100 float32 1.01-1.11x at 600-4096 rows of H 5125-6143. The fused add spilled 24 bytes at
-       56 and ran 0.87-0.99x there, so it keeps 2 rows an SM
+       H100 float32 1.01-1.11x at 600-4096 rows of H 5125-6143. The fused add at 56 spilled 24
+       bytes and ran 0.87-0.99x there: it holds the row in shared memory instead (above)
        (dev/logs/norm-virtual-three-rows-nvidia-h100-2026-11-28.log) */
     if (group_threads > kVirtual2FormMaxThreadsAt3 && group_threads <= kVirtual3Threads)
         return offset ? rms_norm_virtual_kernel<false, true, 3> : rms_norm_virtual_kernel<false, false, 3>;
