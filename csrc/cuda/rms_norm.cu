@@ -1267,9 +1267,12 @@ __device__ __forceinline__ mv_vec<float, 4> row_elements(const float *row, int e
    of G = 512 (the general kernel held 97-103, one) and 3 of G <= 320; kMinBlocks = 3 holds the
    same code for G <= 384 to 56 registers, 3 rows there (virtual_kernel). The fused add holds the
    row in registers up to G = 320 (64 of them, 3 rows an SM); from G = 352 (kRowShared) it holds
-   s = x + residual in shared memory (the row's 4 G vectors, 32 KiB at most) and in registers
-   only while it loads: 40 of them, 3-4 rows an SM, where in registers 2 fitted and the general
-   kernel (one row an SM) ran it instead. Which calls take it: virtual_wanted. In place (out = x,
+   s = x + residual in shared memory (the row's 4 G vectors, 32 KiB at most, as they are in
+   registers: held as float4 and converted, ptxas spilled 8 bytes and the calls ran 2-5% slower)
+   and in registers only while it loads: 40 of them, 3-4 rows an SM, where in registers 2 fitted
+   and the general kernel (one row an SM) ran it instead. Capped at 32 registers for 4 rows of
+   G > 384 it spilled 12 bytes and ran 4-8% slower (dev/logs/norm-shared-row-vec-nvidia-h200-2026-11-28.log).
+   Which calls take it: virtual_wanted. In place (out = x,
    residual_out = residual): a warp stores a range of the row only after every lane of it has
    read that range (the values it stores depend on those reads), and no other warp reads it. */
 constexpr int kVirtual3Threads = 384;
@@ -1305,13 +1308,13 @@ __global__ void __launch_bounds__(kMinBlocks == 3 && !kRowShared ? kVirtual3Thre
     if constexpr (kRowShared) {
         static_assert(kHasResidual, "the row in shared memory: the fused add's form");
         /* lines[e] holds element e of the row (s, then the output): vector i of thread u at 4 (u + i G) */
-        float4 *held = reinterpret_cast<float4 *>(lines);
+        VecT *held = reinterpret_cast<VecT *>(lines);
 #pragma unroll
         for (int i = 0; i < kVecs; ++i) {
             VecT s = row_elements(x_row, first + i * step, hidden);
             mv_add_rounded(s, row_elements(r_row, first + i * step, hidden));
             if (first + i * step < hidden) sum_sq = add_squares(sum_sq, s);
-            held[u + i * G] = make_float4(s.v[0], s.v[1], s.v[2], s.v[3]);
+            held[u + i * G] = s;
         }
         __syncwarp();
         float *s_row = static_cast<float *>(in.residual_out) + row * in.residual_out_stride;
@@ -1322,13 +1325,9 @@ __global__ void __launch_bounds__(kMinBlocks == 3 && !kRowShared ? kVirtual3Thre
         sum_sq = group_sum(sum_sq, G, warp_sums);
         const float rrms = rsqrtf(sum_sq / static_cast<float>(in.hidden) + in.eps);
 #pragma unroll
-        for (int i = 0; i < kVecs; ++i) {
-            const float4 f = held[u + i * G];
-            VecT s;
-            s.v[0] = f.x, s.v[1] = f.y, s.v[2] = f.z, s.v[3] = f.w;
-            const VecT y = normalized<kOffset>(s, row_elements(weight, first + i * step, hidden), rrms, in.weight_offset);
-            held[u + i * G] = make_float4(y.v[0], y.v[1], y.v[2], y.v[3]);
-        }
+        for (int i = 0; i < kVecs; ++i)
+            held[u + i * G] =
+                normalized<kOffset>(held[u + i * G], row_elements(weight, first + i * step, hidden), rrms, in.weight_offset);
         __syncwarp();
 #pragma unroll
         for (int i = 0; i < kVecs; ++i)
@@ -2349,7 +2348,9 @@ cudaError_t launch_elems(const mv_rms_norm_args &a, int group_threads, cudaStrea
      and more: G <= 320 in registers 1.12-1.25x (4096 x 5119 113.40 -> 95.01 us); G >= 352 with
      the row in shared memory (kRowShared; in registers 2 rows an SM, 0.98-1.03x) 1.02-1.22x
      (4096 x 5125 112.26 -> 92.73 us, Liger 119.28; 32768 x 6001 937.4 -> 832.0), 0.98x at
-     600 x 8191 (1.03x without PDL; dev/logs/norm-virtual-shared-row-nvidia-h200-2026-11-28.log).
+     600 x 8191 (1.03x without PDL; dev/logs/norm-virtual-shared-row-nvidia-h200-2026-11-28.log);
+     its row held as vectors without conversions 1.02-1.05x more (4096 x 8191 147.76 -> 142.16 us,
+     600 x 8191 25.85 -> 25.33; dev/logs/norm-shared-row-vec-nvidia-h200-2026-11-28.log).
      The shared form at G <= 320 ran 0.92-1.07x (600 x 5119 16.69 -> 18.18 us): registers there.
      In shorter calls the general kernel (132 x 8191: 0.77x in registers).
    One stride only (the two-stride views keep the general and staged kernels), and the grid's
