@@ -2,7 +2,7 @@
 # A/B of the norm kernels on a GPU machine, in one call: the tree's csrc/cuda/rms_norm.cu against
 # an older one, both built side by side; norm_odd_check under compute-sanitizer; the GPU norm tests
 # on the tree's build; bench_rms_norm of both on the given shapes (Liger-Kernel, torch and HF eager
-# beside the tree's); then a table (norm_ab_table.py). Session 17's runs (dev/logs/norm-lanes-kernel-*,
+# beside the tree's); then a table (norm_sites_table.py, old first). Session 17's runs (dev/logs/norm-lanes-kernel-*,
 # norm-reference-batched-loads-*, norm-session17-*) were local drafts of this script (dev/ab_old/v11-v17,
 # not in git); this consolidated form first ran in session 18 (dev/logs/norm-wide-rows-*-2026-11-24.log).
 #
@@ -48,6 +48,6 @@ for v in new old; do
     if [ $v = new ] && [ -n "$liger" ]; then path=$path:$liger; else extra=--no-liger; fi
     PYTHONPATH=$path timeout 160 python3 benchmarks/bench_rms_norm.py --dtypes ${AB_DTYPES:-bf16 fp32} --shapes $shapes \
         --hidden 4096 --rows 1 $extra --no-compile --no-plot --out /tmp/ab_res_$v > "$out/bench-$v.log" 2>&1
-    echo "bench $v rc $? $(( $(date +%s) - t0 )) s"; cp /tmp/ab_res_$v/norm-*.json "$out/$v.json"
+    echo "bench $v rc $? $(( $(date +%s) - t0 )) s"; cp /tmp/ab_res_$v/norm-*.json "$out/1-$v.json"
 done
-python3 dev/probes/norm_ab_table.py "$out" | tee "$out/table.txt"
+python3 dev/probes/norm_sites_table.py "$out" old new | tee "$out/table.txt"
