@@ -12,6 +12,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -101,6 +102,40 @@ template <typename T>
 __global__ void fill(T *p, int64_t n, uint64_t seed, float scale, float offset) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
         p[i] = from_float<T>(offset + scale * hash_uniform(i, seed));
+}
+
+/* float64 rms_norm(x) . W^T for every row of one layer, one thread per (row, column). */
+template <typename T>
+__global__ void reference(const T *x, const T *gamma, const T *w, int h, int n, double eps, double *out) {
+    const int col = blockIdx.x * blockDim.x + threadIdx.x, row = blockIdx.y;
+    if (col >= n) return;
+    const T *xr = x + (int64_t)row * h;
+    double ss = 0.0, acc = 0.0;
+    for (int k = 0; k < h; ++k) {
+        const double v = as_float(xr[k]);
+        ss += v * v;
+        acc += v * (double)as_float(gamma[k]) * (double)as_float(w[(int64_t)col * h + k]);
+    }
+    out[(int64_t)row * n + col] = acc / sqrt(ss / h + eps);
+}
+
+/* out[i] = p[i] as float64 (an output beside the reference). */
+template <typename T>
+__global__ void to_double(const T *p, int64_t n, double *out) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        out[i] = as_float(p[i]);
+}
+
+/* The relative L2 error of got against ref; *nan set where got holds a NaN. */
+inline double probe_rel_error(const std::vector<double> &ref, const std::vector<double> &got, bool *nan) {
+    double e2 = 0.0, r2 = 0.0;
+    *nan = false;
+    for (size_t i = 0; i < ref.size(); ++i) {
+        *nan |= std::isnan(got[i]);
+        e2 += (got[i] - ref[i]) * (got[i] - ref[i]);
+        r2 += ref[i] * ref[i];
+    }
+    return std::sqrt(e2 / r2);
 }
 
 /* One QKV shape: hidden size, q and k/v widths (heads x head_dim). */

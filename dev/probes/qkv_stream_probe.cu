@@ -37,27 +37,6 @@ mv_qkv_path mv_qkv_forced_path() {
 
 
 
-/* float64 rms_norm(x) . W^T for every row of one layer, one thread per (row, column). */
-template <typename T>
-__global__ void reference(const T *x, const T *gamma, const T *w, int h, int n, double eps, double *out) {
-    const int col = blockIdx.x * blockDim.x + threadIdx.x, row = blockIdx.y;
-    if (col >= n) return;
-    const T *xr = x + (int64_t)row * h;
-    double ss = 0.0, acc = 0.0;
-    for (int k = 0; k < h; ++k) {
-        const double v = as_float(xr[k]);
-        ss += v * v;
-        acc += v * (double)as_float(gamma[k]) * (double)as_float(w[(int64_t)col * h + k]);
-    }
-    out[(int64_t)row * n + col] = acc / sqrt(ss / h + eps);
-}
-
-template <typename T>
-__global__ void to_double(const T *p, int64_t n, double *out) {
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-        out[i] = as_float(p[i]);
-}
-
 template <typename T>
 int run(const ProbeShape &sh, const std::vector<int> &ms, mv_dtype dtype) {
     const char *path = getenv("PROBE_PATH") ? getenv("PROBE_PATH") : "deferred";
@@ -143,14 +122,8 @@ int run(const ProbeShape &sh, const std::vector<int> &ms, mv_dtype dtype) {
         CHECK(cudaMemcpyAsync(r.data(), ref, r.size() * sizeof(double), cudaMemcpyDeviceToHost, stream));
         CHECK(cudaMemcpyAsync(g.data(), got64, g.size() * sizeof(double), cudaMemcpyDeviceToHost, stream));
         CHECK(cudaStreamSynchronize(stream));
-        double e2 = 0.0, r2 = 0.0;
         bool nan = false;
-        for (size_t i = 0; i < r.size(); ++i) {
-            nan |= std::isnan(g[i]);
-            e2 += (g[i] - r[i]) * (g[i] - r[i]);
-            r2 += r[i] * r[i];
-        }
-        const double rel = std::sqrt(e2 / r2);
+        const double rel = probe_rel_error(r, g, &nan);
         const bool ok = !nan && rel < 1e-2;
         failures += !ok;
 
