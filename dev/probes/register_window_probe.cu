@@ -24,7 +24,8 @@
  *             with PROBE_DIAG set, w16x6f without PDL and without x's staging (wrong results: FAIL);
  *             ...w: each warp stages only the x it reads, no barrier before its first mma
  * in a chain of the op's own calls (chain), after a 64 MiB fill before each call (fill: L2 left
- * full of dirty lines) and after a 64 MiB read (L2 clean), each separator's own time taken off. Every path's output is checked
+ * full of dirty lines), after a 64 MiB read (L2 clean) and, with PROBE_DOWN=I, after cuBLASLt's
+ * down_proj GEMM ([M, I] x [H, I]^T, as a model's MLP ends), each separator's own time taken off. Every path's output is checked
  * against a float64 reference first (NaN-poisoned before). bf16.
  *
  *   nvcc -std=c++17 -O3 --expt-relaxed-constexpr -Icsrc -gencode=arch=compute_90a,code=sm_90a \
@@ -394,6 +395,25 @@ int run(const ProbeShape &sh, const std::vector<int> &ms) {
         CHECK(cudaMemsetAsync(counters, 0, (size_t)tiles * 4, stream));
         const QkvGemmDesc gd = qkv_gemm_desc(m, n, h);
         const auto heur = path_heuristic(lt, gd, 1, true);
+        /* a down_proj before each call (PROBE_DOWN=I, its input width; 0: none): cuBLASLt's
+           [m, I] x [h, I]^T, as a model's MLP ends, its weights its own */
+        const int inter = probe_env_int("PROBE_DOWN", 0);
+        const QkvGemmDesc dd = qkv_gemm_desc(m, h, inter > 0 ? inter : 8);
+        const auto dheur = path_heuristic(lt, dd, 1, true);
+        __nv_bfloat16 *dw = nullptr, *dact = nullptr, *dout = nullptr;
+        if (inter > 0) {
+            CHECK(cudaMalloc(&dw, (size_t)h * inter * 2));
+            CHECK(cudaMalloc(&dact, (size_t)m * inter * 2));
+            CHECK(cudaMalloc(&dout, (size_t)m * h * 2));
+            fill<<<4096, 256, 0, stream>>>(dw, (int64_t)h * inter, 77, 0.05f, 0.0f);
+            fill<<<64, 256, 0, stream>>>(dact, (int64_t)m * inter, 78, 1.0f, 0.0f);
+            CHECK(cudaGetLastError());
+        }
+        auto down = [&](cudaStream_t s) {
+            const float one = 1.0f, zero = 0.0f;
+            CHECK_BLAS(cublasLtMatmul(lt, dd.desc, &one, dw, dd.la, dact, dd.lb, &zero, dout, dd.ld, dout, dd.ld,
+                                      &dheur[0].algo, ws, kPathWorkspaceBytes, s));
+        };
         if (heur.empty()) {
             fprintf(stderr, "no cuBLASLt algorithm\n");
             return 1;
@@ -505,12 +525,32 @@ int run(const ProbeShape &sh, const std::vector<int> &ms) {
                         v.call(l, s);
                     }
             });
-            printf(" | %s %.2f/%.2f/%.2f%s", v.name.c_str(), chain, filled - fill_alone, after_read - read_alone,
-                   err.c_str());
+            std::string after_down = "";
+            if (inter > 0) {
+                const double down_alone = graph_us_per_call(stream, calls, [&](cudaStream_t s) {
+                    for (int c = 0; c < calls; ++c) down(s);
+                });
+                const double downed = graph_us_per_call(stream, calls, [&](cudaStream_t s) {
+                    for (int c = 0; c < cycles; ++c)
+                        for (int l = 0; l < layers; ++l) {
+                            down(s);
+                            v.call(l, s);
+                        }
+                });
+                char b[32];
+                snprintf(b, sizeof b, "/%.2f", downed - down_alone);
+                after_down = b;
+            }
+            printf(" | %s %.2f/%.2f/%.2f%s%s", v.name.c_str(), chain, filled - fill_alone, after_read - read_alone,
+                   after_down.c_str(), err.c_str());
             fflush(stdout);
         }
-        printf("   (chain/after fill/after read, us; W at 4.8 TB/s %.2f)\n", w_bytes / 4.8e3);
+        printf("   (chain/after fill/after read%s, us; W at 4.8 TB/s %.2f)\n", inter > 0 ? "/after down_proj" : "",
+               w_bytes / 4.8e3);
         destroy_qkv_gemm_desc(gd);
+        destroy_qkv_gemm_desc(dd);
+        for (void *p : {(void *)dw, (void *)dact, (void *)dout})
+            if (p != nullptr) CHECK(cudaFree(p));
         for (void *p : {(void *)x, (void *)y, (void *)out, (void *)ref, (void *)got, (void *)stream_k_ws, (void *)counters}) CHECK(cudaFree(p));
     }
     printf("# %d failures\n", failures);
