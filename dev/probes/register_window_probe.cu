@@ -21,7 +21,7 @@
  *   bulk      the product's tensor-copy stream (bulk_stream.cu), PDL
  *   wWxDk/t   the window kernel with W warps a CTA, D chunks in flight a warp, one CTA an SM, PDL;
  *             t: equal ranges of whole tiles, k: stream-K ranges, f: equal ranges of features;
- *             with PROBE_DIAG set, w16x6f without PDL and without x's staging (wrong results: FAIL);
+ *             with PROBE_DIAG set, w16x6k, and w16x6f without PDL and without x's staging (wrong results: FAIL);
  *             ...w: each warp stages only the x it reads, no barrier before its first mma
  * in a chain of the op's own calls (chain), after a 64 MiB fill before each call (fill: L2 left
  * full of dirty lines), after a 64 MiB read (L2 clean) and, with PROBE_DOWN=I, after cuBLASLt's
@@ -469,7 +469,9 @@ int run(const ProbeShape &sh, const std::vector<int> &ms) {
         WINDOW(16, 8, 0, "t");
         WINDOW(16, 6, 2, "f");
         WINDOW(16, 8, 2, "f");
-        if (getenv("PROBE_DIAG")) { /* diagnostics: without PDL (2), without x's staging (1: wrong results) */
+        if (getenv("PROBE_DIAG")) { /* diagnostics: stream-K ranges (calls 2-4 of the log), without PDL (2),
+                                       without x's staging (1: wrong results) */
+            WINDOW(16, 6, 1, "k");
             vs.push_back({"w16x6f-nopdl", [&](int l, cudaStream_t s) { CHECK((window_launch<16, 6, 2, 2>(wargs(l), sms, s))); }});
             vs.push_back({"w16x6f-nostage", [&](int l, cudaStream_t s) { CHECK((window_launch<16, 6, 2, 1>(wargs(l), sms, s))); }});
         }
