@@ -191,7 +191,12 @@ def make_step(model, variant, ops=None):
     layer = make_minivllm_layer(cfg, length, ops)
     if variant == "compile+mv":
         layer = torch.compile(layer, fullgraph=True, backend=model_backend(model))
+    return residual_step(model, layer, ops)
 
+
+def residual_step(model, layer, ops):
+    """A step of `layer` (make_minivllm_layer's signature: the residual carried between layers),
+    then the final fused_add_rms_norm of `ops`."""
     def step():
         h, residual = model.h, None
         for w in model.layers:
