@@ -262,10 +262,17 @@ bool register_first_wanted(const Call &c) { return c.dev->major >= 9 && stream_w
    MiB (H 1152-2048, with or without a residual); from 18 MiB the tensor-copy stream was faster.
    Fast DRAM, after a down_proj GEMM or a fill: 1.3-2.5 us faster at W 6-16 MiB (H 1536-2048, 4
    shapes, with or without a residual; Qwen2.5-1.5B decode steps at batch 1 5% faster;
-   dev/logs/qkv-after-gemm-rules-nvidia-h200-2026-11-27.log). */
+   dev/logs/qkv-after-gemm-rules-nvidia-h200-2026-11-27.log).
+   Fast DRAM, H <= 2048 at any W: 0.43-1.57 us faster at 18 of 18 points of W 17-64 MiB (gate_up
+   shapes read as heads, N = 9728-17920), after a down_proj GEMM
+   or a fill, with or without a residual, two rounds; from H 2304 (W 18-259 MiB, 9 shapes) slower
+   at 48 of 54 points, level at 4, 0.2-0.4 faster at 2 (H 2560 N 19456 after the GEMM)
+   (dev/logs/one-row-register-nvidia-h200-2026-11-29.log). */
 constexpr int64_t kRegisterOneRowMaxWeights = 8 << 20; /* elements: 16 MiB of 16-bit weights */
+constexpr int64_t kRegisterOneRowFastMaxHidden = 2048;
 bool register_one_row_wanted(const Call &c) {
-    return c.rows == 1 && c.cols * c.hidden <= kRegisterOneRowMaxWeights && stream_fits(c);
+    if (c.rows != 1 || !stream_fits(c)) return false;
+    return c.cols * c.hidden <= kRegisterOneRowMaxWeights || (!slow_dram(c) && c.hidden <= kRegisterOneRowFastMaxHidden);
 }
 
 /* The one-kernel wgmma GEMM beat norm + cuBLASLt in chains of its own calls for small H up to 64
