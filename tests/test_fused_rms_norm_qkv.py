@@ -660,7 +660,7 @@ def test_qkv_rules_by_dram_bandwidth(rng):
     W of 10-24 MiB (a second token tile in the streams) norm + cuBLASLt; from 16 rows one kernel
     only for a large W (at 16 rows 24 MiB, beyond 80 MiB), and no wgmma. Faster GPUs (an H200),
     measured the same way: the register stream for one row of a small W, or of any W where H <=
-    2048, and the residual bound as
+    2048, and for 2-8 rows where H <= 1024 (the op alone), and the residual bound as
     above, below 16 rows the deferred stream only where no W stream fits and W is under 50 MiB (the
     streams where they fit, else the engine); from 9 rows one kernel only for W under 10 MiB (up
     to 16 rows, the register stream), or of 80 MiB or more where H >= 7168 and N is at most 128
@@ -679,6 +679,9 @@ def test_qkv_rules_by_dram_bandwidth(rng):
         (1, 1536, 138, 1, False, "bulk", "register"),    # W 52.5 MiB (N 17920): fast DRAM, H <= 2048
         (1, 2048, 126, 1, True, "bulk", "register"),     # W 64 MiB, with a residual
         (1, 2304, 30, 1, False, "bulk", "bulk"),         # W 18 MiB, H > 2048
+        (4, 896, 74, 1, False, "bulk", "register"),      # W 17 MiB, too large for the whole-W-first form
+        (4, 1024, 46, 1, True, "bulk", "register"),      # W 12 MiB, with a residual (M * H = 4096)
+        (4, 1152, 106, 1, False, "bulk", "bulk"),        # H > 1024
         (4, 2048, 16, 8, True, "cublaslt", "cublaslt"),  # M * H = 8192
         (4, 1536, 12, 2, True, "bulk", "bulk"),          # M * H = 6144
         (3, 4096, 32, 8, True, "bulk", "bulk"),          # 3 rows stay on the streams

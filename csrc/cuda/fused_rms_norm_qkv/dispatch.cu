@@ -275,6 +275,20 @@ bool register_one_row_wanted(const Call &c) {
     return c.cols * c.hidden <= kRegisterOneRowMaxWeights || (!slow_dram(c) && c.hidden <= kRegisterOneRowFastMaxHidden);
 }
 
+/* 2-8 rows of the op alone, fast DRAM, H <= 1024, where the streams take the call and the
+   whole-W-first form (register_first_wanted) does not fit (W of 8-17 MiB): the register stream
+   rather than the tensor-copy one. After a down_proj GEMM, two rounds, with and without a
+   residual: 0.09-1.58 us faster at 96 of 96 points (H 768-1024, N 4864-9728, 2-8 rows); at H
+   1152-1280 slower at 38 of 40 (up to 2.2 us; 0.14-0.27 faster at H 1152, 2 rows, with a
+   residual), so the bound. The prologue's QKV call keeps the tensor-copy stream there (not
+   measured) (dev/logs/one-row-register-nvidia-h200-2026-11-29.log, calls 8-9). */
+constexpr int64_t kRegisterFewRowsMaxRows = 8;
+constexpr int64_t kRegisterFewRowsMaxHidden = 1024;
+bool register_few_rows_wanted(const Call &c) {
+    return !slow_dram(c) && !c.epilogue_next && c.rows >= 2 && c.rows <= kRegisterFewRowsMaxRows &&
+           c.hidden <= kRegisterFewRowsMaxHidden && stream_wanted(c);
+}
+
 /* The one-kernel wgmma GEMM beat norm + cuBLASLt in chains of its own calls for small H up to 64
    rows (256 for N <= 2048); up to 64 rows its tiles are split over clusters (W up to 12 MiB). Timed
    after a kernel that lets nothing overlap, it lost for the op alone: slow DRAM, after a torch GEMM,
@@ -374,8 +388,10 @@ constexpr Rule kRules[] = {
     {MV_QKV_DEFERRED, deferred_wanted, mv_qkv_deferred_plan, mv_qkv_deferred_launch},
     /* decode on sm_90+ with PDL, H <= 1024: all of W requested before the wait */
     {MV_QKV_REGISTER, register_first_wanted, register_first_plan, mv_qkv_register_launch},
-    /* one row of a small W on slow DRAM */
+    /* one row of a small W, or on fast DRAM of a small H */
     {MV_QKV_REGISTER, register_one_row_wanted, register_plan, mv_qkv_register_launch},
+    /* 2-8 rows of a W too large for the whole-W-first form, small H, fast DRAM */
+    {MV_QKV_REGISTER, register_few_rows_wanted, register_plan, mv_qkv_register_launch},
     /* decode on sm_90+, H % 64 == 0: W through the copy engine, more bytes in flight per SM */
     {MV_QKV_BULK, stream_wanted, mv_qkv_bulk_plan, mv_qkv_bulk_launch},
     /* decode on any sm_80+ GPU */
