@@ -19,6 +19,7 @@
 #include <cstring>
 #include <vector>
 
+#include "cuda/device.h"       /* mv_cuda_device, mv_current_device */
 #include "minivllm_kernels.h" /* mv_qkv_args (the probes build with -Icsrc) */
 
 #define CHECK(call)                                                                                  \
@@ -49,6 +50,25 @@ inline double probe_env_double(const char *name, double fallback) {
     const char *v = getenv(name);
     return v != nullptr && *v != '\0' ? atof(v) : fallback;
 }
+
+/* What a QKV probe's run starts from: device 0's properties, the library's view of the current
+   device (for its plans and launches) and a non-blocking stream of the probe's own. */
+struct ProbeDevice {
+    cudaDeviceProp prop;
+    mv_cuda_device dev;
+    cudaStream_t stream;
+};
+inline ProbeDevice probe_device() {
+    ProbeDevice d;
+    CHECK(cudaGetDeviceProperties(&d.prop, 0));
+    CHECK(mv_current_device(&d.dev));
+    CHECK(cudaStreamCreateWithFlags(&d.stream, cudaStreamNonBlocking));
+    return d;
+}
+
+/* Layers (each its own W of w_bytes) for at least 256 MiB of distinct weights, 8 at least, as
+   bench_fused_rms_norm_qkv cycles through them, so W comes from DRAM in every call. */
+inline int probe_layers(size_t w_bytes) { return std::max(8, (int)((256ull << 20) / w_bytes + 1)); }
 
 /* bench_fused_rms_norm_qkv's timing: record(stream) issues `calls` calls, captured once into a CUDA graph; the graph
    is replayed 25 times with events around each replay, the first 3 dropped; the median replay over

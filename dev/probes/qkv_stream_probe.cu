@@ -44,15 +44,13 @@ int run(const ProbeShape &sh, const std::vector<int> &ms, mv_dtype dtype) {
     const int cycles = probe_env_int("PROBE_CYCLES", 4);
     const bool deferred = strcmp(path, "deferred") == 0;
     const bool wgmma = strcmp(path, "wgmma") == 0;
-    cudaDeviceProp prop;
-    CHECK(cudaGetDeviceProperties(&prop, 0));
-    mv_cuda_device dev;
-    CHECK(mv_current_device(&dev));
-    cudaStream_t stream;
-    CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    const ProbeDevice probe = probe_device(); /* named references: lambdas below capture them */
+    const cudaDeviceProp &prop = probe.prop;
+    const mv_cuda_device &dev = probe.dev;
+    cudaStream_t stream = probe.stream;
     const int n = sh.q + 2 * sh.kv, h = sh.h;
     const size_t w_bytes = (size_t)n * h * 2;
-    const int layers = std::max(8, (int)((256ull << 20) / w_bytes + 1));
+    const int layers = probe_layers(w_bytes);
     printf("# %s, %s, %s, path %s, %d layers of %.1f MiB x %d passes per graph, PDL %s\n", prop.name, sh.name,
            dtype == MV_FLOAT16 ? "fp16" : "bf16", path, layers, w_bytes / 1048576.0, cycles,
            mv_pdl_enabled(dev) ? "on" : "off");

@@ -346,15 +346,13 @@ struct Variant {
 };
 
 int run(const ProbeShape &sh, const std::vector<int> &ms) {
-    cudaDeviceProp prop;
-    CHECK(cudaGetDeviceProperties(&prop, 0));
-    mv_cuda_device dev;
-    CHECK(mv_current_device(&dev));
-    cudaStream_t stream;
-    CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    const ProbeDevice probe = probe_device(); /* named references: lambdas below capture them */
+    const cudaDeviceProp &prop = probe.prop;
+    const mv_cuda_device &dev = probe.dev;
+    cudaStream_t stream = probe.stream;
     const int n = sh.q + 2 * sh.kv, h = sh.h, sms = prop.multiProcessorCount;
     const size_t w_bytes = (size_t)n * h * 2;
-    const int layers = std::max(8, (int)((256ull << 20) / w_bytes + 1));
+    const int layers = probe_layers(w_bytes);
     const int64_t sep_vecs = (64ll << 20) / 16;
     printf("# %s, %s (N %d), bf16, %d layers of %.1f MiB\n", prop.name, sh.name, n, layers, w_bytes / 1048576.0);
     __nv_bfloat16 *w, *gamma;
