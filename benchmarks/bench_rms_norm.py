@@ -14,7 +14,10 @@ Every implementation is timed the same way:
     ceiling; bandwidth is reported as a fraction of it.
 Baselines: torch.nn.functional.rms_norm; Hugging Face's RMSNorm, eager and torch.compile'd; for
 the fused op, x + r then F.rms_norm, eager and torch.compile'd; Liger-Kernel's Triton kernels for
-both ops where liger_kernel imports. minivllm is timed twice: as --pdl asks, and with PDL off
+both ops where liger_kernel imports. torch.compile compiles each shape and dtype for itself
+(dynamic=False), as a model's fixed hidden size is compiled: with the default, sizes turn dynamic
+once a shape changes and Inductor's kernels for later shapes ran 1.2-1.8x slower on an H200
+(dev/logs/norm-static-compile-nvidia-h200-2026-11-29.log); --compile-dynamic times that form. minivllm is timed twice: as --pdl asks, and with PDL off
 (pdl=False; a norm in a model follows a GEMM, whose tail PDL cannot overlap as it does a chain of
 norms), and each is compared with the best baseline. minivllm's output is checked
 against the float64 reference (minivllm.reference, on a sample of rows) for every shape, before
@@ -23,7 +26,7 @@ The report gives each shape's fraction of the copy bandwidth (the floor of a mem
 every baseline's time and minivllm's speedup over it.
 
 usage: python3 benchmarks/bench_rms_norm.py [--quick] [--dtypes bf16 fp16 fp32] [--hidden 1024]
-           [--rows 1 4096] [--shapes 1000x999 ...] [--out DIR] [--no-compile] [--compile-static] [--no-plot]
+           [--rows 1 4096] [--shapes 1000x999 ...] [--out DIR] [--no-compile] [--compile-dynamic] [--no-plot]
            [--pdl auto|on|off]
 Writes DIR/norm-<gpu>-<date>.json and DIR/norm-<gpu>-<date>.png (DIR: benchmarks/results).
 """
@@ -430,9 +433,9 @@ def parse_args(argv):
     bt.add_kernel_args(parser, qkv_path=False)
     parser.add_argument("--no-compile", action="store_true",
                         help="skip the torch.compile baselines")
-    parser.add_argument("--compile-static", action="store_true",
-                        help="torch.compile(dynamic=False): one compilation per shape and dtype "
-                             "(slower to run; kernels specialised to each H)")
+    parser.add_argument("--compile-dynamic", action="store_true",
+                        help="torch.compile's default instead of dynamic=False: sizes turn dynamic "
+                             "after the first shape (slower kernels than a model's fixed H gets)")
     args = parser.parse_args(argv)
     try:
         args.dtypes = list(dict.fromkeys(flat_list(args.dtypes, parse_dtype)))
@@ -468,8 +471,8 @@ def main(argv=None):
     stem = bt.results_stem("norm", props.name, date)
     versions = bt.library_versions()
     compile_mode = ("off" if args.no_compile else
-                    "torch.compile(dynamic=False)" if args.compile_static else
-                    "torch.compile() default (sizes become dynamic after a shape change)")
+                    "torch.compile() default (sizes become dynamic after a shape change)"
+                    if args.compile_dynamic else "torch.compile(dynamic=False), each shape its own")
     driver = bt.driver_version()
     print(f"{props.name}, L2 {l2_bytes / 2**20:.0f} MiB, driver {driver}, torch "
           f"{versions['torch']}, minivllm {minivllm.__version__} from "
@@ -482,7 +485,7 @@ def main(argv=None):
     copy_gbps, copy_methods = bt.measure_copy_gbps(args.replays)
     print(f"device-to-device copy ({COPY_BYTES >> 30} GiB, read + write): {copy_gbps:.0f} GB/s ("
           + ", ".join(f"{k} {v:.0f}" for k, v in copy_methods.items()) + ")", flush=True)
-    compiled = None if args.no_compile else compile_baselines(args.compile_static)
+    compiled = None if args.no_compile else compile_baselines(not args.compile_dynamic)
     liger, liger_note = (None, "skipped (--no-liger)") if args.no_liger else load_liger()
     print(f"Liger-Kernel baseline: {liger_note}", flush=True)
 
