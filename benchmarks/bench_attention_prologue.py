@@ -13,7 +13,9 @@ layer: W, γ, bias, q/k norm weights, input, residual and outputs; one paged cac
                 the QKV op alone, no bias, norm, RoPE or cache (the target's yardstick)
   torch         x + r, F.rms_norm, F.linear (+ bias), split, F.rms_norm of q and k, RoPE (neox,
                 in the dtype), index_copy_ of k and v into the cache
-  compile       torch.compile(fullgraph=True) of that chain (default mode)
+  compile       torch.compile(fullgraph=True, dynamic=False) of that chain: each shape compiled
+                for itself, as a model compiles its fixed sizes (--compile-dynamic: the default
+                mode, whose sizes turn dynamic after the first shape: slower kernels)
   qkv+torch     minivllm's QKV op (+ bias in torch), then the torch chain from the split on
 Models: each shape with the prologue its family uses (Qwen3: q/k norm; Qwen2.5: bias; Llama:
 neither); the cos/sin cache holds 8192 positions; positions and slots are random (distinct
@@ -22,7 +24,7 @@ reference (minivllm.reference.attention_prologue + write_kv_cache) on a sample o
 the cache rows written.
 
 usage: python3 benchmarks/bench_attention_prologue.py [--models qwen3-0.6b ...] [--dtypes bf16]
-           [--m 1 16 256] [--out DIR] [--no-compile] [--no-plot]
+           [--m 1 16 256] [--out DIR] [--no-compile] [--compile-dynamic] [--no-plot]
 Writes DIR/prologue-<gpu>-<date>.json and .png (DIR: benchmarks/results).
 """
 
@@ -286,6 +288,8 @@ def main(argv=None):
     parser.add_argument("--dtypes", nargs="+", default=["bf16"])
     parser.add_argument("--m", nargs="+", default=[str(m) for m in FULL_M])
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--compile-dynamic", action="store_true",
+                        help="torch.compile's default mode instead of dynamic=False")
     bt.add_graph_run_args(parser, DEFAULT_OUT)
     args = parser.parse_args(argv)
     bt.apply_graph_run_args(args)
@@ -303,10 +307,11 @@ def main(argv=None):
                                                          for d, v in gemm.items()), flush=True)
 
     if not args.no_compile:
-        bt.raise_compile_limits(256)
+        bt.raise_compile_limits(256)  # dynamic=False: one compilation per (model, dtype, M)
     run = SimpleNamespace(copy_gbps=copy_gbps, gemm_tflops=gemm, l2_bytes=gpu["l2_cache_bytes"],
                           replays=args.replays, compiled=None if args.no_compile else
-                          torch.compile(torch_prologue, fullgraph=True))
+                          torch.compile(torch_prologue, fullgraph=True,
+                                        **({} if args.compile_dynamic else {"dynamic": False})))
     results = []
     for d in dtypes:
         for model in models:
@@ -328,6 +333,9 @@ def main(argv=None):
     report = {"kind": "bench-prologue", "gpu": gpu, "date": date.isoformat(timespec="seconds"),
               "commit": commit, "versions": bt.library_versions(),
               "argv": sys.argv[1:] if argv is None else list(argv),
+              "compile": ("off" if args.no_compile else "torch.compile(fullgraph=True) default mode"
+                          if args.compile_dynamic else
+                          "torch.compile(fullgraph=True, dynamic=False), each shape its own"),
               "ceilings": {"copy_gbps": copy_gbps, "gemm_tflops": gemm},
               "method": {"timing": "CUDA graph of N calls, each its own layer; median replay / N",
                          "bytes_moved": "W + γ + x + residual read, q, k, v and the new residual "
