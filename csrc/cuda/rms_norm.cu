@@ -2218,7 +2218,10 @@ cudaError_t launch_short(const mv_rms_norm_args &a, int group_threads, const Row
    1.61; float32 1 x 1024 1.66 -> 1.58), H100 1.00-1.05x; with PDL 0.95-1.06x, the losses past a
    row per SM, where the one-vector kernel stays (lanes_kernel); from 65 vectors the fused add
    lost (bf16 1 x 896 1.66 -> 1.73 without PDL);
-   dev/logs/norm-lanes-pair-bounds-nvidia-h200-h100-2026-11-27.log (calls 8, 11). */
+   dev/logs/norm-lanes-pair-bounds-nvidia-h200-h100-2026-11-27.log (calls 8, 11).
+   The short kernel's one warp of 4 vectors a thread (the layout of Inductor's one-warp
+   persistent kernel) ran these rows 0.77-0.96x (H200 bf16 1 x 1024 1.39 -> 1.63 us without PDL;
+   dev/logs/norm-static-compile-nvidia-h200-2026-11-29.log, call 2). */
 constexpr int kLanesOneMaxVectors = 128; /* rms_norm_lanes_kernel up to here, the pair kernel beyond */
 constexpr int kLanesOneMaxVectorsLong = 256; /* the same in calls past a row per SM (lanes_kernel) */
 constexpr int kLanesPairMaxVectors = 1024;
