@@ -2306,15 +2306,20 @@ bool lanes_for_rows(const mv_rms_norm_args &a, const LanesKernel &k, const mv_cu
 
 /* Which calls of such rows (G >= 32, so H 129-4096; G of 2-16, H 9-128, past the short calls)
    take rms_norm_elems_kernel: one stride in
-   int strides, and every call but a float32 fused add of more rows than multiprocessors. There
-   it lost to the general and staged kernels (H100 1000 x 999 6.36 -> 7.99 us, 4096 x 4095 93.6 ->
-   100.2; the 16-bit fused add ran 1.00-1.44x as fast as before, rms_norm 1.03-1.69x in both dtypes;
-   dev/logs/norm-odd-rows-nvidia-h100-2026-11-25.log). The rule moves no row's bits: every kernel
-   sums in the order G fixes. */
+   int strides, and every call but a float32 fused add of more rows than multiprocessors where
+   G >= 32. There it lost to the general and staged kernels (H100 1000 x 999 6.36 -> 7.99 us,
+   4096 x 4095 93.6 -> 100.2; the 16-bit fused add ran 1.00-1.44x as fast as before, rms_norm
+   1.03-1.69x in both dtypes; dev/logs/norm-odd-rows-nvidia-h100-2026-11-25.log), and at G = 32
+   (H 129-256) with PDL at one of three shapes (H200 4096 x 201 4.92 -> 5.53 us). At G <= 16
+   (H <= 128) it ran 1.13-1.54x faster with PDL and without (H200 65536 x 121 39.60 -> 35.15 us,
+   65536 x 33 16.19 -> 12.28; dev/logs/norm-elems-fused-float32-nvidia-h200-2026-11-29.log).
+   The rule moves no row's bits: every kernel sums in the order G fixes. */
+constexpr int64_t kElemsFusedFloat32MaxHidden = 128; /* G <= 16 at 8 elements a thread */
 bool elems_wanted(const mv_rms_norm_args &a, const mv_cuda_device &dev) {
     /* the kernel's int row index reaches rows + 2 in the last block */
     if (!int_strides(a) || a.in.rows > INT32_MAX - 4) return false;
-    return !(a.in.dtype == MV_FLOAT32 && a.in.residual != nullptr && a.in.rows > (dev.sms > 0 ? dev.sms : 1));
+    return !(a.in.dtype == MV_FLOAT32 && a.in.residual != nullptr && a.in.rows > (dev.sms > 0 ? dev.sms : 1) &&
+             a.in.hidden > kElemsFusedFloat32MaxHidden);
 }
 
 template <typename T, typename TW, bool kHasResidual>
