@@ -288,8 +288,7 @@ def main(argv=None):
     parser.add_argument("--dtypes", nargs="+", default=["bf16"])
     parser.add_argument("--m", nargs="+", default=[str(m) for m in FULL_M])
     parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--compile-dynamic", action="store_true",
-                        help="torch.compile's default mode instead of dynamic=False")
+    bt.add_compile_mode_arg(parser)
     bt.add_graph_run_args(parser, DEFAULT_OUT)
     args = parser.parse_args(argv)
     bt.apply_graph_run_args(args)
@@ -306,12 +305,12 @@ def main(argv=None):
     print(f"copy {copy_gbps:.0f} GB/s; GEMM " + ", ".join(f"{d} {v:.0f} TFLOP/s"
                                                          for d, v in gemm.items()), flush=True)
 
+    compile_kwargs, compile_mode = bt.compile_options(args, fullgraph=True)
     if not args.no_compile:
         bt.raise_compile_limits(256)  # dynamic=False: one compilation per (model, dtype, M)
     run = SimpleNamespace(copy_gbps=copy_gbps, gemm_tflops=gemm, l2_bytes=gpu["l2_cache_bytes"],
                           replays=args.replays, compiled=None if args.no_compile else
-                          torch.compile(torch_prologue, fullgraph=True,
-                                        **({} if args.compile_dynamic else {"dynamic": False})))
+                          torch.compile(torch_prologue, **compile_kwargs))
     results = []
     for d in dtypes:
         for model in models:
@@ -333,9 +332,7 @@ def main(argv=None):
     report = {"kind": "bench-prologue", "gpu": gpu, "date": date.isoformat(timespec="seconds"),
               "commit": commit, "versions": bt.library_versions(),
               "argv": sys.argv[1:] if argv is None else list(argv),
-              "compile": ("off" if args.no_compile else "torch.compile(fullgraph=True) default mode"
-                          if args.compile_dynamic else
-                          "torch.compile(fullgraph=True, dynamic=False), each shape its own"),
+              "compile": "off" if args.no_compile else compile_mode,
               "ceilings": {"copy_gbps": copy_gbps, "gemm_tflops": gemm},
               "method": {"timing": "CUDA graph of N calls, each its own layer; median replay / N",
                          "bytes_moved": "W + γ + x + residual read, q, k, v and the new residual "

@@ -14,12 +14,10 @@ Every implementation is timed the same way:
     ceiling; bandwidth is reported as a fraction of it.
 Baselines: torch.nn.functional.rms_norm; Hugging Face's RMSNorm, eager and torch.compile'd; for
 the fused op, x + r then F.rms_norm, eager and torch.compile'd; Liger-Kernel's Triton kernels for
-both ops where liger_kernel imports. torch.compile compiles each shape and dtype for itself
-(dynamic=False), as a model's fixed hidden size is compiled: with the default, sizes turn dynamic
-once a shape changes and Inductor's kernels for later shapes ran 1.2-1.8x slower on an H200
-(dev/logs/norm-static-compile-nvidia-h200-2026-11-29.log); --compile-dynamic times that form. minivllm is timed twice: as --pdl asks, and with PDL off
-(pdl=False; a norm in a model follows a GEMM, whose tail PDL cannot overlap as it does a chain of
-norms), and each is compared with the best baseline. minivllm's output is checked
+both ops where liger_kernel imports; torch.compile compiles each shape and dtype for itself
+(minivllm.bench.timing.compile_options; --compile-dynamic: its default mode). minivllm is timed
+twice: as --pdl asks, and with PDL off (pdl=False; a norm in a model follows a GEMM, whose tail
+PDL cannot overlap as it does a chain of norms), and each is compared with the best baseline. minivllm's output is checked
 against the float64 reference (minivllm.reference, on a sample of rows) for every shape, before
 timing (an eager call) and after (the graph's last call); a wrong result aborts the run.
 The report gives each shape's fraction of the copy bandwidth (the floor of a memory-bound op) and
@@ -123,16 +121,15 @@ def load_liger():
 # ---------------------------------------------------------------------------------------------
 # the baselines
 # ---------------------------------------------------------------------------------------------
-def compile_baselines(static):
-    """torch.compile'd baselines, keyed by baseline name.
+def compile_baselines(options):
+    """torch.compile'd baselines (bt.compile_options's keyword arguments), keyed by baseline name.
 
-    The default torch.compile recompiles with dynamic sizes once a shape changes, and again for
-    M=1 and for each dtype: up to about eight compilations per function in a full sweep, the
-    default recompile limit, past which dynamo silently runs the eager code. Raise the limit, and
-    make hitting it an error where torch can, so the "compiled" baseline is always compiled.
+    With dynamic=False each shape and dtype is a compilation of its own; the default mode
+    recompiles with dynamic sizes once a shape changes, and again for M=1 and for each dtype. Past
+    the recompile limit dynamo silently runs the eager code: raise the limit, and make hitting it
+    an error where torch can, so the "compiled" baseline is always compiled.
     """
-    bt.raise_compile_limits(1024 if static else 64)  # static: one compilation per shape, dtype
-    options = {"dynamic": False} if static else {}
+    bt.raise_compile_limits(1024 if options.get("dynamic") is False else 64)
     return {"hf_compiled": torch.compile(hf_rms_norm, **options),
             "torch_add_rms_norm_compiled": torch.compile(torch_add_rms_norm, **options)}
 
@@ -433,9 +430,7 @@ def parse_args(argv):
     bt.add_kernel_args(parser, qkv_path=False)
     parser.add_argument("--no-compile", action="store_true",
                         help="skip the torch.compile baselines")
-    parser.add_argument("--compile-dynamic", action="store_true",
-                        help="torch.compile's default instead of dynamic=False: sizes turn dynamic "
-                             "after the first shape (slower kernels than a model's fixed H gets)")
+    bt.add_compile_mode_arg(parser)
     args = parser.parse_args(argv)
     try:
         args.dtypes = list(dict.fromkeys(flat_list(args.dtypes, parse_dtype)))
@@ -470,9 +465,8 @@ def main(argv=None):
     date = bt.utc_now()
     stem = bt.results_stem("norm", props.name, date)
     versions = bt.library_versions()
-    compile_mode = ("off" if args.no_compile else
-                    "torch.compile() default (sizes become dynamic after a shape change)"
-                    if args.compile_dynamic else "torch.compile(dynamic=False), each shape its own")
+    compile_kwargs, compile_mode = bt.compile_options(args)
+    compile_mode = "off" if args.no_compile else compile_mode
     driver = bt.driver_version()
     print(f"{props.name}, L2 {l2_bytes / 2**20:.0f} MiB, driver {driver}, torch "
           f"{versions['torch']}, minivllm {minivllm.__version__} from "
@@ -485,7 +479,7 @@ def main(argv=None):
     copy_gbps, copy_methods = bt.measure_copy_gbps(args.replays)
     print(f"device-to-device copy ({COPY_BYTES >> 30} GiB, read + write): {copy_gbps:.0f} GB/s ("
           + ", ".join(f"{k} {v:.0f}" for k, v in copy_methods.items()) + ")", flush=True)
-    compiled = None if args.no_compile else compile_baselines(not args.compile_dynamic)
+    compiled = None if args.no_compile else compile_baselines(compile_kwargs)
     liger, liger_note = (None, "skipped (--no-liger)") if args.no_liger else load_liger()
     print(f"Liger-Kernel baseline: {liger_note}", flush=True)
 

@@ -47,13 +47,12 @@ def main():
                 rs = [torch.randn(rows, hidden, dtype=dtype, device="cuda") for _ in range(calls)]
                 outs = [torch.empty_like(x) for x in xs]
                 routs = [torch.empty_like(x) for x in xs]
-                norm_c = torch.compile(bl.hf_rms_norm, dynamic=False)
-                add_c = torch.compile(bl.torch_add_rms_norm, dynamic=False)
+                options = {} if args.dynamic_m else {"dynamic": False}
                 if args.dynamic_m:
                     for t in xs + rs:
                         torch._dynamo.mark_dynamic(t, 0)
-                    norm_c = torch.compile(bl.hf_rms_norm)
-                    add_c = torch.compile(bl.torch_add_rms_norm)
+                norm_c = torch.compile(bl.hf_rms_norm, **options)
+                add_c = torch.compile(bl.torch_add_rms_norm, **options)
                 ref = (xs[0].double() * torch.rsqrt(xs[0].double().pow(2).mean(-1, keepdim=True) + 1e-6)
                        * w.double())
                 got = norm_c(xs[0], w)

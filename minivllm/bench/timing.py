@@ -326,6 +326,27 @@ def raise_compile_limits(limit):
         config.fail_on_recompile_limit_hit = True
 
 
+def add_compile_mode_arg(parser):
+    """--compile-dynamic, read by compile_options."""
+    parser.add_argument("--compile-dynamic", action="store_true",
+                        help="torch.compile baselines in torch's default mode, whose sizes turn "
+                             "dynamic after the first shape, instead of each shape compiled for itself")
+
+
+def compile_options(args, **options):
+    """(torch.compile keyword arguments, a description for the report) of a benchmark's compiled
+    baselines: each shape compiled for itself (dynamic=False), as a model compiles its fixed sizes,
+    unless --compile-dynamic. In the default mode one compiled function turns its sizes dynamic
+    once a shape changes, and its norm kernels for later shapes ran 1.2-1.8x slower on an H200
+    (dev/logs/norm-static-compile-nvidia-h200-2026-11-29.log)."""
+    if not args.compile_dynamic:
+        options["dynamic"] = False
+    shown = ", ".join(f"{k}={v}" for k, v in options.items())
+    return options, (f"torch.compile({shown})" + (
+        " default mode (sizes become dynamic after a shape change)" if args.compile_dynamic
+        else ", each shape its own"))
+
+
 # ---------------------------------------------------------------------------------------------
 # run metadata and output files
 # ---------------------------------------------------------------------------------------------
