@@ -8,7 +8,10 @@ Implementations, all timed in the same run and the same way:
   HF                  Hugging Face's RMSNorm (float32 statistics, rounded before γ), F.linear,
                       split
   cuBLAS              F.linear alone on an already normalized x: the GEMM without the norm
-  compile             torch.compile of the torch version (default mode)
+  compile             torch.compile of the torch version, default mode, each shape compiled for
+                      itself (dynamic=False) as a model compiles its fixed sizes
+                      (--compile-dynamic: one function whose sizes turn dynamic after a shape
+                      change, as torch.compile(fn) alone does)
   max-autotune        torch.compile(mode="max-autotune-no-cudagraphs", dynamic=False) of it;
                       autotuning takes seconds per shape, so it covers a subset (--autotune-m,
                       --autotune-dtypes) within a time budget (--autotune-budget); the output
@@ -168,16 +171,19 @@ def quiet_autotuning():
 
 
 def make_compiled(args):
-    """The torch.compile'd torch versions, keyed by implementation (absent: not requested)."""
+    """The torch.compile'd torch versions, keyed by implementation (absent: not requested), and
+    the default mode's description for the report."""
+    options, mode = bt.compile_options(args)
     if args.no_compile:
-        return {}
-    bt.raise_compile_limits(256)
-    compiled = {"compile": torch.compile(torch_qkv)}
+        return {}, "off"
+    # dynamic=False: one compilation per (model, dtype, M); past the limit dynamo would run eager
+    bt.raise_compile_limits(max(256, len(args.models) * len(args.dtypes) * len(args.m) + 16))
+    compiled = {"compile": torch.compile(torch_qkv, **options)}
     if args.autotune_m:
         quiet_autotuning()
         compiled["max_autotune"] = torch.compile(torch_qkv, mode="max-autotune-no-cudagraphs",
                                                  dynamic=False)
-    return compiled
+    return compiled, mode
 
 
 # ---------------------------------------------------------------------------------------------
@@ -587,6 +593,7 @@ def parse_args(argv):
     bt.add_kernel_args(parser)
     parser.add_argument("--no-compile", action="store_true",
                         help="skip both torch.compile baselines")
+    bt.add_compile_mode_arg(parser)
     parser.add_argument("--autotune-m", nargs="+",
                         help=f"M values for max-autotune (default {FULL_AUTOTUNE_M}, quick "
                              f"{QUICK_AUTOTUNE_M}); 'none' to skip it")
@@ -693,14 +700,14 @@ def main(argv=None):
           f"{bt.GEMM_SIZE}^3: " + ", ".join(f"{d} {t:.0f} TFLOP/s" for d, t in
                                             gemm_tflops.items()), flush=True)
 
-    compiled = make_compiled(args)
+    compiled, compile_mode = make_compiled(args)
     run = Run(args, gpu["l2_cache_bytes"], copy_gbps, gemm_tflops, compiled)
     print("(* in the progress lines: against the GEMM rate measured at the start; the tables use "
           "the settled ceiling)", flush=True)
     autotune_note = ("off" if "max_autotune" not in compiled else
                      f"dtypes {sorted(run.autotune_dtypes)}, M {sorted(run.autotune_m)}, budget "
                      f"{run.autotune_budget:.0f} s")
-    print(f"torch.compile: {'off' if not compiled else 'default mode at every shape'}; "
+    print(f"torch.compile: {compile_mode if 'compile' in compiled else 'off'}; "
           f"max-autotune-no-cudagraphs: {autotune_note}; Triton-1: M <= {TRITON_MAX_M}",
           flush=True)
 
@@ -793,7 +800,7 @@ def main(argv=None):
             "minivllm_call": "FusedRMSNormQKV.forward(x, γ, W.t(), heads, kv_heads, eps, "
                              "out=(q, k, v))",
             "labels": LABELS,
-            "compile": ("off" if not compiled else "torch.compile(torch_qkv) default mode"),
+            "compile": compile_mode if "compile" in compiled else "off",
             "max_autotune": {"enabled": "max_autotune" in compiled,
                              "dtypes": sorted(run.autotune_dtypes), "m": sorted(run.autotune_m),
                              "budget_s": run.autotune_budget,
