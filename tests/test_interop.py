@@ -317,6 +317,54 @@ def test_torch_cuda_graph_qkv(rng):
         assert_same_values(to64(new_res), refs[3], "new_residual")
 
 
+@pytest.mark.parametrize("rows", [32, 256, 512])
+@pytest.mark.parametrize("residual_form", [False, True])
+def test_torch_cuda_graph_norm_gemm_layers(rows, residual_form, rng):
+    """The norm + cuBLASLt path captured as a model's layers, in one CUDA graph whose memory the
+    layers' scratch (the normalized rows) reuses: every layer's q, k, v (and new residual) from
+    the replayed graph equal the same calls run eagerly, bit for bit, so no kernel of one layer
+    reads another layer's rows."""
+    torch = _torch_cuda()
+    from minivllm import _C
+    layers, H, nh, nkv, hd = 6, 1024, 16, 8, 128
+    N = (nh + 2 * nkv) * hd
+    xs = [_tt(torch, rng.standard_normal((rows, H)), "bfloat16", "cuda") for _ in range(layers)]
+    rs = [_tt(torch, rng.standard_normal((rows, H)), "bfloat16", "cuda") for _ in range(layers)]
+    gs = [_tt(torch, norm_weight(rng, H), "bfloat16", "cuda") for _ in range(layers)]
+    Ws = [_tt(torch, rng.standard_normal((N, H)) / np.sqrt(H), "bfloat16", "cuda") for _ in range(layers)]
+
+    def layer(i):
+        return minivllm.FusedRMSNormQKV.forward(xs[i], gs[i], Ws[i].t(), nh, nkv,
+                                                residual=rs[i] if residual_form else None,
+                                                _path="cublaslt")
+
+    eager = [tuple(t.clone() for t in layer(i)) for i in range(layers)]
+    assert _C.qkv_last_gpu_path() == "cublaslt"
+    refs = qkv_ref(to64(xs[0]), to64(gs[0]), to64(Ws[0]), nh, nkv, 1e-6,
+                   residual=to64(rs[0]) if residual_form else None, dtype="bfloat16")
+    for name, a, ref in zip("qkv", eager[0][:3], refs[:3]):
+        assert_matches(to64(a), ref, QKV_TOL["bfloat16"], name, row_axes=2)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for i in range(layers):
+            layer(i)
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        got = [layer(i) for i in range(layers)]
+    for _ in range(2):
+        for results in got:
+            for t in results:
+                t.fill_(float("nan"))
+        g.replay()
+        torch.cuda.synchronize()
+        for i in range(layers):
+            for name, a, b in zip(("q", "k", "v", "new_residual"), got[i], eager[i]):
+                assert torch.equal(a, b), f"layer {i} {name}: the graph's result differs from the eager call's"
+
+
 # --------------------------------------------------------------------------------------------
 # CuPy
 # --------------------------------------------------------------------------------------------

@@ -171,7 +171,8 @@ int main(int argc, char **argv) {
                     a.in.norm_weight = gamma;
                     a.out = y;
                     a.out_stride = h;
-                    CHECK(static_cast<cudaError_t>(mv_rms_norm_cuda(&a, s)));
+                    const mv_cuda_opts opts = {MV_PDL_ON, MV_QKV_AUTO};
+                    CHECK(static_cast<cudaError_t>(mv_rms_norm_cuda(&a, &opts, s)));
                     if (programmatic) make_programmatic(s);
                     run_gemm(g, reinterpret_cast<const char *>(w) + w_bytes * l, y,
                              (programmatic ? out : ref) + static_cast<size_t>(l) * max_m * n, s);
