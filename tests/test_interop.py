@@ -232,6 +232,23 @@ def test_torch_integration_form(dtype, rng):
             assert torch.isfinite(q.float() @ k.float().transpose(-1, -2)).all()
 
 
+def _capture(torch, body, warmups=2):
+    """(graph, what body() returned while captured): body run `warmups` times on a side stream
+    first, as torch asks before a capture, then captured in a CUDA graph."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmups):
+            body()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        result = body()
+    torch.cuda.synchronize()
+    return g, result
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 def test_torch_cuda_graph_norms(dtype, rng):
     """Capture rms_norm / fused_add_rms_norm (out= preallocated, and the in-place form) in a
@@ -253,18 +270,7 @@ def test_torch_cuda_graph_norms(dtype, rng):
         minivllm.fused_add_rms_norm(x, r, w, out=out2, residual_out=rout)
         minivllm.fused_add_rms_norm(xi, ri, w, inplace=True)
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            body()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        body()
-    torch.cuda.synchronize()
+    g, _ = _capture(torch, body)
 
     w0 = to64(w)
     for _ in range(3):
@@ -295,15 +301,8 @@ def test_torch_cuda_graph_qkv(rng):
     resid = torch.zeros(M, H, dtype=td, device="cuda")
     w = _tt(torch, norm_weight(rng, H), "bfloat16", "cuda")
     W = _tt(torch, rng.standard_normal((N, H)) / np.sqrt(H), "bfloat16", "cuda")
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            minivllm.FusedRMSNormQKV.forward(h, w, W.t(), nh, nkv, residual=resid)
-    torch.cuda.current_stream().wait_stream(side)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        q, k, v, new_res = minivllm.FusedRMSNormQKV.forward(h, w, W.t(), nh, nkv, residual=resid)
+    g, (q, k, v, new_res) = _capture(
+        torch, lambda: minivllm.FusedRMSNormQKV.forward(h, w, W.t(), nh, nkv, residual=resid))
     for _ in range(2):
         h.copy_(_tt(torch, rng.standard_normal((M, H)), "bfloat16", "cuda"))
         resid.copy_(_tt(torch, rng.standard_normal((M, H)), "bfloat16", "cuda"))
@@ -345,15 +344,7 @@ def test_torch_cuda_graph_norm_gemm_layers(rows, residual_form, rng):
     for name, a, ref in zip("qkv", eager[0][:3], refs[:3]):
         assert_matches(to64(a), ref, QKV_TOL["bfloat16"], name, row_axes=2)
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for i in range(layers):
-            layer(i)
-    torch.cuda.current_stream().wait_stream(side)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        got = [layer(i) for i in range(layers)]
+    g, got = _capture(torch, lambda: [layer(i) for i in range(layers)], warmups=1)
     for _ in range(2):
         for results in got:
             for t in results:
