@@ -172,13 +172,15 @@ def quiet_autotuning():
 
 def make_compiled(args):
     """The torch.compile'd torch versions, keyed by implementation (absent: not requested), and
-    the default mode's description for the report."""
-    options, mode = bt.compile_options(args)
+    the default mode's description for the report ("off" where it is not timed)."""
     if args.no_compile:
         return {}, "off"
     # dynamic=False: one compilation per (model, dtype, M); past the limit dynamo would run eager
     bt.raise_compile_limits(max(256, len(args.models) * len(args.dtypes) * len(args.m) + 16))
-    compiled = {"compile": torch.compile(torch_qkv, **options)}
+    compiled, mode = {}, "off"
+    if "compile" in args.impls:
+        options, mode = bt.compile_options(args)
+        compiled["compile"] = torch.compile(torch_qkv, **options)
     if args.autotune_m:
         quiet_autotuning()
         compiled["max_autotune"] = torch.compile(torch_qkv, mode="max-autotune-no-cudagraphs",
@@ -707,7 +709,7 @@ def main(argv=None):
     autotune_note = ("off" if "max_autotune" not in compiled else
                      f"dtypes {sorted(run.autotune_dtypes)}, M {sorted(run.autotune_m)}, budget "
                      f"{run.autotune_budget:.0f} s")
-    print(f"torch.compile: {compile_mode if 'compile' in compiled else 'off'}; "
+    print(f"torch.compile: {compile_mode}; "
           f"max-autotune-no-cudagraphs: {autotune_note}; Triton-1: M <= {TRITON_MAX_M}",
           flush=True)
 
@@ -800,7 +802,7 @@ def main(argv=None):
             "minivllm_call": "FusedRMSNormQKV.forward(x, γ, W.t(), heads, kv_heads, eps, "
                              "out=(q, k, v))",
             "labels": LABELS,
-            "compile": compile_mode if "compile" in compiled else "off",
+            "compile": compile_mode,
             "max_autotune": {"enabled": "max_autotune" in compiled,
                              "dtypes": sorted(run.autotune_dtypes), "m": sorted(run.autotune_m),
                              "budget_s": run.autotune_budget,
