@@ -316,13 +316,15 @@ def test_torch_cuda_graph_qkv(rng):
         assert_same_values(to64(new_res), refs[3], "new_residual")
 
 
-@pytest.mark.parametrize("rows", [32, 256, 512])
-@pytest.mark.parametrize("residual_form", [False, True])
-def test_torch_cuda_graph_norm_gemm_layers(rows, residual_form, rng):
+@pytest.mark.parametrize("rows, form", [(r, f) for r in (32, 256, 512) for f in ("packed", "residual", "separate")]
+                         + [(2304, "separate")])
+def test_torch_cuda_graph_norm_gemm_layers(rows, form, rng):
     """The norm + cuBLASLt path captured as a model's layers, in one CUDA graph whose memory the
     layers' scratch (the normalized rows) reuses: every layer's q, k, v (and new residual) from
     the replayed graph equal the same calls run eagerly, bit for bit, so no kernel of one layer
-    reads another layer's rows."""
+    reads another layer's rows. Forms: q, k, v as views of one allocated [M, N] product (one GEMM
+    straight into it), with a residual, and q, k, v in three outputs of their own (one GEMM into
+    scratch and a split copy while the product is at most 16 MiB; a GEMM each beyond, at 2304 rows)."""
     torch = _torch_cuda()
     from minivllm import _C
     layers, H, nh, nkv, hd = 6, 1024, 16, 8, 128
@@ -331,16 +333,18 @@ def test_torch_cuda_graph_norm_gemm_layers(rows, residual_form, rng):
     rs = [_tt(torch, rng.standard_normal((rows, H)), "bfloat16", "cuda") for _ in range(layers)]
     gs = [_tt(torch, norm_weight(rng, H), "bfloat16", "cuda") for _ in range(layers)]
     Ws = [_tt(torch, rng.standard_normal((N, H)) / np.sqrt(H), "bfloat16", "cuda") for _ in range(layers)]
+    outs = [tuple(torch.empty(rows, heads, hd, dtype=torch.bfloat16, device="cuda") for heads in (nh, nkv, nkv))
+            for _ in range(layers)] if form == "separate" else [None] * layers
 
     def layer(i):
         return minivllm.FusedRMSNormQKV.forward(xs[i], gs[i], Ws[i].t(), nh, nkv,
-                                                residual=rs[i] if residual_form else None,
-                                                _path="cublaslt")
+                                                residual=rs[i] if form == "residual" else None,
+                                                out=outs[i], _path="cublaslt")
 
     eager = [tuple(t.clone() for t in layer(i)) for i in range(layers)]
     assert _C.qkv_last_gpu_path() == "cublaslt"
     refs = qkv_ref(to64(xs[0]), to64(gs[0]), to64(Ws[0]), nh, nkv, 1e-6,
-                   residual=to64(rs[0]) if residual_form else None, dtype="bfloat16")
+                   residual=to64(rs[0]) if form == "residual" else None, dtype="bfloat16")
     for name, a, ref in zip("qkv", eager[0][:3], refs[:3]):
         assert_matches(to64(a), ref, QKV_TOL["bfloat16"], name, row_axes=2)
 
