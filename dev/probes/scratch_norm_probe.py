@@ -37,7 +37,12 @@ def main():
                                                    "gemma-3-1b", "phi-3-mini", "llama-3-70b"])
     p.add_argument("--m", nargs="+", type=int, default=[32, 64, 128, 256, 512, 1024, 2048])
     p.add_argument("--replays", type=int, default=15)
+    p.add_argument("--variants", nargs="+", help="probe variants VW,P,EARLY,PDL (default: the built-in list)")
+    p.add_argument("--shared", action="store_true",
+                   help="also each form writing one y shared by the layers (as a graph pool reuses a freed "
+                        "block), torch.compile of the norm alone + F.linear, and the library's norm without PDL")
     args = p.parse_args()
+    variants = [tuple(int(v) for v in t.split(",")) for t in args.variants] if args.variants else VARIANTS
     lib = ctypes.CDLL(args.so)
     lib.scratch_norm.restype = ctypes.c_int
     lib.scratch_norm.argtypes = [ctypes.c_uint64] * 3 + [ctypes.c_int, ctypes.c_int, ctypes.c_float,
@@ -45,9 +50,12 @@ def main():
     dtype = torch.bfloat16
     bt.raise_compile_limits(512)
     compiled = torch.compile(torch_qkv, dynamic=False)
+    compiled_norm = torch.compile(lambda x, g: F.rms_norm(x, (x.shape[-1],), g, EPS), dynamic=False)
     props = torch.cuda.get_device_properties(0)
     print(f"# {props.name}, torch {torch.__version__}, bf16; µs per call; ratio = compile / best probe")
-    names = ["op", "compile", "mvnorm"] + [vname(v) for v in VARIANTS]
+    names = ["op", "compile", "mvnorm"] + [vname(v) for v in variants]
+    if args.shared:
+        names += ["cnorm", "mvnorm-", "mvnorm-s"] + [vname(v) + "s" for v in variants]
     print(f"{'model':14s} {'M':>5s} " + " ".join(f"{n:>8s}" for n in names) + "   best     c/best  c/op")
     for name in args.models:
         model = find_model(name)
@@ -59,15 +67,17 @@ def main():
             gs = [torch.empty(h, device="cuda").uniform_(0.5, 1.5).to(dtype) for _ in range(calls)]
             xs = [torch.randn(rows, h, device="cuda", dtype=dtype) for _ in range(calls)]
             ys = [torch.full((rows, h), math.nan, device="cuda", dtype=dtype) for _ in range(calls)]
+            y1 = torch.full((rows, h), math.nan, device="cuda", dtype=dtype)
             outs = [split_heads(torch.empty(rows, n, device="cuda", dtype=dtype), heads, kvh, hd)
                     for _ in range(calls)]
 
-            def probe(i, v):
-                err = lib.scratch_norm(xs[i].data_ptr(), gs[i].data_ptr(), ys[i].data_ptr(), rows, h, EPS,
+            def probe(i, v, y=None):
+                y = ys[i] if y is None else y
+                err = lib.scratch_norm(xs[i].data_ptr(), gs[i].data_ptr(), y.data_ptr(), rows, h, EPS,
                                        torch.cuda.current_stream().cuda_stream, *v)
                 if err:
                     raise RuntimeError(f"scratch_norm {vname(v)}: cudaError {err}")
-                return F.linear(ys[i], ws[i])
+                return F.linear(y, ws[i])
 
             impls = {
                 "op": lambda i: minivllm.FusedRMSNormQKV.forward(xs[i], gs[i], ws[i].t(), heads, kvh, EPS,
@@ -75,9 +85,13 @@ def main():
                 "compile": lambda i: compiled(xs[i], gs[i], ws[i], heads, kvh, hd),
                 "mvnorm": lambda i: F.linear(minivllm.rms_norm(xs[i], gs[i], EPS, out=ys[i]), ws[i]),
             }
-            for v in VARIANTS:
+            for v in variants:
                 if h % v[0] == 0 and math.ceil(h / v[0] / v[1] / 32) * 32 <= 1024 // v[1]:
                     impls[vname(v)] = lambda i, v=v: probe(i, v)
+                    impls[vname(v) + "s"] = lambda i, v=v: probe(i, v, y1)
+            impls["cnorm"] = lambda i: F.linear(compiled_norm(xs[i], gs[i]), ws[i])
+            impls["mvnorm-"] = lambda i: F.linear(minivllm.rms_norm(xs[i], gs[i], EPS, out=ys[i], pdl=False), ws[i])
+            impls["mvnorm-s"] = lambda i: F.linear(minivllm.rms_norm(xs[i], gs[i], EPS, out=y1, pdl=False), ws[i])
             cells, times = [], {}
             for key in names:
                 if key not in impls:
@@ -86,18 +100,18 @@ def main():
                 t = bt.time_per_call(impls[key], calls, args.replays)["us"]
                 times[key] = t
                 cells.append(f"{t:8.2f}")
-                if key.startswith("v"):  # the probe's y against torch's norm, last layer
+                if key.startswith("v") and not key.endswith("s"):  # the probe's y against torch's norm
                     want = F.rms_norm(xs[-1].double(), (h,), gs[-1].double(), EPS)
                     err = ((ys[-1].double() - want).abs() / want.abs().clamp_min(1e-3)).max().item()
                     if not err < 2e-2:
                         raise RuntimeError(f"{key}: y relative error {err:.3e}")
                     ys[-1].fill_(math.nan)
-            probes = {k: t for k, t in times.items() if k.startswith("v")}
+            probes = {k: t for k, t in times.items() if k.startswith("v") and not k.endswith("s")}
             best = min(probes, key=probes.get)
             print(f"{model.name:14s} {rows:5d} " + " ".join(cells) +
                   f"   {best:8s} {times['compile'] / probes[best]:6.3f} {times['compile'] / times['op']:6.3f}",
                   flush=True)
-            del ws, gs, xs, ys, outs
+            del ws, gs, xs, ys, y1, outs
             torch.cuda.empty_cache()
 
 
