@@ -2,7 +2,7 @@
 scratch_norm_probe.cu variants at a few shapes, each kernel then timed alone by ncu.
 
 usage: ncu --clock-control none --kernel-name regex:'norm' --metrics gpu__time_duration.sum --csv
-           python3 dev/probes/norm_kernel_ncu.py SO > ncu.csv
+           python3 dev/probes/norm_kernel_ncu.py SO [MODEL:M ...] > ncu.csv
 Variants (scratch_norm_probe.cu's tuples): (VW, P, w_early, pdl); w_early 2: no griddepcontrol.
 """
 import ctypes
@@ -18,7 +18,9 @@ lib = ctypes.CDLL(sys.argv[1])
 lib.scratch_norm.argtypes = [ctypes.c_uint64] * 3 + [ctypes.c_int, ctypes.c_int, ctypes.c_float,
                                                      ctypes.c_uint64] + [ctypes.c_int] * 4
 compiled = torch.compile(torch_qkv, dynamic=False)
-for name, rows in (("qwen2.5-0.5b", 256), ("qwen3-0.6b", 128), ("llama-3-8b", 128)):
+SHAPES = [(t.split(":")[0], int(t.split(":")[1])) for t in sys.argv[2:]] or [
+    ("qwen2.5-0.5b", 256), ("qwen3-0.6b", 128), ("llama-3-8b", 128)]
+for name, rows in SHAPES:
     m = find_model(name)
     h, n = m.hidden, qkv_features(m)
     w = (torch.randn(n, h, device="cuda") / h ** 0.5).bfloat16()
