@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 
 import minivllm
+from minivllm import reference
+from minivllm.bench import check as checks
 from minivllm.bench import timing as bt
 from minivllm.bench.baselines import split_heads, torch_qkv
 from minivllm.bench.models import find_model, parse_qkv_shape, qkv_features
@@ -79,12 +81,11 @@ def main():
                 impls[f"lin>{path}"] = lambda i, path=path: (lin(i), op(i, None, path))[1]
             t = {k: bt.time_per_call(impls[k], calls, args.replays)["us"] for k in names}
             if set(names) - {"lin", "lin>comp", "lin>torch"}:  # the op's last layer against float64
-                x64 = xs[-1].double()
-                y64 = x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + EPS) * gs[-1].double()
-                want = y64 @ ws[-1].double().t()
-                err = ((bases[-1].double() - want).norm() / want.norm()).item()
-                if not err < 1e-2:
-                    raise RuntimeError(f"{model.name} M={rows}: op relative error {err:.3e}")
+                picked = checks.sample_rows(rows)
+                check = checks.checker(reference.QKV_TOLERANCE["bfloat16"],
+                                       checks.qkv_want(xs[-1], gs[-1], ws[-1], picked), picked)(bases[-1])
+                if not check["ok"]:
+                    raise RuntimeError(f"{model.name} M={rows}: op relative error {check['relative_error']:.3e}")
             ratios = f"  {t['lin>comp'] / t['lin>op+']:7.3f} {t['lin>comp'] / t['lin>op-']:7.3f}" if both else ""
             print(f"{model.name[:14]:14s} {rows:5d} " + " ".join(f"{t[k]:9.2f}" for k in names) + ratios, flush=True)
             del ws, wd, gs, hs, xs, outs, bases
