@@ -19,14 +19,7 @@ for v in "base:" "lsm:" "lsm:100" "lsm:0"; do
     MV_PROBE_CARVEOUT=$carve PYTHONPATH=/tmp/site_$site ncu --clock-control none --kernel-name regex:'lanes|triton' \
         --metrics gpu__time_duration.sum,sm__cycles_active.avg --csv \
         python3 dev/probes/norm_kernel_ncu.py /tmp/snp.so qwen2.5-0.5b:256 qwen3-0.6b:128 llama-3-8b:128 2>/dev/null |
-        python3 -c "
-import csv, sys, re, collections
-rows = [r for r in csv.reader(l for l in sys.stdin if l.startswith('\"'))]
-h = rows[0]; k, m, v = h.index('Kernel Name'), h.index('Metric Name'), h.index('Metric Value')
-d = collections.OrderedDict()
-for r in rows[1:]:
-    d.setdefault(re.sub(r'\(.*', '', r[k])[-40:] + ' ' + r[m][:22], []).append(r[v])
-for key, vals in d.items(): print(key, ' '.join(vals))"
+        python3 dev/probes/ncu_table.py
     echo "## the op and its norm in front of F.linear, site_$site, MV_PROBE_CARVEOUT=$carve"
     MV_PROBE_CARVEOUT=$carve PYTHONPATH=/tmp/site_$site python3 dev/probes/qkv_after_linear.py \
         --models qwen2.5-0.5b qwen3-0.6b llama-3-8b --m 32 128 512 --cols op+ "lin>op+" "lin>comp" 2>&1 | grep -v Warn

@@ -11,16 +11,4 @@ for s in long_scoreboard barrier membar short_scoreboard wait no_instruction dra
 done
 ncu --clock-control none --kernel-name regex:'norm' --metrics "$M" --csv \
     python3 "$(dirname "$0")/norm_kernel_ncu.py" "$so" "$shape" > /tmp/ncu_stalls.csv 2>/tmp/ncu_stalls.err || tail /tmp/ncu_stalls.err
-python3 - <<'PY'
-import csv, re, collections
-rows = list(csv.reader(l for l in open("/tmp/ncu_stalls.csv") if l.startswith('"')))
-h = rows[0]; ki, ii, mi, vi = h.index("Kernel Name"), h.index("ID"), h.index("Metric Name"), h.index("Metric Value")
-per = collections.OrderedDict()
-for r in rows[1:]:
-    name = re.sub(r"\(.*", "", r[ki].replace("(anonymous namespace)::", "").replace("<unnamed>::", "").replace("void ", ""))[:48]
-    per.setdefault((name, r[ii]), {})[r[mi].replace("smsp__average_warps_issue_stalled_", "st_").replace("_per_issue_active.ratio", "")] = float(r[vi].replace(",", ""))
-keys = [k for k in next(iter(per.values()))]
-print("kernel".ljust(48), " ".join(k[:10].rjust(10) for k in keys))
-for (name, _), m in per.items():
-    print(name.ljust(48), " ".join(f"{m.get(k, 0):10.3g}" for k in keys))
-PY
+python3 "$(dirname "$0")/ncu_table.py" < /tmp/ncu_stalls.csv
