@@ -27,6 +27,16 @@ VARIANTS = [(8, 1, 0, 1), (4, 1, 0, 1), (4, 2, 0, 1), (2, 1, 0, 1), (4, 4, 0, 1)
             (4, 2, 0, 0)]
 
 
+def check_and_poison(name, x, gamma, y):
+    """y (bf16) against float64 rms_norm of x on sampled rows, then y poisoned with NaN for the next run;
+    shared by norm_chain_nopdl.py and norm_tri_chain.py."""
+    picked = checks.sample_rows(x.shape[0])
+    check = checks.checker(reference.TOLERANCE["bfloat16"], checks.rms_norm_want(x, gamma, picked), picked)(y)
+    if not check["ok"]:
+        raise RuntimeError(f"{name}: y relative error {check['relative_error']:.3e}")
+    y.fill_(math.nan)
+
+
 def vname(v):
     vw, per, early, pdl = v
     return f"v{vw}p{per}{'e' if early else ''}{'+' if pdl else '-'}"
@@ -103,12 +113,7 @@ def main():
                 times[key] = t
                 cells.append(f"{t:8.2f}")
                 if key.startswith("v") and not key.endswith("s"):  # the probe's y against torch's norm
-                    picked = checks.sample_rows(rows)
-                    check = checks.checker(reference.TOLERANCE["bfloat16"],
-                                           checks.rms_norm_want(xs[-1], gs[-1], picked), picked)(ys[-1])
-                    if not check["ok"]:
-                        raise RuntimeError(f"{key}: y relative error {check['relative_error']:.3e}")
-                    ys[-1].fill_(math.nan)
+                    check_and_poison(key, xs[-1], gs[-1], ys[-1])
             probes = {k: t for k, t in times.items() if k.startswith("v") and not k.endswith("s")}
             best = min(probes, key=probes.get)
             print(f"{model.name:14s} {rows:5d} " + " ".join(cells) +
