@@ -4,9 +4,12 @@
 #include "cuda/device.h"
 #include "minivllm_kernels.h" /* MV_PDL_* */
 
+#include <dlfcn.h>
+
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 
 cudaError_t mv_current_device(mv_cuda_device *out) {
     static mv_cuda_device cache[mv_max_cached_devices];
@@ -180,16 +183,38 @@ bool mv_swizzled_tensor_map(CUtensorMap *map, bool bf16, int rank, const void *d
     return ok;
 }
 
+void *mv_driver_entry(const char *name) { return driver_entry(name); }
+
+void *mv_open_cuda_library(const char *soname) {
+    void *lib = dlopen(soname, RTLD_NOW | RTLD_LOCAL);
+    if (lib) return lib;
+    const char *homes[] = {getenv("CUDA_HOME"), "/usr/local/cuda"};
+    for (const char *home : homes) {
+        if (!home || !*home) continue;
+        for (const char *sub : {"/lib64/", "/lib/", "/targets/x86_64-linux/lib/"}) {
+            const std::string path = std::string(home) + sub + soname;
+            lib = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+            if (lib) return lib;
+        }
+    }
+    return nullptr;
+}
+
 cudaError_t mv_launch_params(const void *kernel, dim3 grid, dim3 block, size_t smem, cudaStream_t stream, bool pdl,
                              unsigned cluster, void **params) {
-    /* every driver that runs this runtime (CUDA 13 needs r580) has cuLaunchKernelEx (12.0) */
-    const LaunchExFn launch = driver_launch();
-    if (launch == nullptr) return cudaErrorCallRequiresNewerDriver;
     /* the kernel's handle in the current device's context, looked up each launch (~0.1 us): a
        cached one would go stale with that context */
     cudaFunction_t function = nullptr;
     const cudaError_t found = cudaGetFuncBySymbol(&function, kernel);
     if (found != cudaSuccess) return found;
+    return mv_launch_function(reinterpret_cast<CUfunction>(function), grid, block, smem, stream, pdl, cluster, params);
+}
+
+cudaError_t mv_launch_function(CUfunction function, dim3 grid, dim3 block, size_t smem, cudaStream_t stream, bool pdl,
+                               unsigned cluster, void **params) {
+    /* every driver that runs this runtime (CUDA 13 needs r580) has cuLaunchKernelEx (12.0) */
+    const LaunchExFn launch = driver_launch();
+    if (launch == nullptr) return cudaErrorCallRequiresNewerDriver;
     CUlaunchAttribute attributes[2] = {};
     unsigned count = 0;
     if (pdl) {
@@ -215,8 +240,7 @@ cudaError_t mv_launch_params(const void *kernel, dim3 grid, dim3 block, size_t s
     config.numAttrs = count;
     /* CUresult and cudaError_t share the codes a launch returns (invalid value, out of resources,
        invalid handle, the stream-capture errors) */
-    const cudaError_t err =
-        static_cast<cudaError_t>(launch(&config, reinterpret_cast<CUfunction>(function), params, nullptr));
+    const cudaError_t err = static_cast<cudaError_t>(launch(&config, function, params, nullptr));
     /* then the runtime's last error, once here for every launch (an earlier asynchronous failure) */
     return err != cudaSuccess ? err : cudaGetLastError();
 }

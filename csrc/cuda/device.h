@@ -74,6 +74,18 @@ struct mv_tile_shape {
    no launch site checks it again. */
 cudaError_t mv_launch_params(const void *kernel, dim3 grid, dim3 block, size_t smem, cudaStream_t stream, bool pdl,
                              unsigned cluster, void **params);
+/* The same for a function of a module loaded at run time (norm_jit.cu). */
+cudaError_t mv_launch_function(CUfunction function, dim3 grid, dim3 block, size_t smem, cudaStream_t stream, bool pdl,
+                               unsigned cluster, void **params);
+
+/* A driver entry point, found through the runtime (minivllm does not link libcuda); null where the
+   driver lacks it. */
+void *mv_driver_entry(const char *name);
+
+/* A CUDA library dlopen-ed by soname (a PyTorch or CuPy process has its own loaded, which the soname
+   finds), then from $CUDA_HOME and /usr/local/cuda (lib64, lib, targets/x86_64-linux/lib); never
+   unloaded. Null where none loads. */
+void *mv_open_cuda_library(const char *soname);
 
 /* kernel<<<grid, block, smem, stream>>>(args...), with the PDL attribute when pdl is true and in
    thread-block clusters of `cluster` CTAs along x when cluster > 1. Each argument is converted

@@ -10,9 +10,10 @@
  *
  * cuBLASLt is loaded with dlopen on first use rather than linked: the module must import on
  * machines without the CUDA libraries (CPU users), and PyTorch/CuPy processes already have a
- * libcublasLt loaded, which dlopen by soname finds. Search order: the soname, then $CUDA_HOME and
- * /usr/local/cuda. A process whose only cuBLASLt is another major version (a CUDA 12 PyTorch wheel
- * beside this CUDA 13 build, say) finds none and takes the tile GEMM.
+ * libcublasLt loaded, which dlopen by soname finds. Search order (mv_open_cuda_library): the
+ * soname, then $CUDA_HOME and /usr/local/cuda. A process whose only cuBLASLt is another major
+ * version (a CUDA 12 PyTorch wheel beside this CUDA 13 build, say) finds none and takes the tile
+ * GEMM.
  *
  * Scratch (y, plus cuBLASLt workspace) is allocated stream-ordered on the caller's stream (from a
  * pool of our own that keeps its memory; under capture, the default pool, so graphs get memory
@@ -22,10 +23,8 @@
 #include <dlfcn.h>
 
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <mutex>
-#include <string>
 
 #include <cublasLt.h>
 
@@ -53,21 +52,7 @@ struct CublasLt {
     decltype(&cublasLtMatmul) matmul;
 };
 
-void *open_cublaslt() {
-    const char *soname = "libcublasLt.so." MINIVLLM_STR(CUBLAS_VER_MAJOR);
-    void *lib = dlopen(soname, RTLD_NOW | RTLD_LOCAL);
-    if (lib) return lib;
-    const char *homes[] = {getenv("CUDA_HOME"), "/usr/local/cuda"};
-    for (const char *home : homes) {
-        if (!home || !*home) continue;
-        for (const char *sub : {"/lib64/", "/lib/", "/targets/x86_64-linux/lib/"}) {
-            const std::string path = std::string(home) + sub + soname;
-            lib = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
-            if (lib) return lib;
-        }
-    }
-    return nullptr;
-}
+void *open_cublaslt() { return mv_open_cuda_library("libcublasLt.so." MINIVLLM_STR(CUBLAS_VER_MAJOR)); }
 
 template <typename F>
 bool bind(void *lib, const char *name, F &fn) {
