@@ -44,6 +44,7 @@ QKV = "csrc/cuda/fused_rms_norm_qkv/"
 CUDA_SOURCES = [
     "csrc/cuda/device.cu",
     "csrc/cuda/rms_norm.cu",
+    "csrc/cuda/norm_jit.cu",
     QKV + "dispatch.cu",
     QKV + "register_stream.cu",
     QKV + "bulk_stream.cu",

@@ -52,6 +52,7 @@
  */
 #include "cuda/common.cuh"
 #include "cuda/device.h"
+#include "cuda/norm_jit.h"
 
 namespace {
 
@@ -2277,6 +2278,43 @@ cudaError_t launch_lanes(const mv_rms_norm_args &a, const LanesKernel &k, int gr
     return mv_launch(k.kernel, dim3(static_cast<unsigned>(a.in.rows)), dim3(k.threads), 0, stream, pdl, p);
 }
 
+/* Short calls of rows of up to 1024 16-byte vectors in one stride first ask for the kernel
+   compiled at run time for their H (norm_jit.cu): the lanes kernels' arithmetic and order, so the
+   same bits, with H, G and contiguous strides as constants, one vector a thread. H200 bf16, chains
+   of 1-64 rows of H 896-4096: 5-25% faster than the lanes kernels without PDL, 9-20% with
+   (dev/logs/norm-short-calls-compiled-h-nvidia-h200-2026-11-29.log). False where there is no such
+   kernel (MINIVLLM_JIT=0, no NVRTC, a failed compilation): the lanes kernels take the call. */
+template <int V>
+bool launch_lanes_jit(const mv_rms_norm_args &a, int group_threads, cudaStream_t stream, bool pdl,
+                      const mv_cuda_device &dev, cudaError_t *err) {
+    const int64_t h = a.in.hidden, vecs = h / V;
+    if (vecs > 1024 || a.in.rows < 1 || a.in.rows > INT32_MAX || !int_strides(a)) return false;
+    const bool residual = a.in.residual != nullptr;
+    mv_norm_jit_form form = {};
+    form.dtype = a.in.dtype;
+    form.weight_float32 = a.in.weight_float32 && a.in.dtype != MV_FLOAT32 ? 1 : 0;
+    form.residual = residual ? 1 : 0;
+    form.offset = a.in.weight_offset != 0.0f ? 1 : 0;
+    form.pdl = pdl ? 1 : 0;
+    form.contiguous = a.in.x_stride == h && a.out_stride == h &&
+                      (!residual || (a.in.residual_stride == h && a.in.residual_out_stride == h));
+    form.hidden = static_cast<int>(h);
+    form.group = group_threads;
+    const CUfunction function = mv_norm_jit_function(form, dev);
+    if (function == nullptr) return false;
+    const void *x = a.in.x, *weight = a.in.norm_weight, *res = a.in.residual;
+    void *out = a.out, *res_out = a.in.residual_out;
+    float eps = a.in.eps, offset = a.in.weight_offset;
+    int x_stride = static_cast<int>(a.in.x_stride), out_stride = static_cast<int>(a.out_stride);
+    int res_stride = residual ? static_cast<int>(a.in.residual_stride) : 0;
+    int res_out_stride = residual ? static_cast<int>(a.in.residual_out_stride) : 0;
+    void *params[] = {&x, &out, &weight, &res, &res_out, &eps, &offset, &x_stride, &out_stride, &res_stride,
+                      &res_out_stride};
+    *err = mv_launch_function(function, dim3(static_cast<unsigned>(a.in.rows)),
+                              dim3(static_cast<unsigned>((vecs + 31) / 32 * 32)), 0, stream, pdl, 1u, params);
+    return true;
+}
+
 /* Calls of more rows than multiprocessors, in 16-byte vectors, take the lanes kernels too while
    every row's block fits in one wave (the kernel's resident blocks on every SM), and the fused
    add's without PDL at any number of waves (below): the general
@@ -2418,8 +2456,13 @@ cudaError_t launch_vec(const mv_rms_norm_args &a, int group_threads, cudaStream_
            on each vector that held its loads back (bf16 1 x 5119 2.57 -> 3.33 us). The
            narrower vectors of other H or misaligned views keep the general kernel. */
         if constexpr (!kWide && !kOdd && (V == 1 || sizeof(T) * V == 16)) {
-            if (lanes_wanted(a, V, sms))
+            if (lanes_wanted(a, V, sms)) {
+                if constexpr (V > 1) {
+                    cudaError_t err = cudaSuccess;
+                    if (launch_lanes_jit<V>(a, group_threads, stream, pdl, dev, &err)) return err;
+                }
                 return launch_lanes<T, TW, V>(a, lanes_kernel<T, TW, V>(a, true), group_threads, stream, pdl);
+            }
             if constexpr (V > 1) { /* single elements in short calls are lanes' or elems' rows */
                 if (short_call(a, sms)) return launch_short<T, TW, V>(a, group_threads, shape, stream, pdl);
                 const LanesKernel k = lanes_kernel<T, TW, V>(a, false);

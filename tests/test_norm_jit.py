@@ -1,0 +1,94 @@
+"""The short-call norm kernels compiled at run time for the call's H (csrc/cuda/norm_jit.cu): every
+form gives the bits of the library's own lanes kernels (MINIVLLM_JIT=0 at the call) and is within
+the dtype's tolerance of float64. Short calls (at most a row per multiprocessor) of rows of 16-byte
+vectors take them: both ops, every dtype, gamma in float32 beside 16-bit rows, Gemma's (1 + w),
+PDL on and off, contiguous and strided rows, in-place forms, H from one vector to 1024 of them.
+GPU only (the CPU has no such kernels); skipped where no CUDA GPU is usable.
+"""
+import os
+
+import numpy as np
+import pytest
+
+import minivllm
+from conftest import NEEDS_CUDA, get_backend, make_rows, norm_weight, randn, to64
+from minivllm import reference
+
+pytestmark = NEEDS_CUDA
+
+
+def _call(dev, op, x, r, w, weight_offset, pdl, jit):
+    """The op's outputs as float64 numpy, with run-time compiled kernels on (jit) or off."""
+    old = os.environ.get("MINIVLLM_JIT")
+    os.environ["MINIVLLM_JIT"] = "1" if jit else "0"
+    try:
+        if op == "rms_norm":
+            outs = (minivllm.rms_norm(x, w, 1e-6, weight_offset=weight_offset, pdl=pdl),)
+        else:
+            outs = minivllm.fused_add_rms_norm(x, r, w, 1e-6, weight_offset=weight_offset, pdl=pdl)
+        dev.sync()
+        return [np.asarray(to64(o)) for o in outs]
+    finally:
+        if old is None:
+            del os.environ["MINIVLLM_JIT"]
+        else:
+            os.environ["MINIVLLM_JIT"] = old
+
+
+@pytest.mark.parametrize("H", [8, 64, 120, 896, 1000, 1024, 2048, 3000, 4096, 8192])
+@pytest.mark.parametrize("rows", [1, 5, 48])
+@pytest.mark.parametrize("op", ["rms_norm", "fused_add_rms_norm"])
+@pytest.mark.parametrize("form", ["plain", "float32_weight", "offset"])
+@pytest.mark.parametrize("pdl", [None, False])
+def test_jit_kernels_give_the_lanes_kernels_bits(dtype, H, rows, op, form, pdl, rng):
+    dev = get_backend("cuda")
+    if dtype == "float32" and (H % 4 or H // 4 > 1024):
+        pytest.skip("float32 rows of this H are not 16-byte vectors of at most 1024 (other kernels)")
+    if form == "float32_weight" and dtype == "float32":
+        pytest.skip("a float32 weight beside float32 rows is the plain form")
+    x64, r64 = randn(rng, (rows, H)), randn(rng, (rows, H))
+    x, r = dev.array(x64, dtype), dev.array(r64, dtype)
+    w = dev.array(norm_weight(rng, H), "float32" if form == "float32_weight" else dtype)
+    offset = 1.0 if form == "offset" else 0.0
+    got = _call(dev, op, x, r, w, offset, pdl, jit=True)
+    want = _call(dev, op, x, r, w, offset, pdl, jit=False)
+    for name, g, e in zip(("out", "residual_out"), got, want):
+        np.testing.assert_array_equal(g, e, err_msg=f"{op} {name}: run-time compiled kernel against the lanes kernel")
+    s64 = np.asarray(to64(x)) + (np.asarray(to64(r)) if op != "rms_norm" else 0.0)
+    if op != "rms_norm":
+        s64 = np.asarray(to64(dev.array(s64, dtype)))  # the residual sum as stored
+    g64 = np.asarray(to64(w)) + offset
+    ref = s64 / np.sqrt(np.mean(s64 * s64, axis=1, keepdims=True) + 1e-6) * g64
+    tol = reference.TOLERANCE[dtype]
+    np.testing.assert_allclose(got[0], ref, rtol=tol, atol=tol, err_msg=f"{op}: against float64")
+
+
+@pytest.mark.parametrize("layout", ["colslice", "rowstep", "both"])
+@pytest.mark.parametrize("op", ["rms_norm", "fused_add_rms_norm"])
+def test_jit_kernels_strided_rows_and_in_place(dtype, layout, op, rng):
+    """Rows in a stride other than H (the form with strides at run time), and the in-place forms:
+    the same bits as the lanes kernels, nothing written outside the rows."""
+    dev = get_backend("cuda")
+    H, rows = 1024, 6
+    x64, r64 = randn(rng, (rows, H)), randn(rng, (rows, H))
+    w = dev.array(norm_weight(rng, H), dtype)
+    results = {}
+    for jit in (True, False):
+        x, x_parent = make_rows(dev, x64, dtype, layout)
+        r, r_parent = make_rows(dev, r64, dtype, layout)
+        old = os.environ.get("MINIVLLM_JIT")
+        os.environ["MINIVLLM_JIT"] = "1" if jit else "0"
+        try:
+            if op == "rms_norm":
+                minivllm.rms_norm(x, w, 1e-6, out=x)
+            else:
+                minivllm.fused_add_rms_norm(x, r, w, 1e-6, inplace=True)
+            dev.sync()
+        finally:
+            if old is None:
+                del os.environ["MINIVLLM_JIT"]
+            else:
+                os.environ["MINIVLLM_JIT"] = old
+        results[jit] = (np.asarray(to64(x_parent)), np.asarray(to64(r_parent)))
+    for name, g, e in zip(("x (out)", "residual"), results[True], results[False]):
+        np.testing.assert_array_equal(g, e, err_msg=f"{op} {layout}: {name} differs from the lanes kernel's")
