@@ -27,6 +27,16 @@ VARIANTS = [(8, 1, 0, 1), (4, 1, 0, 1), (4, 2, 0, 1), (2, 1, 0, 1), (4, 4, 0, 1)
             (4, 2, 0, 0)]
 
 
+def layer_buffers(rows, h, n, calls, dtype):
+    """Each call's own W [n, h] (none where n is 0), gamma, x and NaN-filled y, as the chains use
+    them; shared by norm_chain_nopdl.py, norm_tri_chain.py, nvrtc_norm_probe.py and norm_jit_ab.py."""
+    ws = [(torch.randn(n, h, device="cuda") / h ** 0.5).to(dtype) for _ in range(calls)] if n else []
+    gs = [torch.empty(h, device="cuda").uniform_(0.5, 1.5).to(dtype) for _ in range(calls)]
+    xs = [torch.randn(rows, h, device="cuda", dtype=dtype) for _ in range(calls)]
+    ys = [torch.full((rows, h), math.nan, device="cuda", dtype=dtype) for _ in range(calls)]
+    return ws, gs, xs, ys
+
+
 def check_and_poison(name, x, gamma, y):
     """y (bf16) against float64 rms_norm of x on sampled rows, then y poisoned with NaN for the next run;
     shared by norm_chain_nopdl.py and norm_tri_chain.py."""
@@ -75,10 +85,7 @@ def main():
         n = qkv_features(model)
         for rows in args.m:
             calls = bt.qkv_calls_per_graph(rows, h, n, 2, props.L2_cache_size)
-            ws = [(torch.randn(n, h, device="cuda") / h ** 0.5).to(dtype) for _ in range(calls)]
-            gs = [torch.empty(h, device="cuda").uniform_(0.5, 1.5).to(dtype) for _ in range(calls)]
-            xs = [torch.randn(rows, h, device="cuda", dtype=dtype) for _ in range(calls)]
-            ys = [torch.full((rows, h), math.nan, device="cuda", dtype=dtype) for _ in range(calls)]
+            ws, gs, xs, ys = layer_buffers(rows, h, n, calls, dtype)
             y1 = torch.full((rows, h), math.nan, device="cuda", dtype=dtype)
             outs = [split_heads(torch.empty(rows, n, device="cuda", dtype=dtype), heads, kvh, hd)
                     for _ in range(calls)]
