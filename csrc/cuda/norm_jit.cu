@@ -2,18 +2,19 @@
  * norm_jit.cu: short-call norm kernels compiled at run time for the call's H (norm_jit.h).
  *
  * Why: a short call is a chain of dependent latencies from launch to store, and the library's
- * lanes kernels take H, G and the row strides at run time. The same kernel with them compiled in
- * ran 5-25% faster in chains of calls without PDL (9-20% with), level with or ahead of
+ * lanes kernels take H, G and the row strides at run time (0.12-0.13 us of the chain:
+ * dev/logs/norm-short-calls-compiled-h-nvidia-h200-2026-11-29.log). With them compiled in it takes
+ * 0.76-0.96x their time in chains of calls without PDL (0.84-0.92x with), level with or ahead of
  * torch.compile's kernel, which Inductor compiles for the shape (H200 bf16, 1-64 rows of H
- * 896-4096; dev/logs/norm-short-calls-compiled-h-nvidia-h200-2026-11-29.log). Its arithmetic and
+ * 896-4096; dev/logs/norm-jit-nvidia-h200-2026-11-29.log, call 10). Its arithmetic and
  * summation order are the lanes kernels' (rms_norm.cu: vector_squares, lanes_row_sum, normalized),
  * so a row has the same bits whichever kernel ran it (batch invariance).
  *
  * NVRTC is loaded with dlopen when first needed (the build does not link it; mv_open_cuda_library's
- * search, as cuBLASLt's), and each form compiles
- * once per context (13-80 ms on an H200 host, the process's first about 0.2-0.4 s more) and its module stays
- * loaded for the process. Loading a module inside a stream capture is allowed (measured under
- * torch.cuda.graph). Any failure leaves the form to the library's own kernels.
+ * search, as cuBLASLt's). Each form compiles once per context (13-80 ms on an H200 host, the
+ * process's first about 0.2-0.4 s more) and its module stays loaded for the process. Loading a
+ * module inside a stream capture is allowed (measured under torch.cuda.graph). Any failure leaves
+ * the form to the library's own kernels.
  */
 #include <dlfcn.h>
 

@@ -2281,9 +2281,9 @@ cudaError_t launch_lanes(const mv_rms_norm_args &a, const LanesKernel &k, int gr
 /* Short calls of rows of up to 1024 16-byte vectors in one stride first ask for the kernel
    compiled at run time for their H (norm_jit.cu): the lanes kernels' arithmetic and order, so the
    same bits, with H, G and contiguous strides as constants, one vector a thread. H200 bf16, chains
-   of 1-64 rows of H 896-4096: 5-25% faster than the lanes kernels without PDL, 9-20% with
-   (dev/logs/norm-short-calls-compiled-h-nvidia-h200-2026-11-29.log). False where there is no such
-   kernel (MINIVLLM_JIT=0, no NVRTC, a failed compilation): the lanes kernels take the call. */
+   of 1-64 rows of H 896-4096: 0.76-0.96x the lanes kernels' time without PDL, 0.84-0.92x with
+   (dev/logs/norm-jit-nvidia-h200-2026-11-29.log, call 10). False where there is no such kernel
+   (MINIVLLM_JIT=0, no NVRTC, a failed compilation): the lanes kernels take the call. */
 template <int V>
 bool launch_lanes_jit(const mv_rms_norm_args &a, int group_threads, cudaStream_t stream, bool pdl,
                       const mv_cuda_device &dev, cudaError_t *err) {
