@@ -155,6 +155,8 @@ enum { MV_PDL_DEFAULT = -1, MV_PDL_OFF = 0, MV_PDL_ON = 1 };
 typedef struct {
     int pdl;          /* MV_PDL_* */
     mv_qkv_path path; /* QKV only */
+    int builtin_only; /* norms: nonzero keeps the built-in kernels (no kernel compiled at run time
+                         for the call's H, cuda/norm_jit.cu); zero-initialized options allow it */
 } mv_cuda_opts;
 
 /* CUDA launchers (cuda/rms_norm.cu, cuda/fused_rms_norm_qkv/dispatch.cu); stream is a cudaStream_t.

@@ -1,9 +1,9 @@
 """minivllm: C/CUDA kernels for the prologue of LLM attention layers.
 
 Ops (CPU and CUDA, float32 / float16 / bfloat16, any array with DLPack):
-  rms_norm(x, weight, eps=1e-6, *, out=None, weight_offset=0.0, pdl=None)
+  rms_norm(x, weight, eps=1e-6, *, out=None, weight_offset=0.0, pdl=None, jit=True)
   fused_add_rms_norm(x, residual, weight, eps=1e-6, *, out=None, residual_out=None, inplace=False,
-                     weight_offset=0.0, pdl=None)
+                     weight_offset=0.0, pdl=None, jit=True)
   FusedRMSNormQKV.forward(hidden_states, norm_weight, qkv_weight, num_heads, num_kv_heads,
                           eps=1e-6, *, residual=None, out=None, residual_out=None, pdl=None)
   attention_prologue(hidden_states, norm_weight, qkv_weight, num_heads, num_kv_heads, eps=1e-6,
@@ -15,6 +15,11 @@ Ops (CPU and CUDA, float32 / float16 / bfloat16, any array with DLPack):
 pdl (GPU): programmatic dependent launch for this call. None: on for the kernels that support it
 on sm_90 and later, unless the process was started with MINIVLLM_PDL=0; True: on wherever the GPU
 has it; False: off. The CPU ignores it.
+
+jit (GPU, the norm ops): True lets a short call (at most a row per multiprocessor, rows of 16-byte
+vectors) run a kernel compiled at run time for its H, dtype and form (NVRTC; the first call of a
+form compiles it, 13-80 ms); False keeps the built-in kernels. The bits are the same either way.
+The CPU ignores it.
 
 Numerics: rrms = 1/sqrt(mean(x^2) + eps) with float32 accumulation; y = weight * (x * rrms) in
 float32, rounded once to the input dtype (vLLM's order; Hugging Face rounds x * rrms first, which
@@ -104,7 +109,7 @@ def _check_writable_kind(name, array):
                         "leave it out and use the returned arrays")
 
 
-def rms_norm(x, weight, eps=1e-6, *, out=None, weight_offset=0.0, pdl=None):
+def rms_norm(x, weight, eps=1e-6, *, out=None, weight_offset=0.0, pdl=None, jit=True):
     """RMSNorm over the last dimension: weight * x / sqrt(mean(x**2, -1) + eps).
 
     x: [..., H] (last dimension contiguous; leading dimensions strided as rows of one stride or
@@ -116,23 +121,25 @@ def rms_norm(x, weight, eps=1e-6, *, out=None, weight_offset=0.0, pdl=None):
         may take two strides, nested so that no two rows overlap. Arrays with two strides split
         their rows at the same dimension.
     pdl: programmatic dependent launch on the GPU (None: the library's default; see the module).
+    jit: a kernel compiled for the call's H where the GPU call is short (True), or the built-in
+        kernels only (False); the same bits either way (see the module).
     Returns the result as x's kind of array (NumPy, torch, CuPy, JAX), on x's device.
     """
     if (type(x) in _TORCH_TYPES and type(weight) in _TORCH_TYPES
             and (out is None or type(out) in _TORCH_TYPES)):
         # Plain torch tensors: _C finds torch's stream and allocator itself (see _kinds).
-        return _C.rms_norm(x, weight, eps, out, _TORCH_KIND, None, pdl, weight_offset)
+        return _C.rms_norm(x, weight, eps, out, _TORCH_KIND, None, pdl, weight_offset, jit)
     if type(x) is _ndarray and type(weight) is _ndarray and (out is None or type(out) is _ndarray):
         # Plain NumPy arrays: nothing to detach, wrap or check for immutability.
-        return _C.rms_norm(x, weight, eps, out, _numpy_prepared(x.dtype)[0], None, pdl, weight_offset)
+        return _C.rms_norm(x, weight, eps, out, _numpy_prepared(x.dtype)[0], None, pdl, weight_offset, jit)
     _check_writable_kind("out", out)
     alloc, stream, wrap, arg = _prepare(x)
-    result = _C.rms_norm(arg(x), arg(weight), eps, out, alloc, stream, pdl, weight_offset)
+    result = _C.rms_norm(arg(x), arg(weight), eps, out, alloc, stream, pdl, weight_offset, jit)
     return result if out is not None else wrap(result)
 
 
 def fused_add_rms_norm(x, residual, weight, eps=1e-6, *, out=None, residual_out=None,
-                       inplace=False, weight_offset=0.0, pdl=None):
+                       inplace=False, weight_offset=0.0, pdl=None, jit=True):
     """Residual add then RMSNorm, in one pass: returns (normed, new_residual).
 
     new_residual = x + residual, rounded to the dtype (what the model stores);
@@ -141,7 +148,7 @@ def fused_add_rms_norm(x, residual, weight, eps=1e-6, *, out=None, residual_out=
     (x, residual) is returned. out= / residual_out= take preallocated results instead.
     x, residual, weight, weight_offset, out, residual_out: as in rms_norm (rows in one stride or
     two, split at the same dimension in every array that takes two).
-    pdl: programmatic dependent launch on the GPU (None: the library's default; see the module).
+    pdl, jit: as in rms_norm.
     """
     if inplace:
         if out is not None or residual_out is not None:
@@ -152,17 +159,17 @@ def fused_add_rms_norm(x, residual, weight, eps=1e-6, *, out=None, residual_out=
             and (out is None or type(out) in _TORCH_TYPES)
             and (residual_out is None or type(residual_out) in _TORCH_TYPES)):
         return _C.fused_add_rms_norm(x, residual, weight, eps, out, residual_out, _TORCH_KIND, None,
-                                     pdl, weight_offset)
+                                     pdl, weight_offset, jit)
     if (type(x) is _ndarray and type(residual) is _ndarray and type(weight) is _ndarray
             and (out is None or type(out) is _ndarray)
             and (residual_out is None or type(residual_out) is _ndarray)):
         return _C.fused_add_rms_norm(x, residual, weight, eps, out, residual_out,
-                                     _numpy_prepared(x.dtype)[0], None, pdl, weight_offset)
+                                     _numpy_prepared(x.dtype)[0], None, pdl, weight_offset, jit)
     _check_writable_kind("out" if not inplace else "x", out)
     _check_writable_kind("residual_out" if not inplace else "residual", residual_out)
     alloc, stream, wrap, arg = _prepare(x)
     normed, new_residual = _C.fused_add_rms_norm(arg(x), arg(residual), arg(weight), eps, out,
-                                                 residual_out, alloc, stream, pdl, weight_offset)
+                                                 residual_out, alloc, stream, pdl, weight_offset, jit)
     return (normed if out is not None else wrap(normed),
             new_residual if residual_out is not None else wrap(new_residual))
 

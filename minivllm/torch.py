@@ -265,7 +265,7 @@ def rms_norm(x, weight, eps=1e-6, *, weight_offset=0.0):
     """torch.ops.minivllm.rms_norm: (weight + weight_offset) * x / sqrt(mean(x**2, -1) + eps),
     a new tensor (weight_offset=1.0: Gemma's norm)."""
     if _direct(x, weight):  # plain tensors: what minivllm.rms_norm would hand to _C
-        return _C.rms_norm(x, weight, eps, None, _TORCH_KIND, None, None, weight_offset)
+        return _C.rms_norm(x, weight, eps, None, _TORCH_KIND, None, None, weight_offset, True)
     return torch.ops.minivllm.rms_norm(x, weight, float(eps), weight_offset)
 
 
@@ -273,7 +273,7 @@ def fused_add_rms_norm(x, residual, weight, eps=1e-6, *, weight_offset=0.0):
     """(rms_norm(x + residual), x + residual) as new tensors."""
     if _direct(x, residual, weight):
         return _C.fused_add_rms_norm(x, residual, weight, eps, None, None, _TORCH_KIND, None,
-                                     None, weight_offset)
+                                     None, weight_offset, True)
     return torch.ops.minivllm.fused_add_rms_norm(x, residual, weight, float(eps), weight_offset)
 
 
@@ -282,7 +282,7 @@ def fused_add_rms_norm_(x, residual, weight, eps=1e-6, *, weight_offset=0.0):
     (x, residual)."""
     if _direct(x, residual, weight):
         _C.fused_add_rms_norm(x, residual, weight, eps, x, residual, _TORCH_KIND, None, None,
-                              weight_offset)
+                              weight_offset, True)
         _wrote(x, residual)
     else:
         torch.ops.minivllm.fused_add_rms_norm_(x, residual, weight, float(eps), weight_offset)

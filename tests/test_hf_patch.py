@@ -293,9 +293,9 @@ def test_patched_gemma_matches_stock(arch, device, variant, monkeypatch):
     # where every rms_norm call ends, the entry point's direct call and the registered op's alike
     real = minivllm._C.rms_norm
 
-    def counted(x, weight, eps, out, alloc, stream, pdl, weight_offset):
+    def counted(x, weight, eps, out, alloc, stream, pdl, weight_offset, jit):
         calls.append((weight.dtype, weight_offset))
-        return real(x, weight, eps, out, alloc, stream, pdl, weight_offset)
+        return real(x, weight, eps, out, alloc, stream, pdl, weight_offset, jit)
 
     def refused(*args, **kwargs):
         raise AssertionError("Gemma layers must not go through the attention prologue")

@@ -1,38 +1,50 @@
-"""The short-call norm kernels compiled at run time for the call's H (csrc/cuda/norm_jit.cu): every
-form gives the bits of the library's own lanes kernels (MINIVLLM_JIT=0 at the call) and is within
-the dtype's tolerance of float64. Short calls (at most a row per multiprocessor) of rows of 16-byte
-vectors take them: both ops, every dtype, gamma in float32 beside 16-bit rows, Gemma's (1 + w),
-PDL on and off, contiguous and strided rows, in-place forms, H from one vector to 1024 of them.
-GPU only (the CPU has no such kernels); skipped where no CUDA GPU is usable.
+"""The norm ops' per-call `jit` argument and the short-call kernels compiled at run time for the
+call's H (csrc/cuda/norm_jit.cu). On the GPU every form gives the bits of the library's own lanes
+kernels (jit=False) and is within the dtype's tolerance of float64: short calls (at most a row per
+multiprocessor) of rows of 16-byte vectors, both ops, every dtype, gamma in float32 beside 16-bit
+rows, Gemma's (1 + w), PDL on and off, contiguous and strided rows, in-place forms, H from one
+vector to 1024 of them; those cases skip where no CUDA GPU is usable (the CPU has no such kernels).
+On every device jit takes True or False and anything else is refused with a TypeError naming it.
 """
-import os
-
 import numpy as np
 import pytest
 
 import minivllm
-from conftest import NEEDS_CUDA, get_backend, make_rows, norm_weight, randn, to64
+from conftest import DEVICES, NEEDS_CUDA, get_backend, make_rows, norm_weight, randn, to64
 from minivllm import reference
-
-pytestmark = NEEDS_CUDA
 
 
 def _call(dev, op, x, r, w, weight_offset, pdl, jit):
-    """The op's outputs as float64 numpy, with run-time compiled kernels on (jit) or off."""
-    old = os.environ.get("MINIVLLM_JIT")
-    os.environ["MINIVLLM_JIT"] = "1" if jit else "0"
-    try:
-        if op == "rms_norm":
-            outs = (minivllm.rms_norm(x, w, 1e-6, weight_offset=weight_offset, pdl=pdl),)
-        else:
-            outs = minivllm.fused_add_rms_norm(x, r, w, 1e-6, weight_offset=weight_offset, pdl=pdl)
-        dev.sync()
-        return [np.asarray(to64(o)) for o in outs]
-    finally:
-        if old is None:
-            del os.environ["MINIVLLM_JIT"]
-        else:
-            os.environ["MINIVLLM_JIT"] = old
+    """The op's outputs as float64 numpy, with run-time compiled kernels allowed (jit) or not."""
+    if op == "rms_norm":
+        outs = (minivllm.rms_norm(x, w, 1e-6, weight_offset=weight_offset, pdl=pdl, jit=jit),)
+    else:
+        outs = minivllm.fused_add_rms_norm(x, r, w, 1e-6, weight_offset=weight_offset, pdl=pdl, jit=jit)
+    dev.sync()
+    return [np.asarray(to64(o)) for o in outs]
+
+
+@pytest.mark.parametrize("bad", ("yes", 1, 0, None, np.bool_(True), [True]), ids=repr)
+@pytest.mark.parametrize("devname", DEVICES)
+def test_bad_jit_is_refused(devname, bad, rng):
+    dev = get_backend(devname)
+    x, r, w = (dev.array(randn(rng, shape), "float32") for shape in ((2, 16), (2, 16), (16,)))
+    for op, call in (("rms_norm", lambda: minivllm.rms_norm(x, w, jit=bad)),
+                     ("fused_add_rms_norm", lambda: minivllm.fused_add_rms_norm(x, r, w, jit=bad))):
+        with pytest.raises(TypeError, match=r"^jit: expected True or False"):
+            call()
+
+
+@pytest.mark.parametrize("devname", DEVICES)
+def test_jit_false_gives_the_same_bits(devname, dtype, rng):
+    """Both values on every device (the CPU ignores it): bit for bit the same rows."""
+    dev = get_backend(devname)
+    x, r = dev.array(randn(rng, (3, 1024)), dtype), dev.array(randn(rng, (3, 1024)), dtype)
+    w = dev.array(norm_weight(rng, 1024), dtype)
+    for op in ("rms_norm", "fused_add_rms_norm"):
+        got, want = (_call(dev, op, x, r, w, 0.0, None, jit) for jit in (True, False))
+        for g, e in zip(got, want):
+            np.testing.assert_array_equal(g, e, err_msg=f"{op} on {devname}: jit=True against jit=False")
 
 
 @pytest.mark.parametrize("H", [8, 64, 120, 896, 1000, 1024, 2048, 3000, 4096, 8192])
@@ -40,6 +52,7 @@ def _call(dev, op, x, r, w, weight_offset, pdl, jit):
 @pytest.mark.parametrize("op", ["rms_norm", "fused_add_rms_norm"])
 @pytest.mark.parametrize("form", ["plain", "float32_weight", "offset"])
 @pytest.mark.parametrize("pdl", [None, False])
+@NEEDS_CUDA
 def test_jit_kernels_give_the_lanes_kernels_bits(dtype, H, rows, op, form, pdl, rng):
     dev = get_backend("cuda")
     if dtype == "float32" and (H % 4 or H // 4 > 1024):
@@ -65,6 +78,7 @@ def test_jit_kernels_give_the_lanes_kernels_bits(dtype, H, rows, op, form, pdl, 
 
 @pytest.mark.parametrize("layout", ["colslice", "rowstep", "both"])
 @pytest.mark.parametrize("op", ["rms_norm", "fused_add_rms_norm"])
+@NEEDS_CUDA
 def test_jit_kernels_strided_rows_and_in_place(dtype, layout, op, rng):
     """Rows in a stride other than H (the form with strides at run time), and the in-place forms:
     the same bits as the lanes kernels, nothing written outside the rows."""
@@ -76,19 +90,11 @@ def test_jit_kernels_strided_rows_and_in_place(dtype, layout, op, rng):
     for jit in (True, False):
         x, x_parent = make_rows(dev, x64, dtype, layout)
         r, r_parent = make_rows(dev, r64, dtype, layout)
-        old = os.environ.get("MINIVLLM_JIT")
-        os.environ["MINIVLLM_JIT"] = "1" if jit else "0"
-        try:
-            if op == "rms_norm":
-                minivllm.rms_norm(x, w, 1e-6, out=x)
-            else:
-                minivllm.fused_add_rms_norm(x, r, w, 1e-6, inplace=True)
-            dev.sync()
-        finally:
-            if old is None:
-                del os.environ["MINIVLLM_JIT"]
-            else:
-                os.environ["MINIVLLM_JIT"] = old
+        if op == "rms_norm":
+            minivllm.rms_norm(x, w, 1e-6, out=x, jit=jit)
+        else:
+            minivllm.fused_add_rms_norm(x, r, w, 1e-6, inplace=True, jit=jit)
+        dev.sync()
         results[jit] = (np.asarray(to64(x_parent)), np.asarray(to64(r_parent)))
     for name, g, e in zip(("x (out)", "residual"), results[True], results[False]):
         np.testing.assert_array_equal(g, e, err_msg=f"{op} {layout}: {name} differs from the lanes kernel's")

@@ -62,10 +62,10 @@ def test_fast_matches_reference_kernel(dtype, hidden, layout, residual):
         if residual:
             new_res = _poisoned_like(x)
             minivllm._C.fused_add_rms_norm(x, r, w, 1e-6, out, new_res, None, _stream(), None,
-                                           0.0, reference)
+                                           0.0, True, reference)
             outs[reference] = (out, new_res)
         else:
-            minivllm._C.rms_norm(x, w, 1e-6, out, None, _stream(), None, 0.0, reference)
+            minivllm._C.rms_norm(x, w, 1e-6, out, None, _stream(), None, 0.0, True, reference)
             outs[reference] = (out,)
     torch.cuda.synchronize()
     tol = TOL[dtype]
@@ -202,9 +202,9 @@ def test_kernels_on_head_views(dtype, hidden, residual):
         out, new_res = (b[:, :4] for b in bufs[reference])
         if residual:
             minivllm._C.fused_add_rms_norm(x, r, w, 1e-6, out, new_res, None, _stream(), None,
-                                           0.0, reference)
+                                           0.0, True, reference)
         else:
-            minivllm._C.rms_norm(x, w, 1e-6, out, None, _stream(), None, 0.0, reference)
+            minivllm._C.rms_norm(x, w, 1e-6, out, None, _stream(), None, 0.0, True, reference)
         outs[reference] = (out, new_res)
     torch.cuda.synchronize()
     if residual:

@@ -361,7 +361,7 @@ def test_torch_kind_is_only_for_plain_torch_x():
     x = np.ones((2, 8), np.float32)
     with pytest.raises(TypeError, match=r"^alloc: TORCH_KIND needs"):
         minivllm._C.rms_norm(x, np.ones(8, np.float32), 1e-6, None, minivllm._C.TORCH_KIND, None,
-                             None, 0.0)
+                             None, 0.0, True)
 
 
 @pytest.mark.skipif(not (minivllm.cuda_available() and torch.cuda.is_available()),

@@ -48,7 +48,7 @@ typedef struct {
     int count;
     PyObject *outputs[MAX_CALL_TENSORS]; /* owned references to outputs we allocated */
     int output_count;
-    mv_cuda_opts opts; /* the call's GPU options (pdl, path), parsed by the op */
+    mv_cuda_opts opts; /* the call's GPU options (pdl, path, builtin_only), parsed by the op */
 } mv_call;
 
 void mv_call_release(mv_call *c);

@@ -206,6 +206,16 @@ int mv_parse_weight_offset(PyObject *obj, float *offset)
     return 0;
 }
 
+int mv_parse_jit(PyObject *obj, int *builtin_only)
+{
+    if (!PyBool_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "jit: expected True or False, got %.100s", Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    *builtin_only = obj == Py_False;
+    return 0;
+}
+
 int mv_parse_pdl(PyObject *obj, int *pdl)
 {
     if (obj == Py_None) {

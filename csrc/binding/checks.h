@@ -14,6 +14,9 @@ int mv_parse_eps(PyObject *obj, float *eps);
 int mv_parse_positive_int(PyObject *obj, const char *name, int64_t *value);
 /* pdl: None (the library's default), True or False. */
 int mv_parse_pdl(PyObject *obj, int *pdl);
+/* The norm ops' jit argument: True or False (anything else: TypeError naming "jit"); *builtin_only
+   is its negation, as mv_cuda_opts holds it. */
+int mv_parse_jit(PyObject *obj, int *builtin_only);
 /* x: [..., H] with H >= 1. */
 int mv_check_hidden(const mv_tensor *x);
 /* x: [..., H] with H >= 1, flattened to rows (one stride). */

@@ -28,14 +28,15 @@ typedef struct {
 } norm_rows;
 
 /* What both norm ops start with: the call (alloc and stream at args[alloc_at], args[alloc_at + 1]),
-   eps (args[eps_at]), pdl and weight_offset (after the stream) and x (args[0], its rows into
+   eps (args[eps_at]), pdl, weight_offset and jit (after the stream) and x (args[0], its rows into
    r->x, rows and hidden into a->in). Returns x, or NULL with the exception set. */
 static mv_tensor *norm_start(mv_call *c, PyObject *module, PyObject *const *args, int eps_at,
                              int alloc_at, mv_rms_norm_args *a, norm_rows *r)
 {
     if (mv_call_start(c, module, args[alloc_at], args[alloc_at + 1], args[0]) < 0 ||
         mv_parse_eps(args[eps_at], &a->in.eps) < 0 || mv_parse_pdl(args[alloc_at + 2], &c->opts.pdl) < 0 ||
-        mv_parse_weight_offset(args[alloc_at + 3], &a->in.weight_offset) < 0)
+        mv_parse_weight_offset(args[alloc_at + 3], &a->in.weight_offset) < 0 ||
+        mv_parse_jit(args[alloc_at + 4], &c->opts.builtin_only) < 0)
         return NULL;
     mv_tensor *x = mv_call_import_first(c, args[0], "x");
     if (x == NULL || mv_check_hidden(x) < 0 || mv_split_rows(x, 0, &r->split, &r->x) < 0)
@@ -65,16 +66,16 @@ static void norm_strides(const norm_rows *r, mv_rms_norm_args *a)
     }
 }
 
-/* ---- rms_norm(x, weight, eps, out, alloc, stream, pdl, weight_offset[, reference]) -> out ---- */
+/* ---- rms_norm(x, weight, eps, out, alloc, stream, pdl, weight_offset, jit[, reference]) -> out ---- */
 
 PyObject *mv_py_rms_norm(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 8 && nargs != 9) {
+    if (nargs != 9 && nargs != 10) {
         PyErr_SetString(PyExc_TypeError,
-                        "_C.rms_norm(x, weight, eps, out, alloc, stream, pdl, weight_offset[, reference])");
+                        "_C.rms_norm(x, weight, eps, out, alloc, stream, pdl, weight_offset, jit[, reference])");
         return NULL;
     }
-    const int reference = nargs == 9 && PyObject_IsTrue(args[8]) == 1;
+    const int reference = nargs == 10 && PyObject_IsTrue(args[9]) == 1;
     (void)reference; /* only the CUDA path has a reference kernel */
     mv_call c = {0};
     PyObject *result = NULL, *out_obj = NULL;
@@ -113,17 +114,17 @@ done:
 }
 
 /* ---- fused_add_rms_norm(x, residual, weight, eps, out, residual_out, alloc, stream, pdl,
- *      weight_offset[, reference]) -> (out, residual_out) */
+ *      weight_offset, jit[, reference]) -> (out, residual_out) */
 
 PyObject *mv_py_fused_add_rms_norm(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 10 && nargs != 11) {
+    if (nargs != 11 && nargs != 12) {
         PyErr_SetString(PyExc_TypeError,
                         "_C.fused_add_rms_norm(x, residual, weight, eps, out, residual_out, alloc, "
-                        "stream, pdl, weight_offset[, reference])");
+                        "stream, pdl, weight_offset, jit[, reference])");
         return NULL;
     }
-    const int reference = nargs == 11 && PyObject_IsTrue(args[10]) == 1;
+    const int reference = nargs == 12 && PyObject_IsTrue(args[11]) == 1;
     (void)reference; /* only the CUDA path has a reference kernel */
     mv_call c = {0};
     PyObject *result = NULL, *out_obj = NULL, *res_obj = NULL;

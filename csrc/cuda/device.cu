@@ -4,8 +4,6 @@
 #include "cuda/device.h"
 #include "minivllm_kernels.h" /* MV_PDL_* */
 
-#include <dlfcn.h>
-
 #include <atomic>
 #include <cstdlib>
 #include <cstring>

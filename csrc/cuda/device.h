@@ -6,6 +6,7 @@
 #define MINIVLLM_CUDA_DEVICE_H
 
 #include <cuda_runtime.h>
+#include <dlfcn.h>
 
 #include <cuda.h> /* CUtensorMap and its enums (types only: libcuda is not linked) */
 
@@ -86,6 +87,12 @@ void *mv_driver_entry(const char *name);
    finds), then from $CUDA_HOME and /usr/local/cuda (lib64, lib, targets/x86_64-linux/lib); never
    unloaded. Null where none loads. */
 void *mv_open_cuda_library(const char *soname);
+/* fn = lib's symbol `name` (a function pointer of its type); false where lib lacks it. */
+template <typename Fn>
+bool mv_bind(void *lib, const char *name, Fn &fn) {
+    fn = reinterpret_cast<Fn>(dlsym(lib, name));
+    return fn != nullptr;
+}
 
 /* kernel<<<grid, block, smem, stream>>>(args...), with the PDL attribute when pdl is true and in
    thread-block clusters of `cluster` CTAs along x when cluster > 1. Each argument is converted

@@ -16,11 +16,7 @@
  * module inside a stream capture is allowed (measured under torch.cuda.graph). Any failure leaves
  * the form to the library's own kernels.
  */
-#include <dlfcn.h>
-
 #include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <mutex>
 #include <string>
 
@@ -39,21 +35,15 @@ struct Nvrtc {
     int (*destroy)(void **);
 };
 
-template <typename Fn>
-bool find(void *lib, const char *name, Fn *fn) {
-    *fn = reinterpret_cast<Fn>(dlsym(lib, name));
-    return *fn != nullptr;
-}
-
 Nvrtc load_nvrtc() {
     Nvrtc n = {};
     char soname[32];
     (void)snprintf(soname, sizeof soname, "libnvrtc.so.%d", CUDART_VERSION / 1000);
     void *lib = mv_open_cuda_library(soname);
     if (lib == nullptr) return n;
-    n.ok = find(lib, "nvrtcCreateProgram", &n.create) && find(lib, "nvrtcCompileProgram", &n.compile) &&
-           find(lib, "nvrtcGetCUBINSize", &n.cubin_size) && find(lib, "nvrtcGetCUBIN", &n.cubin) &&
-           find(lib, "nvrtcDestroyProgram", &n.destroy);
+    n.ok = mv_bind(lib, "nvrtcCreateProgram", n.create) && mv_bind(lib, "nvrtcCompileProgram", n.compile) &&
+           mv_bind(lib, "nvrtcGetCUBINSize", n.cubin_size) && mv_bind(lib, "nvrtcGetCUBIN", n.cubin) &&
+           mv_bind(lib, "nvrtcDestroyProgram", n.destroy);
     return n;
 }
 
@@ -291,8 +281,6 @@ bool same_form(const mv_norm_jit_form &a, const mv_norm_jit_form &b) {
 } // namespace
 
 CUfunction mv_norm_jit_function(const mv_norm_jit_form &form, const mv_cuda_device &dev) {
-    const char *env = getenv("MINIVLLM_JIT");
-    if (env != nullptr && strcmp(env, "0") == 0) return nullptr;
     if (!nvrtc().ok || !module_api().ok) return nullptr;
     CUcontext context = nullptr;
     if (module_api().ctx_current(&context) != CUDA_SUCCESS || context == nullptr) return nullptr;

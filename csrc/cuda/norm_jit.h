@@ -28,9 +28,9 @@ struct mv_norm_jit_form {
               int residual_out_stride)
    for this form in the current context: a row a block of ceil(H / vector, 32) threads, one 16-byte
    vector a thread. Compiled and loaded on the first call of a form, then found in a cache; null
-   where run-time compilation is off (MINIVLLM_JIT=0 at that call), NVRTC cannot be loaded, the
-   form's compilation failed once, or the cache is full: the caller's own kernels take the call then,
-   with the same bits. */
+   where NVRTC cannot be loaded, the form's compilation failed once, or the cache is full: the
+   caller's own kernels take the call then, with the same bits (as they do where the call asks for
+   them: the norm ops' jit=False, mv_cuda_opts.builtin_only). */
 CUfunction mv_norm_jit_function(const mv_norm_jit_form &form, const mv_cuda_device &dev);
 
 #endif

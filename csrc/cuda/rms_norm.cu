@@ -2278,16 +2278,15 @@ cudaError_t launch_lanes(const mv_rms_norm_args &a, const LanesKernel &k, int gr
     return mv_launch(k.kernel, dim3(static_cast<unsigned>(a.in.rows)), dim3(k.threads), 0, stream, pdl, p);
 }
 
-/* Short calls of rows of up to 1024 16-byte vectors in one stride first ask for the kernel
-   compiled at run time for their H (norm_jit.cu): the lanes kernels' arithmetic and order, so the
-   same bits, with H, G and contiguous strides as constants, one vector a thread. H200 bf16, chains
-   of 1-64 rows of H 896-4096: 0.76-0.96x the lanes kernels' time without PDL, 0.84-0.92x with
-   (dev/logs/norm-jit-nvidia-h200-2026-11-29.log, call 10). False where there is no such kernel
-   (MINIVLLM_JIT=0, no NVRTC, a failed compilation): the lanes kernels take the call. */
-template <int V>
-bool launch_lanes_jit(const mv_rms_norm_args &a, int group_threads, cudaStream_t stream, bool pdl,
+/* Short calls the lanes kernels would take, in 16-byte vectors (v of them a row), first ask for
+   the kernel compiled at run time for their H (norm_jit.cu): the lanes kernels' arithmetic and
+   order, so the same bits, with H, G and contiguous strides as constants, one vector a thread.
+   H200 bf16, chains of 1-64 rows of H 896-4096: 0.76-0.96x the lanes kernels' time without PDL,
+   0.84-0.92x with (dev/logs/norm-jit-nvidia-h200-2026-11-29.log, call 10). False where there is no
+   such kernel (no NVRTC, a failed compilation): the lanes kernels take the call. */
+bool launch_lanes_jit(const mv_rms_norm_args &a, int v, int group_threads, cudaStream_t stream, bool pdl,
                       const mv_cuda_device &dev, cudaError_t *err) {
-    const int64_t h = a.in.hidden, vecs = h / V;
+    const int64_t h = a.in.hidden, vecs = h / v;
     if (vecs > 1024 || a.in.rows < 1 || a.in.rows > INT32_MAX || !int_strides(a)) return false;
     const bool residual = a.in.residual != nullptr;
     mv_norm_jit_form form = {};
@@ -2456,13 +2455,8 @@ cudaError_t launch_vec(const mv_rms_norm_args &a, int group_threads, cudaStream_
            on each vector that held its loads back (bf16 1 x 5119 2.57 -> 3.33 us). The
            narrower vectors of other H or misaligned views keep the general kernel. */
         if constexpr (!kWide && !kOdd && (V == 1 || sizeof(T) * V == 16)) {
-            if (lanes_wanted(a, V, sms)) {
-                if constexpr (V > 1) {
-                    cudaError_t err = cudaSuccess;
-                    if (launch_lanes_jit<V>(a, group_threads, stream, pdl, dev, &err)) return err;
-                }
+            if (lanes_wanted(a, V, sms))
                 return launch_lanes<T, TW, V>(a, lanes_kernel<T, TW, V>(a, true), group_threads, stream, pdl);
-            }
             if constexpr (V > 1) { /* single elements in short calls are lanes' or elems' rows */
                 if (short_call(a, sms)) return launch_short<T, TW, V>(a, group_threads, shape, stream, pdl);
                 const LanesKernel k = lanes_kernel<T, TW, V>(a, false);
@@ -2613,6 +2607,9 @@ extern "C" int mv_rms_norm_cuda(const mv_rms_norm_args *a, const mv_cuda_opts *o
        memory 1.89 us with PDL and 3.00 without, on the lanes kernel 1.37 and 2.40 */
     const bool staged = v == 1 && !lanes_wanted(*a, v, dev.sms) && staged_wanted(a, group_threads, false, dev) &&
                         staged_fits(a, group_threads, dev);
+    if (!o->builtin_only && v * elem == 16 && lanes_wanted(*a, v, dev.sms) &&
+        launch_lanes_jit(*a, v, group_threads, cuda_stream, pdl, dev, &err))
+        return (int)err;
     err = cudaErrorInvalidValue;
     MV_DISPATCH_DTYPE(a->in.dtype, T, {
         if (float_weight(a))

@@ -20,8 +20,6 @@
  * nodes) and released with cudaFreeAsync after the GEMMs: no synchronization. This is the one
  * path that allocates on the device.
  */
-#include <dlfcn.h>
-
 #include <cstdint>
 #include <cstring>
 #include <mutex>
@@ -54,27 +52,23 @@ struct CublasLt {
 
 void *open_cublaslt() { return mv_open_cuda_library("libcublasLt.so." MINIVLLM_STR(CUBLAS_VER_MAJOR)); }
 
-template <typename F>
-bool bind(void *lib, const char *name, F &fn) {
-    fn = reinterpret_cast<F>(dlsym(lib, name));
-    return fn != nullptr;
-}
-
 /* Loaded once per process (thread-safe static initialization); never unloaded. */
 const CublasLt &cublaslt() {
     static const CublasLt lt = [] {
         CublasLt l;
         void *lib = open_cublaslt();
         if (!lib) return l;
-        bool ok = bind(lib, "cublasLtCreate", l.create) && bind(lib, "cublasLtMatmulDescCreate", l.desc_create) &&
-                  bind(lib, "cublasLtMatmulDescDestroy", l.desc_destroy) &&
-                  bind(lib, "cublasLtMatmulDescSetAttribute", l.desc_set) &&
-                  bind(lib, "cublasLtMatrixLayoutCreate", l.layout_create) &&
-                  bind(lib, "cublasLtMatrixLayoutDestroy", l.layout_destroy) &&
-                  bind(lib, "cublasLtMatmulPreferenceCreate", l.pref_create) &&
-                  bind(lib, "cublasLtMatmulPreferenceDestroy", l.pref_destroy) &&
-                  bind(lib, "cublasLtMatmulPreferenceSetAttribute", l.pref_set) &&
-                  bind(lib, "cublasLtMatmulAlgoGetHeuristic", l.heuristic) && bind(lib, "cublasLtMatmul", l.matmul);
+        bool ok = mv_bind(lib, "cublasLtCreate", l.create) &&
+                  mv_bind(lib, "cublasLtMatmulDescCreate", l.desc_create) &&
+                  mv_bind(lib, "cublasLtMatmulDescDestroy", l.desc_destroy) &&
+                  mv_bind(lib, "cublasLtMatmulDescSetAttribute", l.desc_set) &&
+                  mv_bind(lib, "cublasLtMatrixLayoutCreate", l.layout_create) &&
+                  mv_bind(lib, "cublasLtMatrixLayoutDestroy", l.layout_destroy) &&
+                  mv_bind(lib, "cublasLtMatmulPreferenceCreate", l.pref_create) &&
+                  mv_bind(lib, "cublasLtMatmulPreferenceDestroy", l.pref_destroy) &&
+                  mv_bind(lib, "cublasLtMatmulPreferenceSetAttribute", l.pref_set) &&
+                  mv_bind(lib, "cublasLtMatmulAlgoGetHeuristic", l.heuristic) &&
+                  mv_bind(lib, "cublasLtMatmul", l.matmul);
         if (ok && l.create(&l.handle) == CUBLAS_STATUS_SUCCESS) l.loaded = true;
         return l;
     }();
@@ -330,7 +324,7 @@ cudaError_t mv_qkv_norm_gemm_launch(const mv_qkv_args &args, const mv_qkv_plan &
     norm.in = a->in; /* also writes residual_out when there is a residual (in place allowed) */
     norm.out = y;
     norm.out_stride = hidden;
-    const mv_cuda_opts norm_opts = {plan.pdl ? MV_PDL_ON : MV_PDL_OFF, MV_QKV_AUTO};
+    const mv_cuda_opts norm_opts = {plan.pdl ? MV_PDL_ON : MV_PDL_OFF, MV_QKV_AUTO, 0};
     err = static_cast<cudaError_t>(mv_rms_norm_cuda(&norm, &norm_opts, s));
 
     if (err == cudaSuccess && own_gemm) {
