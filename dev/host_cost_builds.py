@@ -32,6 +32,9 @@ def main():
     label = parser.parse_args().label
     new = "pdl" in minivllm.rms_norm.__code__.co_varnames
     tail = (None, None) if new else ()   # qkv: pdl, path
+    # rms_norm: pdl, weight_offset, and since session 66 jit
+    norm_tail = ((None, 0.0, True) if "jit" in minivllm.rms_norm.__code__.co_varnames
+                 else (None, 0.0) if new else ())
     out = {"label": label, "us": {}}
     bf16 = torch.bfloat16
     for hidden, heads, kv, hd in [(896, 14, 2, 64), (4096, 32, 8, 128)]:
@@ -50,8 +53,7 @@ def main():
             "_C qkv": lambda: _C.fused_rms_norm_qkv(x, g, w, heads, kv, 1e-6, None, q, k, v, None,
                                                     _C.TORCH_KIND, None, *tail),
             "rms_norm out=": lambda: minivllm.rms_norm(x, g, out=y),
-            "_C rms_norm": lambda: _C.rms_norm(x, g, 1e-6, y, _C.TORCH_KIND, None,
-                                                    *((None, 0.0) if new else ())),
+            "_C rms_norm": lambda: _C.rms_norm(x, g, 1e-6, y, _C.TORCH_KIND, None, *norm_tail),
         }
         for name, fn in cases.items():
             fn()

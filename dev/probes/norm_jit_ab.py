@@ -1,5 +1,6 @@
-"""The library's norms in short calls with the run-time compiled kernels (norm_jit.cu) on and off
-(MINIVLLM_JIT, read at each call), with and without PDL, beside torch.compile: chains of calls
+"""The library's norms in short calls with the run-time compiled kernels (norm_jit.cu) allowed and
+not (jit=True / jit=False; session 66's run used the environment switch this argument replaced),
+with and without PDL, beside torch.compile: chains of calls
 (graph replay, each call its own x and y, as bench_rms_norm times them), bf16, µs per call; every
 graph's last output checked against the other setting's bit for bit.
 
@@ -7,7 +8,6 @@ usage: python3 dev/probes/norm_jit_ab.py [--hidden 896 1024 2048 4096] [--m 1 16
 """
 import argparse
 import math
-import os
 
 import torch
 import torch.nn.functional as F
@@ -44,23 +44,21 @@ def main():
             rs = [torch.randn(rows, h, device="cuda", dtype=dtype) for _ in range(calls)]
             ros = [torch.full((rows, h), math.nan, device="cuda", dtype=dtype) for _ in range(calls)]
 
-            def mine(i, pdl):
+            def mine(i, pdl, jit):
                 if args.op == "rms_norm":
-                    return minivllm.rms_norm(xs[i], gs[i], eps, out=ys[i], pdl=pdl)
+                    return minivllm.rms_norm(xs[i], gs[i], eps, out=ys[i], pdl=pdl, jit=jit)
                 return minivllm.fused_add_rms_norm(xs[i], rs[i], gs[i], eps, out=ys[i], residual_out=ros[i],
-                                                   pdl=pdl)[0]
+                                                   pdl=pdl, jit=jit)[0]
 
             times, last = {}, {}
             for key in names:
                 if key == "comp":
                     times[key] = bt.time_per_call(lambda i: compiled(xs[i], rs[i], gs[i]), calls, args.replays)["us"]
                     continue
-                os.environ["MINIVLLM_JIT"] = "1" if key.startswith("jit") else "0"
-                pdl = None if key.endswith("+") else False
-                t = bt.time_per_call(lambda i: mine(i, pdl), calls, args.replays,
+                pdl, jit = None if key.endswith("+") else False, key.startswith("jit")
+                t = bt.time_per_call(lambda i: mine(i, pdl, jit), calls, args.replays,
                                      check_last=lambda y: y.clone())
                 times[key], last[key] = t["us"], t["check"]
-            os.environ.pop("MINIVLLM_JIT", None)
             same = all(torch.equal(last[a].view(torch.int16), last[b].view(torch.int16))
                        for a, b in (("jit-", "lanes-"), ("jit+", "lanes+"), ("jit-", "jit+")))
             print(f"{h:5d} {rows:5d} " + " ".join(f"{times[k]:7.2f}" for k in names) +
