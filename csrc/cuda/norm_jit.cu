@@ -1,5 +1,6 @@
 /*
- * norm_jit.cu: short-call norm kernels compiled at run time for the call's H (norm_jit.h).
+ * norm_jit.cu: the lanes kernels' norms compiled at run time for the call's H (norm_jit.h); they take
+ * every call of 16-byte vectors the lanes kernels would (rms_norm.cu: lanes_take).
  *
  * Why: a short call is a chain of dependent latencies from launch to store, and the library's
  * lanes kernels take H, G and the row strides at run time (0.12-0.13 us of the chain:

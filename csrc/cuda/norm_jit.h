@@ -1,5 +1,5 @@
 /*
- * norm_jit.h: the short-call norm kernel compiled at run time for the call's H (NVRTC), the lanes
+ * norm_jit.h: the lanes kernels' norm compiled at run time for the call's H (NVRTC), the lanes
  * kernels' arithmetic and summation order with H, G and (for contiguous rows) the row stride as
  * constants. Host side, C++ (the .cu files); norm_jit.cu.
  */

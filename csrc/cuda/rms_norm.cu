@@ -2278,12 +2278,14 @@ cudaError_t launch_lanes(const mv_rms_norm_args &a, const LanesKernel &k, int gr
     return mv_launch(k.kernel, dim3(static_cast<unsigned>(a.in.rows)), dim3(k.threads), 0, stream, pdl, p);
 }
 
-/* Short calls the lanes kernels would take, in 16-byte vectors (v of them a row), first ask for
-   the kernel compiled at run time for their H (norm_jit.cu): the lanes kernels' arithmetic and
+/* Calls the lanes kernels would take (lanes_take), in 16-byte vectors (v of them a row), first ask
+   for the kernel compiled at run time for their H (norm_jit.cu): the lanes kernels' arithmetic and
    order, so the same bits, with H, G and contiguous strides as constants, one vector a thread.
    H200 bf16, chains of 1-64 rows of H 896-4096: 0.76-0.96x the lanes kernels' time without PDL,
-   0.84-0.92x with (dev/logs/norm-jit-nvidia-h200-2026-11-29.log, call 10). False where there is no
-   such kernel (no NVRTC, a failed compilation): the lanes kernels take the call. */
+   0.84-0.92x with (dev/logs/norm-jit-nvidia-h200-2026-11-29.log, call 10); past a row per SM
+   0.81-0.95x at H <= 2048 (one wave, and the fused add's waves without PDL), 0.97-1.02x beyond
+   (dev/logs/norm-jit-rows-nvidia-h200-2026-11-29.log). False where there is no such
+   kernel (no NVRTC, a failed compilation): the lanes kernels take the call. */
 bool launch_lanes_jit(const mv_rms_norm_args &a, int v, int group_threads, cudaStream_t stream, bool pdl,
                       const mv_cuda_device &dev, cudaError_t *err) {
     const int64_t h = a.in.hidden, vecs = h / v;
@@ -2339,6 +2341,17 @@ bool lanes_for_rows(const mv_rms_norm_args &a, const LanesKernel &k, const mv_cu
         return false;
     }
     return a.in.rows <= static_cast<int64_t>(blocks) * (dev.sms > 0 ? dev.sms : 1);
+}
+
+/* Whether the lanes kernels take a call of 16-byte vectors (v of them a row): short calls
+   (lanes_wanted) and longer ones (lanes_for_rows), as launch_vec chooses. The kernel compiled at
+   run time takes exactly these calls, so a row's bits stay those of the kernels it stands for. */
+template <typename T, typename TW>
+bool lanes_take(const mv_rms_norm_args &a, int v, const mv_cuda_device &dev, bool pdl) {
+    constexpr int V = 16 / sizeof(T);
+    if (v != V) return false;
+    if (lanes_wanted(a, V, dev.sms)) return true;
+    return !short_call(a, dev.sms) && lanes_for_rows<T, TW, V>(a, lanes_kernel<T, TW, V>(a, false), dev, pdl);
 }
 
 /* Which calls of such rows (G >= 32, so H 129-4096; G of 2-16, H 9-128, past the short calls)
@@ -2607,9 +2620,12 @@ extern "C" int mv_rms_norm_cuda(const mv_rms_norm_args *a, const mv_cuda_opts *o
        memory 1.89 us with PDL and 3.00 without, on the lanes kernel 1.37 and 2.40 */
     const bool staged = v == 1 && !lanes_wanted(*a, v, dev.sms) && staged_wanted(a, group_threads, false, dev) &&
                         staged_fits(a, group_threads, dev);
-    if (!o->builtin_only && v * elem == 16 && lanes_wanted(*a, v, dev.sms) &&
-        launch_lanes_jit(*a, v, group_threads, cuda_stream, pdl, dev, &err))
-        return (int)err;
+    bool jit = false;
+    if (!o->builtin_only && v * elem == 16)
+        MV_DISPATCH_DTYPE(a->in.dtype, T, {
+            jit = float_weight(a) ? lanes_take<T, float>(*a, v, dev, pdl) : lanes_take<T, T>(*a, v, dev, pdl);
+        })
+    if (jit && launch_lanes_jit(*a, v, group_threads, cuda_stream, pdl, dev, &err)) return (int)err;
     err = cudaErrorInvalidValue;
     MV_DISPATCH_DTYPE(a->in.dtype, T, {
         if (float_weight(a))

@@ -5,6 +5,8 @@ with and without PDL, beside torch.compile: chains of calls
 graph's last output checked against the other setting's bit for bit.
 
 usage: python3 dev/probes/norm_jit_ab.py [--hidden 896 1024 2048 4096] [--m 1 16 64] [--op rms_norm]
+           [--dtype bf16|fp16|fp32] [--no-compile]
+Session 67: longer calls too (the compiled kernel takes every call the lanes kernels take).
 """
 import argparse
 import math
@@ -23,8 +25,11 @@ def main():
     p.add_argument("--m", nargs="+", type=int, default=[1, 16, 64])
     p.add_argument("--op", choices=["rms_norm", "fused_add_rms_norm"], default="rms_norm")
     p.add_argument("--replays", type=int, default=15)
+    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
+    p.add_argument("--no-compile", action="store_true", help="no torch.compile column")
     args = p.parse_args()
-    dtype, eps = torch.bfloat16, bt.EPS
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    eps = bt.EPS
     bt.raise_compile_limits(512)
     if args.op == "rms_norm":
         compiled = torch.compile(lambda x, r, g: F.rms_norm(x, (x.shape[-1],), g, eps), dynamic=False)
@@ -34,12 +39,12 @@ def main():
             return F.rms_norm(s, (s.shape[-1],), g, eps), s
         compiled = torch.compile(add_norm, dynamic=False)
     props = torch.cuda.get_device_properties(0)
-    names = ["jit-", "lanes-", "jit+", "lanes+", "comp"]
-    print(f"# {props.name}, torch {torch.__version__}, bf16 {args.op}; µs per call, chains of the op alone")
+    names = ["jit-", "lanes-", "jit+", "lanes+"] + ([] if args.no_compile else ["comp"])
+    print(f"# {props.name}, torch {torch.__version__}, {args.dtype} {args.op}; µs per call, chains of the op alone")
     print(f"{'H':>5s} {'M':>5s} " + " ".join(f"{n:>7s}" for n in names) + "  jit-/lanes- jit+/lanes+ jit-/comp")
     for h in args.hidden:
         for rows in args.m:
-            calls = bt.calls_per_graph(3 * rows * h * 2, props.L2_cache_size)
+            calls = bt.calls_per_graph(3 * rows * h * dtype.itemsize, props.L2_cache_size)
             _, gs, xs, ys = layer_buffers(rows, h, 0, calls, dtype)
             rs = [torch.randn(rows, h, device="cuda", dtype=dtype) for _ in range(calls)]
             ros = [torch.full((rows, h), math.nan, device="cuda", dtype=dtype) for _ in range(calls)]
@@ -59,11 +64,13 @@ def main():
                 t = bt.time_per_call(lambda i: mine(i, pdl, jit), calls, args.replays,
                                      check_last=lambda y: y.clone())
                 times[key], last[key] = t["us"], t["check"]
-            same = all(torch.equal(last[a].view(torch.int16), last[b].view(torch.int16))
+            bits = torch.int32 if dtype == torch.float32 else torch.int16
+            same = all(torch.equal(last[a].view(bits), last[b].view(bits))
                        for a, b in (("jit-", "lanes-"), ("jit+", "lanes+"), ("jit-", "jit+")))
+            comp = f" {times['jit-'] / times['comp']:9.3f}" if "comp" in times else " " * 10
             print(f"{h:5d} {rows:5d} " + " ".join(f"{times[k]:7.2f}" for k in names) +
                   f"  {times['jit-'] / times['lanes-']:9.3f} {times['jit+'] / times['lanes+']:9.3f}"
-                  f" {times['jit-'] / times['comp']:9.3f}  {'equal' if same else 'DIFFER'}", flush=True)
+                  f"{comp}  {'equal' if same else 'DIFFER'}", flush=True)
             del gs, xs, rs, ys, ros
 
 
