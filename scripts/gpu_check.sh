@@ -11,8 +11,8 @@
 #   WITH=host_cost adds benchmarks/host_cost.py (host time of one eager call, about a minute).
 #   MINIVLLM_COMMIT names the commit where the tree has no .git; MINIVLLM_SITE, a folder holding
 #   a build of the package for this Python (dev/probes/site_build.sh), skips the build.
-# The suite runs as eight pytest processes side by side (the GPU has room, and the float64
-# references use the host's cores; about 3 minutes on an H200), then the leak tests alone:
+# The suite runs as eleven pytest processes side by side (the GPU has room, and the float64
+# references use the host's cores; a few minutes on an H200), then the leak tests alone:
 # together they are the suite, each test once.
 set -uo pipefail
 out=${1:-${OUT:-gpu-check-out}}
@@ -57,17 +57,29 @@ forced_2="cuda-bulk or cuda-wgmma"
 forced_3="cuda-cublaslt or cuda-tile"
 forced_4="cuda-generic"
 forced_5="cuda-engine"
-shards=(main fuzz qkv paths-1 paths-2 paths-3 paths-4 paths-5)
+# The files outside the QKV op's go to four processes by theme (the norms' run-time compiled
+# kernels made one process of them all take about 9 minutes on an H200 in session 67).
+t=$root/tests
+shards=(prologue cpu-errors norms norm-jit fuzz qkv paths-1 paths-2 paths-3 paths-4 paths-5)
 shard_args=(
-    "$root/tests --ignore=$root/tests/test_fused_rms_norm_qkv.py --ignore=$root/tests/test_fuzz.py --ignore=$root/tests/test_leaks.py"
-    "$root/tests/test_fuzz.py"
-    "$root/tests/test_fused_rms_norm_qkv.py -k not ($forced_1 or $forced_2 or $forced_3 or $forced_4 or $forced_5)"
-    "$root/tests/test_fused_rms_norm_qkv.py -k $forced_1"
-    "$root/tests/test_fused_rms_norm_qkv.py -k $forced_2"
-    "$root/tests/test_fused_rms_norm_qkv.py -k $forced_3"
-    "$root/tests/test_fused_rms_norm_qkv.py -k $forced_4"
-    "$root/tests/test_fused_rms_norm_qkv.py -k $forced_5"
+    "$t/test_attention_prologue.py $t/test_torch_attention_prologue.py $t/test_hf_patch.py $t/test_torch_fast_path.py"
+    "$t/test_batch_invariance.py $t/test_cpu_simd.py $t/test_cpu_numerics.py $t/test_cpu_threads.py $t/test_dlpack.py $t/test_errors.py"
+    "$t/test_rms_norm.py $t/test_fused_add_rms_norm.py $t/test_norm_views.py $t/test_norm_weights.py $t/test_norm_kernels_cuda.py"
+    "$t/test_norm_jit.py $t/test_pdl.py $t/test_interop.py $t/test_torch_ops.py $t/test_threads.py"
+    "$t/test_fuzz.py"
+    "$t/test_fused_rms_norm_qkv.py -k not ($forced_1 or $forced_2 or $forced_3 or $forced_4 or $forced_5)"
+    "$t/test_fused_rms_norm_qkv.py -k $forced_1"
+    "$t/test_fused_rms_norm_qkv.py -k $forced_2"
+    "$t/test_fused_rms_norm_qkv.py -k $forced_3"
+    "$t/test_fused_rms_norm_qkv.py -k $forced_4"
+    "$t/test_fused_rms_norm_qkv.py -k $forced_5"
 )
+# Every test file but the leak tests' must sit in one shard (checked here, so a new file cannot
+# be left out of the GPU check).
+for f in "$t"/test_*.py; do
+    [ "$(basename "$f")" = test_leaks.py ] && continue
+    [[ " ${shard_args[*]} " == *"$f "* ]] || { echo "gpu_check: $f is in no shard"; exit 1; }
+done
 # Two BLAS threads per process: seven processes of the host's default thread count each made
 # the float64 references fight for the cores.
 threads=$(( $(nproc) / ${#shards[@]} ))
