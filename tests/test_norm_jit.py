@@ -1,9 +1,11 @@
-"""The norm ops' per-call `jit` argument and the short-call kernels compiled at run time for the
-call's H (csrc/cuda/norm_jit.cu). On the GPU every form gives the bits of the library's own lanes
-kernels (jit=False) and is within the dtype's tolerance of float64: short calls (at most a row per
-multiprocessor) of rows of 16-byte vectors, both ops, every dtype, gamma in float32 beside 16-bit
-rows, Gemma's (1 + w), PDL on and off, contiguous and strided rows, in-place forms, H from one
-vector to 1024 of them; those cases skip where no CUDA GPU is usable (the CPU has no such kernels).
+"""The norm ops' per-call `jit` argument and the kernels compiled at run time for the call's H
+(csrc/cuda/norm_jit.cu), which take the calls the lanes kernels would. On the GPU every form gives
+the bits of the library's own kernels (jit=False) and is within the dtype's tolerance of float64:
+short calls (at most a row per multiprocessor) of rows of 16-byte vectors, both ops, every dtype,
+gamma in float32 beside 16-bit rows, Gemma's (1 + w), PDL on and off, contiguous and strided rows,
+in-place forms, H from one vector to 1024 of them; longer calls (a wave of rows and more, where
+jit=False runs the lanes or the general kernels); those cases skip where no CUDA GPU is usable
+(the CPU has no such kernels).
 On every device jit takes True or False and anything else is refused with a TypeError naming it.
 """
 import numpy as np
@@ -72,6 +74,33 @@ def test_jit_kernels_give_the_lanes_kernels_bits(dtype, H, rows, op, form, pdl, 
         s64 = np.asarray(to64(dev.array(s64, dtype)))  # the residual sum as stored
     g64 = np.asarray(to64(w)) + offset
     ref = s64 / np.sqrt(np.mean(s64 * s64, axis=1, keepdims=True) + 1e-6) * g64
+    tol = reference.TOLERANCE[dtype]
+    np.testing.assert_allclose(got[0], ref, rtol=tol, atol=tol, err_msg=f"{op}: against float64")
+
+
+@pytest.mark.parametrize("H", [64, 1024, 4096, 8192])
+@pytest.mark.parametrize("rows", [133, 600, 2100, 4500])
+@pytest.mark.parametrize("op", ["rms_norm", "fused_add_rms_norm"])
+@pytest.mark.parametrize("pdl", [None, False])
+@NEEDS_CUDA
+def test_jit_longer_calls_give_the_same_bits(dtype, H, rows, op, pdl, rng):
+    """Past a row per multiprocessor: the compiled kernel where the lanes kernels would run (a wave
+    of rows; the fused add's waves without PDL), the general kernel elsewhere; bit for bit
+    jit=False's rows either way, and within tolerance of float64."""
+    dev = get_backend("cuda")
+    if dtype == "float32" and H // 4 > 1024:
+        pytest.skip("float32 rows of this H are more than 1024 16-byte vectors (other kernels)")
+    x64, r64 = randn(rng, (rows, H)), randn(rng, (rows, H))
+    x, r = dev.array(x64, dtype), dev.array(r64, dtype)
+    w = dev.array(norm_weight(rng, H), dtype)
+    got = _call(dev, op, x, r, w, 0.0, pdl, jit=True)
+    want = _call(dev, op, x, r, w, 0.0, pdl, jit=False)
+    for name, g, e in zip(("out", "residual_out"), got, want):
+        np.testing.assert_array_equal(g, e, err_msg=f"{op} {name}: jit=True against jit=False")
+    s64 = np.asarray(to64(x)) + (np.asarray(to64(r)) if op != "rms_norm" else 0.0)
+    if op != "rms_norm":
+        s64 = np.asarray(to64(dev.array(s64, dtype)))  # the residual sum as stored
+    ref = s64 / np.sqrt(np.mean(s64 * s64, axis=1, keepdims=True) + 1e-6) * np.asarray(to64(w))
     tol = reference.TOLERANCE[dtype]
     np.testing.assert_allclose(got[0], ref, rtol=tol, atol=tol, err_msg=f"{op}: against float64")
 
