@@ -11,7 +11,7 @@
 #   WITH=host_cost adds benchmarks/host_cost.py (host time of one eager call, about a minute).
 #   MINIVLLM_COMMIT names the commit where the tree has no .git; MINIVLLM_SITE, a folder holding
 #   a build of the package for this Python (dev/probes/site_build.sh), skips the build.
-# The suite runs as eleven pytest processes side by side (the GPU has room, and the float64
+# The suite runs as sixteen pytest processes side by side (the GPU has room, and the float64
 # references use the host's cores; a few minutes on an H200), then the leak tests alone:
 # together they are the suite, each test once.
 set -uo pipefail
@@ -19,7 +19,7 @@ out=${1:-${OUT:-gpu-check-out}}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 export PYTHONUNBUFFERED=1
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 root=$PWD
 with=" ${WITH:-} "
 
@@ -36,7 +36,8 @@ timed() {  # timed NAME: record how long the step since the last call took
 
 if [ -n "${MINIVLLM_SITE:-}" ]; then
     # a build made elsewhere for this Python (dev/probes/site_build.sh), put first on the path
-    export PYTHONPATH="$(cd "$MINIVLLM_SITE" && pwd)${PYTHONPATH:+:$PYTHONPATH}"
+    site=$(cd "$MINIVLLM_SITE" && pwd) || exit 1
+    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
     echo "== build: none, $MINIVLLM_SITE =="
     echo "prebuilt: $MINIVLLM_SITE" >"$out/build.log"
 else
@@ -52,28 +53,25 @@ echo "built in ${step_times[-1]#*=} s"
 
 echo "== tests =="
 # (pytest arguments of each process; together: tests/, each test once)
-forced_1="cuda-deferred or cuda-register"
-forced_2="cuda-bulk or cuda-wgmma"
-forced_3="cuda-cublaslt or cuda-tile"
-forced_4="cuda-generic"
-forced_5="cuda-engine"
-# The files outside the QKV op's go to four processes by theme (the norms' run-time compiled
-# kernels made one process of them all take about 9 minutes on an H200 in session 67).
+# The QKV file's tests that force a path carry its name (cuda-NAME); each path has a process,
+# and the rest of the file two, by dtype. The other files go to five processes by theme. The QKV
+# shards of two paths each took 5-7 minutes on an H200 (session 67), the one process of all the
+# other files about 9.
+paths=(deferred register bulk wgmma cublaslt tile generic engine)
+forced=$(printf 'cuda-%s or ' "${paths[@]}"); forced=${forced% or }
 t=$root/tests
-shards=(prologue cpu-errors norms norm-jit fuzz qkv paths-1 paths-2 paths-3 paths-4 paths-5)
+shards=(prologue invariance cpu-errors norms norm-jit fuzz qkv-bf16 qkv-other "${paths[@]/#/path-}")
 shard_args=(
     "$t/test_attention_prologue.py $t/test_torch_attention_prologue.py $t/test_hf_patch.py $t/test_torch_fast_path.py"
-    "$t/test_batch_invariance.py $t/test_cpu_simd.py $t/test_cpu_numerics.py $t/test_cpu_threads.py $t/test_dlpack.py $t/test_errors.py"
+    "$t/test_batch_invariance.py"
+    "$t/test_cpu_simd.py $t/test_cpu_numerics.py $t/test_cpu_threads.py $t/test_dlpack.py $t/test_errors.py"
     "$t/test_rms_norm.py $t/test_fused_add_rms_norm.py $t/test_norm_views.py $t/test_norm_weights.py $t/test_norm_kernels_cuda.py"
     "$t/test_norm_jit.py $t/test_pdl.py $t/test_interop.py $t/test_torch_ops.py $t/test_threads.py"
     "$t/test_fuzz.py"
-    "$t/test_fused_rms_norm_qkv.py -k not ($forced_1 or $forced_2 or $forced_3 or $forced_4 or $forced_5)"
-    "$t/test_fused_rms_norm_qkv.py -k $forced_1"
-    "$t/test_fused_rms_norm_qkv.py -k $forced_2"
-    "$t/test_fused_rms_norm_qkv.py -k $forced_3"
-    "$t/test_fused_rms_norm_qkv.py -k $forced_4"
-    "$t/test_fused_rms_norm_qkv.py -k $forced_5"
+    "$t/test_fused_rms_norm_qkv.py -k not ($forced) and bfloat16"
+    "$t/test_fused_rms_norm_qkv.py -k not ($forced) and not bfloat16"
 )
+for p in "${paths[@]}"; do shard_args+=("$t/test_fused_rms_norm_qkv.py -k cuda-$p"); done
 # Every test file but the leak tests' must sit in one shard (checked here, so a new file cannot
 # be left out of the GPU check).
 for f in "$t"/test_*.py; do
@@ -85,7 +83,7 @@ done
 threads=$(( $(nproc) / ${#shards[@]} ))
 threads=$(( threads < 1 ? 1 : threads ))
 pids=()
-cd /tmp   # test the installed package, not the source tree
+cd /tmp || exit 1   # test the installed package, not the source tree
 for i in "${!shards[@]}"; do
     args=${shard_args[$i]}
     selection=()
@@ -108,7 +106,7 @@ done
 python3 -m pytest "$root/tests/test_leaks.py" -q -rs -p no:cacheprovider \
     --junitxml="$out/pytest-leaks.xml" >"$out/pytest-leaks.log" 2>&1 || status=1
 echo "tests leaks: $(tail -n 1 "$out/pytest-leaks.log")"
-cd "$root"
+cd "$root" || exit 1
 grep -hE "^(fuzz|leaks):" "$out"/pytest-fuzz.log "$out"/pytest-leaks.log || true
 grep -hE "^(FAILED|ERROR) " "$out"/pytest-*.log | head -n 40 || true
 timed tests
