@@ -50,5 +50,13 @@ if ! clang-tidy --quiet --warnings-as-errors='*' --header-filter="^$root/csrc/" 
 fi
 echo "clean"
 
+echo "== the portable level's half conversions against half_convert.h's, every input =="
+# (simd.h's vector-extension conversions; about 20 s)
+cc -std=c11 -O2 -Wall -Wextra -Werror -Icsrc scripts/portable_convert_check.c -o "$work/convert_check"
+if ! "$work/convert_check"; then
+    echo "static_analysis: portable conversions FAILED"
+    exit 1
+fi
+
 echo "== ptxas: the wgmma kernels (sm_90a) =="
 bash scripts/ptxas_check.sh

@@ -2,7 +2,8 @@
  * simd.h: the vector layer the CPU kernels (norm_row.h, rms_norm.h, fused_rms_norm_qkv.h,
  * attention_prologue.h) are written against, one definition per instruction-set level. The file
  * that includes it defines exactly one of MV_ISA_AVX512, MV_ISA_AVX2 or neither (the portable
- * level: plain C, "vectors" of one float, conversions by half_convert.h), and MV_SUFFIX, the suffix
+ * level: plain C, 8-lane vectors of GCC's and Clang's vector extensions, or one float per "vector"
+ * elsewhere, conversions as half_convert.h's), and MV_SUFFIX, the suffix
  * of the kernels' entry points; MV_ISA_AVX512BF16 as well as MV_ISA_AVX512 gives AVX512_BF16's
  * bf16 stores.
  *
@@ -192,7 +193,106 @@ MV_ALWAYS_INLINE void bf16x16_store(void *p, vf lo, vf hi, __m256i *lo_bits, __m
     *hi_bits = b;
 }
 
-#else /* portable: one float per "vector" */
+#elif defined(__GNUC__) /* portable, GCC or Clang */
+/* Plain C with the compilers' generic vector extensions: 4 float32 lanes of 16 bytes, which GCC
+   and Clang lower to what every 64-bit target has (SSE2 on x86-64, NEON on aarch64). 32-byte
+   vectors were split into scalar code wherever SSE2 lacks an instruction (compares among them).
+   The conversions give half_convert.h's bits for every input (scripts/portable_convert_check.c:
+   all 2^16 half and 2^32 float32 inputs, on x86-64 and on aarch64 under qemu). Against one float
+   per "vector" (below), x86-64 forced to this level: the norms 1.04-1.70x as fast, the QKV op 1.5-4.8x
+   (dev/logs/cpu-portable-vectors-amd-epyc-2c-2026-11-29.log); fp16 rows stay far from memory speed
+   without a hardware conversion (F16C: the AVX2 level). */
+#define VL 4
+typedef float vf __attribute__((vector_size(16)));
+typedef uint32_t vu32 __attribute__((vector_size(16)));
+typedef int32_t vi32 __attribute__((vector_size(16)));
+typedef uint16_t vu16 __attribute__((vector_size(8)));
+
+MV_ALWAYS_INLINE vf vf_set1(float x) { return (vf){x, x, x, x}; }
+#define vf_zero() vf_set1(0.0f)
+#define vf_add(a, b) ((a) + (b))
+#define vf_sub(a, b) ((a) - (b))
+#define vf_mul(a, b) ((a) * (b))
+#define vf_fma(a, b, c) ((a) * (b) + (c))
+MV_ALWAYS_INLINE vf vf_loadu(const float *p)
+{
+    vf v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+MV_ALWAYS_INLINE void vf_storeu(float *p, vf v) { memcpy(p, &v, sizeof v); }
+#define vf_bcast(p) vf_set1(*(p))
+
+/* The lanes pairwise: (0 + 2) + (1 + 3). */
+MV_ALWAYS_INLINE float vf_hsum(vf v) { return (v[0] + v[2]) + (v[1] + v[3]); }
+
+MV_ALWAYS_INLINE vu32 vu32_set1(uint32_t x) { return (vu32){x, x, x, x}; }
+
+/* Lanes of `yes` where mask is all ones, of `no` where it is zero. */
+MV_ALWAYS_INLINE vu32 vu32_select(vi32 mask, vu32 yes, vu32 no)
+{
+    return ((vu32)mask & yes) | (~(vu32)mask & no);
+}
+
+/* The conversions use only what every target's vector unit has (no per-lane shifts, no integer
+   to float conversions, signed compares of values below 2^31: SSE2 has no unsigned one, and GCC
+   made those scalar): the rebias of the exponent, and a float addition that lines subnormals up
+   with a fixed exponent and rounds them (to nearest even, the default rounding mode). */
+MV_ALWAYS_INLINE vf vf_load_dt(mv_dtype dt, const void *p)
+{
+    if (dt == MV_FLOAT32)
+        return vf_loadu((const float *)p);
+    vu16 h16;
+    memcpy(&h16, p, sizeof h16);
+    const vu32 h = __builtin_convertvector(h16, vu32);
+    if (dt == MV_BFLOAT16)
+        return (vf)(h << 16);
+    /* mv_f16_to_f32: exponent and mantissa moved into place and rebiased by 112; Inf and NaN
+       rebiased once more (NaN made quiet); zero and subnormals, as 2^-14 * 0.mantissa, by a
+       float subtraction of 2^-14 from 2^-14 * 1.mantissa */
+    const vu32 shifted = (h & 0x7fffu) << 13, exponent = shifted & 0x0f800000u;
+    const vu32 rebiased = shifted + (112u << 23);
+    const vi32 has_mantissa = (shifted & 0x7fffffu) != 0u;
+    const vu32 special = (rebiased + (112u << 23)) | ((vu32)has_mantissa & 0x400000u);
+    const vf one_mantissa = (vf)(rebiased + (1u << 23)), smallest_normal = (vf)vu32_set1(113u << 23);
+    const vu32 small = (vu32)(one_mantissa - smallest_normal);
+    const vi32 is_special = exponent == 0x0f800000u, is_small = exponent == 0u;
+    const vu32 magnitude = vu32_select(is_special, special, vu32_select(is_small, small, rebiased));
+    return (vf)(magnitude | ((h & 0x8000u) << 16));
+}
+
+MV_ALWAYS_INLINE void vf_store_dt(mv_dtype dt, void *p, vf v)
+{
+    if (dt == MV_FLOAT32) {
+        vf_storeu((float *)p, v);
+        return;
+    }
+    const vu32 bits = (vu32)v;
+    vu32 out;
+    if (dt == MV_BFLOAT16) {
+        /* mv_f32_to_bf16: NaN truncated with the quiet bit, else round to nearest even */
+        const vu32 rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+        const vi32 is_nan = (vi32)(bits & 0x7fffffffu) > 0x7f800000;
+        out = vu32_select(is_nan, (bits >> 16) | 0x40u, rounded);
+    } else {
+        /* mv_f32_to_f16: NaN (quiet, payload kept), Inf from 65520 up, normal halves rounded to
+           nearest even in the integer bits, subnormal halves by a float addition of 2^-1 (whose
+           ulp is the smallest half subnormal: the sum's low bits are the result, rounded) */
+        const vu32 sign = (bits >> 16) & 0x8000u, magnitude = bits & 0x7fffffffu;
+        const vu32 nan = 0x7e00u | ((magnitude >> 13) & 0x3ffu);
+        const vu32 normal = (magnitude + 0xfffu + ((magnitude >> 13) & 1u) - (112u << 23)) >> 13;
+        const vu32 half_bits = vu32_set1(126u << 23);
+        const vu32 subnormal = (vu32)((vf)magnitude + (vf)half_bits) - half_bits;
+        const vi32 m = (vi32)magnitude;
+        const vi32 is_nan = m > 0x7f800000, is_inf = m >= 0x477ff000, is_normal = m >= 0x38800000;
+        const vu32 finite = vu32_select(is_normal, normal, subnormal);
+        out = sign | vu32_select(is_nan, nan, vu32_select(is_inf, vu32_set1(0x7c00u), finite));
+    }
+    const vu16 narrow = __builtin_convertvector(out, vu16);
+    memcpy(p, &narrow, sizeof narrow);
+}
+
+#else /* portable: one float per "vector" (compilers without vector extensions) */
 #define VL 1
 typedef float vf;
 #define vf_zero() 0.0f
