@@ -139,6 +139,9 @@ class BuildExt(build_ext):
         for arch in archs:
             gencode.append(f"-gencode=arch=compute_{arch},code=sm_{arch}")
         gencode.append(f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}")
+        # where the CUDA libraries opened at run time (cuBLASLt, NVRTC) are looked for after their
+        # soname: this toolkit's library folder (csrc/cuda/device.cu, mv_open_cuda_library)
+        lib_dir = f'-DMINIVLLM_CUDA_LIB_DIR="{cuda_library_dir(cuda_home)}/"'
         build_dir = os.path.abspath(os.path.join(self.build_temp, "cuda"))
         os.makedirs(build_dir, exist_ok=True)
 
@@ -148,7 +151,7 @@ class BuildExt(build_ext):
             if src in SM90A_SOURCES and "90" in archs:
                 codes = ["-gencode=arch=compute_90a,code=sm_90a", "-DMINIVLLM_HAVE_SM90A"]
             cmd = [nvcc, "-std=c++17", "-O3", "-Xcompiler", "-fPIC,-fvisibility=hidden",
-                   "--expt-relaxed-constexpr", "-Icsrc", *codes,
+                   "--expt-relaxed-constexpr", "-Icsrc", lib_dir, *codes,
                    *shlex.split(os.environ.get("MINIVLLM_EXTRA_NVCCFLAGS", "")), "-c", src, "-o", obj]
             print(" ".join(cmd), flush=True)
             subprocess.check_call(cmd, cwd=HERE)

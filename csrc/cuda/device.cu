@@ -64,11 +64,7 @@ bool mv_pdl_use(int requested, const mv_cuda_device &dev) {
     return requested == MV_PDL_ON || process_default;
 }
 
-namespace {
-
-/* A driver entry point, found through the runtime (minivllm does not link libcuda itself); null
-   where the driver lacks it. */
-void *driver_entry(const char *name) {
+void *mv_driver_entry(const char *name) {
     void *p = nullptr;
     cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
     if (cudaGetDriverEntryPointByVersion(name, &p, 12000, cudaEnableDefault, &found) != cudaSuccess ||
@@ -78,19 +74,21 @@ void *driver_entry(const char *name) {
     return p;
 }
 
+namespace {
+
 /* cuTensorMapEncodeTiled, found once. */
 typedef CUresult (*EncodeTiledFn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
                                   const cuuint64_t *, const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave,
                                   CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
 EncodeTiledFn encode_tiled() {
-    static const EncodeTiledFn fn = reinterpret_cast<EncodeTiledFn>(driver_entry("cuTensorMapEncodeTiled"));
+    static const EncodeTiledFn fn = reinterpret_cast<EncodeTiledFn>(mv_driver_entry("cuTensorMapEncodeTiled"));
     return fn;
 }
 
 /* cuLaunchKernelEx, found once. */
 using LaunchExFn = CUresult (*)(const CUlaunchConfig *, CUfunction, void **, void **);
 LaunchExFn driver_launch() {
-    static const LaunchExFn fn = reinterpret_cast<LaunchExFn>(driver_entry("cuLaunchKernelEx"));
+    static const LaunchExFn fn = reinterpret_cast<LaunchExFn>(mv_driver_entry("cuLaunchKernelEx"));
     return fn;
 }
 
@@ -181,19 +179,16 @@ bool mv_swizzled_tensor_map(CUtensorMap *map, bool bf16, int rank, const void *d
     return ok;
 }
 
-void *mv_driver_entry(const char *name) { return driver_entry(name); }
+#ifndef MINIVLLM_CUDA_LIB_DIR
+#define MINIVLLM_CUDA_LIB_DIR "/usr/local/cuda/lib64/" /* setup.py passes the building toolkit's */
+#endif
 
 void *mv_open_cuda_library(const char *soname) {
     void *lib = dlopen(soname, RTLD_NOW | RTLD_LOCAL);
     if (lib) return lib;
-    const char *homes[] = {getenv("CUDA_HOME"), "/usr/local/cuda"};
-    for (const char *home : homes) {
-        if (!home || !*home) continue;
-        for (const char *sub : {"/lib64/", "/lib/", "/targets/x86_64-linux/lib/"}) {
-            const std::string path = std::string(home) + sub + soname;
-            lib = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
-            if (lib) return lib;
-        }
+    for (const char *dir : {MINIVLLM_CUDA_LIB_DIR, "/usr/local/cuda/lib64/", "/usr/local/cuda/lib/"}) {
+        lib = dlopen((std::string(dir) + soname).c_str(), RTLD_NOW | RTLD_LOCAL);
+        if (lib) return lib;
     }
     return nullptr;
 }

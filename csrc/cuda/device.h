@@ -84,8 +84,9 @@ cudaError_t mv_launch_function(CUfunction function, dim3 grid, dim3 block, size_
 void *mv_driver_entry(const char *name);
 
 /* A CUDA library dlopen-ed by soname (a PyTorch or CuPy process has its own loaded, which the soname
-   finds), then from $CUDA_HOME and /usr/local/cuda (lib64, lib, targets/x86_64-linux/lib); never
-   unloaded. Null where none loads. */
+   finds), then from the library folder of the toolkit the module was built with (a build option,
+   MINIVLLM_CUDA_LIB_DIR, set by setup.py) and /usr/local/cuda; never unloaded. Null where none
+   loads. No environment variable is read. */
 void *mv_open_cuda_library(const char *soname);
 /* fn = lib's symbol `name` (a function pointer of its type); false where lib lacks it. */
 template <typename Fn>

@@ -11,9 +11,9 @@
  * cuBLASLt is loaded with dlopen on first use rather than linked: the module must import on
  * machines without the CUDA libraries (CPU users), and PyTorch/CuPy processes already have a
  * libcublasLt loaded, which dlopen by soname finds. Search order (mv_open_cuda_library): the
- * soname, then $CUDA_HOME and /usr/local/cuda. A process whose only cuBLASLt is another major
- * version (a CUDA 12 PyTorch wheel beside this CUDA 13 build, say) finds none and takes the tile
- * GEMM.
+ * soname, then the building toolkit's library folder and /usr/local/cuda. A process whose only
+ * cuBLASLt is another major version (a CUDA 12 PyTorch wheel beside this CUDA 13 build, say)
+ * finds none and takes the tile GEMM.
  *
  * Scratch (y, plus cuBLASLt workspace) is allocated stream-ordered on the caller's stream (from a
  * pool of our own that keeps its memory; under capture, the default pool, so graphs get memory
