@@ -1,6 +1,6 @@
 /*
  * norm_jit.cu: the lanes kernels' norms compiled at run time for the call's H (norm_jit.h); they take
- * every call of 16-byte vectors the lanes kernels would (rms_norm.cu: lanes_take).
+ * every call of 16-byte vectors the lanes kernels would (rms_norm.cu: launch_vec, launch_lanes_jit).
  *
  * Why: a short call is a chain of dependent latencies from launch to store, and the library's
  * lanes kernels take H, G and the row strides at run time (0.12-0.13 us of the chain:
@@ -18,6 +18,7 @@
  * the form to the library's own kernels.
  */
 #include <cstdio>
+#include <cstring>
 #include <mutex>
 #include <string>
 
@@ -273,11 +274,8 @@ Entry cache[kCacheSize];
 int cached = 0;
 std::mutex cache_mutex;
 
-bool same_form(const mv_norm_jit_form &a, const mv_norm_jit_form &b) {
-    return a.dtype == b.dtype && a.weight_float32 == b.weight_float32 && a.residual == b.residual &&
-           a.offset == b.offset && a.pdl == b.pdl && a.contiguous == b.contiguous && a.hidden == b.hidden &&
-           a.group == b.group;
-}
+/* forms are whole ints, zero-initialized by their builder: equal forms have equal bytes */
+bool same_form(const mv_norm_jit_form &a, const mv_norm_jit_form &b) { return memcmp(&a, &b, sizeof a) == 0; }
 
 } // namespace
 

@@ -2278,8 +2278,9 @@ cudaError_t launch_lanes(const mv_rms_norm_args &a, const LanesKernel &k, int gr
     return mv_launch(k.kernel, dim3(static_cast<unsigned>(a.in.rows)), dim3(k.threads), 0, stream, pdl, p);
 }
 
-/* Calls the lanes kernels would take (lanes_take), in 16-byte vectors (v of them a row), first ask
-   for the kernel compiled at run time for their H (norm_jit.cu): the lanes kernels' arithmetic and
+/* Calls the lanes kernels take (launch_vec: short calls, one wave of rows, the fused add's waves
+   without PDL), in 16-byte vectors (v of them a row, so at most 1024, int strides, rows within the
+   grid), first ask for the kernel compiled at run time for their H (norm_jit.cu): the lanes kernels' arithmetic and
    order, so the same bits, with H, G and contiguous strides as constants, one vector a thread.
    H200 bf16, chains of 1-64 rows of H 896-4096: 0.76-0.96x the lanes kernels' time without PDL,
    0.84-0.92x with (dev/logs/norm-jit-nvidia-h200-2026-11-29.log, call 10); past a row per SM
@@ -2289,7 +2290,6 @@ cudaError_t launch_lanes(const mv_rms_norm_args &a, const LanesKernel &k, int gr
 bool launch_lanes_jit(const mv_rms_norm_args &a, int v, int group_threads, cudaStream_t stream, bool pdl,
                       const mv_cuda_device &dev, cudaError_t *err) {
     const int64_t h = a.in.hidden, vecs = h / v;
-    if (vecs > 1024 || a.in.rows < 1 || a.in.rows > INT32_MAX || !int_strides(a)) return false;
     const bool residual = a.in.residual != nullptr;
     mv_norm_jit_form form = {};
     form.dtype = a.in.dtype;
@@ -2341,17 +2341,6 @@ bool lanes_for_rows(const mv_rms_norm_args &a, const LanesKernel &k, const mv_cu
         return false;
     }
     return a.in.rows <= static_cast<int64_t>(blocks) * (dev.sms > 0 ? dev.sms : 1);
-}
-
-/* Whether the lanes kernels take a call of 16-byte vectors (v of them a row): short calls
-   (lanes_wanted) and longer ones (lanes_for_rows), as launch_vec chooses. The kernel compiled at
-   run time takes exactly these calls, so a row's bits stay those of the kernels it stands for. */
-template <typename T, typename TW>
-bool lanes_take(const mv_rms_norm_args &a, int v, const mv_cuda_device &dev, bool pdl) {
-    constexpr int V = 16 / sizeof(T);
-    if (v != V) return false;
-    if (lanes_wanted(a, V, dev.sms)) return true;
-    return !short_call(a, dev.sms) && lanes_for_rows<T, TW, V>(a, lanes_kernel<T, TW, V>(a, false), dev, pdl);
 }
 
 /* Which calls of such rows (G >= 32, so H 129-4096; G of 2-16, H 9-128, past the short calls)
@@ -2451,10 +2440,12 @@ cudaError_t launch_virtual(const mv_rms_norm_args &a, int group_threads, cudaStr
 }
 
 /* kWide: rows of 2049-4096 16-byte vectors, 8 a thread in the general kernel at every M (none of
-   the short-call kernels), so each such H has one layout and order. */
+   the short-call kernels), so each such H has one layout and order. jit: the calls the lanes
+   kernels take in 16-byte vectors may run the kernel compiled at run time instead (the call's
+   jit=True; launch_lanes_jit); kOdd and kWide rows are never such calls. */
 template <typename T, typename TW, int V, bool kOdd = false, bool kWide = false>
 cudaError_t launch_vec(const mv_rms_norm_args &a, int group_threads, cudaStream_t stream, bool pdl,
-                       const mv_cuda_device &dev) {
+                       const mv_cuda_device &dev, bool jit) {
     const int sms = dev.sms;
     /* vector_width never asks for more than 16 bytes (no float x 8), so build no such kernel */
     if constexpr (sizeof(T) * V > 16) {
@@ -2468,13 +2459,18 @@ cudaError_t launch_vec(const mv_rms_norm_args &a, int group_threads, cudaStream_
            on each vector that held its loads back (bf16 1 x 5119 2.57 -> 3.33 us). The
            narrower vectors of other H or misaligned views keep the general kernel. */
         if constexpr (!kWide && !kOdd && (V == 1 || sizeof(T) * V == 16)) {
-            if (lanes_wanted(a, V, sms))
+            cudaError_t err = cudaSuccess;
+            if (lanes_wanted(a, V, sms)) {
+                if (V > 1 && jit && launch_lanes_jit(a, V, group_threads, stream, pdl, dev, &err)) return err;
                 return launch_lanes<T, TW, V>(a, lanes_kernel<T, TW, V>(a, true), group_threads, stream, pdl);
+            }
             if constexpr (V > 1) { /* single elements in short calls are lanes' or elems' rows */
                 if (short_call(a, sms)) return launch_short<T, TW, V>(a, group_threads, shape, stream, pdl);
                 const LanesKernel k = lanes_kernel<T, TW, V>(a, false);
-                if (lanes_for_rows<T, TW, V>(a, k, dev, pdl))
+                if (lanes_for_rows<T, TW, V>(a, k, dev, pdl)) {
+                    if (jit && launch_lanes_jit(a, V, group_threads, stream, pdl, dev, &err)) return err;
                     return launch_lanes<T, TW, V>(a, k, group_threads, stream, pdl);
+                }
             }
         }
         if constexpr (kOdd && !kWide) {
@@ -2494,12 +2490,12 @@ cudaError_t launch_vec(const mv_rms_norm_args &a, int group_threads, cudaStream_
 
 template <typename T, typename TW>
 cudaError_t launch_width(const mv_rms_norm_args &a, int v, int group_threads, cudaStream_t stream, bool pdl,
-                         const mv_cuda_device &dev) {
+                         const mv_cuda_device &dev, bool jit) {
     switch (v) {
-    case 8: return launch_vec<T, TW, 8>(a, group_threads, stream, pdl, dev);
-    case 4: return launch_vec<T, TW, 4>(a, group_threads, stream, pdl, dev);
-    case 2: return launch_vec<T, TW, 2>(a, group_threads, stream, pdl, dev);
-    default: return launch_vec<T, TW, 1>(a, group_threads, stream, pdl, dev);
+    case 8: return launch_vec<T, TW, 8>(a, group_threads, stream, pdl, dev, jit);
+    case 4: return launch_vec<T, TW, 4>(a, group_threads, stream, pdl, dev, jit);
+    case 2: return launch_vec<T, TW, 2>(a, group_threads, stream, pdl, dev, jit);
+    default: return launch_vec<T, TW, 1>(a, group_threads, stream, pdl, dev, jit);
     }
 }
 
@@ -2556,10 +2552,10 @@ extern "C" int mv_rms_norm_cuda(const mv_rms_norm_args *a, const mv_cuda_opts *o
                 constexpr int V = 16 / sizeof(T);
                 if (float_weight(a))
                     err = staged ? launch_staged<T, float, V>(*a, group_threads, dev, cuda_stream, pdl)
-                                 : launch_vec<T, float, V, true>(*a, group_threads, cuda_stream, pdl, dev);
+                                 : launch_vec<T, float, V, true>(*a, group_threads, cuda_stream, pdl, dev, false);
                 else
                     err = staged ? launch_staged<T, T, V>(*a, group_threads, dev, cuda_stream, pdl)
-                                 : launch_vec<T, T, V, true>(*a, group_threads, cuda_stream, pdl, dev);
+                                 : launch_vec<T, T, V, true>(*a, group_threads, cuda_stream, pdl, dev, false);
             })
             return (int)err;
         }
@@ -2592,11 +2588,11 @@ extern "C" int mv_rms_norm_cuda(const mv_rms_norm_args *a, const mv_cuda_opts *o
         MV_DISPATCH_DTYPE(a->in.dtype, T, {
             constexpr int V = 16 / sizeof(T);
             if (float_weight(a))
-                err = on_grid ? launch_vec<T, float, V, false, true>(*a, group_threads, cuda_stream, pdl, dev)
-                              : launch_vec<T, float, V, true, true>(*a, group_threads, cuda_stream, pdl, dev);
+                err = on_grid ? launch_vec<T, float, V, false, true>(*a, group_threads, cuda_stream, pdl, dev, false)
+                              : launch_vec<T, float, V, true, true>(*a, group_threads, cuda_stream, pdl, dev, false);
             else
-                err = on_grid ? launch_vec<T, T, V, false, true>(*a, group_threads, cuda_stream, pdl, dev)
-                              : launch_vec<T, T, V, true, true>(*a, group_threads, cuda_stream, pdl, dev);
+                err = on_grid ? launch_vec<T, T, V, false, true>(*a, group_threads, cuda_stream, pdl, dev, false)
+                              : launch_vec<T, T, V, true, true>(*a, group_threads, cuda_stream, pdl, dev, false);
         })
         return (int)err;
     }
@@ -2620,20 +2616,15 @@ extern "C" int mv_rms_norm_cuda(const mv_rms_norm_args *a, const mv_cuda_opts *o
        memory 1.89 us with PDL and 3.00 without, on the lanes kernel 1.37 and 2.40 */
     const bool staged = v == 1 && !lanes_wanted(*a, v, dev.sms) && staged_wanted(a, group_threads, false, dev) &&
                         staged_fits(a, group_threads, dev);
-    bool jit = false;
-    if (!o->builtin_only && v * elem == 16)
-        MV_DISPATCH_DTYPE(a->in.dtype, T, {
-            jit = float_weight(a) ? lanes_take<T, float>(*a, v, dev, pdl) : lanes_take<T, T>(*a, v, dev, pdl);
-        })
-    if (jit && launch_lanes_jit(*a, v, group_threads, cuda_stream, pdl, dev, &err)) return (int)err;
+    const bool jit = !o->builtin_only;
     err = cudaErrorInvalidValue;
     MV_DISPATCH_DTYPE(a->in.dtype, T, {
         if (float_weight(a))
             err = staged ? launch_staged<T, float, 1>(*a, group_threads, dev, cuda_stream, pdl)
-                         : launch_width<T, float>(*a, v, group_threads, cuda_stream, pdl, dev);
+                         : launch_width<T, float>(*a, v, group_threads, cuda_stream, pdl, dev, jit);
         else
             err = staged ? launch_staged<T, T, 1>(*a, group_threads, dev, cuda_stream, pdl)
-                         : launch_width<T, T>(*a, v, group_threads, cuda_stream, pdl, dev);
+                         : launch_width<T, T>(*a, v, group_threads, cuda_stream, pdl, dev, jit);
     })
     return (int)err;
 }
