@@ -16,10 +16,10 @@ pdl (GPU): programmatic dependent launch for this call. None: on for the kernels
 on sm_90 and later, unless the process was started with MINIVLLM_PDL=0; True: on wherever the GPU
 has it; False: off. The CPU ignores it.
 
-jit (GPU, the norm ops): True lets a short call (at most a row per multiprocessor, rows of 16-byte
-vectors) run a kernel compiled at run time for its H, dtype and form (NVRTC; the first call of a
-form compiles it, 13-80 ms); False keeps the built-in kernels. The bits are the same either way.
-The CPU ignores it.
+jit (GPU, the norm ops): True lets a call of rows of 16-byte vectors, of up to about a wave of
+rows, run a kernel compiled at run time for its H, dtype and form (NVRTC; the first call of a form
+compiles it, 13-80 ms); False keeps the built-in kernels. The bits are the same either way. The
+CPU ignores it.
 
 Numerics: rrms = 1/sqrt(mean(x^2) + eps) with float32 accumulation; y = weight * (x * rrms) in
 float32, rounded once to the input dtype (vLLM's order; Hugging Face rounds x * rrms first, which
@@ -121,7 +121,7 @@ def rms_norm(x, weight, eps=1e-6, *, out=None, weight_offset=0.0, pdl=None, jit=
         may take two strides, nested so that no two rows overlap. Arrays with two strides split
         their rows at the same dimension.
     pdl: programmatic dependent launch on the GPU (None: the library's default; see the module).
-    jit: a kernel compiled for the call's H where the GPU call is short (True), or the built-in
+    jit: a kernel compiled for the call's H where one applies on the GPU (True), or the built-in
         kernels only (False); the same bits either way (see the module).
     Returns the result as x's kind of array (NumPy, torch, CuPy, JAX), on x's device.
     """
