@@ -4,7 +4,7 @@
 # each test on the automatic choice and on each path forced through _path=; the fuzz and leak
 # tests print their "fuzz:" and "leaks:" figures), then the bench CLI's self-check, and write
 # every log plus a results JSON (scripts/gpu_results.py) under the output folder, ending with a
-# summary table. About 4 minutes on an H200.
+# summary table. About 6 minutes on an H200 with a prebuilt package (MINIVLLM_SITE).
 #   usage: bash scripts/gpu_check.sh [OUTDIR]    (default: $OUT if set, else gpu-check-out)
 #   WITH="sanitizers benchmarks" adds compute-sanitizer runs over scripts/sanitize_cases.py and
 #   the two benchmarks in quick mode (several minutes more; SANITIZERS="memcheck ..." picks runs);
@@ -54,9 +54,8 @@ echo "built in ${step_times[-1]#*=} s"
 echo "== tests =="
 # (pytest arguments of each process; together: tests/, each test once)
 # The QKV file's tests that force a path carry its name (cuda-NAME); each path has a process,
-# and the rest of the file two, by dtype. The other files go to five processes by theme. The QKV
-# shards of two paths each took 5-7 minutes on an H200 (session 67), the one process of all the
-# other files about 9.
+# and the rest of the file two, by dtype. The other files go to six processes by theme, so that
+# no process takes much longer than the others (H200: 15 s to 5.3 minutes each, 6 in all).
 paths=(deferred register bulk wgmma cublaslt tile generic engine)
 forced=$(printf 'cuda-%s or ' "${paths[@]}"); forced=${forced% or }
 t=$root/tests
