@@ -1,6 +1,7 @@
 /*
  * norm_jit.cu: the lanes kernels' norms compiled at run time for the call's H (norm_jit.h); they take
- * every call of 16-byte vectors the lanes kernels would (rms_norm.cu: launch_vec, launch_lanes_jit).
+ * every call of 16-byte vectors the lanes kernels would (rms_norm.cu: launch_vec, launch_lanes_jit),
+ * and rows of at most 32 vectors at any M, several rows a block (jit_packed_rows).
  *
  * Why: a short call is a chain of dependent latencies from launch to store, and the library's
  * lanes kernels take H, G and the row strides at run time (0.12-0.13 us of the chain:
@@ -82,7 +83,9 @@ const char *const kBody = R"(
 typedef unsigned int u32;
 #define ELEMS (T_KIND == 0 ? 4 : 8)
 #define VECS (H_ / ELEMS)
-#define THREADS ((VECS + 31) / 32 * 32)
+/* ROWS_ > 1: that many rows a block, P_ lanes each (a power of two, VECS <= P_ <= 32, so a row's
+   lanes sit in one warp); else a row a block of whole warps */
+#define THREADS (ROWS_ > 1 ? ROWS_ * P_ : (VECS + 31) / 32 * 32)
 
 __device__ __forceinline__ float elem(const u32 *q, int j) {
 #if T_KIND == 0
@@ -121,14 +124,23 @@ __device__ __forceinline__ void load4(const uint4 *p, u32 *q) {
 
 extern "C" __global__ void __launch_bounds__(THREADS)
 norm_jit(const uint4 *x, uint4 *out, const uint4 *weight, const uint4 *residual, uint4 *residual_out, float eps,
-         float weight_offset, int x_stride, int out_stride, int residual_stride, int residual_out_stride) {
+         float weight_offset, int x_stride, int out_stride, int residual_stride, int residual_out_stride,
+         long long rows) {
     __shared__ float parts[THREADS];
 #if G_ > 32
     __shared__ float warp_sums[32];
 #endif
+#if ROWS_ > 1
+    const int base = threadIdx.x & ~(P_ - 1); /* the row's first lane */
+    const int u = threadIdx.x & (P_ - 1);     /* the thread's vector in its row */
+    const long long row = (long long)blockIdx.x * ROWS_ + threadIdx.x / P_;
+    const bool mine = u < VECS && row < rows;
+#else
+    const int base = 0;
     const int u = threadIdx.x;
     const bool mine = VECS == THREADS || u < VECS;
     const long long row = blockIdx.x;
+#endif
 #if CONTIGUOUS
     const long long xo = row * VECS, oo = xo;
 #if RESIDUAL
@@ -183,15 +195,19 @@ norm_jit(const uint4 *x, uint4 *out, const uint4 *weight, const uint4 *residual,
         }
         part = p;
     }
-    parts[u] = part;
+    parts[base + u] = part;
+#if ROWS_ > 1
+    __syncwarp();
+#else
     __syncthreads();
+#endif
     float total = 0.0f;
 #if G_ <= 32
     {
         const int lane = u & (G_ - 1);
 #pragma unroll
         for (int i = 0; i < 4; ++i)
-            if (lane + i * G_ < VECS) total = __fadd_rn(total, parts[lane + i * G_]);
+            if (lane + i * G_ < VECS) total = __fadd_rn(total, parts[base + lane + i * G_]);
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1)
             if (o < G_) total += __shfl_xor_sync(0xffffffffu, total, o);
@@ -232,13 +248,14 @@ norm_jit(const uint4 *x, uint4 *out, const uint4 *weight, const uint4 *residual,
 )";
 
 std::string source_of(const mv_norm_jit_form &f) {
-    char defines[320];
+    char defines[360];
     const int kind = f.dtype == MV_FLOAT32 ? 0 : f.dtype == MV_FLOAT16 ? 1 : 2;
     (void)snprintf(defines, sizeof defines,
                    "#define T_KIND %d\n#define W32 %d\n#define RESIDUAL %d\n#define OFFSET %d\n#define PDL_ %d\n"
-                   "#define CONTIGUOUS %d\n#define H_ %d\n#define G_ %d\n",
+                   "#define CONTIGUOUS %d\n#define H_ %d\n#define G_ %d\n#define ROWS_ %d\n#define P_ %d\n",
                    kind, f.weight_float32 && kind != 0 ? 1 : 0, f.residual ? 1 : 0, f.offset ? 1 : 0, f.pdl ? 1 : 0,
-                   f.contiguous ? 1 : 0, f.hidden, f.group);
+                   f.contiguous ? 1 : 0, f.hidden, f.group, f.rows_per_block > 1 ? f.rows_per_block : 1,
+                   f.row_lanes > 0 ? f.row_lanes : 32);
     return std::string(defines) + kBody;
 }
 

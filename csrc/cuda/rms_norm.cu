@@ -2278,6 +2278,36 @@ cudaError_t launch_lanes(const mv_rms_norm_args &a, const LanesKernel &k, int gr
     return mv_launch(k.kernel, dim3(static_cast<unsigned>(a.in.rows)), dim3(k.threads), 0, stream, pdl, p);
 }
 
+/* Rows of at most 32 vectors (H <= 256 in 16-bit types, 128 in float32: per-head norms) share a
+   block of 128 threads in the compiled kernel, a power of two of lanes a row: a row a block left
+   one warp with 8-32 lanes busy, and the general kernel's G of 2-8 threads a row chains up to 4
+   vectors each. H200, chains of calls of 16-262144 rows of H 64-256 (bf16; float32 H 32-128),
+   against jit=False: without PDL 0.78-0.98x the time at all 54 points (bf16 fused add
+   65536 x 64 13.12 -> 10.30 µs). With PDL 0.71-0.97x where the blocks fill at most half a wave
+   (8 blocks of 128 threads an SM, half an sm_90 SM's threads; bf16 1024 x 128 1.69 -> 1.22) and
+   past the short calls at rows of at most 8 vectors (G = 2; 65536 x 64 7.21 -> 5.67), but
+   1.08-1.22x past half a wave at wider rows (65536 x 128 9.40 -> 10.63, fused add 8192 x 256
+   4.68 -> 5.34; why is not established) and 1.01-1.13x in short calls of rows of 8 vectors (16 x 64
+   0.81 -> 0.91), where the forms before it stay (the general kernel; a row a block in the
+   calls the lanes kernels take). dev/logs/norm-jit-packed-rows-nvidia-h200-2026-11-29.log */
+constexpr int kJitPackedMaxVectors = 32;
+constexpr int kJitPackedThreads = 128;
+constexpr int kJitPackedHalfWaveBlocks = 8; /* a multiprocessor's, with PDL */
+constexpr int kJitPackedAnyWaveVectors = 8;
+int jit_row_lanes(int64_t vecs) { /* a power of two, vecs <= it <= 32 */
+    int lanes = 1;
+    while (lanes < vecs) lanes *= 2;
+    return lanes;
+}
+bool jit_packed_rows(const mv_rms_norm_args &a, int v, bool pdl, int sms) {
+    if (a.in.hidden % v != 0 || a.in.hidden / v > kJitPackedMaxVectors || !int_strides(a)) return false;
+    const int64_t vecs = a.in.hidden / v;
+    if (!pdl) return true;
+    if (vecs <= kJitPackedAnyWaveVectors) return !short_call(a, sms);
+    const int64_t rows_per_block = kJitPackedThreads / jit_row_lanes(vecs);
+    return (a.in.rows + rows_per_block - 1) / rows_per_block <= int64_t{kJitPackedHalfWaveBlocks} * (sms > 0 ? sms : 1);
+}
+
 /* Calls the lanes kernels take (launch_vec: short calls, one wave of rows, the fused add's waves
    without PDL), in 16-byte vectors (v of them a row, so at most 1024, int strides, rows within the
    grid), first ask for the kernel compiled at run time for their H (norm_jit.cu): the lanes kernels' arithmetic and
@@ -2285,8 +2315,9 @@ cudaError_t launch_lanes(const mv_rms_norm_args &a, const LanesKernel &k, int gr
    H200 bf16, chains of 1-64 rows of H 896-4096: 0.76-0.96x the lanes kernels' time without PDL,
    0.84-0.92x with (dev/logs/norm-jit-nvidia-h200-2026-11-29.log, call 10); past a row per SM
    0.81-0.95x at H <= 2048 (one wave, and the fused add's waves without PDL), 0.97-1.02x beyond
-   (dev/logs/norm-jit-rows-nvidia-h200-2026-11-29.log). False where there is no such
-   kernel (no NVRTC, a failed compilation): the lanes kernels take the call. */
+   (dev/logs/norm-jit-rows-nvidia-h200-2026-11-29.log). So do the calls jit_packed_rows takes,
+   their rows sharing blocks. False where there is no such kernel (no NVRTC, a failed
+   compilation) or its grid would pass 2^31 - 1 blocks: the library's kernels take the call. */
 bool launch_lanes_jit(const mv_rms_norm_args &a, int v, int group_threads, cudaStream_t stream, bool pdl,
                       const mv_cuda_device &dev, cudaError_t *err) {
     const int64_t h = a.in.hidden, vecs = h / v;
@@ -2301,6 +2332,15 @@ bool launch_lanes_jit(const mv_rms_norm_args &a, int v, int group_threads, cudaS
                       (!residual || (a.in.residual_stride == h && a.in.residual_out_stride == h));
     form.hidden = static_cast<int>(h);
     form.group = group_threads;
+    int64_t blocks = a.in.rows;
+    unsigned threads = static_cast<unsigned>((vecs + 31) / 32 * 32);
+    if (jit_packed_rows(a, v, pdl, dev.sms)) {
+        form.row_lanes = jit_row_lanes(vecs);
+        form.rows_per_block = kJitPackedThreads / form.row_lanes;
+        blocks = (a.in.rows + form.rows_per_block - 1) / form.rows_per_block;
+        threads = kJitPackedThreads;
+    }
+    if (blocks > INT32_MAX) return false;
     const CUfunction function = mv_norm_jit_function(form, dev);
     if (function == nullptr) return false;
     const void *x = a.in.x, *weight = a.in.norm_weight, *res = a.in.residual;
@@ -2309,10 +2349,11 @@ bool launch_lanes_jit(const mv_rms_norm_args &a, int v, int group_threads, cudaS
     int x_stride = static_cast<int>(a.in.x_stride), out_stride = static_cast<int>(a.out_stride);
     int res_stride = residual ? static_cast<int>(a.in.residual_stride) : 0;
     int res_out_stride = residual ? static_cast<int>(a.in.residual_out_stride) : 0;
+    long long rows = a.in.rows;
     void *params[] = {&x, &out, &weight, &res, &res_out, &eps, &offset, &x_stride, &out_stride, &res_stride,
-                      &res_out_stride};
-    *err = mv_launch_function(function, dim3(static_cast<unsigned>(a.in.rows)),
-                              dim3(static_cast<unsigned>((vecs + 31) / 32 * 32)), 0, stream, pdl, 1u, params);
+                      &res_out_stride, &rows};
+    *err = mv_launch_function(function, dim3(static_cast<unsigned>(blocks)), dim3(threads), 0, stream, pdl, 1u,
+                              params);
     return true;
 }
 
@@ -2334,7 +2375,11 @@ bool launch_lanes_jit(const mv_rms_norm_args &a, int v, int group_threads, cudaS
 template <typename T, typename TW, int V>
 bool lanes_for_rows(const mv_rms_norm_args &a, const LanesKernel &k, const mv_cuda_device &dev, bool pdl) {
     if (!int_strides(a) || !lanes_rows(a, V) || a.in.rows > INT32_MAX) return false;
-    if (a.in.residual != nullptr && !pdl) return true;
+    /* Not rows of one warp's block (at most 32 vectors): 32 resident blocks an SM hold half its
+       threads at most there; 8192-262144 rows of H 64-256 ran 1.2-3.7x slower than the general
+       kernel (H200 bf16 65536 x 128 40.94 against 19.42 µs; the compiled kernel's blocks share rows
+       instead: jit_packed_rows). dev/logs/norm-jit-packed-rows-nvidia-h200-2026-11-29.log */
+    if (a.in.residual != nullptr && !pdl) return k.threads > 32;
     int blocks = 0;
     if (mv_blocks_per_sm(&blocks, k.kernel, k.threads, 0, dev.device) != cudaSuccess) {
         (void)cudaGetLastError(); /* no answer: the general kernel takes the call */
@@ -2442,7 +2487,8 @@ cudaError_t launch_virtual(const mv_rms_norm_args &a, int group_threads, cudaStr
 /* kWide: rows of 2049-4096 16-byte vectors, 8 a thread in the general kernel at every M (none of
    the short-call kernels), so each such H has one layout and order. jit: the calls the lanes
    kernels take in 16-byte vectors may run the kernel compiled at run time instead (the call's
-   jit=True; launch_lanes_jit); kOdd and kWide rows are never such calls. */
+   jit=True; launch_lanes_jit), and so may rows of at most 32 vectors in longer calls
+   (jit_packed_rows); kOdd and kWide rows are never such calls. */
 template <typename T, typename TW, int V, bool kOdd = false, bool kWide = false>
 cudaError_t launch_vec(const mv_rms_norm_args &a, int group_threads, cudaStream_t stream, bool pdl,
                        const mv_cuda_device &dev, bool jit) {
@@ -2465,6 +2511,9 @@ cudaError_t launch_vec(const mv_rms_norm_args &a, int group_threads, cudaStream_
                 return launch_lanes<T, TW, V>(a, lanes_kernel<T, TW, V>(a, true), group_threads, stream, pdl);
             }
             if constexpr (V > 1) { /* single elements in short calls are lanes' or elems' rows */
+                if (jit && jit_packed_rows(a, V, pdl, sms) &&
+                    launch_lanes_jit(a, V, group_threads, stream, pdl, dev, &err))
+                    return err;
                 if (short_call(a, sms)) return launch_short<T, TW, V>(a, group_threads, shape, stream, pdl);
                 const LanesKernel k = lanes_kernel<T, TW, V>(a, false);
                 if (lanes_for_rows<T, TW, V>(a, k, dev, pdl)) {
