@@ -72,6 +72,8 @@ QUICK_ROWS = (1, 4096, 32768)
 # from rows of a few elements to rows over 4096 (2 to 16 virtual warps a row through shared memory).
 ODD_SHAPES = ((1000, 999), (1000, 4095), (16, 4095), (4096, 5119), (65536, 121), (4096, 5125), (4096, 8191),
               (600, 8191))
+# Rows of a head (per-head q/k norms: tokens x heads rows of head_dim): decode, a batch, a prefill.
+HEAD_SHAPES = ((128, 128), (8192, 64), (65536, 128), (262144, 256))
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # Relative error allowed against the float64 reference: the test suite's tolerances.
 TOLERANCE = {d: reference.TOLERANCE[bt.DTYPE_NAMES[d]] for d in DTYPES}
@@ -424,7 +426,7 @@ def parse_args(argv):
     parser.add_argument("--rows", nargs="+", help=f"M values (default {FULL_ROWS})")
     parser.add_argument("--shapes", nargs="+",
                         help="MxH shapes beside the grid (default: "
-                             + " ".join(f"{m}x{h}" for m, h in ODD_SHAPES) + "; 'none': none)")
+                             + " ".join(f"{m}x{h}" for m, h in ODD_SHAPES + HEAD_SHAPES) + "; 'none': none)")
     parser.add_argument("--no-liger", action="store_true", help="skip the Liger-Kernel baselines")
     bt.add_graph_run_args(parser, DEFAULT_OUT, NORM_MIN_REPLAY_US)
     bt.add_kernel_args(parser, qkv_path=False)
@@ -439,7 +441,7 @@ def parse_args(argv):
         args.rows = flat_list(args.rows, int) if args.rows else list(
             QUICK_ROWS if args.quick else FULL_ROWS)
         if args.shapes is None:
-            args.shapes = list(ODD_SHAPES)
+            args.shapes = list(ODD_SHAPES + HEAD_SHAPES)
         elif flat_list(args.shapes, str) == ["none"]:
             args.shapes = []
         else:

@@ -11,7 +11,7 @@
 #   WITH=host_cost adds benchmarks/host_cost.py (host time of one eager call, about a minute).
 #   MINIVLLM_COMMIT names the commit where the tree has no .git; MINIVLLM_SITE, a folder holding
 #   a build of the package for this Python (dev/probes/site_build.sh), skips the build.
-# The suite runs as sixteen pytest processes side by side (the GPU has room, and the float64
+# The suite runs as seventeen pytest processes side by side (the GPU has room, and the float64
 # references use the host's cores; a few minutes on an H200), then the leak tests alone:
 # together they are the suite, each test once.
 set -uo pipefail
@@ -54,19 +54,21 @@ echo "built in ${step_times[-1]#*=} s"
 echo "== tests =="
 # (pytest arguments of each process; together: tests/, each test once)
 # The QKV file's tests that force a path carry its name (cuda-NAME); each path has a process,
-# and the rest of the file two, by dtype. The other files go to six processes by theme, so that
-# no process takes much longer than the others (H200: 15 s to 5.3 minutes each, 6 in all).
+# and the rest of the file two, by dtype. The other files go to seven processes by theme (the
+# compiled norm kernels' tests two, by dtype), so that no process takes much longer than the
+# others (H200, session 68: 15 s to 5.3 minutes each, 6 in all).
 paths=(deferred register bulk wgmma cublaslt tile generic engine)
 forced=$(printf 'cuda-%s or ' "${paths[@]}"); forced=${forced% or }
 t=$root/tests
-shards=(prologue invariance cpu-errors norms norm-jit fuzz qkv-bf16 qkv-other "${paths[@]/#/path-}")
+shards=(prologue invariance cpu-errors norms norm-jit norm-jit-other fuzz qkv-bf16 qkv-other "${paths[@]/#/path-}")
 shard_args=(
     "$t/test_attention_prologue.py $t/test_torch_attention_prologue.py $t/test_hf_patch.py $t/test_torch_fast_path.py"
     "$t/test_batch_invariance.py"
     "$t/test_cpu_simd.py $t/test_cpu_numerics.py $t/test_cpu_threads.py $t/test_dlpack.py $t/test_errors.py"
     "$t/test_rms_norm.py $t/test_fused_add_rms_norm.py $t/test_norm_views.py $t/test_norm_weights.py $t/test_norm_kernels_cuda.py"
-    "$t/test_norm_jit.py $t/test_pdl.py $t/test_interop.py $t/test_torch_ops.py $t/test_threads.py"
-    "$t/test_fuzz.py"
+    "$t/test_norm_jit.py -k bfloat16"
+    "$t/test_norm_jit.py -k not bfloat16"
+    "$t/test_fuzz.py $t/test_pdl.py $t/test_interop.py $t/test_torch_ops.py $t/test_threads.py"
     "$t/test_fused_rms_norm_qkv.py -k not ($forced) and bfloat16"
     "$t/test_fused_rms_norm_qkv.py -k not ($forced) and not bfloat16"
 )
