@@ -17,9 +17,9 @@ on sm_90 and later, unless the process was started with MINIVLLM_PDL=0; True: on
 has it; False: off. The CPU ignores it.
 
 jit (GPU, the norm ops): True lets a call of rows of 16-byte vectors, of up to about a wave of
-rows, run a kernel compiled at run time for its H, dtype and form (NVRTC; the first call of a form
-compiles it, 13-80 ms); False keeps the built-in kernels. The bits are the same either way. The
-CPU ignores it.
+rows (rows of up to 32 vectors, such as per-head norms, at any number of rows), run a kernel
+compiled at run time for its H, dtype and form (NVRTC; the first call of a form compiles it,
+13-80 ms); False keeps the built-in kernels. The bits are the same either way. The CPU ignores it.
 
 Numerics: rrms = 1/sqrt(mean(x^2) + eps) with float32 accumulation; y = weight * (x * rrms) in
 float32, rounded once to the input dtype (vLLM's order; Hugging Face rounds x * rrms first, which
