@@ -333,9 +333,14 @@ MV_ALWAYS_INLINE void scale_row(mv_dtype dt, const void *s, row_weight w, float 
 static int scaled_row(mv_dtype dt, const void *s, row_weight w, float eps, mv_dtype out_dt,
                       void *out, int64_t hidden)
 {
+    /* not fmaxf: GCC 12 for aarch64 failed (internal compiler error) vectorizing that reduction at
+       -O3; NaN is passed over either way */
     float largest = 0.0f;
-    for (int64_t i = 0; i < hidden; i++)
-        largest = fmaxf(largest, fabsf(mv_load(dt, s, i)));
+    for (int64_t i = 0; i < hidden; i++) {
+        const float a = fabsf(mv_load(dt, s, i));
+        if (a > largest)
+            largest = a;
+    }
     if (!(largest > 0.0f) || isinf(largest))
         return 0;
     const double inv = 1.0 / (double)largest;
