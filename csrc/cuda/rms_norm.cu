@@ -2300,8 +2300,8 @@ int jit_row_lanes(int64_t vecs) { /* a power of two, vecs <= it <= 32 */
     return lanes;
 }
 bool jit_packed_rows(const mv_rms_norm_args &a, int v, bool pdl, int sms) {
-    if (a.in.hidden % v != 0 || a.in.hidden / v > kJitPackedMaxVectors || !int_strides(a)) return false;
-    const int64_t vecs = a.in.hidden / v;
+    const int64_t vecs = a.in.hidden / v; /* v divides H (vector_width) */
+    if (vecs > kJitPackedMaxVectors || !int_strides(a)) return false;
     if (!pdl) return true;
     if (vecs <= kJitPackedAnyWaveVectors) return !short_call(a, sms);
     const int64_t rows_per_block = kJitPackedThreads / jit_row_lanes(vecs);
@@ -2315,11 +2315,11 @@ bool jit_packed_rows(const mv_rms_norm_args &a, int v, bool pdl, int sms) {
    H200 bf16, chains of 1-64 rows of H 896-4096: 0.76-0.96x the lanes kernels' time without PDL,
    0.84-0.92x with (dev/logs/norm-jit-nvidia-h200-2026-11-29.log, call 10); past a row per SM
    0.81-0.95x at H <= 2048 (one wave, and the fused add's waves without PDL), 0.97-1.02x beyond
-   (dev/logs/norm-jit-rows-nvidia-h200-2026-11-29.log). So do the calls jit_packed_rows takes,
-   their rows sharing blocks. False where there is no such kernel (no NVRTC, a failed
+   (dev/logs/norm-jit-rows-nvidia-h200-2026-11-29.log). packed: the calls jit_packed_rows takes
+   instead, their rows sharing blocks. False where there is no such kernel (no NVRTC, a failed
    compilation) or its grid would pass 2^31 - 1 blocks: the library's kernels take the call. */
 bool launch_lanes_jit(const mv_rms_norm_args &a, int v, int group_threads, cudaStream_t stream, bool pdl,
-                      const mv_cuda_device &dev, cudaError_t *err) {
+                      const mv_cuda_device &dev, bool packed, cudaError_t *err) {
     const int64_t h = a.in.hidden, vecs = h / v;
     const bool residual = a.in.residual != nullptr;
     mv_norm_jit_form form = {};
@@ -2334,7 +2334,7 @@ bool launch_lanes_jit(const mv_rms_norm_args &a, int v, int group_threads, cudaS
     form.group = group_threads;
     int64_t blocks = a.in.rows;
     unsigned threads = static_cast<unsigned>((vecs + 31) / 32 * 32);
-    if (jit_packed_rows(a, v, pdl, dev.sms)) {
+    if (packed) {
         form.row_lanes = jit_row_lanes(vecs);
         form.rows_per_block = kJitPackedThreads / form.row_lanes;
         blocks = (a.in.rows + form.rows_per_block - 1) / form.rows_per_block;
@@ -2506,18 +2506,19 @@ cudaError_t launch_vec(const mv_rms_norm_args &a, int group_threads, cudaStream_
            narrower vectors of other H or misaligned views keep the general kernel. */
         if constexpr (!kWide && !kOdd && (V == 1 || sizeof(T) * V == 16)) {
             cudaError_t err = cudaSuccess;
+            const bool jit_vectors = V > 1 && jit; /* the compiled kernel reads 16-byte vectors */
+            if (jit_vectors && jit_packed_rows(a, V, pdl, sms) &&
+                launch_lanes_jit(a, V, group_threads, stream, pdl, dev, true, &err))
+                return err;
             if (lanes_wanted(a, V, sms)) {
-                if (V > 1 && jit && launch_lanes_jit(a, V, group_threads, stream, pdl, dev, &err)) return err;
+                if (jit_vectors && launch_lanes_jit(a, V, group_threads, stream, pdl, dev, false, &err)) return err;
                 return launch_lanes<T, TW, V>(a, lanes_kernel<T, TW, V>(a, true), group_threads, stream, pdl);
             }
             if constexpr (V > 1) { /* single elements in short calls are lanes' or elems' rows */
-                if (jit && jit_packed_rows(a, V, pdl, sms) &&
-                    launch_lanes_jit(a, V, group_threads, stream, pdl, dev, &err))
-                    return err;
                 if (short_call(a, sms)) return launch_short<T, TW, V>(a, group_threads, shape, stream, pdl);
                 const LanesKernel k = lanes_kernel<T, TW, V>(a, false);
                 if (lanes_for_rows<T, TW, V>(a, k, dev, pdl)) {
-                    if (jit && launch_lanes_jit(a, V, group_threads, stream, pdl, dev, &err)) return err;
+                    if (jit && launch_lanes_jit(a, V, group_threads, stream, pdl, dev, false, &err)) return err;
                     return launch_lanes<T, TW, V>(a, k, group_threads, stream, pdl);
                 }
             }
